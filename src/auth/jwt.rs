@@ -1,0 +1,326 @@
+//! Verification of Bot Framework channel tokens and their binding to the activity.
+//!
+//! Rules (docs/architecture.md, "Inbound authentication"): RS256 only; `exp` required, `nbf` honoured,
+//! a bounded clock skew; `iss` is the bot's cloud's pinned issuer; `aud` is a configured bot's app id
+//! (a string, never an array) and selects the bot; the key comes from that cloud's [`KeyCache`]; the
+//! `serviceurl` claim is required and equals the activity's `serviceUrl` after normalisation; the
+//! signing key's endorsements contain the activity's `channelId`.
+//!
+//! Verified tokens are remembered by the SHA-256 of the token until they expire. A remembered token is
+//! still checked on every request for expiry and not-before against the current time, for its signing
+//! key still being the current key for its `kid`, and for the `serviceurl` and endorsement bindings:
+//! the cache only skips re-doing the RSA signature and claim parsing.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::keys::{KeyCache, Lookup, SigningKey};
+use crate::activity::Activity;
+use crate::config::Cloud;
+use crate::metrics::{AuthReason, Metrics};
+use crate::service_url;
+
+/// Longest Authorization header value considered.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// A configured bot, as the verifier and the intake need it.
+#[derive(Debug, Clone)]
+pub struct BotEntry {
+    pub app_id: String,
+    pub cloud: Cloud,
+    pub require_endorsement: bool,
+    /// Lower-cased tenant ids.
+    pub allowed_tenants: HashSet<String>,
+}
+
+impl BotEntry {
+    pub fn allows_tenant(&self, tenant: &str) -> bool {
+        self.allowed_tenants.contains(&tenant.to_ascii_lowercase())
+    }
+}
+
+/// A token whose signature and claims were verified.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    /// Index of the bot in [`Verifier::bots`].
+    pub bot: usize,
+    /// The normalised `serviceurl` claim, if the token had one.
+    pub service_url: Option<String>,
+    pub key: Arc<SigningKey>,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// 401, with the reason logged and counted.
+    Refused(AuthReason),
+    /// 503: no signing keys are usable for the token's cloud.
+    NoKeys,
+}
+
+impl From<AuthReason> for AuthError {
+    fn from(r: AuthReason) -> Self {
+        Self::Refused(r)
+    }
+}
+
+#[derive(Deserialize)]
+struct UnverifiedHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UnverifiedAudience {
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    exp: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    serviceurl: Option<String>,
+}
+
+/// Verifies inbound Bot Framework tokens for every configured bot.
+#[derive(Debug)]
+pub struct Verifier {
+    bots: Vec<BotEntry>,
+    validations: Vec<Validation>,
+    by_app_id: HashMap<String, usize>,
+    keys: [Option<Arc<KeyCache>>; 3],
+    skew: i64,
+    cache: TokenCache,
+    metrics: Arc<Metrics>,
+}
+
+impl Verifier {
+    /// `keys` must hold a cache for every cloud a bot uses.
+    pub fn new(bots: Vec<BotEntry>, keys: [Option<Arc<KeyCache>>; 3], skew_secs: u64, cache_entries: usize, metrics: Arc<Metrics>) -> Self {
+        let validations = bots
+            .iter()
+            .map(|b| {
+                let mut v = Validation::new(Algorithm::RS256);
+                v.leeway = skew_secs;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
+                v.set_issuer(&[b.cloud.issuer()]);
+                v.set_audience(&[b.app_id.as_str()]);
+                v
+            })
+            .collect();
+        let by_app_id = bots.iter().enumerate().map(|(i, b)| (b.app_id.to_ascii_lowercase(), i)).collect();
+        Self {
+            bots,
+            validations,
+            by_app_id,
+            keys,
+            skew: i64::try_from(skew_secs).unwrap_or(300),
+            cache: TokenCache::new(cache_entries),
+            metrics,
+        }
+    }
+
+    pub fn bots(&self) -> &[BotEntry] {
+        &self.bots
+    }
+
+    pub fn bot(&self, index: usize) -> &BotEntry {
+        &self.bots[index]
+    }
+
+    /// The bot whose app id is `app_id` (case-insensitive).
+    pub fn bot_by_app_id(&self, app_id: &str) -> Option<usize> {
+        self.by_app_id.get(&app_id.to_ascii_lowercase()).copied()
+    }
+
+    /// Key caches in use (readiness).
+    pub fn key_caches(&self) -> impl Iterator<Item = &Arc<KeyCache>> {
+        self.keys.iter().flatten()
+    }
+
+    /// Verify the `Authorization` header value: signature, algorithm, issuer, audience and lifetime.
+    pub async fn verify(&self, authorization: &[u8]) -> Result<Arc<VerifiedToken>, AuthError> {
+        let token = bearer_token(authorization)?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.cache.get(&digest) {
+            self.check_lifetime(&hit)?;
+            let bot = &self.bots[hit.bot];
+            let still_current = self.keys[bot.cloud.index()]
+                .as_ref()
+                .and_then(|c| c.current(&hit.key.kid))
+                .is_some_and(|k| Arc::ptr_eq(&k, &hit.key));
+            if still_current {
+                self.metrics.token_cache_hit();
+                return Ok(hit);
+            }
+            self.cache.remove(&digest);
+        }
+        let verified = Arc::new(self.verify_fully(token).await?);
+        self.cache.insert(digest, Arc::clone(&verified));
+        Ok(verified)
+    }
+
+    fn check_lifetime(&self, t: &VerifiedToken) -> Result<(), AuthReason> {
+        let now = now_secs();
+        if now > t.exp + self.skew {
+            return Err(AuthReason::Expired);
+        }
+        if t.nbf.is_some_and(|nbf| nbf > now + self.skew) {
+            return Err(AuthReason::NotYetValid);
+        }
+        Ok(())
+    }
+
+    async fn verify_fully(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(AuthReason::Malformed.into());
+        };
+        let header: UnverifiedHeader = decode_segment(h).ok_or(AuthReason::Malformed)?;
+        if header.alg != "RS256" {
+            return Err(AuthReason::BadAlgorithm.into());
+        }
+        let kid = header.kid.filter(|k| !k.is_empty()).ok_or(AuthReason::MissingKid)?;
+        // The audience selects the bot (and so the cloud and its keys) before the signature is checked;
+        // the signature check below then pins `aud` and `iss` for real.
+        let aud: UnverifiedAudience = decode_segment(p).ok_or(AuthReason::Malformed)?;
+        let aud = match aud.aud {
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(AuthReason::WrongAudience.into()),
+            None => return Err(AuthReason::MissingClaim.into()),
+        };
+        let bot_index = self.bot_by_app_id(&aud).ok_or(AuthReason::WrongAudience)?;
+        let bot = &self.bots[bot_index];
+        let cache = self.keys[bot.cloud.index()].as_ref().ok_or(AuthError::NoKeys)?;
+        let key = match cache.key(&kid).await {
+            Lookup::Found(k) => k,
+            Lookup::UnknownKid => return Err(AuthReason::UnknownKid.into()),
+            Lookup::NoKeys => return Err(AuthError::NoKeys),
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &self.validations[bot_index]).map_err(|e| map_jwt_error(e.kind()))?;
+        let claims = data.claims;
+        let service_url = match claims.serviceurl {
+            Some(s) => Some(service_url::normalize(&s).ok_or(AuthReason::ServiceUrlMismatch)?),
+            None => None,
+        };
+        Ok(VerifiedToken { bot: bot_index, service_url, key, exp: claims.exp, nbf: claims.nbf })
+    }
+
+    /// Bind a verified token to the activity it came with: `serviceurl` and channel endorsement.
+    pub fn bind(&self, token: &VerifiedToken, activity: &Activity) -> Result<(), AuthReason> {
+        let claim = token.service_url.as_deref().ok_or(AuthReason::MissingServiceUrl)?;
+        let activity_url = activity.service_url.as_deref().and_then(service_url::normalize).ok_or(AuthReason::ServiceUrlMismatch)?;
+        if claim != activity_url {
+            return Err(AuthReason::ServiceUrlMismatch);
+        }
+        let bot = &self.bots[token.bot];
+        let channel = activity.channel_id.as_deref().unwrap_or("");
+        let endorsed = !channel.is_empty() && token.key.endorsements.iter().any(|e| e.eq_ignore_ascii_case(channel));
+        if !endorsed && (bot.require_endorsement || !token.key.endorsements.is_empty()) {
+            return Err(AuthReason::EndorsementMissing);
+        }
+        Ok(())
+    }
+}
+
+fn bearer_token(value: &[u8]) -> Result<&str, AuthReason> {
+    let value = std::str::from_utf8(value).map_err(|_| AuthReason::NotBearer)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthReason::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthReason::NotBearer);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthReason::Malformed);
+    }
+    Ok(token)
+}
+
+fn decode_segment<T: serde::de::DeserializeOwned>(segment: &str) -> Option<T> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> AuthError {
+    let reason = match kind {
+        ErrorKind::InvalidSignature => AuthReason::BadSignature,
+        ErrorKind::ExpiredSignature => AuthReason::Expired,
+        ErrorKind::ImmatureSignature => AuthReason::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthReason::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthReason::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => AuthReason::MissingClaim,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthReason::BadAlgorithm,
+        _ => AuthReason::Malformed,
+    };
+    AuthError::Refused(reason)
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Verified tokens by SHA-256, bounded; entries leave when they expire or when the cache is full.
+#[derive(Debug)]
+struct TokenCache {
+    max: usize,
+    map: Mutex<HashMap<[u8; 32], Arc<VerifiedToken>>>,
+}
+
+impl TokenCache {
+    fn new(max: usize) -> Self {
+        Self { max, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, k: &[u8; 32]) -> Option<Arc<VerifiedToken>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).get(k).cloned()
+    }
+
+    fn remove(&self, k: &[u8; 32]) {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).remove(k);
+    }
+
+    fn insert(&self, k: [u8; 32], v: Arc<VerifiedToken>) {
+        if self.max == 0 {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= self.max {
+            let now = now_secs();
+            map.retain(|_, t| t.exp >= now);
+            if map.len() >= self.max {
+                return;
+            }
+        }
+        map.insert(k, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(b"Bearer abc"), Ok("abc"));
+        assert_eq!(bearer_token(b"bearer  abc "), Ok("abc"));
+        assert_eq!(bearer_token(b"Basic abc"), Err(AuthReason::NotBearer));
+        assert_eq!(bearer_token(b"abc"), Err(AuthReason::NotBearer));
+        assert_eq!(bearer_token(b"Bearer "), Err(AuthReason::NotBearer));
+    }
+}

@@ -1,0 +1,157 @@
+//! The command line: `serve`, `init`, `check`, `inbox`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DEV_DEFAULT_TOML, STARTER_TOML};
+use crate::server::{Gateway, ServeOptions, shutdown_signal};
+use crate::store::{SqliteStore, Store};
+
+/// agentgate: a Microsoft Teams seat for your LLM agent.
+#[derive(Debug, Parser)]
+#[command(name = "agentgate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: POST /api/messages, /healthz, /readyz, /metrics.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Developer mode: loopback only; also accepts the unauthenticated requests of the Microsoft 365
+        /// Agents Playground (serviceUrl http://localhost:PORT/_connector). Without a config file it
+        /// serves the Playground's default bot and tenant.
+        #[arg(long)]
+        dev: bool,
+        /// Listen here instead of `server.bind`.
+        #[arg(long, value_name = "ADDR:PORT")]
+        bind: Option<String>,
+    },
+    /// Write a commented starter configuration.
+    Init {
+        /// Where to write it.
+        #[arg(long, short, default_value = "agentgate.toml")]
+        output: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Load and validate the configuration, then print a summary (no secrets).
+    Check {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Validate as `serve --dev` would.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// List inbox entries not yet acknowledged, one JSON object per line.
+    Inbox {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only this bot's entries (app id).
+        #[arg(long)]
+        bot: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The TOML configuration file. Default: ./agentgate.toml when it exists.
+    #[arg(long, short, env = "AGENTGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| Path::new("agentgate.toml").exists().then(|| PathBuf::from("agentgate.toml")))
+    }
+
+    /// Load the configuration; with `dev` and no file, the built-in Playground bot.
+    fn load(&self, dev: bool) -> Result<Config, crate::config::ConfigError> {
+        match self.path() {
+            Some(p) => Config::load(Some(&p)),
+            None if dev => Config::from_sources(Some(DEV_DEFAULT_TOML), "the built-in dev configuration", std::env::vars()),
+            None => Config::load(None),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config, dev, bind } => {
+            let mut cfg = config.load(dev)?;
+            if let Some(b) = bind {
+                cfg.server.bind = b;
+            }
+            crate::telemetry::init(cfg.log.format, &cfg.log.level);
+            runtime()?.block_on(async move {
+                let gw = Gateway::start(cfg, ServeOptions { dev }).await?;
+                let mode = if dev { " (dev mode: Playground traffic accepted)" } else { "" };
+                println!("agentgate listening on {}{mode}", gw.url());
+                let _ = std::io::stdout().flush();
+                tracing::info!(url = %gw.url(), dev, "listening");
+                gw.run_until(shutdown_signal()).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { output, force } => {
+            if output.exists() && !force {
+                anyhow::bail!("{} already exists; pass --force to overwrite it", output.display());
+            }
+            std::fs::write(&output, STARTER_TOML).with_context(|| format!("writing {}", output.display()))?;
+            println!("wrote {}: set your bot's app id and tenants, then run `agentgate check --config {}`", output.display(), output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, dev } => {
+            let cfg = config.load(dev)?;
+            cfg.validate(dev)?;
+            println!("configuration OK");
+            println!("  listen: {}{}", cfg.server.bind, if cfg.server.tls.cert_file.is_some() { " (TLS)" } else { " (plain HTTP)" });
+            println!("  store:  {}", cfg.sqlite_path().display());
+            for b in &cfg.bots {
+                let cred = b.credential.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
+                println!("  bot {} ({}), cloud {}, tenants {}, credential {cred}", b.app_id, b.display_name, b.cloud, b.allowed_tenants.join(","));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inbox { config, bot, limit } => {
+            let cfg = config.load(false)?;
+            runtime()?.block_on(async move {
+                let store = SqliteStore::open(&cfg.sqlite_path(), cfg.store.synchronous, 1, Default::default())?;
+                let items = store.pending_inbox(bot.as_deref(), limit).await?;
+                let mut out = std::io::stdout().lock();
+                for item in items {
+                    writeln!(out, "{}", serde_json::to_string(&item)?)?;
+                }
+                store.close().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,687 @@
+//! Typed configuration: built-in defaults < TOML file < `AGENTGATE__…` environment variables.
+//!
+//! Environment variables address keys by path, with `__` between the parts and a number for an
+//! array element: `AGENTGATE__SERVER__BIND=127.0.0.1:8080`, `AGENTGATE__BOTS__0__APP_ID=…`.
+//! Values are read as TOML scalars when they look like one (`true`, `42`, `["a","b"]`), else as strings.
+//! Every key is checked: an unknown key, a wrong type or an invalid value is reported with the
+//! field's path and how to fix it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::secrets::SecretRef;
+
+/// The environment variable prefix for configuration overrides.
+pub const ENV_PREFIX: &str = "AGENTGATE__";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded store and other state live.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub clouds: CloudsConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub invoke: InvokeConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The bots this process serves. None configured means no traffic is accepted.
+    #[serde(default)]
+    pub bots: Vec<BotConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "defaults::bind")]
+    pub bind: String,
+    /// A TLS-terminating reverse proxy sits in front: plain HTTP is then allowed on any address.
+    #[serde(default)]
+    pub behind_proxy: bool,
+    #[serde(default = "defaults::body_limit")]
+    pub body_limit_bytes: usize,
+    #[serde(default = "defaults::request_timeout")]
+    pub request_timeout_secs: u64,
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// How often the certificate files are checked for changes.
+    #[serde(default = "defaults::tls_reload")]
+    pub reload_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default = "defaults::skew")]
+    pub clock_skew_secs: u64,
+    /// Routine background refresh of the signing keys.
+    #[serde(default = "defaults::key_refresh")]
+    pub key_refresh_secs: u64,
+    /// At most one on-demand key refresh (for an unknown `kid`) per this many seconds, per cloud.
+    #[serde(default = "defaults::kid_cooldown")]
+    pub unknown_kid_cooldown_secs: u64,
+    /// How long after their routine refresh was due the last good keys are still served while the
+    /// metadata endpoint fails.
+    #[serde(default = "defaults::stale_grace")]
+    pub stale_keys_grace_secs: u64,
+    /// Verified tokens remembered (by SHA-256 of the token) until they expire.
+    #[serde(default = "defaults::token_cache")]
+    pub token_cache_entries: usize,
+    /// Timeout for one metadata or key fetch.
+    #[serde(default = "defaults::fetch_timeout")]
+    pub fetch_timeout_secs: u64,
+}
+
+/// The sovereign clouds a bot can live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    Public,
+    Usgov,
+    China,
+}
+
+impl Cloud {
+    pub const ALL: [Cloud; 3] = [Cloud::Public, Cloud::Usgov, Cloud::China];
+
+    /// The only `iss` accepted on the Bot Framework channel path of this cloud.
+    pub fn issuer(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://api.botframework.com",
+            Cloud::Usgov => "https://api.botframework.us",
+            Cloud::China => "https://api.botframework.azure.cn",
+        }
+    }
+
+    pub fn default_metadata_url(self) -> &'static str {
+        match self {
+            Cloud::Public => "https://login.botframework.com/v1/.well-known/openidconfiguration",
+            Cloud::Usgov => "https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
+            Cloud::China => "https://login.botframework.azure.cn/v1/.well-known/openidconfiguration",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Public => "public",
+            Cloud::Usgov => "usgov",
+            Cloud::China => "china",
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudsConfig {
+    #[serde(default = "defaults::public")]
+    pub public: CloudConfig,
+    #[serde(default = "defaults::usgov")]
+    pub usgov: CloudConfig,
+    #[serde(default = "defaults::china")]
+    pub china: CloudConfig,
+}
+
+impl CloudsConfig {
+    pub fn get(&self, cloud: Cloud) -> &CloudConfig {
+        match cloud {
+            Cloud::Public => &self.public,
+            Cloud::Usgov => &self.usgov,
+            Cloud::China => &self.china,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// OpenID metadata of the Bot Framework channel; its `issuer` must be the cloud's pinned issuer.
+    pub openid_metadata_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit (group commit keeps this cheap): survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a process crash, not a power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file; relative paths are under `data_dir`.
+    #[serde(default = "defaults::sqlite_path")]
+    pub sqlite_path: PathBuf,
+    #[serde(default = "defaults::synchronous")]
+    pub synchronous: Synchronous,
+    /// Most activities written in one transaction (group commit).
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: usize,
+    /// How long a (bot, conversation, activity id) is remembered for deduplication.
+    #[serde(default = "defaults::dedupe_ttl")]
+    pub dedupe_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvokeConfig {
+    /// Text of the message-type invoke response sent until the agent answers invokes itself.
+    #[serde(default = "defaults::invoke_text")]
+    pub ack_text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "defaults::log_format")]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `agentgate=debug,info`; `RUST_LOG` wins when set.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+/// One bot (one Azure Bot / Entra app registration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    /// The Entra application (client) id; inbound tokens carry it as `aud`.
+    pub app_id: String,
+    /// The bot's name as people see it in Teams.
+    #[serde(default)]
+    pub display_name: String,
+    /// Tenants whose activities this bot accepts; anything else gets 403.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub allowed_tenants: Vec<String>,
+    #[serde(default = "defaults::cloud")]
+    pub cloud: Cloud,
+    /// Where the bot's outbound credential lives (a reference, never the secret itself).
+    #[serde(default)]
+    pub credential: Option<SecretRef>,
+    /// Require the signing key to be endorsed for the activity's `channelId`.
+    #[serde(default = "defaults::yes")]
+    pub require_endorsement: bool,
+}
+
+mod defaults {
+    use super::*;
+    pub(super) fn data_dir() -> PathBuf {
+        "agentgate-data".into()
+    }
+    pub(super) fn bind() -> String {
+        "127.0.0.1:3978".into()
+    }
+    pub(super) fn body_limit() -> usize {
+        512 * 1024
+    }
+    pub(super) fn request_timeout() -> u64 {
+        10
+    }
+    pub(super) fn shutdown_grace() -> u64 {
+        20
+    }
+    pub(super) fn tls_reload() -> u64 {
+        30
+    }
+    pub(super) fn skew() -> u64 {
+        300
+    }
+    pub(super) fn key_refresh() -> u64 {
+        24 * 3600
+    }
+    pub(super) fn kid_cooldown() -> u64 {
+        300
+    }
+    pub(super) fn stale_grace() -> u64 {
+        48 * 3600
+    }
+    pub(super) fn token_cache() -> usize {
+        10_000
+    }
+    pub(super) fn fetch_timeout() -> u64 {
+        10
+    }
+    fn cloud_cfg(c: Cloud) -> CloudConfig {
+        CloudConfig { openid_metadata_url: c.default_metadata_url().into() }
+    }
+    pub(super) fn public() -> CloudConfig {
+        cloud_cfg(Cloud::Public)
+    }
+    pub(super) fn usgov() -> CloudConfig {
+        cloud_cfg(Cloud::Usgov)
+    }
+    pub(super) fn china() -> CloudConfig {
+        cloud_cfg(Cloud::China)
+    }
+    pub(super) fn sqlite_path() -> PathBuf {
+        "agentgate.db".into()
+    }
+    pub(super) fn synchronous() -> Synchronous {
+        Synchronous::Full
+    }
+    pub(super) fn max_batch() -> usize {
+        512
+    }
+    pub(super) fn dedupe_ttl() -> u64 {
+        24 * 3600
+    }
+    pub(super) fn invoke_text() -> String {
+        "Received. The agent will follow up shortly.".into()
+    }
+    pub(super) fn log_format() -> LogFormat {
+        LogFormat::Text
+    }
+    pub(super) fn log_level() -> String {
+        "info".into()
+    }
+    pub(super) fn cloud() -> Cloud {
+        Cloud::Public
+    }
+    pub(super) fn yes() -> bool {
+        true
+    }
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                empty_table().try_into().unwrap_or_else(|e| unreachable!("defaults of {} deserialize: {e}", stringify!($t)))
+            }
+        }
+    )*};
+}
+
+fn empty_table() -> toml::Table {
+    toml::Table::new()
+}
+
+default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, LogConfig);
+
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(v) => v,
+        ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
+}
+
+/// A configuration problem, with the path of the field and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { field: field.into(), problem: problem.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "configuration error: {}", self.problem)
+        } else {
+            write!(f, "configuration error in `{}`: {}", self.field, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The configuration served with `--dev` when no file is given: one bot with the Microsoft 365 Agents
+/// Playground's default app id and tenant, so that the Playground works with no set-up at all.
+pub const DEV_DEFAULT_TOML: &str = r#"
+[[bots]]
+app_id = "00000000-0000-0000-0000-00000000000011"
+display_name = "agentgate (dev)"
+allowed_tenants = ["00000000-0000-0000-0000-0000000000001"]
+"#;
+
+impl Config {
+    /// Load from an optional TOML text plus environment overrides, then validate field types.
+    /// Semantic checks that depend on how the gateway runs are in [`Config::validate`].
+    pub fn from_sources(
+        toml_text: Option<&str>,
+        source_name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match toml_text {
+            Some(text) => text.parse::<toml::Table>().map_err(|e| {
+                ConfigError::new("", format!("{source_name} is not valid TOML: {}", e.message().trim()))
+            })?,
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        env.sort();
+        for (key, value) in env {
+            overlay(&mut table, &key, &value)?;
+        }
+        let de = toml::Value::Table(table);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(path, explain_serde(&e.into_inner().to_string()))
+        })
+    }
+
+    /// Load from a file (or none) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
+                ConfigError::new("", format!("cannot read {}: {e}; pass --config with an existing file or run `agentgate init`", p.display()))
+            })?),
+            None => None,
+        };
+        let name = path.map_or_else(|| "the built-in defaults".to_owned(), |p| p.display().to_string());
+        Self::from_sources(text.as_deref(), &name, std::env::vars())
+    }
+
+    /// The SQLite file, resolved against `data_dir`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        if self.store.sqlite_path.is_absolute() {
+            self.store.sqlite_path.clone()
+        } else {
+            self.data_dir.join(&self.store.sqlite_path)
+        }
+    }
+
+    /// Check everything that does not need the network. `dev` is `serve --dev`.
+    pub fn validate(&self, dev: bool) -> Result<(), ConfigError> {
+        let bind: SocketAddr = self.server.bind.parse().map_err(|_| {
+            ConfigError::new("server.bind", format!("`{}` is not an address:port such as 127.0.0.1:3978", self.server.bind))
+        })?;
+        let tls = (&self.server.tls.cert_file, &self.server.tls.key_file);
+        match tls {
+            (Some(_), None) => return Err(ConfigError::new("server.tls.key_file", "a certificate is set but no key: set both cert_file and key_file")),
+            (None, Some(_)) => return Err(ConfigError::new("server.tls.cert_file", "a key is set but no certificate: set both cert_file and key_file")),
+            _ => {}
+        }
+        if dev && !bind.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "server.bind",
+                format!("--dev accepts unauthenticated Playground traffic and only binds loopback; `{bind}` is not loopback: use 127.0.0.1:PORT"),
+            ));
+        }
+        if tls.0.is_none() && !bind.ip().is_loopback() && !self.server.behind_proxy {
+            return Err(ConfigError::new(
+                "server.tls",
+                format!("`{bind}` is not loopback, so plain HTTP is refused: set server.tls.cert_file and server.tls.key_file, or server.behind_proxy = true when a TLS-terminating proxy is in front"),
+            ));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(ConfigError::new("server.body_limit_bytes", "must be at least 1024 bytes (Teams activities are often several KB)"));
+        }
+        if self.server.request_timeout_secs == 0 || self.server.request_timeout_secs > 14 {
+            return Err(ConfigError::new("server.request_timeout_secs", "must be 1..=14: Teams gives up after 15 s"));
+        }
+        if self.store.max_batch == 0 {
+            return Err(ConfigError::new("store.max_batch", "must be at least 1"));
+        }
+        if self.auth.clock_skew_secs > 600 {
+            return Err(ConfigError::new("auth.clock_skew_secs", "more than 600 s of skew weakens expiry checks; keep the default 300"));
+        }
+        if self.auth.key_refresh_secs < 60 {
+            return Err(ConfigError::new("auth.key_refresh_secs", "must be at least 60"));
+        }
+        for cloud in Cloud::ALL {
+            let field = format!("clouds.{cloud}.openid_metadata_url");
+            check_fetch_url(&self.clouds.get(cloud).openid_metadata_url).map_err(|p| ConfigError::new(field, p))?;
+        }
+        if self.bots.is_empty() {
+            return Err(ConfigError::new(
+                "bots",
+                "no bot is configured, so no traffic would be accepted: add a [[bots]] table (run `agentgate init` for a starter file)",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, bot) in self.bots.iter().enumerate() {
+            let field = |name: &str| format!("bots[{i}].{name}");
+            let app_id = bot.app_id.trim();
+            if app_id.is_empty() || app_id != bot.app_id {
+                return Err(ConfigError::new(field("app_id"), "must be the bot's Entra application (client) id, without spaces"));
+            }
+            if app_id.starts_with("https://") || app_id.starts_with("http://") {
+                return Err(ConfigError::new(field("app_id"), "a URL is not an app id (https://api.botframework.com is the Connector's audience, never a bot's)"));
+            }
+            if !seen.insert(app_id.to_ascii_lowercase()) {
+                return Err(ConfigError::new(field("app_id"), format!("`{app_id}` is configured twice; each [[bots]] entry needs its own app id")));
+            }
+            if bot.allowed_tenants.is_empty() {
+                return Err(ConfigError::new(field("allowed_tenants"), "is empty, so every activity would be refused: list the tenant ids this bot serves"));
+            }
+            for t in &bot.allowed_tenants {
+                if t.trim().is_empty() || t.contains('*') || t.trim() != t {
+                    return Err(ConfigError::new(field("allowed_tenants"), format!("`{t}` is not a tenant id (wildcards are not allowed)")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A URL the gateway fetches keys from: https, or plain http on a loopback host (local fakes).
+pub fn check_fetch_url(s: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("`{s}` is not a URL ({e})"))?;
+    match (u.scheme(), u.host()) {
+        ("https", Some(_)) => Ok(u),
+        ("http", Some(url::Host::Ipv4(ip))) if ip.is_loopback() => Ok(u),
+        ("http", Some(url::Host::Ipv6(ip))) if ip.is_loopback() => Ok(u),
+        ("http", Some(url::Host::Domain("localhost"))) => Ok(u),
+        _ => Err(format!("`{s}` must be an https URL (plain http is allowed for loopback hosts only)")),
+    }
+}
+
+fn explain_serde(msg: &str) -> String {
+    if msg.starts_with("unknown field") {
+        format!("{msg}; check the spelling against docs/configuration.md")
+    } else {
+        msg.to_owned()
+    }
+}
+
+/// Apply one `AGENTGATE__A__B__0__C=value` override to the table.
+fn overlay(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> =
+        key[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::new(key, "empty path segment; separate keys with a double underscore: AGENTGATE__SERVER__BIND"));
+    }
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let result = set_path(&mut root, &path, parse_env_value(value), key);
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    result
+}
+
+fn set_path(slot: &mut toml::Value, path: &[String], value: toml::Value, key: &str) -> Result<(), ConfigError> {
+    let Some((head, rest)) = path.split_first() else {
+        *slot = value;
+        return Ok(());
+    };
+    if let Ok(index) = head.parse::<usize>() {
+        if !slot.is_array() {
+            *slot = toml::Value::Array(Vec::new());
+        }
+        let toml::Value::Array(arr) = slot else { unreachable!("just made an array") };
+        if index > arr.len() {
+            return Err(ConfigError::new(key, format!("array index {index} skips elements; number entries from 0 without gaps")));
+        }
+        if index == arr.len() {
+            arr.push(toml::Value::Table(toml::Table::new()));
+        }
+        set_path(&mut arr[index], rest, value, key)
+    } else {
+        if !slot.is_table() {
+            *slot = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(t) = slot else { unreachable!("just made a table") };
+        let child = t.entry(head.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        set_path(child, rest, value, key)
+    }
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    let v = value.trim();
+    let scalar = v == "true" || v == "false" || v.starts_with('[') || v.parse::<i64>().is_ok();
+    if scalar && let Ok(t) = format!("v = {v}").parse::<toml::Table>() && let Some(x) = t.get("v") {
+        return x.clone();
+    }
+    toml::Value::String(value.to_owned())
+}
+
+/// The commented starter configuration written by `agentgate init`.
+pub const STARTER_TOML: &str = include_str!("starter.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    const ONE_BOT: &str = r#"
+[[bots]]
+app_id = "11111111-1111-1111-1111-111111111111"
+allowed_tenants = ["tenant-a"]
+"#;
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let c = Config::from_sources(Some(ONE_BOT), "t", env(&[
+            ("AGENTGATE__SERVER__BIND", "127.0.0.1:9999"),
+            ("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "tenant-a, tenant-b"),
+            ("AGENTGATE__AUTH__CLOCK_SKEW_SECS", "120"),
+            ("OTHER_VAR", "ignored"),
+        ]))
+        .unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:9999");
+        assert_eq!(c.auth.clock_skew_secs, 120);
+        assert_eq!(c.auth.key_refresh_secs, 86_400);
+        assert_eq!(c.bots[0].allowed_tenants, vec!["tenant-a", "tenant-b"]);
+        assert_eq!(c.bots[0].cloud, Cloud::Public);
+        assert!(c.bots[0].require_endorsement);
+        c.validate(false).unwrap();
+    }
+
+    #[test]
+    fn env_can_add_a_bot() {
+        let c = Config::from_sources(None, "t", env(&[
+            ("AGENTGATE__BOTS__0__APP_ID", "abc"),
+            ("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "[\"t1\",\"t2\"]"),
+            ("AGENTGATE__BOTS__0__CLOUD", "usgov"),
+        ]))
+        .unwrap();
+        assert_eq!(c.bots[0].app_id, "abc");
+        assert_eq!(c.bots[0].allowed_tenants, vec!["t1", "t2"]);
+        assert_eq!(c.bots[0].cloud, Cloud::Usgov);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_types_name_the_field() {
+        let e = Config::from_sources(Some("[server]\nbnid = \"x\"\n"), "t", env(&[])).unwrap_err();
+        assert_eq!(e.field, "server.bnid");
+        assert!(e.problem.contains("unknown field"), "{e}");
+        let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__BOTS__0__CLOUD", "mars")])).unwrap_err();
+        assert_eq!(e.field, "bots[0].cloud");
+        let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__BOTS__0__CREDENTIAL", "hunter2")])).unwrap_err();
+        assert_eq!(e.field, "bots[0].credential");
+        // A secret pasted where its reference belongs must not be echoed back.
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.problem.contains("not a secret reference"), "{e}");
+        let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__BOTS__2__APP_ID", "x")])).unwrap_err();
+        assert!(e.problem.contains("skips"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_field_and_the_fix() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
+            ("", &[], "bots"),
+            (ONE_BOT, &[("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "[]")], "bots[0].allowed_tenants"),
+            (ONE_BOT, &[("AGENTGATE__BOTS__0__APP_ID", "https://api.botframework.com")], "bots[0].app_id"),
+            (ONE_BOT, &[("AGENTGATE__SERVER__BIND", "0.0.0.0:443")], "server.tls"),
+            (ONE_BOT, &[("AGENTGATE__SERVER__BIND", "nonsense")], "server.bind"),
+            (ONE_BOT, &[("AGENTGATE__SERVER__TLS__CERT_FILE", "/c.pem")], "server.tls.key_file"),
+            (ONE_BOT, &[("AGENTGATE__CLOUDS__PUBLIC__OPENID_METADATA_URL", "http://example.com/meta")], "clouds.public.openid_metadata_url"),
+            (ONE_BOT, &[("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "*")], "bots[0].allowed_tenants"),
+        ];
+        for (text, vars, field) in cases {
+            let c = Config::from_sources(Some(text), "t", env(vars)).unwrap();
+            let e = c.validate(false).unwrap_err();
+            assert_eq!(&e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn behind_proxy_allows_plain_http_on_any_address_but_dev_never_does() {
+        let c = Config::from_sources(Some(ONE_BOT), "t", env(&[
+            ("AGENTGATE__SERVER__BIND", "0.0.0.0:8080"),
+            ("AGENTGATE__SERVER__BEHIND_PROXY", "true"),
+        ]))
+        .unwrap();
+        c.validate(false).unwrap();
+        assert_eq!(c.validate(true).unwrap_err().field, "server.bind");
+    }
+
+    #[test]
+    fn duplicate_bots_are_refused() {
+        let text = format!("{ONE_BOT}{ONE_BOT}");
+        let e = Config::from_sources(Some(&text), "t", env(&[])).unwrap().validate(false).unwrap_err();
+        assert_eq!(e.field, "bots[1].app_id");
+    }
+
+    #[test]
+    fn the_starter_and_dev_configs_are_valid() {
+        Config::from_sources(Some(STARTER_TOML), "starter", env(&[])).unwrap().validate(false).unwrap();
+        Config::from_sources(Some(DEV_DEFAULT_TOML), "dev", env(&[])).unwrap().validate(true).unwrap();
+    }
+}

@@ -1,0 +1,253 @@
+//! `POST /api/messages`: authenticate, parse, gate, deduplicate, commit, then acknowledge.
+//!
+//! Order of checks: content type (415), body size (413), token signature and claims (401, or 503 with
+//! no signing keys), body shape (400), token binding to the activity (401), Connector allow-list of the
+//! `serviceUrl` (400), tenant allow-list (403), then the durable commit. Nothing is acknowledged before
+//! it is committed. Failure bodies are generic; the reason goes to the log and `/metrics`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::activity::{Activity, InvokeResponse, Kind};
+use crate::auth::{AuthError, Verifier};
+use crate::metrics::{AuthReason, Metrics, Outcome};
+use crate::service_url::{self, ConnectorPolicy};
+use crate::store::{CommitOutcome, ConversationRef, InboundRecord, Store};
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    pub verifier: Verifier,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub connectors: ConnectorPolicy,
+    /// `serve --dev`: unauthenticated Playground requests are accepted (loopback only).
+    pub dev: bool,
+    pub invoke_ack_text: String,
+    pub dedupe_ttl: Duration,
+}
+
+/// A refused request. The response body never says more than the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BadRequest(&'static str),
+    Unauthorized(AuthReason),
+    Forbidden(&'static str),
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    NoKeys,
+    StoreUnavailable,
+}
+
+impl Refusal {
+    fn outcome(self) -> Outcome {
+        match self {
+            Refusal::BadRequest(_) => Outcome::BadRequest,
+            Refusal::Unauthorized(_) => Outcome::Unauthorized,
+            Refusal::Forbidden(_) => Outcome::Forbidden,
+            Refusal::PayloadTooLarge => Outcome::PayloadTooLarge,
+            Refusal::UnsupportedMediaType => Outcome::UnsupportedMediaType,
+            Refusal::NoKeys | Refusal::StoreUnavailable => Outcome::Unavailable,
+        }
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Refused(r) => Refusal::Unauthorized(r),
+            AuthError::NoKeys => Refusal::NoKeys,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            Refusal::BadRequest(_) => (StatusCode::BAD_REQUEST, r#"{"error":"bad request"}"#),
+            Refusal::Unauthorized(_) => (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#),
+            Refusal::Forbidden(_) => (StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#),
+            Refusal::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, r#"{"error":"payload too large"}"#),
+            Refusal::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, r#"{"error":"expected application/json"}"#),
+            Refusal::NoKeys | Refusal::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"unavailable"}"#),
+        };
+        let mut resp = (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+        match self {
+            Refusal::Unauthorized(_) => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Refusal::NoKeys | Refusal::StoreUnavailable => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// The handler for `POST /api/messages`.
+pub async fn api_messages(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    match intake(&state, &headers, body).await {
+        Ok((outcome, response)) => {
+            state.metrics.request(outcome);
+            response
+        }
+        Err(refusal) => {
+            state.metrics.request(refusal.outcome());
+            match refusal {
+                Refusal::Unauthorized(reason) => {
+                    state.metrics.auth_failure(reason);
+                    tracing::warn!(reason = reason.label(), "inbound request refused: 401");
+                }
+                Refusal::BadRequest(why) => tracing::warn!(reason = why, "inbound request refused: 400"),
+                Refusal::Forbidden(why) => tracing::warn!(reason = why, "inbound request refused: 403"),
+                Refusal::NoKeys => tracing::error!("inbound request refused: 503, no signing keys are loaded"),
+                Refusal::StoreUnavailable => tracing::error!("inbound request refused: 503, the store did not commit"),
+                Refusal::PayloadTooLarge | Refusal::UnsupportedMediaType => {
+                    tracing::info!(outcome = refusal.outcome().label(), "inbound request refused");
+                }
+            }
+            refusal.into_response()
+        }
+    }
+}
+
+/// 405 for anything but POST on `/api/messages`.
+pub async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.request(Outcome::MethodNotAllowed);
+    let mut resp = (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"method not allowed"}"#).into_response();
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    resp
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<(Outcome, Response), Refusal> {
+    if !is_json(headers) {
+        return Err(Refusal::UnsupportedMediaType);
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE { Refusal::PayloadTooLarge } else { Refusal::BadRequest("unreadable body") }
+    })?;
+
+    // Authenticate before looking at the body.
+    let token = match headers.get(header::AUTHORIZATION) {
+        Some(value) => Some(state.verifier.verify(value.as_bytes()).await?),
+        None if state.dev => None,
+        None => return Err(Refusal::Unauthorized(AuthReason::MissingHeader)),
+    };
+
+    let activity: Activity = serde_json::from_slice(&body).map_err(|_| Refusal::BadRequest("body is not an activity"))?;
+    if activity.kind.is_empty() {
+        return Err(Refusal::BadRequest("activity has no type"));
+    }
+    let conversation_id = activity.conversation_id().ok_or(Refusal::BadRequest("activity has no conversation.id"))?.to_owned();
+    let raw_service_url = activity.service_url.as_deref().ok_or(Refusal::BadRequest("activity has no serviceUrl"))?;
+    if service_url::normalize(raw_service_url).is_none() {
+        return Err(Refusal::BadRequest("serviceUrl is not a valid URL"));
+    }
+
+    let (bot_index, auth) = match &token {
+        Some(t) => {
+            state.verifier.bind(t, &activity).map_err(Refusal::Unauthorized)?;
+            (t.bot, "botframework")
+        }
+        None => {
+            // Dev mode, no token: only the Playground's loopback connector, only for a configured bot.
+            if !service_url::is_dev_connector_str(raw_service_url) {
+                return Err(Refusal::Unauthorized(AuthReason::MissingHeader));
+            }
+            let recipient = activity.recipient.as_ref().map_or("", |r| r.id.as_str());
+            let app_id = recipient.strip_prefix("28:").unwrap_or(recipient);
+            let bot = state.verifier.bot_by_app_id(app_id).ok_or(Refusal::Unauthorized(AuthReason::DevAnonymousRefused))?;
+            (bot, "dev-anonymous")
+        }
+    };
+    let bot = state.verifier.bot(bot_index);
+
+    state.connectors.check(bot.cloud, raw_service_url).map_err(|_| Refusal::BadRequest("serviceUrl is not an allow-listed Connector endpoint"))?;
+
+    let tenant = activity.tenant_id().map_err(|e| match e {
+        crate::activity::TenantError::Missing => Refusal::Forbidden("activity names no tenant"),
+        crate::activity::TenantError::Disagree => Refusal::Forbidden("channelData.tenant.id and conversation.tenantId disagree"),
+    })?;
+    if !bot.allows_tenant(tenant) {
+        return Err(Refusal::Forbidden("tenant is not on the bot's allow-list"));
+    }
+    if let Some(recipient) = activity.recipient.as_ref().map(|r| r.id.as_str()) {
+        let expected = recipient.strip_prefix("28:").unwrap_or(recipient);
+        if !expected.eq_ignore_ascii_case(&bot.app_id) {
+            tracing::warn!(recipient, "activity recipient is not the bot the token was issued for");
+        }
+    }
+
+    let now = now_ms();
+    let activity_id = match activity.id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => id.to_owned(),
+        None => format!("agentgate:{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+    };
+    let kind = activity.kind();
+    let uninstalled = kind == Kind::InstallationUpdate && activity.action.as_deref().is_some_and(|a| a.starts_with("remove"));
+    let record = InboundRecord {
+        bot_app_id: bot.app_id.clone(),
+        tenant_id: tenant.to_owned(),
+        conversation_id: conversation_id.clone(),
+        activity_id: activity_id.clone(),
+        activity_type: activity.kind.clone(),
+        auth,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        received_at_ms: now,
+        dedupe_expires_at_ms: now.saturating_add(i64::try_from(state.dedupe_ttl.as_millis()).unwrap_or(i64::MAX)),
+        reference: ConversationRef {
+            bot_app_id: bot.app_id.clone(),
+            conversation_id,
+            tenant_id: tenant.to_owned(),
+            service_url: raw_service_url.to_owned(),
+            channel_id: activity.channel_id.clone().unwrap_or_default(),
+            conversation_type: activity.conversation.as_ref().and_then(|c| c.conversation_type.clone()),
+            user_id: activity.from.as_ref().map(|f| f.id.clone()).filter(|s| !s.is_empty()),
+            user_aad_object_id: activity.from.as_ref().and_then(|f| f.aad_object_id.clone()),
+            bot_id: activity.recipient.as_ref().map(|r| r.id.clone()).filter(|s| !s.is_empty()),
+            usable: !uninstalled,
+            updated_at_ms: now,
+        },
+    };
+    let outcome = state.store.commit_inbound(record).await.map_err(|e| {
+        tracing::error!(error = %e, "commit failed");
+        Refusal::StoreUnavailable
+    })?;
+    let outcome = match outcome {
+        CommitOutcome::Accepted { inbox_id } => {
+            tracing::debug!(inbox_id, activity_id, kind = %activity.kind, "activity committed");
+            Outcome::Accepted
+        }
+        CommitOutcome::Duplicate => {
+            tracing::info!(activity_id, "duplicate delivery acknowledged without a second commit");
+            Outcome::Duplicate
+        }
+    };
+    let response = if kind == Kind::Invoke {
+        let r = InvokeResponse::acknowledge(&activity, &state.invoke_ack_text);
+        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+        (status, axum::Json(r.body)).into_response()
+    } else {
+        StatusCode::ACCEPTED.into_response()
+    };
+    Ok((outcome, response))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

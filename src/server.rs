@@ -1,0 +1,244 @@
+//! Wiring: build the state, the router and the listener; run until a shutdown signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::task::JoinHandle;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::auth::{BotEntry, KeyCache, KeyCacheSettings, Verifier};
+use crate::config::{Cloud, Config, check_fetch_url};
+use crate::inbound::{self, AppState};
+use crate::metrics::Metrics;
+use crate::service_url::ConnectorPolicy;
+use crate::store::{SqliteStore, Store};
+
+/// The HTTP routes over a built state. Tests may drive this without a socket.
+pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Router {
+    Router::new()
+        .route("/api/messages", post(inbound::api_messages).fallback(inbound::method_not_allowed))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let store_ok = state.store.ping().await.is_ok();
+    let keys_ok = state.verifier.key_caches().all(|c| c.has_keys());
+    let body = serde_json::json!({"ready": store_ok && keys_ok, "store": store_ok, "signing_keys": keys_ok});
+    let status = if store_ok && keys_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// How `serve` was asked to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    pub dev: bool,
+}
+
+/// A started gateway.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    tls: bool,
+    handle: Handle<SocketAddr>,
+    server: JoinHandle<std::io::Result<()>>,
+    state: Arc<AppState>,
+    background: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("local_addr", &self.local_addr).field("tls", &self.tls).finish()
+    }
+}
+
+impl Gateway {
+    /// Validate the config, open the store, start key refresh, bind the listener and start serving.
+    pub async fn start(cfg: Config, opts: ServeOptions) -> anyhow::Result<Self> {
+        cfg.validate(opts.dev)?;
+        let metrics = Arc::new(Metrics::default());
+        let db = cfg.sqlite_path();
+        let store: Arc<dyn Store> = {
+            let (db, m, sync, batch) = (db.clone(), Arc::clone(&metrics), cfg.store.synchronous, cfg.store.max_batch);
+            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&db, sync, batch, m)).await??)
+        };
+        tracing::info!(path = %db.display(), "store open");
+
+        let settings = KeyCacheSettings {
+            refresh_every: Duration::from_secs(cfg.auth.key_refresh_secs),
+            unknown_kid_cooldown: Duration::from_secs(cfg.auth.unknown_kid_cooldown_secs),
+            stale_grace: Duration::from_secs(cfg.auth.stale_keys_grace_secs),
+            fetch_timeout: Duration::from_secs(cfg.auth.fetch_timeout_secs.max(1)),
+        };
+        let mut caches: [Option<Arc<KeyCache>>; 3] = [None, None, None];
+        let mut background = Vec::new();
+        for cloud in Cloud::ALL {
+            if !cfg.bots.iter().any(|b| b.cloud == cloud) {
+                continue;
+            }
+            let url = check_fetch_url(&cfg.clouds.get(cloud).openid_metadata_url).map_err(anyhow::Error::msg)?;
+            let cache = Arc::new(KeyCache::new(cloud, url, settings, Arc::clone(&metrics)).context("building the HTTP client")?);
+            background.push(Arc::clone(&cache).spawn_background());
+            caches[cloud.index()] = Some(cache);
+        }
+        let bots = cfg
+            .bots
+            .iter()
+            .map(|b| BotEntry {
+                app_id: b.app_id.clone(),
+                cloud: b.cloud,
+                require_endorsement: b.require_endorsement,
+                allowed_tenants: b.allowed_tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+            })
+            .collect();
+        let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics));
+        let state = Arc::new(AppState {
+            verifier,
+            store: Arc::clone(&store),
+            metrics,
+            connectors: ConnectorPolicy { dev: opts.dev },
+            dev: opts.dev,
+            invoke_ack_text: cfg.invoke.ack_text.clone(),
+            dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
+        });
+        background.push(spawn_dedupe_purge(Arc::clone(&store)));
+
+        let app = router(Arc::clone(&state), cfg.server.body_limit_bytes, Duration::from_secs(cfg.server.request_timeout_secs));
+        let bind: SocketAddr = cfg.server.bind.parse().context("server.bind")?;
+        let listener = std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}: is another process using it? change server.bind or --bind"))?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let handle: Handle<SocketAddr> = Handle::new();
+        let service = app.into_make_service();
+        let (server, tls) = match (&cfg.server.tls.cert_file, &cfg.server.tls.key_file) {
+            (Some(cert), Some(key)) => {
+                let tls = RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
+                background.push(spawn_tls_reload(tls.clone(), cert.clone(), key.clone(), Duration::from_secs(cfg.server.tls.reload_interval_secs.max(1))));
+                let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+                (tokio::spawn(async move { server.serve(service).await }), true)
+            }
+            _ => {
+                let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+                (tokio::spawn(async move { server.serve(service).await }), false)
+            }
+        };
+        Ok(Self { local_addr, tls, handle, server, state, background, grace: Duration::from_secs(cfg.server.shutdown_grace_secs) })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.local_addr)
+    }
+
+    /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish (their
+    /// commits included) within the grace period, and close the store.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Self { handle, mut server, state, background, grace, .. } = self;
+        tokio::select! {
+            res = &mut server => {
+                state.store.close().await;
+                return res.context("server task")?.context("server stopped");
+            }
+            () = shutdown => {}
+        }
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
+        handle.graceful_shutdown(Some(grace));
+        let res = server.await;
+        for task in background {
+            task.abort();
+        }
+        state.store.close().await;
+        tracing::info!("store closed; bye");
+        res.context("server task")?.context("server stopped")
+    }
+}
+
+fn spawn_dedupe_purge(store: Arc<dyn Store>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            match store.purge_dedupe(now).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "expired dedupe keys purged"),
+                Err(e) => tracing::warn!(error = %e, "dedupe purge failed"),
+            }
+        }
+    })
+}
+
+fn file_stamp(p: &PathBuf) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Reload the certificate and key when either file changes (renewal); keep the old pair on error.
+fn spawn_tls_reload(tls: RustlsConfig, cert: PathBuf, key: PathBuf, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = (file_stamp(&cert), file_stamp(&key));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = (file_stamp(&cert), file_stamp(&key));
+            if now == seen {
+                continue;
+            }
+            match tls.reload_from_pem_file(&cert, &key).await {
+                Ok(()) => {
+                    tracing::info!(cert = %cert.display(), "TLS certificate reloaded");
+                    seen = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "TLS certificate changed but could not be loaded; still serving the previous one"),
+            }
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,133 @@
+//! `serviceUrl` handling: normalisation for the token binding, and the Connector host allow-list.
+//!
+//! The bot token will only ever be sent to a service URL that passes [`ConnectorPolicy::check`]; an
+//! inbound activity whose `serviceUrl` fails it is refused with 400 because nothing could be sent back.
+
+use url::{Host, Url};
+
+use crate::config::Cloud;
+
+/// A service URL reduced to what identifies the endpoint: scheme, lower-case host, explicit
+/// non-default port and the path without a trailing slash. User info, query and fragment are refused.
+pub fn normalize(raw: &str) -> Option<String> {
+    let u = Url::parse(raw.trim()).ok()?;
+    if !matches!(u.scheme(), "https" | "http") || u.cannot_be_a_base() {
+        return None;
+    }
+    if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+        return None;
+    }
+    let host = match u.host()? {
+        Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
+        Host::Ipv4(ip) => ip.to_string(),
+        Host::Ipv6(ip) => format!("[{ip}]"),
+    };
+    let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let path = u.path().trim_end_matches('/');
+    Some(format!("{}://{host}{port}{path}", u.scheme()))
+}
+
+/// Connector hosts (exact host or any subdomain) that may receive the bot token, per cloud.
+pub fn connector_suffixes(cloud: Cloud) -> &'static [&'static str] {
+    match cloud {
+        Cloud::Public => &["smba.trafficmanager.net", "botframework.com", "smba.infra.gcc.teams.microsoft.com"],
+        Cloud::Usgov => &["smba.infra.gov.teams.microsoft.us", "smba.infra.dod.teams.microsoft.us", "botframework.azure.us"],
+        Cloud::China => &["botframework.azure.cn"],
+    }
+}
+
+/// Decides which service URLs are acceptable Connector endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectorPolicy {
+    /// `serve --dev`: the Agents Playground's loopback connector is acceptable too.
+    pub dev: bool,
+}
+
+/// Why a service URL is not an acceptable Connector endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceUrlError {
+    #[error("not a valid service URL")]
+    Malformed,
+    #[error("service URL host is not an allow-listed Connector host")]
+    NotAllowed,
+}
+
+impl ConnectorPolicy {
+    pub fn check(&self, cloud: Cloud, raw: &str) -> Result<(), ServiceUrlError> {
+        let u = Url::parse(raw.trim()).map_err(|_| ServiceUrlError::Malformed)?;
+        if normalize(raw).is_none() {
+            return Err(ServiceUrlError::Malformed);
+        }
+        if self.dev && is_dev_connector(&u) {
+            return Ok(());
+        }
+        if u.scheme() != "https" {
+            return Err(ServiceUrlError::NotAllowed);
+        }
+        let Some(Host::Domain(host)) = u.host() else {
+            return Err(ServiceUrlError::NotAllowed); // IP literals never
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let ok = connector_suffixes(cloud)
+            .iter()
+            .any(|s| host == *s || (host.len() > s.len() && host.ends_with(s) && host.as_bytes()[host.len() - s.len() - 1] == b'.'));
+        if ok { Ok(()) } else { Err(ServiceUrlError::NotAllowed) }
+    }
+}
+
+/// The Agents Playground's mock Connector: `http://localhost:<port>/_connector` (or 127.0.0.1 / [::1]).
+pub fn is_dev_connector(u: &Url) -> bool {
+    let loopback = match u.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    u.scheme() == "http" && loopback && (u.path() == "/_connector" || u.path().starts_with("/_connector/"))
+}
+
+/// Convenience for a raw string.
+pub fn is_dev_connector_str(raw: &str) -> bool {
+    Url::parse(raw.trim()).is_ok_and(|u| is_dev_connector(&u))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize("https://SMBA.trafficmanager.net/amer/").as_deref(), Some("https://smba.trafficmanager.net/amer"));
+        assert_eq!(normalize("https://smba.trafficmanager.net:443/amer").as_deref(), Some("https://smba.trafficmanager.net/amer"));
+        assert_eq!(normalize("http://localhost:56150/_connector/").as_deref(), Some("http://localhost:56150/_connector"));
+        assert_eq!(normalize("https://victim.com@evil.com/"), None);
+        assert_eq!(normalize("https://x.com/a?b=c"), None);
+        assert_eq!(normalize("ftp://x.com/"), None);
+        assert_eq!(normalize("not a url"), None);
+    }
+
+    #[test]
+    fn connector_allow_list() {
+        let prod = ConnectorPolicy { dev: false };
+        let dev = ConnectorPolicy { dev: true };
+        for ok in ["https://smba.trafficmanager.net/amer/", "https://europe.smba.botframework.com/x", "https://smba.infra.gcc.teams.microsoft.com/"] {
+            assert_eq!(prod.check(Cloud::Public, ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://smba.trafficmanager.net/amer/",
+            "https://evilbotframework.com/",
+            "https://botframework.com.evil.com/",
+            "https://10.0.0.1/",
+            "https://victim.smba.trafficmanager.net@evil.com/",
+            "http://localhost:56150/_connector",
+        ] {
+            assert!(prod.check(Cloud::Public, bad).is_err(), "{bad}");
+        }
+        assert!(prod.check(Cloud::Usgov, "https://smba.trafficmanager.net/amer/").is_err());
+        assert_eq!(prod.check(Cloud::Usgov, "https://smba.infra.gov.teams.microsoft.us/x"), Ok(()));
+        assert_eq!(dev.check(Cloud::Public, "http://localhost:56150/_connector"), Ok(()));
+        assert_eq!(dev.check(Cloud::Public, "http://127.0.0.1:56150/_connector/"), Ok(()));
+        assert!(dev.check(Cloud::Public, "http://localhost:56150/other").is_err());
+        assert!(dev.check(Cloud::Public, "http://192.168.1.5:56150/_connector").is_err());
+    }
+}

@@ -1,0 +1,459 @@
+//! The embedded SQLite store.
+//!
+//! All writes go through one writer thread that drains its queue into a single transaction (group
+//! commit): under load many activities share one fsync, and each caller is answered only after the
+//! transaction that holds its activity has committed. Reads use a second connection (WAL mode lets
+//! them run beside the writer).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CommitOutcome, ConversationRef, InboundRecord, InboxItem, Store, StoreError};
+use crate::config::Synchronous;
+use crate::metrics::Metrics;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS conversation_refs (
+    bot_app_id         TEXT    NOT NULL,
+    conversation_id    TEXT    NOT NULL,
+    tenant_id          TEXT    NOT NULL,
+    service_url        TEXT    NOT NULL,
+    channel_id         TEXT    NOT NULL,
+    conversation_type  TEXT,
+    user_id            TEXT,
+    user_aad_object_id TEXT,
+    bot_id             TEXT,
+    usable             INTEGER NOT NULL,
+    updated_at_ms      BIGINT  NOT NULL,
+    PRIMARY KEY (bot_app_id, conversation_id)
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    bot_app_id      TEXT    NOT NULL,
+    tenant_id       TEXT    NOT NULL,
+    conversation_id TEXT    NOT NULL,
+    activity_id     TEXT    NOT NULL,
+    activity_type   TEXT    NOT NULL,
+    auth            TEXT    NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'pending',
+    received_at_ms  BIGINT  NOT NULL,
+    acked_at_ms     BIGINT,
+    body            TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (state, bot_app_id, id);
+CREATE TABLE IF NOT EXISTS dedupe (
+    bot_app_id      TEXT   NOT NULL,
+    conversation_id TEXT   NOT NULL,
+    activity_id     TEXT   NOT NULL,
+    expires_at_ms   BIGINT NOT NULL,
+    PRIMARY KEY (bot_app_id, conversation_id, activity_id)
+);
+CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at_ms);
+";
+
+enum Job {
+    Commit(Box<InboundRecord>, oneshot::Sender<Result<CommitOutcome, StoreError>>),
+    Ack(Vec<i64>, i64, oneshot::Sender<Result<u64, StoreError>>),
+    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
+    Stop,
+}
+
+/// SQLite behind the [`Store`] trait.
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
+    let open_err = |e: rusqlite::Error| StoreError::Open { path: path.display().to_string(), reason: e.to_string() };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    })
+    .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open (creating the file, its parent folder and the schema as needed) and start the writer.
+    pub fn open(path: &Path, sync: Synchronous, max_batch: usize, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: format!("cannot create {}: {e}", parent.display()),
+            })?;
+        }
+        let writer_conn = open_connection(path, sync)?;
+        writer_conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        let reader = open_connection(path, sync)?;
+        let (tx, rx) = mpsc::channel(max_batch.max(1) * 8);
+        let writer = std::thread::Builder::new()
+            .name("agentgate-store".into())
+            .spawn(move || writer_loop(writer_conn, rx, max_batch.max(1), &metrics))
+            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok(Self { path: path.to_owned(), jobs: tx, reader: Arc::new(Mutex::new(reader)), writer: Mutex::new(Some(writer)) })
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&conn).map_err(db_err)
+        })
+        .await
+        .map_err(|e| StoreError::Database(e.to_string()))?
+    }
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, metrics: &Metrics) {
+    let mut batch = Vec::with_capacity(max_batch);
+    loop {
+        let Some(first) = rx.blocking_recv() else { return };
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let stop = run_batch(&mut conn, &mut batch, metrics);
+        if stop {
+            return;
+        }
+    }
+}
+
+/// A computed answer, held until the transaction that produced it has committed.
+enum Pending {
+    Commit(oneshot::Sender<Result<CommitOutcome, StoreError>>, Result<CommitOutcome, StoreError>),
+    Count(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
+}
+
+impl Pending {
+    /// Answer the caller; if the transaction failed, every answer in it is that failure.
+    fn deliver(self, failed: Option<&StoreError>) {
+        let fail = |e: &StoreError| StoreError::Database(e.to_string());
+        match self {
+            Pending::Commit(tx, r) => {
+                let _ = tx.send(failed.map_or(r, |e| Err(fail(e))));
+            }
+            Pending::Count(tx, r) => {
+                let _ = tx.send(failed.map_or(r, |e| Err(fail(e))));
+            }
+        }
+    }
+}
+
+/// Run every job of the batch in one transaction; answer each caller after the commit.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, metrics: &Metrics) -> bool {
+    let started = Instant::now();
+    let mut stop = false;
+    let mut commits = 0usize;
+    let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
+    let tx_result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in batch.drain(..) {
+            match job {
+                Job::Commit(rec, reply) => {
+                    let r = commit_one(&tx, &rec).map_err(db_err);
+                    if matches!(r, Ok(CommitOutcome::Accepted { .. })) {
+                        commits += 1;
+                    }
+                    answers.push(Pending::Commit(reply, r));
+                }
+                Job::Ack(ids, now, reply) => answers.push(Pending::Count(reply, ack(&tx, &ids, now).map_err(db_err))),
+                Job::Purge(now, reply) => {
+                    let r = tx.execute("DELETE FROM dedupe WHERE expires_at_ms < ?1", params![now]).map(|n| n as u64).map_err(db_err);
+                    answers.push(Pending::Count(reply, r));
+                }
+                Job::Stop => stop = true,
+            }
+        }
+        tx.commit()
+    })();
+    let failed = tx_result.err().map(db_err);
+    if let Some(e) = &failed {
+        tracing::error!(error = %e, "store transaction failed; every activity in it was refused");
+    } else if commits > 0 {
+        metrics.commit(started.elapsed(), commits);
+    }
+    for answer in answers {
+        answer.deliver(failed.as_ref());
+    }
+    stop
+}
+
+fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord) -> rusqlite::Result<CommitOutcome> {
+    let fresh = tx
+        .prepare_cached(
+            "INSERT INTO dedupe (bot_app_id, conversation_id, activity_id, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (bot_app_id, conversation_id, activity_id) DO NOTHING",
+        )?
+        .execute(params![r.bot_app_id, r.conversation_id, r.activity_id, r.dedupe_expires_at_ms])?;
+    if fresh == 0 {
+        return Ok(CommitOutcome::Duplicate);
+    }
+    let c = &r.reference;
+    tx.prepare_cached(
+        "INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
+                                        user_id, user_aad_object_id, bot_id, usable, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (bot_app_id, conversation_id) DO UPDATE SET
+             tenant_id = excluded.tenant_id, service_url = excluded.service_url, channel_id = excluded.channel_id,
+             conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
+             user_id = COALESCE(excluded.user_id, conversation_refs.user_id),
+             user_aad_object_id = COALESCE(excluded.user_aad_object_id, conversation_refs.user_aad_object_id),
+             bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
+             usable = excluded.usable, updated_at_ms = excluded.updated_at_ms",
+    )?
+    .execute(params![
+        c.bot_app_id,
+        c.conversation_id,
+        c.tenant_id,
+        c.service_url,
+        c.channel_id,
+        c.conversation_type,
+        c.user_id,
+        c.user_aad_object_id,
+        c.bot_id,
+        c.usable,
+        c.updated_at_ms
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO inbox (bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, received_at_ms, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![r.bot_app_id, r.tenant_id, r.conversation_id, r.activity_id, r.activity_type, r.auth, r.received_at_ms, r.body])?;
+    Ok(CommitOutcome::Accepted { inbox_id: tx.last_insert_rowid() })
+}
+
+fn ack(tx: &rusqlite::Transaction<'_>, ids: &[i64], now: i64) -> rusqlite::Result<u64> {
+    let mut stmt = tx.prepare_cached("UPDATE inbox SET state = 'acked', acked_at_ms = ?2 WHERE id = ?1 AND state <> 'acked'")?;
+    let mut n = 0;
+    for id in ids {
+        n += stmt.execute(params![id, now])? as u64;
+    }
+    Ok(n)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn commit_inbound(&self, record: InboundRecord) -> Result<CommitOutcome, StoreError> {
+        self.submit(|tx| Job::Commit(Box::new(record), tx)).await
+    }
+
+    async fn pending_inbox(&self, bot: Option<&str>, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let bot = bot.map(str::to_owned);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, state, received_at_ms, body
+                 FROM inbox WHERE state <> 'acked' AND (?1 IS NULL OR bot_app_id = ?1) ORDER BY id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![bot, limit], |r| {
+                Ok(InboxItem {
+                    id: r.get(0)?,
+                    bot_app_id: r.get(1)?,
+                    tenant_id: r.get(2)?,
+                    conversation_id: r.get(3)?,
+                    activity_id: r.get(4)?,
+                    activity_type: r.get(5)?,
+                    auth: r.get(6)?,
+                    state: r.get(7)?,
+                    received_at_ms: r.get(8)?,
+                    body: r.get(9)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn ack_inbox(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.submit(|tx| Job::Ack(ids, now_ms(), tx)).await
+    }
+
+    async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError> {
+        let (bot, conv) = (bot_app_id.to_owned(), conversation_id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id,
+                        user_aad_object_id, bot_id, usable, updated_at_ms
+                 FROM conversation_refs WHERE bot_app_id = ?1 AND conversation_id = ?2",
+            )?
+            .query_row(params![bot, conv], |r| {
+                Ok(ConversationRef {
+                    bot_app_id: r.get(0)?,
+                    conversation_id: r.get(1)?,
+                    tenant_id: r.get(2)?,
+                    service_url: r.get(3)?,
+                    channel_id: r.get(4)?,
+                    conversation_type: r.get(5)?,
+                    user_id: r.get(6)?,
+                    user_aad_object_id: r.get(7)?,
+                    bot_id: r.get(8)?,
+                    usable: r.get(9)?,
+                    updated_at_ms: r.get(10)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.submit(|tx| Job::Purge(now_ms, tx)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
+    }
+
+    async fn close(&self) {
+        let _ = self.jobs.send(Job::Stop).await;
+        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(activity_id: &str, conv: &str) -> InboundRecord {
+        InboundRecord {
+            bot_app_id: "bot".into(),
+            tenant_id: "t".into(),
+            conversation_id: conv.into(),
+            activity_id: activity_id.into(),
+            activity_type: "message".into(),
+            auth: "botframework",
+            body: format!("{{\"id\":\"{activity_id}\"}}"),
+            received_at_ms: 1,
+            dedupe_expires_at_ms: 1_000,
+            reference: ConversationRef {
+                bot_app_id: "bot".into(),
+                conversation_id: conv.into(),
+                tenant_id: "t".into(),
+                service_url: "https://smba.trafficmanager.net/amer/".into(),
+                channel_id: "msteams".into(),
+                conversation_type: Some("personal".into()),
+                user_id: Some("29:u".into()),
+                user_aad_object_id: Some("oid".into()),
+                bot_id: Some("28:bot".into()),
+                usable: true,
+                updated_at_ms: 1,
+            },
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("sub/agentgate.db"), Synchronous::Full, 64, Arc::new(Metrics::default())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn commit_dedupe_ack_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = store.commit_inbound(record("a1", "c1")).await.unwrap();
+        assert!(matches!(first, CommitOutcome::Accepted { .. }));
+        assert_eq!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Duplicate);
+        // The same activity id in another conversation is a different activity.
+        assert!(matches!(store.commit_inbound(record("a1", "c2")).await.unwrap(), CommitOutcome::Accepted { .. }));
+        let pending = store.pending_inbox(Some("bot"), 10).await.unwrap();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(store.ack_inbox(&[pending[0].id]).await.unwrap(), 1);
+        assert_eq!(store.ack_inbox(&[pending[0].id]).await.unwrap(), 0);
+        store.close().await;
+        let store = open(&dir);
+        let pending = store.pending_inbox(None, 10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].conversation_id, "c2");
+        let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+        assert_eq!(r.user_aad_object_id.as_deref(), Some("oid"));
+        assert!(store.conversation_ref("bot", "nope").await.unwrap().is_none());
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_share_transactions_and_stay_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(SqliteStore::open(&dir.path().join("x.db"), Synchronous::Full, 64, Arc::clone(&metrics)).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = Arc::clone(&store);
+            // Every activity is sent twice.
+            tasks.push(tokio::spawn(async move { s.commit_inbound(record(&format!("a{}", i / 2), "c")).await.unwrap() }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), CommitOutcome::Accepted { .. }) {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 100);
+        assert_eq!(store.pending_inbox(None, 1000).await.unwrap().len(), 100);
+        let text = metrics.render();
+        assert!(text.contains("agentgate_store_committed_activities_total 100"), "{text}");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn purge_forgets_expired_dedupe_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.commit_inbound(record("a1", "c1")).await.unwrap();
+        assert_eq!(store.purge_dedupe(999).await.unwrap(), 0);
+        assert_eq!(store.purge_dedupe(1_001).await.unwrap(), 1);
+        assert!(matches!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Accepted { .. }));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn closed_store_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.close().await;
+        assert!(matches!(store.commit_inbound(record("a", "c")).await, Err(StoreError::Closed)));
+    }
+}
