@@ -467,8 +467,8 @@ impl Config {
         if self.auth.clock_skew_secs > 600 {
             return Err(ConfigError::new("auth.clock_skew_secs", "more than 600 s of skew weakens expiry checks; keep the default 300"));
         }
-        if self.auth.key_refresh_secs < 60 {
-            return Err(ConfigError::new("auth.key_refresh_secs", "must be at least 60"));
+        if self.auth.key_refresh_secs == 0 {
+            return Err(ConfigError::new("auth.key_refresh_secs", "must be at least 1 (the default, 86400, is right for production)"));
         }
         for cloud in Cloud::ALL {
             let field = format!("clouds.{cloud}.openid_metadata_url");

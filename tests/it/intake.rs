@@ -1,0 +1,209 @@
+//! Activity intake: status codes, tenant gate, Connector allow-list, dedupe, invokes, dev mode.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+async fn app_with_keys() -> (FakeOidc, TestApp, TestKey) {
+    let key = TestKey::teams("kid-teams", 0);
+    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
+    app.wait_ready().await;
+    (oidc, app, key)
+}
+
+fn with(mut v: Value, f: impl FnOnce(&mut Value)) -> Value {
+    f(&mut v);
+    v
+}
+
+#[tokio::test]
+async fn body_and_tenant_rules() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let id = || unique_id("intake");
+    let cases: Vec<(&str, Value, u16)> = vec![
+        ("valid", message(&id()), 202),
+        ("tenant not allowed", with(message(&id()), |m| {
+            m["conversation"]["tenantId"] = json!(OTHER_TENANT);
+            m["channelData"]["tenant"]["id"] = json!(OTHER_TENANT);
+        }), 403),
+        ("tenant fields disagree", with(message(&id()), |m| m["conversation"]["tenantId"] = json!(OTHER_TENANT)), 403),
+        ("no tenant at all", with(message(&id()), |m| {
+            m["conversation"].as_object_mut().unwrap().remove("tenantId");
+            m.as_object_mut().unwrap().remove("channelData");
+        }), 403),
+        ("tenant only in conversation", with(message(&id()), |m| {
+            m.as_object_mut().unwrap().remove("channelData");
+        }), 202),
+        ("no type", with(message(&id()), |m| {
+            m.as_object_mut().unwrap().remove("type");
+        }), 400),
+        ("no conversation id", with(message(&id()), |m| m["conversation"]["id"] = json!("")), 400),
+        ("no serviceUrl", with(message(&id()), |m| {
+            m.as_object_mut().unwrap().remove("serviceUrl");
+        }), 400),
+        ("conversation is not an object", with(message(&id()), |m| m["conversation"] = json!("x")), 400),
+    ];
+    let mut failures = Vec::new();
+    for (name, body, want) in &cases {
+        let got = app.status(Some(&token), body).await;
+        if got != *want {
+            failures.push(format!("{name}: got {got}, want {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", app.stderr());
+    let resp = app.post(Some(&token), &cases[1].1).await;
+    assert_eq!(resp.text().await.unwrap(), r#"{"error":"forbidden"}"#);
+    assert_eq!(app.inbox().len(), 2);
+}
+
+#[tokio::test]
+async fn service_url_must_be_an_allow_listed_https_connector() {
+    let (_oidc, app, key) = app_with_keys().await;
+    for url in ["https://evil.example.com/amer/", "http://smba.trafficmanager.net/amer/", "https://127.0.0.1/amer/", "http://localhost:56150/_connector"] {
+        // The token is bound to the same URL, so only the allow-list can refuse it.
+        let token = key.mint(&with(good_claims(), |c| c["serviceurl"] = json!(url)));
+        let body = with(message(&unique_id("su")), |m| m["serviceUrl"] = json!(url));
+        assert_eq!(app.status(Some(&token), &body).await, 400, "{url}");
+    }
+    let token = key.mint(&with(good_claims(), |c| c["serviceurl"] = json!("https://europe.smba.botframework.com/x/")));
+    let body = with(message(&unique_id("su")), |m| m["serviceUrl"] = json!("https://europe.smba.botframework.com/x/"));
+    assert_eq!(app.status(Some(&token), &body).await, 202);
+    assert_eq!(app.inbox().len(), 1);
+}
+
+#[tokio::test]
+async fn transport_level_refusals() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let url = format!("{}/api/messages", app.url);
+    let c = app.client();
+
+    let not_json = c.post(&url).header("authorization", format!("Bearer {token}")).header("content-type", "text/plain").body(message("x").to_string()).send().await.unwrap();
+    assert_eq!(not_json.status(), 415);
+    let no_type = c.post(&url).header("authorization", format!("Bearer {token}")).body(message("x").to_string()).send().await.unwrap();
+    assert_eq!(no_type.status(), 415);
+    let charset = c
+        .post(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(message(&unique_id("ct")).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(charset.status(), 202);
+
+    let mut big = message(&unique_id("big"));
+    big["text"] = json!("x".repeat(70 * 1024));
+    assert_eq!(app.status(Some(&token), &big).await, 413);
+
+    let bad_json = c.post(&url).header("authorization", format!("Bearer {token}")).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    assert_eq!(bad_json.status(), 400);
+
+    let get = c.get(&url).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["allow"], "POST");
+    assert_eq!(c.put(&url).send().await.unwrap().status(), 405);
+
+    let metrics = app.metrics().await;
+    for series in [
+        "agentgate_requests_total{outcome=\"unsupported_media_type\"} 2",
+        "agentgate_requests_total{outcome=\"payload_too_large\"} 1",
+        "agentgate_requests_total{outcome=\"method_not_allowed\"} 2",
+        "agentgate_requests_total{outcome=\"bad_request\"} 1",
+        "agentgate_requests_total{outcome=\"accepted\"} 1",
+    ] {
+        assert!(metrics.contains(series), "missing {series} in\n{metrics}");
+    }
+    assert!(metrics.contains("agentgate_store_commit_seconds_count"));
+    assert!(metrics.contains("agentgate_key_refreshes_total{cloud=\"public\",result=\"ok\"} 1"));
+    assert_eq!(c.get(format!("{}/healthz", app.url)).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn duplicate_delivery_is_acknowledged_once_and_stored_once() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let id = unique_id("dup");
+    let body = message(&id);
+    assert_eq!(app.status(Some(&token), &body).await, 202);
+    assert_eq!(app.status(Some(&token), &body).await, 202);
+    // Concurrent redeliveries too.
+    let statuses = app.post_concurrently(Some(&token), vec![body.clone(); 10]).await;
+    assert_eq!(statuses, vec![202; 10]);
+    // The same activity id in another conversation is another activity.
+    let other_conv = with(message(&id), |m| m["conversation"]["id"] = json!("a:conv-2"));
+    assert_eq!(app.status(Some(&token), &other_conv).await, 202);
+    let items = app.inbox();
+    assert_eq!(count_activity(&items, &id), 2, "{items:#?}");
+    assert_eq!(app.metric("agentgate_requests_total{outcome=\"duplicate\"}").await, 11);
+}
+
+#[tokio::test]
+async fn invokes_get_a_synchronous_invoke_response() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let mut invoke = message(&unique_id("inv"));
+    invoke["type"] = json!("invoke");
+    invoke["name"] = json!("adaptiveCard/action");
+    invoke["value"] = json!({"action": {"type": "Action.Execute", "verb": "approve", "data": {"x": 1}}, "trigger": "manual"});
+    let resp = app.post(Some(&token), &invoke).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["statusCode"], 200);
+    assert_eq!(body["type"], "application/vnd.microsoft.activity.message");
+    assert!(body["value"].as_str().unwrap().contains("Received"));
+    let items = app.inbox();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["activity_type"], "invoke");
+    // The stored body is the activity as received, unknown fields included.
+    let stored: Value = serde_json::from_str(items[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(stored, invoke);
+}
+
+#[tokio::test]
+async fn dev_mode_accepts_the_playground_but_still_checks_tokens() {
+    let key = TestKey::teams("kid-teams", 0);
+    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    let app = TestApp::spawn(&opts).await;
+    app.wait_ready().await;
+    let playground = |id: &str| {
+        with(message(id), |m| {
+            m["serviceUrl"] = json!("http://localhost:56150/_connector");
+            m["recipient"]["id"] = json!(APP_ID);
+        })
+    };
+    assert_eq!(app.status(None, &playground(&unique_id("dev"))).await, 202);
+    // Unauthenticated requests must come from the Playground's loopback connector ...
+    assert_eq!(app.status(None, &message(&unique_id("dev"))).await, 401);
+    // ... and name a configured bot.
+    let stranger = with(playground(&unique_id("dev")), |m| m["recipient"]["id"] = json!("28:someone-else"));
+    assert_eq!(app.status(None, &stranger).await, 401);
+    // A token, when present, is fully checked.
+    let wrong_aud = key.mint(&with(good_claims(), |c| {
+        c["aud"] = json!("nope");
+        c["serviceurl"] = json!("http://localhost:56150/_connector");
+    }));
+    assert_eq!(app.status(Some(&wrong_aud), &playground(&unique_id("dev"))).await, 401);
+    let good = key.mint(&with(good_claims(), |c| c["serviceurl"] = json!("http://localhost:56150/_connector")));
+    assert_eq!(app.status(Some(&good), &playground(&unique_id("dev"))).await, 202);
+    // The tenant gate applies in dev mode too.
+    let foreign = with(playground(&unique_id("dev")), |m| {
+        m["conversation"]["tenantId"] = json!(OTHER_TENANT);
+        m["channelData"]["tenant"]["id"] = json!(OTHER_TENANT);
+    });
+    assert_eq!(app.status(None, &foreign).await, 403);
+    let auths: Vec<String> = app.inbox().iter().map(|i| i["auth"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(auths, vec!["dev-anonymous", "botframework"]);
+}
+
+#[tokio::test]
+async fn without_dev_mode_the_playground_is_refused() {
+    let (_oidc, app, _key) = app_with_keys().await;
+    let body = with(message(&unique_id("nodev")), |m| m["serviceUrl"] = json!("http://localhost:56150/_connector"));
+    assert_eq!(app.status(None, &body).await, 401);
+    assert!(app.inbox().is_empty());
+}

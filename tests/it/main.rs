@@ -1,0 +1,13 @@
+//! Integration tests: each test spawns the real `agentgate` binary on 127.0.0.1:0 against strict
+//! local fakes of Microsoft's services. One test binary, a module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod durability;
+mod intake;
+mod keys;
+mod tls;
