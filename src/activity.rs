@@ -124,10 +124,8 @@ impl Activity {
     /// The tenant, from `channelData.tenant.id` and `conversation.tenantId`, which must agree when
     /// both are present.
     pub fn tenant_id(&self) -> Result<&str, TenantError> {
-        let from_channel_data =
-            self.channel_data.as_ref().and_then(|c| c.tenant.as_ref()).map(|t| t.id.as_str()).filter(|s| !s.is_empty());
-        let from_conversation =
-            self.conversation.as_ref().and_then(|c| c.tenant_id.as_deref()).filter(|s| !s.is_empty());
+        let from_channel_data = self.channel_data.as_ref().and_then(|c| c.tenant.as_ref()).map(|t| t.id.as_str()).filter(|s| !s.is_empty());
+        let from_conversation = self.conversation.as_ref().and_then(|c| c.tenant_id.as_deref()).filter(|s| !s.is_empty());
         match (from_channel_data, from_conversation) {
             (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => Ok(a),
             (Some(_), Some(_)) => Err(TenantError::Disagree),

@@ -124,7 +124,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{} already exists; pass --force to overwrite it", output.display());
             }
             std::fs::write(&output, STARTER_TOML).with_context(|| format!("writing {}", output.display()))?;
-            println!("wrote {}: set your bot's app id and tenants, then run `agentgate check --config {}`", output.display(), output.display());
+            println!(
+                "wrote {}: set your bot's app id and tenants, then run `agentgate check --config {}`",
+                output.display(),
+                output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, dev } => {
@@ -135,14 +139,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("  store:  {}", cfg.sqlite_path().display());
             for b in &cfg.bots {
                 let cred = b.credential.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
-                println!("  bot {} ({}), cloud {}, tenants {}, credential {cred}", b.app_id, b.display_name, b.cloud, b.allowed_tenants.join(","));
+                println!(
+                    "  bot {} ({}), cloud {}, tenants {}, credential {cred}",
+                    b.app_id,
+                    b.display_name,
+                    b.cloud,
+                    b.allowed_tenants.join(",")
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { config, bot, limit } => {
             let cfg = config.load(false)?;
+            let path = cfg.sqlite_path();
+            if !path.exists() {
+                anyhow::bail!(
+                    "no store at {}: has `agentgate serve` run with this configuration (data_dir, store.sqlite_path)?",
+                    path.display()
+                );
+            }
             runtime()?.block_on(async move {
-                let store = SqliteStore::open(&cfg.sqlite_path(), cfg.store.synchronous, 1, Default::default())?;
+                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
                 let items = store.pending_inbox(bot.as_deref(), limit).await?;
                 let mut out = std::io::stdout().lock();
                 for item in items {

@@ -392,14 +392,16 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut table = match toml_text {
-            Some(text) => text.parse::<toml::Table>().map_err(|e| {
-                ConfigError::new("", format!("{source_name} is not valid TOML: {}", e.message().trim()))
-            })?,
+            Some(text) => text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::new("", format!("{source_name} is not valid TOML: {}", e.message().trim())))?,
             None => toml::Table::new(),
         };
-        let mut env: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
-        env.sort();
+        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        // Numeric path segments sort as numbers, so that BOTS__10 comes after BOTS__2.
+        env.sort_by_cached_key(|(k, _)| {
+            k.split("__").map(|p| p.parse::<u64>().map_or_else(|_| (1, 0, p.to_owned()), |n| (0, n, String::new()))).collect::<Vec<_>>()
+        });
         for (key, value) in env {
             overlay(&mut table, &key, &value)?;
         }
@@ -407,7 +409,10 @@ impl Config {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, explain_serde(&e.into_inner().to_string()))
+            // The toml error may add its own (less precise) location on a second line; keep the first.
+            let inner = e.into_inner().to_string();
+            let first = inner.lines().next().unwrap_or_default().to_owned();
+            ConfigError::new(path, explain_serde(&first))
         })
     }
 
@@ -415,7 +420,10 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
             Some(p) => Some(std::fs::read_to_string(p).map_err(|e| {
-                ConfigError::new("", format!("cannot read {}: {e}; pass --config with an existing file or run `agentgate init`", p.display()))
+                ConfigError::new(
+                    "",
+                    format!("cannot read {}: {e}; pass --config with an existing file or run `agentgate init`", p.display()),
+                )
             })?),
             None => None,
         };
@@ -425,11 +433,7 @@ impl Config {
 
     /// The SQLite file, resolved against `data_dir`.
     pub fn sqlite_path(&self) -> PathBuf {
-        if self.store.sqlite_path.is_absolute() {
-            self.store.sqlite_path.clone()
-        } else {
-            self.data_dir.join(&self.store.sqlite_path)
-        }
+        if self.store.sqlite_path.is_absolute() { self.store.sqlite_path.clone() } else { self.data_dir.join(&self.store.sqlite_path) }
     }
 
     /// Check everything that does not need the network. `dev` is `serve --dev`.
@@ -439,20 +443,28 @@ impl Config {
         })?;
         let tls = (&self.server.tls.cert_file, &self.server.tls.key_file);
         match tls {
-            (Some(_), None) => return Err(ConfigError::new("server.tls.key_file", "a certificate is set but no key: set both cert_file and key_file")),
-            (None, Some(_)) => return Err(ConfigError::new("server.tls.cert_file", "a key is set but no certificate: set both cert_file and key_file")),
+            (Some(_), None) => {
+                return Err(ConfigError::new("server.tls.key_file", "a certificate is set but no key: set both cert_file and key_file"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("server.tls.cert_file", "a key is set but no certificate: set both cert_file and key_file"));
+            }
             _ => {}
         }
         if dev && !bind.ip().is_loopback() {
             return Err(ConfigError::new(
                 "server.bind",
-                format!("--dev accepts unauthenticated Playground traffic and only binds loopback; `{bind}` is not loopback: use 127.0.0.1:PORT"),
+                format!(
+                    "--dev accepts unauthenticated Playground traffic and only binds loopback; `{bind}` is not loopback: use 127.0.0.1:PORT"
+                ),
             ));
         }
         if tls.0.is_none() && !bind.ip().is_loopback() && !self.server.behind_proxy {
             return Err(ConfigError::new(
                 "server.tls",
-                format!("`{bind}` is not loopback, so plain HTTP is refused: set server.tls.cert_file and server.tls.key_file, or server.behind_proxy = true when a TLS-terminating proxy is in front"),
+                format!(
+                    "`{bind}` is not loopback, so plain HTTP is refused: set server.tls.cert_file and server.tls.key_file, or server.behind_proxy = true when a TLS-terminating proxy is in front"
+                ),
             ));
         }
         if self.server.body_limit_bytes < 1024 {
@@ -460,6 +472,15 @@ impl Config {
         }
         if self.server.request_timeout_secs == 0 || self.server.request_timeout_secs > 14 {
             return Err(ConfigError::new("server.request_timeout_secs", "must be 1..=14: Teams gives up after 15 s"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!(
+                    "`{}` is not a log filter; use a level such as info or debug, or directives such as agentgate=debug,info",
+                    self.log.level
+                ),
+            ));
         }
         if self.store.max_batch == 0 {
             return Err(ConfigError::new("store.max_batch", "must be at least 1"));
@@ -488,17 +509,29 @@ impl Config {
                 return Err(ConfigError::new(field("app_id"), "must be the bot's Entra application (client) id, without spaces"));
             }
             if app_id.starts_with("https://") || app_id.starts_with("http://") {
-                return Err(ConfigError::new(field("app_id"), "a URL is not an app id (https://api.botframework.com is the Connector's audience, never a bot's)"));
+                return Err(ConfigError::new(
+                    field("app_id"),
+                    "a URL is not an app id (https://api.botframework.com is the Connector's audience, never a bot's)",
+                ));
             }
             if !seen.insert(app_id.to_ascii_lowercase()) {
-                return Err(ConfigError::new(field("app_id"), format!("`{app_id}` is configured twice; each [[bots]] entry needs its own app id")));
+                return Err(ConfigError::new(
+                    field("app_id"),
+                    format!("`{app_id}` is configured twice; each [[bots]] entry needs its own app id"),
+                ));
             }
             if bot.allowed_tenants.is_empty() {
-                return Err(ConfigError::new(field("allowed_tenants"), "is empty, so every activity would be refused: list the tenant ids this bot serves"));
+                return Err(ConfigError::new(
+                    field("allowed_tenants"),
+                    "is empty, so every activity would be refused: list the tenant ids this bot serves",
+                ));
             }
             for t in &bot.allowed_tenants {
                 if t.trim().is_empty() || t.contains('*') || t.trim() != t {
-                    return Err(ConfigError::new(field("allowed_tenants"), format!("`{t}` is not a tenant id (wildcards are not allowed)")));
+                    return Err(ConfigError::new(
+                        field("allowed_tenants"),
+                        format!("`{t}` is not a tenant id (wildcards are not allowed)"),
+                    ));
                 }
             }
         }
@@ -519,17 +552,12 @@ pub fn check_fetch_url(s: &str) -> Result<url::Url, String> {
 }
 
 fn explain_serde(msg: &str) -> String {
-    if msg.starts_with("unknown field") {
-        format!("{msg}; check the spelling against docs/configuration.md")
-    } else {
-        msg.to_owned()
-    }
+    if msg.starts_with("unknown field") { format!("{msg}; check the spelling against docs/configuration.md") } else { msg.to_owned() }
 }
 
 /// Apply one `AGENTGATE__A__B__0__C=value` override to the table.
 fn overlay(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> =
-        key[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let path: Vec<String> = key[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
     if path.iter().any(String::is_empty) {
         return Err(ConfigError::new(key, "empty path segment; separate keys with a double underscore: AGENTGATE__SERVER__BIND"));
     }
@@ -571,7 +599,10 @@ fn set_path(slot: &mut toml::Value, path: &[String], value: toml::Value, key: &s
 fn parse_env_value(value: &str) -> toml::Value {
     let v = value.trim();
     let scalar = v == "true" || v == "false" || v.starts_with('[') || v.parse::<i64>().is_ok();
-    if scalar && let Ok(t) = format!("v = {v}").parse::<toml::Table>() && let Some(x) = t.get("v") {
+    if scalar
+        && let Ok(t) = format!("v = {v}").parse::<toml::Table>()
+        && let Some(x) = t.get("v")
+    {
         return x.clone();
     }
     toml::Value::String(value.to_owned())
@@ -596,12 +627,16 @@ allowed_tenants = ["tenant-a"]
 
     #[test]
     fn defaults_then_file_then_env() {
-        let c = Config::from_sources(Some(ONE_BOT), "t", env(&[
-            ("AGENTGATE__SERVER__BIND", "127.0.0.1:9999"),
-            ("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "tenant-a, tenant-b"),
-            ("AGENTGATE__AUTH__CLOCK_SKEW_SECS", "120"),
-            ("OTHER_VAR", "ignored"),
-        ]))
+        let c = Config::from_sources(
+            Some(ONE_BOT),
+            "t",
+            env(&[
+                ("AGENTGATE__SERVER__BIND", "127.0.0.1:9999"),
+                ("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "tenant-a, tenant-b"),
+                ("AGENTGATE__AUTH__CLOCK_SKEW_SECS", "120"),
+                ("OTHER_VAR", "ignored"),
+            ]),
+        )
         .unwrap();
         assert_eq!(c.server.bind, "127.0.0.1:9999");
         assert_eq!(c.auth.clock_skew_secs, 120);
@@ -613,12 +648,29 @@ allowed_tenants = ["tenant-a"]
     }
 
     #[test]
+    fn env_array_indexes_sort_as_numbers() {
+        let mut vars = Vec::new();
+        for i in 0..12 {
+            vars.push((format!("AGENTGATE__BOTS__{i}__APP_ID"), format!("app-{i}")));
+            vars.push((format!("AGENTGATE__BOTS__{i}__ALLOWED_TENANTS"), "t".to_owned()));
+        }
+        let c = Config::from_sources(None, "t", vars).unwrap();
+        assert_eq!(c.bots.len(), 12);
+        assert_eq!(c.bots[10].app_id, "app-10");
+        c.validate(false).unwrap();
+    }
+
+    #[test]
     fn env_can_add_a_bot() {
-        let c = Config::from_sources(None, "t", env(&[
-            ("AGENTGATE__BOTS__0__APP_ID", "abc"),
-            ("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "[\"t1\",\"t2\"]"),
-            ("AGENTGATE__BOTS__0__CLOUD", "usgov"),
-        ]))
+        let c = Config::from_sources(
+            None,
+            "t",
+            env(&[
+                ("AGENTGATE__BOTS__0__APP_ID", "abc"),
+                ("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "[\"t1\",\"t2\"]"),
+                ("AGENTGATE__BOTS__0__CLOUD", "usgov"),
+            ]),
+        )
         .unwrap();
         assert_eq!(c.bots[0].app_id, "abc");
         assert_eq!(c.bots[0].allowed_tenants, vec!["t1", "t2"]);
@@ -651,8 +703,13 @@ allowed_tenants = ["tenant-a"]
             (ONE_BOT, &[("AGENTGATE__SERVER__BIND", "0.0.0.0:443")], "server.tls"),
             (ONE_BOT, &[("AGENTGATE__SERVER__BIND", "nonsense")], "server.bind"),
             (ONE_BOT, &[("AGENTGATE__SERVER__TLS__CERT_FILE", "/c.pem")], "server.tls.key_file"),
-            (ONE_BOT, &[("AGENTGATE__CLOUDS__PUBLIC__OPENID_METADATA_URL", "http://example.com/meta")], "clouds.public.openid_metadata_url"),
+            (
+                ONE_BOT,
+                &[("AGENTGATE__CLOUDS__PUBLIC__OPENID_METADATA_URL", "http://example.com/meta")],
+                "clouds.public.openid_metadata_url",
+            ),
             (ONE_BOT, &[("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "*")], "bots[0].allowed_tenants"),
+            (ONE_BOT, &[("AGENTGATE__LOG__LEVEL", "agentgate=loud")], "log.level"),
         ];
         for (text, vars, field) in cases {
             let c = Config::from_sources(Some(text), "t", env(vars)).unwrap();
@@ -663,10 +720,11 @@ allowed_tenants = ["tenant-a"]
 
     #[test]
     fn behind_proxy_allows_plain_http_on_any_address_but_dev_never_does() {
-        let c = Config::from_sources(Some(ONE_BOT), "t", env(&[
-            ("AGENTGATE__SERVER__BIND", "0.0.0.0:8080"),
-            ("AGENTGATE__SERVER__BEHIND_PROXY", "true"),
-        ]))
+        let c = Config::from_sources(
+            Some(ONE_BOT),
+            "t",
+            env(&[("AGENTGATE__SERVER__BIND", "0.0.0.0:8080"), ("AGENTGATE__SERVER__BEHIND_PROXY", "true")]),
+        )
         .unwrap();
         c.validate(false).unwrap();
         assert_eq!(c.validate(true).unwrap_err().field, "server.bind");

@@ -121,7 +121,8 @@ pub async fn api_messages(State(state): State<Arc<AppState>>, headers: HeaderMap
 /// 405 for anything but POST on `/api/messages`.
 pub async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.request(Outcome::MethodNotAllowed);
-    let mut resp = (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"method not allowed"}"#).into_response();
+    let mut resp =
+        (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"method not allowed"}"#).into_response();
     resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
     resp
 }
@@ -177,7 +178,10 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     };
     let bot = state.verifier.bot(bot_index);
 
-    state.connectors.check(bot.cloud, raw_service_url).map_err(|_| Refusal::BadRequest("serviceUrl is not an allow-listed Connector endpoint"))?;
+    state
+        .connectors
+        .check(bot.cloud, raw_service_url)
+        .map_err(|_| Refusal::BadRequest("serviceUrl is not an allow-listed Connector endpoint"))?;
 
     let tenant = activity.tenant_id().map_err(|e| match e {
         crate::activity::TenantError::Missing => Refusal::Forbidden("activity names no tenant"),
@@ -207,7 +211,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         activity_id: activity_id.clone(),
         activity_type: activity.kind.clone(),
         auth,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: std::str::from_utf8(&body).map_err(|_| Refusal::BadRequest("body is not UTF-8"))?.to_owned(),
         received_at_ms: now,
         dedupe_expires_at_ms: now.saturating_add(i64::try_from(state.dedupe_ttl.as_millis()).unwrap_or(i64::MAX)),
         reference: ConversationRef {

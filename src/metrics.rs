@@ -30,7 +30,6 @@ label_enum!(
         PayloadTooLarge => "payload_too_large",
         UnsupportedMediaType => "unsupported_media_type",
         Unavailable => "unavailable",
-        Error => "error",
     }
 );
 
@@ -69,7 +68,7 @@ struct Histogram {
 /// Every metric the gateway exports on `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
-    requests: [AtomicU64; 10],
+    requests: [AtomicU64; 9],
     auth_failures: [AtomicU64; 16],
     key_refresh_ok: [AtomicU64; 3],
     key_refresh_err: [AtomicU64; 3],
@@ -126,13 +125,22 @@ impl Metrics {
         let _ = writeln!(s, "# HELP agentgate_auth_failures_total Refused inbound tokens by reason.");
         let _ = writeln!(s, "# TYPE agentgate_auth_failures_total counter");
         for r in AuthReason::ALL {
-            let _ = writeln!(s, "agentgate_auth_failures_total{{reason=\"{}\"}} {}", r.label(), self.auth_failures[*r as usize].load(Relaxed));
+            let _ =
+                writeln!(s, "agentgate_auth_failures_total{{reason=\"{}\"}} {}", r.label(), self.auth_failures[*r as usize].load(Relaxed));
         }
         let _ = writeln!(s, "# HELP agentgate_key_refreshes_total Signing-key (OpenID metadata + JWKS) fetches by cloud and result.");
         let _ = writeln!(s, "# TYPE agentgate_key_refreshes_total counter");
         for c in Cloud::ALL {
-            let _ = writeln!(s, "agentgate_key_refreshes_total{{cloud=\"{c}\",result=\"ok\"}} {}", self.key_refresh_ok[c.index()].load(Relaxed));
-            let _ = writeln!(s, "agentgate_key_refreshes_total{{cloud=\"{c}\",result=\"error\"}} {}", self.key_refresh_err[c.index()].load(Relaxed));
+            let _ = writeln!(
+                s,
+                "agentgate_key_refreshes_total{{cloud=\"{c}\",result=\"ok\"}} {}",
+                self.key_refresh_ok[c.index()].load(Relaxed)
+            );
+            let _ = writeln!(
+                s,
+                "agentgate_key_refreshes_total{{cloud=\"{c}\",result=\"error\"}} {}",
+                self.key_refresh_err[c.index()].load(Relaxed)
+            );
         }
         let _ = writeln!(s, "# HELP agentgate_token_cache_hits_total Requests whose token signature was already verified.");
         let _ = writeln!(s, "# TYPE agentgate_token_cache_hits_total counter");

@@ -42,9 +42,7 @@ impl FromStr for SecretRef {
             return Err(bad());
         }
         match kind {
-            "env" if rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
-                Ok(Self::Env(rest.to_owned()))
-            }
+            "env" if rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Ok(Self::Env(rest.to_owned())),
             "file" if rest.starts_with('/') => Ok(Self::File(rest.into())),
             "credential" if !rest.contains('/') => Ok(Self::Credential(rest.to_owned())),
             "keyring" => {
@@ -92,10 +90,7 @@ mod tests {
         assert_eq!("env:BOT_SECRET".parse(), Ok(SecretRef::Env("BOT_SECRET".into())));
         assert_eq!("file:/etc/agentgate/bot.pem".parse(), Ok(SecretRef::File("/etc/agentgate/bot.pem".into())));
         assert_eq!("credential:bot".parse(), Ok(SecretRef::Credential("bot".into())));
-        assert_eq!(
-            "keyring:agentgate/contoso".parse(),
-            Ok(SecretRef::Keyring { service: "agentgate".into(), user: "contoso".into() })
-        );
+        assert_eq!("keyring:agentgate/contoso".parse(), Ok(SecretRef::Keyring { service: "agentgate".into(), user: "contoso".into() }));
     }
 
     #[test]

@@ -127,7 +127,8 @@ impl Gateway {
 
         let app = router(Arc::clone(&state), cfg.server.body_limit_bytes, Duration::from_secs(cfg.server.request_timeout_secs));
         let bind: SocketAddr = cfg.server.bind.parse().context("server.bind")?;
-        let listener = std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}: is another process using it? change server.bind or --bind"))?;
+        let listener = std::net::TcpListener::bind(bind)
+            .with_context(|| format!("cannot listen on {bind}: is another process using it? change server.bind or --bind"))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let handle: Handle<SocketAddr> = Handle::new();
@@ -137,7 +138,12 @@ impl Gateway {
                 let tls = RustlsConfig::from_pem_file(cert, key)
                     .await
                     .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?;
-                background.push(spawn_tls_reload(tls.clone(), cert.clone(), key.clone(), Duration::from_secs(cfg.server.tls.reload_interval_secs.max(1))));
+                background.push(spawn_tls_reload(
+                    tls.clone(),
+                    cert.clone(),
+                    key.clone(),
+                    Duration::from_secs(cfg.server.tls.reload_interval_secs.max(1)),
+                ));
                 let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
                 (tokio::spawn(async move { server.serve(service).await }), true)
             }
@@ -185,7 +191,8 @@ fn spawn_dedupe_purge(store: Arc<dyn Store>) -> JoinHandle<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let now =
+                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
             match store.purge_dedupe(now).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "expired dedupe keys purged"),

@@ -110,7 +110,11 @@ mod tests {
     fn connector_allow_list() {
         let prod = ConnectorPolicy { dev: false };
         let dev = ConnectorPolicy { dev: true };
-        for ok in ["https://smba.trafficmanager.net/amer/", "https://europe.smba.botframework.com/x", "https://smba.infra.gcc.teams.microsoft.com/"] {
+        for ok in [
+            "https://smba.trafficmanager.net/amer/",
+            "https://europe.smba.botframework.com/x",
+            "https://smba.infra.gcc.teams.microsoft.com/",
+        ] {
             assert_eq!(prod.check(Cloud::Public, ok), Ok(()), "{ok}");
         }
         for bad in [

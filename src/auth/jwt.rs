@@ -120,7 +120,9 @@ impl Verifier {
                 v.validate_nbf = true;
                 v.set_required_spec_claims(&["exp", "iss", "aud"]);
                 v.set_issuer(&[b.cloud.issuer()]);
-                v.set_audience(&[b.app_id.as_str()]);
+                // App ids are GUIDs, compared case-insensitively when the bot is looked up; accept the
+                // usual spellings here too (the lookup already refused anything else).
+                v.set_audience(&[b.app_id.clone(), b.app_id.to_ascii_lowercase(), b.app_id.to_ascii_uppercase()]);
                 v
             })
             .collect();
@@ -161,10 +163,8 @@ impl Verifier {
         if let Some(hit) = self.cache.get(&digest) {
             self.check_lifetime(&hit)?;
             let bot = &self.bots[hit.bot];
-            let still_current = self.keys[bot.cloud.index()]
-                .as_ref()
-                .and_then(|c| c.current(&hit.key.kid))
-                .is_some_and(|k| Arc::ptr_eq(&k, &hit.key));
+            let still_current =
+                self.keys[bot.cloud.index()].as_ref().and_then(|c| c.current(&hit.key.kid)).is_some_and(|k| Arc::ptr_eq(&k, &hit.key));
             if still_current {
                 self.metrics.token_cache_hit();
                 return Ok(hit);

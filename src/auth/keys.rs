@@ -171,15 +171,19 @@ impl KeyCache {
         if let Some(k) = self.current(kid) {
             return Lookup::Found(k);
         }
-        self.refresh_on_demand().await;
+        self.refresh_on_demand(kid).await;
         match self.usable() {
             None => Lookup::NoKeys,
             Some(l) => l.keys.get(kid).cloned().map_or(Lookup::UnknownKid, Lookup::Found),
         }
     }
 
-    async fn refresh_on_demand(&self) {
+    async fn refresh_on_demand(&self, kid: &str) {
         let _guard = self.refresh_lock.lock().await;
+        // Another refresh (start-up, background or on demand) may have finished while we waited.
+        if self.current(kid).is_some() {
+            return;
+        }
         {
             let mut last = self.last_on_demand.lock().unwrap_or_else(PoisonError::into_inner);
             if last.is_some_and(|t| t.elapsed() < self.settings.unknown_kid_cooldown) {
@@ -234,9 +238,7 @@ impl KeyCache {
         let set: RawJwks = self.get_document(&jwks_url).await?;
         let mut keys = HashMap::new();
         for k in set.keys {
-            let usable = k.kty == "RSA"
-                && k.use_.as_deref().is_none_or(|u| u == "sig")
-                && k.alg.as_deref().is_none_or(|a| a == "RS256");
+            let usable = k.kty == "RSA" && k.use_.as_deref().is_none_or(|u| u == "sig") && k.alg.as_deref().is_none_or(|a| a == "RS256");
             let (Some(kid), Some(n), Some(e)) = (k.kid, k.n, k.e) else { continue };
             if !usable || kid.is_empty() {
                 continue;

@@ -5,10 +5,13 @@
 //! transaction that holds its activity has committed. Reads use a second connection (WAL mode lets
 //! them run beside the writer).
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -46,15 +49,18 @@ CREATE TABLE IF NOT EXISTS inbox (
     acked_at_ms     BIGINT,
     body            TEXT    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (state, bot_app_id, id);
+CREATE INDEX IF NOT EXISTS inbox_unacked ON inbox (id) WHERE state <> 'acked';
+-- conversation first: Teams activity ids grow with time inside a conversation, so new keys land at
+-- the end of their conversation's range instead of at random places in the index.
 CREATE TABLE IF NOT EXISTS dedupe (
-    bot_app_id      TEXT   NOT NULL,
     conversation_id TEXT   NOT NULL,
     activity_id     TEXT   NOT NULL,
+    bot_app_id      TEXT   NOT NULL,
     expires_at_ms   BIGINT NOT NULL,
-    PRIMARY KEY (bot_app_id, conversation_id, activity_id)
-);
+    PRIMARY KEY (conversation_id, activity_id, bot_app_id)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at_ms);
+PRAGMA user_version = 1;
 ";
 
 enum Job {
@@ -70,6 +76,8 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -86,10 +94,14 @@ fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreEr
     let open_err = |e: rusqlite::Error| StoreError::Open { path: path.display().to_string(), reason: e.to_string() };
     let conn = Connection::open(path).map_err(open_err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-    conn.pragma_update(None, "synchronous", match sync {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    })
+    conn.pragma_update(
+        None,
+        "synchronous",
+        match sync {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        },
+    )
     .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
     Ok(conn)
@@ -104,15 +116,37 @@ impl SqliteStore {
                 reason: format!("cannot create {}: {e}", parent.display()),
             })?;
         }
+        let open_err = |e: String| StoreError::Open { path: path.display().to_string(), reason: e };
         let writer_conn = open_connection(path, sync)?;
-        writer_conn.execute_batch(SCHEMA).map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
+        writer_conn.execute_batch(SCHEMA).map_err(|e| open_err(e.to_string()))?;
+        // Checkpoints (copying the WAL into the database, with its fsyncs) run on their own thread so
+        // that they never stall a group commit.
+        writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| open_err(e.to_string()))?;
+        writer_conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES as i64).map_err(|e| open_err(e.to_string()))?;
         let reader = open_connection(path, sync)?;
+        let checkpoint_conn = open_connection(path, sync)?;
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 8);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
         let writer = std::thread::Builder::new()
             .name("agentgate-store".into())
-            .spawn(move || writer_loop(writer_conn, rx, max_batch.max(1), &metrics))
-            .map_err(|e| StoreError::Open { path: path.display().to_string(), reason: e.to_string() })?;
-        Ok(Self { path: path.to_owned(), jobs: tx, reader: Arc::new(Mutex::new(reader)), writer: Mutex::new(Some(writer)) })
+            .spawn(move || writer_loop(writer_conn, &wal, rx, max_batch.max(1), &metrics))
+            .map_err(|e| open_err(e.to_string()))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stopping);
+        let checkpointer = std::thread::Builder::new()
+            .name("agentgate-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &stop_flag))
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            jobs: tx,
+            reader: Arc::new(Mutex::new(reader)),
+            writer: Mutex::new(Some(writer)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            stopping,
+        })
     }
 
     async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
@@ -132,9 +166,37 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, metrics: &Metrics) {
+/// WAL size above which the writer itself checkpoints between two batches. Under sustained writes
+/// the background (passive) checkpoints never see the end of the log, so the log could only grow; a
+/// checkpoint run by the writer, with no transaction open, reaches the end, and the next commit then
+/// starts the log over. The background checkpoints keep what is left to copy small.
+const WAL_LIMIT_BYTES: u64 = 128 * 1024 * 1024;
+
+fn checkpoint(conn: &Connection, mode: &str) {
+    if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| r.get::<_, i64>(0)) {
+        tracing::warn!(error = %e, "WAL checkpoint failed");
+    }
+}
+
+/// Copy the WAL into the database every 100 ms (passive: never blocks the writer); truncate the log
+/// when the store closes.
+fn checkpoint_loop(conn: &Connection, stopping: &AtomicBool) {
+    while !stopping.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+        checkpoint(conn, "PASSIVE");
+    }
+    checkpoint(conn, "TRUNCATE");
+}
+
+fn writer_loop(mut conn: Connection, wal: &Path, mut rx: mpsc::Receiver<Job>, max_batch: usize, metrics: &Metrics) {
     let mut batch = Vec::with_capacity(max_batch);
+    let mut refs = RefCache::default();
+    let mut batches = 0u32;
     loop {
+        batches = batches.wrapping_add(1);
+        if batches.is_multiple_of(64) && std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_LIMIT_BYTES) {
+            checkpoint(&conn, "PASSIVE");
+        }
         let Some(first) = rx.blocking_recv() else { return };
         batch.push(first);
         while batch.len() < max_batch {
@@ -143,10 +205,39 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usi
                 Err(_) => break,
             }
         }
-        let stop = run_batch(&mut conn, &mut batch, metrics);
+        let stop = run_batch(&mut conn, &mut batch, &mut refs, metrics);
         if stop {
             return;
         }
+    }
+}
+
+/// What the writer last wrote for each conversation reference, so that an unchanged reference costs
+/// no write. Updated only after the transaction that wrote it committed.
+#[derive(Default)]
+struct RefCache {
+    written: HashMap<(String, String), u64>,
+}
+
+impl RefCache {
+    const MAX: usize = 100_000;
+
+    fn fingerprint(r: &ConversationRef) -> u64 {
+        let mut h = DefaultHasher::new();
+        (&r.tenant_id, &r.service_url, &r.channel_id, &r.conversation_type, &r.user_id, &r.user_aad_object_id, &r.bot_id, r.usable)
+            .hash(&mut h);
+        h.finish()
+    }
+
+    fn unchanged(&self, r: &ConversationRef) -> bool {
+        self.written.get(&(r.bot_app_id.clone(), r.conversation_id.clone())) == Some(&Self::fingerprint(r))
+    }
+
+    fn remember(&mut self, written: Vec<((String, String), u64)>) {
+        if self.written.len() + written.len() > Self::MAX {
+            self.written.clear();
+        }
+        self.written.extend(written);
     }
 }
 
@@ -172,17 +263,23 @@ impl Pending {
 }
 
 /// Run every job of the batch in one transaction; answer each caller after the commit.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, metrics: &Metrics) -> bool {
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, refs: &mut RefCache, metrics: &Metrics) -> bool {
     let started = Instant::now();
     let mut stop = false;
     let mut commits = 0usize;
+    let mut refs_written = Vec::new();
     let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
     let tx_result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
             match job {
                 Job::Commit(rec, reply) => {
-                    let r = commit_one(&tx, &rec).map_err(db_err);
+                    let write_ref = !refs.unchanged(&rec.reference);
+                    let r = commit_one(&tx, &rec, write_ref).map_err(db_err);
+                    if write_ref && matches!(r, Ok(CommitOutcome::Accepted { .. })) {
+                        let c = &rec.reference;
+                        refs_written.push(((c.bot_app_id.clone(), c.conversation_id.clone()), RefCache::fingerprint(c)));
+                    }
                     if matches!(r, Ok(CommitOutcome::Accepted { .. })) {
                         commits += 1;
                     }
@@ -201,8 +298,11 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, metrics: &Metrics) -> 
     let failed = tx_result.err().map(db_err);
     if let Some(e) = &failed {
         tracing::error!(error = %e, "store transaction failed; every activity in it was refused");
-    } else if commits > 0 {
-        metrics.commit(started.elapsed(), commits);
+    } else {
+        refs.remember(refs_written);
+        if commits > 0 {
+            metrics.commit(started.elapsed(), commits);
+        }
     }
     for answer in answers {
         answer.deliver(failed.as_ref());
@@ -210,17 +310,37 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, metrics: &Metrics) -> 
     stop
 }
 
-fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord) -> rusqlite::Result<CommitOutcome> {
+fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord, write_ref: bool) -> rusqlite::Result<CommitOutcome> {
     let fresh = tx
         .prepare_cached(
-            "INSERT INTO dedupe (bot_app_id, conversation_id, activity_id, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (bot_app_id, conversation_id, activity_id) DO NOTHING",
+            "INSERT INTO dedupe (conversation_id, activity_id, bot_app_id, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (conversation_id, activity_id, bot_app_id) DO NOTHING",
         )?
-        .execute(params![r.bot_app_id, r.conversation_id, r.activity_id, r.dedupe_expires_at_ms])?;
+        .execute(params![r.conversation_id, r.activity_id, r.bot_app_id, r.dedupe_expires_at_ms])?;
     if fresh == 0 {
         return Ok(CommitOutcome::Duplicate);
     }
-    let c = &r.reference;
+    if write_ref {
+        upsert_ref(tx, &r.reference)?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO inbox (bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, received_at_ms, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        r.bot_app_id,
+        r.tenant_id,
+        r.conversation_id,
+        r.activity_id,
+        r.activity_type,
+        r.auth,
+        r.received_at_ms,
+        r.body
+    ])?;
+    Ok(CommitOutcome::Accepted { inbox_id: tx.last_insert_rowid() })
+}
+
+fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
                                         user_id, user_aad_object_id, bot_id, usable, updated_at_ms)
@@ -246,12 +366,7 @@ fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord) -> rusqlite::Re
         c.usable,
         c.updated_at_ms
     ])?;
-    tx.prepare_cached(
-        "INSERT INTO inbox (bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, received_at_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![r.bot_app_id, r.tenant_id, r.conversation_id, r.activity_id, r.activity_type, r.auth, r.received_at_ms, r.body])?;
-    Ok(CommitOutcome::Accepted { inbox_id: tx.last_insert_rowid() })
+    Ok(())
 }
 
 fn ack(tx: &rusqlite::Transaction<'_>, ids: &[i64], now: i64) -> rusqlite::Result<u64> {
@@ -264,9 +379,7 @@ fn ack(tx: &rusqlite::Transaction<'_>, ids: &[i64], now: i64) -> rusqlite::Resul
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[async_trait]
@@ -348,8 +461,13 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         let _ = self.jobs.send(Job::Stop).await;
-        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(h) = handle {
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(h) = writer {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        self.stopping.store(true, Ordering::Release);
+        let checkpointer = self.checkpointer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(h) = checkpointer {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }

@@ -16,7 +16,7 @@ async fn every_token_rule_is_enforced() {
     let teams = TestKey::teams("kid-teams", 0);
     let webchat_only = TestKey::new("kid-webchat", 1, Some(&["webchat"]));
     let unendorsed = TestKey::new("kid-bare", 2, None);
-    let oidc = FakeOidc::start(&[teams.clone(), webchat_only.clone(), unendorsed.clone()]).await;
+    let oidc = FakeOidc::start(vec![teams.clone(), webchat_only.clone(), unendorsed.clone()]).await;
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     app.wait_ready().await;
 
@@ -28,20 +28,32 @@ async fn every_token_rule_is_enforced() {
         ("expired within the skew", t(&claims(|c| c["exp"] = json!(now() - 100))), 202),
         ("nbf in the future beyond skew", t(&claims(|c| c["nbf"] = json!(now() + 400))), 401),
         ("nbf within skew", t(&claims(|c| c["nbf"] = json!(now() + 100))), 202),
-        ("no exp", t(&claims(|c| {
-            c.as_object_mut().unwrap().remove("exp");
-        })), 401),
+        (
+            "no exp",
+            t(&claims(|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            })),
+            401,
+        ),
         ("wrong issuer", t(&claims(|c| c["iss"] = json!("https://sts.windows.net/d6d49420-f39b-4df7-a1dc-d59a935871db/"))), 401),
         ("issuer of another cloud", t(&claims(|c| c["iss"] = json!("https://api.botframework.us"))), 401),
         ("wrong audience", t(&claims(|c| c["aud"] = json!("some-other-app"))), 401),
         ("connector audience replayed inbound", t(&claims(|c| c["aud"] = json!("https://api.botframework.com"))), 401),
         ("audience as an array", t(&claims(|c| c["aud"] = json!([APP_ID]))), 401),
-        ("no audience", t(&claims(|c| {
-            c.as_object_mut().unwrap().remove("aud");
-        })), 401),
-        ("no serviceurl claim", t(&claims(|c| {
-            c.as_object_mut().unwrap().remove("serviceurl");
-        })), 401),
+        (
+            "no audience",
+            t(&claims(|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            })),
+            401,
+        ),
+        (
+            "no serviceurl claim",
+            t(&claims(|c| {
+                c.as_object_mut().unwrap().remove("serviceurl");
+            })),
+            401,
+        ),
         ("different serviceurl", t(&claims(|c| c["serviceurl"] = json!("https://smba.trafficmanager.net/emea/"))), 401),
         ("userinfo-spoofed serviceurl", t(&claims(|c| c["serviceurl"] = json!("https://smba.trafficmanager.net@evil.com/amer/"))), 401),
         ("serviceurl equal after normalisation", t(&claims(|c| c["serviceurl"] = json!("https://SMBA.trafficmanager.net:443/amer"))), 202),
@@ -108,7 +120,7 @@ async fn every_token_rule_is_enforced() {
 async fn endorsement_can_be_relaxed_per_bot_but_a_wrong_endorsement_still_fails() {
     let unendorsed = TestKey::new("kid-bare", 2, None);
     let webchat_only = TestKey::new("kid-webchat", 1, Some(&["webchat"]));
-    let oidc = FakeOidc::start(&[unendorsed.clone(), webchat_only.clone()]).await;
+    let oidc = FakeOidc::start(vec![unendorsed.clone(), webchat_only.clone()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
     opts.require_endorsement = false;
     let app = TestApp::spawn(&opts).await;
@@ -120,7 +132,7 @@ async fn endorsement_can_be_relaxed_per_bot_but_a_wrong_endorsement_still_fails(
 #[tokio::test]
 async fn a_cached_token_is_still_checked_against_each_activity() {
     let teams = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[teams.clone()]).await;
+    let oidc = FakeOidc::start(vec![teams.clone()]).await;
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     app.wait_ready().await;
     let token = teams.mint(&good_claims());
@@ -148,7 +160,7 @@ async fn a_cached_token_is_still_checked_against_each_activity() {
 #[tokio::test]
 async fn the_audience_selects_the_bot_and_its_tenants() {
     let teams = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[teams.clone()]).await;
+    let oidc = FakeOidc::start(vec![teams.clone()]).await;
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     app.wait_ready().await;
     // A token for the other client's bot cannot deliver into the first client's tenant ...

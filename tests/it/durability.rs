@@ -7,7 +7,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn sigkill_right_after_the_2xx_loses_nothing_and_redelivery_is_deduplicated() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     let opts = Options::new(&oidc.metadata_url);
     let mut app = TestApp::spawn(&opts).await;
     app.wait_ready().await;
@@ -33,7 +33,7 @@ async fn sigkill_right_after_the_2xx_loses_nothing_and_redelivery_is_deduplicate
 #[tokio::test]
 async fn every_acknowledged_activity_survives_sigkill_under_load() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     let opts = Options::new(&oidc.metadata_url);
     let mut app = TestApp::spawn(&opts).await;
     app.wait_ready().await;
@@ -43,7 +43,13 @@ async fn every_acknowledged_activity_survives_sigkill_under_load() {
     for id in ids.clone() {
         let (c, url, token) = (app.client().clone(), format!("{}/api/messages", app.url), token.clone());
         set.spawn(async move {
-            let r = c.post(url).header("content-type", "application/json").header("authorization", format!("Bearer {token}")).body(message(&id).to_string()).send().await;
+            let r = c
+                .post(url)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(message(&id).to_string())
+                .send()
+                .await;
             (id, r.map_or(0, |r| r.status().as_u16()))
         });
     }
@@ -66,7 +72,7 @@ async fn every_acknowledged_activity_survives_sigkill_under_load() {
 #[tokio::test]
 async fn sigterm_finishes_in_flight_commits_then_exits_cleanly() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     let opts = Options::new(&oidc.metadata_url);
     let mut app = TestApp::spawn(&opts).await;
     app.wait_ready().await;
@@ -76,7 +82,13 @@ async fn sigterm_finishes_in_flight_commits_then_exits_cleanly() {
         let id = unique_id("term");
         let (c, url, token) = (app.client().clone(), format!("{}/api/messages", app.url), token.clone());
         set.spawn(async move {
-            let r = c.post(url).header("content-type", "application/json").header("authorization", format!("Bearer {token}")).body(message(&id).to_string()).send().await;
+            let r = c
+                .post(url)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(message(&id).to_string())
+                .send()
+                .await;
             (id, r.map_or(0, |r| r.status().as_u16()))
         });
     }

@@ -198,7 +198,7 @@ async fn jwks(State(s): State<Arc<OidcState>>) -> Response {
 }
 
 impl FakeOidc {
-    pub async fn start(keys: &[TestKey]) -> Self {
+    pub async fn start(keys: Vec<TestKey>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(OidcState {
@@ -385,10 +385,10 @@ impl TestApp {
     /// Wait until `/readyz` says ready (keys loaded, store open).
     pub async fn wait_ready(&self) {
         for _ in 0..600 {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -397,7 +397,8 @@ impl TestApp {
 
     /// POST an activity with `Authorization: Bearer <token>` (or none).
     pub async fn post(&self, token: Option<&str>, body: &Value) -> reqwest::Response {
-        let mut req = self.http.post(format!("{}/api/messages", self.url)).header("content-type", "application/json").body(body.to_string());
+        let mut req =
+            self.http.post(format!("{}/api/messages", self.url)).header("content-type", "application/json").body(body.to_string());
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }

@@ -6,7 +6,7 @@ use crate::helpers::*;
 
 async fn app_with_keys() -> (FakeOidc, TestApp, TestKey) {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     app.wait_ready().await;
     (oidc, app, key)
@@ -24,25 +24,45 @@ async fn body_and_tenant_rules() {
     let id = || unique_id("intake");
     let cases: Vec<(&str, Value, u16)> = vec![
         ("valid", message(&id()), 202),
-        ("tenant not allowed", with(message(&id()), |m| {
-            m["conversation"]["tenantId"] = json!(OTHER_TENANT);
-            m["channelData"]["tenant"]["id"] = json!(OTHER_TENANT);
-        }), 403),
+        (
+            "tenant not allowed",
+            with(message(&id()), |m| {
+                m["conversation"]["tenantId"] = json!(OTHER_TENANT);
+                m["channelData"]["tenant"]["id"] = json!(OTHER_TENANT);
+            }),
+            403,
+        ),
         ("tenant fields disagree", with(message(&id()), |m| m["conversation"]["tenantId"] = json!(OTHER_TENANT)), 403),
-        ("no tenant at all", with(message(&id()), |m| {
-            m["conversation"].as_object_mut().unwrap().remove("tenantId");
-            m.as_object_mut().unwrap().remove("channelData");
-        }), 403),
-        ("tenant only in conversation", with(message(&id()), |m| {
-            m.as_object_mut().unwrap().remove("channelData");
-        }), 202),
-        ("no type", with(message(&id()), |m| {
-            m.as_object_mut().unwrap().remove("type");
-        }), 400),
+        (
+            "no tenant at all",
+            with(message(&id()), |m| {
+                m["conversation"].as_object_mut().unwrap().remove("tenantId");
+                m.as_object_mut().unwrap().remove("channelData");
+            }),
+            403,
+        ),
+        (
+            "tenant only in conversation",
+            with(message(&id()), |m| {
+                m.as_object_mut().unwrap().remove("channelData");
+            }),
+            202,
+        ),
+        (
+            "no type",
+            with(message(&id()), |m| {
+                m.as_object_mut().unwrap().remove("type");
+            }),
+            400,
+        ),
         ("no conversation id", with(message(&id()), |m| m["conversation"]["id"] = json!("")), 400),
-        ("no serviceUrl", with(message(&id()), |m| {
-            m.as_object_mut().unwrap().remove("serviceUrl");
-        }), 400),
+        (
+            "no serviceUrl",
+            with(message(&id()), |m| {
+                m.as_object_mut().unwrap().remove("serviceUrl");
+            }),
+            400,
+        ),
         ("conversation is not an object", with(message(&id()), |m| m["conversation"] = json!("x")), 400),
     ];
     let mut failures = Vec::new();
@@ -61,7 +81,12 @@ async fn body_and_tenant_rules() {
 #[tokio::test]
 async fn service_url_must_be_an_allow_listed_https_connector() {
     let (_oidc, app, key) = app_with_keys().await;
-    for url in ["https://evil.example.com/amer/", "http://smba.trafficmanager.net/amer/", "https://127.0.0.1/amer/", "http://localhost:56150/_connector"] {
+    for url in [
+        "https://evil.example.com/amer/",
+        "http://smba.trafficmanager.net/amer/",
+        "https://127.0.0.1/amer/",
+        "http://localhost:56150/_connector",
+    ] {
         // The token is bound to the same URL, so only the allow-list can refuse it.
         let token = key.mint(&with(good_claims(), |c| c["serviceurl"] = json!(url)));
         let body = with(message(&unique_id("su")), |m| m["serviceUrl"] = json!(url));
@@ -80,7 +105,14 @@ async fn transport_level_refusals() {
     let url = format!("{}/api/messages", app.url);
     let c = app.client();
 
-    let not_json = c.post(&url).header("authorization", format!("Bearer {token}")).header("content-type", "text/plain").body(message("x").to_string()).send().await.unwrap();
+    let not_json = c
+        .post(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "text/plain")
+        .body(message("x").to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(not_json.status(), 415);
     let no_type = c.post(&url).header("authorization", format!("Bearer {token}")).body(message("x").to_string()).send().await.unwrap();
     assert_eq!(no_type.status(), 415);
@@ -98,7 +130,14 @@ async fn transport_level_refusals() {
     big["text"] = json!("x".repeat(70 * 1024));
     assert_eq!(app.status(Some(&token), &big).await, 413);
 
-    let bad_json = c.post(&url).header("authorization", format!("Bearer {token}")).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let bad_json = c
+        .post(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_json.status(), 400);
 
     let get = c.get(&url).send().await.unwrap();
@@ -165,7 +204,7 @@ async fn invokes_get_a_synchronous_invoke_response() {
 #[tokio::test]
 async fn dev_mode_accepts_the_playground_but_still_checks_tokens() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
     opts.dev = true;
     let app = TestApp::spawn(&opts).await;

@@ -9,7 +9,7 @@ use crate::helpers::*;
 #[tokio::test]
 async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_cooldown() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     app.wait_ready().await;
     let (meta0, jwks0) = (oidc.metadata_hits(), oidc.jwks_hits());
@@ -21,7 +21,15 @@ async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_cooldown() {
         let token = TestKey::teams(&format!("random-kid-{i}"), 0).mint(&good_claims());
         let (c, url) = (app.client().clone(), format!("{}/api/messages", app.url));
         set.spawn(async move {
-            c.post(url).header("content-type", "application/json").header("authorization", format!("Bearer {token}")).body(body.to_string()).send().await.unwrap().status().as_u16()
+            c.post(url)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         });
     }
     let statuses = set.join_all().await;
@@ -37,7 +45,7 @@ async fn a_flood_of_unknown_kids_costs_at_most_one_fetch_per_cooldown() {
 async fn key_rotation_in_and_out() {
     let old = TestKey::teams("kid-old", 0);
     let new = TestKey::teams("kid-new", 1);
-    let oidc = FakeOidc::start(&[old.clone()]).await;
+    let oidc = FakeOidc::start(vec![old.clone()]).await;
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     app.wait_ready().await;
     let old_token = old.mint(&good_claims());
@@ -45,7 +53,7 @@ async fn key_rotation_in_and_out() {
 
     // Microsoft rotates: the new key replaces the old one. A token signed with the new key is picked up
     // at once through the on-demand refresh.
-    oidc.set_keys(&[new.clone()]);
+    oidc.set_keys(std::slice::from_ref(&new));
     assert_eq!(app.status(Some(&new.mint(&good_claims())), &message(&unique_id("rot"))).await, 202);
     // The old key is gone now, so the old token fails even though it was verified (and cached) before.
     assert_eq!(app.status(Some(&old_token), &message(&unique_id("rot"))).await, 401);
@@ -55,7 +63,7 @@ async fn key_rotation_in_and_out() {
 #[tokio::test]
 async fn metadata_outage_with_cached_keys_serves_the_last_good_keys_for_a_bounded_time() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
     opts.key_refresh_secs = 2;
     opts.stale_keys_grace_secs = 2;
@@ -83,7 +91,7 @@ async fn metadata_outage_with_cached_keys_serves_the_last_good_keys_for_a_bounde
 #[tokio::test]
 async fn metadata_outage_without_any_keys_answers_503_until_keys_load() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     oidc.set_down(true);
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     let resp = app.post(Some(&key.mint(&good_claims())), &message(&unique_id("nokeys"))).await;
@@ -104,7 +112,7 @@ async fn metadata_outage_without_any_keys_answers_503_until_keys_load() {
 #[tokio::test]
 async fn metadata_with_another_issuer_is_never_trusted() {
     let key = TestKey::teams("kid-teams", 0);
-    let oidc = FakeOidc::start(&[key.clone()]).await;
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
     *oidc.state.issuer.lock().unwrap() = "https://evil.example.com".to_owned();
     let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
     // Give the start-up fetch time to run (and be rejected).

@@ -13,20 +13,18 @@ fn self_signed(path_cert: &std::path::Path, path_key: &std::path::Path) -> Strin
 }
 
 fn client_trusting(cert_pem: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap()])
-        .build()
-        .unwrap()
+    reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap()]).build().unwrap()
 }
 
 #[tokio::test]
 async fn serves_https_and_reloads_a_renewed_certificate() {
-    let oidc = FakeOidc::start(&[TestKey::teams("k", 0)]).await;
+    let oidc = FakeOidc::start(vec![TestKey::teams("k", 0)]).await;
     let dir = tempfile::tempdir().unwrap().keep();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let first = self_signed(&cert, &key);
     let mut opts = Options::new(&oidc.metadata_url);
-    opts.extra = format!("\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval_secs = 1\n", cert.display(), key.display());
+    opts.extra =
+        format!("\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval_secs = 1\n", cert.display(), key.display());
     let app = TestApp::spawn_in(&dir, &opts).await.unwrap();
     assert!(app.url.starts_with("https://127.0.0.1:"), "{}", app.url);
     let url = format!("{}/healthz", app.url.replace("127.0.0.1", "localhost"));
