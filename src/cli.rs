@@ -51,6 +51,28 @@ pub enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Queue a message (or an update or delete) for delivery by the running gateway.
+    Send(SendArgs),
+    /// List outbox entries (what was sent or is queued), one JSON object per line.
+    Outbox {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only this entry.
+        #[arg(long)]
+        id: Option<i64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show the newest audit events, or check the hash chain with `--verify`.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Check every event's hash chain link; exit non-zero if one is broken.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// List inbox entries not yet acknowledged, one JSON object per line.
     Inbox {
         #[command(flatten)]
@@ -61,6 +83,40 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+/// What `agentgate send` does.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The bot (app id); needed only when several bots are configured.
+    #[arg(long)]
+    pub bot: Option<String>,
+    /// A conversation the bot has seen (its reference gives the service URL and tenant).
+    #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+    pub conversation: Option<String>,
+    /// Proactive: open (or reuse) a 1:1 chat with this user id (`29:…`) and send there.
+    #[arg(long, requires = "tenant")]
+    pub user: Option<String>,
+    /// The user's tenant, with --user.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Reply to this activity (threads the reply in channels).
+    #[arg(long, conflicts_with_all = ["update", "delete"])]
+    pub reply_to: Option<String>,
+    /// Replace the activity with this id instead of sending a new one.
+    #[arg(long, conflicts_with = "delete")]
+    pub update: Option<String>,
+    /// Delete the activity with this id.
+    #[arg(long)]
+    pub delete: Option<String>,
+    /// The message text.
+    #[arg(long, required_unless_present_any = ["card", "delete"])]
+    pub text: Option<String>,
+    /// An Adaptive Card (a JSON file) to send as the message's attachment.
+    #[arg(long, value_name = "FILE")]
+    pub card: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +151,15 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The store file, which must exist (commands other than `serve` never create one).
+fn existing_store(cfg: &Config) -> anyhow::Result<PathBuf> {
+    let path = cfg.sqlite_path();
+    if !path.exists() {
+        anyhow::bail!("no store at {}: has `agentgate serve` run with this configuration (data_dir, store.sqlite_path)?", path.display());
+    }
+    Ok(path)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -149,15 +214,65 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Send(args) => {
+            let cfg = args.config.load(false)?;
+            let store_path = existing_store(&cfg)?;
+            runtime()?.block_on(async move {
+                let store = SqliteStore::open(&store_path, cfg.store.synchronous, 1, Default::default())?;
+                let queued = crate::connector::send::queue_from_cli(&cfg, &store, &args).await;
+                store.close().await;
+                let id = queued?;
+                println!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox { config, id, limit } => {
+            let cfg = config.load(false)?;
+            let path = existing_store(&cfg)?;
+            runtime()?.block_on(async move {
+                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
+                let items = store.outbox(id, limit).await?;
+                let mut out = std::io::stdout().lock();
+                for item in items {
+                    writeln!(out, "{}", serde_json::to_string(&item)?)?;
+                }
+                store.close().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { config, verify, limit } => {
+            let cfg = config.load(false)?;
+            let path = existing_store(&cfg)?;
+            let ok = runtime()?.block_on(async move {
+                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
+                let result = if verify {
+                    match store.verify_audit().await? {
+                        Ok(n) => {
+                            println!("audit chain intact: {n} events");
+                            true
+                        }
+                        Err(id) => {
+                            println!("audit chain BROKEN at event #{id}: it or an earlier event was altered or removed");
+                            false
+                        }
+                    }
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    for e in store.audit_events(limit).await? {
+                        writeln!(out, "{}", serde_json::to_string(&e)?)?;
+                    }
+                    true
+                };
+                store.close().await;
+                anyhow::Ok(result)
+            })?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Inbox { config, bot, limit } => {
             let cfg = config.load(false)?;
-            let path = cfg.sqlite_path();
-            if !path.exists() {
-                anyhow::bail!(
-                    "no store at {}: has `agentgate serve` run with this configuration (data_dir, store.sqlite_path)?",
-                    path.display()
-                );
-            }
+            let path = existing_store(&cfg)?;
             runtime()?.block_on(async move {
                 let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
                 let items = store.pending_inbox(bot.as_deref(), limit).await?;

@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub invoke: InvokeConfig,
     #[serde(default)]
+    pub outbound: OutboundConfig,
+    #[serde(default)]
     pub log: LogConfig,
     /// The bots this process serves. None configured means no traffic is accepted.
     #[serde(default)]
@@ -167,6 +169,10 @@ impl CloudsConfig {
 pub struct CloudConfig {
     /// OpenID metadata of the Bot Framework channel; its `issuer` must be the cloud's pinned issuer.
     pub openid_metadata_url: String,
+    /// The Entra authority outbound tokens come from (default: the cloud's login host, e.g.
+    /// `https://login.microsoftonline.com`). Change only for tests or special set-ups.
+    #[serde(default)]
+    pub token_authority: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -202,6 +208,26 @@ pub struct InvokeConfig {
     pub ack_text: String,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Apply Teams' rate limits before each request (turn off only against a local fake).
+    #[serde(default = "defaults::yes")]
+    pub throttle: bool,
+    /// Attempts before a queued send is dead-lettered.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: i64,
+    /// Queued sends older than this are dead-lettered instead of retried.
+    #[serde(default = "defaults::max_age")]
+    pub max_age_secs: u64,
+    /// How often the worker looks for sends queued by another process (`agentgate send`).
+    #[serde(default = "defaults::poll_ms")]
+    pub poll_interval_ms: u64,
+    /// Timeout of one Connector request.
+    #[serde(default = "defaults::connector_timeout")]
+    pub request_timeout_secs: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -233,9 +259,20 @@ pub struct BotConfig {
     pub allowed_tenants: Vec<String>,
     #[serde(default = "defaults::cloud")]
     pub cloud: Cloud,
-    /// Where the bot's outbound credential lives (a reference, never the secret itself).
+    /// Where the bot's outbound credential lives (a reference, never the secret itself): the client
+    /// secret, or, when `certificate` is set, the certificate's private key (PEM).
     #[serde(default)]
     pub credential: Option<SecretRef>,
+    /// The bot's certificate (PEM) for certificate credentials; `credential` is then its private key.
+    #[serde(default)]
+    pub certificate: Option<SecretRef>,
+    /// Send the certificate chain (`x5c`) in client assertions (subject name + issuer authentication).
+    #[serde(default)]
+    pub send_x5c: bool,
+    /// The bot's home tenant: outbound tokens come from this tenant (single-tenant bots, the default
+    /// for new Azure Bots). Unset means a legacy multi-tenant bot (tokens from `botframework.com`).
+    #[serde(default)]
+    pub tenant_id: Option<String>,
     /// Require the signing key to be endorsed for the activity's `channelId`.
     #[serde(default = "defaults::yes")]
     pub require_endorsement: bool,
@@ -280,7 +317,7 @@ mod defaults {
         10
     }
     fn cloud_cfg(c: Cloud) -> CloudConfig {
-        CloudConfig { openid_metadata_url: c.default_metadata_url().into() }
+        CloudConfig { openid_metadata_url: c.default_metadata_url().into(), token_authority: None }
     }
     pub(super) fn public() -> CloudConfig {
         cloud_cfg(Cloud::Public)
@@ -305,6 +342,18 @@ mod defaults {
     }
     pub(super) fn invoke_text() -> String {
         "Received. The agent will follow up shortly.".into()
+    }
+    pub(super) fn max_attempts() -> i64 {
+        6
+    }
+    pub(super) fn max_age() -> u64 {
+        600
+    }
+    pub(super) fn poll_ms() -> u64 {
+        250
+    }
+    pub(super) fn connector_timeout() -> u64 {
+        15
     }
     pub(super) fn log_format() -> LogFormat {
         LogFormat::Text
@@ -334,7 +383,7 @@ fn empty_table() -> toml::Table {
     toml::Table::new()
 }
 
-default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, LogConfig);
+default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, OutboundConfig, LogConfig);
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -473,6 +522,17 @@ impl Config {
         if self.server.request_timeout_secs == 0 || self.server.request_timeout_secs > 14 {
             return Err(ConfigError::new("server.request_timeout_secs", "must be 1..=14: Teams gives up after 15 s"));
         }
+        for (i, bot) in self.bots.iter().enumerate() {
+            if bot.certificate.is_some() && bot.credential.is_none() {
+                return Err(ConfigError::new(
+                    format!("bots[{i}].credential"),
+                    "a certificate is set but no private key: set credential to the key's reference (file:/path/key.pem)",
+                ));
+            }
+            if bot.tenant_id.as_deref().is_some_and(|t| t.trim().is_empty() || t.contains('/')) {
+                return Err(ConfigError::new(format!("bots[{i}].tenant_id"), "must be the bot's home tenant id (a GUID)"));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::new(
                 "log.level",
@@ -481,6 +541,12 @@ impl Config {
                     self.log.level
                 ),
             ));
+        }
+        if self.outbound.max_attempts < 1 {
+            return Err(ConfigError::new("outbound.max_attempts", "must be at least 1"));
+        }
+        if self.outbound.request_timeout_secs == 0 || self.outbound.poll_interval_ms == 0 {
+            return Err(ConfigError::new("outbound", "request_timeout_secs and poll_interval_ms must be at least 1"));
         }
         if self.store.max_batch == 0 {
             return Err(ConfigError::new("store.max_batch", "must be at least 1"));
@@ -494,6 +560,9 @@ impl Config {
         for cloud in Cloud::ALL {
             let field = format!("clouds.{cloud}.openid_metadata_url");
             check_fetch_url(&self.clouds.get(cloud).openid_metadata_url).map_err(|p| ConfigError::new(field, p))?;
+            if let Some(a) = &self.clouds.get(cloud).token_authority {
+                check_fetch_url(a).map_err(|p| ConfigError::new(format!("clouds.{cloud}.token_authority"), p))?;
+            }
         }
         if self.bots.is_empty() {
             return Err(ConfigError::new(

@@ -55,6 +55,17 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// How one outbound attempt ended.
+    OutboundOutcome {
+        Delivered => "delivered",
+        Retried => "retried",
+        Uncertain => "uncertain",
+        Dead => "dead",
+        Throttled => "throttled_locally",
+    }
+);
+
 /// Upper bounds (seconds) of the commit-latency histogram.
 const COMMIT_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0];
 
@@ -73,6 +84,7 @@ pub struct Metrics {
     key_refresh_ok: [AtomicU64; 3],
     key_refresh_err: [AtomicU64; 3],
     token_cache_hits: AtomicU64,
+    outbound: [AtomicU64; 5],
     commit: Histogram,
     committed_activities: AtomicU64,
 }
@@ -93,6 +105,9 @@ impl Metrics {
     pub fn key_refresh(&self, cloud: Cloud, ok: bool) {
         let arr = if ok { &self.key_refresh_ok } else { &self.key_refresh_err };
         arr[cloud.index()].fetch_add(1, Relaxed);
+    }
+    pub fn outbound(&self, o: OutboundOutcome) {
+        self.outbound[o as usize].fetch_add(1, Relaxed);
     }
     pub fn token_cache_hit(&self) {
         self.token_cache_hits.fetch_add(1, Relaxed);
@@ -145,6 +160,12 @@ impl Metrics {
         let _ = writeln!(s, "# HELP agentgate_token_cache_hits_total Requests whose token signature was already verified.");
         let _ = writeln!(s, "# TYPE agentgate_token_cache_hits_total counter");
         let _ = writeln!(s, "agentgate_token_cache_hits_total {}", self.token_cache_hits.load(Relaxed));
+        let _ = writeln!(s, "# HELP agentgate_outbound_attempts_total Outbound Connector attempts by outcome.");
+        let _ = writeln!(s, "# TYPE agentgate_outbound_attempts_total counter");
+        for o in OutboundOutcome::ALL {
+            let _ =
+                writeln!(s, "agentgate_outbound_attempts_total{{outcome=\"{}\"}} {}", o.label(), self.outbound[*o as usize].load(Relaxed));
+        }
         let _ = writeln!(s, "# HELP agentgate_store_commit_seconds Latency of one durable group commit.");
         let _ = writeln!(s, "# TYPE agentgate_store_commit_seconds histogram");
         for (i, ub) in COMMIT_BUCKETS.iter().enumerate() {
@@ -170,6 +191,7 @@ mod tests {
         let m = Metrics::default();
         assert_eq!(m.requests.len(), Outcome::ALL.len());
         assert_eq!(m.auth_failures.len(), AuthReason::ALL.len());
+        assert_eq!(m.outbound.len(), OutboundOutcome::ALL.len());
     }
 
     #[test]

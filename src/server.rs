@@ -18,6 +18,11 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::{BotEntry, KeyCache, KeyCacheSettings, Verifier};
 use crate::config::{Cloud, Config, check_fetch_url};
+use crate::connector::ConnectorClient;
+use crate::connector::outbox::{Outbound, RetryPolicy};
+use crate::connector::throttle::Throttle;
+use crate::connector::tokens::ConfiguredTokens;
+use crate::entra::{Authority, BotTokenProvider, TokenClient, TokenClientSettings};
 use crate::inbound::{self, AppState};
 use crate::metrics::Metrics;
 use crate::service_url::ConnectorPolicy;
@@ -124,6 +129,8 @@ impl Gateway {
             dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
+        let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?);
+        background.push(Arc::clone(&outbound).spawn(Duration::from_millis(cfg.outbound.poll_interval_ms)));
 
         let app = router(Arc::clone(&state), cfg.server.body_limit_bytes, Duration::from_secs(cfg.server.request_timeout_secs));
         let bind: SocketAddr = cfg.server.bind.parse().context("server.bind")?;
@@ -184,6 +191,40 @@ impl Gateway {
         tracing::info!("store closed; bye");
         res.context("server task")?.context("server stopped")
     }
+}
+
+/// The outbound worker: each bot's credential (a bot without one can send only in `--dev`, to the
+/// Playground), the Connector client, throttles and retry policy.
+async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> anyhow::Result<Outbound> {
+    let client = Arc::new(TokenClient::new(TokenClientSettings::default()).context("building the token client")?);
+    let mut providers = std::collections::HashMap::new();
+    for (i, bot) in cfg.bots.iter().enumerate() {
+        if bot.credential.is_none() {
+            if !opts.dev {
+                tracing::warn!(app_id = %bot.app_id, "bot has no credential: it receives but cannot send (set bots[{i}].credential)");
+            }
+            continue;
+        }
+        let authority = match &cfg.clouds.get(bot.cloud).token_authority {
+            Some(a) => Some(Authority::parse(a).map_err(|e| anyhow::anyhow!("clouds.{}.token_authority: {e}", bot.cloud))?),
+            None => None,
+        };
+        let provider = BotTokenProvider::from_config(bot, authority.as_ref(), Arc::clone(&client)).await.map_err(|e| {
+            let field = e.field().map_or_else(String::new, |f| format!("bots[{i}].{f}: "));
+            anyhow::anyhow!("configuration error in {field}{e}")
+        })?;
+        providers.insert(bot.app_id.clone(), provider);
+    }
+    let connector = ConnectorClient::new(ConnectorPolicy { dev: opts.dev }, Duration::from_secs(cfg.outbound.request_timeout_secs))
+        .context("building the Connector client")?;
+    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
+    let throttle = if cfg.outbound.throttle { Throttle::new() } else { Throttle::disabled() };
+    let retry = RetryPolicy {
+        max_attempts: cfg.outbound.max_attempts,
+        max_age: Duration::from_secs(cfg.outbound.max_age_secs),
+        ..RetryPolicy::default()
+    };
+    Ok(Outbound::new(store, connector, Arc::new(ConfiguredTokens::new(providers, opts.dev)), clouds, throttle, retry, metrics))
 }
 
 fn spawn_dedupe_purge(store: Arc<dyn Store>) -> JoinHandle<()> {

@@ -5,7 +5,8 @@
 //! the same test body.
 
 use async_trait::async_trait;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub mod sqlite;
 
@@ -70,6 +71,152 @@ pub struct InboxItem {
     pub body: String,
 }
 
+/// One outbound side effect, as queued in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OutboundOp {
+    /// `POST v3/conversations/{conversation}/activities`
+    Send { activity: Value },
+    /// `POST v3/conversations/{conversation}/activities/{reply_to}`
+    Reply { reply_to: String, activity: Value },
+    /// `PUT v3/conversations/{conversation}/activities/{activity_id}`
+    Update { activity_id: String, activity: Value },
+    /// `DELETE v3/conversations/{conversation}/activities/{activity_id}`
+    Delete { activity_id: String },
+    /// Create a 1:1 conversation with `user_id` (proactive), then send `activity` into it.
+    CreatePersonal { user_id: String, activity: Value },
+}
+
+impl OutboundOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Send { .. } => "send",
+            Self::Reply { .. } => "reply",
+            Self::Update { .. } => "update",
+            Self::Delete { .. } => "delete",
+            Self::CreatePersonal { .. } => "create_personal",
+        }
+    }
+
+    /// Creates may duplicate a message when re-posted after an ambiguous failure; updates and deletes
+    /// are idempotent.
+    pub fn is_create(&self) -> bool {
+        matches!(self, Self::Send { .. } | Self::Reply { .. } | Self::CreatePersonal { .. })
+    }
+}
+
+/// A side effect to queue.
+#[derive(Debug, Clone)]
+pub struct NewOutbound {
+    pub bot_app_id: String,
+    pub tenant_id: String,
+    /// The conversation, or `user:<id>` for a proactive 1:1 not created yet (keeps per-user order).
+    pub conversation_id: String,
+    pub service_url: String,
+    pub op: OutboundOp,
+    /// Who asked (`cli`, an MCP client's name…), recorded in the audit log.
+    pub requested_by: String,
+    pub now_ms: i64,
+}
+
+/// Where an outbox entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxState {
+    /// Waiting for its turn (or for a retry time).
+    Pending,
+    /// A request is (or was, if the process died) on the wire.
+    Sending,
+    /// Done; `result_id` is the Teams activity (or conversation) id.
+    Delivered,
+    /// A create failed ambiguously: it may have landed, so it is not re-posted.
+    Uncertain,
+    /// Gave up (definite refusal, or the retry budget ran out).
+    Dead,
+}
+
+impl OutboxState {
+    pub(crate) fn parse(s: &str) -> Self {
+        match s {
+            "sending" => Self::Sending,
+            "delivered" => Self::Delivered,
+            "uncertain" => Self::Uncertain,
+            "dead" => Self::Dead,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// One outbox entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub bot_app_id: String,
+    pub tenant_id: String,
+    pub conversation_id: String,
+    pub service_url: String,
+    pub op: OutboundOp,
+    pub requested_by: String,
+    pub state: OutboxState,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub next_attempt_at_ms: i64,
+    pub result_id: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    Delivered {
+        result_id: String,
+    },
+    /// Try again at `at_ms` (the request certainly did not land, or the call is idempotent).
+    Retry {
+        at_ms: i64,
+        error: String,
+    },
+    Uncertain {
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+}
+
+/// An audit event: who asked, which identity acted, on what, with which outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub at_ms: i64,
+    pub actor: String,
+    pub identity: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// A stored audit event with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The chain hash of an event: SHA-256 over the previous hash and the event's canonical JSON.
+pub fn audit_hash(prev_hash: &str, event: &AuditEvent) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(event).unwrap_or_default());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store is closed")]
@@ -94,11 +241,40 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError>;
 
+    /// The service URL of the bot's most recently updated usable reference in `tenant` (proactive sends).
+    async fn tenant_service_url(&self, bot_app_id: &str, tenant_id: &str) -> Result<Option<String>, StoreError>;
+
     /// Forget dedupe keys that expired before `now_ms`; returns how many were removed.
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError>;
 
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Queue an outbound side effect: its audit event and its outbox entry in one transaction. If the
+    /// audit event cannot be written, nothing is queued.
+    async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError>;
+
+    /// Entries whose turn it is: the oldest pending entry of each conversation, due by `now_ms`.
+    async fn due_outbound(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Record that an attempt starts (state `sending`, attempts + 1). Returns false if the entry was not
+    /// pending (someone else took it).
+    async fn begin_outbound_attempt(&self, id: i64, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Record how the attempt ended, with its audit event.
+    async fn finish_outbound(&self, id: i64, finish: Finish, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// After a restart: entries left `sending` by a dead process. Idempotent ones go back to pending;
+    /// creates become uncertain (they may have landed). Returns (requeued, uncertain).
+    async fn recover_outbound(&self, now_ms: i64) -> Result<(u64, u64), StoreError>;
+
+    async fn outbox(&self, id: Option<i64>, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// The newest audit events, newest first.
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Check the whole hash chain; returns the number of events, or the id of the first broken one.
+    async fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError>;
 
     /// Finish every write already submitted, then stop accepting writes.
     async fn close(&self);

@@ -17,7 +17,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommitOutcome, ConversationRef, InboundRecord, InboxItem, Store, StoreError};
+use super::{
+    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxItem, NewOutbound, OutboundOp, OutboxItem,
+    OutboxState, Store, StoreError, audit_hash,
+};
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
 
@@ -60,11 +63,68 @@ CREATE TABLE IF NOT EXISTS dedupe (
     PRIMARY KEY (conversation_id, activity_id, bot_app_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_expiry ON dedupe (expires_at_ms);
+CREATE TABLE IF NOT EXISTS outbox (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    bot_app_id         TEXT    NOT NULL,
+    tenant_id          TEXT    NOT NULL,
+    conversation_id    TEXT    NOT NULL,
+    service_url        TEXT    NOT NULL,
+    op                 TEXT    NOT NULL,
+    requested_by       TEXT    NOT NULL,
+    state              TEXT    NOT NULL,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    created_at_ms      BIGINT  NOT NULL,
+    updated_at_ms      BIGINT  NOT NULL,
+    next_attempt_at_ms BIGINT  NOT NULL,
+    result_id          TEXT,
+    last_error         TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (bot_app_id, conversation_id, id) WHERE state IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (state, next_attempt_at_ms) WHERE state IN ('pending', 'sending');
+CREATE TABLE IF NOT EXISTS audit (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms     BIGINT NOT NULL,
+    actor     TEXT   NOT NULL,
+    identity  TEXT   NOT NULL,
+    action    TEXT   NOT NULL,
+    target    TEXT   NOT NULL,
+    outcome   TEXT   NOT NULL,
+    detail    TEXT   NOT NULL,
+    prev_hash TEXT   NOT NULL,
+    hash      TEXT   NOT NULL
+);
 PRAGMA user_version = 1;
 ";
 
+/// Answers a caller once the transaction is settled (`Some` = it failed).
+type Deliver = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// A write run inside the batch transaction.
+type WriteFn = Box<dyn FnOnce(&rusqlite::Transaction<'_>, &mut WriterState) -> Deliver + Send>;
+
+/// State the writer keeps between batches.
+#[derive(Default)]
+struct WriterState {
+    refs: RefCache,
+}
+
+impl WriterState {
+    /// Append an audit event to the hash chain. The head is read inside the (immediate, so exclusive)
+    /// transaction every time: other processes (`agentgate send`) append to the same chain.
+    fn audit(&mut self, tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> rusqlite::Result<()> {
+        let prev: String =
+            tx.query_row("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).optional()?.unwrap_or_default();
+        let hash = audit_hash(&prev, e);
+        tx.prepare_cached(
+            "INSERT INTO audit (at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![e.at_ms, e.actor, e.identity, e.action, e.target, e.outcome, e.detail, prev, hash])?;
+        Ok(())
+    }
+}
+
 enum Job {
     Commit(Box<InboundRecord>, oneshot::Sender<Result<CommitOutcome, StoreError>>),
+    Write(WriteFn),
     Ack(Vec<i64>, i64, oneshot::Sender<Result<u64, StoreError>>),
     Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
     Stop,
@@ -155,6 +215,25 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Run `f` inside the writer's next transaction; answered after it commits.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &mut WriterState) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job = Job::Write(Box::new(move |t, st| {
+            let r = f(t, st).map_err(db_err);
+            Box::new(move |failed: Option<&StoreError>| {
+                let _ = tx.send(match failed {
+                    Some(e) => Err(StoreError::Database(e.to_string())),
+                    None => r,
+                });
+            })
+        }));
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static) -> Result<T, StoreError> {
         let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
@@ -190,7 +269,7 @@ fn checkpoint_loop(conn: &Connection, stopping: &AtomicBool) {
 
 fn writer_loop(mut conn: Connection, wal: &Path, mut rx: mpsc::Receiver<Job>, max_batch: usize, metrics: &Metrics) {
     let mut batch = Vec::with_capacity(max_batch);
-    let mut refs = RefCache::default();
+    let mut state = WriterState::default();
     let mut batches = 0u32;
     loop {
         batches = batches.wrapping_add(1);
@@ -205,7 +284,7 @@ fn writer_loop(mut conn: Connection, wal: &Path, mut rx: mpsc::Receiver<Job>, ma
                 Err(_) => break,
             }
         }
-        let stop = run_batch(&mut conn, &mut batch, &mut refs, metrics);
+        let stop = run_batch(&mut conn, &mut batch, &mut state, metrics);
         if stop {
             return;
         }
@@ -263,18 +342,19 @@ impl Pending {
 }
 
 /// Run every job of the batch in one transaction; answer each caller after the commit.
-fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, refs: &mut RefCache, metrics: &Metrics) -> bool {
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, state: &mut WriterState, metrics: &Metrics) -> bool {
     let started = Instant::now();
     let mut stop = false;
     let mut commits = 0usize;
     let mut refs_written = Vec::new();
     let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
+    let mut delivers: Vec<Deliver> = Vec::new();
     let tx_result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
             match job {
                 Job::Commit(rec, reply) => {
-                    let write_ref = !refs.unchanged(&rec.reference);
+                    let write_ref = !state.refs.unchanged(&rec.reference);
                     let r = commit_one(&tx, &rec, write_ref).map_err(db_err);
                     if write_ref && matches!(r, Ok(CommitOutcome::Accepted { .. })) {
                         let c = &rec.reference;
@@ -290,6 +370,7 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, refs: &mut RefCache, m
                     let r = tx.execute("DELETE FROM dedupe WHERE expires_at_ms < ?1", params![now]).map(|n| n as u64).map_err(db_err);
                     answers.push(Pending::Count(reply, r));
                 }
+                Job::Write(f) => delivers.push(f(&tx, state)),
                 Job::Stop => stop = true,
             }
         }
@@ -299,13 +380,16 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, refs: &mut RefCache, m
     if let Some(e) = &failed {
         tracing::error!(error = %e, "store transaction failed; every activity in it was refused");
     } else {
-        refs.remember(refs_written);
+        state.refs.remember(refs_written);
         if commits > 0 {
             metrics.commit(started.elapsed(), commits);
         }
     }
     for answer in answers {
         answer.deliver(failed.as_ref());
+    }
+    for deliver in delivers {
+        deliver(failed.as_ref());
     }
     stop
 }
@@ -378,12 +462,196 @@ fn ack(tx: &rusqlite::Transaction<'_>, ids: &[i64], now: i64) -> rusqlite::Resul
     Ok(n)
 }
 
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    Ok(AuditRecord {
+        id: r.get(0)?,
+        event: AuditEvent {
+            at_ms: r.get(1)?,
+            actor: r.get(2)?,
+            identity: r.get(3)?,
+            action: r.get(4)?,
+            target: r.get(5)?,
+            outcome: r.get(6)?,
+            detail: r.get(7)?,
+        },
+        prev_hash: r.get(8)?,
+        hash: r.get(9)?,
+    })
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error";
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
+    let op_json: String = r.get(5)?;
+    let op: OutboundOp = serde_json::from_str(&op_json)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, Box::new(e)))?;
+    Ok(OutboxItem {
+        id: r.get(0)?,
+        bot_app_id: r.get(1)?,
+        tenant_id: r.get(2)?,
+        conversation_id: r.get(3)?,
+        service_url: r.get(4)?,
+        op,
+        requested_by: r.get(6)?,
+        state: OutboxState::parse(&r.get::<_, String>(7)?),
+        attempts: r.get(8)?,
+        created_at_ms: r.get(9)?,
+        next_attempt_at_ms: r.get(10)?,
+        result_id: r.get(11)?,
+        last_error: r.get(12)?,
+    })
+}
+
 #[async_trait]
 impl Store for SqliteStore {
+    async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError> {
+        let op_json = serde_json::to_string(&item.op).map_err(|e| StoreError::Database(e.to_string()))?;
+        self.write(move |tx, st| {
+            st.audit(tx, &AuditEvent {
+                at_ms: item.now_ms,
+                actor: item.requested_by.clone(),
+                identity: format!("bot:{}", item.bot_app_id),
+                action: item.op.name().to_owned(),
+                target: format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                outcome: "queued".to_owned(),
+                detail: String::new(),
+            })?;
+            tx.prepare_cached(
+                "INSERT INTO outbox (bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, created_at_ms, updated_at_ms, next_attempt_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
+            )?
+            .execute(params![item.bot_app_id, item.tenant_id, item.conversation_id, item.service_url, op_json, item.requested_by, item.now_ms])?;
+            Ok(tx.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn due_outbound(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE state = 'pending' AND next_attempt_at_ms <= ?1
+                   AND id = (SELECT MIN(id) FROM outbox p WHERE p.state IN ('pending', 'sending') AND p.bot_app_id = o.bot_app_id AND p.conversation_id = o.conversation_id)
+                 ORDER BY id LIMIT ?2"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![now_ms, limit], outbox_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn begin_outbound_attempt(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        self.write(move |tx, _| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at_ms = ?2 WHERE id = ?1 AND state = 'pending'",
+                )?
+                .execute(params![id, now_ms])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn finish_outbound(&self, id: i64, finish: Finish, event: AuditEvent) -> Result<(), StoreError> {
+        self.write(move |tx, st| {
+            st.audit(tx, &event)?;
+            let now = event.at_ms;
+            let mut stmt = tx.prepare_cached(
+                "UPDATE outbox SET state = ?2, result_id = COALESCE(?3, result_id), last_error = ?4, next_attempt_at_ms = ?5, updated_at_ms = ?6 WHERE id = ?1",
+            )?;
+            match finish {
+                Finish::Delivered { result_id } => stmt.execute(params![id, "delivered", result_id, None::<String>, now, now])?,
+                Finish::Retry { at_ms, error } => stmt.execute(params![id, "pending", None::<String>, error, at_ms, now])?,
+                Finish::Uncertain { error } => stmt.execute(params![id, "uncertain", None::<String>, error, now, now])?,
+                Finish::Dead { error } => stmt.execute(params![id, "dead", None::<String>, error, now, now])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn recover_outbound(&self, now_ms: i64) -> Result<(u64, u64), StoreError> {
+        self.write(move |tx, st| {
+            let stuck: Vec<OutboxItem> = {
+                let mut stmt = tx.prepare(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'sending' ORDER BY id"))?;
+                let rows = stmt.query_map([], outbox_row)?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let (mut requeued, mut uncertain) = (0, 0);
+            for item in stuck {
+                let create = item.op.is_create();
+                let state = if create { "uncertain" } else { "pending" };
+                tx.execute(
+                    "UPDATE outbox SET state = ?2, last_error = 'the process stopped while the request was in flight', updated_at_ms = ?3 WHERE id = ?1",
+                    params![item.id, state, now_ms],
+                )?;
+                st.audit(tx, &AuditEvent {
+                    at_ms: now_ms,
+                    actor: "agentgate".into(),
+                    identity: format!("bot:{}", item.bot_app_id),
+                    action: item.op.name().into(),
+                    target: format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                    outcome: if create { "uncertain".into() } else { "requeued".into() },
+                    detail: format!("outbox #{}: interrupted by a restart", item.id),
+                })?;
+                if create {
+                    uncertain += 1;
+                } else {
+                    requeued += 1;
+                }
+            }
+            Ok((requeued, uncertain))
+        })
+        .await
+    }
+
+    async fn outbox(&self, id: Option<i64>, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE (?1 IS NULL OR id = ?1) ORDER BY id LIMIT ?2");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![id, limit], outbox_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], audit_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash FROM audit ORDER BY id")?;
+            let mut rows = stmt.query([])?;
+            let (mut prev, mut n) = (String::new(), 0u64);
+            while let Some(row) = rows.next()? {
+                let rec = audit_row(row)?;
+                if rec.prev_hash != prev || audit_hash(&prev, &rec.event) != rec.hash {
+                    return Ok(Err(rec.id));
+                }
+                prev = rec.hash;
+                n += 1;
+            }
+            Ok(Ok(n))
+        })
+        .await
+    }
+
     async fn commit_inbound(&self, record: InboundRecord) -> Result<CommitOutcome, StoreError> {
         self.submit(|tx| Job::Commit(Box::new(record), tx)).await
     }
@@ -443,6 +711,19 @@ impl Store for SqliteStore {
                     updated_at_ms: r.get(10)?,
                 })
             })
+            .optional()
+        })
+        .await
+    }
+
+    async fn tenant_service_url(&self, bot_app_id: &str, tenant_id: &str) -> Result<Option<String>, StoreError> {
+        let (bot, tenant) = (bot_app_id.to_owned(), tenant_id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT service_url FROM conversation_refs WHERE bot_app_id = ?1 AND lower(tenant_id) = lower(?2) AND usable
+                 ORDER BY updated_at_ms DESC LIMIT 1",
+            )?
+            .query_row(params![bot, tenant], |r| r.get(0))
             .optional()
         })
         .await
@@ -564,6 +845,92 @@ mod tests {
         assert_eq!(store.purge_dedupe(999).await.unwrap(), 0);
         assert_eq!(store.purge_dedupe(1_001).await.unwrap(), 1);
         assert!(matches!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Accepted { .. }));
+        store.close().await;
+    }
+
+    fn outbound(conv: &str, op: OutboundOp) -> NewOutbound {
+        NewOutbound {
+            bot_app_id: "bot".into(),
+            tenant_id: "t".into(),
+            conversation_id: conv.into(),
+            service_url: "https://smba.trafficmanager.net/amer/".into(),
+            op,
+            requested_by: "test".into(),
+            now_ms: 10,
+        }
+    }
+
+    fn send(text: &str) -> OutboundOp {
+        OutboundOp::Send { activity: serde_json::json!({"type": "message", "text": text}) }
+    }
+
+    fn event(outcome: &str) -> AuditEvent {
+        AuditEvent {
+            at_ms: 20,
+            actor: "agentgate".into(),
+            identity: "bot:bot".into(),
+            action: "send".into(),
+            target: "c".into(),
+            outcome: outcome.into(),
+            detail: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn outbox_keeps_per_conversation_order_and_recovers_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let a1 = store.enqueue_outbound(outbound("a", send("a1"))).await.unwrap();
+        let a2 = store.enqueue_outbound(outbound("a", send("a2"))).await.unwrap();
+        let b1 = store.enqueue_outbound(outbound("b", send("b1"))).await.unwrap();
+        let due: Vec<i64> = store.due_outbound(10, 10).await.unwrap().iter().map(|i| i.id).collect();
+        assert_eq!(due, vec![a1, b1], "only the head of each conversation is due");
+        assert!(store.begin_outbound_attempt(a1, 11).await.unwrap());
+        assert!(!store.begin_outbound_attempt(a1, 11).await.unwrap(), "an attempt is taken once");
+        // a1 is in flight: a2 must wait for it.
+        let due: Vec<i64> = store.due_outbound(12, 10).await.unwrap().iter().map(|i| i.id).collect();
+        assert_eq!(due, vec![b1]);
+        // A retry in the future keeps the conversation blocked until then.
+        store.finish_outbound(a1, Finish::Retry { at_ms: 100, error: "429".into() }, event("retry")).await.unwrap();
+        assert_eq!(store.due_outbound(50, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![b1]);
+        assert!(store.due_outbound(100, 10).await.unwrap().iter().any(|i| i.id == a1));
+        assert!(store.begin_outbound_attempt(a1, 101).await.unwrap());
+        store.finish_outbound(a1, Finish::Delivered { result_id: "1:xyz".into() }, event("delivered")).await.unwrap();
+        assert!(store.due_outbound(102, 10).await.unwrap().iter().any(|i| i.id == a2));
+
+        // b1 and an update are in flight when the process dies.
+        let u = store.enqueue_outbound(outbound("c", OutboundOp::Delete { activity_id: "9".into() })).await.unwrap();
+        assert!(store.begin_outbound_attempt(b1, 103).await.unwrap());
+        assert!(store.begin_outbound_attempt(u, 103).await.unwrap());
+        store.close().await;
+        let store = open(&dir);
+        assert_eq!(store.recover_outbound(200).await.unwrap(), (1, 1));
+        let all = store.outbox(None, 10).await.unwrap();
+        let state = |id: i64| all.iter().find(|i| i.id == id).unwrap().state;
+        assert_eq!(state(a1), OutboxState::Delivered);
+        assert_eq!(all.iter().find(|i| i.id == a1).unwrap().result_id.as_deref(), Some("1:xyz"));
+        assert_eq!(state(b1), OutboxState::Uncertain, "a create that may have landed is never re-posted");
+        assert_eq!(state(u), OutboxState::Pending, "an idempotent delete is simply retried");
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(8));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn audit_chain_detects_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        for i in 0..3 {
+            store.enqueue_outbound(outbound(&format!("c{i}"), send("x"))).await.unwrap();
+        }
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(3));
+        let newest = store.audit_events(1).await.unwrap();
+        assert_eq!(newest[0].event.outcome, "queued");
+        store.close().await;
+        let conn = Connection::open(dir.path().join("sub/agentgate.db")).unwrap();
+        conn.execute("UPDATE audit SET target = 'somewhere else' WHERE id = 2", []).unwrap();
+        drop(conn);
+        let store = open(&dir);
+        assert_eq!(store.verify_audit().await.unwrap(), Err(2));
         store.close().await;
     }
 

@@ -17,7 +17,9 @@ async fn every_token_rule_is_enforced() {
     let webchat_only = TestKey::new("kid-webchat", 1, Some(&["webchat"]));
     let unendorsed = TestKey::new("kid-bare", 2, None);
     let oidc = FakeOidc::start(vec![teams.clone(), webchat_only.clone(), unendorsed.clone()]).await;
-    let app = TestApp::spawn(&Options::new(&oidc.metadata_url)).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.credential = true;
+    let app = TestApp::spawn(&opts).await;
     app.wait_ready().await;
 
     let t = |c: &Value| Some(teams.mint(c));

@@ -249,6 +249,10 @@ pub struct Options {
     pub body_limit_bytes: usize,
     /// Extra TOML appended verbatim (e.g. `[server.tls]`).
     pub extra: String,
+    /// Give the first bot a client secret (from `AGENTGATE_TEST_SECRET`).
+    pub credential: bool,
+    /// Where outbound tokens come from: always loopback in tests (default: a closed port).
+    pub token_authority: String,
     pub dev: bool,
 }
 
@@ -262,6 +266,8 @@ impl Options {
             require_endorsement: true,
             body_limit_bytes: 64 * 1024,
             extra: String::new(),
+            credential: false,
+            token_authority: "http://127.0.0.1:9".to_owned(),
             dev: false,
         }
     }
@@ -282,13 +288,13 @@ unknown_kid_cooldown_secs = {cooldown}
 
 [clouds.public]
 openid_metadata_url = "{meta}"
+token_authority = "{authority}"
 
 [[bots]]
 app_id = "{APP_ID}"
 display_name = "Test bot"
 allowed_tenants = ["{TENANT}"]
-credential = "env:AGENTGATE_TEST_SECRET"
-require_endorsement = {endorse}
+{credential}require_endorsement = {endorse}
 
 [[bots]]
 app_id = "{OTHER_APP_ID}"
@@ -303,6 +309,8 @@ allowed_tenants = ["{OTHER_TENANT}"]
             cooldown = self.unknown_kid_cooldown_secs,
             meta = self.metadata_url,
             endorse = self.require_endorsement,
+            authority = self.token_authority,
+            credential = if self.credential { "credential = \"env:AGENTGATE_TEST_SECRET\"\n" } else { "" },
         ) + &self.extra
     }
 }

@@ -3,11 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_connector;
+mod fake_entra;
 mod helpers;
 
 mod auth;
 mod cli;
+mod connector;
 mod durability;
+mod entra;
 mod intake;
 mod keys;
 mod tls;

@@ -1,0 +1,342 @@
+//! The Bot Framework Connector client: replies, proactive sends, updates, deletes, conversations and
+//! members, as the bot.
+//!
+//! The bot token is only ever sent over https to an allow-listed Connector host of the bot's cloud
+//! ([`ConnectorPolicy`]); `--dev` adds the Agents Playground's loopback connector. Anything else is
+//! refused before a request is made. Conversation and activity ids are percent-encoded as path segments.
+//! An empty 2xx body is success. Errors are classified so that a caller can tell whether a create
+//! certainly did not land (and may be retried) or might have (and must not be re-posted blindly).
+
+pub mod outbox;
+pub mod send;
+pub mod throttle;
+pub mod tokens;
+
+use std::time::{Duration, SystemTime};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::Cloud;
+use crate::service_url::ConnectorPolicy;
+
+/// Characters left as they are in a path segment; everything else (`:`, `@`, `;`, `=`, `/`…) is encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// What the Connector answers to a create or update.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceResponse {
+    #[serde(default)]
+    pub id: String,
+}
+
+/// The answer to creating a conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationResource {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub activity_id: Option<String>,
+    #[serde(default)]
+    pub service_url: Option<String>,
+}
+
+/// One page of conversation members.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PagedMembers {
+    #[serde(default)]
+    pub continuation_token: Option<String>,
+    #[serde(default)]
+    pub members: Vec<Value>,
+}
+
+/// Why a Connector call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectorError {
+    /// Refused locally: the service URL is not an allow-listed Connector endpoint. Nothing was sent.
+    #[error("the service URL is not an allow-listed Connector endpoint; nothing was sent")]
+    HostNotAllowed,
+    /// 429: the Connector did not accept the request. Safe to retry after `retry_after`.
+    #[error("throttled by the Connector (retry after {retry_after:?})")]
+    Throttled { retry_after: Option<Duration> },
+    /// The request never reached the Connector (connection refused, DNS, TLS). Safe to retry.
+    #[error("could not reach the Connector: {0}")]
+    Unreachable(String),
+    /// The request may have been processed (timeout after sending, 5xx, connection reset): a create must
+    /// not be re-posted blindly.
+    #[error("the Connector's answer was lost or failed after the request was sent ({0})")]
+    Ambiguous(String),
+    /// A definite refusal (4xx other than 429). `code` and `sub_code` come from the error body.
+    #[error("the Connector refused the request: {status} {code}{}", sub_code.as_deref().map(|s| format!(" ({s})")).unwrap_or_default())]
+    Rejected { status: u16, code: String, sub_code: Option<String> },
+    /// A 2xx whose body could not be read as the expected resource.
+    #[error("unexpected Connector response: {0}")]
+    BadResponse(String),
+}
+
+impl ConnectorError {
+    /// Whether a non-idempotent create may be retried: only when it certainly did not land.
+    pub fn create_may_retry(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Unreachable(_))
+    }
+
+    /// Whether an idempotent call (update, delete, reads) may be retried.
+    pub fn idempotent_may_retry(&self) -> bool {
+        matches!(self, Self::Throttled { .. } | Self::Unreachable(_) | Self::Ambiguous(_))
+    }
+
+    /// The bot was blocked or uninstalled (`403` with `MessageWritesBlocked`).
+    pub fn writes_blocked(&self) -> bool {
+        matches!(self, Self::Rejected { status: 403, code, sub_code } if code == "MessageWritesBlocked" || sub_code.as_deref() == Some("MessageWritesBlocked"))
+    }
+}
+
+/// Where a call goes: the conversation's service URL and the bot's cloud.
+#[derive(Debug, Clone)]
+pub struct Endpoint<'a> {
+    pub cloud: Cloud,
+    pub service_url: &'a str,
+}
+
+/// Bot Connector REST client.
+#[derive(Debug, Clone)]
+pub struct ConnectorClient {
+    http: reqwest::Client,
+    policy: ConnectorPolicy,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorDetail {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    sub_code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl ConnectorClient {
+    pub fn new(policy: ConnectorPolicy, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, policy })
+    }
+
+    fn url(&self, ep: &Endpoint<'_>, path: &str) -> Result<String, ConnectorError> {
+        self.policy.check(ep.cloud, ep.service_url).map_err(|_| ConnectorError::HostNotAllowed)?;
+        let base = ep.service_url.trim();
+        let sep = if base.ends_with('/') { "" } else { "/" };
+        Ok(format!("{base}{sep}{path}"))
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        url: String,
+        token: &SecretString,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, bytes::Bytes), ConnectorError> {
+        let mut req = self.http.request(method, url).bearer_auth(token.expose_secret());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(classify_send_error)?;
+        let status = resp.status();
+        let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let bytes = resp.bytes().await.map_err(|e| ConnectorError::Ambiguous(format!("reading the answer: {}", e.without_url())))?;
+        if status.is_success() {
+            return Ok((status, bytes));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(ConnectorError::Throttled { retry_after });
+        }
+        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PRECONDITION_FAILED {
+            return Err(ConnectorError::Ambiguous(format!("HTTP {}", status.as_u16())));
+        }
+        let detail = serde_json::from_slice::<ErrorBody>(&bytes).ok().and_then(|b| b.error);
+        let (code, sub_code) = match detail {
+            Some(d) => {
+                // Teams sometimes puts the sub code in the message only.
+                let sub = d
+                    .sub_code
+                    .or_else(|| d.message.filter(|m| m.contains("MessageWritesBlocked")).map(|_| "MessageWritesBlocked".to_owned()));
+                (d.code, sub)
+            }
+            None => (String::new(), None),
+        };
+        Err(ConnectorError::Rejected { status: status.as_u16(), code, sub_code })
+    }
+
+    fn resource<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ConnectorError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(T::default()); // Teams often answers 2xx with no body
+        }
+        serde_json::from_slice(bytes).map_err(|e| ConnectorError::BadResponse(e.to_string()))
+    }
+
+    /// `POST v3/conversations/{conversation}/activities`
+    pub async fn send_to_conversation(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        activity: &Value,
+    ) -> Result<ResourceResponse, ConnectorError> {
+        let url = self.url(ep, &format!("v3/conversations/{}/activities", segment(conversation)))?;
+        let (_, body) = self.call(Method::POST, url, token, Some(activity)).await?;
+        Self::resource(&body)
+    }
+
+    /// `POST v3/conversations/{conversation}/activities/{reply_to}`
+    pub async fn reply_to_activity(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        reply_to: &str,
+        activity: &Value,
+    ) -> Result<ResourceResponse, ConnectorError> {
+        let url = self.url(ep, &format!("v3/conversations/{}/activities/{}", segment(conversation), segment(reply_to)))?;
+        let (_, body) = self.call(Method::POST, url, token, Some(activity)).await?;
+        Self::resource(&body)
+    }
+
+    /// `PUT v3/conversations/{conversation}/activities/{activity_id}`
+    pub async fn update_activity(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        activity_id: &str,
+        activity: &Value,
+    ) -> Result<ResourceResponse, ConnectorError> {
+        let url = self.url(ep, &format!("v3/conversations/{}/activities/{}", segment(conversation), segment(activity_id)))?;
+        let (_, body) = self.call(Method::PUT, url, token, Some(activity)).await?;
+        Self::resource(&body)
+    }
+
+    /// `DELETE v3/conversations/{conversation}/activities/{activity_id}`
+    pub async fn delete_activity(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        activity_id: &str,
+    ) -> Result<(), ConnectorError> {
+        let url = self.url(ep, &format!("v3/conversations/{}/activities/{}", segment(conversation), segment(activity_id)))?;
+        self.call(Method::DELETE, url, token, None).await.map(|_| ())
+    }
+
+    /// `POST v3/conversations`: a 1:1 conversation with `user_id` (proactive messaging).
+    pub async fn create_personal_conversation(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        bot_id: &str,
+        user_id: &str,
+        tenant_id: &str,
+    ) -> Result<ConversationResource, ConnectorError> {
+        let url = self.url(ep, "v3/conversations")?;
+        let body = serde_json::json!({
+            "isGroup": false,
+            "bot": {"id": bot_id},
+            "members": [{"id": user_id}],
+            "tenantId": tenant_id,
+            "channelData": {"tenant": {"id": tenant_id}},
+        });
+        let (_, bytes) = self.call(Method::POST, url, token, Some(&body)).await?;
+        let r: ConversationResource = Self::resource(&bytes)?;
+        if r.id.is_empty() {
+            return Err(ConnectorError::BadResponse("the created conversation has no id".into()));
+        }
+        Ok(r)
+    }
+
+    /// `GET v3/conversations/{conversation}/pagedmembers`
+    pub async fn members_page(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        page_size: u32,
+        continuation: Option<&str>,
+    ) -> Result<PagedMembers, ConnectorError> {
+        let mut path = format!("v3/conversations/{}/pagedmembers?pageSize={page_size}", segment(conversation));
+        if let Some(c) = continuation {
+            path.push_str("&continuationToken=");
+            path.push_str(&segment(c));
+        }
+        let url = self.url(ep, &path)?;
+        let (_, body) = self.call(Method::GET, url, token, None).await?;
+        Self::resource(&body)
+    }
+}
+
+fn classify_send_error(e: reqwest::Error) -> ConnectorError {
+    let e = e.without_url();
+    if e.is_connect() {
+        ConnectorError::Unreachable(crate::auth::keys::error_chain(&e))
+    } else {
+        ConnectorError::Ambiguous(crate::auth::keys::error_chain(&e))
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(segment("19:abc@thread.tacv2;messageid=123"), "19%3Aabc%40thread.tacv2%3Bmessageid%3D123");
+        assert_eq!(segment("a:1/2 3"), "a%3A1%2F2%203");
+    }
+
+    #[test]
+    fn retry_after_both_forms() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(30);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn retry_classification() {
+        assert!(ConnectorError::Throttled { retry_after: None }.create_may_retry());
+        assert!(ConnectorError::Unreachable("refused".into()).create_may_retry());
+        assert!(!ConnectorError::Ambiguous("timeout".into()).create_may_retry());
+        assert!(ConnectorError::Ambiguous("timeout".into()).idempotent_may_retry());
+        let blocked = ConnectorError::Rejected { status: 403, code: "Forbidden".into(), sub_code: Some("MessageWritesBlocked".into()) };
+        assert!(blocked.writes_blocked() && !blocked.create_may_retry());
+    }
+}

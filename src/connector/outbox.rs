@@ -1,0 +1,303 @@
+//! The outbound worker: delivers queued side effects from the durable outbox to the Connector.
+//!
+//! Every side effect is written to the store first, with its audit event ([`Store::enqueue_outbound`]);
+//! this worker then delivers it. Per conversation only the oldest open entry is worked on, so sends to
+//! one conversation keep their order. Teams' rate limits are applied before each request. A create is
+//! retried only when it certainly did not land (429, or the Connector was unreachable); after an
+//! ambiguous failure it is recorded as `uncertain` and never re-posted. Updates and deletes are
+//! idempotent and retried. Entries that run out of attempts are dead-lettered. On start, entries a dead
+//! process left in flight are recovered the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use tokio::sync::{Notify, Semaphore};
+
+use super::throttle::Throttle;
+use super::{ConnectorClient, ConnectorError, Endpoint};
+use crate::config::Cloud;
+use crate::metrics::{Metrics, OutboundOutcome};
+use crate::store::{AuditEvent, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError};
+
+/// Why no bot token could be had. The message never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFailure {
+    pub message: String,
+    /// Worth trying again later (network, 5xx, throttling) rather than a configuration error.
+    pub retryable: bool,
+}
+
+/// Bot tokens for the Connector, by bot app id.
+#[async_trait]
+pub trait BotTokens: Send + Sync + 'static {
+    async fn bot_token(&self, bot_app_id: &str) -> Result<SecretString, TokenFailure>;
+
+    /// The Connector refused the bot's token (401): forget it so the next call fetches a new one.
+    fn invalidate(&self, bot_app_id: &str);
+}
+
+/// How hard the worker tries.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts before an entry is dead-lettered.
+    pub max_attempts: i64,
+    /// First backoff; doubled per attempt, with full jitter.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Entries older than this are dead-lettered instead of retried.
+    pub max_age: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The outbound side of the gateway.
+pub struct Outbound {
+    store: Arc<dyn Store>,
+    connector: ConnectorClient,
+    tokens: Arc<dyn BotTokens>,
+    clouds: HashMap<String, Cloud>,
+    throttle: Mutex<Throttle>,
+    retry: RetryPolicy,
+    metrics: Arc<Metrics>,
+    wake: Notify,
+    in_flight: Mutex<HashSet<(String, String)>>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").field("bots", &self.clouds.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Outbound {
+    /// `bots` maps each configured bot's app id to its cloud.
+    pub fn new(
+        store: Arc<dyn Store>,
+        connector: ConnectorClient,
+        tokens: Arc<dyn BotTokens>,
+        bots: HashMap<String, Cloud>,
+        throttle: Throttle,
+        retry: RetryPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            connector,
+            tokens,
+            clouds: bots,
+            throttle: Mutex::new(throttle),
+            retry,
+            metrics,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            permits: Arc::new(Semaphore::new(32)),
+        }
+    }
+
+    /// Queue a side effect (audit event + outbox entry, durably) and wake the worker.
+    pub async fn enqueue(&self, item: NewOutbound) -> Result<i64, StoreError> {
+        let id = self.store.enqueue_outbound(item).await?;
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Wake the worker (entries were queued by another process).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Recover what a dead process left in flight, then deliver until the task is aborted.
+    pub fn spawn(self: Arc<Self>, poll: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            match self.store.recover_outbound(now_ms()).await {
+                Ok((0, 0)) => {}
+                Ok((requeued, uncertain)) => tracing::warn!(requeued, uncertain, "outbox entries interrupted by a restart were recovered"),
+                Err(e) => tracing::error!(error = %e, "outbox recovery failed"),
+            }
+            loop {
+                let next = self.run_once().await;
+                let wait = next.unwrap_or(poll).min(poll);
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        })
+    }
+
+    /// Start every due entry whose conversation is free and within its limits. Returns how soon to look
+    /// again when something is waiting for the throttle.
+    pub async fn run_once(self: &Arc<Self>) -> Option<Duration> {
+        let items = match self.store.due_outbound(now_ms(), 256).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox failed");
+                return Some(Duration::from_secs(1));
+            }
+        };
+        let mut soonest: Option<Duration> = None;
+        for item in items {
+            let key = (item.bot_app_id.clone(), item.conversation_id.clone());
+            if self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).contains(&key) {
+                continue;
+            }
+            if item.op.is_create() || matches!(item.op, OutboundOp::Update { .. }) {
+                let verdict = self.throttle.lock().unwrap_or_else(PoisonError::into_inner).try_acquire(
+                    &item.bot_app_id,
+                    &item.tenant_id,
+                    &item.conversation_id,
+                    Instant::now(),
+                );
+                if let Err(wait) = verdict {
+                    self.metrics.outbound(OutboundOutcome::Throttled);
+                    soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
+                    continue;
+                }
+            }
+            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone());
+            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else { return None };
+            let this = Arc::clone(self);
+            tokio::spawn(async move {
+                this.attempt(item).await;
+                this.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                drop(permit);
+                this.wake.notify_one();
+            });
+        }
+        soonest
+    }
+
+    async fn attempt(&self, item: OutboxItem) {
+        // The token comes first: a failure here leaves nothing on the wire, so the entry stays pending
+        // (a process killed now never leaves an ambiguous create behind).
+        let (result, attempts) = match self.tokens.bot_token(&item.bot_app_id).await {
+            Err(failure) => (Err(Failure::Token(failure)), item.attempts),
+            Ok(token) => {
+                match self.store.begin_outbound_attempt(item.id, now_ms()).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, id = item.id, "could not record the attempt; not sending");
+                        return;
+                    }
+                }
+                (self.deliver(&item, &token).await, item.attempts + 1)
+            }
+        };
+        if let Err(Failure::Connector(ConnectorError::Rejected { status: 401, .. })) = &result {
+            self.tokens.invalidate(&item.bot_app_id);
+        }
+        let (finish, outcome, metric) = self.judge(&item, attempts, result);
+        tracing::info!(id = item.id, op = item.op.name(), outcome, "outbound attempt finished");
+        self.metrics.outbound(metric);
+        let event = AuditEvent {
+            at_ms: now_ms(),
+            actor: item.requested_by.clone(),
+            identity: format!("bot:{}", item.bot_app_id),
+            action: item.op.name().to_owned(),
+            target: format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+            outcome: outcome.to_owned(),
+            detail: format!("outbox #{} attempt {attempts}", item.id),
+        };
+        if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
+            tracing::error!(error = %e, id = item.id, "could not record the outcome of an outbound attempt");
+        }
+    }
+
+    async fn deliver(&self, item: &OutboxItem, token: &SecretString) -> Result<String, Failure> {
+        let cloud = *self.clouds.get(&item.bot_app_id).ok_or(Failure::Local("the bot is no longer configured".into()))?;
+        let ep = Endpoint { cloud, service_url: &item.service_url };
+        let c = &self.connector;
+        let conv = &item.conversation_id;
+        let r = match &item.op {
+            OutboundOp::Send { activity } => c.send_to_conversation(&ep, token, conv, activity).await.map(|r| r.id),
+            OutboundOp::Reply { reply_to, activity } => c.reply_to_activity(&ep, token, conv, reply_to, activity).await.map(|r| r.id),
+            OutboundOp::Update { activity_id, activity } => c.update_activity(&ep, token, conv, activity_id, activity).await.map(|r| r.id),
+            OutboundOp::Delete { activity_id } => c.delete_activity(&ep, token, conv, activity_id).await.map(|()| activity_id.clone()),
+            OutboundOp::CreatePersonal { user_id, activity } => {
+                let created = c
+                    .create_personal_conversation(&ep, token, &format!("28:{}", item.bot_app_id), user_id, &item.tenant_id)
+                    .await
+                    .map_err(Failure::Connector)?;
+                c.send_to_conversation(&ep, token, &created.id, activity).await.map(|r| format!("{}|{}", created.id, r.id))
+            }
+        };
+        match r {
+            Ok(id) => Ok(id),
+            // A 2xx whose body we could not read: the request was accepted.
+            Err(ConnectorError::BadResponse(_)) => Ok(String::new()),
+            Err(e) => Err(Failure::Connector(e)),
+        }
+    }
+
+    fn backoff(&self, attempts: i64, retry_after: Option<Duration>) -> Duration {
+        let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+        let cap = self.retry.base_backoff.saturating_mul(2u32.saturating_pow(exp)).min(self.retry.max_backoff);
+        let jittered = cap.mul_f64(fastrand::f64());
+        retry_after.map_or(jittered, |r| r.max(jittered))
+    }
+
+    fn judge(&self, item: &OutboxItem, attempts: i64, result: Result<String, Failure>) -> (Finish, &'static str, OutboundOutcome) {
+        let error = match result {
+            Ok(result_id) => return (Finish::Delivered { result_id }, "delivered", OutboundOutcome::Delivered),
+            Err(f) => f,
+        };
+        let retryable = match &error {
+            Failure::Token(t) => t.retryable,
+            Failure::Local(_) => false,
+            // A refused token: the request was not processed; retry with a fresh token.
+            Failure::Connector(ConnectorError::Rejected { status: 401, .. }) => true,
+            Failure::Connector(e) if item.op.is_create() => e.create_may_retry(),
+            Failure::Connector(e) => e.idempotent_may_retry(),
+        };
+        let message = error.to_string();
+        let too_old = now_ms().saturating_sub(item.created_at_ms) > ms(self.retry.max_age);
+        // Token failures sent nothing and do not use up attempts; age bounds them.
+        let within_budget = matches!(error, Failure::Token(_)) || attempts < self.retry.max_attempts;
+        if retryable && within_budget && !too_old {
+            let retry_after = match &error {
+                Failure::Connector(ConnectorError::Throttled { retry_after }) => *retry_after,
+                _ => None,
+            };
+            let at_ms = now_ms().saturating_add(ms(self.backoff(attempts.max(1), retry_after)));
+            return (Finish::Retry { at_ms, error: message }, "retry", OutboundOutcome::Retried);
+        }
+        if let Failure::Connector(ConnectorError::Ambiguous(_)) = &error
+            && item.op.is_create()
+        {
+            return (Finish::Uncertain { error: message }, "uncertain", OutboundOutcome::Uncertain);
+        }
+        (Finish::Dead { error: message }, "dead", OutboundOutcome::Dead)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("no bot token: {}", .0.message)]
+    Token(TokenFailure),
+    #[error("{0}")]
+    Local(String),
+    #[error(transparent)]
+    Connector(ConnectorError),
+}

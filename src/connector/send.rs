@@ -1,0 +1,138 @@
+//! Turning a request to send (from the command line, later from MCP tools) into an outbox entry.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::cli::SendArgs;
+use crate::config::{BotConfig, Cloud, Config};
+use crate::store::{NewOutbound, OutboundOp, Store};
+
+/// Where proactive messages go when the bot has no reference in the tenant yet.
+pub fn default_proactive_service_url(cloud: Cloud) -> Option<&'static str> {
+    match cloud {
+        Cloud::Public => Some("https://smba.trafficmanager.net/teams/"),
+        Cloud::Usgov => Some("https://smba.infra.gov.teams.microsoft.us/teams"),
+        Cloud::China => None,
+    }
+}
+
+/// A message activity with text and/or an Adaptive Card.
+pub fn message(text: Option<&str>, card: Option<Value>) -> Value {
+    let mut a = json!({"type": "message"});
+    if let Some(t) = text {
+        a["text"] = json!(t);
+    }
+    if let Some(c) = card {
+        a["attachments"] = json!([{"contentType": "application/vnd.microsoft.card.adaptive", "content": c}]);
+    }
+    a
+}
+
+fn pick_bot<'a>(cfg: &'a Config, wanted: Option<&str>) -> anyhow::Result<&'a BotConfig> {
+    match wanted {
+        Some(id) => cfg
+            .bots
+            .iter()
+            .find(|b| b.app_id.eq_ignore_ascii_case(id))
+            .ok_or_else(|| anyhow::anyhow!("no configured bot has app id {id}; see `agentgate check`")),
+        None if cfg.bots.len() == 1 => Ok(&cfg.bots[0]),
+        None => anyhow::bail!("several bots are configured: say which with --bot APP_ID"),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Validate the request against the configuration and the stored references, then queue it.
+pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) -> anyhow::Result<i64> {
+    let bot = match (args.bot.as_deref(), &args.conversation, &args.tenant) {
+        (Some(_), _, _) => pick_bot(cfg, args.bot.as_deref())?,
+        // The bot that has seen the conversation.
+        (None, Some(conv), _) if cfg.bots.len() > 1 => {
+            let mut seen = Vec::new();
+            for b in &cfg.bots {
+                if store.conversation_ref(&b.app_id, conv).await?.is_some() {
+                    seen.push(b);
+                }
+            }
+            match seen.as_slice() {
+                [one] => *one,
+                [] => {
+                    anyhow::bail!("no configured bot has seen conversation {conv}: a bot can only write where it was messaged or installed")
+                }
+                _ => anyhow::bail!("several bots have seen conversation {conv}: say which with --bot APP_ID"),
+            }
+        }
+        // The bot that serves the tenant.
+        (None, None, Some(tenant)) if cfg.bots.len() > 1 => {
+            let serving: Vec<_> = cfg.bots.iter().filter(|b| b.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant))).collect();
+            match serving.as_slice() {
+                [one] => *one,
+                [] => anyhow::bail!("tenant {tenant} is not in any bot's allowed_tenants"),
+                _ => anyhow::bail!("several bots serve tenant {tenant}: say which with --bot APP_ID"),
+            }
+        }
+        _ => pick_bot(cfg, None)?,
+    };
+    let card = match &args.card {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the card {}: {e}", path.display()))?;
+            let card: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("the card {} is not JSON: {e}", path.display()))?;
+            crate::teams::validate_card(&card)
+                .map_err(|e| anyhow::anyhow!("the card {} is not a valid Adaptive Card: {e}", path.display()))?;
+            Some(card)
+        }
+        None => None,
+    };
+    let activity = message(args.text.as_deref(), card);
+    let (conversation_id, tenant_id, service_url, op) = match (&args.conversation, &args.user) {
+        (Some(conv), _) => {
+            let r = store.conversation_ref(&bot.app_id, conv).await?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "bot {} has never seen conversation {conv}: it can only write where it was messaged or installed",
+                    bot.app_id
+                )
+            })?;
+            if !r.usable {
+                anyhow::bail!("bot {} was removed from conversation {conv}; reinstall the app there first", bot.app_id);
+            }
+            let op = match (&args.reply_to, &args.update, &args.delete) {
+                (Some(reply_to), _, _) => OutboundOp::Reply { reply_to: reply_to.clone(), activity },
+                (_, Some(id), _) => OutboundOp::Update { activity_id: id.clone(), activity },
+                (_, _, Some(id)) => OutboundOp::Delete { activity_id: id.clone() },
+                _ => OutboundOp::Send { activity },
+            };
+            (conv.clone(), r.tenant_id, r.service_url, op)
+        }
+        (None, Some(user)) => {
+            let tenant = args.tenant.clone().unwrap_or_default();
+            if !bot.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+                anyhow::bail!("tenant {tenant} is not in bot {}'s allowed_tenants", bot.app_id);
+            }
+            let service_url = match store.tenant_service_url(&bot.app_id, &tenant).await? {
+                Some(u) => u,
+                None => default_proactive_service_url(bot.cloud)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("no known service URL for tenant {tenant} in cloud {}: message the bot once first", bot.cloud)
+                    })?
+                    .to_owned(),
+            };
+            (format!("user:{user}"), tenant, service_url, OutboundOp::CreatePersonal { user_id: user.clone(), activity })
+        }
+        (None, None) => anyhow::bail!("say where: --conversation ID or --user ID --tenant ID"),
+    };
+    let id = store
+        .enqueue_outbound(NewOutbound {
+            bot_app_id: bot.app_id.clone(),
+            tenant_id,
+            conversation_id,
+            service_url,
+            op,
+            requested_by: "cli".into(),
+            now_ms: now_ms(),
+        })
+        .await?;
+    Ok(id)
+}

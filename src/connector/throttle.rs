@@ -1,0 +1,178 @@
+//! Teams' rate limits, applied before a request is made.
+//!
+//! Per bot and conversation: 7 sends per 1 s, 8 per 2 s, 60 per 30 s, 1,800 per hour. Per bot and
+//! tenant: 50 requests per second. Each window is a sliding log of send times, so a burst is spread
+//! exactly as far as the limits demand and no further. Time comes from the caller, so tests drive the
+//! windows with a fake clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// `(window, most sends in it)`.
+pub type Limit = (Duration, usize);
+
+/// Teams' per-conversation limits for sends and creates.
+pub const CONVERSATION_LIMITS: [Limit; 4] =
+    [(Duration::from_secs(1), 7), (Duration::from_secs(2), 8), (Duration::from_secs(30), 60), (Duration::from_secs(3600), 1800)];
+
+/// Teams' global limit per app per tenant.
+pub const TENANT_LIMITS: [Limit; 1] = [(Duration::from_secs(1), 50)];
+
+#[derive(Debug, Default)]
+struct Log {
+    sends: VecDeque<Instant>,
+}
+
+impl Log {
+    /// How long until one more send fits every limit (zero: now).
+    fn wait(&mut self, limits: &[Limit], now: Instant) -> Duration {
+        let longest = limits.iter().map(|l| l.0).max().unwrap_or_default();
+        while self.sends.front().is_some_and(|t| now.saturating_duration_since(*t) >= longest) {
+            self.sends.pop_front();
+        }
+        let mut wait = Duration::ZERO;
+        for &(window, max) in limits {
+            // Sends inside the window ending now.
+            let inside = self.sends.iter().rev().take_while(|t| now.saturating_duration_since(**t) < window).count();
+            if inside >= max {
+                // The oldest send that must leave the window before one more fits.
+                let idx = self.sends.len() - inside + (inside - max);
+                let leaves_at = self.sends[idx] + window;
+                wait = wait.max(leaves_at.saturating_duration_since(now));
+            }
+        }
+        wait
+    }
+}
+
+/// Sliding-window limiter keyed by conversation and by tenant.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    conversations: HashMap<(String, String), Log>,
+    tenants: HashMap<(String, String), Log>,
+    disabled: bool,
+}
+
+impl Throttle {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A limiter that never waits (benchmarks against a fake Connector).
+    pub fn disabled() -> Self {
+        Self { disabled: true, ..Self::default() }
+    }
+
+    /// Reserve a send to `conversation` of `bot` in `tenant` at `now`: `Ok(())` records it, `Err(wait)`
+    /// says how long until it would fit (nothing is recorded).
+    pub fn try_acquire(&mut self, bot: &str, tenant: &str, conversation: &str, now: Instant) -> Result<(), Duration> {
+        if self.disabled {
+            return Ok(());
+        }
+        let ck = (bot.to_owned(), conversation.to_owned());
+        let tk = (bot.to_owned(), tenant.to_owned());
+        let conv = self.conversations.entry(ck).or_default();
+        let w1 = conv.wait(&CONVERSATION_LIMITS, now);
+        let tenant_log = self.tenants.entry(tk.clone()).or_default();
+        let w2 = tenant_log.wait(&TENANT_LIMITS, now);
+        let wait = w1.max(w2);
+        if wait > Duration::ZERO {
+            return Err(wait);
+        }
+        tenant_log.sends.push_back(now);
+        if let Some(c) = self.conversations.get_mut(&(bot.to_owned(), conversation.to_owned())) {
+            c.sends.push_back(now);
+        }
+        Ok(())
+    }
+
+    /// Forget logs with no send in the last hour (bounded memory).
+    pub fn prune(&mut self, now: Instant) {
+        let hour = Duration::from_secs(3600);
+        self.conversations.retain(|_, l| l.sends.back().is_some_and(|t| now.saturating_duration_since(*t) < hour));
+        self.tenants.retain(|_, l| l.sends.back().is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Send as fast as allowed from `start` for `span`, returning the send times (relative).
+    fn drive(t: &mut Throttle, conv: &str, start: Instant, n: usize) -> Vec<Duration> {
+        let mut now = start;
+        let mut times = Vec::new();
+        while times.len() < n {
+            match t.try_acquire("bot", "tenant", conv, now) {
+                Ok(()) => times.push(now - start),
+                Err(wait) => {
+                    assert!(wait > Duration::ZERO);
+                    now += wait;
+                }
+            }
+        }
+        times
+    }
+
+    fn max_in_window(times: &[Duration], window: Duration) -> usize {
+        (0..times.len()).map(|i| times[i..].iter().take_while(|t| **t - times[i] < window).count()).max().unwrap_or(0)
+    }
+
+    #[test]
+    fn per_conversation_windows_hold() {
+        let mut t = Throttle::new();
+        let times = drive(&mut t, "c1", Instant::now(), 200);
+        for (window, max) in CONVERSATION_LIMITS {
+            assert!(max_in_window(&times, window) <= max, "{window:?} allows at most {max}");
+        }
+        // 7 go at once, the 8th waits for the 1 s window, the 9th for the 2 s window.
+        assert_eq!(times[6], Duration::ZERO);
+        assert_eq!(times[7], Duration::from_secs(1));
+        assert_eq!(times[8], Duration::from_secs(2));
+        // 60 per 30 s: the 61st send is at 30 s.
+        assert_eq!(times[60], Duration::from_secs(30));
+    }
+
+    #[test]
+    fn hourly_limit_holds() {
+        let mut t = Throttle::new();
+        let times = drive(&mut t, "c1", Instant::now(), 1801);
+        assert_eq!(max_in_window(&times, Duration::from_secs(3600)), 1800);
+        assert!(times[1800] >= Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn tenant_limit_spans_conversations() {
+        let mut t = Throttle::new();
+        let now = Instant::now();
+        let mut ok = 0;
+        for i in 0..100 {
+            if t.try_acquire("bot", "tenant", &format!("c{i}"), now).is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 50);
+        assert!(t.try_acquire("bot", "other-tenant", "c-x", now).is_ok(), "tenants are separate");
+        assert!(t.try_acquire("other-bot", "tenant", "c-y", now).is_ok(), "bots are separate");
+        assert_eq!(t.try_acquire("bot", "tenant", "c-z", now + Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn a_refused_send_is_not_recorded_and_disabled_never_waits() {
+        let mut t = Throttle::new();
+        let now = Instant::now();
+        for _ in 0..7 {
+            t.try_acquire("b", "t", "c", now).unwrap();
+        }
+        for _ in 0..5 {
+            assert_eq!(t.try_acquire("b", "t", "c", now), Err(Duration::from_secs(1)));
+        }
+        assert_eq!(t.try_acquire("b", "t", "c", now + Duration::from_secs(1)), Ok(()));
+        let mut off = Throttle::disabled();
+        for _ in 0..1000 {
+            off.try_acquire("b", "t", "c", now).unwrap();
+        }
+        t.prune(now + Duration::from_secs(7200));
+        assert!(t.conversations.is_empty() && t.tenants.is_empty());
+    }
+}

@@ -1,0 +1,59 @@
+//! Bot tokens for the outbound worker, from each bot's configured credential.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::outbox::{BotTokens, TokenFailure};
+use crate::entra::{BotTokenProvider, TokenError};
+
+/// The token a bot without a credential presents in `--dev` mode. It is worthless anywhere but the
+/// Agents Playground's mock Connector, which accepts any token.
+pub const DEV_PLACEHOLDER_TOKEN: &str = "agentgate-dev-mode-no-credential";
+
+/// Tokens for every bot with a credential; in dev mode, a placeholder for bots without one.
+#[derive(Debug, Default)]
+pub struct ConfiguredTokens {
+    providers: HashMap<String, BotTokenProvider>,
+    dev: bool,
+}
+
+impl ConfiguredTokens {
+    pub fn new(providers: HashMap<String, BotTokenProvider>, dev: bool) -> Self {
+        Self { providers, dev }
+    }
+}
+
+fn retryable(e: &TokenError) -> bool {
+    match e {
+        TokenError::Status { status, .. } => *status == 429 || *status >= 500,
+        TokenError::Unreachable { .. } => true,
+        TokenError::Refused { detail, .. } => detail.error == "temporarily_unavailable",
+        TokenError::BadResponse { .. } | TokenError::Credential(_) | TokenError::Setup(_) => false,
+    }
+}
+
+#[async_trait]
+impl BotTokens for ConfiguredTokens {
+    async fn bot_token(&self, bot_app_id: &str) -> Result<SecretString, TokenFailure> {
+        match self.providers.get(bot_app_id) {
+            Some(p) => p
+                .bot_token()
+                .await
+                .map(|t| t.secret().clone())
+                .map_err(|e| TokenFailure { retryable: retryable(&e), message: e.to_string() }),
+            None if self.dev => Ok(SecretString::from(DEV_PLACEHOLDER_TOKEN.to_owned())),
+            None => Err(TokenFailure {
+                message: format!("bot {bot_app_id} has no `credential` configured, so it cannot send"),
+                retryable: false,
+            }),
+        }
+    }
+
+    fn invalidate(&self, bot_app_id: &str) {
+        if let Some(p) = self.providers.get(bot_app_id) {
+            p.invalidate();
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! The token client: client-credentials requests to an Entra v2 token endpoint, a cache per
+//! (client id, endpoint, scope) with refresh-ahead and single-flight refreshes, and bounded retries.
+//!
+//! * A cached token is served until 5 minutes before it expires (half its lifetime for tokens that
+//!   live less than 10 minutes).
+//! * One refresh at a time per cache key: concurrent callers wait for it and share its outcome (token
+//!   or error). While a refresh is in flight, callers whose cached token is still valid get that token
+//!   without waiting; when a refresh fails and the old token is still valid, it is served (and the
+//!   next attempt waits a few seconds).
+//! * Retried: HTTP 429 (honouring `Retry-After`, seconds or HTTP date), 5xx, `temporarily_unavailable`,
+//!   connection failures and timeouts, with capped exponential backoff and jitter, within
+//!   [`RetryPolicy::max_attempts`]. Never retried: `invalid_client`, `unauthorized_client`,
+//!   `invalid_request` and every other OAuth error.
+//! * The response's `error` field is checked before `access_token`: some proxies turn Entra errors
+//!   into HTTP 200.
+//! * Secrets, assertions and tokens never appear in errors, logs or `Debug` output.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use super::credential::{ASSERTION_TYPE, ClientCredential};
+use super::endpoint::TokenEndpoint;
+use super::error::{EntraError, TokenError};
+use super::{Clock, SystemClock};
+use crate::config::check_fetch_url;
+
+/// Largest token response accepted.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A cached token still counts as usable (served while a refresh runs or after one failed) until this
+/// long before it expires.
+const USABLE_MARGIN: Duration = Duration::from_secs(60);
+
+/// After a failed refresh while the old token is still usable, wait this long before trying again.
+const FAILED_REFRESH_QUIET: Duration = Duration::from_secs(10);
+
+/// An access token. `Debug` shows only its expiry.
+#[derive(Clone)]
+pub struct AccessToken {
+    /// The bearer token.
+    pub value: SecretString,
+    /// When Entra says it expires (computed from `expires_in` at the time the request was sent).
+    pub expires_at: SystemTime,
+}
+
+impl AccessToken {
+    /// The bearer token, for an `Authorization` header.
+    pub fn secret(&self) -> &SecretString {
+        &self.value
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken").field("value", &"<redacted>").field("expires_at", &httpdate::fmt_http_date(self.expires_at)).finish()
+    }
+}
+
+/// What to ask for: a client-credentials token for `client_id` from `endpoint` for `scope`.
+#[derive(Clone, Debug)]
+pub struct TokenRequest {
+    /// The app (client) id.
+    pub client_id: String,
+    /// The token endpoint (tenant included); the only place the credential is sent.
+    pub endpoint: TokenEndpoint,
+    /// The scope, such as `https://api.botframework.com/.default`.
+    pub scope: String,
+    /// The client secret or certificate.
+    pub credential: Arc<ClientCredential>,
+}
+
+impl TokenRequest {
+    /// A request; `credential` is shared so that many requests can use one loaded credential.
+    pub fn new(client_id: impl Into<String>, endpoint: TokenEndpoint, scope: impl Into<String>, credential: Arc<ClientCredential>) -> Self {
+        Self { client_id: client_id.into(), endpoint, scope: scope.into(), credential }
+    }
+
+    fn cache_key(&self) -> CacheKey {
+        CacheKey { client_id: self.client_id.clone(), endpoint: self.endpoint.as_str().to_owned(), scope: self.scope.clone() }
+    }
+}
+
+/// How token requests are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// The first backoff; doubled on each retry.
+    pub base_delay: Duration,
+    /// The largest backoff.
+    pub max_delay: Duration,
+    /// A `Retry-After` longer than this is not waited for: the request fails at once.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(4),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Token client settings.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenClientSettings {
+    /// Timeout of one HTTP request to the token endpoint.
+    pub request_timeout: Duration,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// Refresh a cached token this long before it expires.
+    pub refresh_before_expiry: Duration,
+}
+
+impl Default for TokenClientSettings {
+    fn default() -> Self {
+        Self { request_timeout: Duration::from_secs(10), retry: RetryPolicy::default(), refresh_before_expiry: Duration::from_secs(300) }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    client_id: String,
+    endpoint: String,
+    scope: String,
+}
+
+#[derive(Clone)]
+struct Cached {
+    token: AccessToken,
+    refresh_at: SystemTime,
+}
+
+impl Cached {
+    fn usable_at(&self, now: SystemTime) -> bool {
+        now + USABLE_MARGIN < self.token.expires_at
+    }
+}
+
+#[derive(Default)]
+struct SlotState {
+    cached: Option<Cached>,
+    /// Bumped when a refresh finishes; a caller that waited sees the change and shares the outcome.
+    generation: u64,
+    last_error: Option<TokenError>,
+    /// After a failed refresh with a usable old token: serve it without retrying until then.
+    quiet_until: Option<SystemTime>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    flight: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn usable(&self, now: SystemTime) -> Option<AccessToken> {
+        self.state().cached.as_ref().filter(|c| c.usable_at(now)).map(|c| c.token.clone())
+    }
+}
+
+/// Gets and caches client-credentials tokens. One per process; cheap to share in an `Arc`.
+pub struct TokenClient {
+    http: reqwest::Client,
+    settings: TokenClientSettings,
+    clock: Arc<dyn Clock>,
+    slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
+    sent: AtomicU64,
+}
+
+impl fmt::Debug for TokenClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenClient").field("settings", &self.settings).field("requests_sent", &self.requests_sent()).finish()
+    }
+}
+
+/// A failed attempt and whether (and when) it may be retried.
+struct Failure {
+    error: TokenError,
+    retry: Option<Option<Duration>>,
+}
+
+impl Failure {
+    fn fatal(error: TokenError) -> Self {
+        Self { error, retry: None }
+    }
+    fn transient(error: TokenError, after: Option<Duration>) -> Self {
+        Self { error, retry: Some(after) }
+    }
+}
+
+impl TokenClient {
+    /// A client with its own HTTP connection pool (no redirects are followed).
+    pub fn new(settings: TokenClientSettings) -> Result<Self, TokenError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| TokenError::Setup(super::error::error_chain(&e)))?;
+        Ok(Self { http, settings, clock: Arc::new(SystemClock), slots: Mutex::new(HashMap::new()), sent: AtomicU64::new(0) })
+    }
+
+    /// Use another clock for expiry and assertion times (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// HTTP requests sent to token endpoints so far (retries included).
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, req: &TokenRequest) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(slots.entry(req.cache_key()).or_default())
+    }
+
+    /// Forget the cached token for `req` (e.g. after the Connector refused it with 401).
+    pub fn invalidate(&self, req: &TokenRequest) {
+        let slot = self.slot(req);
+        let mut st = slot.state();
+        st.cached = None;
+        st.quiet_until = None;
+    }
+
+    /// A token for `req`: cached, or fetched (once, however many callers ask at the same time).
+    pub async fn token(&self, req: &TokenRequest) -> Result<AccessToken, TokenError> {
+        let slot = self.slot(req);
+        let now = self.clock.now();
+        let seen = {
+            let st = slot.state();
+            if let Some(c) = &st.cached {
+                let quiet = st.quiet_until.is_some_and(|q| now < q);
+                if now < c.refresh_at || (quiet && c.usable_at(now)) {
+                    return Ok(c.token.clone());
+                }
+            }
+            st.generation
+        };
+        let _flight = match slot.flight.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Someone is refreshing: a still-valid token needs no wait.
+                if let Some(t) = slot.usable(now) {
+                    return Ok(t);
+                }
+                slot.flight.lock().await
+            }
+        };
+        {
+            let st = slot.state();
+            if st.generation != seen {
+                // A refresh finished while we waited: share its outcome.
+                if let Some(c) = &st.cached
+                    && c.usable_at(self.clock.now())
+                {
+                    return Ok(c.token.clone());
+                }
+                if let Some(e) = &st.last_error {
+                    return Err(e.clone());
+                }
+            }
+        }
+        let result = self.fetch(req).await;
+        let mut st = slot.state();
+        st.generation += 1;
+        match result {
+            Ok(c) => {
+                st.cached = Some(c.clone());
+                st.last_error = None;
+                st.quiet_until = None;
+                Ok(c.token)
+            }
+            Err(e) => {
+                st.last_error = Some(e.clone());
+                let now = self.clock.now();
+                if let Some(old) = st.cached.as_ref().filter(|c| c.usable_at(now)) {
+                    tracing::warn!(client_id = %req.client_id, endpoint = %req.endpoint, error = %e, "token refresh failed; serving the cached token until it nears expiry");
+                    let token = old.token.clone();
+                    st.quiet_until = Some(now + FAILED_REFRESH_QUIET);
+                    return Ok(token);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One refresh: attempts with backoff until success, a permanent error or the budget is spent.
+    async fn fetch(&self, req: &TokenRequest) -> Result<Cached, TokenError> {
+        let policy = self.settings.retry;
+        let mut attempt = 1;
+        loop {
+            let failure = match self.attempt(req).await {
+                Ok(c) => return Ok(c),
+                Err(f) => f,
+            };
+            let Some(after) = failure.retry else { return Err(failure.error) };
+            if attempt >= policy.max_attempts.max(1) {
+                return Err(failure.error);
+            }
+            let delay = match after {
+                Some(after) if after > policy.max_retry_after => return Err(failure.error),
+                Some(after) => after + jitter(policy.base_delay / 2),
+                None => {
+                    let exp = policy.base_delay.saturating_mul(1 << (attempt - 1).min(16)).min(policy.max_delay);
+                    exp / 2 + jitter(exp / 2)
+                }
+            };
+            tracing::warn!(client_id = %req.client_id, endpoint = %req.endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "token request failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(&self, req: &TokenRequest) -> Result<Cached, Failure> {
+        let endpoint = req.endpoint.as_str();
+        // The endpoint type only admits https or loopback http; check again right before the credential leaves.
+        check_fetch_url(endpoint).map_err(|e| Failure::fatal(TokenError::Setup(format!("refusing to send a credential: {e}"))))?;
+
+        let now = self.clock.now();
+        // The form serializer is not Send: build the body in a block so it never lives across an await.
+        let (body, sensitive) = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials").append_pair("client_id", &req.client_id).append_pair("scope", &req.scope);
+            let sensitive: SecretString = match req.credential.as_ref() {
+                ClientCredential::Secret(s) => {
+                    form.append_pair("client_secret", s.expose_secret());
+                    s.clone()
+                }
+                ClientCredential::Certificate(c) => {
+                    let assertion = c
+                        .client_assertion_at(&req.client_id, endpoint, now)
+                        .map_err(|e| Failure::fatal(TokenError::Credential(e.to_string())))?;
+                    form.append_pair("client_assertion_type", ASSERTION_TYPE).append_pair("client_assertion", assertion.expose_secret());
+                    assertion
+                }
+            };
+            (SecretString::from(form.finish()), sensitive)
+        };
+
+        tracing::debug!(client_id = %req.client_id, endpoint, credential = req.credential.kind(), "requesting a token");
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .http
+            .post(req.endpoint.url().clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(body.expose_secret().to_owned())
+            .send()
+            .await;
+        let mut resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = super::error::error_chain(&e.without_url());
+                return Err(Failure::transient(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }, None));
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let mut bytes = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    bytes.extend_from_slice(&chunk);
+                    if bytes.len() > MAX_RESPONSE_BYTES {
+                        return Err(Failure::fatal(TokenError::BadResponse {
+                            endpoint: endpoint.to_owned(),
+                            reason: "response larger than 64 KiB".into(),
+                        }));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let reason = format!("reading the response: {}", super::error::error_chain(&e.without_url()));
+                    return Err(Failure::transient(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }, None));
+                }
+            }
+        }
+        interpret(endpoint, status.as_u16(), retry_after, &bytes, sensitive.expose_secret(), now, &self.settings)
+    }
+}
+
+/// Random extra delay in `0..=max`.
+fn jitter(max: Duration) -> Duration {
+    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(0..=ms))
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    // The date is on the server's wall clock, so compare with ours (not a test clock).
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    error_codes: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    trace_id: Option<String>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    access_token: Option<SecretString>,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default, deserialize_with = "number_or_string")]
+    expires_in: Option<u64>,
+}
+
+/// `expires_in` is a number from Entra, a string from some proxies and ADFS.
+fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Num(u64),
+        Str(String),
+    }
+    match Option::<N>::deserialize(d)? {
+        None => Ok(None),
+        Some(N::Num(n)) => Ok(Some(n)),
+        Some(N::Str(s)) => s.trim().parse().map(Some).map_err(|_| serde::de::Error::custom("expires_in is not a number")),
+    }
+}
+
+/// OAuth errors that are never worth retrying: the request or the credential is wrong.
+fn permanent(error: &str) -> bool {
+    matches!(
+        error,
+        "invalid_client"
+            | "unauthorized_client"
+            | "invalid_request"
+            | "invalid_grant"
+            | "invalid_scope"
+            | "unsupported_grant_type"
+            | "access_denied"
+            | "invalid_resource"
+    )
+}
+
+fn interpret(
+    endpoint: &str,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    sensitive: &str,
+    sent_at: SystemTime,
+    settings: &TokenClientSettings,
+) -> Result<Cached, Failure> {
+    let transient_status = status == 429 || (500..=599).contains(&status);
+    let bad = |reason: String| TokenError::BadResponse { endpoint: endpoint.to_owned(), reason };
+    let parsed: Result<TokenResponse, _> = serde_json::from_slice(body);
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(_) if !(200..300).contains(&status) => {
+            let e = TokenError::Status { endpoint: endpoint.to_owned(), status, retry_after };
+            return Err(if transient_status { Failure::transient(e, retry_after) } else { Failure::fatal(e) });
+        }
+        Err(e) => return Err(Failure::fatal(bad(format!("HTTP {status} with a body that is not a token response ({e})")))),
+    };
+    // `error` first: some proxies answer Entra errors with HTTP 200.
+    if let Some(error) = parsed.error.filter(|e| !e.is_empty()) {
+        let entra = EntraError::new(
+            status,
+            &error,
+            parsed.error_codes.as_deref().unwrap_or_default(),
+            parsed.error_description.as_deref().unwrap_or_default(),
+            parsed.trace_id,
+            parsed.correlation_id,
+            sensitive,
+        );
+        let retryable = !permanent(&error) && (transient_status || error == "temporarily_unavailable" || error == "server_error");
+        let e = TokenError::Refused { endpoint: endpoint.to_owned(), detail: Box::new(entra) };
+        return Err(if retryable { Failure::transient(e, retry_after) } else { Failure::fatal(e) });
+    }
+    if !(200..300).contains(&status) {
+        let e = TokenError::Status { endpoint: endpoint.to_owned(), status, retry_after };
+        return Err(if transient_status { Failure::transient(e, retry_after) } else { Failure::fatal(e) });
+    }
+    let Some(value) = parsed.access_token.filter(|t| !t.expose_secret().is_empty()) else {
+        return Err(Failure::fatal(bad("no access_token in the response".into())));
+    };
+    if let Some(tt) = parsed.token_type.as_deref()
+        && !tt.eq_ignore_ascii_case("bearer")
+    {
+        return Err(Failure::fatal(bad(format!("token_type `{tt}` is not Bearer"))));
+    }
+    let Some(lifetime) = parsed.expires_in.filter(|s| *s > 0).map(Duration::from_secs) else {
+        return Err(Failure::fatal(bad("no positive expires_in in the response".into())));
+    };
+    let expires_at = sent_at + lifetime;
+    let ahead = settings.refresh_before_expiry.min(lifetime / 2);
+    Ok(Cached { token: AccessToken { value, expires_at }, refresh_at: expires_at - ahead })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: u16, body: &str) -> Result<Cached, Failure> {
+        interpret(
+            "https://login.example.test/t/oauth2/v2.0/token",
+            status,
+            None,
+            body.as_bytes(),
+            "s3cr3t",
+            SystemTime::now(),
+            &TokenClientSettings::default(),
+        )
+    }
+
+    #[test]
+    fn error_is_checked_before_access_token() {
+        let f = run(200, r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215],"access_token":"x","expires_in":3600}"#)
+            .err()
+            .unwrap();
+        assert!(f.retry.is_none());
+        let msg = f.error.to_string();
+        assert!(msg.contains("AADSTS7000215") && msg.contains("invalid_client"), "{msg}");
+    }
+
+    #[test]
+    fn success_sets_refresh_five_minutes_ahead() {
+        let c = run(200, r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"tok"}"#).ok().unwrap();
+        assert_eq!(c.token.expires_at.duration_since(c.refresh_at).unwrap(), Duration::from_secs(300));
+        let c = run(200, r#"{"token_type":"Bearer","expires_in":"120","access_token":"tok"}"#).ok().unwrap();
+        assert_eq!(c.token.expires_at.duration_since(c.refresh_at).unwrap(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn classification() {
+        assert!(run(429, "").err().unwrap().retry.is_some());
+        assert!(run(503, "<html>busy</html>").err().unwrap().retry.is_some());
+        assert!(run(200, r#"{"error":"temporarily_unavailable"}"#).err().unwrap().retry.is_some());
+        assert!(run(500, r#"{"error":"invalid_client"}"#).err().unwrap().retry.is_none());
+        assert!(run(400, r#"{"error":"invalid_request"}"#).err().unwrap().retry.is_none());
+        assert!(run(401, r#"{"error":"unauthorized_client"}"#).err().unwrap().retry.is_none());
+        assert!(run(404, "not found").err().unwrap().retry.is_none());
+        assert!(run(200, r#"{"token_type":"Bearer","expires_in":3600}"#).err().unwrap().retry.is_none());
+        assert!(run(200, r#"{"token_type":"pop","expires_in":3600,"access_token":"t"}"#).err().unwrap().retry.is_none());
+        assert!(run(200, "not json").err().unwrap().retry.is_none());
+    }
+
+    #[test]
+    fn retry_after_both_forms() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(30);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn an_echoed_secret_is_scrubbed_from_errors() {
+        let f = run(401, r#"{"error":"invalid_client","error_description":"AADSTS7000215: secret s3cr3t is wrong"}"#).err().unwrap();
+        let msg = f.error.to_string();
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn access_token_debug_is_redacted() {
+        let t = AccessToken { value: SecretString::from("eyJ0eXAi.secret-token"), expires_at: SystemTime::now() };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("secret-token") && shown.contains("<redacted>"), "{shown}");
+    }
+}

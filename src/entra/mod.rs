@@ -1,0 +1,40 @@
+//! Outbound token acquisition from Microsoft Entra ID: the bot's own client-credentials token for the
+//! Bot Connector.
+//!
+//! * [`ClientCredential`]: a client secret, or a certificate whose key signs RS256 client assertions
+//!   (`x5t#S256` and `x5t` thumbprints, `x5c` on request).
+//! * [`Authority`] / [`TokenEndpoint`]: `{authority}/{tenant}/oauth2/v2.0/token` per cloud; https only
+//!   (plain http on loopback for local fakes).
+//! * [`TokenClient`]: the request, response checks (the `error` field first; AADSTS codes with hints),
+//!   retries and the single-flight cache.
+//! * [`BotTokenProvider`]: a configured bot tied to all of the above.
+
+use std::time::SystemTime;
+
+pub mod client;
+pub mod credential;
+pub mod endpoint;
+pub mod error;
+pub mod provider;
+
+pub use client::{AccessToken, RetryPolicy, TokenClient, TokenClientSettings, TokenRequest};
+pub use credential::{CertificateCredential, ClientCredential, CredentialError};
+pub use endpoint::{Authority, EndpointError, TokenEndpoint, bot_scope, bot_tenant, default_authority, legacy_bot_tenant};
+pub use error::{EntraError, TokenError};
+pub use provider::{BotTokenProvider, ProviderError};
+
+/// The time source for token expiry and client assertion times (a test clock can move time forward).
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}

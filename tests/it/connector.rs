@@ -1,0 +1,227 @@
+//! Talking back: queued sends delivered through the strict fake Connector, retries, refusals, order.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::fake_connector::{FakeConnector, Fault};
+use crate::helpers::*;
+
+const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+
+/// A dev-mode gateway (the fake Connector lives on loopback, as the Playground's does) whose bot has
+/// no credential, so it presents the dev placeholder token.
+async fn setup() -> (FakeOidc, FakeConnector, TestApp) {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = "\n[outbound]\npoll_interval_ms = 50\n".into();
+    let app = TestApp::spawn(&opts).await;
+    (oidc, fake, app)
+}
+
+/// An inbound activity from the fake Connector's conversation, accepted (dev mode, anonymous).
+async fn inbound(app: &TestApp, fake: &FakeConnector, conversation: &str, conversation_type: &str) {
+    let mut m = message(&unique_id("in"));
+    m["serviceUrl"] = json!(fake.service_url);
+    m["conversation"]["id"] = json!(conversation);
+    m["conversation"]["conversationType"] = json!(conversation_type);
+    assert_eq!(app.status(None, &m).await, 202, "{}", app.stderr());
+}
+
+fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin()).args(args).arg("--config").arg(&app.config).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// `agentgate send …`, returning the outbox id.
+fn send(app: &TestApp, args: &[&str]) -> i64 {
+    let mut full = vec!["send"];
+    full.extend_from_slice(args);
+    let (ok, out) = cli(app, &full);
+    assert!(ok, "send failed: {out}");
+    out.split("outbox #").nth(1).and_then(|r| r.split(';').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no id in {out}"))
+}
+
+fn outbox(app: &TestApp, id: i64) -> Value {
+    let (ok, out) = cli(app, &["outbox", "--id", &id.to_string()]);
+    assert!(ok, "{out}");
+    serde_json::from_str(out.lines().next().unwrap_or("null")).unwrap()
+}
+
+/// Wait (up to 15 s) until the entry reaches a final state.
+async fn settled(app: &TestApp, id: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let item = outbox(app, id);
+        if ["delivered", "uncertain", "dead"].contains(&item["state"].as_str().unwrap_or("")) {
+            return item;
+        }
+        assert!(Instant::now() < deadline, "outbox #{id} never settled: {item}\n{}", app.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn audit_ok(app: &TestApp) {
+    let (ok, out) = cli(app, &["audit", "--verify"]);
+    assert!(ok && out.contains("audit chain intact"), "{out}");
+}
+
+#[tokio::test]
+async fn reply_send_update_delete_with_encoded_ids() {
+    let (_oidc, fake, app) = setup().await;
+    let channel = "19:abc@thread.tacv2;messageid=1700000000000";
+    inbound(&app, &fake, channel, "channel").await;
+
+    let reply = send(&app, &["--conversation", channel, "--reply-to", "1700000000000", "--text", "a reply"]);
+    let item = settled(&app, reply).await;
+    assert_eq!(item["state"], "delivered", "{item}");
+    let result_id = item["result_id"].as_str().unwrap().to_owned();
+    let update = send(&app, &["--conversation", channel, "--update", &result_id, "--text", "edited"]);
+    assert_eq!(settled(&app, update).await["state"], "delivered");
+    let delete = send(&app, &["--conversation", channel, "--delete", &result_id]);
+    assert_eq!(settled(&app, delete).await["state"], "delivered");
+
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+    let landed = fake.landed();
+    assert_eq!(landed.len(), 3);
+    assert_eq!(
+        (landed[0].method.as_str(), landed[0].conversation.as_deref(), landed[0].activity.as_deref()),
+        ("POST", Some(channel), Some("1700000000000"))
+    );
+    assert_eq!(landed[0].body["text"], "a reply");
+    assert_eq!((landed[1].method.as_str(), landed[1].activity.as_deref()), ("PUT", Some(result_id.as_str())));
+    assert_eq!(landed[1].body["text"], "edited");
+    assert_eq!((landed[2].method.as_str(), landed[2].activity.as_deref()), ("DELETE", Some(result_id.as_str())));
+    audit_ok(&app);
+    let (_, events) = cli(&app, &["audit", "--limit", "100"]);
+    assert_eq!(events.lines().filter(|l| l.contains("\"outcome\":\"delivered\"")).count(), 3, "{events}");
+}
+
+#[tokio::test]
+async fn throttling_is_honoured_and_the_message_lands_once() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(1));
+    fake.push_faults([Fault::TooMany("1".into()), Fault::TooMany(later)]);
+    let started = Instant::now();
+    let id = send(&app, &["--conversation", "a:conv-1", "--text", "patience"]);
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "delivered", "{item}");
+    assert_eq!(item["attempts"], 3);
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
+    assert_eq!(fake.texts(), vec!["patience"]);
+}
+
+#[tokio::test]
+async fn an_ambiguous_create_is_never_reposted() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    fake.push_faults([Fault::LandThenFail(502)]);
+    let id = send(&app, &["--conversation", "a:conv-1", "--text", "only once"]);
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "uncertain", "{item}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.texts(), vec!["only once"], "the message must not be duplicated");
+    assert_eq!(fake.state.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn definite_refusals_are_dead_lettered_without_retries() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    fake.push_faults([
+        Fault::Status(403, json!({"error": {"code": "Forbidden", "subCode": "MessageWritesBlocked", "message": "Bot is blocked"}})),
+        Fault::Status(413, json!({"error": {"code": "MessageSizeTooBig"}})),
+    ]);
+    let blocked = send(&app, &["--conversation", "a:conv-1", "--text", "blocked"]);
+    let item = settled(&app, blocked).await;
+    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("dead"), Some(1)), "{item}");
+    assert!(item["last_error"].as_str().unwrap().contains("MessageWritesBlocked"), "{item}");
+    let big = send(&app, &["--conversation", "a:conv-1", "--text", "too big"]);
+    let item = settled(&app, big).await;
+    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("dead"), Some(1)), "{item}");
+    assert!(fake.texts().is_empty());
+    assert_eq!(fake.state.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn idempotent_updates_are_retried_after_gateway_errors() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    fake.push_faults([Fault::Status(502, json!({})), Fault::Status(504, json!({}))]);
+    let id = send(&app, &["--conversation", "a:conv-1", "--update", "1:99", "--text", "fixed"]);
+    let item = settled(&app, id).await;
+    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("delivered"), Some(3)), "{item}");
+    assert_eq!(fake.landed().len(), 1);
+}
+
+#[tokio::test]
+async fn sends_to_one_conversation_keep_their_order() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    fake.push_faults([Fault::TooMany("1".into())]);
+    let ids: Vec<i64> = (0..5).map(|i| send(&app, &["--conversation", "a:conv-1", "--text", &format!("m{i}")])).collect();
+    for id in ids {
+        assert_eq!(settled(&app, id).await["state"], "delivered");
+    }
+    assert_eq!(fake.texts(), vec!["m0", "m1", "m2", "m3", "m4"]);
+}
+
+#[tokio::test]
+async fn a_proactive_message_opens_a_personal_chat_first() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    let id = send(&app, &["--user", "29:user-7", "--tenant", TENANT, "--text", "hello from the agent"]);
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "delivered", "{item}");
+    let landed = fake.landed();
+    assert_eq!(landed.len(), 2);
+    let create = &landed[0].body;
+    assert_eq!(create["bot"]["id"], format!("28:{APP_ID}"));
+    assert_eq!(create["members"][0]["id"], "29:user-7");
+    assert_eq!(create["isGroup"], false);
+    assert_eq!(create["tenantId"], TENANT);
+    assert_eq!(create["channelData"]["tenant"]["id"], TENANT);
+    assert_eq!(landed[1].conversation.as_deref(), Some("a:created-1"));
+    assert_eq!(landed[1].body["text"], "hello from the agent");
+    // A tenant the bot does not serve is refused before anything is queued.
+    let (ok, out) = cli(&app, &["send", "--bot", APP_ID, "--user", "29:x", "--tenant", OTHER_TENANT, "--text", "no"]);
+    assert!(!ok && out.contains("allowed_tenants"), "{out}");
+}
+
+#[tokio::test]
+async fn sending_where_the_bot_never_was_is_refused_with_a_reason() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    let (ok, out) = cli(&app, &["send", "--conversation", "a:somewhere-else", "--text", "x"]);
+    assert!(!ok && out.contains("has seen conversation"), "{out}");
+    let (ok, out) = cli(&app, &["send", "--conversation", "a:conv-1", "--card", "/nonexistent.json"]);
+    assert!(!ok && out.contains("cannot read the card"), "{out}");
+    let card = app.dir.join("bad-card.json");
+    std::fs::write(&card, r#"{"type":"NotACard"}"#).unwrap();
+    let (ok, out) = cli(&app, &["send", "--conversation", "a:conv-1", "--card", card.to_str().unwrap()]);
+    assert!(!ok && out.contains("not a valid Adaptive Card"), "{out}");
+    assert_eq!(fake.state.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_timed_out_create_is_uncertain_but_a_timed_out_delete_is_retried() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = "\n[outbound]\npoll_interval_ms = 50\nrequest_timeout_secs = 1\n".into();
+    let app = TestApp::spawn(&opts).await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    fake.push_faults([Fault::Hang(Duration::from_secs(3))]);
+    let id = send(&app, &["--conversation", "a:conv-1", "--text", "lost in transit?"]);
+    let item = settled(&app, id).await;
+    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("uncertain"), Some(1)), "{item}");
+    fake.push_faults([Fault::Hang(Duration::from_secs(3))]);
+    let id = send(&app, &["--conversation", "a:conv-1", "--delete", "1:5"]);
+    let item = settled(&app, id).await;
+    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("delivered"), Some(2)), "{item}");
+}
