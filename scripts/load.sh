@@ -19,8 +19,9 @@
 # on CPU 0, when there are 2+ CPUs), check good token -> 202 and wrong-aud token -> 401, warm up, measure with wrk,
 # read peak RSS (VmHWM) and CPU time from /proc and the store's own counters from /metrics, stop it by PID.
 # Output: one line per round and a summary on stdout; results.tsv, wrk output and server logs in
-# target/load/<UTC time>/ (git-ignored). The store's counters must show every accepted request committed
-# (agentgate_store_committed_activities_total == agentgate_requests_total{outcome="accepted"}), or the run fails.
+# target/load/<UTC time>-<sync>/ (git-ignored). The store's counters must show every accepted request committed
+# (agentgate_store_committed_activities_total >= agentgate_requests_total{outcome="accepted"}, the difference being
+# at most the requests in flight when wrk stopped) and no duplicate, or the run fails.
 set -euo pipefail
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
@@ -213,9 +214,14 @@ EOF
   tail -1 "$OUT/results.tsv" | awk -F'\t' '{
     printf "round %s (synchronous=%s): %.0f req/s, p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.1f ms, non-2xx %s, socket errors %s, peak RSS %.1f MiB, server CPU %s%%\n",
       $1, $2, $3, $4/1000, $5/1000, $6/1000, $7/1000, $8, $9, $12/1024, $13
-    printf "  store: %s committed / %s accepted (%s duplicate) in %s group commits (mean %.0f activities, %.2f ms each); measured run: %s 2xx, %s committed\n",
-      $15, $14, $16, $17, ($17 > 0 ? $15/$17 : 0), ($17 > 0 ? 1000*$18/$17 : 0), $10, $11 }'
-  [ "$com" = "$acc" ] || die "committed ($com) != accepted ($acc): an acknowledged activity was not committed"
+    printf "  store: %s committed / %s accepted (%s duplicate) in %s group commits (mean %.1f activities, %.2f ms each); measured run: %s 2xx, %s committed\n",
+      $15, $14, $16, $17, ($17 > 0 ? $15/$17 : 0), ($17 > 0 ? 1000*$18/$17 : 0), $10, $11
+    if ($15 > $14) printf "  (%d committed beyond accepted: requests in flight when wrk closed its connections, committed but never answered)\n", $15 - $14 }'
+  # Every accepted (answered 2xx) activity must be committed. The reverse may differ a little: when wrk stops it
+  # closes its connections with requests in flight; those commit, but their handler is dropped before it counts
+  # them as accepted. So 0 <= committed - accepted <= connections x (warm-up + measured run).
+  [ "$com" -ge "$acc" ] || die "committed ($com) < accepted ($acc): an acknowledged activity was not committed"
+  [ "$((com - acc))" -le "$((2 * CONNS))" ] || die "committed ($com) exceeds accepted ($acc) by more than the requests in flight"
   [ "$dup" = 0 ] || die "$dup duplicate(s): the activity ids were not unique"
   [ "$((non2xx + sock))" = 0 ] || die "non-2xx $non2xx, socket errors $sock (see $OUT/r$round.server.log)"
   [ "$com_run" -ge "$((req - non2xx))" ] || die "fewer commits ($com_run) than 2xx answers ($((req - non2xx))) in the measured run"
@@ -227,7 +233,7 @@ awk -F'\t' -v conns="$CONNS" -v dur="$DUR" -v rounds="$ROUNDS" -v clients="$([ $
                                   return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
   NR > 1 { n++; rps[n] = $3; p50[n] = $4; p99[n] = $6; if ($12 > peak) peak = $12; acc += $14; com += $15; sync = $2
            lo = (n == 1 || $3 < lo) ? $3 : lo; hi = ($3 > hi) ? $3 : hi }
-  END { printf "agentgate load (store.synchronous=%s, %d conns, %d s x %d round(s), %s): %.0f req/s median (%.0f-%.0f), p50 %.2f ms, p99 %.2f ms, peak RSS %.1f MiB; committed %d = accepted %d\n",
+  END { printf "agentgate load (store.synchronous=%s, %d conns, %d s x %d round(s), %s): %.0f req/s median (%.0f-%.0f), p50 %.2f ms, p99 %.2f ms, peak RSS %.1f MiB; committed %d >= accepted %d (every 2xx committed)\n",
           sync, conns, dur, rounds, clients, med(rps, n), lo, hi, med(p50, n)/1000, med(p99, n)/1000, peak/1024, com, acc }' \
   "$OUT/results.tsv" | tee "$OUT/summary.txt"
 log "results in $OUT"

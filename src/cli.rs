@@ -112,8 +112,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub delete: Option<String>,
     /// The message text.
-    #[arg(long, required_unless_present_any = ["card", "delete"])]
+    #[arg(long, required_unless_present_any = ["card", "delete", "typing"])]
     pub text: Option<String>,
+    /// Send a typing indicator (1:1 and group chats only; at most one per 3 s per conversation).
+    #[arg(long, conflicts_with_all = ["text", "card", "update", "delete", "reply_to", "user"])]
+    pub typing: bool,
     /// An Adaptive Card (a JSON file) to send as the message's attachment.
     #[arg(long, value_name = "FILE")]
     pub card: Option<PathBuf>,

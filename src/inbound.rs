@@ -203,7 +203,9 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         None => format!("agentgate:{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
     };
     let kind = activity.kind();
-    let uninstalled = kind == Kind::InstallationUpdate && activity.action.as_deref().is_some_and(|a| a.starts_with("remove"));
+    // installationUpdate remove, or a conversationUpdate removing the bot: the reference stays, marked
+    // unusable, so that nothing is sent there until the bot is added again.
+    let uninstalled = crate::teams::installation_change(&activity) == Some(crate::teams::Installation::Removed);
     let record = InboundRecord {
         bot_app_id: bot.app_id.clone(),
         tenant_id: tenant.to_owned(),
@@ -243,7 +245,14 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         }
     };
     let response = if kind == Kind::Invoke {
-        let r = InvokeResponse::acknowledge(&activity, &state.invoke_ack_text);
+        // Universal Actions are checked as botbuilder checks them (missing value, not Action.Execute).
+        let r = match activity.name.as_deref() {
+            Some("adaptiveCard/action") => match crate::teams::execute_action(&activity) {
+                Ok(_) => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
+                Err(e) => e.response(),
+            },
+            _ => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
+        };
         let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
         (status, axum::Json(r.body)).into_response()
     } else {

@@ -73,6 +73,7 @@ pub struct Outbound {
     metrics: Arc<Metrics>,
     wake: Notify,
     in_flight: Mutex<HashSet<(String, String)>>,
+    typing: Mutex<crate::teams::TypingGovernor>,
     permits: Arc<Semaphore>,
 }
 
@@ -111,6 +112,7 @@ impl Outbound {
             metrics,
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
+            typing: Mutex::new(crate::teams::TypingGovernor::new()),
             permits: Arc::new(Semaphore::new(32)),
         }
     }
@@ -189,6 +191,18 @@ impl Outbound {
     }
 
     async fn attempt(&self, item: OutboxItem) {
+        if let OutboundOp::Send { activity } = &item.op
+            && activity["type"] == "typing"
+            && !self.typing.lock().unwrap_or_else(PoisonError::into_inner).allow(&item.conversation_id, None, Instant::now())
+        {
+            // Teams shows an indicator for 3 s; a second one sooner only uses up the rate limit.
+            let event = self.event(&item, "skipped", "typing indicator sent less than 3 s ago".into());
+            let finish = Finish::Dead { error: "skipped: a typing indicator was sent less than 3 s ago".into() };
+            if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
+                tracing::error!(error = %e, id = item.id, "could not record a skipped typing indicator");
+            }
+            return;
+        }
         // The token comes first: a failure here leaves nothing on the wire, so the entry stays pending
         // (a process killed now never leaves an ambiguous create behind).
         let (result, attempts) = match self.tokens.bot_token(&item.bot_app_id).await {
@@ -211,17 +225,21 @@ impl Outbound {
         let (finish, outcome, metric) = self.judge(&item, attempts, result);
         tracing::info!(id = item.id, op = item.op.name(), outcome, "outbound attempt finished");
         self.metrics.outbound(metric);
-        let event = AuditEvent {
+        let event = self.event(&item, outcome, format!("outbox #{} attempt {attempts}", item.id));
+        if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
+            tracing::error!(error = %e, id = item.id, "could not record the outcome of an outbound attempt");
+        }
+    }
+
+    fn event(&self, item: &OutboxItem, outcome: &str, detail: String) -> AuditEvent {
+        AuditEvent {
             at_ms: now_ms(),
             actor: item.requested_by.clone(),
             identity: format!("bot:{}", item.bot_app_id),
             action: item.op.name().to_owned(),
             target: format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
             outcome: outcome.to_owned(),
-            detail: format!("outbox #{} attempt {attempts}", item.id),
-        };
-        if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
-            tracing::error!(error = %e, id = item.id, "could not record the outcome of an outbound attempt");
+            detail,
         }
     }
 

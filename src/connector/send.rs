@@ -98,6 +98,10 @@ pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) ->
             if !r.usable {
                 anyhow::bail!("bot {} was removed from conversation {conv}; reinstall the app there first", bot.app_id);
             }
+            if args.typing && r.conversation_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("channel")) {
+                anyhow::bail!("Teams shows no typing indicator in channels; send one in a 1:1 or group chat");
+            }
+            let activity = if args.typing { crate::teams::typing_activity() } else { activity };
             let op = match (&args.reply_to, &args.update, &args.delete) {
                 (Some(reply_to), _, _) => OutboundOp::Reply { reply_to: reply_to.clone(), activity },
                 (_, Some(id), _) => OutboundOp::Update { activity_id: id.clone(), activity },

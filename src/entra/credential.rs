@@ -263,8 +263,11 @@ impl ClientCredential {
             }
             return Ok(Self::Secret(secret));
         };
-        let cert_pem =
-            certificate.load_public().await.map_err(|source| CredentialError::Load { app_id: app_id.to_owned(), field: "certificate", source })?;
+        let cert_pem = certificate.load_public().await.map_err(|source| CredentialError::Load {
+            app_id: app_id.to_owned(),
+            field: "certificate",
+            source,
+        })?;
         let cert = CertificateCredential::from_pem_for(
             app_id,
             secret.expose_secret().as_bytes(),

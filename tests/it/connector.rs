@@ -225,3 +225,20 @@ async fn a_timed_out_create_is_uncertain_but_a_timed_out_delete_is_retried() {
     let item = settled(&app, id).await;
     assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("delivered"), Some(2)), "{item}");
 }
+
+#[tokio::test]
+async fn typing_indicators_are_rate_limited_and_never_sent_to_channels() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    inbound(&app, &fake, "19:chan@thread.tacv2", "channel").await;
+    let first = send(&app, &["--conversation", "a:conv-1", "--typing"]);
+    assert_eq!(settled(&app, first).await["state"], "delivered");
+    let second = send(&app, &["--conversation", "a:conv-1", "--typing"]);
+    let item = settled(&app, second).await;
+    assert_eq!(item["state"], "dead", "{item}");
+    assert!(item["last_error"].as_str().unwrap().contains("skipped"));
+    let typing: Vec<_> = fake.landed().into_iter().filter(|l| l.body["type"] == "typing").collect();
+    assert_eq!(typing.len(), 1);
+    let (ok, out) = cli(&app, &["send", "--conversation", "19:chan@thread.tacv2", "--typing"]);
+    assert!(!ok && out.contains("no typing indicator in channels"), "{out}");
+}

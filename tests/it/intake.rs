@@ -246,3 +246,53 @@ async fn without_dev_mode_the_playground_is_refused() {
     assert_eq!(app.status(None, &body).await, 401);
     assert!(app.inbox().is_empty());
 }
+
+#[tokio::test]
+async fn malformed_universal_actions_get_an_error_invoke_response() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let mut invoke = message(&unique_id("inv"));
+    invoke["type"] = json!("invoke");
+    invoke["name"] = json!("adaptiveCard/action");
+    invoke["value"] = json!({"action": {"type": "Action.Submit", "data": {}}});
+    let resp = app.post(Some(&token), &invoke).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "application/vnd.microsoft.error");
+    assert_eq!(body["value"]["code"], "NotSupported");
+    invoke["id"] = json!(unique_id("inv"));
+    invoke.as_object_mut().unwrap().remove("value");
+    let resp = app.post(Some(&token), &invoke).await;
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["value"]["code"], "BadRequest");
+}
+
+#[tokio::test]
+async fn removing_the_bot_marks_the_conversation_unusable() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    assert_eq!(app.status(Some(&token), &message(&unique_id("m"))).await, 202);
+    let mut removed = message(&unique_id("rm"));
+    removed["type"] = json!("conversationUpdate");
+    removed["membersRemoved"] = json!([{"id": format!("28:{APP_ID}")}]);
+    assert_eq!(app.status(Some(&token), &removed).await, 202);
+    let out = std::process::Command::new(bin())
+        .args(["send", "--conversation", "a:conv-1", "--text", "anyone?", "--config"])
+        .arg(&app.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("removed from conversation"), "{err}");
+    // Installing again makes it usable.
+    let mut added = message(&unique_id("add"));
+    added["type"] = json!("installationUpdate");
+    added["action"] = json!("add");
+    assert_eq!(app.status(Some(&token), &added).await, 202);
+    let out = std::process::Command::new(bin())
+        .args(["send", "--conversation", "a:conv-1", "--text", "back", "--config"])
+        .arg(&app.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
