@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use super::outbox::{BotTokens, TokenFailure};
-use crate::entra::{BotTokenProvider, TokenError};
+use crate::entra::BotTokenProvider;
 
 /// The token a bot without a credential presents in `--dev` mode. It is worthless anywhere but the
 /// Agents Playground's mock Connector, which accepts any token.
@@ -25,15 +25,6 @@ impl ConfiguredTokens {
     }
 }
 
-fn retryable(e: &TokenError) -> bool {
-    match e {
-        TokenError::Status { status, .. } => *status == 429 || *status >= 500,
-        TokenError::Unreachable { .. } => true,
-        TokenError::Refused { detail, .. } => detail.error == "temporarily_unavailable",
-        TokenError::BadResponse { .. } | TokenError::Credential(_) | TokenError::Setup(_) => false,
-    }
-}
-
 #[async_trait]
 impl BotTokens for ConfiguredTokens {
     async fn bot_token(&self, bot_app_id: &str) -> Result<SecretString, TokenFailure> {
@@ -42,7 +33,7 @@ impl BotTokens for ConfiguredTokens {
                 .bot_token()
                 .await
                 .map(|t| t.secret().clone())
-                .map_err(|e| TokenFailure { retryable: retryable(&e), message: e.to_string() }),
+                .map_err(|e| TokenFailure { retryable: e.is_transient(), message: e.to_string() }),
             None if self.dev => Ok(SecretString::from(DEV_PLACEHOLDER_TOKEN.to_owned())),
             None => Err(TokenFailure {
                 message: format!("bot {bot_app_id} has no `credential` configured, so it cannot send"),

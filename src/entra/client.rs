@@ -31,6 +31,9 @@ use super::error::{EntraError, TokenError};
 use super::{Clock, SystemClock};
 use crate::config::check_fetch_url;
 
+/// The longest token lifetime believed.
+const MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
 /// Largest token response accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -266,9 +269,9 @@ impl TokenClient {
         {
             let st = slot.state();
             if st.generation != seen {
-                // A refresh finished while we waited: share its outcome.
+                // A refresh finished while we waited: share its outcome (however short the new token's life).
                 if let Some(c) = &st.cached
-                    && c.usable_at(self.clock.now())
+                    && self.clock.now() < c.token.expires_at
                 {
                     return Ok(c.token.clone());
                 }
@@ -448,21 +451,6 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
     }
 }
 
-/// OAuth errors that are never worth retrying: the request or the credential is wrong.
-fn permanent(error: &str) -> bool {
-    matches!(
-        error,
-        "invalid_client"
-            | "unauthorized_client"
-            | "invalid_request"
-            | "invalid_grant"
-            | "invalid_scope"
-            | "unsupported_grant_type"
-            | "access_denied"
-            | "invalid_resource"
-    )
-}
-
 fn interpret(
     endpoint: &str,
     status: u16,
@@ -494,7 +482,7 @@ fn interpret(
             parsed.correlation_id,
             sensitive,
         );
-        let retryable = !permanent(&error) && (transient_status || error == "temporarily_unavailable" || error == "server_error");
+        let retryable = entra.is_transient();
         let e = TokenError::Refused { endpoint: endpoint.to_owned(), detail: Box::new(entra) };
         return Err(if retryable { Failure::transient(e, retry_after) } else { Failure::fatal(e) });
     }
@@ -510,7 +498,8 @@ fn interpret(
     {
         return Err(Failure::fatal(bad(format!("token_type `{tt}` is not Bearer"))));
     }
-    let Some(lifetime) = parsed.expires_in.filter(|s| *s > 0).map(Duration::from_secs) else {
+    // Capped at a day (Entra's are about an hour): a bogus huge value must neither overflow nor pin a token.
+    let Some(lifetime) = parsed.expires_in.filter(|s| *s > 0).map(|s| Duration::from_secs(s.min(MAX_LIFETIME_SECS))) else {
         return Err(Failure::fatal(bad("no positive expires_in in the response".into())));
     };
     let expires_at = sent_at + lifetime;
@@ -548,6 +537,8 @@ mod tests {
     fn success_sets_refresh_five_minutes_ahead() {
         let c = run(200, r#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"tok"}"#).ok().unwrap();
         assert_eq!(c.token.expires_at.duration_since(c.refresh_at).unwrap(), Duration::from_secs(300));
+        let c = run(200, r#"{"token_type":"Bearer","expires_in":18446744073709551615,"access_token":"tok"}"#).ok().unwrap();
+        assert!(c.token.expires_at < SystemTime::now() + Duration::from_secs(24 * 3600 + 1));
         let c = run(200, r#"{"token_type":"Bearer","expires_in":"120","access_token":"tok"}"#).ok().unwrap();
         assert_eq!(c.token.expires_at.duration_since(c.refresh_at).unwrap(), Duration::from_secs(60));
     }

@@ -81,12 +81,19 @@ impl CredentialError {
         }
     }
 
+    /// `app_id` is empty when no bot is in context ([`CertificateCredential::from_pem`]).
     fn key(app_id: &str, problem: impl Into<String>) -> Self {
-        Self::Key { field: format!("bot {app_id}: `credential` (the certificate's private key)"), problem: problem.into() }
+        let field = if app_id.is_empty() {
+            "private key".to_owned()
+        } else {
+            format!("bot {app_id}: `credential` (the certificate's private key)")
+        };
+        Self::Key { field, problem: problem.into() }
     }
 
     fn cert(app_id: &str, problem: impl Into<String>) -> Self {
-        Self::Certificate { field: format!("bot {app_id}: `certificate`"), problem: problem.into() }
+        let field = if app_id.is_empty() { "certificate".to_owned() } else { format!("bot {app_id}: `certificate`") };
+        Self::Certificate { field, problem: problem.into() }
     }
 }
 
@@ -127,7 +134,7 @@ impl CertificateCredential {
     /// the certificate (PEM; the leaf first, then any chain). With `send_x5c`, assertions carry the chain
     /// (`x5c`) for subject name + issuer authentication. The key must belong to the certificate.
     pub fn from_pem(key_pem: &[u8], cert_pem: &[u8], send_x5c: bool) -> Result<Self, CredentialError> {
-        Self::from_pem_for("this bot", key_pem, cert_pem, send_x5c)
+        Self::from_pem_for("", key_pem, cert_pem, send_x5c)
     }
 
     fn from_pem_for(app_id: &str, key_pem: &[u8], cert_pem: &[u8], send_x5c: bool) -> Result<Self, CredentialError> {

@@ -61,6 +61,18 @@ impl TokenError {
         }
     }
 
+    /// Whether trying again later may succeed (throttling, 5xx, `temporarily_unavailable`, network
+    /// trouble). The client has already retried within its budget; this is for callers with their own
+    /// queue (the outbox): credential, tenant and request errors are never transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => *status == 429 || *status >= 500,
+            Self::Unreachable { .. } => true,
+            Self::Refused { detail, .. } => detail.is_transient(),
+            Self::BadResponse { .. } | Self::Credential(_) | Self::Setup(_) => false,
+        }
+    }
+
     /// The AADSTS codes of an Entra refusal (empty otherwise).
     pub fn aadsts_codes(&self) -> &[u64] {
         self.entra().map_or(&[], |e| &e.codes)
@@ -101,7 +113,14 @@ impl EntraError {
         if codes.is_empty() {
             codes = codes_in(description);
         }
-        let mut first = description.lines().next().unwrap_or_default().trim().to_owned();
+        let mut first = description.lines().next().unwrap_or_default().trim();
+        // "AADSTS7000215: Invalid client secret…": the code is shown with the error already.
+        if let Some((head, rest)) = first.split_once(": ")
+            && head.strip_prefix("AADSTS").is_some_and(|n| n.parse::<u64>().is_ok_and(|n| codes.contains(&n)))
+        {
+            first = rest;
+        }
+        let mut first = first.to_owned();
         if !sensitive.is_empty() {
             first = first.replace(sensitive, "<redacted>");
         }
@@ -122,6 +141,13 @@ impl EntraError {
             trace_id: clean(trace_id),
             correlation_id: clean(correlation_id),
         }
+    }
+
+    /// Whether this refusal may go away by itself: throttling, a server error or
+    /// `temporarily_unavailable`, and never an error about the request or the credential.
+    pub fn is_transient(&self) -> bool {
+        let transient_status = self.status == 429 || (500..=599).contains(&self.status);
+        !permanent(&self.error) && (transient_status || matches!(self.error.as_str(), "temporarily_unavailable" | "server_error"))
     }
 
     /// Whether the refusal carries `code` (AADSTS number without the prefix).
@@ -157,6 +183,22 @@ impl fmt::Display for EntraError {
         }
         Ok(())
     }
+}
+
+/// OAuth errors that are never worth retrying: the request or the credential is wrong.
+pub(crate) fn permanent(error: &str) -> bool {
+    matches!(
+        error,
+        "invalid_client"
+            | "unauthorized_client"
+            | "invalid_request"
+            | "invalid_grant"
+            | "invalid_scope"
+            | "unsupported_grant_type"
+            | "access_denied"
+            | "invalid_resource"
+            | "invalid_instance"
+    )
 }
 
 /// `AADSTSnnnn` numbers in a description.

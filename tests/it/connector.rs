@@ -242,3 +242,86 @@ async fn typing_indicators_are_rate_limited_and_never_sent_to_channels() {
     let (ok, out) = cli(&app, &["send", "--conversation", "19:chan@thread.tacv2", "--typing"]);
     assert!(!ok && out.contains("no typing indicator in channels"), "{out}");
 }
+
+/// A gateway whose bot holds a certificate credential issued by the strict fake Entra; the fake
+/// Connector accepts only unexpired tokens that fake issued for the bot with the Bot Framework scope.
+async fn setup_with_certificate() -> (FakeOidc, std::sync::Arc<crate::fake_entra::FakeEntra>, FakeConnector, TestApp) {
+    use crate::fake_entra::{FakeApp, FakeEntra, test_cert};
+    let cert = test_cert(0);
+    let entra = std::sync::Arc::new(FakeEntra::start(vec![FakeApp::with_certificate(APP_ID, TENANT, cert)]).await);
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(Vec::new()).await;
+    let e = std::sync::Arc::clone(&entra);
+    fake.accept_tokens(std::sync::Arc::new(move |t: &str| {
+        e.check_bearer(t).is_some_and(|i| i.client_id == APP_ID && i.scope == "https://api.botframework.com/.default")
+    }));
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (key, crt) = (dir.join("bot-key.pem"), dir.join("bot-cert.pem"));
+    std::fs::write(&key, &cert.key_pem).unwrap();
+    std::fs::write(&crt, &cert.cert_pem).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.token_authority = entra.authority();
+    opts.extra = format!(
+        "\n[outbound]\npoll_interval_ms = 50\n\n[[bots]]\napp_id = \"cccccccc-0000-0000-0000-00000000000c\"\nallowed_tenants = [\"{TENANT}-c\"]\n"
+    );
+    // The first bot gets the certificate: patch its table.
+    let toml_patch =
+        format!("tenant_id = \"{TENANT}\"\ncredential = \"file:{}\"\ncertificate = \"file:{}\"\n", key.display(), crt.display());
+    let app = TestApp::spawn_in_with(&dir, &opts, |t| t.replacen("require_endorsement", &format!("{toml_patch}require_endorsement"), 1))
+        .await
+        .unwrap();
+    (oidc, entra, fake, app)
+}
+
+#[tokio::test]
+async fn a_certificate_credential_gets_a_token_the_connector_accepts() {
+    let (_oidc, entra, fake, app) = setup_with_certificate().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    let ids: Vec<i64> = (0..3).map(|i| send(&app, &["--conversation", "a:conv-1", "--text", &format!("signed {i}")])).collect();
+    for id in ids {
+        assert_eq!(settled(&app, id).await["state"], "delivered", "{}", app.stderr());
+    }
+    assert_eq!(fake.texts(), vec!["signed 0", "signed 1", "signed 2"]);
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+    assert_eq!(entra.issued(), 1, "one token serves every send");
+    assert!(entra.refusals().is_empty(), "{:?}", entra.refusals());
+    // No token, assertion or key material reaches the log.
+    let log = app.stderr();
+    for t in entra.issued_tokens() {
+        assert!(!log.contains(&t.token));
+    }
+    assert!(!log.contains("PRIVATE KEY"));
+}
+
+#[tokio::test]
+async fn queued_sends_survive_a_kill_and_are_delivered_exactly_once() {
+    use crate::fake_entra::Injected;
+    let (_oidc, entra, fake, mut app) = setup_with_certificate().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    // The token endpoint is down: nothing can be sent, everything stays queued.
+    entra.inject((0..1000).map(|_| Injected::temporarily_unavailable()));
+    let ids: Vec<i64> = (0..10).map(|i| send(&app, &["--conversation", "a:conv-1", "--text", &format!("q{i}")])).collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(fake.landed().is_empty());
+    app.kill();
+    // Back up; the gateway restarts on the same store.
+    let dir = app.dir.clone();
+    let opts = {
+        let mut o = Options::new(&_oidc.metadata_url);
+        o.dev = true;
+        o.token_authority = entra.authority();
+        o
+    };
+    drop(app);
+    entra.clear_injected();
+    let config = std::fs::read_to_string(dir.join("agentgate.toml")).unwrap();
+    let app = TestApp::spawn_in_with(&dir, &opts, |_| config.clone()).await.unwrap();
+    for id in ids {
+        assert_eq!(settled(&app, id).await["state"], "delivered", "{}", app.stderr());
+    }
+    let texts = fake.texts();
+    assert_eq!(texts, (0..10).map(|i| format!("q{i}")).collect::<Vec<_>>(), "each exactly once, in order");
+    audit_ok(&app);
+}

@@ -38,8 +38,12 @@ pub enum Fault {
     Hang(Duration),
 }
 
+/// Decides whether a bearer token is one the bot legitimately holds.
+pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct ConnectorState {
     tokens: Mutex<Vec<String>>,
+    check: Mutex<Option<TokenCheck>>,
     faults: Mutex<VecDeque<Fault>>,
     pub landed: Mutex<Vec<Landed>>,
     pub requests: AtomicUsize,
@@ -76,7 +80,9 @@ fn refuse(s: &ConnectorState, status: StatusCode, why: &str) -> Response {
 async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     s.requests.fetch_add(1, Ordering::SeqCst);
     let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    if token.is_empty() || !s.tokens.lock().unwrap().iter().any(|t| t == token) {
+    let known = s.tokens.lock().unwrap().iter().any(|t| t == token);
+    let checked = s.check.lock().unwrap().as_ref().is_some_and(|c| c(token));
+    if token.is_empty() || !(known || checked) {
         return refuse(&s, StatusCode::UNAUTHORIZED, "bearer token missing or not issued for the bot");
     }
     let Some(rest) = uri.path().strip_prefix("/_connector/v3/conversations") else {
@@ -161,6 +167,7 @@ impl FakeConnector {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ConnectorState {
             tokens: Mutex::new(tokens),
+            check: Mutex::new(None),
             faults: Mutex::new(VecDeque::new()),
             landed: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
@@ -172,6 +179,11 @@ impl FakeConnector {
             axum::serve(listener, app).await.unwrap();
         });
         Self { state, service_url: format!("http://127.0.0.1:{}/_connector", addr.port()), task }
+    }
+
+    /// Accept the tokens this check accepts (e.g. those a fake Entra issued for the bot).
+    pub fn accept_tokens(&self, check: TokenCheck) {
+        *self.state.check.lock().unwrap() = Some(check);
     }
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {

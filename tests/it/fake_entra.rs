@@ -284,6 +284,11 @@ impl FakeEntra {
         self.state.injected.lock().unwrap().extend(failures);
     }
 
+    /// Drop the failures not used yet.
+    pub fn clear_injected(&self) {
+        self.state.injected.lock().unwrap().clear();
+    }
+
     /// Requests received, any method or path.
     pub fn requests(&self) -> usize {
         self.state.requests.load(Ordering::SeqCst)

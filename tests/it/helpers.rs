@@ -347,8 +347,13 @@ impl TestApp {
 
     /// Spawn on an existing data dir (restart after a crash). Err carries the app's stderr.
     pub async fn spawn_in(dir: &Path, opts: &Options) -> Result<Self, String> {
+        Self::spawn_in_with(dir, opts, |t| t).await
+    }
+
+    /// Like [`TestApp::spawn_in`], with the generated configuration passed through `patch`.
+    pub async fn spawn_in_with(dir: &Path, opts: &Options, patch: impl FnOnce(String) -> String) -> Result<Self, String> {
         let config = dir.join("agentgate.toml");
-        std::fs::write(&config, opts.toml(&dir.join("data"))).unwrap();
+        std::fs::write(&config, patch(opts.toml(&dir.join("data")))).unwrap();
         let stderr = dir.join(format!("stderr-{}.log", unique_id("run")));
         let mut cmd = Command::new(bin());
         cmd.arg("serve").arg("--config").arg(&config);
