@@ -112,8 +112,15 @@ pub struct SendArgs {
     #[arg(long)]
     pub delete: Option<String>,
     /// The message text.
-    #[arg(long, required_unless_present_any = ["card", "delete", "typing"])]
+    #[arg(long, required_unless_present_any = ["card", "delete", "typing", "stream"])]
     pub text: Option<String>,
+    /// Stream the reply: read the text from standard input and post it as Teams streaming (1:1 chats;
+    /// elsewhere one message at the end), a few words at a time.
+    #[arg(long, conflicts_with_all = ["text", "card", "update", "delete", "reply_to", "user", "typing"])]
+    pub stream: bool,
+    /// With --stream: pause between chunks (simulates generation).
+    #[arg(long, default_value_t = 200, requires = "stream")]
+    pub stream_interval_ms: u64,
     /// Send a typing indicator (1:1 and group chats only; at most one per 3 s per conversation).
     #[arg(long, conflicts_with_all = ["text", "card", "update", "delete", "reply_to", "user"])]
     pub typing: bool,

@@ -260,12 +260,70 @@ impl Outbound {
                     .map_err(Failure::Connector)?;
                 c.send_to_conversation(&ep, token, &created.id, activity).await.map(|r| format!("{}|{}", created.id, r.id))
             }
+            OutboundOp::Stream { chunks, interval_ms, conversation_type } => {
+                self.stream(&ep, token, conv, chunks, Duration::from_millis(*interval_ms), conversation_type.as_deref()).await
+            }
         };
         match r {
             Ok(id) => Ok(id),
             // A 2xx whose body we could not read: the request was accepted.
             Err(ConnectorError::BadResponse(_)) => Ok(String::new()),
             Err(e) => Err(Failure::Connector(e)),
+        }
+    }
+
+    /// Drive a [`Stream`](crate::teams::Stream) over the chunks, posting what it asks for in order; the
+    /// result is the id of the final message.
+    async fn stream(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        chunks: &[String],
+        interval: Duration,
+        conversation_type: Option<&str>,
+    ) -> Result<String, ConnectorError> {
+        use crate::teams::{Stream, StreamConfig, StreamMode, StreamSendKind};
+        let mode = StreamMode::for_conversation_type(conversation_type);
+        let mut stream = Stream::new(mode, StreamConfig::default(), Instant::now());
+        let mut queue = std::collections::VecDeque::new();
+        let mut final_id = String::new();
+        let mut chunks = chunks.iter();
+        let mut finished = false;
+        loop {
+            while let Some(send) = queue.pop_front() {
+                let send: crate::teams::StreamSend = send;
+                match self.connector.send_to_conversation(ep, token, conversation, &send.activity).await {
+                    Ok(r) => match send.kind {
+                        StreamSendKind::Start => queue.extend(stream.started(&r.id, Instant::now())),
+                        StreamSendKind::Final | StreamSendKind::Message => final_id = r.id,
+                        StreamSendKind::Update => {}
+                    },
+                    // A lost update is not fatal: the final message still carries the whole text.
+                    Err(e) if send.kind == StreamSendKind::Update && !matches!(e, ConnectorError::Rejected { .. }) => {
+                        tracing::warn!(error = %e, "a stream update failed; continuing");
+                    }
+                    Err(e) if send.kind == StreamSendKind::Start => {
+                        tracing::warn!(error = %e, "the stream could not start; the reply will be one message");
+                        queue.extend(stream.failed(Instant::now()));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if finished {
+                return Ok(final_id);
+            }
+            match chunks.next() {
+                Some(chunk) => {
+                    tokio::time::sleep(interval).await;
+                    queue.extend(stream.append(chunk, Instant::now()));
+                    queue.extend(stream.poll(Instant::now()));
+                }
+                None => {
+                    queue.extend(stream.finish(Instant::now()));
+                    finished = true;
+                }
+            }
         }
     }
 

@@ -102,6 +102,20 @@ pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) ->
                 anyhow::bail!("Teams shows no typing indicator in channels; send one in a 1:1 or group chat");
             }
             let activity = if args.typing { crate::teams::typing_activity() } else { activity };
+            if args.stream {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| anyhow::anyhow!("reading the reply from standard input: {e}"))?;
+                if text.trim().is_empty() {
+                    anyhow::bail!("--stream reads the reply from standard input, and it was empty");
+                }
+                let op = OutboundOp::Stream {
+                    chunks: stream_chunks(&text),
+                    interval_ms: args.stream_interval_ms,
+                    conversation_type: r.conversation_type.clone(),
+                };
+                return enqueue(store, bot, conv.clone(), r.tenant_id, r.service_url, op).await;
+            }
             let op = match (&args.reply_to, &args.update, &args.delete) {
                 (Some(reply_to), _, _) => OutboundOp::Reply { reply_to: reply_to.clone(), activity },
                 (_, Some(id), _) => OutboundOp::Update { activity_id: id.clone(), activity },
@@ -127,6 +141,17 @@ pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) ->
         }
         (None, None) => anyhow::bail!("say where: --conversation ID or --user ID --tenant ID"),
     };
+    enqueue(store, bot, conversation_id, tenant_id, service_url, op).await
+}
+
+async fn enqueue(
+    store: &dyn Store,
+    bot: &BotConfig,
+    conversation_id: String,
+    tenant_id: String,
+    service_url: String,
+    op: OutboundOp,
+) -> anyhow::Result<i64> {
     let id = store
         .enqueue_outbound(NewOutbound {
             bot_app_id: bot.app_id.clone(),
@@ -139,4 +164,34 @@ pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) ->
         })
         .await?;
     Ok(id)
+}
+
+/// The text cut into chunks of about three words, keeping every character (the chunks concatenate to
+/// the input).
+pub fn stream_chunks(text: &str) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current = String::new();
+    for (i, word) in text.split_inclusive(char::is_whitespace).enumerate() {
+        current.push_str(word);
+        if i % 3 == 2 {
+            chunks.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_chunks_keep_every_character() {
+        let text = "Hello there, this is a reply 🙂 with 漢字 and\nnew lines.  ";
+        let chunks = stream_chunks(text);
+        assert!(chunks.len() > 2);
+        assert_eq!(chunks.concat(), text);
+    }
 }

@@ -85,6 +85,9 @@ pub enum OutboundOp {
     Delete { activity_id: String },
     /// Create a 1:1 conversation with `user_id` (proactive), then send `activity` into it.
     CreatePersonal { user_id: String, activity: Value },
+    /// A streamed reply: `chunks` appended one by one, `interval_ms` apart, as Teams streaming in a 1:1
+    /// chat (informative/streaming updates, then the final message); elsewhere one message at the end.
+    Stream { chunks: Vec<String>, interval_ms: u64, conversation_type: Option<String> },
 }
 
 impl OutboundOp {
@@ -95,13 +98,14 @@ impl OutboundOp {
             Self::Update { .. } => "update",
             Self::Delete { .. } => "delete",
             Self::CreatePersonal { .. } => "create_personal",
+            Self::Stream { .. } => "stream",
         }
     }
 
     /// Creates may duplicate a message when re-posted after an ambiguous failure; updates and deletes
     /// are idempotent.
     pub fn is_create(&self) -> bool {
-        matches!(self, Self::Send { .. } | Self::Reply { .. } | Self::CreatePersonal { .. })
+        matches!(self, Self::Send { .. } | Self::Reply { .. } | Self::CreatePersonal { .. } | Self::Stream { .. })
     }
 }
 

@@ -325,3 +325,57 @@ async fn queued_sends_survive_a_kill_and_are_delivered_exactly_once() {
     assert_eq!(texts, (0..10).map(|i| format!("q{i}")).collect::<Vec<_>>(), "each exactly once, in order");
     audit_ok(&app);
 }
+
+fn send_stdin(app: &TestApp, args: &[&str], stdin: &str) -> i64 {
+    use std::io::Write as _;
+    let mut child = Command::new(bin())
+        .arg("send")
+        .args(args)
+        .arg("--config")
+        .arg(&app.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    text.split("outbox #").nth(1).and_then(|r| r.split(';').next()).and_then(|n| n.parse().ok()).unwrap()
+}
+
+#[tokio::test]
+async fn a_streamed_reply_in_a_personal_chat_and_a_buffered_one_in_a_group() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    inbound(&app, &fake, "19:group@thread.v2", "groupChat").await;
+    let reply = "The quick brown fox jumps over the lazy dog, again and again, until the stream has shown a few updates.";
+    let id = send_stdin(&app, &["--conversation", "a:conv-1", "--stream", "--stream-interval-ms", "250"], reply);
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "delivered", "{item}");
+    let landed: Vec<_> = fake.landed().into_iter().filter(|l| l.conversation.as_deref() == Some("a:conv-1")).collect();
+    assert!(landed.len() >= 3, "a start, at least one update and the final: {landed:#?}");
+    let first = &landed[0].body;
+    assert_eq!(first["type"], "typing");
+    assert_eq!(first["entities"][0]["type"], "streaminfo");
+    assert_eq!(first["entities"][0]["streamType"], "streaming");
+    let stream_id = landed[1].body["entities"][0]["streamId"].as_str().unwrap().to_owned();
+    assert!(!stream_id.is_empty());
+    let last = &landed.last().unwrap().body;
+    assert_eq!(last["type"], "message");
+    assert_eq!(last["text"], reply);
+    assert_eq!(last["entities"][0]["streamType"], "final");
+    assert_eq!(last["entities"][0]["streamId"], stream_id.as_str());
+    // Every update is cumulative: each text starts with the previous one.
+    for pair in landed.windows(2) {
+        let (a, b) = (pair[0].body["text"].as_str().unwrap_or(""), pair[1].body["text"].as_str().unwrap_or(""));
+        assert!(b.starts_with(a), "{a:?} then {b:?}");
+    }
+    // In a group chat Teams does not stream: one message with the whole text.
+    let id = send_stdin(&app, &["--conversation", "19:group@thread.v2", "--stream", "--stream-interval-ms", "50"], reply);
+    assert_eq!(settled(&app, id).await["state"], "delivered");
+    let group: Vec<_> = fake.landed().into_iter().filter(|l| l.conversation.as_deref() == Some("19:group@thread.v2")).collect();
+    assert_eq!(group.len(), 1);
+    assert_eq!((group[0].body["type"].as_str(), group[0].body["text"].as_str()), (Some("message"), Some(reply)));
+}
