@@ -52,7 +52,20 @@ pub enum Command {
         dev: bool,
     },
     /// Queue a message (or an update or delete) for delivery by the running gateway.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
+    /// List a conversation's members (paged through the Connector), one JSON object per line.
+    Members {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        conversation: String,
+        /// The bot; needed only when several bots have seen the conversation.
+        #[arg(long)]
+        bot: Option<String>,
+        /// As `serve --dev` (the Playground's connector; a bot without credential uses the placeholder).
+        #[arg(long)]
+        dev: bool,
+    },
     /// List outbox entries (what was sent or is queued), one JSON object per line.
     Outbox {
         #[command(flatten)]
@@ -112,8 +125,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub delete: Option<String>,
     /// The message text.
-    #[arg(long, required_unless_present_any = ["card", "delete", "typing", "stream"])]
+    #[arg(long, required_unless_present_any = ["card", "delete", "typing", "stream", "text_file"])]
     pub text: Option<String>,
+    /// The message text, from a file (for long text).
+    #[arg(long, value_name = "FILE", conflicts_with = "text")]
+    pub text_file: Option<PathBuf>,
     /// Stream the reply: read the text from standard input and post it as Teams streaming (1:1 chats;
     /// elsewhere one message at the end), a few words at a time.
     #[arg(long, conflicts_with_all = ["text", "card", "update", "delete", "reply_to", "user", "typing"])]
@@ -233,6 +249,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 store.close().await;
                 let id = queued?;
                 println!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Members { config, conversation, bot, dev } => {
+            let cfg = config.load(dev)?;
+            let path = existing_store(&cfg)?;
+            runtime()?.block_on(async move {
+                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
+                let result = crate::connector::send::list_members(&cfg, &store, &conversation, bot.as_deref(), dev).await;
+                store.close().await;
+                let mut out = std::io::stdout().lock();
+                for m in result? {
+                    writeln!(out, "{}", serde_json::to_string(&m)?)?;
+                }
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)

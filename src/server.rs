@@ -196,11 +196,28 @@ impl Gateway {
 /// The outbound worker: each bot's credential (a bot without one can send only in `--dev`, to the
 /// Playground), the Connector client, throttles and retry policy.
 async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> anyhow::Result<Outbound> {
+    let tokens = bot_tokens(cfg, opts.dev).await?;
+    let connector = ConnectorClient::new(ConnectorPolicy { dev: opts.dev }, Duration::from_secs(cfg.outbound.request_timeout_secs))
+        .context("building the Connector client")?;
+    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
+    let throttle = if cfg.outbound.throttle { Throttle::new() } else { Throttle::disabled() };
+    let retry = RetryPolicy {
+        max_attempts: cfg.outbound.max_attempts,
+        max_age: Duration::from_secs(cfg.outbound.max_age_secs),
+        ..RetryPolicy::default()
+    };
+    Ok(Outbound::new(store, connector, Arc::new(tokens), clouds, throttle, retry, metrics))
+}
+
+/// Each configured bot's token provider (its credential loaded now, so that a bad credential stops
+/// start-up with the field named). Bots without a credential get none; in `--dev` they present a
+/// placeholder the Agents Playground accepts.
+pub async fn bot_tokens(cfg: &Config, dev: bool) -> anyhow::Result<ConfiguredTokens> {
     let client = Arc::new(TokenClient::new(TokenClientSettings::default()).context("building the token client")?);
     let mut providers = std::collections::HashMap::new();
     for (i, bot) in cfg.bots.iter().enumerate() {
         if bot.credential.is_none() {
-            if !opts.dev {
+            if !dev {
                 tracing::warn!(app_id = %bot.app_id, "bot has no credential: it receives but cannot send (set bots[{i}].credential)");
             }
             continue;
@@ -215,16 +232,7 @@ async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>,
         })?;
         providers.insert(bot.app_id.clone(), provider);
     }
-    let connector = ConnectorClient::new(ConnectorPolicy { dev: opts.dev }, Duration::from_secs(cfg.outbound.request_timeout_secs))
-        .context("building the Connector client")?;
-    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
-    let throttle = if cfg.outbound.throttle { Throttle::new() } else { Throttle::disabled() };
-    let retry = RetryPolicy {
-        max_attempts: cfg.outbound.max_attempts,
-        max_age: Duration::from_secs(cfg.outbound.max_age_secs),
-        ..RetryPolicy::default()
-    };
-    Ok(Outbound::new(store, connector, Arc::new(ConfiguredTokens::new(providers, opts.dev)), clouds, throttle, retry, metrics))
+    Ok(ConfiguredTokens::new(providers, dev))
 }
 
 fn spawn_dedupe_purge(store: Arc<dyn Store>) -> JoinHandle<()> {

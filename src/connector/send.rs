@@ -86,7 +86,23 @@ pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) ->
         }
         None => None,
     };
-    let activity = message(args.text.as_deref(), card);
+    if let Some(card) = &card {
+        crate::teams::check_activity_size(&message(None, Some(card.clone())))
+            .map_err(|e| anyhow::anyhow!("the card is too large for Teams: {e}"))?;
+    }
+    let file_text = match &args.text_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the text {}: {e}", path.display()))?),
+        None => None,
+    };
+    let text = args.text.as_deref().or(file_text.as_deref());
+    // Long text goes out as several messages, cut by its UTF-16 size without losing a character.
+    let mut parts = match text {
+        Some(t) if crate::teams::utf16_len(t) > crate::teams::MAX_TEXT_UTF16 && args.update.is_none() => {
+            crate::teams::split_text(t, crate::teams::MAX_TEXT_UTF16)
+        }
+        _ => Vec::new(),
+    };
+    let activity = if parts.is_empty() { message(text, card) } else { message(Some(&parts.remove(0)), card) };
     let (conversation_id, tenant_id, service_url, op) = match (&args.conversation, &args.user) {
         (Some(conv), _) => {
             let r = store.conversation_ref(&bot.app_id, conv).await?.ok_or_else(|| {
@@ -122,6 +138,15 @@ pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) ->
                 (_, _, Some(id)) => OutboundOp::Delete { activity_id: id.clone() },
                 _ => OutboundOp::Send { activity },
             };
+            if !parts.is_empty() {
+                // Queue every part in order (one conversation's entries are delivered in order).
+                let first = enqueue(store, bot, conv.clone(), r.tenant_id.clone(), r.service_url.clone(), op).await?;
+                for part in parts {
+                    let next = OutboundOp::Send { activity: message(Some(&part), None) };
+                    enqueue(store, bot, conv.clone(), r.tenant_id.clone(), r.service_url.clone(), next).await?;
+                }
+                return Ok(first);
+            }
             (conv.clone(), r.tenant_id, r.service_url, op)
         }
         (None, Some(user)) => {
@@ -164,6 +189,42 @@ async fn enqueue(
         })
         .await?;
     Ok(id)
+}
+
+/// Every member of a conversation the bot has seen, paged through the Connector (reads are not side
+/// effects: no outbox, no audit).
+pub async fn list_members(cfg: &Config, store: &dyn Store, conversation: &str, bot: Option<&str>, dev: bool) -> anyhow::Result<Vec<Value>> {
+    use super::outbox::BotTokens as _;
+    let candidates: Vec<&BotConfig> = match bot {
+        Some(_) => vec![pick_bot(cfg, bot)?],
+        None => cfg.bots.iter().collect(),
+    };
+    let mut found = None;
+    for b in candidates {
+        if let Some(r) = store.conversation_ref(&b.app_id, conversation).await? {
+            found = Some((b, r));
+            break;
+        }
+    }
+    let (bot, r) = found.ok_or_else(|| anyhow::anyhow!("no configured bot has seen conversation {conversation}"))?;
+    let tokens = crate::server::bot_tokens(cfg, dev).await?;
+    let token = tokens.bot_token(&bot.app_id).await.map_err(|f| anyhow::anyhow!("no bot token: {}", f.message))?;
+    let client = super::ConnectorClient::new(
+        crate::service_url::ConnectorPolicy { dev },
+        std::time::Duration::from_secs(cfg.outbound.request_timeout_secs),
+    )?;
+    let ep = super::Endpoint { cloud: bot.cloud, service_url: &r.service_url };
+    let mut members = Vec::new();
+    let mut continuation: Option<String> = None;
+    for _ in 0..1000 {
+        let page = client.members_page(&ep, &token, conversation, 100, continuation.as_deref()).await?;
+        members.extend(page.members);
+        match page.continuation_token.filter(|c| !c.is_empty()) {
+            Some(c) => continuation = Some(c),
+            None => return Ok(members),
+        }
+    }
+    anyhow::bail!("the Connector kept returning continuation tokens after 1000 pages")
 }
 
 /// The text cut into chunks of about three words, keeping every character (the chunks concatenate to

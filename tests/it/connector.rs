@@ -379,3 +379,38 @@ async fn a_streamed_reply_in_a_personal_chat_and_a_buffered_one_in_a_group() {
     assert_eq!(group.len(), 1);
     assert_eq!((group[0].body["type"].as_str(), group[0].body["text"].as_str()), (Some("message"), Some(reply)));
 }
+
+#[tokio::test]
+async fn long_text_is_split_by_utf16_size_without_losing_a_character() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    // ~100 K UTF-16 units of mixed scripts and emoji.
+    let unit = "Teams 漢字 🙂👍🏽 ok. ";
+    let text: String = std::iter::repeat_n(unit, 100_000 / unit.encode_utf16().count() + 1).collect();
+    let file = app.dir.join("long.txt");
+    std::fs::write(&file, &text).unwrap();
+    let id = send(&app, &["--conversation", "a:conv-1", "--text-file", file.to_str().unwrap()]);
+    assert_eq!(settled(&app, id).await["state"], "delivered");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while fake.texts().concat().len() < text.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let texts = fake.texts();
+    assert!(texts.len() >= 3, "{} parts", texts.len());
+    assert_eq!(texts.concat(), text);
+    for t in &texts {
+        assert!(t.encode_utf16().count() <= 38 * 1024);
+    }
+}
+
+// Multi-threaded: the fake Connector must keep serving while this thread waits for the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_listed_through_the_connector() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "19:group@thread.v2", "groupChat").await;
+    let (ok, out) = cli(&app, &["members", "--dev", "--conversation", "19:group@thread.v2"]);
+    assert!(ok, "{out}");
+    let member: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(member["aadObjectId"], "00000000-0000-0000-0000-0000000000aa");
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+}
