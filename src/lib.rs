@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod entra;
+pub mod http_util;
 pub mod inbound;
 pub mod metrics;
 pub mod secrets;

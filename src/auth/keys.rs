@@ -115,18 +115,6 @@ struct RawJwk {
     endorsements: Vec<String>,
 }
 
-/// An error and its causes on one line ("error sending request: connection refused").
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 impl KeyCache {
     pub fn new(cloud: Cloud, metadata_url: url::Url, settings: KeyCacheSettings, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
@@ -214,14 +202,14 @@ impl KeyCache {
 
     async fn get_document<T: serde::de::DeserializeOwned>(&self, url: &url::Url) -> Result<T, KeyFetchError> {
         let err = |reason: String| KeyFetchError::Http { url: url.to_string(), reason };
-        let resp = self.http.get(url.clone()).send().await.map_err(|e| err(error_chain(&e.without_url())))?;
+        let resp = self.http.get(url.clone()).send().await.map_err(|e| err(crate::http_util::error_chain(&e.without_url())))?;
         if !resp.status().is_success() {
             return Err(err(format!("status {}", resp.status())));
         }
         if resp.content_length().is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64) {
             return Err(err("document too large".into()));
         }
-        let body = resp.bytes().await.map_err(|e| err(error_chain(&e.without_url())))?;
+        let body = resp.bytes().await.map_err(|e| err(crate::http_util::error_chain(&e.without_url())))?;
         if body.len() > MAX_DOCUMENT_BYTES {
             return Err(err("document too large".into()));
         }

@@ -12,7 +12,7 @@ pub mod send;
 pub mod throttle;
 pub mod tokens;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
@@ -294,21 +294,13 @@ impl ConnectorClient {
 fn classify_send_error(e: reqwest::Error) -> ConnectorError {
     let e = e.without_url();
     if e.is_connect() {
-        ConnectorError::Unreachable(crate::auth::keys::error_chain(&e))
+        ConnectorError::Unreachable(crate::http_util::error_chain(&e))
     } else {
-        ConnectorError::Ambiguous(crate::auth::keys::error_chain(&e))
+        ConnectorError::Ambiguous(crate::http_util::error_chain(&e))
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-}
+pub use crate::http_util::parse_retry_after;
 
 #[cfg(test)]
 mod tests {
@@ -318,16 +310,6 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(segment("19:abc@thread.tacv2;messageid=123"), "19%3Aabc%40thread.tacv2%3Bmessageid%3D123");
         assert_eq!(segment("a:1/2 3"), "a%3A1%2F2%203");
-    }
-
-    #[test]
-    fn retry_after_both_forms() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        let later = SystemTime::now() + Duration::from_secs(30);
-        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

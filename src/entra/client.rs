@@ -214,7 +214,7 @@ impl TokenClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| TokenError::Setup(super::error::error_chain(&e)))?;
+            .map_err(|e| TokenError::Setup(crate::http_util::error_chain(&e)))?;
         Ok(Self { http, settings, clock: Arc::new(SystemClock), slots: Mutex::new(HashMap::new()), sent: AtomicU64::new(0) })
     }
 
@@ -370,12 +370,12 @@ impl TokenClient {
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => {
-                let reason = super::error::error_chain(&e.without_url());
+                let reason = crate::http_util::error_chain(&e.without_url());
                 return Err(Failure::transient(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }, None));
             }
         };
         let status = resp.status();
-        let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(crate::http_util::parse_retry_after);
         let mut bytes = Vec::new();
         loop {
             match resp.chunk().await {
@@ -390,7 +390,7 @@ impl TokenClient {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let reason = format!("reading the response: {}", super::error::error_chain(&e.without_url()));
+                    let reason = format!("reading the response: {}", crate::http_util::error_chain(&e.without_url()));
                     return Err(Failure::transient(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }, None));
                 }
             }
@@ -403,17 +403,6 @@ impl TokenClient {
 fn jitter(max: Duration) -> Duration {
     let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(fastrand::u64(0..=ms))
-}
-
-/// `Retry-After` as delta-seconds or an HTTP date.
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    // The date is on the server's wall clock, so compare with ours (not a test clock).
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 #[derive(Deserialize)]
@@ -555,16 +544,6 @@ mod tests {
         assert!(run(200, r#"{"token_type":"Bearer","expires_in":3600}"#).err().unwrap().retry.is_none());
         assert!(run(200, r#"{"token_type":"pop","expires_in":3600,"access_token":"t"}"#).err().unwrap().retry.is_none());
         assert!(run(200, "not json").err().unwrap().retry.is_none());
-    }
-
-    #[test]
-    fn retry_after_both_forms() {
-        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        let later = SystemTime::now() + Duration::from_secs(30);
-        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(d <= Duration::from_secs(30) && d >= Duration::from_secs(28), "{d:?}");
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]
