@@ -63,6 +63,7 @@ label_enum!(
         Uncertain => "uncertain",
         Dead => "dead",
         Throttled => "throttled_locally",
+        Skipped => "skipped",
     }
 );
 
@@ -84,7 +85,7 @@ pub struct Metrics {
     key_refresh_ok: [AtomicU64; 3],
     key_refresh_err: [AtomicU64; 3],
     token_cache_hits: AtomicU64,
-    outbound: [AtomicU64; 5],
+    outbound: [AtomicU64; 6],
     commit: Histogram,
     committed_activities: AtomicU64,
 }

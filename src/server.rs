@@ -70,6 +70,7 @@ pub struct Gateway {
     server: JoinHandle<std::io::Result<()>>,
     state: Arc<AppState>,
     background: Vec<JoinHandle<()>>,
+    outbound: Arc<Outbound>,
     grace: Duration,
 }
 
@@ -159,7 +160,16 @@ impl Gateway {
                 (tokio::spawn(async move { server.serve(service).await }), false)
             }
         };
-        Ok(Self { local_addr, tls, handle, server, state, background, grace: Duration::from_secs(cfg.server.shutdown_grace_secs) })
+        Ok(Self {
+            local_addr,
+            tls,
+            handle,
+            server,
+            state,
+            background,
+            outbound,
+            grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -173,7 +183,7 @@ impl Gateway {
     /// Serve until `shutdown` resolves, then stop accepting, let in-flight requests finish (their
     /// commits included) within the grace period, and close the store.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let Self { handle, mut server, state, background, grace, .. } = self;
+        let Self { handle, mut server, state, background, outbound, grace, .. } = self;
         tokio::select! {
             res = &mut server => {
                 state.store.close().await;
@@ -184,6 +194,8 @@ impl Gateway {
         tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
         handle.graceful_shutdown(Some(grace));
         let res = server.await;
+        // Sends under way record their outcome before the store closes (else they would look ambiguous).
+        outbound.drain(grace).await;
         for task in background {
             task.abort();
         }

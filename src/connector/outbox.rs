@@ -20,7 +20,9 @@ use super::throttle::Throttle;
 use super::{ConnectorClient, ConnectorError, Endpoint};
 use crate::config::Cloud;
 use crate::metrics::{Metrics, OutboundOutcome};
-use crate::store::{AuditEvent, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError};
+use serde_json::Value;
+
+use crate::store::{AuditEvent, ConversationRef, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError};
 
 /// Why no bot token could be had. The message never contains a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,10 @@ pub struct Outbound {
     wake: Notify,
     in_flight: Mutex<HashSet<(String, String)>>,
     typing: Mutex<crate::teams::TypingGovernor>,
+    /// Consecutive token failures per bot, for backoff (token failures do not use up attempts).
+    token_failures: Mutex<HashMap<String, u32>>,
+    last_prune: Mutex<Instant>,
+    stopping: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
 }
 
@@ -113,6 +119,9 @@ impl Outbound {
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
             typing: Mutex::new(crate::teams::TypingGovernor::new()),
+            token_failures: Mutex::new(HashMap::new()),
+            last_prune: Mutex::new(Instant::now()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(32)),
         }
     }
@@ -122,6 +131,15 @@ impl Outbound {
         let id = self.store.enqueue_outbound(item).await?;
         self.wake.notify_one();
         Ok(id)
+    }
+
+    /// Stop starting attempts and wait (up to `grace`) for those under way to record their outcome.
+    pub async fn drain(&self, grace: Duration) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        let deadline = Instant::now() + grace;
+        while !self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Wake the worker (entries were queued by another process).
@@ -151,6 +169,16 @@ impl Outbound {
     /// Start every due entry whose conversation is free and within its limits. Returns how soon to look
     /// again when something is waiting for the throttle.
     pub async fn run_once(self: &Arc<Self>) -> Option<Duration> {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        {
+            let mut last = self.last_prune.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.elapsed() > Duration::from_secs(60) {
+                self.throttle.lock().unwrap_or_else(PoisonError::into_inner).prune(Instant::now());
+                *last = Instant::now();
+            }
+        }
         let items = match self.store.due_outbound(now_ms(), 256).await {
             Ok(items) => items,
             Err(e) => {
@@ -162,6 +190,18 @@ impl Outbound {
         for item in items {
             let key = (item.bot_app_id.clone(), item.conversation_id.clone());
             if self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).contains(&key) {
+                continue;
+            }
+            if is_typing(&item.op)
+                && !self.typing.lock().unwrap_or_else(PoisonError::into_inner).allow(&item.conversation_id, None, Instant::now())
+            {
+                // Teams shows an indicator for 3 s; a second one sooner only uses up the rate limit.
+                self.metrics.outbound(OutboundOutcome::Skipped);
+                let event = self.event(&item, "skipped", "typing indicator sent less than 3 s ago".into());
+                let finish = Finish::Dead { error: "skipped: a typing indicator was sent less than 3 s ago".into() };
+                if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
+                    tracing::error!(error = %e, id = item.id, "could not record a skipped typing indicator");
+                }
                 continue;
             }
             if item.op.is_create() || matches!(item.op, OutboundOp::Update { .. }) {
@@ -191,23 +231,15 @@ impl Outbound {
     }
 
     async fn attempt(&self, item: OutboxItem) {
-        if let OutboundOp::Send { activity } = &item.op
-            && activity["type"] == "typing"
-            && !self.typing.lock().unwrap_or_else(PoisonError::into_inner).allow(&item.conversation_id, None, Instant::now())
-        {
-            // Teams shows an indicator for 3 s; a second one sooner only uses up the rate limit.
-            let event = self.event(&item, "skipped", "typing indicator sent less than 3 s ago".into());
-            let finish = Finish::Dead { error: "skipped: a typing indicator was sent less than 3 s ago".into() };
-            if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
-                tracing::error!(error = %e, id = item.id, "could not record a skipped typing indicator");
-            }
-            return;
-        }
         // The token comes first: a failure here leaves nothing on the wire, so the entry stays pending
         // (a process killed now never leaves an ambiguous create behind).
         let (result, attempts) = match self.tokens.bot_token(&item.bot_app_id).await {
-            Err(failure) => (Err(Failure::Token(failure)), item.attempts),
+            Err(failure) => {
+                *self.token_failures.lock().unwrap_or_else(PoisonError::into_inner).entry(item.bot_app_id.clone()).or_default() += 1;
+                (Err(Failure::Token(failure)), item.attempts)
+            }
             Ok(token) => {
+                self.token_failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&item.bot_app_id);
                 match self.store.begin_outbound_attempt(item.id, now_ms()).await {
                     Ok(true) => {}
                     Ok(false) => return,
@@ -221,6 +253,14 @@ impl Outbound {
         };
         if let Err(Failure::Connector(ConnectorError::Rejected { status: 401, .. })) = &result {
             self.tokens.invalidate(&item.bot_app_id);
+        }
+        if let Err(Failure::Connector(e)) = &result
+            && e.writes_blocked()
+        {
+            // Blocked or uninstalled: nothing more goes to this conversation until the bot is added again.
+            if let Err(e) = self.store.set_conversation_usable(&item.bot_app_id, &item.conversation_id, false).await {
+                tracing::warn!(error = %e, "could not mark the conversation unusable");
+            }
         }
         let (finish, outcome, metric) = self.judge(&item, attempts, result);
         tracing::info!(id = item.id, op = item.op.name(), outcome, "outbound attempt finished");
@@ -248,20 +288,58 @@ impl Outbound {
         let ep = Endpoint { cloud, service_url: &item.service_url };
         let c = &self.connector;
         let conv = &item.conversation_id;
+        let bot = item.bot_app_id.as_str();
+        let addressed = |a: &Value, reply_to: Option<&str>| {
+            let mut a = a.clone();
+            address(&mut a, bot, conv, reply_to);
+            a
+        };
         let r = match &item.op {
-            OutboundOp::Send { activity } => c.send_to_conversation(&ep, token, conv, activity).await.map(|r| r.id),
-            OutboundOp::Reply { reply_to, activity } => c.reply_to_activity(&ep, token, conv, reply_to, activity).await.map(|r| r.id),
-            OutboundOp::Update { activity_id, activity } => c.update_activity(&ep, token, conv, activity_id, activity).await.map(|r| r.id),
+            OutboundOp::Send { activity } => c.send_to_conversation(&ep, token, conv, &addressed(activity, None)).await.map(|r| r.id),
+            OutboundOp::Reply { reply_to, activity } => {
+                c.reply_to_activity(&ep, token, conv, reply_to, &addressed(activity, Some(reply_to))).await.map(|r| r.id)
+            }
+            OutboundOp::Update { activity_id, activity } => {
+                let mut a = addressed(activity, None);
+                a["id"] = Value::String(activity_id.clone());
+                c.update_activity(&ep, token, conv, activity_id, &a).await.map(|r| r.id)
+            }
             OutboundOp::Delete { activity_id } => c.delete_activity(&ep, token, conv, activity_id).await.map(|()| activity_id.clone()),
             OutboundOp::CreatePersonal { user_id, activity } => {
                 let created = c
                     .create_personal_conversation(&ep, token, &format!("28:{}", item.bot_app_id), user_id, &item.tenant_id)
                     .await
                     .map_err(Failure::Connector)?;
-                c.send_to_conversation(&ep, token, &created.id, activity).await.map(|r| format!("{}|{}", created.id, r.id))
+                // Remember the new chat so that later sends can name it.
+                if let Err(e) = self
+                    .store
+                    .upsert_conversation_ref(ConversationRef {
+                        bot_app_id: item.bot_app_id.clone(),
+                        conversation_id: created.id.clone(),
+                        tenant_id: item.tenant_id.clone(),
+                        service_url: created.service_url.clone().unwrap_or_else(|| item.service_url.clone()),
+                        channel_id: "msteams".into(),
+                        conversation_type: Some("personal".into()),
+                        user_id: Some(user_id.clone()),
+                        user_aad_object_id: None,
+                        bot_id: Some(format!("28:{}", item.bot_app_id)),
+                        usable: true,
+                        updated_at_ms: now_ms(),
+                    })
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not store the reference of a new 1:1 chat");
+                }
+                let a = addressed(activity, None);
+                let a = {
+                    let mut a = a;
+                    a["conversation"] = serde_json::json!({"id": created.id});
+                    a
+                };
+                c.send_to_conversation(&ep, token, &created.id, &a).await.map(|r| format!("{}|{}", created.id, r.id))
             }
             OutboundOp::Stream { chunks, interval_ms, conversation_type } => {
-                self.stream(&ep, token, conv, chunks, Duration::from_millis(*interval_ms), conversation_type.as_deref()).await
+                self.stream(&ep, token, item, chunks, Duration::from_millis(*interval_ms), conversation_type.as_deref()).await
             }
         };
         match r {
@@ -278,34 +356,43 @@ impl Outbound {
         &self,
         ep: &Endpoint<'_>,
         token: &SecretString,
-        conversation: &str,
+        item: &OutboxItem,
         chunks: &[String],
         interval: Duration,
         conversation_type: Option<&str>,
     ) -> Result<String, ConnectorError> {
         use crate::teams::{Stream, StreamConfig, StreamMode, StreamSendKind};
+        let (bot_app_id, conversation) = (item.bot_app_id.as_str(), item.conversation_id.as_str());
         let mode = StreamMode::for_conversation_type(conversation_type);
         let mut stream = Stream::new(mode, StreamConfig::default(), Instant::now());
         let mut queue = std::collections::VecDeque::new();
         let mut final_id = String::new();
         let mut chunks = chunks.iter();
         let mut finished = false;
+        let mut landed = 0usize;
         loop {
             while let Some(send) = queue.pop_front() {
                 let send: crate::teams::StreamSend = send;
-                match self.connector.send_to_conversation(ep, token, conversation, &send.activity).await {
-                    Ok(r) => match send.kind {
-                        StreamSendKind::Start => queue.extend(stream.started(&r.id, Instant::now())),
-                        StreamSendKind::Final | StreamSendKind::Message => final_id = r.id,
-                        StreamSendKind::Update => {}
-                    },
-                    // A lost update is not fatal: the final message still carries the whole text.
-                    Err(e) if send.kind == StreamSendKind::Update && !matches!(e, ConnectorError::Rejected { .. }) => {
-                        tracing::warn!(error = %e, "a stream update failed; continuing");
+                let mut activity = send.activity;
+                address(&mut activity, bot_app_id, conversation, None);
+                match self.connector.send_to_conversation(ep, token, conversation, &activity).await {
+                    Ok(r) => {
+                        landed += 1;
+                        match send.kind {
+                            StreamSendKind::Start => queue.extend(stream.started(&r.id, Instant::now())),
+                            StreamSendKind::Final | StreamSendKind::Message => final_id = r.id,
+                            StreamSendKind::Update => {}
+                        }
                     }
-                    Err(e) if send.kind == StreamSendKind::Start => {
-                        tracing::warn!(error = %e, "the stream could not start; the reply will be one message");
+                    // A failed start or update is not fatal: the stream stops updating (or falls back to
+                    // one message) and the final message still carries the whole text.
+                    Err(e) if matches!(send.kind, StreamSendKind::Start | StreamSendKind::Update) => {
+                        tracing::warn!(error = %e, "a stream update failed; the reply continues without updates");
                         queue.extend(stream.failed(Instant::now()));
+                    }
+                    // Part of the reply is already in the chat: never post it again.
+                    Err(e) if landed > 0 => {
+                        return Err(ConnectorError::Ambiguous(format!("the stream was interrupted after {landed} posts: {e}")));
                     }
                     Err(e) => return Err(e),
                 }
@@ -356,7 +443,14 @@ impl Outbound {
                 Failure::Connector(ConnectorError::Throttled { retry_after }) => *retry_after,
                 _ => None,
             };
-            let at_ms = now_ms().saturating_add(ms(self.backoff(attempts.max(1), retry_after)));
+            // Token failures back off on the bot's run of consecutive failures.
+            let n = match &error {
+                Failure::Token(_) => {
+                    i64::from(*self.token_failures.lock().unwrap_or_else(PoisonError::into_inner).get(&item.bot_app_id).unwrap_or(&1))
+                }
+                _ => attempts,
+            };
+            let at_ms = now_ms().saturating_add(ms(self.backoff(n.max(1), retry_after)));
             return (Finish::Retry { at_ms, error: message }, "retry", OutboundOutcome::Retried);
         }
         if let Failure::Connector(ConnectorError::Ambiguous(_)) = &error
@@ -365,6 +459,21 @@ impl Outbound {
             return (Finish::Uncertain { error: message }, "uncertain", OutboundOutcome::Uncertain);
         }
         (Finish::Dead { error: message }, "dead", OutboundOutcome::Dead)
+    }
+}
+
+fn is_typing(op: &OutboundOp) -> bool {
+    matches!(op, OutboundOp::Send { activity } if activity["type"] == "typing")
+}
+
+/// Fill in what the SDKs' adapters add before posting: the bot as `from`, the conversation, and
+/// `replyToId` for replies; keep whatever the activity already says.
+fn address(activity: &mut Value, bot_app_id: &str, conversation: &str, reply_to: Option<&str>) {
+    let Some(obj) = activity.as_object_mut() else { return };
+    obj.entry("from").or_insert_with(|| serde_json::json!({"id": format!("28:{bot_app_id}")}));
+    obj.entry("conversation").or_insert_with(|| serde_json::json!({"id": conversation}));
+    if let Some(r) = reply_to {
+        obj.entry("replyToId").or_insert_with(|| Value::String(r.to_owned()));
     }
 }
 

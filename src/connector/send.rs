@@ -37,6 +37,7 @@ fn pick_bot<'a>(cfg: &'a Config, wanted: Option<&str>) -> anyhow::Result<&'a Bot
             .find(|b| b.app_id.eq_ignore_ascii_case(id))
             .ok_or_else(|| anyhow::anyhow!("no configured bot has app id {id}; see `agentgate check`")),
         None if cfg.bots.len() == 1 => Ok(&cfg.bots[0]),
+        None if cfg.bots.is_empty() => anyhow::bail!("no bot is configured: pass the gateway's configuration with --config FILE"),
         None => anyhow::bail!("several bots are configured: say which with --bot APP_ID"),
     }
 }

@@ -245,6 +245,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError>;
 
+    /// Create or replace a conversation reference (a 1:1 chat the bot opened itself).
+    async fn upsert_conversation_ref(&self, reference: ConversationRef) -> Result<(), StoreError>;
+
+    /// Mark a reference usable or not (the bot was blocked or removed: `403 MessageWritesBlocked`).
+    async fn set_conversation_usable(&self, bot_app_id: &str, conversation_id: &str, usable: bool) -> Result<(), StoreError>;
+
     /// The service URL of the bot's most recently updated usable reference in `tenant` (proactive sends).
     async fn tenant_service_url(&self, bot_app_id: &str, tenant_id: &str) -> Result<Option<String>, StoreError>;
 

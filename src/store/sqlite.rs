@@ -312,6 +312,11 @@ impl RefCache {
         self.written.get(&(r.bot_app_id.clone(), r.conversation_id.clone())) == Some(&Self::fingerprint(r))
     }
 
+    /// The reference was changed outside the inbound path: write the next inbound one in full.
+    fn forget(&mut self, bot: &str, conversation: &str) {
+        self.written.remove(&(bot.to_owned(), conversation.to_owned()));
+    }
+
     fn remember(&mut self, written: Vec<((String, String), u64)>) {
         if self.written.len() + written.len() > Self::MAX {
             self.written.clear();
@@ -712,6 +717,27 @@ impl Store for SqliteStore {
                 })
             })
             .optional()
+        })
+        .await
+    }
+
+    async fn upsert_conversation_ref(&self, reference: ConversationRef) -> Result<(), StoreError> {
+        self.write(move |tx, st| {
+            st.refs.forget(&reference.bot_app_id, &reference.conversation_id);
+            upsert_ref(tx, &reference)
+        })
+        .await
+    }
+
+    async fn set_conversation_usable(&self, bot_app_id: &str, conversation_id: &str, usable: bool) -> Result<(), StoreError> {
+        let (bot, conv) = (bot_app_id.to_owned(), conversation_id.to_owned());
+        self.write(move |tx, st| {
+            st.refs.forget(&bot, &conv);
+            tx.execute(
+                "UPDATE conversation_refs SET usable = ?3 WHERE bot_app_id = ?1 AND conversation_id = ?2",
+                params![bot, conv, usable],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -92,6 +92,8 @@ async fn reply_send_update_delete_with_encoded_ids() {
         ("POST", Some(channel), Some("1700000000000"))
     );
     assert_eq!(landed[0].body["text"], "a reply");
+    assert_eq!(landed[0].body["replyToId"], "1700000000000");
+    assert_eq!(landed[0].body["from"]["id"], format!("28:{APP_ID}"));
     assert_eq!((landed[1].method.as_str(), landed[1].activity.as_deref()), ("PUT", Some(result_id.as_str())));
     assert_eq!(landed[1].body["text"], "edited");
     assert_eq!((landed[2].method.as_str(), landed[2].activity.as_deref()), ("DELETE", Some(result_id.as_str())));
@@ -133,18 +135,21 @@ async fn definite_refusals_are_dead_lettered_without_retries() {
     let (_oidc, fake, app) = setup().await;
     inbound(&app, &fake, "a:conv-1", "personal").await;
     fake.push_faults([
-        Fault::Status(403, json!({"error": {"code": "Forbidden", "subCode": "MessageWritesBlocked", "message": "Bot is blocked"}})),
         Fault::Status(413, json!({"error": {"code": "MessageSizeTooBig"}})),
+        Fault::Status(403, json!({"error": {"code": "Forbidden", "subCode": "MessageWritesBlocked", "message": "Bot is blocked"}})),
     ]);
+    let big = send(&app, &["--conversation", "a:conv-1", "--text", "too big"]);
+    let item = settled(&app, big).await;
+    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("dead"), Some(1)), "{item}");
     let blocked = send(&app, &["--conversation", "a:conv-1", "--text", "blocked"]);
     let item = settled(&app, blocked).await;
     assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("dead"), Some(1)), "{item}");
     assert!(item["last_error"].as_str().unwrap().contains("MessageWritesBlocked"), "{item}");
-    let big = send(&app, &["--conversation", "a:conv-1", "--text", "too big"]);
-    let item = settled(&app, big).await;
-    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("dead"), Some(1)), "{item}");
     assert!(fake.texts().is_empty());
     assert_eq!(fake.state.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The bot was blocked there: nothing more is queued for that conversation.
+    let (ok, out) = cli(&app, &["send", "--conversation", "a:conv-1", "--text", "again?"]);
+    assert!(!ok && out.contains("removed from conversation"), "{out}");
 }
 
 #[tokio::test]
@@ -187,6 +192,11 @@ async fn a_proactive_message_opens_a_personal_chat_first() {
     assert_eq!(create["channelData"]["tenant"]["id"], TENANT);
     assert_eq!(landed[1].conversation.as_deref(), Some("a:created-1"));
     assert_eq!(landed[1].body["text"], "hello from the agent");
+    assert_eq!(landed[1].body["from"]["id"], format!("28:{APP_ID}"));
+    assert_eq!(landed[1].body["conversation"]["id"], "a:created-1");
+    // The new chat is remembered: it can be written to by its id now.
+    let next = send(&app, &["--conversation", "a:created-1", "--text", "and a follow-up"]);
+    assert_eq!(settled(&app, next).await["state"], "delivered");
     // A tenant the bot does not serve is refused before anything is queued.
     let (ok, out) = cli(&app, &["send", "--bot", APP_ID, "--user", "29:x", "--tenant", OTHER_TENANT, "--text", "no"]);
     assert!(!ok && out.contains("allowed_tenants"), "{out}");
@@ -413,4 +423,30 @@ async fn members_are_listed_through_the_connector() {
     let member: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(member["aadObjectId"], "00000000-0000-0000-0000-0000000000aa");
     assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+}
+
+#[tokio::test]
+async fn a_stream_interrupted_after_it_began_is_never_posted_again() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    // The stream starts fine, then every later post is throttled.
+    let reply = "one two three four five six seven eight nine ten";
+    let mut child_faults = Vec::new();
+    for _ in 0..20 {
+        child_faults.push(Fault::TooMany("1".into()));
+    }
+    // Let the first post (the stream's start) through, then throttle.
+    let fake_state = std::sync::Arc::clone(&fake.state);
+    let id = send_stdin(&app, &["--conversation", "a:conv-1", "--stream", "--stream-interval-ms", "400"], reply);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake_state.requests.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fake.push_faults(child_faults);
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "uncertain", "{item}");
+    let posted = fake.landed().len();
+    assert!(posted >= 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(fake.landed().len(), posted, "nothing was posted again");
 }
