@@ -20,7 +20,16 @@
 #     Action.Execute invoke, channel @mention); assertions use `agentgate inbox` and the Playground's
 #     events-recording file (the Playground's own API answers 200 even when the bot failed). Scenario B also
 #     sends forged requests with curl (wrong aud, no token with a public serviceUrl, HS256, ...).
-#  4. prints PASS/FAIL per check and `e2e: N passed, M failed`; stops every process it started, by PID.
+#     Scenario C (outbound, dev, config file): Playground -> `agentgate serve --dev --config C.toml` (no bot
+#     credential: in --dev the worker presents a placeholder token, which the Playground's mock Connector accepts),
+#     then `agentgate send --config C.toml` queues into the durable outbox and the gateway's worker delivers to the
+#     Playground's loopback Connector: a reply (--reply-to the inbound message), a proactive message (--user
+#     --tenant), an Adaptive Card (Action.Submit + Action.Execute), its submit and Action.Execute round trips
+#     (-> `agentgate inbox`), an update (--update), a typing indicator (--typing) and, once `agentgate send --help`
+#     lists --stream, a streamed reply (else SKIP). What the user sees is read from the Playground's conversation
+#     WebSocket (/_ws_conversation/v1/conversations/stream, recorded to a JSON-lines file); every send must be
+#     `delivered` in `agentgate outbox`, and `agentgate audit --verify` must pass.
+#  4. prints PASS/FAIL (and SKIP) per check and `e2e: N passed, M failed`; stops every process it started, by PID.
 #
 # Environment: AGENTGATE_E2E_PEERS_CACHE (npm install dir, default /tmp/agentgate-e2e-peers-<hash>),
 # AGENTGATE_E2E_KEEP=1 (keep the scratch dir and logs even on success).
@@ -104,7 +113,7 @@ fi
 # ------------------------------------------------------------------------------------------ inside the namespace
 S=${E2E_SCRATCH:?} P=${E2E_PEERS_CACHE:?} BIN=${E2E_BIN:?}
 J=$S/peers/jwt L=$S/logs
-mkdir -p "$L" "$S/a" "$S/b" "$S/pg-a" "$S/pg-b"
+mkdir -p "$L" "$S/a" "$S/b" "$S/c" "$S/pg-a" "$S/pg-b" "$S/pg-c"
 ip link set lo up || die "ip link set lo up failed inside the namespace"
 
 PIDS=()
@@ -128,6 +137,7 @@ trap 'fail "interrupted (SIGTERM/SIGINT or the 300 s overall timeout)"; summary;
 
 pass() { echo "PASS: $1"; PASSED=$((PASSED + 1)); }
 fail() { echo "FAIL: $1"; FAILED=$((FAILED + 1)); }
+skip() { echo "SKIP: $1"; }
 # check NAME CMD...: run CMD (its output goes to checks.log), PASS when it succeeds.
 check() {
   local name=$1; shift
@@ -202,15 +212,16 @@ const sleep = ms => new Promise(r => setTimeout(r, ms));
 EOF
 cat >"$S/q.js" <<'EOF'
 // node q.js KIND FILE EXPR: evaluate EXPR with `d` = the parsed FILE and `env` = process.env; print the result;
-// exit 1 when it is false/null/undefined. KIND: json | inbox (JSON lines; each entry gets `b` = its parsed body)
-// | rec (the Playground's events-recording file: JSON records separated by ---).
+// exit 1 when it is false/null/undefined. KIND: json | jsonl (JSON lines) | inbox (JSON lines; each entry gets
+// `b` = its parsed body) | rec (the Playground's events-recording file: JSON records separated by ---).
 const fs = require('fs'); const [kind, file, expr] = process.argv.slice(2);
 const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
 let d;
 if (kind === 'json') d = JSON.parse(text);
+else if (kind === 'jsonl') d = text.split('\n').filter(l => l.trim()).map(l => JSON.parse(l));
 else if (kind === 'inbox') d = text.split('\n').filter(l => l.trim()).map(l => { const e = JSON.parse(l); try { e.b = JSON.parse(e.body); } catch { e.b = {}; } return e; });
 else d = text.split(/\n---\n?/).filter(s => s.trim()).map(s => JSON.parse(s));
-const v = new Function('d', 'env', `return (${expr});`)(d, process.env);
+const v = new Function('d', 'env', 'require', `return (${expr});`)(d, process.env, require);
 console.log(typeof v === 'string' ? v : JSON.stringify(v));
 process.exit(v === false || v === null || v === undefined ? 1 : 0);
 EOF
@@ -235,10 +246,10 @@ start_playground() {
   wait_http "http://127.0.0.1:$port/_debug/ping" 200 15 || fatal "Playground $name does not answer /_debug/ping"
 }
 # inbox NAME: dump `agentgate inbox` of scenario NAME into $S/inbox-NAME.jsonl (A: the built-in dev config, so
-# data_dir comes from the environment; B: its config file). Run from $S/NAME, which holds no agentgate.toml.
+# data_dir comes from the environment; B, C: their config file). Run from $S/NAME, which holds no agentgate.toml.
 inbox() {
   local name=$1 args=()
-  if [ "$name" = a ]; then args=(env AGENTGATE__DATA_DIR="$S/a/data" "$BIN" inbox); else args=("$BIN" inbox --config "$S/b/agentgate.toml"); fi
+  if [ "$name" = a ]; then args=(env AGENTGATE__DATA_DIR="$S/a/data" "$BIN" inbox); else args=("$BIN" inbox --config "$S/$name/agentgate.toml"); fi
   (cd "$S/$name" && "${args[@]}" --limit 1000) >"$S/inbox-$name.jsonl" 2>>"$L/inbox-$name.err"
 }
 # wait_inbox NAME COUNT SECONDS: poll the inbox until it holds at least COUNT entries.
@@ -258,6 +269,16 @@ rec_settled() {
     q rec "$S/rec-$1.log" "d.filter(r => /-> User Application/.test(r.direction)).length >= $2" >/dev/null 2>&1 && return 0
     sleep 0.25
   done
+  return 1
+}
+# eventually SECONDS CMD...: retry CMD every 0.25 s until it succeeds (its output is kept only from the last try).
+eventually() {
+  local secs=$1 out; shift
+  for _ in $(seq $((secs * 4))); do
+    if out=$("$@" 2>&1); then printf '%s\n' "$out"; return 0; fi
+    sleep 0.25
+  done
+  printf '%s\n' "$out"
   return 1
 }
 # post NAME URL TOKEN|- BODY_FILE: POST an activity with curl; prints the HTTP status.
@@ -409,6 +430,236 @@ cp "$S/inbox-b.jsonl" "$L/inbox-b-final.jsonl" 2>/dev/null || true
 export NONCE
 check "B/curl: the accepted requests are in the inbox once each (botframework), no refused one is" \
   q inbox "$S/inbox-b.jsonl" '((mine) => mine.length === 2 && ["ok-", "slash-"].every(p => mine.filter(e => e.b.text === p + env.NONCE && e.auth === "botframework").length === 1))(d.filter(e => typeof e.b.text === "string" && e.b.text.endsWith("-" + env.NONCE)))'
+
+# ---------------------------------------------------------------------------- scenario C: outbound (dev, config file)
+log "scenario C: agentgate send -> outbox -> worker -> the Playground's mock Connector (dev, config file)"
+CFG_C=$S/c/agentgate.toml
+cat >"$CFG_C" <<EOF
+data_dir = "$S/c/data"
+
+[server]
+bind = "127.0.0.1:3980"
+
+[clouds.public]
+openid_metadata_url = "$META"
+
+[[bots]]
+app_id = "$APP_ID"
+display_name = "agentgate e2e (outbound)"
+allowed_tenants = ["$TENANT"]
+
+[outbound]
+poll_interval_ms = 50
+EOF
+check "C: agentgate check --dev accepts the config (no bot credential: dev placeholder token)" "$BIN" check --dev --config "$CFG_C"
+bg agentgate-c.log "$BIN" serve --dev --config "$CFG_C"
+wait_log "$L/agentgate-c.log" '^agentgate listening on http://127\.0\.0\.1:3980' 20 || fatal "agentgate (C) did not start"
+wait_http http://127.0.0.1:3980/readyz 200 20 || fatal "agentgate (C) never became ready"
+start_playground c 56154 http://127.0.0.1:3980/api/messages
+PG_C=http://127.0.0.1:56154
+
+# The Playground's conversation stream (what its UI renders) recorded as JSON lines, one per event.
+cat >"$S/ws-watch.js" <<'EOF'
+// node ws-watch.js WS_URL FILE: append every event of the Playground's conversation stream to FILE (JSON lines).
+const WebSocket = require(require.resolve('ws', { paths: [process.env.E2E_PEERS_CACHE] }));
+const fs = require('fs'); const [url, file] = process.argv.slice(2);
+const ws = new WebSocket(url);
+ws.on('open', () => console.log('ws open'));
+ws.on('message', d => { let line; try { line = JSON.stringify(JSON.parse(d.toString())); } catch { line = JSON.stringify({ raw: d.toString() }); } fs.appendFileSync(file, line + '\n'); });
+ws.on('close', () => { console.log('ws closed'); process.exit(0); });
+ws.on('error', e => { console.error('ws error:', e.message); process.exit(1); });
+EOF
+# One Playground HTTP API call per run (what its web UI calls); prints {status, body}.
+cat >"$S/pg.js" <<'EOF'
+// node pg.js BASE config | install CONV | message CONV TEXT | submit CONV REPLY_TO VALUE_JSON | invoke CONV REPLY_TO ACTION_JSON
+const [BASE, cmd, conv, a1, a2] = process.argv.slice(2); const ME = process.env.PG_USER || 'user-id-0';
+const call = async (method, path, body) => {
+  const r = await fetch(BASE + path, { method, headers: { 'content-type': 'application/json' }, body: body && JSON.stringify(body), signal: AbortSignal.timeout(15000) });
+  const t = await r.text(); let v; try { v = JSON.parse(t); } catch { v = t; }
+  console.log(JSON.stringify({ status: r.status, body: v })); if (r.status >= 300) process.exit(1);
+};
+const c = encodeURIComponent(conv || '');
+({
+  config: () => call('GET', '/_internal/v1/config'),
+  install: () => call('POST', `/_debug/conversation/${c}/installation`, {}),
+  message: () => call('POST', `/_conversation/v1/conversations/${c}/messages`, { from: { id: ME }, text: a1, textFormat: 'plain' }),
+  submit: () => call('POST', '/_conversation/v1/submit', { conversation: { id: conv }, from: { id: ME }, replyToId: a1, value: JSON.parse(a2) }),
+  invoke: () => call('POST', '/_conversation/v1/invoke', { name: 'adaptiveCard/action', from: { id: ME }, conversation: { id: conv }, replyToId: a1, value: { action: JSON.parse(a2) } }),
+}[cmd] || (() => { console.error('unknown command ' + cmd); process.exit(2); }))().catch(e => { console.error(String(e)); process.exit(1); });
+EOF
+pg() { node "$S/pg.js" "$PG_C" "$@"; }
+WS_C=$S/ws-c.jsonl
+: >"$WS_C"
+bg ws-c.log node "$S/ws-watch.js" "ws://127.0.0.1:56154/_ws_conversation/v1/conversations/stream" "$WS_C"
+wait_log "$L/ws-c.log" '^ws open' 15 || fatal "could not open the Playground's conversation WebSocket"
+
+pg config >"$S/pg-c-config.json" 2>>"$L/pg-c-api.log" || fatal "Playground C: GET /_internal/v1/config failed"
+PC_C=$(q json "$S/pg-c-config.json" 'd.body.config.personalChat.id') || fatal "Playground C has no personal chat id"
+PG_USER=$(q json "$S/pg-c-config.json" 'd.body.config.currentUser.id') || fatal "Playground C has no current user"
+export PC_C PG_USER
+export E2E_TEXT_C="e2e C $NONCE: please answer ✓"
+if pg install "$PC_C" >>"$L/pg-c-api.log" 2>&1 && sleep 0.5 && pg message "$PC_C" "$E2E_TEXT_C" >>"$L/pg-c-api.log" 2>&1; then
+  pass "C: Playground install + personal message"
+else
+  fail "C: Playground install + personal message"
+fi
+# inbox_c_has EXPR: a fresh `agentgate inbox` of C satisfies EXPR (see q.js, kind inbox).
+inbox_c_has() { inbox c && q inbox "$S/inbox-c.jsonl" "$1"; }
+check "C: the inbound message is in the inbox (dev-anonymous)" eventually 15 \
+  inbox_c_has 'd.some(e => e.activity_type === "message" && e.b.text === env.E2E_TEXT_C && e.auth === "dev-anonymous")'
+inbox c || true
+INBOUND_C=$(q inbox "$S/inbox-c.jsonl" 'd.find(e => e.activity_type === "message" && e.b.text === env.E2E_TEXT_C).activity_id' 2>/dev/null || echo none)
+
+# send_c ARGS...: `agentgate send --config C.toml ARGS` (stdin passes through); prints the outbox id.
+send_c() {
+  local out
+  out=$("$BIN" send --config "$CFG_C" "$@" 2>>"$L/send-c.err") || return 1
+  printf '%s\n' "$out" >>"$L/send-c.log"
+  grep -oE 'outbox #[0-9]+' <<<"$out" | head -n1 | grep -oE '[0-9]+'
+}
+# settled ID: the outbox entry has reached a final state (its JSON is left in $S/outbox-ID.json).
+settled() {
+  "$BIN" outbox --config "$CFG_C" --id "$1" >"$S/outbox-$1.json" 2>>"$L/outbox-c.err" &&
+    q json "$S/outbox-$1.json" '["delivered", "dead", "uncertain"].includes(d.state)'
+}
+SENT_C=0
+# deliver NAME ARGS...: queue a send, wait until the worker settled it; PASS when `delivered` with a result id.
+# The outbox id is left in $OID.
+OID=none
+deliver() {
+  local name=$1; shift
+  OID=none
+  SENT_C=$((SENT_C + 1))
+  if OID=$(send_c "$@") && eventually 20 settled "$OID" >/dev/null &&
+    q json "$S/outbox-$OID.json" 'd.state === "delivered" && typeof d.result_id === "string"' >/dev/null; then
+    pass "$name: queued, then delivered by the worker"
+  else
+    fail "$name: queued, then delivered by the worker (outbox: $(cat "$S/outbox-$OID.json" 2>/dev/null || echo none))"
+  fi
+  echo "== $name: outbox #$OID $(cat "$S/outbox-$OID.json" 2>/dev/null)" >>"$L/checks.log"
+}
+rid() { q json "$S/outbox-$1.json" 'd.result_id' 2>/dev/null || echo none; }
+
+# 1. a text reply to the inbound message
+export REPLY_TEXT="reply $NONCE: hello from agentgate ✓"
+deliver "C: text reply (--reply-to the inbound message)" --conversation "$PC_C" --reply-to "$INBOUND_C" --text "$REPLY_TEXT"
+REPLY_ID=$(rid "$OID"); export REPLY_ID
+check "C: the Playground shows the reply in the personal chat (WebSocket createMessage, id = result_id)" eventually 10 \
+  q jsonl "$WS_C" 'd.some(e => e.action === "createMessage" && e.actionConversationId === env.PC_C && e.message.from.id === env.APP_ID && e.message.text === env.REPLY_TEXT && e.message.messageId === env.REPLY_ID)'
+export INBOUND_C
+check "C: the reply went to the mock Connector's reply path (POST v3/conversations/{conv}/activities/{inbound id} -> 201)" \
+  q rec "$S/rec-c.log" 'd.some(r => /User Application ->/.test(r.direction) && r.request.method === "POST" && r.request.url.endsWith("/activities/" + encodeURIComponent(env.INBOUND_C)) && r.response.statusCode === 201 && r.request.body.text === env.REPLY_TEXT)'
+
+# 2. a proactive message: POST v3/conversations (1:1 with the user), then the message into it
+export PRO_TEXT="proactive $NONCE: a message nobody asked for"
+deliver "C: proactive message (--user $PG_USER --tenant)" --user "$PG_USER" --tenant "$TENANT" --text "$PRO_TEXT"
+PRO_RESULT=$(rid "$OID")
+export PRO_CONV=${PRO_RESULT%%|*} PRO_ID=${PRO_RESULT#*|}
+check "C: the Playground shows the proactive message in the 1:1 chat POST v3/conversations returned (result_id = conversation|activity)" eventually 10 \
+  q jsonl "$WS_C" 'env.PRO_CONV.length > 0 && d.some(e => e.action === "createMessage" && e.actionConversationId === env.PRO_CONV && e.message.from.id === env.APP_ID && e.message.text === env.PRO_TEXT && e.message.messageId === env.PRO_ID)'
+check "C: the proactive send created the 1:1 first (POST v3/conversations: the user as member, the tenant -> 201)" \
+  q rec "$S/rec-c.log" 'd.some(r => r.request.method === "POST" && /\/_connector\/v3\/conversations$/.test(r.request.url) && r.response.statusCode === 201 && r.request.body.members[0].id === env.PG_USER && r.request.body.tenantId === env.TENANT && r.request.body.isGroup === false)'
+if [ "$PRO_CONV" = "$PC_C" ]; then log "proactive: the Playground reused the existing personal chat $PC_C"; else log "proactive: the Playground opened a new 1:1 chat $PRO_CONV (existing personal chat: $PC_C)"; fi
+
+# 3. an Adaptive Card with Action.Submit and Action.Execute
+cat >"$S/card.json" <<EOF
+{
+  "type": "AdaptiveCard",
+  "\$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+  "version": "1.4",
+  "body": [{"type": "TextBlock", "text": "Run the tool call? ($NONCE)", "wrap": true}],
+  "actions": [
+    {"type": "Action.Submit", "title": "Approve", "data": {"decision": "approve", "nonce": "$NONCE"}},
+    {"type": "Action.Execute", "title": "Deny", "verb": "deny", "data": {"nonce": "$NONCE"}}
+  ]
+}
+EOF
+deliver "C: Adaptive Card (--card, Action.Submit + Action.Execute)" --conversation "$PC_C" --card "$S/card.json"
+CARD_ID=$(rid "$OID"); export CARD_ID
+check "C: the Playground shows the card (adaptive attachment with both actions, id = result_id)" eventually 10 \
+  q jsonl "$WS_C" 'd.some(e => e.action === "createMessage" && e.actionConversationId === env.PC_C && e.message.messageId === env.CARD_ID && (e.message.attachments || []).some(a => a.contentType === "application/vnd.microsoft.card.adaptive" && a.content.body[0].text.includes(env.NONCE) && ["Action.Submit", "Action.Execute"].every(t => a.content.actions.some(x => x.type === t))))'
+
+# 4. the card's Action.Submit and Action.Execute, as the Playground's UI sends them
+if pg submit "$PC_C" "$CARD_ID" "{\"decision\":\"approve\",\"nonce\":\"$NONCE\"}" >"$S/submit-c.json" 2>>"$L/pg-c-api.log"; then
+  pass "C: Playground card submit (Action.Submit) accepted by its API"
+else
+  fail "C: Playground card submit (Action.Submit) accepted by its API"
+fi
+check "C: the submit lands in agentgate inbox (message with value, replyToId = the card)" eventually 15 \
+  inbox_c_has 'd.some(e => e.activity_type === "message" && e.b.value && e.b.value.nonce === env.NONCE && e.b.value.decision === "approve" && e.b.replyToId === env.CARD_ID)'
+if pg invoke "$PC_C" "$CARD_ID" "{\"type\":\"Action.Execute\",\"title\":\"Deny\",\"verb\":\"deny\",\"data\":{\"nonce\":\"$NONCE\"}}" >"$S/invoke-c.json" 2>>"$L/pg-c-api.log"; then
+  pass "C: Playground Action.Execute invoke accepted by its API"
+else
+  fail "C: Playground Action.Execute invoke accepted by its API"
+fi
+check "C: Action.Execute answered with agentgate's invoke response (HTTP 200, message type)" \
+  q json "$S/invoke-c.json" 'd.status === 200 && d.body.type === "application/vnd.microsoft.activity.message" && typeof d.body.value === "string" && d.body.value.length > 0'
+check "C: agentgate's raw answer to the adaptiveCard/action invoke (per the recording) is 200" eventually 10 \
+  q rec "$S/rec-c.log" 'd.some(r => r.activityName === "invoke" && r.response.statusCode === 200 && r.response.body.statusCode === 200)'
+check "C: the Action.Execute invoke lands in agentgate inbox (adaptiveCard/action, verb deny, replyToId = the card)" eventually 15 \
+  inbox_c_has 'd.some(e => e.activity_type === "invoke" && e.b.name === "adaptiveCard/action" && e.b.value.action.verb === "deny" && e.b.value.action.data.nonce === env.NONCE && e.b.replyToId === env.CARD_ID)'
+
+# 5. an update of the reply
+export EDIT_TEXT="reply $NONCE: edited by agentgate ✎"
+deliver "C: update of the reply (--update its result_id)" --conversation "$PC_C" --update "$REPLY_ID" --text "$EDIT_TEXT"
+check "C: the Playground shows the edited reply (WebSocket updateMessage of the same message id)" eventually 10 \
+  q jsonl "$WS_C" 'd.some(e => e.action === "updateMessage" && e.actionConversationId === env.PC_C && e.message.messageId === env.REPLY_ID && e.message.text === env.EDIT_TEXT)'
+check "C: the mock Connector recorded the update as PUT v3/conversations/{conv}/activities/{reply id} -> 200" \
+  q rec "$S/rec-c.log" 'd.some(r => r.request.method === "PUT" && r.request.url.endsWith("/activities/" + env.REPLY_ID) && r.response.statusCode === 200 && r.request.body.text === env.EDIT_TEXT)'
+
+# 6. a typing indicator
+deliver "C: typing indicator (--typing)" --conversation "$PC_C" --typing
+check "C: the Playground shows the bot typing in the personal chat (WebSocket typing)" eventually 10 \
+  q jsonl "$WS_C" 'd.some(e => e.action === "typing" && e.actionConversationId === env.PC_C)'
+
+# 7. a streamed reply, once `agentgate send` has --stream (the text comes from stdin, without a final newline)
+if "$BIN" send --help 2>/dev/null | grep -q -- '--stream'; then
+  export STREAM_TEXT="stream $NONCE: one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty, and done ✓"
+  deliver "C: streamed reply (--stream, text from stdin)" --conversation "$PC_C" --stream --stream-interval-ms 300 < <(printf '%s' "$STREAM_TEXT")
+  export STREAM_RESULT; STREAM_RESULT=$(rid "$OID")
+  # The stream as the user sees it: the bubble the first streaminfo activity created, then updates of that same
+  # bubble with growing (cumulative) text, at least one `streaming` update, a `final` one with the whole text,
+  # and no second bubble carrying the whole text.
+  cat >"$S/stream-view.js" <<'EOF'
+module.exports = (ev, env) => {
+  const start = ev.findIndex(e => e.action === 'createMessage' && e.actionConversationId === env.PC_C && e.message.from.id === env.APP_ID && (e.message.text || '').startsWith('stream ' + env.NONCE));
+  if (start < 0) return null;
+  const id = ev[start].message.messageId;
+  const ups = ev.slice(start + 1).filter(e => e.action === 'updateMessage' && e.message.messageId === id);
+  const texts = [ev[start].message].concat(ups.map(e => e.message)).map(m => m.text || '');
+  const types = [ev[start].message].concat(ups.map(e => e.message)).map(m => (m.streamEntity || {}).streamType);
+  const dup = ev.some((e, i) => i !== start && e.action === 'createMessage' && e.message.text === env.STREAM_TEXT);
+  return { id, texts, types, dup };
+};
+EOF
+  check "C: the Playground shows the stream: one bubble, streaming updates with growing text, then the final with the whole text" eventually 10 \
+    q jsonl "$WS_C" '((v) => v !== null && !v.dup && v.texts.length >= 3 && v.texts[0].length < env.STREAM_TEXT.length && v.texts.every((t, i) => i === 0 || t.startsWith(v.texts[i - 1])) && v.types.slice(1, -1).includes("streaming") && v.types[v.types.length - 1] === "final" && v.texts[v.texts.length - 1] === env.STREAM_TEXT)(require(env.E2E_SCRATCH + "/stream-view.js")(d, env))'
+  check "C: the streamed reply's outbox result_id is the id of the message the user sees" \
+    q jsonl "$WS_C" '((v) => v !== null && v.id === env.STREAM_RESULT)(require(env.E2E_SCRATCH + "/stream-view.js")(d, env))'
+else
+  skip "C: streamed reply: \`agentgate send --help\` does not list --stream yet"
+fi
+
+# 8. the books: every send delivered exactly once, the audit chain intact
+export SENT_C
+outbox_all_delivered() {
+  "$BIN" outbox --config "$CFG_C" --limit 1000 >"$S/outbox-c.jsonl" &&
+    q jsonl "$S/outbox-c.jsonl" 'd.length === Number(env.SENT_C) && d.every(e => e.state === "delivered" && e.attempts === 1 && (e.result_id || e.op.op === "stream" || (e.op.activity || {}).type === "typing"))'
+}
+metrics_only_delivered() {
+  curl -s --max-time 5 http://127.0.0.1:3980/metrics >"$S/metrics-c.txt" &&
+    grep -qx "agentgate_outbound_attempts_total{outcome=\"delivered\"} $SENT_C" "$S/metrics-c.txt" &&
+    ! grep -E '^agentgate_outbound_attempts_total\{outcome="(retried|uncertain|dead)"\} [1-9]' "$S/metrics-c.txt"
+}
+audit_per_send() {
+  "$BIN" audit --config "$CFG_C" --limit 1000 >"$S/audit-c.jsonl" &&
+    q jsonl "$S/audit-c.jsonl" '["queued", "delivered"].every(o => d.filter(e => e.outcome === o).length === Number(env.SENT_C))'
+}
+check "C: agentgate outbox: all $SENT_C entries delivered in one attempt, each with a result id (typing: none; stream: checked above)" outbox_all_delivered
+check "C: /metrics counts $SENT_C delivered outbound attempts, no retry/uncertain/dead" metrics_only_delivered
+check "C: agentgate audit --verify: the chain is intact" "$BIN" audit --verify --config "$CFG_C"
+check "C: the audit log has one queued and one delivered event per send" audit_per_send
+cp "$WS_C" "$S/inbox-c.jsonl" "$L/" 2>/dev/null || true
 
 summary
 [ "$FAILED" -eq 0 ]

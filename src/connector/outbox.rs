@@ -205,12 +205,13 @@ impl Outbound {
                 continue;
             }
             if item.op.is_create() || matches!(item.op, OutboundOp::Update { .. }) {
-                let verdict = self.throttle.lock().unwrap_or_else(PoisonError::into_inner).try_acquire(
-                    &item.bot_app_id,
-                    &item.tenant_id,
-                    &item.conversation_id,
-                    Instant::now(),
-                );
+                // A proactive send is two requests (create the chat, then post): two slots.
+                let slots = if matches!(item.op, OutboundOp::CreatePersonal { .. }) { 2 } else { 1 };
+                let verdict = {
+                    let mut throttle = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+                    (0..slots)
+                        .try_for_each(|_| throttle.try_acquire(&item.bot_app_id, &item.tenant_id, &item.conversation_id, Instant::now()))
+                };
                 if let Err(wait) = verdict {
                     self.metrics.outbound(OutboundOutcome::Throttled);
                     soonest = Some(soonest.map_or(wait, |s| s.min(wait)));
@@ -370,6 +371,7 @@ impl Outbound {
         let mut chunks = chunks.iter();
         let mut finished = false;
         let mut landed = 0usize;
+        let mut stream_id = String::new();
         loop {
             while let Some(send) = queue.pop_front() {
                 let send: crate::teams::StreamSend = send;
@@ -379,8 +381,14 @@ impl Outbound {
                     Ok(r) => {
                         landed += 1;
                         match send.kind {
-                            StreamSendKind::Start => queue.extend(stream.started(&r.id, Instant::now())),
-                            StreamSendKind::Final | StreamSendKind::Message => final_id = r.id,
+                            StreamSendKind::Start => {
+                                stream_id.clone_from(&r.id);
+                                queue.extend(stream.started(&r.id, Instant::now()));
+                            }
+                            // Teams may answer the final without a body: the streamed message keeps the
+                            // stream's id, which is then the id to update or delete it by.
+                            StreamSendKind::Final => final_id = if r.id.is_empty() { stream_id.clone() } else { r.id },
+                            StreamSendKind::Message => final_id = r.id,
                             StreamSendKind::Update => {}
                         }
                     }

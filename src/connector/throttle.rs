@@ -1,8 +1,10 @@
 //! Teams' rate limits, applied before a request is made.
 //!
 //! Per bot and conversation: 7 sends per 1 s, 8 per 2 s, 60 per 30 s, 1,800 per hour. Per bot and
-//! tenant: 50 requests per second. Each window is a sliding log of send times, so a burst is spread
-//! exactly as far as the limits demand and no further. Time comes from the caller, so tests drive the
+//! tenant: 50 requests per second. Each window is a sliding log of send times. A slot is reserved a
+//! moment before the request reaches Teams, and requests reserved together do not all arrive at once, so
+//! every window is kept a little longer than Teams' own ([`margin`]: a tenth, at most 1 s): without it,
+//! two bursts a window apart can overlap in Teams' count. Time comes from the caller, so tests drive the
 //! windows with a fake clock.
 
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +20,11 @@ pub const CONVERSATION_LIMITS: [Limit; 4] =
 /// Teams' global limit per app per tenant.
 pub const TENANT_LIMITS: [Limit; 1] = [(Duration::from_secs(1), 50)];
 
+/// How much longer than Teams' window a window is kept.
+pub fn margin(window: Duration) -> Duration {
+    (window / 10).min(Duration::from_secs(1))
+}
+
 #[derive(Debug, Default)]
 struct Log {
     sends: VecDeque<Instant>,
@@ -26,12 +33,13 @@ struct Log {
 impl Log {
     /// How long until one more send fits every limit (zero: now).
     fn wait(&mut self, limits: &[Limit], now: Instant) -> Duration {
-        let longest = limits.iter().map(|l| l.0).max().unwrap_or_default();
+        let longest = limits.iter().map(|l| l.0 + margin(l.0)).max().unwrap_or_default();
         while self.sends.front().is_some_and(|t| now.saturating_duration_since(*t) >= longest) {
             self.sends.pop_front();
         }
         let mut wait = Duration::ZERO;
-        for &(window, max) in limits {
+        for &(teams_window, max) in limits {
+            let window = teams_window + margin(teams_window);
             // Sends inside the window ending now.
             let inside = self.sends.iter().rev().take_while(|t| now.saturating_duration_since(**t) < window).count();
             if inside >= max {
@@ -89,8 +97,9 @@ impl Throttle {
     /// Forget logs with no send in the last hour (bounded memory).
     pub fn prune(&mut self, now: Instant) {
         let hour = Duration::from_secs(3600);
-        self.conversations.retain(|_, l| l.sends.back().is_some_and(|t| now.saturating_duration_since(*t) < hour));
-        self.tenants.retain(|_, l| l.sends.back().is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(1)));
+        self.conversations.retain(|_, l| l.sends.back().is_some_and(|t| now.saturating_duration_since(*t) < hour + margin(hour)));
+        let second = Duration::from_secs(1);
+        self.tenants.retain(|_, l| l.sends.back().is_some_and(|t| now.saturating_duration_since(*t) < second + margin(second)));
     }
 }
 
@@ -125,12 +134,12 @@ mod tests {
         for (window, max) in CONVERSATION_LIMITS {
             assert!(max_in_window(&times, window) <= max, "{window:?} allows at most {max}");
         }
-        // 7 go at once, the 8th waits for the 1 s window, the 9th for the 2 s window.
+        // 7 go at once, the 8th waits for the 1 s window (plus its margin), the 9th for the 2 s one.
         assert_eq!(times[6], Duration::ZERO);
-        assert_eq!(times[7], Duration::from_secs(1));
-        assert_eq!(times[8], Duration::from_secs(2));
-        // 60 per 30 s: the 61st send is at 30 s.
-        assert_eq!(times[60], Duration::from_secs(30));
+        assert_eq!(times[7], Duration::from_millis(1100));
+        assert_eq!(times[8], Duration::from_millis(2200));
+        // 60 per 30 s: the 61st send is at 30 s plus the margin (capped at 1 s).
+        assert_eq!(times[60], Duration::from_secs(31));
     }
 
     #[test]
@@ -138,7 +147,7 @@ mod tests {
         let mut t = Throttle::new();
         let times = drive(&mut t, "c1", Instant::now(), 1801);
         assert_eq!(max_in_window(&times, Duration::from_secs(3600)), 1800);
-        assert!(times[1800] >= Duration::from_secs(3600));
+        assert!(times[1800] >= Duration::from_secs(3601));
     }
 
     #[test]
@@ -154,7 +163,8 @@ mod tests {
         assert_eq!(ok, 50);
         assert!(t.try_acquire("bot", "other-tenant", "c-x", now).is_ok(), "tenants are separate");
         assert!(t.try_acquire("other-bot", "tenant", "c-y", now).is_ok(), "bots are separate");
-        assert_eq!(t.try_acquire("bot", "tenant", "c-z", now + Duration::from_secs(1)), Ok(()));
+        assert!(t.try_acquire("bot", "tenant", "c-z", now + Duration::from_secs(1)).is_err(), "the margin holds");
+        assert_eq!(t.try_acquire("bot", "tenant", "c-z", now + Duration::from_millis(1100)), Ok(()));
     }
 
     #[test]
@@ -165,14 +175,14 @@ mod tests {
             t.try_acquire("b", "t", "c", now).unwrap();
         }
         for _ in 0..5 {
-            assert_eq!(t.try_acquire("b", "t", "c", now), Err(Duration::from_secs(1)));
+            assert_eq!(t.try_acquire("b", "t", "c", now), Err(Duration::from_millis(1100)));
         }
-        assert_eq!(t.try_acquire("b", "t", "c", now + Duration::from_secs(1)), Ok(()));
+        assert_eq!(t.try_acquire("b", "t", "c", now + Duration::from_millis(1100)), Ok(()));
         let mut off = Throttle::disabled();
         for _ in 0..1000 {
             off.try_acquire("b", "t", "c", now).unwrap();
         }
-        t.prune(now + Duration::from_secs(7200));
+        t.prune(now + Duration::from_secs(7300));
         assert!(t.conversations.is_empty() && t.tenants.is_empty());
     }
 }
