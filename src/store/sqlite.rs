@@ -942,6 +942,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn no_audit_event_no_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.enqueue_outbound(outbound("c", send("first"))).await.unwrap();
+        // The audit table refuses writes (a full disk, a broken file): nothing may be queued.
+        let conn = Connection::open(dir.path().join("sub/agentgate.db")).unwrap();
+        conn.execute_batch("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;").unwrap();
+        drop(conn);
+        assert!(store.enqueue_outbound(outbound("c", send("second"))).await.is_err());
+        let queued = store.outbox(None, 10).await.unwrap();
+        assert_eq!(queued.len(), 1, "the send without its audit event was not queued");
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn audit_chain_detects_tampering() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
