@@ -948,7 +948,8 @@ mod tests {
         store.enqueue_outbound(outbound("c", send("first"))).await.unwrap();
         // The audit table refuses writes (a full disk, a broken file): nothing may be queued.
         let conn = Connection::open(dir.path().join("sub/agentgate.db")).unwrap();
-        conn.execute_batch("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;").unwrap();
+        conn.execute_batch("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;")
+            .unwrap();
         drop(conn);
         assert!(store.enqueue_outbound(outbound("c", send("second"))).await.is_err());
         let queued = store.outbox(None, 10).await.unwrap();
