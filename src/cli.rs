@@ -179,6 +179,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Run `f` against the configured store (which must exist), closing it afterwards.
+fn with_store<T>(config: &ConfigArgs, dev: bool, f: impl AsyncFnOnce(&Config, &SqliteStore) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let cfg = config.load(dev)?;
+    let path = existing_store(&cfg)?;
+    runtime()?.block_on(async {
+        let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
+        let result = f(&cfg, &store).await;
+        store.close().await;
+        result
+    })
+}
+
+/// One JSON object per line on stdout.
+fn print_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for item in items {
+        writeln!(out, "{}", serde_json::to_string(&item)?)?;
+    }
+    Ok(())
+}
+
 /// The store file, which must exist (commands other than `serve` never create one).
 fn existing_store(cfg: &Config) -> anyhow::Result<PathBuf> {
     let path = cfg.sqlite_path();
@@ -241,89 +262,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
-            let cfg = args.config.load(false)?;
-            let store_path = existing_store(&cfg)?;
-            runtime()?.block_on(async move {
-                let store = SqliteStore::open(&store_path, cfg.store.synchronous, 1, Default::default())?;
-                let queued = crate::connector::send::queue_from_cli(&cfg, &store, &args).await;
-                store.close().await;
-                let id = queued?;
-                println!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
-                anyhow::Ok(())
-            })?;
+            let id = with_store(&args.config, false, async |cfg, store| crate::connector::send::queue_from_cli(cfg, store, &args).await)?;
+            println!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
             Ok(ExitCode::SUCCESS)
         }
         Command::Members { config, conversation, bot, dev } => {
-            let cfg = config.load(dev)?;
-            let path = existing_store(&cfg)?;
-            runtime()?.block_on(async move {
-                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
-                let result = crate::connector::send::list_members(&cfg, &store, &conversation, bot.as_deref(), dev).await;
-                store.close().await;
-                let mut out = std::io::stdout().lock();
-                for m in result? {
-                    writeln!(out, "{}", serde_json::to_string(&m)?)?;
-                }
-                anyhow::Ok(())
+            let members = with_store(&config, dev, async |cfg, store| {
+                crate::connector::send::list_members(cfg, store, &conversation, bot.as_deref(), dev).await
             })?;
+            print_lines(members)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Outbox { config, id, limit } => {
-            let cfg = config.load(false)?;
-            let path = existing_store(&cfg)?;
-            runtime()?.block_on(async move {
-                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
-                let items = store.outbox(id, limit).await?;
-                let mut out = std::io::stdout().lock();
-                for item in items {
-                    writeln!(out, "{}", serde_json::to_string(&item)?)?;
-                }
-                store.close().await;
-                anyhow::Ok(())
-            })?;
+            print_lines(with_store(&config, false, async |_, store| Ok(store.outbox(id, limit).await?))?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { config, verify, limit } => {
-            let cfg = config.load(false)?;
-            let path = existing_store(&cfg)?;
-            let ok = runtime()?.block_on(async move {
-                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
-                let result = if verify {
-                    match store.verify_audit().await? {
-                        Ok(n) => {
-                            println!("audit chain intact: {n} events");
-                            true
-                        }
-                        Err(id) => {
-                            println!("audit chain BROKEN at event #{id}: it or an earlier event was altered or removed");
-                            false
-                        }
-                    }
-                } else {
-                    let mut out = std::io::stdout().lock();
-                    for e in store.audit_events(limit).await? {
-                        writeln!(out, "{}", serde_json::to_string(&e)?)?;
-                    }
-                    true
-                };
-                store.close().await;
-                anyhow::Ok(result)
-            })?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        Command::Audit { config, verify: true, .. } => {
+            match with_store(&config, false, async |_, store| Ok(store.verify_audit().await?))? {
+                Ok(n) => {
+                    println!("audit chain intact: {n} events");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(id) => {
+                    println!("audit chain BROKEN at event #{id}: it or an earlier event was altered or removed");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Audit { config, limit, .. } => {
+            print_lines(with_store(&config, false, async |_, store| Ok(store.audit_events(limit).await?))?)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { config, bot, limit } => {
-            let cfg = config.load(false)?;
-            let path = existing_store(&cfg)?;
-            runtime()?.block_on(async move {
-                let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
-                let items = store.pending_inbox(bot.as_deref(), limit).await?;
-                let mut out = std::io::stdout().lock();
-                for item in items {
-                    writeln!(out, "{}", serde_json::to_string(&item)?)?;
-                }
-                store.close().await;
-                anyhow::Ok(())
-            })?;
+            print_lines(with_store(&config, false, async |_, store| Ok(store.pending_inbox(bot.as_deref(), limit).await?))?)?;
             Ok(ExitCode::SUCCESS)
         }
     }
