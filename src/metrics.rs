@@ -30,6 +30,7 @@ label_enum!(
         PayloadTooLarge => "payload_too_large",
         UnsupportedMediaType => "unsupported_media_type",
         Unavailable => "unavailable",
+        TimedOut => "timed_out",
     }
 );
 
@@ -80,7 +81,7 @@ struct Histogram {
 /// Every metric the gateway exports on `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
-    requests: [AtomicU64; 9],
+    requests: [AtomicU64; 10],
     auth_failures: [AtomicU64; 16],
     key_refresh_ok: [AtomicU64; 3],
     key_refresh_err: [AtomicU64; 3],

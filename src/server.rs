@@ -37,7 +37,17 @@ pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Rou
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(axum::middleware::map_response_with_state(Arc::clone(&state), count_timeouts))
         .with_state(state)
+}
+
+/// The timeout layer answers 408 without reaching a handler: count those here.
+async fn count_timeouts(State(state): State<Arc<AppState>>, response: axum::response::Response) -> axum::response::Response {
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        state.metrics.request(crate::metrics::Outcome::TimedOut);
+        tracing::warn!("request timed out: 408");
+    }
+    response
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -296,3 +296,32 @@ async fn removing_the_bot_marks_the_conversation_unusable() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn a_request_that_takes_too_long_gets_408_and_is_counted() {
+    use std::io::{Read as _, Write as _};
+    let key = TestKey::teams("kid-teams", 0);
+    let oidc = FakeOidc::start(vec![key.clone()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.extra = "\n".into();
+    let app = TestApp::spawn_in_with(&tempfile::tempdir().unwrap().keep(), &opts, |t| {
+        t.replace("shutdown_grace_secs = 10", "shutdown_grace_secs = 10\nrequest_timeout_secs = 1")
+    })
+    .await
+    .unwrap();
+    let addr = app.url.trim_start_matches("http://").to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        // Headers and half the body, then silence: the body never completes.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"POST /api/messages HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"type\":")
+            .unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    assert_eq!(app.metric("agentgate_requests_total{outcome=\"timed_out\"}").await, 1);
+}
