@@ -96,6 +96,73 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// The Teams app: per-tenant app packages and admin-consent links.
+    #[command(subcommand)]
+    TeamsApp(TeamsAppCommand),
+}
+
+/// `agentgate teams-app …`
+#[derive(Debug, Subcommand)]
+pub enum TeamsAppCommand {
+    /// Render the manifest for a configured bot, add the icons and write `<out-dir>/<tenant>.zip`.
+    Package(Box<PackageArgs>),
+    /// Print the admin-consent link a tenant's administrator opens to grant the bot's app access.
+    ConsentUrl {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The customer tenant: its id (a GUID) or domain (contoso.onmicrosoft.com).
+        #[arg(long)]
+        tenant: String,
+        /// The bot (app id); default: every configured bot, one link per line.
+        #[arg(long)]
+        bot: Option<String>,
+    },
+}
+
+/// What `agentgate teams-app package` does.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The tenant this package is for (its id or a short name); the zip is named after it.
+    #[arg(long)]
+    pub tenant: String,
+    /// The bot (app id); needed only when several bots are configured.
+    #[arg(long)]
+    pub bot: Option<String>,
+    /// The public host of the messaging endpoint (e.g. bot.contoso.com), listed in validDomains.
+    #[arg(long, value_name = "HOST")]
+    pub domain: Option<String>,
+    /// The app version (MAJOR.MINOR.PATCH); bump it for every re-upload.
+    #[arg(long, default_value = "1.0.0")]
+    pub version: String,
+    /// The app's short name (at most 30 characters). Default: the bot's display_name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// At most 80 characters.
+    #[arg(long, default_value = crate::teams_app::DEFAULT_SHORT_DESCRIPTION)]
+    pub short_description: String,
+    /// At most 4000 characters.
+    #[arg(long, default_value = crate::teams_app::DEFAULT_FULL_DESCRIPTION)]
+    pub full_description: String,
+    /// The publisher's name (at most 32 characters).
+    #[arg(long, default_value = "agentgate")]
+    pub developer: String,
+    /// The publisher's https website. Default: https://<domain>/.
+    #[arg(long)]
+    pub website: Option<String>,
+    /// Default: the website.
+    #[arg(long)]
+    pub privacy_url: Option<String>,
+    /// Default: the website.
+    #[arg(long)]
+    pub terms_url: Option<String>,
+    /// The icon background and accent color.
+    #[arg(long, default_value = "#4F6BED")]
+    pub accent_color: String,
+    /// Where the zip goes.
+    #[arg(long, default_value = "teams-app/build")]
+    pub out_dir: PathBuf,
 }
 
 /// What `agentgate send` does.
@@ -209,6 +276,73 @@ fn existing_store(cfg: &Config) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The configured bots `--bot` selects (all of them without it), with their index in `bots`.
+fn select_bots<'a>(cfg: &'a Config, bot: Option<&str>) -> anyhow::Result<Vec<(usize, &'a crate::config::BotConfig)>> {
+    let all = cfg.bots.iter().enumerate();
+    let picked: Vec<_> = match bot {
+        Some(id) => all.filter(|(_, b)| b.app_id.eq_ignore_ascii_case(id)).collect(),
+        None => all.collect(),
+    };
+    match (bot, picked.is_empty()) {
+        (Some(id), true) => anyhow::bail!("no configured bot has app id `{id}`: --bot takes a bots[].app_id from the configuration"),
+        (None, true) => anyhow::bail!("no bot is configured: add a [[bots]] table (run `agentgate init` for a starter file)"),
+        _ => Ok(picked),
+    }
+}
+
+fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
+    use crate::teams_app::{AppInfo, consent_url, write_package};
+    match cmd {
+        TeamsAppCommand::Package(a) => {
+            let cfg = a.config.load(false)?;
+            cfg.validate(false)?;
+            let bots = select_bots(&cfg, a.bot.as_deref())?;
+            let [(index, bot)] = bots[..] else {
+                anyhow::bail!("{} bots are configured: pass --bot APP_ID to choose the one to package", bots.len());
+            };
+            if crate::teams_app::is_guid(&a.tenant) && !bot.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(&a.tenant)) {
+                anyhow::bail!(
+                    "`bots[{index}].allowed_tenants` does not list {}: the bot would refuse that tenant's traffic; add it to the config first",
+                    a.tenant
+                );
+            }
+            let info = AppInfo {
+                name: a.name,
+                short_description: a.short_description,
+                full_description: a.full_description,
+                developer: a.developer,
+                website: a.website,
+                privacy_url: a.privacy_url,
+                terms_url: a.terms_url,
+                version: a.version,
+                domain: a.domain,
+                accent_color: a.accent_color,
+            };
+            let (path, pkg) = write_package(bot, index, &info, &a.tenant, &a.out_dir)?;
+            println!("wrote {}", path.display());
+            for (name, data) in &pkg.files {
+                println!("  {name} ({} bytes)", data.len());
+            }
+            println!("upload it in Teams: Apps > Manage your apps > Upload an app (or the Teams admin center for the whole tenant)");
+            Ok(ExitCode::SUCCESS)
+        }
+        TeamsAppCommand::ConsentUrl { config, tenant, bot } => {
+            let cfg = config.load(false)?;
+            for (index, b) in select_bots(&cfg, bot.as_deref())? {
+                let url = consent_url(b.cloud, &tenant, &b.app_id).map_err(|e| {
+                    if e.field == "--bot" {
+                        anyhow::anyhow!("configuration error in `bots[{index}].app_id`: {}", e.problem)
+                    } else {
+                        e.into()
+                    }
+                })?;
+                println!("{url}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
@@ -297,5 +431,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_lines(with_store(&config, false, async |_, store| Ok(store.pending_inbox(bot.as_deref(), limit).await?))?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::TeamsApp(cmd) => teams_app(cmd),
     }
 }

@@ -19,4 +19,5 @@ pub mod server;
 pub mod service_url;
 pub mod store;
 pub mod teams;
+pub mod teams_app;
 pub mod telemetry;

@@ -14,4 +14,5 @@ mod durability;
 mod entra;
 mod intake;
 mod keys;
+mod teams_app;
 mod tls;

@@ -1,0 +1,815 @@
+//! The Teams app package: the manifest rendered from `manifests/bot.manifest.json` for one configured
+//! bot, two generated icons, zipped per tenant into `teams-app/build/<tenant>.zip`.
+//!
+//! Everything is validated before anything is written; an error names the field and the fix.
+//! The icons are drawn in code and encoded by the small PNG writer below (stored deflate blocks,
+//! so no image or compression crate is needed, and the packager can read its own pixels back to
+//! check sizes and the outline icon's transparency).
+
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::config::{BotConfig, Cloud};
+
+/// The bot app manifest template (schema v1.29) with `{{PLACEHOLDER}}`s.
+pub const BOT_MANIFEST_TEMPLATE: &str = include_str!("../manifests/bot.manifest.json");
+
+/// Side of the color icon, in pixels.
+pub const COLOR_SIZE: u32 = 192;
+/// Side of the outline icon, in pixels.
+pub const OUTLINE_SIZE: u32 = 32;
+
+/// The zip entries of a package, in order.
+pub const PACKAGE_ENTRIES: [&str; 3] = ["manifest.json", "color.png", "outline.png"];
+
+/// A packaging problem, with the field (or flag) it is about and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl PackageError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { field: field.into(), problem: problem.into() }
+    }
+}
+
+impl fmt::Display for PackageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "teams app package: `{}` {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for PackageError {}
+
+/// The values of the manifest that are not in the bot's configuration (CLI flags).
+#[derive(Debug, Clone)]
+pub struct AppInfo {
+    /// Short app name (≤ 30 characters); `None` uses the bot's `display_name`.
+    pub name: Option<String>,
+    pub short_description: String,
+    pub full_description: String,
+    pub developer: String,
+    /// Default: `https://<domain>/`.
+    pub website: Option<String>,
+    /// Default: the website.
+    pub privacy_url: Option<String>,
+    /// Default: the website.
+    pub terms_url: Option<String>,
+    /// The app package version (MAJOR.MINOR.PATCH); bump it for every upload.
+    pub version: String,
+    /// The public host name of the messaging endpoint (no scheme, no path).
+    pub domain: Option<String>,
+    pub accent_color: String,
+}
+
+impl Default for AppInfo {
+    fn default() -> Self {
+        Self {
+            name: None,
+            short_description: DEFAULT_SHORT_DESCRIPTION.into(),
+            full_description: DEFAULT_FULL_DESCRIPTION.into(),
+            developer: "agentgate".into(),
+            website: None,
+            privacy_url: None,
+            terms_url: None,
+            version: "1.0.0".into(),
+            domain: None,
+            accent_color: "#4F6BED".into(),
+        }
+    }
+}
+
+pub const DEFAULT_SHORT_DESCRIPTION: &str = "An AI agent you can chat with in Teams.";
+pub const DEFAULT_FULL_DESCRIPTION: &str = "An AI agent with its own seat in Microsoft Teams. Message it in a 1:1 chat, \
+add it to a group chat or a team channel and @mention it; it answers in the conversation.";
+
+/// A `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` GUID (what Teams requires for app and bot ids).
+pub fn is_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
+/// MAJOR.MINOR.PATCH with numbers only (the manifest schema's semver: no pre-release or build part).
+pub fn is_semver(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|c| c.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0')))
+}
+
+/// A DNS host name such as `bot.contoso.com` (no scheme, port, path or wildcard).
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.contains('.')
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        })
+}
+
+/// A name usable as a file name: `[A-Za-z0-9._-]`, not starting with a dot.
+pub fn is_package_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && !s.starts_with('.')
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+fn check_https(field: &str, value: &str) -> Result<(), PackageError> {
+    match url::Url::parse(value) {
+        Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Ok(()),
+        _ => Err(PackageError::new(field, format!("`{value}` must be an https URL such as https://contoso.com/privacy"))),
+    }
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), PackageError> {
+    let n = value.chars().count();
+    if value.trim().is_empty() {
+        return Err(PackageError::new(field, "is empty: Teams requires it"));
+    }
+    if n > max {
+        return Err(PackageError::new(field, format!("is {n} characters; Teams allows at most {max}: shorten it")));
+    }
+    Ok(())
+}
+
+/// The placeholder values, checked.
+#[derive(Debug, Clone)]
+struct Values {
+    app_id: String,
+    name: String,
+    short_description: String,
+    full_description: String,
+    developer: String,
+    website: String,
+    privacy_url: String,
+    terms_url: String,
+    version: String,
+    domain: Option<String>,
+    accent_color: String,
+}
+
+fn values(bot: &BotConfig, bot_index: usize, info: &AppInfo) -> Result<Values, PackageError> {
+    let field = |name: &str| format!("bots[{bot_index}].{name}");
+    if !is_guid(&bot.app_id) {
+        return Err(PackageError::new(
+            field("app_id"),
+            format!(
+                "`{}` is not a GUID: Teams requires the bot's Entra application (client) id, such as 00000000-0000-0000-0000-000000000000",
+                bot.app_id
+            ),
+        ));
+    }
+    let name = match &info.name {
+        Some(n) => {
+            check_len("--name", n, 30)?;
+            n.clone()
+        }
+        None if bot.display_name.trim().is_empty() => {
+            return Err(PackageError::new(field("display_name"), "is empty: set the bot's display name in the config, or pass --name"));
+        }
+        None => {
+            check_len(&field("display_name"), &bot.display_name, 30)
+                .map_err(|e| PackageError::new(e.field, format!("{} (or pass --name)", e.problem)))?;
+            bot.display_name.clone()
+        }
+    };
+    check_len("--short-description", &info.short_description, 80)?;
+    check_len("--full-description", &info.full_description, 4000)?;
+    check_len("--developer", &info.developer, 32)?;
+    if !is_semver(&info.version) {
+        return Err(PackageError::new("--version", format!("`{}` is not MAJOR.MINOR.PATCH (numbers only), such as 1.0.0", info.version)));
+    }
+    let domain = match info.domain.as_deref() {
+        Some(d) if !is_hostname(d) => {
+            return Err(PackageError::new(
+                "--domain",
+                format!(
+                    "`{d}` is not a host name: give the public host of the messaging endpoint without scheme, port or path, such as bot.contoso.com"
+                ),
+            ));
+        }
+        Some(d) => Some(d.to_ascii_lowercase()),
+        None => None,
+    };
+    let website = match (&info.website, &domain) {
+        (Some(w), _) => w.clone(),
+        (None, Some(d)) => format!("https://{d}/"),
+        (None, None) => return Err(PackageError::new("--website", "is required when --domain is not given: pass an https URL")),
+    };
+    check_https("--website", &website)?;
+    let privacy_url = info.privacy_url.clone().unwrap_or_else(|| website.clone());
+    check_https("--privacy-url", &privacy_url)?;
+    let terms_url = info.terms_url.clone().unwrap_or_else(|| website.clone());
+    check_https("--terms-url", &terms_url)?;
+    let c = info.accent_color.as_bytes();
+    if !(c.len() == 7 && c[0] == b'#' && c[1..].iter().all(u8::is_ascii_hexdigit)) {
+        return Err(PackageError::new("--accent-color", format!("`{}` is not a color such as #4F6BED", info.accent_color)));
+    }
+    Ok(Values {
+        app_id: bot.app_id.to_ascii_lowercase(),
+        name,
+        short_description: info.short_description.clone(),
+        full_description: info.full_description.clone(),
+        developer: info.developer.clone(),
+        website,
+        privacy_url,
+        terms_url,
+        version: info.version.clone(),
+        domain,
+        accent_color: info.accent_color.clone(),
+    })
+}
+
+/// Fill the template's `{{KEY}}` placeholders (JSON-escaped) and parse the result.
+pub fn render_template(template: &str, vars: &[(&str, &str)]) -> Result<Value, PackageError> {
+    let mut text = template.to_owned();
+    for (key, value) in vars {
+        let escaped = serde_json::to_string(value).map_err(|e| PackageError::new(*key, e.to_string()))?;
+        text = text.replace(&format!("{{{{{key}}}}}"), &escaped[1..escaped.len() - 1]);
+    }
+    if let Some(at) = text.find("{{") {
+        let rest = &text[at..];
+        let end = rest.find("}}").map_or(rest.len().min(40), |e| e + 2);
+        return Err(PackageError::new(
+            "manifests/bot.manifest.json",
+            format!("placeholder {} has no value: remove it or add a flag for it", &rest[..end]),
+        ));
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| PackageError::new("manifests/bot.manifest.json", format!("is not valid JSON after rendering: {e}")))
+}
+
+/// Render and check the manifest of `bot` (the `bot_index`-th configured bot).
+pub fn render_manifest(bot: &BotConfig, bot_index: usize, info: &AppInfo) -> Result<Value, PackageError> {
+    let v = values(bot, bot_index, info)?;
+    let mut manifest = render_template(
+        BOT_MANIFEST_TEMPLATE,
+        &[
+            ("APP_ID", &v.app_id),
+            ("BOT_NAME", &v.name),
+            ("FULL_NAME", &v.name),
+            ("SHORT_DESCRIPTION", &v.short_description),
+            ("FULL_DESCRIPTION", &v.full_description),
+            ("DEVELOPER_NAME", &v.developer),
+            ("WEBSITE", &v.website),
+            ("PRIVACY_URL", &v.privacy_url),
+            ("TERMS_URL", &v.terms_url),
+            ("VERSION", &v.version),
+            ("DOMAIN", v.domain.as_deref().unwrap_or("")),
+            ("ACCENT_COLOR", &v.accent_color),
+        ],
+    )?;
+    // No endpoint domain: no valid domains (the bot needs none; tabs and SSO would).
+    if let Some(domains) = manifest.get_mut("validDomains").and_then(Value::as_array_mut) {
+        domains.retain(|d| d.as_str().is_some_and(|s| !s.is_empty()));
+    }
+    check_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// Structural checks of a rendered manifest (what Teams rejects at upload).
+pub fn check_manifest(m: &Value) -> Result<(), PackageError> {
+    let s = |path: &str| m.pointer(path).and_then(Value::as_str);
+    for key in ["manifestVersion", "version", "id", "developer", "name", "description", "icons", "accentColor"] {
+        if m.get(key).is_none() {
+            return Err(PackageError::new(
+                format!("manifest.{key}"),
+                "is missing: Teams requires it; restore it in manifests/bot.manifest.json",
+            ));
+        }
+    }
+    if s("/manifestVersion") != Some("1.29") {
+        return Err(PackageError::new("manifest.manifestVersion", "must be \"1.29\" (the schema this template follows)"));
+    }
+    for path in ["/id", "/bots/0/botId", "/webApplicationInfo/id"] {
+        if !s(path).is_some_and(is_guid) {
+            return Err(PackageError::new(format!("manifest{}", path.replace('/', ".")), "must be a GUID (the bot's app id)"));
+        }
+    }
+    if s("/icons/color") != Some("color.png") || s("/icons/outline") != Some("outline.png") {
+        return Err(PackageError::new("manifest.icons", "must name color.png and outline.png, the files in the package"));
+    }
+    let domains = m.get("validDomains").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    for d in domains {
+        let d = d.as_str().unwrap_or_default();
+        if !is_hostname(d.trim_start_matches("*.")) {
+            return Err(PackageError::new("manifest.validDomains", format!("`{d}` is not a host name (no scheme or path)")));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- icons
+
+/// An RGBA image, row-major, 4 bytes per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rgba {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl Rgba {
+    pub fn new(width: u32, height: u32, fill: [u8; 4]) -> Self {
+        Self { width, height, pixels: fill.repeat((width * height) as usize) }
+    }
+
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 4] {
+        let i = ((y * self.width + x) * 4) as usize;
+        [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2], self.pixels[i + 3]]
+    }
+
+    fn set(&mut self, x: u32, y: u32, c: [u8; 4]) {
+        let i = ((y * self.width + x) * 4) as usize;
+        self.pixels[i..i + 4].copy_from_slice(&c);
+    }
+}
+
+/// The "gate" mark: two posts and a lintel, in a `size`-pixel square, `t` pixels thick, `m` margin.
+fn gate(x: u32, y: u32, size: u32, m: u32, t: u32) -> bool {
+    let inside = x >= m && x < size - m && y >= m && y < size - m;
+    let lintel = y < m + t;
+    let posts = x < m + t || x >= size - m - t;
+    let bar = y >= size / 2 - t / 2 && y < size / 2 - t / 2 + t && x >= m + 2 * t && x < size - m - 2 * t;
+    inside && (lintel || posts || bar)
+}
+
+const WHITE: [u8; 4] = [255, 255, 255, 255];
+
+/// The 192×192 color icon: a white gate on the accent color, fully opaque.
+pub fn color_icon(accent: [u8; 3]) -> Rgba {
+    let mut img = Rgba::new(COLOR_SIZE, COLOR_SIZE, [accent[0], accent[1], accent[2], 255]);
+    for y in 0..COLOR_SIZE {
+        for x in 0..COLOR_SIZE {
+            if gate(x, y, COLOR_SIZE, 44, 18) {
+                img.set(x, y, WHITE);
+            }
+        }
+    }
+    img
+}
+
+/// The 32×32 outline icon: a white gate on a fully transparent background.
+pub fn outline_icon() -> Rgba {
+    let mut img = Rgba::new(OUTLINE_SIZE, OUTLINE_SIZE, [0, 0, 0, 0]);
+    for y in 0..OUTLINE_SIZE {
+        for x in 0..OUTLINE_SIZE {
+            if gate(x, y, OUTLINE_SIZE, 5, 3) {
+                img.set(x, y, WHITE);
+            }
+        }
+    }
+    img
+}
+
+fn parse_hex_color(c: &str) -> [u8; 3] {
+    let h = |i: usize| c.get(i..i + 2).and_then(|s| u8::from_str_radix(s, 16).ok()).unwrap_or(0);
+    [h(1), h(3), h(5)]
+}
+
+// ---------------------------------------------------------------- PNG
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// CRC-32 (IEEE, as PNG and zip use it).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// Adler-32 (the zlib stream checksum).
+pub fn adler32(data: &[u8]) -> u32 {
+    let (mut a, mut b) = (1u32, 0u32);
+    for chunk in data.chunks(5552) {
+        for &x in chunk {
+            a += u32::from(x);
+            b += a;
+        }
+        a %= 65521;
+        b %= 65521;
+    }
+    (b << 16) | a
+}
+
+/// A zlib stream of stored (uncompressed) deflate blocks.
+pub fn zlib_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x78, 0x01];
+    let mut blocks = data.chunks(65_535).peekable();
+    if blocks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xFF, 0xFF]);
+    }
+    while let Some(block) = blocks.next() {
+        out.push(u8::from(blocks.peek().is_none()));
+        let len = block.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(&adler32(data).to_be_bytes());
+    out
+}
+
+/// The data of a zlib stream made of stored blocks (as [`zlib_stored`] writes), checksum checked.
+pub fn zlib_unstore(z: &[u8]) -> Result<Vec<u8>, String> {
+    if z.len() < 6 || z[0] & 0x0F != 8 || (u16::from(z[0]) << 8 | u16::from(z[1])) % 31 != 0 {
+        return Err("not a zlib stream".into());
+    }
+    let mut out = Vec::new();
+    let mut i = 2;
+    loop {
+        let header = *z.get(i).ok_or("truncated deflate stream")?;
+        if header & 0b110 != 0 {
+            return Err("compressed deflate blocks are not supported (only stored blocks, as agentgate writes)".into());
+        }
+        let b = z.get(i + 1..i + 5).ok_or("truncated stored block")?;
+        let len = u16::from_le_bytes([b[0], b[1]]);
+        if len != !u16::from_le_bytes([b[2], b[3]]) {
+            return Err("stored block length check failed".into());
+        }
+        let start = i + 5;
+        out.extend_from_slice(z.get(start..start + len as usize).ok_or("truncated stored block")?);
+        i = start + len as usize;
+        if header & 1 == 1 {
+            break;
+        }
+    }
+    let sum = z.get(i..i + 4).ok_or("missing adler32")?;
+    if u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]) != adler32(&out) {
+        return Err("adler32 mismatch".into());
+    }
+    Ok(out)
+}
+
+fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// Encode an RGBA image as PNG (8-bit RGBA, no filtering, stored deflate blocks).
+pub fn encode_png(img: &Rgba) -> Vec<u8> {
+    let mut out = PNG_SIGNATURE.to_vec();
+    let mut ihdr = Vec::with_capacity(13);
+    ihdr.extend_from_slice(&img.width.to_be_bytes());
+    ihdr.extend_from_slice(&img.height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    let row = img.width as usize * 4;
+    let mut raw = Vec::with_capacity((row + 1) * img.height as usize);
+    for r in img.pixels.chunks(row) {
+        raw.push(0);
+        raw.extend_from_slice(r);
+    }
+    chunk(&mut out, b"IDAT", &zlib_stored(&raw));
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// Decode a PNG written by [`encode_png`] (RGBA 8-bit, filter 0, stored blocks), checking every CRC.
+pub fn decode_png(png: &[u8]) -> Result<Rgba, String> {
+    if png.get(..8) != Some(&PNG_SIGNATURE[..]) {
+        return Err("not a PNG file (bad signature)".into());
+    }
+    let mut i = 8;
+    let (mut width, mut height) = (0u32, 0u32);
+    let mut idat = Vec::new();
+    let mut seen_end = false;
+    while i < png.len() {
+        let len = u32::from_be_bytes(png.get(i..i + 4).ok_or("truncated chunk")?.try_into().map_err(|_| "truncated chunk")?) as usize;
+        let body = png.get(i + 4..i + 8 + len).ok_or("truncated chunk")?;
+        let crc = png.get(i + 8 + len..i + 12 + len).ok_or("truncated chunk")?;
+        if crc32(body).to_be_bytes() != crc {
+            return Err(format!("CRC mismatch in chunk {}", String::from_utf8_lossy(&body[..4])));
+        }
+        let (kind, data) = body.split_at(4);
+        match kind {
+            b"IHDR" => {
+                if data.len() != 13 {
+                    return Err("bad IHDR".into());
+                }
+                width = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+                height = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+                if data[8..] != [8, 6, 0, 0, 0] {
+                    return Err("only 8-bit RGBA, non-interlaced PNGs are supported".into());
+                }
+            }
+            b"IDAT" => idat.extend_from_slice(data),
+            b"IEND" => {
+                seen_end = true;
+                break;
+            }
+            _ => {}
+        }
+        i += 12 + len;
+    }
+    if !seen_end || width == 0 || height == 0 {
+        return Err("missing IHDR, IDAT or IEND".into());
+    }
+    let raw = zlib_unstore(&idat)?;
+    let row = width as usize * 4;
+    if raw.len() != (row + 1) * height as usize {
+        return Err("image data does not match the IHDR size".into());
+    }
+    let mut pixels = Vec::with_capacity(row * height as usize);
+    for r in raw.chunks(row + 1) {
+        if r[0] != 0 {
+            return Err("only unfiltered scanlines are supported".into());
+        }
+        pixels.extend_from_slice(&r[1..]);
+    }
+    Ok(Rgba { width, height, pixels })
+}
+
+/// The icon checks Teams applies: the color icon is 192×192; the outline icon is 32×32, white on a
+/// transparent background (every pixel is fully transparent or white, and the corners are transparent).
+pub fn check_icons(color_png: &[u8], outline_png: &[u8]) -> Result<(), PackageError> {
+    let color = decode_png(color_png).map_err(|e| PackageError::new("color.png", e))?;
+    if (color.width, color.height) != (COLOR_SIZE, COLOR_SIZE) {
+        return Err(PackageError::new("color.png", format!("is {}×{}; Teams needs 192×192", color.width, color.height)));
+    }
+    let outline = decode_png(outline_png).map_err(|e| PackageError::new("outline.png", e))?;
+    if (outline.width, outline.height) != (OUTLINE_SIZE, OUTLINE_SIZE) {
+        return Err(PackageError::new("outline.png", format!("is {}×{}; Teams needs 32×32", outline.width, outline.height)));
+    }
+    let last = OUTLINE_SIZE - 1;
+    if [(0, 0), (last, 0), (0, last), (last, last)].iter().any(|&(x, y)| outline.pixel(x, y)[3] != 0) {
+        return Err(PackageError::new("outline.png", "needs a transparent background (the corners are not transparent)"));
+    }
+    for px in outline.pixels.chunks(4) {
+        if px[3] != 0 && px[..3] != [255, 255, 255] {
+            return Err(PackageError::new("outline.png", "must be white on transparent: a visible pixel is not white"));
+        }
+    }
+    if !outline.pixels.chunks(4).any(|px| px[3] != 0) {
+        return Err(PackageError::new("outline.png", "is fully transparent: draw the outline in white"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- package
+
+/// A built package, in memory.
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub manifest: Value,
+    /// `(entry name, bytes)` in [`PACKAGE_ENTRIES`] order.
+    pub files: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Render the manifest and icons of `bot` and check them all.
+pub fn build(bot: &BotConfig, bot_index: usize, info: &AppInfo) -> Result<Package, PackageError> {
+    let manifest = render_manifest(bot, bot_index, info)?;
+    let color = encode_png(&color_icon(parse_hex_color(&info.accent_color)));
+    let outline = encode_png(&outline_icon());
+    check_icons(&color, &outline)?;
+    let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| PackageError::new("manifest.json", e.to_string()))?;
+    text.push(b'\n');
+    Ok(Package { manifest, files: vec![("manifest.json", text), ("color.png", color), ("outline.png", outline)] })
+}
+
+/// The zip of a package (entries in [`PACKAGE_ENTRIES`] order, at the root, deflated).
+pub fn zip_package(pkg: &Package) -> anyhow::Result<Vec<u8>> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).unix_permissions(0o644);
+    for (name, data) in &pkg.files {
+        w.start_file(*name, opts)?;
+        w.write_all(data)?;
+    }
+    Ok(w.finish()?.into_inner())
+}
+
+/// Where `package` writes the zip of `tenant`.
+pub fn package_path(out_dir: &Path, tenant: &str) -> PathBuf {
+    out_dir.join(format!("{tenant}.zip"))
+}
+
+/// Build, check and write `<out_dir>/<tenant>.zip`; returns its path and the package.
+pub fn write_package(
+    bot: &BotConfig,
+    bot_index: usize,
+    info: &AppInfo,
+    tenant: &str,
+    out_dir: &Path,
+) -> anyhow::Result<(PathBuf, Package)> {
+    if !is_package_name(tenant) {
+        return Err(PackageError::new(
+            "--tenant",
+            format!(
+                "`{tenant}` is not usable as a file name: use letters, digits, dots, dashes or underscores (a tenant id or short name)"
+            ),
+        )
+        .into());
+    }
+    let pkg = build(bot, bot_index, info)?;
+    let bytes = zip_package(&pkg)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
+    let path = package_path(out_dir, tenant);
+    let tmp = out_dir.join(format!(".{tenant}.zip.tmp"));
+    std::fs::write(&tmp, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok((path, pkg))
+}
+
+// ---------------------------------------------------------------- consent
+
+/// The Entra login host of a cloud.
+pub fn login_host(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Public => "login.microsoftonline.com",
+        Cloud::Usgov => "login.microsoftonline.us",
+        Cloud::China => "login.partner.microsoftonline.cn",
+    }
+}
+
+/// The admin-consent link a tenant's administrator opens to grant the bot's app access.
+pub fn consent_url(cloud: Cloud, tenant: &str, app_id: &str) -> Result<String, PackageError> {
+    if !(is_guid(tenant) || is_hostname(tenant)) {
+        return Err(PackageError::new(
+            "--tenant",
+            format!("`{tenant}` is not a tenant id (a GUID) or a tenant domain such as contoso.onmicrosoft.com"),
+        ));
+    }
+    if !is_guid(app_id) {
+        return Err(PackageError::new("--bot", format!("`{app_id}` is not a GUID: use the bot's Entra application (client) id")));
+    }
+    Ok(format!("https://{}/{tenant}/adminconsent?client_id={app_id}", login_host(cloud)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::io::Read as _;
+
+    use super::*;
+
+    const APP: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn bot(app_id: &str, name: &str) -> BotConfig {
+        let mut b: BotConfig = toml::from_str(&format!("app_id = \"{app_id}\"\nallowed_tenants = [\"t\"]\n")).unwrap();
+        b.display_name = name.into();
+        b
+    }
+
+    fn info() -> AppInfo {
+        AppInfo { domain: Some("bot.contoso.com".into()), ..AppInfo::default() }
+    }
+
+    #[test]
+    fn checksums_match_known_values() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
+        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
+        assert_eq!(adler32(&[]), 1);
+    }
+
+    #[test]
+    fn zlib_stored_round_trips_across_block_boundaries() {
+        for n in [0usize, 1, 65_535, 65_536, 200_000] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+            let z = zlib_stored(&data);
+            assert_eq!(zlib_unstore(&z).unwrap(), data, "n = {n}");
+        }
+        let mut z = zlib_stored(b"hello");
+        let last = z.len() - 1;
+        z[last] ^= 1;
+        assert!(zlib_unstore(&z).unwrap_err().contains("adler32"));
+    }
+
+    #[test]
+    fn png_round_trips_dimensions_and_alpha() {
+        let png = encode_png(&outline_icon());
+        assert_eq!(&png[..8], &PNG_SIGNATURE);
+        assert_eq!(&png[12..16], b"IHDR");
+        let img = decode_png(&png).unwrap();
+        assert_eq!((img.width, img.height), (32, 32));
+        assert_eq!(img.pixel(0, 0)[3], 0, "background is transparent");
+        assert_eq!(img.pixel(6, 16), WHITE, "the gate's post is white");
+        assert_eq!(img, outline_icon());
+
+        let color = decode_png(&encode_png(&color_icon([0x4F, 0x6B, 0xED]))).unwrap();
+        assert_eq!((color.width, color.height), (192, 192));
+        assert!(color.pixels.chunks(4).all(|p| p[3] == 255), "the color icon is opaque");
+        assert_eq!(color.pixel(0, 0), [0x4F, 0x6B, 0xED, 255]);
+
+        let mut bad = png.clone();
+        bad[20] ^= 1;
+        assert!(decode_png(&bad).unwrap_err().contains("CRC"));
+    }
+
+    #[test]
+    fn icon_checks_refuse_wrong_sizes_and_opaque_outlines() {
+        let color = encode_png(&color_icon([0, 0, 0]));
+        let outline = encode_png(&outline_icon());
+        check_icons(&color, &outline).unwrap();
+        assert_eq!(check_icons(&outline, &outline).unwrap_err().field, "color.png");
+        assert_eq!(check_icons(&color, &color).unwrap_err().field, "outline.png");
+        let opaque = encode_png(&Rgba::new(32, 32, [255, 255, 255, 255]));
+        assert!(check_icons(&color, &opaque).unwrap_err().problem.contains("transparent"));
+        let mut red = outline_icon();
+        red.set(6, 16, [255, 0, 0, 255]);
+        assert!(check_icons(&color, &encode_png(&red)).unwrap_err().problem.contains("white"));
+    }
+
+    #[test]
+    fn manifest_is_rendered_from_the_bot_and_flags() {
+        let m = render_manifest(&bot(APP, "Ada \"the\" Agent"), 0, &info()).unwrap();
+        assert_eq!(m["$schema"], "https://developer.microsoft.com/en-us/json-schemas/teams/v1.29/MicrosoftTeams.schema.json");
+        assert_eq!(m["manifestVersion"], "1.29");
+        assert_eq!(m["id"], APP);
+        assert_eq!(m["bots"][0]["botId"], APP);
+        assert_eq!(m["bots"][0]["scopes"], serde_json::json!(["personal", "team", "groupChat"]));
+        assert_eq!(m["name"]["short"], "Ada \"the\" Agent", "values are JSON-escaped");
+        assert_eq!(m["validDomains"], serde_json::json!(["bot.contoso.com"]));
+        assert_eq!(m["webApplicationInfo"]["resource"], format!("api://botid-{APP}"));
+        assert_eq!(m["developer"]["websiteUrl"], "https://bot.contoso.com/");
+        assert_eq!(m["version"], "1.0.0");
+        assert!(!serde_json::to_string(&m).unwrap().contains("{{"));
+
+        let no_domain = AppInfo { domain: None, website: Some("https://contoso.com".into()), ..AppInfo::default() };
+        let m = render_manifest(&bot(APP, "Ada"), 0, &no_domain).unwrap();
+        assert_eq!(m["validDomains"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let err = |b: BotConfig, i: AppInfo| render_manifest(&b, 3, &i).unwrap_err();
+        let e = err(bot("not-a-guid", "Ada"), info());
+        assert_eq!(e.field, "bots[3].app_id");
+        assert!(e.problem.contains("GUID"));
+        assert_eq!(err(bot(APP, ""), info()).field, "bots[3].display_name");
+        assert_eq!(err(bot(APP, &"x".repeat(31)), info()).field, "bots[3].display_name");
+        assert_eq!(err(bot(APP, "Ada"), AppInfo { name: Some("y".repeat(31)), ..info() }).field, "--name");
+        assert_eq!(err(bot(APP, "Ada"), AppInfo { short_description: "s".repeat(81), ..info() }).field, "--short-description");
+        assert_eq!(err(bot(APP, "Ada"), AppInfo { full_description: "f".repeat(4001), ..info() }).field, "--full-description");
+        for v in ["1.0", "1.0.0-beta", "01.0.0", "v1.0.0"] {
+            assert_eq!(err(bot(APP, "Ada"), AppInfo { version: v.into(), ..info() }).field, "--version", "{v}");
+        }
+        for d in ["https://bot.contoso.com", "bot.contoso.com/api", "bot.contoso.com:443", "localhost"] {
+            assert_eq!(err(bot(APP, "Ada"), AppInfo { domain: Some(d.into()), ..info() }).field, "--domain", "{d}");
+        }
+        assert_eq!(err(bot(APP, "Ada"), AppInfo { website: Some("http://contoso.com".into()), ..info() }).field, "--website");
+        assert_eq!(err(bot(APP, "Ada"), AppInfo { privacy_url: Some("contoso.com/p".into()), ..info() }).field, "--privacy-url");
+        assert_eq!(err(bot(APP, "Ada"), AppInfo { domain: None, ..info() }).field, "--website");
+        assert_eq!(err(bot(APP, "Ada"), AppInfo { accent_color: "blue".into(), ..info() }).field, "--accent-color");
+    }
+
+    #[test]
+    fn zip_has_exactly_the_three_entries() {
+        let pkg = build(&bot(APP, "Ada"), 0, &info()).unwrap();
+        let bytes = zip_package(&pkg).unwrap();
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let names: Vec<String> = z.file_names().map(|n| n.unwrap().into_owned()).collect();
+        assert_eq!(names, PACKAGE_ENTRIES);
+        let mut manifest = String::new();
+        z.by_name("manifest.json").unwrap().read_to_string(&mut manifest).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&manifest).unwrap(), pkg.manifest);
+        let mut png = Vec::new();
+        z.by_name("outline.png").unwrap().read_to_end(&mut png).unwrap();
+        assert_eq!(decode_png(&png).unwrap().width, 32);
+    }
+
+    #[test]
+    fn write_package_refuses_unsafe_tenant_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = write_package(&bot(APP, "Ada"), 0, &info(), "../x", dir.path()).unwrap_err();
+        assert!(e.to_string().contains("--tenant"), "{e}");
+        let (path, _) = write_package(&bot(APP, "Ada"), 0, &info(), "contoso", dir.path()).unwrap();
+        assert_eq!(path, dir.path().join("contoso.zip"));
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn consent_urls_per_cloud() {
+        let t = "aaaaaaaa-0000-0000-0000-000000000001";
+        assert_eq!(
+            consent_url(Cloud::Public, t, APP).unwrap(),
+            format!("https://login.microsoftonline.com/{t}/adminconsent?client_id={APP}")
+        );
+        assert!(consent_url(Cloud::Usgov, t, APP).unwrap().starts_with("https://login.microsoftonline.us/"));
+        assert!(consent_url(Cloud::China, t, APP).unwrap().starts_with("https://login.partner.microsoftonline.cn/"));
+        assert!(consent_url(Cloud::Public, "contoso.onmicrosoft.com", APP).is_ok());
+        assert_eq!(consent_url(Cloud::Public, "a/b", APP).unwrap_err().field, "--tenant");
+        assert_eq!(consent_url(Cloud::Public, t, "abc").unwrap_err().field, "--bot");
+    }
+}
