@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validate a freshly packaged Teams app manifest against the official JSON schema (v1.29), and check the
-# package's icons with an independent PNG reader (Python's zlib).
+# package's icons with an independent PNG reader (Python's zlib). The manifest is also validated with the
+# optional agentic-user entry of manifests/agentic-user/ added (placeholders filled).
 #
 #   scripts/check-manifest-schema.sh [SCHEMA]
 #
@@ -39,7 +40,7 @@ check() {
     local tenant="$1"
     shift
     (cd "$work" && "$bin" teams-app package --config agentgate.toml --tenant "$tenant" "$@" >/dev/null)
-    "$venv/bin/python" - "$schema" "$work/teams-app/build/$tenant.zip" <<'PY'
+    "$venv/bin/python" - "$schema" "$work/teams-app/build/$tenant.zip" "$root/manifests/agentic-user" <<'PY'
 import json, struct, sys, zipfile, zlib
 from jsonschema.validators import validator_for
 
@@ -52,6 +53,19 @@ for e in errors:
     print(f"manifest.{'.'.join(map(str, e.absolute_path))}: {e.message}", file=sys.stderr)
 if errors:
     sys.exit(f"{sys.argv[2]}: {len(errors)} schema error(s)")
+
+# The optional agentic-user template (manifests/agentic-user/, not rendered by `teams-app package` yet): the
+# manifest with its agenticUserTemplates entry added, placeholders filled, must still be valid.
+fill = lambda text: text.replace("{{TEMPLATE_ID}}", "agentgate-agent-user").replace("{{BLUEPRINT_ID}}", manifest["id"])
+fragment = json.loads(fill(open(f"{sys.argv[3]}/manifest.agenticUserTemplates.json", encoding="utf-8").read()))
+template = json.loads(fill(open(f"{sys.argv[3]}/agenticUserTemplateManifest.json", encoding="utf-8").read()))
+errors = list(validator_for(schema)(schema).iter_errors({**manifest, **fragment}))
+for e in errors:
+    print(f"manifest+agenticUserTemplates.{'.'.join(map(str, e.absolute_path))}: {e.message}", file=sys.stderr)
+if errors:
+    sys.exit(f"{sys.argv[2]}: {len(errors)} schema error(s) with agenticUserTemplates")
+assert fragment["agenticUserTemplates"][0]["id"] == template["id"], "agentic-user template id mismatch"
+assert template["agentIdentityBlueprintId"] == manifest["id"], "agentIdentityBlueprintId"
 
 def png(name, size, outline):
     data = pkg.read(name)
@@ -77,7 +91,8 @@ def png(name, size, outline):
 
 png("color.png", 192, False)
 png("outline.png", 32, True)
-print(f"{sys.argv[2].rsplit('/', 1)[-1]}: manifest valid against {sys.argv[1].rsplit('/', 1)[-1]}; icons OK")
+print(f"{sys.argv[2].rsplit('/', 1)[-1]}: manifest valid against {sys.argv[1].rsplit('/', 1)[-1]}"
+      " (also with agenticUserTemplates); icons OK")
 PY
 }
 

@@ -51,6 +51,18 @@ pub enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Check the deployment: configuration, TLS files, OpenID metadata and keys, each bot's credential and
+    /// token, its Teams app package and tenants. A ✓/✗ list; exit status 1 when any check fails.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Check as `serve --dev` would (a bot without credential uses the Playground placeholder).
+        #[arg(long)]
+        dev: bool,
+        /// The public host of the messaging endpoint, for the Teams app package check (as `teams-app package`).
+        #[arg(long, value_name = "HOST")]
+        domain: Option<String>,
+    },
     /// Queue a message (or an update or delete) for delivery by the running gateway.
     Send(Box<SendArgs>),
     /// List a conversation's members (paged through the Connector), one JSON object per line.
@@ -432,5 +444,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::TeamsApp(cmd) => teams_app(cmd),
+        Command::Doctor { config, dev, domain } => {
+            let cfg = config.load(dev)?;
+            let report = runtime()?.block_on(crate::doctor::run(&cfg, &crate::doctor::DoctorOptions { dev, domain }));
+            println!("{report}");
+            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
 }

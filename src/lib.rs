@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connector;
+pub mod doctor;
 pub mod entra;
 pub mod http_util;
 pub mod inbound;

@@ -10,6 +10,7 @@ mod helpers;
 mod auth;
 mod cli;
 mod connector;
+mod doctor;
 mod durability;
 mod entra;
 mod intake;
