@@ -6,7 +6,7 @@
 //! it is committed. Failure bodies are generic; the reason goes to the log and `/metrics`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,7 +18,7 @@ use crate::activity::{Activity, InvokeResponse, Kind};
 use crate::auth::{AuthError, Verifier};
 use crate::metrics::{AuthReason, Metrics, Outcome};
 use crate::service_url::{self, ConnectorPolicy};
-use crate::store::{CommitOutcome, ConversationRef, InboundRecord, Store};
+use crate::store::{CommitOutcome, ConversationRef, InboundRecord, Store, now_ms};
 
 /// Everything a request handler needs.
 #[derive(Debug)]
@@ -156,13 +156,11 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     }
     let conversation_id = activity.conversation_id().ok_or(Refusal::BadRequest("activity has no conversation.id"))?.to_owned();
     let raw_service_url = activity.service_url.as_deref().ok_or(Refusal::BadRequest("activity has no serviceUrl"))?;
-    if service_url::normalize(raw_service_url).is_none() {
-        return Err(Refusal::BadRequest("serviceUrl is not a valid URL"));
-    }
+    let normalized_service_url = service_url::normalize(raw_service_url).ok_or(Refusal::BadRequest("serviceUrl is not a valid URL"))?;
 
     let (bot_index, auth) = match &token {
         Some(t) => {
-            state.verifier.bind(t, &activity).map_err(Refusal::Unauthorized)?;
+            state.verifier.bind(t, &normalized_service_url, activity.channel_id.as_deref()).map_err(Refusal::Unauthorized)?;
             (t.bot, "botframework")
         }
         None => {
@@ -259,8 +257,4 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         StatusCode::ACCEPTED.into_response()
     };
     Ok((outcome, response))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

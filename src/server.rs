@@ -262,8 +262,7 @@ fn spawn_dedupe_purge(store: Arc<dyn Store>) -> JoinHandle<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let now =
-                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let now = crate::store::now_ms();
             match store.purge_dedupe(now).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "expired dedupe keys purged"),

@@ -23,7 +23,6 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::keys::{KeyCache, Lookup, SigningKey};
-use crate::activity::Activity;
 use crate::config::Cloud;
 use crate::metrics::{AuthReason, Metrics};
 use crate::service_url;
@@ -222,15 +221,15 @@ impl Verifier {
         Ok(VerifiedToken { bot: bot_index, service_url, key, exp: claims.exp, nbf: claims.nbf })
     }
 
-    /// Bind a verified token to the activity it came with: `serviceurl` and channel endorsement.
-    pub fn bind(&self, token: &VerifiedToken, activity: &Activity) -> Result<(), AuthReason> {
+    /// Bind a verified token to the activity it came with: its `serviceUrl` (already normalised with
+    /// [`service_url::normalize`]) and its `channelId` (endorsement).
+    pub fn bind(&self, token: &VerifiedToken, activity_service_url: &str, channel_id: Option<&str>) -> Result<(), AuthReason> {
         let claim = token.service_url.as_deref().ok_or(AuthReason::MissingServiceUrl)?;
-        let activity_url = activity.service_url.as_deref().and_then(service_url::normalize).ok_or(AuthReason::ServiceUrlMismatch)?;
-        if claim != activity_url {
+        if claim != activity_service_url {
             return Err(AuthReason::ServiceUrlMismatch);
         }
         let bot = &self.bots[token.bot];
-        let channel = activity.channel_id.as_deref().unwrap_or("");
+        let channel = channel_id.unwrap_or("");
         let endorsed = !channel.is_empty() && token.key.endorsements.iter().any(|e| e.eq_ignore_ascii_case(channel));
         if !endorsed && (bot.require_endorsement || !token.key.endorsements.is_empty()) {
             return Err(AuthReason::EndorsementMissing);

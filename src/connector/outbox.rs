@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -22,7 +22,7 @@ use crate::config::Cloud;
 use crate::metrics::{Metrics, OutboundOutcome};
 use serde_json::Value;
 
-use crate::store::{AuditEvent, ConversationRef, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError};
+use crate::store::{AuditEvent, ConversationRef, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError, now_ms};
 
 /// Why no bot token could be had. The message never contains a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,10 +87,6 @@ impl std::fmt::Debug for Outbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbound").field("bots", &self.clouds.keys().collect::<Vec<_>>()).finish()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn ms(d: Duration) -> i64 {

@@ -1,12 +1,10 @@
 //! Turning a request to send (from the command line, later from MCP tools) into an outbox entry.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{Value, json};
 
 use crate::cli::SendArgs;
 use crate::config::{BotConfig, Cloud, Config};
-use crate::store::{NewOutbound, OutboundOp, Store};
+use crate::store::{NewOutbound, OutboundOp, Store, now_ms};
 
 /// Where proactive messages go when the bot has no reference in the tenant yet.
 pub fn default_proactive_service_url(cloud: Cloud) -> Option<&'static str> {
@@ -40,10 +38,6 @@ fn pick_bot<'a>(cfg: &'a Config, wanted: Option<&str>) -> anyhow::Result<&'a Bot
         None if cfg.bots.is_empty() => anyhow::bail!("no bot is configured: pass the gateway's configuration with --config FILE"),
         None => anyhow::bail!("several bots are configured: say which with --bot APP_ID"),
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Validate the request against the configuration and the stored references, then queue it.

@@ -12,6 +12,11 @@ pub mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+/// Milliseconds since the Unix epoch: the time stamps the store keeps.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// What an accepted activity leaves behind: its inbox entry, its dedupe key and the conversation
 /// reference it refreshes, written in one transaction.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxItem, NewOutbound, OutboundOp, OutboxItem,
-    OutboxState, Store, StoreError, audit_hash,
+    OutboxState, Store, StoreError, audit_hash, now_ms,
 };
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
@@ -498,10 +498,6 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         prev_hash: r.get(8)?,
         hash: r.get(9)?,
     })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error";
