@@ -34,6 +34,10 @@ pub enum Command {
         #[arg(long, value_name = "ADDR:PORT")]
         bind: Option<String>,
     },
+    /// Speak MCP on stdio for a host that launches agentgate (Claude Code, Copilot CLI, VS Code): runs
+    /// the gateway in-process; with --connect, bridges to a running gateway's /mcp instead. Logs go to
+    /// stderr; stdout carries only the protocol.
+    Mcp(Box<McpArgs>),
     /// Write a commented starter configuration.
     Init {
         /// Where to write it.
@@ -224,6 +228,32 @@ pub struct SendArgs {
     pub card: Option<PathBuf>,
 }
 
+/// What `agentgate mcp` does.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// As `serve --dev` (loopback only; the Playground's unauthenticated traffic is accepted).
+    #[arg(long)]
+    pub dev: bool,
+    /// Listen for Teams here instead of `server.bind`.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind: Option<String>,
+    /// Only these bots (app ids; repeat the flag). Default: every configured bot.
+    #[arg(long = "bot", value_name = "APP_ID")]
+    pub bots: Vec<String>,
+    /// Only these tenants (repeat the flag). Default: every tenant the bots serve.
+    #[arg(long = "tenant", value_name = "TENANT_ID")]
+    pub tenants: Vec<String>,
+    /// Bridge stdio to a running gateway's Streamable HTTP endpoint (e.g. http://127.0.0.1:3979/mcp)
+    /// instead of running a gateway in this process.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["dev", "bind", "bots", "tenants"])]
+    pub connect: Option<String>,
+    /// With --connect: where the bearer token lives (env:VAR, file:/path, credential:NAME, keyring:service/user).
+    #[arg(long, value_name = "SECRET_REF", default_value = "env:AGENTGATE_MCP_TOKEN", requires = "connect")]
+    pub token: String,
+}
+
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     /// The TOML configuration file. Default: ./agentgate.toml when it exists.
@@ -256,6 +286,49 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn mcp(a: McpArgs) -> anyhow::Result<ExitCode> {
+    if let Some(url) = a.connect {
+        crate::telemetry::init(crate::config::LogFormat::Text, "info");
+        let reference: crate::secrets::SecretRef = a.token.parse().map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+        runtime()?.block_on(async move {
+            let token = reference.load().await.map_err(|e| anyhow::anyhow!("--token {reference}: {e}"))?;
+            crate::mcp::connect::run(&url, token).await
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut cfg = a.config.load(a.dev)?;
+    if let Some(b) = a.bind {
+        cfg.server.bind = b;
+    }
+    for b in &a.bots {
+        if !cfg.bots.iter().any(|c| c.app_id.eq_ignore_ascii_case(b)) {
+            anyhow::bail!("--bot {b}: no configured bot has that app id");
+        }
+    }
+    // Logs to stderr only: stdout is the protocol.
+    crate::telemetry::init(cfg.log.format, &cfg.log.level);
+    let scope =
+        crate::mcp::Scope::new(if a.bots.is_empty() && a.tenants.is_empty() { "stdio" } else { "stdio-scoped" }, &a.bots, &a.tenants);
+    runtime()?.block_on(async move {
+        let gw = Gateway::start(cfg, ServeOptions { dev: a.dev }).await?;
+        // On stderr: stdout is the protocol.
+        eprintln!("agentgate listening on {} (MCP on stdio)", gw.url());
+        let bridge = crate::mcp::Bridge::stdio(gw.hub(), scope);
+        let service = rmcp::ServiceExt::serve(bridge, rmcp::transport::stdio())
+            .await
+            .map_err(|e| anyhow::anyhow!("the MCP host did not complete the handshake: {e}"))?;
+        // Until the host closes stdin (or a signal), then the gateway shuts down cleanly.
+        gw.run_until(async move {
+            tokio::select! {
+                _ = service.waiting() => tracing::info!("the MCP host closed the session"),
+                () = shutdown_signal() => {}
+            }
+        })
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Run `f` against the configured store (which must exist), closing it afterwards.
@@ -377,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mcp(a) => mcp(*a),
         Command::Init { output, force } => {
             if output.exists() && !force {
                 anyhow::bail!("{} already exists; pass --force to overwrite it", output.display());

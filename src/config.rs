@@ -39,6 +39,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub mcp: McpConfig,
     /// The bots this process serves. None configured means no traffic is accepted.
     #[serde(default)]
     pub bots: Vec<BotConfig>,
@@ -245,6 +247,45 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// The MCP bridge's Streamable HTTP endpoint (`/mcp`). Stdio hosts (`agentgate mcp`) need none of this.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Where `/mcp` listens. It is served only when at least one token is configured.
+    #[serde(default = "defaults::mcp_bind")]
+    pub bind: String,
+    /// `Host` header values `/mcp` accepts (DNS-rebinding protection); loopback names by default. Add
+    /// the name hosts use when `/mcp` is reached through a proxy.
+    #[serde(default = "defaults::mcp_allowed_hosts", deserialize_with = "list_or_csv")]
+    pub allowed_hosts: Vec<String>,
+    /// Allow `bind` to be a non-loopback address (put TLS in front of it).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Bearer tokens for `/mcp`, each optionally scoped to bots and tenants.
+    #[serde(default)]
+    pub tokens: Vec<McpToken>,
+    /// The longest message text pushed in one channel notification, in characters (the rest is cut,
+    /// and `read_messages` has it all).
+    #[serde(default = "defaults::mcp_max_content")]
+    pub max_content_chars: usize,
+}
+
+/// One `/mcp` bearer token and what it may see.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpToken {
+    /// A name for logs and the audit trail (the token itself never appears anywhere).
+    pub name: String,
+    /// Where the token lives (env:…, file:…, credential:…, keyring:…).
+    pub token: SecretRef,
+    /// Bots (app ids) this token may see and act as; empty means every configured bot.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub bots: Vec<String>,
+    /// Tenants this token may see and act in; empty means every tenant its bots serve.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub tenants: Vec<String>,
+}
+
 /// One bot (one Azure Bot / Entra app registration).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,6 +317,9 @@ pub struct BotConfig {
     /// Require the signing key to be endorsed for the activity's `channelId`.
     #[serde(default = "defaults::yes")]
     pub require_endorsement: bool,
+    /// Who may reach the agent through this bot, and who approves its tool use.
+    #[serde(default)]
+    pub policy: crate::mcp::policy::BotPolicy,
 }
 
 mod defaults {
@@ -367,6 +411,15 @@ mod defaults {
     pub(super) fn yes() -> bool {
         true
     }
+    pub(super) fn mcp_bind() -> String {
+        "127.0.0.1:3979".into()
+    }
+    pub(super) fn mcp_allowed_hosts() -> Vec<String> {
+        ["localhost", "127.0.0.1", "::1", "[::1]"].map(String::from).to_vec()
+    }
+    pub(super) fn mcp_max_content() -> usize {
+        4000
+    }
 }
 
 macro_rules! default_from_serde {
@@ -383,7 +436,7 @@ fn empty_table() -> toml::Table {
     toml::Table::new()
 }
 
-default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, OutboundConfig, LogConfig);
+default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, OutboundConfig, LogConfig, McpConfig);
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -430,6 +483,8 @@ pub const DEV_DEFAULT_TOML: &str = r#"
 app_id = "00000000-0000-0000-0000-00000000000011"
 display_name = "agentgate (dev)"
 allowed_tenants = ["00000000-0000-0000-0000-0000000000001"]
+# Dev mode: anyone in the Playground's tenant may reach the agent in a 1:1 chat.
+policy.dm = "open"
 "#;
 
 impl Config {
@@ -601,6 +656,53 @@ impl Config {
                         field("allowed_tenants"),
                         format!("`{t}` is not a tenant id (wildcards are not allowed)"),
                     ));
+                }
+            }
+            bot.policy.validate().map_err(|(f, problem)| ConfigError::new(field(&f), problem))?;
+        }
+        self.validate_mcp()
+    }
+
+    fn validate_mcp(&self) -> Result<(), ConfigError> {
+        let mcp = &self.mcp;
+        let bind: SocketAddr = mcp
+            .bind
+            .parse()
+            .map_err(|_| ConfigError::new("mcp.bind", format!("`{}` is not an address:port such as 127.0.0.1:3979", mcp.bind)))?;
+        if !bind.ip().is_loopback() && !mcp.allow_non_loopback {
+            return Err(ConfigError::new(
+                "mcp.bind",
+                format!(
+                    "`{bind}` is not loopback: /mcp gives tools that act in Teams; keep it on 127.0.0.1, or set mcp.allow_non_loopback = true with TLS in front"
+                ),
+            ));
+        }
+        if mcp.allowed_hosts.is_empty() {
+            return Err(ConfigError::new(
+                "mcp.allowed_hosts",
+                "is empty, so every request would be refused: list the host names clients use",
+            ));
+        }
+        if mcp.max_content_chars < 200 {
+            return Err(ConfigError::new("mcp.max_content_chars", "must be at least 200"));
+        }
+        let mut names = HashSet::new();
+        for (i, t) in mcp.tokens.iter().enumerate() {
+            let field = |name: &str| format!("mcp.tokens[{i}].{name}");
+            if t.name.trim().is_empty() || !names.insert(t.name.as_str()) {
+                return Err(ConfigError::new(
+                    field("name"),
+                    "each token needs its own non-empty name (it appears in logs and the audit trail)",
+                ));
+            }
+            for b in &t.bots {
+                if !self.bots.iter().any(|c| c.app_id.eq_ignore_ascii_case(b)) {
+                    return Err(ConfigError::new(field("bots"), format!("`{b}` is not the app id of a configured bot")));
+                }
+            }
+            for tenant in &t.tenants {
+                if !self.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.eq_ignore_ascii_case(tenant))) {
+                    return Err(ConfigError::new(field("tenants"), format!("`{tenant}` is in no bot's allowed_tenants")));
                 }
             }
         }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub dev: bool,
     pub invoke_ack_text: String,
     pub dedupe_ttl: Duration,
+    /// Policy, approval answers and the MCP sessions' wake-up.
+    pub gate: Arc<crate::mcp::gate::InboundGate>,
 }
 
 /// A refused request. The response body never says more than the status.
@@ -204,6 +206,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     // installationUpdate remove, or a conversationUpdate removing the bot: the reference stays, marked
     // unusable, so that nothing is sent there until the bot is added again.
     let uninstalled = crate::teams::installation_change(&activity) == Some(crate::teams::Installation::Removed);
+    let classified = state.gate.classify(&bot.app_id, &activity);
     let record = InboundRecord {
         bot_app_id: bot.app_id.clone(),
         tenant_id: tenant.to_owned(),
@@ -227,14 +230,18 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
             usable: !uninstalled,
             updated_at_ms: now,
         },
+        state: classified.inbox_state(),
     };
+    let record_conversation = record.conversation_id.clone();
     let outcome = state.store.commit_inbound(record).await.map_err(|e| {
         tracing::error!(error = %e, "commit failed");
         Refusal::StoreUnavailable
     })?;
+    let mut answer = None;
     let outcome = match outcome {
         CommitOutcome::Accepted { inbox_id } => {
             tracing::debug!(inbox_id, activity_id, kind = %activity.kind, "activity committed");
+            answer = state.gate.committed(state.store.as_ref(), &classified, inbox_id, &bot.app_id, tenant, &record_conversation).await;
             Outcome::Accepted
         }
         CommitOutcome::Duplicate => {
@@ -243,13 +250,17 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         }
     };
     let response = if kind == Kind::Invoke {
-        // Universal Actions are checked as botbuilder checks them (missing value, not Action.Execute).
-        let r = match activity.name.as_deref() {
-            Some("adaptiveCard/action") => match crate::teams::execute_action(&activity) {
-                Ok(_) => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
-                Err(e) => e.response(),
+        let r = match answer {
+            // An approval answer: the card shows the outcome.
+            Some(r) => r,
+            // Universal Actions are checked as botbuilder checks them (missing value, not Action.Execute).
+            None => match activity.name.as_deref() {
+                Some("adaptiveCard/action") => match crate::teams::execute_action(&activity) {
+                    Ok(_) => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
+                    Err(e) => e.response(),
+                },
+                _ => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
             },
-            _ => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
         };
         let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
         (status, axum::Json(r.body)).into_response()

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod entra;
 pub mod http_util;
 pub mod inbound;
+pub mod mcp;
 pub mod metrics;
 pub mod secrets;
 pub mod server;

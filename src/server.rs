@@ -82,6 +82,8 @@ pub struct Gateway {
     background: Vec<JoinHandle<()>>,
     outbound: Arc<Outbound>,
     grace: Duration,
+    hub: Arc<crate::mcp::Hub>,
+    mcp_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -130,6 +132,11 @@ impl Gateway {
             })
             .collect();
         let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics));
+        let approvals = Arc::new(crate::mcp::Approvals::default());
+        let gate = Arc::new(crate::mcp::gate::InboundGate::new(
+            cfg.bots.iter().map(|b| (b.app_id.clone(), b.policy.clone())),
+            Arc::clone(&approvals),
+        ));
         let state = Arc::new(AppState {
             verifier,
             store: Arc::clone(&store),
@@ -138,10 +145,27 @@ impl Gateway {
             dev: opts.dev,
             invoke_ack_text: cfg.invoke.ack_text.clone(),
             dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
+            gate: Arc::clone(&gate),
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
         let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?);
         background.push(Arc::clone(&outbound).spawn(Duration::from_millis(cfg.outbound.poll_interval_ms)));
+        let hub = Arc::new(crate::mcp::Hub::new(
+            Arc::new(cfg.clone()),
+            Arc::clone(&store),
+            Arc::clone(&outbound),
+            gate.subscribe(),
+            approvals,
+            opts.dev,
+        ));
+        background.push(hub.spawn_approval_sweeper());
+        let mcp_addr = match crate::mcp::http::serve(Arc::clone(&hub), &cfg.mcp).await? {
+            Some((addr, task)) => {
+                background.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
 
         let app = router(Arc::clone(&state), cfg.server.body_limit_bytes, Duration::from_secs(cfg.server.request_timeout_secs));
         let bind: SocketAddr = cfg.server.bind.parse().context("server.bind")?;
@@ -179,7 +203,19 @@ impl Gateway {
             background,
             outbound,
             grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+            hub,
+            mcp_addr,
         })
+    }
+
+    /// What MCP sessions share (stdio sessions run in-process over it).
+    pub fn hub(&self) -> Arc<crate::mcp::Hub> {
+        Arc::clone(&self.hub)
+    }
+
+    /// Where `/mcp` listens, when tokens are configured.
+    pub fn mcp_addr(&self) -> Option<SocketAddr> {
+        self.mcp_addr
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -143,6 +143,68 @@ impl Outbound {
         self.wake.notify_one();
     }
 
+    /// Post one activity now, outside the outbox: for live streams, whose updates only make sense while
+    /// the reply is being written (a stream interrupted by a restart is not resumed). Waits for the
+    /// throttle like queued sends do; the caller audits. Returns the new activity's id.
+    pub async fn post_live(&self, reference: &ConversationRef, activity: &Value) -> Result<String, String> {
+        let bot = reference.bot_app_id.as_str();
+        let cloud = *self.clouds.get(bot).ok_or("the bot is no longer configured")?;
+        loop {
+            let wait = self.throttle.lock().unwrap_or_else(PoisonError::into_inner).try_acquire(
+                bot,
+                &reference.tenant_id,
+                &reference.conversation_id,
+                Instant::now(),
+            );
+            match wait {
+                Ok(()) => break,
+                Err(d) => tokio::time::sleep(d).await,
+            }
+        }
+        let token = self.tokens.bot_token(bot).await.map_err(|f| format!("no bot token: {}", f.message))?;
+        let ep = Endpoint { cloud, service_url: &reference.service_url };
+        let mut a = activity.clone();
+        address(&mut a, bot, &reference.conversation_id, None);
+        match self.connector.send_to_conversation(&ep, &token, &reference.conversation_id, &a).await {
+            Ok(r) => Ok(r.id),
+            Err(ConnectorError::BadResponse(_)) => Ok(String::new()),
+            Err(e) => {
+                if matches!(e, ConnectorError::Rejected { status: 401, .. }) {
+                    self.tokens.invalidate(bot);
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Every member of a conversation, paged through the Connector (a read: no outbox, no audit).
+    pub async fn list_members(&self, reference: &ConversationRef) -> Result<Vec<Value>, String> {
+        let bot = reference.bot_app_id.as_str();
+        let cloud = *self.clouds.get(bot).ok_or("the bot is no longer configured")?;
+        let token = self.tokens.bot_token(bot).await.map_err(|f| format!("no bot token: {}", f.message))?;
+        let ep = Endpoint { cloud, service_url: &reference.service_url };
+        let mut members = Vec::new();
+        let mut continuation: Option<String> = None;
+        for _ in 0..1000 {
+            let page = self
+                .connector
+                .members_page(&ep, &token, &reference.conversation_id, 100, continuation.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            members.extend(page.members);
+            match page.continuation_token.filter(|c| !c.is_empty()) {
+                Some(c) => continuation = Some(c),
+                None => return Ok(members),
+            }
+        }
+        Err("the Connector kept returning continuation tokens after 1000 pages".into())
+    }
+
+    /// The store this worker delivers from.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Recover what a dead process left in flight, then deliver until the task is aborted.
     pub fn spawn(self: Arc<Self>, poll: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {

@@ -33,6 +33,32 @@ pub struct InboundRecord {
     pub received_at_ms: i64,
     pub dedupe_expires_at_ms: i64,
     pub reference: ConversationRef,
+    /// Whether a host is to see it.
+    pub state: InboxState,
+}
+
+/// Where an inbox entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxState {
+    /// Waiting for a host to receive and acknowledge it.
+    Pending,
+    /// A host acknowledged it.
+    Acked,
+    /// The bot's policy keeps it from the agent (kept for the record, never delivered).
+    Filtered,
+    /// The gateway handled it itself (an approval verdict); never delivered.
+    Consumed,
+}
+
+impl InboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Acked => "acked",
+            Self::Filtered => "filtered",
+            Self::Consumed => "consumed",
+        }
+    }
 }
 
 /// Enough to talk to a conversation later (replies, proactive messages).
@@ -245,7 +271,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Inbox entries not yet acknowledged, oldest first; `bot` filters by app id.
     async fn pending_inbox(&self, bot: Option<&str>, limit: usize) -> Result<Vec<InboxItem>, StoreError>;
 
-    /// Mark inbox entries acknowledged; returns how many changed.
+    /// Pending inbox entries with an id above `after_id`, oldest first.
+    async fn inbox_after(&self, after_id: i64, limit: usize) -> Result<Vec<InboxItem>, StoreError>;
+
+    /// The inbox entries with these ids (any state; unknown ids are left out).
+    async fn inbox_by_ids(&self, ids: &[i64]) -> Result<Vec<InboxItem>, StoreError>;
+
+    /// Conversation references, most recently active first.
+    async fn conversations(&self, limit: usize) -> Result<Vec<ConversationRef>, StoreError>;
+
+    /// The bot's usable 1:1 chat with this user (by AAD object id), if it has one.
+    async fn personal_conversation(&self, bot_app_id: &str, aad_object_id: &str) -> Result<Option<ConversationRef>, StoreError>;
+
+    /// Append an event to the audit chain (committed when this returns).
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// Mark pending inbox entries acknowledged; returns how many changed.
     async fn ack_inbox(&self, ids: &[i64]) -> Result<u64, StoreError>;
 
     async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError>;

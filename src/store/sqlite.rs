@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     acked_at_ms     BIGINT,
     body            TEXT    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS inbox_unacked ON inbox (id) WHERE state <> 'acked';
+DROP INDEX IF EXISTS inbox_unacked;
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (id) WHERE state = 'pending';
 -- conversation first: Teams activity ids grow with time inside a conversation, so new keys land at
 -- the end of their conversation's range instead of at random places in the index.
 CREATE TABLE IF NOT EXISTS dedupe (
@@ -429,8 +430,8 @@ fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord, write_ref: bool
         upsert_ref(tx, &r.reference)?;
     }
     tx.prepare_cached(
-        "INSERT INTO inbox (bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, received_at_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO inbox (bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, received_at_ms, body, state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         r.bot_app_id,
@@ -440,7 +441,8 @@ fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord, write_ref: bool
         r.activity_type,
         r.auth,
         r.received_at_ms,
-        r.body
+        r.body,
+        r.state.as_str()
     ])?;
     Ok(CommitOutcome::Accepted { inbox_id: tx.last_insert_rowid() })
 }
@@ -475,12 +477,47 @@ fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::
 }
 
 fn ack(tx: &rusqlite::Transaction<'_>, ids: &[i64], now: i64) -> rusqlite::Result<u64> {
-    let mut stmt = tx.prepare_cached("UPDATE inbox SET state = 'acked', acked_at_ms = ?2 WHERE id = ?1 AND state <> 'acked'")?;
+    let mut stmt = tx.prepare_cached("UPDATE inbox SET state = 'acked', acked_at_ms = ?2 WHERE id = ?1 AND state = 'pending'")?;
     let mut n = 0;
     for id in ids {
         n += stmt.execute(params![id, now])? as u64;
     }
     Ok(n)
+}
+
+const INBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, state, received_at_ms, body";
+
+fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxItem> {
+    Ok(InboxItem {
+        id: r.get(0)?,
+        bot_app_id: r.get(1)?,
+        tenant_id: r.get(2)?,
+        conversation_id: r.get(3)?,
+        activity_id: r.get(4)?,
+        activity_type: r.get(5)?,
+        auth: r.get(6)?,
+        state: r.get(7)?,
+        received_at_ms: r.get(8)?,
+        body: r.get(9)?,
+    })
+}
+
+const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms";
+
+fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
+    Ok(ConversationRef {
+        bot_app_id: r.get(0)?,
+        conversation_id: r.get(1)?,
+        tenant_id: r.get(2)?,
+        service_url: r.get(3)?,
+        channel_id: r.get(4)?,
+        conversation_type: r.get(5)?,
+        user_id: r.get(6)?,
+        user_aad_object_id: r.get(7)?,
+        bot_id: r.get(8)?,
+        usable: r.get(9)?,
+        updated_at_ms: r.get(10)?,
+    })
 }
 
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
@@ -679,25 +716,67 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, state, received_at_ms, body
-                 FROM inbox WHERE state <> 'acked' AND (?1 IS NULL OR bot_app_id = ?1) ORDER BY id LIMIT ?2",
+                 FROM inbox WHERE state = 'pending' AND (?1 IS NULL OR bot_app_id = ?1) ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![bot, limit], |r| {
-                Ok(InboxItem {
-                    id: r.get(0)?,
-                    bot_app_id: r.get(1)?,
-                    tenant_id: r.get(2)?,
-                    conversation_id: r.get(3)?,
-                    activity_id: r.get(4)?,
-                    activity_type: r.get(5)?,
-                    auth: r.get(6)?,
-                    state: r.get(7)?,
-                    received_at_ms: r.get(8)?,
-                    body: r.get(9)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![bot, limit], inbox_row)?;
             rows.collect()
         })
         .await
+    }
+
+    async fn inbox_after(&self, after_id: i64, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT ?2"))?;
+            let rows = stmt.query_map(params![after_id, limit], inbox_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn inbox_by_ids(&self, ids: &[i64]) -> Result<Vec<InboxItem>, StoreError> {
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE id = ?1"))?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(item) = stmt.query_row(params![id], inbox_row).optional()? {
+                    out.push(item);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn conversations(&self, limit: usize) -> Result<Vec<ConversationRef>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {REF_COLUMNS} FROM conversation_refs ORDER BY updated_at_ms DESC LIMIT ?1"))?;
+            let rows = stmt.query_map(params![limit], ref_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn personal_conversation(&self, bot_app_id: &str, aad_object_id: &str) -> Result<Option<ConversationRef>, StoreError> {
+        let (bot, aad) = (bot_app_id.to_owned(), aad_object_id.to_ascii_lowercase());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {REF_COLUMNS} FROM conversation_refs
+                 WHERE bot_app_id = ?1 AND lower(user_aad_object_id) = ?2 AND conversation_type = 'personal' AND usable
+                 ORDER BY updated_at_ms DESC LIMIT 1"
+            ))?
+            .query_row(params![bot, aad], ref_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.write(move |tx, st| st.audit(tx, &event)).await
     }
 
     async fn ack_inbox(&self, ids: &[i64]) -> Result<u64, StoreError> {
@@ -713,21 +792,7 @@ impl Store for SqliteStore {
                         user_aad_object_id, bot_id, usable, updated_at_ms
                  FROM conversation_refs WHERE bot_app_id = ?1 AND conversation_id = ?2",
             )?
-            .query_row(params![bot, conv], |r| {
-                Ok(ConversationRef {
-                    bot_app_id: r.get(0)?,
-                    conversation_id: r.get(1)?,
-                    tenant_id: r.get(2)?,
-                    service_url: r.get(3)?,
-                    channel_id: r.get(4)?,
-                    conversation_type: r.get(5)?,
-                    user_id: r.get(6)?,
-                    user_aad_object_id: r.get(7)?,
-                    bot_id: r.get(8)?,
-                    usable: r.get(9)?,
-                    updated_at_ms: r.get(10)?,
-                })
-            })
+            .query_row(params![bot, conv], ref_row)
             .optional()
         })
         .await
@@ -820,7 +885,53 @@ mod tests {
                 usable: true,
                 updated_at_ms: 1,
             },
+            state: crate::store::InboxState::Pending,
         }
+    }
+
+    #[tokio::test]
+    async fn inbox_states_cursor_and_personal_chats() {
+        use crate::store::InboxState;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut ids = Vec::new();
+        for (i, state) in [InboxState::Pending, InboxState::Filtered, InboxState::Pending, InboxState::Consumed].into_iter().enumerate() {
+            let mut r = record(&format!("a{i}"), "c1");
+            r.state = state;
+            match store.commit_inbound(r).await.unwrap() {
+                CommitOutcome::Accepted { inbox_id } => ids.push(inbox_id),
+                CommitOutcome::Duplicate => panic!("not a duplicate"),
+            }
+        }
+        // Only pending entries are offered, in order, after the cursor.
+        let after: Vec<i64> = store.inbox_after(0, 10).await.unwrap().iter().map(|i| i.id).collect();
+        assert_eq!(after, vec![ids[0], ids[2]]);
+        assert_eq!(store.inbox_after(ids[0], 10).await.unwrap().len(), 1);
+        assert_eq!(store.pending_inbox(None, 10).await.unwrap().len(), 2);
+        // A filtered entry cannot be acknowledged into view; a pending one can.
+        assert_eq!(store.ack_inbox(&[ids[1], ids[2]]).await.unwrap(), 1);
+        let states: Vec<String> = store.inbox_by_ids(&[ids[1], ids[2], 999]).await.unwrap().into_iter().map(|i| i.state).collect();
+        assert_eq!(states, vec!["filtered", "acked"]);
+        // The reference of c1 is a personal chat with "oid" (matched case-insensitively).
+        let found = store.personal_conversation("bot", "OID").await.unwrap().unwrap();
+        assert_eq!(found.conversation_id, "c1");
+        assert!(store.personal_conversation("bot", "other").await.unwrap().is_none());
+        store.set_conversation_usable("bot", "c1", false).await.unwrap();
+        assert!(store.personal_conversation("bot", "oid").await.unwrap().is_none());
+        assert_eq!(store.conversations(10).await.unwrap().len(), 1);
+        // Standalone audit events join the chain.
+        let event = AuditEvent {
+            at_ms: 5,
+            actor: "mcp:test".into(),
+            identity: "bot:bot".into(),
+            action: "ack".into(),
+            target: "tenant:t conversation:c1".into(),
+            outcome: "ok".into(),
+            detail: String::new(),
+        };
+        store.record_audit(event.clone()).await.unwrap();
+        store.record_audit(event).await.unwrap();
+        assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
     }
 
     fn open(dir: &tempfile::TempDir) -> SqliteStore {

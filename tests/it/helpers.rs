@@ -295,11 +295,13 @@ app_id = "{APP_ID}"
 display_name = "Test bot"
 allowed_tenants = ["{TENANT}"]
 {credential}require_endorsement = {endorse}
+policy.dm = "open"
 
 [[bots]]
 app_id = "{OTHER_APP_ID}"
 display_name = "Other client's bot"
 allowed_tenants = ["{OTHER_TENANT}"]
+policy.dm = "open"
 "#,
             data = data_dir.display(),
             extra_top = "",

@@ -1,0 +1,316 @@
+//! Claude Code's permission relay, answered from Teams.
+//!
+//! A host asks (`notifications/claude/channel/permission_request`); the session sends each reachable
+//! approver an Adaptive Card and registers the request here. The answer comes back through
+//! `/api/messages`: an `Action.Execute` on the card, or a typed `yes abcde` / `no abcde`, and only an
+//! approver's counts. The verdict goes to the asking session, which turns it into
+//! `notifications/claude/channel/permission`. Claude Code never says when its terminal answered first,
+//! so requests expire and their cards are updated to say so.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// The card verb of an approval answer.
+pub const VERB: &str = "agentgate.permission";
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    Allow,
+    Deny,
+}
+
+impl Behavior {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "allow" | "y" | "yes" => Some(Self::Allow),
+            "deny" | "n" | "no" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// A verdict on its way to the session that asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub request_id: String,
+    pub behavior: Behavior,
+    /// The approver's AAD object id.
+    pub by: String,
+}
+
+/// A card sent for a request (to update when it is decided or expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRef {
+    pub outbox_id: i64,
+    pub bot_app_id: String,
+    pub tenant_id: String,
+    pub conversation_id: String,
+    pub service_url: String,
+}
+
+/// A request waiting for an approver.
+#[derive(Debug)]
+pub struct PendingApproval {
+    pub request_id: String,
+    pub bot_app_id: String,
+    /// Lower-case AAD object ids.
+    pub approvers: Vec<String>,
+    pub tool_name: String,
+    pub verdicts: mpsc::UnboundedSender<Verdict>,
+    pub cards: Vec<CardRef>,
+    pub expires_at_ms: i64,
+}
+
+/// What an answer came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Decided now; the cards to update.
+    Decided { verdict: Verdict, tool_name: String, cards: Vec<CardRef> },
+    /// The request exists, but the person is not one of its approvers.
+    NotApprover { tool_name: String },
+    /// No such request (never issued, already decided, or expired).
+    Unknown,
+}
+
+/// A decided request whose cards still say "waiting".
+#[derive(Debug)]
+pub struct Settled {
+    pub request_id: String,
+    pub tool_name: String,
+    pub cards: Vec<CardRef>,
+    pub text: String,
+}
+
+/// Open requests, keyed by request id.
+#[derive(Debug, Default)]
+pub struct Approvals {
+    pending: Mutex<HashMap<String, PendingApproval>>,
+    settled: Mutex<Vec<Settled>>,
+}
+
+impl Approvals {
+    /// Queue the card updates of a decided request (done by the hub's sweeper).
+    pub fn push_settled(&self, request_id: String, tool_name: String, cards: Vec<CardRef>, text: String) {
+        self.settled.lock().unwrap_or_else(PoisonError::into_inner).push(Settled { request_id, tool_name, cards, text });
+    }
+
+    pub fn take_settled(&self) -> Vec<Settled> {
+        std::mem::take(&mut *self.settled.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn register(&self, p: PendingApproval) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(p.request_id.clone(), p);
+    }
+
+    pub fn add_card(&self, request_id: &str, card: CardRef) {
+        if let Some(p) = self.pending.lock().unwrap_or_else(PoisonError::into_inner).get_mut(request_id) {
+            p.cards.push(card);
+        }
+    }
+
+    /// Whether a request with this id is open for this bot.
+    pub fn is_open(&self, bot_app_id: &str, request_id: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(request_id)
+            .is_some_and(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id))
+    }
+
+    /// An answer from `aad` (an AAD object id) through `bot_app_id`. Only an approver of the request,
+    /// through the bot that asked, decides it; the verdict is sent to the asking session.
+    pub fn decide(&self, bot_app_id: &str, request_id: &str, aad: &str, behavior: Behavior) -> Decision {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(p) = pending.get(request_id).filter(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id)) else {
+            return Decision::Unknown;
+        };
+        if !p.approvers.iter().any(|a| a.eq_ignore_ascii_case(aad)) {
+            return Decision::NotApprover { tool_name: p.tool_name.clone() };
+        }
+        let Some(p) = pending.remove(request_id) else { return Decision::Unknown };
+        let verdict = Verdict { request_id: p.request_id.clone(), behavior, by: aad.to_ascii_lowercase() };
+        // The session may be gone (the host quit): the verdict then has no one to go to.
+        let _ = p.verdicts.send(verdict.clone());
+        Decision::Decided { verdict, tool_name: p.tool_name, cards: p.cards }
+    }
+
+    /// Remove and return the requests that expired by `now_ms`.
+    pub fn take_expired(&self, now_ms: i64) -> Vec<PendingApproval> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let ids: Vec<String> = pending.values().filter(|p| p.expires_at_ms <= now_ms).map(|p| p.request_id.clone()).collect();
+        ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+    }
+
+    /// Drop the requests of a session that ended (its verdict channel is closed).
+    pub fn take_orphaned(&self) -> Vec<PendingApproval> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let ids: Vec<String> = pending.values().filter(|p| p.verdicts.is_closed()).map(|p| p.request_id.clone()).collect();
+        ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+    }
+}
+
+/// Whether `id` is shaped like Claude Code's request ids: five letters `a`–`z` without `l`.
+pub fn is_request_id(id: &str) -> bool {
+    id.len() == 5 && id.bytes().all(|b| b.is_ascii_lowercase() && b != b'l')
+}
+
+/// A typed answer, `yes abcde` / `no abcde` (also `y` / `n`, any case, spaces around): the behavior
+/// and the lower-cased request id.
+pub fn parse_text_verdict(text: &str) -> Option<(Behavior, String)> {
+    let mut words = text.split_whitespace();
+    let (answer, id) = (words.next()?, words.next()?);
+    if words.next().is_some() {
+        return None;
+    }
+    let behavior = match answer.to_ascii_lowercase().as_str() {
+        "y" | "yes" => Behavior::Allow,
+        "n" | "no" => Behavior::Deny,
+        _ => return None,
+    };
+    let id = id.to_ascii_lowercase();
+    is_request_id(&id).then_some((behavior, id))
+}
+
+/// The answer carried by an `Action.Execute` on an approval card: `(request id, behavior)`.
+pub fn parse_card_verdict(verb: &str, data: &Value) -> Option<(String, Behavior)> {
+    if verb != VERB {
+        return None;
+    }
+    let id = data.get("request_id")?.as_str()?.to_ascii_lowercase();
+    let behavior = Behavior::parse(data.get("behavior")?.as_str()?)?;
+    is_request_id(&id).then_some((id, behavior))
+}
+
+fn fact(title: &str, value: &str) -> Value {
+    json!({"title": title, "value": value})
+}
+
+/// The card an approver receives. The tool's description and input come from the host and are shown
+/// as untrusted text (plain `TextBlock`s, Markdown-free, bounded).
+pub fn request_card(request_id: &str, tool_name: &str, description: &str, input_preview: &str, minutes: u64) -> Value {
+    let plain = |s: &str, max: usize| {
+        let cleaned: String = s.chars().filter(|c| !c.is_control() || *c == '\n').take(max).collect();
+        // Adaptive Card TextBlocks render Markdown; escape its active characters.
+        cleaned.replace('\\', "\\\\").replace(['*', '_', '[', ']', '`', '#'], " ")
+    };
+    json!({
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.5",
+        "body": [
+            {"type": "TextBlock", "text": "The agent asks to use a tool", "weight": "Bolder", "size": "Medium", "wrap": true},
+            {"type": "FactSet", "facts": [fact("Tool", &plain(tool_name, 100)), fact("Request", request_id)]},
+            {"type": "TextBlock", "text": "What the agent says it does (unverified):", "isSubtle": true, "wrap": true},
+            {"type": "TextBlock", "text": plain(description, 1000), "wrap": true},
+            {"type": "TextBlock", "text": "Input (unverified):", "isSubtle": true, "wrap": true},
+            {"type": "TextBlock", "text": plain(input_preview, 1500), "wrap": true, "fontType": "Monospace"},
+            {"type": "TextBlock", "text": format!("Expires in {minutes} min. You can also answer `yes {request_id}` or `no {request_id}`."), "isSubtle": true, "wrap": true}
+        ],
+        "actions": [
+            {"type": "Action.Execute", "title": "Allow", "verb": VERB, "data": {"request_id": request_id, "behavior": "allow"}, "style": "positive"},
+            {"type": "Action.Execute", "title": "Deny", "verb": VERB, "data": {"request_id": request_id, "behavior": "deny"}, "style": "destructive"}
+        ]
+    })
+}
+
+/// The card once the request is settled (no actions left).
+pub fn settled_card(request_id: &str, tool_name: &str, outcome: &str) -> Value {
+    let tool: String = tool_name.chars().filter(|c| !c.is_control()).take(100).collect();
+    json!({
+        "type": "AdaptiveCard",
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "version": "1.5",
+        "body": [
+            {"type": "TextBlock", "text": "Tool use request", "weight": "Bolder", "wrap": true},
+            {"type": "FactSet", "facts": [fact("Tool", &tool.replace(['*', '_', '[', ']', '`', '#'], " ")), fact("Request", request_id)]},
+            {"type": "TextBlock", "text": outcome, "wrap": true}
+        ]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_verdicts_follow_the_channel_contract() {
+        assert_eq!(parse_text_verdict("yes abcde"), Some((Behavior::Allow, "abcde".into())));
+        assert_eq!(parse_text_verdict("  N   ABCDE "), Some((Behavior::Deny, "abcde".into())));
+        assert_eq!(parse_text_verdict("Y qwert"), Some((Behavior::Allow, "qwert".into())));
+        // `l` is never in an id; wrong lengths, extra words and other answers are chat.
+        for text in ["yes abcle", "yes abcd", "yes abcdef", "yes abcde please", "ok abcde", "yes", "yes ab1de", ""] {
+            assert_eq!(parse_text_verdict(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn card_verdicts_need_the_verb_and_a_well_formed_id() {
+        let data = json!({"request_id": "ABCDE", "behavior": "deny"});
+        assert_eq!(parse_card_verdict(VERB, &data), Some(("abcde".into(), Behavior::Deny)));
+        assert_eq!(parse_card_verdict("other", &data), None);
+        assert_eq!(parse_card_verdict(VERB, &json!({"request_id": "abcde", "behavior": "maybe"})), None);
+        assert_eq!(parse_card_verdict(VERB, &json!({"request_id": "lllll", "behavior": "allow"})), None);
+    }
+
+    fn pending(id: &str, tx: mpsc::UnboundedSender<Verdict>, expires_at_ms: i64) -> PendingApproval {
+        PendingApproval {
+            request_id: id.into(),
+            bot_app_id: "Bot".into(),
+            approvers: vec!["aaaa".into()],
+            tool_name: "Bash".into(),
+            verdicts: tx,
+            cards: vec![],
+            expires_at_ms,
+        }
+    }
+
+    #[test]
+    fn only_an_approver_through_the_asking_bot_decides_once() {
+        let approvals = Approvals::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        approvals.register(pending("abcde", tx, 1_000));
+        assert_eq!(approvals.decide("bot", "abcde", "bbbb", Behavior::Allow), Decision::NotApprover { tool_name: "Bash".into() });
+        assert_eq!(approvals.decide("other-bot", "abcde", "AAAA", Behavior::Allow), Decision::Unknown);
+        assert!(rx.try_recv().is_err(), "no verdict from a non-approver");
+        match approvals.decide("bot", "abcde", "AAAA", Behavior::Deny) {
+            Decision::Decided { verdict, .. } => assert_eq!(verdict.behavior, Behavior::Deny),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.try_recv().unwrap(), Verdict { request_id: "abcde".into(), behavior: Behavior::Deny, by: "aaaa".into() });
+        assert_eq!(approvals.decide("bot", "abcde", "aaaa", Behavior::Allow), Decision::Unknown, "decided once");
+    }
+
+    #[test]
+    fn expiry_and_orphans() {
+        let approvals = Approvals::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        approvals.register(pending("abcde", tx.clone(), 1_000));
+        approvals.register(pending("fghij", tx, 5_000));
+        assert!(approvals.take_expired(999).is_empty());
+        let expired: Vec<String> = approvals.take_expired(1_000).into_iter().map(|p| p.request_id).collect();
+        assert_eq!(expired, vec!["abcde"]);
+        assert!(approvals.take_orphaned().is_empty());
+        drop(_rx);
+        assert_eq!(approvals.take_orphaned().len(), 1);
+    }
+
+    #[test]
+    fn cards_validate_and_keep_markdown_out() {
+        let card = request_card("abcde", "Bash", "**click** [here](https://evil)", "{\"cmd\":\"rm -rf /\"}", 10);
+        crate::teams::validate_card(&card).unwrap();
+        let text = card.to_string();
+        assert!(!text.contains("**click**") && !text.contains("[here]"));
+        crate::teams::validate_card(&settled_card("abcde", "Bash", "Allowed")).unwrap();
+    }
+}

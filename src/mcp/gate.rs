@@ -1,0 +1,168 @@
+//! The MCP side of intake: before an activity is committed, decide whether a host is to see it (the
+//! bot's [policy](super::policy)) or whether it answers an approval request; after the commit, wake the
+//! sessions or settle the request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::approval::{self, Approvals, Behavior, Decision};
+use super::policy::{BotPolicy, Verdict as PolicyVerdict};
+use crate::activity::Activity;
+use crate::activity::InvokeResponse;
+use crate::store::{AuditEvent, InboxState, Store, now_ms};
+
+/// What intake does with an activity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// For the hosts.
+    Deliver,
+    /// Kept from the hosts by policy (reason for the log).
+    Filter(&'static str),
+    /// An answer to an approval request.
+    Answer { request_id: String, behavior: Behavior, sender: String, by_card: bool },
+}
+
+impl Classified {
+    pub fn inbox_state(&self) -> InboxState {
+        match self {
+            Self::Deliver => InboxState::Pending,
+            Self::Filter(_) => InboxState::Filtered,
+            Self::Answer { .. } => InboxState::Consumed,
+        }
+    }
+}
+
+/// Per-bot policies, the open approval requests and the sessions' wake-up signal.
+#[derive(Debug)]
+pub struct InboundGate {
+    policies: HashMap<String, BotPolicy>,
+    pub approvals: Arc<Approvals>,
+    inbox: watch::Sender<i64>,
+}
+
+impl InboundGate {
+    /// `policies` by app id.
+    pub fn new(policies: impl IntoIterator<Item = (String, BotPolicy)>, approvals: Arc<Approvals>) -> Self {
+        let policies = policies.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        Self { policies, approvals, inbox: watch::channel(0).0 }
+    }
+
+    /// A receiver of the newest deliverable inbox id.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inbox.subscribe()
+    }
+
+    /// Decide before the commit.
+    pub fn classify(&self, bot_app_id: &str, activity: &Activity) -> Classified {
+        let sender = activity.from.as_ref().and_then(|f| f.aad_object_id.clone()).unwrap_or_default();
+        if !sender.is_empty()
+            && let Some(answer) = self.answer(bot_app_id, activity, &sender)
+        {
+            return answer;
+        }
+        let default = BotPolicy::default();
+        let policy = self.policies.get(&bot_app_id.to_ascii_lowercase()).unwrap_or(&default);
+        match super::policy::evaluate(policy, activity) {
+            PolicyVerdict::Deliver => Classified::Deliver,
+            PolicyVerdict::Drop(reason) => {
+                tracing::info!(
+                    sender = %sender,
+                    reason = reason.label(),
+                    hint = reason.hint(),
+                    "message kept from the agent by the bot's policy"
+                );
+                Classified::Filter(reason.label())
+            }
+        }
+    }
+
+    fn answer(&self, bot_app_id: &str, activity: &Activity, sender: &str) -> Option<Classified> {
+        if activity.kind() == crate::activity::Kind::Invoke && activity.name.as_deref() == Some("adaptiveCard/action") {
+            let action = crate::teams::execute_action(activity).ok()?;
+            let (request_id, behavior) = approval::parse_card_verdict(action.verb.as_deref()?, &action.data)?;
+            return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: true });
+        }
+        if activity.kind() == crate::activity::Kind::Message {
+            // Answers are short; skip the work for anything longer.
+            if activity.text.as_deref()?.len() > 200 {
+                return None;
+            }
+            let plain = text_without_mention(activity)?;
+            // A typed answer counts only for a request that is open (anything else is chat).
+            let (behavior, request_id) = approval::parse_text_verdict(&plain)?;
+            if self.approvals.is_open(bot_app_id, &request_id) {
+                return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: false });
+            }
+        }
+        None
+    }
+
+    /// After the commit: wake the sessions, or settle an answer. Returns the invoke response for a card
+    /// answer.
+    pub async fn committed(
+        &self,
+        store: &dyn Store,
+        classified: &Classified,
+        inbox_id: i64,
+        bot_app_id: &str,
+        tenant_id: &str,
+        conversation_id: &str,
+    ) -> Option<InvokeResponse> {
+        match classified {
+            Classified::Deliver => {
+                self.inbox.send_replace(inbox_id);
+                None
+            }
+            Classified::Filter(_) => None,
+            Classified::Answer { request_id, behavior, sender, by_card } => {
+                let decision = self.approvals.decide(bot_app_id, request_id, sender, *behavior);
+                let verdict_word = if *behavior == Behavior::Allow { "Allowed" } else { "Denied" };
+                let (outcome, text) = match &decision {
+                    Decision::Decided { .. } => (behavior.as_str(), format!("{verdict_word} by you.")),
+                    Decision::NotApprover { .. } => {
+                        ("refused_not_approver", "Only an approver can answer this request; nothing was decided.".to_owned())
+                    }
+                    Decision::Unknown => {
+                        ("unknown_request", "This request is no longer open (answered, expired, or never issued).".to_owned())
+                    }
+                };
+                let event = AuditEvent {
+                    at_ms: now_ms(),
+                    actor: format!("teams:{sender}"),
+                    identity: format!("bot:{bot_app_id}"),
+                    action: "permission_answer".into(),
+                    target: format!("tenant:{tenant_id} conversation:{conversation_id}"),
+                    outcome: outcome.into(),
+                    detail: format!("request {request_id}"),
+                };
+                if let Err(e) = store.record_audit(event).await {
+                    tracing::error!(error = %e, "could not audit a permission answer");
+                }
+                tracing::info!(request_id, outcome, "permission answer from Teams");
+                let response = match decision {
+                    Decision::Decided { tool_name, cards, .. } => {
+                        let card = approval::settled_card(request_id, &tool_name, &text);
+                        self.approvals.push_settled(request_id.clone(), tool_name, cards, format!("{verdict_word} in Teams."));
+                        crate::teams::card_response(card).unwrap_or_else(|_| crate::teams::message_response(&text))
+                    }
+                    _ => crate::teams::message_response(&text),
+                };
+                by_card.then_some(response)
+            }
+        }
+    }
+}
+
+/// The text of a message without the bot's own mention ("@Bot yes abcde" in a group chat).
+fn text_without_mention(activity: &Activity) -> Option<String> {
+    let text = activity.text.as_deref()?;
+    if !text.contains("<at") {
+        return Some(super::envelope::html_to_text(text));
+    }
+    let mut a = activity.clone();
+    let bot = a.recipient.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+    crate::teams::strip_bot_mention(&mut a, &bot);
+    Some(super::envelope::html_to_text(a.text.as_deref().unwrap_or_default()))
+}

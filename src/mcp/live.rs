@@ -1,0 +1,148 @@
+//! A streamed reply written while the model writes it (`stream_start` / `stream_append` /
+//! `stream_finish`): one task per stream drives the [`Stream`](crate::teams::Stream) state machine and
+//! posts what it asks for, in order, through [`Outbound::post_live`].
+//!
+//! Live posts bypass the outbox (a stream cut by a restart is not resumed: its updates would be stale);
+//! the start and the end are audited by the caller. A stream nobody finishes is finished with its text so
+//! far after the state machine's idle timeout, or when the session ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::connector::outbox::Outbound;
+use crate::store::ConversationRef;
+use crate::teams::{Stream, StreamConfig, StreamMode, StreamSend, StreamSendKind};
+
+enum Command {
+    Informative(String),
+    Append(String),
+    Finish(oneshot::Sender<Result<String, String>>),
+}
+
+/// The handle of a running stream. Dropping it finishes the stream with what it has.
+#[derive(Debug)]
+pub struct LiveStream {
+    pub reference: ConversationRef,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl LiveStream {
+    /// Start a stream in the conversation; nothing is posted before the first text or informative line.
+    pub fn start(outbound: Arc<Outbound>, reference: ConversationRef, config: StreamConfig) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mode = StreamMode::for_conversation_type(reference.conversation_type.as_deref());
+        let stream = Stream::new(mode, config, Instant::now());
+        tokio::spawn(drive(outbound, reference.clone(), stream, rx));
+        Self { reference, commands: tx }
+    }
+
+    /// A status line ("Searching…"), shown only where Teams streams (1:1 chats).
+    pub fn informative(&self, line: &str) -> Result<(), String> {
+        self.commands.send(Command::Informative(line.to_owned())).map_err(|_| "the stream has ended".to_owned())
+    }
+
+    pub fn append(&self, text: &str) -> Result<(), String> {
+        self.commands.send(Command::Append(text.to_owned())).map_err(|_| "the stream has ended".to_owned())
+    }
+
+    /// Finish and wait for the final message: its id.
+    pub async fn finish(self) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Finish(tx)).map_err(|_| "the stream has ended".to_owned())?;
+        rx.await.map_err(|_| "the stream ended without a final message".to_owned())?
+    }
+}
+
+async fn drive(outbound: Arc<Outbound>, reference: ConversationRef, mut stream: Stream, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut poster = Poster { outbound, reference, final_id: String::new(), error: None };
+    loop {
+        let deadline = stream.next_deadline();
+        let command = tokio::select! {
+            c = rx.recv() => c,
+            () = sleep_until(deadline) => {
+                let sends = stream.poll(Instant::now());
+                poster.post_all(&mut stream, sends).await;
+                if stream.ended().is_some() {
+                    // Abandoned (idle): wait for a finish to report, or for the handle to go.
+                    if let Some(Command::Finish(reply)) = rx.recv().await {
+                        let _ = reply.send(poster.result());
+                    }
+                    return;
+                }
+                continue;
+            }
+        };
+        match command {
+            Some(Command::Informative(line)) => {
+                let sends = stream.informative(&line, Instant::now());
+                poster.post_all(&mut stream, sends).await;
+            }
+            Some(Command::Append(text)) => {
+                let mut sends = stream.append(&text, Instant::now());
+                sends.extend(stream.poll(Instant::now()));
+                poster.post_all(&mut stream, sends).await;
+            }
+            Some(Command::Finish(reply)) => {
+                let sends = stream.finish(Instant::now());
+                poster.post_all(&mut stream, sends).await;
+                let _ = reply.send(poster.result());
+                return;
+            }
+            None => {
+                // The handle was dropped (the session ended): finish with what there is.
+                let sends = stream.finish(Instant::now());
+                poster.post_all(&mut stream, sends).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Poster {
+    outbound: Arc<Outbound>,
+    reference: ConversationRef,
+    final_id: String,
+    error: Option<String>,
+}
+
+impl Poster {
+    async fn post_all(&mut self, stream: &mut Stream, sends: Vec<StreamSend>) {
+        let mut queue: std::collections::VecDeque<StreamSend> = sends.into();
+        while let Some(send) = queue.pop_front() {
+            match self.outbound.post_live(&self.reference, &send.activity).await {
+                Ok(id) => match send.kind {
+                    StreamSendKind::Start if !id.is_empty() => queue.extend(stream.started(&id, Instant::now())),
+                    StreamSendKind::Start => queue.extend(stream.failed(Instant::now())),
+                    // Teams may answer the final without a body: the message keeps the stream's id.
+                    StreamSendKind::Final if id.is_empty() => self.final_id = stream.stream_id().unwrap_or_default().to_owned(),
+                    StreamSendKind::Final | StreamSendKind::Message => self.final_id = id,
+                    StreamSendKind::Update => {}
+                },
+                Err(e) if matches!(send.kind, StreamSendKind::Start | StreamSendKind::Update) => {
+                    tracing::warn!(error = %e, "a stream update failed; the reply continues without updates");
+                    queue.extend(stream.failed(Instant::now()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a streamed reply's message failed");
+                    self.error = Some(e);
+                }
+            }
+        }
+    }
+
+    fn result(&self) -> Result<String, String> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.final_id.clone()),
+        }
+    }
+}
