@@ -6,6 +6,7 @@
 mod fake_connector;
 mod fake_entra;
 mod helpers;
+mod mcp_host;
 
 mod auth;
 mod cli;
@@ -15,5 +16,6 @@ mod durability;
 mod entra;
 mod intake;
 mod keys;
+mod mcp;
 mod teams_app;
 mod tls;
