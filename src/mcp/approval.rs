@@ -128,6 +128,15 @@ impl Approvals {
             .is_some_and(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id))
     }
 
+    /// Whether `aad` may answer the open request `request_id` through this bot.
+    pub fn is_open_for(&self, bot_app_id: &str, request_id: &str, aad: &str) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(request_id)
+            .is_some_and(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id) && p.approvers.iter().any(|a| a.eq_ignore_ascii_case(aad)))
+    }
+
     /// An answer from `aad` (an AAD object id) through `bot_app_id`. Only an approver of the request,
     /// through the bot that asked, decides it; the verdict is sent to the asking session.
     pub fn decide(&self, bot_app_id: &str, request_id: &str, aad: &str, behavior: Behavior) -> Decision {

@@ -910,11 +910,28 @@ impl Bridge {
         }
         let activity = message(a.text.as_deref(), a.card.clone());
         tri!(crate::teams::check_activity_size(&activity).map_err(|e| format!("too large for Teams: {e}")));
-        let bots: Vec<&BotConfig> = self.bots_in(&scope, a.bot.as_deref()).collect();
+        // The bot: named, or the one in scope serving the tenant, or the one already in a 1:1 with them.
+        let mut bots: Vec<&BotConfig> = self.bots_in(&scope, a.bot.as_deref()).collect();
+        if let Some(t) = &a.tenant {
+            bots.retain(|b| b.allowed_tenants.iter().any(|s| s.eq_ignore_ascii_case(t)));
+        }
+        if bots.len() > 1 {
+            let mut chatting = Vec::new();
+            for b in &bots {
+                if let Ok(Some(r)) = self.hub.store.personal_conversation(&b.app_id, &a.user_id).await
+                    && scope.allows_tenant(&r.tenant_id)
+                {
+                    chatting.push(*b);
+                }
+            }
+            if chatting.len() == 1 {
+                bots = chatting;
+            }
+        }
         let bot = match bots.as_slice() {
             [one] => *one,
-            [] => return fail("no bot in this session's scope (or `bot` names none)"),
-            _ => return fail("several bots are in scope: say which with `bot`"),
+            [] => return fail("no bot in this session's scope serves that (check `bot` and `tenant`; status lists them)"),
+            _ => return fail("several bots could send this: say which with `bot` (status lists them)"),
         };
         let serving: Vec<&String> = bot.allowed_tenants.iter().filter(|t| scope.allows_tenant(t)).collect();
         let tenant = match (&a.tenant, serving.as_slice()) {

@@ -24,7 +24,7 @@ pub async fn run(url: &str, token: SecretString) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             from_host = host.receive() => match from_host {
-                Some(m) => upstream.send(m).await.map_err(|e| anyhow::anyhow!("sending to {url}: {e}"))?,
+                Some(m) => upstream.send(m).await.map_err(|e| explain(url, &e.to_string()))?,
                 None => break,
             },
             from_gateway = upstream.receive() => match from_gateway {
@@ -35,4 +35,15 @@ pub async fn run(url: &str, token: SecretString) -> anyhow::Result<()> {
     }
     let _ = upstream.close().await;
     Ok(())
+}
+
+/// The transport's error, said so that the user knows what to fix.
+fn explain(url: &str, error: &str) -> anyhow::Error {
+    if error.contains("Auth") || error.contains("401") {
+        anyhow::anyhow!("the gateway at {url} refused the token (401 Unauthorized): check --token and the gateway's mcp.tokens")
+    } else if error.contains("onnect") {
+        anyhow::anyhow!("cannot reach the gateway at {url} ({error}): is `agentgate serve` running with mcp.tokens set?")
+    } else {
+        anyhow::anyhow!("sending to {url}: {error}")
+    }
 }

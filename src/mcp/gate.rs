@@ -90,9 +90,9 @@ impl InboundGate {
                 return None;
             }
             let plain = text_without_mention(activity)?;
-            // A typed answer counts only for a request that is open (anything else is chat).
+            // A typed answer counts only from an approver of an open request (anything else is chat).
             let (behavior, request_id) = approval::parse_text_verdict(&plain)?;
-            if self.approvals.is_open(bot_app_id, &request_id) {
+            if self.approvals.is_open_for(bot_app_id, &request_id, sender) {
                 return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: false });
             }
         }

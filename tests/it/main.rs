@@ -17,5 +17,7 @@ mod entra;
 mod intake;
 mod keys;
 mod mcp;
+mod mcp_http;
+mod mcp_relay;
 mod teams_app;
 mod tls;

@@ -22,6 +22,12 @@ pub struct Recorder {
     name: String,
 }
 
+impl Recorder {
+    pub fn new(tx: mpsc::UnboundedSender<(String, Value)>, name: &str) -> Self {
+        Self { tx, name: name.to_owned() }
+    }
+}
+
 impl ClientHandler for Recorder {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(ClientCapabilities::default(), Implementation::new(self.name.clone(), "1.0"))
