@@ -92,8 +92,11 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Show the newest audit events, or check the hash chain with `--verify`.
+    /// Show the newest audit events, or check the hash chain with `agentgate audit verify` (or `--verify`).
     Audit {
+        /// `verify`: check the hash chain (same as --verify).
+        #[arg(value_parser = ["verify"])]
+        action: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
         /// Check every event's hash chain link; exit non-zero if one is broken.
@@ -307,6 +310,11 @@ fn mcp(a: McpArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--bot {b}: no configured bot has that app id");
         }
     }
+    for t in &a.tenants {
+        if !cfg.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.eq_ignore_ascii_case(t))) {
+            anyhow::bail!("--tenant {t}: no configured bot serves that tenant (bots[].allowed_tenants)");
+        }
+    }
     // Logs to stderr only: stdout is the protocol.
     crate::telemetry::init(cfg.log.format, &cfg.log.level);
     let scope =
@@ -497,7 +505,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_lines(with_store(&config, false, async |_, store| Ok(store.outbox(id, limit).await?))?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { config, verify: true, .. } => {
+        Command::Audit { config, verify, action, .. } if verify || action.is_some() => {
             match with_store(&config, false, async |_, store| Ok(store.verify_audit().await?))? {
                 Ok(n) => {
                     println!("audit chain intact: {n} events");

@@ -264,8 +264,8 @@ pub struct McpConfig {
     /// Bearer tokens for `/mcp`, each optionally scoped to bots and tenants.
     #[serde(default)]
     pub tokens: Vec<McpToken>,
-    /// The longest message text pushed in one channel notification, in characters (the rest is cut,
-    /// and `read_messages` has it all).
+    /// The longest message text pushed in one channel notification, in characters (the rest is cut and
+    /// marked; `read_messages` returns up to four times as much).
     #[serde(default = "defaults::mcp_max_content")]
     pub max_content_chars: usize,
 }

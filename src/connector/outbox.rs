@@ -380,7 +380,8 @@ impl Outbound {
                         channel_id: "msteams".into(),
                         conversation_type: Some("personal".into()),
                         user_id: Some(user_id.clone()),
-                        user_aad_object_id: None,
+                        // An AAD object id (not a `29:` Teams id) finds this chat again for the person.
+                        user_aad_object_id: (!user_id.contains(':')).then(|| user_id.clone()),
                         bot_id: Some(format!("28:{}", item.bot_app_id)),
                         usable: true,
                         updated_at_ms: now_ms(),

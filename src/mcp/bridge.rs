@@ -41,13 +41,17 @@ pub enum Transport {
     Http,
 }
 
+/// Inbox entries a session was shown: id → (bot, conversation).
+type Shown = Arc<Mutex<HashMap<i64, (String, String)>>>;
+
 struct Session {
     transport: Transport,
     /// Stdio: known from the start. Http: set from the `initialize` request's token.
     scope: OnceLock<Scope>,
     client: Mutex<String>,
-    /// Inbox entries this session was shown (pushed or returned): id → (bot, conversation).
-    shown: Arc<Mutex<HashMap<i64, (String, String)>>>,
+    /// Inbox entries this session was shown (returned by a tool, or pushed to a host that reads
+    /// channel notifications): id → (bot, conversation).
+    shown: Shown,
     /// Entries `wait_for_messages` already returned to this session.
     returned: Mutex<HashSet<i64>>,
     streams: Mutex<HashMap<String, LiveStream>>,
@@ -565,7 +569,10 @@ impl Bridge {
         let (bot, r) = tri!(self.conversation(scope, chat_id, bot).await);
         let parts = if crate::teams::utf16_len(text) > crate::teams::MAX_TEXT_UTF16 {
             if !entities.is_empty() {
-                return fail("a message with mentions must fit in one Teams message (about 28,000 characters)");
+                return fail(format!(
+                    "a message with mentions must fit in one Teams message ({} UTF-16 units); shorten it or send the rest separately",
+                    crate::teams::MAX_TEXT_UTF16
+                ));
             }
             crate::teams::split_text(text, crate::teams::MAX_TEXT_UTF16)
         } else {
@@ -592,7 +599,11 @@ impl Bridge {
         if !tasks.is_empty() {
             return;
         }
-        tasks.push(tokio::spawn(push_loop(Arc::clone(&self.hub), scope, peer.clone(), Arc::clone(&self.session.shown))));
+        // Only a host that reads channel notifications (Claude Code) has seen what was pushed; for the
+        // others a push is not a delivery, so it must not be acknowledged by their next reply.
+        let client = self.session.client.lock().unwrap_or_else(PoisonError::into_inner).to_ascii_lowercase();
+        let shown = client.contains("claude").then(|| Arc::clone(&self.session.shown));
+        tasks.push(tokio::spawn(push_loop(Arc::clone(&self.hub), scope, peer.clone(), shown)));
         if let Some(mut rx) = self.session.verdicts_rx.lock().unwrap_or_else(PoisonError::into_inner).take() {
             tasks.push(tokio::spawn(async move {
                 while let Some(v) = rx.recv().await {
@@ -701,7 +712,7 @@ fn event_json(ev: &InboundEvent, max_chars: usize) -> Value {
 }
 
 /// The channel notification of an event: `content` in the envelope, `meta` of identifier keys.
-pub fn channel_notification(ev: &InboundEvent, max_chars: usize) -> Value {
+pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool) -> Value {
     let (body, _) = envelope::bound(&ev.untrusted_body(), max_chars);
     let mut meta = serde_json::Map::new();
     let fields = [
@@ -720,14 +731,19 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize) -> Value {
         }
     }
     meta.insert("inbox_id".into(), Value::String(ev.inbox_id.to_string()));
+    if with_bot {
+        // Several bots in scope may share a conversation: say which one received it.
+        meta.insert("bot".into(), Value::String(envelope::meta_value(&ev.bot)));
+    }
     json!({"content": envelope::wrap(&body, &envelope::new_nonce()), "meta": meta})
 }
 
 /// Push every pending entry in scope, then each new one, as `notifications/claude/channel`.
-async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: Arc<Mutex<HashMap<i64, (String, String)>>>) {
+async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: Option<Shown>) {
     let mut cursor = 0;
     let mut signal = hub.inbox.clone();
     let max = hub.cfg.mcp.max_content_chars;
+    let with_bot = hub.cfg.bots.iter().filter(|b| scope.allows_bot(&b.app_id)).count() > 1;
     loop {
         signal.borrow_and_update();
         let batch = match hub.store.inbox_after(cursor, 256).await {
@@ -756,12 +772,14 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: A
                     continue;
                 }
             };
-            let n = CustomNotification::new("notifications/claude/channel", Some(channel_notification(&ev, max)));
+            let n = CustomNotification::new("notifications/claude/channel", Some(channel_notification(&ev, max, with_bot)));
             if let Err(e) = peer.send_notification(ServerNotification::CustomNotification(n)).await {
                 tracing::info!(error = %e, "the host went away; pushes stop (unacknowledged messages wait for the next session)");
                 return;
             }
-            shown.lock().unwrap_or_else(PoisonError::into_inner).insert(item.id, (item.bot_app_id, item.conversation_id));
+            if let Some(shown) = &shown {
+                shown.lock().unwrap_or_else(PoisonError::into_inner).insert(item.id, (item.bot_app_id, item.conversation_id));
+            }
         }
     }
 }

@@ -75,8 +75,9 @@ async fn authenticate(State(tokens): State<Tokens>, mut req: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some(scope) = presented.and_then(|t| tokens.scope_of(t)) else {
         tracing::warn!("/mcp request refused: missing or unknown bearer token");
         return unauthorized();

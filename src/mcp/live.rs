@@ -7,6 +7,7 @@
 //! far after the state machine's idle timeout, or when the session ends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,8 @@ enum Command {
 pub struct LiveStream {
     pub reference: ConversationRef,
     commands: mpsc::UnboundedSender<Command>,
+    /// Set when the stream finished on its own (idle): later text would be lost, so it is refused.
+    ended: Arc<AtomicBool>,
 }
 
 impl LiveStream {
@@ -34,17 +37,25 @@ impl LiveStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let mode = StreamMode::for_conversation_type(reference.conversation_type.as_deref());
         let stream = Stream::new(mode, config, Instant::now());
-        tokio::spawn(drive(outbound, reference.clone(), stream, rx));
-        Self { reference, commands: tx }
+        let ended = Arc::new(AtomicBool::new(false));
+        tokio::spawn(drive(outbound, reference.clone(), stream, rx, Arc::clone(&ended)));
+        Self { reference, commands: tx, ended }
+    }
+
+    fn send(&self, c: Command) -> Result<(), String> {
+        if self.ended.load(Ordering::Acquire) {
+            return Err("the stream was finished after a minute without text; start a new one".to_owned());
+        }
+        self.commands.send(c).map_err(|_| "the stream has ended".to_owned())
     }
 
     /// A status line ("Searching…"), shown only where Teams streams (1:1 chats).
     pub fn informative(&self, line: &str) -> Result<(), String> {
-        self.commands.send(Command::Informative(line.to_owned())).map_err(|_| "the stream has ended".to_owned())
+        self.send(Command::Informative(line.to_owned()))
     }
 
     pub fn append(&self, text: &str) -> Result<(), String> {
-        self.commands.send(Command::Append(text.to_owned())).map_err(|_| "the stream has ended".to_owned())
+        self.send(Command::Append(text.to_owned()))
     }
 
     /// Finish and wait for the final message: its id.
@@ -55,7 +66,13 @@ impl LiveStream {
     }
 }
 
-async fn drive(outbound: Arc<Outbound>, reference: ConversationRef, mut stream: Stream, mut rx: mpsc::UnboundedReceiver<Command>) {
+async fn drive(
+    outbound: Arc<Outbound>,
+    reference: ConversationRef,
+    mut stream: Stream,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    ended: Arc<AtomicBool>,
+) {
     let mut poster = Poster { outbound, reference, final_id: String::new(), error: None };
     loop {
         let deadline = stream.next_deadline();
@@ -65,9 +82,13 @@ async fn drive(outbound: Arc<Outbound>, reference: ConversationRef, mut stream: 
                 let sends = stream.poll(Instant::now());
                 poster.post_all(&mut stream, sends).await;
                 if stream.ended().is_some() {
-                    // Abandoned (idle): wait for a finish to report, or for the handle to go.
-                    if let Some(Command::Finish(reply)) = rx.recv().await {
-                        let _ = reply.send(poster.result());
+                    // Abandoned (idle): refuse more text; a finish gets the outcome.
+                    ended.store(true, Ordering::Release);
+                    while let Some(c) = rx.recv().await {
+                        if let Command::Finish(reply) = c {
+                            let _ = reply.send(poster.result());
+                            return;
+                        }
                     }
                     return;
                 }

@@ -120,7 +120,7 @@ impl Hub {
         self.cfg.bots.iter().any(|b| scope.allows_bot(&b.app_id) && !b.policy.approvers.is_empty())
     }
 
-    /// Expire approval requests (updating their cards) and forget those of ended sessions, every second.
+    /// Update the cards of decided requests, expire open ones and forget those of ended sessions, twice a second.
     pub fn spawn_approval_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let hub = Arc::clone(self);
         tokio::spawn(async move {

@@ -102,7 +102,7 @@ pub enum GroupPolicy {
 pub enum Verdict {
     /// Give it to the agent.
     Deliver,
-    /// Keep it from the agent (it is still stored and audited by the caller).
+    /// Keep it from the agent (it is still stored (state `filtered`) and logged by the caller).
     Drop(DropReason),
 }
 

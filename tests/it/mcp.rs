@@ -86,6 +86,12 @@ async fn stdio_host_sees_teams_and_replies() {
         assert!(t.description.as_deref().is_some_and(|d| d.len() > 10), "{name} has no description");
         assert_eq!(t.input_schema.get("type"), Some(&json!("object")), "{name}");
     }
+    // The body prompt is served as an MCP prompt.
+    let prompts = host.client.list_all_prompts().await.unwrap();
+    assert_eq!(prompts.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["agentgate_rules"]);
+    let prompt = host.client.get_prompt(rmcp::model::GetPromptRequestParams::new("agentgate_rules")).await.unwrap();
+    let text = serde_json::to_string(&prompt).unwrap();
+    assert!(text.contains("untrusted_content") && !text.contains("@include"), "{text}");
     let reply_schema = &tools.iter().find(|t| t.name == "reply").unwrap().input_schema;
     assert_eq!(reply_schema["required"], json!(["chat_id", "text"]), "{reply_schema:?}");
 

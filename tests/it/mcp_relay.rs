@@ -145,6 +145,9 @@ async fn permission_requests_are_answered_by_approvers_in_teams() {
     assert!(trail.contains("\"outcome\":\"refused_not_approver\""), "{trail}");
     assert!(trail.contains("\"outcome\":\"allow\"") && trail.contains("\"outcome\":\"deny\""), "{trail}");
     assert!(trail.contains("\"outcome\":\"expired\""), "{trail}");
+    let verify = std::process::Command::new(bin()).args(["audit", "verify", "--config"]).arg(&gw.config).output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && said.contains("audit chain intact"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,6 +199,19 @@ async fn cards_typing_streams_and_proactive_messages() {
 
     let landed = fake.landed();
     assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+
+    // Proactive 1:1 to someone the bot never talked to: the chat is created, then reused.
+    let p = host.ok("send_to_user", json!({"user_id": EVE, "tenant": TENANT, "text": "hello Eve"})).await;
+    assert_eq!(p["status"], "delivered", "{p}");
+    let p = host.ok("send_to_user", json!({"user_id": EVE, "text": "again"})).await;
+    assert_eq!(p["status"], "delivered", "{p}");
+    let after = fake.landed();
+    let creates = after.iter().filter(|l| l.conversation.is_none()).count();
+    assert_eq!(creates, 1, "the second message opened another chat: {after:?}");
+    assert_eq!(after.last().unwrap().body["text"], "again");
+    let (err, v) = host.call("send_to_user", json!({"user_id": "Eve Smith", "text": "x"})).await;
+    assert!(err && v.to_string().contains("AAD object id"), "{v}");
+
     let card_post = &landed[0];
     assert_eq!(card_post.body["attachments"][0]["content"]["body"][0]["text"], "Build passed");
     assert_eq!((landed[1].method.as_str(), landed[1].activity.as_deref()), ("PUT", Some(card_id.as_str())));
@@ -229,5 +245,7 @@ async fn cards_typing_streams_and_proactive_messages() {
     let read = host.ok("read_messages", json!({})).await;
     let action = read["events"].as_array().unwrap().iter().find(|e| e["event"] == "card_action").unwrap().clone();
     assert_eq!(action["verb"], "deploy", "{action}");
+    // This host does not read channel pushes, so its sends did not acknowledge the pushed "hi".
+    assert!(read["events"].as_array().unwrap().iter().any(|e| e["event"] == "message"), "{read}");
     assert!(action["content"].as_str().unwrap().contains("\"build\":7"), "{action}");
 }
