@@ -279,6 +279,11 @@ impl ConfigArgs {
     }
 }
 
+/// A configuration enum as the word written in the file.
+fn word<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -486,6 +491,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     b.cloud,
                     b.allowed_tenants.join(",")
                 );
+                let p = &b.policy;
+                println!(
+                    "    reaches the agent: DMs {}{}, groups and channels {}; approvers {}",
+                    word(&p.dm),
+                    if p.dm == crate::mcp::policy::DmPolicy::Allowlist { format!(" ({} ids)", p.dm_allow.len()) } else { String::new() },
+                    word(&p.groups),
+                    p.approvers.len()
+                );
+                if p.dm == crate::mcp::policy::DmPolicy::Allowlist && p.dm_allow.is_empty() {
+                    println!(
+                        "    note: policy.dm_allow is empty, so no 1:1 chat reaches the agent; a refused sender's AAD object id is logged, add it there"
+                    );
+                }
+            }
+            match cfg.mcp.tokens.len() {
+                0 => println!("  mcp:    stdio only (`agentgate mcp`); /mcp is off (no mcp.tokens)"),
+                n => println!(
+                    "  mcp:    /mcp on {} with {n} token(s): {}",
+                    cfg.mcp.bind,
+                    cfg.mcp.tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -19,6 +19,9 @@ fn init_writes_a_starter_that_check_accepts_and_refuses_to_overwrite() {
     let (ok, out, err) = run(&["check"], dir.path());
     assert!(ok, "{out}{err}");
     assert!(out.contains("configuration OK"));
+    // The starter's policy keeps 1:1 chats from the agent until ids are listed, and says so.
+    assert!(out.contains("DMs allowlist (0 ids)") && out.contains("dm_allow is empty"), "{out}");
+    assert!(out.contains("/mcp is off"), "{out}");
     let (ok, _, err) = run(&["init"], dir.path());
     assert!(!ok);
     assert!(err.contains("--force"), "{err}");
