@@ -276,6 +276,9 @@ pub struct BotConfig {
     /// Require the signing key to be endorsed for the activity's `channelId`.
     #[serde(default = "defaults::yes")]
     pub require_endorsement: bool,
+    /// The Entra Agent User behind this bot (three-hop tokens for Graph); see docs/configuration.md.
+    #[serde(default)]
+    pub agent_user: Option<crate::entra::AgentUserConfig>,
 }
 
 mod defaults {
@@ -588,6 +591,9 @@ impl Config {
                     field("app_id"),
                     format!("`{app_id}` is configured twice; each [[bots]] entry needs its own app id"),
                 ));
+            }
+            if let Some(a) = &bot.agent_user {
+                a.validate(&field("agent_user"))?;
             }
             if bot.allowed_tenants.is_empty() {
                 return Err(ConfigError::new(

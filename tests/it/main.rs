@@ -5,8 +5,10 @@
 
 mod fake_connector;
 mod fake_entra;
+mod fake_entra_agent;
 mod helpers;
 
+mod agent_tokens;
 mod auth;
 mod cli;
 mod connector;
