@@ -306,7 +306,14 @@ async fn handle(State(s): State<Arc<AgentState>>, method: Method, uri: Uri, head
             return refuse(&s, None, 400, "unsupported_grant_type", 70003, &format!("The app requested an unsupported grant type '{g}'."));
         }
         _ => {
-            return refuse(&s, None, 400, "invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'.");
+            return refuse(
+                &s,
+                None,
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'grant_type'.",
+            );
         }
     };
     s.per_hop[hop as usize].fetch_add(1, Ordering::SeqCst);

@@ -6,6 +6,7 @@
 mod fake_connector;
 mod fake_entra;
 mod fake_entra_agent;
+mod fake_graph;
 mod helpers;
 
 mod agent_tokens;
@@ -15,6 +16,7 @@ mod connector;
 mod doctor;
 mod durability;
 mod entra;
+mod graph;
 mod intake;
 mod keys;
 mod teams_app;
