@@ -227,11 +227,9 @@ pub struct AgentTokenError {
     pub source: TokenError,
 }
 
-impl std::error::Error for AgentTokenError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
+/// The `Display` already includes the token error (with this hop's hint instead of the generic one), so
+/// it is not repeated as a `source()`; it is the public `source` field.
+impl std::error::Error for AgentTokenError {}
 
 impl fmt::Display for AgentTokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -18,6 +18,7 @@ pub mod client;
 pub mod credential;
 pub mod endpoint;
 pub mod error;
+pub mod inspect;
 pub mod provider;
 
 pub use agent::{

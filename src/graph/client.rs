@@ -127,13 +127,13 @@ pub enum GraphErrorKind {
 pub enum GraphError {
     /// The URL is not a Graph host: nothing was sent.
     #[error("refused before sending: {0}")]
-    NotAllowed(#[from] GraphUrlError),
+    NotAllowed(GraphUrlError),
     /// The input cannot be sent (nothing was sent).
     #[error("refused before sending: {0}")]
     Invalid(String),
     /// No Graph token.
     #[error("no Graph token as the Agent User: {0}")]
-    Token(#[from] AgentTokenError),
+    Token(AgentTokenError),
     /// Throttled (429), also after the allowed retries.
     #[error("throttled by Graph{}", retry_after.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default())]
     Throttled {
@@ -156,6 +156,19 @@ pub enum GraphError {
     /// A 2xx whose body is not what was expected.
     #[error("unexpected Graph response: {0}")]
     BadResponse(String),
+}
+
+// Not `#[from]`: the messages above include the inner error, so it is not repeated as a `source()`.
+impl From<GraphUrlError> for GraphError {
+    fn from(e: GraphUrlError) -> Self {
+        Self::NotAllowed(e)
+    }
+}
+
+impl From<AgentTokenError> for GraphError {
+    fn from(e: AgentTokenError) -> Self {
+        Self::Token(e)
+    }
 }
 
 impl GraphError {

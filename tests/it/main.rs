@@ -21,3 +21,4 @@ mod intake;
 mod keys;
 mod teams_app;
 mod tls;
+mod token_cli;
