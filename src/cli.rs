@@ -118,6 +118,20 @@ pub enum Command {
     /// The Teams app: per-tenant app packages and admin-consent links.
     #[command(subcommand)]
     TeamsApp(TeamsAppCommand),
+    /// Get a fresh token and print its claims: `graph` / `agentic` as the bot's Agent User (three hops),
+    /// `bot` as the bot. The token itself is printed only with --show-token.
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(value_enum)]
+        kind: crate::entra::inspect::TokenKind,
+        /// The bot (app id); needed only when several bots are configured.
+        #[arg(long)]
+        bot: Option<String>,
+        /// Also print the token (a credential: keep it out of logs and tickets).
+        #[arg(long)]
+        show_token: bool,
+    },
 }
 
 /// `agentgate teams-app …`
@@ -552,6 +566,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::TeamsApp(cmd) => teams_app(cmd),
+        Command::Token { config, kind, bot, show_token } => {
+            let cfg = config.load(false)?;
+            cfg.validate(false)?;
+            let [(index, _)] = select_bots(&cfg, bot.as_deref())?[..] else {
+                anyhow::bail!("{} bots are configured: pass --bot APP_ID to choose one", cfg.bots.len());
+            };
+            print!("{}", runtime()?.block_on(crate::entra::inspect::token_report(&cfg, index, kind, show_token))?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Doctor { config, dev, domain } => {
             let cfg = config.load(dev)?;
             let report = runtime()?.block_on(crate::doctor::run(&cfg, &crate::doctor::DoctorOptions { dev, domain }));

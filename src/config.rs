@@ -320,6 +320,9 @@ pub struct BotConfig {
     /// Who may reach the agent through this bot, and who approves its tool use.
     #[serde(default)]
     pub policy: crate::mcp::policy::BotPolicy,
+    /// The Entra Agent User behind this bot (three-hop tokens for Graph); see docs/configuration.md.
+    #[serde(default)]
+    pub agent_user: Option<crate::entra::AgentUserConfig>,
 }
 
 mod defaults {
@@ -643,6 +646,9 @@ impl Config {
                     field("app_id"),
                     format!("`{app_id}` is configured twice; each [[bots]] entry needs its own app id"),
                 ));
+            }
+            if let Some(a) = &bot.agent_user {
+                a.validate(&field("agent_user"))?;
             }
             if bot.allowed_tenants.is_empty() {
                 return Err(ConfigError::new(

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connector;
 pub mod doctor;
 pub mod entra;
+pub mod graph;
 pub mod http_util;
 pub mod inbound;
 pub mod mcp;

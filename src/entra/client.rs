@@ -306,10 +306,39 @@ impl TokenClient {
 
     /// One refresh: attempts with backoff until success, a permanent error or the budget is spent.
     async fn fetch(&self, req: &TokenRequest) -> Result<Cached, TokenError> {
+        let build = |now: SystemTime| req_form(req, now);
+        self.fetch_with(&req.endpoint, &req.client_id, req.credential.kind(), &build).await
+    }
+
+    /// The clock this client reads (shared with callers that keep their own caches).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
+    }
+
+    /// One token request with an arbitrary form (the Agent User chain's hops), with this client's
+    /// retries and response checks, and no caching. `build` is called afresh for each attempt (a client
+    /// assertion is single-use) with the time the request is sent. Returns the token and when to refresh it.
+    pub(crate) async fn exchange(
+        &self,
+        endpoint: &TokenEndpoint,
+        client_id: &str,
+        kind: &'static str,
+        build: &(dyn Fn(SystemTime) -> Result<TokenForm, TokenError> + Send + Sync),
+    ) -> Result<(AccessToken, SystemTime), TokenError> {
+        self.fetch_with(endpoint, client_id, kind, build).await.map(|c| (c.token, c.refresh_at))
+    }
+
+    async fn fetch_with(
+        &self,
+        endpoint: &TokenEndpoint,
+        client_id: &str,
+        kind: &'static str,
+        build: &(dyn Fn(SystemTime) -> Result<TokenForm, TokenError> + Send + Sync),
+    ) -> Result<Cached, TokenError> {
         let policy = self.settings.retry;
         let mut attempt = 1;
         loop {
-            let failure = match self.attempt(req).await {
+            let failure = match self.attempt(endpoint, client_id, kind, build).await {
                 Ok(c) => return Ok(c),
                 Err(f) => f,
             };
@@ -325,43 +354,31 @@ impl TokenClient {
                     exp / 2 + jitter(exp / 2)
                 }
             };
-            tracing::warn!(client_id = %req.client_id, endpoint = %req.endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "token request failed; retrying");
+            tracing::warn!(client_id, endpoint = %endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "token request failed; retrying");
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
     }
 
-    async fn attempt(&self, req: &TokenRequest) -> Result<Cached, Failure> {
-        let endpoint = req.endpoint.as_str();
+    async fn attempt(
+        &self,
+        req_endpoint: &TokenEndpoint,
+        client_id: &str,
+        kind: &'static str,
+        build: &(dyn Fn(SystemTime) -> Result<TokenForm, TokenError> + Send + Sync),
+    ) -> Result<Cached, Failure> {
+        let endpoint = req_endpoint.as_str();
         // The endpoint type only admits https or loopback http; check again right before the credential leaves.
         check_fetch_url(endpoint).map_err(|e| Failure::fatal(TokenError::Setup(format!("refusing to send a credential: {e}"))))?;
 
         let now = self.clock.now();
-        // The form serializer is not Send: build the body in a block so it never lives across an await.
-        let (body, sensitive) = {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "client_credentials").append_pair("client_id", &req.client_id).append_pair("scope", &req.scope);
-            let sensitive: SecretString = match req.credential.as_ref() {
-                ClientCredential::Secret(s) => {
-                    form.append_pair("client_secret", s.expose_secret());
-                    s.clone()
-                }
-                ClientCredential::Certificate(c) => {
-                    let assertion = c
-                        .client_assertion_at(&req.client_id, endpoint, now)
-                        .map_err(|e| Failure::fatal(TokenError::Credential(e.to_string())))?;
-                    form.append_pair("client_assertion_type", ASSERTION_TYPE).append_pair("client_assertion", assertion.expose_secret());
-                    assertion
-                }
-            };
-            (SecretString::from(form.finish()), sensitive)
-        };
+        let TokenForm { body, sensitive } = build(now).map_err(Failure::fatal)?;
 
-        tracing::debug!(client_id = %req.client_id, endpoint, credential = req.credential.kind(), "requesting a token");
+        tracing::debug!(client_id, endpoint, credential = kind, "requesting a token");
         self.sent.fetch_add(1, Ordering::Relaxed);
         let sent = self
             .http
-            .post(req.endpoint.url().clone())
+            .post(req_endpoint.url().clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(body.expose_secret().to_owned())
@@ -395,8 +412,41 @@ impl TokenClient {
                 }
             }
         }
-        interpret(endpoint, status.as_u16(), retry_after, &bytes, sensitive.expose_secret(), now, &self.settings)
+        let first = sensitive.first().map_or("", |s| s.expose_secret());
+        interpret(endpoint, status.as_u16(), retry_after, &bytes, first, now, &self.settings).map_err(|mut f| {
+            for s in sensitive.iter().skip(1) {
+                f.error.scrub(s.expose_secret());
+            }
+            f
+        })
     }
+}
+
+/// The form of one token request and the secrets in it (scrubbed from any error text).
+pub(crate) struct TokenForm {
+    /// `application/x-www-form-urlencoded` body.
+    pub body: SecretString,
+    /// The secret, assertions or tokens the body carries.
+    pub sensitive: Vec<SecretString>,
+}
+
+/// The client-credentials form of `req` as of `now`.
+fn req_form(req: &TokenRequest, now: SystemTime) -> Result<TokenForm, TokenError> {
+    let endpoint = req.endpoint.as_str();
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "client_credentials").append_pair("client_id", &req.client_id).append_pair("scope", &req.scope);
+    let sensitive: SecretString = match req.credential.as_ref() {
+        ClientCredential::Secret(s) => {
+            form.append_pair("client_secret", s.expose_secret());
+            s.clone()
+        }
+        ClientCredential::Certificate(c) => {
+            let assertion = c.client_assertion_at(&req.client_id, endpoint, now).map_err(|e| TokenError::Credential(e.to_string()))?;
+            form.append_pair("client_assertion_type", ASSERTION_TYPE).append_pair("client_assertion", assertion.expose_secret());
+            assertion
+        }
+    };
+    Ok(TokenForm { body: SecretString::from(form.finish()), sensitive: vec![sensitive] })
 }
 
 /// Random extra delay in `0..=max`.

@@ -73,6 +73,24 @@ impl TokenError {
         }
     }
 
+    /// Remove `sensitive` (a token or assertion that was sent) from any text this error carries.
+    pub(crate) fn scrub(&mut self, sensitive: &str) {
+        if sensitive.is_empty() {
+            return;
+        }
+        let clean = |s: &mut String| {
+            if s.contains(sensitive) {
+                *s = s.replace(sensitive, "<redacted>");
+            }
+        };
+        match self {
+            Self::Refused { detail, .. } => clean(&mut detail.description),
+            Self::BadResponse { reason, .. } | Self::Unreachable { reason, .. } => clean(reason),
+            Self::Credential(s) | Self::Setup(s) => clean(s),
+            Self::Status { .. } => {}
+        }
+    }
+
     /// The AADSTS codes of an Entra refusal (empty otherwise).
     pub fn aadsts_codes(&self) -> &[u64] {
         self.entra().map_or(&[], |e| &e.codes)

@@ -8,15 +8,23 @@
 //! * [`TokenClient`]: the request, response checks (the `error` field first; AADSTS codes with hints),
 //!   retries and the single-flight cache.
 //! * [`BotTokenProvider`]: a configured bot tied to all of the above.
+//! * [`AgentTokenChain`] / [`AgentUserTokens`]: the three-hop Agent User chain (Blueprint → Agent
+//!   Identity → Agent User) with its caches.
 
 use std::time::SystemTime;
 
+pub mod agent;
 pub mod client;
 pub mod credential;
 pub mod endpoint;
 pub mod error;
+pub mod inspect;
 pub mod provider;
 
+pub use agent::{
+    AgentMode, AgentSetupError, AgentTokenChain, AgentTokenError, AgentUser, AgentUserConfig, AgentUserTokens, DEFAULT_AGENTIC_SCOPE,
+    DEFAULT_GRAPH_SCOPE, Hop, TOKEN_EXCHANGE_SCOPE,
+};
 pub use client::{AccessToken, RetryPolicy, TokenClient, TokenClientSettings, TokenRequest};
 pub use credential::{CertificateCredential, ClientCredential, CredentialError};
 pub use endpoint::{Authority, EndpointError, TokenEndpoint, bot_scope, bot_tenant, default_authority, legacy_bot_tenant};

@@ -5,15 +5,19 @@
 
 mod fake_connector;
 mod fake_entra;
+mod fake_entra_agent;
+mod fake_graph;
 mod helpers;
 mod mcp_host;
 
+mod agent_tokens;
 mod auth;
 mod cli;
 mod connector;
 mod doctor;
 mod durability;
 mod entra;
+mod graph;
 mod intake;
 mod keys;
 mod mcp;
@@ -21,3 +25,4 @@ mod mcp_http;
 mod mcp_relay;
 mod teams_app;
 mod tls;
+mod token_cli;

@@ -1,0 +1,804 @@
+//! The Entra Agent User token chain: three form POSTs to the tenant's token endpoint that turn the
+//! Blueprint's certificate into a delegated token of the Agent User for a resource.
+//!
+//! | hop | `client_id` | grant | credential | scope | extra | result |
+//! |---|---|---|---|---|---|---|
+//! | 1 | Blueprint app id | `client_credentials` | certificate-signed assertion (RS256, `x5t#S256`) | `api://AzureADTokenExchange/.default` | `fmi_path` = Agent Identity id | T1 |
+//! | 2 | Agent Identity id | `client_credentials` | `client_assertion` = T1 | `api://AzureADTokenExchange/.default` | — | T2 |
+//! | 3 | Agent Identity id | `user_fic` | `client_assertion` = **T1** (not T2) | the resource's `.default` | `user_federated_identity_credential` = T2, `user_id` = Agent User object id (or `username` = UPN) | T3 |
+//!
+//! Every response is checked for `error` before `access_token` (by [`TokenClient`], with its retries);
+//! a failure names its hop and carries the AADSTS codes with a hint about what to fix.
+//!
+//! Caching: T1 and T2 per (tenant, Agent Identity), T3 per (tenant, Agent Identity, user, scope). Each
+//! is refreshed 5 minutes before it expires (half its lifetime when it lives less than 10 minutes), one
+//! refresh at a time per token: 50 callers on a cold cache cause exactly three requests. The cache is
+//! never keyed on a token value.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::Clock;
+use super::client::{AccessToken, TokenClient, TokenForm};
+use super::credential::{ASSERTION_TYPE, CertificateCredential};
+use super::endpoint::{Authority, TokenEndpoint};
+use super::error::{EntraError, TokenError};
+use crate::config::ConfigError;
+use crate::secrets::SecretRef;
+
+/// The scope of hops 1 and 2: a token for Entra's token exchange (federated credential) audience.
+pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
+
+/// The default resource of Graph calls as the Agent User.
+pub const DEFAULT_GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+/// The default scope of the Agent User's Bot Connector token (the Messaging Bot API).
+pub const DEFAULT_AGENTIC_SCOPE: &str = "5a807f24-c9de-44ee-a3a7-329e88a00ffc/.default";
+
+/// A cached token still counts as usable (shared with waiters, served after a failed refresh) until
+/// this long before it expires.
+const USABLE_MARGIN: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- configuration
+
+/// When the bot's own identity is not enough, whether to act as the Agent User.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMode {
+    /// Only the bot identity acts; the Agent User's tokens are used by explicit Graph tools only.
+    #[default]
+    BotOnly,
+    /// When the bot cannot act (no conversation reference, bot not installed), fall back to Graph as
+    /// the Agent User.
+    Fallback,
+}
+
+/// `[bots.agent_user]`: the Entra Agent ID objects behind a bot and the Blueprint's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUserConfig {
+    /// The tenant the Agent Identity and Agent User live in (a GUID or a domain).
+    pub tenant_id: String,
+    /// The Agent Blueprint's application (client) id; it holds the only credential.
+    pub blueprint_app_id: String,
+    /// The Agent Identity's app (client) id (sent as `fmi_path` in hop 1 and as `client_id` after).
+    pub agent_identity_id: String,
+    /// The Agent User's object id (`user_id` in hop 3). Set this or `agent_user_upn`.
+    #[serde(default)]
+    pub agent_user_id: Option<String>,
+    /// The Agent User's UPN (`username` in hop 3), instead of `agent_user_id`.
+    #[serde(default)]
+    pub agent_user_upn: Option<String>,
+    /// The Blueprint's certificate (PEM).
+    pub certificate: SecretRef,
+    /// The certificate's private key (PEM; a file must be mode 0600).
+    pub key: SecretRef,
+    /// Send the certificate chain (`x5c`) in the hop-1 assertion.
+    #[serde(default)]
+    pub send_x5c: bool,
+    /// The resource of Graph calls.
+    #[serde(default = "default_graph_scope")]
+    pub graph_scope: String,
+    /// The resource of the Agent User's Bot Connector token.
+    #[serde(default = "default_agentic_scope")]
+    pub agentic_scope: String,
+    /// `bot_only` (default) or `fallback`.
+    #[serde(default)]
+    pub mode: AgentMode,
+    /// The Graph API base; default `https://graph.microsoft.com/v1.0`. Another national Graph host, or
+    /// a loopback `http://127.0.0.1:PORT/v1.0` for a local fake.
+    #[serde(default)]
+    pub graph_base_url: Option<String>,
+}
+
+fn default_graph_scope() -> String {
+    DEFAULT_GRAPH_SCOPE.to_owned()
+}
+
+fn default_agentic_scope() -> String {
+    DEFAULT_AGENTIC_SCOPE.to_owned()
+}
+
+impl AgentUserConfig {
+    /// Check the section; `at` is its path (`bots[0].agent_user`), used in error fields.
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let err = |field: &str, problem: String| ConfigError { field: format!("{at}.{field}"), problem };
+        let guid = |field: &str, v: &str, what: &str| {
+            if crate::teams_app::is_guid(v) { Ok(()) } else { Err(err(field, format!("`{v}` is not a GUID: set it to {what}"))) }
+        };
+        if self.tenant_id.trim().is_empty()
+            || !self.tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            || self.tenant_id.starts_with('.')
+        {
+            return Err(err(
+                "tenant_id",
+                "must be the Agent User's tenant id (a GUID, or a domain such as contoso.onmicrosoft.com)".into(),
+            ));
+        }
+        guid("blueprint_app_id", &self.blueprint_app_id, "the Agent Blueprint's application (client) id")?;
+        guid("agent_identity_id", &self.agent_identity_id, "the Agent Identity's app (client) id")?;
+        if self.agent_identity_id.eq_ignore_ascii_case(&self.blueprint_app_id) {
+            return Err(err(
+                "agent_identity_id",
+                "equals blueprint_app_id: set it to the Agent Identity created from the Blueprint (a different id)".into(),
+            ));
+        }
+        match (&self.agent_user_id, &self.agent_user_upn) {
+            (Some(_), Some(_)) => {
+                return Err(err("agent_user_upn", "set either agent_user_id (the object id) or agent_user_upn, not both".into()));
+            }
+            (None, None) => {
+                return Err(err(
+                    "agent_user_id",
+                    "is not set: set it to the Agent User's object id (or set agent_user_upn to its UPN)".into(),
+                ));
+            }
+            (Some(id), None) => guid("agent_user_id", id, "the Agent User's object id")?,
+            (None, Some(upn)) => {
+                let ok = upn.split_once('@').is_some_and(|(u, d)| !u.is_empty() && d.contains('.')) && !upn.contains(char::is_whitespace);
+                if !ok {
+                    return Err(err("agent_user_upn", format!("`{upn}` is not a UPN such as agent@contoso.onmicrosoft.com")));
+                }
+            }
+        }
+        for (field, scope) in [("graph_scope", &self.graph_scope), ("agentic_scope", &self.agentic_scope)] {
+            if !scope.ends_with("/.default") || scope.contains(char::is_whitespace) || scope.len() <= "/.default".len() {
+                return Err(err(field, format!("`{scope}` must be one resource's `.default` scope, such as {DEFAULT_GRAPH_SCOPE}")));
+            }
+        }
+        if let Some(base) = &self.graph_base_url {
+            crate::graph::GraphEndpoint::parse(base).map_err(|e| err("graph_base_url", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The Agent User this section names.
+    pub fn user(&self) -> AgentUser {
+        match (&self.agent_user_id, &self.agent_user_upn) {
+            (Some(id), _) => AgentUser::ObjectId(id.clone()),
+            (None, Some(upn)) => AgentUser::Upn(upn.clone()),
+            (None, None) => AgentUser::ObjectId(String::new()),
+        }
+    }
+
+    /// Load the Blueprint's key and certificate. Errors name the field (`at` is the section's path).
+    pub async fn load_credential(&self, at: &str) -> Result<CertificateCredential, AgentSetupError> {
+        let key = self.key.load().await.map_err(|e| AgentSetupError::new(format!("{at}.key"), e.to_string()))?;
+        let cert = self.certificate.load_public().await.map_err(|e| AgentSetupError::new(format!("{at}.certificate"), e.to_string()))?;
+        CertificateCredential::from_pem(key.expose_secret().as_bytes(), cert.expose_secret().as_bytes(), self.send_x5c).map_err(|e| {
+            let field = if e.field() == Some("certificate") { "certificate" } else { "key" };
+            AgentSetupError::new(format!("{at}.{field}"), e.to_string())
+        })
+    }
+}
+
+/// Why the Agent User's tokens could not be set up (before any request). Names the config field.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{field}`: {problem}")]
+pub struct AgentSetupError {
+    /// The config path, such as `bots[0].agent_user.key`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl AgentSetupError {
+    fn new(field: String, problem: String) -> Self {
+        Self { field, problem }
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// One of the three hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hop {
+    /// Blueprint → T1.
+    Blueprint = 1,
+    /// Agent Identity → T2.
+    AgentIdentity = 2,
+    /// Agent User → T3.
+    AgentUser = 3,
+}
+
+impl fmt::Display for Hop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Blueprint => "hop 1 (Blueprint → T1)",
+            Self::AgentIdentity => "hop 2 (Agent Identity → T2)",
+            Self::AgentUser => "hop 3 (Agent User → T3)",
+        })
+    }
+}
+
+/// A hop of the chain failed. Holds no token or assertion; cheap to clone (waiters share it).
+#[derive(Debug, Clone)]
+pub struct AgentTokenError {
+    /// The hop that failed.
+    pub hop: Hop,
+    /// What the token endpoint (or the client) said.
+    pub source: TokenError,
+}
+
+/// The `Display` already includes the token error (with this hop's hint instead of the generic one), so
+/// it is not repeated as a `source()`; it is the public `source` field.
+impl std::error::Error for AgentTokenError {}
+
+impl fmt::Display for AgentTokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed: ", self.hop)?;
+        match &self.source {
+            // Written out here so that the bot-oriented generic hint is replaced by this hop's.
+            TokenError::Refused { endpoint, detail } => {
+                write!(f, "token request to {endpoint} refused: {} (HTTP {}", detail.error, detail.status)?;
+                for c in &detail.codes {
+                    write!(f, ", AADSTS{c}")?;
+                }
+                f.write_str(")")?;
+                if !detail.description.is_empty() {
+                    write!(f, ": {}", detail.description)?;
+                }
+                if let Some(h) = hop_hint(self.hop, detail).or_else(|| detail.hint()) {
+                    write!(f, " — fix: {h}")?;
+                }
+                if let Some(t) = &detail.trace_id {
+                    write!(f, " [trace id {t}]")?;
+                }
+                Ok(())
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl AgentTokenError {
+    /// The AADSTS codes Entra answered with (empty for other failures).
+    pub fn aadsts_codes(&self) -> &[u64] {
+        self.source.aadsts_codes()
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.source.is_transient()
+    }
+}
+
+/// What to fix for the AADSTS codes people hit at each hop (field names of `[bots.agent_user]`).
+fn hop_hint(hop: Hop, e: &EntraError) -> Option<&'static str> {
+    e.codes.iter().find_map(|c| {
+        Some(match (hop, c) {
+            (_, 90002 | 90023 | 900023) => "the tenant is not valid: check `tenant_id` (the Agent User's tenant)",
+            (_, 700024) => "the assertion is outside its valid time range: check the system clock (NTP)",
+            (_, 7000112) => "the application is disabled in the tenant: re-enable it in Enterprise applications",
+            (Hop::Blueprint, 700016) => {
+                "`blueprint_app_id` was not found in `tenant_id`: check both ids, and that the Blueprint is installed (its BlueprintPrincipal exists) in the tenant"
+            }
+            (Hop::Blueprint, 700027 | 700023 | 7000218) => {
+                "the Blueprint refused the certificate: upload `certificate` (public part) to the Blueprint's app registration and check that `key` belongs to it"
+            }
+            (Hop::Blueprint, 700021) => "the assertion's iss/sub must be `blueprint_app_id`",
+            (Hop::Blueprint | Hop::AgentIdentity, 700211..=700213) => {
+                "no federated identity record matched: `agent_identity_id` must be an Agent Identity created from `blueprint_app_id` (hop 1 sends it as fmi_path)"
+            }
+            (Hop::Blueprint, 70011) => "the token exchange scope was refused: the Blueprint must be an Agent Blueprint (agentIdentityBlueprint)",
+            (Hop::AgentIdentity | Hop::AgentUser, 700016) => {
+                "`agent_identity_id` was not found in `tenant_id`: use the Agent Identity's app (client) id, not its object id"
+            }
+            (Hop::AgentUser, 65001) => {
+                "the Agent User has not consented to this resource: grant the Agent Identity delegated permissions for the Agent User (oauth2PermissionGrant, consentType Principal) or inheritable permissions on the Blueprint; changes take up to 2 minutes"
+            }
+            (Hop::AgentUser, 50034 | 1000031 | 50012) => {
+                "the Agent User was not found: `agent_user_id` must be the Agent User's object id (or `agent_user_upn` its UPN) in `tenant_id`, and the user must belong to `agent_identity_id`"
+            }
+            (Hop::AgentUser, 500011 | 70011) => {
+                "the resource of the scope is not available in the tenant: check `graph_scope` / `agentic_scope` (a resource's .default scope)"
+            }
+            _ => return None,
+        })
+    })
+}
+
+// ---------------------------------------------------------------- the Agent User
+
+/// Who hop 3 acts as.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum AgentUser {
+    /// The Agent User's object id (`user_id`).
+    ObjectId(String),
+    /// The Agent User's UPN (`username`).
+    Upn(String),
+}
+
+impl AgentUser {
+    fn form_field(&self) -> (&'static str, &str) {
+        match self {
+            Self::ObjectId(id) => ("user_id", id),
+            Self::Upn(upn) => ("username", upn),
+        }
+    }
+
+    /// The id or UPN, for logs and keys.
+    pub fn as_str(&self) -> &str {
+        self.form_field().1
+    }
+}
+
+impl fmt::Debug for AgentUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ObjectId(id) => write!(f, "AgentUser::ObjectId({id})"),
+            Self::Upn(upn) => write!(f, "AgentUser::Upn({upn})"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the cache
+
+#[derive(Default)]
+struct SlotState {
+    cached: Option<(AccessToken, SystemTime)>,
+    /// Bumped when a refresh finishes; a waiter that sees the change shares the outcome.
+    generation: u64,
+    last_error: Option<AgentTokenError>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    flight: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached token if it is not due for refresh, or else the result of one `fetch` shared by
+    /// every caller that arrives while it runs.
+    async fn get<F, Fut>(&self, clock: &dyn Clock, fetch: F) -> Result<AccessToken, AgentTokenError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(AccessToken, SystemTime), AgentTokenError>>,
+    {
+        let seen = {
+            let st = self.state();
+            if let Some((t, refresh_at)) = &st.cached
+                && clock.now() < *refresh_at
+            {
+                return Ok(t.clone());
+            }
+            st.generation
+        };
+        let _flight = self.flight.lock().await;
+        {
+            let st = self.state();
+            if st.generation != seen {
+                if let Some((t, _)) = &st.cached
+                    && clock.now() + USABLE_MARGIN < t.expires_at
+                {
+                    return Ok(t.clone());
+                }
+                if let Some(e) = &st.last_error {
+                    return Err(e.clone());
+                }
+            }
+        }
+        let result = fetch().await;
+        let mut st = self.state();
+        st.generation += 1;
+        match result {
+            Ok((t, refresh_at)) => {
+                st.cached = Some((t.clone(), refresh_at));
+                st.last_error = None;
+                Ok(t)
+            }
+            Err(e) => {
+                st.last_error = Some(e.clone());
+                match &st.cached {
+                    Some((old, _)) if clock.now() + USABLE_MARGIN < old.expires_at => {
+                        tracing::warn!(error = %e, "agent token refresh failed; serving the cached token until it nears expiry");
+                        Ok(old.clone())
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.state().cached = None;
+    }
+}
+
+struct Slots<K>(Mutex<HashMap<K, Arc<Slot>>>);
+
+impl<K: Eq + Hash> Slots<K> {
+    fn new() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+
+    fn get(&self, key: K) -> Arc<Slot> {
+        Arc::clone(self.0.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default())
+    }
+}
+
+// ---------------------------------------------------------------- the chain
+
+type IdKey = (String, String);
+type UserKey = (String, String, AgentUser, String);
+
+/// The three-hop chain for one Blueprint: any tenant, Agent Identity, Agent User and scope, with the
+/// caches. One per Blueprint per process; share it in an `Arc`.
+pub struct AgentTokenChain {
+    client: Arc<TokenClient>,
+    clock: Arc<dyn Clock>,
+    authority: Authority,
+    blueprint_app_id: String,
+    blueprint: Arc<CertificateCredential>,
+    t1: Slots<IdKey>,
+    t2: Slots<IdKey>,
+    t3: Slots<UserKey>,
+}
+
+impl fmt::Debug for AgentTokenChain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentTokenChain")
+            .field("authority", &self.authority)
+            .field("blueprint_app_id", &self.blueprint_app_id)
+            .field("blueprint", &self.blueprint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key(tenant: &str, identity: &str) -> IdKey {
+    (tenant.to_ascii_lowercase(), identity.to_ascii_lowercase())
+}
+
+impl AgentTokenChain {
+    /// A chain for the Blueprint `blueprint_app_id` signing with `blueprint`, against token endpoints
+    /// under `authority`, through `client` (its retries, checks and clock).
+    pub fn new(
+        client: Arc<TokenClient>,
+        authority: Authority,
+        blueprint_app_id: impl Into<String>,
+        blueprint: CertificateCredential,
+    ) -> Self {
+        Self {
+            clock: client.clock(),
+            client,
+            authority,
+            blueprint_app_id: blueprint_app_id.into(),
+            blueprint: Arc::new(blueprint),
+            t1: Slots::new(),
+            t2: Slots::new(),
+            t3: Slots::new(),
+        }
+    }
+
+    /// The Blueprint's app id.
+    pub fn blueprint_app_id(&self) -> &str {
+        &self.blueprint_app_id
+    }
+
+    /// Requests sent to token endpoints so far (retries included).
+    pub fn requests_sent(&self) -> u64 {
+        self.client.requests_sent()
+    }
+
+    fn endpoint(&self, hop: Hop, tenant: &str) -> Result<TokenEndpoint, AgentTokenError> {
+        self.authority.token_endpoint(tenant).map_err(|e| AgentTokenError { hop, source: TokenError::Setup(e.to_string()) })
+    }
+
+    /// T1: the Blueprint's token-exchange token for the Agent Identity `identity` in `tenant` (cached).
+    pub async fn blueprint_token(&self, tenant: &str, identity: &str) -> Result<AccessToken, AgentTokenError> {
+        let slot = self.t1.get(key(tenant, identity));
+        slot.get(self.clock.as_ref(), || self.fetch_t1(tenant, identity)).await
+    }
+
+    async fn fetch_t1(&self, tenant: &str, identity: &str) -> Result<(AccessToken, SystemTime), AgentTokenError> {
+        let hop = Hop::Blueprint;
+        let endpoint = self.endpoint(hop, tenant)?;
+        let (blueprint, cred, aud) = (self.blueprint_app_id.as_str(), Arc::clone(&self.blueprint), endpoint.as_str().to_owned());
+        let build = move |now: SystemTime| {
+            let assertion = cred.client_assertion_at(blueprint, &aud, now).map_err(|e| TokenError::Credential(e.to_string()))?;
+            let body = form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", blueprint),
+                ("scope", TOKEN_EXCHANGE_SCOPE),
+                ("fmi_path", identity),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", assertion.expose_secret()),
+            ]);
+            Ok(TokenForm { body, sensitive: vec![assertion] })
+        };
+        tracing::debug!(%hop, tenant, agent_identity = identity, "requesting T1");
+        self.client.exchange(&endpoint, blueprint, "certificate", &build).await.map_err(|source| AgentTokenError { hop, source })
+    }
+
+    /// T2: the Agent Identity's token-exchange token (cached).
+    pub async fn identity_token(&self, tenant: &str, identity: &str) -> Result<AccessToken, AgentTokenError> {
+        let slot = self.t2.get(key(tenant, identity));
+        slot.get(self.clock.as_ref(), || self.fetch_t2(tenant, identity)).await
+    }
+
+    async fn fetch_t2(&self, tenant: &str, identity: &str) -> Result<(AccessToken, SystemTime), AgentTokenError> {
+        let t1 = self.blueprint_token(tenant, identity).await?;
+        let hop = Hop::AgentIdentity;
+        let endpoint = self.endpoint(hop, tenant)?;
+        let build = |_: SystemTime| {
+            let body = form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", identity),
+                ("scope", TOKEN_EXCHANGE_SCOPE),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", t1.value.expose_secret()),
+            ]);
+            Ok(TokenForm { body, sensitive: vec![t1.value.clone()] })
+        };
+        tracing::debug!(%hop, tenant, agent_identity = identity, "requesting T2");
+        self.client.exchange(&endpoint, identity, "agent-identity", &build).await.map_err(|source| AgentTokenError { hop, source })
+    }
+
+    /// T3: the Agent User's delegated token for `scope` (a resource's `.default`), cached.
+    pub async fn user_token(&self, tenant: &str, identity: &str, user: &AgentUser, scope: &str) -> Result<AccessToken, AgentTokenError> {
+        let (t, i) = key(tenant, identity);
+        let slot = self.t3.get((t, i, user.clone(), scope.to_owned()));
+        slot.get(self.clock.as_ref(), || self.fetch_t3(tenant, identity, user, scope)).await
+    }
+
+    async fn fetch_t3(
+        &self,
+        tenant: &str,
+        identity: &str,
+        user: &AgentUser,
+        scope: &str,
+    ) -> Result<(AccessToken, SystemTime), AgentTokenError> {
+        let t1 = self.blueprint_token(tenant, identity).await?;
+        let t2 = self.identity_token(tenant, identity).await?;
+        let hop = Hop::AgentUser;
+        let endpoint = self.endpoint(hop, tenant)?;
+        let (user_field, user_value) = user.form_field();
+        let build = |_: SystemTime| {
+            let body = form(&[
+                ("grant_type", "user_fic"),
+                ("client_id", identity),
+                ("scope", scope),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", t1.value.expose_secret()),
+                ("user_federated_identity_credential", t2.value.expose_secret()),
+                (user_field, user_value),
+            ]);
+            Ok(TokenForm { body, sensitive: vec![t1.value.clone(), t2.value.clone()] })
+        };
+        tracing::debug!(%hop, tenant, agent_identity = identity, agent_user = user.as_str(), scope, "requesting T3");
+        self.client.exchange(&endpoint, identity, "user-fic", &build).await.map_err(|source| AgentTokenError { hop, source })
+    }
+
+    /// Forget the cached T3 (after the resource refused it with 401), so that the next call fetches anew.
+    pub fn invalidate_user_token(&self, tenant: &str, identity: &str, user: &AgentUser, scope: &str) {
+        let (t, i) = key(tenant, identity);
+        self.t3.get((t, i, user.clone(), scope.to_owned())).clear();
+    }
+
+    /// Forget every cached token of (tenant, identity): the next call runs the whole chain again.
+    pub fn invalidate_all(&self, tenant: &str, identity: &str) {
+        self.t1.get(key(tenant, identity)).clear();
+        self.t2.get(key(tenant, identity)).clear();
+        let (t, i) = key(tenant, identity);
+        for (k, slot) in self.t3.0.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            if k.0 == t && k.1 == i {
+                slot.clear();
+            }
+        }
+    }
+}
+
+fn form(pairs: &[(&str, &str)]) -> SecretString {
+    let mut f = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        f.append_pair(k, v);
+    }
+    SecretString::from(f.finish())
+}
+
+/// A bot's configured Agent User: the chain plus its tenant, Agent Identity, Agent User and scopes.
+/// What the Graph client and the Connector fallback call.
+#[derive(Debug, Clone)]
+pub struct AgentUserTokens {
+    chain: Arc<AgentTokenChain>,
+    tenant: String,
+    identity: String,
+    user: AgentUser,
+    graph_scope: String,
+    agentic_scope: String,
+    mode: AgentMode,
+}
+
+impl AgentUserTokens {
+    /// Tokens of `user` (through the Agent Identity `identity` in `tenant`) from `chain`.
+    pub fn new(chain: Arc<AgentTokenChain>, tenant: impl Into<String>, identity: impl Into<String>, user: AgentUser) -> Self {
+        Self {
+            chain,
+            tenant: tenant.into(),
+            identity: identity.into(),
+            user,
+            graph_scope: DEFAULT_GRAPH_SCOPE.to_owned(),
+            agentic_scope: DEFAULT_AGENTIC_SCOPE.to_owned(),
+            mode: AgentMode::BotOnly,
+        }
+    }
+
+    /// Load the Blueprint credential of a `[bots.agent_user]` section (at config path `at`) and build
+    /// the chain against `authority`.
+    pub async fn from_config(
+        cfg: &AgentUserConfig,
+        at: &str,
+        authority: Authority,
+        client: Arc<TokenClient>,
+    ) -> Result<Self, AgentSetupError> {
+        cfg.validate(at).map_err(|e| AgentSetupError::new(e.field, e.problem))?;
+        let credential = cfg.load_credential(at).await?;
+        tracing::info!(blueprint = %cfg.blueprint_app_id, agent_identity = %cfg.agent_identity_id, x5t_s256 = credential.x5t_s256(), "Agent User chain configured");
+        let chain = Arc::new(AgentTokenChain::new(client, authority, cfg.blueprint_app_id.clone(), credential));
+        Ok(Self {
+            graph_scope: cfg.graph_scope.clone(),
+            agentic_scope: cfg.agentic_scope.clone(),
+            mode: cfg.mode,
+            ..Self::new(chain, cfg.tenant_id.clone(), cfg.agent_identity_id.clone(), cfg.user())
+        })
+    }
+
+    /// The Agent User's token for `scope` (cached; refreshed 5 minutes before expiry).
+    pub async fn token(&self, scope: &str) -> Result<AccessToken, AgentTokenError> {
+        self.chain.user_token(&self.tenant, &self.identity, &self.user, scope).await
+    }
+
+    /// The Agent User's Graph token (`graph_scope`).
+    pub async fn graph_token(&self) -> Result<AccessToken, AgentTokenError> {
+        self.token(&self.graph_scope).await
+    }
+
+    /// The Agent User's Bot Connector token (`agentic_scope`).
+    pub async fn agentic_token(&self) -> Result<AccessToken, AgentTokenError> {
+        self.token(&self.agentic_scope).await
+    }
+
+    /// Drop the cached token for `scope` (the resource refused it with 401).
+    pub fn invalidate(&self, scope: &str) {
+        self.chain.invalidate_user_token(&self.tenant, &self.identity, &self.user, scope);
+    }
+
+    /// The chain (for other tenants or identities of the same Blueprint).
+    pub fn chain(&self) -> &Arc<AgentTokenChain> {
+        &self.chain
+    }
+
+    /// The Graph scope.
+    pub fn graph_scope(&self) -> &str {
+        &self.graph_scope
+    }
+
+    /// The Bot Connector scope.
+    pub fn agentic_scope(&self) -> &str {
+        &self.agentic_scope
+    }
+
+    /// `bot_only` or `fallback`.
+    pub fn mode(&self) -> AgentMode {
+        self.mode
+    }
+
+    /// The Agent User's tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// The Agent Identity's id.
+    pub fn agent_identity_id(&self) -> &str {
+        &self.identity
+    }
+
+    /// The Agent User.
+    pub fn user(&self) -> &AgentUser {
+        &self.user
+    }
+
+    /// Use other scopes than the defaults.
+    pub fn with_scopes(mut self, graph_scope: impl Into<String>, agentic_scope: impl Into<String>) -> Self {
+        self.graph_scope = graph_scope.into();
+        self.agentic_scope = agentic_scope.into();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+tenant_id = "aaaaaaaa-0000-0000-0000-000000000001"
+blueprint_app_id = "11111111-0000-0000-0000-000000000001"
+agent_identity_id = "22222222-0000-0000-0000-000000000002"
+agent_user_id = "33333333-0000-0000-0000-000000000003"
+certificate = "file:/etc/agentgate/blueprint.crt"
+key = "env:BLUEPRINT_KEY"
+"#;
+
+    fn parse(extra: &str) -> Result<AgentUserConfig, toml::de::Error> {
+        toml::from_str(&format!("{GOOD}{extra}"))
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = parse("").unwrap();
+        assert_eq!(c.graph_scope, DEFAULT_GRAPH_SCOPE);
+        assert_eq!(c.agentic_scope, DEFAULT_AGENTIC_SCOPE);
+        assert_eq!(c.mode, AgentMode::BotOnly);
+        c.validate("bots[0].agent_user").unwrap();
+        assert_eq!(c.user(), AgentUser::ObjectId("33333333-0000-0000-0000-000000000003".into()));
+        assert_eq!(parse("mode = \"fallback\"").unwrap().mode, AgentMode::Fallback);
+        assert!(parse("mode = \"sometimes\"").is_err());
+        assert!(parse("agent_usr_id = \"x\"").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            ("agent_user_upn = \"agent@contoso.test\"", "bots[0].agent_user.agent_user_upn"),
+            ("graph_scope = \"https://graph.microsoft.com/User.Read\"", "bots[0].agent_user.graph_scope"),
+            ("agentic_scope = \"\"", "bots[0].agent_user.agentic_scope"),
+            ("graph_base_url = \"https://graph.example.com/v1.0\"", "bots[0].agent_user.graph_base_url"),
+        ];
+        for (extra, field) in cases {
+            let e = parse(extra).unwrap().validate("bots[0].agent_user").unwrap_err();
+            assert_eq!(e.field, field, "{extra}: {e}");
+        }
+        let mut c = parse("").unwrap();
+        c.agent_identity_id = c.blueprint_app_id.clone();
+        assert_eq!(c.validate("a").unwrap_err().field, "a.agent_identity_id");
+        c = parse("").unwrap();
+        c.agent_user_id = None;
+        assert_eq!(c.validate("a").unwrap_err().field, "a.agent_user_id");
+        c.agent_user_upn = Some("agent@contoso.onmicrosoft.com".into());
+        c.validate("a").unwrap();
+        assert_eq!(c.user(), AgentUser::Upn("agent@contoso.onmicrosoft.com".into()));
+        c.agent_user_upn = Some("not a upn".into());
+        assert_eq!(c.validate("a").unwrap_err().field, "a.agent_user_upn");
+        c = parse("").unwrap();
+        c.tenant_id = "a/b".into();
+        assert_eq!(c.validate("a").unwrap_err().field, "a.tenant_id");
+        c = parse("").unwrap();
+        c.blueprint_app_id = "blueprint".into();
+        assert_eq!(c.validate("a").unwrap_err().field, "a.blueprint_app_id");
+    }
+
+    #[test]
+    fn errors_name_the_hop_and_the_fix() {
+        let entra = EntraError::new(
+            400,
+            "invalid_request",
+            &[serde_json::json!(700211)],
+            "AADSTS700211: No matching federated identity record found for presented assertion issuer.",
+            None,
+            None,
+            "",
+        );
+        let e = AgentTokenError {
+            hop: Hop::AgentIdentity,
+            source: TokenError::Refused { endpoint: "https://x/t/oauth2/v2.0/token".into(), detail: Box::new(entra) },
+        };
+        let shown = e.to_string();
+        assert!(shown.starts_with("hop 2 (Agent Identity → T2) failed"), "{shown}");
+        assert!(shown.contains("AADSTS700211") && shown.contains("agent_identity_id"), "{shown}");
+        assert_eq!(e.aadsts_codes(), &[700211]);
+        let e = AgentTokenError { hop: Hop::AgentUser, source: TokenError::Setup("x".into()) };
+        assert!(e.to_string().starts_with("hop 3 (Agent User → T3) failed"));
+    }
+}

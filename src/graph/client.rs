@@ -1,0 +1,576 @@
+//! The Graph client: requests as the Agent User, with the host allow-list, 429 and 401 handling.
+//!
+//! * Every URL, `@odata.nextLink` included, passes [`GraphEndpoint::check`] before a token is attached;
+//!   redirects are never followed.
+//! * 429: waits `Retry-After` (seconds or an HTTP date; [`GraphSettings::default_retry_after`] when absent)
+//!   and tries again, within [`GraphSettings::max_attempts`]; a `Retry-After` longer than
+//!   [`GraphSettings::max_retry_after`] is returned as [`GraphError::Throttled`] at once.
+//! * 401: the cached token is dropped, a fresh one fetched and the request sent once more.
+//! * 5xx and network failures are retried for reads and edits only; a create (chat, message, member)
+//!   is never re-posted after it may have landed.
+//! * Errors are classified ([`GraphErrorKind`]) and never carry a token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
+use reqwest::header::{ACCEPT, RETRY_AFTER};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use url::Url;
+
+use super::endpoint::{GraphEndpoint, GraphUrlError};
+use super::message::{MAX_MESSAGE_CHARS, MessageBody};
+use super::model::{Chat, ChatMember, ChatMessage, ConversationMember, NewChat, Page, User};
+use crate::entra::{AccessToken, AgentTokenError, AgentUserTokens};
+
+/// Characters left as they are in a path segment.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Most pages followed for one listing.
+const MAX_PAGES: usize = 100;
+
+/// Longest error message kept from a Graph error body.
+const MAX_ERROR_MESSAGE: usize = 300;
+
+fn segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// Where the Graph client gets its bearer token.
+#[async_trait]
+pub trait GraphToken: Send + Sync + 'static {
+    /// A token for Graph (cached by the implementation).
+    async fn token(&self) -> Result<AccessToken, AgentTokenError>;
+    /// Drop the cached token: Graph refused it with 401.
+    fn invalidate(&self);
+    /// The Agent User as a `users('…')` key (object id or UPN): the creator of chats.
+    fn agent_user(&self) -> String;
+}
+
+#[async_trait]
+impl GraphToken for AgentUserTokens {
+    async fn token(&self) -> Result<AccessToken, AgentTokenError> {
+        self.graph_token().await
+    }
+
+    fn invalidate(&self) {
+        AgentUserTokens::invalidate(self, self.graph_scope());
+    }
+
+    fn agent_user(&self) -> String {
+        self.user().as_str().to_owned()
+    }
+}
+
+/// How the client retries and what it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphSettings {
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// Attempts in all for 429 (and 5xx on reads), the first included.
+    pub max_attempts: u32,
+    /// The wait after a 429 without `Retry-After`.
+    pub default_retry_after: Duration,
+    /// A longer `Retry-After` is not waited for: the call fails with [`GraphError::Throttled`].
+    pub max_retry_after: Duration,
+    /// The first backoff after a 5xx or network failure on a read; doubled each time.
+    pub base_backoff: Duration,
+    /// Largest response body read.
+    pub max_response_bytes: usize,
+}
+
+impl Default for GraphSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            default_retry_after: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(60),
+            base_backoff: Duration::from_millis(500),
+            max_response_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// The class of a Graph failure, for callers that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphErrorKind {
+    /// Refused here before anything was sent (host not allowed, invalid input, message too large).
+    Refused,
+    /// No token (a hop of the chain failed).
+    Token,
+    /// 429: try again later.
+    Throttled,
+    /// 401 twice: the token is not accepted.
+    Unauthorized,
+    /// 403: missing permission, licence or membership.
+    Forbidden,
+    /// 404.
+    NotFound,
+    /// 5xx, a timeout or a network failure: may succeed later (a create may have landed).
+    Transient,
+    /// Any other 4xx: the request is wrong.
+    BadRequest,
+    /// A success whose body could not be read.
+    BadResponse,
+}
+
+/// Why a Graph call failed. Never holds a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GraphError {
+    /// The URL is not a Graph host: nothing was sent.
+    #[error("refused before sending: {0}")]
+    NotAllowed(GraphUrlError),
+    /// The input cannot be sent (nothing was sent).
+    #[error("refused before sending: {0}")]
+    Invalid(String),
+    /// No Graph token.
+    #[error("no Graph token as the Agent User: {0}")]
+    Token(AgentTokenError),
+    /// Throttled (429), also after the allowed retries.
+    #[error("throttled by Graph{}", retry_after.map(|d| format!(" (retry after {} s)", d.as_secs())).unwrap_or_default())]
+    Throttled {
+        /// What Graph asked for.
+        retry_after: Option<Duration>,
+    },
+    /// HTTP error with Graph's error code and message.
+    #[error("Graph answered HTTP {status} {code}: {message}")]
+    Http {
+        /// The status.
+        status: u16,
+        /// Graph's `error.code`.
+        code: String,
+        /// Graph's `error.message`, shortened.
+        message: String,
+    },
+    /// No answer (timeout, connection failure) or a 5xx.
+    #[error("Graph unavailable: {0}")]
+    Unavailable(String),
+    /// A 2xx whose body is not what was expected.
+    #[error("unexpected Graph response: {0}")]
+    BadResponse(String),
+}
+
+// Not `#[from]`: the messages above include the inner error, so it is not repeated as a `source()`.
+impl From<GraphUrlError> for GraphError {
+    fn from(e: GraphUrlError) -> Self {
+        Self::NotAllowed(e)
+    }
+}
+
+impl From<AgentTokenError> for GraphError {
+    fn from(e: AgentTokenError) -> Self {
+        Self::Token(e)
+    }
+}
+
+impl GraphError {
+    /// The class of the failure.
+    pub fn kind(&self) -> GraphErrorKind {
+        match self {
+            Self::NotAllowed(_) | Self::Invalid(_) => GraphErrorKind::Refused,
+            Self::Token(_) => GraphErrorKind::Token,
+            Self::Throttled { .. } => GraphErrorKind::Throttled,
+            Self::Http { status: 401, .. } => GraphErrorKind::Unauthorized,
+            Self::Http { status: 403, .. } => GraphErrorKind::Forbidden,
+            Self::Http { status: 404, .. } => GraphErrorKind::NotFound,
+            Self::Http { status, .. } if *status >= 500 => GraphErrorKind::Transient,
+            Self::Http { .. } => GraphErrorKind::BadRequest,
+            Self::Unavailable(_) => GraphErrorKind::Transient,
+            Self::BadResponse(_) => GraphErrorKind::BadResponse,
+        }
+    }
+
+    /// The HTTP status, when Graph answered with an error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Http { status, .. } => Some(*status),
+            Self::Throttled { .. } => Some(429),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Microsoft Graph (v1.0) as the Agent User. Cheap to clone.
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    endpoint: GraphEndpoint,
+    tokens: Arc<dyn GraphToken>,
+    settings: GraphSettings,
+    sent: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphClient").field("endpoint", &self.endpoint).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    /// A client for `endpoint` (see [`GraphEndpoint::parse`]) getting tokens from `tokens`.
+    pub fn new(endpoint: GraphEndpoint, tokens: Arc<dyn GraphToken>, settings: GraphSettings) -> Result<Self, GraphError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GraphError::Invalid(format!("building the HTTP client: {}", crate::http_util::error_chain(&e))))?;
+        Ok(Self { http, endpoint, tokens, settings, sent: Arc::new(AtomicU64::new(0)) })
+    }
+
+    /// The API base.
+    pub fn endpoint(&self) -> &GraphEndpoint {
+        &self.endpoint
+    }
+
+    /// HTTP requests sent so far (retries included).
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    // ------------------------------------------------------------ operations
+
+    /// The Agent User itself (`GET /me`).
+    pub async fn me(&self) -> Result<User, GraphError> {
+        self.get(self.url("/me", &[("$select", USER_SELECT)])?).await
+    }
+
+    /// A user by object id or UPN (`GET /users/{id | upn}`).
+    pub async fn get_user(&self, id_or_upn: &str) -> Result<User, GraphError> {
+        let key = non_empty("user id or UPN", id_or_upn)?;
+        self.get(self.url(&format!("/users/{}", segment(key)), &[("$select", USER_SELECT)])?).await
+    }
+
+    /// Create a chat with the Agent User as a member (`POST /chats`). A 1:1 chat that exists is returned
+    /// as it is; a group chat is new each time.
+    pub async fn create_chat(&self, chat: &NewChat) -> Result<Chat, GraphError> {
+        let me = self.member_json(&ChatMember::InTenant(self.tokens.agent_user()))?;
+        let body = match chat {
+            NewChat::OneOnOne(other) => json!({"chatType": "oneOnOne", "members": [me, self.member_json(other)?]}),
+            NewChat::Group { topic, members } => {
+                if members.len() < 2 {
+                    return Err(GraphError::Invalid("a group chat needs at least two members besides the Agent User".into()));
+                }
+                let mut all = vec![me];
+                for m in members {
+                    all.push(self.member_json(m)?);
+                }
+                let mut body = json!({"chatType": "group", "members": all});
+                if let Some(t) = topic.as_deref().filter(|t| !t.trim().is_empty()) {
+                    body["topic"] = json!(t);
+                }
+                body
+            }
+        };
+        self.send_json(Method::POST, self.url("/chats", &[])?, Some(&body), false).await
+    }
+
+    /// A chat (`GET /chats/{id}`).
+    pub async fn get_chat(&self, chat_id: &str) -> Result<Chat, GraphError> {
+        self.get(self.url(&format!("/chats/{}", segment(non_empty("chat id", chat_id)?)), &[])?).await
+    }
+
+    /// Send a message to a chat (`POST /chats/{id}/messages`). Its size is checked first.
+    pub async fn send_chat_message(&self, chat_id: &str, message: &MessageBody) -> Result<ChatMessage, GraphError> {
+        check_message(message)?;
+        let url = self.url(&format!("/chats/{}/messages", segment(non_empty("chat id", chat_id)?)), &[])?;
+        self.send_json(Method::POST, url, Some(&message.to_json()), false).await
+    }
+
+    /// Replace a message's body (`PATCH /chats/{id}/messages/{id}`); only the sender may.
+    pub async fn edit_chat_message(&self, chat_id: &str, message_id: &str, message: &MessageBody) -> Result<(), GraphError> {
+        check_message(message)?;
+        let path = format!("/chats/{}/messages/{}", segment(non_empty("chat id", chat_id)?), segment(non_empty("message id", message_id)?));
+        self.call(Method::PATCH, self.url(&path, &[])?, Some(&message.to_json()), true).await.map(drop)
+    }
+
+    /// Soft-delete a message the Agent User sent (`POST /me/chats/{id}/messages/{id}/softDelete`; the
+    /// `/chats/…` form answers 405).
+    pub async fn soft_delete_chat_message(&self, chat_id: &str, message_id: &str) -> Result<(), GraphError> {
+        let path = format!(
+            "/me/chats/{}/messages/{}/softDelete",
+            segment(non_empty("chat id", chat_id)?),
+            segment(non_empty("message id", message_id)?)
+        );
+        // Deleting twice is harmless, so a lost answer may be retried.
+        self.call(Method::POST, self.url(&path, &[])?, Some(&json!({})), true).await.map(drop)
+    }
+
+    /// The newest messages of a chat, newest first, at most `max` (pages followed as needed).
+    pub async fn list_chat_messages(&self, chat_id: &str, max: usize) -> Result<Vec<ChatMessage>, GraphError> {
+        let top = max.clamp(1, 50).to_string();
+        let url = self.url(
+            &format!("/chats/{}/messages", segment(non_empty("chat id", chat_id)?)),
+            &[("$top", &top), ("$orderby", "createdDateTime desc")],
+        )?;
+        self.collect(url, max).await
+    }
+
+    /// The Agent User's chats, at most `max` (`GET /me/chats`; Graph refuses `$orderby` here).
+    pub async fn list_chats(&self, max: usize) -> Result<Vec<Chat>, GraphError> {
+        let top = max.clamp(1, 50).to_string();
+        self.collect(self.url("/me/chats", &[("$top", &top)])?, max).await
+    }
+
+    /// A chat's members (`GET /chats/{id}/members`).
+    pub async fn list_chat_members(&self, chat_id: &str) -> Result<Vec<ConversationMember>, GraphError> {
+        self.collect(self.url(&format!("/chats/{}/members", segment(non_empty("chat id", chat_id)?)), &[])?, 1000).await
+    }
+
+    /// Add someone to a group chat (`POST /chats/{id}/members`). Graph may answer 201 with no body:
+    /// then `None`.
+    pub async fn add_chat_member(&self, chat_id: &str, member: &ChatMember) -> Result<Option<ConversationMember>, GraphError> {
+        let body = self.member_json(member)?;
+        let url = self.url(&format!("/chats/{}/members", segment(non_empty("chat id", chat_id)?)), &[])?;
+        let bytes = self.call(Method::POST, url, Some(&body), false).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        parse(&bytes).map(Some)
+    }
+
+    // ------------------------------------------------------------ plumbing
+
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
+        let mut url = self.endpoint.url(path)?;
+        if !query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in query {
+                q.append_pair(k, v);
+            }
+        }
+        Ok(url)
+    }
+
+    fn member_json(&self, member: &ChatMember) -> Result<Value, GraphError> {
+        let (key, tenant) = match member {
+            ChatMember::InTenant(id) => (non_empty("member id or UPN", id)?, None),
+            ChatMember::External { email, tenant_id } => {
+                if !email.contains('@') || email.contains(char::is_whitespace) {
+                    return Err(GraphError::Invalid(format!("`{email}` is not an email address (external members are bound by email)")));
+                }
+                if !crate::teams_app::is_guid(tenant_id) {
+                    return Err(GraphError::Invalid(format!("`{tenant_id}` is not a tenant id (the member's home tenant GUID)")));
+                }
+                (email.as_str(), Some(tenant_id))
+            }
+        };
+        let mut m = json!({
+            "@odata.type": "#microsoft.graph.aadUserConversationMember",
+            "roles": ["owner"],
+            "user@odata.bind": self.endpoint.user_bind(key),
+        });
+        if let Some(t) = tenant {
+            m["tenantId"] = json!(t);
+        }
+        Ok(m)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, GraphError> {
+        self.send_json(Method::GET, url, None, true).await
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        idempotent: bool,
+    ) -> Result<T, GraphError> {
+        let bytes = self.call(method, url, body, idempotent).await?;
+        parse(&bytes)
+    }
+
+    /// Follow `@odata.nextLink` (each checked against the allow-list) until `max` items or the end.
+    async fn collect<T: DeserializeOwned>(&self, first: Url, max: usize) -> Result<Vec<T>, GraphError> {
+        let mut out = Vec::new();
+        let mut url = first;
+        for _ in 0..MAX_PAGES {
+            let page: Page<T> = self.get(url).await?;
+            out.extend(page.value);
+            if out.len() >= max {
+                out.truncate(max);
+                return Ok(out);
+            }
+            match page.next_link {
+                Some(link) => url = self.endpoint.next_link(&link)?,
+                None => return Ok(out),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One call with the retry rules of the module docs; the 2xx body.
+    async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
+        self.endpoint.check(&url)?;
+        let mut refreshed = false;
+        let mut attempt = 1u32;
+        let max_attempts = self.settings.max_attempts.max(1);
+        loop {
+            let token = self.tokens.token().await?;
+            let mut req =
+                self.http.request(method.clone(), url.clone()).bearer_auth(token.value.expose_secret()).header(ACCEPT, "application/json");
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let connect = e.is_connect();
+                    let reason = crate::http_util::error_chain(&e.without_url());
+                    // A request that never connected did not land: safe to try again even for a create.
+                    if (idempotent || connect) && attempt < max_attempts {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(GraphError::Unavailable(reason));
+                }
+            };
+            let status = resp.status().as_u16();
+            let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(crate::http_util::parse_retry_after);
+            let bytes = read_capped(resp, self.settings.max_response_bytes).await?;
+            match status {
+                200..=299 => return Ok(bytes),
+                401 if !refreshed => {
+                    tracing::debug!(%method, path = url.path(), "Graph refused the token (401); refreshing it once");
+                    self.tokens.invalidate();
+                    refreshed = true;
+                }
+                429 => {
+                    let wait = retry_after.unwrap_or(self.settings.default_retry_after);
+                    if attempt >= max_attempts || wait > self.settings.max_retry_after {
+                        return Err(GraphError::Throttled { retry_after });
+                    }
+                    tracing::warn!(%method, path = url.path(), wait_ms = wait.as_millis() as u64, attempt, "throttled by Graph; waiting");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                500..=599 if idempotent && attempt < max_attempts => {
+                    let wait = retry_after.filter(|d| *d <= self.settings.max_retry_after).unwrap_or_else(|| self.backoff(attempt));
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                300..=399 => return Err(GraphError::BadResponse(format!("HTTP {status} redirect (not followed)"))),
+                _ => return Err(http_error(status, &bytes, token.value.expose_secret())),
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.settings.base_backoff.saturating_mul(1 << (attempt - 1).min(8));
+        exp / 2 + Duration::from_millis(fastrand::u64(0..=u64::try_from(exp.as_millis() / 2).unwrap_or(0)))
+    }
+}
+
+const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType";
+
+fn non_empty<'a>(what: &str, s: &'a str) -> Result<&'a str, GraphError> {
+    if s.trim().is_empty() { Err(GraphError::Invalid(format!("the {what} is empty"))) } else { Ok(s) }
+}
+
+fn check_message(m: &MessageBody) -> Result<(), GraphError> {
+    if m.is_empty() {
+        return Err(GraphError::Invalid("the message is empty".into()));
+    }
+    let n = m.len_chars();
+    if n > MAX_MESSAGE_CHARS {
+        return Err(GraphError::Invalid(format!(
+            "the message is {n} characters (HTML and cards); Teams accepts at most {MAX_MESSAGE_CHARS}: split it"
+        )));
+    }
+    Ok(())
+}
+
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphError> {
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > max {
+                    return Err(GraphError::BadResponse(format!("response larger than {max} bytes")));
+                }
+            }
+            Ok(None) => return Ok(bytes),
+            Err(e) => {
+                return Err(GraphError::Unavailable(format!("reading the response: {}", crate::http_util::error_chain(&e.without_url()))));
+            }
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GraphError> {
+    serde_json::from_slice(bytes).map_err(|e| GraphError::BadResponse(format!("the body is not the expected JSON ({e})")))
+}
+
+fn http_error(status: u16, bytes: &[u8], token: &str) -> GraphError {
+    let detail = serde_json::from_slice::<ErrorBody>(bytes).ok().and_then(|b| b.error);
+    let (code, message) = detail.map_or_else(|| (String::new(), String::new()), |d| (d.code, d.message));
+    let mut message: String = message.lines().next().unwrap_or_default().chars().take(MAX_ERROR_MESSAGE).collect();
+    if !token.is_empty() && message.contains(token) {
+        message = message.replace(token, "<redacted>");
+    }
+    let code: String = code.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    GraphError::Http { status, code: if code.is_empty() { "(no code)".into() } else { code }, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_classify() {
+        let e = |s: u16| http_error(s, br#"{"error":{"code":"X","message":"m"}}"#, "tok");
+        assert_eq!(e(403).kind(), GraphErrorKind::Forbidden);
+        assert_eq!(e(404).kind(), GraphErrorKind::NotFound);
+        assert_eq!(e(400).kind(), GraphErrorKind::BadRequest);
+        assert_eq!(e(409).kind(), GraphErrorKind::BadRequest);
+        assert_eq!(e(503).kind(), GraphErrorKind::Transient);
+        assert_eq!(e(401).kind(), GraphErrorKind::Unauthorized);
+        assert_eq!(GraphError::Throttled { retry_after: None }.kind(), GraphErrorKind::Throttled);
+        let leaked = http_error(400, br#"{"error":{"code":"BadRequest","message":"token eyJsecret is bad"}}"#, "eyJsecret");
+        assert!(!leaked.to_string().contains("eyJsecret"), "{leaked}");
+        assert_eq!(http_error(500, b"<html>", "t").to_string(), "Graph answered HTTP 500 (no code): ");
+    }
+
+    #[test]
+    fn message_size_is_checked_before_sending() {
+        assert!(check_message(&MessageBody::from_text(&"x".repeat(MAX_MESSAGE_CHARS))).is_ok());
+        let e = check_message(&MessageBody::from_text(&"x".repeat(MAX_MESSAGE_CHARS + 1))).unwrap_err();
+        assert_eq!(e.kind(), GraphErrorKind::Refused);
+        assert!(e.to_string().contains("28000"), "{e}");
+        // Escaping counts: 10,000 `<` are 40,000 characters of HTML.
+        assert!(check_message(&MessageBody::from_text(&"<".repeat(10_000))).is_err());
+        assert!(check_message(&MessageBody::new()).is_err());
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(segment("19:abc@thread.v2"), "19%3Aabc%40thread.v2");
+        assert_eq!(segment("a/b?c#d"), "a%2Fb%3Fc%23d");
+    }
+}

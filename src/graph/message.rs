@@ -1,0 +1,179 @@
+//! Chat message bodies for Graph: HTML escaping, `<at>` mentions and Adaptive Card attachments, built
+//! so that the body, the `mentions` array and the `attachments` array always agree.
+
+use serde_json::{Value, json};
+
+/// The most characters of a chat message (its HTML plus card JSON) Graph accepts; checked before sending.
+pub const MAX_MESSAGE_CHARS: usize = 28_000;
+
+/// The content type of an Adaptive Card attachment.
+pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
+
+/// Text escaped for HTML element content and attribute values (`&`, `<`, `>`, `"`, `'`).
+#[must_use]
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Plain text as HTML: escaped, with line breaks as `<br>`.
+#[must_use]
+pub fn text_to_html(s: &str) -> String {
+    escape_html(&s.replace("\r\n", "\n")).replace('\n', "<br>")
+}
+
+/// A mention of a user in a message: `<at id="N">text</at>` in the body and an entry in `mentions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mention {
+    /// The `id` linking the `<at>` tag and the entry.
+    pub id: u32,
+    /// The text shown (usually the display name).
+    pub text: String,
+    /// The user's AAD object id.
+    pub user_id: String,
+}
+
+/// A chat message: HTML body, mentions and card attachments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessageBody {
+    html: String,
+    mentions: Vec<Mention>,
+    cards: Vec<(String, String)>,
+}
+
+impl MessageBody {
+    /// An empty message.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A message of plain text (escaped).
+    pub fn from_text(text: &str) -> Self {
+        Self::new().text(text)
+    }
+
+    /// Append plain text (escaped; line breaks become `<br>`).
+    #[must_use]
+    pub fn text(mut self, text: &str) -> Self {
+        self.html.push_str(&text_to_html(text));
+        self
+    }
+
+    /// Append HTML as it is: only for markup the caller built or sanitised itself.
+    #[must_use]
+    pub fn raw_html(mut self, html: &str) -> Self {
+        self.html.push_str(html);
+        self
+    }
+
+    /// Append a mention of the user `user_id` (AAD object id) shown as `text`.
+    #[must_use]
+    pub fn mention(mut self, user_id: &str, text: &str) -> Self {
+        let id = u32::try_from(self.mentions.len()).unwrap_or(u32::MAX);
+        self.html.push_str(&format!("<at id=\"{id}\">{}</at>", escape_html(text)));
+        self.mentions.push(Mention { id, text: text.to_owned(), user_id: user_id.to_owned() });
+        self
+    }
+
+    /// Append an Adaptive Card (Graph renders `Action.OpenUrl` only; submit actions do nothing here).
+    #[must_use]
+    pub fn card(mut self, card: &Value) -> Self {
+        let id = format!("{:032x}", fastrand::u128(..));
+        self.html.push_str(&format!("<attachment id=\"{id}\"></attachment>"));
+        self.cards.push((id, card.to_string()));
+        self
+    }
+
+    /// The HTML body.
+    pub fn html(&self) -> &str {
+        &self.html
+    }
+
+    /// The mentions.
+    pub fn mentions(&self) -> &[Mention] {
+        &self.mentions
+    }
+
+    /// Characters counted against [`MAX_MESSAGE_CHARS`]: the HTML and every card's JSON.
+    pub fn len_chars(&self) -> usize {
+        self.html.chars().count() + self.cards.iter().map(|(_, c)| c.chars().count()).sum::<usize>()
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.html.trim().is_empty() && self.cards.is_empty()
+    }
+
+    /// The Graph `chatMessage` JSON (`body`, and `mentions` / `attachments` when there are any).
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({"body": {"contentType": "html", "content": self.html}});
+        if !self.mentions.is_empty() {
+            v["mentions"] = self
+                .mentions
+                .iter()
+                .map(|m| {
+                    json!({
+                        "id": m.id,
+                        "mentionText": m.text,
+                        "mentioned": {"user": {"id": m.user_id, "displayName": m.text, "userIdentityType": "aadUser"}},
+                    })
+                })
+                .collect();
+        }
+        if !self.cards.is_empty() {
+            v["attachments"] =
+                self.cards.iter().map(|(id, content)| json!({"id": id, "contentType": ADAPTIVE_CARD, "content": content})).collect();
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped_and_mentions_agree_with_the_body() {
+        let m = MessageBody::from_text("a < b & \"c\" 'd'\nnext").mention("oid-1", "Ann <Admin>").text("!");
+        assert_eq!(m.html(), "a &lt; b &amp; &quot;c&quot; &#39;d&#39;<br>next<at id=\"0\">Ann &lt;Admin&gt;</at>!");
+        let v = m.to_json();
+        assert_eq!(v["body"]["contentType"], "html");
+        assert_eq!(v["mentions"][0]["id"], 0);
+        assert_eq!(v["mentions"][0]["mentionText"], "Ann <Admin>");
+        assert_eq!(v["mentions"][0]["mentioned"]["user"]["id"], "oid-1");
+        assert!(v.get("attachments").is_none());
+        let two = MessageBody::new().mention("a", "A").mention("b", "B");
+        assert_eq!(two.mentions()[1].id, 1);
+        assert!(two.html().contains("<at id=\"1\">B</at>"));
+    }
+
+    #[test]
+    fn a_card_is_an_attachment_referenced_from_the_body() {
+        let card = json!({"type": "AdaptiveCard", "version": "1.4", "body": [{"type": "TextBlock", "text": "hi"}]});
+        let m = MessageBody::new().text("see").card(&card);
+        let v = m.to_json();
+        let id = v["attachments"][0]["id"].as_str().unwrap();
+        assert!(m.html().contains(&format!("<attachment id=\"{id}\"></attachment>")));
+        assert_eq!(v["attachments"][0]["contentType"], ADAPTIVE_CARD);
+        let content: Value = serde_json::from_str(v["attachments"][0]["content"].as_str().unwrap()).unwrap();
+        assert_eq!(content, card);
+        assert_eq!(m.len_chars(), m.html().chars().count() + card.to_string().len());
+    }
+
+    #[test]
+    fn empty_and_length() {
+        assert!(MessageBody::new().is_empty());
+        assert!(MessageBody::from_text("  ").is_empty());
+        assert_eq!(MessageBody::from_text("é").len_chars(), 1);
+    }
+}

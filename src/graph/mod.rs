@@ -1,0 +1,18 @@
+//! Microsoft Graph (v1.0) as the Entra Agent User: chats, chat messages, members and users.
+//!
+//! * [`GraphEndpoint`]: the API base and the host allow-list every URL passes before the bearer token
+//!   is attached (`@odata.nextLink` included).
+//! * [`GraphClient`]: the operations, with 429 (`Retry-After`) and 401 (one refresh) handling and
+//!   classified errors ([`GraphError::kind`]).
+//! * [`MessageBody`]: HTML bodies with escaping, `<at>` mentions and Adaptive Card attachments.
+//! * [`model`]: the resources returned.
+
+pub mod client;
+pub mod endpoint;
+pub mod message;
+pub mod model;
+
+pub use client::{GraphClient, GraphError, GraphErrorKind, GraphSettings, GraphToken};
+pub use endpoint::{DEFAULT_GRAPH_BASE, GRAPH_HOSTS, GraphEndpoint, GraphUrlError, odata_string};
+pub use message::{ADAPTIVE_CARD, MAX_MESSAGE_CHARS, Mention, MessageBody, escape_html, text_to_html};
+pub use model::{Chat, ChatMember, ChatMessage, ConversationMember, IdentitySet, ItemBody, NewChat, Page, User};
