@@ -157,6 +157,7 @@ impl Gateway {
             gate.subscribe(),
             approvals,
             opts.dev,
+            crate::mcp::agent::build(&cfg).await?,
         ));
         background.push(hub.spawn_approval_sweeper());
         let mcp_addr = match crate::mcp::http::serve(Arc::clone(&hub), &cfg.mcp).await? {

@@ -169,6 +169,12 @@ impl Approvals {
     }
 }
 
+/// A fresh request id in Claude Code's shape (for approvals agentgate asks for itself).
+pub fn new_request_id() -> String {
+    const LETTERS: &[u8] = b"abcdefghijkmnopqrstuvwxyz";
+    (0..5).map(|_| char::from(LETTERS[fastrand::usize(..LETTERS.len())])).collect()
+}
+
 /// Whether `id` is shaped like Claude Code's request ids: five letters `a`–`z` without `l`.
 pub fn is_request_id(id: &str) -> bool {
     id.len() == 5 && id.bytes().all(|b| b.is_ascii_lowercase() && b != b'l')

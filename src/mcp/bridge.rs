@@ -84,6 +84,15 @@ impl std::fmt::Debug for Bridge {
 
 type ToolResult = Result<CallToolResult, ErrorData>;
 
+/// How an outbox entry ended, as far as a tool waits for it.
+enum Settled {
+    Delivered(String),
+    Dead(String),
+    Uncertain,
+    Queued(i64, Option<String>),
+    Unreadable(String),
+}
+
 /// A tool error the model can act on.
 fn fail(message: impl Into<String>) -> ToolResult {
     Ok(CallToolResult::error(vec![ContentBlock::text(message.into())]))
@@ -347,8 +356,16 @@ impl Bridge {
                 verdicts_rx: Mutex::new(Some(rx)),
                 tasks: Mutex::new(Vec::new()),
             }),
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::graph_router(),
         }
+    }
+
+    pub(super) fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub(super) fn scope_of(&self, extensions: &rmcp::model::Extensions) -> Result<Scope, String> {
+        self.scope(extensions)
     }
 
     /// The scope of this request: the session's, after checking an HTTP request's token agrees.
@@ -366,12 +383,12 @@ impl Bridge {
         }
     }
 
-    fn actor(&self, scope: &Scope) -> String {
+    pub(super) fn requester(&self, scope: &Scope) -> String {
         let client = self.session.client.lock().unwrap_or_else(PoisonError::into_inner).clone();
         format!("mcp:{}:{}", scope.name, envelope::meta_value(&client))
     }
 
-    fn bots_in<'a>(&'a self, scope: &'a Scope, wanted: Option<&'a str>) -> impl Iterator<Item = &'a BotConfig> + 'a {
+    pub(super) fn bots_in<'a>(&'a self, scope: &'a Scope, wanted: Option<&'a str>) -> impl Iterator<Item = &'a BotConfig> + 'a {
         self.hub.cfg.bots.iter().filter(move |b| scope.allows_bot(&b.app_id) && wanted.is_none_or(|w| w.eq_ignore_ascii_case(&b.app_id)))
     }
 
@@ -417,46 +434,53 @@ impl Bridge {
             conversation_id: r.conversation_id.clone(),
             service_url: r.service_url.clone(),
             op,
-            requested_by: self.actor(scope),
+            requested_by: self.requester(scope),
             now_ms: now_ms(),
         };
         // The audit event and the outbox entry commit together, or neither does.
         self.hub.outbound.enqueue(item).await.map_err(|e| format!("not sent: the audit log or outbox could not be written ({e})"))
     }
 
-    /// Wait (briefly) for the outbox to settle an entry: the result for the model.
-    async fn settle(&self, outbox_id: i64) -> ToolResult {
+    /// Wait (briefly) for the outbox to settle an entry.
+    async fn settle_outcome(&self, outbox_id: i64) -> Settled {
         let mut delay = Duration::from_millis(5);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             let item = match self.hub.store.outbox(Some(outbox_id), 1).await {
                 Ok(items) => items.into_iter().next(),
-                Err(e) => return fail(format!("queued as outbox #{outbox_id}, but its state cannot be read: {e}")),
+                Err(e) => return Settled::Unreadable(e.to_string()),
             };
             match item {
                 Some(i) if i.state == OutboxState::Delivered => {
                     let id = i.result_id.unwrap_or_default();
-                    let message_id = id.rsplit('|').next().unwrap_or_default().to_owned();
-                    return ok(json!({"status": "delivered", "message_id": message_id, "outbox_id": outbox_id}));
+                    return Settled::Delivered(id.rsplit('|').next().unwrap_or_default().to_owned());
                 }
-                Some(i) if i.state == OutboxState::Dead => {
-                    return fail(format!("not delivered: {}", i.last_error.unwrap_or_else(|| "refused".into())));
-                }
-                Some(i) if i.state == OutboxState::Uncertain => {
-                    return ok(
-                        json!({"status": "uncertain", "outbox_id": outbox_id, "note": "the request failed in a way that may have delivered it; it is not re-sent"}),
-                    );
-                }
+                Some(i) if i.state == OutboxState::Dead => return Settled::Dead(i.last_error.unwrap_or_else(|| "refused".into())),
+                Some(i) if i.state == OutboxState::Uncertain => return Settled::Uncertain,
                 Some(_) if tokio::time::Instant::now() < deadline => {}
-                Some(i) => {
-                    return ok(
-                        json!({"status": "queued", "outbox_id": outbox_id, "attempts": i.attempts, "last_error": i.last_error, "note": "still being retried (throttled or the Connector is slow); it will be delivered in order"}),
-                    );
-                }
-                None => return fail(format!("outbox #{outbox_id} vanished")),
+                Some(i) => return Settled::Queued(i.attempts, i.last_error),
+                None => return Settled::Unreadable("the entry vanished".into()),
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// The result for the model of an outbox entry sent as `bot`.
+    async fn settle(&self, outbox_id: i64, bot_app_id: &str) -> ToolResult {
+        let identity = format!("bot:{bot_app_id}");
+        match self.settle_outcome(outbox_id).await {
+            Settled::Delivered(message_id) => {
+                ok(json!({"status": "delivered", "message_id": message_id, "outbox_id": outbox_id, "identity": identity}))
+            }
+            Settled::Dead(e) => fail(format!("not delivered: {e}")),
+            Settled::Uncertain => ok(json!({"status": "uncertain", "outbox_id": outbox_id, "identity": identity,
+                "note": "the request failed in a way that may have delivered it; it is not re-sent"})),
+            Settled::Queued(attempts, last_error) => {
+                ok(json!({"status": "queued", "outbox_id": outbox_id, "attempts": attempts, "last_error": last_error,
+                "identity": identity, "note": "still being retried (throttled or the Connector is slow); it will be delivered in order"}))
+            }
+            Settled::Unreadable(e) => fail(format!("queued as outbox #{outbox_id}, but its state cannot be read: {e}")),
         }
     }
 
@@ -591,7 +615,7 @@ impl Bridge {
             last = tri!(self.enqueue(scope, &bot, &r, op).await);
         }
         self.ack_conversation(&bot.app_id, &r.conversation_id).await;
-        self.settle(last).await
+        self.settle(last, &bot.app_id).await
     }
 
     fn start_tasks(&self, peer: Peer<RoleServer>, scope: Scope) {
@@ -784,6 +808,40 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
     }
 }
 
+impl Bridge {
+    /// When the bot cannot reach a person: act as the bot's Agent User through Graph if the bot is
+    /// configured to fall back; otherwise say why, and how to allow it. Never a silent identity switch:
+    /// the result and the audit event name the Agent User.
+    async fn fall_back(&self, scope: &Scope, bot: &BotConfig, a: &SendToUserArgs, tenant: &str, why: &str) -> ToolResult {
+        let actor = self.hub.agents.get(&bot.app_id.to_ascii_lowercase()).filter(|x| x.falls_back()).cloned();
+        let Some(actor) = actor else {
+            let hint = if self.hub.agents.contains_key(&bot.app_id.to_ascii_lowercase()) {
+                "this bot is bot_only: set its agent_user.mode = \"fallback\" to let its Agent User send through Graph"
+            } else {
+                "this bot has no Agent User to fall back to ([bots.agent_user], mode = \"fallback\")"
+            };
+            return fail(format!("not delivered: {why}; {hint}, or ask the person to install the app"));
+        };
+        if !actor.tokens.tenant().eq_ignore_ascii_case(tenant) {
+            return fail(format!(
+                "not delivered: {why}; the Agent User lives in another tenant ({}), so it needs the person's email: use graph_create_chat with members [{{user: EMAIL, tenant: \"{tenant}\"}}]",
+                actor.tokens.tenant()
+            ));
+        }
+        tracing::info!(bot = %bot.app_id, identity = %actor.identity(), why, "falling back to the Agent User");
+        let mut body = crate::graph::MessageBody::new();
+        if let Some(t) = a.text.as_deref() {
+            body = body.text(t);
+        }
+        if let Some(card) = &a.card {
+            body = body.card(card);
+        }
+        let person = super::graph_tools::PersonArg { user: a.user_id.clone(), tenant: None };
+        let r = self.graph_message_person(scope, bot, &actor, &person, body).await?;
+        Ok(r)
+    }
+}
+
 fn clamp(v: Option<usize>, default: usize, max: usize) -> usize {
     v.unwrap_or(default).clamp(1, max)
 }
@@ -960,33 +1018,38 @@ impl Bridge {
         };
         // An existing 1:1 chat first (no conversation to create).
         let existing = tri!(self.hub.store.personal_conversation(&bot.app_id, &a.user_id).await.map_err(|e| e.to_string()));
-        if let Some(r) = existing.filter(|r| r.tenant_id.eq_ignore_ascii_case(&tenant)) {
-            let id = tri!(self.enqueue(&scope, bot, &r, OutboundOp::Send { activity }).await);
-            return self.settle(id).await;
+        let outbox_id = if let Some(r) = existing.filter(|r| r.tenant_id.eq_ignore_ascii_case(&tenant)) {
+            tri!(self.enqueue(&scope, bot, &r, OutboundOp::Send { activity }).await)
+        } else {
+            let service_url = match self.hub.store.tenant_service_url(&bot.app_id, &tenant).await {
+                Ok(Some(u)) => Some(u),
+                Ok(None) => default_proactive_service_url(bot.cloud).map(str::to_owned),
+                Err(e) => return fail(e.to_string()),
+            };
+            let Some(service_url) = service_url else {
+                let why = format!("no known service URL for tenant {tenant} (nobody there has messaged the bot)");
+                return self.fall_back(&scope, bot, &a, &tenant, &why).await;
+            };
+            let r = ConversationRef {
+                bot_app_id: bot.app_id.clone(),
+                conversation_id: format!("user:{}", a.user_id),
+                tenant_id: tenant.clone(),
+                service_url,
+                channel_id: "msteams".into(),
+                conversation_type: Some("personal".into()),
+                user_id: None,
+                user_aad_object_id: Some(a.user_id.clone()),
+                bot_id: None,
+                usable: true,
+                updated_at_ms: now_ms(),
+            };
+            tri!(self.enqueue(&scope, bot, &r, OutboundOp::CreatePersonal { user_id: a.user_id.clone(), activity }).await)
+        };
+        match self.settle_outcome(outbox_id).await {
+            // The bot cannot deliver (not installed for them, blocked, refused): the Agent User may.
+            Settled::Dead(why) => self.fall_back(&scope, bot, &a, &tenant, &format!("the bot could not deliver: {why}")).await,
+            _ => self.settle(outbox_id, &bot.app_id).await,
         }
-        let service_url = match self.hub.store.tenant_service_url(&bot.app_id, &tenant).await {
-            Ok(Some(u)) => u,
-            Ok(None) => match default_proactive_service_url(bot.cloud) {
-                Some(u) => u.to_owned(),
-                None => return fail(format!("no known service URL for tenant {tenant}: someone must message the bot there once")),
-            },
-            Err(e) => return fail(e.to_string()),
-        };
-        let r = ConversationRef {
-            bot_app_id: bot.app_id.clone(),
-            conversation_id: format!("user:{}", a.user_id),
-            tenant_id: tenant,
-            service_url,
-            channel_id: "msteams".into(),
-            conversation_type: Some("personal".into()),
-            user_id: None,
-            user_aad_object_id: Some(a.user_id.clone()),
-            bot_id: None,
-            usable: true,
-            updated_at_ms: now_ms(),
-        };
-        let id = tri!(self.enqueue(&scope, bot, &r, OutboundOp::CreatePersonal { user_id: a.user_id.clone(), activity }).await);
-        self.settle(id).await
     }
 
     #[tool(
@@ -1004,7 +1067,7 @@ impl Bridge {
         };
         let id = tri!(self.enqueue(&scope, &bot, &r, op).await);
         self.ack_conversation(&bot.app_id, &r.conversation_id).await;
-        self.settle(id).await
+        self.settle(id, &bot.app_id).await
     }
 
     #[tool(description = "Replace an Adaptive Card the bot sent (by its message_id).")]
@@ -1017,7 +1080,7 @@ impl Bridge {
         let (bot, r) = tri!(self.conversation(&scope, &a.chat_id, a.bot.as_deref()).await);
         let op = OutboundOp::Update { activity_id: a.message_id, activity: message(None, Some(a.card)) };
         let id = tri!(self.enqueue(&scope, &bot, &r, op).await);
-        self.settle(id).await
+        self.settle(id, &bot.app_id).await
     }
 
     #[tool(description = "Edit the text of a message the bot sent (by its message_id).")]
@@ -1032,7 +1095,7 @@ impl Bridge {
         let (bot, r) = tri!(self.conversation(&scope, &a.chat_id, a.bot.as_deref()).await);
         let op = OutboundOp::Update { activity_id: a.message_id, activity: message(Some(&a.text), None) };
         let id = tri!(self.enqueue(&scope, &bot, &r, op).await);
-        self.settle(id).await
+        self.settle(id, &bot.app_id).await
     }
 
     #[tool(description = "Delete a message the bot sent (by its message_id).")]
@@ -1043,7 +1106,7 @@ impl Bridge {
         }
         let (bot, r) = tri!(self.conversation(&scope, &a.chat_id, a.bot.as_deref()).await);
         let id = tri!(self.enqueue(&scope, &bot, &r, OutboundOp::Delete { activity_id: a.message_id }).await);
-        self.settle(id).await
+        self.settle(id, &bot.app_id).await
     }
 
     #[tool(description = "Show the typing indicator in a 1:1 or group chat (Teams shows none in channels); it lasts about 3 seconds.")]
@@ -1054,7 +1117,7 @@ impl Bridge {
             return fail("Teams shows no typing indicator in channels");
         }
         let id = tri!(self.enqueue(&scope, &bot, &r, OutboundOp::Send { activity: crate::teams::typing_activity() }).await);
-        self.settle(id).await
+        self.settle(id, &bot.app_id).await
     }
 
     #[tool(
@@ -1065,7 +1128,7 @@ impl Bridge {
         let (bot, r) = tri!(self.conversation(&scope, &a.chat_id, a.bot.as_deref()).await);
         let event = AuditEvent {
             at_ms: now_ms(),
-            actor: self.actor(&scope),
+            actor: self.requester(&scope),
             identity: format!("bot:{}", bot.app_id),
             action: "stream".into(),
             target: format!("tenant:{} conversation:{}", r.tenant_id, r.conversation_id),
@@ -1109,7 +1172,7 @@ impl Bridge {
         let result = s.finish().await;
         let event = AuditEvent {
             at_ms: now_ms(),
-            actor: self.actor(&scope),
+            actor: self.requester(&scope),
             identity: format!("bot:{}", r.bot_app_id),
             action: "stream".into(),
             target: format!("tenant:{} conversation:{}", r.tenant_id, r.conversation_id),
@@ -1165,7 +1228,7 @@ impl Bridge {
 /// Whether a scoped session may see an audit event: its bot and tenant must be in scope; events that name
 /// neither only show to unrestricted sessions.
 fn audit_in_scope(scope: &Scope, e: &AuditEvent) -> bool {
-    let bot = e.identity.strip_prefix("bot:");
+    let bot = e.identity.strip_prefix("bot:").or_else(|| e.target.split(' ').find_map(|w| w.strip_prefix("bot:")));
     let tenant = e.target.strip_prefix("tenant:").and_then(|t| t.split(' ').next());
     match (bot, tenant) {
         (Some(b), Some(t)) => scope.allows(b, t),

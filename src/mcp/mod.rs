@@ -6,6 +6,7 @@
 //! | [`http`] | Streamable HTTP at `/mcp`: bearer tokens, scopes, allowed hosts |
 //! | [`connect`] | `agentgate mcp --connect URL`: stdio to a running gateway's `/mcp` |
 //! | [`gate`] | intake's side: policy before the commit, approval answers, waking sessions |
+//! | [`agent`], [`graph_tools`] | the bot's Entra Agent User: Graph tools, owner approvals, fallback |
 //! | [`approval`] | permission requests waiting for an approver in Teams |
 //! | [`envelope`] | untrusted text for the model: HTML to text, the marked envelope, meta values |
 //! | [`events`] | inbox entries as typed events |
@@ -25,12 +26,14 @@ use crate::config::Config;
 use crate::connector::outbox::Outbound;
 use crate::store::{AuditEvent, Store, now_ms};
 
+pub mod agent;
 pub mod approval;
 pub mod bridge;
 pub mod connect;
 pub mod envelope;
 pub mod events;
 pub mod gate;
+pub mod graph_tools;
 pub mod http;
 pub mod live;
 pub mod policy;
@@ -95,6 +98,8 @@ pub struct Hub {
     pub(crate) started: Instant,
     /// `--dev`: bots without a credential can still send (to the Playground).
     pub(crate) dev: bool,
+    /// Each bot's Entra Agent User, by lower-case app id.
+    pub(crate) agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -111,8 +116,9 @@ impl Hub {
         inbox: watch::Receiver<i64>,
         approvals: Arc<Approvals>,
         dev: bool,
+        agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
     ) -> Self {
-        Self { cfg, store, outbound, inbox, approvals, started: Instant::now(), dev }
+        Self { cfg, store, outbound, inbox, approvals, started: Instant::now(), dev, agents }
     }
 
     /// Whether any bot in `scope` has approvers (then sessions declare the permission relay).

@@ -50,6 +50,10 @@ pub struct BotPolicy {
     /// How long an approval request stays open, in seconds (10 to 86400; default 600).
     #[serde(default = "default_approval_timeout_secs")]
     pub approval_timeout_secs: u64,
+    /// People (object ids, UPNs or emails) the bot's Agent User may add to chats or message first
+    /// without asking an approver.
+    #[serde(default)]
+    pub contacts_allow: Vec<String>,
 }
 
 fn default_approval_timeout_secs() -> u64 {
@@ -67,6 +71,7 @@ impl Default for BotPolicy {
             channels_allow: Vec::new(),
             approvers: Vec::new(),
             approval_timeout_secs: default_approval_timeout_secs(),
+            contacts_allow: Vec::new(),
         }
     }
 }

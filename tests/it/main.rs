@@ -21,6 +21,7 @@ mod graph;
 mod intake;
 mod keys;
 mod mcp;
+mod mcp_agent;
 mod mcp_http;
 mod mcp_relay;
 mod teams_app;

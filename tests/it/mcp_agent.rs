@@ -1,0 +1,179 @@
+//! The Agent User behind a bot, through MCP: fallback to Graph when the bot cannot deliver (and a clear
+//! refusal for a `bot_only` bot), Graph tools, and the owner approval for reaching someone new. Tokens
+//! come from the strict fake Entra three-hop chain; Graph is the strict fake Graph.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::fake_connector::{FakeConnector, Fault};
+use crate::fake_entra::test_cert;
+use crate::fake_entra_agent::*;
+use crate::fake_graph::FakeGraph;
+use crate::helpers::*;
+use crate::mcp_host::*;
+
+const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+const ALEX: &str = "00000000-0000-0000-0000-0000000000aa";
+const EVE: &str = "e0e0e0e0-0000-4000-8000-0000000000ee";
+const SAM: &str = "5a5a5a5a-0000-4000-8000-000000000055";
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Rig {
+    fake: FakeConnector,
+    entra: FakeEntraAgent,
+    graph: FakeGraph,
+    gw: StdioGateway,
+    host: Host,
+    _oidc: FakeOidc,
+}
+
+/// A dev-mode `agentgate mcp` whose first bot serves the Agent User's tenant and has an Agent User.
+async fn rig(mode: &str, policy: &str) -> Rig {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let entra = FakeEntraAgent::start(test_cert(1)).await;
+    let graph = FakeGraph::start(entra.graph_checker(), AGENT_USER_OID, AGENT_USER_UPN).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let cert = test_cert(1);
+    let key = dir.join("blueprint.key");
+    std::fs::write(&key, &cert.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let crt = dir.join("blueprint.crt");
+    std::fs::write(&crt, &cert.cert_pem).unwrap();
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.token_authority = entra.authority();
+    opts.extra = "\n[outbound]\npoll_interval_ms = 20\nmax_attempts = 1\n".into();
+    let agent = format!(
+        "{policy}\n\n[bots.agent_user]\ntenant_id = \"{AGENT_TENANT}\"\nblueprint_app_id = \"{BLUEPRINT_ID}\"\nagent_identity_id = \"{IDENTITY_ID}\"\n\
+         agent_user_id = \"{AGENT_USER_OID}\"\ncertificate = \"file:{}\"\nkey = \"file:{}\"\nmode = \"{mode}\"\ngraph_base_url = \"{}\"\n\n",
+        crt.display(),
+        key.display(),
+        graph.base_url()
+    );
+    let toml = opts
+        .toml(&dir.join("data"))
+        .replacen(&format!("allowed_tenants = [\"{TENANT}\"]"), &format!("allowed_tenants = [\"{TENANT}\", \"{AGENT_TENANT}\"]"), 1)
+        .replacen(&format!("[[bots]]\napp_id = \"{OTHER_APP_ID}\""), &format!("{agent}[[bots]]\napp_id = \"{OTHER_APP_ID}\""), 1);
+    std::fs::write(dir.join("agentgate.toml"), toml).unwrap();
+    let (gw, host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
+    Rig { fake, entra, graph, gw, host, _oidc: oidc }
+}
+
+/// A message in the Agent User's tenant (so the bot knows that tenant's service URL).
+fn in_agent_tenant(service_url: &str, conversation: &str, aad: &str, text: &str) -> Value {
+    let mut m = inbound(service_url, conversation, "personal", aad, text);
+    m["conversation"]["tenantId"] = json!(AGENT_TENANT);
+    m["channelData"]["tenant"]["id"] = json!(AGENT_TENANT);
+    m
+}
+
+fn blocked() -> Fault {
+    Fault::Status(403, json!({"error": {"code": "Forbidden", "subCode": "MessageWritesBlocked", "message": "Bot is not installed"}}))
+}
+
+fn audit(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(bin()).args(["audit", "--limit", "200", "--config"]).arg(config).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_bot_send_falls_back_to_graph_as_the_agent_user() {
+    let mut r = rig("fallback", &format!("policy.contacts_allow = [\"{EVE}\"]")).await;
+    assert_eq!(r.gw.post(&in_agent_tenant(&r.fake.service_url, "a:alex", ALEX, "hi")).await.status(), 202);
+    assert!(r.host.next("notifications/claude/channel", WAIT).await.is_some());
+
+    // The bot is not installed for Eve: the Connector refuses the proactive chat.
+    r.fake.push_faults([blocked()]);
+    let v = r.host.ok("send_to_user", json!({"user_id": EVE, "tenant": AGENT_TENANT, "text": "Hello <Eve> & co"})).await;
+    assert_eq!(v["identity"], format!("agent_user:{AGENT_USER_OID}"), "{v}");
+    assert_eq!(v["via"], "graph", "{v}");
+    let chat_id = v["chat_id"].as_str().unwrap().to_owned();
+    let messages = r.graph.messages(&chat_id);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let html = messages[0]["body"]["content"].as_str().unwrap().to_owned();
+    assert!(html.contains("Hello &lt;Eve&gt; &amp; co"), "escaped: {html}");
+    // Graph saw only Agent User (T3) tokens for Graph; the chat is a 1:1 with Eve.
+    let seen = r.graph.seen();
+    assert!(seen.iter().all(|s| r.entra.check_user_token(&s.bearer, GRAPH_SCOPE).is_some()), "a request without a Graph T3");
+    let create = seen.iter().find(|s| s.method == "POST" && s.path == "chats").expect("a chat was created");
+    assert_eq!(create.body.as_ref().unwrap()["chatType"], "oneOnOne");
+    assert!(create.body.as_ref().unwrap().to_string().contains(EVE));
+    assert_eq!(r.entra.hop_requests(), [1, 1, 1], "one chain");
+
+    // The audit trail says the Agent User acted, after the bot's refused attempt.
+    let trail = audit(&r.gw.config);
+    assert!(
+        trail.contains(&format!("\"identity\":\"agent_user:{AGENT_USER_OID}\"")) && trail.contains("\"action\":\"graph_send\""),
+        "{trail}"
+    );
+    assert!(trail.contains("\"outcome\":\"delivered\""), "{trail}");
+    assert!(trail.contains("\"action\":\"create_personal\""), "the bot's attempt is on record: {trail}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_only_bot_says_so_instead_of_switching_identity() {
+    let mut r = rig("bot_only", &format!("policy.contacts_allow = [\"{EVE}\"]")).await;
+    assert_eq!(r.gw.post(&in_agent_tenant(&r.fake.service_url, "a:alex", ALEX, "hi")).await.status(), 202);
+    assert!(r.host.next("notifications/claude/channel", WAIT).await.is_some());
+    r.fake.push_faults([blocked()]);
+    let (err, v) = r.host.call("send_to_user", json!({"user_id": EVE, "tenant": AGENT_TENANT, "text": "hello"})).await;
+    assert!(err, "{v}");
+    let text = v.to_string();
+    assert!(text.contains("bot_only") && text.contains("fallback"), "{text}");
+    assert!(r.graph.seen().is_empty(), "Graph was used by a bot_only bot");
+    // Explicit Graph tools still act as the Agent User.
+    let chats = r.host.ok("graph_list_chats", json!({})).await;
+    assert_eq!(chats["identity"], format!("agent_user:{AGENT_USER_OID}"), "{chats}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reaching_someone_new_needs_an_owner_in_teams() {
+    let mut r = rig("fallback", &format!("policy.approvers = [\"{ALEX}\"]\npolicy.approval_timeout_secs = 30")).await;
+    assert_eq!(r.gw.post(&in_agent_tenant(&r.fake.service_url, "a:alex", ALEX, "hi")).await.status(), 202);
+    assert!(r.host.next("notifications/claude/channel", WAIT).await.is_some());
+    let chat = r.graph.seed_chat(0);
+
+    // Sam is not in contacts_allow: the call waits for Alex's answer on a card.
+    let answer = |nth: usize, behavior: &'static str| {
+        let (fake, gw) = (&r.fake, &r.gw);
+        async move {
+            let card = loop {
+                let cards: Vec<_> = fake.landed().into_iter().filter(|l| l.body.to_string().contains("agentgate.permission")).collect();
+                if cards.len() > nth {
+                    break cards[nth].clone();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let request_id = card.body["attachments"][0]["content"]["actions"][0]["data"]["request_id"].as_str().unwrap().to_owned();
+            let mut click = in_agent_tenant(&fake.service_url, "a:alex", ALEX, "");
+            click["type"] = json!("invoke");
+            click["name"] = json!("adaptiveCard/action");
+            click.as_object_mut().unwrap().remove("text");
+            click["value"] = json!({"action": {"type": "Action.Execute", "verb": "agentgate.permission", "data": {"request_id": request_id, "behavior": behavior}}});
+            assert_eq!(gw.post(&click).await.status(), 200);
+            card
+        }
+    };
+    let call = r.host.call("graph_add_member", json!({"chat_id": chat, "member": {"user": SAM}}));
+    let ((err, v), card) = tokio::join!(call, answer(0, "allow"));
+    assert!(card.body.to_string().contains(SAM), "the card names who: {}", card.body);
+    assert!(!err, "{v}");
+    assert_eq!(v["status"], "added", "{v}");
+    assert_eq!(r.graph.members(&chat).len(), 1);
+
+    // A denial leaves things as they were.
+    let call = r.host.call("graph_add_member", json!({"chat_id": chat, "member": {"user": "lee@contoso.onmicrosoft.test"}}));
+    let ((err, v), _) = tokio::join!(call, answer(1, "deny"));
+    assert!(err && v.to_string().contains("denied"), "{v}");
+    assert_eq!(r.graph.members(&chat).len(), 1, "a denied member was added");
+    // Sam, once approved, needs no second approval.
+    let other = r.graph.seed_chat(0);
+    let v = r.host.ok("graph_add_member", json!({"chat_id": other, "member": {"user": SAM}})).await;
+    assert_eq!(v["status"], "added", "{v}");
+    let trail = audit(&r.gw.config);
+    assert!(trail.contains("\"action\":\"graph_add_member\"") && trail.contains("\"outcome\":\"added\""), "{trail}");
+    assert!(trail.contains("\"outcome\":\"allow\"") && trail.contains("\"outcome\":\"deny\""), "{trail}");
+}
