@@ -12,8 +12,9 @@
 //!
 //! Caching: T1 and T2 per (tenant, Agent Identity), T3 per (tenant, Agent Identity, user, scope). Each
 //! is refreshed 5 minutes before it expires (half its lifetime when it lives less than 10 minutes), one
-//! refresh at a time per token: 50 callers on a cold cache cause exactly three requests. The cache is
-//! never keyed on a token value.
+//! refresh at a time per token: 50 callers on a cold cache cause exactly three requests. While a refresh
+//! runs, callers whose cached token is still valid for more than a minute get it without waiting. The
+//! cache is never keyed on a token value.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,7 +31,7 @@ use super::client::{AccessToken, TokenClient, TokenForm};
 use super::credential::{ASSERTION_TYPE, CertificateCredential};
 use super::endpoint::{Authority, TokenEndpoint};
 use super::error::{EntraError, TokenError};
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::secrets::SecretRef;
 
 /// The scope of hops 1 and 2: a token for Entra's token exchange (federated credential) audience.
@@ -376,7 +377,18 @@ impl Slot {
             }
             st.generation
         };
-        let _flight = self.flight.lock().await;
+        let _flight = match self.flight.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // A refresh is running: a still-usable token needs no wait.
+                if let Some((t, _)) = &self.state().cached
+                    && clock.now() + USABLE_MARGIN < t.expires_at
+                {
+                    return Ok(t.clone());
+                }
+                self.flight.lock().await
+            }
+        };
         {
             let st = self.state();
             if st.generation != seen {
@@ -619,6 +631,7 @@ pub struct AgentUserTokens {
     graph_scope: String,
     agentic_scope: String,
     mode: AgentMode,
+    graph_base_url: Option<String>,
 }
 
 impl AgentUserTokens {
@@ -632,7 +645,24 @@ impl AgentUserTokens {
             graph_scope: DEFAULT_GRAPH_SCOPE.to_owned(),
             agentic_scope: DEFAULT_AGENTIC_SCOPE.to_owned(),
             mode: AgentMode::BotOnly,
+            graph_base_url: None,
         }
+    }
+
+    /// The Agent User of `cfg.bots[index]` (`None` without a `[bots.agent_user]` table), against the bot
+    /// cloud's authority (or `clouds.<cloud>.token_authority`). Loads the Blueprint's key.
+    pub async fn for_bot(cfg: &Config, index: usize, client: Arc<TokenClient>) -> Result<Option<Self>, AgentSetupError> {
+        let Some(bot) = cfg.bots.get(index) else {
+            return Err(AgentSetupError::new(format!("bots[{index}]"), "no such bot".into()));
+        };
+        let Some(agent) = &bot.agent_user else { return Ok(None) };
+        let authority = match &cfg.clouds.get(bot.cloud).token_authority {
+            Some(a) => {
+                Authority::parse(a).map_err(|e| AgentSetupError::new(format!("clouds.{}.token_authority", bot.cloud), e.to_string()))?
+            }
+            None => Authority::for_cloud(bot.cloud),
+        };
+        Self::from_config(agent, &format!("bots[{index}].agent_user"), authority, client).await.map(Some)
     }
 
     /// Load the Blueprint credential of a `[bots.agent_user]` section (at config path `at`) and build
@@ -651,6 +681,7 @@ impl AgentUserTokens {
             graph_scope: cfg.graph_scope.clone(),
             agentic_scope: cfg.agentic_scope.clone(),
             mode: cfg.mode,
+            graph_base_url: cfg.graph_base_url.clone(),
             ..Self::new(chain, cfg.tenant_id.clone(), cfg.agent_identity_id.clone(), cfg.user())
         })
     }
@@ -693,6 +724,11 @@ impl AgentUserTokens {
     /// `bot_only` or `fallback`.
     pub fn mode(&self) -> AgentMode {
         self.mode
+    }
+
+    /// The configured Graph API base (`None`: the global Graph).
+    pub fn graph_base_url(&self) -> Option<&str> {
+        self.graph_base_url.as_deref()
     }
 
     /// The Agent User's tenant.

@@ -240,6 +240,15 @@ impl GraphClient {
         Ok(Self { http, endpoint, tokens, settings, sent: Arc::new(AtomicU64::new(0)) })
     }
 
+    /// The Graph client of a bot's Agent User: its `graph_base_url` (default: the global Graph) and its tokens.
+    pub fn for_agent_user(tokens: Arc<AgentUserTokens>, settings: GraphSettings) -> Result<Self, GraphError> {
+        let endpoint = match tokens.graph_base_url() {
+            Some(base) => GraphEndpoint::parse(base)?,
+            None => GraphEndpoint::global(),
+        };
+        Self::new(endpoint, tokens, settings)
+    }
+
     /// The API base.
     pub fn endpoint(&self) -> &GraphEndpoint {
         &self.endpoint

@@ -283,3 +283,70 @@ async fn errors_are_classified_and_creates_are_not_reposted_after_a_5xx() {
     assert_eq!(e.kind(), GraphErrorKind::Token);
     assert!(e.to_string().contains("hop 3 (Agent User → T3)"), "{e}");
 }
+
+/// A log sink for the test's tracing subscriber.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+/// Runs [`log_capture_body`] in a process of its own: tracing's per-call-site interest cache is shared by
+/// every test thread, so a subscriber set for one test thread can miss events.
+#[test]
+fn no_token_assertion_or_key_reaches_the_logs_even_at_trace_level() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "graph::log_capture_body", "--ignored", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+#[ignore = "run in its own process by no_token_assertion_or_key_reaches_the_logs_even_at_trace_level"]
+async fn log_capture_body() {
+    let logs = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(logs.clone()).with_ansi(false).finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let t = setup().await;
+    let chat = t.graph.seed_chat(3);
+    t.graph.inject([Canned::throttled(Some("0")), Canned::status(401, "InvalidAuthenticationToken")]);
+    t.client.send_chat_message(&chat, &MessageBody::from_text("hello")).await.unwrap();
+    t.client.list_chat_messages(&chat, 10).await.unwrap();
+    t.chain.fake.inject(FakeHop::Three, [crate::fake_entra::Injected::Status(503)]);
+    t.chain.tokens.invalidate(t.chain.tokens.graph_scope());
+    t.client.get_chat(&chat).await.unwrap();
+    t.chain.tokens.invalidate(t.chain.tokens.graph_scope());
+    t.chain.fake.inject(FakeHop::Three, [crate::fake_entra::Injected::aadsts(401, 7000112)]);
+    let _ = t.client.get_chat(&chat).await.unwrap_err();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("requesting T3") && text.contains("throttled by Graph"), "the capture works:\n{text}");
+    let mut secrets: Vec<String> = t.chain.fake.issued().into_iter().map(|i| i.token).collect();
+    secrets.extend(t.chain.fake.forms().into_iter().filter_map(|(_, f)| f.get("client_assertion").cloned()));
+    secrets.extend(t.graph.seen().into_iter().map(|s| s.bearer).filter(|b| !b.is_empty()));
+    assert!(secrets.len() > 5);
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "a secret reached the logs");
+        // Not even a recognisable part of one (a JWT's signature part).
+        let tail = s.rsplit('.').next().unwrap();
+        assert!(!text.contains(tail), "part of a secret reached the logs");
+    }
+    assert!(!text.contains("PRIVATE KEY"));
+}
