@@ -308,6 +308,12 @@ impl GraphClient {
         self.send_json(Method::POST, url, Some(&message.to_json()), false).await
     }
 
+    /// One message of a chat (`GET /chats/{id}/messages/{id}`).
+    pub async fn get_chat_message(&self, chat_id: &str, message_id: &str) -> Result<ChatMessage, GraphError> {
+        let path = format!("/chats/{}/messages/{}", segment(non_empty("chat id", chat_id)?), segment(non_empty("message id", message_id)?));
+        self.get(self.url(&path, &[])?).await
+    }
+
     /// Replace a message's body (`PATCH /chats/{id}/messages/{id}`); only the sender may.
     pub async fn edit_chat_message(&self, chat_id: &str, message_id: &str, message: &MessageBody) -> Result<(), GraphError> {
         check_message(message)?;

@@ -118,6 +118,10 @@ async fn messages_carry_escaped_html_mentions_and_cards_and_can_be_edited_and_de
     assert_eq!(stored["mentions"][0]["mentioned"]["user"]["id"], "ann-oid");
     assert_eq!(stored["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
 
+    let fetched = t.client.get_chat_message(&chat.id, &sent.id).await.unwrap();
+    assert_eq!(fetched.body.content, content);
+    assert_eq!(fetched.mentions.len(), 1);
+
     t.client.edit_chat_message(&chat.id, &sent.id, &MessageBody::from_text("edited")).await.unwrap();
     assert_eq!(t.graph.messages(&chat.id)[0]["body"]["content"], "edited");
     t.client.soft_delete_chat_message(&chat.id, &sent.id).await.unwrap();
@@ -156,8 +160,14 @@ async fn listings_follow_next_links_and_users_are_looked_up_by_id_or_upn() {
     let guest = "bo_fabrikam.test#EXT#@contoso.onmicrosoft.test";
     t.graph.add_user(json!({"id": "guest-oid", "displayName": "Bo", "userPrincipalName": guest, "userType": "Guest"}));
     assert_eq!(t.client.get_user(guest).await.unwrap().id, "guest-oid");
-    assert_eq!(t.client.get_user("guest-oid").await.unwrap().user_type.as_deref(), Some("Guest"));
-    assert_eq!(t.client.me().await.unwrap().id, AGENT_USER_OID);
+    let g = t.client.get_user("guest-oid").await.unwrap();
+    assert_eq!(g.user_type.as_deref(), Some("Guest"));
+    assert!(g.is_guest());
+    let me = t.client.me().await.unwrap();
+    assert_eq!(me.id, AGENT_USER_OID);
+    assert!(!me.is_guest());
+    t.graph.add_user(json!({"id": "ext-oid", "userPrincipalName": "cy_fabrikam.test#EXT#@contoso.onmicrosoft.test", "userType": null}));
+    assert!(t.client.get_user("ext-oid").await.unwrap().is_guest(), "a null userType falls back to the #EXT# pattern");
     let e = t.client.get_user("nobody@contoso.onmicrosoft.test").await.unwrap_err();
     assert_eq!(e.kind(), GraphErrorKind::NotFound);
 }
@@ -349,4 +359,40 @@ async fn log_capture_body() {
         assert!(!text.contains(tail), "part of a secret reached the logs");
     }
     assert!(!text.contains("PRIVATE KEY"));
+}
+
+#[tokio::test]
+async fn a_home_tenant_is_found_from_the_email_domain_and_remembered() {
+    use axum::extract::{Path, State};
+    use axum::response::IntoResponse;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/{domain}/v2.0/.well-known/openid-configuration",
+            axum::routing::get(|State(hits): State<Arc<AtomicUsize>>, Path(domain): Path<String>| async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                match domain.as_str() {
+                    "fabrikam.test" => axum::Json(
+                        json!({"issuer": format!("https://login.microsoftonline.com/{FABRIKAM_TENANT}/v2.0"), "token_endpoint": "x"}),
+                    )
+                    .into_response(),
+                    _ => (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_tenant", "error_codes": [90002]})))
+                        .into_response(),
+                }
+            }),
+        )
+        .with_state(Arc::clone(&hits));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let resolver = agentgate::graph::TenantResolver::new(agentgate::entra::Authority::parse(&base).unwrap()).unwrap();
+    assert_eq!(resolver.home_tenant("Bo@Fabrikam.test").await.unwrap(), FABRIKAM_TENANT);
+    assert_eq!(resolver.home_tenant("cy@fabrikam.test").await.unwrap(), FABRIKAM_TENANT);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "remembered");
+    let e = resolver.home_tenant("x@nowhere.test").await.unwrap_err();
+    assert!(matches!(e, agentgate::graph::TenantLookupError::Unknown(_, 400)), "{e}");
+    let e = resolver.home_tenant("x@evil.test/../fabrikam.test").await.unwrap_err();
+    assert!(matches!(e, agentgate::graph::TenantLookupError::NotADomain(_)), "{e}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
