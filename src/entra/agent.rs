@@ -816,6 +816,22 @@ key = "env:BLUEPRINT_KEY"
     }
 
     #[test]
+    fn a_bot_table_takes_the_section_with_env_overrides_and_field_paths() {
+        use crate::config::Config;
+        let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[bots.agent_user]\n{GOOD}");
+        let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let c = Config::from_sources(Some(&text), "t", env("AGENTGATE__BOTS__0__AGENT_USER__MODE", "fallback")).unwrap();
+        assert_eq!(c.bots[0].agent_user.as_ref().unwrap().mode, AgentMode::Fallback);
+        c.validate(false).unwrap();
+        let e = Config::from_sources(Some(&format!("{text}agent_usr_id = \"x\"\n")), "t", vec![]).unwrap_err();
+        assert_eq!(e.field, "bots[0].agent_user.agent_usr_id");
+        let c = Config::from_sources(Some(&text), "t", env("AGENTGATE__BOTS__0__AGENT_USER__AGENT_IDENTITY_ID", "nope")).unwrap();
+        assert_eq!(c.validate(false).unwrap_err().field, "bots[0].agent_user.agent_identity_id");
+        let plain = Config::from_sources(Some("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n"), "t", vec![]).unwrap();
+        assert!(plain.bots[0].agent_user.is_none());
+    }
+
+    #[test]
     fn errors_name_the_hop_and_the_fix() {
         let entra = EntraError::new(
             400,
