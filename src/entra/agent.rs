@@ -7,6 +7,9 @@
 //! | 2 | Agent Identity id | `client_credentials` | `client_assertion` = T1 | `api://AzureADTokenExchange/.default` | — | T2 |
 //! | 3 | Agent Identity id | `user_fic` | `client_assertion` = **T1** (not T2) | the resource's `.default` | `user_federated_identity_credential` = T2, `user_id` = Agent User object id (or `username` = UPN) | T3 |
 //!
+//! Hop 3 sends no `requested_token_use` (the reference system added `on_behalf_of` "for compatibility";
+//! the Microsoft Agents SDKs' raw `user_fic` request does not) and no `client_info`.
+//!
 //! Every response is checked for `error` before `access_token` (by [`TokenClient`], with its retries);
 //! a failure names its hop and carries the AADSTS codes with a hint about what to fix.
 //!
