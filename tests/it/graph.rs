@@ -396,3 +396,21 @@ async fn a_home_tenant_is_found_from_the_email_domain_and_remembered() {
     assert!(matches!(e, agentgate::graph::TenantLookupError::NotADomain(_)), "{e}");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_graph_calls_on_a_cold_cache_share_one_token_chain() {
+    let t = setup().await;
+    let chat = t.graph.seed_chat(1);
+    t.chain.fake.set_delay(Duration::from_millis(100));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (c, id) = (t.client.clone(), chat.clone());
+        set.spawn(async move { c.get_chat(&id).await });
+    }
+    assert!(set.join_all().await.iter().all(Result::is_ok));
+    assert_eq!(t.chain.fake.hop_requests(), [1, 1, 1]);
+    let seen = t.graph.seen();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|s| s.bearer == seen[0].bearer));
+    assert_eq!(t.client.requests_sent(), 20);
+}
