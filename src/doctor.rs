@@ -249,7 +249,7 @@ async fn bot_checks(r: &mut Report, cfg: &Config, i: usize, bot: &BotConfig, cli
         r.push(token(cfg, i, bot, Arc::clone(client), &token_name).await);
     }
 
-    r.push(Check::skip(format!("{label}: three-hop Agent User chain"), "not configured; see issue 5"));
+    r.push(agent_user(cfg, i, &label, client).await);
     r.push(package(i, bot, opts, &label));
 
     for tenant in &bot.allowed_tenants {
@@ -379,6 +379,24 @@ fn package(i: usize, bot: &BotConfig, opts: &DoctorOptions, label: &str) -> Chec
             };
             Check::fail(name, format!("`{field}` {problem}"), fix)
         }
+    }
+}
+
+/// The Agent User chain of `[bots.agent_user]`: its credential and a real Graph token (never printed).
+async fn agent_user(cfg: &Config, i: usize, label: &str, client: Option<&Arc<TokenClient>>) -> Check {
+    let name = format!("{label}: three-hop Agent User chain");
+    let Some(client) = client else { return Check::skip(name, "no token client") };
+    match crate::entra::AgentUserTokens::for_bot(cfg, i, Arc::clone(client)).await {
+        Ok(None) => Check::skip(name, "no [bots.agent_user] table: the bot acts as itself only"),
+        Err(e) => Check::fail(name, e.to_string(), format!("correct `{}` (docs/configuration.md, The Agent User)", e.field)),
+        Ok(Some(tokens)) => match tokens.graph_token().await {
+            Ok(_) => Check::pass(format!("{name}: a Graph token as {} (`agentgate token graph` shows its claims)", tokens.user().as_str())),
+            Err(e) => Check::fail(
+                name,
+                e.to_string(),
+                format!("fix {} as the message says; consent and permission changes take up to 2 minutes to apply", e.hop),
+            ),
+        },
     }
 }
 

@@ -7,13 +7,17 @@
 //! | 2 | Agent Identity id | `client_credentials` | `client_assertion` = T1 | `api://AzureADTokenExchange/.default` | — | T2 |
 //! | 3 | Agent Identity id | `user_fic` | `client_assertion` = **T1** (not T2) | the resource's `.default` | `user_federated_identity_credential` = T2, `user_id` = Agent User object id (or `username` = UPN) | T3 |
 //!
+//! Hop 3 sends no `requested_token_use` (the reference system added `on_behalf_of` "for compatibility";
+//! the Microsoft Agents SDKs' raw `user_fic` request does not) and no `client_info`.
+//!
 //! Every response is checked for `error` before `access_token` (by [`TokenClient`], with its retries);
 //! a failure names its hop and carries the AADSTS codes with a hint about what to fix.
 //!
 //! Caching: T1 and T2 per (tenant, Agent Identity), T3 per (tenant, Agent Identity, user, scope). Each
 //! is refreshed 5 minutes before it expires (half its lifetime when it lives less than 10 minutes), one
-//! refresh at a time per token: 50 callers on a cold cache cause exactly three requests. The cache is
-//! never keyed on a token value.
+//! refresh at a time per token: 50 callers on a cold cache cause exactly three requests. While a refresh
+//! runs, callers whose cached token is still valid for more than a minute get it without waiting. The
+//! cache is never keyed on a token value.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,7 +34,7 @@ use super::client::{AccessToken, TokenClient, TokenForm};
 use super::credential::{ASSERTION_TYPE, CertificateCredential};
 use super::endpoint::{Authority, TokenEndpoint};
 use super::error::{EntraError, TokenError};
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::secrets::SecretRef;
 
 /// The scope of hops 1 and 2: a token for Entra's token exchange (federated credential) audience.
@@ -376,7 +380,18 @@ impl Slot {
             }
             st.generation
         };
-        let _flight = self.flight.lock().await;
+        let _flight = match self.flight.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // A refresh is running: a still-usable token needs no wait.
+                if let Some((t, _)) = &self.state().cached
+                    && clock.now() + USABLE_MARGIN < t.expires_at
+                {
+                    return Ok(t.clone());
+                }
+                self.flight.lock().await
+            }
+        };
         {
             let st = self.state();
             if st.generation != seen {
@@ -619,6 +634,7 @@ pub struct AgentUserTokens {
     graph_scope: String,
     agentic_scope: String,
     mode: AgentMode,
+    graph_base_url: Option<String>,
 }
 
 impl AgentUserTokens {
@@ -632,7 +648,24 @@ impl AgentUserTokens {
             graph_scope: DEFAULT_GRAPH_SCOPE.to_owned(),
             agentic_scope: DEFAULT_AGENTIC_SCOPE.to_owned(),
             mode: AgentMode::BotOnly,
+            graph_base_url: None,
         }
+    }
+
+    /// The Agent User of `cfg.bots[index]` (`None` without a `[bots.agent_user]` table), against the bot
+    /// cloud's authority (or `clouds.<cloud>.token_authority`). Loads the Blueprint's key.
+    pub async fn for_bot(cfg: &Config, index: usize, client: Arc<TokenClient>) -> Result<Option<Self>, AgentSetupError> {
+        let Some(bot) = cfg.bots.get(index) else {
+            return Err(AgentSetupError::new(format!("bots[{index}]"), "no such bot".into()));
+        };
+        let Some(agent) = &bot.agent_user else { return Ok(None) };
+        let authority = match &cfg.clouds.get(bot.cloud).token_authority {
+            Some(a) => {
+                Authority::parse(a).map_err(|e| AgentSetupError::new(format!("clouds.{}.token_authority", bot.cloud), e.to_string()))?
+            }
+            None => Authority::for_cloud(bot.cloud),
+        };
+        Self::from_config(agent, &format!("bots[{index}].agent_user"), authority, client).await.map(Some)
     }
 
     /// Load the Blueprint credential of a `[bots.agent_user]` section (at config path `at`) and build
@@ -651,6 +684,7 @@ impl AgentUserTokens {
             graph_scope: cfg.graph_scope.clone(),
             agentic_scope: cfg.agentic_scope.clone(),
             mode: cfg.mode,
+            graph_base_url: cfg.graph_base_url.clone(),
             ..Self::new(chain, cfg.tenant_id.clone(), cfg.agent_identity_id.clone(), cfg.user())
         })
     }
@@ -693,6 +727,11 @@ impl AgentUserTokens {
     /// `bot_only` or `fallback`.
     pub fn mode(&self) -> AgentMode {
         self.mode
+    }
+
+    /// The configured Graph API base (`None`: the global Graph).
+    pub fn graph_base_url(&self) -> Option<&str> {
+        self.graph_base_url.as_deref()
     }
 
     /// The Agent User's tenant.
@@ -777,6 +816,22 @@ key = "env:BLUEPRINT_KEY"
         c = parse("").unwrap();
         c.blueprint_app_id = "blueprint".into();
         assert_eq!(c.validate("a").unwrap_err().field, "a.blueprint_app_id");
+    }
+
+    #[test]
+    fn a_bot_table_takes_the_section_with_env_overrides_and_field_paths() {
+        use crate::config::Config;
+        let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[bots.agent_user]\n{GOOD}");
+        let env = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        let c = Config::from_sources(Some(&text), "t", env("AGENTGATE__BOTS__0__AGENT_USER__MODE", "fallback")).unwrap();
+        assert_eq!(c.bots[0].agent_user.as_ref().unwrap().mode, AgentMode::Fallback);
+        c.validate(false).unwrap();
+        let e = Config::from_sources(Some(&format!("{text}agent_usr_id = \"x\"\n")), "t", vec![]).unwrap_err();
+        assert_eq!(e.field, "bots[0].agent_user.agent_usr_id");
+        let c = Config::from_sources(Some(&text), "t", env("AGENTGATE__BOTS__0__AGENT_USER__AGENT_IDENTITY_ID", "nope")).unwrap();
+        assert_eq!(c.validate(false).unwrap_err().field, "bots[0].agent_user.agent_identity_id");
+        let plain = Config::from_sources(Some("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n"), "t", vec![]).unwrap();
+        assert!(plain.bots[0].agent_user.is_none());
     }
 
     #[test]

@@ -68,15 +68,13 @@ pub async fn token_report(cfg: &Config, index: usize, kind: TokenKind, show_toke
             ("the bot's Bot Connector token (client credentials)", provider.request().scope.clone(), token)
         }
         TokenKind::Graph | TokenKind::Agentic => {
-            let at = format!("bots[{index}].agent_user");
-            let Some(agent) = &bot.agent_user else {
+            let Some(tokens) =
+                AgentUserTokens::for_bot(cfg, index, client).await.map_err(|e| anyhow::anyhow!("configuration error in {e}"))?
+            else {
                 anyhow::bail!(
-                    "`{at}` is not set: add a [bots.agent_user] table (blueprint_app_id, agent_identity_id, agent_user_id, tenant_id, certificate, key; see docs/configuration.md)"
+                    "`bots[{index}].agent_user` is not set: add a [bots.agent_user] table (blueprint_app_id, agent_identity_id, agent_user_id, tenant_id, certificate, key; see docs/configuration.md)"
                 );
             };
-            let tokens = AgentUserTokens::from_config(agent, &at, authority, client)
-                .await
-                .map_err(|e| anyhow::anyhow!("configuration error in {e}"))?;
             let (scope, what) = match kind {
                 TokenKind::Graph => (tokens.graph_scope().to_owned(), "the Agent User's Graph token (three hops)"),
                 _ => (tokens.agentic_scope().to_owned(), "the Agent User's Bot Connector token (three hops)"),

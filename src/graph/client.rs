@@ -240,6 +240,15 @@ impl GraphClient {
         Ok(Self { http, endpoint, tokens, settings, sent: Arc::new(AtomicU64::new(0)) })
     }
 
+    /// The Graph client of a bot's Agent User: its `graph_base_url` (default: the global Graph) and its tokens.
+    pub fn for_agent_user(tokens: Arc<AgentUserTokens>, settings: GraphSettings) -> Result<Self, GraphError> {
+        let endpoint = match tokens.graph_base_url() {
+            Some(base) => GraphEndpoint::parse(base)?,
+            None => GraphEndpoint::global(),
+        };
+        Self::new(endpoint, tokens, settings)
+    }
+
     /// The API base.
     pub fn endpoint(&self) -> &GraphEndpoint {
         &self.endpoint
@@ -297,6 +306,12 @@ impl GraphClient {
         check_message(message)?;
         let url = self.url(&format!("/chats/{}/messages", segment(non_empty("chat id", chat_id)?)), &[])?;
         self.send_json(Method::POST, url, Some(&message.to_json()), false).await
+    }
+
+    /// One message of a chat (`GET /chats/{id}/messages/{id}`).
+    pub async fn get_chat_message(&self, chat_id: &str, message_id: &str) -> Result<ChatMessage, GraphError> {
+        let path = format!("/chats/{}/messages/{}", segment(non_empty("chat id", chat_id)?), segment(non_empty("message id", message_id)?));
+        self.get(self.url(&path, &[])?).await
     }
 
     /// Replace a message's body (`PATCH /chats/{id}/messages/{id}`); only the sender may.

@@ -32,6 +32,83 @@ pub fn text_to_html(s: &str) -> String {
     escape_html(&s.replace("\r\n", "\n")).replace('\n', "<br>")
 }
 
+/// A Teams HTML message body as plain text (for an LLM host: raw Teams HTML must not reach it): tags
+/// dropped (their text kept; `<br>`, `</p>`, `</div>`, `</li>` become line breaks; a card attachment
+/// becomes `[card]`), entities decoded, runs of blank lines collapsed. The result is still untrusted text.
+#[must_use]
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        out.push_str(&decode_entities(&rest[..i]));
+        let Some(end) = rest[i..].find('>') else {
+            out.push_str(&decode_entities(&rest[i..]));
+            rest = "";
+            break;
+        };
+        let tag = rest[i + 1..i + end].trim().to_ascii_lowercase();
+        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        match (tag.starts_with('/'), name.as_str()) {
+            (_, "br") | (true, "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3") => out.push('\n'),
+            (false, "attachment") => out.push_str("[card]"),
+            _ => {}
+        }
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(&decode_entities(rest));
+    let mut text = String::with_capacity(out.len());
+    let mut blank = 0;
+    for line in out.lines().map(str::trim_end) {
+        blank = if line.trim().is_empty() { blank + 1 } else { 0 };
+        if blank <= 1 {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text.trim().to_owned()
+}
+
+/// `&amp;`, `&lt;`, `&gt;`, `&quot;`, `&#39;`, `&apos;`, `&nbsp;` and numeric references; anything else is kept.
+fn decode_entities(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let decoded = after.find(';').filter(|n| *n <= 10).and_then(|n| {
+            let name = &after[..n];
+            let c = match name {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "nbsp" => Some(' '),
+                _ => name
+                    .strip_prefix('#')
+                    .and_then(|num| match num.strip_prefix(['x', 'X']) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => num.parse().ok(),
+                    })
+                    .and_then(char::from_u32),
+            };
+            c.map(|c| (c, n))
+        });
+        match decoded {
+            Some((c, n)) => {
+                out.push(c);
+                rest = &after[n + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A mention of a user in a message: `<at id="N">text</at>` in the body and an entry in `mentions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mention {
@@ -168,6 +245,17 @@ mod tests {
         let content: Value = serde_json::from_str(v["attachments"][0]["content"].as_str().unwrap()).unwrap();
         assert_eq!(content, card);
         assert_eq!(m.len_chars(), m.html().chars().count() + card.to_string().len());
+    }
+
+    #[test]
+    fn html_becomes_plain_text() {
+        let html = "<p>Hi <at id=\"0\">Ann &lt;Ops&gt;</at>,</p><p>line&nbsp;two<br>x &amp; y &#39;q&#39; &#x1F600; &bogus; a&b</p><div></div><div></div><p>end</p><attachment id=\"c1\"></attachment>";
+        assert_eq!(html_to_text(html), "Hi Ann <Ops>,\nline two\nx & y 'q' 😀 &bogus; a&b\n\nend\n[card]");
+        assert_eq!(html_to_text("a < b"), "a < b");
+        assert_eq!(html_to_text("<script>alert(1)</script>ok"), "alert(1)ok");
+        // Round trip of what this module escapes.
+        let m = MessageBody::from_text("x <y> & \"z\" 'w'\nnext");
+        assert_eq!(html_to_text(m.html()), "x <y> & \"z\" 'w'\nnext");
     }
 
     #[test]

@@ -6,13 +6,16 @@
 //!   classified errors ([`GraphError::kind`]).
 //! * [`MessageBody`]: HTML bodies with escaping, `<at>` mentions and Adaptive Card attachments.
 //! * [`model`]: the resources returned.
+//! * [`TenantResolver`]: a cross-tenant member's home tenant from their email domain.
 
 pub mod client;
 pub mod endpoint;
 pub mod message;
 pub mod model;
+pub mod tenant;
 
 pub use client::{GraphClient, GraphError, GraphErrorKind, GraphSettings, GraphToken};
 pub use endpoint::{DEFAULT_GRAPH_BASE, GRAPH_HOSTS, GraphEndpoint, GraphUrlError, odata_string};
-pub use message::{ADAPTIVE_CARD, MAX_MESSAGE_CHARS, Mention, MessageBody, escape_html, text_to_html};
+pub use message::{ADAPTIVE_CARD, MAX_MESSAGE_CHARS, Mention, MessageBody, escape_html, html_to_text, text_to_html};
 pub use model::{Chat, ChatMember, ChatMessage, ConversationMember, IdentitySet, ItemBody, NewChat, Page, User};
+pub use tenant::{TenantLookupError, TenantResolver};

@@ -118,6 +118,17 @@ pub struct User {
     pub user_type: Option<String>,
 }
 
+impl User {
+    /// A B2B guest of the Agent User's tenant (`userType` Guest, or, when that is null, an `#EXT#` UPN):
+    /// chats with them bind their email with their home tenant, not this object id.
+    pub fn is_guest(&self) -> bool {
+        match self.user_type.as_deref() {
+            Some(t) => t.eq_ignore_ascii_case("guest"),
+            None => self.user_principal_name.as_deref().is_some_and(|u| u.to_ascii_uppercase().contains("#EXT#")),
+        }
+    }
+}
+
 /// One page of a collection; `next_link` has passed the host allow-list when it is followed.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Page<T> {

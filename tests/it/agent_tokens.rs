@@ -8,6 +8,7 @@ use agentgate::entra::{
     AccessToken, AgentTokenChain, AgentTokenError, AgentUser, AgentUserConfig, AgentUserTokens, Authority, CertificateCredential, Clock,
     Hop, RetryPolicy, TokenClient, TokenClientSettings,
 };
+use agentgate::graph::{GraphClient, GraphSettings};
 use agentgate::secrets::ExposeSecret;
 
 use crate::fake_entra::{Injected, test_cert};
@@ -241,6 +242,34 @@ async fn invalidate_drops_only_the_user_token() {
     let b = c.tokens.graph_token().await.unwrap();
     assert_ne!(a.value.expose_secret(), b.value.expose_secret());
     assert_eq!(c.fake.hop_requests(), [1, 1, 2]);
+
+    c.tokens.agentic_token().await.unwrap();
+    assert_eq!(c.fake.hop_requests(), [1, 1, 3]);
+    c.tokens.chain().invalidate_all(AGENT_TENANT, IDENTITY_ID);
+    c.tokens.graph_token().await.unwrap();
+    c.tokens.agentic_token().await.unwrap();
+    assert_eq!(c.fake.hop_requests(), [2, 2, 5], "the whole chain again, once for both scopes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_with_a_valid_token_do_not_wait_for_a_refresh() {
+    let c = Chain::start(AgentUser::ObjectId(AGENT_USER_OID.into())).await;
+    c.fake.set_expires_in(3600, 3600, 3600);
+    let old = c.tokens.graph_token().await.unwrap();
+    c.advance(Duration::from_secs(3400)); // refresh due, token valid ~200 s more
+    c.fake.set_delay(Duration::from_millis(500));
+    let refresher = {
+        let t = Arc::clone(&c.tokens);
+        tokio::spawn(async move { t.graph_token().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = std::time::Instant::now();
+    let meanwhile = c.tokens.graph_token().await.unwrap();
+    assert!(start.elapsed() < Duration::from_millis(300), "{:?}", start.elapsed());
+    assert_eq!(meanwhile.value.expose_secret(), old.value.expose_secret());
+    let fresh = refresher.await.unwrap().unwrap();
+    assert_ne!(fresh.value.expose_secret(), old.value.expose_secret());
+    assert_eq!(c.fake.hop_requests(), [2, 2, 2]);
 }
 
 #[tokio::test]
@@ -267,8 +296,17 @@ async fn config_loads_the_key_from_a_0600_file_and_nothing_secret_is_printed() {
     assert!(e.to_string().contains("chmod 600"), "{e}");
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let tokens = AgentUserTokens::from_config(&cfg, "bots[0].agent_user", authority, client).await.unwrap();
+    let tokens = AgentUserTokens::from_config(&cfg, "bots[0].agent_user", authority.clone(), Arc::clone(&client)).await.unwrap();
     let t = tokens.graph_token().await.unwrap();
+    let graph = GraphClient::for_agent_user(Arc::new(tokens.clone()), GraphSettings::default()).unwrap();
+    assert_eq!(graph.endpoint().base(), "https://graph.microsoft.com/v1.0");
+    let mut us = cfg.clone();
+    us.graph_base_url = Some("https://graph.microsoft.us/v1.0".into());
+    let us = AgentUserTokens::from_config(&us, "bots[0].agent_user", authority, client).await.unwrap();
+    assert_eq!(
+        GraphClient::for_agent_user(Arc::new(us), GraphSettings::default()).unwrap().endpoint().base(),
+        "https://graph.microsoft.us/v1.0"
+    );
     let shown = format!("{tokens:?} {t:?}");
     assert!(!shown.contains("PRIVATE KEY") && !shown.contains(t.value.expose_secret()), "{shown}");
     for issued in fake.issued() {

@@ -95,7 +95,7 @@ async fn all_checks_pass_against_the_fakes() {
         assert!(
             run.stdout
                 .lines()
-                .any(|l| l.starts_with('–') && l.contains(app) && l.contains("three-hop") && l.contains("not configured; see issue 5"))
+                .any(|l| l.starts_with('–') && l.contains(app) && l.contains("three-hop") && l.contains("no [bots.agent_user] table"))
         );
     }
     run.line("✓", &format!("tenant {TENANT}"));

@@ -243,6 +243,13 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
             };
             page(&s, &format!("chats/{}/messages", enc(id)), items, &query)
         }
+        ("GET", ["chats", id, "messages", mid]) => {
+            let chats = s.chats.lock().unwrap();
+            match chats.iter().find(|c| c.id == *id).and_then(|c| c.messages.iter().find(|x| x["id"] == *mid)) {
+                Some(msg) => axum::Json(msg.clone()).into_response(),
+                None => error(404, "NotFound", "Message not found"),
+            }
+        }
         ("PATCH", ["chats", id, "messages", mid]) => patch_message(&s, id, mid, json_body),
         ("POST", ["chats", _, "messages", _, "softDelete"]) => {
             error(405, "MethodNotAllowed", "Use /me/chats/{id}/messages/{id}/softDelete.")

@@ -118,6 +118,10 @@ async fn messages_carry_escaped_html_mentions_and_cards_and_can_be_edited_and_de
     assert_eq!(stored["mentions"][0]["mentioned"]["user"]["id"], "ann-oid");
     assert_eq!(stored["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
 
+    let fetched = t.client.get_chat_message(&chat.id, &sent.id).await.unwrap();
+    assert_eq!(fetched.body.content, content);
+    assert_eq!(fetched.mentions.len(), 1);
+
     t.client.edit_chat_message(&chat.id, &sent.id, &MessageBody::from_text("edited")).await.unwrap();
     assert_eq!(t.graph.messages(&chat.id)[0]["body"]["content"], "edited");
     t.client.soft_delete_chat_message(&chat.id, &sent.id).await.unwrap();
@@ -156,8 +160,14 @@ async fn listings_follow_next_links_and_users_are_looked_up_by_id_or_upn() {
     let guest = "bo_fabrikam.test#EXT#@contoso.onmicrosoft.test";
     t.graph.add_user(json!({"id": "guest-oid", "displayName": "Bo", "userPrincipalName": guest, "userType": "Guest"}));
     assert_eq!(t.client.get_user(guest).await.unwrap().id, "guest-oid");
-    assert_eq!(t.client.get_user("guest-oid").await.unwrap().user_type.as_deref(), Some("Guest"));
-    assert_eq!(t.client.me().await.unwrap().id, AGENT_USER_OID);
+    let g = t.client.get_user("guest-oid").await.unwrap();
+    assert_eq!(g.user_type.as_deref(), Some("Guest"));
+    assert!(g.is_guest());
+    let me = t.client.me().await.unwrap();
+    assert_eq!(me.id, AGENT_USER_OID);
+    assert!(!me.is_guest());
+    t.graph.add_user(json!({"id": "ext-oid", "userPrincipalName": "cy_fabrikam.test#EXT#@contoso.onmicrosoft.test", "userType": null}));
+    assert!(t.client.get_user("ext-oid").await.unwrap().is_guest(), "a null userType falls back to the #EXT# pattern");
     let e = t.client.get_user("nobody@contoso.onmicrosoft.test").await.unwrap_err();
     assert_eq!(e.kind(), GraphErrorKind::NotFound);
 }
@@ -282,4 +292,125 @@ async fn errors_are_classified_and_creates_are_not_reposted_after_a_5xx() {
     let e = t.client.get_chat(&chat).await.unwrap_err();
     assert_eq!(e.kind(), GraphErrorKind::Token);
     assert!(e.to_string().contains("hop 3 (Agent User → T3)"), "{e}");
+}
+
+/// A log sink for the test's tracing subscriber.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+/// Runs [`log_capture_body`] in a process of its own: tracing's per-call-site interest cache is shared by
+/// every test thread, so a subscriber set for one test thread can miss events.
+#[test]
+fn no_token_assertion_or_key_reaches_the_logs_even_at_trace_level() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "graph::log_capture_body", "--ignored", "--test-threads=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+#[ignore = "run in its own process by no_token_assertion_or_key_reaches_the_logs_even_at_trace_level"]
+async fn log_capture_body() {
+    let logs = LogBuf::default();
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(logs.clone()).with_ansi(false).finish();
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let t = setup().await;
+    let chat = t.graph.seed_chat(3);
+    t.graph.inject([Canned::throttled(Some("0")), Canned::status(401, "InvalidAuthenticationToken")]);
+    t.client.send_chat_message(&chat, &MessageBody::from_text("hello")).await.unwrap();
+    t.client.list_chat_messages(&chat, 10).await.unwrap();
+    t.chain.fake.inject(FakeHop::Three, [crate::fake_entra::Injected::Status(503)]);
+    t.chain.tokens.invalidate(t.chain.tokens.graph_scope());
+    t.client.get_chat(&chat).await.unwrap();
+    t.chain.tokens.invalidate(t.chain.tokens.graph_scope());
+    t.chain.fake.inject(FakeHop::Three, [crate::fake_entra::Injected::aadsts(401, 7000112)]);
+    let _ = t.client.get_chat(&chat).await.unwrap_err();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("requesting T3") && text.contains("throttled by Graph"), "the capture works:\n{text}");
+    let mut secrets: Vec<String> = t.chain.fake.issued().into_iter().map(|i| i.token).collect();
+    secrets.extend(t.chain.fake.forms().into_iter().filter_map(|(_, f)| f.get("client_assertion").cloned()));
+    secrets.extend(t.graph.seen().into_iter().map(|s| s.bearer).filter(|b| !b.is_empty()));
+    assert!(secrets.len() > 5);
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "a secret reached the logs");
+        // Not even a recognisable part of one (a JWT's signature part).
+        let tail = s.rsplit('.').next().unwrap();
+        assert!(!text.contains(tail), "part of a secret reached the logs");
+    }
+    assert!(!text.contains("PRIVATE KEY"));
+}
+
+#[tokio::test]
+async fn a_home_tenant_is_found_from_the_email_domain_and_remembered() {
+    use axum::extract::{Path, State};
+    use axum::response::IntoResponse;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/{domain}/v2.0/.well-known/openid-configuration",
+            axum::routing::get(|State(hits): State<Arc<AtomicUsize>>, Path(domain): Path<String>| async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                match domain.as_str() {
+                    "fabrikam.test" => axum::Json(
+                        json!({"issuer": format!("https://login.microsoftonline.com/{FABRIKAM_TENANT}/v2.0"), "token_endpoint": "x"}),
+                    )
+                    .into_response(),
+                    _ => (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_tenant", "error_codes": [90002]})))
+                        .into_response(),
+                }
+            }),
+        )
+        .with_state(Arc::clone(&hits));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let resolver = agentgate::graph::TenantResolver::new(agentgate::entra::Authority::parse(&base).unwrap()).unwrap();
+    assert_eq!(resolver.home_tenant("Bo@Fabrikam.test").await.unwrap(), FABRIKAM_TENANT);
+    assert_eq!(resolver.home_tenant("cy@fabrikam.test").await.unwrap(), FABRIKAM_TENANT);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "remembered");
+    let e = resolver.home_tenant("x@nowhere.test").await.unwrap_err();
+    assert!(matches!(e, agentgate::graph::TenantLookupError::Unknown(_, 400)), "{e}");
+    let e = resolver.home_tenant("x@evil.test/../fabrikam.test").await.unwrap_err();
+    assert!(matches!(e, agentgate::graph::TenantLookupError::NotADomain(_)), "{e}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_graph_calls_on_a_cold_cache_share_one_token_chain() {
+    let t = setup().await;
+    let chat = t.graph.seed_chat(1);
+    t.chain.fake.set_delay(Duration::from_millis(100));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (c, id) = (t.client.clone(), chat.clone());
+        set.spawn(async move { c.get_chat(&id).await });
+    }
+    assert!(set.join_all().await.iter().all(Result::is_ok));
+    assert_eq!(t.chain.fake.hop_requests(), [1, 1, 1]);
+    let seen = t.graph.seen();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|s| s.bearer == seen[0].bearer));
+    assert_eq!(t.client.requests_sent(), 20);
 }

@@ -129,3 +129,29 @@ async fn token_bot_uses_the_bots_own_credential_and_missing_agent_user_is_explai
     assert!(!ok);
     assert!(err.contains("`bots[0].agent_user` is not set"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_chain_and_names_the_failing_hop() {
+    let fake = FakeEntraAgent::start(test_cert(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake.authority(), "");
+    // Keep doctor's key check on loopback (it fails there; only the chain line matters here).
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("https://login.botframework.com/v1/.well-known/openidconfiguration", &format!("{}/meta", fake.authority()));
+    std::fs::write(&cfg, text).unwrap();
+
+    let (_, out, err) = run(vec!["doctor".into(), "--config".into(), cfg.display().to_string()]).await;
+    let line = out.lines().find(|l| l.contains("three-hop Agent User chain")).unwrap_or_else(|| panic!("{out}{err}"));
+    assert!(line.starts_with('✓') && line.contains(AGENT_USER_OID), "{line}");
+    assert_eq!(fake.hop_requests(), [1, 1, 1]);
+
+    fake.inject(FakeHop::One, [Injected::aadsts(400, 700016)]);
+    let (ok, out, err) = run(vec!["doctor".into(), "--config".into(), cfg.display().to_string()]).await;
+    assert!(!ok);
+    let line = out.lines().find(|l| l.contains("three-hop Agent User chain")).unwrap_or_else(|| panic!("{out}{err}"));
+    assert!(line.starts_with('✗') && line.contains("hop 1 (Blueprint → T1) failed") && line.contains("blueprint_app_id"), "{line}");
+    for t in fake.issued() {
+        assert!(!out.contains(&t.token) && !err.contains(&t.token));
+    }
+}
