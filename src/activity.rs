@@ -213,3 +213,70 @@ mod tests {
         assert_eq!(InvokeResponse::acknowledge(&other, "ok").body, serde_json::json!({}));
     }
 }
+
+/// An Agent 365 recipient: the agentic user (or app instance) an activity was addressed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgenticRecipient {
+    /// The account id (the agentic user's UPN).
+    pub id: String,
+    /// `agenticUser` or `agenticAppInstance`.
+    pub role: String,
+    /// The Agent Identity's app id (the instance).
+    #[serde(default)]
+    pub agentic_app_id: Option<String>,
+    /// The Agent User's object id.
+    #[serde(default)]
+    pub agentic_user_id: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+}
+
+impl AgenticRecipient {
+    /// Whether replies act as the Agent User (T3) rather than the instance alone.
+    pub fn is_user(&self) -> bool {
+        self.role.eq_ignore_ascii_case("agenticUser")
+    }
+}
+
+/// The recipient of an agentic activity (role `agenticUser` / `agenticAppInstance`, any case; the
+/// spec's older `agenticInstance` too) as stored JSON; `None` for a classic bot activity.
+pub fn agentic_recipient(activity: &Activity) -> Option<String> {
+    let r = activity.recipient.as_ref()?;
+    let role = r.role.as_deref()?;
+    if !["agenticuser", "agenticappinstance", "agenticinstance"].contains(&role.to_ascii_lowercase().as_str()) {
+        return None;
+    }
+    let field = |k: &str| r.extra.get(k).and_then(Value::as_str).map(str::to_owned);
+    let recipient = AgenticRecipient {
+        id: r.id.clone(),
+        role: role.to_owned(),
+        agentic_app_id: field("agenticAppId"),
+        agentic_user_id: field("agenticUserId"),
+        tenant_id: field("tenantId"),
+    };
+    serde_json::to_string(&recipient).ok()
+}
+
+#[cfg(test)]
+mod agentic_tests {
+    use super::*;
+
+    #[test]
+    fn agentic_roles_are_recognised_in_any_case() {
+        for role in ["agenticUser", "AGENTICUSER", "agenticAppInstance", "agenticInstance"] {
+            let a: Activity = serde_json::from_value(serde_json::json!({"type": "message", "recipient": {
+                "id": "agent@contoso.com", "role": role, "agenticAppId": "app-1", "agenticUserId": "user-1", "tenantId": "t-1"}}))
+            .unwrap();
+            let r: AgenticRecipient = serde_json::from_str(&agentic_recipient(&a).unwrap()).unwrap();
+            assert_eq!(
+                (r.agentic_app_id.as_deref(), r.agentic_user_id.as_deref(), r.tenant_id.as_deref()),
+                (Some("app-1"), Some("user-1"), Some("t-1"))
+            );
+            assert_eq!(r.is_user(), role.eq_ignore_ascii_case("agenticUser"));
+        }
+        let classic: Activity =
+            serde_json::from_value(serde_json::json!({"type": "message", "recipient": {"id": "28:bot", "role": "bot"}})).unwrap();
+        assert!(agentic_recipient(&classic).is_none());
+    }
+}

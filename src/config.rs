@@ -323,6 +323,26 @@ pub struct BotConfig {
     /// The Entra Agent User behind this bot (three-hop tokens for Graph); see docs/configuration.md.
     #[serde(default)]
     pub agent_user: Option<crate::entra::AgentUserConfig>,
+    /// Agent 365 agentic activities: Entra-issued inbound tokens whose audience is the Agent
+    /// Blueprint (needs `agent_user` for the Blueprint id and the reply tokens).
+    #[serde(default)]
+    pub agentic: AgenticConfig,
+}
+
+/// `[bots.agentic]`: accept Agent 365 activities signed by Entra for the bot's Agent Blueprint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgenticConfig {
+    /// Off by default: only Bot Framework tokens are accepted.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Callers (`azp`, or `appid` when absent) whose tokens are accepted; empty means any caller that
+    /// Entra signed a token for, for the Blueprint.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub allowed_callers: Vec<String>,
+    /// Each tenant's OpenID metadata; `{tenant}` is replaced by the token's `tid`.
+    #[serde(default = "defaults::entra_metadata")]
+    pub openid_metadata_url: String,
 }
 
 mod defaults {
@@ -414,6 +434,9 @@ mod defaults {
     pub(super) fn yes() -> bool {
         true
     }
+    pub(super) fn entra_metadata() -> String {
+        "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration".into()
+    }
     pub(super) fn mcp_bind() -> String {
         "127.0.0.1:3979".into()
     }
@@ -439,7 +462,7 @@ fn empty_table() -> toml::Table {
     toml::Table::new()
 }
 
-default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, OutboundConfig, LogConfig, McpConfig);
+default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, OutboundConfig, LogConfig, McpConfig, AgenticConfig);
 
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -665,6 +688,22 @@ impl Config {
                 }
             }
             bot.policy.validate().map_err(|(f, problem)| ConfigError::new(field(&f), problem))?;
+            if bot.agentic.enabled {
+                if bot.agent_user.is_none() {
+                    return Err(ConfigError::new(
+                        field("agentic.enabled"),
+                        "agentic activities need the Agent Blueprint and its Agent User: add a [bots.agent_user] section",
+                    ));
+                }
+                let url = &bot.agentic.openid_metadata_url;
+                if !url.contains("{tenant}") {
+                    return Err(ConfigError::new(
+                        field("agentic.openid_metadata_url"),
+                        "must contain {tenant} (each tenant has its own keys)",
+                    ));
+                }
+                check_fetch_url(&url.replace("{tenant}", "t")).map_err(|p| ConfigError::new(field("agentic.openid_metadata_url"), p))?;
+            }
         }
         self.validate_mcp()
     }

@@ -161,6 +161,8 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     let normalized_service_url = service_url::normalize(raw_service_url).ok_or(Refusal::BadRequest("serviceUrl is not a valid URL"))?;
 
     let (bot_index, auth) = match &token {
+        // An Entra-issued (agentic) token carries no serviceurl: it is bound to the activity's tenant below.
+        Some(t) if t.agentic_tenant.is_some() => (t.bot, "entra-agentic"),
         Some(t) => {
             state.verifier.bind(t, &normalized_service_url, activity.channel_id.as_deref()).map_err(Refusal::Unauthorized)?;
             (t.bot, "botframework")
@@ -190,7 +192,13 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     if !bot.allows_tenant(tenant) {
         return Err(Refusal::Forbidden("tenant is not on the bot's allow-list"));
     }
-    if let Some(recipient) = activity.recipient.as_ref().map(|r| r.id.as_str()) {
+    if let Some(tid) = token.as_ref().and_then(|t| t.agentic_tenant.as_deref())
+        && !tid.eq_ignore_ascii_case(tenant)
+    {
+        return Err(Refusal::Unauthorized(AuthReason::TenantMismatch));
+    }
+    let agentic = crate::activity::agentic_recipient(&activity);
+    if let Some(recipient) = activity.recipient.as_ref().map(|r| r.id.as_str()).filter(|_| agentic.is_none()) {
         let expected = recipient.strip_prefix("28:").unwrap_or(recipient);
         if !expected.eq_ignore_ascii_case(&bot.app_id) {
             tracing::warn!(recipient, "activity recipient is not the bot the token was issued for");
@@ -229,6 +237,8 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
             bot_id: activity.recipient.as_ref().map(|r| r.id.clone()).filter(|s| !s.is_empty()),
             usable: !uninstalled,
             updated_at_ms: now,
+            // Replies to an agentic activity go out as its recipient (only for Entra-authenticated ones).
+            agentic: agentic.filter(|_| auth == "entra-agentic"),
         },
         state: classified.inbox_state(),
     };

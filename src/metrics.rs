@@ -53,6 +53,9 @@ label_enum!(
         ServiceUrlMismatch => "serviceurl_mismatch",
         EndorsementMissing => "endorsement_missing",
         DevAnonymousRefused => "anonymous_refused",
+        TenantNotAllowed => "tenant_not_allowed",
+        CallerNotAllowed => "caller_not_allowed",
+        TenantMismatch => "tenant_mismatch",
     }
 );
 
@@ -82,7 +85,7 @@ struct Histogram {
 #[derive(Default)]
 pub struct Metrics {
     requests: [AtomicU64; 10],
-    auth_failures: [AtomicU64; 16],
+    auth_failures: [AtomicU64; AuthReason::ALL.len()],
     key_refresh_ok: [AtomicU64; 3],
     key_refresh_err: [AtomicU64; 3],
     token_cache_hits: AtomicU64,

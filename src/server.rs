@@ -129,9 +129,18 @@ impl Gateway {
                 cloud: b.cloud,
                 require_endorsement: b.require_endorsement,
                 allowed_tenants: b.allowed_tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+                agentic: match (&b.agentic, &b.agent_user) {
+                    (a, Some(au)) if a.enabled => Some(crate::auth::AgenticEntry {
+                        blueprint_app_id: au.blueprint_app_id.clone(),
+                        allowed_callers: a.allowed_callers.iter().map(|c| c.to_ascii_lowercase()).collect(),
+                        metadata_template: a.openid_metadata_url.clone(),
+                    }),
+                    _ => None,
+                },
             })
             .collect();
-        let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics));
+        let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics))
+            .with_key_settings(settings);
         let approvals = Arc::new(crate::mcp::Approvals::default());
         let gate = Arc::new(crate::mcp::gate::InboundGate::new(
             cfg.bots.iter().map(|b| (b.app_id.clone(), b.policy.clone())),
@@ -148,7 +157,17 @@ impl Gateway {
             gate: Arc::clone(&gate),
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
-        let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?);
+        let agents = crate::mcp::agent::build(&cfg).await?;
+        let agentic = cfg
+            .bots
+            .iter()
+            .filter(|b| b.agentic.enabled)
+            .filter_map(|b| {
+                let actor = agents.get(&b.app_id.to_ascii_lowercase())?;
+                Some((b.app_id.clone(), (Arc::clone(actor.tokens.chain()), actor.tokens.agentic_scope().to_owned())))
+            })
+            .collect();
+        let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?.with_agentic(agentic));
         background.push(Arc::clone(&outbound).spawn(Duration::from_millis(cfg.outbound.poll_interval_ms)));
         let hub = Arc::new(crate::mcp::Hub::new(
             Arc::new(cfg.clone()),
@@ -157,7 +176,7 @@ impl Gateway {
             gate.subscribe(),
             approvals,
             opts.dev,
-            crate::mcp::agent::build(&cfg).await?,
+            agents,
         ));
         background.push(hub.spawn_approval_sweeper());
         let mcp_addr = match crate::mcp::http::serve(Arc::clone(&hub), &cfg.mcp).await? {

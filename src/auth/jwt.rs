@@ -38,6 +38,28 @@ pub struct BotEntry {
     pub require_endorsement: bool,
     /// Lower-cased tenant ids.
     pub allowed_tenants: HashSet<String>,
+    /// Agent 365: Entra-issued tokens for the bot's Agent Blueprint are accepted too.
+    pub agentic: Option<AgenticEntry>,
+}
+
+/// How a bot accepts Entra-issued (agentic) tokens.
+#[derive(Debug, Clone)]
+pub struct AgenticEntry {
+    /// The Agent Blueprint's app id: the tokens' audience.
+    pub blueprint_app_id: String,
+    /// Lower-cased `azp`/`appid` values accepted; empty: any.
+    pub allowed_callers: Vec<String>,
+    /// Each tenant's OpenID metadata URL, with `{tenant}`.
+    pub metadata_template: String,
+}
+
+/// The Entra issuers of a tenant (v2 and v1 tokens).
+pub fn entra_issuers(tid: &str) -> [String; 2] {
+    [format!("https://login.microsoftonline.com/{tid}/v2.0"), format!("https://sts.windows.net/{tid}/")]
+}
+
+fn is_entra_issuer(iss: &str) -> bool {
+    iss.starts_with("https://login.microsoftonline.com/") || iss.starts_with("https://sts.windows.net/")
 }
 
 impl BotEntry {
@@ -54,6 +76,8 @@ pub struct VerifiedToken {
     /// The normalised `serviceurl` claim, if the token had one.
     pub service_url: Option<String>,
     pub key: Arc<SigningKey>,
+    /// For an Entra-issued (agentic) token: its tenant (`tid`, lower case), to which the activity is bound.
+    pub agentic_tenant: Option<String>,
     exp: i64,
     nbf: Option<i64>,
 }
@@ -87,6 +111,27 @@ struct UnverifiedAudience {
 }
 
 #[derive(Deserialize)]
+struct UnverifiedClaims {
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    tid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EntraClaims {
+    exp: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    appid: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct Claims {
     exp: i64,
     #[serde(default)]
@@ -105,6 +150,11 @@ pub struct Verifier {
     skew: i64,
     cache: TokenCache,
     metrics: Arc<Metrics>,
+    /// Agentic bots by lower-cased Blueprint app id.
+    by_blueprint: HashMap<String, usize>,
+    /// Entra key caches by (bot, tenant), made when a tenant's first token arrives.
+    entra_keys: Mutex<HashMap<(usize, String), Arc<KeyCache>>>,
+    key_settings: Option<super::KeyCacheSettings>,
 }
 
 impl Verifier {
@@ -126,6 +176,8 @@ impl Verifier {
             })
             .collect();
         let by_app_id = bots.iter().enumerate().map(|(i, b)| (b.app_id.to_ascii_lowercase(), i)).collect();
+        let by_blueprint =
+            bots.iter().enumerate().filter_map(|(i, b)| b.agentic.as_ref().map(|a| (a.blueprint_app_id.to_ascii_lowercase(), i))).collect();
         Self {
             bots,
             validations,
@@ -134,7 +186,40 @@ impl Verifier {
             skew: i64::try_from(skew_secs).unwrap_or(300),
             cache: TokenCache::new(cache_entries),
             metrics,
+            by_blueprint,
+            entra_keys: Mutex::new(HashMap::new()),
+            key_settings: None,
         }
+    }
+
+    /// How Entra key caches (agentic tokens) fetch and refresh.
+    pub fn with_key_settings(mut self, settings: super::KeyCacheSettings) -> Self {
+        self.key_settings = Some(settings);
+        self
+    }
+
+    /// The Entra key cache of a bot's tenant, made (and kept fresh) on first use.
+    fn entra_cache(&self, bot: usize, tid: &str) -> Result<Arc<KeyCache>, AuthError> {
+        let mut caches = self.entra_keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = caches.get(&(bot, tid.to_owned())) {
+            return Ok(Arc::clone(c));
+        }
+        let b = &self.bots[bot];
+        let agentic = b.agentic.as_ref().ok_or(AuthError::Refused(AuthReason::WrongAudience))?;
+        let url = url::Url::parse(&agentic.metadata_template.replace("{tenant}", tid)).map_err(|_| AuthError::NoKeys)?;
+        let settings = self.key_settings.unwrap_or(super::KeyCacheSettings {
+            refresh_every: std::time::Duration::from_secs(24 * 3600),
+            unknown_kid_cooldown: std::time::Duration::from_secs(300),
+            stale_grace: std::time::Duration::from_secs(48 * 3600),
+            fetch_timeout: std::time::Duration::from_secs(10),
+        });
+        let [issuer, _] = entra_issuers(tid);
+        let cache =
+            Arc::new(KeyCache::with_issuer(b.cloud, issuer, url, settings, Arc::clone(&self.metrics)).map_err(|_| AuthError::NoKeys)?);
+        // Refreshed like the Bot Framework keys; the task lives as long as the process.
+        drop(Arc::clone(&cache).spawn_background());
+        caches.insert((bot, tid.to_owned()), Arc::clone(&cache));
+        Ok(cache)
     }
 
     pub fn bots(&self) -> &[BotEntry] {
@@ -162,8 +247,11 @@ impl Verifier {
         if let Some(hit) = self.cache.get(&digest) {
             self.check_lifetime(&hit)?;
             let bot = &self.bots[hit.bot];
-            let still_current =
-                self.keys[bot.cloud.index()].as_ref().and_then(|c| c.current(&hit.key.kid)).is_some_and(|k| Arc::ptr_eq(&k, &hit.key));
+            let cache = match &hit.agentic_tenant {
+                Some(tid) => self.entra_keys.lock().unwrap_or_else(PoisonError::into_inner).get(&(hit.bot, tid.clone())).cloned(),
+                None => self.keys[bot.cloud.index()].clone(),
+            };
+            let still_current = cache.and_then(|c| c.current(&hit.key.kid)).is_some_and(|k| Arc::ptr_eq(&k, &hit.key));
             if still_current {
                 self.metrics.token_cache_hit();
                 return Ok(hit);
@@ -196,6 +284,12 @@ impl Verifier {
             return Err(AuthReason::BadAlgorithm.into());
         }
         let kid = header.kid.filter(|k| !k.is_empty()).ok_or(AuthReason::MissingKid)?;
+        if !self.by_blueprint.is_empty() {
+            let claims: UnverifiedClaims = decode_segment(p).ok_or(AuthReason::Malformed)?;
+            if claims.iss.as_deref().is_some_and(is_entra_issuer) {
+                return self.verify_entra(token, &kid, claims).await;
+            }
+        }
         // The audience selects the bot (and so the cloud and its keys) before the signature is checked;
         // the signature check below then pins `aud` and `iss` for real.
         let aud: UnverifiedAudience = decode_segment(p).ok_or(AuthReason::Malformed)?;
@@ -218,7 +312,56 @@ impl Verifier {
             Some(s) => Some(service_url::normalize(&s).ok_or(AuthReason::ServiceUrlMismatch)?),
             None => None,
         };
-        Ok(VerifiedToken { bot: bot_index, service_url, key, exp: claims.exp, nbf: claims.nbf })
+        Ok(VerifiedToken { bot: bot_index, service_url, key, agentic_tenant: None, exp: claims.exp, nbf: claims.nbf })
+    }
+
+    /// An Entra-issued token (Agent 365): `tid` required and bound to `iss`; `aud` a configured Agent
+    /// Blueprint (which selects the bot); the tenant on the bot's allow-list before any key is fetched;
+    /// keys from that tenant's metadata; the caller allow-list when configured. No `serviceurl` claim.
+    async fn verify_entra(&self, token: &str, kid: &str, claims: UnverifiedClaims) -> Result<VerifiedToken, AuthError> {
+        let tid = claims.tid.filter(|t| !t.is_empty()).ok_or(AuthReason::MissingClaim)?.to_ascii_lowercase();
+        if !tid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(AuthReason::Malformed.into());
+        }
+        let issuers = entra_issuers(&tid);
+        if !claims.iss.as_deref().is_some_and(|iss| issuers.iter().any(|i| i.eq_ignore_ascii_case(iss))) {
+            return Err(AuthReason::WrongIssuer.into());
+        }
+        let aud = match claims.aud {
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(AuthReason::WrongAudience.into()),
+            None => return Err(AuthReason::MissingClaim.into()),
+        };
+        let blueprint = aud.strip_prefix("api://").unwrap_or(&aud).to_ascii_lowercase();
+        let bot_index = *self.by_blueprint.get(&blueprint).ok_or(AuthReason::WrongAudience)?;
+        let bot = &self.bots[bot_index];
+        if !bot.allows_tenant(&tid) {
+            return Err(AuthReason::TenantNotAllowed.into());
+        }
+        let agentic = bot.agentic.as_ref().ok_or(AuthReason::WrongAudience)?;
+        let cache = self.entra_cache(bot_index, &tid)?;
+        let key = match cache.key(kid).await {
+            Lookup::Found(k) => k,
+            Lookup::UnknownKid => return Err(AuthReason::UnknownKid.into()),
+            Lookup::NoKeys => return Err(AuthError::NoKeys),
+        };
+        let mut v = Validation::new(Algorithm::RS256);
+        v.leeway = u64::try_from(self.skew).unwrap_or(300);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&issuers);
+        let bp = &agentic.blueprint_app_id;
+        v.set_audience(&[bp.clone(), bp.to_ascii_lowercase(), format!("api://{bp}"), format!("api://{}", bp.to_ascii_lowercase())]);
+        let data = jsonwebtoken::decode::<EntraClaims>(token, &key.key, &v).map_err(|e| map_jwt_error(e.kind()))?;
+        let c = data.claims;
+        if !agentic.allowed_callers.is_empty() {
+            let caller = c.azp.as_deref().or(c.appid.as_deref()).unwrap_or("").to_ascii_lowercase();
+            if !agentic.allowed_callers.contains(&caller) {
+                return Err(AuthReason::CallerNotAllowed.into());
+            }
+        }
+        Ok(VerifiedToken { bot: bot_index, service_url: None, key, agentic_tenant: Some(tid), exp: c.exp, nbf: c.nbf })
     }
 
     /// Bind a verified token to the activity it came with: its `serviceUrl` (already normalised with

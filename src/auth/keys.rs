@@ -59,6 +59,8 @@ struct Loaded {
 /// The key cache of one cloud.
 pub struct KeyCache {
     cloud: Cloud,
+    /// The `issuer` the metadata document must state.
+    issuer: String,
     metadata_url: url::Url,
     http: reqwest::Client,
     settings: KeyCacheSettings,
@@ -80,7 +82,7 @@ pub enum KeyFetchError {
     #[error("fetching {url}: {reason}")]
     Http { url: String, reason: String },
     #[error("metadata issuer `{found}` is not the pinned issuer `{expected}`")]
-    IssuerMismatch { found: String, expected: &'static str },
+    IssuerMismatch { found: String, expected: String },
     #[error("metadata jwks_uri rejected: {0}")]
     BadJwksUri(String),
     #[error("the key set holds no usable RS256 signing key")]
@@ -117,6 +119,17 @@ struct RawJwk {
 
 impl KeyCache {
     pub fn new(cloud: Cloud, metadata_url: url::Url, settings: KeyCacheSettings, metrics: Arc<Metrics>) -> Result<Self, reqwest::Error> {
+        Self::with_issuer(cloud, cloud.issuer().to_owned(), metadata_url, settings, metrics)
+    }
+
+    /// A cache whose metadata must state `issuer` (an Entra tenant's, for agentic tokens).
+    pub fn with_issuer(
+        cloud: Cloud,
+        issuer: String,
+        metadata_url: url::Url,
+        settings: KeyCacheSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -124,6 +137,7 @@ impl KeyCache {
             .build()?;
         Ok(Self {
             cloud,
+            issuer,
             metadata_url,
             http,
             settings,
@@ -218,9 +232,8 @@ impl KeyCache {
 
     async fn fetch(&self) -> Result<HashMap<String, Arc<SigningKey>>, KeyFetchError> {
         let meta: Metadata = self.get_document(&self.metadata_url).await?;
-        let expected = self.cloud.issuer();
-        if meta.issuer != expected {
-            return Err(KeyFetchError::IssuerMismatch { found: meta.issuer, expected });
+        if meta.issuer != self.issuer {
+            return Err(KeyFetchError::IssuerMismatch { found: meta.issuer, expected: self.issuer.clone() });
         }
         let jwks_url = check_fetch_url(&meta.jwks_uri).map_err(KeyFetchError::BadJwksUri)?;
         let set: RawJwks = self.get_document(&jwks_url).await?;

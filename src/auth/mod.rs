@@ -6,5 +6,5 @@
 pub mod jwt;
 pub mod keys;
 
-pub use jwt::{AuthError, BotEntry, VerifiedToken, Verifier};
+pub use jwt::{AgenticEntry, AuthError, BotEntry, VerifiedToken, Verifier, entra_issuers};
 pub use keys::{KeyCache, KeyCacheSettings, Lookup, SigningKey};

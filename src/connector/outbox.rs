@@ -81,6 +81,14 @@ pub struct Outbound {
     last_prune: Mutex<Instant>,
     stopping: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
+    /// Agent 365 bots: their Agent User chain and the Connector scope of its tokens, by app id.
+    agentic: HashMap<String, (Arc<crate::entra::AgentTokenChain>, String)>,
+}
+
+/// Who a send acts as in an agentic conversation: the token and the `from` account.
+struct AgenticSend {
+    token: SecretString,
+    from: Value,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -119,7 +127,42 @@ impl Outbound {
             last_prune: Mutex::new(Instant::now()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(32)),
+            agentic: HashMap::new(),
         }
+    }
+
+    /// Bots that accept agentic activities: replies in those conversations use the Agent User's token
+    /// (from `chain`, for `scope`) instead of the bot's.
+    #[must_use]
+    pub fn with_agentic(mut self, agentic: HashMap<String, (Arc<crate::entra::AgentTokenChain>, String)>) -> Self {
+        self.agentic = agentic;
+        self
+    }
+
+    /// For a conversation an agentic activity came from: the Agent User's token (T3 for an
+    /// `agenticUser` recipient, the instance's T2 for `agenticAppInstance`) and the account to send as.
+    async fn agentic_send(&self, item: &OutboxItem) -> Option<Result<AgenticSend, TokenFailure>> {
+        let (chain, scope) = self.agentic.get(&item.bot_app_id)?;
+        let r = self.store.conversation_ref(&item.bot_app_id, &item.conversation_id).await.ok()??;
+        let recipient: crate::activity::AgenticRecipient = serde_json::from_str(r.agentic.as_deref()?).ok()?;
+        let fail = |message: String| TokenFailure { message, retryable: false };
+        let Some(app) = recipient.agentic_app_id.clone() else {
+            return Some(Err(fail("the agentic activity named no agenticAppId".into())));
+        };
+        let tenant = recipient.tenant_id.clone().unwrap_or_else(|| r.tenant_id.clone());
+        let token = if recipient.is_user() {
+            let Some(user) = recipient.agentic_user_id.clone() else {
+                return Some(Err(fail("the agentic activity named no agenticUserId".into())));
+            };
+            chain.user_token(&tenant, &app, &crate::entra::AgentUser::ObjectId(user), scope).await
+        } else {
+            chain.identity_token(&tenant, &app).await
+        };
+        let from = serde_json::to_value(&recipient).unwrap_or(Value::Null);
+        Some(match token {
+            Ok(t) => Ok(AgenticSend { token: t.secret().clone(), from }),
+            Err(e) => Err(TokenFailure { retryable: e.is_transient(), message: e.to_string() }),
+        })
     }
 
     /// Queue a side effect (audit event + outbox entry, durably) and wake the worker.
@@ -292,7 +335,13 @@ impl Outbound {
     async fn attempt(&self, item: OutboxItem) {
         // The token comes first: a failure here leaves nothing on the wire, so the entry stays pending
         // (a process killed now never leaves an ambiguous create behind).
-        let (result, attempts) = match self.tokens.bot_token(&item.bot_app_id).await {
+        let agentic = self.agentic_send(&item).await;
+        let from = agentic.as_ref().and_then(|a| a.as_ref().ok()).map(|a| a.from.clone());
+        let token = match agentic {
+            Some(t) => t.map(|a| a.token),
+            None => self.tokens.bot_token(&item.bot_app_id).await,
+        };
+        let (result, attempts) = match token {
             Err(failure) => {
                 *self.token_failures.lock().unwrap_or_else(PoisonError::into_inner).entry(item.bot_app_id.clone()).or_default() += 1;
                 (Err(Failure::Token(failure)), item.attempts)
@@ -307,7 +356,7 @@ impl Outbound {
                         return;
                     }
                 }
-                (self.deliver(&item, &token).await, item.attempts + 1)
+                (self.deliver(&item, &token, from.as_ref()).await, item.attempts + 1)
             }
         };
         if let Err(Failure::Connector(ConnectorError::Rejected { status: 401, .. })) = &result {
@@ -342,7 +391,7 @@ impl Outbound {
         }
     }
 
-    async fn deliver(&self, item: &OutboxItem, token: &SecretString) -> Result<String, Failure> {
+    async fn deliver(&self, item: &OutboxItem, token: &SecretString, from: Option<&Value>) -> Result<String, Failure> {
         let cloud = *self.clouds.get(&item.bot_app_id).ok_or(Failure::Local("the bot is no longer configured".into()))?;
         let ep = Endpoint { cloud, service_url: &item.service_url };
         let c = &self.connector;
@@ -350,6 +399,9 @@ impl Outbound {
         let bot = item.bot_app_id.as_str();
         let addressed = |a: &Value, reply_to: Option<&str>| {
             let mut a = a.clone();
+            if let (Some(f), Some(obj)) = (from, a.as_object_mut()) {
+                obj.insert("from".into(), f.clone());
+            }
             address(&mut a, bot, conv, reply_to);
             a
         };
@@ -385,6 +437,7 @@ impl Outbound {
                         bot_id: Some(format!("28:{}", item.bot_app_id)),
                         usable: true,
                         updated_at_ms: now_ms(),
+                        agentic: None,
                     })
                     .await
                 {

@@ -343,6 +343,8 @@ impl Bridge {
 
     fn new(hub: Arc<Hub>, transport: Transport) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        // The Graph tools only where a bot has an Agent User to act as.
+        let tool_router = if hub.agents.is_empty() { Self::tool_router() } else { Self::tool_router() + Self::graph_router() };
         Self {
             hub,
             session: Arc::new(Session {
@@ -356,7 +358,7 @@ impl Bridge {
                 verdicts_rx: Mutex::new(Some(rx)),
                 tasks: Mutex::new(Vec::new()),
             }),
-            tool_router: Self::tool_router() + Self::graph_router(),
+            tool_router,
         }
     }
 
@@ -1042,6 +1044,7 @@ impl Bridge {
                 bot_id: None,
                 usable: true,
                 updated_at_ms: now_ms(),
+                agentic: None,
             };
             tri!(self.enqueue(&scope, bot, &r, OutboundOp::CreatePersonal { user_id: a.user_id.clone(), activity }).await)
         };

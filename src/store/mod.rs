@@ -76,6 +76,9 @@ pub struct ConversationRef {
     /// False once the bot was uninstalled from the conversation.
     pub usable: bool,
     pub updated_at_ms: i64,
+    /// Agent 365: the inbound recipient (the agentic user's account, JSON). Replies then go out with the
+    /// Agent User's token and this account as `from`.
+    pub agentic: Option<String>,
 }
 
 /// The result of committing an inbound activity.

@@ -180,6 +180,7 @@ impl SqliteStore {
         let open_err = |e: String| StoreError::Open { path: path.display().to_string(), reason: e };
         let writer_conn = open_connection(path, sync)?;
         writer_conn.execute_batch(SCHEMA).map_err(|e| open_err(e.to_string()))?;
+        migrate(&writer_conn).map_err(|e| open_err(e.to_string()))?;
         // Checkpoints (copying the WAL into the database, with its fsyncs) run on their own thread so
         // that they never stall a group commit.
         writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| open_err(e.to_string()))?;
@@ -320,7 +321,17 @@ impl RefCache {
 
     fn fingerprint(r: &ConversationRef) -> u64 {
         let mut h = DefaultHasher::new();
-        (&r.tenant_id, &r.service_url, &r.channel_id, &r.conversation_type, &r.user_id, &r.user_aad_object_id, &r.bot_id, r.usable)
+        (
+            &r.tenant_id,
+            &r.service_url,
+            &r.channel_id,
+            &r.conversation_type,
+            &r.user_id,
+            &r.user_aad_object_id,
+            &r.bot_id,
+            r.usable,
+            &r.agentic,
+        )
             .hash(&mut h);
         h.finish()
     }
@@ -450,15 +461,16 @@ fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord, write_ref: bool
 fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
-                                        user_id, user_aad_object_id, bot_id, usable, updated_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                        user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (bot_app_id, conversation_id) DO UPDATE SET
              tenant_id = excluded.tenant_id, service_url = excluded.service_url, channel_id = excluded.channel_id,
              conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
              user_id = COALESCE(excluded.user_id, conversation_refs.user_id),
              user_aad_object_id = COALESCE(excluded.user_aad_object_id, conversation_refs.user_aad_object_id),
              bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
-             usable = excluded.usable, updated_at_ms = excluded.updated_at_ms",
+             usable = excluded.usable, updated_at_ms = excluded.updated_at_ms,
+             agentic = COALESCE(excluded.agentic, conversation_refs.agentic)",
     )?
     .execute(params![
         c.bot_app_id,
@@ -471,7 +483,8 @@ fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::
         c.user_aad_object_id,
         c.bot_id,
         c.usable,
-        c.updated_at_ms
+        c.updated_at_ms,
+        c.agentic
     ])?;
     Ok(())
 }
@@ -502,7 +515,16 @@ fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxItem> {
     })
 }
 
-const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms";
+const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic";
+
+/// Columns added after the first release, for stores created before them.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_agentic: bool = conn.prepare("SELECT 1 FROM pragma_table_info('conversation_refs') WHERE name = 'agentic'")?.exists([])?;
+    if !has_agentic {
+        conn.execute_batch("ALTER TABLE conversation_refs ADD COLUMN agentic TEXT")?;
+    }
+    Ok(())
+}
 
 fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
     Ok(ConversationRef {
@@ -517,6 +539,7 @@ fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
         bot_id: r.get(8)?,
         usable: r.get(9)?,
         updated_at_ms: r.get(10)?,
+        agentic: r.get(11)?,
     })
 }
 
@@ -787,13 +810,9 @@ impl Store for SqliteStore {
     async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError> {
         let (bot, conv) = (bot_app_id.to_owned(), conversation_id.to_owned());
         self.read(move |c| {
-            c.prepare_cached(
-                "SELECT bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id,
-                        user_aad_object_id, bot_id, usable, updated_at_ms
-                 FROM conversation_refs WHERE bot_app_id = ?1 AND conversation_id = ?2",
-            )?
-            .query_row(params![bot, conv], ref_row)
-            .optional()
+            c.prepare_cached(&format!("SELECT {REF_COLUMNS} FROM conversation_refs WHERE bot_app_id = ?1 AND conversation_id = ?2"))?
+                .query_row(params![bot, conv], ref_row)
+                .optional()
         })
         .await
     }
@@ -884,6 +903,7 @@ mod tests {
                 bot_id: Some("28:bot".into()),
                 usable: true,
                 updated_at_ms: 1,
+                agentic: None,
             },
             state: crate::store::InboxState::Pending,
         }

@@ -11,6 +11,7 @@ mod helpers;
 mod mcp_host;
 
 mod agent_tokens;
+mod agentic;
 mod auth;
 mod cli;
 mod connector;

@@ -124,7 +124,11 @@ async fn a_bot_only_bot_says_so_instead_of_switching_identity() {
     let text = v.to_string();
     assert!(text.contains("bot_only") && text.contains("fallback"), "{text}");
     assert!(r.graph.seen().is_empty(), "Graph was used by a bot_only bot");
-    // Explicit Graph tools still act as the Agent User.
+    // With an Agent User, the Graph tools are offered; explicit Graph tools still act as the Agent User.
+    let names: Vec<String> = r.host.client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+    for t in ["graph_find_user", "graph_list_chats", "graph_read_chat", "graph_create_chat", "graph_send_message", "graph_add_member"] {
+        assert!(names.iter().any(|n| n == t), "{t} missing: {names:?}");
+    }
     let chats = r.host.ok("graph_list_chats", json!({})).await;
     assert_eq!(chats["identity"], format!("agent_user:{AGENT_USER_OID}"), "{chats}");
 }

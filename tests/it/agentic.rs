@@ -1,0 +1,186 @@
+//! Agent 365 agentic activities: Entra-issued inbound tokens for the bot's Agent Blueprint (tenant bound
+//! to the issuer, the tenant's own keys, the tenant allow-list) and replies sent with the Agent User's
+//! T3 token as the agentic user.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::fake_connector::FakeConnector;
+use crate::fake_entra::test_cert;
+use crate::fake_entra_agent::*;
+use crate::helpers::*;
+
+/// Entra's per-tenant OpenID metadata and keys, on loopback; counts fetches per tenant.
+struct TenantKeys {
+    base: String,
+    fetches: Arc<Mutex<HashMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TenantKeys {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct TkState {
+    base: String,
+    key: Value,
+    fetches: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+async fn tk_metadata(State(s): State<TkState>, Path(tenant): Path<String>) -> axum::Json<Value> {
+    *s.fetches.lock().unwrap().entry(tenant.clone()).or_default() += 1;
+    axum::Json(json!({
+        "issuer": format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+        "jwks_uri": format!("{}/{tenant}/discovery/v2.0/keys", s.base),
+    }))
+}
+
+async fn tk_keys(State(s): State<TkState>) -> axum::Json<Value> {
+    axum::Json(json!({"keys": [s.key]}))
+}
+
+impl TenantKeys {
+    async fn start(key: &TestKey) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let fetches = Arc::new(Mutex::new(HashMap::new()));
+        let state = TkState { base: base.clone(), key: key.jwk(), fetches: Arc::clone(&fetches) };
+        let app = Router::new()
+            .route("/{tenant}/v2.0/.well-known/openid-configuration", get(tk_metadata))
+            .route("/{tenant}/discovery/v2.0/keys", get(tk_keys))
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { base, fetches, task }
+    }
+
+    fn fetches(&self, tenant: &str) -> usize {
+        self.fetches.lock().unwrap().get(tenant).copied().unwrap_or(0)
+    }
+}
+
+const AGENT_UPN: &str = "agent@contoso.onmicrosoft.test";
+
+fn claims(iss_tenant: &str, tid: &str, aud: &str) -> Value {
+    json!({"iss": format!("https://login.microsoftonline.com/{iss_tenant}/v2.0"), "tid": tid, "aud": aud,
+           "azp": "agent365-platform", "exp": now() + 3600, "nbf": now() - 5})
+}
+
+/// An agentic message addressed to the Agent User, in `tenant`.
+fn agentic_message(service_url: &str, tenant: &str) -> Value {
+    let mut m = message(&unique_id("agentic"));
+    m["serviceUrl"] = json!(service_url);
+    m["conversation"] = json!({"conversationType": "personal", "tenantId": tenant, "id": "a:agentic-1"});
+    m["channelData"] = json!({"tenant": {"id": tenant}});
+    m["recipient"] = json!({"id": AGENT_UPN, "name": "Agent", "role": "agenticUser", "agenticAppId": IDENTITY_ID,
+                            "agenticUserId": AGENT_USER_OID, "tenantId": tenant});
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_user() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let entra = Arc::new(FakeEntraAgent::start(test_cert(1)).await);
+    let entra_key = TestKey::new("entra-kid", 2, None);
+    let tenant_keys = TenantKeys::start(&entra_key).await;
+    // The fake Connector accepts only the Agent User's T3 for the agentic scope.
+    let fake = FakeConnector::start(vec![]).await;
+    let e = Arc::clone(&entra);
+    fake.accept_tokens(Arc::new(move |t: &str| e.check_user_token(t, AGENTIC_SCOPE).is_some()));
+
+    let dir = tempfile::tempdir().unwrap().keep();
+    let cert = test_cert(1);
+    let key = dir.join("blueprint.key");
+    std::fs::write(&key, &cert.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let crt = dir.join("blueprint.crt");
+    std::fs::write(&crt, &cert.cert_pem).unwrap();
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.token_authority = entra.authority();
+    opts.extra = "\n[outbound]\npoll_interval_ms = 20\n".into();
+    let agent = format!(
+        "\n[bots.agent_user]\ntenant_id = \"{AGENT_TENANT}\"\nblueprint_app_id = \"{BLUEPRINT_ID}\"\nagent_identity_id = \"{IDENTITY_ID}\"\n\
+         agent_user_id = \"{AGENT_USER_OID}\"\ncertificate = \"file:{}\"\nkey = \"file:{}\"\n\n\
+         [bots.agentic]\nenabled = true\nallowed_callers = [\"agent365-platform\"]\nopenid_metadata_url = \"{}/{{tenant}}/v2.0/.well-known/openid-configuration\"\n\n",
+        crt.display(),
+        key.display(),
+        tenant_keys.base
+    );
+    let app = TestApp::spawn_in_with(&dir, &opts, |t| {
+        t.replacen(&format!("allowed_tenants = [\"{TENANT}\"]"), &format!("allowed_tenants = [\"{TENANT}\", \"{AGENT_TENANT}\"]"), 1)
+            .replacen(&format!("[[bots]]\napp_id = \"{OTHER_APP_ID}\""), &format!("{agent}[[bots]]\napp_id = \"{OTHER_APP_ID}\""), 1)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("did not start:\n{e}"));
+    app.wait_ready().await;
+
+    let good = entra_key.mint(&claims(AGENT_TENANT, AGENT_TENANT, BLUEPRINT_ID));
+    let activity = agentic_message(&fake.service_url, AGENT_TENANT);
+
+    // Refused: another tenant's token (not on the allow-list: its keys are never even fetched), a tid
+    // that is not the issuer's, the bot's own app id or another audience, a forged signature, a caller
+    // not on the list, and a valid token for another tenant's activity.
+    let cases = [
+        ("tenant not allowed", entra_key.mint(&claims(OTHER_TENANT, OTHER_TENANT, BLUEPRINT_ID)), activity.clone()),
+        ("tid is not the issuer's", entra_key.mint(&claims(TENANT, AGENT_TENANT, BLUEPRINT_ID)), activity.clone()),
+        ("audience is the bot app id", entra_key.mint(&claims(AGENT_TENANT, AGENT_TENANT, APP_ID)), activity.clone()),
+        ("another audience", entra_key.mint(&claims(AGENT_TENANT, AGENT_TENANT, "00000000-0000-0000-0000-00000000abcd")), activity.clone()),
+        ("forged", entra_key.mint_forged(&claims(AGENT_TENANT, AGENT_TENANT, BLUEPRINT_ID)), activity.clone()),
+        (
+            "unknown caller",
+            {
+                let mut c = claims(AGENT_TENANT, AGENT_TENANT, BLUEPRINT_ID);
+                c["azp"] = json!("someone-else");
+                entra_key.mint(&c)
+            },
+            activity.clone(),
+        ),
+        ("activity in another tenant", good.clone(), agentic_message(&fake.service_url, TENANT)),
+    ];
+    for (what, token, body) in cases {
+        assert_eq!(app.status(Some(&token), &body).await, 401, "{what}: {}", app.stderr());
+    }
+    assert_eq!(tenant_keys.fetches(OTHER_TENANT), 0, "keys were fetched for a tenant the bot does not serve");
+    assert!(app.inbox().is_empty(), "a refused activity was stored");
+
+    // Accepted: the v2 issuer, and the v1 (sts.windows.net) one.
+    assert_eq!(app.status(Some(&good), &activity).await, 202, "{}", app.stderr());
+    let mut v1 = claims(AGENT_TENANT, AGENT_TENANT, format!("api://{BLUEPRINT_ID}").as_str());
+    v1["iss"] = json!(format!("https://sts.windows.net/{AGENT_TENANT}/"));
+    assert_eq!(app.status(Some(&entra_key.mint(&v1)), &agentic_message(&fake.service_url, AGENT_TENANT)).await, 202);
+    let inbox = app.inbox();
+    assert_eq!(inbox.len(), 2);
+    assert_eq!(inbox[0]["auth"], "entra-agentic");
+
+    // The reply goes out with the Agent User's T3 (the fake refuses anything else), as the agentic user.
+    let out = std::process::Command::new(bin())
+        .args(["send", "--conversation", "a:agentic-1", "--text", "hello from the agent", "--config"])
+        .arg(&app.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while fake.landed().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no reply landed; refused: {:?}\n{}", fake.refused(), app.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let landed = fake.landed();
+    assert_eq!(landed[0].body["text"], "hello from the agent");
+    assert_eq!(landed[0].body["from"]["role"], "agenticUser");
+    assert_eq!(landed[0].body["from"]["id"], AGENT_UPN);
+    assert_eq!(entra.hop_requests(), [1, 1, 1], "one three-hop chain for the reply");
+    let issued = entra.issued();
+    assert!(issued.iter().any(|t| t.scope == AGENTIC_SCOPE), "the T3 was for the agentic scope");
+}
