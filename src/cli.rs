@@ -513,6 +513,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     word(&p.groups),
                     p.approvers.len()
                 );
+                if let Some(au) = &b.agent_user {
+                    println!(
+                        "    agent user: {} in tenant {} (blueprint {}, mode {}); agentic activities {}",
+                        au.user().as_str(),
+                        au.tenant_id,
+                        au.blueprint_app_id,
+                        if au.mode == crate::entra::AgentMode::Fallback { "fallback" } else { "bot_only" },
+                        if b.agentic.enabled { "accepted" } else { "off" }
+                    );
+                }
                 if p.dm == crate::mcp::policy::DmPolicy::Allowlist && p.dm_allow.is_empty() {
                     println!(
                         "    note: policy.dm_allow is empty, so no 1:1 chat reaches the agent; a refused sender's AAD object id is logged, add it there"

@@ -396,6 +396,17 @@ impl Bridge {
 
     /// The one bot in scope that knows the conversation, with its reference.
     async fn conversation(&self, scope: &Scope, chat_id: &str, bot: Option<&str>) -> Result<(BotConfig, ConversationRef), String> {
+        let (b, r) = self.conversation_any(scope, chat_id, bot).await?;
+        if !r.usable {
+            return Err(format!(
+                "the bot was removed from (or blocked in) conversation {chat_id}; it can write there again once the app is added back"
+            ));
+        }
+        Ok((b, r))
+    }
+
+    /// The one bot in scope that knows the conversation, usable or not.
+    async fn conversation_any(&self, scope: &Scope, chat_id: &str, bot: Option<&str>) -> Result<(BotConfig, ConversationRef), String> {
         if chat_id.trim().is_empty() {
             return Err("chat_id is empty: pass the chat_id of an event or of list_conversations".into());
         }
@@ -413,15 +424,7 @@ impl Bridge {
             }
         }
         match found.len() {
-            1 => {
-                let (b, r) = found.remove(0);
-                if !r.usable {
-                    return Err(format!(
-                        "the bot was removed from (or blocked in) conversation {chat_id}; it can write there again once the app is added back"
-                    ));
-                }
-                Ok((b, r))
-            }
+            1 => Ok(found.remove(0)),
             0 => Err(format!(
                 "unknown chat_id {chat_id}: no bot in this session's scope has seen it (a bot can only write where it was messaged or installed; list_conversations shows where)"
             )),
@@ -592,7 +595,26 @@ impl Bridge {
             return fail("text is empty");
         }
         let entities = tri!(Self::mentions(text, mentions));
-        let (bot, r) = tri!(self.conversation(scope, chat_id, bot).await);
+        let (bot, r) = tri!(self.conversation_any(scope, chat_id, bot).await);
+        if !r.usable {
+            // The bot was removed or blocked there. A group chat (`19:…`) is also a Graph chat: with
+            // fallback on, the Agent User (if it is a member) can still answer, audited as itself.
+            let actor = self.hub.agents.get(&bot.app_id.to_ascii_lowercase()).filter(|a| a.falls_back()).cloned();
+            return match actor {
+                Some(actor) if chat_id.starts_with("19:") && mentions.is_empty() => {
+                    tracing::info!(bot = %bot.app_id, identity = %actor.identity(), "the bot cannot write here; the Agent User answers through Graph");
+                    self.graph_send_text(scope, &actor, crate::teams::thread_root(chat_id), text).await
+                }
+                _ => fail(format!(
+                    "the bot was removed from (or blocked in) conversation {chat_id}; it can write there again once the app is added back{}",
+                    if self.hub.agents.contains_key(&bot.app_id.to_ascii_lowercase()) {
+                        ""
+                    } else {
+                        " (no Agent User is configured to answer instead)"
+                    }
+                )),
+            };
+        }
         let parts = if crate::teams::utf16_len(text) > crate::teams::MAX_TEXT_UTF16 {
             if !entities.is_empty() {
                 return fail(format!(

@@ -284,6 +284,11 @@ impl Bridge {
         self.graph_send_body(scope, actor, &chat.id, body).await
     }
 
+    /// Plain text into a Graph chat as the Agent User (the fallback of `reply` / `send_message`).
+    pub(super) async fn graph_send_text(&self, scope: &Scope, actor: &AgentActor, chat_id: &str, text: &str) -> ToolResult {
+        self.graph_send_body(scope, actor, chat_id, MessageBody::from_text(text)).await
+    }
+
     async fn graph_send_body(&self, scope: &Scope, actor: &AgentActor, chat_id: &str, body: MessageBody) -> ToolResult {
         let target = format!("chat:{chat_id}");
         tri!(self.audit_agent(scope, actor, "graph_send", &target, "attempt", String::new()).await);

@@ -111,6 +111,24 @@ async fn a_refused_bot_send_falls_back_to_graph_as_the_agent_user() {
     );
     assert!(trail.contains("\"outcome\":\"delivered\""), "{trail}");
     assert!(trail.contains("\"action\":\"create_personal\""), "the bot's attempt is on record: {trail}");
+
+    // A group chat the bot was removed from: a reply there goes out through Graph as the Agent User.
+    let group = r.graph.seed_chat(0);
+    let mut m = in_agent_tenant(&r.fake.service_url, &group, ALEX, "<at>Bot</at> status?");
+    m["conversation"]["conversationType"] = json!("groupChat");
+    m["entities"] = json!([{"type": "mention", "text": "<at>Bot</at>", "mentioned": {"id": format!("28:{APP_ID}"), "name": "Bot"}}]);
+    assert_eq!(r.gw.post(&m).await.status(), 202);
+    assert!(r.host.next("notifications/claude/channel", WAIT).await.is_some());
+    let mut removed = in_agent_tenant(&r.fake.service_url, &group, ALEX, "");
+    removed["type"] = json!("installationUpdate");
+    removed["action"] = json!("remove");
+    removed.as_object_mut().unwrap().remove("text");
+    assert_eq!(r.gw.post(&removed).await.status(), 202);
+    let v = r.host.ok("reply", json!({"chat_id": group, "text": "All green."})).await;
+    assert_eq!(v["identity"], format!("agent_user:{AGENT_USER_OID}"), "{v}");
+    let messages = r.graph.messages(&group);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0]["body"]["content"].as_str().unwrap().contains("All green."));
 }
 
 #[tokio::test(flavor = "multi_thread")]
