@@ -12,9 +12,9 @@ use std::time::Duration;
 use rmcp::handler::server::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, CustomNotification, ExperimentalCapabilities, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
-    Implementation, InitializeRequestParams, InitializeResult, JsonObject, ListPromptsResult, PaginatedRequestParams, Prompt,
-    PromptMessage, Role, ServerCapabilities, ServerConfig, ServerNotification,
+    CustomNotification, ExperimentalCapabilities, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
+    InitializeRequestParams, InitializeResult, JsonObject, ListPromptsResult, PaginatedRequestParams, Prompt, PromptMessage, Role,
+    ServerCapabilities, ServerConfig, ServerNotification,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
@@ -27,7 +27,7 @@ use super::approval::{self, CardRef, PendingApproval, Verdict};
 use super::envelope;
 use super::events::{self, InboundEvent};
 use super::live::LiveStream;
-use super::{Hub, Scope, prompts};
+use super::{Hub, Scope, ToolResult, fail, ok, prompts};
 use crate::config::BotConfig;
 use crate::connector::send::{default_proactive_service_url, message};
 use crate::store::{AuditEvent, ConversationRef, InboxItem, NewOutbound, OutboundOp, OutboxState, now_ms};
@@ -82,8 +82,6 @@ impl std::fmt::Debug for Bridge {
     }
 }
 
-type ToolResult = Result<CallToolResult, ErrorData>;
-
 /// How an outbox entry ended, as far as a tool waits for it.
 enum Settled {
     Delivered(String),
@@ -91,24 +89,6 @@ enum Settled {
     Uncertain,
     Queued(i64, Option<String>),
     Unreadable(String),
-}
-
-/// A tool error the model can act on.
-fn fail(message: impl Into<String>) -> ToolResult {
-    Ok(CallToolResult::error(vec![ContentBlock::text(message.into())]))
-}
-
-fn ok(value: Value) -> ToolResult {
-    Ok(CallToolResult::structured(value))
-}
-
-macro_rules! tri {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => return fail(e),
-        }
-    };
 }
 
 // ---- parameters ----

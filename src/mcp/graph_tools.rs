@@ -8,38 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
-use rmcp::{ErrorData, RoleServer, schemars, tool, tool_router};
+use rmcp::{RoleServer, schemars, tool, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::agent::{APPROVAL_WAIT, AgentActor};
 use super::approval::{self, Behavior, CardRef, PendingApproval};
 use super::bridge::Bridge;
-use super::{Scope, envelope};
+use super::{Scope, ToolResult, envelope, fail, ok};
 use crate::config::BotConfig;
 use crate::graph::{ChatMember, MessageBody, NewChat};
 use crate::store::{AuditEvent, NewOutbound, OutboundOp, now_ms};
-
-type ToolResult = Result<CallToolResult, ErrorData>;
-
-fn fail(message: impl Into<String>) -> ToolResult {
-    Ok(CallToolResult::error(vec![ContentBlock::text(message.into())]))
-}
-
-fn ok(value: Value) -> ToolResult {
-    Ok(CallToolResult::structured(value))
-}
-
-macro_rules! tri {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(e) => return fail(e),
-        }
-    };
-}
 
 /// A person: an object id or UPN in the Agent User's tenant, or an email with a home tenant.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

@@ -26,6 +26,29 @@ use crate::config::Config;
 use crate::connector::outbox::Outbound;
 use crate::store::{AuditEvent, Store, now_ms};
 
+/// What a tool returns: its result, or a protocol error (bad arguments are tool errors, see [`fail`]).
+type ToolResult = Result<rmcp::model::CallToolResult, rmcp::ErrorData>;
+
+/// A tool error the model can act on.
+fn fail(message: impl Into<String>) -> ToolResult {
+    Ok(rmcp::model::CallToolResult::error(vec![rmcp::model::ContentBlock::text(message.into())]))
+}
+
+/// A tool result: JSON, as structured content and as text.
+fn ok(value: serde_json::Value) -> ToolResult {
+    Ok(rmcp::model::CallToolResult::structured(value))
+}
+
+/// The value, or return the error as a tool error.
+macro_rules! tri {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        }
+    };
+}
+
 pub mod agent;
 pub mod approval;
 pub mod bridge;

@@ -3,7 +3,6 @@
 //! T3 token as the agentic user.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,22 +99,13 @@ async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_us
     fake.accept_tokens(Arc::new(move |t: &str| e.check_user_token(t, AGENTIC_SCOPE).is_some()));
 
     let dir = tempfile::tempdir().unwrap().keep();
-    let cert = test_cert(1);
-    let key = dir.join("blueprint.key");
-    std::fs::write(&key, &cert.key_pem).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let crt = dir.join("blueprint.crt");
-    std::fs::write(&crt, &cert.cert_pem).unwrap();
     let mut opts = Options::new(&oidc.metadata_url);
     opts.dev = true;
     opts.token_authority = entra.authority();
     opts.extra = "\n[outbound]\npoll_interval_ms = 20\n".into();
     let agent = format!(
-        "\n[bots.agent_user]\ntenant_id = \"{AGENT_TENANT}\"\nblueprint_app_id = \"{BLUEPRINT_ID}\"\nagent_identity_id = \"{IDENTITY_ID}\"\n\
-         agent_user_id = \"{AGENT_USER_OID}\"\ncertificate = \"file:{}\"\nkey = \"file:{}\"\n\n\
-         [bots.agentic]\nenabled = true\nallowed_callers = [\"agent365-platform\"]\nopenid_metadata_url = \"{}/{{tenant}}/v2.0/.well-known/openid-configuration\"\n\n",
-        crt.display(),
-        key.display(),
+        "\n{}\n[bots.agentic]\nenabled = true\nallowed_callers = [\"agent365-platform\"]\nopenid_metadata_url = \"{}/{{tenant}}/v2.0/.well-known/openid-configuration\"\n\n",
+        agent_user_toml(&dir, ""),
         tenant_keys.base
     );
     let app = TestApp::spawn_in_with(&dir, &opts, |t| {

@@ -527,3 +527,21 @@ fn verify_assertion(s: &AgentState, assertion: &str, token_url: &str) -> Result<
     }
     Ok(())
 }
+
+/// The Blueprint certificate and key (0600) of `test_cert(1)` written to `dir`, as a `[bots.agent_user]`
+/// table for the fake chain (plus `extra` lines in it).
+pub fn agent_user_toml(dir: &std::path::Path, extra: &str) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cert = crate::fake_entra::test_cert(1);
+    let key = dir.join("blueprint.key");
+    std::fs::write(&key, &cert.key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let crt = dir.join("blueprint.crt");
+    std::fs::write(&crt, &cert.cert_pem).unwrap();
+    format!(
+        "[bots.agent_user]\ntenant_id = \"{AGENT_TENANT}\"\nblueprint_app_id = \"{BLUEPRINT_ID}\"\nagent_identity_id = \"{IDENTITY_ID}\"\n\
+         agent_user_id = \"{AGENT_USER_OID}\"\ncertificate = \"file:{}\"\nkey = \"file:{}\"\n{extra}\n",
+        crt.display(),
+        key.display()
+    )
+}

@@ -2,7 +2,6 @@
 //! refusal for a `bot_only` bot), Graph tools, and the owner approval for reaching someone new. Tokens
 //! come from the strict fake Entra three-hop chain; Graph is the strict fake Graph.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -36,23 +35,12 @@ async fn rig(mode: &str, policy: &str) -> Rig {
     let entra = FakeEntraAgent::start(test_cert(1)).await;
     let graph = FakeGraph::start(entra.graph_checker(), AGENT_USER_OID, AGENT_USER_UPN).await;
     let dir = tempfile::tempdir().unwrap().keep();
-    let cert = test_cert(1);
-    let key = dir.join("blueprint.key");
-    std::fs::write(&key, &cert.key_pem).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let crt = dir.join("blueprint.crt");
-    std::fs::write(&crt, &cert.cert_pem).unwrap();
     let mut opts = Options::new(&oidc.metadata_url);
     opts.dev = true;
     opts.token_authority = entra.authority();
     opts.extra = "\n[outbound]\npoll_interval_ms = 20\nmax_attempts = 1\n".into();
-    let agent = format!(
-        "{policy}\n\n[bots.agent_user]\ntenant_id = \"{AGENT_TENANT}\"\nblueprint_app_id = \"{BLUEPRINT_ID}\"\nagent_identity_id = \"{IDENTITY_ID}\"\n\
-         agent_user_id = \"{AGENT_USER_OID}\"\ncertificate = \"file:{}\"\nkey = \"file:{}\"\nmode = \"{mode}\"\ngraph_base_url = \"{}\"\n\n",
-        crt.display(),
-        key.display(),
-        graph.base_url()
-    );
+    let section = agent_user_toml(&dir, &format!("mode = \"{mode}\"\ngraph_base_url = \"{}\"", graph.base_url()));
+    let agent = format!("{policy}\n\n{section}\n");
     let toml = opts
         .toml(&dir.join("data"))
         .replacen(&format!("allowed_tenants = [\"{TENANT}\"]"), &format!("allowed_tenants = [\"{TENANT}\", \"{AGENT_TENANT}\"]"), 1)

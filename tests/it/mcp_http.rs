@@ -204,6 +204,18 @@ async fn mcp_refuses_missing_and_wrong_tokens_and_foreign_hosts() {
     }
 }
 
+/// `agentgate mcp --connect URL --token REF`, its stdio piped.
+fn connect(url: &str, token_ref: &str) -> tokio::process::Child {
+    tokio::process::Command::new(bin())
+        .args(["mcp", "--connect", url, "--token", token_ref])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_bridges_stdio_to_a_running_gateway() {
     let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
@@ -212,14 +224,7 @@ async fn connect_bridges_stdio_to_a_running_gateway() {
     let m = inbound(&fake.service_url, "a:conv-a", "personal", ALEX, "through the bridge");
     assert_eq!(app.status(None, &m).await, 202);
     let token_ref = secret_file(&app.dir, "connect.token", TOKEN_A);
-    let mut child = tokio::process::Command::new(bin())
-        .args(["mcp", "--connect", &url, "--token", &token_ref])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = connect(&url, &token_ref);
     let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
     let mut host = Host::over((stdout, stdin), "claude-code").await;
     let info = host.server_info();
@@ -233,14 +238,7 @@ async fn connect_bridges_stdio_to_a_running_gateway() {
 
     // A wrong token: the handshake fails and the bridge exits with a clear message instead of hanging.
     let bad_ref = secret_file(&app.dir, "bad.token", "wrong-token-0123456789abcdef0123456789ab");
-    let mut bad = tokio::process::Command::new(bin())
-        .args(["mcp", "--connect", &url, "--token", &bad_ref])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut bad = connect(&url, &bad_ref);
     let (stdin, stdout) = (bad.stdin.take().unwrap(), bad.stdout.take().unwrap());
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let attempt = tokio::time::timeout(Duration::from_secs(20), rmcp::ServiceExt::serve(Recorder::new(tx, "bad"), (stdout, stdin))).await;
