@@ -689,6 +689,12 @@ impl Config {
             }
             bot.policy.validate().map_err(|(f, problem)| ConfigError::new(field(&f), problem))?;
             if bot.agentic.enabled {
+                if bot.cloud != Cloud::Public {
+                    return Err(ConfigError::new(
+                        field("agentic.enabled"),
+                        "agentic activities are supported in the public cloud only (Entra issuers login.microsoftonline.com / sts.windows.net)",
+                    ));
+                }
                 if bot.agent_user.is_none() {
                     return Err(ConfigError::new(
                         field("agentic.enabled"),

@@ -198,6 +198,18 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         return Err(Refusal::Unauthorized(AuthReason::TenantMismatch));
     }
     let agentic = crate::activity::agentic_recipient(&activity);
+    // An Entra-authenticated activity must be addressed to this bot's own Agent Identity and User: the
+    // reply tokens are minted for them.
+    if auth == "entra-agentic" {
+        let owned = agentic
+            .as_deref()
+            .and_then(|a| serde_json::from_str::<crate::activity::AgenticRecipient>(a).ok())
+            .zip(bot.agentic.as_ref())
+            .is_some_and(|(r, entry)| entry.owns(&r, tenant));
+        if !owned {
+            return Err(Refusal::Forbidden("the agentic recipient is not this bot's Agent Identity and Agent User"));
+        }
+    }
     if let Some(recipient) = activity.recipient.as_ref().map(|r| r.id.as_str()).filter(|_| agentic.is_none()) {
         let expected = recipient.strip_prefix("28:").unwrap_or(recipient);
         if !expected.eq_ignore_ascii_case(&bot.app_id) {

@@ -134,6 +134,8 @@ impl Gateway {
                         blueprint_app_id: au.blueprint_app_id.clone(),
                         allowed_callers: a.allowed_callers.iter().map(|c| c.to_ascii_lowercase()).collect(),
                         metadata_template: a.openid_metadata_url.clone(),
+                        agent_identity_id: au.agent_identity_id.clone(),
+                        agent_user_id: au.agent_user_id.clone(),
                     }),
                     _ => None,
                 },

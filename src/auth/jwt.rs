@@ -51,6 +51,20 @@ pub struct AgenticEntry {
     pub allowed_callers: Vec<String>,
     /// Each tenant's OpenID metadata URL, with `{tenant}`.
     pub metadata_template: String,
+    /// The Agent Identity (instance) activities must be addressed to.
+    pub agent_identity_id: String,
+    /// The Agent User they must be addressed to, when configured by object id.
+    pub agent_user_id: Option<String>,
+}
+
+impl AgenticEntry {
+    /// Whether an agentic recipient is this bot's own Agent Identity (and Agent User) in tenant `tid`.
+    pub fn owns(&self, r: &crate::activity::AgenticRecipient, tid: &str) -> bool {
+        let same = |a: Option<&str>, b: &str| a.is_some_and(|a| a.eq_ignore_ascii_case(b));
+        same(r.agentic_app_id.as_deref(), &self.agent_identity_id)
+            && self.agent_user_id.as_deref().is_none_or(|u| same(r.agentic_user_id.as_deref(), u))
+            && r.tenant_id.as_deref().is_none_or(|t| t.eq_ignore_ascii_case(tid))
+    }
 }
 
 /// The Entra issuers of a tenant (v2 and v1 tokens).

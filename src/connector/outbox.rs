@@ -150,14 +150,16 @@ impl Outbound {
             return Some(Err(fail("the agentic activity named no agenticAppId".into())));
         };
         let tenant = recipient.tenant_id.clone().unwrap_or_else(|| r.tenant_id.clone());
-        let token = if recipient.is_user() {
-            let Some(user) = recipient.agentic_user_id.clone() else {
-                return Some(Err(fail("the agentic activity named no agenticUserId".into())));
-            };
-            chain.user_token(&tenant, &app, &crate::entra::AgentUser::ObjectId(user), scope).await
-        } else {
-            chain.identity_token(&tenant, &app).await
+        if !recipient.is_user() {
+            // The instance's own Connector token is not the exchange token (T2) the chain makes.
+            return Some(Err(fail(
+                "replies to agenticAppInstance activities are not supported yet (only agenticUser); nothing was sent".into(),
+            )));
+        }
+        let Some(user) = recipient.agentic_user_id.clone() else {
+            return Some(Err(fail("the agentic activity named no agenticUserId".into())));
         };
+        let token = chain.user_token(&tenant, &app, &crate::entra::AgentUser::ObjectId(user), scope).await;
         let from = serde_json::to_value(&recipient).unwrap_or(Value::Null);
         Some(match token {
             Ok(t) => Ok(AgenticSend { token: t.secret().clone(), from }),
@@ -337,6 +339,8 @@ impl Outbound {
         // (a process killed now never leaves an ambiguous create behind).
         let agentic = self.agentic_send(&item).await;
         let from = agentic.as_ref().and_then(|a| a.as_ref().ok()).map(|a| a.from.clone());
+        // In an agentic conversation the Agent User acts: the audit says so.
+        let acting = from.as_ref().and_then(|f| f.get("agenticUserId")).and_then(Value::as_str).map(|u| format!("agent_user:{u}"));
         let token = match agentic {
             Some(t) => t.map(|a| a.token),
             None => self.tokens.bot_token(&item.bot_app_id).await,
@@ -373,7 +377,10 @@ impl Outbound {
         let (finish, outcome, metric) = self.judge(&item, attempts, result);
         tracing::info!(id = item.id, op = item.op.name(), outcome, "outbound attempt finished");
         self.metrics.outbound(metric);
-        let event = self.event(&item, outcome, format!("outbox #{} attempt {attempts}", item.id));
+        let mut event = self.event(&item, outcome, format!("outbox #{} attempt {attempts}", item.id));
+        if let Some(identity) = acting {
+            event.identity = identity;
+        }
         if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
             tracing::error!(error = %e, id = item.id, "could not record the outcome of an outbound attempt");
         }

@@ -581,7 +581,8 @@ impl Bridge {
             // fallback on, the Agent User (if it is a member) can still answer, audited as itself.
             let actor = self.hub.agents.get(&bot.app_id.to_ascii_lowercase()).filter(|a| a.falls_back()).cloned();
             return match actor {
-                Some(actor) if chat_id.starts_with("19:") && mentions.is_empty() => {
+                // Group chats only: a channel id is not a Graph chat.
+                Some(actor) if chat_id.starts_with("19:") && r.conversation_type.as_deref() == Some("groupChat") && mentions.is_empty() => {
                     tracing::info!(bot = %bot.app_id, identity = %actor.identity(), "the bot cannot write here; the Agent User answers through Graph");
                     self.graph_send_text(scope, &actor, crate::teams::thread_root(chat_id), text).await
                 }
@@ -846,6 +847,14 @@ impl Bridge {
     }
 }
 
+/// Whether the Connector's refusal means the bot cannot reach the person (not installed for them, blocked,
+/// no such conversation), as opposed to a bad request that Graph would refuse too.
+fn bot_cannot_reach(error: &str) -> bool {
+    ["refused the request: 403", "refused the request: 404", "MessageWritesBlocked", "ConversationNotFound", "BotNotInConversationRoster"]
+        .iter()
+        .any(|m| error.contains(m))
+}
+
 fn clamp(v: Option<usize>, default: usize, max: usize) -> usize {
     v.unwrap_or(default).clamp(1, max)
 }
@@ -1052,7 +1061,9 @@ impl Bridge {
         };
         match self.settle_outcome(outbox_id).await {
             // The bot cannot deliver (not installed for them, blocked, refused): the Agent User may.
-            Settled::Dead(why) => self.fall_back(&scope, bot, &a, &tenant, &format!("the bot could not deliver: {why}")).await,
+            Settled::Dead(why) if bot_cannot_reach(&why) => {
+                self.fall_back(&scope, bot, &a, &tenant, &format!("the bot could not deliver: {why}")).await
+            }
             _ => self.settle(outbox_id, &bot.app_id).await,
         }
     }
@@ -1131,6 +1142,9 @@ impl Bridge {
     async fn stream_start(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<StreamStartArgs>) -> ToolResult {
         let scope = tri!(self.scope(&ctx.extensions));
         let (bot, r) = tri!(self.conversation(&scope, &a.chat_id, a.bot.as_deref()).await);
+        if r.agentic.is_some() {
+            return fail("Teams does not stream to an agentic user (Agent 365): send the answer with reply");
+        }
         let event = AuditEvent {
             at_ms: now_ms(),
             actor: self.requester(&scope),
@@ -1271,6 +1285,12 @@ impl ServerHandler for Bridge {
         *self.session.client.lock().unwrap_or_else(PoisonError::into_inner) = request.client_info.name.clone();
         context.peer.set_peer_info(request.clone());
         self.negotiate_initialize(&request)
+    }
+
+    /// Refuse the 2026-07-28 `server/discover` probe: that protocol has no `initialize`, so no session
+    /// and no way to push channel notifications. Clients then fall back to `initialize` (2025-11-25).
+    async fn discover(&self, _context: RequestContext<RoleServer>) -> Result<rmcp::model::DiscoverResult, ErrorData> {
+        Err(ErrorData::method_not_found::<rmcp::model::DiscoverRequestMethod>())
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

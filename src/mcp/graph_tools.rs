@@ -88,7 +88,7 @@ pub struct CreateChatArgs {
     pub bot: Option<String>,
 }
 
-/// Someone to @mention: the text must contain `@NAME` where the mention goes… or be mentioned first.
+/// Someone to @mention (the mentions are placed before the text).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub struct GraphMentionArg {

@@ -143,6 +143,14 @@ async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_us
         assert_eq!(app.status(Some(&token), &body).await, 401, "{what}: {}", app.stderr());
     }
     assert_eq!(tenant_keys.fetches(OTHER_TENANT), 0, "keys were fetched for a tenant the bot does not serve");
+    // A valid token, but the activity names another Agent Identity (or User): not this bot's to answer.
+    for (field, value) in
+        [("agenticAppId", "f0f0f0f0-0000-4000-8000-0000000000f0"), ("agenticUserId", "f1f1f1f1-0000-4000-8000-0000000000f1")]
+    {
+        let mut other = agentic_message(&fake.service_url, AGENT_TENANT);
+        other["recipient"][field] = json!(value);
+        assert_eq!(app.status(Some(&good), &other).await, 403, "{field}");
+    }
     assert!(app.inbox().is_empty(), "a refused activity was stored");
 
     // Accepted: the v2 issuer, and the v1 (sts.windows.net) one.
@@ -173,4 +181,10 @@ async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_us
     assert_eq!(entra.hop_requests(), [1, 1, 1], "one three-hop chain for the reply");
     let issued = entra.issued();
     assert!(issued.iter().any(|t| t.scope == AGENTIC_SCOPE), "the T3 was for the agentic scope");
+    let audit = std::process::Command::new(bin()).args(["audit", "--config"]).arg(&app.config).output().unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.contains(&format!("\"identity\":\"agent_user:{AGENT_USER_OID}\"")) && audit.contains("\"outcome\":\"delivered\""),
+        "{audit}"
+    );
 }

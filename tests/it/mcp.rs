@@ -256,3 +256,38 @@ async fn injection_corpus_stays_inside_the_envelope() {
         assert_enveloped(e["content"].as_str().unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_probe_is_refused_so_clients_fall_back_to_initialize() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let dir = config_dir(&oidc, |t| t);
+    let mut child = tokio::process::Command::new(bin())
+        .args(["mcp", "--dev", "--config"])
+        .arg(dir.join("agentgate.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ask = async |msg: Value| -> Value {
+        stdin.write_all(format!("{msg}\n").as_bytes()).await.unwrap();
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.expect("an answer").unwrap().expect("a line");
+        serde_json::from_str(&line).unwrap()
+    };
+    // The Python SDK's `mode="auto"` probe: answered -32601 (a 2026-07-28 session could not be pushed to).
+    let probe = ask(json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "mcp", "version": "0.1.0"},
+            "io.modelcontextprotocol/clientCapabilities": {}}}}))
+    .await;
+    assert_eq!(probe["error"]["code"], -32601, "{probe}");
+    let init = ask(json!({"jsonrpc": "2.0", "id": 2, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}))
+    .await;
+    assert_eq!(init["result"]["protocolVersion"], "2025-11-25", "{init}");
+    assert!(init["result"]["capabilities"]["experimental"]["claude/channel"].is_object(), "{init}");
+}
