@@ -291,3 +291,39 @@ async fn discovery_probe_is_refused_so_clients_fall_back_to_initialize() {
     assert_eq!(init["result"]["protocolVersion"], "2025-11-25", "{init}");
     assert!(init["result"]["capabilities"]["experimental"]["claude/channel"].is_object(), "{init}");
 }
+
+/// The bridge in-process: a gateway started through the library, a session over an in-memory duplex.
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_bridge_over_a_duplex() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let dir = config_dir(&oidc, |t| t);
+    let text = std::fs::read_to_string(dir.join("agentgate.toml")).unwrap();
+    let cfg = agentgate::config::Config::from_sources(Some(&text), "test", std::iter::empty()).unwrap();
+    let gw = agentgate::server::Gateway::start(cfg, agentgate::server::ServeOptions { dev: true }).await.unwrap();
+    let url = gw.url();
+    let bridge = agentgate::mcp::Bridge::stdio(gw.hub(), agentgate::mcp::Scope::all("in-process"));
+    let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move { rmcp::ServiceExt::serve(bridge, server_io).await.unwrap().waiting().await });
+    let mut host = Host::over(client_io, "claude-code").await;
+    assert_eq!(host.client.list_all_tools().await.unwrap().len(), TOOLS.len());
+
+    let m = inbound(&fake.service_url, "a:conv-1", "personal", ALEX, "in process");
+    let status = reqwest::Client::new()
+        .post(format!("{url}/api/messages"))
+        .header("content-type", "application/json")
+        .body(m.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    let n = host.next("notifications/claude/channel", WAIT).await.expect("a push");
+    assert_eq!(assert_enveloped(n["content"].as_str().unwrap()), "in process");
+    let r = host.ok("reply", json!({"chat_id": "a:conv-1", "text": "from the library"})).await;
+    assert_eq!(r["status"], "delivered", "{r}");
+    assert_eq!(fake.texts(), vec!["from the library"]);
+    host.client.cancel().await.unwrap();
+    let _ = tokio::time::timeout(WAIT, server).await;
+    gw.run_until(async {}).await.unwrap();
+}
