@@ -11,6 +11,19 @@ use crate::config::{Config, DEV_DEFAULT_TOML, STARTER_TOML};
 use crate::server::{Gateway, ServeOptions, shutdown_signal};
 use crate::store::{SqliteStore, Store};
 
+/// `println!` that ends the process quietly when stdout is closed (`agentgate check | head`) instead of
+/// panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// agentgate: a Microsoft Teams seat for your LLM agent.
 #[derive(Debug, Parser)]
 #[command(name = "agentgate", version, about, long_about = None)]
@@ -431,11 +444,11 @@ fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
                 accent_color: a.accent_color,
             };
             let (path, pkg) = write_package(bot, index, &info, &a.tenant, &a.out_dir)?;
-            println!("wrote {}", path.display());
+            say!("wrote {}", path.display());
             for (name, data) in &pkg.files {
-                println!("  {name} ({} bytes)", data.len());
+                say!("  {name} ({} bytes)", data.len());
             }
-            println!("upload it in Teams: Apps > Manage your apps > Upload an app (or the Teams admin center for the whole tenant)");
+            say!("upload it in Teams: Apps > Manage your apps > Upload an app (or the Teams admin center for the whole tenant)");
             Ok(ExitCode::SUCCESS)
         }
         TeamsAppCommand::ConsentUrl { config, tenant, bot } => {
@@ -448,7 +461,7 @@ fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
                         e.into()
                     }
                 })?;
-                println!("{url}");
+                say!("{url}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -470,7 +483,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(async move {
                 let gw = Gateway::start(cfg, ServeOptions { dev }).await?;
                 let mode = if dev { " (dev mode: Playground traffic accepted)" } else { "" };
-                println!("agentgate listening on {}{mode}", gw.url());
+                say!("agentgate listening on {}{mode}", gw.url());
                 let _ = std::io::stdout().flush();
                 tracing::info!(url = %gw.url(), dev, "listening");
                 gw.run_until(shutdown_signal()).await
@@ -483,7 +496,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{} already exists; pass --force to overwrite it", output.display());
             }
             std::fs::write(&output, STARTER_TOML).with_context(|| format!("writing {}", output.display()))?;
-            println!(
+            say!(
                 "wrote {}: set your bot's app id and tenants, then run `agentgate check --config {}`",
                 output.display(),
                 output.display()
@@ -493,12 +506,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config, dev } => {
             let cfg = config.load(dev)?;
             cfg.validate(dev)?;
-            println!("configuration OK");
-            println!("  listen: {}{}", cfg.server.bind, if cfg.server.tls.cert_file.is_some() { " (TLS)" } else { " (plain HTTP)" });
-            println!("  store:  {}", cfg.sqlite_path().display());
+            say!("configuration OK");
+            say!("  listen: {}{}", cfg.server.bind, if cfg.server.tls.cert_file.is_some() { " (TLS)" } else { " (plain HTTP)" });
+            say!("  store:  {}", cfg.sqlite_path().display());
             for b in &cfg.bots {
                 let cred = b.credential.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
-                println!(
+                say!(
                     "  bot {} ({}), cloud {}, tenants {}, credential {cred}",
                     b.app_id,
                     b.display_name,
@@ -506,7 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     b.allowed_tenants.join(",")
                 );
                 let p = &b.policy;
-                println!(
+                say!(
                     "    reaches the agent: DMs {}{}, groups and channels {}; approvers {}",
                     word(&p.dm),
                     if p.dm == crate::mcp::policy::DmPolicy::Allowlist { format!(" ({} ids)", p.dm_allow.len()) } else { String::new() },
@@ -514,7 +527,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     p.approvers.len()
                 );
                 if let Some(au) = &b.agent_user {
-                    println!(
+                    say!(
                         "    agent user: {} in tenant {} (blueprint {}, mode {}); agentic activities {}",
                         au.user().as_str(),
                         au.tenant_id,
@@ -524,14 +537,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
                 if p.dm == crate::mcp::policy::DmPolicy::Allowlist && p.dm_allow.is_empty() {
-                    println!(
+                    say!(
                         "    note: policy.dm_allow is empty, so no 1:1 chat reaches the agent; a refused sender's AAD object id is logged, add it there"
                     );
                 }
             }
             match cfg.mcp.tokens.len() {
-                0 => println!("  mcp:    stdio only (`agentgate mcp`); /mcp is off (no mcp.tokens)"),
-                n => println!(
+                0 => say!("  mcp:    stdio only (`agentgate mcp`); /mcp is off (no mcp.tokens)"),
+                n => say!(
                     "  mcp:    /mcp on {} with {n} token(s): {}",
                     cfg.mcp.bind,
                     cfg.mcp.tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
@@ -541,7 +554,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Send(args) => {
             let id = with_store(&args.config, false, async |cfg, store| crate::connector::send::queue_from_cli(cfg, store, &args).await)?;
-            println!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
+            say!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
             Ok(ExitCode::SUCCESS)
         }
         Command::Members { config, conversation, bot, dev } => {
@@ -558,11 +571,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { config, verify, action, .. } if verify || action.is_some() => {
             match with_store(&config, false, async |_, store| Ok(store.verify_audit().await?))? {
                 Ok(n) => {
-                    println!("audit chain intact: {n} events");
+                    say!("audit chain intact: {n} events");
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(id) => {
-                    println!("audit chain BROKEN at event #{id}: it or an earlier event was altered or removed");
+                    say!("audit chain BROKEN at event #{id}: it or an earlier event was altered or removed");
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -588,7 +601,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor { config, dev, domain } => {
             let cfg = config.load(dev)?;
             let report = runtime()?.block_on(crate::doctor::run(&cfg, &crate::doctor::DoctorOptions { dev, domain }));
-            println!("{report}");
+            say!("{report}");
             Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
