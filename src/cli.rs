@@ -496,11 +496,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("{} already exists; pass --force to overwrite it", output.display());
             }
             std::fs::write(&output, STARTER_TOML).with_context(|| format!("writing {}", output.display()))?;
-            say!(
-                "wrote {}: set your bot's app id and tenants, then run `agentgate check --config {}`",
-                output.display(),
-                output.display()
-            );
+            say!("wrote {}: set your bot's app id and tenants, then run `agentgate check --config {}`", output.display(), output.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, dev } => {
