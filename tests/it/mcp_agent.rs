@@ -109,6 +109,7 @@ async fn a_refused_bot_send_falls_back_to_graph_as_the_agent_user() {
     assert!(r.host.next("notifications/claude/channel", WAIT).await.is_some());
     let mut removed = in_agent_tenant(&r.fake.service_url, &group, ALEX, "");
     removed["type"] = json!("installationUpdate");
+    removed["conversation"]["conversationType"] = json!("groupChat");
     removed["action"] = json!("remove");
     removed.as_object_mut().unwrap().remove("text");
     assert_eq!(r.gw.post(&removed).await.status(), 202);
@@ -117,6 +118,23 @@ async fn a_refused_bot_send_falls_back_to_graph_as_the_agent_user() {
     let messages = r.graph.messages(&group);
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert!(messages[0]["body"]["content"].as_str().unwrap().contains("All green."));
+
+    // A channel is not a Graph chat: there the removed bot's reply is refused, not rerouted.
+    let channel = "19:general@thread.tacv2";
+    for kind in ["message", "installationUpdate"] {
+        let mut a = in_agent_tenant(&r.fake.service_url, channel, ALEX, "<at>Bot</at> hi");
+        a["type"] = json!(kind);
+        a["conversation"]["conversationType"] = json!("channel");
+        a["entities"] = json!([{"type": "mention", "text": "<at>Bot</at>", "mentioned": {"id": format!("28:{APP_ID}"), "name": "Bot"}}]);
+        if kind == "installationUpdate" {
+            a["action"] = json!("remove");
+        }
+        assert_eq!(r.gw.post(&a).await.status(), 202);
+    }
+    let before = r.graph.seen().len();
+    let (err, v) = r.host.call("reply", json!({"chat_id": channel, "text": "x"})).await;
+    assert!(err && v.to_string().contains("removed"), "{v}");
+    assert_eq!(r.graph.seen().len(), before, "a channel reply went to Graph");
 }
 
 #[tokio::test(flavor = "multi_thread")]
