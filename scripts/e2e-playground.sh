@@ -357,6 +357,7 @@ app_id = "$APP_ID"
 display_name = "agentgate e2e (authenticated)"
 allowed_tenants = ["$TENANT"]
 require_endorsement = true
+policy.dm = "open"        # the Playground user may reach the agent (the default is an allow-list)
 EOF
 check "B: agentgate check --dev accepts the config" "$BIN" check --dev --config "$S/b/agentgate.toml"
 bg agentgate-b.log "$BIN" serve --dev --config "$S/b/agentgate.toml"
@@ -447,6 +448,7 @@ openid_metadata_url = "$META"
 app_id = "$APP_ID"
 display_name = "agentgate e2e (outbound)"
 allowed_tenants = ["$TENANT"]
+policy.dm = "open"
 
 [outbound]
 poll_interval_ms = 50
