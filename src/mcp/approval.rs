@@ -211,14 +211,16 @@ fn fact(title: &str, value: &str) -> Value {
     json!({"title": title, "value": value})
 }
 
+/// Host-supplied text for a card: control characters dropped, bounded, and Markdown's active characters
+/// (TextBlocks render Markdown) neutralised.
+fn plain(s: &str, max: usize) -> String {
+    let cleaned: String = s.chars().filter(|c| !c.is_control() || *c == '\n').take(max).collect();
+    cleaned.replace('\\', "\\\\").replace(['*', '_', '[', ']', '`', '#'], " ")
+}
+
 /// The card an approver receives. The tool's description and input come from the host and are shown
 /// as untrusted text (plain `TextBlock`s, Markdown-free, bounded).
 pub fn request_card(request_id: &str, tool_name: &str, description: &str, input_preview: &str, minutes: u64) -> Value {
-    let plain = |s: &str, max: usize| {
-        let cleaned: String = s.chars().filter(|c| !c.is_control() || *c == '\n').take(max).collect();
-        // Adaptive Card TextBlocks render Markdown; escape its active characters.
-        cleaned.replace('\\', "\\\\").replace(['*', '_', '[', ']', '`', '#'], " ")
-    };
     json!({
         "type": "AdaptiveCard",
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
@@ -241,14 +243,13 @@ pub fn request_card(request_id: &str, tool_name: &str, description: &str, input_
 
 /// The card once the request is settled (no actions left).
 pub fn settled_card(request_id: &str, tool_name: &str, outcome: &str) -> Value {
-    let tool: String = tool_name.chars().filter(|c| !c.is_control()).take(100).collect();
     json!({
         "type": "AdaptiveCard",
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "version": "1.5",
         "body": [
             {"type": "TextBlock", "text": "Tool use request", "weight": "Bolder", "wrap": true},
-            {"type": "FactSet", "facts": [fact("Tool", &tool.replace(['*', '_', '[', ']', '`', '#'], " ")), fact("Request", request_id)]},
+            {"type": "FactSet", "facts": [fact("Tool", &plain(tool_name, 100)), fact("Request", request_id)]},
             {"type": "TextBlock", "text": outcome, "wrap": true}
         ]
     })

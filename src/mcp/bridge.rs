@@ -649,6 +649,60 @@ impl Bridge {
         }
     }
 
+    /// Queue `card` to each of `bot`'s approvers, in their 1:1 chat with the bot within `scope`, and register
+    /// the request so that an approver's answer reaches `verdicts` (it expires after `timeout`). Returns how
+    /// many cards were queued; with none, nothing is registered.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn ask_approvers(
+        &self,
+        scope: &Scope,
+        bot: &BotConfig,
+        request_id: &str,
+        tool_name: &str,
+        card: &Value,
+        timeout: Duration,
+        verdicts: mpsc::UnboundedSender<Verdict>,
+    ) -> usize {
+        let mut cards = Vec::new();
+        for approver in &bot.policy.approvers {
+            let r = match self.hub.store.personal_conversation(&bot.app_id, approver).await {
+                Ok(Some(r)) if scope.allows_tenant(&r.tenant_id) => r,
+                Ok(_) => {
+                    tracing::warn!(approver = %approver, bot = %bot.app_id, "approver has no 1:1 chat with the bot in scope: they must message the bot once before approvals can reach them");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store unavailable; no approval card sent");
+                    continue;
+                }
+            };
+            let op = OutboundOp::Send { activity: message(Some(&format!("Approval needed: {request_id}")), Some(card.clone())) };
+            match self.enqueue(scope, bot, &r, op).await {
+                Ok(outbox_id) => cards.push(CardRef {
+                    outbox_id,
+                    bot_app_id: bot.app_id.clone(),
+                    tenant_id: r.tenant_id,
+                    conversation_id: r.conversation_id,
+                    service_url: r.service_url,
+                }),
+                Err(e) => tracing::error!(error = %e, "an approval card could not be queued"),
+            }
+        }
+        let sent = cards.len();
+        if sent > 0 {
+            self.hub.approvals.register(PendingApproval {
+                request_id: request_id.to_owned(),
+                bot_app_id: bot.app_id.clone(),
+                approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
+                tool_name: tool_name.to_owned(),
+                verdicts,
+                cards,
+                expires_at_ms: now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2)),
+            });
+        }
+        sent
+    }
+
     async fn on_permission_request(&self, params: Option<Value>) {
         let Some(scope) = self.session.scope.get().cloned() else { return };
         let p = params.unwrap_or_default();
@@ -662,44 +716,12 @@ impl Bridge {
         for bot in self.bots_in(&scope, None).filter(|b| !b.policy.approvers.is_empty()) {
             let timeout = bot.policy.approval_timeout_secs;
             let card = approval::request_card(&request_id, &tool_name, &description, &preview, timeout.div_ceil(60));
-            let mut cards = Vec::new();
-            for approver in &bot.policy.approvers {
-                let r = match self.hub.store.personal_conversation(&bot.app_id, approver).await {
-                    Ok(Some(r)) if scope.allows_tenant(&r.tenant_id) => r,
-                    Ok(_) => {
-                        tracing::warn!(approver = %approver, bot = %bot.app_id, "approver has no 1:1 chat with the bot in scope: they must message the bot once before approvals can reach them");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "store unavailable; permission request not relayed");
-                        return;
-                    }
-                };
-                let op = OutboundOp::Send { activity: message(Some(&format!("Approval needed: {request_id}")), Some(card.clone())) };
-                match self.enqueue(&scope, bot, &r, op).await {
-                    Ok(outbox_id) => cards.push(CardRef {
-                        outbox_id,
-                        bot_app_id: bot.app_id.clone(),
-                        tenant_id: r.tenant_id.clone(),
-                        conversation_id: r.conversation_id.clone(),
-                        service_url: r.service_url.clone(),
-                    }),
-                    Err(e) => tracing::error!(error = %e, "an approval card could not be queued"),
-                }
-            }
-            if cards.is_empty() {
+            let timeout = Duration::from_secs(timeout);
+            let sent = self.ask_approvers(&scope, bot, &request_id, &tool_name, &card, timeout, self.session.verdicts.clone()).await;
+            if sent == 0 {
                 continue;
             }
-            tracing::info!(request_id, tool = %tool_name, cards = cards.len(), "permission request relayed to Teams");
-            self.hub.approvals.register(PendingApproval {
-                request_id: request_id.clone(),
-                bot_app_id: bot.app_id.clone(),
-                approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
-                tool_name: tool_name.clone(),
-                verdicts: self.session.verdicts.clone(),
-                cards,
-                expires_at_ms: now_ms().saturating_add(i64::try_from(timeout).unwrap_or(i64::MAX / 2_000) * 1000),
-            });
+            tracing::info!(request_id, tool = %tool_name, cards = sent, "permission request relayed to Teams");
             return;
         }
         tracing::warn!(request_id, "no approver could be reached; the permission request stays with the terminal");

@@ -14,12 +14,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::agent::{APPROVAL_WAIT, AgentActor};
-use super::approval::{self, Behavior, CardRef, PendingApproval};
+use super::approval::{self, Behavior};
 use super::bridge::Bridge;
 use super::{Scope, ToolResult, envelope, fail, ok};
 use crate::config::BotConfig;
 use crate::graph::{ChatMember, MessageBody, NewChat};
-use crate::store::{AuditEvent, NewOutbound, OutboundOp, now_ms};
+use crate::store::{AuditEvent, now_ms};
 
 /// A person: an object id or UPN in the Agent User's tenant, or an email with a home tenant.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -192,46 +192,9 @@ impl Bridge {
         let card =
             approval::request_card(&request_id, action, &description, &json!({"people": new}).to_string(), timeout.as_secs().div_ceil(60));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut cards = Vec::new();
-        for approver in &bot.policy.approvers {
-            let Ok(Some(r)) = self.hub().store.personal_conversation(&bot.app_id, approver).await else {
-                tracing::warn!(approver = %approver, "approver has no 1:1 chat with the bot; they must message it once");
-                continue;
-            };
-            let item = NewOutbound {
-                bot_app_id: bot.app_id.clone(),
-                tenant_id: r.tenant_id.clone(),
-                conversation_id: r.conversation_id.clone(),
-                service_url: r.service_url.clone(),
-                op: OutboundOp::Send {
-                    activity: crate::connector::send::message(Some(&format!("Approval needed: {request_id}")), Some(card.clone())),
-                },
-                requested_by: self.requester(scope),
-                now_ms: now_ms(),
-            };
-            match self.hub().outbound.enqueue(item).await {
-                Ok(outbox_id) => cards.push(CardRef {
-                    outbox_id,
-                    bot_app_id: bot.app_id.clone(),
-                    tenant_id: r.tenant_id.clone(),
-                    conversation_id: r.conversation_id.clone(),
-                    service_url: r.service_url.clone(),
-                }),
-                Err(e) => tracing::error!(error = %e, "an approval card could not be queued"),
-            }
-        }
-        if cards.is_empty() {
+        if self.ask_approvers(scope, bot, &request_id, action, &card, timeout, tx).await == 0 {
             return Err("no approver could be reached (each must have messaged the bot once); nothing was done".into());
         }
-        self.hub().approvals.register(PendingApproval {
-            request_id: request_id.clone(),
-            bot_app_id: bot.app_id.clone(),
-            approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
-            tool_name: action.to_owned(),
-            verdicts: tx,
-            cards,
-            expires_at_ms: now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2)),
-        });
         tracing::info!(request_id, action, "waiting for an owner's approval in Teams");
         match tokio::time::timeout(timeout + Duration::from_secs(1), rx.recv()).await {
             Ok(Some(v)) if v.behavior == Behavior::Allow => {
