@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::KeyCache;
 use crate::auth::keys::{KeyCacheSettings, KeyFetchError};
-use crate::config::{BotConfig, Cloud, Config, check_fetch_url};
+use crate::ids::Cloud;
+use crate::config::{BotConfig, Config, check_fetch_url};
 use crate::entra::{Authority, BotTokenProvider, ClientCredential, CredentialError, TokenClient, TokenClientSettings, TokenError};
 use crate::metrics::Metrics;
 use crate::teams_app::{AppInfo, PackageError};

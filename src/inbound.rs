@@ -32,7 +32,7 @@ pub struct AppState {
     pub invoke_ack_text: String,
     pub dedupe_ttl: Duration,
     /// Policy, approval answers and the MCP sessions' wake-up.
-    pub gate: Arc<crate::mcp::gate::InboundGate>,
+    pub gate: Arc<crate::bridge::gate::InboundGate>,
 }
 
 /// A refused request. The response body never says more than the status.

@@ -7,12 +7,14 @@
 
 pub mod activity;
 pub mod auth;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod connector;
 pub mod doctor;
 pub mod entra;
 pub mod graph;
+pub mod ids;
 pub mod http_util;
 pub mod inbound;
 pub mod mcp;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::config::Cloud;
+use crate::ids::Cloud;
 
 macro_rules! label_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $label:literal),* $(,)? }) => {

@@ -17,12 +17,11 @@ use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::{BotEntry, KeyCache, KeyCacheSettings, Verifier};
-use crate::config::{Cloud, Config, check_fetch_url};
+use crate::ids::Cloud;
+use crate::config::{Config, check_fetch_url};
 use crate::connector::ConnectorClient;
 use crate::connector::outbox::{Outbound, RetryPolicy};
 use crate::connector::throttle::Throttle;
-use crate::connector::tokens::ConfiguredTokens;
-use crate::entra::{Authority, BotTokenProvider, TokenClient, TokenClientSettings};
 use crate::inbound::{self, AppState};
 use crate::metrics::Metrics;
 use crate::service_url::ConnectorPolicy;
@@ -144,7 +143,7 @@ impl Gateway {
         let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics))
             .with_key_settings(settings);
         let approvals = Arc::new(crate::mcp::Approvals::default());
-        let gate = Arc::new(crate::mcp::gate::InboundGate::new(
+        let gate = Arc::new(crate::bridge::gate::InboundGate::new(
             cfg.bots.iter().map(|b| (b.app_id.clone(), b.policy.clone())),
             Arc::clone(&approvals),
         ));
@@ -159,7 +158,7 @@ impl Gateway {
             gate: Arc::clone(&gate),
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
-        let agents = crate::mcp::agent::build(&cfg).await?;
+        let agents = crate::bridge::agent::build(&cfg).await?;
         let agentic = cfg
             .bots
             .iter()
@@ -289,31 +288,7 @@ async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>,
     Ok(Outbound::new(store, connector, Arc::new(tokens), clouds, throttle, retry, metrics))
 }
 
-/// Each configured bot's token provider (its credential loaded now, so that a bad credential stops
-/// start-up with the field named). Bots without a credential get none; in `--dev` they present a
-/// placeholder the Agents Playground accepts.
-pub async fn bot_tokens(cfg: &Config, dev: bool) -> anyhow::Result<ConfiguredTokens> {
-    let client = Arc::new(TokenClient::new(TokenClientSettings::default()).context("building the token client")?);
-    let mut providers = std::collections::HashMap::new();
-    for (i, bot) in cfg.bots.iter().enumerate() {
-        if bot.credential.is_none() {
-            if !dev {
-                tracing::warn!(app_id = %bot.app_id, "bot has no credential: it receives but cannot send (set bots[{i}].credential)");
-            }
-            continue;
-        }
-        let authority = match &cfg.clouds.get(bot.cloud).token_authority {
-            Some(a) => Some(Authority::parse(a).map_err(|e| anyhow::anyhow!("clouds.{}.token_authority: {e}", bot.cloud))?),
-            None => None,
-        };
-        let provider = BotTokenProvider::from_config(bot, authority.as_ref(), Arc::clone(&client)).await.map_err(|e| {
-            let field = e.field().map_or_else(String::new, |f| format!("bots[{i}].{f}: "));
-            anyhow::anyhow!("configuration error in {field}{e}")
-        })?;
-        providers.insert(bot.app_id.clone(), provider);
-    }
-    Ok(ConfiguredTokens::new(providers, dev))
-}
+pub use crate::connector::tokens::bot_tokens;
 
 fn spawn_dedupe_purge(store: Arc<dyn Store>) -> JoinHandle<()> {
     tokio::spawn(async move {

@@ -5,7 +5,7 @@
 
 use url::{Host, Url};
 
-use crate::config::Cloud;
+use crate::ids::Cloud;
 
 /// A service URL reduced to what identifies the endpoint: scheme, lower-case host, explicit
 /// non-default port and the path without a trailing slash. User info, query and fragment are refused.

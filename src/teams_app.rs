@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::config::{BotConfig, Cloud};
+use crate::ids::Cloud;
+use crate::config::BotConfig;
 
 /// The bot app manifest template (schema v1.29) with `{{PLACEHOLDER}}`s.
 pub const BOT_MANIFEST_TEMPLATE: &str = include_str!("../manifests/bot.manifest.json");
@@ -88,11 +89,7 @@ pub const DEFAULT_SHORT_DESCRIPTION: &str = "An AI agent you can chat with in Te
 pub const DEFAULT_FULL_DESCRIPTION: &str = "An AI agent with its own seat in Microsoft Teams. Message it in a 1:1 chat, \
 add it to a group chat or a team channel and @mention it; it answers in the conversation.";
 
-/// A `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` GUID (what Teams requires for app and bot ids).
-pub fn is_guid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
-}
+pub use crate::ids::is_guid;
 
 /// MAJOR.MINOR.PATCH with numbers only (the manifest schema's semver: no pre-release or build part).
 pub fn is_semver(s: &str) -> bool {

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::keys::{KeyCache, Lookup, SigningKey};
-use crate::config::Cloud;
+use crate::ids::Cloud;
 use crate::metrics::{AuthReason, Metrics};
 use crate::service_url;
 

@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::Cloud;
+use crate::ids::Cloud;
 use crate::service_url::ConnectorPolicy;
 
 /// Characters left as they are in a path segment; everything else (`:`, `@`, `;`, `=`, `/`…) is encoded.

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::throttle::Throttle;
 use super::{ConnectorClient, ConnectorError, Endpoint};
-use crate::config::Cloud;
+use crate::ids::Cloud;
 use crate::metrics::{Metrics, OutboundOutcome};
 use serde_json::Value;
 

@@ -6,7 +6,12 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use super::outbox::{BotTokens, TokenFailure};
-use crate::entra::BotTokenProvider;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::entra::{Authority, BotTokenProvider, TokenClient, TokenClientSettings};
 
 /// The token a bot without a credential presents in `--dev` mode. It is worthless anywhere but the
 /// Agents Playground's mock Connector, which accepts any token.
@@ -47,4 +52,30 @@ impl BotTokens for ConfiguredTokens {
             p.invalidate();
         }
     }
+}
+
+/// Each configured bot's token provider (its credential loaded now, so that a bad credential stops
+/// start-up with the field named). Bots without a credential get none; in `--dev` they present a
+/// placeholder the Agents Playground accepts.
+pub async fn bot_tokens(cfg: &Config, dev: bool) -> anyhow::Result<ConfiguredTokens> {
+    let client = Arc::new(TokenClient::new(TokenClientSettings::default()).context("building the token client")?);
+    let mut providers = std::collections::HashMap::new();
+    for (i, bot) in cfg.bots.iter().enumerate() {
+        if bot.credential.is_none() {
+            if !dev {
+                tracing::warn!(app_id = %bot.app_id, "bot has no credential: it receives but cannot send (set bots[{i}].credential)");
+            }
+            continue;
+        }
+        let authority = match &cfg.clouds.get(bot.cloud).token_authority {
+            Some(a) => Some(Authority::parse(a).map_err(|e| anyhow::anyhow!("clouds.{}.token_authority: {e}", bot.cloud))?),
+            None => None,
+        };
+        let provider = BotTokenProvider::from_config(bot, authority.as_ref(), Arc::clone(&client)).await.map_err(|e| {
+            let field = e.field().map_or_else(String::new, |f| format!("bots[{i}].{f}: "));
+            anyhow::anyhow!("configuration error in {field}{e}")
+        })?;
+        providers.insert(bot.app_id.clone(), provider);
+    }
+    Ok(ConfiguredTokens::new(providers, dev))
 }

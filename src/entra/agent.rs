@@ -27,24 +27,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 
 use super::Clock;
 use super::client::{AccessToken, TokenClient, TokenForm};
 use super::credential::{ASSERTION_TYPE, CertificateCredential};
 use super::endpoint::{Authority, TokenEndpoint};
 use super::error::{EntraError, TokenError};
-use crate::config::{Config, ConfigError};
-use crate::secrets::SecretRef;
+use crate::config::Config;
+pub use crate::config::agent_user::{AgentMode, AgentUserConfig, DEFAULT_AGENTIC_SCOPE, DEFAULT_GRAPH_SCOPE};
 
 /// The scope of hops 1 and 2: a token for Entra's token exchange (federated credential) audience.
 pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
 
-/// The default resource of Graph calls as the Agent User.
-pub const DEFAULT_GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
-
-/// The default scope of the Agent User's Bot Connector token (the Messaging Bot API).
-pub const DEFAULT_AGENTIC_SCOPE: &str = "5a807f24-c9de-44ee-a3a7-329e88a00ffc/.default";
 
 /// A cached token still counts as usable (shared with waiters, served after a failed refresh) until
 /// this long before it expires.
@@ -52,117 +46,7 @@ const USABLE_MARGIN: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- configuration
 
-/// When the bot's own identity is not enough, whether to act as the Agent User.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentMode {
-    /// Only the bot identity acts; the Agent User's tokens are used by explicit Graph tools only.
-    #[default]
-    BotOnly,
-    /// When the bot cannot act (no conversation reference, bot not installed), fall back to Graph as
-    /// the Agent User.
-    Fallback,
-}
-
-/// `[bots.agent_user]`: the Entra Agent ID objects behind a bot and the Blueprint's certificate.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentUserConfig {
-    /// The tenant the Agent Identity and Agent User live in (a GUID or a domain).
-    pub tenant_id: String,
-    /// The Agent Blueprint's application (client) id; it holds the only credential.
-    pub blueprint_app_id: String,
-    /// The Agent Identity's app (client) id (sent as `fmi_path` in hop 1 and as `client_id` after).
-    pub agent_identity_id: String,
-    /// The Agent User's object id (`user_id` in hop 3). Set this or `agent_user_upn`.
-    #[serde(default)]
-    pub agent_user_id: Option<String>,
-    /// The Agent User's UPN (`username` in hop 3), instead of `agent_user_id`.
-    #[serde(default)]
-    pub agent_user_upn: Option<String>,
-    /// The Blueprint's certificate (PEM).
-    pub certificate: SecretRef,
-    /// The certificate's private key (PEM; a file must be mode 0600).
-    pub key: SecretRef,
-    /// Send the certificate chain (`x5c`) in the hop-1 assertion.
-    #[serde(default)]
-    pub send_x5c: bool,
-    /// The resource of Graph calls.
-    #[serde(default = "default_graph_scope")]
-    pub graph_scope: String,
-    /// The resource of the Agent User's Bot Connector token.
-    #[serde(default = "default_agentic_scope")]
-    pub agentic_scope: String,
-    /// `bot_only` (default) or `fallback`.
-    #[serde(default)]
-    pub mode: AgentMode,
-    /// The Graph API base; default `https://graph.microsoft.com/v1.0`. Another national Graph host, or
-    /// a loopback `http://127.0.0.1:PORT/v1.0` for a local fake.
-    #[serde(default)]
-    pub graph_base_url: Option<String>,
-}
-
-fn default_graph_scope() -> String {
-    DEFAULT_GRAPH_SCOPE.to_owned()
-}
-
-fn default_agentic_scope() -> String {
-    DEFAULT_AGENTIC_SCOPE.to_owned()
-}
-
 impl AgentUserConfig {
-    /// Check the section; `at` is its path (`bots[0].agent_user`), used in error fields.
-    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        let err = |field: &str, problem: String| ConfigError { field: format!("{at}.{field}"), problem };
-        let guid = |field: &str, v: &str, what: &str| {
-            if crate::teams_app::is_guid(v) { Ok(()) } else { Err(err(field, format!("`{v}` is not a GUID: set it to {what}"))) }
-        };
-        if self.tenant_id.trim().is_empty()
-            || !self.tenant_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-            || self.tenant_id.starts_with('.')
-        {
-            return Err(err(
-                "tenant_id",
-                "must be the Agent User's tenant id (a GUID, or a domain such as contoso.onmicrosoft.com)".into(),
-            ));
-        }
-        guid("blueprint_app_id", &self.blueprint_app_id, "the Agent Blueprint's application (client) id")?;
-        guid("agent_identity_id", &self.agent_identity_id, "the Agent Identity's app (client) id")?;
-        if self.agent_identity_id.eq_ignore_ascii_case(&self.blueprint_app_id) {
-            return Err(err(
-                "agent_identity_id",
-                "equals blueprint_app_id: set it to the Agent Identity created from the Blueprint (a different id)".into(),
-            ));
-        }
-        match (&self.agent_user_id, &self.agent_user_upn) {
-            (Some(_), Some(_)) => {
-                return Err(err("agent_user_upn", "set either agent_user_id (the object id) or agent_user_upn, not both".into()));
-            }
-            (None, None) => {
-                return Err(err(
-                    "agent_user_id",
-                    "is not set: set it to the Agent User's object id (or set agent_user_upn to its UPN)".into(),
-                ));
-            }
-            (Some(id), None) => guid("agent_user_id", id, "the Agent User's object id")?,
-            (None, Some(upn)) => {
-                let ok = upn.split_once('@').is_some_and(|(u, d)| !u.is_empty() && d.contains('.')) && !upn.contains(char::is_whitespace);
-                if !ok {
-                    return Err(err("agent_user_upn", format!("`{upn}` is not a UPN such as agent@contoso.onmicrosoft.com")));
-                }
-            }
-        }
-        for (field, scope) in [("graph_scope", &self.graph_scope), ("agentic_scope", &self.agentic_scope)] {
-            if !scope.ends_with("/.default") || scope.contains(char::is_whitespace) || scope.len() <= "/.default".len() {
-                return Err(err(field, format!("`{scope}` must be one resource's `.default` scope, such as {DEFAULT_GRAPH_SCOPE}")));
-            }
-        }
-        if let Some(base) = &self.graph_base_url {
-            crate::graph::GraphEndpoint::parse(base).map_err(|e| err("graph_base_url", e.to_string()))?;
-        }
-        Ok(())
-    }
-
     /// The Agent User this section names.
     pub fn user(&self) -> AgentUser {
         match (&self.agent_user_id, &self.agent_user_upn) {

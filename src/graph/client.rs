@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::endpoint::{GraphEndpoint, GraphUrlError};
+use crate::ids::graph_url::{GraphEndpoint, GraphUrlError};
 use super::message::{MAX_MESSAGE_CHARS, MessageBody};
 use super::model::{Chat, ChatMember, ChatMessage, ConversationMember, NewChat, Page, User};
 use crate::entra::{AccessToken, AgentTokenError, AgentUserTokens};
@@ -386,7 +386,7 @@ impl GraphClient {
                 if !email.contains('@') || email.contains(char::is_whitespace) {
                     return Err(GraphError::Invalid(format!("`{email}` is not an email address (external members are bound by email)")));
                 }
-                if !crate::teams_app::is_guid(tenant_id) {
+                if !crate::ids::is_guid(tenant_id) {
                     return Err(GraphError::Invalid(format!("`{tenant_id}` is not a tenant id (the member's home tenant GUID)")));
                 }
                 (email.as_str(), Some(tenant_id))

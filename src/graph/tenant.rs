@@ -89,7 +89,7 @@ fn domain_of(s: &str) -> Option<String> {
 /// `https://login.microsoftonline.com/{tid}/v2.0` (or `https://sts.windows.net/{tid}/`) → `{tid}`.
 fn tenant_of_issuer(issuer: &str) -> Option<String> {
     let t = issuer.split('/').nth(3)?;
-    crate::teams_app::is_guid(t).then(|| t.to_ascii_lowercase())
+    crate::ids::is_guid(t).then(|| t.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -13,10 +13,11 @@ use rmcp::{RoleServer, schemars, tool, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::agent::{APPROVAL_WAIT, AgentActor};
-use super::approval::{self, Behavior};
-use super::bridge::Bridge;
-use super::{Scope, ToolResult, envelope, fail, ok};
+use crate::bridge::agent::{APPROVAL_WAIT, AgentActor};
+use crate::bridge::approval::{self, Behavior};
+use super::session::Bridge;
+use super::{Scope, ToolResult, fail, ok};
+use crate::bridge::envelope;
 use crate::config::BotConfig;
 use crate::graph::{ChatMember, MessageBody, NewChat};
 use crate::store::{AuditEvent, now_ms};

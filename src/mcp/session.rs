@@ -23,10 +23,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::approval::{self, CardRef, PendingApproval, Verdict};
-use super::envelope;
-use super::events::{self, InboundEvent};
-use super::live::LiveStream;
+use crate::bridge::approval::{self, CardRef, PendingApproval, Verdict};
+use crate::bridge::envelope;
+use crate::bridge::events::{self, InboundEvent};
+use crate::bridge::live::LiveStream;
 use super::{Hub, Scope, ToolResult, fail, ok, prompts};
 use crate::config::BotConfig;
 use crate::connector::send::{default_proactive_service_url, message};

@@ -11,6 +11,8 @@ use crate::config::{Config, DEV_DEFAULT_TOML, STARTER_TOML};
 use crate::server::{Gateway, ServeOptions, shutdown_signal};
 use crate::store::{SqliteStore, Store};
 
+mod send;
+
 /// `println!` that ends the process quietly when stdout is closed (`agentgate check | head`) instead of
 /// panicking.
 macro_rules! say {
@@ -425,7 +427,7 @@ fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
             let [(index, bot)] = bots[..] else {
                 anyhow::bail!("{} bots are configured: pass --bot APP_ID to choose the one to package", bots.len());
             };
-            if crate::teams_app::is_guid(&a.tenant) && !bot.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(&a.tenant)) {
+            if crate::ids::is_guid(&a.tenant) && !bot.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(&a.tenant)) {
                 anyhow::bail!(
                     "`bots[{index}].allowed_tenants` does not list {}: the bot would refuse that tenant's traffic; add it to the config first",
                     a.tenant
@@ -518,7 +520,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 say!(
                     "    reaches the agent: DMs {}{}, groups and channels {}; approvers {}",
                     word(&p.dm),
-                    if p.dm == crate::mcp::policy::DmPolicy::Allowlist { format!(" ({} ids)", p.dm_allow.len()) } else { String::new() },
+                    if p.dm == crate::bridge::policy::DmPolicy::Allowlist { format!(" ({} ids)", p.dm_allow.len()) } else { String::new() },
                     word(&p.groups),
                     p.approvers.len()
                 );
@@ -532,7 +534,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if b.agentic.enabled { "accepted" } else { "off" }
                     );
                 }
-                if p.dm == crate::mcp::policy::DmPolicy::Allowlist && p.dm_allow.is_empty() {
+                if p.dm == crate::bridge::policy::DmPolicy::Allowlist && p.dm_allow.is_empty() {
                     say!(
                         "    note: policy.dm_allow is empty, so no 1:1 chat reaches the agent; a refused sender's AAD object id is logged, add it there"
                     );
@@ -549,7 +551,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
-            let id = with_store(&args.config, false, async |cfg, store| crate::connector::send::queue_from_cli(cfg, store, &args).await)?;
+            let id = with_store(&args.config, false, async |cfg, store| send::queue_from_cli(cfg, store, &args).await)?;
             say!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
             Ok(ExitCode::SUCCESS)
         }

@@ -365,7 +365,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::mcp::envelope::{new_nonce, tests::assert_enveloped, wrap};
+    use crate::bridge::envelope::{new_nonce, tests::assert_enveloped, wrap};
     use crate::teams::testdata;
 
     /// 2026-11-22T04:06:43.705Z

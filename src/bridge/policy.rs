@@ -13,94 +13,12 @@
 //!
 //! Ids compare case-insensitively (GUIDs arrive in either case). Anything not understood is dropped.
 
-use serde::{Deserialize, Serialize};
 
 use super::events::{channel_id, team_id};
 use crate::activity::{Activity, Kind};
+pub(crate) use crate::config::policy::{BotPolicy, DmPolicy, GroupPolicy};
+use crate::config::policy::contains_id;
 use crate::teams::{card_submit, is_bot_mentioned};
-
-/// The bounds of [`BotPolicy::approval_timeout_secs`].
-pub const APPROVAL_TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
-
-/// Who may reach the agent through one bot.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BotPolicy {
-    /// Personal (1:1) chats: `open`, `allowlist` (default) or `disabled`.
-    #[serde(default)]
-    pub dm: DmPolicy,
-    /// AAD object ids allowed to DM the agent when `dm = "allowlist"`.
-    #[serde(default)]
-    pub dm_allow: Vec<String>,
-    /// Group chats and channels: `mention` (default), `all` or `disabled`.
-    #[serde(default)]
-    pub groups: GroupPolicy,
-    /// AAD object ids allowed to reach the agent in group chats and channels; empty: anyone there.
-    #[serde(default)]
-    pub group_allow: Vec<String>,
-    /// Teams (`channelData.team.id`) whose channels may reach the agent; empty: any.
-    #[serde(default)]
-    pub teams_allow: Vec<String>,
-    /// Channels (`channelData.channel.id`) that may reach the agent; empty: any.
-    #[serde(default)]
-    pub channels_allow: Vec<String>,
-    /// AAD object ids who may approve the agent's tool use (permission relay).
-    #[serde(default)]
-    pub approvers: Vec<String>,
-    /// How long an approval request stays open, in seconds (10 to 86400; default 600).
-    #[serde(default = "default_approval_timeout_secs")]
-    pub approval_timeout_secs: u64,
-    /// People (object ids, UPNs or emails) the bot's Agent User may add to chats or message first
-    /// without asking an approver.
-    #[serde(default)]
-    pub contacts_allow: Vec<String>,
-}
-
-fn default_approval_timeout_secs() -> u64 {
-    600
-}
-
-impl Default for BotPolicy {
-    fn default() -> Self {
-        Self {
-            dm: DmPolicy::default(),
-            dm_allow: Vec::new(),
-            groups: GroupPolicy::default(),
-            group_allow: Vec::new(),
-            teams_allow: Vec::new(),
-            channels_allow: Vec::new(),
-            approvers: Vec::new(),
-            approval_timeout_secs: default_approval_timeout_secs(),
-            contacts_allow: Vec::new(),
-        }
-    }
-}
-
-/// Personal chats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DmPolicy {
-    /// Anyone in a tenant the bot accepts.
-    Open,
-    /// Only the ids in `dm_allow`.
-    #[default]
-    Allowlist,
-    /// Nobody.
-    Disabled,
-}
-
-/// Group chats and channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupPolicy {
-    /// Messages that mention the bot, and clicks on the bot's cards.
-    #[default]
-    Mention,
-    /// Every activity the bot receives there.
-    All,
-    /// Nothing.
-    Disabled,
-}
 
 /// What to do with an inbound activity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,69 +144,6 @@ pub fn evaluate(policy: &BotPolicy, activity: &Activity) -> Verdict {
     Verdict::Deliver
 }
 
-impl BotPolicy {
-    /// Checks the policy once, at startup. The error names the field (`policy.dm_allow[2]`) and says what
-    /// is wrong and how to fix it.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let lists: [(&str, &[String], bool); 5] = [
-            ("dm_allow", &self.dm_allow, true),
-            ("group_allow", &self.group_allow, true),
-            ("teams_allow", &self.teams_allow, false),
-            ("channels_allow", &self.channels_allow, false),
-            ("approvers", &self.approvers, true),
-        ];
-        for (name, ids, people) in lists {
-            for (i, id) in ids.iter().enumerate() {
-                let field = format!("policy.{name}[{i}]");
-                let what = if people { "an AAD object id (from.aadObjectId)" } else { "a Teams id" };
-                if id.trim().is_empty() {
-                    return Err((field, format!("is empty: remove the entry or put {what} there")));
-                }
-                if id.contains(char::is_whitespace) {
-                    return Err((field, format!("{id:?} contains whitespace: ids are single tokens; remove the spaces")));
-                }
-                if people && id.contains('@') {
-                    return Err((
-                        field,
-                        format!(
-                            "{id:?} looks like an email address or UPN: the policy matches AAD object ids (from.aadObjectId, a GUID), never names or addresses"
-                        ),
-                    ));
-                }
-                if people && (id.starts_with("29:") || id.starts_with("28:")) {
-                    return Err((
-                        field,
-                        format!(
-                            "{id:?} is a Teams channel account id (29:… or 28:…): use the person's AAD object id (from.aadObjectId, a GUID) instead"
-                        ),
-                    ));
-                }
-            }
-        }
-        if !APPROVAL_TIMEOUT_SECS_RANGE.contains(&self.approval_timeout_secs) {
-            return Err((
-                "policy.approval_timeout_secs".to_owned(),
-                format!(
-                    "is {}: approvals time out after {} to {} seconds; pick a value in that range (default 600)",
-                    self.approval_timeout_secs,
-                    APPROVAL_TIMEOUT_SECS_RANGE.start(),
-                    APPROVAL_TIMEOUT_SECS_RANGE.end()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Whether the person with AAD object id `aad` may approve tool use.
-    pub fn is_approver(&self, aad: &str) -> bool {
-        let aad = aad.trim();
-        !aad.is_empty() && contains_id(&self.approvers, aad)
-    }
-}
-
-fn contains_id(list: &[String], id: &str) -> bool {
-    list.iter().any(|x| x.trim().eq_ignore_ascii_case(id))
-}
 
 /// Whether `mention` mode needs the bot to be mentioned for this activity: not for clicks on the bot's
 /// cards (a message with a value and no text, or an invoke) nor for reactions (Teams sends the bot only

@@ -11,9 +11,12 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
 use crate::secrets::SecretRef;
+
+pub mod agent_user;
+pub mod policy;
 
 /// The environment variable prefix for configuration overrides.
 pub const ENV_PREFIX: &str = "AGENTGATE__";
@@ -97,53 +100,7 @@ pub struct AuthConfig {
     pub fetch_timeout_secs: u64,
 }
 
-/// The sovereign clouds a bot can live in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cloud {
-    Public,
-    Usgov,
-    China,
-}
-
-impl Cloud {
-    pub const ALL: [Cloud; 3] = [Cloud::Public, Cloud::Usgov, Cloud::China];
-
-    /// The only `iss` accepted on the Bot Framework channel path of this cloud.
-    pub fn issuer(self) -> &'static str {
-        match self {
-            Cloud::Public => "https://api.botframework.com",
-            Cloud::Usgov => "https://api.botframework.us",
-            Cloud::China => "https://api.botframework.azure.cn",
-        }
-    }
-
-    pub fn default_metadata_url(self) -> &'static str {
-        match self {
-            Cloud::Public => "https://login.botframework.com/v1/.well-known/openidconfiguration",
-            Cloud::Usgov => "https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
-            Cloud::China => "https://login.botframework.azure.cn/v1/.well-known/openidconfiguration",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cloud::Public => "public",
-            Cloud::Usgov => "usgov",
-            Cloud::China => "china",
-        }
-    }
-}
-
-impl fmt::Display for Cloud {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::ids::Cloud;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,10 +276,10 @@ pub struct BotConfig {
     pub require_endorsement: bool,
     /// Who may reach the agent through this bot, and who approves its tool use.
     #[serde(default)]
-    pub policy: crate::mcp::policy::BotPolicy,
+    pub policy: policy::BotPolicy,
     /// The Entra Agent User behind this bot (three-hop tokens for Graph); see docs/configuration.md.
     #[serde(default)]
-    pub agent_user: Option<crate::entra::AgentUserConfig>,
+    pub agent_user: Option<agent_user::AgentUserConfig>,
     /// Agent 365 agentic activities: Entra-issued inbound tokens whose audience is the Agent
     /// Blueprint (needs `agent_user` for the Blueprint id and the reply tokens).
     #[serde(default)]
@@ -831,7 +788,7 @@ fn parse_env_value(value: &str) -> toml::Value {
 }
 
 /// The commented starter configuration written by `agentgate init`.
-pub const STARTER_TOML: &str = include_str!("starter.toml");
+pub const STARTER_TOML: &str = include_str!("../starter.toml");
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,205 @@
+//! The transport-free core: what the gateway does with Teams traffic and with an agent's requests,
+//! whatever carries them (MCP over stdio or HTTP, the command line).
+//!
+//! | module | what |
+//! |---|---|
+//! | [`gate`] | intake's side: policy before the commit, approval answers, waking sessions |
+//! | [`policy`] | who may reach the agent, per bot |
+//! | [`approval`] | permission requests waiting for an approver in Teams |
+//! | [`agent`] | the bot's Entra Agent User: Graph client, mode, who it may reach |
+//! | [`envelope`] | untrusted text for the model: HTML to text, the marked envelope, meta values |
+//! | [`events`] | inbox entries as typed events |
+//! | [`live`] | streamed replies written while the model writes them |
+//!
+//! Every session of every transport shares one [`Hub`]: the configuration, the store, the outbound
+//! worker and the open approval requests. A session sees and acts only within its [`Scope`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::connector::outbox::Outbound;
+use crate::store::{AuditEvent, Store, now_ms};
+
+pub mod agent;
+pub mod approval;
+pub mod envelope;
+pub mod events;
+pub mod gate;
+pub mod live;
+pub mod policy;
+
+pub use approval::Approvals;
+
+/// What a session may see and act on: some or all bots, some or all tenants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Who this is, for logs and the audit trail (`stdio`, or the `/mcp` token's name).
+    pub name: String,
+    /// Lower-case app ids; empty means every configured bot.
+    bots: Vec<String>,
+    /// Lower-case tenant ids; empty means every tenant the bots serve.
+    tenants: Vec<String>,
+}
+
+impl Scope {
+    /// Every bot, every tenant.
+    pub fn all(name: impl Into<String>) -> Self {
+        Self { name: name.into(), bots: Vec::new(), tenants: Vec::new() }
+    }
+
+    pub fn new(name: impl Into<String>, bots: &[String], tenants: &[String]) -> Self {
+        let lower = |v: &[String]| v.iter().map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect();
+        Self { name: name.into(), bots: lower(bots), tenants: lower(tenants) }
+    }
+
+    pub fn allows_bot(&self, bot_app_id: &str) -> bool {
+        self.bots.is_empty() || self.bots.iter().any(|b| b.eq_ignore_ascii_case(bot_app_id))
+    }
+
+    pub fn allows_tenant(&self, tenant_id: &str) -> bool {
+        self.tenants.is_empty() || self.tenants.iter().any(|t| t.eq_ignore_ascii_case(tenant_id))
+    }
+
+    pub fn allows(&self, bot_app_id: &str, tenant_id: &str) -> bool {
+        self.allows_bot(bot_app_id) && self.allows_tenant(tenant_id)
+    }
+
+    /// Every bot and every tenant.
+    pub fn is_unrestricted(&self) -> bool {
+        self.bots.is_empty() && self.tenants.is_empty()
+    }
+
+    /// The explicit tenant list (empty: all).
+    pub fn tenants(&self) -> &[String] {
+        &self.tenants
+    }
+}
+
+/// What every MCP session shares.
+pub struct Hub {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) outbound: Arc<Outbound>,
+    /// The id of the newest inbox entry committed (changes wake the sessions).
+    pub(crate) inbox: watch::Receiver<i64>,
+    pub(crate) approvals: Arc<Approvals>,
+    pub(crate) started: Instant,
+    /// `--dev`: bots without a credential can still send (to the Playground).
+    pub(crate) dev: bool,
+    /// Each bot's Entra Agent User, by lower-case app id.
+    pub(crate) agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("bots", &self.cfg.bots.len()).finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        outbound: Arc<Outbound>,
+        inbox: watch::Receiver<i64>,
+        approvals: Arc<Approvals>,
+        dev: bool,
+        agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
+    ) -> Self {
+        Self { cfg, store, outbound, inbox, approvals, started: Instant::now(), dev, agents }
+    }
+
+    /// Whether any bot in `scope` has approvers (then sessions declare the permission relay).
+    pub fn relays_permissions(&self, scope: &Scope) -> bool {
+        self.cfg.bots.iter().any(|b| scope.allows_bot(&b.app_id) && !b.policy.approvers.is_empty())
+    }
+
+    /// Update the cards of decided requests, expire open ones and forget those of ended sessions, twice a second.
+    pub fn spawn_approval_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                for s in hub.approvals.take_settled() {
+                    hub.settle_cards(&s.request_id, &s.tool_name, &s.cards, &s.text, "decided").await;
+                }
+                for p in hub.approvals.take_expired(now_ms()) {
+                    hub.settle_cards(
+                        &p.request_id,
+                        &p.tool_name,
+                        &p.cards,
+                        "Expired: nobody answered in time (or the terminal answered first). Nothing was approved from Teams.",
+                        "expired",
+                    )
+                    .await;
+                }
+                for p in hub.approvals.take_orphaned() {
+                    hub.settle_cards(
+                        &p.request_id,
+                        &p.tool_name,
+                        &p.cards,
+                        "Closed: the agent's session ended before an answer.",
+                        "closed",
+                    )
+                    .await;
+                }
+            }
+        })
+    }
+
+    /// Replace every card of a settled request with one that says how it ended, and audit it.
+    pub(crate) async fn settle_cards(
+        &self,
+        request_id: &str,
+        tool_name: &str,
+        cards: &[approval::CardRef],
+        outcome_text: &str,
+        outcome: &str,
+    ) {
+        let card = approval::settled_card(request_id, tool_name, outcome_text);
+        for c in cards {
+            let event = AuditEvent {
+                at_ms: now_ms(),
+                actor: "agentgate".into(),
+                identity: format!("bot:{}", c.bot_app_id),
+                action: "permission_card".into(),
+                target: format!("tenant:{} conversation:{}", c.tenant_id, c.conversation_id),
+                outcome: outcome.into(),
+                detail: format!("request {request_id}"),
+            };
+            if let Err(e) = self.store.record_audit(event).await {
+                tracing::error!(error = %e, "could not audit an approval card update; leaving the card as it is");
+                continue;
+            }
+            // The card's message id is known once the outbox delivered it.
+            let delivered = match self.store.outbox(Some(c.outbox_id), 1).await {
+                Ok(items) => items.into_iter().next().and_then(|i| i.result_id).filter(|id| !id.is_empty()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the outbox failed");
+                    None
+                }
+            };
+            let Some(activity_id) = delivered else {
+                tracing::info!(request_id, "the approval card was never delivered; nothing to update");
+                continue;
+            };
+            let op = crate::store::OutboundOp::Update { activity_id, activity: crate::connector::send::message(None, Some(card.clone())) };
+            let item = crate::store::NewOutbound {
+                bot_app_id: c.bot_app_id.clone(),
+                tenant_id: c.tenant_id.clone(),
+                conversation_id: c.conversation_id.clone(),
+                service_url: c.service_url.clone(),
+                op,
+                requested_by: "agentgate".into(),
+                now_ms: now_ms(),
+            };
+            if let Err(e) = self.outbound.enqueue(item).await {
+                tracing::error!(error = %e, "could not queue an approval card update");
+            }
+        }
+    }
+}
