@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::KeyCache;
 use crate::auth::keys::{KeyCacheSettings, KeyFetchError};
-use crate::ids::Cloud;
 use crate::config::{BotConfig, Config, check_fetch_url};
 use crate::entra::{Authority, BotTokenProvider, ClientCredential, CredentialError, TokenClient, TokenClientSettings, TokenError};
+use crate::ids::Cloud;
 use crate::metrics::Metrics;
 use crate::teams_app::{AppInfo, PackageError};
 

@@ -17,11 +17,11 @@ use tokio::task::JoinHandle;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::auth::{BotEntry, KeyCache, KeyCacheSettings, Verifier};
-use crate::ids::Cloud;
 use crate::config::{Config, check_fetch_url};
 use crate::connector::ConnectorClient;
 use crate::connector::outbox::{Outbound, RetryPolicy};
 use crate::connector::throttle::Throttle;
+use crate::ids::Cloud;
 use crate::inbound::{self, AppState};
 use crate::metrics::Metrics;
 use crate::service_url::ConnectorPolicy;

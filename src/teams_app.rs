@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::ids::Cloud;
 use crate::config::BotConfig;
+use crate::ids::Cloud;
 
 /// The bot app manifest template (schema v1.29) with `{{PLACEHOLDER}}`s.
 pub const BOT_MANIFEST_TEMPLATE: &str = include_str!("../manifests/bot.manifest.json");

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 
-use crate::ids::Cloud;
 use crate::config::check_fetch_url;
+use crate::ids::Cloud;
 use crate::metrics::Metrics;
 
 /// Largest metadata or JWKS document accepted.

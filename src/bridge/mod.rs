@@ -10,6 +10,10 @@
 //! | [`envelope`] | untrusted text for the model: HTML to text, the marked envelope, meta values |
 //! | [`events`] | inbox entries as typed events |
 //! | [`live`] | streamed replies written while the model writes them |
+//! | [`route`] | which bot and conversation a request goes to; bot, Agent User or nobody |
+//! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended |
+//! | [`inbox`] | pending entries within a scope, acknowledgements |
+//! | [`error`] | the one error type of the bridge |
 //!
 //! Every session of every transport shares one [`Hub`]: the configuration, the store, the outbound
 //! worker and the open approval requests. A session sees and acts only within its [`Scope`].
@@ -25,13 +29,20 @@ use crate::store::{AuditEvent, Store, now_ms};
 
 pub mod agent;
 pub mod approval;
+pub mod deliver;
 pub mod envelope;
+pub mod error;
 pub mod events;
 pub mod gate;
+pub mod inbox;
 pub mod live;
 pub mod policy;
+pub mod route;
 
 pub use approval::Approvals;
+pub use deliver::{Mention, Settled};
+pub use error::{Error, Result};
+pub use route::Reach;
 
 /// What a session may see and act on: some or all bots, some or all tenants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,3 +214,6 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

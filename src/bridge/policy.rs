@@ -13,11 +13,10 @@
 //!
 //! Ids compare case-insensitively (GUIDs arrive in either case). Anything not understood is dropped.
 
-
 use super::events::{channel_id, team_id};
 use crate::activity::{Activity, Kind};
-pub(crate) use crate::config::policy::{BotPolicy, DmPolicy, GroupPolicy};
 use crate::config::policy::contains_id;
+pub(crate) use crate::config::policy::{BotPolicy, DmPolicy, GroupPolicy};
 use crate::teams::{card_submit, is_bot_mentioned};
 
 /// What to do with an inbound activity.
@@ -143,7 +142,6 @@ pub fn evaluate(policy: &BotPolicy, activity: &Activity) -> Verdict {
     }
     Verdict::Deliver
 }
-
 
 /// Whether `mention` mode needs the bot to be mentioned for this activity: not for clicks on the bot's
 /// cards (a message with a value and no text, or an invoke) nor for reactions (Teams sends the bot only

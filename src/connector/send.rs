@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 
-use crate::ids::Cloud;
 use crate::config::{BotConfig, Config};
+use crate::ids::Cloud;
 use crate::store::Store;
 
 /// Where proactive messages go when the bot has no reference in the tenant yet.

@@ -39,7 +39,6 @@ pub use crate::config::agent_user::{AgentMode, AgentUserConfig, DEFAULT_AGENTIC_
 /// The scope of hops 1 and 2: a token for Entra's token exchange (federated credential) audience.
 pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
 
-
 /// A cached token still counts as usable (shared with waiters, served after a failed refresh) until
 /// this long before it expires.
 const USABLE_MARGIN: Duration = Duration::from_secs(60);

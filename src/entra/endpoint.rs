@@ -11,8 +11,8 @@
 
 use std::fmt;
 
-use crate::ids::Cloud;
 use crate::config::{BotConfig, check_fetch_url};
+use crate::ids::Cloud;
 
 /// The Entra sign-in authority of a cloud (scheme and host, no tenant).
 pub fn default_authority(cloud: Cloud) -> &'static str {

@@ -25,10 +25,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::ids::graph_url::{GraphEndpoint, GraphUrlError};
 use super::message::{MAX_MESSAGE_CHARS, MessageBody};
 use super::model::{Chat, ChatMember, ChatMessage, ConversationMember, NewChat, Page, User};
 use crate::entra::{AccessToken, AgentTokenError, AgentUserTokens};
+use crate::ids::graph_url::{GraphEndpoint, GraphUrlError};
 
 /// Characters left as they are in a path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
