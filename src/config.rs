@@ -529,9 +529,12 @@ impl Config {
             layers = layers.add_source(::config::File::from_str(text, ::config::FileFormat::Toml));
         }
         let merged = layers.add_source(env.clone()).build().map_err(|e| match e {
-            // Only the parser's message: its snippet of the offending line could show a secret.
+            // Only the parser's message (or the first line of another error): the snippet of the offending
+            // line that follows could show a secret.
             ::config::ConfigError::FileParse { cause, .. } => {
-                let why = cause.downcast_ref::<toml::de::Error>().map_or_else(|| cause.to_string(), |e| e.message().trim().to_owned());
+                let why = cause
+                    .downcast_ref::<toml::de::Error>()
+                    .map_or_else(|| cause.to_string().lines().next().unwrap_or_default().to_owned(), |e| e.message().trim().to_owned());
                 ConfigError::new("", format!("{source_name} is not valid TOML: {why}"))
             }
             _ => ConfigError::new("", "cannot merge the configuration sources"),
@@ -786,16 +789,7 @@ fn explain_serde(msg: &str) -> String {
 fn is_secret_path(path: &str) -> bool {
     path.split(['.', '[']).any(|key| {
         matches!(key, "credential" | "certificate" | "key" | "token" | "secret" | "password")
-            || [
-                "_credential",
-                "_certificate",
-                "_key",
-                "_token",
-                "_secret",
-                "_password",
-            ]
-            .iter()
-            .any(|suffix| key.ends_with(suffix))
+            || ["_credential", "_certificate", "_key", "_token", "_secret", "_password"].iter().any(|suffix| key.ends_with(suffix))
     })
 }
 
@@ -806,9 +800,10 @@ fn secret_problem(msg: &str) -> String {
     if msg == bad_ref || msg.starts_with("unknown field") || msg.starts_with("missing field") {
         return explain_serde(msg);
     }
-    let found = [("integer", "an integer"), ("floating point", "a number"), ("boolean", "a boolean"), ("sequence", "a list"), ("map", "a table")]
-        .into_iter()
-        .find(|(kind, _)| msg.strip_prefix("invalid type: ").is_some_and(|rest| rest.starts_with(kind)));
+    let found =
+        [("integer", "an integer"), ("floating point", "a number"), ("boolean", "a boolean"), ("sequence", "a list"), ("map", "a table")]
+            .into_iter()
+            .find(|(kind, _)| msg.strip_prefix("invalid type: ").is_some_and(|rest| rest.starts_with(kind)));
     match found {
         Some((_, what)) => format!("is {what}, {bad_ref}"),
         None => bad_ref,
@@ -914,19 +909,16 @@ fn overlaps(a: &str, b: &str) -> bool {
 }
 
 fn to_config_value(v: &toml::Value, origin: &String) -> ::config::Value {
-    let origin = Some(origin);
-    match v {
-        toml::Value::String(s) => ::config::Value::new(origin, s.as_str()),
-        toml::Value::Integer(i) => ::config::Value::new(origin, *i),
-        toml::Value::Float(f) => ::config::Value::new(origin, *f),
-        toml::Value::Boolean(b) => ::config::Value::new(origin, *b),
-        toml::Value::Datetime(d) => ::config::Value::new(origin, d.to_string()),
-        toml::Value::Array(a) => ::config::Value::new(origin, a.iter().map(|x| to_config_value(x, origin.unwrap_or(&String::new()))).collect::<Vec<_>>()),
-        toml::Value::Table(t) => ::config::Value::new(
-            origin,
-            t.iter().map(|(k, x)| (k.clone(), to_config_value(x, origin.unwrap_or(&String::new())))).collect::<::config::Map<_, _>>(),
-        ),
-    }
+    let kind: ::config::ValueKind = match v {
+        toml::Value::String(s) => s.as_str().into(),
+        toml::Value::Integer(i) => (*i).into(),
+        toml::Value::Float(f) => (*f).into(),
+        toml::Value::Boolean(b) => (*b).into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(a) => a.iter().map(|x| to_config_value(x, origin)).collect::<Vec<_>>().into(),
+        toml::Value::Table(t) => t.iter().map(|(k, x)| (k.clone(), to_config_value(x, origin))).collect::<::config::Map<_, _>>().into(),
+    };
+    ::config::Value::new(Some(origin), kind)
 }
 
 /// The merged tree, back as TOML values for the typed deserialization.
@@ -947,9 +939,9 @@ fn to_toml(v: ::config::Value, path: &str, env: &EnvOverrides) -> Result<toml::V
         K::U128(i) => toml::Value::Integer(i64::try_from(i).map_err(|_| out_of_range())?),
         K::Float(f) => toml::Value::Float(f),
         K::String(s) => toml::Value::String(s),
-        K::Array(a) => toml::Value::Array(
-            a.into_iter().enumerate().map(|(i, x)| to_toml(x, &format!("{path}[{i}]"), env)).collect::<Result<_, _>>()?,
-        ),
+        K::Array(a) => {
+            toml::Value::Array(a.into_iter().enumerate().map(|(i, x)| to_toml(x, &format!("{path}[{i}]"), env)).collect::<Result<_, _>>()?)
+        }
         K::Table(t) => {
             let mut table = toml::Table::new();
             for (k, x) in t {
@@ -1078,6 +1070,9 @@ allowed_tenants = ["tenant-a"]
         assert_eq!(e.field, "AGENTGATE__BOTS__2__APP_ID");
         let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__BOTS__0__CLOUD", "mars")])).unwrap_err();
         assert!(e.problem.contains("`public`, `usgov`, `china`"), "an enum error lists the accepted values: {e}");
+        let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__CLOUDS__PUBLIC__TOKEN_AUTHORITY", "https://x.example")]))
+            .unwrap_err();
+        assert_eq!((e.field.as_str(), e.problem.as_str()), ("clouds.public", "missing field `openid_metadata_url`"));
     }
 
     #[test]
@@ -1285,7 +1280,14 @@ token = "env:MCP_TOKEN"
         ] {
             assert!(is_secret_path(path), "{path}");
         }
-        for path in ["server.tls.key_file", "auth.key_refresh_secs", "auth.token_cache_entries", "clouds.public.token_authority", "bots[0].app_id", ""] {
+        for path in [
+            "server.tls.key_file",
+            "auth.key_refresh_secs",
+            "auth.token_cache_entries",
+            "clouds.public.token_authority",
+            "bots[0].app_id",
+            "",
+        ] {
             assert!(!is_secret_path(path), "{path}");
         }
     }
@@ -1296,8 +1298,15 @@ token = "env:MCP_TOKEN"
         let e = Config::from_sources(Some("[store]\naudit_key = 8473625190473512\n"), "t", env(&[])).unwrap_err();
         assert_eq!(e.field, "store.audit_key");
         assert!(e.problem.contains("unknown field"), "{e}");
-        assert_eq!(secret_problem("invalid type: integer `8473625190473512`, expected a string"), format!("is an integer, {}", crate::secrets::BadSecretRef));
-        for msg in ["invalid value: string \"S3cr3t\", expected a reference", "some future message quoting `S3cr3t`", "invalid type: string \"S3cr3t\", expected x"] {
+        assert_eq!(
+            secret_problem("invalid type: integer `8473625190473512`, expected a string"),
+            format!("is an integer, {}", crate::secrets::BadSecretRef)
+        );
+        for msg in [
+            "invalid value: string \"S3cr3t\", expected a reference",
+            "some future message quoting `S3cr3t`",
+            "invalid type: string \"S3cr3t\", expected x",
+        ] {
             let p = secret_problem(msg);
             assert!(!p.contains("S3cr3t") && p.contains("env:VAR_NAME"), "{p}");
         }
