@@ -1,10 +1,12 @@
 //! Typed configuration: built-in defaults < TOML file < `AGENTGATE__…` environment variables.
 //!
+//! The layering is the `config` crate's: the TOML file is a [`::config::File`] source, the environment an
+//! [`EnvOverrides`] source, merged in that order; the defaults are the types' own (`#[serde(default)]`).
 //! Environment variables address keys by path, with `__` between the parts and a number for an
 //! array element: `AGENTGATE__SERVER__BIND=127.0.0.1:8080`, `AGENTGATE__BOTS__0__APP_ID=…`.
 //! Values are read as TOML scalars when they look like one (`true`, `42`, `["a","b"]`), else as strings.
 //! Every key is checked: an unknown key, a wrong type or an invalid value is reported with the
-//! field's path and how to fix it.
+//! field's path and how to fix it, and never with the value when the field holds a secret reference.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -478,28 +480,32 @@ impl Config {
         source_name: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table = match toml_text {
-            Some(text) => text
-                .parse::<toml::Table>()
-                .map_err(|e| ConfigError::new("", format!("{source_name} is not valid TOML: {}", e.message().trim())))?,
-            None => toml::Table::new(),
-        };
-        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
-        // Numeric path segments sort as numbers, so that BOTS__10 comes after BOTS__2.
-        env.sort_by_cached_key(|(k, _)| {
-            k.split("__").map(|p| p.parse::<u64>().map_or_else(|_| (1, 0, p.to_owned()), |n| (0, n, String::new()))).collect::<Vec<_>>()
-        });
-        for (key, value) in env {
-            overlay(&mut table, &key, &value)?;
+        let env = EnvOverrides::from_vars(env)?;
+        let mut layers = ::config::Config::builder();
+        if let Some(text) = toml_text {
+            layers = layers.add_source(::config::File::from_str(text, ::config::FileFormat::Toml));
         }
-        let de = toml::Value::Table(table);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let merged = layers.add_source(env.clone()).build().map_err(|e| match e {
+            // Only the parser's message (or the first line of another error): the snippet of the offending
+            // line that follows could show a secret.
+            ::config::ConfigError::FileParse { cause, .. } => {
+                let why = cause
+                    .downcast_ref::<toml::de::Error>()
+                    .map_or_else(|| cause.to_string().lines().next().unwrap_or_default().to_owned(), |e| e.message().trim().to_owned());
+                ConfigError::new("", format!("{source_name} is not valid TOML: {why}"))
+            }
+            _ => ConfigError::new("", "cannot merge the configuration sources"),
+        })?;
+        let tree = ::config::Source::collect(&merged).map_err(|_| ConfigError::new("", "cannot merge the configuration sources"))?;
+        let tree = to_toml(::config::Value::new(None, tree), "", &env)?;
+        serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             // The toml error may add its own (less precise) location on a second line; keep the first.
             let inner = e.into_inner().to_string();
             let first = inner.lines().next().unwrap_or_default().to_owned();
-            ConfigError::new(path, explain_serde(&first))
+            let problem = if is_secret_path(&path) { secret_problem(&first) } else { explain_serde(&first) };
+            ConfigError::new(path, problem)
         })
     }
 
@@ -734,44 +740,192 @@ fn explain_serde(msg: &str) -> String {
     if msg.starts_with("unknown field") { format!("{msg}; check the spelling against docs/configuration.md") } else { msg.to_owned() }
 }
 
-/// Apply one `AGENTGATE__A__B__0__C=value` override to the table.
-fn overlay(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
-    let path: Vec<String> = key[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
-    if path.iter().any(String::is_empty) {
-        return Err(ConfigError::new(key, "empty path segment; separate keys with a double underscore: AGENTGATE__SERVER__BIND"));
-    }
-    let mut root = toml::Value::Table(std::mem::take(table));
-    let result = set_path(&mut root, &path, parse_env_value(value), key);
-    if let toml::Value::Table(t) = root {
-        *table = t;
-    }
-    result
+/// Whether a key path holds a secret reference (or a secret): `bots[0].credential`, `mcp.tokens[1].token`,
+/// `bots[0].agent_user.key`, `store.audit_key`… Judged by the key names, so that a new secret field is
+/// covered when it is named like one.
+fn is_secret_path(path: &str) -> bool {
+    path.split(['.', '[']).any(|key| {
+        matches!(key, "credential" | "certificate" | "key" | "token" | "secret" | "password")
+            || ["_credential", "_certificate", "_key", "_token", "_secret", "_password"].iter().any(|suffix| key.ends_with(suffix))
+    })
 }
 
-fn set_path(slot: &mut toml::Value, path: &[String], value: toml::Value, key: &str) -> Result<(), ConfigError> {
-    let Some((head, rest)) = path.split_first() else {
-        *slot = value;
-        return Ok(());
+/// The problem with the value at a secret path, which is never shown (it may be the secret itself): the
+/// deserializer's message is kept only when it cannot hold the value.
+fn secret_problem(msg: &str) -> String {
+    let bad_ref = crate::secrets::BadSecretRef.to_string();
+    if msg == bad_ref || msg.starts_with("unknown field") || msg.starts_with("missing field") {
+        return explain_serde(msg);
+    }
+    let found =
+        [("integer", "an integer"), ("floating point", "a number"), ("boolean", "a boolean"), ("sequence", "a list"), ("map", "a table")]
+            .into_iter()
+            .find(|(kind, _)| msg.strip_prefix("invalid type: ").is_some_and(|rest| rest.starts_with(kind)));
+    match found {
+        Some((_, what)) => format!("is {what}, {bad_ref}"),
+        None => bad_ref,
+    }
+}
+
+/// The highest array index an environment variable may address. Higher is refused before merging: the
+/// `config` crate fills the elements up to an index (with nil, which [`to_toml`] reports as a gap).
+const MAX_ENV_INDEX: usize = 999;
+
+/// One `AGENTGATE__…` variable: its name, the key path it sets (`bots[0].app_id`) and its value.
+#[derive(Clone)]
+struct EnvVar {
+    name: String,
+    path: String,
+    value: toml::Value,
+}
+
+/// The `AGENTGATE__…` environment variables, as a `config` source.
+///
+/// Hand-written because `config::Environment` cannot express two things that work here:
+/// an array element (`AGENTGATE__BOTS__0__APP_ID` would become a table key `"0"`, not `bots[0]`; bots are
+/// an array of tables), and a TOML array value (`["a","b"]`; it can only split on one separator for keys
+/// named in advance, and the indexed keys cannot be named in advance). So this source turns each variable
+/// into a path in the crate's own syntax (`bots[0].app_id`), and the crate merges it over the file.
+#[derive(Clone)]
+struct EnvOverrides(Vec<EnvVar>);
+
+impl fmt::Debug for EnvOverrides {
+    // Names only: a value may be a secret pasted where its reference belongs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|v| &v.name)).finish()
+    }
+}
+
+impl EnvOverrides {
+    /// Read the `AGENTGATE__…` variables (others are ignored), checking that each names a key path once.
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut out: Vec<EnvVar> = Vec::new();
+        for (name, value) in vars.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)) {
+            let path = env_key_path(&name)?;
+            // The crate merges a source's keys in no particular order, so two variables for the same key
+            // (in another case), or for a key and a key inside it, would make the result depend on chance.
+            if let Some(other) = out.iter().find(|o| overlaps(&o.path, &path)) {
+                return Err(ConfigError::new(
+                    name,
+                    format!("sets the same key as {} (`{path}` and `{}`); set only one of them", other.name, other.path),
+                ));
+            }
+            out.push(EnvVar { name, path, value: parse_env_value(&value) });
+        }
+        Ok(Self(out))
+    }
+}
+
+impl ::config::Source for EnvOverrides {
+    fn clone_into_box(&self) -> Box<dyn ::config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<::config::Map<String, ::config::Value>, ::config::ConfigError> {
+        Ok(self.0.iter().map(|v| (v.path.clone(), to_config_value(&v.value, &v.name))).collect())
+    }
+}
+
+/// `AGENTGATE__BOTS__0__APP_ID` → `bots[0].app_id` (the `config` crate's path syntax).
+fn env_key_path(name: &str) -> Result<String, ConfigError> {
+    let mut path = String::new();
+    for (i, part) in name[ENV_PREFIX.len()..].split("__").enumerate() {
+        let part = part.to_ascii_lowercase();
+        if part.is_empty() {
+            return Err(ConfigError::new(name, "empty path segment; separate keys with a double underscore: AGENTGATE__SERVER__BIND"));
+        }
+        match part.parse::<usize>() {
+            Ok(index) if i > 0 && index > MAX_ENV_INDEX => {
+                return Err(ConfigError::new(
+                    name,
+                    format!("array index {index} is too large (at most {MAX_ENV_INDEX}); number entries from 0 without gaps"),
+                ));
+            }
+            Ok(index) if i > 0 => path.push_str(&format!("[{index}]")),
+            _ if part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => {
+                if i > 0 {
+                    path.push('.');
+                }
+                path.push_str(&part);
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    name,
+                    "names no key: key names are letters, digits and _, separated by a double underscore: AGENTGATE__SERVER__BIND",
+                ));
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Whether two key paths are the same, or one is inside the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    let inside = |outer: &str, inner: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with(['.', '[']));
+    a == b || inside(a, b) || inside(b, a)
+}
+
+fn to_config_value(v: &toml::Value, origin: &String) -> ::config::Value {
+    let kind: ::config::ValueKind = match v {
+        toml::Value::String(s) => s.as_str().into(),
+        toml::Value::Integer(i) => (*i).into(),
+        toml::Value::Float(f) => (*f).into(),
+        toml::Value::Boolean(b) => (*b).into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(a) => a.iter().map(|x| to_config_value(x, origin)).collect::<Vec<_>>().into(),
+        toml::Value::Table(t) => t.iter().map(|(k, x)| (k.clone(), to_config_value(x, origin))).collect::<::config::Map<_, _>>().into(),
     };
-    if let Ok(index) = head.parse::<usize>() {
-        if !slot.is_array() {
-            *slot = toml::Value::Array(Vec::new());
+    ::config::Value::new(Some(origin), kind)
+}
+
+/// The merged tree, back as TOML values for the typed deserialization.
+///
+/// Hand-written because the `config` crate's own deserializer converts between scalar types (an integer
+/// where a string is expected becomes that string, `"yes"` or `1` a `true`), where the strict TOML one
+/// refuses a wrong type and names the allowed values of an enum. It also reports the elements the crate
+/// filled in below an index that skipped some (nil, which neither TOML nor [`parse_env_value`] produces).
+fn to_toml(v: ::config::Value, path: &str, env: &EnvOverrides) -> Result<toml::Value, ConfigError> {
+    use ::config::ValueKind as K;
+    let out_of_range = || ConfigError::new(path, "is a number out of range");
+    Ok(match v.kind {
+        K::Nil => return Err(gap_error(path, env)),
+        K::Boolean(b) => toml::Value::Boolean(b),
+        K::I64(i) => toml::Value::Integer(i),
+        K::I128(i) => toml::Value::Integer(i64::try_from(i).map_err(|_| out_of_range())?),
+        K::U64(i) => toml::Value::Integer(i64::try_from(i).map_err(|_| out_of_range())?),
+        K::U128(i) => toml::Value::Integer(i64::try_from(i).map_err(|_| out_of_range())?),
+        K::Float(f) => toml::Value::Float(f),
+        K::String(s) => toml::Value::String(s),
+        K::Array(a) => {
+            toml::Value::Array(a.into_iter().enumerate().map(|(i, x)| to_toml(x, &format!("{path}[{i}]"), env)).collect::<Result<_, _>>()?)
         }
-        let toml::Value::Array(arr) = slot else { unreachable!("just made an array") };
-        if index > arr.len() {
-            return Err(ConfigError::new(key, format!("array index {index} skips elements; number entries from 0 without gaps")));
+        K::Table(t) => {
+            let mut table = toml::Table::new();
+            for (k, x) in t {
+                let at = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                table.insert(k, to_toml(x, &at, env)?);
+            }
+            toml::Value::Table(table)
         }
-        if index == arr.len() {
-            arr.push(toml::Value::Table(toml::Table::new()));
-        }
-        set_path(&mut arr[index], rest, value, key)
-    } else {
-        if !slot.is_table() {
-            *slot = toml::Value::Table(toml::Table::new());
-        }
-        let toml::Value::Table(t) = slot else { unreachable!("just made a table") };
-        let child = t.entry(head.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        set_path(child, rest, value, key)
+    })
+}
+
+/// `path` (`bots[1]`) was set by no source: name the variable whose index skipped it.
+fn gap_error(path: &str, env: &EnvOverrides) -> ConfigError {
+    let (array, index) = path.rsplit_once('[').unwrap_or((path, ""));
+    let missing: usize = index.trim_end_matches(']').parse().unwrap_or(0);
+    let culprit = env
+        .0
+        .iter()
+        .filter_map(|v| {
+            let rest = v.path.strip_prefix(array)?.strip_prefix('[')?;
+            let (n, _) = rest.split_once(']')?;
+            n.parse::<usize>().ok().filter(|n| *n > missing).map(|n| (n, v))
+        })
+        .min_by_key(|(n, _)| *n);
+    match culprit {
+        Some((n, v)) => ConfigError::new(v.name.clone(), format!("array index {n} skips elements; number entries from 0 without gaps")),
+        None => ConfigError::new(path, "is missing: number array entries from 0 without gaps"),
     }
 }
 
@@ -870,6 +1024,12 @@ allowed_tenants = ["tenant-a"]
         assert!(e.problem.contains("not a secret reference"), "{e}");
         let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__BOTS__2__APP_ID", "x")])).unwrap_err();
         assert!(e.problem.contains("skips"), "{e}");
+        assert_eq!(e.field, "AGENTGATE__BOTS__2__APP_ID");
+        let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__BOTS__0__CLOUD", "mars")])).unwrap_err();
+        assert!(e.problem.contains("`public`, `usgov`, `china`"), "an enum error lists the accepted values: {e}");
+        let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__CLOUDS__PUBLIC__TOKEN_AUTHORITY", "https://x.example")]))
+            .unwrap_err();
+        assert_eq!((e.field.as_str(), e.problem.as_str()), ("clouds.public", "missing field `openid_metadata_url`"));
     }
 
     #[test]
@@ -920,5 +1080,192 @@ allowed_tenants = ["tenant-a"]
     fn the_starter_and_dev_configs_are_valid() {
         Config::from_sources(Some(STARTER_TOML), "starter", env(&[])).unwrap().validate(false).unwrap();
         Config::from_sources(Some(DEV_DEFAULT_TOML), "dev", env(&[])).unwrap().validate(true).unwrap();
+    }
+
+    /// Every secret-reference field: (its path, its environment variable, its line in `SECRETS_BASE`).
+    const SECRET_FIELDS: &[(&str, &str, &str)] = &[
+        ("bots[0].credential", "AGENTGATE__BOTS__0__CREDENTIAL", "credential = \"env:BOT_KEY\""),
+        ("bots[0].certificate", "AGENTGATE__BOTS__0__CERTIFICATE", "certificate = \"file:/etc/agentgate/bot.crt\""),
+        ("bots[0].agent_user.certificate", "AGENTGATE__BOTS__0__AGENT_USER__CERTIFICATE", "certificate = \"file:/etc/agentgate/bp.crt\""),
+        ("bots[0].agent_user.key", "AGENTGATE__BOTS__0__AGENT_USER__KEY", "key = \"file:/etc/agentgate/bp.key\""),
+        ("mcp.tokens[0].token", "AGENTGATE__MCP__TOKENS__0__TOKEN", "token = \"env:MCP_TOKEN\""),
+    ];
+
+    const SECRETS_BASE: &str = r#"
+[[bots]]
+app_id = "11111111-1111-1111-1111-111111111111"
+allowed_tenants = ["tenant-a"]
+credential = "env:BOT_KEY"
+certificate = "file:/etc/agentgate/bot.crt"
+[bots.agent_user]
+tenant_id = "tenant-a"
+blueprint_app_id = "b1b1b1b1-0000-4000-8000-000000000001"
+agent_identity_id = "a1a1a1a1-0000-4000-8000-000000000002"
+agent_user_id = "d1d1d1d1-0000-4000-8000-000000000003"
+certificate = "file:/etc/agentgate/bp.crt"
+key = "file:/etc/agentgate/bp.key"
+[[mcp.tokens]]
+name = "laptop"
+token = "env:MCP_TOKEN"
+"#;
+
+    fn assert_secret_not_echoed(e: &ConfigError, field: &str, secret: &str, how: &str) {
+        for text in [e.to_string(), format!("{e:?}")] {
+            assert!(!text.contains(secret), "{how}: the value of a secret field is echoed: {text}");
+        }
+        assert_eq!(e.field, field, "{how}: {e}");
+        assert!(e.problem.contains("secret reference") && e.problem.contains("env:VAR_NAME"), "{how}: says what is expected: {e}");
+    }
+
+    #[test]
+    fn errors_never_echo_a_value_at_a_secret_path() {
+        // The base is valid, so any error below comes from the one bad value.
+        Config::from_sources(Some(SECRETS_BASE), "t", env(&[])).unwrap().validate(false).unwrap();
+        // (value as set in the environment, the part of it that must not appear in the error)
+        let from_env: &[(&str, &str)] = &[
+            ("8473625190473512", "8473625190473512"),
+            ("-8473625190473512", "8473625190473512"),
+            ("true", "`true`"),
+            ("[\"S3cr3tInAList\"]", "S3cr3tInAList"),
+            ("[84736251904735]", "84736251904735"),
+            ("S3cr3tPlain", "S3cr3tPlain"),
+        ];
+        // (TOML literal, the part of it that must not appear in the error)
+        let from_toml: &[(&str, &str)] = &[
+            ("8473625190473512", "8473625190473512"),
+            ("8473.625190473", "8473.625190473"),
+            ("false", "`false`"),
+            ("1979-05-27T07:32:00Z", "1979-05-27"),
+            ("[\"S3cr3tInAList\"]", "S3cr3tInAList"),
+            ("{ v = \"S3cr3tInATable\" }", "S3cr3tInATable"),
+            ("\"S3cr3tPlain\"", "S3cr3tPlain"),
+        ];
+        for (field, var, line) in SECRET_FIELDS {
+            for (value, secret) in from_env {
+                let e = Config::from_sources(Some(SECRETS_BASE), "t", env(&[(var, value)])).unwrap_err();
+                assert_secret_not_echoed(&e, field, secret, &format!("{var}={value}"));
+            }
+            for (literal, secret) in from_toml {
+                let (key, _) = line.split_once(" = ").unwrap();
+                let text = SECRETS_BASE.replacen(line, &format!("{key} = {literal}"), 1);
+                assert_ne!(text, SECRETS_BASE);
+                let e = Config::from_sources(Some(&text), "t", env(&[])).unwrap_err();
+                assert_secret_not_echoed(&e, field, secret, &format!("{field} = {literal} in TOML"));
+            }
+        }
+    }
+
+    #[test]
+    fn env_values_are_typed_as_before() {
+        let c = Config::from_sources(
+            Some(ONE_BOT),
+            "t",
+            env(&[
+                ("AGENTGATE__SERVER__BEHIND_PROXY", "true"),
+                ("AGENTGATE__OUTBOUND__MAX_ATTEMPTS", "-3"),
+                ("AGENTGATE__BOTS__0__DISPLAY_NAME", "1.5"),
+                ("AGENTGATE__BOTS__0__POLICY__DM_ALLOW", r#"["id-1", "id-2"]"#),
+                ("AGENTGATE__MCP__ALLOWED_HOSTS", "a.example, b.example"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.server.behind_proxy);
+        assert_eq!(c.outbound.max_attempts, -3);
+        assert_eq!(c.bots[0].display_name, "1.5", "only integers, booleans and [arrays] are read as TOML");
+        assert_eq!(c.bots[0].policy.dm_allow, vec!["id-1", "id-2"]);
+        assert_eq!(c.mcp.allowed_hosts, vec!["a.example", "b.example"]);
+        assert_eq!(c.bots[0].app_id, "11111111-1111-1111-1111-111111111111", "the rest of the file's entry is kept");
+        // No conversion between types: a wrong type is refused, naming the field.
+        for (var, value, field) in [
+            ("AGENTGATE__SERVER__BEHIND_PROXY", "yes", "server.behind_proxy"),
+            ("AGENTGATE__SERVER__BEHIND_PROXY", "1", "server.behind_proxy"),
+            ("AGENTGATE__AUTH__CLOCK_SKEW_SECS", "two", "auth.clock_skew_secs"),
+            ("AGENTGATE__BOTS__0__APP_ID", "12345", "bots[0].app_id"),
+        ] {
+            let e = Config::from_sources(Some(ONE_BOT), "t", env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.field, field, "{var}={value}: {e}");
+            assert!(e.problem.starts_with("invalid type"), "{var}={value}: {e}");
+        }
+        let e = Config::from_sources(Some("[server]\nbind = 3978\n"), "t", env(&[])).unwrap_err();
+        assert_eq!(e.field, "server.bind", "{e}");
+    }
+
+    #[test]
+    fn env_keys_that_collide_or_skip_far_are_refused() {
+        let e = Config::from_sources(
+            Some(ONE_BOT),
+            "t",
+            env(&[("AGENTGATE__SERVER__BIND", "127.0.0.1:1"), ("AGENTGATE__server__Bind", "127.0.0.1:2")]),
+        )
+        .unwrap_err();
+        assert!(e.field.starts_with("AGENTGATE__") && e.problem.contains("set only one"), "{e}");
+        let e = Config::from_sources(
+            Some(ONE_BOT),
+            "t",
+            env(&[("AGENTGATE__MCP__ALLOWED_HOSTS", "a"), ("AGENTGATE__MCP__ALLOWED_HOSTS__0", "b")]),
+        )
+        .unwrap_err();
+        assert!(e.problem.contains("`mcp.allowed_hosts`") && e.problem.contains("`mcp.allowed_hosts[0]`"), "{e}");
+        let e = Config::from_sources(Some(ONE_BOT), "t", env(&[("AGENTGATE__BOTS__4000000000__APP_ID", "x")])).unwrap_err();
+        assert_eq!(e.field, "AGENTGATE__BOTS__4000000000__APP_ID");
+        assert!(e.problem.contains("without gaps"), "{e}");
+        for bad in ["AGENTGATE__SERVER__", "AGENTGATE__SERVER.BIND", "AGENTGATE__BOTS[0]__APP_ID"] {
+            let e = Config::from_sources(Some(ONE_BOT), "t", env(&[(bad, "x")])).unwrap_err();
+            assert_eq!(e.field, bad, "{e}");
+            assert!(e.problem.contains("AGENTGATE__SERVER__BIND"), "says how keys are written: {e}");
+        }
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_the_source_but_not_the_line() {
+        let e = Config::from_sources(Some("[[bots]]\ncredential = S3cr3tUnquoted\n"), "bot.toml", env(&[])).unwrap_err();
+        assert!(e.problem.starts_with("bot.toml is not valid TOML: "), "{e}");
+        assert!(!format!("{e} {e:?}").contains("S3cr3tUnquoted"), "{e}");
+    }
+
+    #[test]
+    fn secret_paths_are_recognised_by_their_key_names() {
+        for path in [
+            "bots[0].credential",
+            "bots[3].certificate",
+            "bots[0].agent_user.key",
+            "bots[0].agent_user.certificate",
+            "mcp.tokens[2].token",
+            "mcp.tokens[2].token[0]",
+            "store.audit_key",
+            "store.postgres_password",
+        ] {
+            assert!(is_secret_path(path), "{path}");
+        }
+        for path in [
+            "server.tls.key_file",
+            "auth.key_refresh_secs",
+            "auth.token_cache_entries",
+            "clouds.public.token_authority",
+            "bots[0].app_id",
+            "",
+        ] {
+            assert!(!is_secret_path(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_secret_path_error_of_any_kind_hides_the_value() {
+        // A future `store.audit_key` is covered by its name: an error there keeps its field and hides the value.
+        let e = Config::from_sources(Some("[store]\naudit_key = 8473625190473512\n"), "t", env(&[])).unwrap_err();
+        assert_eq!(e.field, "store.audit_key");
+        assert!(e.problem.contains("unknown field"), "{e}");
+        assert_eq!(
+            secret_problem("invalid type: integer `8473625190473512`, expected a string"),
+            format!("is an integer, {}", crate::secrets::BadSecretRef)
+        );
+        for msg in [
+            "invalid value: string \"S3cr3t\", expected a reference",
+            "some future message quoting `S3cr3t`",
+            "invalid type: string \"S3cr3t\", expected x",
+        ] {
+            let p = secret_problem(msg);
+            assert!(!p.contains("S3cr3t") && p.contains("env:VAR_NAME"), "{p}");
+        }
     }
 }
