@@ -200,6 +200,9 @@ pub struct StoreConfig {
     /// How long a (bot, conversation, activity id) is remembered for deduplication.
     #[serde(default = "defaults::dedupe_ttl")]
     pub dedupe_ttl_secs: u64,
+    /// HMAC key of the audit chain (a secret reference); without it the chain is plain SHA-256.
+    #[serde(default)]
+    pub audit_key: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -187,6 +187,17 @@ impl Metrics {
     }
 }
 
+/// The audit chain's head, read from the store at each scrape: its event count and, as an info metric, its
+/// newest id and hash (to be kept outside the database).
+pub fn render_audit_head(s: &mut String, head: &crate::store::AuditHead) {
+    let _ = writeln!(s, "# HELP agentgate_audit_events_total Events in the audit chain.");
+    let _ = writeln!(s, "# TYPE agentgate_audit_events_total counter");
+    let _ = writeln!(s, "agentgate_audit_events_total {}", head.count);
+    let _ = writeln!(s, "# HELP agentgate_audit_head_info The audit chain's head (`agentgate audit --verify --expect-head`).");
+    let _ = writeln!(s, "# TYPE agentgate_audit_head_info gauge");
+    let _ = writeln!(s, "agentgate_audit_head_info{{head=\"{head}\",last_id=\"{}\",hash=\"{}\"}} 1", head.last_id, head.hash);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
