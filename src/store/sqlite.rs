@@ -181,13 +181,12 @@ impl WriterState {
     /// Append an audit event to the hash chain. The head is read inside the (immediate, so exclusive)
     /// transaction every time: other processes (`agentgate send`) append to the same chain.
     fn audit(&mut self, tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> rusqlite::Result<()> {
-        let highest: i64 = tx
-            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")?
-            .query_row([], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        let last: Option<(i64, String)> =
-            tx.prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let highest: i64 =
+            tx.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")?.query_row([], |r| r.get(0)).optional()?.unwrap_or(0);
+        let last: Option<(i64, String)> = tx
+            .prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
         let last_id = last.as_ref().map_or(0, |l| l.0);
         if highest > last_id && !self.truncation_reported {
             self.truncation_reported = true;
@@ -198,7 +197,18 @@ impl WriterState {
             "INSERT INTO audit (id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
-        .execute(params![sealed.id, e.at_ms, e.actor, e.identity, e.action, e.target, e.outcome, e.detail, sealed.prev_hash, sealed.hash])?;
+        .execute(params![
+            sealed.id,
+            e.at_ms,
+            e.actor,
+            e.identity,
+            e.action,
+            e.target,
+            e.outcome,
+            e.detail,
+            sealed.prev_hash,
+            sealed.hash
+        ])?;
         Ok(())
     }
 }
@@ -783,9 +793,7 @@ impl Store for SqliteStore {
     async fn audit_events(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"),
-            )?;
+            let mut stmt = c.prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"))?;
             let rows = stmt.query_map(params![limit], audit_row)?;
             rows.collect()
         })

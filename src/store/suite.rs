@@ -10,8 +10,7 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    AuditEvent, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxState, NewOutbound, OutboundOp, OutboxState, Store,
-    StoreError,
+    AuditEvent, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxState, NewOutbound, OutboundOp, OutboxState, Store, StoreError,
 };
 use crate::metrics::Metrics;
 
