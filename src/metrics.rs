@@ -187,6 +187,18 @@ impl Metrics {
     }
 }
 
+/// The audit chain's head, read from the store at each scrape: its event count and, as an info metric, its
+/// newest id and hash (to be kept outside the database).
+/// `head` is the head as `agentgate audit --verify` prints it (`count/last_id/hash`).
+pub fn render_audit_head(s: &mut String, head: &str, count: u64, last_id: i64, hash: &str) {
+    let _ = writeln!(s, "# HELP agentgate_audit_events_total Events in the audit chain.");
+    let _ = writeln!(s, "# TYPE agentgate_audit_events_total counter");
+    let _ = writeln!(s, "agentgate_audit_events_total {count}");
+    let _ = writeln!(s, "# HELP agentgate_audit_head_info The audit chain's head (`agentgate audit --verify --expect-head`).");
+    let _ = writeln!(s, "# TYPE agentgate_audit_head_info gauge");
+    let _ = writeln!(s, "agentgate_audit_head_info{{head=\"{head}\",last_id=\"{last_id}\",hash=\"{hash}\"}} 1");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,7 +62,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    let mut text = state.metrics.render();
+    match state.store.audit_head().await {
+        Ok(head) => crate::metrics::render_audit_head(&mut text, &head.to_string(), head.count, head.last_id, &head.hash),
+        Err(e) => tracing::warn!(error = %e, "the audit head could not be read for /metrics"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// How `serve` was asked to run.
@@ -99,7 +104,8 @@ impl Gateway {
         let db = cfg.sqlite_path();
         let store: Arc<dyn Store> = {
             let (db, m, sync, batch) = (db.clone(), Arc::clone(&metrics), cfg.store.synchronous, cfg.store.max_batch);
-            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&db, sync, batch, m)).await??)
+            let key = crate::store::AuditKey::load(cfg.store.audit_key.as_ref()).await?;
+            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open_keyed(&db, sync, batch, m, key)).await??)
         };
         tracing::info!(path = %db.display(), "store open");
 
@@ -158,6 +164,7 @@ impl Gateway {
             gate: Arc::clone(&gate),
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
+        background.push(spawn_audit_head_log(Arc::clone(&store)));
         let agents = crate::bridge::agent::build(&cfg).await?;
         let agentic = cfg
             .bots
@@ -266,6 +273,7 @@ impl Gateway {
         for task in background {
             task.abort();
         }
+        log_audit_head(state.store.as_ref(), "at shutdown").await;
         state.store.close().await;
         tracing::info!("store closed; bye");
         res.context("server task")?.context("server stopped")
@@ -300,6 +308,43 @@ fn spawn_dedupe_purge(store: Arc<dyn Store>) -> JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(removed = n, "expired dedupe keys purged"),
                 Err(e) => tracing::warn!(error = %e, "dedupe purge failed"),
+            }
+        }
+    })
+}
+
+/// How often the audit head is logged (when it changed).
+const AUDIT_HEAD_EVERY: Duration = Duration::from_secs(60);
+
+async fn log_audit_head(store: &dyn Store, when: &'static str) -> Option<crate::store::AuditHead> {
+    match store.audit_head().await {
+        Ok(head) => {
+            tracing::info!(head = %head, events = head.count, when, "audit head (keep it elsewhere; check with `agentgate audit --verify --expect-head`)");
+            Some(head)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the audit head could not be read");
+            None
+        }
+    }
+}
+
+/// Log the audit head at start and then every minute in which it changed, so that an operator's log
+/// collector keeps a copy outside the database.
+fn spawn_audit_head_log(store: Arc<dyn Store>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = log_audit_head(store.as_ref(), "at start").await;
+        let mut tick = tokio::time::interval(AUDIT_HEAD_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match store.audit_head().await {
+                Ok(head) if last.as_ref() != Some(&head) => {
+                    tracing::info!(head = %head, events = head.count, when = "periodic", "audit head");
+                    last = Some(head);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "the audit head could not be read"),
             }
         }
     })

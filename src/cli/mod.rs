@@ -114,9 +114,12 @@ pub enum Command {
         action: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
-        /// Check every event's hash chain link; exit non-zero if one is broken.
+        /// Check every event's hash chain link; exit non-zero if one is broken. Prints the chain's head.
         #[arg(long)]
         verify: bool,
+        /// With --verify: a head printed earlier (COUNT/LAST_ID/HASH) that must still be part of the chain.
+        #[arg(long, value_name = "HEAD")]
+        expect_head: Option<crate::store::AuditHead>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -378,7 +381,8 @@ fn with_store<T>(config: &ConfigArgs, dev: bool, f: impl AsyncFnOnce(&Config, &S
     let cfg = config.load(dev)?;
     let path = existing_store(&cfg)?;
     runtime()?.block_on(async {
-        let store = SqliteStore::open(&path, cfg.store.synchronous, 1, Default::default())?;
+        let key = crate::store::AuditKey::load(cfg.store.audit_key.as_ref()).await?;
+        let store = SqliteStore::open_keyed(&path, cfg.store.synchronous, 1, Default::default(), key)?;
         let result = f(&cfg, &store).await;
         store.close().await;
         result
@@ -566,14 +570,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_lines(with_store(&config, false, async |_, store| Ok(store.outbox(id, limit).await?))?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit { config, verify, action, .. } if verify || action.is_some() => {
-            match with_store(&config, false, async |_, store| Ok(store.verify_audit().await?))? {
-                Ok(n) => {
-                    say!("audit chain intact: {n} events");
+        Command::Audit { config, verify, action, expect_head, .. } if verify || action.is_some() || expect_head.is_some() => {
+            match with_store(&config, false, async |_, store| Ok(store.verify_audit(expect_head.as_ref()).await?))? {
+                Ok(v) => {
+                    say!("audit chain intact: {} events", v.head.count);
+                    if let Some(id) = v.legacy_through {
+                        say!("  events up to #{id} use the first release's hash rule (before the migration)");
+                    }
+                    if let Some(id) = v.signed_from {
+                        say!("  signed with store.audit_key from event #{id}");
+                    }
+                    if let Some(h) = &expect_head {
+                        say!("  the expected head {h} is part of it");
+                    }
+                    say!("audit head: {}", v.head);
                     Ok(ExitCode::SUCCESS)
                 }
-                Err(id) => {
-                    say!("audit chain BROKEN at event #{id}: it or an earlier event was altered or removed");
+                Err(broken) => {
+                    say!("audit chain BROKEN: {broken}");
                     Ok(ExitCode::FAILURE)
                 }
             }

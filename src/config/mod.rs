@@ -159,6 +159,9 @@ pub struct StoreConfig {
     /// How long a (bot, conversation, activity id) is remembered for deduplication.
     #[serde(default = "defaults::dedupe_ttl")]
     pub dedupe_ttl_secs: u64,
+    /// HMAC key of the audit chain (a secret reference); without it the chain is plain SHA-256.
+    #[serde(default)]
+    pub audit_key: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1251,10 +1254,11 @@ token = "env:MCP_TOKEN"
 
     #[test]
     fn a_secret_path_error_of_any_kind_hides_the_value() {
-        // A future `store.audit_key` is covered by its name: an error there keeps its field and hides the value.
+        // `store.audit_key` is covered by its name: an error there keeps its field and hides the value.
         let e = Config::from_sources(Some("[store]\naudit_key = 8473625190473512\n"), "t", env(&[])).unwrap_err();
         assert_eq!(e.field, "store.audit_key");
-        assert!(e.problem.contains("unknown field"), "{e}");
+        assert!(e.problem.contains("not a secret reference"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("8473625190473512"), "{e}");
         assert_eq!(
             secret_problem("invalid type: integer `8473625190473512`, expected a string"),
             format!("is an integer, {}", crate::secrets::BadSecretRef)

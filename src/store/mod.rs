@@ -8,8 +8,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod audit;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
+pub use audit::{AuditEvent, AuditHead, AuditKey, AuditRecord, Broken, Verified};
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch: the time stamps the store keeps.
@@ -222,39 +226,6 @@ pub enum Finish {
     },
 }
 
-/// An audit event: who asked, which identity acted, on what, with which outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    pub at_ms: i64,
-    pub actor: String,
-    pub identity: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-    #[serde(default)]
-    pub detail: String,
-}
-
-/// A stored audit event with its place in the hash chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AuditRecord {
-    pub id: i64,
-    #[serde(flatten)]
-    pub event: AuditEvent,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-/// The chain hash of an event: SHA-256 over the previous hash and the event's canonical JSON.
-pub fn audit_hash(prev_hash: &str, event: &AuditEvent) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(b"\n");
-    h.update(serde_json::to_vec(event).unwrap_or_default());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store is closed")]
@@ -332,8 +303,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The newest audit events, newest first.
     async fn audit_events(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
 
-    /// Check the whole hash chain; returns the number of events, or the id of the first broken one.
-    async fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError>;
+    /// Check the whole hash chain (rules in [`audit`]), with the store's audit key; `expect` is a head recorded
+    /// earlier that must be part of the chain. Returns the chain's head, or the first thing found wrong.
+    async fn verify_audit(&self, expect: Option<&AuditHead>) -> Result<Result<Verified, Broken>, StoreError>;
+
+    /// The chain's head as it is now (count, newest id, its hash), cheap enough to poll.
+    async fn audit_head(&self) -> Result<AuditHead, StoreError>;
 
     /// Finish every write already submitted, then stop accepting writes.
     async fn close(&self);

@@ -3,7 +3,14 @@
 //! All writes go through one writer thread that drains its queue into a single transaction (group
 //! commit): under load many activities share one fsync, and each caller is answered only after the
 //! transaction that holds its activity has committed. Reads use a second connection (WAL mode lets
-//! them run beside the writer).
+//! them run beside the writer). The audit chain's rules are in [`super::audit`]; this file only stores
+//! its rows.
+//!
+//! The group commit is written by hand on purpose: rusqlite is synchronous, and the ready-made async
+//! wrappers (`tokio-rusqlite`, connection pools) run one closure per call in its own transaction, which
+//! means one fsync per activity. Here one thread owns the write connection, takes every job queued
+//! while the previous batch was committing, runs each inside a savepoint of one transaction, and answers
+//! the callers only after that transaction committed. The bounded queue is the backpressure.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -17,14 +24,16 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
     AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxItem, NewOutbound, OutboundOp, OutboxItem,
-    OutboxState, Store, StoreError, audit_hash, now_ms,
+    OutboxState, Store, StoreError, now_ms,
 };
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
 
-const SCHEMA: &str = "
+/// Schema version 1: the first release (it also wrote `PRAGMA user_version = 1`).
+const V1_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS conversation_refs (
     bot_app_id         TEXT    NOT NULL,
     conversation_id    TEXT    NOT NULL,
@@ -94,40 +103,118 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT   NOT NULL,
     hash      TEXT   NOT NULL
 );
-PRAGMA user_version = 1;
 ";
+
+/// One schema step, run inside its own transaction.
+type Migration = fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>;
+
+/// The schema's history, oldest first. `PRAGMA user_version` is the number of steps applied. Append only:
+/// never edit a step that has shipped.
+const MIGRATIONS: &[Migration] = &[
+    |tx| tx.execute_batch(V1_SCHEMA),
+    // 2: the Agent 365 recipient of a conversation. Version-1 files written by later builds of the first
+    // release already have the column (they added it at every start).
+    |tx| {
+        let has_agentic: bool = tx.prepare("SELECT 1 FROM pragma_table_info('conversation_refs') WHERE name = 'agentic'")?.exists([])?;
+        if !has_agentic {
+            tx.execute_batch("ALTER TABLE conversation_refs ADD COLUMN agentic TEXT")?;
+        }
+        Ok(())
+    },
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Bring the file to [`SCHEMA_VERSION`]: apply only the missing steps, each in its own (immediate) transaction
+/// that also records the new version. A file newer than this build is refused, untouched.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
+    let found = version(conn).map_err(|e| e.to_string())?;
+    if found > SCHEMA_VERSION {
+        return Err(format!(
+            "the database has schema version {found}, newer than this agentgate understands (version {SCHEMA_VERSION}); \
+             it was written by a newer release: run that release, or restore a backup taken before the upgrade"
+        ));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate() {
+        let target = i as i64 + 1;
+        if target <= found {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+        // Another process may have migrated while this one waited for the lock.
+        if version(&tx).map_err(|e| e.to_string())? >= target {
+            continue;
+        }
+        step(&tx).and_then(|()| tx.pragma_update(None, "user_version", target)).map_err(|e| format!("schema step {target}: {e}"))?;
+        tx.commit().map_err(|e| format!("schema step {target}: {e}"))?;
+        if found > 0 {
+            tracing::info!(from = target - 1, to = target, "store schema migrated");
+        }
+    }
+    Ok(())
+}
 
 /// Answers a caller once the transaction is settled (`Some` = it failed).
 type Deliver = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-/// A write run inside the batch transaction.
-type WriteFn = Box<dyn FnOnce(&rusqlite::Transaction<'_>, &mut WriterState) -> Deliver + Send>;
+/// A write, run inside the batch transaction (in its own savepoint); returns how to answer its caller and
+/// whether it succeeded (else its savepoint is rolled back).
+type WriteFn = Box<dyn FnOnce(&rusqlite::Transaction<'_>, &mut WriterState) -> (Deliver, bool) + Send>;
 
-/// State the writer keeps between batches.
-#[derive(Default)]
+/// State the writer keeps between batches, and what the current batch did.
 struct WriterState {
     refs: RefCache,
+    audit_key: Option<Arc<AuditKey>>,
+    /// References written by this batch: remembered in `refs` once it commits.
+    refs_written: Vec<((String, String), u64)>,
+    /// Activities accepted by this batch (the commit metrics).
+    activities: usize,
+    truncation_reported: bool,
 }
 
 impl WriterState {
+    fn new(audit_key: Option<Arc<AuditKey>>) -> Self {
+        Self { refs: RefCache::default(), audit_key, refs_written: Vec::new(), activities: 0, truncation_reported: false }
+    }
+
     /// Append an audit event to the hash chain. The head is read inside the (immediate, so exclusive)
     /// transaction every time: other processes (`agentgate send`) append to the same chain.
     fn audit(&mut self, tx: &rusqlite::Transaction<'_>, e: &AuditEvent) -> rusqlite::Result<()> {
-        let prev: String =
-            tx.query_row("SELECT hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).optional()?.unwrap_or_default();
-        let hash = audit_hash(&prev, e);
+        let highest: i64 =
+            tx.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")?.query_row([], |r| r.get(0)).optional()?.unwrap_or(0);
+        let last: Option<(i64, String)> = tx
+            .prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let last_id = last.as_ref().map_or(0, |l| l.0);
+        if highest > last_id && !self.truncation_reported {
+            self.truncation_reported = true;
+            tracing::error!(newest = last_id, issued = highest, "audit log: its newest events were removed (`agentgate audit --verify`)");
+        }
+        let sealed = audit::seal(self.audit_key.as_deref(), highest, last.as_ref().map(|(id, h)| (*id, h.as_str())), e);
         tx.prepare_cached(
-            "INSERT INTO audit (at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO audit (id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
-        .execute(params![e.at_ms, e.actor, e.identity, e.action, e.target, e.outcome, e.detail, prev, hash])?;
+        .execute(params![
+            sealed.id,
+            e.at_ms,
+            e.actor,
+            e.identity,
+            e.action,
+            e.target,
+            e.outcome,
+            e.detail,
+            sealed.prev_hash,
+            sealed.hash
+        ])?;
         Ok(())
     }
 }
 
 enum Job {
-    Commit(Box<InboundRecord>, oneshot::Sender<Result<CommitOutcome, StoreError>>),
     Write(WriteFn),
-    Ack(Vec<i64>, i64, oneshot::Sender<Result<u64, StoreError>>),
-    Purge(i64, oneshot::Sender<Result<u64, StoreError>>),
     Stop,
 }
 
@@ -139,6 +226,9 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stopping: Arc<AtomicBool>,
+    audit_key: Option<Arc<AuditKey>>,
+    /// The audit head last computed, so that the next one counts only newer events.
+    head: Arc<Mutex<Option<AuditHead>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -165,22 +255,53 @@ fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreEr
     )
     .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    // Room for every statement the store runs (the default is 16), so none is parsed twice.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
+/// Create the parent folder (0700) and the database file (0600) when they do not exist yet. SQLite gives
+/// its `-wal` and `-shm` files the database file's mode. Existing folders and files keep their modes.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    match file.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl SqliteStore {
-    /// Open (creating the file, its parent folder and the schema as needed) and start the writer.
+    /// Open without an audit key; see [`SqliteStore::open_keyed`].
     pub fn open(path: &Path, sync: Synchronous, max_batch: usize, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                reason: format!("cannot create {}: {e}", parent.display()),
-            })?;
-        }
+        Self::open_keyed(path, sync, max_batch, metrics, None)
+    }
+
+    /// Open (creating the file, its parent folder and the schema as needed, migrating an older schema) and
+    /// start the writer. Audit events are signed with `audit_key` when there is one.
+    pub fn open_keyed(
+        path: &Path,
+        sync: Synchronous,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+        audit_key: Option<AuditKey>,
+    ) -> Result<Self, StoreError> {
         let open_err = |e: String| StoreError::Open { path: path.display().to_string(), reason: e };
-        let writer_conn = open_connection(path, sync)?;
-        writer_conn.execute_batch(SCHEMA).map_err(|e| open_err(e.to_string()))?;
-        migrate(&writer_conn).map_err(|e| open_err(e.to_string()))?;
+        create_private(path).map_err(|e| open_err(format!("cannot create it: {e}")))?;
+        let mut writer_conn = open_connection(path, sync)?;
+        migrate(&mut writer_conn).map_err(open_err)?;
+        let audit_key = audit_key.map(Arc::new);
+        let writer_key = audit_key.clone();
         // Checkpoints (copying the WAL into the database, with its fsyncs) run on their own thread so
         // that they never stall a group commit.
         writer_conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| open_err(e.to_string()))?;
@@ -193,7 +314,7 @@ impl SqliteStore {
         let wal = PathBuf::from(wal);
         let writer = std::thread::Builder::new()
             .name("agentgate-store".into())
-            .spawn(move || writer_loop(writer_conn, &wal, rx, max_batch.max(1), &metrics))
+            .spawn(move || writer_loop(writer_conn, &wal, rx, max_batch.max(1), &metrics, writer_key))
             .map_err(|e| open_err(e.to_string()))?;
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stopping);
@@ -208,13 +329,9 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             checkpointer: Mutex::new(Some(checkpointer)),
             stopping,
+            audit_key,
+            head: Arc::new(Mutex::new(None)),
         })
-    }
-
-    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Run `f` inside the writer's next transaction; answered after it commits.
@@ -225,12 +342,14 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job = Job::Write(Box::new(move |t, st| {
             let r = f(t, st).map_err(db_err);
-            Box::new(move |failed: Option<&StoreError>| {
+            let ok = r.is_ok();
+            let deliver: Deliver = Box::new(move |failed: Option<&StoreError>| {
                 let _ = tx.send(match failed {
                     Some(e) => Err(StoreError::Database(e.to_string())),
                     None => r,
                 });
-            })
+            });
+            (deliver, ok)
         }));
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -285,9 +404,16 @@ fn checkpoint_loop(conn: &Connection, stopping: &AtomicBool) {
     let _ = checkpoint(conn, "TRUNCATE");
 }
 
-fn writer_loop(mut conn: Connection, wal: &Path, mut rx: mpsc::Receiver<Job>, max_batch: usize, metrics: &Metrics) {
+fn writer_loop(
+    mut conn: Connection,
+    wal: &Path,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: &Metrics,
+    audit_key: Option<Arc<AuditKey>>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
-    let mut state = WriterState::default();
+    let mut state = WriterState::new(audit_key);
     let mut batches = 0u32;
     loop {
         batches = batches.wrapping_add(1);
@@ -353,57 +479,28 @@ impl RefCache {
     }
 }
 
-/// A computed answer, held until the transaction that produced it has committed.
-enum Pending {
-    Commit(oneshot::Sender<Result<CommitOutcome, StoreError>>, Result<CommitOutcome, StoreError>),
-    Count(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
-}
-
-impl Pending {
-    /// Answer the caller; if the transaction failed, every answer in it is that failure.
-    fn deliver(self, failed: Option<&StoreError>) {
-        let fail = |e: &StoreError| StoreError::Database(e.to_string());
-        match self {
-            Pending::Commit(tx, r) => {
-                let _ = tx.send(failed.map_or(r, |e| Err(fail(e))));
-            }
-            Pending::Count(tx, r) => {
-                let _ = tx.send(failed.map_or(r, |e| Err(fail(e))));
-            }
-        }
-    }
-}
-
-/// Run every job of the batch in one transaction; answer each caller after the commit.
+/// Run every job of the batch in one transaction, each in its own savepoint (a job that fails leaves
+/// nothing behind, and the others still commit); answer each caller after the commit.
 fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, state: &mut WriterState, metrics: &Metrics) -> bool {
     let started = Instant::now();
     let mut stop = false;
-    let mut commits = 0usize;
-    let mut refs_written = Vec::new();
-    let mut answers: Vec<Pending> = Vec::with_capacity(batch.len());
-    let mut delivers: Vec<Deliver> = Vec::new();
+    state.refs_written.clear();
+    state.activities = 0;
+    let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
     let tx_result = (|| -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for job in batch.drain(..) {
             match job {
-                Job::Commit(rec, reply) => {
-                    let write_ref = !state.refs.unchanged(&rec.reference);
-                    let r = commit_one(&tx, &rec, write_ref).map_err(db_err);
-                    if write_ref && matches!(r, Ok(CommitOutcome::Accepted { .. })) {
-                        let c = &rec.reference;
-                        refs_written.push(((c.bot_app_id.clone(), c.conversation_id.clone()), RefCache::fingerprint(c)));
+                Job::Write(f) => {
+                    tx.prepare_cached("SAVEPOINT job")?.execute([])?;
+                    let (deliver, ok) = f(&tx, state);
+                    let end = if ok { "RELEASE job" } else { "ROLLBACK TO job" };
+                    tx.prepare_cached(end)?.execute([])?;
+                    if !ok {
+                        tx.prepare_cached("RELEASE job")?.execute([])?;
                     }
-                    if matches!(r, Ok(CommitOutcome::Accepted { .. })) {
-                        commits += 1;
-                    }
-                    answers.push(Pending::Commit(reply, r));
+                    delivers.push(deliver);
                 }
-                Job::Ack(ids, now, reply) => answers.push(Pending::Count(reply, ack(&tx, &ids, now).map_err(db_err))),
-                Job::Purge(now, reply) => {
-                    let r = tx.execute("DELETE FROM dedupe WHERE expires_at_ms < ?1", params![now]).map(|n| n as u64).map_err(db_err);
-                    answers.push(Pending::Count(reply, r));
-                }
-                Job::Write(f) => delivers.push(f(&tx, state)),
                 Job::Stop => stop = true,
             }
         }
@@ -413,13 +510,10 @@ fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>, state: &mut WriterStat
     if let Some(e) = &failed {
         tracing::error!(error = %e, "store transaction failed; every activity in it was refused");
     } else {
-        state.refs.remember(refs_written);
-        if commits > 0 {
-            metrics.commit(started.elapsed(), commits);
+        state.refs.remember(std::mem::take(&mut state.refs_written));
+        if state.activities > 0 {
+            metrics.commit(started.elapsed(), state.activities);
         }
-    }
-    for answer in answers {
-        answer.deliver(failed.as_ref());
     }
     for deliver in delivers {
         deliver(failed.as_ref());
@@ -517,15 +611,6 @@ fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxItem> {
 
 const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic";
 
-/// Columns added after the first release, for stores created before them.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_agentic: bool = conn.prepare("SELECT 1 FROM pragma_table_info('conversation_refs') WHERE name = 'agentic'")?.exists([])?;
-    if !has_agentic {
-        conn.execute_batch("ALTER TABLE conversation_refs ADD COLUMN agentic TEXT")?;
-    }
-    Ok(())
-}
-
 fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
     Ok(ConversationRef {
         bot_app_id: r.get(0)?,
@@ -542,6 +627,8 @@ fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
         agentic: r.get(11)?,
     })
 }
+
+const AUDIT_COLUMNS: &str = "id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash";
 
 fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     Ok(AuditRecord {
@@ -588,15 +675,17 @@ impl Store for SqliteStore {
     async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError> {
         let op_json = serde_json::to_string(&item.op).map_err(|e| StoreError::Database(e.to_string()))?;
         self.write(move |tx, st| {
-            st.audit(tx, &AuditEvent {
-                at_ms: item.now_ms,
-                actor: item.requested_by.clone(),
-                identity: format!("bot:{}", item.bot_app_id),
-                action: item.op.name().to_owned(),
-                target: format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
-                outcome: "queued".to_owned(),
-                detail: String::new(),
-            })?;
+            st.audit(
+                tx,
+                &AuditEvent::new(
+                    item.now_ms,
+                    item.requested_by.as_str(),
+                    format!("bot:{}", item.bot_app_id),
+                    item.op.name(),
+                    format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                    "queued",
+                ),
+            )?;
             tx.prepare_cached(
                 "INSERT INTO outbox (bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, created_at_ms, updated_at_ms, next_attempt_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7, ?7)",
@@ -667,15 +756,18 @@ impl Store for SqliteStore {
                     "UPDATE outbox SET state = ?2, last_error = 'the process stopped while the request was in flight', updated_at_ms = ?3 WHERE id = ?1",
                     params![item.id, state, now_ms],
                 )?;
-                st.audit(tx, &AuditEvent {
-                    at_ms: now_ms,
-                    actor: "agentgate".into(),
-                    identity: format!("bot:{}", item.bot_app_id),
-                    action: item.op.name().into(),
-                    target: format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
-                    outcome: if create { "uncertain".into() } else { "requeued".into() },
-                    detail: format!("outbox #{}: interrupted by a restart", item.id),
-                })?;
+                st.audit(
+                    tx,
+                    &AuditEvent::new(
+                        now_ms,
+                        "agentgate",
+                        format!("bot:{}", item.bot_app_id),
+                        item.op.name(),
+                        format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                        if create { "uncertain" } else { "requeued" },
+                    )
+                    .with_detail(format!("outbox #{}: interrupted by a restart", item.id)),
+                )?;
                 if create {
                     uncertain += 1;
                 } else {
@@ -701,36 +793,78 @@ impl Store for SqliteStore {
     async fn audit_events(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash FROM audit ORDER BY id DESC LIMIT ?1",
-            )?;
+            let mut stmt = c.prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?1"))?;
             let rows = stmt.query_map(params![limit], audit_row)?;
             rows.collect()
         })
         .await
     }
 
-    async fn verify_audit(&self) -> Result<Result<u64, i64>, StoreError> {
-        self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash FROM audit ORDER BY id")?;
-            let mut rows = stmt.query([])?;
-            let (mut prev, mut n) = (String::new(), 0u64);
-            while let Some(row) = rows.next()? {
-                let rec = audit_row(row)?;
-                if rec.prev_hash != prev || audit_hash(&prev, &rec.event) != rec.hash {
-                    return Ok(Err(rec.id));
+    async fn verify_audit(&self, expect: Option<&AuditHead>) -> Result<Result<Verified, Broken>, StoreError> {
+        let (key, expect) = (self.audit_key.clone(), expect.cloned());
+        self.read(move |c| {
+            // One snapshot for the rows and the sequence.
+            let snapshot = c.unchecked_transaction()?;
+            let mut verifier = audit::ChainVerifier::new(key.as_deref(), expect.as_ref());
+            {
+                let mut stmt = snapshot.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"))?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    if let Err(broken) = verifier.push(&audit_row(row)?) {
+                        return Ok(Err(broken));
+                    }
                 }
-                prev = rec.hash;
-                n += 1;
             }
-            Ok(Ok(n))
+            let highest: i64 =
+                snapshot.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'audit'", [], |r| r.get(0)).optional()?.unwrap_or(0);
+            Ok(verifier.finish(highest))
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        let cache = Arc::clone(&self.head);
+        self.read(move |c| {
+            let snapshot = c.unchecked_transaction()?;
+            let mut known = cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let last: Option<(i64, String)> = snapshot
+                .prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let head = match last {
+                None => AuditHead::default(),
+                Some((last_id, hash)) => {
+                    // Count only the events after the head computed last time (the chain only grows).
+                    let (base, after) = match known.as_ref() {
+                        Some(k) if k.last_id > 0 && k.last_id <= last_id => (k.count, k.last_id),
+                        _ => (0, 0),
+                    };
+                    let newer: i64 = snapshot
+                        .prepare_cached("SELECT count(*) FROM audit WHERE id > ?1 AND id <= ?2")?
+                        .query_row(params![after, last_id], |r| r.get(0))?;
+                    AuditHead { count: base + newer.unsigned_abs(), last_id, hash }
+                }
+            };
+            *known = Some(head.clone());
+            Ok(head)
         })
         .await
     }
 
     async fn commit_inbound(&self, record: InboundRecord) -> Result<CommitOutcome, StoreError> {
-        self.submit(|tx| Job::Commit(Box::new(record), tx)).await
+        self.write(move |tx, st| {
+            let write_ref = !st.refs.unchanged(&record.reference);
+            let outcome = commit_one(tx, &record, write_ref)?;
+            if matches!(outcome, CommitOutcome::Accepted { .. }) {
+                st.activities += 1;
+                if write_ref {
+                    let c = &record.reference;
+                    st.refs_written.push(((c.bot_app_id.clone(), c.conversation_id.clone()), RefCache::fingerprint(c)));
+                }
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     async fn pending_inbox(&self, bot: Option<&str>, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
@@ -804,7 +938,8 @@ impl Store for SqliteStore {
 
     async fn ack_inbox(&self, ids: &[i64]) -> Result<u64, StoreError> {
         let ids = ids.to_vec();
-        self.submit(|tx| Job::Ack(ids, now_ms(), tx)).await
+        let now = now_ms();
+        self.write(move |tx, _| ack(tx, &ids, now)).await
     }
 
     async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError> {
@@ -829,10 +964,8 @@ impl Store for SqliteStore {
         let (bot, conv) = (bot_app_id.to_owned(), conversation_id.to_owned());
         self.write(move |tx, st| {
             st.refs.forget(&bot, &conv);
-            tx.execute(
-                "UPDATE conversation_refs SET usable = ?3 WHERE bot_app_id = ?1 AND conversation_id = ?2",
-                params![bot, conv, usable],
-            )?;
+            tx.prepare_cached("UPDATE conversation_refs SET usable = ?3 WHERE bot_app_id = ?1 AND conversation_id = ?2")?
+                .execute(params![bot, conv, usable])?;
             Ok(())
         })
         .await
@@ -852,14 +985,17 @@ impl Store for SqliteStore {
     }
 
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError> {
-        self.submit(|tx| Job::Purge(now_ms, tx)).await
+        self.write(move |tx, _| {
+            tx.prepare_cached("DELETE FROM dedupe WHERE expires_at_ms < ?1")?.execute(params![now_ms]).map(|n| n as u64)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         if self.jobs.is_closed() {
             return Err(StoreError::Closed);
         }
-        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await.map(|_| ())
+        self.read(|c| c.prepare_cached("SELECT 1")?.query_row([], |r| r.get::<_, i64>(0))).await.map(|_| ())
     }
 
     async fn close(&self) {
@@ -879,251 +1015,120 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::suite::{self, Backend};
 
-    fn record(activity_id: &str, conv: &str) -> InboundRecord {
-        InboundRecord {
-            bot_app_id: "bot".into(),
-            tenant_id: "t".into(),
-            conversation_id: conv.into(),
-            activity_id: activity_id.into(),
-            activity_type: "message".into(),
-            auth: "botframework",
-            body: format!("{{\"id\":\"{activity_id}\"}}"),
-            received_at_ms: 1,
-            dedupe_expires_at_ms: 1_000,
-            reference: ConversationRef {
-                bot_app_id: "bot".into(),
-                conversation_id: conv.into(),
-                tenant_id: "t".into(),
-                service_url: "https://smba.trafficmanager.net/amer/".into(),
-                channel_id: "msteams".into(),
-                conversation_type: Some("personal".into()),
-                user_id: Some("29:u".into()),
-                user_aad_object_id: Some("oid".into()),
-                bot_id: Some("28:bot".into()),
-                usable: true,
-                updated_at_ms: 1,
-                agentic: None,
-            },
-            state: crate::store::InboxState::Pending,
+    /// SQLite in a fresh folder (a sub-folder the store has to create).
+    struct Sqlite {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        metrics: Arc<Metrics>,
+    }
+
+    fn sqlite() -> Sqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/agentgate.db");
+        Sqlite { _dir: dir, path, metrics: Arc::new(Metrics::default()) }
+    }
+
+    #[async_trait]
+    impl Backend for Sqlite {
+        async fn open(&self, key: Option<&str>) -> Arc<dyn Store> {
+            let key = key.map(|k| AuditKey::new(k.as_bytes()).unwrap());
+            Arc::new(SqliteStore::open_keyed(&self.path, Synchronous::Full, 64, Arc::clone(&self.metrics), key).unwrap())
+        }
+        fn metrics(&self) -> Arc<Metrics> {
+            Arc::clone(&self.metrics)
+        }
+        fn execute(&self, sql: &str) {
+            Connection::open(&self.path).unwrap().execute_batch(sql).unwrap();
+        }
+        fn refuse_inserts(&self, table: &str) {
+            self.execute(&format!(
+                "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, '{table} unavailable'); END;"
+            ));
         }
     }
 
-    #[tokio::test]
-    async fn inbox_states_cursor_and_personal_chats() {
-        use crate::store::InboxState;
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let mut ids = Vec::new();
-        for (i, state) in [InboxState::Pending, InboxState::Filtered, InboxState::Pending, InboxState::Consumed].into_iter().enumerate() {
-            let mut r = record(&format!("a{i}"), "c1");
-            r.state = state;
-            match store.commit_inbound(r).await.unwrap() {
-                CommitOutcome::Accepted { inbox_id } => ids.push(inbox_id),
-                CommitOutcome::Duplicate => panic!("not a duplicate"),
-            }
-        }
-        // Only pending entries are offered, in order, after the cursor.
-        let after: Vec<i64> = store.inbox_after(0, 10).await.unwrap().iter().map(|i| i.id).collect();
-        assert_eq!(after, vec![ids[0], ids[2]]);
-        assert_eq!(store.inbox_after(ids[0], 10).await.unwrap().len(), 1);
-        assert_eq!(store.pending_inbox(None, 10).await.unwrap().len(), 2);
-        // A filtered entry cannot be acknowledged into view; a pending one can.
-        assert_eq!(store.ack_inbox(&[ids[1], ids[2]]).await.unwrap(), 1);
-        let states: Vec<String> = store.inbox_by_ids(&[ids[1], ids[2], 999]).await.unwrap().into_iter().map(|i| i.state).collect();
-        assert_eq!(states, vec!["filtered", "acked"]);
-        // The reference of c1 is a personal chat with "oid" (matched case-insensitively).
-        let found = store.personal_conversation("bot", "OID").await.unwrap().unwrap();
-        assert_eq!(found.conversation_id, "c1");
-        assert!(store.personal_conversation("bot", "other").await.unwrap().is_none());
-        store.set_conversation_usable("bot", "c1", false).await.unwrap();
-        assert!(store.personal_conversation("bot", "oid").await.unwrap().is_none());
-        assert_eq!(store.conversations(10).await.unwrap().len(), 1);
-        // Standalone audit events join the chain.
-        let event = AuditEvent {
-            at_ms: 5,
-            actor: "mcp:test".into(),
-            identity: "bot:bot".into(),
-            action: "ack".into(),
-            target: "tenant:t conversation:c1".into(),
-            outcome: "ok".into(),
-            detail: String::new(),
-        };
-        store.record_audit(event.clone()).await.unwrap();
-        store.record_audit(event).await.unwrap();
-        assert_eq!(store.verify_audit().await.unwrap(), Ok(2));
-    }
+    crate::store_suite!(sqlite);
 
-    fn open(dir: &tempfile::TempDir) -> SqliteStore {
-        SqliteStore::open(&dir.path().join("sub/agentgate.db"), Synchronous::Full, 64, Arc::new(Metrics::default())).unwrap()
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
     }
 
     #[tokio::test]
-    async fn commit_dedupe_ack_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let first = store.commit_inbound(record("a1", "c1")).await.unwrap();
-        assert!(matches!(first, CommitOutcome::Accepted { .. }));
-        assert_eq!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Duplicate);
-        // The same activity id in another conversation is a different activity.
-        assert!(matches!(store.commit_inbound(record("a1", "c2")).await.unwrap(), CommitOutcome::Accepted { .. }));
-        let pending = store.pending_inbox(Some("bot"), 10).await.unwrap();
-        assert_eq!(pending.len(), 2);
-        assert_eq!(store.ack_inbox(&[pending[0].id]).await.unwrap(), 1);
-        assert_eq!(store.ack_inbox(&[pending[0].id]).await.unwrap(), 0);
-        store.close().await;
-        let store = open(&dir);
-        let pending = store.pending_inbox(None, 10).await.unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].conversation_id, "c2");
-        let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
-        assert_eq!(r.user_aad_object_id.as_deref(), Some("oid"));
-        assert!(store.conversation_ref("bot", "nope").await.unwrap().is_none());
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn concurrent_commits_share_transactions_and_stay_unique() {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = Arc::new(Metrics::default());
-        let store = Arc::new(SqliteStore::open(&dir.path().join("x.db"), Synchronous::Full, 64, Arc::clone(&metrics)).unwrap());
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let s = Arc::clone(&store);
-            // Every activity is sent twice.
-            tasks.push(tokio::spawn(async move { s.commit_inbound(record(&format!("a{}", i / 2), "c")).await.unwrap() }));
-        }
-        let mut accepted = 0;
-        for t in tasks {
-            if matches!(t.await.unwrap(), CommitOutcome::Accepted { .. }) {
-                accepted += 1;
-            }
-        }
-        assert_eq!(accepted, 100);
-        assert_eq!(store.pending_inbox(None, 1000).await.unwrap().len(), 100);
-        let text = metrics.render();
-        assert!(text.contains("agentgate_store_committed_activities_total 100"), "{text}");
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn purge_forgets_expired_dedupe_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        store.commit_inbound(record("a1", "c1")).await.unwrap();
-        assert_eq!(store.purge_dedupe(999).await.unwrap(), 0);
-        assert_eq!(store.purge_dedupe(1_001).await.unwrap(), 1);
-        assert!(matches!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Accepted { .. }));
-        store.close().await;
-    }
-
-    fn outbound(conv: &str, op: OutboundOp) -> NewOutbound {
-        NewOutbound {
-            bot_app_id: "bot".into(),
-            tenant_id: "t".into(),
-            conversation_id: conv.into(),
-            service_url: "https://smba.trafficmanager.net/amer/".into(),
-            op,
-            requested_by: "test".into(),
-            now_ms: 10,
-        }
-    }
-
-    fn send(text: &str) -> OutboundOp {
-        OutboundOp::Send { activity: serde_json::json!({"type": "message", "text": text}) }
-    }
-
-    fn event(outcome: &str) -> AuditEvent {
-        AuditEvent {
-            at_ms: 20,
-            actor: "agentgate".into(),
-            identity: "bot:bot".into(),
-            action: "send".into(),
-            target: "c".into(),
-            outcome: outcome.into(),
-            detail: String::new(),
-        }
-    }
-
-    #[tokio::test]
-    async fn outbox_keeps_per_conversation_order_and_recovers_after_a_crash() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let a1 = store.enqueue_outbound(outbound("a", send("a1"))).await.unwrap();
-        let a2 = store.enqueue_outbound(outbound("a", send("a2"))).await.unwrap();
-        let b1 = store.enqueue_outbound(outbound("b", send("b1"))).await.unwrap();
-        let due: Vec<i64> = store.due_outbound(10, 10).await.unwrap().iter().map(|i| i.id).collect();
-        assert_eq!(due, vec![a1, b1], "only the head of each conversation is due");
-        assert!(store.begin_outbound_attempt(a1, 11).await.unwrap());
-        assert!(!store.begin_outbound_attempt(a1, 11).await.unwrap(), "an attempt is taken once");
-        // a1 is in flight: a2 must wait for it.
-        let due: Vec<i64> = store.due_outbound(12, 10).await.unwrap().iter().map(|i| i.id).collect();
-        assert_eq!(due, vec![b1]);
-        // A retry in the future keeps the conversation blocked until then.
-        store.finish_outbound(a1, Finish::Retry { at_ms: 100, error: "429".into() }, event("retry")).await.unwrap();
-        assert_eq!(store.due_outbound(50, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![b1]);
-        assert!(store.due_outbound(100, 10).await.unwrap().iter().any(|i| i.id == a1));
-        assert!(store.begin_outbound_attempt(a1, 101).await.unwrap());
-        store.finish_outbound(a1, Finish::Delivered { result_id: "1:xyz".into() }, event("delivered")).await.unwrap();
-        assert!(store.due_outbound(102, 10).await.unwrap().iter().any(|i| i.id == a2));
-
-        // b1 and an update are in flight when the process dies.
-        let u = store.enqueue_outbound(outbound("c", OutboundOp::Delete { activity_id: "9".into() })).await.unwrap();
-        assert!(store.begin_outbound_attempt(b1, 103).await.unwrap());
-        assert!(store.begin_outbound_attempt(u, 103).await.unwrap());
-        store.close().await;
-        let store = open(&dir);
-        assert_eq!(store.recover_outbound(200).await.unwrap(), (1, 1));
-        let all = store.outbox(None, 10).await.unwrap();
-        let state = |id: i64| all.iter().find(|i| i.id == id).unwrap().state;
-        assert_eq!(state(a1), OutboxState::Delivered);
-        assert_eq!(all.iter().find(|i| i.id == a1).unwrap().result_id.as_deref(), Some("1:xyz"));
-        assert_eq!(state(b1), OutboxState::Uncertain, "a create that may have landed is never re-posted");
-        assert_eq!(state(u), OutboxState::Pending, "an idempotent delete is simply retried");
-        assert_eq!(store.verify_audit().await.unwrap(), Ok(8));
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn no_audit_event_no_send() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        store.enqueue_outbound(outbound("c", send("first"))).await.unwrap();
-        // The audit table refuses writes (a full disk, a broken file): nothing may be queued.
-        let conn = Connection::open(dir.path().join("sub/agentgate.db")).unwrap();
-        conn.execute_batch("CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit unavailable'); END;")
+    async fn a_version_1_database_is_migrated_and_its_chain_still_verifies() {
+        let b = sqlite();
+        // A store as the first release left it: the version-1 schema (without `agentic`), a conversation,
+        // two audit events hashed with the first release's rule.
+        std::fs::create_dir_all(b.path.parent().unwrap()).unwrap();
+        let conn = Connection::open(&b.path).unwrap();
+        conn.execute_batch(V1_SCHEMA).unwrap();
+        conn.execute_batch("PRAGMA user_version = 1;").unwrap();
+        conn.execute(
+            "INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, usable, updated_at_ms)
+             VALUES ('bot', 'c1', 't', 'https://smba.trafficmanager.net/amer/', 'msteams', 1, 1)",
+            [],
+        )
+        .unwrap();
+        let mut prev = String::new();
+        for i in 1..=2 {
+            let e = AuditEvent::new(i, "cli", "bot:bot", "send", "tenant:t conversation:c1", "queued");
+            let hash = audit::legacy_hash(&prev, &e);
+            conn.execute(
+                "INSERT INTO audit (at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?8)",
+                params![e.at_ms, e.actor, e.identity, e.action, e.target, e.outcome, prev, hash],
+            )
             .unwrap();
-        drop(conn);
-        assert!(store.enqueue_outbound(outbound("c", send("second"))).await.is_err());
-        let queued = store.outbox(None, 10).await.unwrap();
-        assert_eq!(queued.len(), 1, "the send without its audit event was not queued");
-        store.close().await;
-    }
-
-    #[tokio::test]
-    async fn audit_chain_detects_tampering() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        for i in 0..3 {
-            store.enqueue_outbound(outbound(&format!("c{i}"), send("x"))).await.unwrap();
+            prev = hash;
         }
-        assert_eq!(store.verify_audit().await.unwrap(), Ok(3));
-        let newest = store.audit_events(1).await.unwrap();
-        assert_eq!(newest[0].event.outcome, "queued");
-        store.close().await;
-        let conn = Connection::open(dir.path().join("sub/agentgate.db")).unwrap();
-        conn.execute("UPDATE audit SET target = 'somewhere else' WHERE id = 2", []).unwrap();
         drop(conn);
-        let store = open(&dir);
-        assert_eq!(store.verify_audit().await.unwrap(), Err(2));
+
+        let store = b.open(None).await;
+        assert_eq!(user_version(&b.path), SCHEMA_VERSION);
+        let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+        assert_eq!(r.agentic, None, "the column added by the migration is readable");
+        // The chain goes on from the old events; they are checked with the old rule up to there.
+        store.record_audit(AuditEvent::new(3, "cli", "bot:bot", "send", "x", "queued")).await.unwrap();
+        let v = store.verify_audit(None).await.unwrap().unwrap();
+        assert_eq!((v.legacy_through, v.head.count, v.head.last_id), (Some(2), 3, 3));
+        assert!(v.head.hash.starts_with("sha256:"));
         store.close().await;
+        // Opening again applies nothing.
+        let store = b.open(None).await;
+        assert_eq!(store.verify_audit(None).await.unwrap().unwrap().head.count, 3);
+        store.close().await;
+        assert_eq!(user_version(&b.path), SCHEMA_VERSION);
     }
 
     #[tokio::test]
-    async fn closed_store_refuses_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
+    async fn a_database_from_a_newer_release_is_refused() {
+        let b = sqlite();
+        b.open(None).await.close().await;
+        b.execute(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 7));
+        let key = None;
+        let err = SqliteStore::open_keyed(&b.path, Synchronous::Full, 8, Arc::new(Metrics::default()), key).unwrap_err().to_string();
+        assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 7)) && err.contains("newer"), "{err}");
+        assert_eq!(user_version(&b.path), SCHEMA_VERSION + 7, "left untouched");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_data_folder_and_database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let b = sqlite();
+        let store = b.open(None).await;
+        store.commit_inbound(suite_record()).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(b.path.parent().unwrap()), 0o700);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = b.path.as_os_str().to_owned();
+            p.push(suffix);
+            assert_eq!(mode(Path::new(&p)), 0o600, "agentgate.db{suffix}");
+        }
         store.close().await;
-        assert!(matches!(store.commit_inbound(record("a", "c")).await, Err(StoreError::Closed)));
+    }
+
+    fn suite_record() -> InboundRecord {
+        suite::record("a1", "c1")
     }
 }

@@ -450,3 +450,44 @@ async fn a_stream_interrupted_after_it_began_is_never_posted_again() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(fake.landed().len(), posted, "nothing was posted again");
 }
+
+/// The audit head: printed by `audit --verify`, logged at start and shutdown, on `/metrics`, checked with
+/// `--expect-head`; events signed with `store.audit_key`; a removed newest event is reported.
+#[tokio::test]
+async fn audit_head_is_printed_logged_exposed_and_checked() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let key_file = dir.join("audit.key");
+    std::fs::write(&key_file, "an-audit-key-of-reasonable-length\n").unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = format!("\n[outbound]\npoll_interval_ms = 50\n\n[store]\naudit_key = \"file:{}\"\n", key_file.display());
+    let mut app = TestApp::spawn_in(&dir, &opts).await.unwrap();
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    let id = send(&app, &["--conversation", "a:conv-1", "--text", "hello"]);
+    assert_eq!(settled(&app, id).await["state"], "delivered");
+
+    let (ok, out) = cli(&app, &["audit", "--verify"]);
+    assert!(ok && out.contains("audit chain intact: 2 events") && out.contains("signed with store.audit_key from event #1"), "{out}");
+    let head = out.lines().find_map(|l| l.strip_prefix("audit head: ")).unwrap_or_else(|| panic!("no head in {out}")).to_owned();
+    assert!(head.starts_with("2/2/hmac-sha256:"), "{head}");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("agentgate_audit_events_total 2"), "{metrics}");
+    assert!(metrics.contains(&format!("agentgate_audit_head_info{{head=\"{head}\"")), "{metrics}");
+    let (ok, out) = cli(&app, &["audit", "--verify", "--expect-head", &head]);
+    assert!(ok, "{out}");
+    assert!(app.stderr().contains("audit head"), "logged at start: {}", app.stderr());
+    assert!(app.terminate());
+    assert!(app.stderr().lines().any(|l| l.contains(&head) && l.contains("at shutdown")), "{}", app.stderr());
+
+    // Someone removes the newest event: the chain alone still links, the sequence and the head do not.
+    let db = rusqlite::Connection::open(dir.join("data/agentgate.db")).unwrap();
+    db.execute("DELETE FROM audit WHERE id = 2", []).unwrap();
+    drop(db);
+    let (ok, out) = cli(&app, &["audit", "--verify"]);
+    assert!(!ok && out.contains("BROKEN") && out.contains("events after #1 were removed"), "{out}");
+    let (ok, out) = cli(&app, &["audit", "--verify", "--expect-head", &head]);
+    assert!(!ok && out.contains("BROKEN"), "{out}");
+}

@@ -1,0 +1,378 @@
+//! The store's test suite, written once against the [`Store`] trait and run for every backend (teloxide's
+//! way): a backend provides a [`Backend`] and invokes [`store_suite!`](crate::store_suite) in its test module.
+//!
+//! Most tests take a `&dyn Store`; the ones that reopen the store or change its storage behind its back
+//! (an attacker with write access to the database) take the [`Backend`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::audit::{self, AuditHead, Broken};
+use super::{
+    AuditEvent, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxState, NewOutbound, OutboundOp, OutboxState, Store, StoreError,
+};
+use crate::metrics::Metrics;
+
+/// The audit key the keyed tests use.
+pub(crate) const KEY: &str = "test-audit-key-0123456789";
+
+/// What the suite needs from a backend besides the [`Store`] itself.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync {
+    /// Open the store (again) on this backend's storage, signing audit events with `key` if given.
+    async fn open(&self, key: Option<&str>) -> Arc<dyn Store>;
+    /// The metrics the stores of this backend report to.
+    fn metrics(&self) -> Arc<Metrics>;
+    /// Run SQL statements against the storage, outside the store (another process, or an attacker).
+    fn execute(&self, sql: &str);
+    /// Make every insert into `table` fail from now on (a full disk, a broken file).
+    fn refuse_inserts(&self, table: &str);
+}
+
+/// Instantiate the suite: `store_suite!(|| MyBackend::new());`
+#[macro_export]
+#[doc(hidden)]
+macro_rules! store_suite {
+    ($backend:expr) => {
+        $crate::store_suite!(@store $backend;
+            inbox_states_cursor_and_personal_chats, purge_forgets_expired_dedupe_keys, closed_store_refuses_writes,
+            audit_head_follows_the_chain);
+        $crate::store_suite!(@backend $backend;
+            commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
+            outbox_keeps_per_conversation_order_and_recovers_after_a_crash, no_audit_event_no_send,
+            a_failed_write_leaves_nothing_behind, audit_chain_detects_an_edit, audit_detects_a_truncated_tail,
+            audit_detects_that_every_event_was_deleted, audit_detects_a_renumbered_event,
+            audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite);
+    };
+    (@store $backend:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let backend = ($backend)();
+            let store = $crate::store::suite::Backend::open(&backend, None).await;
+            $crate::store::suite::$name(store.as_ref()).await;
+            store.close().await;
+        }
+    )*};
+    (@backend $backend:expr; $($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let backend = ($backend)();
+            $crate::store::suite::$name(&backend).await;
+        }
+    )*};
+}
+
+pub(crate) fn record(activity_id: &str, conv: &str) -> InboundRecord {
+    InboundRecord {
+        bot_app_id: "bot".into(),
+        tenant_id: "t".into(),
+        conversation_id: conv.into(),
+        activity_id: activity_id.into(),
+        activity_type: "message".into(),
+        auth: "botframework",
+        body: format!("{{\"id\":\"{activity_id}\"}}"),
+        received_at_ms: 1,
+        dedupe_expires_at_ms: 1_000,
+        reference: ConversationRef {
+            bot_app_id: "bot".into(),
+            conversation_id: conv.into(),
+            tenant_id: "t".into(),
+            service_url: "https://smba.trafficmanager.net/amer/".into(),
+            channel_id: "msteams".into(),
+            conversation_type: Some("personal".into()),
+            user_id: Some("29:u".into()),
+            user_aad_object_id: Some("oid".into()),
+            bot_id: Some("28:bot".into()),
+            usable: true,
+            updated_at_ms: 1,
+            agentic: None,
+        },
+        state: InboxState::Pending,
+    }
+}
+
+fn outbound(conv: &str, op: OutboundOp) -> NewOutbound {
+    NewOutbound {
+        bot_app_id: "bot".into(),
+        tenant_id: "t".into(),
+        conversation_id: conv.into(),
+        service_url: "https://smba.trafficmanager.net/amer/".into(),
+        op,
+        requested_by: "test".into(),
+        now_ms: 10,
+    }
+}
+
+fn send(text: &str) -> OutboundOp {
+    OutboundOp::Send { activity: serde_json::json!({"type": "message", "text": text}) }
+}
+
+fn event(outcome: &str) -> AuditEvent {
+    AuditEvent::new(20, "agentgate", "bot:bot", "send", "c", outcome)
+}
+
+/// The chain's event count, which must verify.
+async fn intact(store: &dyn Store) -> u64 {
+    match store.verify_audit(None).await.unwrap() {
+        Ok(v) => v.head.count,
+        Err(broken) => panic!("the chain should verify: {broken}"),
+    }
+}
+
+pub(crate) async fn inbox_states_cursor_and_personal_chats(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for (i, state) in [InboxState::Pending, InboxState::Filtered, InboxState::Pending, InboxState::Consumed].into_iter().enumerate() {
+        let mut r = record(&format!("a{i}"), "c1");
+        r.state = state;
+        match store.commit_inbound(r).await.unwrap() {
+            CommitOutcome::Accepted { inbox_id } => ids.push(inbox_id),
+            CommitOutcome::Duplicate => panic!("not a duplicate"),
+        }
+    }
+    // Only pending entries are offered, in order, after the cursor.
+    let after: Vec<i64> = store.inbox_after(0, 10).await.unwrap().iter().map(|i| i.id).collect();
+    assert_eq!(after, vec![ids[0], ids[2]]);
+    assert_eq!(store.inbox_after(ids[0], 10).await.unwrap().len(), 1);
+    assert_eq!(store.pending_inbox(None, 10).await.unwrap().len(), 2);
+    // A filtered entry cannot be acknowledged into view; a pending one can.
+    assert_eq!(store.ack_inbox(&[ids[1], ids[2]]).await.unwrap(), 1);
+    let states: Vec<String> = store.inbox_by_ids(&[ids[1], ids[2], 999]).await.unwrap().into_iter().map(|i| i.state).collect();
+    assert_eq!(states, vec!["filtered", "acked"]);
+    // The reference of c1 is a personal chat with "oid" (matched case-insensitively).
+    let found = store.personal_conversation("bot", "OID").await.unwrap().unwrap();
+    assert_eq!(found.conversation_id, "c1");
+    assert!(store.personal_conversation("bot", "other").await.unwrap().is_none());
+    store.set_conversation_usable("bot", "c1", false).await.unwrap();
+    assert!(store.personal_conversation("bot", "oid").await.unwrap().is_none());
+    assert_eq!(store.conversations(10).await.unwrap().len(), 1);
+    // Standalone audit events join the chain.
+    let event = AuditEvent::new(5, "mcp:test", "bot:bot", "ack", "tenant:t conversation:c1", "ok");
+    store.record_audit(event.clone()).await.unwrap();
+    store.record_audit(event).await.unwrap();
+    assert_eq!(intact(store).await, 2);
+}
+
+pub(crate) async fn purge_forgets_expired_dedupe_keys(store: &dyn Store) {
+    store.commit_inbound(record("a1", "c1")).await.unwrap();
+    assert_eq!(store.purge_dedupe(999).await.unwrap(), 0);
+    assert_eq!(store.purge_dedupe(1_001).await.unwrap(), 1);
+    assert!(matches!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Accepted { .. }));
+}
+
+pub(crate) async fn closed_store_refuses_writes(store: &dyn Store) {
+    store.close().await;
+    assert!(matches!(store.commit_inbound(record("a", "c")).await, Err(StoreError::Closed)));
+}
+
+pub(crate) async fn audit_head_follows_the_chain(store: &dyn Store) {
+    assert_eq!(store.audit_head().await.unwrap(), AuditHead::default());
+    for i in 0..3 {
+        store.enqueue_outbound(outbound(&format!("c{i}"), send("x"))).await.unwrap();
+    }
+    let head = store.audit_head().await.unwrap();
+    let newest = store.audit_events(1).await.unwrap();
+    assert_eq!(newest[0].event.outcome, "queued");
+    assert_eq!(head, AuditHead { count: 3, last_id: newest[0].id, hash: newest[0].hash.clone() });
+    // Counted on from the previous head, and equal to what a full verification finds.
+    store.record_audit(event("ok")).await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    assert_eq!(head.count, 4);
+    assert_eq!(store.verify_audit(None).await.unwrap().unwrap().head, head);
+}
+
+pub(crate) async fn commit_dedupe_ack_and_reopen(b: &dyn Backend) {
+    let store = b.open(None).await;
+    let first = store.commit_inbound(record("a1", "c1")).await.unwrap();
+    assert!(matches!(first, CommitOutcome::Accepted { .. }));
+    assert_eq!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Duplicate);
+    // The same activity id in another conversation is a different activity.
+    assert!(matches!(store.commit_inbound(record("a1", "c2")).await.unwrap(), CommitOutcome::Accepted { .. }));
+    let pending = store.pending_inbox(Some("bot"), 10).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(store.ack_inbox(&[pending[0].id]).await.unwrap(), 1);
+    assert_eq!(store.ack_inbox(&[pending[0].id]).await.unwrap(), 0);
+    store.close().await;
+    let store = b.open(None).await;
+    let pending = store.pending_inbox(None, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].conversation_id, "c2");
+    let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+    assert_eq!(r.user_aad_object_id.as_deref(), Some("oid"));
+    assert!(store.conversation_ref("bot", "nope").await.unwrap().is_none());
+    store.close().await;
+}
+
+pub(crate) async fn concurrent_commits_share_transactions_and_stay_unique(b: &dyn Backend) {
+    let store = b.open(None).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = Arc::clone(&store);
+        // Every activity is sent twice.
+        tasks.push(tokio::spawn(async move { s.commit_inbound(record(&format!("a{}", i / 2), "c")).await.unwrap() }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), CommitOutcome::Accepted { .. }) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 100);
+    assert_eq!(store.pending_inbox(None, 1000).await.unwrap().len(), 100);
+    let text = b.metrics().render();
+    assert!(text.contains("agentgate_store_committed_activities_total 100"), "{text}");
+    store.close().await;
+}
+
+pub(crate) async fn outbox_keeps_per_conversation_order_and_recovers_after_a_crash(b: &dyn Backend) {
+    let store = b.open(None).await;
+    let a1 = store.enqueue_outbound(outbound("a", send("a1"))).await.unwrap();
+    let a2 = store.enqueue_outbound(outbound("a", send("a2"))).await.unwrap();
+    let b1 = store.enqueue_outbound(outbound("b", send("b1"))).await.unwrap();
+    let due: Vec<i64> = store.due_outbound(10, 10).await.unwrap().iter().map(|i| i.id).collect();
+    assert_eq!(due, vec![a1, b1], "only the head of each conversation is due");
+    assert!(store.begin_outbound_attempt(a1, 11).await.unwrap());
+    assert!(!store.begin_outbound_attempt(a1, 11).await.unwrap(), "an attempt is taken once");
+    // a1 is in flight: a2 must wait for it.
+    let due: Vec<i64> = store.due_outbound(12, 10).await.unwrap().iter().map(|i| i.id).collect();
+    assert_eq!(due, vec![b1]);
+    // A retry in the future keeps the conversation blocked until then.
+    store.finish_outbound(a1, Finish::Retry { at_ms: 100, error: "429".into() }, event("retry")).await.unwrap();
+    assert_eq!(store.due_outbound(50, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![b1]);
+    assert!(store.due_outbound(100, 10).await.unwrap().iter().any(|i| i.id == a1));
+    assert!(store.begin_outbound_attempt(a1, 101).await.unwrap());
+    store.finish_outbound(a1, Finish::Delivered { result_id: "1:xyz".into() }, event("delivered")).await.unwrap();
+    assert!(store.due_outbound(102, 10).await.unwrap().iter().any(|i| i.id == a2));
+
+    // b1 and an update are in flight when the process dies.
+    let u = store.enqueue_outbound(outbound("c", OutboundOp::Delete { activity_id: "9".into() })).await.unwrap();
+    assert!(store.begin_outbound_attempt(b1, 103).await.unwrap());
+    assert!(store.begin_outbound_attempt(u, 103).await.unwrap());
+    store.close().await;
+    let store = b.open(None).await;
+    assert_eq!(store.recover_outbound(200).await.unwrap(), (1, 1));
+    let all = store.outbox(None, 10).await.unwrap();
+    let state = |id: i64| all.iter().find(|i| i.id == id).unwrap().state;
+    assert_eq!(state(a1), OutboxState::Delivered);
+    assert_eq!(all.iter().find(|i| i.id == a1).unwrap().result_id.as_deref(), Some("1:xyz"));
+    assert_eq!(state(b1), OutboxState::Uncertain, "a create that may have landed is never re-posted");
+    assert_eq!(state(u), OutboxState::Pending, "an idempotent delete is simply retried");
+    assert_eq!(intact(store.as_ref()).await, 8);
+    store.close().await;
+}
+
+pub(crate) async fn no_audit_event_no_send(b: &dyn Backend) {
+    let store = b.open(None).await;
+    store.enqueue_outbound(outbound("c", send("first"))).await.unwrap();
+    // The audit table refuses writes (a full disk, a broken file): nothing may be queued.
+    b.refuse_inserts("audit");
+    assert!(store.enqueue_outbound(outbound("c", send("second"))).await.is_err());
+    let queued = store.outbox(None, 10).await.unwrap();
+    assert_eq!(queued.len(), 1, "the send without its audit event was not queued");
+    store.close().await;
+}
+
+pub(crate) async fn a_failed_write_leaves_nothing_behind(b: &dyn Backend) {
+    let store = b.open(None).await;
+    store.enqueue_outbound(outbound("c", send("first"))).await.unwrap();
+    // The audit event is written, then the outbox refuses the entry: the event must go too.
+    b.refuse_inserts("outbox");
+    assert!(store.enqueue_outbound(outbound("c", send("second"))).await.is_err());
+    assert_eq!(intact(store.as_ref()).await, 1, "no audit event for a send that was never queued");
+    // The writer goes on: other writes in later (or the same) transactions still commit.
+    assert!(matches!(store.commit_inbound(record("a1", "c1")).await.unwrap(), CommitOutcome::Accepted { .. }));
+    store.close().await;
+}
+
+/// A chain of `n` events (enqueued sends), closed.
+async fn chain(b: &dyn Backend, key: Option<&str>, n: usize) {
+    let store = b.open(key).await;
+    for i in 0..n {
+        store.enqueue_outbound(outbound(&format!("c{i}"), send("x"))).await.unwrap();
+    }
+    assert_eq!(intact(store.as_ref()).await, n as u64);
+    store.close().await;
+}
+
+async fn verdict(b: &dyn Backend, key: Option<&str>, expect: Option<&AuditHead>) -> Result<audit::Verified, Broken> {
+    let store = b.open(key).await;
+    let v = store.verify_audit(expect).await.unwrap();
+    store.close().await;
+    v
+}
+
+pub(crate) async fn audit_chain_detects_an_edit(b: &dyn Backend) {
+    chain(b, None, 3).await;
+    b.execute("UPDATE audit SET target = 'somewhere else' WHERE id = 2");
+    assert_eq!(verdict(b, None, None).await, Err(Broken::Altered { id: 2 }));
+}
+
+pub(crate) async fn audit_detects_a_truncated_tail(b: &dyn Backend) {
+    chain(b, None, 4).await;
+    b.execute("DELETE FROM audit WHERE id > 2");
+    assert_eq!(verdict(b, None, None).await, Err(Broken::Truncated { last_id: 2, highest: 4 }));
+    // Appending after the cut does not hide it: the ids jump.
+    let store = b.open(None).await;
+    store.record_audit(event("ok")).await.unwrap();
+    assert_eq!(store.verify_audit(None).await.unwrap(), Err(Broken::Gap { id: 5, after: 2 }));
+    store.close().await;
+}
+
+pub(crate) async fn audit_detects_that_every_event_was_deleted(b: &dyn Backend) {
+    chain(b, None, 3).await;
+    b.execute("DELETE FROM audit");
+    assert_eq!(verdict(b, None, None).await, Err(Broken::Truncated { last_id: 0, highest: 3 }));
+}
+
+pub(crate) async fn audit_detects_a_renumbered_event(b: &dyn Backend) {
+    chain(b, None, 3).await;
+    b.execute("UPDATE audit SET id = 10 WHERE id = 3");
+    assert_eq!(verdict(b, None, None).await, Err(Broken::Gap { id: 10, after: 2 }));
+    // Every id shifted: the chain must start at #1.
+    b.execute("UPDATE audit SET id = 3 WHERE id = 10");
+    b.execute("UPDATE audit SET id = id + 10");
+    assert_eq!(verdict(b, None, None).await, Err(Broken::Gap { id: 11, after: 0 }));
+}
+
+/// Rewrite events `from..` the way an attacker without the key can: edit event `from`, then recompute the
+/// links with the unkeyed rule.
+async fn recompute_without_key(b: &dyn Backend, from: i64) {
+    b.execute(&format!("UPDATE audit SET target = 'somewhere else' WHERE id = {from}"));
+    let store = b.open(None).await;
+    let mut rows = store.audit_events(1000).await.unwrap();
+    store.close().await;
+    rows.reverse();
+    let mut prev = String::new();
+    for r in rows {
+        if r.id >= from {
+            let hash = audit::link_hash(None, r.id, &prev, &r.event);
+            b.execute(&format!("UPDATE audit SET prev_hash = '{prev}', hash = '{hash}' WHERE id = {}", r.id));
+            prev = hash;
+        } else {
+            prev = r.hash;
+        }
+    }
+}
+
+pub(crate) async fn audit_detects_a_chain_recomputed_without_the_key(b: &dyn Backend) {
+    chain(b, Some(KEY), 4).await;
+    // Signed events verify with their key only.
+    assert_eq!(verdict(b, None, None).await, Err(Broken::KeyNeeded { id: 1 }));
+    assert_eq!(verdict(b, Some("another-key-of-enough-length"), None).await, Err(Broken::Altered { id: 1 }));
+    recompute_without_key(b, 2).await;
+    assert_eq!(verdict(b, Some(KEY), None).await, Err(Broken::Unsigned { id: 2 }));
+    // All of it recomputed: nothing is signed any more.
+    recompute_without_key(b, 1).await;
+    assert_eq!(verdict(b, Some(KEY), None).await, Err(Broken::UnsignedTail { id: 1 }));
+}
+
+pub(crate) async fn audit_expected_head_catches_an_unkeyed_rewrite(b: &dyn Backend) {
+    chain(b, None, 3).await;
+    let head = verdict(b, None, None).await.unwrap().head;
+    assert_eq!((head.count, head.last_id), (3, 3));
+    assert!(verdict(b, None, Some(&head)).await.is_ok());
+    // Without a key, a recomputed chain verifies on its own; the head recorded elsewhere does not match it.
+    recompute_without_key(b, 2).await;
+    assert!(verdict(b, None, None).await.is_ok());
+    assert_eq!(verdict(b, None, Some(&head)).await, Err(Broken::HeadMismatch { expected: head }));
+}
