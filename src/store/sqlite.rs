@@ -331,6 +331,7 @@ impl RefCache {
             &r.bot_id,
             r.usable,
             &r.agentic,
+            r.authenticated,
         )
             .hash(&mut h);
         h.finish()
@@ -461,8 +462,8 @@ fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord, write_ref: bool
 fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
-                                        user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                        user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (bot_app_id, conversation_id) DO UPDATE SET
              tenant_id = excluded.tenant_id, service_url = excluded.service_url, channel_id = excluded.channel_id,
              conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
@@ -470,7 +471,9 @@ fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::
              user_aad_object_id = COALESCE(excluded.user_aad_object_id, conversation_refs.user_aad_object_id),
              bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
              usable = excluded.usable, updated_at_ms = excluded.updated_at_ms,
-             agentic = COALESCE(excluded.agentic, conversation_refs.agentic)",
+             agentic = COALESCE(excluded.agentic, conversation_refs.agentic),
+             authenticated = excluded.authenticated
+         WHERE excluded.authenticated OR NOT conversation_refs.authenticated",
     )?
     .execute(params![
         c.bot_app_id,
@@ -484,7 +487,8 @@ fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::
         c.bot_id,
         c.usable,
         c.updated_at_ms,
-        c.agentic
+        c.agentic,
+        c.authenticated
     ])?;
     Ok(())
 }
@@ -515,13 +519,23 @@ fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxItem> {
     })
 }
 
-const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic";
+const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated";
 
 /// Columns added after the first release, for stores created before them.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let has_agentic: bool = conn.prepare("SELECT 1 FROM pragma_table_info('conversation_refs') WHERE name = 'agentic'")?.exists([])?;
     if !has_agentic {
         conn.execute_batch("ALTER TABLE conversation_refs ADD COLUMN agentic TEXT")?;
+    }
+    // References from before the mark count as authenticated: an anonymous activity may not overwrite them.
+    let has_authenticated: bool =
+        conn.prepare("SELECT 1 FROM pragma_table_info('conversation_refs') WHERE name = 'authenticated'")?.exists([])?;
+    if !has_authenticated {
+        match conn.execute_batch("ALTER TABLE conversation_refs ADD COLUMN authenticated INTEGER NOT NULL DEFAULT 1") {
+            // Another process added it first.
+            Err(e) if e.to_string().contains("duplicate column name") => {}
+            other => other?,
+        }
     }
     Ok(())
 }
@@ -540,6 +554,7 @@ fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
         usable: r.get(9)?,
         updated_at_ms: r.get(10)?,
         agentic: r.get(11)?,
+        authenticated: r.get(12)?,
     })
 }
 
@@ -904,6 +919,7 @@ mod tests {
                 usable: true,
                 updated_at_ms: 1,
                 agentic: None,
+                authenticated: true,
             },
             state: crate::store::InboxState::Pending,
         }
@@ -956,6 +972,39 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&dir.path().join("sub/agentgate.db"), Synchronous::Full, 64, Arc::new(Metrics::default())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_activity_never_overwrites_an_authenticated_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut anonymous = record("a1", "c1");
+        anonymous.reference.service_url = "http://127.0.0.1:1/_connector".into();
+        anonymous.reference.authenticated = false;
+        store.commit_inbound(anonymous.clone()).await.unwrap();
+        // Anonymous over anonymous: written (dev mode alone still works).
+        let mut again = anonymous.clone();
+        again.activity_id = "a2".into();
+        again.reference.service_url = "http://127.0.0.1:2/_connector".into();
+        store.commit_inbound(again).await.unwrap();
+        let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+        assert_eq!((r.service_url.as_str(), r.authenticated), ("http://127.0.0.1:2/_connector", false));
+        // Authenticated over anonymous: written and marked.
+        store.commit_inbound(record("a3", "c1")).await.unwrap();
+        let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+        assert_eq!((r.service_url.as_str(), r.authenticated), ("https://smba.trafficmanager.net/amer/", true));
+        // Anonymous over authenticated: the activity is kept, the reference is not touched.
+        let mut forged = anonymous.clone();
+        forged.activity_id = "a4".into();
+        forged.reference.usable = false;
+        assert!(matches!(store.commit_inbound(forged).await.unwrap(), CommitOutcome::Accepted { .. }));
+        let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+        assert_eq!((r.service_url.as_str(), r.authenticated, r.usable), ("https://smba.trafficmanager.net/amer/", true, true));
+        store.close().await;
+        // The migration tolerates a store that has the column already.
+        let store = open(&dir);
+        assert!(store.conversation_ref("bot", "c1").await.unwrap().unwrap().authenticated);
+        store.close().await;
     }
 
     #[tokio::test]
