@@ -370,5 +370,8 @@ async fn a_duplicate_permission_request_id_is_refused_and_the_answer_reaches_onl
     assert_eq!(app.status(Some(&token), &click).await, 200);
     let verdict = first.next("notifications/claude/channel/permission", WAIT).await.expect("the asker got no verdict");
     assert_eq!(verdict, json!({"request_id": "abcde", "behavior": "allow"}));
-    assert!(second.next("notifications/claude/channel/permission", Duration::from_secs(1)).await.is_none(), "the verdict reached another session");
+    assert!(
+        second.next("notifications/claude/channel/permission", Duration::from_secs(1)).await.is_none(),
+        "the verdict reached another session"
+    );
 }

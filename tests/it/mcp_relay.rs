@@ -89,7 +89,10 @@ async fn permission_requests_are_answered_by_approvers_in_teams() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert!(!body.to_string().contains("Allowed"), "{body}");
-    assert!(host.next("notifications/claude/channel/permission", Duration::from_secs(1)).await.is_none(), "a click on another card decided");
+    assert!(
+        host.next("notifications/claude/channel/permission", Duration::from_secs(1)).await.is_none(),
+        "a click on another card decided"
+    );
     // An anonymous (dev-mode) click or typed answer from the approver decides nothing either.
     let r = gw.post(&card_click(&fake.service_url, ALEX, "abcde", "allow", &card_id)).await;
     assert_eq!(r.status(), 200);

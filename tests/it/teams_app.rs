@@ -238,7 +238,7 @@ fn package_does_not_write_through_a_planted_symlink() {
     std::os::unix::fs::symlink(&dangling, build.join(format!(".{TENANT}.zip.tmp.1"))).unwrap();
     let (ok, out, err) = run(&["teams-app", "package", "--config", &cfg, "--tenant", TENANT, "--domain", "bot.contoso.com"], dir.path());
     assert!(ok, "{out}{err}");
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me", "the package was written through the symlink");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me", "the package was written through the symlink");
     assert!(!dangling.exists());
     let zip = zip::ZipArchive::new(std::fs::File::open(build.join(format!("{TENANT}.zip"))).unwrap()).unwrap();
     assert!(zip.file_names().any(|n| n.as_ref().is_ok_and(|n| n == "manifest.json")));
