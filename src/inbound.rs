@@ -11,7 +11,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::uri::Authority;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::activity::{Activity, InvokeResponse, Kind};
@@ -94,8 +95,20 @@ impl IntoResponse for Refusal {
 }
 
 /// The handler for `POST /api/messages`.
-pub async fn api_messages(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    match intake(&state, &headers, body).await {
+pub async fn api_messages(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // `serve --dev` takes unauthenticated requests: only from pages and tools that name a loopback host,
+    // so a web page elsewhere cannot reach it through DNS rebinding.
+    let intake = if state.dev && !loopback_host(&headers, &uri) {
+        Err(Refusal::Forbidden("dev mode: the Host header is not a loopback name"))
+    } else {
+        intake(&state, &headers, body).await
+    };
+    match intake {
         Ok((outcome, response)) => {
             state.metrics.request(outcome);
             response
@@ -127,6 +140,19 @@ pub async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response 
         (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"method not allowed"}"#).into_response();
     resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
     resp
+}
+
+/// Whether the request names a loopback host (`localhost`, `127.0.0.1` or `[::1]`, any port) in `Host`
+/// (or, without it, the request target's authority, as HTTP/2 sends it).
+fn loopback_host(headers: &HeaderMap, uri: &Uri) -> bool {
+    let authority = match headers.get(header::HOST) {
+        Some(v) => v.to_str().ok().and_then(|v| v.parse::<Authority>().ok()),
+        None => uri.authority().cloned(),
+    };
+    authority.is_some_and(|a| {
+        let host = a.host().trim_end_matches('.');
+        host.eq_ignore_ascii_case("localhost") || host == "127.0.0.1" || host == "[::1]" || host == "::1"
+    })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -226,7 +252,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     // installationUpdate remove, or a conversationUpdate removing the bot: the reference stays, marked
     // unusable, so that nothing is sent there until the bot is added again.
     let uninstalled = crate::teams::installation_change(&activity) == Some(crate::teams::Installation::Removed);
-    let classified = state.gate.classify(&bot.app_id, &activity);
+    let classified = state.gate.classify(&bot.app_id, &activity, token.is_some());
     let record = InboundRecord {
         bot_app_id: bot.app_id.clone(),
         tenant_id: tenant.to_owned(),
@@ -251,6 +277,8 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
             updated_at_ms: now,
             // Replies to an agentic activity go out as its recipient (only for Entra-authenticated ones).
             agentic: agentic.filter(|_| auth == "entra-agentic"),
+            // An anonymous (dev) activity never overwrites what an authenticated one recorded.
+            authenticated: token.is_some(),
         },
         state: classified.inbox_state(),
     };
@@ -290,4 +318,28 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         StatusCode::ACCEPTED.into_response()
     };
     Ok((outcome, response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_mode_hosts_are_loopback_names_only() {
+        let check = |host: Option<&str>, uri: &str| {
+            let mut headers = HeaderMap::new();
+            if let Some(h) = host {
+                headers.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            loopback_host(&headers, &uri.parse().unwrap())
+        };
+        for ok in ["localhost", "LOCALHOST:3978", "127.0.0.1:56150", "[::1]:3978", "[::1]", "localhost."] {
+            assert!(check(Some(ok), "/api/messages"), "{ok}");
+        }
+        for bad in ["evil.example", "localhost.evil.example", "127.0.0.2:3978", "10.0.0.1", "", "localhost@evil.example"] {
+            assert!(!check(Some(bad), "/api/messages"), "{bad}");
+        }
+        assert!(!check(None, "/api/messages"), "no Host at all");
+        assert!(check(None, "http://localhost:3978/api/messages"), "HTTP/2 authority");
+    }
 }

@@ -621,9 +621,15 @@ pub fn write_package(
     let bytes = zip_package(&pkg)?;
     std::fs::create_dir_all(out_dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
     let path = package_path(out_dir, tenant);
-    let tmp = out_dir.join(format!(".{tenant}.zip.tmp"));
-    std::fs::write(&tmp, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    // A fresh, exclusively created temporary file (never a name someone could plant a symlink at), then
+    // an atomic rename over the target.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{tenant}.zip."))
+        .suffix(".tmp")
+        .tempfile_in(out_dir)
+        .map_err(|e| anyhow::anyhow!("writing in {}: {e}", out_dir.display()))?;
+    std::io::Write::write_all(&mut tmp, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", tmp.path().display()))?;
+    tmp.persist(&path).map_err(|e| anyhow::anyhow!("writing {}: {}", path.display(), e.error))?;
     Ok((path, pkg))
 }
 

@@ -16,6 +16,22 @@ use tokio::sync::mpsc;
 /// The card verb of an approval answer.
 pub const VERB: &str = "agentgate.permission";
 
+/// Why an agent's card is refused: it carries the approval verb, which only the gateway's own approval
+/// cards may use.
+pub const RESERVED_VERB_ERROR: &str =
+    "the card uses the verb `agentgate.permission`, which is reserved for agentgate's approval cards; use another verb";
+
+/// Whether `card` carries the reserved approval verb anywhere (any action, at any depth, any case).
+pub fn uses_reserved_verb(card: &Value) -> bool {
+    match card {
+        Value::Object(map) => map.iter().any(|(k, v)| {
+            (k.eq_ignore_ascii_case("verb") && v.as_str().is_some_and(|s| s.trim().eq_ignore_ascii_case(VERB))) || uses_reserved_verb(v)
+        }),
+        Value::Array(items) => items.iter().any(uses_reserved_verb),
+        _ => false,
+    }
+}
+
 /// Allow or deny.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Behavior {
@@ -79,6 +95,8 @@ pub enum Decision {
     Decided { verdict: Verdict, tool_name: String, cards: Vec<CardRef> },
     /// The request exists, but the person is not one of its approvers.
     NotApprover { tool_name: String },
+    /// The click was not on a delivered approval card of this request (in this conversation).
+    NotTheCard,
     /// No such request (never issued, already decided, or expired).
     Unknown,
 }
@@ -92,7 +110,9 @@ pub struct Settled {
     pub text: String,
 }
 
-/// Open requests, keyed by request id.
+/// Open requests, keyed by request id. An id is open at most once at a time, across every session and
+/// bot: a second request with the id of an open one is refused ([`Approvals::register`]), so that an
+/// answer (typed or clicked) names exactly one request and reaches only the session that asked.
 #[derive(Debug, Default)]
 pub struct Approvals {
     pending: Mutex<HashMap<String, PendingApproval>>,
@@ -109,8 +129,31 @@ impl Approvals {
         std::mem::take(&mut *self.settled.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    pub fn register(&self, p: PendingApproval) {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(p.request_id.clone(), p);
+    /// Open a request; false (and nothing changes) when a request with this id is open already.
+    #[must_use]
+    pub fn register(&self, p: PendingApproval) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.contains_key(&p.request_id) {
+            return false;
+        }
+        pending.insert(p.request_id.clone(), p);
+        true
+    }
+
+    /// Withdraw an open request (no card could be sent for it).
+    pub fn withdraw(&self, request_id: &str) -> Option<PendingApproval> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(request_id)
+    }
+
+    /// The cards sent for an open request of this bot.
+    pub fn cards_of(&self, bot_app_id: &str, request_id: &str) -> Vec<CardRef> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(request_id)
+            .filter(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id))
+            .map(|p| p.cards.clone())
+            .unwrap_or_default()
     }
 
     pub fn add_card(&self, request_id: &str, card: CardRef) {
@@ -295,7 +338,7 @@ mod tests {
     fn only_an_approver_through_the_asking_bot_decides_once() {
         let approvals = Approvals::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        approvals.register(pending("abcde", tx, 1_000));
+        assert!(approvals.register(pending("abcde", tx, 1_000)));
         assert_eq!(approvals.decide("bot", "abcde", "bbbb", Behavior::Allow), Decision::NotApprover { tool_name: "Bash".into() });
         assert_eq!(approvals.decide("other-bot", "abcde", "AAAA", Behavior::Allow), Decision::Unknown);
         assert!(rx.try_recv().is_err(), "no verdict from a non-approver");
@@ -308,11 +351,33 @@ mod tests {
     }
 
     #[test]
+    fn an_open_request_id_is_never_registered_twice() {
+        let approvals = Approvals::default();
+        let (first, mut first_rx) = mpsc::unbounded_channel();
+        let (second, mut second_rx) = mpsc::unbounded_channel();
+        assert!(approvals.register(pending("abcde", first, 1_000)));
+        let mut other = pending("abcde", second, 1_000);
+        other.bot_app_id = "other-bot".into();
+        assert!(!approvals.register(other), "a duplicate id replaced an open request");
+        assert!(matches!(approvals.decide("bot", "abcde", "aaaa", Behavior::Allow), Decision::Decided { .. }));
+        assert_eq!(first_rx.try_recv().unwrap().behavior, Behavior::Allow);
+        assert!(second_rx.try_recv().is_err(), "the verdict reached the second asker");
+    }
+
+    #[test]
+    fn the_approval_verb_is_found_at_any_depth() {
+        assert!(uses_reserved_verb(&request_card("abcde", "Bash", "d", "{}", 1)));
+        let nested = json!({"type": "AdaptiveCard", "body": [{"type": "ActionSet", "actions": [{"type": "Action.Execute", "verb": " AgentGate.Permission "}]}]});
+        assert!(uses_reserved_verb(&nested));
+        assert!(!uses_reserved_verb(&json!({"type": "AdaptiveCard", "actions": [{"type": "Action.Execute", "verb": "deploy"}]})));
+    }
+
+    #[test]
     fn expiry_and_orphans() {
         let approvals = Approvals::default();
         let (tx, _rx) = mpsc::unbounded_channel();
-        approvals.register(pending("abcde", tx.clone(), 1_000));
-        approvals.register(pending("fghij", tx, 5_000));
+        assert!(approvals.register(pending("abcde", tx.clone(), 1_000)));
+        assert!(approvals.register(pending("fghij", tx, 5_000)));
         assert!(approvals.take_expired(999).is_empty());
         let expired: Vec<String> = approvals.take_expired(1_000).into_iter().map(|p| p.request_id).collect();
         assert_eq!(expired, vec!["abcde"]);

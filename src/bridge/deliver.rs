@@ -95,9 +95,13 @@ pub fn text_messages(text: &str, entities: &[Value]) -> Result<Vec<Value>> {
         .collect())
 }
 
-/// A card message, checked: a valid Adaptive Card, within Teams' size limit.
+/// A card message from the agent, checked: a valid Adaptive Card that does not use the approval verb,
+/// within Teams' size limit.
 pub fn card_message(text: Option<&str>, card: Value) -> Result<Value> {
     crate::teams::validate_card(&card).map_err(|e| Error::invalid(format!("card is not a valid Adaptive Card: {e}")))?;
+    if super::approval::uses_reserved_verb(&card) {
+        return Err(Error::invalid(super::approval::RESERVED_VERB_ERROR));
+    }
     let activity = message(text, Some(card));
     crate::teams::check_activity_size(&activity).map_err(|e| Error::invalid(format!("too large for Teams: {e}")))?;
     Ok(activity)

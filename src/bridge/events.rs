@@ -64,6 +64,24 @@ pub struct InboundEvent {
     /// `;messageid=…` part).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel_id: Option<String>,
+    /// For lifecycle events (which pass the bot's policy whoever sent them): whether the policy would let
+    /// their sender reach the agent. `None` until [`InboundEvent::check_sender`]; other events passed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_allowed: Option<bool>,
+}
+
+/// Names (senders, members) in a lifecycle event: at most this many chars each ...
+const LIFECYCLE_NAME_MAX_CHARS: usize = 64;
+/// ... and at most this many listed.
+const LIFECYCLE_NAMES_MAX: usize = 10;
+
+/// A display name for a lifecycle line: cleaned ([`meta_value`]) and cut to [`LIFECYCLE_NAME_MAX_CHARS`].
+fn short_name(name: &str) -> String {
+    let cleaned = meta_value(name);
+    match cleaned.char_indices().nth(LIFECYCLE_NAME_MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &cleaned[..cut]),
+        None => cleaned,
+    }
 }
 
 /// What kind of thing happened.
@@ -128,12 +146,13 @@ pub enum EventError {
     Malformed { inbox_id: i64, reason: String },
 }
 
-/// Reads the activity stored with `item` as an event. The bot whose mention is stripped is the activity's
-/// `recipient`.
+/// Reads the activity stored with `item` as an event. The bot whose mention is stripped is the bot the
+/// activity was authenticated for (never the body's `recipient`, except for an Entra-authenticated
+/// agentic activity, whose recipient intake checked against the bot's Agent Identity and User).
 pub fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventError> {
     let mut activity: Activity =
         serde_json::from_str(&item.body).map_err(|e| EventError::Malformed { inbox_id: item.id, reason: e.to_string() })?;
-    let bot_id = activity.recipient.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+    let bot_id = authenticated_bot(item, &activity);
     let mentioned_bot = is_bot_mentioned(&activity, &bot_id);
     strip_bot_mention(&mut activity, &bot_id);
     let text = activity.text.as_deref().map(html_to_text).filter(|t| !t.is_empty());
@@ -172,10 +191,29 @@ pub fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventError> {
         verb,
         team_id: team_id(&activity).map(str::to_owned),
         channel_id: channel_id(&activity).map(str::to_owned),
+        sender_allowed: None,
     })
 }
 
+/// The bot an inbox item's activity is for, as its mention appears: the authenticated app id.
+fn authenticated_bot(item: &InboxItem, activity: &Activity) -> String {
+    match activity.recipient.as_ref() {
+        Some(r) if item.auth == "entra-agentic" => r.id.clone(),
+        _ => item.bot_app_id.clone(),
+    }
+}
+
 impl InboundEvent {
+    /// For a lifecycle event, record whether the bot's `policy` would let its sender reach the agent.
+    pub fn check_sender(&mut self, item: &InboxItem, policy: &super::policy::BotPolicy) {
+        if !self.kind.is_lifecycle() {
+            return;
+        }
+        let allowed = serde_json::from_str::<Activity>(&item.body)
+            .is_ok_and(|a| super::policy::sender_allowed(policy, &authenticated_bot(item, &a), &a));
+        self.sender_allowed = Some(allowed);
+    }
+
     /// Everything in the event a sender controls, as one text, for the untrusted-content envelope: the
     /// text, and `card data: {compact JSON}` for card data; for lifecycle events one factual line (the only
     /// sender-controlled parts are display names). Ids and other metadata stay outside: they travel as
@@ -183,7 +221,11 @@ impl InboundEvent {
     /// it, [`bound`](super::envelope::bound) cuts it.
     pub fn untrusted_body(&self) -> String {
         let mut lines: Vec<String> = Vec::new();
-        let whom = self.sender_name.as_deref().map(|n| format!(" by {n}")).unwrap_or_default();
+        let whom = match self.sender_name.as_deref() {
+            Some(n) if self.kind.is_lifecycle() => format!(" by {}", short_name(n)),
+            Some(n) => format!(" by {n}"),
+            None => String::new(),
+        };
         let place = match self.conversation_type.as_deref() {
             Some("personal") => "this personal chat",
             Some("groupChat") => "this group chat",
@@ -246,12 +288,17 @@ impl InboundEvent {
     /// carry one.
     fn members_line(&self, key: &str) -> String {
         let list = self.data.as_ref().and_then(|d| d.get(key)).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        let names: Vec<String> =
-            list.iter().filter_map(|m| m.get("name").and_then(Value::as_str)).map(meta_value).filter(|n| !n.is_empty()).collect();
+        let mut names: Vec<String> =
+            list.iter().filter_map(|m| m.get("name").and_then(Value::as_str)).map(short_name).filter(|n| !n.is_empty()).collect();
         let count = match list.len() {
             1 => "1 member".to_owned(),
             n => format!("{n} members"),
         };
+        if names.len() > LIFECYCLE_NAMES_MAX {
+            let more = names.len() - LIFECYCLE_NAMES_MAX;
+            names.truncate(LIFECYCLE_NAMES_MAX);
+            names.push(format!("and {more} more"));
+        }
         if names.is_empty() { format!(": {count}") } else { format!(": {count} ({})", names.join(", ")) }
     }
 
@@ -375,7 +422,8 @@ mod tests {
         let a = testdata::activity(raw);
         InboxItem {
             id: 7,
-            bot_app_id: "bot-app".into(),
+            // The bot the activity was authenticated for: the app id the recipient names.
+            bot_app_id: a.recipient.as_ref().map_or("bot-app", |r| r.id.trim_start_matches("28:")).into(),
             tenant_id: a.tenant_id().unwrap_or("t").into(),
             conversation_id: a.conversation_id().unwrap_or("c").into(),
             activity_id: a.id.clone().unwrap_or_default(),
@@ -400,7 +448,7 @@ mod tests {
         let e = event(testdata::MESSAGE_PERSONAL);
         assert_eq!(e.kind, EventKind::Message);
         assert_eq!(e.inbox_id, 7);
-        assert_eq!(e.bot, "bot-app");
+        assert_eq!(e.bot, "00000000-0000-0000-0000-00000000000011");
         assert_eq!(e.tenant, "00000000-0000-0000-0000-0000000000001");
         assert_eq!(e.conversation_id, "32bad99c-23bf-4c9b-80be-6132fe6f656d");
         assert_eq!(e.conversation_type.as_deref(), Some("personal"));
@@ -542,6 +590,15 @@ mod tests {
             "entities": [{"type": "mention", "text": "<at>Bot</at>", "mentioned": {"id": "28:bot", "name": "Bot"}}]
         }));
         assert!(html.mentioned_bot);
+        // The mention counts for the bot the activity was authenticated for, not for whoever the body's
+        // recipient names.
+        let mut other = item(&json!({"type": "message", "id": "m", "conversation": {"id": "c"}, "recipient": {"id": "28:someone-else"},
+            "text": "<at>Bot</at> hi", "entities": [{"type": "mention", "text": "<at>Bot</at>", "mentioned": {"id": "28:someone-else", "name": "Bot"}}]})
+        .to_string());
+        other.bot_app_id = "bot".into();
+        let forged = event_from_item(&other).unwrap();
+        assert!(!forged.mentioned_bot);
+        assert_eq!(forged.text.as_deref(), Some("@Bot hi"), "another id's mention is not stripped as the bot's");
         assert_eq!(html.text.as_deref(), Some("please read this (https://ex.com/d)\n[image: https://img/1]"));
 
         let only_mention = base(json!({

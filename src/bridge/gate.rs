@@ -20,8 +20,8 @@ pub enum Classified {
     Deliver,
     /// Kept from the hosts by policy (reason for the log).
     Filter(&'static str),
-    /// An answer to an approval request.
-    Answer { request_id: String, behavior: Behavior, sender: String, by_card: bool },
+    /// An answer to an approval request; a card answer names the message it was clicked on (`replyToId`).
+    Answer { request_id: String, behavior: Behavior, sender: String, by_card: bool, reply_to: Option<String> },
 }
 
 impl Classified {
@@ -54,17 +54,22 @@ impl InboundGate {
         self.inbox.subscribe()
     }
 
-    /// Decide before the commit.
-    pub fn classify(&self, bot_app_id: &str, activity: &Activity) -> Classified {
+    /// Decide before the commit. `authenticated` is false for anonymous (`serve --dev`) activities: they
+    /// never answer an approval request, whoever they claim to come from.
+    pub fn classify(&self, bot_app_id: &str, activity: &Activity, authenticated: bool) -> Classified {
         let sender = activity.from.as_ref().and_then(|f| f.aad_object_id.clone()).unwrap_or_default();
         if !sender.is_empty()
             && let Some(answer) = self.answer(bot_app_id, activity, &sender)
         {
+            if !authenticated {
+                tracing::warn!(sender = %sender, "an unauthenticated (dev-mode) activity tried to answer an approval request; ignored");
+                return Classified::Filter("unauthenticated_approval_answer");
+            }
             return answer;
         }
         let default = BotPolicy::default();
         let policy = self.policies.get(&bot_app_id.to_ascii_lowercase()).unwrap_or(&default);
-        match super::policy::evaluate(policy, activity) {
+        match super::policy::evaluate(policy, bot_app_id, activity) {
             PolicyVerdict::Deliver => Classified::Deliver,
             PolicyVerdict::Drop(reason) => {
                 tracing::info!(
@@ -82,18 +87,19 @@ impl InboundGate {
         if activity.kind() == crate::activity::Kind::Invoke && activity.name.as_deref() == Some("adaptiveCard/action") {
             let action = crate::teams::execute_action(activity).ok()?;
             let (request_id, behavior) = approval::parse_card_verdict(action.verb.as_deref()?, &action.data)?;
-            return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: true });
+            let reply_to = activity.reply_to_id.clone().filter(|r| !r.is_empty());
+            return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: true, reply_to });
         }
         if activity.kind() == crate::activity::Kind::Message {
             // Answers are short; skip the work for anything longer.
             if activity.text.as_deref()?.len() > 200 {
                 return None;
             }
-            let plain = text_without_mention(activity)?;
+            let plain = text_without_mention(activity, bot_app_id)?;
             // A typed answer counts only from an approver of an open request (anything else is chat).
             let (behavior, request_id) = approval::parse_text_verdict(&plain)?;
             if self.approvals.is_open_for(bot_app_id, &request_id, sender) {
-                return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: false });
+                return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: false, reply_to: None });
             }
         }
         None
@@ -116,13 +122,24 @@ impl InboundGate {
                 None
             }
             Classified::Filter(_) => None,
-            Classified::Answer { request_id, behavior, sender, by_card } => {
-                let decision = self.approvals.decide(bot_app_id, request_id, sender, *behavior);
+            Classified::Answer { request_id, behavior, sender, by_card, reply_to } => {
+                // A click counts only on a delivered approval card of this request, in this conversation.
+                let decision = if *by_card
+                    && self.approvals.is_open(bot_app_id, request_id)
+                    && !self.on_approval_card(store, bot_app_id, request_id, conversation_id, reply_to.as_deref()).await
+                {
+                    Decision::NotTheCard
+                } else {
+                    self.approvals.decide(bot_app_id, request_id, sender, *behavior)
+                };
                 let verdict_word = if *behavior == Behavior::Allow { "Allowed" } else { "Denied" };
                 let (outcome, text) = match &decision {
                     Decision::Decided { .. } => (behavior.as_str(), format!("{verdict_word} by you.")),
                     Decision::NotApprover { .. } => {
                         ("refused_not_approver", "Only an approver can answer this request; nothing was decided.".to_owned())
+                    }
+                    Decision::NotTheCard => {
+                        ("refused_not_the_card", "This is not the approval card of this request; nothing was decided.".to_owned())
                     }
                     Decision::Unknown => {
                         ("unknown_request", "This request is no longer open (answered, expired, or never issued).".to_owned())
@@ -155,14 +172,44 @@ impl InboundGate {
     }
 }
 
-/// The text of a message without the bot's own mention ("@Bot yes abcde" in a group chat).
-fn text_without_mention(activity: &Activity) -> Option<String> {
+impl InboundGate {
+    /// Whether `reply_to` is the message id of a delivered approval card of `request_id`, sent through
+    /// `bot_app_id` to `conversation_id`.
+    async fn on_approval_card(
+        &self,
+        store: &dyn Store,
+        bot_app_id: &str,
+        request_id: &str,
+        conversation_id: &str,
+        reply_to: Option<&str>,
+    ) -> bool {
+        let Some(reply_to) = reply_to else { return false };
+        for card in self.approvals.cards_of(bot_app_id, request_id) {
+            if card.conversation_id != conversation_id {
+                continue;
+            }
+            match store.outbox(Some(card.outbox_id), 1).await {
+                Ok(items) => {
+                    let delivered = items.into_iter().find(|i| i.id == card.outbox_id).and_then(|i| i.result_id);
+                    if delivered.is_some_and(|id| !id.is_empty() && id == reply_to) {
+                        return true;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the outbox failed; the card answer is not accepted"),
+            }
+        }
+        false
+    }
+}
+
+/// The text of a message without the bot's own mention ("@Bot yes abcde" in a group chat); `bot` is the
+/// authenticated bot's app id.
+fn text_without_mention(activity: &Activity, bot: &str) -> Option<String> {
     let text = activity.text.as_deref()?;
     if !text.contains("<at") {
         return Some(super::envelope::html_to_text(text));
     }
     let mut a = activity.clone();
-    let bot = a.recipient.as_ref().map(|r| r.id.clone()).unwrap_or_default();
-    crate::teams::strip_bot_mention(&mut a, &bot);
+    crate::teams::strip_bot_mention(&mut a, bot);
     Some(super::envelope::html_to_text(a.text.as_deref().unwrap_or_default()))
 }

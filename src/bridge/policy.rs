@@ -96,7 +96,9 @@ impl DropReason {
 }
 
 /// Whether `activity` may reach the agent under `policy`.
-pub fn evaluate(policy: &BotPolicy, activity: &Activity) -> Verdict {
+/// `bot_id` is the bot the activity was authenticated for (its app id): the mention check asks whether
+/// *that* bot is mentioned, never whoever the body's `recipient` names.
+pub fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> Verdict {
     use self::DropReason::*;
     if matches!(activity.kind(), Kind::InstallationUpdate | Kind::ConversationUpdate) {
         return Verdict::Deliver;
@@ -135,12 +137,19 @@ pub fn evaluate(policy: &BotPolicy, activity: &Activity) -> Verdict {
         return Verdict::Drop(GroupSenderNotAllowed);
     }
     if policy.groups == GroupPolicy::Mention && needs_mention(activity) {
-        let bot = activity.recipient.as_ref().map(|r| r.id.as_str()).unwrap_or_default();
-        if !is_bot_mentioned(activity, bot) {
+        if !is_bot_mentioned(activity, bot_id) {
             return Verdict::Drop(NotMentioned);
         }
     }
     Verdict::Deliver
+}
+
+/// Whether the policy would let this sender reach the agent with a message here (ignoring the mention
+/// rule). Lifecycle events pass the policy regardless; this says whether their sender would have.
+pub fn sender_allowed(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> bool {
+    let mut as_message = activity.clone();
+    as_message.kind = "message".to_owned();
+    matches!(evaluate(policy, bot_id, &as_message), Verdict::Deliver | Verdict::Drop(DropReason::NotMentioned))
 }
 
 /// Whether `mention` mode needs the bot to be mentioned for this activity: not for clicks on the bot's
@@ -489,7 +498,15 @@ mod tests {
             ),
         ];
         for (name, p, a, want) in cases {
-            assert_eq!(evaluate(&p, &a), want, "{name}");
+            let bot = a.recipient.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+            assert_eq!(evaluate(&p, &bot, &a), want, "{name}");
+            // The body's recipient is never trusted for the mention: for another bot, a mention of this
+            // recipient does not count.
+            let personal = a.conversation.as_ref().and_then(|c| c.conversation_type.as_deref()) == Some("personal");
+            let lifecycle = personal || matches!(a.kind(), Kind::InstallationUpdate | Kind::ConversationUpdate);
+            if want == Verdict::Deliver && p.groups == GroupPolicy::Mention && needs_mention(&a) && !lifecycle {
+                assert_eq!(evaluate(&p, "28:another-bot", &a), Verdict::Drop(NotMentioned), "{name}: another bot");
+            }
         }
     }
 

@@ -73,6 +73,7 @@ fn reference(bot: &str, conversation: &str, tenant: &str, kind: &str) -> Convers
         usable: true,
         updated_at_ms: now_ms(),
         agentic: None,
+        authenticated: true,
     }
 }
 

@@ -474,6 +474,30 @@ fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `init`: the starter at `output`. Without `force` the file is created new (`O_EXCL`: an existing file or
+/// any symlink, even a dangling one, is refused); with `force` it replaces `output` by an atomic rename
+/// (a symlink there is replaced, never written through).
+fn write_starter(output: &Path, force: bool) -> anyhow::Result<()> {
+    if !force {
+        let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).open(output) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                anyhow::bail!("{} already exists; pass --force to overwrite it", output.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("writing {}", output.display())),
+        };
+        return file.write_all(STARTER_TOML.as_bytes()).with_context(|| format!("writing {}", output.display()));
+    }
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing in {}", dir.display()))?;
+    tmp.write_all(STARTER_TOML.as_bytes()).with_context(|| format!("writing {}", output.display()))?;
+    tmp.persist(output).map_err(|e| e.error).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
@@ -498,10 +522,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Mcp(a) => mcp(*a),
         Command::Init { output, force } => {
-            if output.exists() && !force {
-                anyhow::bail!("{} already exists; pass --force to overwrite it", output.display());
-            }
-            std::fs::write(&output, STARTER_TOML).with_context(|| format!("writing {}", output.display()))?;
+            write_starter(&output, force)?;
             say!("wrote {}: set your bot's app id and tenants, then run `agentgate check --config {}`", output.display(), output.display());
             Ok(ExitCode::SUCCESS)
         }

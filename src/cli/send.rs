@@ -45,6 +45,9 @@ pub async fn queue_from_cli(cfg: &Config, store: &dyn Store, args: &SendArgs) ->
             let card: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("the card {} is not JSON: {e}", path.display()))?;
             crate::teams::validate_card(&card)
                 .map_err(|e| anyhow::anyhow!("the card {} is not a valid Adaptive Card: {e}", path.display()))?;
+            if crate::bridge::approval::uses_reserved_verb(&card) {
+                anyhow::bail!("the card {}: {}", path.display(), crate::bridge::approval::RESERVED_VERB_ERROR);
+            }
             Some(card)
         }
         None => None,

@@ -155,7 +155,10 @@ impl ConnectorClient {
         token: &SecretString,
         body: Option<&Value>,
     ) -> Result<(StatusCode, bytes::Bytes), ConnectorError> {
-        let mut req = self.http.request(method, url).bearer_auth(token.expose_secret());
+        // The Agents Playground's loopback connector (dev mode) only ever gets the placeholder: any local
+        // process can listen there, so a real bot or Agent User token must never go to it.
+        let token = if crate::service_url::is_dev_connector_str(&url) { tokens::DEV_PLACEHOLDER_TOKEN } else { token.expose_secret() };
+        let mut req = self.http.request(method, url).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(b);
         }

@@ -445,6 +445,7 @@ impl Outbound {
                         usable: true,
                         updated_at_ms: now_ms(),
                         agentic: None,
+                        authenticated: true,
                     })
                     .await
                 {

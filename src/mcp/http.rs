@@ -1,8 +1,10 @@
 //! Streamable HTTP at `/mcp`: its own listener (loopback by default), bearer tokens from secret
-//! sources, each token's scope, and rmcp's `Host` check against `mcp.allowed_hosts`.
+//! sources, each token's scope, rmcp's `Host` check against `mcp.allowed_hosts`, the `Origin` check, and
+//! each session bound to the token that opened it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -86,11 +88,131 @@ async fn authenticate(State(tokens): State<Tokens>, mut req: Request, next: Next
     next.run(req).await
 }
 
+/// The header naming a Streamable HTTP session.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Which token opened each session: session id → SHA-256 of the token.
+#[derive(Clone, Default)]
+struct Sessions(Arc<Mutex<HashMap<String, [u8; 32]>>>);
+
+impl Sessions {
+    fn owner(&self, id: &str) -> Option<[u8; 32]> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied()
+    }
+
+    fn bind(&self, id: &str, digest: [u8; 32]) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), digest);
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+}
+
+/// What [`guard`] checks a request against.
+#[derive(Clone)]
+struct Guard {
+    sessions: Sessions,
+    allowed_hosts: Arc<Vec<String>>,
+}
+
+/// The bearer token of a request, as [`authenticate`] reads it.
+fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+/// Equal digests, compared in constant time.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A host name for comparison: lower case, no brackets around an IPv6 address, no trailing dot.
+fn bare_host(host: &str) -> String {
+    host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a browser `Origin` may use `/mcp`: an http(s) origin whose host is a loopback name, or is
+/// listed in `mcp.allowed_hosts` (an entry with a port matches that port only). `null` and anything
+/// unparsable are refused.
+fn origin_allowed(origin: &str, allowed_hosts: &[String]) -> bool {
+    let Ok(url) = url::Url::parse(origin.trim()) else { return false };
+    if !matches!(url.scheme(), "http" | "https") {
+        return false;
+    }
+    let Some(host) = url.host_str().map(bare_host) else { return false };
+    if matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") {
+        return true;
+    }
+    let port = url.port_or_known_default();
+    allowed_hosts.iter().any(|entry| {
+        let (h, p) = match entry.parse::<axum::http::uri::Authority>() {
+            Ok(a) => (bare_host(a.host()), a.port_u16()),
+            Err(_) => (bare_host(entry), None),
+        };
+        h == host && p.is_none_or(|p| Some(p) == port)
+    })
+}
+
+fn refused(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// In front of rmcp, after [`authenticate`]: the `Origin` check (DNS rebinding), then the session's owner.
+/// A session belongs to the token whose `initialize` opened it; every later request on it (POST, GET,
+/// DELETE) with another token, or naming a session this listener never opened, gets 404 before rmcp
+/// sees it.
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN)
+        && !origin.to_str().is_ok_and(|o| origin_allowed(o, &g.allowed_hosts))
+    {
+        tracing::warn!("/mcp request refused: its Origin is not a loopback or allowed host");
+        return refused(StatusCode::FORBIDDEN, r#"{"error":"forbidden"}"#);
+    }
+    let Some(digest) = presented(req.headers()).map(|t| -> [u8; 32] { Sha256::digest(t.as_bytes()).into() }) else {
+        return unauthorized();
+    };
+    let session = req.headers().get(SESSION_HEADER).map(|v| v.to_str().map(str::to_owned));
+    let session = match session {
+        None => None,
+        Some(Ok(id)) if g.sessions.owner(&id).is_some_and(|owner| same_digest(&owner, &digest)) => Some(id),
+        Some(_) => {
+            tracing::warn!("/mcp request refused: unknown session, or a session opened with another token");
+            return refused(StatusCode::NOT_FOUND, r#"{"error":"session not found"}"#);
+        }
+    };
+    let deleting = req.method() == axum::http::Method::DELETE;
+    let resp = next.run(req).await;
+    match session {
+        // `initialize`: the new session belongs to this token.
+        None => {
+            if let Some(id) = resp.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+                g.sessions.bind(id, digest);
+                tracing::debug!(session = id, "MCP session opened");
+            }
+        }
+        Some(id) => {
+            if (deleting && resp.status().is_success()) || resp.status() == StatusCode::NOT_FOUND {
+                g.sessions.forget(&id);
+            }
+        }
+    }
+    resp
+}
+
 /// The `/mcp` router over a hub.
 pub fn router(hub: Arc<Hub>, tokens: Tokens, cfg: &McpConfig) -> Router {
     let config = StreamableHttpServerConfig::default().with_allowed_hosts(cfg.allowed_hosts.clone());
     let service = StreamableHttpService::new(move || Ok(Bridge::http(Arc::clone(&hub))), Arc::new(LocalSessionManager::default()), config);
-    Router::new().nest_service("/mcp", service).layer(axum::middleware::from_fn_with_state(tokens, authenticate))
+    let guard_state = Guard { sessions: Sessions::default(), allowed_hosts: Arc::new(cfg.allowed_hosts.clone()) };
+    Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(guard_state, guard))
+        .layer(axum::middleware::from_fn_with_state(tokens, authenticate))
 }
 
 /// Start `/mcp` when tokens are configured: its address and task.
@@ -118,6 +240,31 @@ pub async fn serve(hub: Arc<Hub>, cfg: &McpConfig) -> anyhow::Result<Option<(Soc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_must_be_loopback_or_allowed_hosts() {
+        let allowed = vec!["localhost".to_owned(), "agents.contoso.com".to_owned(), "proxy.contoso.com:8443".to_owned()];
+        for ok in [
+            "http://localhost:5173",
+            "http://127.0.0.1",
+            "http://[::1]:8080",
+            "https://agents.contoso.com",
+            "https://proxy.contoso.com:8443",
+        ] {
+            assert!(origin_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in [
+            "http://evil.example",
+            "null",
+            "http://localhost.evil.example",
+            "https://proxy.contoso.com",
+            "file:///etc/passwd",
+            "https://agents.contoso.com.evil.example",
+            "",
+        ] {
+            assert!(!origin_allowed(bad, &allowed), "{bad}");
+        }
+    }
 
     #[test]
     fn tokens_map_to_their_scope_only() {

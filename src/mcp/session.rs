@@ -407,7 +407,10 @@ impl Bridge {
             .map(|item| {
                 shown.insert(item.id, (item.bot_app_id.clone(), item.conversation_id.clone()));
                 match events::event_from_item(item) {
-                    Ok(ev) => event_json(&ev, self.hub.cfg.mcp.max_content_chars * 4),
+                    Ok(mut ev) => {
+                        check_sender(&self.hub, item, &mut ev);
+                        event_json(&ev, self.hub.cfg.mcp.max_content_chars * 4)
+                    }
                     Err(e) => json!({"inbox_id": item.id, "event": "unreadable", "error": e.to_string()}),
                 }
             })
@@ -487,7 +490,22 @@ impl Bridge {
         timeout: Duration,
         verdicts: mpsc::UnboundedSender<Verdict>,
     ) -> usize {
-        let mut cards = Vec::new();
+        // Reserve the id first: a request whose id is open already (another session's, or another bot's)
+        // is refused, never merged or replaced, so an answer can only ever reach the session that asked.
+        let reserved = self.hub.approvals.register(PendingApproval {
+            request_id: request_id.to_owned(),
+            bot_app_id: bot.app_id.clone(),
+            approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            tool_name: tool_name.to_owned(),
+            verdicts,
+            cards: Vec::new(),
+            expires_at_ms: now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2)),
+        });
+        if !reserved {
+            tracing::warn!(request_id, "a permission request reuses the id of an open request; refused (no card sent)");
+            return 0;
+        }
+        let mut sent = 0;
         for approver in &bot.policy.approvers {
             let r = match self.hub.store.personal_conversation(&bot.app_id, approver).await {
                 Ok(Some(r)) if scope.allows_tenant(&r.tenant_id) => r,
@@ -502,27 +520,22 @@ impl Bridge {
             };
             let op = OutboundOp::Send { activity: message(Some(&format!("Approval needed: {request_id}")), Some(card.clone())) };
             match self.hub.enqueue(&self.requester(scope), bot, &r, op).await {
-                Ok(outbox_id) => cards.push(CardRef {
-                    outbox_id,
-                    bot_app_id: bot.app_id.clone(),
-                    tenant_id: r.tenant_id,
-                    conversation_id: r.conversation_id,
-                    service_url: r.service_url,
-                }),
+                Ok(outbox_id) => {
+                    let card = CardRef {
+                        outbox_id,
+                        bot_app_id: bot.app_id.clone(),
+                        tenant_id: r.tenant_id,
+                        conversation_id: r.conversation_id,
+                        service_url: r.service_url,
+                    };
+                    self.hub.approvals.add_card(request_id, card);
+                    sent += 1;
+                }
                 Err(e) => tracing::error!(error = %e, "an approval card could not be queued"),
             }
         }
-        let sent = cards.len();
-        if sent > 0 {
-            self.hub.approvals.register(PendingApproval {
-                request_id: request_id.to_owned(),
-                bot_app_id: bot.app_id.clone(),
-                approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
-                tool_name: tool_name.to_owned(),
-                verdicts,
-                cards,
-                expires_at_ms: now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2)),
-            });
+        if sent == 0 {
+            self.hub.approvals.withdraw(request_id);
         }
         sent
     }
@@ -552,6 +565,21 @@ impl Bridge {
     }
 }
 
+/// Lifecycle events pass the bot's policy whoever sent them: say whether their sender would have.
+fn check_sender(hub: &Hub, item: &crate::store::InboxItem, ev: &mut InboundEvent) {
+    if let Some(bot) = hub.cfg.bots.iter().find(|b| b.app_id.eq_ignore_ascii_case(&item.bot_app_id)) {
+        ev.check_sender(item, &bot.policy);
+    } else if ev.kind.is_lifecycle() {
+        ev.sender_allowed = Some(false);
+    }
+}
+
+/// The sender's display name as a label outside the envelope: never for lifecycle events, whose names
+/// (sender and members) travel only inside it, bounded.
+fn sender_label(ev: &InboundEvent) -> Option<&str> {
+    ev.sender_name.as_deref().filter(|_| !ev.kind.is_lifecycle())
+}
+
 /// The JSON of an event for a tool result: metadata outside, the sender's text inside the envelope.
 fn event_json(ev: &InboundEvent, max_chars: usize) -> Value {
     let (body, truncated) = envelope::bound(&ev.untrusted_body(), max_chars);
@@ -569,7 +597,7 @@ fn event_json(ev: &InboundEvent, max_chars: usize) -> Value {
         ("conversation_type", ev.conversation_type.as_deref()),
         ("reply_to_id", ev.reply_to_id.as_deref()),
         ("user_id", ev.sender_id.as_deref()),
-        ("user", ev.sender_name.as_deref()),
+        ("user", sender_label(ev)),
         ("team_id", ev.team_id.as_deref()),
         ("channel_id", ev.channel_id.as_deref()),
         ("verb", ev.verb.as_deref()),
@@ -580,6 +608,9 @@ fn event_json(ev: &InboundEvent, max_chars: usize) -> Value {
         }
     }
     v["mentioned"] = json!(ev.mentioned_bot);
+    if let Some(allowed) = ev.sender_allowed {
+        v["sender_allowed"] = json!(allowed);
+    }
     if truncated {
         v["truncated"] = json!(true);
     }
@@ -593,7 +624,7 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
     let fields = [
         ("chat_id", Some(ev.conversation_id.as_str())),
         ("message_id", Some(ev.message_id.as_str())),
-        ("user", ev.sender_name.as_deref()),
+        ("user", sender_label(ev)),
         ("user_id", ev.sender_id.as_deref()),
         ("tenant", Some(ev.tenant.as_str())),
         ("ts", Some(ev.received_at.as_str())),
@@ -606,6 +637,9 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
         }
     }
     meta.insert("inbox_id".into(), Value::String(ev.inbox_id.to_string()));
+    if let Some(allowed) = ev.sender_allowed {
+        meta.insert("sender_allowed".into(), Value::String(allowed.to_string()));
+    }
     if with_bot {
         // Several bots in scope may share a conversation: say which one received it.
         meta.insert("bot".into(), Value::String(envelope::meta_value(&ev.bot)));
@@ -641,7 +675,10 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
                 continue;
             }
             let ev = match events::event_from_item(&item) {
-                Ok(ev) => ev,
+                Ok(mut ev) => {
+                    check_sender(&hub, &item, &mut ev);
+                    ev
+                }
                 Err(e) => {
                     tracing::warn!(inbox_id = item.id, error = %e, "an inbox entry could not be read as an event; not pushed");
                     continue;
@@ -887,6 +924,7 @@ impl Bridge {
                 usable: true,
                 updated_at_ms: now_ms(),
                 agentic: None,
+                authenticated: true,
             };
             self.hub.enqueue(&self.requester(&scope), bot, &r, OutboundOp::CreatePersonal { user_id: a.user_id.clone(), activity }).await?
         };
@@ -919,12 +957,12 @@ impl Bridge {
     #[tool(description = "Replace an Adaptive Card the bot sent (by its message_id).")]
     async fn update_card(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<UpdateCardArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
-        crate::teams::validate_card(&a.card).map_err(|e| format!("card is not a valid Adaptive Card: {e}"))?;
+        let activity = deliver::card_message(None, a.card)?;
         if a.message_id.trim().is_empty() {
             return fail("message_id is empty");
         }
         let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
-        let op = OutboundOp::Update { activity_id: a.message_id, activity: message(None, Some(a.card)) };
+        let op = OutboundOp::Update { activity_id: a.message_id, activity };
         let id = self.hub.enqueue(&self.requester(&scope), &bot, &r, op).await?;
         self.settle(id, &bot.app_id).await
     }

@@ -83,6 +83,9 @@ pub struct ConversationRef {
     /// Agent 365: the inbound recipient (the agentic user's account, JSON). Replies then go out with the
     /// Agent User's token and this account as `from`.
     pub agentic: Option<String>,
+    /// Written by an authenticated activity (or by the gateway itself). An unauthenticated (`serve --dev`)
+    /// activity never overwrites a reference marked so.
+    pub authenticated: bool,
 }
 
 /// The result of committing an inbound activity.

@@ -121,6 +121,9 @@ const MIGRATIONS: &[Migration] = &[
         }
         Ok(())
     },
+    // 3: whether a Microsoft-signed token vouched for the activity that wrote a reference. References from
+    // before the mark count as authenticated: an anonymous (dev) activity may not overwrite them.
+    |tx| tx.execute_batch("ALTER TABLE conversation_refs ADD COLUMN authenticated INTEGER NOT NULL DEFAULT 1"),
 ];
 
 /// The schema version this build writes.
@@ -457,6 +460,7 @@ impl RefCache {
             &r.bot_id,
             r.usable,
             &r.agentic,
+            r.authenticated,
         )
             .hash(&mut h);
         h.finish()
@@ -555,8 +559,8 @@ fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord, write_ref: bool
 fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
-                                        user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                                        user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (bot_app_id, conversation_id) DO UPDATE SET
              tenant_id = excluded.tenant_id, service_url = excluded.service_url, channel_id = excluded.channel_id,
              conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
@@ -564,7 +568,9 @@ fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::
              user_aad_object_id = COALESCE(excluded.user_aad_object_id, conversation_refs.user_aad_object_id),
              bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
              usable = excluded.usable, updated_at_ms = excluded.updated_at_ms,
-             agentic = COALESCE(excluded.agentic, conversation_refs.agentic)",
+             agentic = COALESCE(excluded.agentic, conversation_refs.agentic),
+             authenticated = excluded.authenticated
+         WHERE excluded.authenticated OR NOT conversation_refs.authenticated",
     )?
     .execute(params![
         c.bot_app_id,
@@ -578,7 +584,8 @@ fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::
         c.bot_id,
         c.usable,
         c.updated_at_ms,
-        c.agentic
+        c.agentic,
+        c.authenticated
     ])?;
     Ok(())
 }
@@ -609,7 +616,7 @@ fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxItem> {
     })
 }
 
-const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic";
+const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated";
 
 fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
     Ok(ConversationRef {
@@ -625,6 +632,7 @@ fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
         usable: r.get(9)?,
         updated_at_ms: r.get(10)?,
         agentic: r.get(11)?,
+        authenticated: r.get(12)?,
     })
 }
 

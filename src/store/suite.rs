@@ -43,7 +43,8 @@ macro_rules! store_suite {
             outbox_keeps_per_conversation_order_and_recovers_after_a_crash, no_audit_event_no_send,
             a_failed_write_leaves_nothing_behind, audit_chain_detects_an_edit, audit_detects_a_truncated_tail,
             audit_detects_that_every_event_was_deleted, audit_detects_a_renumbered_event,
-            audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite);
+            audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite,
+            an_anonymous_activity_never_overwrites_an_authenticated_reference);
     };
     (@store $backend:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -87,6 +88,7 @@ pub(crate) fn record(activity_id: &str, conv: &str) -> InboundRecord {
             usable: true,
             updated_at_ms: 1,
             agentic: None,
+            authenticated: true,
         },
         state: InboxState::Pending,
     }
@@ -375,4 +377,36 @@ pub(crate) async fn audit_expected_head_catches_an_unkeyed_rewrite(b: &dyn Backe
     recompute_without_key(b, 2).await;
     assert!(verdict(b, None, None).await.is_ok());
     assert_eq!(verdict(b, None, Some(&head)).await, Err(Broken::HeadMismatch { expected: head }));
+}
+
+/// Dev mode: a reference written by an authenticated activity is never overwritten by an anonymous one (the
+/// activity itself is kept); anonymous over anonymous and authenticated over anything are written.
+pub async fn an_anonymous_activity_never_overwrites_an_authenticated_reference(b: &dyn Backend) {
+    let store = b.open(None).await;
+    let mut anonymous = record("a1", "c1");
+    anonymous.reference.service_url = "http://127.0.0.1:1/_connector".into();
+    anonymous.reference.authenticated = false;
+    store.commit_inbound(anonymous.clone()).await.unwrap();
+    // Anonymous over anonymous: written (dev mode alone still works).
+    let mut again = anonymous.clone();
+    again.activity_id = "a2".into();
+    again.reference.service_url = "http://127.0.0.1:2/_connector".into();
+    store.commit_inbound(again).await.unwrap();
+    let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+    assert_eq!((r.service_url.as_str(), r.authenticated), ("http://127.0.0.1:2/_connector", false));
+    // Authenticated over anonymous: written and marked.
+    store.commit_inbound(record("a3", "c1")).await.unwrap();
+    let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+    assert_eq!((r.service_url.as_str(), r.authenticated), ("https://smba.trafficmanager.net/amer/", true));
+    // Anonymous over authenticated: the activity is kept, the reference is not touched.
+    let mut forged = anonymous.clone();
+    forged.activity_id = "a4".into();
+    forged.reference.usable = false;
+    assert!(matches!(store.commit_inbound(forged).await.unwrap(), CommitOutcome::Accepted { .. }));
+    let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
+    assert_eq!((r.service_url.as_str(), r.authenticated, r.usable), ("https://smba.trafficmanager.net/amer/", true, true));
+    store.close().await;
+    let store = b.open(None).await;
+    assert!(store.conversation_ref("bot", "c1").await.unwrap().unwrap().authenticated);
+    store.close().await;
 }

@@ -16,6 +16,8 @@ use crate::fake_entra::test_cert;
 use crate::fake_entra_agent::*;
 use crate::helpers::*;
 
+const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+
 /// Entra's per-tenant OpenID metadata and keys, on loopback; counts fetches per tenant.
 struct TenantKeys {
     base: String,
@@ -93,10 +95,9 @@ async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_us
     let entra = Arc::new(FakeEntraAgent::start(test_cert(1)).await);
     let entra_key = TestKey::new("entra-kid", 2, None);
     let tenant_keys = TenantKeys::start(&entra_key).await;
-    // The fake Connector accepts only the Agent User's T3 for the agentic scope.
-    let fake = FakeConnector::start(vec![]).await;
-    let e = Arc::clone(&entra);
-    fake.accept_tokens(Arc::new(move |t: &str| e.check_user_token(t, AGENTIC_SCOPE).is_some()));
+    // The fake Connector is the Playground's loopback one: it accepts only the dev placeholder (the
+    // gateway obtains the Agent User's T3, but never hands it to a loopback connector).
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
 
     let dir = tempfile::tempdir().unwrap().keep();
     let mut opts = Options::new(&oidc.metadata_url);
@@ -181,6 +182,7 @@ async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_us
     assert_eq!(entra.hop_requests(), [1, 1, 1], "one three-hop chain for the reply");
     let issued = entra.issued();
     assert!(issued.iter().any(|t| t.scope == AGENTIC_SCOPE), "the T3 was for the agentic scope");
+    assert!(fake.seen_tokens().iter().all(|t| t == DEV_TOKEN), "a real token reached the Playground connector");
     let audit = std::process::Command::new(bin()).args(["audit", "--config"]).arg(&app.config).output().unwrap();
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert!(

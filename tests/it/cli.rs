@@ -76,3 +76,25 @@ fn environment_overrides_the_file_and_dev_refuses_non_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("server.bind") && err.contains("loopback"), "{err}");
 }
+
+#[test]
+fn init_never_writes_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    // A dangling link where the config would go: init must not create its target.
+    let target = dir.path().join("elsewhere.txt");
+    std::os::unix::fs::symlink(&target, dir.path().join("agentgate.toml")).unwrap();
+    let (ok, out, err) = run(&["init"], dir.path());
+    assert!(!ok, "init wrote through a dangling symlink: {out}");
+    assert!(!target.exists(), "the symlink's target was created");
+    assert!(err.contains("--force") || err.contains("exists"), "{err}");
+    // With --force the link itself is replaced; what it pointed at is left alone.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let link = dir.path().join("linked.toml");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let (ok, out, err) = run(&["init", "--force", "--output", "linked.toml"], dir.path());
+    assert!(ok, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me", "init --force wrote through a symlink");
+    assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_to_string(&link).unwrap().contains("[[bots]]"));
+}

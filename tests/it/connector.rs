@@ -214,6 +214,15 @@ async fn sending_where_the_bot_never_was_is_refused_with_a_reason() {
     std::fs::write(&card, r#"{"type":"NotACard"}"#).unwrap();
     let (ok, out) = cli(&app, &["send", "--conversation", "a:conv-1", "--card", card.to_str().unwrap()]);
     assert!(!ok && out.contains("not a valid Adaptive Card"), "{out}");
+    // The approval verb is reserved for the gateway's own approval cards.
+    let forged = app.dir.join("forged-card.json");
+    std::fs::write(
+        &forged,
+        r#"{"type":"AdaptiveCard","version":"1.5","body":[],"actions":[{"type":"Action.Execute","title":"Allow","verb":"agentgate.permission","data":{"request_id":"abcde","behavior":"allow"}}]}"#,
+    )
+    .unwrap();
+    let (ok, out) = cli(&app, &["send", "--conversation", "a:conv-1", "--card", forged.to_str().unwrap()]);
+    assert!(!ok && out.contains("reserved"), "{out}");
     assert_eq!(fake.state.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
@@ -260,11 +269,9 @@ async fn setup_with_certificate() -> (FakeOidc, std::sync::Arc<crate::fake_entra
     let cert = test_cert(0);
     let entra = std::sync::Arc::new(FakeEntra::start(vec![FakeApp::with_certificate(APP_ID, TENANT, cert)]).await);
     let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
-    let fake = FakeConnector::start(Vec::new()).await;
-    let e = std::sync::Arc::clone(&entra);
-    fake.accept_tokens(std::sync::Arc::new(move |t: &str| {
-        e.check_bearer(t).is_some_and(|i| i.client_id == APP_ID && i.scope == "https://api.botframework.com/.default")
-    }));
+    // The fake is the Playground's loopback connector: it must only ever see the dev placeholder, never
+    // the bot's real token (which the gateway still obtains from the credential).
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
     let dir = tempfile::tempdir().unwrap().keep();
     let (key, crt) = (dir.join("bot-key.pem"), dir.join("bot-cert.pem"));
     std::fs::write(&key, &cert.key_pem).unwrap();
@@ -297,6 +304,8 @@ async fn a_certificate_credential_gets_a_token_the_connector_accepts() {
     assert!(fake.refused().is_empty(), "{:?}", fake.refused());
     assert_eq!(entra.issued(), 1, "one token serves every send");
     assert!(entra.refusals().is_empty(), "{:?}", entra.refusals());
+    let real: Vec<String> = entra.issued_tokens().into_iter().map(|t| t.token).collect();
+    assert!(fake.seen_tokens().iter().all(|t| t == DEV_TOKEN && !real.contains(t)), "a real bot token reached the Playground");
     // No token, assertion or key material reaches the log.
     let log = app.stderr();
     for t in entra.issued_tokens() {

@@ -23,6 +23,8 @@ pub struct Landed {
     /// Decoded activity id from the path, for replies, updates and deletes.
     pub activity: Option<String>,
     pub body: Value,
+    /// The id the fake answered with (`1:N`), for sends and replies.
+    pub answered: Option<String>,
 }
 
 /// What the next request gets instead of success.
@@ -48,6 +50,8 @@ pub struct ConnectorState {
     pub landed: Mutex<Vec<Landed>>,
     pub requests: AtomicUsize,
     pub refused: Mutex<Vec<String>>,
+    /// Every bearer token presented, accepted or not.
+    pub seen_tokens: Mutex<Vec<String>>,
     next_id: AtomicUsize,
 }
 
@@ -80,6 +84,7 @@ fn refuse(s: &ConnectorState, status: StatusCode, why: &str) -> Response {
 async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     s.requests.fetch_add(1, Ordering::SeqCst);
     let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    s.seen_tokens.lock().unwrap().push(token.to_owned());
     let known = s.tokens.lock().unwrap().iter().any(|t| t == token);
     let checked = s.check.lock().unwrap().as_ref().is_some_and(|c| c(token));
     if token.is_empty() || !(known || checked) {
@@ -129,7 +134,7 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         return refuse(&s, StatusCode::BAD_REQUEST, "conversation parameters incomplete");
     }
     let fault = s.faults.lock().unwrap().pop_front();
-    let landed = Landed { method: method.to_string(), conversation, activity, body };
+    let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None };
     match fault {
         Some(Fault::Status(code, b)) => return (StatusCode::from_u16(code).unwrap(), axum::Json(b)).into_response(),
         Some(Fault::TooMany(after)) => {
@@ -154,7 +159,10 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
             s.landed.lock().unwrap().push(landed);
             return StatusCode::OK.into_response();
         }
-        _ => json!({"id": format!("1:{n}")}),
+        _ => {
+            landed.answered = Some(format!("1:{n}"));
+            json!({"id": format!("1:{n}")})
+        }
     };
     s.landed.lock().unwrap().push(landed);
     axum::Json(answer).into_response()
@@ -172,6 +180,7 @@ impl FakeConnector {
             landed: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             refused: Mutex::new(Vec::new()),
+            seen_tokens: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(1),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
@@ -192,6 +201,10 @@ impl FakeConnector {
 
     pub fn landed(&self) -> Vec<Landed> {
         self.state.landed.lock().unwrap().clone()
+    }
+
+    pub fn seen_tokens(&self) -> Vec<String> {
+        self.state.seen_tokens.lock().unwrap().clone()
     }
 
     pub fn refused(&self) -> Vec<String> {

@@ -181,7 +181,9 @@ async fn reaching_someone_new_needs_an_owner_in_teams() {
             click["name"] = json!("adaptiveCard/action");
             click.as_object_mut().unwrap().remove("text");
             click["value"] = json!({"action": {"type": "Action.Execute", "verb": "agentgate.permission", "data": {"request_id": request_id, "behavior": behavior}}});
-            assert_eq!(gw.post(&click).await.status(), 200);
+            // An answer counts only when authenticated and on the approval card itself.
+            click["replyToId"] = json!(card.answered.clone().expect("the card's message id"));
+            assert_eq!(gw.post_as(&bf_token(&fake.service_url), &click).await.status(), 200);
             card
         }
     };

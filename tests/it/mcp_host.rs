@@ -114,6 +114,11 @@ impl Drop for StdioGateway {
 impl StdioGateway {
     /// Spawn `agentgate mcp --config <dir>/agentgate.toml` (the file must exist) and connect a host.
     pub async fn start(dir: &Path, dev: bool, extra_args: &[&str], name: &str) -> (Self, Host) {
+        Self::start_logging(dir, dev, extra_args, name, Some("agentgate=debug,info")).await
+    }
+
+    /// Like [`StdioGateway::start`], with `RUST_LOG` set to `rust_log` (or unset: the default filter).
+    pub async fn start_logging(dir: &Path, dev: bool, extra_args: &[&str], name: &str, rust_log: Option<&str>) -> (Self, Host) {
         let config = dir.join("agentgate.toml");
         let stderr = dir.join(format!("mcp-stderr-{}.log", unique_id("run")));
         let mut cmd = tokio::process::Command::new(bin());
@@ -121,8 +126,11 @@ impl StdioGateway {
         if dev {
             cmd.arg("--dev");
         }
-        cmd.env("RUST_LOG", "agentgate=debug,info")
-            .env("AGENTGATE_TEST_SECRET", "s3cr3t-value-that-must-never-be-logged")
+        match rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        cmd.env("AGENTGATE_TEST_SECRET", "s3cr3t-value-that-must-never-be-logged")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -162,6 +170,26 @@ impl StdioGateway {
             .await
             .unwrap()
     }
+
+    /// POST an activity with a Bot Framework token (an authenticated activity, also in dev mode).
+    pub async fn post_as(&self, token: &str, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/api/messages", self.url))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A valid Bot Framework token for `APP_ID`, bound to `service_url`, signed with the tests' usual key
+/// (`TestKey::teams("kid", 0)`).
+pub fn bf_token(service_url: &str) -> String {
+    let mut claims = good_claims();
+    claims["serviceurl"] = json!(service_url);
+    TestKey::teams("kid", 0).mint(&claims)
 }
 
 /// A message from `aad` in `conversation`, through the fake Connector (dev mode).

@@ -28,6 +28,11 @@ fn secret_file(dir: &Path, name: &str, value: &str) -> String {
 
 /// A dev-mode `serve` with `/mcp` on and two scoped tokens; returns the app and the `/mcp` URL.
 async fn setup(oidc: &FakeOidc) -> (TestApp, String) {
+    setup_with(oidc, "").await
+}
+
+/// [`setup`], with `bot_lines` added to the first bot's table.
+async fn setup_with(oidc: &FakeOidc, bot_lines: &str) -> (TestApp, String) {
     let dir = tempfile::tempdir().unwrap().keep();
     let (a, b) = (secret_file(&dir, "a.token", TOKEN_A), secret_file(&dir, "b.token", TOKEN_B));
     let mut opts = Options::new(&oidc.metadata_url);
@@ -51,7 +56,8 @@ token = "{b}"
 bots = ["{OTHER_APP_ID}"]
 "#
     );
-    let app = TestApp::spawn_in(&dir, &opts).await.unwrap_or_else(|e| panic!("did not start:\n{e}"));
+    let patch = |t: String| t.replacen("policy.dm = \"open\"", &format!("policy.dm = \"open\"\n{bot_lines}"), 1);
+    let app = TestApp::spawn_in_with(&dir, &opts, patch).await.unwrap_or_else(|e| panic!("did not start:\n{e}"));
     let mut addr = None;
     for _ in 0..200 {
         let log = app.stderr();
@@ -176,6 +182,24 @@ async fn mcp_refuses_missing_and_wrong_tokens_and_foreign_hosts() {
     assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
     let foreign = post(Some(TOKEN_A), Some("evil.example")).await.unwrap();
     assert!(foreign.status().is_client_error(), "a foreign Host header was served: {}", foreign.status());
+    // A browser page on another origin (DNS rebinding) is refused; a loopback origin, or none, is fine.
+    let with_origin = |origin: &'static str| {
+        http.post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", format!("Bearer {TOKEN_A}"))
+            .header("origin", origin)
+            .body(init.to_string())
+            .send()
+    };
+    for evil in ["http://evil.example", "https://attacker.test:8443", "null", "http://localhost.evil.example"] {
+        let r = with_origin(evil).await.unwrap();
+        assert_eq!(r.status(), 403, "Origin {evil} was served");
+        assert!(r.headers().get("mcp-session-id").is_none());
+    }
+    for fine in ["http://localhost:5173", "http://127.0.0.1", "http://[::1]:8080"] {
+        assert_eq!(with_origin(fine).await.unwrap().status(), 200, "Origin {fine} was refused");
+    }
     let good = post(Some(TOKEN_A), None).await.unwrap();
     assert_eq!(good.status(), 200);
     let session = good.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned()).expect("a session id");
@@ -253,4 +277,101 @@ async fn connect_bridges_stdio_to_a_running_gateway() {
         std::process::Command::new(bin()).args(["mcp", "--connect", "http://192.0.2.1/mcp", "--token", &token_ref]).output().unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("clear text"), "{}", String::from_utf8_lossy(&refused.stderr));
+}
+
+/// A raw request on `/mcp` with `token`, on `session` when given.
+async fn raw(url: &str, method: reqwest::Method, token: &str, session: Option<&str>, body: Option<&Value>) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
+        .request(method, url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(s) = session {
+        r = r.header("mcp-session-id", s);
+    }
+    if let Some(b) = body {
+        r = r.header("content-type", "application/json").body(b.to_string());
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_refuses_every_request_with_another_token() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let (app, url) = setup(&oidc).await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "curl", "version": "1"}}});
+    let opened = raw(&url, reqwest::Method::POST, TOKEN_A, None, Some(&init)).await;
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(opened);
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert!(raw(&url, reqwest::Method::POST, TOKEN_A, Some(&session), Some(&initialized)).await.status().is_success());
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "status", "arguments": {}}});
+    let stream = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "stream_append", "arguments": {"stream_id": "x", "text": "y"}}});
+
+    // Token B is valid, but not this session's: every method is refused at the transport.
+    for (method, body) in [
+        (reqwest::Method::POST, Some(&call)),
+        (reqwest::Method::POST, Some(&stream)),
+        (reqwest::Method::GET, None),
+        (reqwest::Method::DELETE, None),
+    ] {
+        let r = tokio::time::timeout(Duration::from_secs(5), raw(&url, method.clone(), TOKEN_B, Some(&session), body))
+            .await
+            .unwrap_or_else(|_| panic!("{method} with another token was not answered at once (a stream was opened)"));
+        let status = r.status();
+        let text = tokio::time::timeout(Duration::from_secs(5), r.text()).await.unwrap().unwrap();
+        assert!(status == 404 || status == 403, "{method} with another token: {status} {text}");
+        assert!(!text.contains("bots") && !text.contains(&session), "{text}");
+    }
+    // An unknown session id is refused the same way.
+    assert_eq!(raw(&url, reqwest::Method::POST, TOKEN_A, Some("not-a-session"), Some(&call)).await.status(), 404);
+
+    // The session is intact for its own token, which can end it.
+    let r = raw(&url, reqwest::Method::POST, TOKEN_A, Some(&session), Some(&call)).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("bots"));
+    assert!(raw(&url, reqwest::Method::DELETE, TOKEN_A, Some(&session), None).await.status().is_success());
+    assert_eq!(raw(&url, reqwest::Method::POST, TOKEN_A, Some(&session), Some(&call)).await.status(), 404);
+    assert!(!app.stderr().contains(TOKEN_B));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_permission_request_id_is_refused_and_the_answer_reaches_only_the_asker() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let (app, url) = setup_with(&oidc, &format!("policy.approvers = [\"{ALEX}\"]\npolicy.approval_timeout_secs = 30")).await;
+    let token = bf_token(&fake.service_url);
+    let hi = inbound(&fake.service_url, "a:conv-a", "personal", ALEX, "hi");
+    assert_eq!(app.status(Some(&token), &hi).await, 202, "{}", app.stderr());
+    let mut first = http_host(&url, TOKEN_A, "claude-code").await;
+    let mut second = http_host(&url, TOKEN_A, "claude-code").await;
+    let ask = json!({"request_id": "abcde", "tool_name": "Bash", "description": "d", "input_preview": "{}"});
+    first.notify("notifications/claude/channel/permission_request", ask.clone()).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while fake.landed().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no approval card: {}", app.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.notify("notifications/claude/channel/permission_request", ask).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let cards = fake.landed();
+    assert_eq!(cards.len(), 1, "the duplicate request id was registered again: {cards:?}");
+    let card_id = cards[0].answered.clone().unwrap();
+
+    let mut click = inbound(&fake.service_url, "a:conv-a", "personal", ALEX, "");
+    click["type"] = json!("invoke");
+    click["name"] = json!("adaptiveCard/action");
+    click["replyToId"] = json!(card_id);
+    click.as_object_mut().unwrap().remove("text");
+    click["value"] = json!({"action": {"type": "Action.Execute", "verb": "agentgate.permission",
+                                       "data": {"request_id": "abcde", "behavior": "allow"}}, "trigger": "manual"});
+    assert_eq!(app.status(Some(&token), &click).await, 200);
+    let verdict = first.next("notifications/claude/channel/permission", WAIT).await.expect("the asker got no verdict");
+    assert_eq!(verdict, json!({"request_id": "abcde", "behavior": "allow"}));
+    assert!(
+        second.next("notifications/claude/channel/permission", Duration::from_secs(1)).await.is_none(),
+        "the verdict reached another session"
+    );
 }

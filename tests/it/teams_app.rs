@@ -224,3 +224,22 @@ fn manifests_conform_to_the_official_schema_when_available() {
         assert!(out.iter().any(|e| e.contains(needle)), "{needle}: {out:#?}");
     }
 }
+
+#[test]
+fn package_does_not_write_through_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), APP_ID, "public");
+    let build = dir.path().join("teams-app/build");
+    std::fs::create_dir_all(&build).unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, build.join(format!(".{TENANT}.zip.tmp"))).unwrap();
+    let dangling = dir.path().join("created-by-agentgate");
+    std::os::unix::fs::symlink(&dangling, build.join(format!(".{TENANT}.zip.tmp.1"))).unwrap();
+    let (ok, out, err) = run(&["teams-app", "package", "--config", &cfg, "--tenant", TENANT, "--domain", "bot.contoso.com"], dir.path());
+    assert!(ok, "{out}{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me", "the package was written through the symlink");
+    assert!(!dangling.exists());
+    let zip = zip::ZipArchive::new(std::fs::File::open(build.join(format!("{TENANT}.zip"))).unwrap()).unwrap();
+    assert!(zip.file_names().any(|n| n.as_ref().is_ok_and(|n| n == "manifest.json")));
+}
