@@ -136,10 +136,8 @@ pub fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> Verdic
     if !policy.group_allow.is_empty() && !contains_id(&policy.group_allow, sender) {
         return Verdict::Drop(GroupSenderNotAllowed);
     }
-    if policy.groups == GroupPolicy::Mention && needs_mention(activity) {
-        if !is_bot_mentioned(activity, bot_id) {
-            return Verdict::Drop(NotMentioned);
-        }
+    if policy.groups == GroupPolicy::Mention && needs_mention(activity) && !is_bot_mentioned(activity, bot_id) {
+        return Verdict::Drop(NotMentioned);
     }
     Verdict::Deliver
 }
