@@ -93,13 +93,12 @@ pub fn is_guid(s: &str) -> bool {
     b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
 }
 
-/// MAJOR.MINOR.PATCH with numbers only (the manifest schema's semver: no pre-release or build part).
+/// MAJOR.MINOR.PATCH with numbers only (the manifest schema's semver: no pre-release or build part), each
+/// at most 9 digits.
 pub fn is_semver(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|c| c.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0')))
+    semver::Version::parse(s).is_ok_and(|v| {
+        v.pre.is_empty() && v.build.is_empty() && [v.major, v.minor, v.patch].iter().all(|n| *n < 1_000_000_000)
+    })
 }
 
 /// A DNS host name such as `bot.contoso.com` (no scheme, port, path or wildcard).
@@ -624,6 +623,12 @@ mod tests {
         assert_eq!(err(bot(APP, "Ada"), AppInfo { name: Some("y".repeat(31)), ..info() }).field, "--name");
         assert_eq!(err(bot(APP, "Ada"), AppInfo { short_description: "s".repeat(81), ..info() }).field, "--short-description");
         assert_eq!(err(bot(APP, "Ada"), AppInfo { full_description: "f".repeat(4001), ..info() }).field, "--full-description");
+        for v in ["1.0.0", "0.0.0", "10.20.30", "999999999.0.1"] {
+            assert!(is_semver(v), "{v}");
+        }
+        for v in ["1.0", "1.0.0.0", "1.0.0-beta", "1.0.0+build", "01.0.0", "1.00.0", "v1.0.0", " 1.0.0", "1000000000.0.0", "", "1..0"] {
+            assert!(!is_semver(v), "{v}");
+        }
         for v in ["1.0", "1.0.0-beta", "01.0.0", "v1.0.0"] {
             assert_eq!(err(bot(APP, "Ada"), AppInfo { version: v.into(), ..info() }).field, "--version", "{v}");
         }
