@@ -141,13 +141,12 @@ impl Metrics {
             AuthReason::ALL.iter().map(|r| one("reason", r.label())),
         );
         let refreshes = Family::<Labels, Counter>::default();
-        registry.register(
-            "agentgate_key_refreshes",
-            "Signing-key (OpenID metadata + JWKS) fetches by cloud and result",
-            refreshes.clone(),
-        );
+        registry.register("agentgate_key_refreshes", "Signing-key (OpenID metadata + JWKS) fetches by cloud and result", refreshes.clone());
         let refresh = |result: &'static str| -> Vec<Counter> {
-            Cloud::ALL.iter().map(|c| refreshes.get_or_create(&vec![("cloud", c.to_string()), ("result", result.to_owned())]).clone()).collect()
+            Cloud::ALL
+                .iter()
+                .map(|c| refreshes.get_or_create(&vec![("cloud", c.to_string()), ("result", result.to_owned())]).clone())
+                .collect()
         };
         let (key_refresh_ok, key_refresh_err) = (refresh("ok"), refresh("error"));
         let token_cache_hits = Counter::default();
@@ -162,7 +161,17 @@ impl Metrics {
         registry.register("agentgate_store_commit_seconds", "Latency of one durable group commit", commit.clone());
         let committed_activities = Counter::default();
         registry.register("agentgate_store_committed_activities", "Activities made durable", committed_activities.clone());
-        Self { registry, requests, auth_failures, key_refresh_ok, key_refresh_err, token_cache_hits, outbound, commit, committed_activities }
+        Self {
+            registry,
+            requests,
+            auth_failures,
+            key_refresh_ok,
+            key_refresh_err,
+            token_cache_hits,
+            outbound,
+            commit,
+            committed_activities,
+        }
     }
 
     pub fn request(&self, o: Outcome) {

@@ -96,9 +96,8 @@ pub fn is_guid(s: &str) -> bool {
 /// MAJOR.MINOR.PATCH with numbers only (the manifest schema's semver: no pre-release or build part), each
 /// at most 9 digits.
 pub fn is_semver(s: &str) -> bool {
-    semver::Version::parse(s).is_ok_and(|v| {
-        v.pre.is_empty() && v.build.is_empty() && [v.major, v.minor, v.patch].iter().all(|n| *n < 1_000_000_000)
-    })
+    semver::Version::parse(s)
+        .is_ok_and(|v| v.pre.is_empty() && v.build.is_empty() && [v.major, v.minor, v.patch].iter().all(|n| *n < 1_000_000_000))
 }
 
 /// A DNS host name such as `bot.contoso.com` (no scheme, port, path or wildcard).

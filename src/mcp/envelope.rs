@@ -425,7 +425,9 @@ pub(crate) mod tests {
         assert_eq!(wrapped.matches(&close).count(), 1, "one closing marker: {wrapped:?}");
         assert!(!wrapped.contains(['<', '>']), "no angle brackets: {wrapped:?}");
         assert!(
-            !wrapped.chars().any(|c| (is_invisible(c) && !matches!(c, '\u{200D}' | '\u{FE0F}')) || c == '\u{2800}' || (c.is_control() && c != '\n' && c != '\t')),
+            !wrapped.chars().any(|c| (is_invisible(c) && !matches!(c, '\u{200D}' | '\u{FE0F}'))
+                || c == '\u{2800}'
+                || (c.is_control() && c != '\n' && c != '\t')),
             "no invisible characters: {wrapped:?}"
         );
         assert_eq!(strip_invisible(wrapped), wrapped, "ZWJ and U+FE0F only inside emoji: {wrapped:?}");
@@ -552,7 +554,23 @@ pub(crate) mod tests {
             assert_eq!(clean_text(&format!("x{c}y")), "xy", "U+{:04X}", u32::from(c));
         }
         // Fillers and other default-ignorables that used to pass.
-        for c in ['\u{3164}', '\u{115F}', '\u{1160}', '\u{FFA0}', '\u{034F}', '\u{17B4}', '\u{17B5}', '\u{180B}', '\u{180F}', '\u{FE0F}', '\u{206A}', '\u{1D173}', '\u{1BCA0}', '\u{E0001}', '\u{E0FFF}'] {
+        for c in [
+            '\u{3164}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{FFA0}',
+            '\u{034F}',
+            '\u{17B4}',
+            '\u{17B5}',
+            '\u{180B}',
+            '\u{180F}',
+            '\u{FE0F}',
+            '\u{206A}',
+            '\u{1D173}',
+            '\u{1BCA0}',
+            '\u{E0001}',
+            '\u{E0FFF}',
+        ] {
             assert_eq!(clean_text(&format!("x{c}y")), "xy", "U+{:04X}", u32::from(c));
             assert_eq!(meta_value(&format!("x{c}y")), "xy", "U+{:04X}", u32::from(c));
         }
@@ -560,7 +578,9 @@ pub(crate) mod tests {
         assert_eq!(clean_text("a\u{2800}b\u{2800}\u{2800}"), "a b  ");
         assert_eq!(meta_value("\u{2800}Eve\u{2800}\u{2800}admin"), "Eve admin");
         // What visible text needs stays: U+FE0F right after an emoji, ZWJ inside emoji sequences.
-        for keep in ["❤\u{FE0F}", "👨\u{200D}👩\u{200D}👧", "🏳\u{FE0F}\u{200D}🌈", "👩🏽\u{200D}💻", "1\u{FE0F}\u{20E3}", "🏴\u{200D}☠\u{FE0F}"] {
+        for keep in
+            ["❤\u{FE0F}", "👨\u{200D}👩\u{200D}👧", "🏳\u{FE0F}\u{200D}🌈", "👩🏽\u{200D}💻", "1\u{FE0F}\u{20E3}", "🏴\u{200D}☠\u{FE0F}"]
+        {
             assert_eq!(clean_text(keep), keep, "{keep:?}");
         }
         // …and only there.
