@@ -2,6 +2,17 @@
 
 use std::time::{Duration, SystemTime};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// Characters left as they are in a path segment; everything else (`:`, `@`, `;`, `=`, `/`, `?`, `#`, `%`…)
+/// is encoded, as Microsoft's .NET clients do (`Url::path_segments_mut` would leave `:@;=` raw).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// `s` percent-encoded as one URL path segment (or query value), for the Connector and Graph clients.
+pub fn path_segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
 /// An error and its causes on one line ("error sending request: connection refused").
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -27,6 +38,14 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_encode_everything_but_unreserved() {
+        assert_eq!(path_segment("19:abc@thread.tacv2;messageid=123"), "19%3Aabc%40thread.tacv2%3Bmessageid%3D123");
+        assert_eq!(path_segment("a:1/2 3?x#y%z&w+v"), "a%3A1%2F2%203%3Fx%23y%25z%26w%2Bv");
+        assert_eq!(path_segment("AZaz09-._~"), "AZaz09-._~");
+        assert_eq!(path_segment("ü"), "%C3%BC");
+    }
 
     #[test]
     fn retry_after_both_forms() {

@@ -62,12 +62,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let mut text = state.metrics.render();
     match state.store.audit_head().await {
-        Ok(head) => crate::metrics::render_audit_head(&mut text, &head.to_string(), head.count, head.last_id, &head.hash),
+        Ok(head) => state.metrics.audit_head(&head.to_string(), head.count, head.last_id, &head.hash),
         Err(e) => tracing::warn!(error = %e, "the audit head could not be read for /metrics"),
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render())
 }
 
 /// How `serve` was asked to run.

@@ -2,9 +2,8 @@
 //! bot, two generated icons, zipped per tenant into `teams-app/build/<tenant>.zip`.
 //!
 //! Everything is validated before anything is written; an error names the field and the fix.
-//! The icons are drawn in code and encoded by the small PNG writer below (stored deflate blocks,
-//! so no image or compression crate is needed, and the packager can read its own pixels back to
-//! check sizes and the outline icon's transparency).
+//! The icons are drawn in code and encoded with the `png` crate; the packager reads its own pixels back
+//! to check sizes and the outline icon's transparency.
 
 use std::fmt;
 use std::io::Write as _;
@@ -91,13 +90,11 @@ add it to a group chat or a team channel and @mention it; it answers in the conv
 
 pub use crate::ids::is_guid;
 
-/// MAJOR.MINOR.PATCH with numbers only (the manifest schema's semver: no pre-release or build part).
+/// MAJOR.MINOR.PATCH with numbers only (the manifest schema's semver: no pre-release or build part), each
+/// at most 9 digits.
 pub fn is_semver(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|c| c.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0')))
+    semver::Version::parse(s)
+        .is_ok_and(|v| v.pre.is_empty() && v.build.is_empty() && [v.major, v.minor, v.patch].iter().all(|n| *n < 1_000_000_000))
 }
 
 /// A DNS host name such as `bot.contoso.com` (no scheme, port, path or wildcard).
@@ -377,164 +374,34 @@ fn parse_hex_color(c: &str) -> [u8; 3] {
 
 // ---------------------------------------------------------------- PNG
 
-const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+/// The most bytes [`decode_png`] allocates for one image (a 192×192 RGBA icon needs 147,456).
+const PNG_DECODE_LIMIT: usize = 1 << 20;
 
-/// CRC-32 (IEEE, as PNG and zip use it).
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-/// Adler-32 (the zlib stream checksum).
-pub fn adler32(data: &[u8]) -> u32 {
-    let (mut a, mut b) = (1u32, 0u32);
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += u32::from(x);
-            b += a;
-        }
-        a %= 65521;
-        b %= 65521;
-    }
-    (b << 16) | a
-}
-
-/// A zlib stream of stored (uncompressed) deflate blocks.
-pub fn zlib_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x78, 0x01];
-    let mut blocks = data.chunks(65_535).peekable();
-    if blocks.peek().is_none() {
-        out.extend_from_slice(&[1, 0, 0, 0xFF, 0xFF]);
-    }
-    while let Some(block) = blocks.next() {
-        out.push(u8::from(blocks.peek().is_none()));
-        let len = block.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    out.extend_from_slice(&adler32(data).to_be_bytes());
-    out
-}
-
-/// The data of a zlib stream made of stored blocks (as [`zlib_stored`] writes), checksum checked.
-pub fn zlib_unstore(z: &[u8]) -> Result<Vec<u8>, String> {
-    if z.len() < 6 || z[0] & 0x0F != 8 || (u16::from(z[0]) << 8 | u16::from(z[1])) % 31 != 0 {
-        return Err("not a zlib stream".into());
-    }
+/// Encode an RGBA image as PNG (8-bit RGBA).
+pub fn encode_png(img: &Rgba) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
-    let mut i = 2;
-    loop {
-        let header = *z.get(i).ok_or("truncated deflate stream")?;
-        if header & 0b110 != 0 {
-            return Err("compressed deflate blocks are not supported (only stored blocks, as agentgate writes)".into());
-        }
-        let b = z.get(i + 1..i + 5).ok_or("truncated stored block")?;
-        let len = u16::from_le_bytes([b[0], b[1]]);
-        if len != !u16::from_le_bytes([b[2], b[3]]) {
-            return Err("stored block length check failed".into());
-        }
-        let start = i + 5;
-        out.extend_from_slice(z.get(start..start + len as usize).ok_or("truncated stored block")?);
-        i = start + len as usize;
-        if header & 1 == 1 {
-            break;
-        }
-    }
-    let sum = z.get(i..i + 4).ok_or("missing adler32")?;
-    if u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]) != adler32(&out) {
-        return Err("adler32 mismatch".into());
-    }
+    let mut encoder = png::Encoder::new(&mut out, img.width, img.height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&img.pixels)?;
+    writer.finish()?;
     Ok(out)
 }
 
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
-
-/// Encode an RGBA image as PNG (8-bit RGBA, no filtering, stored deflate blocks).
-pub fn encode_png(img: &Rgba) -> Vec<u8> {
-    let mut out = PNG_SIGNATURE.to_vec();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend_from_slice(&img.width.to_be_bytes());
-    ihdr.extend_from_slice(&img.height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    let row = img.width as usize * 4;
-    let mut raw = Vec::with_capacity((row + 1) * img.height as usize);
-    for r in img.pixels.chunks(row) {
-        raw.push(0);
-        raw.extend_from_slice(r);
+/// Decode an 8-bit RGBA, non-interlaced PNG (what [`encode_png`] writes), checking every CRC.
+pub fn decode_png(data: &[u8]) -> Result<Rgba, String> {
+    let decoder = png::Decoder::new_with_limits(std::io::Cursor::new(data), png::Limits { bytes: PNG_DECODE_LIMIT });
+    let mut reader = decoder.read_info().map_err(|e| format!("not a valid PNG file: {e}"))?;
+    let info = reader.info();
+    if (info.color_type, info.bit_depth, info.interlaced) != (png::ColorType::Rgba, png::BitDepth::Eight, false) {
+        return Err("only 8-bit RGBA, non-interlaced PNGs are supported".into());
     }
-    chunk(&mut out, b"IDAT", &zlib_stored(&raw));
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// Decode a PNG written by [`encode_png`] (RGBA 8-bit, filter 0, stored blocks), checking every CRC.
-pub fn decode_png(png: &[u8]) -> Result<Rgba, String> {
-    if png.get(..8) != Some(&PNG_SIGNATURE[..]) {
-        return Err("not a PNG file (bad signature)".into());
-    }
-    let mut i = 8;
-    let (mut width, mut height) = (0u32, 0u32);
-    let mut idat = Vec::new();
-    let mut seen_end = false;
-    while i < png.len() {
-        let len = u32::from_be_bytes(png.get(i..i + 4).ok_or("truncated chunk")?.try_into().map_err(|_| "truncated chunk")?) as usize;
-        let body = png.get(i + 4..i + 8 + len).ok_or("truncated chunk")?;
-        let crc = png.get(i + 8 + len..i + 12 + len).ok_or("truncated chunk")?;
-        if crc32(body).to_be_bytes() != crc {
-            return Err(format!("CRC mismatch in chunk {}", String::from_utf8_lossy(&body[..4])));
-        }
-        let (kind, data) = body.split_at(4);
-        match kind {
-            b"IHDR" => {
-                if data.len() != 13 {
-                    return Err("bad IHDR".into());
-                }
-                width = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
-                height = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-                if data[8..] != [8, 6, 0, 0, 0] {
-                    return Err("only 8-bit RGBA, non-interlaced PNGs are supported".into());
-                }
-            }
-            b"IDAT" => idat.extend_from_slice(data),
-            b"IEND" => {
-                seen_end = true;
-                break;
-            }
-            _ => {}
-        }
-        i += 12 + len;
-    }
-    if !seen_end || width == 0 || height == 0 {
-        return Err("missing IHDR, IDAT or IEND".into());
-    }
-    let raw = zlib_unstore(&idat)?;
-    let row = width as usize * 4;
-    if raw.len() != (row + 1) * height as usize {
-        return Err("image data does not match the IHDR size".into());
-    }
-    let mut pixels = Vec::with_capacity(row * height as usize);
-    for r in raw.chunks(row + 1) {
-        if r[0] != 0 {
-            return Err("only unfiltered scanlines are supported".into());
-        }
-        pixels.extend_from_slice(&r[1..]);
-    }
-    Ok(Rgba { width, height, pixels })
+    let size = reader.output_buffer_size().ok_or("the image is too large")?;
+    let mut pixels = vec![0; size];
+    let frame = reader.next_frame(&mut pixels).map_err(|e| format!("not a valid PNG file: {e}"))?;
+    pixels.truncate(frame.buffer_size());
+    Ok(Rgba { width: frame.width, height: frame.height, pixels })
 }
 
 /// The icon checks Teams applies: the color icon is 192×192; the outline icon is 32×32, white on a
@@ -576,8 +443,9 @@ pub struct Package {
 /// Render the manifest and icons of `bot` and check them all.
 pub fn build(bot: &BotConfig, bot_index: usize, info: &AppInfo) -> Result<Package, PackageError> {
     let manifest = render_manifest(bot, bot_index, info)?;
-    let color = encode_png(&color_icon(parse_hex_color(&info.accent_color)));
-    let outline = encode_png(&outline_icon());
+    let png_error = |field: &str, e: png::EncodingError| PackageError::new(field, format!("could not be encoded: {e}"));
+    let color = encode_png(&color_icon(parse_hex_color(&info.accent_color))).map_err(|e| png_error("color.png", e))?;
+    let outline = encode_png(&outline_icon()).map_err(|e| png_error("outline.png", e))?;
     check_icons(&color, &outline)?;
     let mut text = serde_json::to_vec_pretty(&manifest).map_err(|e| PackageError::new("manifest.json", e.to_string()))?;
     text.push(b'\n');
@@ -679,30 +547,9 @@ mod tests {
     }
 
     #[test]
-    fn checksums_match_known_values() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
-        assert_eq!(adler32(b"Wikipedia"), 0x11E6_0398);
-        assert_eq!(adler32(&[]), 1);
-    }
-
-    #[test]
-    fn zlib_stored_round_trips_across_block_boundaries() {
-        for n in [0usize, 1, 65_535, 65_536, 200_000] {
-            let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
-            let z = zlib_stored(&data);
-            assert_eq!(zlib_unstore(&z).unwrap(), data, "n = {n}");
-        }
-        let mut z = zlib_stored(b"hello");
-        let last = z.len() - 1;
-        z[last] ^= 1;
-        assert!(zlib_unstore(&z).unwrap_err().contains("adler32"));
-    }
-
-    #[test]
     fn png_round_trips_dimensions_and_alpha() {
-        let png = encode_png(&outline_icon());
-        assert_eq!(&png[..8], &PNG_SIGNATURE);
+        let png = encode_png(&outline_icon()).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         assert_eq!(&png[12..16], b"IHDR");
         let img = decode_png(&png).unwrap();
         assert_eq!((img.width, img.height), (32, 32));
@@ -710,28 +557,41 @@ mod tests {
         assert_eq!(img.pixel(6, 16), WHITE, "the gate's post is white");
         assert_eq!(img, outline_icon());
 
-        let color = decode_png(&encode_png(&color_icon([0x4F, 0x6B, 0xED]))).unwrap();
+        let color = decode_png(&encode_png(&color_icon([0x4F, 0x6B, 0xED])).unwrap()).unwrap();
         assert_eq!((color.width, color.height), (192, 192));
         assert!(color.pixels.chunks(4).all(|p| p[3] == 255), "the color icon is opaque");
         assert_eq!(color.pixel(0, 0), [0x4F, 0x6B, 0xED, 255]);
 
         let mut bad = png.clone();
         bad[20] ^= 1;
-        assert!(decode_png(&bad).unwrap_err().contains("CRC"));
+        let err = decode_png(&bad).unwrap_err();
+        assert!(err.to_ascii_uppercase().contains("CRC"), "{err}");
+        assert!(decode_png(b"GIF89a").is_err());
+        assert!(decode_png(&png[..png.len() / 2]).is_err(), "truncated");
+
+        // Another colour type is refused, even with the right size.
+        let mut rgb = Vec::new();
+        let mut encoder = png::Encoder::new(&mut rgb, 32, 32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.write_header().unwrap().write_image_data(&[255; 32 * 32 * 3]).unwrap();
+        assert!(decode_png(&rgb).unwrap_err().contains("RGBA"));
+        let color = encode_png(&color_icon([0, 0, 0])).unwrap();
+        assert!(check_icons(&color, &rgb).unwrap_err().problem.contains("RGBA"));
     }
 
     #[test]
     fn icon_checks_refuse_wrong_sizes_and_opaque_outlines() {
-        let color = encode_png(&color_icon([0, 0, 0]));
-        let outline = encode_png(&outline_icon());
+        let color = encode_png(&color_icon([0, 0, 0])).unwrap();
+        let outline = encode_png(&outline_icon()).unwrap();
         check_icons(&color, &outline).unwrap();
         assert_eq!(check_icons(&outline, &outline).unwrap_err().field, "color.png");
         assert_eq!(check_icons(&color, &color).unwrap_err().field, "outline.png");
-        let opaque = encode_png(&Rgba::new(32, 32, [255, 255, 255, 255]));
+        let opaque = encode_png(&Rgba::new(32, 32, [255, 255, 255, 255])).unwrap();
         assert!(check_icons(&color, &opaque).unwrap_err().problem.contains("transparent"));
         let mut red = outline_icon();
         red.set(6, 16, [255, 0, 0, 255]);
-        assert!(check_icons(&color, &encode_png(&red)).unwrap_err().problem.contains("white"));
+        assert!(check_icons(&color, &encode_png(&red).unwrap()).unwrap_err().problem.contains("white"));
     }
 
     #[test]
@@ -765,6 +625,12 @@ mod tests {
         assert_eq!(err(bot(APP, "Ada"), AppInfo { name: Some("y".repeat(31)), ..info() }).field, "--name");
         assert_eq!(err(bot(APP, "Ada"), AppInfo { short_description: "s".repeat(81), ..info() }).field, "--short-description");
         assert_eq!(err(bot(APP, "Ada"), AppInfo { full_description: "f".repeat(4001), ..info() }).field, "--full-description");
+        for v in ["1.0.0", "0.0.0", "10.20.30", "999999999.0.1"] {
+            assert!(is_semver(v), "{v}");
+        }
+        for v in ["1.0", "1.0.0.0", "1.0.0-beta", "1.0.0+build", "01.0.0", "1.00.0", "v1.0.0", " 1.0.0", "1000000000.0.0", "", "1..0"] {
+            assert!(!is_semver(v), "{v}");
+        }
         for v in ["1.0", "1.0.0-beta", "01.0.0", "v1.0.0"] {
             assert_eq!(err(bot(APP, "Ada"), AppInfo { version: v.into(), ..info() }).field, "--version", "{v}");
         }

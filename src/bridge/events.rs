@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
 
 use super::envelope::{html_to_text, meta_value};
 use crate::activity::{Activity, Kind};
@@ -383,28 +385,15 @@ fn capitalize(s: &str) -> String {
     chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
-/// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds (`2026-11-22T04:06:43.705Z`).
+/// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds (`2026-11-22T04:06:43.705Z`);
+/// instants outside years 0000–9999 are clamped to them.
 fn rfc3339_utc_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, sod % 3600 / 60, sod % 60)
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    const FORMAT: &[BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    const MIN: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+    const MAX: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let nanos = i128::from(ms.clamp(MIN, MAX)) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().and_then(|t| t.format(FORMAT).ok()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -676,6 +665,9 @@ mod tests {
             (1_795_320_403_705, "2026-11-22T04:06:43.705Z"),
             (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
             (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+            (-62_167_219_200_000, "0000-01-01T00:00:00.000Z"),
+            (i64::MAX, "9999-12-31T23:59:59.999Z"),
+            (i64::MIN, "0000-01-01T00:00:00.000Z"),
         ];
         for (ms, want) in cases {
             assert_eq!(rfc3339_utc_ms(ms), want, "{ms}");

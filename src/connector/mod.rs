@@ -14,21 +14,14 @@ pub mod tokens;
 
 use std::time::Duration;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::http_util::path_segment as segment;
 use crate::ids::Cloud;
 use crate::service_url::ConnectorPolicy;
-
-/// Characters left as they are in a path segment; everything else (`:`, `@`, `;`, `=`, `/`…) is encoded.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-
-fn segment(s: &str) -> String {
-    utf8_percent_encode(s, SEGMENT).to_string()
-}
 
 /// What the Connector answers to a create or update.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use reqwest::header::{ACCEPT, RETRY_AFTER};
 use secrecy::ExposeSecret;
@@ -28,20 +27,14 @@ use url::Url;
 use super::message::{MAX_MESSAGE_CHARS, MessageBody};
 use super::model::{Chat, ChatMember, ChatMessage, ConversationMember, NewChat, Page, User};
 use crate::entra::{AccessToken, AgentTokenError, AgentUserTokens};
+use crate::http_util::path_segment as segment;
 use crate::ids::graph_url::{GraphEndpoint, GraphUrlError};
-
-/// Characters left as they are in a path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Most pages followed for one listing.
 const MAX_PAGES: usize = 100;
 
 /// Longest error message kept from a Graph error body.
 const MAX_ERROR_MESSAGE: usize = 300;
-
-fn segment(s: &str) -> String {
-    utf8_percent_encode(s, SEGMENT).to_string()
-}
 
 /// Where the Graph client gets its bearer token.
 #[async_trait]

@@ -12,18 +12,7 @@ pub const ADAPTIVE_CARD: &str = "application/vnd.microsoft.card.adaptive";
 /// Text escaped for HTML element content and attribute values (`&`, `<`, `>`, `"`, `'`).
 #[must_use]
 pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_quoted_attribute(s).into_owned()
 }
 
 /// Plain text as HTML: escaped, with line breaks as `<br>`.
@@ -68,45 +57,9 @@ pub fn html_to_text(html: &str) -> String {
     text.trim().to_owned()
 }
 
-/// `&amp;`, `&lt;`, `&gt;`, `&quot;`, `&#39;`, `&apos;`, `&nbsp;` and numeric references; anything else is kept.
+/// HTML entities decoded (the HTML5 table; `&nbsp;` as a plain space); anything unknown is kept.
 fn decode_entities(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let decoded = after.find(';').filter(|n| *n <= 10).and_then(|n| {
-            let name = &after[..n];
-            let c = match name {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                "nbsp" => Some(' '),
-                _ => name
-                    .strip_prefix('#')
-                    .and_then(|num| match num.strip_prefix(['x', 'X']) {
-                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
-                        None => num.parse().ok(),
-                    })
-                    .and_then(char::from_u32),
-            };
-            c.map(|c| (c, n))
-        });
-        match decoded {
-            Some((c, n)) => {
-                out.push(c);
-                rest = &after[n + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    html_escape::decode_html_entities(s).replace('\u{a0}', " ")
 }
 
 /// A mention of a user in a message: `<at id="N">text</at>` in the body and an entry in `mentions`.
@@ -222,7 +175,7 @@ mod tests {
     #[test]
     fn text_is_escaped_and_mentions_agree_with_the_body() {
         let m = MessageBody::from_text("a < b & \"c\" 'd'\nnext").mention("oid-1", "Ann <Admin>").text("!");
-        assert_eq!(m.html(), "a &lt; b &amp; &quot;c&quot; &#39;d&#39;<br>next<at id=\"0\">Ann &lt;Admin&gt;</at>!");
+        assert_eq!(m.html(), "a &lt; b &amp; &quot;c&quot; &#x27;d&#x27;<br>next<at id=\"0\">Ann &lt;Admin&gt;</at>!");
         let v = m.to_json();
         assert_eq!(v["body"]["contentType"], "html");
         assert_eq!(v["mentions"][0]["id"], 0);

@@ -16,6 +16,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use secrecy::ExposeSecret as _;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
 use tokio::task::JoinHandle;
 
 use super::{Bridge, Hub, Scope};
@@ -53,8 +54,7 @@ impl Tokens {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for (d, scope) in self.0.iter() {
-            let diff = d.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if bool::from(d[..].ct_eq(&digest[..])) {
                 found = Some(scope.clone());
             }
         }

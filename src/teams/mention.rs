@@ -317,55 +317,14 @@ fn normalize_name(s: &str) -> String {
     s.split(|c: char| c.is_whitespace() || is_hws(c)).filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
-/// Decodes the HTML entities Teams uses in message text (`&amp;`, `&lt;`, `&gt;`, `&quot;`, `&#39;`,
-/// `&apos;`, `&nbsp;`, numeric `&#…;` / `&#x…;`). Unknown entities are kept as they are.
+/// HTML entities decoded (the HTML5 table, numeric `&#…;` / `&#x…;`); unknown ones are kept as they are.
 fn decode_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('&') {
-        out.push_str(&rest[..i]);
-        rest = &rest[i..];
-        let decoded = rest.find(';').filter(|&j| j <= 10).and_then(|j| {
-            let name = &rest[1..j];
-            let c = match name.to_ascii_lowercase().as_str() {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                "nbsp" => Some('\u{a0}'),
-                n if n.starts_with("#x") => u32::from_str_radix(&n[2..], 16).ok().and_then(char::from_u32),
-                n if n.starts_with('#') => n[1..].parse::<u32>().ok().and_then(char::from_u32),
-                _ => None,
-            };
-            c.map(|c| (c, j + 1))
-        });
-        match decoded {
-            Some((c, len)) => {
-                out.push(c);
-                rest = &rest[len..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    html_escape::decode_html_entities(s).into_owned()
 }
 
+/// `&`, `<` and `>` escaped for element content.
 fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            c => out.push(c),
-        }
-    }
-    out
+    html_escape::encode_text(s).into_owned()
 }
 
 #[cfg(test)]

@@ -112,7 +112,7 @@ async fn messages_carry_escaped_html_mentions_and_cards_and_can_be_edited_and_de
     assert_eq!(sent.from.unwrap().user.unwrap().id.as_deref(), Some(AGENT_USER_OID));
     let stored = &t.graph.messages(&chat.id)[0];
     let content = stored["body"]["content"].as_str().unwrap();
-    assert!(content.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; done"), "{content}");
+    assert!(content.contains("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; done"), "{content}");
     assert!(!content.contains("<script>"));
     assert!(content.contains("<at id=\"0\">Ann &lt;Ops&gt;</at>"), "{content}");
     assert_eq!(stored["mentions"][0]["mentioned"]["user"]["id"], "ann-oid");
