@@ -118,24 +118,36 @@ struct UnverifiedHeader {
     kid: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct UnverifiedAudience {
-    #[serde(default)]
-    aud: Option<serde_json::Value>,
-}
-
+/// The claims read before the signature is checked, as JSON values: their types are checked here, since
+/// `jsonwebtoken` accepts an array `iss` (or `aud`) that merely contains an expected value.
 #[derive(Deserialize)]
 struct UnverifiedClaims {
     #[serde(default)]
-    iss: Option<String>,
+    iss: Option<serde_json::Value>,
     #[serde(default)]
     aud: Option<serde_json::Value>,
     #[serde(default)]
-    tid: Option<String>,
+    tid: Option<serde_json::Value>,
+}
+
+/// A claim that must be a single string (RFC 7519: `iss` is one StringOrURI; Bot Framework and Entra
+/// tokens carry one `aud` string too): an array or an object is refused with `wrong`, absence is
+/// `missing_claim`.
+fn single_string(claim: Option<serde_json::Value>, wrong: AuthReason) -> Result<String, AuthReason> {
+    match claim {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(_) => Err(wrong),
+        None => Err(AuthReason::MissingClaim),
+    }
 }
 
 #[derive(Deserialize)]
 struct EntraClaims {
+    // Typed again after the signature check: a non-string fails the decode.
+    #[serde(rename = "iss")]
+    _iss: String,
+    #[serde(rename = "aud")]
+    _aud: String,
     exp: i64,
     #[serde(default)]
     nbf: Option<i64>,
@@ -147,6 +159,11 @@ struct EntraClaims {
 
 #[derive(Deserialize)]
 struct Claims {
+    // Typed again after the signature check: a non-string fails the decode.
+    #[serde(rename = "iss")]
+    _iss: String,
+    #[serde(rename = "aud")]
+    _aud: String,
     exp: i64,
     #[serde(default)]
     nbf: Option<i64>,
@@ -298,20 +315,15 @@ impl Verifier {
             return Err(AuthReason::BadAlgorithm.into());
         }
         let kid = header.kid.filter(|k| !k.is_empty()).ok_or(AuthReason::MissingKid)?;
-        if !self.by_blueprint.is_empty() {
-            let claims: UnverifiedClaims = decode_segment(p).ok_or(AuthReason::Malformed)?;
-            if claims.iss.as_deref().is_some_and(is_entra_issuer) {
-                return self.verify_entra(token, &kid, claims).await;
-            }
+        let claims: UnverifiedClaims = decode_segment(p).ok_or(AuthReason::Malformed)?;
+        // One string, never an array or object (jsonwebtoken would accept an array holding the issuer).
+        let iss = single_string(claims.iss, AuthReason::WrongIssuer)?;
+        if !self.by_blueprint.is_empty() && is_entra_issuer(&iss) {
+            return self.verify_entra(token, &kid, &iss, claims.aud, claims.tid).await;
         }
         // The audience selects the bot (and so the cloud and its keys) before the signature is checked;
         // the signature check below then pins `aud` and `iss` for real.
-        let aud: UnverifiedAudience = decode_segment(p).ok_or(AuthReason::Malformed)?;
-        let aud = match aud.aud {
-            Some(serde_json::Value::String(s)) => s,
-            Some(_) => return Err(AuthReason::WrongAudience.into()),
-            None => return Err(AuthReason::MissingClaim.into()),
-        };
+        let aud = single_string(claims.aud, AuthReason::WrongAudience)?;
         let bot_index = self.bot_by_app_id(&aud).ok_or(AuthReason::WrongAudience)?;
         let bot = &self.bots[bot_index];
         let cache = self.keys[bot.cloud.index()].as_ref().ok_or(AuthError::NoKeys)?;
@@ -332,20 +344,27 @@ impl Verifier {
     /// An Entra-issued token (Agent 365): `tid` required and bound to `iss`; `aud` a configured Agent
     /// Blueprint (which selects the bot); the tenant on the bot's allow-list before any key is fetched;
     /// keys from that tenant's metadata; the caller allow-list when configured. No `serviceurl` claim.
-    async fn verify_entra(&self, token: &str, kid: &str, claims: UnverifiedClaims) -> Result<VerifiedToken, AuthError> {
-        let tid = claims.tid.filter(|t| !t.is_empty()).ok_or(AuthReason::MissingClaim)?.to_ascii_lowercase();
+    async fn verify_entra(
+        &self,
+        token: &str,
+        kid: &str,
+        iss: &str,
+        aud: Option<serde_json::Value>,
+        tid: Option<serde_json::Value>,
+    ) -> Result<VerifiedToken, AuthError> {
+        let tid = single_string(tid, AuthReason::Malformed)?;
+        if tid.is_empty() {
+            return Err(AuthReason::MissingClaim.into());
+        }
+        let tid = tid.to_ascii_lowercase();
         if !tid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(AuthReason::Malformed.into());
         }
         let issuers = entra_issuers(&tid);
-        if !claims.iss.as_deref().is_some_and(|iss| issuers.iter().any(|i| i.eq_ignore_ascii_case(iss))) {
+        if !issuers.iter().any(|i| i.eq_ignore_ascii_case(iss)) {
             return Err(AuthReason::WrongIssuer.into());
         }
-        let aud = match claims.aud {
-            Some(serde_json::Value::String(s)) => s,
-            Some(_) => return Err(AuthReason::WrongAudience.into()),
-            None => return Err(AuthReason::MissingClaim.into()),
-        };
+        let aud = single_string(aud, AuthReason::WrongAudience)?;
         let blueprint = aud.strip_prefix("api://").unwrap_or(&aud).to_ascii_lowercase();
         let bot_index = *self.by_blueprint.get(&blueprint).ok_or(AuthReason::WrongAudience)?;
         let bot = &self.bots[bot_index];
@@ -478,5 +497,20 @@ mod tests {
         assert_eq!(bearer_token(b"Basic abc"), Err(AuthReason::NotBearer));
         assert_eq!(bearer_token(b"abc"), Err(AuthReason::NotBearer));
         assert_eq!(bearer_token(b"Bearer "), Err(AuthReason::NotBearer));
+    }
+
+    #[test]
+    fn iss_and_aud_must_be_single_strings() {
+        use serde_json::json;
+        let claims = |v: serde_json::Value| serde_json::from_value::<UnverifiedClaims>(v).unwrap();
+        let c = claims(json!({"iss": ["https://api.botframework.com"], "aud": {"id": "x"}}));
+        assert_eq!(single_string(c.iss, AuthReason::WrongIssuer), Err(AuthReason::WrongIssuer));
+        assert_eq!(single_string(c.aud, AuthReason::WrongAudience), Err(AuthReason::WrongAudience));
+        let c = claims(json!({"iss": {"0": "https://api.botframework.com"}}));
+        assert_eq!(single_string(c.iss, AuthReason::WrongIssuer), Err(AuthReason::WrongIssuer));
+        assert_eq!(single_string(c.aud, AuthReason::WrongAudience), Err(AuthReason::MissingClaim));
+        let c = claims(json!({"iss": "https://api.botframework.com", "aud": "app"}));
+        assert_eq!(single_string(c.iss, AuthReason::WrongIssuer).as_deref(), Ok("https://api.botframework.com"));
+        assert_eq!(single_string(c.aud, AuthReason::WrongAudience).as_deref(), Ok("app"));
     }
 }

@@ -139,6 +139,24 @@ async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_us
             activity.clone(),
         ),
         ("activity in another tenant", good.clone(), agentic_message(&fake.service_url, TENANT)),
+        (
+            "issuer as an array holding the tenant's issuer",
+            {
+                let mut c = claims(AGENT_TENANT, AGENT_TENANT, BLUEPRINT_ID);
+                c["iss"] = json!([format!("https://login.microsoftonline.com/{AGENT_TENANT}/v2.0")]);
+                entra_key.mint(&c)
+            },
+            activity.clone(),
+        ),
+        (
+            "tid as an array",
+            {
+                let mut c = claims(AGENT_TENANT, AGENT_TENANT, BLUEPRINT_ID);
+                c["tid"] = json!([AGENT_TENANT]);
+                entra_key.mint(&c)
+            },
+            activity.clone(),
+        ),
     ];
     for (what, token, body) in cases {
         assert_eq!(app.status(Some(&token), &body).await, 401, "{what}: {}", app.stderr());
