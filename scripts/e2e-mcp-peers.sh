@@ -21,9 +21,12 @@
 #     `meta` keys; `reply` reaches the fake Connector (scripts/mcp-peers/py_host.py; stdio recorded by tap.py);
 #  3. Node SDK: the same notification receipt and reply (scripts/mcp-peers/node_host.mjs channel);
 #  4. the permission relay, with the Node SDK playing Claude Code (node_host.mjs permission), against a bot with
-#     policy.approvers and policy.dm = "open": experimental["claude/channel/permission"] is declared; the
+#     policy.approvers and policy.dm = "open", every activity carrying a Bot Framework token signed by a key the
+#     fake Connector publishes (only authenticated activities may answer an approval, dev mode or not):
+#     experimental["claude/channel/permission"] is declared; the
 #     approver's first 1:1 message; permission_request abcde -> an Adaptive Card with two Action.Execute actions
-#     (verb agentgate.permission) in the approver's 1:1 chat; a non-approver's adaptiveCard/action invoke -> no
+#     (verb agentgate.permission) in the approver's 1:1 chat; a non-approver's adaptiveCard/action invoke (from her
+#     own chat: not the card; on the card: not an approver) -> no
 #     verdict within 2 s; the approver's -> notifications/claude/channel/permission {abcde, allow}; a second
 #     request fghij answered by typing `no fghij` -> deny, and not forwarded as chat; the cards updated in place.
 #
@@ -254,6 +257,17 @@ check "sandbox: the network namespace has no interface but lo (up)" only_lo
 no_route() { ! python3 -c 'import socket; s = socket.create_connection(("192.0.2.1", 443), timeout=2)'; }
 check "sandbox: a non-loopback address is unreachable" no_route
 
+# A signing key for scenario 4: the fake Connector publishes its JWK (endorsed for msteams) and the Node host
+# signs each activity with it, as Microsoft does, since only authenticated activities may answer an approval.
+mkdir -p "$S/jwt"
+node -e '
+const { generateKeyPairSync } = require("node:crypto"); const fs = require("node:fs");
+const { privateKey, publicKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+fs.writeFileSync(process.argv[1], privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
+const jwk = { ...publicKey.export({ format: "jwk" }), kid: "e2e-key-1", use: "sig", alg: "RS256", endorsements: ["msteams"] };
+fs.writeFileSync(process.argv[2], JSON.stringify({ keys: [jwk] }));' "$S/jwt/key.pem" "$S/jwt/jwks.json" \
+  || fatal "could not generate the e2e signing key"
+export E2E_JWKS=$S/jwt/jwks.json E2E_SIGNING_KEY=$S/jwt/key.pem E2E_SIGNING_KID=e2e-key-1
 bg connector.log python3 "$HERE/fake_connector.py" "$FAKE_PORT" "$RECORD"
 wait_log "$L/connector.log" "^fake connector on $FAKE_PORT" 10 || fatal "the fake Connector did not start"
 

@@ -7,13 +7,15 @@ usage: python3 fake_connector.py PORT RECORD_FILE
 - DELETE the same                                                     -> 200 {}
 - POST .../_connector/v3/conversations (create a 1:1)                 -> 201 {"id": "a:fake-1on1-N"}
 - GET  .../_connector/v3/conversations/{id}/members                   -> 200 []
-- GET  /v1/.well-known/openidconfiguration, /v1/keys: metadata with an empty key set (agentgate --dev
+- GET  /v1/.well-known/openidconfiguration, /v1/keys: metadata and the key set in the file named by
+  $E2E_JWKS (the e2e script's signing key, endorsed for msteams), else an empty key set (agentgate --dev
   accepts anonymous loopback requests; the key cache only needs somewhere local to ask)
 Every request to /_connector is appended to RECORD_FILE as one JSON line:
 {"method", "path", "conversation", "authorization", "body", "status", "response"}. Prints "fake connector on PORT" when ready.
 """
 import itertools
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +73,10 @@ class Handler(BaseHTTPRequestHandler):
                                     "jwks_uri": f"http://127.0.0.1:{PORT}/v1/keys",
                                     "id_token_signing_alg_values_supported": ["RS256"]})
         if self.command == "GET" and path == "/v1/keys":
+            jwks = os.environ.get("E2E_JWKS")
+            if jwks:
+                with open(jwks, encoding="utf-8") as f:
+                    return self.reply(200, json.load(f))
             return self.reply(200, {"keys": []})
         if not path.startswith(PREFIX):
             return self.reply(404, {"error": {"code": "NotFound", "message": path}})

@@ -12,6 +12,10 @@
 //              notifications/claude/channel/permission {request_id, behavior}.
 // Prints `PASS: …` / `FAIL: …` per check and `DONE` at the end; exits 0 when every check passed.
 // Env: E2E_APP_ID, E2E_TENANT, E2E_ALEX, E2E_APPROVER, E2E_EVE (AAD object ids), E2E_NONCE.
+//      E2E_SIGNING_KEY (a PKCS#8 PEM file) and E2E_SIGNING_KID: in permission mode every activity carries a
+//      Bot Framework token signed with that key (the fake Connector publishes its JWK, endorsed for msteams):
+//      the gateway lets only authenticated activities answer an approval, even in dev mode.
+import { createSign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
@@ -37,8 +41,20 @@ const check = (name, ok, detail) => {
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 const until = async (f, ms) => { const end = Date.now() + ms; for (;;) { const v = f(); if (v) return v; if (Date.now() > end) return undefined; await sleep(50); } };
 const records = () => { try { return readFileSync(opt.record, 'utf8').split('\n').filter(l => l.trim()).map(l => JSON.parse(l)); } catch { return []; } };
+const b64url = v => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+// A Bot Framework channel token as Microsoft mints it: RS256, kid, iss api.botframework.com, aud the bot's app id,
+// serviceurl the activity's serviceUrl, a few minutes of life.
+const channelToken = serviceUrl => {
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64url({ alg: 'RS256', typ: 'JWT', kid: process.env.E2E_SIGNING_KID });
+  const claims = b64url({ iss: 'https://api.botframework.com', aud: APP, serviceurl: serviceUrl, nbf: now - 5, iat: now - 5, exp: now + 300 });
+  const sig = createSign('RSA-SHA256').update(`${head}.${claims}`).sign(readFileSync(process.env.E2E_SIGNING_KEY)).toString('base64url');
+  return `Bearer ${head}.${claims}.${sig}`;
+};
+const signed = () => mode === 'permission' && !!process.env.E2E_SIGNING_KEY;
 const post = async body => {
-  const r = await fetch(`${opt.http}/api/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(10000) });
+  const headers = { 'content-type': 'application/json', ...(signed() ? { authorization: channelToken(body.serviceUrl) } : {}) };
+  const r = await fetch(`${opt.http}/api/messages`, { method: 'POST', headers, body: JSON.stringify(body), signal: AbortSignal.timeout(10000) });
   const text = await r.text(); let json; try { json = JSON.parse(text); } catch { json = text; }
   return { status: r.status, body: json };
 };
@@ -132,10 +148,15 @@ async function permissionMode() {
   check('the card has two Action.Execute actions (allow, deny), verb agentgate.permission, data.request_id abcde', cardOk(card1, 'abcde'), card1.body);
   const cardMessageId = card1.response?.id; // the message id the Connector gave the card
 
-  // 2. A non-approver clicks Allow: nothing is decided.
-  const eve = invoke(`eve-invoke-${NONCE}`, `a:eve-dm-${NONCE}`, EVE, 'Eve', cardMessageId, { request_id: 'abcde', behavior: 'allow' });
+  // 2. A non-approver clicks Allow: nothing is decided. From her own chat the click is not on the card at all;
+  //    in the card's conversation it is on the card, but she is no approver.
+  const eveElsewhere = invoke(`eve-invoke-1-${NONCE}`, `a:eve-dm-${NONCE}`, EVE, 'Eve', cardMessageId, { request_id: 'abcde', behavior: 'allow' });
+  const r0b = await post(eveElsewhere);
+  check('a non-approver\'s adaptiveCard/action invoke from another chat (allow abcde) -> HTTP 200 saying it is not the approval card',
+    r0b.status === 200 && JSON.stringify(r0b.body).includes('not the approval card'), r0b);
+  const eve = invoke(`eve-invoke-2-${NONCE}`, dm, EVE, 'Eve', cardMessageId, { request_id: 'abcde', behavior: 'allow' });
   const r1 = await post(eve);
-  check('a non-approver\'s adaptiveCard/action invoke (allow abcde) -> HTTP 200 saying only an approver can answer',
+  check('a non-approver\'s adaptiveCard/action invoke on the card (allow abcde) -> HTTP 200 saying only an approver can answer',
     r1.status === 200 && JSON.stringify(r1.body).includes('Only an approver'), r1);
   await sleep(2000);
   check('... and no notifications/claude/channel/permission within 2 s', verdicts.length === 0, verdicts);
