@@ -17,9 +17,10 @@ use axum::response::{IntoResponse, Response};
 
 use crate::activity::{Activity, InvokeResponse, Kind};
 use crate::auth::{AuthError, Verifier};
+use crate::ids::AuthKind;
 use crate::metrics::{AuthReason, Metrics, Outcome};
 use crate::service_url::{self, ConnectorPolicy};
-use crate::store::{CommitOutcome, ConversationRef, InboundRecord, Store, now_ms};
+use crate::store::{CommitOutcome, ConversationRef, InboundRecord, RecentCommits, Store, now_ms};
 
 /// Everything a request handler needs.
 #[derive(Debug)]
@@ -32,6 +33,8 @@ pub struct AppState {
     pub dev: bool,
     pub invoke_ack_text: String,
     pub dedupe_ttl: Duration,
+    /// The activities committed here lately: a redelivery of one is acknowledged without asking the store.
+    pub recent: RecentCommits,
     /// Policy, approval answers and the MCP sessions' wake-up.
     pub gate: Arc<crate::bridge::gate::InboundGate>,
 }
@@ -184,31 +187,34 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     }
     let conversation_id = activity.conversation_id().ok_or(Refusal::BadRequest("activity has no conversation.id"))?.to_owned();
     let raw_service_url = activity.service_url.as_deref().ok_or(Refusal::BadRequest("activity has no serviceUrl"))?;
-    let normalized_service_url = service_url::normalize(raw_service_url).ok_or(Refusal::BadRequest("serviceUrl is not a valid URL"))?;
+    // Parsed once: every check below reads the same URL.
+    let parsed_service_url = url::Url::parse(raw_service_url.trim()).map_err(|_| Refusal::BadRequest("serviceUrl is not a valid URL"))?;
+    let normalized_service_url =
+        service_url::normalize_url(&parsed_service_url).ok_or(Refusal::BadRequest("serviceUrl is not a valid URL"))?;
 
     let (bot_index, auth) = match &token {
         // An Entra-issued (agentic) token carries no serviceurl: it is bound to the activity's tenant below.
-        Some(t) if t.agentic_tenant.is_some() => (t.bot, "entra-agentic"),
+        Some(t) if t.agentic_tenant.is_some() => (t.bot, AuthKind::Entra),
         Some(t) => {
             state.verifier.bind(t, &normalized_service_url, activity.channel_id.as_deref()).map_err(Refusal::Unauthorized)?;
-            (t.bot, "botframework")
+            (t.bot, AuthKind::BotFramework)
         }
         None => {
             // Dev mode, no token: only the Playground's loopback connector, only for a configured bot.
-            if !service_url::is_dev_connector_str(raw_service_url) {
+            if !service_url::is_dev_connector(&parsed_service_url) {
                 return Err(Refusal::Unauthorized(AuthReason::MissingHeader));
             }
             let recipient = activity.recipient.as_ref().map_or("", |r| r.id.as_str());
             let app_id = recipient.strip_prefix("28:").unwrap_or(recipient);
             let bot = state.verifier.bot_by_app_id(app_id).ok_or(Refusal::Unauthorized(AuthReason::DevAnonymousRefused))?;
-            (bot, "dev-anonymous")
+            (bot, AuthKind::Anonymous)
         }
     };
     let bot = state.verifier.bot(bot_index);
 
     state
         .connectors
-        .check(bot.cloud, raw_service_url)
+        .check_url(bot.cloud, &parsed_service_url)
         .map_err(|_| Refusal::BadRequest("serviceUrl is not an allow-listed Connector endpoint"))?;
 
     let tenant = activity.tenant_id().map_err(|e| match e {
@@ -226,7 +232,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     let agentic = crate::activity::agentic_recipient(&activity);
     // An Entra-authenticated activity must be addressed to this bot's own Agent Identity and User: the
     // reply tokens are minted for them.
-    if auth == "entra-agentic" {
+    if auth == AuthKind::Entra {
         let owned = agentic
             .as_deref()
             .and_then(|a| serde_json::from_str::<crate::activity::AgenticRecipient>(a).ok())
@@ -244,11 +250,19 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     }
 
     let now = now_ms();
+    let kind = activity.kind();
+    // A redelivery of what this process committed moments ago: acknowledged as the store would answer it,
+    // without the round trip (everything above, authentication included, was checked all the same).
+    if let Some(id) = activity.id.as_deref().filter(|s| !s.is_empty())
+        && state.recent.committed(&bot.app_id, &conversation_id, id, now)
+    {
+        tracing::info!(activity_id = id, "duplicate delivery acknowledged without a second commit");
+        return Ok((Outcome::Duplicate, acknowledgement(state, &activity, kind, None)));
+    }
     let activity_id = match activity.id.as_deref().filter(|s| !s.is_empty()) {
         Some(id) => id.to_owned(),
         None => format!("agentgate:{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
     };
-    let kind = activity.kind();
     // installationUpdate remove, or a conversationUpdate removing the bot: the reference stays, marked
     // unusable, so that nothing is sent there until the bot is added again.
     let uninstalled = crate::teams::installation_change(&activity) == Some(crate::teams::Installation::Removed);
@@ -276,13 +290,14 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
             usable: !uninstalled,
             updated_at_ms: now,
             // Replies to an agentic activity go out as its recipient (only for Entra-authenticated ones).
-            agentic: agentic.filter(|_| auth == "entra-agentic"),
+            agentic: agentic.filter(|_| auth == AuthKind::Entra),
             // An anonymous (dev) activity never overwrites what an authenticated one recorded.
-            authenticated: token.is_some(),
+            authenticated: auth.is_authenticated(),
         },
         state: classified.inbox_state(),
     };
     let record_conversation = record.conversation_id.clone();
+    let (bot_key, expires) = (record.bot_app_id.clone(), record.dedupe_expires_at_ms);
     let outcome = state.store.commit_inbound(record).await.map_err(|e| {
         tracing::error!(error = %e, "commit failed");
         Refusal::StoreUnavailable
@@ -290,6 +305,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     let mut answer = None;
     let outcome = match outcome {
         CommitOutcome::Accepted { inbox_id } => {
+            state.recent.remember(&bot_key, &record_conversation, &activity_id, expires);
             tracing::debug!(inbox_id, activity_id, kind = %activity.kind, "activity committed");
             answer = state.gate.committed(state.store.as_ref(), &classified, inbox_id, &bot.app_id, tenant, &record_conversation).await;
             Outcome::Accepted
@@ -299,25 +315,28 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
             Outcome::Duplicate
         }
     };
-    let response = if kind == Kind::Invoke {
-        let r = match answer {
-            // An approval answer: the card shows the outcome.
-            Some(r) => r,
-            // Universal Actions are checked as botbuilder checks them (missing value, not Action.Execute).
-            None => match activity.name.as_deref() {
-                Some("adaptiveCard/action") => match crate::teams::execute_action(&activity) {
-                    Ok(_) => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
-                    Err(e) => e.response(),
-                },
-                _ => InvokeResponse::acknowledge(&activity, &state.invoke_ack_text),
+    Ok((outcome, acknowledgement(state, &activity, kind, answer)))
+}
+
+/// The answer to a committed (or already committed) activity: 202, or for an invoke the invoke response.
+fn acknowledgement(state: &AppState, activity: &Activity, kind: Kind, answer: Option<InvokeResponse>) -> Response {
+    if kind != Kind::Invoke {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let r = match answer {
+        // An approval answer: the card shows the outcome.
+        Some(r) => r,
+        // Universal Actions are checked as botbuilder checks them (missing value, not Action.Execute).
+        None => match activity.name.as_deref() {
+            Some("adaptiveCard/action") => match crate::teams::execute_action(activity) {
+                Ok(_) => InvokeResponse::acknowledge(activity, &state.invoke_ack_text),
+                Err(e) => e.response(),
             },
-        };
-        let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-        (status, axum::Json(r.body)).into_response()
-    } else {
-        StatusCode::ACCEPTED.into_response()
+            _ => InvokeResponse::acknowledge(activity, &state.invoke_ack_text),
+        },
     };
-    Ok((outcome, response))
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    (status, axum::Json(r.body)).into_response()
 }
 
 #[cfg(test)]

@@ -160,6 +160,7 @@ impl Gateway {
             dev: opts.dev,
             invoke_ack_text: cfg.invoke.ack_text.clone(),
             dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
+            recent: crate::store::RecentCommits::default(),
             gate: Arc::clone(&gate),
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));

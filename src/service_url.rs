@@ -10,7 +10,11 @@ use crate::ids::Cloud;
 /// A service URL reduced to what identifies the endpoint: scheme, lower-case host, explicit
 /// non-default port and the path without a trailing slash. User info, query and fragment are refused.
 pub fn normalize(raw: &str) -> Option<String> {
-    let u = Url::parse(raw.trim()).ok()?;
+    normalize_url(&Url::parse(raw.trim()).ok()?)
+}
+
+/// [`normalize`] of a URL parsed already (the inbound path parses the `serviceUrl` once).
+pub fn normalize_url(u: &Url) -> Option<String> {
     if !matches!(u.scheme(), "https" | "http") || u.cannot_be_a_base() {
         return None;
     }
@@ -54,11 +58,15 @@ pub enum ServiceUrlError {
 
 impl ConnectorPolicy {
     pub fn check(&self, cloud: Cloud, raw: &str) -> Result<(), ServiceUrlError> {
-        let u = Url::parse(raw.trim()).map_err(|_| ServiceUrlError::Malformed)?;
-        if normalize(raw).is_none() {
+        self.check_url(cloud, &Url::parse(raw.trim()).map_err(|_| ServiceUrlError::Malformed)?)
+    }
+
+    /// [`ConnectorPolicy::check`] of a URL parsed already.
+    pub fn check_url(&self, cloud: Cloud, u: &Url) -> Result<(), ServiceUrlError> {
+        if normalize_url(u).is_none() {
             return Err(ServiceUrlError::Malformed);
         }
-        if self.dev && is_dev_connector(&u) {
+        if self.dev && is_dev_connector(u) {
             return Ok(());
         }
         if u.scheme() != "https" {

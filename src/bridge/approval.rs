@@ -162,6 +162,11 @@ impl Approvals {
         }
     }
 
+    /// Whether no request is open at all (then no message can be an answer).
+    pub fn none_open(&self) -> bool {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
     /// Whether a request with this id is open for this bot.
     pub fn is_open(&self, bot_app_id: &str, request_id: &str) -> bool {
         self.pending

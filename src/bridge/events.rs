@@ -200,7 +200,7 @@ pub fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventError> {
 /// The bot an inbox item's activity is for, as its mention appears: the authenticated app id.
 fn authenticated_bot(item: &InboxItem, activity: &Activity) -> String {
     match activity.recipient.as_ref() {
-        Some(r) if item.auth == "entra-agentic" => r.id.clone(),
+        Some(r) if item.auth == crate::ids::AuthKind::Entra => r.id.clone(),
         _ => item.bot_app_id.clone(),
     }
 }
@@ -417,8 +417,8 @@ mod tests {
             conversation_id: a.conversation_id().unwrap_or("c").into(),
             activity_id: a.id.clone().unwrap_or_default(),
             activity_type: a.kind.clone(),
-            auth: "dev-anonymous".into(),
-            state: "pending".into(),
+            auth: crate::ids::AuthKind::Anonymous,
+            state: crate::store::InboxState::Pending,
             received_at_ms: RECEIVED_MS,
             body: raw.to_owned(),
         }

@@ -91,8 +91,8 @@ impl InboundGate {
             return Some(Classified::Answer { request_id, behavior, sender: sender.to_owned(), by_card: true, reply_to });
         }
         if activity.kind() == crate::activity::Kind::Message {
-            // Answers are short; skip the work for anything longer.
-            if activity.text.as_deref()?.len() > 200 {
+            // Answers are short, and only answer an open request; skip the work otherwise.
+            if activity.text.as_deref()?.len() > 200 || self.approvals.none_open() {
                 return None;
             }
             let plain = text_without_mention(activity, bot_app_id)?;

@@ -88,7 +88,7 @@ async fn inbound(f: &Fixture, bot: &str, conversation: &str, tenant: &str, id: &
         conversation_id: conversation.to_owned(),
         activity_id: id.to_owned(),
         activity_type: "message".to_owned(),
-        auth: "botframework",
+        auth: crate::ids::AuthKind::BotFramework,
         body: json!({"type": "message", "id": id, "text": "hi"}).to_string(),
         received_at_ms: now_ms(),
         dedupe_expires_at_ms: now_ms() + 60_000,

@@ -203,18 +203,34 @@ pub enum AuthKind {
 }
 
 impl AuthKind {
-    /// The stable name used in logs, metrics and the store.
+    /// The stable name used in logs, metrics and the store (`inbox.auth`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BotFramework => "botframework",
-            Self::Entra => "entra",
-            Self::Anonymous => "anonymous",
+            Self::Entra => "entra-agentic",
+            Self::Anonymous => "dev-anonymous",
+        }
+    }
+
+    /// The kind a stored name stands for. A name this version does not know counts as
+    /// [`AuthKind::Anonymous`]: never more trusted than what is certain.
+    pub fn from_stored(name: &str) -> Self {
+        match name {
+            "botframework" => Self::BotFramework,
+            "entra-agentic" => Self::Entra,
+            _ => Self::Anonymous,
         }
     }
 
     /// Whether a Microsoft-signed token vouched for the activity.
     pub fn is_authenticated(self) -> bool {
         !matches!(self, Self::Anonymous)
+    }
+}
+
+impl Serialize for AuthKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -275,6 +291,11 @@ mod tests {
         assert!(AuthKind::BotFramework.is_authenticated());
         assert!(AuthKind::Entra.is_authenticated());
         assert!(!AuthKind::Anonymous.is_authenticated());
-        assert_eq!(AuthKind::Entra.to_string(), "entra");
+        assert_eq!(AuthKind::Entra.to_string(), "entra-agentic");
+        for kind in [AuthKind::BotFramework, AuthKind::Entra, AuthKind::Anonymous] {
+            assert_eq!(AuthKind::from_stored(kind.as_str()), kind);
+        }
+        assert_eq!(AuthKind::from_stored("BOTFRAMEWORK"), AuthKind::Anonymous, "unknown names are never trusted");
+        assert_eq!(AuthKind::from_stored(""), AuthKind::Anonymous);
     }
 }

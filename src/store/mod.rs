@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod audit;
+pub mod recent;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
 pub use audit::{AuditEvent, AuditHead, AuditKey, AuditRecord, Broken, Verified};
+pub use recent::RecentCommits;
 pub use sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch: the time stamps the store keeps.
@@ -30,8 +32,8 @@ pub struct InboundRecord {
     pub conversation_id: String,
     pub activity_id: String,
     pub activity_type: String,
-    /// How the request was authenticated: `botframework` or `dev-anonymous`.
-    pub auth: &'static str,
+    /// How the request was authenticated.
+    pub auth: crate::ids::AuthKind,
     /// The activity exactly as received.
     pub body: String,
     pub received_at_ms: i64,
@@ -42,7 +44,8 @@ pub struct InboundRecord {
 }
 
 /// Where an inbox entry stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InboxState {
     /// Waiting for a host to receive and acknowledge it.
     Pending,
@@ -62,6 +65,11 @@ impl InboxState {
             Self::Filtered => "filtered",
             Self::Consumed => "consumed",
         }
+    }
+
+    /// The state a stored name stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Pending, Self::Acked, Self::Filtered, Self::Consumed].into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -106,8 +114,8 @@ pub struct InboxItem {
     pub conversation_id: String,
     pub activity_id: String,
     pub activity_type: String,
-    pub auth: String,
-    pub state: String,
+    pub auth: crate::ids::AuthKind,
+    pub state: InboxState,
     pub received_at_ms: i64,
     pub body: String,
 }

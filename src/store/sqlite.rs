@@ -548,7 +548,7 @@ fn commit_one(tx: &rusqlite::Transaction<'_>, r: &InboundRecord, write_ref: bool
         r.conversation_id,
         r.activity_id,
         r.activity_type,
-        r.auth,
+        r.auth.as_str(),
         r.received_at_ms,
         r.body,
         r.state.as_str()
@@ -609,8 +609,13 @@ fn inbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InboxItem> {
         conversation_id: r.get(3)?,
         activity_id: r.get(4)?,
         activity_type: r.get(5)?,
-        auth: r.get(6)?,
-        state: r.get(7)?,
+        auth: crate::ids::AuthKind::from_stored(&r.get::<_, String>(6)?),
+        state: {
+            let name: String = r.get(7)?;
+            super::InboxState::parse(&name).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, format!("unknown inbox state `{name}`").into())
+            })?
+        },
         received_at_ms: r.get(8)?,
         body: r.get(9)?,
     })

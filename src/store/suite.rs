@@ -71,7 +71,7 @@ pub(crate) fn record(activity_id: &str, conv: &str) -> InboundRecord {
         conversation_id: conv.into(),
         activity_id: activity_id.into(),
         activity_type: "message".into(),
-        auth: "botframework",
+        auth: crate::ids::AuthKind::BotFramework,
         body: format!("{{\"id\":\"{activity_id}\"}}"),
         received_at_ms: 1,
         dedupe_expires_at_ms: 1_000,
@@ -139,8 +139,8 @@ pub(crate) async fn inbox_states_cursor_and_personal_chats(store: &dyn Store) {
     assert_eq!(store.pending_inbox(None, 10).await.unwrap().len(), 2);
     // A filtered entry cannot be acknowledged into view; a pending one can.
     assert_eq!(store.ack_inbox(&[ids[1], ids[2]]).await.unwrap(), 1);
-    let states: Vec<String> = store.inbox_by_ids(&[ids[1], ids[2], 999]).await.unwrap().into_iter().map(|i| i.state).collect();
-    assert_eq!(states, vec!["filtered", "acked"]);
+    let states: Vec<InboxState> = store.inbox_by_ids(&[ids[1], ids[2], 999]).await.unwrap().into_iter().map(|i| i.state).collect();
+    assert_eq!(states, vec![InboxState::Filtered, InboxState::Acked]);
     // The reference of c1 is a personal chat with "oid" (matched case-insensitively).
     let found = store.personal_conversation("bot", "OID").await.unwrap().unwrap();
     assert_eq!(found.conversation_id, "c1");

@@ -179,6 +179,41 @@ async fn duplicate_delivery_is_acknowledged_once_and_stored_once() {
     assert_eq!(app.metric("agentgate_requests_total{outcome=\"duplicate\"}").await, 11);
 }
 
+/// A redelivery of an activity committed moments ago is answered without a second commit, but only after
+/// the same checks as a first delivery: token, tenant, Connector allow-list. An invoke gets its invoke
+/// response again, not a bare 202.
+#[tokio::test]
+async fn a_redelivery_is_checked_like_a_first_delivery() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let id = unique_id("redeliver");
+    let body = message(&id);
+    assert_eq!(app.status(Some(&token), &body).await, 202);
+    assert_eq!(app.status(None, &body).await, 401, "no token");
+    let wrong_aud = key.mint(&with(good_claims(), |c| c["aud"] = json!("another-app")));
+    assert_eq!(app.status(Some(&wrong_aud), &body).await, 401, "a token for another bot");
+    let foreign = with(body.clone(), |m| {
+        m["conversation"]["tenantId"] = json!(OTHER_TENANT);
+        m["channelData"]["tenant"]["id"] = json!(OTHER_TENANT);
+    });
+    assert_eq!(app.status(Some(&token), &foreign).await, 403, "a tenant off the allow-list");
+    assert_eq!(app.status(Some(&token), &body).await, 202);
+    assert_eq!(count_activity(&app.inbox(), &id), 1);
+    assert_eq!(app.metric("agentgate_requests_total{outcome=\"duplicate\"}").await, 1);
+
+    let mut invoke = message(&unique_id("redeliver-inv"));
+    invoke["type"] = json!("invoke");
+    invoke["name"] = json!("adaptiveCard/action");
+    invoke["value"] = json!({"action": {"type": "Action.Execute", "verb": "approve", "data": {}}, "trigger": "manual"});
+    for round in 0..2 {
+        let resp = app.post(Some(&token), &invoke).await;
+        assert_eq!(resp.status(), 200, "round {round}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["type"], "application/vnd.microsoft.activity.message", "round {round}: {answer}");
+    }
+    assert_eq!(count_activity(&app.inbox(), invoke["id"].as_str().unwrap()), 1);
+}
+
 #[tokio::test]
 async fn invokes_get_a_synchronous_invoke_response() {
     let (_oidc, app, key) = app_with_keys().await;
