@@ -13,22 +13,22 @@
 //! Every response is checked for `error` before `access_token` (by [`TokenClient`], with its retries);
 //! a failure names its hop and carries the AADSTS codes with a hint about what to fix.
 //!
-//! Caching: T1 and T2 per (tenant, Agent Identity), T3 per (tenant, Agent Identity, user, scope). Each
-//! is refreshed 5 minutes before it expires (half its lifetime when it lives less than 10 minutes), one
-//! refresh at a time per token: 50 callers on a cold cache cause exactly three requests. While a refresh
-//! runs, callers whose cached token is still valid for more than a minute get it without waiting. The
-//! cache is never keyed on a token value.
+//! Caching (`entra::cache`, as for the bot's tokens): T1 and T2 per (tenant, Agent Identity), T3 per
+//! (tenant, Agent Identity, user, scope). Each is refreshed 5 minutes before it expires (half its
+//! lifetime when it lives less than 10 minutes), one refresh at a time per token: 50 callers on a cold
+//! cache cause exactly three requests. While a refresh runs, callers whose cached token is still valid
+//! for more than a minute get it without waiting; when a refresh fails and the old token is still valid
+//! for more than a minute, it is served (and no refresh is tried for a few seconds). The cache is never
+//! keyed on a token value.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::hash::Hash;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Clock;
+use super::cache::{Cached, TokenCache};
 use super::client::{AccessToken, TokenClient, TokenForm};
 use super::credential::{ASSERTION_TYPE, CertificateCredential};
 use super::endpoint::{Authority, TokenEndpoint};
@@ -38,10 +38,6 @@ pub use crate::config::agent_user::{AgentMode, AgentUserConfig, DEFAULT_AGENTIC_
 
 /// The scope of hops 1 and 2: a token for Entra's token exchange (federated credential) audience.
 pub const TOKEN_EXCHANGE_SCOPE: &str = "api://AzureADTokenExchange/.default";
-
-/// A cached token still counts as usable (shared with waiters, served after a failed refresh) until
-/// this long before it expires.
-const USABLE_MARGIN: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- configuration
 
@@ -226,107 +222,6 @@ impl fmt::Debug for AgentUser {
     }
 }
 
-// ---------------------------------------------------------------- the cache
-
-#[derive(Default)]
-struct SlotState {
-    cached: Option<(AccessToken, SystemTime)>,
-    /// Bumped when a refresh finishes; a waiter that sees the change shares the outcome.
-    generation: u64,
-    last_error: Option<AgentTokenError>,
-}
-
-#[derive(Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-    flight: tokio::sync::Mutex<()>,
-}
-
-impl Slot {
-    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The cached token if it is not due for refresh, or else the result of one `fetch` shared by
-    /// every caller that arrives while it runs.
-    async fn get<F, Fut>(&self, clock: &dyn Clock, fetch: F) -> Result<AccessToken, AgentTokenError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<(AccessToken, SystemTime), AgentTokenError>>,
-    {
-        let seen = {
-            let st = self.state();
-            if let Some((t, refresh_at)) = &st.cached
-                && clock.now() < *refresh_at
-            {
-                return Ok(t.clone());
-            }
-            st.generation
-        };
-        let _flight = match self.flight.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => {
-                // A refresh is running: a still-usable token needs no wait.
-                if let Some((t, _)) = &self.state().cached
-                    && clock.now() + USABLE_MARGIN < t.expires_at
-                {
-                    return Ok(t.clone());
-                }
-                self.flight.lock().await
-            }
-        };
-        {
-            let st = self.state();
-            if st.generation != seen {
-                if let Some((t, _)) = &st.cached
-                    && clock.now() + USABLE_MARGIN < t.expires_at
-                {
-                    return Ok(t.clone());
-                }
-                if let Some(e) = &st.last_error {
-                    return Err(e.clone());
-                }
-            }
-        }
-        let result = fetch().await;
-        let mut st = self.state();
-        st.generation += 1;
-        match result {
-            Ok((t, refresh_at)) => {
-                st.cached = Some((t.clone(), refresh_at));
-                st.last_error = None;
-                Ok(t)
-            }
-            Err(e) => {
-                st.last_error = Some(e.clone());
-                match &st.cached {
-                    Some((old, _)) if clock.now() + USABLE_MARGIN < old.expires_at => {
-                        tracing::warn!(error = %e, "agent token refresh failed; serving the cached token until it nears expiry");
-                        Ok(old.clone())
-                    }
-                    _ => Err(e),
-                }
-            }
-        }
-    }
-
-    fn clear(&self) {
-        self.state().cached = None;
-    }
-}
-
-struct Slots<K>(Mutex<HashMap<K, Arc<Slot>>>);
-
-impl<K: Eq + Hash> Slots<K> {
-    fn new() -> Self {
-        Self(Mutex::new(HashMap::new()))
-    }
-
-    fn get(&self, key: K) -> Arc<Slot> {
-        Arc::clone(self.0.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default())
-    }
-}
-
 // ---------------------------------------------------------------- the chain
 
 type IdKey = (String, String);
@@ -340,9 +235,9 @@ pub struct AgentTokenChain {
     authority: Authority,
     blueprint_app_id: String,
     blueprint: Arc<CertificateCredential>,
-    t1: Slots<IdKey>,
-    t2: Slots<IdKey>,
-    t3: Slots<UserKey>,
+    t1: TokenCache<IdKey, AgentTokenError>,
+    t2: TokenCache<IdKey, AgentTokenError>,
+    t3: TokenCache<UserKey, AgentTokenError>,
 }
 
 impl fmt::Debug for AgentTokenChain {
@@ -374,9 +269,9 @@ impl AgentTokenChain {
             authority,
             blueprint_app_id: blueprint_app_id.into(),
             blueprint: Arc::new(blueprint),
-            t1: Slots::new(),
-            t2: Slots::new(),
-            t3: Slots::new(),
+            t1: TokenCache::new(),
+            t2: TokenCache::new(),
+            t3: TokenCache::new(),
         }
     }
 
@@ -396,11 +291,10 @@ impl AgentTokenChain {
 
     /// T1: the Blueprint's token-exchange token for the Agent Identity `identity` in `tenant` (cached).
     pub async fn blueprint_token(&self, tenant: &str, identity: &str) -> Result<AccessToken, AgentTokenError> {
-        let slot = self.t1.get(key(tenant, identity));
-        slot.get(self.clock.as_ref(), || self.fetch_t1(tenant, identity)).await
+        self.t1.get(self.clock.as_ref(), &key(tenant, identity), || self.fetch_t1(tenant, identity)).await
     }
 
-    async fn fetch_t1(&self, tenant: &str, identity: &str) -> Result<(AccessToken, SystemTime), AgentTokenError> {
+    async fn fetch_t1(&self, tenant: &str, identity: &str) -> Result<Cached, AgentTokenError> {
         let hop = Hop::Blueprint;
         let endpoint = self.endpoint(hop, tenant)?;
         let (blueprint, cred, aud) = (self.blueprint_app_id.as_str(), Arc::clone(&self.blueprint), endpoint.as_str().to_owned());
@@ -422,11 +316,10 @@ impl AgentTokenChain {
 
     /// T2: the Agent Identity's token-exchange token (cached).
     pub async fn identity_token(&self, tenant: &str, identity: &str) -> Result<AccessToken, AgentTokenError> {
-        let slot = self.t2.get(key(tenant, identity));
-        slot.get(self.clock.as_ref(), || self.fetch_t2(tenant, identity)).await
+        self.t2.get(self.clock.as_ref(), &key(tenant, identity), || self.fetch_t2(tenant, identity)).await
     }
 
-    async fn fetch_t2(&self, tenant: &str, identity: &str) -> Result<(AccessToken, SystemTime), AgentTokenError> {
+    async fn fetch_t2(&self, tenant: &str, identity: &str) -> Result<Cached, AgentTokenError> {
         let t1 = self.blueprint_token(tenant, identity).await?;
         let hop = Hop::AgentIdentity;
         let endpoint = self.endpoint(hop, tenant)?;
@@ -447,17 +340,10 @@ impl AgentTokenChain {
     /// T3: the Agent User's delegated token for `scope` (a resource's `.default`), cached.
     pub async fn user_token(&self, tenant: &str, identity: &str, user: &AgentUser, scope: &str) -> Result<AccessToken, AgentTokenError> {
         let (t, i) = key(tenant, identity);
-        let slot = self.t3.get((t, i, user.clone(), scope.to_owned()));
-        slot.get(self.clock.as_ref(), || self.fetch_t3(tenant, identity, user, scope)).await
+        self.t3.get(self.clock.as_ref(), &(t, i, user.clone(), scope.to_owned()), || self.fetch_t3(tenant, identity, user, scope)).await
     }
 
-    async fn fetch_t3(
-        &self,
-        tenant: &str,
-        identity: &str,
-        user: &AgentUser,
-        scope: &str,
-    ) -> Result<(AccessToken, SystemTime), AgentTokenError> {
+    async fn fetch_t3(&self, tenant: &str, identity: &str, user: &AgentUser, scope: &str) -> Result<Cached, AgentTokenError> {
         let t1 = self.blueprint_token(tenant, identity).await?;
         let t2 = self.identity_token(tenant, identity).await?;
         let hop = Hop::AgentUser;
@@ -482,19 +368,15 @@ impl AgentTokenChain {
     /// Forget the cached T3 (after the resource refused it with 401), so that the next call fetches anew.
     pub fn invalidate_user_token(&self, tenant: &str, identity: &str, user: &AgentUser, scope: &str) {
         let (t, i) = key(tenant, identity);
-        self.t3.get((t, i, user.clone(), scope.to_owned())).clear();
+        self.t3.invalidate(&(t, i, user.clone(), scope.to_owned()));
     }
 
     /// Forget every cached token of (tenant, identity): the next call runs the whole chain again.
     pub fn invalidate_all(&self, tenant: &str, identity: &str) {
-        self.t1.get(key(tenant, identity)).clear();
-        self.t2.get(key(tenant, identity)).clear();
-        let (t, i) = key(tenant, identity);
-        for (k, slot) in self.t3.0.lock().unwrap_or_else(PoisonError::into_inner).iter() {
-            if k.0 == t && k.1 == i {
-                slot.clear();
-            }
-        }
+        let id = key(tenant, identity);
+        self.t1.invalidate(&id);
+        self.t2.invalidate(&id);
+        self.t3.invalidate_where(|k| k.0 == id.0 && k.1 == id.1);
     }
 }
 

@@ -6,43 +6,39 @@
 //! * One refresh at a time per cache key: concurrent callers wait for it and share its outcome (token
 //!   or error). While a refresh is in flight, callers whose cached token is still valid get that token
 //!   without waiting; when a refresh fails and the old token is still valid, it is served (and the
-//!   next attempt waits a few seconds).
-//! * Retried: HTTP 429 (honouring `Retry-After`, seconds or HTTP date), 5xx, `temporarily_unavailable`,
-//!   connection failures and timeouts, with capped exponential backoff and jitter, within
-//!   [`RetryPolicy::max_attempts`]. Never retried: `invalid_client`, `unauthorized_client`,
-//!   `invalid_request` and every other OAuth error.
+//!   next attempt waits a few seconds). The cache is `entra::cache`, shared with the Agent User chain.
+//! * Retried: HTTP 429 (waiting exactly its `Retry-After`, seconds or HTTP date), 5xx,
+//!   `temporarily_unavailable`, connection failures and timeouts, with capped exponential backoff and
+//!   jitter, within [`RetryPolicy::max_attempts`]; a `Retry-After` beyond
+//!   [`RetryPolicy::max_retry_after`] fails at once ([`crate::http_util::retry`]). Never retried:
+//!   `invalid_client`, `unauthorized_client`, `invalid_request` and every other OAuth error.
 //! * The response's `error` field is checked before `access_token`: some proxies turn Entra errors
 //!   into HTTP 200.
 //! * Secrets, assertions and tokens never appear in errors, logs or `Debug` output.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+use super::cache::{Cached, TokenCache};
 use super::credential::{ASSERTION_TYPE, ClientCredential};
 use super::endpoint::TokenEndpoint;
 use super::error::{EntraError, TokenError};
 use super::{Clock, SystemClock};
 use crate::config::check_fetch_url;
+use crate::http_util::retry::Failed;
+pub use crate::http_util::retry::RetryPolicy;
 
 /// The longest token lifetime believed.
 const MAX_LIFETIME_SECS: u64 = 24 * 3600;
 
 /// Largest token response accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
-/// A cached token still counts as usable (served while a refresh runs or after one failed) until this
-/// long before it expires.
-const USABLE_MARGIN: Duration = Duration::from_secs(60);
-
-/// After a failed refresh while the old token is still usable, wait this long before trying again.
-const FAILED_REFRESH_QUIET: Duration = Duration::from_secs(10);
 
 /// An access token. `Debug` shows only its expiry.
 #[derive(Clone)]
@@ -90,30 +86,6 @@ impl TokenRequest {
     }
 }
 
-/// How token requests are retried.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (1 = never retry).
-    pub max_attempts: u32,
-    /// The first backoff; doubled on each retry.
-    pub base_delay: Duration,
-    /// The largest backoff.
-    pub max_delay: Duration,
-    /// A `Retry-After` longer than this is not waited for: the request fails at once.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(4),
-            max_retry_after: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Token client settings.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenClientSettings {
@@ -131,49 +103,12 @@ impl Default for TokenClientSettings {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A cache key: no credential, no token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct CacheKey {
     client_id: String,
     endpoint: String,
     scope: String,
-}
-
-#[derive(Clone)]
-struct Cached {
-    token: AccessToken,
-    refresh_at: SystemTime,
-}
-
-impl Cached {
-    fn usable_at(&self, now: SystemTime) -> bool {
-        now + USABLE_MARGIN < self.token.expires_at
-    }
-}
-
-#[derive(Default)]
-struct SlotState {
-    cached: Option<Cached>,
-    /// Bumped when a refresh finishes; a caller that waited sees the change and shares the outcome.
-    generation: u64,
-    last_error: Option<TokenError>,
-    /// After a failed refresh with a usable old token: serve it without retrying until then.
-    quiet_until: Option<SystemTime>,
-}
-
-#[derive(Default)]
-struct Slot {
-    state: Mutex<SlotState>,
-    flight: tokio::sync::Mutex<()>,
-}
-
-impl Slot {
-    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn usable(&self, now: SystemTime) -> Option<AccessToken> {
-        self.state().cached.as_ref().filter(|c| c.usable_at(now)).map(|c| c.token.clone())
-    }
 }
 
 /// Gets and caches client-credentials tokens. One per process; cheap to share in an `Arc`.
@@ -181,7 +116,7 @@ pub struct TokenClient {
     http: reqwest::Client,
     settings: TokenClientSettings,
     clock: Arc<dyn Clock>,
-    slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
+    cache: TokenCache<CacheKey, TokenError>,
     sent: AtomicU64,
 }
 
@@ -192,19 +127,7 @@ impl fmt::Debug for TokenClient {
 }
 
 /// A failed attempt and whether (and when) it may be retried.
-struct Failure {
-    error: TokenError,
-    retry: Option<Option<Duration>>,
-}
-
-impl Failure {
-    fn fatal(error: TokenError) -> Self {
-        Self { error, retry: None }
-    }
-    fn transient(error: TokenError, after: Option<Duration>) -> Self {
-        Self { error, retry: Some(after) }
-    }
-}
+type Failure = Failed<TokenError>;
 
 impl TokenClient {
     /// A client with its own HTTP connection pool (no redirects are followed).
@@ -215,7 +138,7 @@ impl TokenClient {
             .user_agent(concat!("agentgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| TokenError::Setup(crate::http_util::error_chain(&e)))?;
-        Ok(Self { http, settings, clock: Arc::new(SystemClock), slots: Mutex::new(HashMap::new()), sent: AtomicU64::new(0) })
+        Ok(Self { http, settings, clock: Arc::new(SystemClock), cache: TokenCache::new(), sent: AtomicU64::new(0) })
     }
 
     /// Use another clock for expiry and assertion times (tests).
@@ -229,79 +152,14 @@ impl TokenClient {
         self.sent.load(Ordering::Relaxed)
     }
 
-    fn slot(&self, req: &TokenRequest) -> Arc<Slot> {
-        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(slots.entry(req.cache_key()).or_default())
-    }
-
     /// Forget the cached token for `req` (e.g. after the Connector refused it with 401).
     pub fn invalidate(&self, req: &TokenRequest) {
-        let slot = self.slot(req);
-        let mut st = slot.state();
-        st.cached = None;
-        st.quiet_until = None;
+        self.cache.invalidate(&req.cache_key());
     }
 
     /// A token for `req`: cached, or fetched (once, however many callers ask at the same time).
     pub async fn token(&self, req: &TokenRequest) -> Result<AccessToken, TokenError> {
-        let slot = self.slot(req);
-        let now = self.clock.now();
-        let seen = {
-            let st = slot.state();
-            if let Some(c) = &st.cached {
-                let quiet = st.quiet_until.is_some_and(|q| now < q);
-                if now < c.refresh_at || (quiet && c.usable_at(now)) {
-                    return Ok(c.token.clone());
-                }
-            }
-            st.generation
-        };
-        let _flight = match slot.flight.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => {
-                // Someone is refreshing: a still-valid token needs no wait.
-                if let Some(t) = slot.usable(now) {
-                    return Ok(t);
-                }
-                slot.flight.lock().await
-            }
-        };
-        {
-            let st = slot.state();
-            if st.generation != seen {
-                // A refresh finished while we waited: share its outcome (however short the new token's life).
-                if let Some(c) = &st.cached
-                    && self.clock.now() < c.token.expires_at
-                {
-                    return Ok(c.token.clone());
-                }
-                if let Some(e) = &st.last_error {
-                    return Err(e.clone());
-                }
-            }
-        }
-        let result = self.fetch(req).await;
-        let mut st = slot.state();
-        st.generation += 1;
-        match result {
-            Ok(c) => {
-                st.cached = Some(c.clone());
-                st.last_error = None;
-                st.quiet_until = None;
-                Ok(c.token)
-            }
-            Err(e) => {
-                st.last_error = Some(e.clone());
-                let now = self.clock.now();
-                if let Some(old) = st.cached.as_ref().filter(|c| c.usable_at(now)) {
-                    tracing::warn!(client_id = %req.client_id, endpoint = %req.endpoint, error = %e, "token refresh failed; serving the cached token until it nears expiry");
-                    let token = old.token.clone();
-                    st.quiet_until = Some(now + FAILED_REFRESH_QUIET);
-                    return Ok(token);
-                }
-                Err(e)
-            }
-        }
+        self.cache.get(self.clock.as_ref(), &req.cache_key(), || self.fetch(req)).await
     }
 
     /// One refresh: attempts with backoff until success, a permanent error or the budget is spent.
@@ -324,8 +182,8 @@ impl TokenClient {
         client_id: &str,
         kind: &'static str,
         build: &(dyn Fn(SystemTime) -> Result<TokenForm, TokenError> + Send + Sync),
-    ) -> Result<(AccessToken, SystemTime), TokenError> {
-        self.fetch_with(endpoint, client_id, kind, build).await.map(|c| (c.token, c.refresh_at))
+    ) -> Result<Cached, TokenError> {
+        self.fetch_with(endpoint, client_id, kind, build).await
     }
 
     async fn fetch_with(
@@ -335,29 +193,10 @@ impl TokenClient {
         kind: &'static str,
         build: &(dyn Fn(SystemTime) -> Result<TokenForm, TokenError> + Send + Sync),
     ) -> Result<Cached, TokenError> {
-        let policy = self.settings.retry;
-        let mut attempt = 1;
-        loop {
-            let failure = match self.attempt(endpoint, client_id, kind, build).await {
-                Ok(c) => return Ok(c),
-                Err(f) => f,
-            };
-            let Some(after) = failure.retry else { return Err(failure.error) };
-            if attempt >= policy.max_attempts.max(1) {
-                return Err(failure.error);
-            }
-            let delay = match after {
-                Some(after) if after > policy.max_retry_after => return Err(failure.error),
-                Some(after) => after + jitter(policy.base_delay / 2),
-                None => {
-                    let exp = policy.base_delay.saturating_mul(1 << (attempt - 1).min(16)).min(policy.max_delay);
-                    exp / 2 + jitter(exp / 2)
-                }
-            };
-            tracing::warn!(client_id, endpoint = %endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %failure.error, "token request failed; retrying");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
-        }
+        let on_retry = |error: &TokenError, attempt: u32, delay: Duration| {
+            tracing::warn!(client_id, endpoint = %endpoint, attempt, delay_ms = delay.as_millis() as u64, error = %error, "token request failed; retrying");
+        };
+        self.settings.retry.run(|| self.attempt(endpoint, client_id, kind, build), on_retry).await
     }
 
     async fn attempt(
@@ -369,10 +208,10 @@ impl TokenClient {
     ) -> Result<Cached, Failure> {
         let endpoint = req_endpoint.as_str();
         // The endpoint type only admits https or loopback http; check again right before the credential leaves.
-        check_fetch_url(endpoint).map_err(|e| Failure::fatal(TokenError::Setup(format!("refusing to send a credential: {e}"))))?;
+        check_fetch_url(endpoint).map_err(|e| Failure::never(TokenError::Setup(format!("refusing to send a credential: {e}"))))?;
 
         let now = self.clock.now();
-        let TokenForm { body, sensitive } = build(now).map_err(Failure::fatal)?;
+        let TokenForm { body, sensitive } = build(now).map_err(Failure::never)?;
 
         tracing::debug!(client_id, endpoint, credential = kind, "requesting a token");
         self.sent.fetch_add(1, Ordering::Relaxed);
@@ -388,7 +227,7 @@ impl TokenClient {
             Ok(r) => r,
             Err(e) => {
                 let reason = crate::http_util::error_chain(&e.without_url());
-                return Err(Failure::transient(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }, None));
+                return Err(Failure::backoff(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }));
             }
         };
         let status = resp.status();
@@ -399,7 +238,7 @@ impl TokenClient {
                 Ok(Some(chunk)) => {
                     bytes.extend_from_slice(&chunk);
                     if bytes.len() > MAX_RESPONSE_BYTES {
-                        return Err(Failure::fatal(TokenError::BadResponse {
+                        return Err(Failure::never(TokenError::BadResponse {
                             endpoint: endpoint.to_owned(),
                             reason: "response larger than 64 KiB".into(),
                         }));
@@ -408,7 +247,7 @@ impl TokenClient {
                 Ok(None) => break,
                 Err(e) => {
                     let reason = format!("reading the response: {}", crate::http_util::error_chain(&e.without_url()));
-                    return Err(Failure::transient(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }, None));
+                    return Err(Failure::backoff(TokenError::Unreachable { endpoint: endpoint.to_owned(), reason }));
                 }
             }
         }
@@ -447,12 +286,6 @@ fn req_form(req: &TokenRequest, now: SystemTime) -> Result<TokenForm, TokenError
         }
     };
     Ok(TokenForm { body: SecretString::from(form.finish()), sensitive: vec![sensitive] })
-}
-
-/// Random extra delay in `0..=max`.
-fn jitter(max: Duration) -> Duration {
-    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(0..=ms))
 }
 
 #[derive(Deserialize)]
@@ -506,9 +339,9 @@ fn interpret(
         Ok(p) => p,
         Err(_) if !(200..300).contains(&status) => {
             let e = TokenError::Status { endpoint: endpoint.to_owned(), status, retry_after };
-            return Err(if transient_status { Failure::transient(e, retry_after) } else { Failure::fatal(e) });
+            return Err(if transient_status { Failure::transient(e, retry_after) } else { Failure::never(e) });
         }
-        Err(e) => return Err(Failure::fatal(bad(format!("HTTP {status} with a body that is not a token response ({e})")))),
+        Err(e) => return Err(Failure::never(bad(format!("HTTP {status} with a body that is not a token response ({e})")))),
     };
     // `error` first: some proxies answer Entra errors with HTTP 200.
     if let Some(error) = parsed.error.filter(|e| !e.is_empty()) {
@@ -523,23 +356,23 @@ fn interpret(
         );
         let retryable = entra.is_transient();
         let e = TokenError::Refused { endpoint: endpoint.to_owned(), detail: Box::new(entra) };
-        return Err(if retryable { Failure::transient(e, retry_after) } else { Failure::fatal(e) });
+        return Err(if retryable { Failure::transient(e, retry_after) } else { Failure::never(e) });
     }
     if !(200..300).contains(&status) {
         let e = TokenError::Status { endpoint: endpoint.to_owned(), status, retry_after };
-        return Err(if transient_status { Failure::transient(e, retry_after) } else { Failure::fatal(e) });
+        return Err(if transient_status { Failure::transient(e, retry_after) } else { Failure::never(e) });
     }
     let Some(value) = parsed.access_token.filter(|t| !t.expose_secret().is_empty()) else {
-        return Err(Failure::fatal(bad("no access_token in the response".into())));
+        return Err(Failure::never(bad("no access_token in the response".into())));
     };
     if let Some(tt) = parsed.token_type.as_deref()
         && !tt.eq_ignore_ascii_case("bearer")
     {
-        return Err(Failure::fatal(bad(format!("token_type `{tt}` is not Bearer"))));
+        return Err(Failure::never(bad(format!("token_type `{tt}` is not Bearer"))));
     }
     // Capped at a day (Entra's are about an hour): a bogus huge value must neither overflow nor pin a token.
     let Some(lifetime) = parsed.expires_in.filter(|s| *s > 0).map(|s| Duration::from_secs(s.min(MAX_LIFETIME_SECS))) else {
-        return Err(Failure::fatal(bad("no positive expires_in in the response".into())));
+        return Err(Failure::never(bad("no positive expires_in in the response".into())));
     };
     let expires_at = sent_at + lifetime;
     let ahead = settings.refresh_before_expiry.min(lifetime / 2);
@@ -549,6 +382,7 @@ fn interpret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_util::retry::Retry;
 
     fn run(status: u16, body: &str) -> Result<Cached, Failure> {
         interpret(
@@ -567,7 +401,7 @@ mod tests {
         let f = run(200, r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215],"access_token":"x","expires_in":3600}"#)
             .err()
             .unwrap();
-        assert!(f.retry.is_none());
+        assert_eq!(f.retry, Retry::Never);
         let msg = f.error.to_string();
         assert!(msg.contains("AADSTS7000215") && msg.contains("invalid_client"), "{msg}");
     }
@@ -584,16 +418,32 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(run(429, "").err().unwrap().retry.is_some());
-        assert!(run(503, "<html>busy</html>").err().unwrap().retry.is_some());
-        assert!(run(200, r#"{"error":"temporarily_unavailable"}"#).err().unwrap().retry.is_some());
-        assert!(run(500, r#"{"error":"invalid_client"}"#).err().unwrap().retry.is_none());
-        assert!(run(400, r#"{"error":"invalid_request"}"#).err().unwrap().retry.is_none());
-        assert!(run(401, r#"{"error":"unauthorized_client"}"#).err().unwrap().retry.is_none());
-        assert!(run(404, "not found").err().unwrap().retry.is_none());
-        assert!(run(200, r#"{"token_type":"Bearer","expires_in":3600}"#).err().unwrap().retry.is_none());
-        assert!(run(200, r#"{"token_type":"pop","expires_in":3600,"access_token":"t"}"#).err().unwrap().retry.is_none());
-        assert!(run(200, "not json").err().unwrap().retry.is_none());
+        let retry = |status: u16, body: &str| run(status, body).err().unwrap().retry;
+        assert_eq!(retry(429, ""), Retry::Backoff);
+        assert_eq!(retry(503, "<html>busy</html>"), Retry::Backoff);
+        assert_eq!(retry(200, r#"{"error":"temporarily_unavailable"}"#), Retry::Backoff);
+        assert_eq!(retry(500, r#"{"error":"invalid_client"}"#), Retry::Never);
+        assert_eq!(retry(400, r#"{"error":"invalid_request"}"#), Retry::Never);
+        assert_eq!(retry(401, r#"{"error":"unauthorized_client"}"#), Retry::Never);
+        assert_eq!(retry(404, "not found"), Retry::Never);
+        assert_eq!(retry(200, r#"{"token_type":"Bearer","expires_in":3600}"#), Retry::Never);
+        assert_eq!(retry(200, r#"{"token_type":"pop","expires_in":3600,"access_token":"t"}"#), Retry::Never);
+        assert_eq!(retry(200, "not json"), Retry::Never);
+    }
+
+    #[test]
+    fn retry_after_is_passed_on_for_transient_failures_only() {
+        let after = Some(Duration::from_secs(7));
+        let with = |status: u16, body: &str| {
+            let settings = TokenClientSettings::default();
+            interpret("https://login.example.test/t/oauth2/v2.0/token", status, after, body.as_bytes(), "", SystemTime::now(), &settings)
+                .err()
+                .unwrap()
+                .retry
+        };
+        assert_eq!(with(429, ""), Retry::After(Duration::from_secs(7)));
+        assert_eq!(with(503, r#"{"error":"temporarily_unavailable"}"#), Retry::After(Duration::from_secs(7)));
+        assert_eq!(with(400, r#"{"error":"invalid_request"}"#), Retry::Never);
     }
 
     #[test]

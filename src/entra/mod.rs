@@ -6,14 +6,16 @@
 //! * [`Authority`] / [`TokenEndpoint`]: `{authority}/{tenant}/oauth2/v2.0/token` per cloud; https only
 //!   (plain http on loopback for local fakes).
 //! * [`TokenClient`]: the request, response checks (the `error` field first; AADSTS codes with hints),
-//!   retries and the single-flight cache.
+//!   retries (the shared loop of [`crate::http_util::retry`]) and the cache.
+//! * `cache`: the single-flight, refresh-ahead token cache of [`TokenClient`] and [`AgentTokenChain`].
 //! * [`BotTokenProvider`]: a configured bot tied to all of the above.
 //! * [`AgentTokenChain`] / [`AgentUserTokens`]: the three-hop Agent User chain (Blueprint → Agent
-//!   Identity → Agent User) with its caches.
+//!   Identity → Agent User) with its caches (the same cache).
 
 use std::time::SystemTime;
 
 pub mod agent;
+mod cache;
 pub mod client;
 pub mod credential;
 pub mod endpoint;

@@ -2,17 +2,21 @@
 //!
 //! * Every URL, `@odata.nextLink` included, passes [`GraphEndpoint::check`] before a token is attached;
 //!   redirects are never followed.
-//! * 429: waits `Retry-After` (seconds or an HTTP date; [`GraphSettings::default_retry_after`] when absent)
-//!   and tries again, within [`GraphSettings::max_attempts`]; a `Retry-After` longer than
+//! * 429: waits exactly `Retry-After` (seconds or an HTTP date; [`GraphSettings::default_retry_after`]
+//!   when absent) and tries again, within [`GraphSettings::max_attempts`]; a `Retry-After` longer than
 //!   [`GraphSettings::max_retry_after`] is returned as [`GraphError::Throttled`] at once.
-//! * 401: the cached token is dropped, a fresh one fetched and the request sent once more.
-//! * 5xx and network failures are retried for reads and edits only; a create (chat, message, member)
-//!   is never re-posted after it may have landed.
+//! * 401: the cached token is dropped, a fresh one fetched and the request sent once more (not counted
+//!   as an attempt; once per call).
+//! * 5xx and network failures are retried for reads and edits only, after `Retry-After` when Graph sent
+//!   one no longer than the maximum, else after a backoff doubling from [`GraphSettings::base_backoff`]
+//!   with jitter; a create (chat, message, member) is never re-posted after it may have landed (only a
+//!   connection that was never made is tried again).
+//! * The waits and the budget are the shared retry loop's ([`crate::http_util::retry`]).
 //! * Errors are classified ([`GraphErrorKind`]) and never carry a token.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +32,7 @@ use super::message::{MAX_MESSAGE_CHARS, MessageBody};
 use super::model::{Chat, ChatMember, ChatMessage, ConversationMember, NewChat, Page, User};
 use crate::entra::{AccessToken, AgentTokenError, AgentUserTokens};
 use crate::http_util::path_segment as segment;
+use crate::http_util::retry::{Failed, Retry, RetryPolicy};
 use crate::ids::graph_url::{GraphEndpoint, GraphUrlError};
 
 /// Most pages followed for one listing.
@@ -77,6 +82,19 @@ pub struct GraphSettings {
     pub base_backoff: Duration,
     /// Largest response body read.
     pub max_response_bytes: usize,
+}
+
+impl GraphSettings {
+    /// The shared retry policy these settings make: `base_backoff` doubled per retry up to 256 times
+    /// itself, `max_attempts` and `max_retry_after`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_delay: self.base_backoff,
+            max_delay: self.base_backoff.saturating_mul(256),
+            max_retry_after: self.max_retry_after,
+        }
+    }
 }
 
 impl Default for GraphSettings {
@@ -433,65 +451,81 @@ impl GraphClient {
     /// One call with the retry rules of the module docs; the 2xx body.
     async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
         self.endpoint.check(&url)?;
-        let mut refreshed = false;
-        let mut attempt = 1u32;
-        let max_attempts = self.settings.max_attempts.max(1);
-        loop {
-            let token = self.tokens.token().await?;
-            let mut req =
-                self.http.request(method.clone(), url.clone()).bearer_auth(token.value.expose_secret()).header(ACCEPT, "application/json");
-            if let Some(b) = body {
-                req = req.json(b);
+        let refreshed = AtomicBool::new(false);
+        let on_retry = |error: &GraphError, attempt: u32, wait: Duration| {
+            tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "Graph request failed; waiting to try again");
+        };
+        self.settings.retry_policy().run(|| self.attempt(&method, &url, body, idempotent, &refreshed), on_retry).await
+    }
+
+    /// One attempt: the request, sent once more with a fresh token when Graph refuses the token with
+    /// 401 for the first time in this call (`refreshed`).
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&Value>,
+        idempotent: bool,
+        refreshed: &AtomicBool,
+    ) -> Result<Vec<u8>, Failed<GraphError>> {
+        let (mut token, mut reply) = self.send(method, url, body, idempotent).await?;
+        if reply.status == 401 && !refreshed.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%method, path = url.path(), "Graph refused the token (401); refreshing it once");
+            self.tokens.invalidate();
+            (token, reply) = self.send(method, url, body, idempotent).await?;
+        }
+        let Reply { status, retry_after, bytes } = reply;
+        match status {
+            200..=299 => Ok(bytes),
+            429 => {
+                let wait = retry_after.unwrap_or(self.settings.default_retry_after);
+                Err(Failed::after(GraphError::Throttled { retry_after }, wait))
             }
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let connect = e.is_connect();
-                    let reason = crate::http_util::error_chain(&e.without_url());
-                    // A request that never connected did not land: safe to try again even for a create.
-                    if (idempotent || connect) && attempt < max_attempts {
-                        tokio::time::sleep(self.backoff(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(GraphError::Unavailable(reason));
-                }
-            };
-            let status = resp.status().as_u16();
-            let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(crate::http_util::parse_retry_after);
-            let bytes = read_capped(resp, self.settings.max_response_bytes).await?;
-            match status {
-                200..=299 => return Ok(bytes),
-                401 if !refreshed => {
-                    tracing::debug!(%method, path = url.path(), "Graph refused the token (401); refreshing it once");
-                    self.tokens.invalidate();
-                    refreshed = true;
-                }
-                429 => {
-                    let wait = retry_after.unwrap_or(self.settings.default_retry_after);
-                    if attempt >= max_attempts || wait > self.settings.max_retry_after {
-                        return Err(GraphError::Throttled { retry_after });
-                    }
-                    tracing::warn!(%method, path = url.path(), wait_ms = wait.as_millis() as u64, attempt, "throttled by Graph; waiting");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                500..=599 if idempotent && attempt < max_attempts => {
-                    let wait = retry_after.filter(|d| *d <= self.settings.max_retry_after).unwrap_or_else(|| self.backoff(attempt));
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                300..=399 => return Err(GraphError::BadResponse(format!("HTTP {status} redirect (not followed)"))),
-                _ => return Err(http_error(status, &bytes, token.value.expose_secret())),
+            500..=599 if idempotent => {
+                let retry = retry_after.filter(|d| *d <= self.settings.max_retry_after).map_or(Retry::Backoff, Retry::After);
+                Err(Failed { error: http_error(status, &bytes, token.value.expose_secret()), retry })
             }
+            300..=399 => Err(Failed::never(GraphError::BadResponse(format!("HTTP {status} redirect (not followed)")))),
+            _ => Err(Failed::never(http_error(status, &bytes, token.value.expose_secret()))),
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.settings.base_backoff.saturating_mul(1 << (attempt - 1).min(8));
-        exp / 2 + Duration::from_millis(fastrand::u64(0..=u64::try_from(exp.as_millis() / 2).unwrap_or(0)))
+    /// Send the request once with the current token; the token and Graph's answer.
+    async fn send(
+        &self,
+        method: &Method,
+        url: &Url,
+        body: Option<&Value>,
+        idempotent: bool,
+    ) -> Result<(AccessToken, Reply), Failed<GraphError>> {
+        let token = self.tokens.token().await.map_err(|e| Failed::never(e.into()))?;
+        let mut req =
+            self.http.request(method.clone(), url.clone()).bearer_auth(token.value.expose_secret()).header(ACCEPT, "application/json");
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let connect = e.is_connect();
+                let error = GraphError::Unavailable(crate::http_util::error_chain(&e.without_url()));
+                // A request that never connected did not land: safe to try again even for a create.
+                return Err(if idempotent || connect { Failed::backoff(error) } else { Failed::never(error) });
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(crate::http_util::parse_retry_after);
+        let bytes = read_capped(resp, self.settings.max_response_bytes).await.map_err(Failed::never)?;
+        Ok((token, Reply { status, retry_after, bytes }))
     }
+}
+
+/// Graph's answer to one request.
+struct Reply {
+    status: u16,
+    retry_after: Option<Duration>,
+    bytes: Vec<u8>,
 }
 
 const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType";

@@ -1,4 +1,7 @@
-//! Small helpers shared by the HTTP clients (keys, tokens, Connector).
+//! Small helpers shared by the HTTP clients (keys, tokens, Connector, Graph), and their one retry loop
+//! ([`retry`]).
+
+pub mod retry;
 
 use std::time::{Duration, SystemTime};
 
