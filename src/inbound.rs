@@ -14,6 +14,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::uri::Authority;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::activity::{Activity, InvokeResponse, Kind};
 use crate::auth::{AuthError, Verifier};
@@ -106,11 +107,21 @@ pub async fn api_messages(
 ) -> Response {
     // `serve --dev` takes unauthenticated requests: only from pages and tools that name a loopback host,
     // so a web page elsewhere cannot reach it through DNS rebinding.
+    // Every log line of this request carries the bot, tenant and activity it is about, once known (never a
+    // token). The fields are recorded by `intake` as it learns them.
+    let span = tracing::info_span!(
+        "activity",
+        bot = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        activity_id = tracing::field::Empty,
+        kind = tracing::field::Empty
+    );
     let intake = if state.dev && !loopback_host(&headers, &uri) {
         Err(Refusal::Forbidden("dev mode: the Host header is not a loopback name"))
     } else {
-        intake(&state, &headers, body).await
+        intake(&state, &headers, body).instrument(span.clone()).await
     };
+    let _entered = span.enter();
     match intake {
         Ok((outcome, response)) => {
             state.metrics.request(outcome);
@@ -211,6 +222,12 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         }
     };
     let bot = state.verifier.bot(bot_index);
+    let span = tracing::Span::current();
+    span.record("bot", bot.app_id.as_str());
+    span.record("kind", activity.kind.as_str());
+    if let Some(id) = activity.id.as_deref() {
+        span.record("activity_id", id);
+    }
 
     state
         .connectors
@@ -221,6 +238,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         crate::activity::TenantError::Missing => Refusal::Forbidden("activity names no tenant"),
         crate::activity::TenantError::Disagree => Refusal::Forbidden("channelData.tenant.id and conversation.tenantId disagree"),
     })?;
+    tracing::Span::current().record("tenant", tenant);
     if !bot.allows_tenant(tenant) {
         return Err(Refusal::Forbidden("tenant is not on the bot's allow-list"));
     }

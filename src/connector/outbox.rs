@@ -334,6 +334,11 @@ impl Outbound {
         soonest
     }
 
+    #[tracing::instrument(
+        name = "outbound",
+        skip_all,
+        fields(id = item.id, op = item.op.name(), bot = %item.bot_app_id, tenant = %item.tenant_id, conversation = %item.conversation_id)
+    )]
     async fn attempt(&self, item: OutboxItem) {
         // The token comes first: a failure here leaves nothing on the wire, so the entry stays pending
         // (a process killed now never leaves an ambiguous create behind).

@@ -214,6 +214,33 @@ async fn a_redelivery_is_checked_like_a_first_delivery() {
     assert_eq!(count_activity(&app.inbox(), invoke["id"].as_str().unwrap()), 1);
 }
 
+/// The log lines of a request name its bot, tenant and activity (the request's span), never its token.
+#[tokio::test]
+async fn log_lines_name_the_bot_tenant_and_activity_but_never_the_token() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let id = unique_id("span");
+    let refused = with(message(&id), |m| {
+        m["conversation"]["tenantId"] = json!(OTHER_TENANT);
+        m["channelData"]["tenant"]["id"] = json!(OTHER_TENANT);
+    });
+    assert_eq!(app.status(Some(&token), &refused).await, 403);
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = app.stderr();
+        if log.contains("refused: 403") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line = log.lines().find(|l| l.contains("refused: 403")).unwrap_or_else(|| panic!("no 403 line in\n{log}"));
+    for field in [APP_ID, OTHER_TENANT, id.as_str()] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature), "the token reached the log");
+}
+
 #[tokio::test]
 async fn invokes_get_a_synchronous_invoke_response() {
     let (_oidc, app, key) = app_with_keys().await;
