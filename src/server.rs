@@ -156,7 +156,7 @@ impl Gateway {
             verifier,
             store: Arc::clone(&store),
             metrics,
-            connectors: ConnectorPolicy { dev: opts.dev },
+            connectors: ConnectorPolicy::from_config(&cfg.clouds, opts.dev),
             dev: opts.dev,
             invoke_ack_text: cfg.invoke.ack_text.clone(),
             dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
@@ -283,8 +283,9 @@ impl Gateway {
 /// Playground), the Connector client, throttles and retry policy.
 async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> anyhow::Result<Outbound> {
     let tokens = bot_tokens(cfg, opts.dev).await?;
-    let connector = ConnectorClient::new(ConnectorPolicy { dev: opts.dev }, Duration::from_secs(cfg.outbound.request_timeout_secs))
-        .context("building the Connector client")?;
+    let connector =
+        ConnectorClient::new(ConnectorPolicy::from_config(&cfg.clouds, opts.dev), Duration::from_secs(cfg.outbound.request_timeout_secs))
+            .context("building the Connector client")?;
     let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
     let throttle = if cfg.outbound.throttle { Throttle::new() } else { Throttle::disabled() };
     let retry = RetryPolicy {

@@ -2,8 +2,9 @@
 //! members, as the bot.
 //!
 //! The bot token is only ever sent over https to an allow-listed Connector host of the bot's cloud
-//! ([`ConnectorPolicy`]); `--dev` adds the Agents Playground's loopback connector. Anything else is
-//! refused before a request is made. Conversation and activity ids are percent-encoded as path segments.
+//! ([`ConnectorPolicy`]) or to an operator-configured `clouds.<cloud>.connector_endpoints` entry; `--dev`
+//! adds the Agents Playground's loopback connector, which only ever receives a placeholder token. Anything
+//! else is refused before a request is made. Conversation and activity ids are percent-encoded as path segments.
 //! An empty 2xx body is success. Errors are classified so that a caller can tell whether a create
 //! certainly did not land (and may be retried) or might have (and must not be re-posted blindly).
 
@@ -100,6 +101,12 @@ pub struct Endpoint<'a> {
     pub service_url: &'a str,
 }
 
+/// A request's URL, and whether it may carry only the dev placeholder token.
+struct Target {
+    url: String,
+    placeholder: bool,
+}
+
 /// Bot Connector REST client.
 #[derive(Debug, Clone)]
 pub struct ConnectorClient {
@@ -134,24 +141,27 @@ impl ConnectorClient {
         Ok(Self { http, policy })
     }
 
-    fn url(&self, ep: &Endpoint<'_>, path: &str) -> Result<String, ConnectorError> {
+    fn url(&self, ep: &Endpoint<'_>, path: &str) -> Result<Target, ConnectorError> {
         self.policy.check(ep.cloud, ep.service_url).map_err(|_| ConnectorError::HostNotAllowed)?;
         let base = ep.service_url.trim();
         let sep = if base.ends_with('/') { "" } else { "/" };
-        Ok(format!("{base}{sep}{path}"))
+        let url = format!("{base}{sep}{path}");
+        // The Agents Playground's loopback connector (dev mode) only ever gets the placeholder: any local
+        // process can listen there, so a real bot or Agent User token must never go to it. An endpoint
+        // the operator configured (`clouds.<cloud>.connector_endpoints`) is trusted with real tokens.
+        let placeholder = self.policy.placeholder_only(ep.cloud, &url);
+        Ok(Target { url, placeholder })
     }
 
     async fn call(
         &self,
         method: Method,
-        url: String,
+        target: Target,
         token: &SecretString,
         body: Option<&Value>,
     ) -> Result<(StatusCode, bytes::Bytes), ConnectorError> {
-        // The Agents Playground's loopback connector (dev mode) only ever gets the placeholder: any local
-        // process can listen there, so a real bot or Agent User token must never go to it.
-        let token = if crate::service_url::is_dev_connector_str(&url) { tokens::DEV_PLACEHOLDER_TOKEN } else { token.expose_secret() };
-        let mut req = self.http.request(method, url).bearer_auth(token);
+        let token = if target.placeholder { tokens::DEV_PLACEHOLDER_TOKEN } else { token.expose_secret() };
+        let mut req = self.http.request(method, target.url).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(b);
         }

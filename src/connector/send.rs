@@ -60,7 +60,7 @@ pub async fn list_members(cfg: &Config, store: &dyn Store, conversation: &str, b
     let tokens = super::tokens::bot_tokens(cfg, dev).await?;
     let token = tokens.bot_token(&bot.app_id).await.map_err(|f| anyhow::anyhow!("no bot token: {}", f.message))?;
     let client = super::ConnectorClient::new(
-        crate::service_url::ConnectorPolicy { dev },
+        crate::service_url::ConnectorPolicy::from_config(&cfg.clouds, dev),
         std::time::Duration::from_secs(cfg.outbound.request_timeout_secs),
     )?;
     let ep = super::Endpoint { cloud: bot.cloud, service_url: &r.service_url };
