@@ -165,15 +165,7 @@ impl Gateway {
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
         background.push(spawn_audit_head_log(Arc::clone(&store)));
         let agents = crate::bridge::agent::build(&cfg).await?;
-        let agentic = cfg
-            .bots
-            .iter()
-            .filter(|b| b.agentic.enabled)
-            .filter_map(|b| {
-                let actor = agents.get(&b.app_id.to_ascii_lowercase())?;
-                Some((b.app_id.clone(), (Arc::clone(actor.tokens.chain()), actor.tokens.agentic_scope().to_owned())))
-            })
-            .collect();
+        let agentic = crate::bridge::agent::agentic_chains(&cfg, &agents);
         let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?.with_agentic(agentic));
         background.push(Arc::clone(&outbound).spawn(Duration::from_millis(cfg.outbound.poll_interval_ms)));
         let hub = Arc::new(crate::mcp::Hub::new(
