@@ -218,6 +218,11 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
             let recipient = activity.recipient.as_ref().map_or("", |r| r.id.as_str());
             let app_id = recipient.strip_prefix("28:").unwrap_or(recipient);
             let bot = state.verifier.bot_by_app_id(app_id).ok_or(Refusal::Unauthorized(AuthReason::DevAnonymousRefused))?;
+            // A configured Connector endpoint receives real tokens: only an authenticated activity may
+            // name it, never an anonymous dev one.
+            if state.connectors.is_configured_endpoint_url(state.verifier.bot(bot).cloud, &parsed_service_url) {
+                return Err(Refusal::Unauthorized(AuthReason::DevAnonymousRefused));
+            }
             (bot, AuthKind::Anonymous)
         }
     };

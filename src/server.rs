@@ -156,7 +156,7 @@ impl Gateway {
             verifier,
             store: Arc::clone(&store),
             metrics,
-            connectors: ConnectorPolicy { dev: opts.dev },
+            connectors: ConnectorPolicy::from_config(&cfg.clouds, opts.dev),
             dev: opts.dev,
             invoke_ack_text: cfg.invoke.ack_text.clone(),
             dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
@@ -166,15 +166,7 @@ impl Gateway {
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
         background.push(spawn_audit_head_log(Arc::clone(&store)));
         let agents = crate::bridge::agent::build(&cfg).await?;
-        let agentic = cfg
-            .bots
-            .iter()
-            .filter(|b| b.agentic.enabled)
-            .filter_map(|b| {
-                let actor = agents.get(&b.app_id.to_ascii_lowercase())?;
-                Some((b.app_id.clone(), (Arc::clone(actor.tokens.chain()), actor.tokens.agentic_scope().to_owned())))
-            })
-            .collect();
+        let agentic = crate::bridge::agent::agentic_chains(&cfg, &agents);
         let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?.with_agentic(agentic));
         background.push(Arc::clone(&outbound).spawn(Duration::from_millis(cfg.outbound.poll_interval_ms)));
         let hub = Arc::new(crate::mcp::Hub::new(
@@ -284,8 +276,9 @@ impl Gateway {
 /// Playground), the Connector client, throttles and retry policy.
 async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> anyhow::Result<Outbound> {
     let tokens = bot_tokens(cfg, opts.dev).await?;
-    let connector = ConnectorClient::new(ConnectorPolicy { dev: opts.dev }, Duration::from_secs(cfg.outbound.request_timeout_secs))
-        .context("building the Connector client")?;
+    let connector =
+        ConnectorClient::new(ConnectorPolicy::from_config(&cfg.clouds, opts.dev), Duration::from_secs(cfg.outbound.request_timeout_secs))
+            .context("building the Connector client")?;
     let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
     let throttle = if cfg.outbound.throttle { Throttle::new() } else { Throttle::disabled() };
     let retry = RetryPolicy {

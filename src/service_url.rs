@@ -41,10 +41,13 @@ pub fn connector_suffixes(cloud: Cloud) -> &'static [&'static str] {
 }
 
 /// Decides which service URLs are acceptable Connector endpoints.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectorPolicy {
     /// `serve --dev`: the Agents Playground's loopback connector is acceptable too.
     pub dev: bool,
+    /// Operator-configured endpoints (`clouds.<cloud>.connector_endpoints`), normalised: acceptable in
+    /// any mode, for bots of that cloud, and they receive real tokens.
+    endpoints: Vec<(Cloud, String)>,
 }
 
 /// Why a service URL is not an acceptable Connector endpoint.
@@ -57,6 +60,55 @@ pub enum ServiceUrlError {
 }
 
 impl ConnectorPolicy {
+    /// The allow-list alone (plus the Playground's loopback connector when `dev`).
+    pub fn new(dev: bool) -> Self {
+        Self { dev, endpoints: Vec::new() }
+    }
+
+    /// With each cloud's `connector_endpoints` from the configuration.
+    pub fn from_config(clouds: &crate::config::CloudsConfig, dev: bool) -> Self {
+        let mut p = Self::new(dev);
+        for cloud in Cloud::ALL {
+            for e in &clouds.get(cloud).connector_endpoints {
+                p = p.with_endpoint(cloud, e);
+            }
+        }
+        p
+    }
+
+    /// Also accept service URLs equal to `endpoint` or under it (at a path-segment boundary), for bots of
+    /// `cloud`. An endpoint that does not normalise is ignored (the configuration refuses it earlier).
+    #[must_use]
+    pub fn with_endpoint(mut self, cloud: Cloud, endpoint: &str) -> Self {
+        if let Some(n) = normalize(endpoint) {
+            self.endpoints.push((cloud, n));
+        }
+        self
+    }
+
+    /// Whether `raw` is (under) an operator-configured Connector endpoint of `cloud`. Such an endpoint
+    /// gets real tokens even when it looks like the Playground's loopback connector: the operator named it.
+    pub fn is_configured_endpoint(&self, cloud: Cloud, raw: &str) -> bool {
+        !self.endpoints.is_empty() && normalize(raw).is_some_and(|n| self.under_endpoint(cloud, &n))
+    }
+
+    /// [`ConnectorPolicy::is_configured_endpoint`] of a URL parsed already.
+    pub fn is_configured_endpoint_url(&self, cloud: Cloud, u: &Url) -> bool {
+        !self.endpoints.is_empty() && normalize_url(u).is_some_and(|n| self.under_endpoint(cloud, &n))
+    }
+
+    fn under_endpoint(&self, cloud: Cloud, normalized: &str) -> bool {
+        self.endpoints
+            .iter()
+            .any(|(c, e)| *c == cloud && normalized.strip_prefix(e.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+    }
+
+    /// Whether a call to `raw` must carry the dev placeholder instead of a real token: the Playground's
+    /// loopback connector, unless the operator configured it as an endpoint.
+    pub fn placeholder_only(&self, cloud: Cloud, raw: &str) -> bool {
+        is_dev_connector_str(raw) && !self.is_configured_endpoint(cloud, raw)
+    }
+
     pub fn check(&self, cloud: Cloud, raw: &str) -> Result<(), ServiceUrlError> {
         self.check_url(cloud, &Url::parse(raw.trim()).map_err(|_| ServiceUrlError::Malformed)?)
     }
@@ -65,6 +117,9 @@ impl ConnectorPolicy {
     pub fn check_url(&self, cloud: Cloud, u: &Url) -> Result<(), ServiceUrlError> {
         if normalize_url(u).is_none() {
             return Err(ServiceUrlError::Malformed);
+        }
+        if self.is_configured_endpoint_url(cloud, u) {
+            return Ok(());
         }
         if self.dev && is_dev_connector(u) {
             return Ok(());
@@ -116,8 +171,8 @@ mod tests {
 
     #[test]
     fn connector_allow_list() {
-        let prod = ConnectorPolicy { dev: false };
-        let dev = ConnectorPolicy { dev: true };
+        let prod = ConnectorPolicy::new(false);
+        let dev = ConnectorPolicy::new(true);
         for ok in [
             "https://smba.trafficmanager.net/amer/",
             "https://europe.smba.botframework.com/x",
@@ -141,5 +196,50 @@ mod tests {
         assert_eq!(dev.check(Cloud::Public, "http://127.0.0.1:56150/_connector/"), Ok(()));
         assert!(dev.check(Cloud::Public, "http://localhost:56150/other").is_err());
         assert!(dev.check(Cloud::Public, "http://192.168.1.5:56150/_connector").is_err());
+    }
+
+    #[test]
+    fn configured_endpoints_are_accepted_at_a_segment_boundary_and_get_real_tokens() {
+        for dev in [false, true] {
+            let p = ConnectorPolicy::new(dev)
+                .with_endpoint(Cloud::Public, "http://127.0.0.1:4100/_connector/")
+                .with_endpoint(Cloud::Public, "https://connector.contoso.test/teams");
+            for ok in [
+                "http://127.0.0.1:4100/_connector",
+                "http://127.0.0.1:4100/_connector/",
+                "http://127.0.0.1:4100/_connector/amer/",
+                "https://Connector.Contoso.test/teams/x",
+                "https://connector.contoso.test:443/teams",
+            ] {
+                assert_eq!(p.check(Cloud::Public, ok), Ok(()), "dev={dev} {ok}");
+                assert!(p.is_configured_endpoint(Cloud::Public, ok), "{ok}");
+                assert!(!p.placeholder_only(Cloud::Public, ok), "{ok}: a configured endpoint gets the real token");
+            }
+            for bad in [
+                "http://127.0.0.1:4100/_connector2",
+                "http://127.0.0.1:4100/_connectorx/y",
+                "http://127.0.0.1:4101/_connector",
+                "https://connector.contoso.test/teamsx",
+                "https://connector.contoso.test/",
+                "https://evil.test/teams",
+                "http://127.0.0.1:4100/_connector?x=1",
+            ] {
+                assert!(!p.is_configured_endpoint(Cloud::Public, bad), "{bad}");
+            }
+            for bad in ["https://connector.contoso.test/teamsx", "https://evil.test/teams", "http://127.0.0.1:4100/_connector?x=1"] {
+                assert!(p.check(Cloud::Public, bad).is_err(), "{bad}");
+            }
+            // Another cloud's bots do not get them.
+            assert!(p.check(Cloud::Usgov, "https://connector.contoso.test/teams").is_err());
+            assert!(!p.is_configured_endpoint(Cloud::Usgov, "http://127.0.0.1:4100/_connector"));
+        }
+        // `/_connector2` is not under `/_connector`: without dev mode it is refused outright.
+        let p = ConnectorPolicy::new(false).with_endpoint(Cloud::Public, "http://127.0.0.1:4100/_connector");
+        assert!(p.check(Cloud::Public, "http://127.0.0.1:4100/_connector2").is_err());
+        // The Playground's connector that is not configured keeps getting only the placeholder.
+        let dev = ConnectorPolicy::new(true).with_endpoint(Cloud::Public, "http://127.0.0.1:4100/_connector");
+        assert!(dev.placeholder_only(Cloud::Public, "http://127.0.0.1:4200/_connector"));
+        assert!(dev.placeholder_only(Cloud::Usgov, "http://127.0.0.1:4100/_connector"));
+        assert!(!dev.placeholder_only(Cloud::Public, "https://smba.trafficmanager.net/amer/"));
     }
 }

@@ -85,5 +85,18 @@ pub async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<AgentActo
     Ok(out)
 }
 
+/// The Agent User chains of the bots that accept agentic activities: every Connector call in their
+/// agentic conversations acts as the Agent User ([`crate::connector::acting`]).
+pub fn agentic_chains(cfg: &Config, agents: &HashMap<String, Arc<AgentActor>>) -> crate::connector::acting::AgenticChains {
+    cfg.bots
+        .iter()
+        .filter(|b| b.agentic.enabled)
+        .filter_map(|b| {
+            let actor = agents.get(&b.app_id.to_ascii_lowercase())?;
+            Some((b.app_id.clone(), (Arc::clone(actor.tokens.chain()), actor.tokens.agentic_scope().to_owned())))
+        })
+        .collect()
+}
+
 /// How long a Graph tool waits for an owner's answer before giving up (nothing is done then).
 pub const APPROVAL_WAIT: Duration = Duration::from_secs(120);

@@ -50,7 +50,7 @@ async fn fixture() -> Fixture {
     let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&dir.path().join("bridge.db"), Synchronous::Normal, 64, Arc::clone(&metrics)).expect("store"));
-    let connector = ConnectorClient::new(ConnectorPolicy { dev: false }, Duration::from_secs(1)).expect("client");
+    let connector = ConnectorClient::new(ConnectorPolicy::new(false), Duration::from_secs(1)).expect("client");
     let tokens: Arc<dyn BotTokens> = Arc::new(ConfiguredTokens::new(HashMap::new(), false));
     let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
     let outbound = Arc::new(Outbound::new(Arc::clone(&store), connector, tokens, clouds, Throttle::new(), RetryPolicy::default(), metrics));

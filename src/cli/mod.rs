@@ -582,7 +582,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Members { config, conversation, bot, dev } => {
             let members = with_store(&config, dev, async |cfg, store| {
-                crate::connector::send::list_members(cfg, store, &conversation, bot.as_deref(), dev).await
+                let agents = crate::bridge::agent::build(cfg).await?;
+                let chains = crate::bridge::agent::agentic_chains(cfg, &agents);
+                crate::connector::send::list_members(cfg, store, &chains, &conversation, bot.as_deref(), dev).await
             })?;
             print_lines(members)?;
             Ok(ExitCode::SUCCESS)

@@ -134,6 +134,11 @@ pub struct CloudConfig {
     /// `https://login.microsoftonline.com`). Change only for tests or special set-ups.
     #[serde(default)]
     pub token_authority: Option<String>,
+    /// Extra Bot Connector endpoints the bots of this cloud may talk to, besides Microsoft's hosts: a
+    /// service URL equal to one of them or under it is accepted (in any mode) and receives real tokens.
+    /// Plain http only for loopback hosts. Change only for tests or special set-ups.
+    #[serde(default)]
+    pub connector_endpoints: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -346,7 +351,7 @@ mod defaults {
         10
     }
     fn cloud_cfg(c: Cloud) -> CloudConfig {
-        CloudConfig { openid_metadata_url: c.default_metadata_url().into(), token_authority: None }
+        CloudConfig { openid_metadata_url: c.default_metadata_url().into(), token_authority: None, connector_endpoints: Vec::new() }
     }
     pub(super) fn public() -> CloudConfig {
         cloud_cfg(Cloud::Public)
@@ -609,6 +614,13 @@ impl Config {
             check_fetch_url(&self.clouds.get(cloud).openid_metadata_url).map_err(|p| ConfigError::new(field, p))?;
             if let Some(a) = &self.clouds.get(cloud).token_authority {
                 check_fetch_url(a).map_err(|p| ConfigError::new(format!("clouds.{cloud}.token_authority"), p))?;
+            }
+            for (i, e) in self.clouds.get(cloud).connector_endpoints.iter().enumerate() {
+                let field = || format!("clouds.{cloud}.connector_endpoints[{i}]");
+                let u = check_fetch_url(e).map_err(|p| ConfigError::new(field(), p))?;
+                if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+                    return Err(ConfigError::new(field(), format!("`{e}` must be a plain base URL (no user info, query or fragment)")));
+                }
             }
         }
         if self.bots.is_empty() {
@@ -1049,6 +1061,28 @@ allowed_tenants = ["tenant-a"]
                 ONE_BOT,
                 &[("AGENTGATE__CLOUDS__PUBLIC__OPENID_METADATA_URL", "http://example.com/meta")],
                 "clouds.public.openid_metadata_url",
+            ),
+            (
+                ONE_BOT,
+                &[
+                    ("AGENTGATE__CLOUDS__PUBLIC__OPENID_METADATA_URL", "https://login.botframework.com/v1/.well-known/openidconfiguration"),
+                    (
+                        "AGENTGATE__CLOUDS__PUBLIC__CONNECTOR_ENDPOINTS",
+                        "[\"http://127.0.0.1:4100/_connector\", \"http://example.com/_connector\"]",
+                    ),
+                ],
+                "clouds.public.connector_endpoints[1]",
+            ),
+            (
+                ONE_BOT,
+                &[
+                    (
+                        "AGENTGATE__CLOUDS__USGOV__OPENID_METADATA_URL",
+                        "https://login.botframework.azure.us/v1/.well-known/openidconfiguration",
+                    ),
+                    ("AGENTGATE__CLOUDS__USGOV__CONNECTOR_ENDPOINTS", "[\"https://c.test/x\", \"https://c.test/y?q=1\"]"),
+                ],
+                "clouds.usgov.connector_endpoints[1]",
             ),
             (ONE_BOT, &[("AGENTGATE__BOTS__0__ALLOWED_TENANTS", "*")], "bots[0].allowed_tenants"),
             (ONE_BOT, &[("AGENTGATE__LOG__LEVEL", "agentgate=loud")], "log.level"),

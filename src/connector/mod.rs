@@ -2,13 +2,16 @@
 //! members, as the bot.
 //!
 //! The bot token is only ever sent over https to an allow-listed Connector host of the bot's cloud
-//! ([`ConnectorPolicy`]); `--dev` adds the Agents Playground's loopback connector. Anything else is
-//! refused before a request is made. Conversation and activity ids are percent-encoded as path segments.
+//! ([`ConnectorPolicy`]) or to an operator-configured `clouds.<cloud>.connector_endpoints` entry; `--dev`
+//! adds the Agents Playground's loopback connector, which only ever receives a placeholder token. Anything
+//! else is refused before a request is made. Conversation and activity ids are percent-encoded as path segments.
 //! An empty 2xx body is success. Errors are classified so that a caller can tell whether a create
 //! certainly did not land (and may be retried) or might have (and must not be re-posted blindly).
 
+pub mod acting;
 pub mod outbox;
 pub mod send;
+pub mod streaming;
 pub mod throttle;
 pub mod tokens;
 
@@ -87,6 +90,12 @@ impl ConnectorError {
         matches!(self, Self::Throttled { .. } | Self::Unreachable(_) | Self::Ambiguous(_))
     }
 
+    /// Teams refused a stream post because the stream may no longer be written to: the user pressed
+    /// Stop, or the stream passed its 2-minute limit (`403` with `ContentStreamNotAllowed`).
+    pub fn stream_not_allowed(&self) -> bool {
+        matches!(self, Self::Rejected { status: 403, code, sub_code } if code == "ContentStreamNotAllowed" || sub_code.as_deref() == Some("ContentStreamNotAllowed"))
+    }
+
     /// The bot was blocked or uninstalled (`403` with `MessageWritesBlocked`).
     pub fn writes_blocked(&self) -> bool {
         matches!(self, Self::Rejected { status: 403, code, sub_code } if code == "MessageWritesBlocked" || sub_code.as_deref() == Some("MessageWritesBlocked"))
@@ -98,6 +107,12 @@ impl ConnectorError {
 pub struct Endpoint<'a> {
     pub cloud: Cloud,
     pub service_url: &'a str,
+}
+
+/// A request's URL, and whether it may carry only the dev placeholder token.
+struct Target {
+    url: String,
+    placeholder: bool,
 }
 
 /// Bot Connector REST client.
@@ -134,24 +149,27 @@ impl ConnectorClient {
         Ok(Self { http, policy })
     }
 
-    fn url(&self, ep: &Endpoint<'_>, path: &str) -> Result<String, ConnectorError> {
+    fn url(&self, ep: &Endpoint<'_>, path: &str) -> Result<Target, ConnectorError> {
         self.policy.check(ep.cloud, ep.service_url).map_err(|_| ConnectorError::HostNotAllowed)?;
         let base = ep.service_url.trim();
         let sep = if base.ends_with('/') { "" } else { "/" };
-        Ok(format!("{base}{sep}{path}"))
+        let url = format!("{base}{sep}{path}");
+        // The Agents Playground's loopback connector (dev mode) only ever gets the placeholder: any local
+        // process can listen there, so a real bot or Agent User token must never go to it. An endpoint
+        // the operator configured (`clouds.<cloud>.connector_endpoints`) is trusted with real tokens.
+        let placeholder = self.policy.placeholder_only(ep.cloud, ep.service_url);
+        Ok(Target { url, placeholder })
     }
 
     async fn call(
         &self,
         method: Method,
-        url: String,
+        target: Target,
         token: &SecretString,
         body: Option<&Value>,
     ) -> Result<(StatusCode, bytes::Bytes), ConnectorError> {
-        // The Agents Playground's loopback connector (dev mode) only ever gets the placeholder: any local
-        // process can listen there, so a real bot or Agent User token must never go to it.
-        let token = if crate::service_url::is_dev_connector_str(&url) { tokens::DEV_PLACEHOLDER_TOKEN } else { token.expose_secret() };
-        let mut req = self.http.request(method, url).bearer_auth(token);
+        let token = if target.placeholder { tokens::DEV_PLACEHOLDER_TOKEN } else { token.expose_secret() };
+        let mut req = self.http.request(method, target.url).bearer_auth(token);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -172,9 +190,10 @@ impl ConnectorClient {
         let (code, sub_code) = match detail {
             Some(d) => {
                 // Teams sometimes puts the sub code in the message only.
-                let sub = d
-                    .sub_code
-                    .or_else(|| d.message.filter(|m| m.contains("MessageWritesBlocked")).map(|_| "MessageWritesBlocked".to_owned()));
+                let sub = d.sub_code.or_else(|| {
+                    let m = d.message.unwrap_or_default();
+                    ["MessageWritesBlocked", "ContentStreamNotAllowed"].into_iter().find(|c| m.contains(c)).map(str::to_owned)
+                });
                 (d.code, sub)
             }
             None => (String::new(), None),
@@ -287,6 +306,32 @@ impl ConnectorClient {
     }
 }
 
+/// Longest conversation id Microsoft's SDKs put in the URL of an agentic call on the `agents` channel.
+pub const AGENTS_MAX_CONVERSATION_ID: usize = 150;
+
+/// The conversation id as it goes into the URL path of a send or reply: for an agentic sender
+/// (`agenticUser` / `agenticAppInstance`) on the `agents` channel (Agent 365 notifications), cut to 150
+/// characters and with `/ \ # ?` replaced by `_`, as Microsoft's SDKs do; unchanged otherwise (the
+/// activity's own `conversation.id` always keeps the full id). Then percent-encoded as a path segment.
+///
+/// Mirrors Agents-for-js `packages/agents-hosting/src/connector-client/connectorClient.ts`
+/// (`conditionallyTruncateConversationId`, used by `sendToConversation` and `replyToActivity`;
+/// `MAX_APX_CONVERSATION_ID_LENGTH`, default 150, `replace(/[/\\#?]/g, '_')`, at f503cf98) and
+/// Agents-for-python `libraries/microsoft-agents-hosting-core/microsoft_agents/hosting/core/connector/client/connector_client.py`
+/// (`_normalize_conversation_id` / `_should_sanitize_conversation_id`, at 8ff0ac3b). The channel may carry
+/// a sub-channel (`agents:email`); its base is compared, as Python does. JS cuts UTF-16 units, Python code
+/// points; we cut characters (code points), which never splits one.
+pub fn url_conversation_id<'a>(conversation: &'a str, channel_id: Option<&str>, from_role: Option<&str>) -> std::borrow::Cow<'a, str> {
+    let agents = channel_id.is_some_and(|c| c.split(':').next().is_some_and(|base| base.eq_ignore_ascii_case("agents")));
+    let agentic = from_role.is_some_and(|r| r.eq_ignore_ascii_case("agenticUser") || r.eq_ignore_ascii_case("agenticAppInstance"));
+    if !(agents && agentic) {
+        return std::borrow::Cow::Borrowed(conversation);
+    }
+    let cut: String =
+        conversation.chars().take(AGENTS_MAX_CONVERSATION_ID).map(|c| if matches!(c, '/' | '\\' | '#' | '?') { '_' } else { c }).collect();
+    std::borrow::Cow::Owned(cut)
+}
+
 fn classify_send_error(e: reqwest::Error) -> ConnectorError {
     let e = e.without_url();
     if e.is_connect() {
@@ -306,6 +351,27 @@ mod tests {
     fn path_segments_are_encoded() {
         assert_eq!(segment("19:abc@thread.tacv2;messageid=123"), "19%3Aabc%40thread.tacv2%3Bmessageid%3D123");
         assert_eq!(segment("a:1/2 3"), "a%3A1%2F2%203");
+    }
+
+    #[test]
+    fn agents_channel_conversation_ids_are_cut_and_sanitised_for_agentic_senders_only() {
+        let long: String = "a/b\\c#d?e".repeat(20); // 180 characters
+        let cut = url_conversation_id(&long, Some("agents"), Some("agenticUser"));
+        assert_eq!(cut.chars().count(), 150);
+        assert_eq!(&cut[..9], "a_b_c_d_e");
+        assert!(!cut.contains(['/', '\\', '#', '?']));
+        assert_eq!(url_conversation_id(&long, Some("agents:email"), Some("agenticAppInstance")), cut);
+        // Short ids are only sanitised; other channels and non-agentic senders are left alone.
+        assert_eq!(url_conversation_id("19:x/y", Some("agents"), Some("agenticuser")), "19:x_y");
+        assert_eq!(url_conversation_id(&long, Some("msteams"), Some("agenticUser")), long);
+        assert_eq!(url_conversation_id(&long, Some("agents"), None), long);
+        assert_eq!(url_conversation_id(&long, Some("agents"), Some("bot")), long);
+        assert_eq!(url_conversation_id(&long, None, Some("agenticUser")), long);
+        // Multi-byte characters are counted, never split.
+        let wide = "漢".repeat(200);
+        assert_eq!(url_conversation_id(&wide, Some("agents"), Some("agenticUser")).chars().count(), 150);
+        // Then encoded as a path segment.
+        assert_eq!(segment(&url_conversation_id("a:1 2/3", Some("agents"), Some("agenticUser"))), "a%3A1%202_3");
     }
 
     #[test]

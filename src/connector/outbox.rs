@@ -16,6 +16,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use tokio::sync::{Notify, Semaphore};
 
+use super::acting::{Acting, AgenticChains, acting};
+use super::streaming::{CANCELLED, Posted, StreamLink};
 use super::throttle::Throttle;
 use super::{ConnectorClient, ConnectorError, Endpoint};
 use crate::ids::Cloud;
@@ -82,13 +84,7 @@ pub struct Outbound {
     stopping: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
     /// Agent 365 bots: their Agent User chain and the Connector scope of its tokens, by app id.
-    agentic: HashMap<String, (Arc<crate::entra::AgentTokenChain>, String)>,
-}
-
-/// Who a send acts as in an agentic conversation: the token and the `from` account.
-struct AgenticSend {
-    token: SecretString,
-    from: Value,
+    agentic: AgenticChains,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -131,40 +127,32 @@ impl Outbound {
         }
     }
 
-    /// Bots that accept agentic activities: replies in those conversations use the Agent User's token
-    /// (from `chain`, for `scope`) instead of the bot's.
+    /// Bots that accept agentic activities: every call in those conversations (sends, streams, member
+    /// listings) acts as the Agent User ([`acting`]).
     #[must_use]
-    pub fn with_agentic(mut self, agentic: HashMap<String, (Arc<crate::entra::AgentTokenChain>, String)>) -> Self {
+    pub fn with_agentic(mut self, agentic: AgenticChains) -> Self {
         self.agentic = agentic;
         self
     }
 
-    /// For a conversation an agentic activity came from: the Agent User's token (T3 for an
-    /// `agenticUser` recipient, the instance's T2 for `agenticAppInstance`) and the account to send as.
-    async fn agentic_send(&self, item: &OutboxItem) -> Option<Result<AgenticSend, TokenFailure>> {
-        let (chain, scope) = self.agentic.get(&item.bot_app_id)?;
-        let r = self.store.conversation_ref(&item.bot_app_id, &item.conversation_id).await.ok()??;
-        let recipient: crate::activity::AgenticRecipient = serde_json::from_str(r.agentic.as_deref()?).ok()?;
-        let fail = |message: String| TokenFailure { message, retryable: false };
-        let Some(app) = recipient.agentic_app_id.clone() else {
-            return Some(Err(fail("the agentic activity named no agenticAppId".into())));
-        };
-        let tenant = recipient.tenant_id.clone().unwrap_or_else(|| r.tenant_id.clone());
-        if !recipient.is_user() {
-            // The instance's own Connector token is not the exchange token (T2) the chain makes.
-            return Some(Err(fail(
-                "replies to agenticAppInstance activities are not supported yet (only agenticUser); nothing was sent".into(),
-            )));
+    /// Who acts in the conversation: the one decision of [`super::acting`].
+    async fn acting(&self, bot_app_id: &str, conversation: &str) -> Result<Acting, TokenFailure> {
+        acting(self.store.as_ref(), self.tokens.as_ref(), &self.agentic, bot_app_id, conversation).await
+    }
+
+    /// How the audit log names whoever acts in the conversation (`bot:…` or `agent_user:…`).
+    pub fn acting_identity(&self, reference: &ConversationRef) -> String {
+        super::acting::acting_identity(&self.agentic, reference)
+    }
+
+    /// How a stream in the conversation is sent: streaming in 1:1 chats; buffered elsewhere, and buffered
+    /// in agentic conversations (one message at the end, no `streaminfo`) until streaming as the Agent
+    /// User is proven.
+    pub fn stream_mode(&self, reference: &ConversationRef) -> crate::teams::StreamMode {
+        if super::acting::agentic_recipient(&self.agentic, Some(reference)).is_some() {
+            return crate::teams::StreamMode::Buffered;
         }
-        let Some(user) = recipient.agentic_user_id.clone() else {
-            return Some(Err(fail("the agentic activity named no agenticUserId".into())));
-        };
-        let token = chain.user_token(&tenant, &app, &crate::entra::AgentUser::ObjectId(user), scope).await;
-        let from = serde_json::to_value(&recipient).unwrap_or(Value::Null);
-        Some(match token {
-            Ok(t) => Ok(AgenticSend { token: t.secret().clone(), from }),
-            Err(e) => Err(TokenFailure { retryable: e.is_transient(), message: e.to_string() }),
-        })
+        crate::teams::StreamMode::for_conversation_type(reference.conversation_type.as_deref())
     }
 
     /// Queue a side effect (audit event + outbox entry, durably) and wake the worker.
@@ -188,12 +176,21 @@ impl Outbound {
         self.wake.notify_one();
     }
 
-    /// Post one activity now, outside the outbox: for live streams, whose updates only make sense while
-    /// the reply is being written (a stream interrupted by a restart is not resumed). Waits for the
-    /// throttle like queued sends do; the caller audits. Returns the new activity's id.
-    pub async fn post_live(&self, reference: &ConversationRef, activity: &Value) -> Result<String, String> {
+    /// Post one activity of a live stream now, outside the outbox: its updates only make sense while the
+    /// reply is being written (a stream interrupted by a restart is not resumed). Waits for the throttle
+    /// like queued sends do, then posts through `link` (paced, 429 retried, Stop recognised); acts as
+    /// whoever acts in the conversation. The caller audits.
+    pub async fn post_live(
+        &self,
+        reference: &ConversationRef,
+        link: &mut StreamLink,
+        kind: crate::teams::StreamSendKind,
+        activity: &Value,
+    ) -> Posted {
         let bot = reference.bot_app_id.as_str();
-        let cloud = *self.clouds.get(bot).ok_or("the bot is no longer configured")?;
+        let Some(cloud) = self.clouds.get(bot).copied() else {
+            return Posted::Failed(ConnectorError::BadResponse("the bot is no longer configured".into()));
+        };
         loop {
             let wait = self.throttle.lock().unwrap_or_else(PoisonError::into_inner).try_acquire(
                 bot,
@@ -206,43 +203,30 @@ impl Outbound {
                 Err(d) => tokio::time::sleep(d).await,
             }
         }
-        let token = self.tokens.bot_token(bot).await.map_err(|f| format!("no bot token: {}", f.message))?;
+        let who = match self.acting(bot, &reference.conversation_id).await {
+            Ok(a) => a,
+            Err(f) => return Posted::Failed(ConnectorError::Unreachable(format!("no token: {}", f.message))),
+        };
         let ep = Endpoint { cloud, service_url: &reference.service_url };
         let mut a = activity.clone();
-        address(&mut a, bot, &reference.conversation_id, None);
-        match self.connector.send_to_conversation(&ep, &token, &reference.conversation_id, &a).await {
-            Ok(r) => Ok(r.id),
-            Err(ConnectorError::BadResponse(_)) => Ok(String::new()),
-            Err(e) => {
-                if matches!(e, ConnectorError::Rejected { status: 401, .. }) {
-                    self.tokens.invalidate(bot);
-                }
-                Err(e.to_string())
-            }
+        address(&mut a, &who, &reference.conversation_id, None);
+        let path = who.path_conversation_id(&reference.conversation_id);
+        let posted = link.post(kind, || self.connector.send_to_conversation(&ep, &who.token, &path, &a)).await;
+        if let Posted::Failed(ConnectorError::Rejected { status: 401, .. }) = posted {
+            self.tokens.invalidate(bot);
         }
+        posted
     }
 
-    /// Every member of a conversation, paged through the Connector (a read: no outbox, no audit).
+    /// Every member of a conversation, paged through the Connector as whoever acts there (a read: no
+    /// outbox, no audit).
     pub async fn list_members(&self, reference: &ConversationRef) -> Result<Vec<Value>, String> {
         let bot = reference.bot_app_id.as_str();
         let cloud = *self.clouds.get(bot).ok_or("the bot is no longer configured")?;
-        let token = self.tokens.bot_token(bot).await.map_err(|f| format!("no bot token: {}", f.message))?;
-        let ep = Endpoint { cloud, service_url: &reference.service_url };
-        let mut members = Vec::new();
-        let mut continuation: Option<String> = None;
-        for _ in 0..1000 {
-            let page = self
-                .connector
-                .members_page(&ep, &token, &reference.conversation_id, 100, continuation.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
-            members.extend(page.members);
-            match page.continuation_token.filter(|c| !c.is_empty()) {
-                Some(c) => continuation = Some(c),
-                None => return Ok(members),
-            }
-        }
-        Err("the Connector kept returning continuation tokens after 1000 pages".into())
+        let who = self.acting(bot, &reference.conversation_id).await.map_err(|f| format!("no token: {}", f.message))?;
+        list_members(&self.connector, &Endpoint { cloud, service_url: &reference.service_url }, &who, &reference.conversation_id)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// The store this worker delivers from.
@@ -342,20 +326,15 @@ impl Outbound {
     async fn attempt(&self, item: OutboxItem) {
         // The token comes first: a failure here leaves nothing on the wire, so the entry stays pending
         // (a process killed now never leaves an ambiguous create behind).
-        let agentic = self.agentic_send(&item).await;
-        let from = agentic.as_ref().and_then(|a| a.as_ref().ok()).map(|a| a.from.clone());
+        let who = self.acting(&item.bot_app_id, &item.conversation_id).await;
         // In an agentic conversation the Agent User acts: the audit says so.
-        let acting = from.as_ref().and_then(|f| f.get("agenticUserId")).and_then(Value::as_str).map(|u| format!("agent_user:{u}"));
-        let token = match agentic {
-            Some(t) => t.map(|a| a.token),
-            None => self.tokens.bot_token(&item.bot_app_id).await,
-        };
-        let (result, attempts) = match token {
+        let identity = who.as_ref().ok().map(|a| a.identity(&item.bot_app_id));
+        let (result, attempts) = match who {
             Err(failure) => {
                 *self.token_failures.lock().unwrap_or_else(PoisonError::into_inner).entry(item.bot_app_id.clone()).or_default() += 1;
                 (Err(Failure::Token(failure)), item.attempts)
             }
-            Ok(token) => {
+            Ok(who) => {
                 self.token_failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&item.bot_app_id);
                 match self.store.begin_outbound_attempt(item.id, now_ms()).await {
                     Ok(true) => {}
@@ -365,7 +344,7 @@ impl Outbound {
                         return;
                     }
                 }
-                (self.deliver(&item, &token, from.as_ref()).await, item.attempts + 1)
+                (self.deliver(&item, &who).await, item.attempts + 1)
             }
         };
         if let Err(Failure::Connector(ConnectorError::Rejected { status: 401, .. })) = &result {
@@ -380,10 +359,11 @@ impl Outbound {
             }
         }
         let (finish, outcome, metric) = self.judge(&item, attempts, result);
+        let outcome = if matches!(&finish, Finish::Dead { error } if error == CANCELLED) { "cancelled" } else { outcome };
         tracing::info!(id = item.id, op = item.op.name(), outcome, "outbound attempt finished");
         self.metrics.outbound(metric);
         let mut event = self.event(&item, outcome, format!("outbox #{} attempt {attempts}", item.id));
-        if let Some(identity) = acting {
+        if let Some(identity) = identity {
             event.identity = identity;
         }
         if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
@@ -403,24 +383,23 @@ impl Outbound {
         }
     }
 
-    async fn deliver(&self, item: &OutboxItem, token: &SecretString, from: Option<&Value>) -> Result<String, Failure> {
+    async fn deliver(&self, item: &OutboxItem, who: &Acting) -> Result<String, Failure> {
         let cloud = *self.clouds.get(&item.bot_app_id).ok_or(Failure::Local("the bot is no longer configured".into()))?;
         let ep = Endpoint { cloud, service_url: &item.service_url };
         let c = &self.connector;
         let conv = &item.conversation_id;
-        let bot = item.bot_app_id.as_str();
+        let token = &who.token;
+        // The id in the URL (cut and sanitised on the agents channel); the body keeps the full id.
+        let path = who.path_conversation_id(conv);
         let addressed = |a: &Value, reply_to: Option<&str>| {
             let mut a = a.clone();
-            if let (Some(f), Some(obj)) = (from, a.as_object_mut()) {
-                obj.insert("from".into(), f.clone());
-            }
-            address(&mut a, bot, conv, reply_to);
+            address(&mut a, who, conv, reply_to);
             a
         };
         let r = match &item.op {
-            OutboundOp::Send { activity } => c.send_to_conversation(&ep, token, conv, &addressed(activity, None)).await.map(|r| r.id),
+            OutboundOp::Send { activity } => c.send_to_conversation(&ep, token, &path, &addressed(activity, None)).await.map(|r| r.id),
             OutboundOp::Reply { reply_to, activity } => {
-                c.reply_to_activity(&ep, token, conv, reply_to, &addressed(activity, Some(reply_to))).await.map(|r| r.id)
+                c.reply_to_activity(&ep, token, &path, reply_to, &addressed(activity, Some(reply_to))).await.map(|r| r.id)
             }
             OutboundOp::Update { activity_id, activity } => {
                 let mut a = addressed(activity, None);
@@ -465,7 +444,7 @@ impl Outbound {
                 c.send_to_conversation(&ep, token, &created.id, &a).await.map(|r| format!("{}|{}", created.id, r.id))
             }
             OutboundOp::Stream { chunks, interval_ms, conversation_type } => {
-                self.stream(&ep, token, item, chunks, Duration::from_millis(*interval_ms), conversation_type.as_deref()).await
+                return self.stream(&ep, who, item, chunks, Duration::from_millis(*interval_ms), conversation_type.as_deref()).await;
             }
         };
         match r {
@@ -476,21 +455,24 @@ impl Outbound {
         }
     }
 
-    /// Drive a [`Stream`](crate::teams::Stream) over the chunks, posting what it asks for in order; the
-    /// result is the id of the final message.
+    /// Drive a [`Stream`](crate::teams::Stream) over the chunks, posting what it asks for in order through
+    /// one [`StreamLink`] (paced, 429 retried, Stop recognised); the result is the id of the final message.
     async fn stream(
         &self,
         ep: &Endpoint<'_>,
-        token: &SecretString,
+        who: &Acting,
         item: &OutboxItem,
         chunks: &[String],
         interval: Duration,
         conversation_type: Option<&str>,
-    ) -> Result<String, ConnectorError> {
+    ) -> Result<String, Failure> {
         use crate::teams::{Stream, StreamConfig, StreamMode, StreamSendKind};
-        let (bot_app_id, conversation) = (item.bot_app_id.as_str(), item.conversation_id.as_str());
-        let mode = StreamMode::for_conversation_type(conversation_type);
+        let conversation = item.conversation_id.as_str();
+        let path = who.path_conversation_id(conversation);
+        // Agentic conversations are sent buffered until streaming as the Agent User is proven.
+        let mode = if who.is_agentic() { StreamMode::Buffered } else { StreamMode::for_conversation_type(conversation_type) };
         let mut stream = Stream::new(mode, StreamConfig::default(), Instant::now());
+        let mut link = StreamLink::new();
         let mut queue = std::collections::VecDeque::new();
         let mut final_id = String::new();
         let mut chunks = chunks.iter();
@@ -501,33 +483,41 @@ impl Outbound {
             while let Some(send) = queue.pop_front() {
                 let send: crate::teams::StreamSend = send;
                 let mut activity = send.activity;
-                address(&mut activity, bot_app_id, conversation, None);
-                match self.connector.send_to_conversation(ep, token, conversation, &activity).await {
-                    Ok(r) => {
+                address(&mut activity, who, conversation, None);
+                match link.post(send.kind, || self.connector.send_to_conversation(ep, &who.token, &path, &activity)).await {
+                    Posted::Id(id) => {
                         landed += 1;
                         match send.kind {
+                            StreamSendKind::Start if id.is_empty() => queue.extend(stream.failed(Instant::now())),
                             StreamSendKind::Start => {
-                                stream_id.clone_from(&r.id);
-                                queue.extend(stream.started(&r.id, Instant::now()));
+                                stream_id.clone_from(&id);
+                                queue.extend(stream.started(&id, Instant::now()));
                             }
                             // Teams may answer the final without a body: the streamed message keeps the
                             // stream's id, which is then the id to update or delete it by.
-                            StreamSendKind::Final => final_id = if r.id.is_empty() { stream_id.clone() } else { r.id },
-                            StreamSendKind::Message => final_id = r.id,
+                            StreamSendKind::Final => final_id = if id.is_empty() { stream_id.clone() } else { id },
+                            StreamSendKind::Message => final_id = id,
                             StreamSendKind::Update => {}
                         }
                     }
+                    // The user pressed Stop (or the stream is too old): nothing more, not even a final.
+                    Posted::Cancelled => {
+                        stream.cancelled();
+                        return Err(Failure::Cancelled);
+                    }
                     // A failed start or update is not fatal: the stream stops updating (or falls back to
                     // one message) and the final message still carries the whole text.
-                    Err(e) if matches!(send.kind, StreamSendKind::Start | StreamSendKind::Update) => {
+                    Posted::Failed(e) if matches!(send.kind, StreamSendKind::Start | StreamSendKind::Update) => {
                         tracing::warn!(error = %e, "a stream update failed; the reply continues without updates");
                         queue.extend(stream.failed(Instant::now()));
                     }
                     // Part of the reply is already in the chat: never post it again.
-                    Err(e) if landed > 0 => {
-                        return Err(ConnectorError::Ambiguous(format!("the stream was interrupted after {landed} posts: {e}")));
+                    Posted::Failed(e) if landed > 0 => {
+                        return Err(Failure::Connector(ConnectorError::Ambiguous(format!(
+                            "the stream was interrupted after {landed} posts: {e}"
+                        ))));
                     }
-                    Err(e) => return Err(e),
+                    Posted::Failed(e) => return Err(Failure::Connector(e)),
                 }
             }
             if finished {
@@ -561,7 +551,7 @@ impl Outbound {
         };
         let retryable = match &error {
             Failure::Token(t) => t.retryable,
-            Failure::Local(_) => false,
+            Failure::Local(_) | Failure::Cancelled => false,
             // A refused token: the request was not processed; retry with a fresh token.
             Failure::Connector(ConnectorError::Rejected { status: 401, .. }) => true,
             Failure::Connector(e) if item.op.is_create() => e.create_may_retry(),
@@ -599,11 +589,11 @@ fn is_typing(op: &OutboundOp) -> bool {
     matches!(op, OutboundOp::Send { activity } if activity["type"] == "typing")
 }
 
-/// Fill in what the SDKs' adapters add before posting: the bot as `from`, the conversation, and
-/// `replyToId` for replies; keep whatever the activity already says.
-fn address(activity: &mut Value, bot_app_id: &str, conversation: &str, reply_to: Option<&str>) {
+/// Fill in what the SDKs' adapters add before posting: whoever acts as `from` (always: the Connector
+/// checks it against the token), the conversation, and `replyToId` for replies.
+fn address(activity: &mut Value, who: &Acting, conversation: &str, reply_to: Option<&str>) {
     let Some(obj) = activity.as_object_mut() else { return };
-    obj.entry("from").or_insert_with(|| serde_json::json!({"id": format!("28:{bot_app_id}")}));
+    obj.insert("from".into(), who.from.clone());
     obj.entry("conversation").or_insert_with(|| serde_json::json!({"id": conversation}));
     if let Some(r) = reply_to {
         obj.entry("replyToId").or_insert_with(|| Value::String(r.to_owned()));
@@ -616,6 +606,29 @@ enum Failure {
     Token(TokenFailure),
     #[error("{0}")]
     Local(String),
+    /// Teams refused a stream post with `ContentStreamNotAllowed` (Stop pressed, or past 2 minutes).
+    #[error("{CANCELLED}")]
+    Cancelled,
     #[error(transparent)]
     Connector(ConnectorError),
+}
+
+/// Every member of a conversation, paged through the Connector as `who`.
+pub async fn list_members(
+    connector: &ConnectorClient,
+    ep: &Endpoint<'_>,
+    who: &Acting,
+    conversation: &str,
+) -> Result<Vec<Value>, ConnectorError> {
+    let mut members = Vec::new();
+    let mut continuation: Option<String> = None;
+    for _ in 0..1000 {
+        let page = connector.members_page(ep, &who.token, conversation, 100, continuation.as_deref()).await?;
+        members.extend(page.members);
+        match page.continuation_token.filter(|c| !c.is_empty()) {
+            Some(c) => continuation = Some(c),
+            None => return Ok(members),
+        }
+    }
+    Err(ConnectorError::BadResponse("the Connector kept returning continuation tokens after 1000 pages".into()))
 }

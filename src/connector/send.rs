@@ -41,10 +41,17 @@ pub(crate) fn pick_bot<'a>(cfg: &'a Config, wanted: Option<&str>) -> anyhow::Res
     }
 }
 
-/// Every member of a conversation the bot has seen, paged through the Connector (reads are not side
-/// effects: no outbox, no audit).
-pub async fn list_members(cfg: &Config, store: &dyn Store, conversation: &str, bot: Option<&str>, dev: bool) -> anyhow::Result<Vec<Value>> {
-    use super::outbox::BotTokens as _;
+/// Every member of a conversation the bot has seen, paged through the Connector as whoever acts there
+/// (the Agent User in an agentic conversation, with `chains`; reads are not side effects: no outbox, no
+/// audit).
+pub async fn list_members(
+    cfg: &Config,
+    store: &dyn Store,
+    chains: &super::acting::AgenticChains,
+    conversation: &str,
+    bot: Option<&str>,
+    dev: bool,
+) -> anyhow::Result<Vec<Value>> {
     let candidates: Vec<&BotConfig> = match bot {
         Some(_) => vec![pick_bot(cfg, bot)?],
         None => cfg.bots.iter().collect(),
@@ -58,23 +65,15 @@ pub async fn list_members(cfg: &Config, store: &dyn Store, conversation: &str, b
     }
     let (bot, r) = found.ok_or_else(|| anyhow::anyhow!("no configured bot has seen conversation {conversation}"))?;
     let tokens = super::tokens::bot_tokens(cfg, dev).await?;
-    let token = tokens.bot_token(&bot.app_id).await.map_err(|f| anyhow::anyhow!("no bot token: {}", f.message))?;
+    let who = super::acting::acting(store, &tokens, chains, &bot.app_id, conversation)
+        .await
+        .map_err(|f| anyhow::anyhow!("no token: {}", f.message))?;
     let client = super::ConnectorClient::new(
-        crate::service_url::ConnectorPolicy { dev },
+        crate::service_url::ConnectorPolicy::from_config(&cfg.clouds, dev),
         std::time::Duration::from_secs(cfg.outbound.request_timeout_secs),
     )?;
     let ep = super::Endpoint { cloud: bot.cloud, service_url: &r.service_url };
-    let mut members = Vec::new();
-    let mut continuation: Option<String> = None;
-    for _ in 0..1000 {
-        let page = client.members_page(&ep, &token, conversation, 100, continuation.as_deref()).await?;
-        members.extend(page.members);
-        match page.continuation_token.filter(|c| !c.is_empty()) {
-            Some(c) => continuation = Some(c),
-            None => return Ok(members),
-        }
-    }
-    anyhow::bail!("the Connector kept returning continuation tokens after 1000 pages")
+    Ok(super::outbox::list_members(&client, &ep, &who, conversation).await?)
 }
 
 /// The text cut into chunks of about three words, keeping every character (the chunks concatenate to

@@ -29,7 +29,7 @@ use crate::bridge::approval::{self, CardRef, PendingApproval, Verdict};
 use crate::bridge::deliver::{self, Mention, Settled};
 use crate::bridge::envelope;
 use crate::bridge::events::{self, InboundEvent};
-use crate::bridge::live::LiveStream;
+use crate::bridge::live::{Finished, LiveStatus, LiveStream};
 use crate::config::BotConfig;
 use crate::connector::send::{default_proactive_service_url, message};
 use crate::store::{AuditEvent, ConversationRef, InboxItem, OutboundOp, now_ms};
@@ -1011,13 +1011,11 @@ impl Bridge {
     async fn stream_start(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<StreamStartArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
         let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
-        if r.agentic.is_some() {
-            return fail("Teams does not stream to an agentic user (Agent 365): send the answer with reply");
-        }
+        // In an agentic conversation the Agent User acts (the reply is buffered into one message).
         let event = AuditEvent {
             at_ms: now_ms(),
             actor: self.requester(&scope),
-            identity: format!("bot:{}", bot.app_id),
+            identity: self.hub.outbound.acting_identity(&r),
             action: "stream".into(),
             target: format!("tenant:{} conversation:{}", r.tenant_id, r.conversation_id),
             outcome: "started".into(),
@@ -1032,9 +1030,7 @@ impl Bridge {
         let stream_id = format!("s{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
         self.session.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(stream_id.clone(), stream);
         self.ack_conversation(&bot.app_id, &r.conversation_id).await;
-        ok(
-            json!({"stream_id": stream_id, "streaming": crate::teams::StreamMode::for_conversation_type(r.conversation_type.as_deref()) == crate::teams::StreamMode::Streaming}),
-        )
+        ok(json!({"stream_id": stream_id, "streaming": self.hub.outbound.stream_mode(&r) == crate::teams::StreamMode::Streaming}))
     }
 
     #[tool(description = "Append text to a streamed reply.")]
@@ -1043,8 +1039,11 @@ impl Bridge {
         let Some(s) = streams.get(&a.stream_id) else {
             return fail(format!("no open stream {}: start one with stream_start", a.stream_id));
         };
-        s.append(&a.text)?;
-        ok(json!({"status": "appended"}))
+        match s.append(&a.text)? {
+            LiveStatus::Open => ok(json!({"status": "appended"})),
+            // The user pressed Stop (or Teams' 2-minute limit): not an error; the text is dropped.
+            LiveStatus::Cancelled => ok(json!({"status": "cancelled"})),
+        }
     }
 
     #[tool(description = "Finish a streamed reply: the final message is posted; returns its message_id.")]
@@ -1058,20 +1057,26 @@ impl Bridge {
         }
         let r = s.reference.clone();
         let result = s.finish().await;
+        let (outcome, detail) = match &result {
+            Ok(Finished::Delivered(_)) => ("delivered", String::new()),
+            Ok(Finished::Cancelled) => ("cancelled", crate::connector::streaming::CANCELLED.to_owned()),
+            Err(e) => ("failed", e.clone()),
+        };
         let event = AuditEvent {
             at_ms: now_ms(),
             actor: self.requester(&scope),
-            identity: format!("bot:{}", r.bot_app_id),
+            identity: self.hub.outbound.acting_identity(&r),
             action: "stream".into(),
             target: format!("tenant:{} conversation:{}", r.tenant_id, r.conversation_id),
-            outcome: if result.is_ok() { "delivered".into() } else { "failed".into() },
-            detail: result.as_ref().err().cloned().unwrap_or_default(),
+            outcome: outcome.into(),
+            detail,
         };
         if let Err(e) = self.hub.store.record_audit(event).await {
             tracing::error!(error = %e, "could not audit the end of a stream");
         }
         match result {
-            Ok(id) => ok(json!({"status": "delivered", "message_id": id})),
+            Ok(Finished::Delivered(id)) => ok(json!({"status": "delivered", "message_id": id})),
+            Ok(Finished::Cancelled) => ok(json!({"status": "cancelled"})),
             Err(e) => fail(format!("the streamed reply's final message failed: {e}")),
         }
     }

@@ -30,7 +30,8 @@
 //!   is kept and sent as plain message(s) at the end.
 //! * Lazy: nothing is sent before the first text (or informative line).
 //! * At most one send per [`StreamConfig::update_interval`] (1.5 s): updates in between are coalesced; only
-//!   the final goes out at once.
+//!   the final goes out at once from here — the poster (`connector::streaming::StreamLink`) still holds every
+//!   request, the final included, to Teams' one request per second per stream.
 //! * Teams ends a stream after 2 minutes: a stream older than [`StreamConfig::max_age`] (110 s) is finalised
 //!   with its text so far, and later text opens a new stream (which shows the continuation only).
 //! * A stream that only showed informative lines when it reaches that age is not finalised (it has no

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::fake_connector::FakeConnector;
+use crate::fake_connector::{FakeConnector, Identity};
 use crate::fake_entra::test_cert;
 use crate::fake_entra_agent::*;
 use crate::helpers::*;
@@ -207,4 +207,137 @@ async fn entra_tokens_for_the_blueprint_are_checked_and_answered_as_the_agent_us
         audit.contains(&format!("\"identity\":\"agent_user:{AGENT_USER_OID}\"")) && audit.contains("\"outcome\":\"delivered\""),
         "{audit}"
     );
+}
+
+/// A production-mode gateway (`agentgate mcp`, stdio) whose bot acts as its Agent User in agentic
+/// conversations; the strict fake Connector is a configured endpoint that knows the Agent User's T3s and
+/// holds `from` to them.
+struct AgenticSetup {
+    _oidc: FakeOidc,
+    entra: Arc<FakeEntraAgent>,
+    entra_key: TestKey,
+    _tenant_keys: TenantKeys,
+    fake: FakeConnector,
+    gw: crate::mcp_host::StdioGateway,
+    host: crate::mcp_host::Host,
+}
+
+async fn agentic_setup() -> AgenticSetup {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let entra = Arc::new(FakeEntraAgent::start(test_cert(1)).await);
+    let entra_key = TestKey::new("entra-kid", 2, None);
+    let tenant_keys = TenantKeys::start(&entra_key).await;
+    let fake = FakeConnector::start(vec![]).await;
+    let e = Arc::clone(&entra);
+    fake.accept_identities(Arc::new(move |t: &str| e.check_user_token(t, AGENTIC_SCOPE).map(|i| Identity::AgentUser(i.subject))));
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.token_authority = entra.authority();
+    opts.connector_endpoints = vec![fake.service_url.clone()];
+    opts.extra = "\n[outbound]\npoll_interval_ms = 20\n".into();
+    let agent = format!(
+        "\n{}\n[bots.agentic]\nenabled = true\nallowed_callers = [\"agent365-platform\"]\nopenid_metadata_url = \"{}/{{tenant}}/v2.0/.well-known/openid-configuration\"\n\n",
+        agent_user_toml(&dir, ""),
+        tenant_keys.base
+    );
+    let toml = opts
+        .toml(&dir.join("data"))
+        .replacen(&format!("allowed_tenants = [\"{TENANT}\"]"), &format!("allowed_tenants = [\"{TENANT}\", \"{AGENT_TENANT}\"]"), 1)
+        .replacen(&format!("[[bots]]\napp_id = \"{OTHER_APP_ID}\""), &format!("{agent}[[bots]]\napp_id = \"{OTHER_APP_ID}\""), 1);
+    std::fs::write(dir.join("agentgate.toml"), toml).unwrap();
+    let (gw, host) = crate::mcp_host::StdioGateway::start(&dir, false, &[], "claude-code").await;
+    AgenticSetup { _oidc: oidc, entra, entra_key, _tenant_keys: tenant_keys, fake, gw, host }
+}
+
+impl AgenticSetup {
+    async fn inbound(&self, activity: &Value) {
+        let token = self.entra_key.mint(&claims(AGENT_TENANT, AGENT_TENANT, BLUEPRINT_ID));
+        let r = self.gw.post_as(&token, activity).await;
+        assert_eq!(r.status(), 202, "{}", self.gw.stderr());
+    }
+}
+
+// Multi-threaded: the fake Connector keeps serving while this thread waits for the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agentic_streams_and_member_listings_act_as_the_agent_user() {
+    let t = agentic_setup().await;
+    t.inbound(&agentic_message(&t.fake.service_url, AGENT_TENANT)).await;
+
+    // A live stream (MCP) in the agentic 1:1 chat: buffered, one message at the end, as the Agent User.
+    let s = t.host.ok("stream_start", json!({"chat_id": "a:agentic-1", "informative": "Looking…"})).await;
+    assert_eq!(s["streaming"], false, "{s}");
+    let id = s["stream_id"].as_str().unwrap().to_owned();
+    for part in ["The answer ", "is ", "forty-two."] {
+        t.host.ok("stream_append", json!({"stream_id": id, "text": part})).await;
+    }
+    let done = t.host.ok("stream_finish", json!({"stream_id": id})).await;
+    assert_eq!(done["status"], "delivered", "{done}\n{:?}", t.fake.refused());
+
+    // A queued stream (`send --stream`): the same.
+    let queued = crate::protocol::send_stream(&t.gw.config, "a:agentic-1", 50, "queued and buffered");
+    let item = crate::protocol::settled(&t.gw.config, queued, Duration::from_secs(20)).await;
+    assert_eq!(item["state"], "delivered", "{item}\n{:?}", t.fake.refused());
+
+    // Member listings, by the MCP tool and the command line.
+    let members = t.host.ok("list_members", json!({"chat_id": "a:agentic-1"})).await;
+    assert_eq!(members["members"][0]["user_id"], "00000000-0000-0000-0000-0000000000aa", "{members}");
+    let out = std::process::Command::new(bin())
+        .args(["members", "--conversation", "a:agentic-1", "--config"])
+        .arg(&t.gw.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    assert!(t.fake.refused().is_empty(), "{:?}", t.fake.refused());
+    let landed = t.fake.landed();
+    let texts: Vec<&str> = landed.iter().filter_map(|l| l.body["text"].as_str()).collect();
+    assert_eq!(texts, ["The answer is forty-two.", "queued and buffered"], "{landed:#?}");
+    for l in landed.iter().filter(|l| l.method == "POST") {
+        assert_eq!(l.body["type"], "message");
+        assert_eq!(l.body["from"]["role"], "agenticUser");
+        assert_eq!(l.body["from"]["agenticUserId"], AGENT_USER_OID);
+        assert!(!l.body.to_string().contains("streaminfo"), "an agentic stream was streamed: {}", l.body);
+    }
+    let seen = t.fake.seen_tokens();
+    assert_eq!(landed.iter().filter(|l| l.method == "GET").count(), 2, "two member listings");
+    assert_eq!(seen.len(), landed.len());
+    assert!(seen.iter().all(|s| t.entra.check_user_token(s, AGENTIC_SCOPE).is_some()), "a call without the Agent User's token");
+    let audit = std::process::Command::new(bin()).args(["audit", "--config"]).arg(&t.gw.config).output().unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit
+            .lines()
+            .filter(|l| l.contains("\"action\":\"stream\"") && !l.contains("\"outcome\":\"queued\""))
+            .all(|l| l.contains(&format!("agent_user:{AGENT_USER_OID}"))),
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_channel_replies_cut_and_sanitise_the_conversation_id_in_the_path() {
+    let t = agentic_setup().await;
+    // An Agent 365 notification: channel `agents`, a long conversation id with / \ # ?.
+    let long = format!("19:notify/{}#x?y\\z", "n".repeat(170));
+    let mut m = agentic_message(&t.fake.service_url, AGENT_TENANT);
+    m["channelId"] = json!("agents");
+    m["conversation"]["id"] = json!(long);
+    t.inbound(&m).await;
+    // And one on msteams with a long id, which is left alone.
+    let teams_long = format!("a:{}", "m".repeat(170));
+    let mut m = agentic_message(&t.fake.service_url, AGENT_TENANT);
+    m["conversation"]["id"] = json!(teams_long);
+    t.inbound(&m).await;
+
+    let r = t.host.ok("reply", json!({"chat_id": long, "text": "noted"})).await;
+    assert_eq!(r["status"], "delivered", "{r}\n{:?}", t.fake.refused());
+    let r = t.host.ok("reply", json!({"chat_id": teams_long, "text": "also noted"})).await;
+    assert_eq!(r["status"], "delivered", "{r}\n{:?}", t.fake.refused());
+
+    let landed = t.fake.landed();
+    let expected: String = long.chars().take(150).map(|c| if "/\\#?".contains(c) { '_' } else { c }).collect();
+    assert_eq!(expected.len(), 150);
+    assert_eq!(landed[0].conversation.as_deref(), Some(expected.as_str()), "the path's conversation id");
+    assert_eq!(landed[0].body["conversation"]["id"], long.as_str(), "the body keeps the full id");
+    assert_eq!(landed[1].conversation.as_deref(), Some(teams_long.as_str()));
+    assert!(t.fake.refused().is_empty(), "{:?}", t.fake.refused());
 }

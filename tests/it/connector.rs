@@ -452,7 +452,8 @@ async fn a_stream_interrupted_after_it_began_is_never_posted_again() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     fake.push_faults(child_faults);
-    let item = settled(&app, id).await;
+    // Each stream post is retried after a 429 (at most 5 times), so this takes a while.
+    let item = crate::protocol::settled(&app.config, id, Duration::from_secs(40)).await;
     assert_eq!(item["state"], "uncertain", "{item}");
     let posted = fake.landed().len();
     assert!(posted >= 1);

@@ -1,11 +1,25 @@
-//! A strict fake of the Bot Framework Connector (as the Agents Playground serves it, under
-//! `/_connector`): it checks the bearer token, the exact percent-encoding of every path segment, the
-//! content type and the body, records what landed, and can answer with scripted faults.
+//! A strict fake of the Bot Framework Connector (served under `/_connector`, as the Agents Playground
+//! serves it): it checks the bearer token, the exact percent-encoding of every path segment, the content
+//! type and the body, records what landed, and can answer with scripted faults.
+//!
+//! As strict as Teams where the service must be:
+//! * `from` matches the identity of the bearer token (a bot token: `28:<app id>`; an Agent User token:
+//!   the agentic user, role `agenticUser`, its `agenticUserId`), when the token's identity is known
+//!   ([`FakeConnector::accept_identities`]; the dev placeholder says nothing about who sends);
+//! * a create is 1:1 only: `isGroup: false`, exactly one member, `bot` the token's bot;
+//! * a reply's `replyToId` is the activity id in the path; the body's `conversation.id` is the path's
+//!   (or, for an agentic sender, its agents-channel form: cut to 150 characters, `/ \ # ?` → `_`);
+//! * no typing indicator in channels (`19:…@thread.tacv2` / `@thread.skype`);
+//! * streaming: 1:1 chats only (`a:…`); the first request has no `streamId` and `streamSequence` 1 and is
+//!   answered `201 {"id": <stream id>}`; later ones name a stream id from an earlier answer, grow the
+//!   sequence by one, carry all the text so far (cumulative), come at least 1 s after the stream's
+//!   previous request (else 429), within 2 minutes of its start (else 403 `ContentStreamNotAllowed`),
+//!   and are answered `202` with no body; the entity and `channelData` agree; nothing after the final.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -38,10 +52,41 @@ pub enum Fault {
     LandThenFail(u16),
     /// Nothing lands; the answer comes after this long (longer than the client's timeout).
     Hang(Duration),
+    /// No fault for this request (to aim a later fault at a later request).
+    Pass,
 }
 
 /// Decides whether a bearer token is one the bot legitimately holds.
 pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Who a bearer token was issued to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A bot token for this app id: `from` must be `28:<app id>`.
+    Bot(String),
+    /// An Agent User token (T3) for this object id: `from` must be that agentic user.
+    AgentUser(String),
+    /// Accepted, but says nothing about who sends (the dev placeholder).
+    Unknown,
+}
+
+/// Maps a bearer token to the identity it was issued to (`None`: not a token this fake accepts).
+pub type IdentityCheck = Arc<dyn Fn(&str) -> Option<Identity> + Send + Sync>;
+
+/// One stream, as the fake tracks it.
+#[derive(Debug, Clone)]
+struct FakeStream {
+    conversation: String,
+    sequence: u64,
+    text: String,
+    started: Instant,
+    last_request: Instant,
+    finished: bool,
+}
+
+/// Teams' limits on a stream.
+pub const STREAM_GAP: Duration = Duration::from_secs(1);
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(120);
 
 pub struct ConnectorState {
     tokens: Mutex<Vec<String>>,
@@ -53,6 +98,12 @@ pub struct ConnectorState {
     /// Every bearer token presented, accepted or not.
     pub seen_tokens: Mutex<Vec<String>>,
     next_id: AtomicUsize,
+    identities: Mutex<Option<IdentityCheck>>,
+    streams: Mutex<HashMap<String, FakeStream>>,
+    /// The user pressed Stop: every later request to an open stream is refused as cancelled.
+    stopped: std::sync::atomic::AtomicBool,
+    /// Stream requests answered `ContentStreamNotAllowed`.
+    pub cancelled: AtomicUsize,
 }
 
 pub struct FakeConnector {
@@ -78,7 +129,136 @@ fn decode_segment(raw: &str) -> Option<String> {
 
 fn refuse(s: &ConnectorState, status: StatusCode, why: &str) -> Response {
     s.refused.lock().unwrap().push(why.to_owned());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return (status, [("retry-after", "1")], axum::Json(json!({"error": {"code": "Throttled", "message": why}}))).into_response();
+    }
     (status, axum::Json(json!({"error": {"code": "BadArgument", "message": why}}))).into_response()
+}
+
+fn cancelled(s: &ConnectorState) -> Response {
+    s.cancelled.fetch_add(1, Ordering::SeqCst);
+    let body =
+        json!({"error": {"code": "ContentStreamNotAllowed", "message": "Content stream is not allowed on a stopped or expired stream"}});
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+}
+
+/// The conversation id as an agentic sender's SDK puts it in the URL on the agents channel.
+pub fn agents_path_id(id: &str) -> String {
+    id.chars().take(150).map(|c| if matches!(c, '/' | '\\' | '#' | '?') { '_' } else { c }).collect()
+}
+
+fn is_agentic_role(from: &Value) -> bool {
+    from["role"].as_str().is_some_and(|r| r.eq_ignore_ascii_case("agenticUser") || r.eq_ignore_ascii_case("agenticAppInstance"))
+}
+
+/// `from` against the token's identity.
+fn check_from(identity: &Identity, from: &Value) -> Result<(), String> {
+    let id = from["id"].as_str().unwrap_or("");
+    match identity {
+        Identity::Bot(app) if id.eq_ignore_ascii_case(&format!("28:{app}")) && !is_agentic_role(from) => Ok(()),
+        Identity::Bot(app) => Err(format!("from {from} is not the bot token's identity 28:{app}")),
+        Identity::AgentUser(oid)
+            if from["role"] == "agenticUser" && from["agenticUserId"].as_str().is_some_and(|u| u.eq_ignore_ascii_case(oid)) =>
+        {
+            Ok(())
+        }
+        Identity::AgentUser(oid) => Err(format!("from {from} is not the Agent User token's identity {oid}")),
+        Identity::Unknown if !id.is_empty() => Ok(()),
+        Identity::Unknown => Err("activity has no from.id".into()),
+    }
+}
+
+fn is_channel(conversation: &str) -> bool {
+    conversation.starts_with("19:") && (conversation.contains("@thread.tacv2") || conversation.contains("@thread.skype"))
+}
+
+/// The stream info of an activity: entity and channel data must agree. `Ok(None)`: not a stream activity.
+struct StreamInfo {
+    id: Option<String>,
+    kind: String,
+    seq: Option<u64>,
+}
+
+fn stream_info(body: &Value) -> Result<Option<StreamInfo>, String> {
+    let entity = body["entities"].as_array().and_then(|es| es.iter().find(|e| e["type"] == "streaminfo")).cloned();
+    let cd = &body["channelData"];
+    let cd_has = cd.get("streamType").is_some() || cd.get("streamId").is_some();
+    let Some(e) = entity else {
+        return if cd_has { Err("stream info in channelData only".into()) } else { Ok(None) };
+    };
+    for k in ["streamId", "streamType", "streamSequence"] {
+        if e.get(k) != cd.get(k) {
+            return Err(format!("streaminfo entity and channelData disagree on {k}"));
+        }
+    }
+    let kind = e["streamType"].as_str().ok_or("streaminfo without streamType")?.to_owned();
+    Ok(Some(StreamInfo { id: e["streamId"].as_str().map(str::to_owned), kind, seq: e["streamSequence"].as_u64() }))
+}
+
+/// Teams' streaming rules for one request. `Some((answer, landed))`: answer this (and whether the
+/// request landed); `None`: not a stream activity.
+fn check_stream(s: &ConnectorState, conversation: &str, body: &Value, n: usize) -> Option<(Response, bool)> {
+    let refused = |status, why: &str| Some((refuse(s, status, why), false));
+    let info = match stream_info(body) {
+        Ok(i) => i?,
+        Err(why) => return refused(StatusCode::BAD_REQUEST, &why),
+    };
+    let StreamInfo { id, kind, seq } = info;
+    if !conversation.starts_with("a:") {
+        return refused(StatusCode::FORBIDDEN, "streaming api is not enabled: streams are for 1:1 chats only");
+    }
+    let ty = body["type"].as_str().unwrap_or("");
+    let text = body["text"].as_str().unwrap_or("").to_owned();
+    let now = Instant::now();
+    let mut streams = s.streams.lock().unwrap();
+    let Some(sid) = id else {
+        if ty != "typing" || !matches!(kind.as_str(), "informative" | "streaming") || seq != Some(1) {
+            return refused(StatusCode::BAD_REQUEST, "a stream's first activity is a typing update with streamSequence 1");
+        }
+        let sid = format!("stream-{n}");
+        let text = if kind == "streaming" { text } else { String::new() };
+        let st = FakeStream { conversation: conversation.to_owned(), sequence: 1, text, started: now, last_request: now, finished: false };
+        streams.insert(sid.clone(), st);
+        return Some(((StatusCode::CREATED, axum::Json(json!({"id": sid}))).into_response(), true));
+    };
+    let Some(st) = streams.get_mut(&sid) else {
+        return refused(StatusCode::BAD_REQUEST, "streamId is not one this Connector answered");
+    };
+    if st.conversation != conversation || st.finished {
+        return refused(StatusCode::BAD_REQUEST, "stream belongs to another conversation or has ended");
+    }
+    if s.stopped.load(Ordering::SeqCst) || now.duration_since(st.started) > STREAM_MAX_AGE {
+        st.finished = true;
+        return Some((cancelled(s), false));
+    }
+    if now.duration_since(st.last_request) < STREAM_GAP {
+        let gap = now.duration_since(st.last_request);
+        return refused(StatusCode::TOO_MANY_REQUESTS, &format!("stream requests {gap:?} apart (at most 1 per second)"));
+    }
+    st.last_request = now;
+    let final_ = kind == "final";
+    let shape_ok = if final_ { ty == "message" } else { ty == "typing" && matches!(kind.as_str(), "informative" | "streaming") };
+    if !shape_ok {
+        return refused(StatusCode::BAD_REQUEST, &format!("a {kind} stream activity of type {ty}"));
+    }
+    match seq {
+        Some(q) if q == st.sequence + 1 => st.sequence = q,
+        None if final_ => {}
+        other => {
+            return refused(StatusCode::BAD_REQUEST, &format!("streamSequence {other:?} after {}", st.sequence));
+        }
+    }
+    if (kind == "streaming" || final_) && !text.starts_with(&st.text) {
+        return refused(StatusCode::BAD_REQUEST, "stream text is not cumulative (it drops text shown before)");
+    }
+    if kind == "streaming" {
+        st.text = text;
+    }
+    if final_ {
+        st.finished = true;
+        return Some(((StatusCode::CREATED, axum::Json(json!({"id": sid}))).into_response(), true));
+    }
+    Some((StatusCode::ACCEPTED.into_response(), true))
 }
 
 async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -87,9 +267,11 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
     s.seen_tokens.lock().unwrap().push(token.to_owned());
     let known = s.tokens.lock().unwrap().iter().any(|t| t == token);
     let checked = s.check.lock().unwrap().as_ref().is_some_and(|c| c(token));
-    if token.is_empty() || !(known || checked) {
+    let identity = s.identities.lock().unwrap().as_ref().and_then(|c| c(token));
+    if token.is_empty() || !(known || checked || identity.is_some()) {
         return refuse(&s, StatusCode::UNAUTHORIZED, "bearer token missing or not issued for the bot");
     }
+    let identity = identity.unwrap_or(Identity::Unknown);
     let Some(rest) = uri.path().strip_prefix("/_connector/v3/conversations") else {
         return refuse(&s, StatusCode::NOT_FOUND, "unknown path");
     };
@@ -133,6 +315,32 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
     {
         return refuse(&s, StatusCode::BAD_REQUEST, "conversation parameters incomplete");
     }
+    if kind == "create" {
+        if body["isGroup"] != json!(false) || body["members"].as_array().map(Vec::len) != Some(1) {
+            return refuse(&s, StatusCode::BAD_REQUEST, "a 1:1 create has isGroup false and exactly one member");
+        }
+        if let Err(why) = check_from(&identity, &body["bot"]) {
+            return refuse(&s, StatusCode::FORBIDDEN, &format!("create: {why}"));
+        }
+    }
+    if matches!(kind, "send" | "reply" | "update") {
+        if let Err(why) = check_from(&identity, &body["from"]) {
+            return refuse(&s, StatusCode::FORBIDDEN, &why);
+        }
+        let path = conversation.as_deref().unwrap_or("");
+        if let Some(c) = body["conversation"]["id"].as_str()
+            && c != path
+            && !(is_agentic_role(&body["from"]) && agents_path_id(c) == path)
+        {
+            return refuse(&s, StatusCode::BAD_REQUEST, "conversation.id does not match the path");
+        }
+        if kind == "reply" && body["replyToId"].as_str() != activity.as_deref() {
+            return refuse(&s, StatusCode::BAD_REQUEST, "replyToId does not match the activity id in the path");
+        }
+        if body["type"] == "typing" && is_channel(path) {
+            return refuse(&s, StatusCode::BAD_REQUEST, "no typing indicator in channels");
+        }
+    }
     let fault = s.faults.lock().unwrap().pop_front();
     let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None };
     match fault {
@@ -149,9 +357,17 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
             tokio::time::sleep(d).await;
             return StatusCode::GATEWAY_TIMEOUT.into_response();
         }
-        None => {}
+        Some(Fault::Pass) | None => {}
     }
     let n = s.next_id.fetch_add(1, Ordering::SeqCst);
+    if kind == "send"
+        && let Some((answer, landed_too)) = check_stream(&s, landed.conversation.as_deref().unwrap_or(""), &landed.body, n)
+    {
+        if landed_too {
+            s.landed.lock().unwrap().push(landed);
+        }
+        return answer;
+    }
     let answer = match kind {
         "create" => json!({"id": format!("a:created-{n}")}),
         "members" => json!({"members": [{"id": "29:user-1", "aadObjectId": "00000000-0000-0000-0000-0000000000aa"}]}),
@@ -182,6 +398,10 @@ impl FakeConnector {
             refused: Mutex::new(Vec::new()),
             seen_tokens: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(1),
+            identities: Mutex::new(None),
+            streams: Mutex::new(HashMap::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+            cancelled: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -193,6 +413,21 @@ impl FakeConnector {
     /// Accept the tokens this check accepts (e.g. those a fake Entra issued for the bot).
     pub fn accept_tokens(&self, check: TokenCheck) {
         *self.state.check.lock().unwrap() = Some(check);
+    }
+
+    /// Accept the tokens this check maps to an identity, and hold `from` to it.
+    pub fn accept_identities(&self, check: IdentityCheck) {
+        *self.state.identities.lock().unwrap() = Some(check);
+    }
+
+    /// The user presses Stop: every later request to an open stream is answered 403 `ContentStreamNotAllowed`.
+    pub fn stop_streams(&self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Stream requests answered `ContentStreamNotAllowed`.
+    pub fn cancelled(&self) -> usize {
+        self.state.cancelled.load(Ordering::SeqCst)
     }
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {

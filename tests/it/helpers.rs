@@ -254,6 +254,8 @@ pub struct Options {
     /// Where outbound tokens come from: always loopback in tests (default: a closed port).
     pub token_authority: String,
     pub dev: bool,
+    /// `clouds.public.connector_endpoints`: fake Connectors reached as configured endpoints (real tokens).
+    pub connector_endpoints: Vec<String>,
 }
 
 impl Options {
@@ -269,6 +271,7 @@ impl Options {
             credential: false,
             token_authority: "http://127.0.0.1:9".to_owned(),
             dev: false,
+            connector_endpoints: Vec::new(),
         }
     }
 
@@ -289,6 +292,7 @@ unknown_kid_cooldown_secs = {cooldown}
 [clouds.public]
 openid_metadata_url = "{meta}"
 token_authority = "{authority}"
+connector_endpoints = {endpoints}
 
 [[bots]]
 app_id = "{APP_ID}"
@@ -312,6 +316,7 @@ policy.dm = "open"
             meta = self.metadata_url,
             endorse = self.require_endorsement,
             authority = self.token_authority,
+            endpoints = serde_json::to_string(&self.connector_endpoints).unwrap(),
             credential = if self.credential { "credential = \"env:AGENTGATE_TEST_SECRET\"\n" } else { "" },
         ) + &self.extra
     }

@@ -275,3 +275,34 @@ async fn cards_typing_streams_and_proactive_messages() {
     assert!(read["events"].as_array().unwrap().iter().any(|e| e["event"] == "message"), "{read}");
     assert!(action["content"].as_str().unwrap().contains("\"build\":7"), "{action}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_stream_the_user_stopped_reports_cancelled_and_posts_no_final() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let dir = config_dir(&oidc, "");
+    let (gw, mut host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
+    assert_eq!(gw.post(&inbound(&fake.service_url, "a:conv-1", "personal", ALEX, "hi")).await.status(), 202);
+    assert!(host.next("notifications/claude/channel", WAIT).await.is_some());
+
+    let s = host.ok("stream_start", json!({"chat_id": "a:conv-1", "informative": "Thinking…"})).await;
+    let id = s["stream_id"].as_str().unwrap().to_owned();
+    landed_at_least(&fake, 1, &gw).await;
+    // The user presses Stop: the next update is refused with ContentStreamNotAllowed.
+    fake.stop_streams();
+    host.ok("stream_append", json!({"stream_id": id, "text": "The answer "})).await;
+    let deadline = Instant::now() + WAIT;
+    while fake.cancelled() == 0 {
+        assert!(Instant::now() < deadline, "no update reached the stopped stream\n{}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let more = host.ok("stream_append", json!({"stream_id": id, "text": "is forty-two."})).await;
+    assert_eq!(more["status"], "cancelled", "{more}");
+    let done = host.ok("stream_finish", json!({"stream_id": id})).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(fake.cancelled(), 1, "posted to the stream again after Stop");
+    assert!(fake.landed().iter().all(|l| l.body["type"] != "message"), "a final was posted: {:?}", fake.landed());
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+    let audit = audit(&dir.join("agentgate.toml"));
+    assert!(audit.lines().any(|l| l.contains("\"action\":\"stream\"") && l.contains("\"outcome\":\"cancelled\"")), "{audit}");
+}
