@@ -80,6 +80,29 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
+    /// The class stored with the outbox entry: what decisions (such as falling back to the Agent User)
+    /// read, instead of the message.
+    pub fn class(&self) -> crate::store::ErrorClass {
+        use crate::store::ErrorClass;
+        match self {
+            Self::HostNotAllowed => ErrorClass::Local,
+            Self::Throttled { .. } => ErrorClass::Throttled,
+            Self::Unreachable(_) => ErrorClass::Unreachable,
+            Self::Ambiguous(_) => ErrorClass::Ambiguous,
+            Self::Rejected { status, code, sub_code } => {
+                let named = |c: &str| code.eq_ignore_ascii_case(c) || sub_code.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(c));
+                if matches!(status, 403 | 404)
+                    || ["MessageWritesBlocked", "ConversationNotFound", "BotNotInConversationRoster"].into_iter().any(named)
+                {
+                    ErrorClass::BotCannotReach
+                } else {
+                    ErrorClass::Refused
+                }
+            }
+            Self::BadResponse(_) => ErrorClass::BadResponse,
+        }
+    }
+
     /// Whether a non-idempotent create may be retried: only when it certainly did not land.
     pub fn create_may_retry(&self) -> bool {
         matches!(self, Self::Throttled { .. } | Self::Unreachable(_))
@@ -346,6 +369,28 @@ pub use crate::http_util::parse_retry_after;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_classed_by_status_and_code_never_by_message() {
+        use crate::store::ErrorClass;
+        let rejected =
+            |status, code: &str, sub: Option<&str>| ConnectorError::Rejected { status, code: code.into(), sub_code: sub.map(Into::into) };
+        assert_eq!(rejected(403, "Forbidden", None).class(), ErrorClass::BotCannotReach);
+        assert_eq!(rejected(404, "NotFound", None).class(), ErrorClass::BotCannotReach);
+        assert_eq!(rejected(400, "ConversationNotFound", None).class(), ErrorClass::BotCannotReach);
+        assert_eq!(rejected(400, "BadArgument", Some("botnotinconversationroster")).class(), ErrorClass::BotCannotReach);
+        assert_eq!(rejected(400, "BadArgument", Some("MessageWritesBlocked")).class(), ErrorClass::BotCannotReach);
+        assert_eq!(rejected(400, "BadArgument", None).class(), ErrorClass::Refused);
+        assert_eq!(rejected(413, "MessageSizeTooBig", None).class(), ErrorClass::Refused);
+        assert_eq!(ConnectorError::Throttled { retry_after: None }.class(), ErrorClass::Throttled);
+        assert_eq!(ConnectorError::Unreachable("refused".into()).class(), ErrorClass::Unreachable);
+        assert_eq!(ConnectorError::Ambiguous("timeout".into()).class(), ErrorClass::Ambiguous);
+        assert_eq!(ConnectorError::HostNotAllowed.class(), ErrorClass::Local);
+        for class in [ErrorClass::BotCannotReach, ErrorClass::Cancelled, ErrorClass::Interrupted, ErrorClass::Throttled] {
+            assert_eq!(ErrorClass::parse(class.as_str()), Some(class));
+        }
+        assert_eq!(ErrorClass::parse("403"), None);
+    }
 
     #[test]
     fn path_segments_are_encoded() {

@@ -24,7 +24,9 @@ use crate::ids::Cloud;
 use crate::metrics::{Metrics, OutboundOutcome};
 use serde_json::Value;
 
-use crate::store::{AuditEvent, ConversationRef, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError, now_ms};
+use crate::store::{
+    AuditEvent, ConversationRef, ErrorClass, Failed, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError, now_ms,
+};
 
 /// Why no bot token could be had. The message never contains a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +287,8 @@ impl Outbound {
                 // Teams shows an indicator for 3 s; a second one sooner only uses up the rate limit.
                 self.metrics.outbound(OutboundOutcome::Skipped);
                 let event = self.event(&item, "skipped", "typing indicator sent less than 3 s ago".into());
-                let finish = Finish::Dead { error: "skipped: a typing indicator was sent less than 3 s ago".into() };
+                let finish =
+                    Finish::Dead { error: Failed::new(ErrorClass::Skipped, "skipped: a typing indicator was sent less than 3 s ago") };
                 if let Err(e) = self.store.finish_outbound(item.id, finish, event).await {
                     tracing::error!(error = %e, id = item.id, "could not record a skipped typing indicator");
                 }
@@ -359,7 +362,7 @@ impl Outbound {
             }
         }
         let (finish, outcome, metric) = self.judge(&item, attempts, result);
-        let outcome = if matches!(&finish, Finish::Dead { error } if error == CANCELLED) { "cancelled" } else { outcome };
+        let outcome = if matches!(&finish, Finish::Dead { error } if error.class == ErrorClass::Cancelled) { "cancelled" } else { outcome };
         tracing::info!(id = item.id, op = item.op.name(), outcome, "outbound attempt finished");
         self.metrics.outbound(metric);
         let mut event = self.event(&item, outcome, format!("outbox #{} attempt {attempts}", item.id));
@@ -557,7 +560,7 @@ impl Outbound {
             Failure::Connector(e) if item.op.is_create() => e.create_may_retry(),
             Failure::Connector(e) => e.idempotent_may_retry(),
         };
-        let message = error.to_string();
+        let message = Failed::new(error.class(), error.to_string());
         let too_old = now_ms().saturating_sub(item.created_at_ms) > ms(self.retry.max_age);
         // Token failures sent nothing and do not use up attempts; age bounds them.
         let within_budget = matches!(error, Failure::Token(_)) || attempts < self.retry.max_attempts;
@@ -597,6 +600,17 @@ fn address(activity: &mut Value, who: &Acting, conversation: &str, reply_to: Opt
     obj.entry("conversation").or_insert_with(|| serde_json::json!({"id": conversation}));
     if let Some(r) = reply_to {
         obj.entry("replyToId").or_insert_with(|| Value::String(r.to_owned()));
+    }
+}
+
+impl Failure {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Token(_) => ErrorClass::Token,
+            Self::Local(_) => ErrorClass::Local,
+            Self::Cancelled => ErrorClass::Cancelled,
+            Self::Connector(e) => e.class(),
+        }
     }
 }
 

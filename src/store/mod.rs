@@ -216,6 +216,90 @@ pub struct OutboxItem {
     pub next_attempt_at_ms: i64,
     pub result_id: Option<String>,
     pub last_error: Option<String>,
+    /// What kind of failure `last_error` describes, for decisions (never match on the message text).
+    /// `None` for entries that never failed, or failed before the class was recorded.
+    pub error_class: Option<ErrorClass>,
+}
+
+/// The kind of an outbound failure, stored beside its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// 429: not accepted; retried after `Retry-After`.
+    Throttled,
+    /// The request never reached the Connector (connection refused, DNS, TLS).
+    Unreachable,
+    /// The request may have landed (timeout after sending, 5xx, reset).
+    Ambiguous,
+    /// The bot cannot reach the person or conversation: 403 or 404, `MessageWritesBlocked`,
+    /// `ConversationNotFound`, `BotNotInConversationRoster`. Another identity (the Agent User through
+    /// Graph) might.
+    BotCannotReach,
+    /// Any other definite refusal (a bad request that any identity would get refused).
+    Refused,
+    /// A 2xx whose body was not the expected resource.
+    BadResponse,
+    /// No token could be had for the bot or the Agent User.
+    Token,
+    /// Refused before sending (configuration, allow-list).
+    Local,
+    /// Teams ended a stream (`ContentStreamNotAllowed`: Stop pressed, or past 2 minutes).
+    Cancelled,
+    /// Not sent on purpose (a typing indicator too soon after the last).
+    Skipped,
+    /// The process stopped while the request was in flight.
+    Interrupted,
+}
+
+impl ErrorClass {
+    const ALL: [Self; 11] = [
+        Self::Throttled,
+        Self::Unreachable,
+        Self::Ambiguous,
+        Self::BotCannotReach,
+        Self::Refused,
+        Self::BadResponse,
+        Self::Token,
+        Self::Local,
+        Self::Cancelled,
+        Self::Skipped,
+        Self::Interrupted,
+    ];
+
+    /// The stored name (`outbox.error_class`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Unreachable => "unreachable",
+            Self::Ambiguous => "ambiguous",
+            Self::BotCannotReach => "bot_cannot_reach",
+            Self::Refused => "refused",
+            Self::BadResponse => "bad_response",
+            Self::Token => "token",
+            Self::Local => "local",
+            Self::Cancelled => "cancelled",
+            Self::Skipped => "skipped",
+            Self::Interrupted => "interrupted",
+        }
+    }
+
+    /// The class a stored name stands for (`None` for a name this version does not know).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+/// A failed attempt: its class (for decisions) and its message (for people).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl Failed {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self { class, message: message.into() }
+    }
 }
 
 /// How an attempt ended.
@@ -227,13 +311,13 @@ pub enum Finish {
     /// Try again at `at_ms` (the request certainly did not land, or the call is idempotent).
     Retry {
         at_ms: i64,
-        error: String,
+        error: Failed,
     },
     Uncertain {
-        error: String,
+        error: Failed,
     },
     Dead {
-        error: String,
+        error: Failed,
     },
 }
 

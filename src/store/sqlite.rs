@@ -124,6 +124,8 @@ const MIGRATIONS: &[Migration] = &[
     // 3: whether a Microsoft-signed token vouched for the activity that wrote a reference. References from
     // before the mark count as authenticated: an anonymous (dev) activity may not overwrite them.
     |tx| tx.execute_batch("ALTER TABLE conversation_refs ADD COLUMN authenticated INTEGER NOT NULL DEFAULT 1"),
+    // 4: the class of an outbox entry's last error, so that decisions never read the message text.
+    |tx| tx.execute_batch("ALTER TABLE outbox ADD COLUMN error_class TEXT"),
 ];
 
 /// The schema version this build writes.
@@ -660,7 +662,7 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
-const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error";
+const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error, error_class";
 
 fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
     let op_json: String = r.get(5)?;
@@ -680,6 +682,7 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
         next_attempt_at_ms: r.get(10)?,
         result_id: r.get(11)?,
         last_error: r.get(12)?,
+        error_class: r.get::<_, Option<String>>(13)?.as_deref().and_then(super::ErrorClass::parse),
     })
 }
 
@@ -741,13 +744,19 @@ impl Store for SqliteStore {
             st.audit(tx, &event)?;
             let now = event.at_ms;
             let mut stmt = tx.prepare_cached(
-                "UPDATE outbox SET state = ?2, result_id = COALESCE(?3, result_id), last_error = ?4, next_attempt_at_ms = ?5, updated_at_ms = ?6 WHERE id = ?1",
+                "UPDATE outbox SET state = ?2, result_id = COALESCE(?3, result_id), last_error = ?4, error_class = ?5,
+                                  next_attempt_at_ms = ?6, updated_at_ms = ?7 WHERE id = ?1",
             )?;
+            let none = None::<String>;
             match finish {
-                Finish::Delivered { result_id } => stmt.execute(params![id, "delivered", result_id, None::<String>, now, now])?,
-                Finish::Retry { at_ms, error } => stmt.execute(params![id, "pending", None::<String>, error, at_ms, now])?,
-                Finish::Uncertain { error } => stmt.execute(params![id, "uncertain", None::<String>, error, now, now])?,
-                Finish::Dead { error } => stmt.execute(params![id, "dead", None::<String>, error, now, now])?,
+                Finish::Delivered { result_id } => stmt.execute(params![id, "delivered", result_id, none, none, now, now])?,
+                Finish::Retry { at_ms, error } => {
+                    stmt.execute(params![id, "pending", none, error.message, error.class.as_str(), at_ms, now])?
+                }
+                Finish::Uncertain { error } => {
+                    stmt.execute(params![id, "uncertain", none, error.message, error.class.as_str(), now, now])?
+                }
+                Finish::Dead { error } => stmt.execute(params![id, "dead", none, error.message, error.class.as_str(), now, now])?,
             };
             Ok(())
         })
@@ -766,7 +775,8 @@ impl Store for SqliteStore {
                 let create = item.op.is_create();
                 let state = if create { "uncertain" } else { "pending" };
                 tx.execute(
-                    "UPDATE outbox SET state = ?2, last_error = 'the process stopped while the request was in flight', updated_at_ms = ?3 WHERE id = ?1",
+                    "UPDATE outbox SET state = ?2, last_error = 'the process stopped while the request was in flight',
+                                      error_class = 'interrupted', updated_at_ms = ?3 WHERE id = ?1",
                     params![item.id, state, now_ms],
                 )?;
                 st.audit(

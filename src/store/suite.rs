@@ -10,7 +10,8 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    AuditEvent, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxState, NewOutbound, OutboundOp, OutboxState, Store, StoreError,
+    AuditEvent, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, InboundRecord, InboxState, NewOutbound, OutboundOp,
+    OutboxState, Store, StoreError,
 };
 use crate::metrics::Metrics;
 
@@ -239,11 +240,17 @@ pub(crate) async fn outbox_keeps_per_conversation_order_and_recovers_after_a_cra
     let due: Vec<i64> = store.due_outbound(12, 10).await.unwrap().iter().map(|i| i.id).collect();
     assert_eq!(due, vec![b1]);
     // A retry in the future keeps the conversation blocked until then.
-    store.finish_outbound(a1, Finish::Retry { at_ms: 100, error: "429".into() }, event("retry")).await.unwrap();
+    store
+        .finish_outbound(a1, Finish::Retry { at_ms: 100, error: Failed::new(ErrorClass::Throttled, "429") }, event("retry"))
+        .await
+        .unwrap();
+    let retried = store.outbox(Some(a1), 1).await.unwrap().remove(0);
+    assert_eq!((retried.last_error.as_deref(), retried.error_class), (Some("429"), Some(ErrorClass::Throttled)), "the class is kept");
     assert_eq!(store.due_outbound(50, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![b1]);
     assert!(store.due_outbound(100, 10).await.unwrap().iter().any(|i| i.id == a1));
     assert!(store.begin_outbound_attempt(a1, 101).await.unwrap());
     store.finish_outbound(a1, Finish::Delivered { result_id: "1:xyz".into() }, event("delivered")).await.unwrap();
+    assert_eq!(store.outbox(Some(a1), 1).await.unwrap()[0].error_class, None, "a delivery clears the class");
     assert!(store.due_outbound(102, 10).await.unwrap().iter().any(|i| i.id == a2));
 
     // b1 and an update are in flight when the process dies.
@@ -258,6 +265,7 @@ pub(crate) async fn outbox_keeps_per_conversation_order_and_recovers_after_a_cra
     assert_eq!(state(a1), OutboxState::Delivered);
     assert_eq!(all.iter().find(|i| i.id == a1).unwrap().result_id.as_deref(), Some("1:xyz"));
     assert_eq!(state(b1), OutboxState::Uncertain, "a create that may have landed is never re-posted");
+    assert_eq!(all.iter().find(|i| i.id == b1).unwrap().error_class, Some(ErrorClass::Interrupted));
     assert_eq!(state(u), OutboxState::Pending, "an idempotent delete is simply retried");
     assert_eq!(intact(store.as_ref()).await, 8);
     store.close().await;
