@@ -15,7 +15,7 @@ use super::{Caller, Error, Hub, Result};
 use crate::config::BotConfig;
 use crate::connector::send::message;
 use crate::graph::MessageBody;
-use crate::store::{ConversationRef, NewOutbound, OutboundOp, OutboxState, now_ms};
+use crate::store::{ConversationRef, ErrorClass, Failed, NewOutbound, OutboundOp, OutboxState, now_ms};
 
 /// An @mention the agent asked for: the person's id and the name shown in `<at>name</at>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +29,8 @@ pub struct Mention {
 pub enum Settled {
     /// Delivered; the Connector's message id.
     Delivered(String),
-    /// Refused for good; why.
-    Dead(String),
+    /// Refused for good: the class of the failure (what decisions read) and its message.
+    Dead(Failed),
     /// The request failed in a way that may have delivered it; it is not re-sent.
     Uncertain,
     /// Still being retried after the wait: attempts so far and the last error.
@@ -42,17 +42,9 @@ pub enum Settled {
 impl Settled {
     /// Whether the Connector's refusal means the bot cannot reach the person (not installed for them,
     /// blocked, no such conversation), as opposed to a bad request that Graph would refuse too.
+    /// Decided by the failure's class ([`ErrorClass::BotCannotReach`]), never by its message.
     pub fn bot_cannot_reach(&self) -> bool {
-        let Self::Dead(error) = self else { return false };
-        [
-            "refused the request: 403",
-            "refused the request: 404",
-            "MessageWritesBlocked",
-            "ConversationNotFound",
-            "BotNotInConversationRoster",
-        ]
-        .iter()
-        .any(|m| error.contains(m))
+        matches!(self, Self::Dead(f) if f.class == ErrorClass::BotCannotReach)
     }
 }
 
@@ -217,7 +209,7 @@ pub fn sent_as_bot(bot_app_id: String, outbox_id: i64, settled: Settled) -> Resu
         Settled::Delivered(message_id) => Progress::Delivered(message_id),
         Settled::Uncertain => Progress::Uncertain,
         Settled::Queued(attempts, last_error) => Progress::Queued(attempts, last_error),
-        Settled::Dead(e) => return Err(Error::refused(format!("not delivered: {e}"))),
+        Settled::Dead(e) => return Err(Error::refused(format!("not delivered: {}", e.message))),
         Settled::Unreadable(e) => {
             return Err(Error::unavailable(format!("queued as outbox #{outbox_id}, but its state cannot be read: {e}")));
         }
@@ -362,7 +354,7 @@ impl Hub {
         if settled.bot_cannot_reach()
             && let Settled::Dead(why) = &settled
         {
-            let why = format!("the bot could not deliver: {why}");
+            let why = format!("the bot could not deliver: {}", why.message);
             return Ok(AfterBot::FallBack(self.fallback(bot, tenant, &why)?, why));
         }
         sent_as_bot(bot.app_id.clone(), outbox_id, settled).map(AfterBot::Sent)
@@ -467,7 +459,11 @@ impl Hub {
                     let id = i.result_id.unwrap_or_default();
                     return Settled::Delivered(id.rsplit('|').next().unwrap_or_default().to_owned());
                 }
-                Some(i) if i.state == OutboxState::Dead => return Settled::Dead(i.last_error.unwrap_or_else(|| "refused".into())),
+                Some(i) if i.state == OutboxState::Dead => {
+                    // An entry dead before classes were stored counts as a plain refusal: nothing falls back on it.
+                    let class = i.error_class.unwrap_or(ErrorClass::Refused);
+                    return Settled::Dead(Failed::new(class, i.last_error.unwrap_or_else(|| "refused".into())));
+                }
                 Some(i) if i.state == OutboxState::Uncertain => return Settled::Uncertain,
                 Some(_) if tokio::time::Instant::now() < deadline => {}
                 Some(i) => return Settled::Queued(i.attempts, i.last_error),

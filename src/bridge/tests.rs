@@ -20,7 +20,7 @@ use crate::connector::tokens::ConfiguredTokens;
 use crate::entra::AgentMode;
 use crate::metrics::Metrics;
 use crate::service_url::ConnectorPolicy;
-use crate::store::{ConversationRef, InboundRecord, InboxState, OutboundOp, SqliteStore, Store, now_ms};
+use crate::store::{ConversationRef, ErrorClass, Failed, InboundRecord, InboxState, OutboundOp, SqliteStore, Store, now_ms};
 
 const BOT_A: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
 const BOT_B: &str = "bbbbbbbb-0000-4000-8000-00000000000b";
@@ -232,9 +232,11 @@ fn cards_are_checked_before_anything_is_queued() {
 
 #[test]
 fn only_refusals_that_mean_unreachable_fall_back() {
-    assert!(Settled::Dead("the Connector refused the request: 403 Forbidden".into()).bot_cannot_reach());
-    assert!(Settled::Dead("ConversationNotFound".into()).bot_cannot_reach());
-    assert!(!Settled::Dead("the Connector refused the request: 400 BadArgument".into()).bot_cannot_reach());
+    assert!(Settled::Dead(Failed::new(ErrorClass::BotCannotReach, "the Connector refused the request: 403 Forbidden")).bot_cannot_reach());
+    // The class decides, not the text.
+    assert!(!Settled::Dead(Failed::new(ErrorClass::Refused, "the Connector refused the request: 403 Forbidden")).bot_cannot_reach());
+    assert!(Settled::Dead(Failed::new(ErrorClass::BotCannotReach, "anything")).bot_cannot_reach());
+    assert!(!Settled::Dead(Failed::new(ErrorClass::Refused, "the Connector refused the request: 400 BadArgument")).bot_cannot_reach());
     assert!(!Settled::Uncertain.bot_cannot_reach());
 }
 
@@ -291,7 +293,7 @@ async fn a_bot_that_cannot_reach_the_person_falls_back_only_to_an_agent_user_in_
     // No Agent User at all: refused, saying what to configure.
     let f = fixture().await;
     let bot = bot_a(&f);
-    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(FORBIDDEN.into())) {
+    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, FORBIDDEN))) {
         Err(Error::Refused(m)) => {
             assert!(m.starts_with("not delivered: the bot could not deliver: ") && m.contains("403"), "{m}");
             assert!(m.contains("no Agent User to fall back to") && m.contains("mode = \"fallback\""), "{m}");
@@ -301,12 +303,15 @@ async fn a_bot_that_cannot_reach_the_person_falls_back_only_to_an_agent_user_in_
     // An Agent User in bot_only mode: refused, saying how to allow it.
     let f = fixture_with(config(), agent_user(AgentMode::BotOnly)).await;
     let bot = bot_a(&f);
-    let err = f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead("MessageWritesBlocked".into())).expect_err("bot_only");
+    let err = f
+        .hub
+        .after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, "MessageWritesBlocked")))
+        .expect_err("bot_only");
     assert!(matches!(&err, Error::Refused(m) if m.contains("bot_only") && m.contains("fallback")), "{err}");
     // In fallback mode, in the Agent User's tenant: the Agent User sends, and the reason is kept.
     let f = fixture_with(config(), agent_user(AgentMode::Fallback)).await;
     let bot = bot_a(&f);
-    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(FORBIDDEN.into())).expect("falls back") {
+    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, FORBIDDEN))).expect("falls back") {
         AfterBot::FallBack(actor, why) => {
             assert_eq!(actor.bot_app_id, BOT_A);
             assert!(why.contains("403"), "{why}");
@@ -314,7 +319,8 @@ async fn a_bot_that_cannot_reach_the_person_falls_back_only_to_an_agent_user_in_
         AfterBot::Sent(s) => panic!("expected the fallback, got {s:?}"),
     }
     // A person in another tenant: the Agent User needs their email; say how.
-    let err = f.hub.after_bot(&bot, TENANT_2, 7, Settled::Dead(FORBIDDEN.into())).expect_err("other tenant");
+    let err =
+        f.hub.after_bot(&bot, TENANT_2, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, FORBIDDEN))).expect_err("other tenant");
     assert!(err.to_string().contains("graph_create_chat") && err.to_string().contains(TENANT_2), "{err}");
     // No known service URL is the same decision.
     assert!(f.hub.fallback(&bot, TENANT_1, "no known service URL").is_ok());
@@ -325,7 +331,7 @@ async fn only_an_unreachable_bot_falls_back_other_endings_are_results_or_errors(
     let f = fixture_with(config(), agent_user(AgentMode::Fallback)).await;
     let bot = bot_a(&f);
     // A bad request is refused by Graph too: no fallback, just the refusal.
-    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(BAD_REQUEST.into())) {
+    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::Refused, BAD_REQUEST))) {
         Err(Error::Refused(m)) => assert_eq!(m, format!("not delivered: {BAD_REQUEST}")),
         other => panic!("expected a refusal, got {other:?}"),
     }
