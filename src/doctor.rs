@@ -255,7 +255,7 @@ async fn bot_checks(r: &mut Report, cfg: &Config, i: usize, bot: &BotConfig, cli
 
     for tenant in &bot.allowed_tenants {
         let name = format!("{label}: tenant {tenant}: admin-consent link");
-        r.push(match crate::teams_app::consent_url(bot.cloud, tenant, &bot.app_id) {
+        r.push(match crate::teams_app::consent_url(bot.cloud, tenant.as_str(), &bot.app_id) {
             Ok(_) => Check::pass(format!("{name} (`agentgate teams-app consent-url --tenant {tenant} --bot {}`)", bot.app_id)),
             Err(e) => Check::fail(
                 name,

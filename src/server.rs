@@ -132,7 +132,7 @@ impl Gateway {
                 app_id: b.app_id.clone(),
                 cloud: b.cloud,
                 require_endorsement: b.require_endorsement,
-                allowed_tenants: b.allowed_tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+                allowed_tenants: b.allowed_tenants.iter().cloned().collect(),
                 agentic: match (&b.agentic, &b.agent_user) {
                     (a, Some(au)) if a.enabled => Some(crate::auth::AgenticEntry {
                         blueprint_app_id: au.blueprint_app_id.clone(),

@@ -37,7 +37,7 @@ pub struct BotEntry {
     pub cloud: Cloud,
     pub require_endorsement: bool,
     /// Lower-cased tenant ids.
-    pub allowed_tenants: HashSet<String>,
+    pub allowed_tenants: HashSet<crate::ids::TenantId>,
     /// Agent 365: Entra-issued tokens for the bot's Agent Blueprint are accepted too.
     pub agentic: Option<AgenticEntry>,
 }
@@ -78,7 +78,7 @@ fn is_entra_issuer(iss: &str) -> bool {
 
 impl BotEntry {
     pub fn allows_tenant(&self, tenant: &str) -> bool {
-        self.allowed_tenants.contains(&tenant.to_ascii_lowercase())
+        self.allowed_tenants.contains(&crate::ids::TenantId::new(tenant))
     }
 }
 

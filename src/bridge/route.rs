@@ -7,6 +7,7 @@
 
 use super::{Dialect, Error, Hub, Result, Scope};
 use crate::config::BotConfig;
+use crate::ids::TenantId;
 use crate::store::{ConversationRef, now_ms};
 
 /// Whether a conversation reference is usable by the bot, and what to do when it is not.
@@ -187,7 +188,7 @@ impl Hub {
             return Err(unknown_bot(scope, b));
         }
         if let Some(t) = tenant {
-            bots.retain(|b| b.allowed_tenants.iter().any(|s| s.eq_ignore_ascii_case(t)));
+            bots.retain(|b| b.allowed_tenants.iter().any(|s| s.matches(t)));
         }
         if bots.len() > 1 {
             let mut chatting = Vec::new();
@@ -220,13 +221,13 @@ impl Hub {
                 return Err(Error::invalid(format!("{} bots are configured: pass --bot APP_ID to choose one", several.len())));
             }
         };
-        let serving: Vec<&String> = bot.allowed_tenants.iter().filter(|t| scope.allows_tenant(t)).collect();
+        let serving: Vec<&str> = bot.allowed_tenants.iter().map(TenantId::as_str).filter(|t| scope.allows_tenant(t)).collect();
         let tenant = match (tenant, serving.as_slice()) {
             (Some(t), _) if serving.iter().any(|s| s.eq_ignore_ascii_case(t)) => t.to_owned(),
             (Some(t), _) => {
                 return Err(Error::not_found(format!("tenant {t} is not served by bot {} within this session's scope", bot.app_id)));
             }
-            (None, [one]) => (*one).clone(),
+            (None, [one]) => (*one).to_owned(),
             (None, _) => {
                 return Err(Error::invalid(match scope.dialect {
                     Dialect::Mcp => "several tenants are in scope: say which with `tenant`".to_owned(),

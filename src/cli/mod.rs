@@ -346,7 +346,7 @@ fn mcp(a: McpArgs) -> anyhow::Result<ExitCode> {
         one_bot(&cfg, Some(b)).map_err(|e| anyhow::anyhow!("--bot {b}: {e}"))?;
     }
     for t in &a.tenants {
-        if !cfg.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.eq_ignore_ascii_case(t))) {
+        if !cfg.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.matches(t))) {
             anyhow::bail!("--tenant {t}: no configured bot serves that tenant (bots[].allowed_tenants)");
         }
     }
@@ -450,7 +450,7 @@ fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
             let cfg = a.config.load(false)?;
             cfg.validate(false)?;
             let (index, bot) = one_bot(&cfg, a.bot.as_deref())?;
-            if crate::ids::is_guid(&a.tenant) && !bot.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(&a.tenant)) {
+            if crate::ids::is_guid(&a.tenant) && !bot.allowed_tenants.iter().any(|t| t.matches(&a.tenant)) {
                 anyhow::bail!(
                     "`bots[{index}].allowed_tenants` does not list {}: the bot would refuse that tenant's traffic; add it to the config first",
                     a.tenant
@@ -558,7 +558,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     b.app_id,
                     b.display_name,
                     b.cloud,
-                    b.allowed_tenants.join(",")
+                    b.allowed_tenants.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
                 );
                 let p = &b.policy;
                 say!(

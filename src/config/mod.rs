@@ -264,7 +264,7 @@ pub struct BotConfig {
     pub display_name: String,
     /// Tenants whose activities this bot accepts; anything else gets 403.
     #[serde(default, deserialize_with = "list_or_csv")]
-    pub allowed_tenants: Vec<String>,
+    pub allowed_tenants: Vec<crate::ids::TenantId>,
     #[serde(default = "defaults::cloud")]
     pub cloud: Cloud,
     /// Where the bot's outbound credential lives (a reference, never the secret itself): the client
@@ -431,7 +431,7 @@ fn empty_table() -> toml::Table {
 
 default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, OutboundConfig, LogConfig, McpConfig, AgenticConfig);
 
-fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn list_or_csv<'de, D: Deserializer<'de>, T: From<String>>(d: D) -> Result<Vec<T>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum ListOrCsv {
@@ -439,8 +439,8 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         Csv(String),
     }
     Ok(match ListOrCsv::deserialize(d)? {
-        ListOrCsv::List(v) => v,
-        ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        ListOrCsv::List(v) => v.into_iter().map(T::from).collect(),
+        ListOrCsv::Csv(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| T::from(s.to_owned())).collect(),
     })
 }
 
@@ -658,7 +658,8 @@ impl Config {
                 ));
             }
             for t in &bot.allowed_tenants {
-                if t.trim().is_empty() || t.contains('*') || t.trim() != t {
+                let t = t.as_str();
+                if t.is_empty() || t.contains('*') || t.contains(char::is_whitespace) {
                     return Err(ConfigError::new(
                         field("allowed_tenants"),
                         format!("`{t}` is not a tenant id (wildcards are not allowed)"),
@@ -730,7 +731,7 @@ impl Config {
                 }
             }
             for tenant in &t.tenants {
-                if !self.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.eq_ignore_ascii_case(tenant))) {
+                if !self.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.matches(tenant))) {
                     return Err(ConfigError::new(field("tenants"), format!("`{tenant}` is in no bot's allowed_tenants")));
                 }
             }

@@ -127,6 +127,10 @@ macro_rules! case_insensitive_id {
 }
 
 case_insensitive_id!(
+    /// An Entra tenant id (`tid`, `channelData.tenant.id`) or a tenant's domain name.
+    TenantId
+);
+case_insensitive_id!(
     /// A person's (or an Agent User's) Entra object id: `from.aadObjectId`. Policy matches on it, never
     /// on names.
     AadObjectId
@@ -218,6 +222,8 @@ mod tests {
         let json = serde_json::to_string(&AadObjectId::new("X-Y")).unwrap_or_default();
         assert_eq!(json, "\"X-Y\"");
         let back: AadObjectId = serde_json::from_str("\"Q\"").unwrap_or_else(|_| AadObjectId::new(""));
+        let tenants: HashSet<TenantId> = ["Contoso.onmicrosoft.com", "CONTOSO.ONMICROSOFT.COM"].into_iter().map(TenantId::new).collect();
+        assert_eq!(tenants.len(), 1);
         assert!(back == "q");
     }
 

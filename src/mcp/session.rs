@@ -677,7 +677,7 @@ impl Bridge {
             .hub
             .bots_in(&scope, None)
             .map(|b| {
-                let tenants: Vec<&String> = b.allowed_tenants.iter().filter(|t| scope.allows_tenant(t)).collect();
+                let tenants: Vec<&str> = b.allowed_tenants.iter().map(|t| t.as_str()).filter(|t| scope.allows_tenant(t)).collect();
                 json!({
                     "app_id": b.app_id,
                     "display_name": b.display_name,
