@@ -282,7 +282,7 @@ fn enqueue(config: &std::path::Path, count: usize, conversations: usize, prefix:
         let start_ms = now_ms();
         for i in 0..count {
             let permit = Arc::clone(&permits).acquire_owned().await?;
-            let (store, targets, bot) = (Arc::clone(&store), Arc::clone(&targets), bot_app_id.clone());
+            let (store, targets, bot) = (Arc::clone(&store), Arc::clone(&targets), bot_app_id.to_string());
             tasks.spawn(async move {
                 let (conv, tenant, service_url) = &targets[i % targets.len()];
                 let op = OutboundOp::Send { activity: json!({"type": "message", "text": format!("bench send {i}")}) };

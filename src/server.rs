@@ -129,7 +129,7 @@ impl Gateway {
             .bots
             .iter()
             .map(|b| BotEntry {
-                app_id: b.app_id.clone(),
+                app_id: b.app_id.to_string(),
                 cloud: b.cloud,
                 require_endorsement: b.require_endorsement,
                 allowed_tenants: b.allowed_tenants.iter().cloned().collect(),
@@ -149,7 +149,7 @@ impl Gateway {
             .with_key_settings(settings);
         let approvals = Arc::new(crate::mcp::Approvals::default());
         let gate = Arc::new(crate::bridge::gate::InboundGate::new(
-            cfg.bots.iter().map(|b| (b.app_id.clone(), b.policy.clone())),
+            cfg.bots.iter().map(|b| (b.app_id.to_string(), b.policy.clone())),
             Arc::clone(&approvals),
         ));
         let state = Arc::new(AppState {
@@ -279,7 +279,7 @@ async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>,
     let connector =
         ConnectorClient::new(ConnectorPolicy::from_config(&cfg.clouds, opts.dev), Duration::from_secs(cfg.outbound.request_timeout_secs))
             .context("building the Connector client")?;
-    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
+    let clouds = cfg.bots.iter().map(|b| (b.app_id.to_string(), b.cloud)).collect();
     let throttle = if cfg.outbound.throttle { Throttle::new() } else { Throttle::disabled() };
     let retry = RetryPolicy {
         max_attempts: cfg.outbound.max_attempts,

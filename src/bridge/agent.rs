@@ -82,7 +82,7 @@ pub(crate) async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<Ag
         };
         let graph = GraphClient::new(endpoint, Arc::clone(&tokens) as Arc<dyn crate::graph::GraphToken>, GraphSettings::default())
             .map_err(|e| anyhow::anyhow!("building the Graph client for {at}: {e}"))?;
-        out.insert(bot.app_id.to_ascii_lowercase(), Arc::new(AgentActor::new(bot.app_id.clone(), tokens, graph, au.mode)));
+        out.insert(bot.app_id.to_ascii_lowercase(), Arc::new(AgentActor::new(bot.app_id.to_string(), tokens, graph, au.mode)));
     }
     Ok(out)
 }
@@ -95,7 +95,7 @@ pub(crate) fn agentic_chains(cfg: &Config, agents: &HashMap<String, Arc<AgentAct
         .filter(|b| b.agentic.enabled)
         .filter_map(|b| {
             let actor = agents.get(&b.app_id.to_ascii_lowercase())?;
-            Some((b.app_id.clone(), (Arc::clone(actor.tokens.chain()), actor.tokens.agentic_scope().to_owned())))
+            Some((b.app_id.to_string(), (Arc::clone(actor.tokens.chain()), actor.tokens.agentic_scope().to_owned())))
         })
         .collect()
 }

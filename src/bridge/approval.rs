@@ -236,7 +236,7 @@ impl super::Hub {
         // is refused, never merged or replaced, so an answer can only ever reach the session that asked.
         let reserved = self.approvals.register(PendingApproval {
             request_id: request_id.to_owned(),
-            bot_app_id: bot.app_id.clone(),
+            bot_app_id: bot.app_id.to_string(),
             approvers: bot.policy.approvers.clone(),
             tool_name: tool_name.to_owned(),
             verdicts,
@@ -265,7 +265,7 @@ impl super::Hub {
                 Ok(outbox_id) => {
                     let card = CardRef {
                         outbox_id,
-                        bot_app_id: bot.app_id.clone(),
+                        bot_app_id: bot.app_id.to_string(),
                         tenant_id: r.tenant_id,
                         conversation_id: r.conversation_id,
                         service_url: r.service_url,

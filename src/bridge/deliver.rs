@@ -297,7 +297,7 @@ impl Hub {
         }
         let messages = text_messages(&req.text, &entities)?;
         let outbox_id = self.enqueue_messages(caller.requester, &bot, &r, messages, req.reply_to.as_deref()).await?;
-        Ok(Queued::Bot(Entry { bot_app_id: bot.app_id, conversation_id: r.conversation_id, outbox_id }))
+        Ok(Queued::Bot(Entry { bot_app_id: bot.app_id.to_string(), conversation_id: r.conversation_id, outbox_id }))
     }
 
     /// Queue a change (a card, an edit, a deletion, the typing indicator) into a conversation the bot can write in.
@@ -309,7 +309,7 @@ impl Hub {
             return Err(Error::invalid("Teams shows no typing indicator in channels; show it in a 1:1 or group chat"));
         }
         let outbox_id = self.enqueue(caller.requester, &bot, &r, op).await?;
-        Ok(Entry { bot_app_id: bot.app_id, conversation_id: r.conversation_id, outbox_id })
+        Ok(Entry { bot_app_id: bot.app_id.to_string(), conversation_id: r.conversation_id, outbox_id })
     }
 
     /// Wait for what was queued to settle (up to 15 s).
@@ -357,7 +357,7 @@ impl Hub {
             let why = format!("the bot could not deliver: {}", why.message);
             return Ok(AfterBot::FallBack(self.fallback(bot, tenant, &why)?, why));
         }
-        sent_as_bot(bot.app_id.clone(), outbox_id, settled).map(AfterBot::Sent)
+        sent_as_bot(bot.app_id.to_string(), outbox_id, settled).map(AfterBot::Sent)
     }
 
     /// When the bot cannot reach a person (`why`): the bot's Agent User, if the bot is configured to fall
@@ -407,7 +407,7 @@ impl Hub {
     /// together, or neither does. `requester` is who asked (`mcp:<scope>:<client>`, `cli`).
     pub async fn enqueue(&self, requester: &str, bot: &BotConfig, r: &ConversationRef, op: OutboundOp) -> Result<i64> {
         let item = NewOutbound {
-            bot_app_id: bot.app_id.clone(),
+            bot_app_id: bot.app_id.to_string(),
             tenant_id: r.tenant_id.clone(),
             conversation_id: r.conversation_id.clone(),
             service_url: r.service_url.clone(),

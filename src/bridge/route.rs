@@ -260,7 +260,7 @@ impl Hub {
             },
         };
         Ok(Personal::Create(ConversationRef {
-            bot_app_id: bot.app_id.clone(),
+            bot_app_id: bot.app_id.to_string(),
             conversation_id: format!("user:{user_id}"),
             tenant_id: tenant.to_owned(),
             service_url,

@@ -78,7 +78,7 @@ async fn fixture_with(cfg: Config, agents: HashMap<String, Arc<AgentActor>>) -> 
         Arc::new(SqliteStore::open(&dir.path().join("bridge.db"), Synchronous::Normal, 64, Arc::clone(&metrics)).expect("store"));
     let connector = ConnectorClient::new(ConnectorPolicy::new(false), Duration::from_secs(1)).expect("client");
     let tokens: Arc<dyn BotTokens> = Arc::new(ConfiguredTokens::new(HashMap::new(), false));
-    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
+    let clouds = cfg.bots.iter().map(|b| (b.app_id.to_string(), b.cloud)).collect();
     let outbound = Arc::new(Outbound::new(Arc::clone(&store), connector, tokens, clouds, Throttle::new(), RetryPolicy::default(), metrics));
     let (_tx, rx) = watch::channel(0);
     let hub = Arc::new(Hub::new(cfg, store, outbound, rx, Arc::new(Approvals::default()), false, agents));

@@ -258,7 +258,7 @@ pub struct McpToken {
 #[serde(deny_unknown_fields)]
 pub struct BotConfig {
     /// The Entra application (client) id; inbound tokens carry it as `aud`.
-    pub app_id: String,
+    pub app_id: crate::ids::AppId,
     /// The bot's name as people see it in Teams.
     #[serde(default)]
     pub display_name: String,
@@ -632,8 +632,8 @@ impl Config {
         let mut seen = HashSet::new();
         for (i, bot) in self.bots.iter().enumerate() {
             let field = |name: &str| format!("bots[{i}].{name}");
-            let app_id = bot.app_id.trim();
-            if app_id.is_empty() || app_id != bot.app_id {
+            let app_id = bot.app_id.as_str();
+            if app_id.is_empty() || app_id.contains(char::is_whitespace) {
                 return Err(ConfigError::new(field("app_id"), "must be the bot's Entra application (client) id, without spaces"));
             }
             if app_id.starts_with("https://") || app_id.starts_with("http://") {

@@ -77,7 +77,7 @@ pub async fn bot_tokens(cfg: &Config, dev: bool) -> anyhow::Result<ConfiguredTok
             let field = e.field().map_or_else(String::new, |f| format!("bots[{i}].{f}: "));
             anyhow::anyhow!("configuration error in {field}{e}")
         })?;
-        providers.insert(bot.app_id.clone(), provider);
+        providers.insert(bot.app_id.to_string(), provider);
     }
     Ok(ConfiguredTokens::new(providers, dev))
 }

@@ -34,10 +34,10 @@ impl BotTokenProvider {
             .cloned()
             .unwrap_or_else(|| Authority::for_cloud(bot.cloud))
             .token_endpoint(bot_tenant(bot))
-            .map_err(|source| SetupError::BotTenant { app_id: bot.app_id.clone(), source: Box::new(source) })?;
+            .map_err(|source| SetupError::BotTenant { app_id: bot.app_id.to_string(), source: Box::new(source) })?;
         let credential = ClientCredential::from_bot_config(bot).await?;
         tracing::info!(app_id = %bot.app_id, endpoint = %endpoint, credential = credential.kind(), "bot credential loaded");
-        let request = TokenRequest::new(bot.app_id.clone(), endpoint, bot_scope(bot.cloud), Arc::new(credential));
+        let request = TokenRequest::new(bot.app_id.to_string(), endpoint, bot_scope(bot.cloud), Arc::new(credential));
         Ok(Self { client, request })
     }
 

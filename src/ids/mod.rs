@@ -88,6 +88,14 @@ macro_rules! case_insensitive_id {
             }
         }
 
+        impl std::ops::Deref for $name {
+            type Target = str;
+            /// The text as received (compare with [`Self::matches`] or `==`, which ignore ASCII case).
+            fn deref(&self) -> &str {
+                &self.text
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.text)
@@ -126,6 +134,10 @@ macro_rules! case_insensitive_id {
     };
 }
 
+case_insensitive_id!(
+    /// A bot's Microsoft App id (its Entra application's client id; an inbound token's `aud`).
+    AppId
+);
 case_insensitive_id!(
     /// An Entra tenant id (`tid`, `channelData.tenant.id`) or a tenant's domain name.
     TenantId

@@ -714,7 +714,7 @@ impl Bridge {
         let list: Vec<Value> = refs
             .into_iter()
             .filter(|r| scope.allows(&r.bot_app_id, &r.tenant_id))
-            .filter(|r| self.hub.cfg.bots.iter().any(|b| b.app_id == r.bot_app_id))
+            .filter(|r| self.hub.cfg.bots.iter().any(|b| b.app_id.matches(&r.bot_app_id)))
             .filter(|r| a.bot.as_deref().is_none_or(|b| b.eq_ignore_ascii_case(&r.bot_app_id)))
             .filter(|r| a.tenant.as_deref().is_none_or(|t| t.eq_ignore_ascii_case(&r.tenant_id)))
             .take(limit)
