@@ -413,6 +413,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The schema version the storage is at (the number of migration steps applied).
+    async fn schema_version(&self) -> Result<i64, StoreError>;
+
     /// Queue an outbound side effect: its audit event and its outbox entry in one transaction. If the
     /// audit event cannot be written, nothing is queued.
     async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError>;

@@ -149,6 +149,9 @@ impl Default for PostgresOptions {
     }
 }
 
+/// How long a readiness check waits for the database.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One activity waiting for the group commit, and where to send its outcome.
 type PendingCommit = (InboundRecord, oneshot::Sender<Result<CommitOutcome, StoreError>>);
 
@@ -265,12 +268,6 @@ impl PostgresStore {
             truncation_reported,
             head: Mutex::new(None),
         })
-    }
-
-    /// The schema version the database is at (0 before the first migration).
-    pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let client = self.client().await?;
-        Ok(client.query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM agentgate_schema", &[]).await?.get(0))
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
@@ -693,9 +690,20 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // Bounded: readiness probes expect an answer within a couple of seconds, reachable or not.
+        let check = async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        };
+        tokio::time::timeout(PING_TIMEOUT, check)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Database("Postgres did not answer in time".into())))
+    }
+
+    async fn schema_version(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        client.simple_query("SELECT 1").await?;
-        Ok(())
+        Ok(client.query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM agentgate_schema", &[]).await?.get(0))
     }
 
     async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError> {

@@ -129,6 +129,8 @@ async fn intact(store: &dyn Store) -> u64 {
 }
 
 pub(crate) async fn inbox_states_cursor_and_personal_chats(store: &dyn Store) {
+    assert!(store.schema_version().await.unwrap() >= 1, "migrated on open");
+    store.ping().await.unwrap();
     let mut ids = Vec::new();
     for (i, state) in [InboxState::Pending, InboxState::Filtered, InboxState::Pending, InboxState::Consumed].into_iter().enumerate() {
         let mut r = record(&format!("a{i}"), "c1");
