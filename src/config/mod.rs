@@ -1096,6 +1096,37 @@ allowed_tenants = ["tenant-a"]
     }
 
     #[test]
+    fn a_postgres_store_url_is_checked_and_its_password_never_shown() {
+        let load = |store: &str| {
+            let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[store]\n{store}\n");
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap()
+        };
+        let c = load("url = \"postgres://agentgate:Hunter2Secret@db.internal:5433/gate?sslmode=require\"");
+        c.validate(false).unwrap();
+        let url = c.store.url.as_ref().unwrap();
+        let shown = format!("{:?} {} {:?}", c.store, url.redacted(), url.connection(None).unwrap());
+        assert!(!shown.contains("Hunter2Secret"), "{shown}");
+        assert!(shown.contains("postgres://agentgate:***@db.internal:5433/gate?sslmode=require"), "{shown}");
+        // The password through a secret reference instead; both at once is ambiguous.
+        let c = load("url = \"postgres://agentgate@db.internal/gate\"\npassword = \"env:PGPASSWORD\"");
+        c.validate(false).unwrap();
+        assert_eq!(c.store.url.as_ref().unwrap().connection(Some("pw")).unwrap().get_password(), Some(&b"pw"[..]));
+        let c = load("url = \"postgres://agentgate:inline@db.internal/gate\"\npassword = \"env:PGPASSWORD\"");
+        assert_eq!(c.validate(false).unwrap_err().field, "store.password");
+        // Not a Postgres URL, an unknown option (its value not echoed), a password without a URL.
+        for (store, field) in [
+            ("url = \"mysql://u@h/db\"", "store.url"),
+            ("url = \"postgres://u@h/db?sslmode=Hunter2Secret\"", "store.url"),
+            ("password = \"env:PGPASSWORD\"", "store.password"),
+            ("url = \"postgres://u@h/db\"\npool_size = 0", "store.pool_size"),
+        ] {
+            let e = load(store).validate(false).unwrap_err();
+            assert_eq!(e.field, field, "{store}: {e}");
+            assert!(!format!("{e} {e:?}").contains("Hunter2Secret"), "{e}");
+        }
+    }
+
+    #[test]
     fn env_array_indexes_sort_as_numbers() {
         let mut vars = Vec::new();
         for i in 0..12 {
