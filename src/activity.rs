@@ -215,7 +215,7 @@ mod tests {
 }
 
 /// An Agent 365 recipient: the agentic user (or app instance) an activity was addressed to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgenticRecipient {
     /// The account id (the agentic user's UPN).
@@ -241,7 +241,7 @@ impl AgenticRecipient {
 
 /// The recipient of an agentic activity (role `agenticUser` / `agenticAppInstance`, any case; the
 /// spec's older `agenticInstance` too) as stored JSON; `None` for a classic bot activity.
-pub fn agentic_recipient(activity: &Activity) -> Option<String> {
+pub fn agentic_recipient(activity: &Activity) -> Option<AgenticRecipient> {
     let r = activity.recipient.as_ref()?;
     let role = r.role.as_deref()?;
     if !["agenticuser", "agenticappinstance", "agenticinstance"].contains(&role.to_ascii_lowercase().as_str()) {
@@ -255,7 +255,7 @@ pub fn agentic_recipient(activity: &Activity) -> Option<String> {
         agentic_user_id: field("agenticUserId"),
         tenant_id: field("tenantId"),
     };
-    serde_json::to_string(&recipient).ok()
+    Some(recipient)
 }
 
 #[cfg(test)]
@@ -268,7 +268,7 @@ mod agentic_tests {
             let a: Activity = serde_json::from_value(serde_json::json!({"type": "message", "recipient": {
                 "id": "agent@contoso.com", "role": role, "agenticAppId": "app-1", "agenticUserId": "user-1", "tenantId": "t-1"}}))
             .unwrap();
-            let r: AgenticRecipient = serde_json::from_str(&agentic_recipient(&a).unwrap()).unwrap();
+            let r = agentic_recipient(&a).unwrap();
             assert_eq!(
                 (r.agentic_app_id.as_deref(), r.agentic_user_id.as_deref(), r.tenant_id.as_deref()),
                 (Some("app-1"), Some("user-1"), Some("t-1"))

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::auth::KeyCache;
 use crate::auth::keys::{KeyCacheSettings, KeyFetchError};
 use crate::config::{BotConfig, Config, check_fetch_url};
-use crate::entra::{Authority, BotTokenProvider, ClientCredential, CredentialError, TokenClient, TokenClientSettings, TokenError};
+use crate::entra::{Authority, BotTokenProvider, ClientCredential, SetupError, TokenClient, TokenClientSettings, TokenError};
 use crate::ids::Cloud;
 use crate::metrics::Metrics;
 use crate::teams_app::{AppInfo, PackageError};
@@ -266,25 +266,26 @@ async fn bot_checks(r: &mut Report, cfg: &Config, i: usize, bot: &BotConfig, cli
     }
 }
 
-fn credential_failure(name: &str, i: usize, e: &CredentialError) -> Check {
+fn credential_failure(name: &str, i: usize, e: &SetupError) -> Check {
     let field = format!("bots[{i}].{}", e.field().unwrap_or("credential"));
     let fix = match e {
-        CredentialError::Load { .. } => {
+        SetupError::Load { .. } => {
             format!(
                 "make the secret `{field}` refers to available to agentgate (as the message says), or point `{field}` at where it lives"
             )
         }
-        CredentialError::Key { .. } => {
+        SetupError::Key { .. } => {
             format!("`{field}` must be the certificate's private key (PEM, RSA), or the client secret's value when no certificate is set")
         }
-        CredentialError::Certificate { .. } => {
+        SetupError::Certificate { .. } => {
             format!("`{field}` must be the PEM certificate registered on the app (Certificates & secrets), matching the private key")
         }
-        CredentialError::NotConfigured { .. } => format!("set `{field}`"),
-        CredentialError::Signing(_) => format!("check the private key in `{field}` (an RSA key of at least 2048 bits)"),
+        SetupError::NotConfigured { .. } => format!("set `{field}`"),
+        SetupError::Signing(_) => format!("check the private key in `{field}` (an RSA key of at least 2048 bits)"),
+        _ => format!("check `{field}`"),
     };
     let problem = match e {
-        CredentialError::Load { source, .. } => format!("`{field}`: {source}"),
+        SetupError::Load { source, .. } => format!("`{field}`: {source}"),
         _ => e.to_string(),
     };
     Check::fail(name, problem, fix)
@@ -389,7 +390,11 @@ async fn agent_user(cfg: &Config, i: usize, label: &str, client: Option<&Arc<Tok
     let Some(client) = client else { return Check::skip(name, "no token client") };
     match crate::entra::AgentUserTokens::for_bot(cfg, i, Arc::clone(client)).await {
         Ok(None) => Check::skip(name, "no [bots.agent_user] table: the bot acts as itself only"),
-        Err(e) => Check::fail(name, e.to_string(), format!("correct `{}` (docs/configuration.md, The Agent User)", e.field)),
+        Err(e) => Check::fail(
+            name,
+            e.to_string(),
+            format!("correct `{}` (docs/configuration.md, The Agent User)", e.field().unwrap_or("agent_user")),
+        ),
         Ok(Some(tokens)) => match tokens.graph_token().await {
             Ok(_) => Check::pass(format!("{name}: a Graph token as {} (`agentgate token graph` shows its claims)", tokens.user().as_str())),
             Err(e) => Check::fail(

@@ -256,11 +256,7 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     // An Entra-authenticated activity must be addressed to this bot's own Agent Identity and User: the
     // reply tokens are minted for them.
     if auth == AuthKind::Entra {
-        let owned = agentic
-            .as_deref()
-            .and_then(|a| serde_json::from_str::<crate::activity::AgenticRecipient>(a).ok())
-            .zip(bot.agentic.as_ref())
-            .is_some_and(|(r, entry)| entry.owns(&r, tenant));
+        let owned = agentic.as_ref().zip(bot.agentic.as_ref()).is_some_and(|(r, entry)| entry.owns(r, tenant));
         if !owned {
             return Err(Refusal::Forbidden("the agentic recipient is not this bot's Agent Identity and Agent User"));
         }

@@ -1,4 +1,4 @@
-//! The Entra Agent User behind a bot, as the MCP layer uses it: its Graph client, its mode (`bot_only`
+//! The Entra Agent User behind a bot, as the bridge uses it: its Graph client, its mode (`bot_only`
 //! or `fallback`), the people it may reach without asking, and the owner approvals that let it reach
 //! someone new.
 
@@ -29,6 +29,11 @@ impl std::fmt::Debug for AgentActor {
 }
 
 impl AgentActor {
+    /// The Agent User of bot `bot_app_id`, acting through `graph` with `tokens`, in `mode`.
+    pub fn new(bot_app_id: impl Into<String>, tokens: Arc<AgentUserTokens>, graph: GraphClient, mode: AgentMode) -> Self {
+        Self { bot_app_id: bot_app_id.into(), tokens, graph, mode, approved: Mutex::new(HashSet::new()) }
+    }
+
     /// How the audit log and tool results name this identity.
     pub fn identity(&self) -> String {
         format!("agent_user:{}", self.tokens.user().as_str())
@@ -77,10 +82,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<AgentActo
         };
         let graph = GraphClient::new(endpoint, Arc::clone(&tokens) as Arc<dyn crate::graph::GraphToken>, GraphSettings::default())
             .map_err(|e| anyhow::anyhow!("building the Graph client for {at}: {e}"))?;
-        out.insert(
-            bot.app_id.to_ascii_lowercase(),
-            Arc::new(AgentActor { bot_app_id: bot.app_id.clone(), tokens, graph, mode: au.mode, approved: Mutex::new(HashSet::new()) }),
-        );
+        out.insert(bot.app_id.to_ascii_lowercase(), Arc::new(AgentActor::new(bot.app_id.clone(), tokens, graph, au.mode)));
     }
     Ok(out)
 }

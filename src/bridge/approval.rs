@@ -217,6 +217,72 @@ impl Approvals {
     }
 }
 
+impl super::Hub {
+    /// Queue `card` to each of `bot`'s approvers, in their 1:1 chat with the bot within the caller's scope,
+    /// and register the request so that an approver's answer reaches `verdicts` (it expires after
+    /// `timeout`). Returns how many cards were queued; with none, nothing is registered.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn ask_approvers(
+        &self,
+        caller: super::Caller<'_>,
+        bot: &crate::config::BotConfig,
+        request_id: &str,
+        tool_name: &str,
+        card: &Value,
+        timeout: std::time::Duration,
+        verdicts: mpsc::UnboundedSender<Verdict>,
+    ) -> usize {
+        // Reserve the id first: a request whose id is open already (another session's, or another bot's)
+        // is refused, never merged or replaced, so an answer can only ever reach the session that asked.
+        let reserved = self.approvals.register(PendingApproval {
+            request_id: request_id.to_owned(),
+            bot_app_id: bot.app_id.clone(),
+            approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            tool_name: tool_name.to_owned(),
+            verdicts,
+            cards: Vec::new(),
+            expires_at_ms: crate::store::now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2)),
+        });
+        if !reserved {
+            tracing::warn!(request_id, "a permission request reuses the id of an open request; refused (no card sent)");
+            return 0;
+        }
+        let mut sent = 0;
+        for approver in &bot.policy.approvers {
+            let r = match self.store.personal_conversation(&bot.app_id, approver).await {
+                Ok(Some(r)) if caller.scope.allows_tenant(&r.tenant_id) => r,
+                Ok(_) => {
+                    tracing::warn!(approver = %approver, bot = %bot.app_id, "approver has no 1:1 chat with the bot in scope: they must message the bot once before approvals can reach them");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store unavailable; no approval card sent");
+                    continue;
+                }
+            };
+            let activity = crate::connector::send::message(Some(&format!("Approval needed: {request_id}")), Some(card.clone()));
+            match self.enqueue(caller.requester, bot, &r, crate::store::OutboundOp::Send { activity }).await {
+                Ok(outbox_id) => {
+                    let card = CardRef {
+                        outbox_id,
+                        bot_app_id: bot.app_id.clone(),
+                        tenant_id: r.tenant_id,
+                        conversation_id: r.conversation_id,
+                        service_url: r.service_url,
+                    };
+                    self.approvals.add_card(request_id, card);
+                    sent += 1;
+                }
+                Err(e) => tracing::error!(error = %e, "an approval card could not be queued"),
+            }
+        }
+        if sent == 0 {
+            self.approvals.withdraw(request_id);
+        }
+        sent
+    }
+}
+
 /// A fresh request id in Claude Code's shape (for approvals agentgate asks for itself).
 pub fn new_request_id() -> String {
     const LETTERS: &[u8] = b"abcdefghijkmnopqrstuvwxyz";

@@ -10,8 +10,9 @@
 //! | [`envelope`] | untrusted text for the model: HTML to text, the marked envelope, meta values |
 //! | [`events`] | inbox entries as typed events |
 //! | [`live`] | streamed replies written while the model writes them |
-//! | [`route`] | which bot and conversation a request goes to; bot, Agent User or nobody |
-//! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended |
+//! | [`route`] | the one bot resolver; which conversation a request goes to; bot, Agent User or nobody |
+//! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended; sending as the bot with the fallback to the Agent User |
+//! | [`graph`] | acting through Graph as the Agent User: owner approval, audit-first writes |
 //! | [`inbox`] | pending entries within a scope, acknowledgements |
 //! | [`error`] | the one error type of the bridge |
 //!
@@ -34,15 +35,27 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod gate;
+pub mod graph;
 pub mod inbox;
 pub mod live;
 pub mod policy;
 pub mod route;
 
 pub use approval::Approvals;
-pub use deliver::{Mention, Settled};
+pub use deliver::{Mention, Queued, Sent, Settled};
 pub use error::{Error, Result};
 pub use route::Reach;
+
+/// How the caller names the choices it can make, so that an error says how to fix the request in the
+/// caller's own terms (`bot` and `chat_id` for MCP tools, `--bot APP_ID` and `--conversation` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// MCP tool parameters.
+    #[default]
+    Mcp,
+    /// `agentgate` command-line flags.
+    Cli,
+}
 
 /// What a session may see and act on: some or all bots, some or all tenants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,17 +66,24 @@ pub struct Scope {
     bots: Vec<String>,
     /// Lower-case tenant ids; empty means every tenant the bots serve.
     tenants: Vec<String>,
+    /// How errors name the caller's options.
+    pub dialect: Dialect,
 }
 
 impl Scope {
     /// Every bot, every tenant.
     pub fn all(name: impl Into<String>) -> Self {
-        Self { name: name.into(), bots: Vec::new(), tenants: Vec::new() }
+        Self { name: name.into(), bots: Vec::new(), tenants: Vec::new(), dialect: Dialect::Mcp }
     }
 
     pub fn new(name: impl Into<String>, bots: &[String], tenants: &[String]) -> Self {
         let lower = |v: &[String]| v.iter().map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect();
-        Self { name: name.into(), bots: lower(bots), tenants: lower(tenants) }
+        Self { name: name.into(), bots: lower(bots), tenants: lower(tenants), dialect: Dialect::Mcp }
+    }
+
+    /// The command line's scope: every configured bot and tenant, errors in terms of its flags.
+    pub fn command_line() -> Self {
+        Self { dialect: Dialect::Cli, ..Self::all("cli") }
     }
 
     pub fn allows_bot(&self, bot_app_id: &str) -> bool {
@@ -89,7 +109,21 @@ impl Scope {
     }
 }
 
-/// What every MCP session shares.
+/// Who asks the bridge to act: the scope it acts within, and how the audit log names the requester
+/// (`mcp:<scope>:<client>`, `cli`).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub scope: &'a Scope,
+    pub requester: &'a str,
+}
+
+impl<'a> Caller<'a> {
+    pub fn new(scope: &'a Scope, requester: &'a str) -> Self {
+        Self { scope, requester }
+    }
+}
+
+/// What every MCP session (and a one-shot command) shares.
 pub struct Hub {
     pub(crate) cfg: Arc<Config>,
     pub(crate) store: Arc<dyn Store>,

@@ -1,9 +1,13 @@
 //! Where a request goes: which bot, which conversation, which tenant. Every decision is made within the
 //! caller's [`Scope`] and on the stored conversation references.
+//!
+//! This is the crate's one bot resolver: the MCP tools, `agentgate send`, `members`, `teams-app` and
+//! `token` choose a bot here ([`bots_in`], [`one_bot`], [`Hub::conversation`], [`Hub::person_target`]), and
+//! its errors say how to choose in the caller's [`Dialect`].
 
-use super::{Error, Hub, Result, Scope};
+use super::{Dialect, Error, Hub, Result, Scope};
 use crate::config::BotConfig;
-use crate::store::ConversationRef;
+use crate::store::{ConversationRef, now_ms};
 
 /// Whether a conversation reference is usable by the bot, and what to do when it is not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,19 +28,87 @@ pub struct PersonTarget<'a> {
     pub tenant: String,
 }
 
+/// How a proactive 1:1 message reaches the person.
+#[derive(Debug, Clone)]
+pub enum Personal {
+    /// The bot's existing 1:1 chat with them: a plain send.
+    Chat(ConversationRef),
+    /// A new 1:1 chat, created on the Connector at this service URL (`conversation_id` is `user:<id>`).
+    Create(ConversationRef),
+    /// The bot knows no service URL for the tenant (nobody there has messaged it, and the cloud has no
+    /// default): why.
+    Unknown(String),
+}
+
+/// The configured bots `scope` allows, or only the one `wanted` names (an app id, any case), with their
+/// index in `bots` (for errors that name `bots[i]`).
+pub fn bots_in<'a, 's>(
+    bots: &'a [BotConfig],
+    scope: &'s Scope,
+    wanted: Option<&'s str>,
+) -> impl Iterator<Item = (usize, &'a BotConfig)> + 's
+where
+    'a: 's,
+{
+    bots.iter().enumerate().filter(move |(_, b)| scope.allows_bot(&b.app_id) && wanted.is_none_or(|w| w.eq_ignore_ascii_case(&b.app_id)))
+}
+
+/// The one bot a request means: the one `wanted` names, or the only one in scope.
+pub fn one_bot<'a>(bots: &'a [BotConfig], scope: &Scope, wanted: Option<&str>) -> Result<(usize, &'a BotConfig)> {
+    let found: Vec<(usize, &BotConfig)> = bots_in(bots, scope, wanted).collect();
+    match (found.as_slice(), wanted) {
+        ([one], _) => Ok(*one),
+        ([], Some(w)) => Err(unknown_bot(scope, w)),
+        ([], None) => Err(Error::not_found(match scope.dialect {
+            Dialect::Mcp => "no bot is in this session's scope",
+            Dialect::Cli => {
+                "no bot is configured: add a [[bots]] table (`agentgate init` writes a starter file), or pass the gateway's configuration with --config FILE"
+            }
+        })),
+        (several, _) => Err(Error::invalid(match scope.dialect {
+            Dialect::Mcp => "several bots are in this session's scope: say which with `bot` (status lists them)".to_owned(),
+            Dialect::Cli => format!("{} bots are configured: pass --bot APP_ID to choose one", several.len()),
+        })),
+    }
+}
+
+/// The bot the caller named is not configured (or not in its scope).
+fn unknown_bot(scope: &Scope, wanted: &str) -> Error {
+    Error::not_found(match scope.dialect {
+        Dialect::Mcp => format!("bot {wanted} is not configured or not in this session's scope"),
+        Dialect::Cli => {
+            format!("no configured bot has app id {wanted}: --bot takes a bots[].app_id from the configuration (see `agentgate check`)")
+        }
+    })
+}
+
+/// The refusal for a conversation the bot was removed from (or blocked in).
+fn removed(scope: &Scope, bot: &BotConfig, chat_id: &str) -> String {
+    match scope.dialect {
+        Dialect::Mcp => {
+            format!("the bot was removed from (or blocked in) conversation {chat_id}; it can write there again once the app is added back")
+        }
+        Dialect::Cli => format!("bot {} was removed from conversation {chat_id}; reinstall the app there first", bot.app_id),
+    }
+}
+
 impl Hub {
     /// The configured bots within `scope`, or only `wanted` (an app id, any case).
     pub fn bots_in<'a>(&'a self, scope: &'a Scope, wanted: Option<&'a str>) -> impl Iterator<Item = &'a BotConfig> + 'a {
-        self.cfg.bots.iter().filter(move |b| scope.allows_bot(&b.app_id) && wanted.is_none_or(|w| w.eq_ignore_ascii_case(&b.app_id)))
+        bots_in(&self.cfg.bots, scope, wanted).map(|(_, b)| b)
+    }
+
+    /// The configured bot with this app id (any case), whatever the scope.
+    pub fn configured_bot(&self, app_id: &str) -> Option<&BotConfig> {
+        let all = Scope::all("lookup");
+        bots_in(&self.cfg.bots, &all, Some(app_id)).map(|(_, b)| b).next()
     }
 
     /// The one bot in scope that knows the conversation, with its reference, if the bot can write there.
     pub async fn conversation(&self, scope: &Scope, chat_id: &str, bot: Option<&str>) -> Result<(BotConfig, ConversationRef)> {
         let (b, r) = self.conversation_any(scope, chat_id, bot).await?;
         if !r.usable {
-            return Err(Error::refused(format!(
-                "the bot was removed from (or blocked in) conversation {chat_id}; it can write there again once the app is added back"
-            )));
+            return Err(Error::refused(removed(scope, &b, chat_id)));
         }
         Ok((b, r))
     }
@@ -44,12 +116,15 @@ impl Hub {
     /// The one bot in scope that knows the conversation, usable or not.
     pub async fn conversation_any(&self, scope: &Scope, chat_id: &str, bot: Option<&str>) -> Result<(BotConfig, ConversationRef)> {
         if chat_id.trim().is_empty() {
-            return Err(Error::invalid("chat_id is empty: pass the chat_id of an event or of list_conversations"));
+            return Err(Error::invalid(match scope.dialect {
+                Dialect::Mcp => "chat_id is empty: pass the chat_id of an event or of list_conversations",
+                Dialect::Cli => "--conversation is empty: pass the id of a conversation the bot was messaged or installed in",
+            }));
         }
         if let Some(b) = bot
             && self.bots_in(scope, Some(b)).next().is_none()
         {
-            return Err(Error::not_found(format!("bot {b} is not configured or not in this session's scope")));
+            return Err(unknown_bot(scope, b));
         }
         let mut found = Vec::new();
         for b in self.bots_in(scope, bot) {
@@ -59,12 +134,21 @@ impl Hub {
                 Err(e) => return Err(e.into()),
             }
         }
-        match found.len() {
-            1 => Ok(found.remove(0)),
-            0 => Err(Error::not_found(format!(
+        match (found.len(), scope.dialect, bot) {
+            (1, _, _) => Ok(found.remove(0)),
+            (0, Dialect::Mcp, _) => Err(Error::not_found(format!(
                 "unknown chat_id {chat_id}: no bot in this session's scope has seen it (a bot can only write where it was messaged or installed; list_conversations shows where)"
             ))),
-            _ => Err(Error::invalid(format!("several bots have seen {chat_id}: say which with `bot`"))),
+            (0, Dialect::Cli, Some(b)) => Err(Error::not_found(format!(
+                "bot {b} has never seen conversation {chat_id}: it can only write where it was messaged or installed"
+            ))),
+            (0, Dialect::Cli, None) => Err(Error::not_found(format!(
+                "no configured bot has seen conversation {chat_id}: a bot can only write where it was messaged or installed"
+            ))),
+            (_, Dialect::Mcp, _) => Err(Error::invalid(format!("several bots have seen {chat_id}: say which with `bot`"))),
+            (_, Dialect::Cli, _) => {
+                Err(Error::invalid(format!("several bots have seen conversation {chat_id}: say which with --bot APP_ID")))
+            }
         }
     }
 
@@ -97,7 +181,11 @@ impl Hub {
         bot: Option<&'a str>,
         tenant: Option<&str>,
     ) -> Result<PersonTarget<'a>> {
+        let cli = scope.dialect == Dialect::Cli;
         let mut bots: Vec<&BotConfig> = self.bots_in(scope, bot).collect();
+        if let (true, Some(b), []) = (cli, bot, bots.as_slice()) {
+            return Err(unknown_bot(scope, b));
+        }
         if let Some(t) = tenant {
             bots.retain(|b| b.allowed_tenants.iter().any(|s| s.eq_ignore_ascii_case(t)));
         }
@@ -114,10 +202,23 @@ impl Hub {
                 bots = chatting;
             }
         }
-        let bot = match bots.as_slice() {
-            [one] => *one,
-            [] => return Err(Error::not_found("no bot in this session's scope serves that (check `bot` and `tenant`; status lists them)")),
-            _ => return Err(Error::invalid("several bots could send this: say which with `bot` (status lists them)")),
+        let bot = match (bots.as_slice(), cli, tenant, bot) {
+            ([one], _, _, _) => *one,
+            ([], false, _, _) => {
+                return Err(Error::not_found("no bot in this session's scope serves that (check `bot` and `tenant`; status lists them)"));
+            }
+            ([], true, Some(t), Some(b)) => {
+                return Err(Error::not_found(format!(
+                    "tenant {t} is not in bot {b}'s allowed_tenants: add it there first, or choose another bot with --bot APP_ID"
+                )));
+            }
+            ([], true, Some(t), None) => return Err(Error::not_found(format!("tenant {t} is not in any bot's allowed_tenants"))),
+            ([], true, None, _) => return Err(one_bot(&self.cfg.bots, scope, bot).err().unwrap_or_else(|| Error::not_found("no bot"))),
+            (_, false, _, _) => return Err(Error::invalid("several bots could send this: say which with `bot` (status lists them)")),
+            (_, true, Some(t), _) => return Err(Error::invalid(format!("several bots serve tenant {t}: say which with --bot APP_ID"))),
+            (several, true, None, _) => {
+                return Err(Error::invalid(format!("{} bots are configured: pass --bot APP_ID to choose one", several.len())));
+            }
         };
         let serving: Vec<&String> = bot.allowed_tenants.iter().filter(|t| scope.allows_tenant(t)).collect();
         let tenant = match (tenant, serving.as_slice()) {
@@ -126,8 +227,51 @@ impl Hub {
                 return Err(Error::not_found(format!("tenant {t} is not served by bot {} within this session's scope", bot.app_id)));
             }
             (None, [one]) => (*one).clone(),
-            (None, _) => return Err(Error::invalid("several tenants are in scope: say which with `tenant`")),
+            (None, _) => {
+                return Err(Error::invalid(match scope.dialect {
+                    Dialect::Mcp => "several tenants are in scope: say which with `tenant`".to_owned(),
+                    Dialect::Cli => format!("bot {} serves several tenants: say which with --tenant ID", bot.app_id),
+                }));
+            }
         };
         Ok(PersonTarget { bot, tenant })
+    }
+
+    /// How a proactive 1:1 message from `target.bot` reaches the person `user_id`: their existing 1:1 chat
+    /// with the bot in the tenant, or a new one through the tenant's known service URL (or the cloud's
+    /// default), or nothing known.
+    pub async fn personal(&self, target: &PersonTarget<'_>, user_id: &str) -> Result<Personal> {
+        let (bot, tenant) = (target.bot, target.tenant.as_str());
+        if let Some(r) = self.store.personal_conversation(&bot.app_id, user_id).await?.filter(|r| r.tenant_id.eq_ignore_ascii_case(tenant))
+        {
+            return Ok(Personal::Chat(r));
+        }
+        let service_url = match self.store.tenant_service_url(&bot.app_id, tenant).await? {
+            Some(u) => u,
+            None => match crate::connector::send::default_proactive_service_url(bot.cloud) {
+                Some(u) => u.to_owned(),
+                None => {
+                    return Ok(Personal::Unknown(format!(
+                        "no known service URL for tenant {tenant} in cloud {} (nobody there has messaged the bot)",
+                        bot.cloud
+                    )));
+                }
+            },
+        };
+        Ok(Personal::Create(ConversationRef {
+            bot_app_id: bot.app_id.clone(),
+            conversation_id: format!("user:{user_id}"),
+            tenant_id: tenant.to_owned(),
+            service_url,
+            channel_id: "msteams".into(),
+            conversation_type: Some("personal".into()),
+            user_id: None,
+            user_aad_object_id: Some(user_id.to_owned()),
+            bot_id: None,
+            usable: true,
+            updated_at_ms: now_ms(),
+            agentic: None,
+            authenticated: true,
+        }))
     }
 }

@@ -8,16 +8,19 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::deliver::{self, Mention, Settled};
-use super::{Approvals, Error, Hub, Reach, Scope};
+use super::agent::AgentActor;
+use super::deliver::{self, AfterBot, Change, Mention, Progress, Queued, Sent, Settled, TextMessage};
+use super::route::{self, Personal};
+use super::{Approvals, Caller, Error, Hub, Reach, Scope};
 use crate::config::{Config, Synchronous};
 use crate::connector::ConnectorClient;
 use crate::connector::outbox::{BotTokens, Outbound, RetryPolicy};
 use crate::connector::throttle::Throttle;
 use crate::connector::tokens::ConfiguredTokens;
+use crate::entra::AgentMode;
 use crate::metrics::Metrics;
 use crate::service_url::ConnectorPolicy;
-use crate::store::{ConversationRef, InboundRecord, InboxState, OutboundOp, SqliteStore, Store, now_ms};
+use crate::store::{ConversationRef, ErrorClass, Failed, InboundRecord, InboxState, OutboundOp, SqliteStore, Store, now_ms};
 
 const BOT_A: &str = "aaaaaaaa-0000-4000-8000-00000000000a";
 const BOT_B: &str = "bbbbbbbb-0000-4000-8000-00000000000b";
@@ -45,7 +48,29 @@ allowed_tenants = ["{TENANT_1}"]
 }
 
 async fn fixture() -> Fixture {
-    let cfg = Arc::new(config());
+    fixture_with(config(), HashMap::new()).await
+}
+
+/// Bot A's Agent User in tenant 1, in `mode`. Its Graph client is never called here.
+fn agent_user(mode: AgentMode) -> HashMap<String, Arc<AgentActor>> {
+    use crate::entra::agent::{AgentTokenChain, AgentUser, AgentUserTokens};
+    use crate::entra::{Authority, CertificateCredential, TokenClient, TokenClientSettings};
+    use crate::graph::{GraphClient, GraphEndpoint, GraphSettings};
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["blueprint.example.test".to_owned()]).expect("params").self_signed(&kp).expect("cert");
+    let credential = CertificateCredential::from_pem(kp.serialize_pem().as_bytes(), cert.pem().as_bytes(), false).expect("credential");
+    let client = Arc::new(TokenClient::new(TokenClientSettings::default()).expect("token client"));
+    let chain = Arc::new(AgentTokenChain::new(client, Authority::for_cloud(crate::ids::Cloud::Public), "blueprint", credential));
+    let user = AgentUser::ObjectId("44444444-0000-4000-8000-000000000004".to_owned());
+    let tokens = Arc::new(AgentUserTokens::new(chain, TENANT_1, "identity", user));
+    let graph =
+        GraphClient::new(GraphEndpoint::global(), Arc::clone(&tokens) as Arc<dyn crate::graph::GraphToken>, GraphSettings::default())
+            .expect("graph client");
+    HashMap::from([(BOT_A.to_owned(), Arc::new(AgentActor::new(BOT_A, tokens, graph, mode)))])
+}
+
+async fn fixture_with(cfg: Config, agents: HashMap<String, Arc<AgentActor>>) -> Fixture {
+    let cfg = Arc::new(cfg);
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = Arc::new(Metrics::default());
     let store: Arc<dyn Store> =
@@ -55,7 +80,7 @@ async fn fixture() -> Fixture {
     let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
     let outbound = Arc::new(Outbound::new(Arc::clone(&store), connector, tokens, clouds, Throttle::new(), RetryPolicy::default(), metrics));
     let (_tx, rx) = watch::channel(0);
-    let hub = Arc::new(Hub::new(cfg, store, outbound, rx, Arc::new(Approvals::default()), false, HashMap::new()));
+    let hub = Arc::new(Hub::new(cfg, store, outbound, rx, Arc::new(Approvals::default()), false, agents));
     Fixture { hub, _dir: dir }
 }
 
@@ -207,9 +232,11 @@ fn cards_are_checked_before_anything_is_queued() {
 
 #[test]
 fn only_refusals_that_mean_unreachable_fall_back() {
-    assert!(Settled::Dead("the Connector refused the request: 403 Forbidden".into()).bot_cannot_reach());
-    assert!(Settled::Dead("ConversationNotFound".into()).bot_cannot_reach());
-    assert!(!Settled::Dead("the Connector refused the request: 400 BadArgument".into()).bot_cannot_reach());
+    assert!(Settled::Dead(Failed::new(ErrorClass::BotCannotReach, "the Connector refused the request: 403 Forbidden")).bot_cannot_reach());
+    // The class decides, not the text.
+    assert!(!Settled::Dead(Failed::new(ErrorClass::Refused, "the Connector refused the request: 403 Forbidden")).bot_cannot_reach());
+    assert!(Settled::Dead(Failed::new(ErrorClass::BotCannotReach, "anything")).bot_cannot_reach());
+    assert!(!Settled::Dead(Failed::new(ErrorClass::Refused, "the Connector refused the request: 400 BadArgument")).bot_cannot_reach());
     assert!(!Settled::Uncertain.bot_cannot_reach());
 }
 
@@ -249,4 +276,198 @@ async fn acknowledgements_are_all_in_scope_or_nothing() {
     assert!(f.hub.pending(&all, None, 10, &HashSet::new()).await.expect("none").is_empty());
     let too_many: Vec<i64> = (0..1001).collect();
     assert!(matches!(f.hub.ack_in_scope(&all, &too_many).await, Err(Error::Invalid(_))));
+}
+
+// ---- the fallback to the Agent User, and the one bot resolver in the command line's words ----
+
+/// The Connector's refusals as the outbox records them.
+const FORBIDDEN: &str = "the Connector refused the request: 403 Forbidden";
+const BAD_REQUEST: &str = "the Connector refused the request: 400 BadArgument";
+
+fn bot_a(f: &Fixture) -> crate::config::BotConfig {
+    f.hub.configured_bot(BOT_A).expect("bot A").clone()
+}
+
+#[tokio::test]
+async fn a_bot_that_cannot_reach_the_person_falls_back_only_to_an_agent_user_in_fallback_mode() {
+    // No Agent User at all: refused, saying what to configure.
+    let f = fixture().await;
+    let bot = bot_a(&f);
+    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, FORBIDDEN))) {
+        Err(Error::Refused(m)) => {
+            assert!(m.starts_with("not delivered: the bot could not deliver: ") && m.contains("403"), "{m}");
+            assert!(m.contains("no Agent User to fall back to") && m.contains("mode = \"fallback\""), "{m}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // An Agent User in bot_only mode: refused, saying how to allow it.
+    let f = fixture_with(config(), agent_user(AgentMode::BotOnly)).await;
+    let bot = bot_a(&f);
+    let err = f
+        .hub
+        .after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, "MessageWritesBlocked")))
+        .expect_err("bot_only");
+    assert!(matches!(&err, Error::Refused(m) if m.contains("bot_only") && m.contains("fallback")), "{err}");
+    // In fallback mode, in the Agent User's tenant: the Agent User sends, and the reason is kept.
+    let f = fixture_with(config(), agent_user(AgentMode::Fallback)).await;
+    let bot = bot_a(&f);
+    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, FORBIDDEN))).expect("falls back") {
+        AfterBot::FallBack(actor, why) => {
+            assert_eq!(actor.bot_app_id, BOT_A);
+            assert!(why.contains("403"), "{why}");
+        }
+        AfterBot::Sent(s) => panic!("expected the fallback, got {s:?}"),
+    }
+    // A person in another tenant: the Agent User needs their email; say how.
+    let err =
+        f.hub.after_bot(&bot, TENANT_2, 7, Settled::Dead(Failed::new(ErrorClass::BotCannotReach, FORBIDDEN))).expect_err("other tenant");
+    assert!(err.to_string().contains("graph_create_chat") && err.to_string().contains(TENANT_2), "{err}");
+    // No known service URL is the same decision.
+    assert!(f.hub.fallback(&bot, TENANT_1, "no known service URL").is_ok());
+}
+
+#[tokio::test]
+async fn only_an_unreachable_bot_falls_back_other_endings_are_results_or_errors() {
+    let f = fixture_with(config(), agent_user(AgentMode::Fallback)).await;
+    let bot = bot_a(&f);
+    // A bad request is refused by Graph too: no fallback, just the refusal.
+    match f.hub.after_bot(&bot, TENANT_1, 7, Settled::Dead(Failed::new(ErrorClass::Refused, BAD_REQUEST))) {
+        Err(Error::Refused(m)) => assert_eq!(m, format!("not delivered: {BAD_REQUEST}")),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let sent = |s| match f.hub.after_bot(&bot, TENANT_1, 7, s) {
+        Ok(AfterBot::Sent(Sent::Bot { bot_app_id, outbox_id, progress })) => {
+            assert_eq!((bot_app_id.as_str(), outbox_id), (BOT_A, 7));
+            progress
+        }
+        other => panic!("expected the bot's result, got {other:?}"),
+    };
+    assert_eq!(sent(Settled::Delivered("1:99".into())), Progress::Delivered("1:99".into()));
+    assert_eq!(sent(Settled::Uncertain), Progress::Uncertain);
+    assert_eq!(sent(Settled::Queued(2, Some("429".into()))), Progress::Queued(2, Some("429".into())));
+    assert!(
+        matches!(f.hub.after_bot(&bot, TENANT_1, 7, Settled::Unreadable("gone".into())), Err(Error::Unavailable(m)) if m.contains("#7"))
+    );
+}
+
+#[tokio::test]
+async fn a_group_chat_the_bot_was_removed_from_goes_to_the_agent_user_in_fallback_mode_only() {
+    let mut removed = reference(BOT_A, "19:g@thread.v2", TENANT_1, "groupChat");
+    removed.usable = false;
+    let mut channel = reference(BOT_A, "19:c@thread.tacv2", TENANT_1, "channel");
+    channel.usable = false;
+    let f = fixture_with(config(), agent_user(AgentMode::Fallback)).await;
+    let bot = bot_a(&f);
+    assert_eq!(f.hub.reach(&bot, &removed, false), Reach::AgentUser);
+    // Graph has no Teams mentions here, and a channel is not a Graph chat.
+    assert!(matches!(f.hub.reach(&bot, &removed, true), Reach::Nobody(_)));
+    assert!(matches!(f.hub.reach(&bot, &channel, false), Reach::Nobody(_)));
+    // bot_only: nobody, and no claim that an Agent User is missing.
+    let f = fixture_with(config(), agent_user(AgentMode::BotOnly)).await;
+    match f.hub.reach(&bot, &removed, false) {
+        Reach::Nobody(why) => assert!(!why.contains("no Agent User"), "{why}"),
+        other => panic!("expected nobody, got {other:?}"),
+    }
+    // Without an Agent User, text to that chat is refused before anything is queued.
+    let f = fixture().await;
+    seen(&f, removed.clone()).await;
+    let all = Scope::all("test");
+    let req = TextMessage { chat_id: removed.conversation_id.clone(), text: "hello".into(), ..TextMessage::default() };
+    let err = f.hub.queue_text(Caller::new(&all, "mcp:test:host"), &req).await.expect_err("nobody");
+    assert!(matches!(&err, Error::Refused(m) if m.contains("no Agent User is configured")), "{err}");
+    assert!(f.hub.store.outbox(None, 10).await.expect("outbox").is_empty());
+}
+
+#[tokio::test]
+async fn text_and_changes_are_queued_as_the_bot_with_their_checks() {
+    let f = fixture().await;
+    seen(&f, reference(BOT_A, "a:1", TENANT_1, "personal")).await;
+    seen(&f, reference(BOT_A, "19:c@thread.tacv2", TENANT_1, "channel")).await;
+    let all = Scope::all("test");
+    let caller = Caller::new(&all, "mcp:test:host");
+    let long = "word ".repeat(9_000);
+    let req = TextMessage { chat_id: "a:1".into(), text: long, reply_to: Some("parent".into()), ..TextMessage::default() };
+    let Queued::Bot(entry) = f.hub.queue_text(caller, &req).await.expect("queued") else { panic!("not as the bot") };
+    assert_eq!((entry.bot_app_id.as_str(), entry.conversation_id.as_str()), (BOT_A, "a:1"));
+    let items = f.hub.store.outbox(None, 10).await.expect("outbox");
+    assert!(items.len() > 1, "split");
+    assert!(items.iter().any(|i| matches!(&i.op, OutboundOp::Reply { reply_to, .. } if reply_to == "parent")));
+    let err = f.hub.queue_change(caller, "19:c@thread.tacv2", None, Change::Typing).await.expect_err("channel");
+    assert!(err.to_string().contains("no typing indicator in channels"), "{err}");
+    let err = f.hub.queue_change(caller, "a:1", None, Change::Delete { message_id: " ".into() }).await.expect_err("empty id");
+    assert!(matches!(err, Error::Invalid(_)));
+    let forged = json!({"type": "AdaptiveCard", "version": "1.5", "body": [],
+        "actions": [{"type": "Action.Execute", "title": "Allow", "verb": "agentgate.permission"}]});
+    let err =
+        f.hub.queue_change(caller, "a:1", None, Change::Card { card: forged, text: None, reply_to: None }).await.expect_err("reserved");
+    assert!(err.to_string().contains("reserved"), "{err}");
+    let entry = f
+        .hub
+        .queue_change(caller, "a:1", None, Change::UpdateText { message_id: "1:5".into(), text: "fixed".into() })
+        .await
+        .expect("update");
+    let items = f.hub.store.outbox(Some(entry.outbox_id), 1).await.expect("outbox");
+    assert!(matches!(&items[0].op, OutboundOp::Update { activity_id, .. } if activity_id == "1:5"));
+}
+
+#[tokio::test]
+async fn a_proactive_message_uses_the_existing_chat_or_creates_one_or_knows_no_way() {
+    let f = fixture().await;
+    let all = Scope::all("test");
+    let user = "33333333-0000-4000-8000-000000000003";
+    let target = f.hub.person_target(&all, user, Some(BOT_A), Some(TENANT_2)).await.expect("target");
+    match f.hub.personal(&target, user).await.expect("route") {
+        Personal::Create(r) => {
+            assert_eq!(r.conversation_id, format!("user:{user}"));
+            assert_eq!(r.service_url, "https://smba.trafficmanager.net/teams/");
+        }
+        other => panic!("expected a new chat, got {other:?}"),
+    }
+    let mut chat = reference(BOT_A, "a:p", TENANT_2, "personal");
+    chat.user_aad_object_id = Some(user.to_owned());
+    seen(&f, chat).await;
+    assert!(matches!(f.hub.personal(&target, user).await.expect("route"), Personal::Chat(r) if r.conversation_id == "a:p"));
+    // China has no default proactive service URL.
+    let toml = format!("[[bots]]\napp_id = \"{BOT_A}\"\ncloud = \"china\"\nallowed_tenants = [\"{TENANT_1}\"]\n");
+    let f = fixture_with(Config::from_sources(Some(&toml), "test", std::iter::empty()).expect("config"), HashMap::new()).await;
+    let target = f.hub.person_target(&all, user, None, None).await.expect("the only bot and tenant");
+    assert!(matches!(f.hub.personal(&target, user).await.expect("route"), Personal::Unknown(why) if why.contains(TENANT_1)));
+}
+
+#[tokio::test]
+async fn the_command_line_gets_the_same_decisions_in_its_own_words() {
+    let f = fixture().await;
+    let cli = Scope::command_line();
+    let bots = &f.hub.cfg.bots;
+    // One bot resolver: named (any case), the only one, or say how to choose.
+    assert_eq!(route::one_bot(bots, &cli, Some(&BOT_B.to_ascii_uppercase())).expect("named").0, 1);
+    let err = route::one_bot(bots, &cli, None).expect_err("two bots");
+    assert!(err.to_string().contains("2 bots are configured: pass --bot APP_ID"), "{err}");
+    let err = route::one_bot(bots, &cli, Some("nope")).expect_err("unknown");
+    assert!(matches!(&err, Error::NotFound(m) if m.contains("no configured bot has app id nope") && m.contains("--bot")), "{err}");
+    assert!(route::one_bot(&[], &cli, None).expect_err("none").to_string().contains("[[bots]]"));
+    let mcp = Scope::all("test");
+    assert!(route::one_bot(bots, &mcp, None).expect_err("two bots").to_string().contains("say which with `bot`"));
+    // Conversations.
+    let err = f.hub.conversation(&cli, "a:nowhere", None).await.expect_err("unknown");
+    assert!(err.to_string().contains("no configured bot has seen conversation a:nowhere"), "{err}");
+    let mut gone = reference(BOT_A, "a:gone", TENANT_1, "personal");
+    gone.usable = false;
+    seen(&f, gone).await;
+    let err = f.hub.conversation(&cli, "a:gone", None).await.expect_err("removed");
+    assert!(err.to_string().contains(&format!("bot {BOT_A} was removed from conversation a:gone")), "{err}");
+    seen(&f, reference(BOT_A, "19:g@thread.v2", TENANT_1, "groupChat")).await;
+    seen(&f, reference(BOT_B, "19:g@thread.v2", TENANT_1, "groupChat")).await;
+    let err = f.hub.conversation(&cli, "19:g@thread.v2", None).await.expect_err("two bots");
+    assert!(err.to_string().contains("--bot APP_ID"), "{err}");
+    // Proactive targets.
+    let user = "29:someone";
+    let err = f.hub.person_target(&cli, user, Some(BOT_B), Some(TENANT_2)).await.expect_err("not served");
+    assert!(err.to_string().contains(&format!("tenant {TENANT_2} is not in bot {BOT_B}'s allowed_tenants")), "{err}");
+    let err = f.hub.person_target(&cli, user, None, Some(TENANT_1)).await.expect_err("two bots serve it");
+    assert!(err.to_string().contains(&format!("several bots serve tenant {TENANT_1}: say which with --bot")), "{err}");
+    let err = f.hub.person_target(&cli, user, None, Some("99999999-0000-4000-8000-000000000009")).await.expect_err("nobody serves it");
+    assert!(err.to_string().contains("is not in any bot's allowed_tenants"), "{err}");
+    let t = f.hub.person_target(&cli, user, None, Some(TENANT_2)).await.expect("only bot A serves tenant 2");
+    assert_eq!(t.bot.app_id, BOT_A);
 }

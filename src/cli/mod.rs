@@ -349,9 +349,7 @@ fn mcp(a: McpArgs) -> anyhow::Result<ExitCode> {
         cfg.server.bind = b;
     }
     for b in &a.bots {
-        if !cfg.bots.iter().any(|c| c.app_id.eq_ignore_ascii_case(b)) {
-            anyhow::bail!("--bot {b}: no configured bot has that app id");
-        }
+        one_bot(&cfg, Some(b)).map_err(|e| anyhow::anyhow!("--bot {b}: {e}"))?;
     }
     for t in &a.tenants {
         if !cfg.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.eq_ignore_ascii_case(t))) {
@@ -396,6 +394,28 @@ fn with_store<T>(config: &ConfigArgs, dev: bool, f: impl AsyncFnOnce(&Config, &d
     })
 }
 
+/// Run `f` with a [`crate::bridge::Hub`] over the configured store (which must exist), closing it afterwards.
+fn with_hub<T>(
+    config: &ConfigArgs,
+    dev: bool,
+    acting: send::Acting,
+    f: impl AsyncFnOnce(&crate::bridge::Hub) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let cfg = config.load(dev)?;
+    if cfg.store.url.is_none() {
+        existing_store(&cfg)?;
+    }
+    runtime()?.block_on(async {
+        let store = crate::store::open(&cfg, Default::default(), 1).await?;
+        let result = match send::command_hub(cfg, std::sync::Arc::clone(&store), acting).await {
+            Ok(hub) => f(&hub).await,
+            Err(e) => Err(e),
+        };
+        store.close().await;
+        result
+    })
+}
+
 /// One JSON object per line on stdout.
 fn print_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -416,16 +436,18 @@ fn existing_store(cfg: &Config) -> anyhow::Result<PathBuf> {
 
 /// The configured bots `--bot` selects (all of them without it), with their index in `bots`.
 fn select_bots<'a>(cfg: &'a Config, bot: Option<&str>) -> anyhow::Result<Vec<(usize, &'a crate::config::BotConfig)>> {
-    let all = cfg.bots.iter().enumerate();
-    let picked: Vec<_> = match bot {
-        Some(id) => all.filter(|(_, b)| b.app_id.eq_ignore_ascii_case(id)).collect(),
-        None => all.collect(),
-    };
-    match (bot, picked.is_empty()) {
-        (Some(id), true) => anyhow::bail!("no configured bot has app id `{id}`: --bot takes a bots[].app_id from the configuration"),
-        (None, true) => anyhow::bail!("no bot is configured: add a [[bots]] table (run `agentgate init` for a starter file)"),
-        _ => Ok(picked),
+    let scope = crate::bridge::Scope::command_line();
+    let picked: Vec<_> = crate::bridge::route::bots_in(&cfg.bots, &scope, bot).collect();
+    if picked.is_empty() {
+        // The resolver's own words for no bot, or an unknown one.
+        crate::bridge::route::one_bot(&cfg.bots, &scope, bot)?;
     }
+    Ok(picked)
+}
+
+/// The one bot `--bot` names, or the only one configured, with its index in `bots`.
+fn one_bot<'a>(cfg: &'a Config, bot: Option<&str>) -> anyhow::Result<(usize, &'a crate::config::BotConfig)> {
+    Ok(crate::bridge::route::one_bot(&cfg.bots, &crate::bridge::Scope::command_line(), bot)?)
 }
 
 fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
@@ -434,10 +456,7 @@ fn teams_app(cmd: TeamsAppCommand) -> anyhow::Result<ExitCode> {
         TeamsAppCommand::Package(a) => {
             let cfg = a.config.load(false)?;
             cfg.validate(false)?;
-            let bots = select_bots(&cfg, a.bot.as_deref())?;
-            let [(index, bot)] = bots[..] else {
-                anyhow::bail!("{} bots are configured: pass --bot APP_ID to choose the one to package", bots.len());
-            };
+            let (index, bot) = one_bot(&cfg, a.bot.as_deref())?;
             if crate::ids::is_guid(&a.tenant) && !bot.allowed_tenants.iter().any(|t| t.eq_ignore_ascii_case(&a.tenant)) {
                 anyhow::bail!(
                     "`bots[{index}].allowed_tenants` does not list {}: the bot would refuse that tenant's traffic; add it to the config first",
@@ -583,16 +602,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send(args) => {
-            let id = with_store(&args.config, false, async |cfg, store| send::queue_from_cli(cfg, store, &args).await)?;
+            let id = with_hub(&args.config, false, send::Acting::QueueOnly, async |hub| send::queue_from_cli(hub, &args).await)?;
             say!("queued as outbox #{id}; follow it with `agentgate outbox --id {id}`");
             Ok(ExitCode::SUCCESS)
         }
         Command::Members { config, conversation, bot, dev } => {
-            let members = with_store(&config, dev, async |cfg, store| {
-                let agents = crate::bridge::agent::build(cfg).await?;
-                let chains = crate::bridge::agent::agentic_chains(cfg, &agents);
-                crate::connector::send::list_members(cfg, store, &chains, &conversation, bot.as_deref(), dev).await
-            })?;
+            let members =
+                with_hub(&config, dev, send::Acting::Live { dev }, async |hub| send::members(hub, &conversation, bot.as_deref()).await)?;
             print_lines(members)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -646,9 +662,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { config, kind, bot, show_token } => {
             let cfg = config.load(false)?;
             cfg.validate(false)?;
-            let [(index, _)] = select_bots(&cfg, bot.as_deref())?[..] else {
-                anyhow::bail!("{} bots are configured: pass --bot APP_ID to choose one", cfg.bots.len());
-            };
+            let (index, _) = one_bot(&cfg, bot.as_deref())?;
             print!("{}", runtime()?.block_on(crate::entra::inspect::token_report(&cfg, index, kind, show_token))?);
             Ok(ExitCode::SUCCESS)
         }

@@ -68,7 +68,7 @@ fn identity(bot_app_id: &str, agent_user: Option<&str>) -> String {
 pub fn agentic_recipient(chains: &AgenticChains, r: Option<&ConversationRef>) -> Option<AgenticRecipient> {
     let r = r?;
     chains.get(&r.bot_app_id)?;
-    serde_json::from_str(r.agentic.as_deref()?).ok()
+    r.agentic.clone()
 }
 
 /// How the audit log names whoever acts in the conversation, without fetching a token.

@@ -1,10 +1,9 @@
-//! Message bodies and helpers shared by every way of sending (the command line, MCP tools).
+//! Message bodies and helpers shared by every way of sending (the command line, MCP tools): the
+//! Connector's side only; which bot and conversation is [`crate::bridge::route`]'s decision.
 
 use serde_json::{Value, json};
 
-use crate::config::{BotConfig, Config};
 use crate::ids::Cloud;
-use crate::store::Store;
 
 /// Where proactive messages go when the bot has no reference in the tenant yet.
 pub fn default_proactive_service_url(cloud: Cloud) -> Option<&'static str> {
@@ -25,55 +24,6 @@ pub fn message(text: Option<&str>, card: Option<Value>) -> Value {
         a["attachments"] = json!([{"contentType": "application/vnd.microsoft.card.adaptive", "content": c}]);
     }
     a
-}
-
-/// The configured bot with app id `wanted`, or the only one.
-pub(crate) fn pick_bot<'a>(cfg: &'a Config, wanted: Option<&str>) -> anyhow::Result<&'a BotConfig> {
-    match wanted {
-        Some(id) => cfg
-            .bots
-            .iter()
-            .find(|b| b.app_id.eq_ignore_ascii_case(id))
-            .ok_or_else(|| anyhow::anyhow!("no configured bot has app id {id}; see `agentgate check`")),
-        None if cfg.bots.len() == 1 => Ok(&cfg.bots[0]),
-        None if cfg.bots.is_empty() => anyhow::bail!("no bot is configured: pass the gateway's configuration with --config FILE"),
-        None => anyhow::bail!("several bots are configured: say which with --bot APP_ID"),
-    }
-}
-
-/// Every member of a conversation the bot has seen, paged through the Connector as whoever acts there
-/// (the Agent User in an agentic conversation, with `chains`; reads are not side effects: no outbox, no
-/// audit).
-pub async fn list_members(
-    cfg: &Config,
-    store: &dyn Store,
-    chains: &super::acting::AgenticChains,
-    conversation: &str,
-    bot: Option<&str>,
-    dev: bool,
-) -> anyhow::Result<Vec<Value>> {
-    let candidates: Vec<&BotConfig> = match bot {
-        Some(_) => vec![pick_bot(cfg, bot)?],
-        None => cfg.bots.iter().collect(),
-    };
-    let mut found = None;
-    for b in candidates {
-        if let Some(r) = store.conversation_ref(&b.app_id, conversation).await? {
-            found = Some((b, r));
-            break;
-        }
-    }
-    let (bot, r) = found.ok_or_else(|| anyhow::anyhow!("no configured bot has seen conversation {conversation}"))?;
-    let tokens = super::tokens::bot_tokens(cfg, dev).await?;
-    let who = super::acting::acting(store, &tokens, chains, &bot.app_id, conversation)
-        .await
-        .map_err(|f| anyhow::anyhow!("no token: {}", f.message))?;
-    let client = super::ConnectorClient::new(
-        crate::service_url::ConnectorPolicy::from_config(&cfg.clouds, dev),
-        std::time::Duration::from_secs(cfg.outbound.request_timeout_secs),
-    )?;
-    let ep = super::Endpoint { cloud: bot.cloud, service_url: &r.service_url };
-    Ok(super::outbox::list_members(&client, &ep, &who, conversation).await?)
 }
 
 /// The text cut into chunks of about three words, keeping every character (the chunks concatenate to

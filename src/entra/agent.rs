@@ -32,7 +32,7 @@ use super::cache::{Cached, TokenCache};
 use super::client::{AccessToken, TokenClient, TokenForm};
 use super::credential::{ASSERTION_TYPE, CertificateCredential};
 use super::endpoint::{Authority, TokenEndpoint};
-use super::error::{EntraError, TokenError};
+use super::error::{EntraError, SetupError, TokenError};
 use crate::config::Config;
 pub use crate::config::agent_user::{AgentMode, AgentUserConfig, DEFAULT_AGENTIC_SCOPE, DEFAULT_GRAPH_SCOPE};
 
@@ -52,29 +52,13 @@ impl AgentUserConfig {
     }
 
     /// Load the Blueprint's key and certificate. Errors name the field (`at` is the section's path).
-    pub async fn load_credential(&self, at: &str) -> Result<CertificateCredential, AgentSetupError> {
-        let key = self.key.load().await.map_err(|e| AgentSetupError::new(format!("{at}.key"), e.to_string()))?;
-        let cert = self.certificate.load_public().await.map_err(|e| AgentSetupError::new(format!("{at}.certificate"), e.to_string()))?;
+    pub async fn load_credential(&self, at: &str) -> Result<CertificateCredential, SetupError> {
+        let key = self.key.load().await.map_err(|e| SetupError::at_field(format!("{at}.key"), e.to_string()))?;
+        let cert = self.certificate.load_public().await.map_err(|e| SetupError::at_field(format!("{at}.certificate"), e.to_string()))?;
         CertificateCredential::from_pem(key.expose_secret().as_bytes(), cert.expose_secret().as_bytes(), self.send_x5c).map_err(|e| {
             let field = if e.field() == Some("certificate") { "certificate" } else { "key" };
-            AgentSetupError::new(format!("{at}.{field}"), e.to_string())
+            SetupError::at_field(format!("{at}.{field}"), e.to_string())
         })
-    }
-}
-
-/// Why the Agent User's tokens could not be set up (before any request). Names the config field.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("`{field}`: {problem}")]
-pub struct AgentSetupError {
-    /// The config path, such as `bots[0].agent_user.key`.
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub problem: String,
-}
-
-impl AgentSetupError {
-    fn new(field: String, problem: String) -> Self {
-        Self { field, problem }
     }
 }
 
@@ -419,14 +403,14 @@ impl AgentUserTokens {
 
     /// The Agent User of `cfg.bots[index]` (`None` without a `[bots.agent_user]` table), against the bot
     /// cloud's authority (or `clouds.<cloud>.token_authority`). Loads the Blueprint's key.
-    pub async fn for_bot(cfg: &Config, index: usize, client: Arc<TokenClient>) -> Result<Option<Self>, AgentSetupError> {
+    pub async fn for_bot(cfg: &Config, index: usize, client: Arc<TokenClient>) -> Result<Option<Self>, SetupError> {
         let Some(bot) = cfg.bots.get(index) else {
-            return Err(AgentSetupError::new(format!("bots[{index}]"), "no such bot".into()));
+            return Err(SetupError::at_field(format!("bots[{index}]"), "no such bot".into()));
         };
         let Some(agent) = &bot.agent_user else { return Ok(None) };
         let authority = match &cfg.clouds.get(bot.cloud).token_authority {
             Some(a) => {
-                Authority::parse(a).map_err(|e| AgentSetupError::new(format!("clouds.{}.token_authority", bot.cloud), e.to_string()))?
+                Authority::parse(a).map_err(|e| SetupError::at_field(format!("clouds.{}.token_authority", bot.cloud), e.to_string()))?
             }
             None => Authority::for_cloud(bot.cloud),
         };
@@ -435,13 +419,8 @@ impl AgentUserTokens {
 
     /// Load the Blueprint credential of a `[bots.agent_user]` section (at config path `at`) and build
     /// the chain against `authority`.
-    pub async fn from_config(
-        cfg: &AgentUserConfig,
-        at: &str,
-        authority: Authority,
-        client: Arc<TokenClient>,
-    ) -> Result<Self, AgentSetupError> {
-        cfg.validate(at).map_err(|e| AgentSetupError::new(e.field, e.problem))?;
+    pub async fn from_config(cfg: &AgentUserConfig, at: &str, authority: Authority, client: Arc<TokenClient>) -> Result<Self, SetupError> {
+        cfg.validate(at).map_err(|e| SetupError::at_field(e.field, e.problem))?;
         let credential = cfg.load_credential(at).await?;
         tracing::info!(blueprint = %cfg.blueprint_app_id, agent_identity = %cfg.agent_identity_id, x5t_s256 = credential.x5t_s256(), "Agent User chain configured");
         let chain = Arc::new(AgentTokenChain::new(client, authority, cfg.blueprint_app_id.clone(), credential));

@@ -14,8 +14,8 @@ use serde::Serialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+use super::error::SetupError;
 use crate::config::BotConfig;
-use crate::secrets::SecretError;
 
 /// Lifetime of a client assertion (Entra accepts at most 10 minutes).
 pub const ASSERTION_LIFETIME_SECS: u64 = 600;
@@ -38,62 +38,6 @@ impl fmt::Debug for ClientCredential {
             Self::Secret(_) => f.write_str("ClientCredential::Secret(<redacted>)"),
             Self::Certificate(c) => write!(f, "ClientCredential::Certificate({c:?})"),
         }
-    }
-}
-
-/// Why a credential could not be loaded or used. Never holds key material or secrets.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
-    /// The bot has no `credential` configured.
-    #[error(
-        "bot {app_id}: `credential` is not set, so the bot cannot get tokens to reply; set it to the client secret's reference (env:VAR, file:/path, credential:NAME, keyring:service/user), or to the certificate's private key with `certificate`"
-    )]
-    NotConfigured { app_id: String },
-    /// A secret reference (`credential` or `certificate`) could not be loaded.
-    #[error("bot {app_id}: `{field}`: {source}")]
-    Load {
-        app_id: String,
-        /// The config field: `credential` or `certificate`.
-        field: &'static str,
-        #[source]
-        source: SecretError,
-    },
-    /// The private key is unusable.
-    #[error("{field}: {problem}")]
-    Key { field: String, problem: String },
-    /// The certificate is unusable.
-    #[error("{field}: {problem}")]
-    Certificate { field: String, problem: String },
-    /// Signing a client assertion failed.
-    #[error("signing the client assertion failed: {0}")]
-    Signing(String),
-}
-
-impl CredentialError {
-    /// The config field at fault (`credential` or `certificate`), when there is one.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            Self::NotConfigured { .. } => Some("credential"),
-            Self::Load { field, .. } => Some(field),
-            Self::Key { .. } => Some("credential"),
-            Self::Certificate { .. } => Some("certificate"),
-            Self::Signing(_) => None,
-        }
-    }
-
-    /// `app_id` is empty when no bot is in context ([`CertificateCredential::from_pem`]).
-    fn key(app_id: &str, problem: impl Into<String>) -> Self {
-        let field = if app_id.is_empty() {
-            "private key".to_owned()
-        } else {
-            format!("bot {app_id}: `credential` (the certificate's private key)")
-        };
-        Self::Key { field, problem: problem.into() }
-    }
-
-    fn cert(app_id: &str, problem: impl Into<String>) -> Self {
-        let field = if app_id.is_empty() { "certificate".to_owned() } else { format!("bot {app_id}: `certificate`") };
-        Self::Certificate { field, problem: problem.into() }
     }
 }
 
@@ -133,29 +77,28 @@ impl CertificateCredential {
     /// Build from the private key (PEM: PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`, unencrypted) and
     /// the certificate (PEM; the leaf first, then any chain). With `send_x5c`, assertions carry the chain
     /// (`x5c`) for subject name + issuer authentication. The key must belong to the certificate.
-    pub fn from_pem(key_pem: &[u8], cert_pem: &[u8], send_x5c: bool) -> Result<Self, CredentialError> {
+    pub fn from_pem(key_pem: &[u8], cert_pem: &[u8], send_x5c: bool) -> Result<Self, SetupError> {
         Self::from_pem_for("", key_pem, cert_pem, send_x5c)
     }
 
-    fn from_pem_for(app_id: &str, key_pem: &[u8], cert_pem: &[u8], send_x5c: bool) -> Result<Self, CredentialError> {
+    fn from_pem_for(app_id: &str, key_pem: &[u8], cert_pem: &[u8], send_x5c: bool) -> Result<Self, SetupError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| CredentialError::cert(app_id, format!("not a PEM certificate ({e})")))?;
+            .map_err(|e| SetupError::cert(app_id, format!("not a PEM certificate ({e})")))?;
         let Some(leaf) = certs.first() else {
-            return Err(CredentialError::cert(app_id, "no `BEGIN CERTIFICATE` block found; give the certificate in PEM form"));
+            return Err(SetupError::cert(app_id, "no `BEGIN CERTIFICATE` block found; give the certificate in PEM form"));
         };
 
         let key = private_key(app_id, key_pem)?;
         // The certificate's public key, to check that the key belongs to it.
-        let public = DecodingKey::from_rsa_pem(pem_block("CERTIFICATE", leaf.as_ref()).as_bytes()).map_err(|_| {
-            CredentialError::cert(app_id, "the certificate's key is not RSA (client assertions here are signed with RS256)")
-        })?;
+        let public = DecodingKey::from_rsa_pem(pem_block("CERTIFICATE", leaf.as_ref()).as_bytes())
+            .map_err(|_| SetupError::cert(app_id, "the certificate's key is not RSA (client assertions here are signed with RS256)"))?;
         let probe = b"agentgate key/certificate match probe";
         let matches = jsonwebtoken::crypto::sign(probe, &key, Algorithm::RS256)
             .and_then(|sig| jsonwebtoken::crypto::verify(&sig, probe, &public, Algorithm::RS256))
             .unwrap_or(false);
         if !matches {
-            return Err(CredentialError::key(app_id, "the private key does not belong to the certificate (their public keys differ)"));
+            return Err(SetupError::key(app_id, "the private key does not belong to the certificate (their public keys differ)"));
         }
 
         let sha256 = Sha256::digest(leaf.as_ref());
@@ -186,12 +129,12 @@ impl CertificateCredential {
 
     /// A client assertion for `client_id` at `token_endpoint` (its exact URL is the `aud`), valid for
     /// 10 minutes from now.
-    pub fn client_assertion(&self, client_id: &str, token_endpoint: &str) -> Result<SecretString, CredentialError> {
+    pub fn client_assertion(&self, client_id: &str, token_endpoint: &str) -> Result<SecretString, SetupError> {
         self.client_assertion_at(client_id, token_endpoint, SystemTime::now())
     }
 
     /// [`CertificateCredential::client_assertion`] as of `now`.
-    pub fn client_assertion_at(&self, client_id: &str, token_endpoint: &str, now: SystemTime) -> Result<SecretString, CredentialError> {
+    pub fn client_assertion_at(&self, client_id: &str, token_endpoint: &str, now: SystemTime) -> Result<SecretString, SetupError> {
         let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut header = Header::new(Algorithm::RS256);
         header.typ = Some("JWT".into());
@@ -207,21 +150,21 @@ impl CertificateCredential {
             iat: now,
             exp: now + ASSERTION_LIFETIME_SECS,
         };
-        jsonwebtoken::encode(&header, &claims, &self.key).map(SecretString::from).map_err(|e| CredentialError::Signing(e.to_string()))
+        jsonwebtoken::encode(&header, &claims, &self.key).map(SecretString::from).map_err(|e| SetupError::Signing(e.to_string()))
     }
 }
 
 /// The first private key in `pem` (a file may hold the certificate too), as an RS256 signing key.
-fn private_key(app_id: &str, pem: &[u8]) -> Result<EncodingKey, CredentialError> {
+fn private_key(app_id: &str, pem: &[u8]) -> Result<EncodingKey, SetupError> {
     let text = String::from_utf8_lossy(pem);
     if text.contains("ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err(CredentialError::key(
+        return Err(SetupError::key(
             app_id,
             "the private key is encrypted; store it unencrypted with mode 0600 (`openssl pkey -in key.pem -out key-plain.pem`)",
         ));
     }
     let der = PrivateKeyDer::from_pem_slice(pem).map_err(|_| {
-        CredentialError::key(
+        SetupError::key(
             app_id,
             "no `BEGIN PRIVATE KEY` or `BEGIN RSA PRIVATE KEY` block found; give the certificate's private key in PEM form",
         )
@@ -230,13 +173,13 @@ fn private_key(app_id: &str, pem: &[u8]) -> Result<EncodingKey, CredentialError>
         PrivateKeyDer::Pkcs1(k) => ("RSA PRIVATE KEY", k.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(k) => ("PRIVATE KEY", k.secret_pkcs8_der()),
         PrivateKeyDer::Sec1(_) => {
-            return Err(CredentialError::key(app_id, "the key is an EC key; client assertions here are RS256, so use an RSA key"));
+            return Err(SetupError::key(app_id, "the key is an EC key; client assertions here are RS256, so use an RSA key"));
         }
-        _ => return Err(CredentialError::key(app_id, "unsupported private key type; use an RSA key")),
+        _ => return Err(SetupError::key(app_id, "unsupported private key type; use an RSA key")),
     };
     let pem = SecretString::from(pem_block(label, bytes));
     EncodingKey::from_rsa_pem(pem.expose_secret().as_bytes())
-        .map_err(|_| CredentialError::key(app_id, "the private key is not an RSA key (client assertions here are RS256)"))
+        .map_err(|_| SetupError::key(app_id, "the private key is not an RSA key (client assertions here are RS256)"))
 }
 
 /// A DER blob as one PEM block.
@@ -254,23 +197,23 @@ fn pem_block(label: &str, der: &[u8]) -> String {
 impl ClientCredential {
     /// Load a bot's credential from its configuration: `credential` alone is the client secret; with
     /// `certificate`, `credential` is the certificate's private key. Errors name the bot and the field.
-    pub async fn from_bot_config(bot: &BotConfig) -> Result<Self, CredentialError> {
+    pub async fn from_bot_config(bot: &BotConfig) -> Result<Self, SetupError> {
         let app_id = bot.app_id.as_str();
         let Some(credential) = &bot.credential else {
-            return Err(CredentialError::NotConfigured { app_id: app_id.to_owned() });
+            return Err(SetupError::NotConfigured { app_id: app_id.to_owned() });
         };
         let secret =
-            credential.load().await.map_err(|source| CredentialError::Load { app_id: app_id.to_owned(), field: "credential", source })?;
+            credential.load().await.map_err(|source| SetupError::Load { app_id: app_id.to_owned(), field: "credential", source })?;
         let Some(certificate) = &bot.certificate else {
             if secret.expose_secret().contains("-----BEGIN") {
-                return Err(CredentialError::Key {
+                return Err(SetupError::Key {
                     field: format!("bot {app_id}: `credential`"),
                     problem: "holds a PEM block, not a client secret: for a certificate credential also set `certificate` to the certificate's reference".into(),
                 });
             }
             return Ok(Self::Secret(secret));
         };
-        let cert_pem = certificate.load_public().await.map_err(|source| CredentialError::Load {
+        let cert_pem = certificate.load_public().await.map_err(|source| SetupError::Load {
             app_id: app_id.to_owned(),
             field: "certificate",
             source,

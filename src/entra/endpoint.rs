@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use super::error::SetupError;
 use crate::config::{BotConfig, check_fetch_url};
 use crate::ids::Cloud;
 
@@ -47,17 +48,6 @@ pub fn bot_tenant(bot: &BotConfig) -> &str {
     bot.tenant_id.as_deref().unwrap_or_else(|| legacy_bot_tenant(bot.cloud))
 }
 
-/// Why an authority or token endpoint was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EndpointError {
-    /// Not https (plain http only on loopback), or not a URL.
-    #[error("token authority {0}")]
-    Authority(String),
-    /// A tenant that is not a GUID or a domain name.
-    #[error("`{0}` is not a tenant id (a GUID or a domain such as contoso.onmicrosoft.com)")]
-    Tenant(String),
-}
-
 /// An Entra authority such as `https://login.microsoftonline.com`: https, or plain http on loopback
 /// (local fakes). Credentials are only ever sent to token endpoints built from one.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -65,11 +55,11 @@ pub struct Authority(url::Url);
 
 impl Authority {
     /// Parse an authority: scheme and host (and port), nothing else. A trailing `/` is ignored.
-    pub fn parse(s: &str) -> Result<Self, EndpointError> {
-        let url = check_fetch_url(s.trim_end_matches('/')).map_err(EndpointError::Authority)?;
+    pub fn parse(s: &str) -> Result<Self, SetupError> {
+        let url = check_fetch_url(s.trim_end_matches('/')).map_err(SetupError::Authority)?;
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some()
         {
-            return Err(EndpointError::Authority(format!(
+            return Err(SetupError::Authority(format!(
                 "`{s}` must be just the scheme and host, such as https://login.microsoftonline.com (the tenant and path are added)"
             )));
         }
@@ -83,17 +73,17 @@ impl Authority {
     }
 
     /// The token endpoint of `tenant` under this authority.
-    pub fn token_endpoint(&self, tenant: &str) -> Result<TokenEndpoint, EndpointError> {
+    pub fn token_endpoint(&self, tenant: &str) -> Result<TokenEndpoint, SetupError> {
         let valid = !tenant.is_empty()
             && tenant.len() <= 253
             && tenant.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
             && !tenant.starts_with('.')
             && !tenant.contains("..");
         if !valid {
-            return Err(EndpointError::Tenant(tenant.to_owned()));
+            return Err(SetupError::Tenant(tenant.to_owned()));
         }
         let base = self.0.as_str().trim_end_matches('/');
-        let url = url::Url::parse(&format!("{base}/{tenant}/oauth2/v2.0/token")).map_err(|e| EndpointError::Authority(e.to_string()))?;
+        let url = url::Url::parse(&format!("{base}/{tenant}/oauth2/v2.0/token")).map_err(|e| SetupError::Authority(e.to_string()))?;
         Ok(TokenEndpoint { url, tenant: tenant.to_owned() })
     }
 
@@ -125,7 +115,7 @@ pub struct TokenEndpoint {
 
 impl TokenEndpoint {
     /// The cloud's public endpoint for `tenant`.
-    pub fn for_cloud(cloud: Cloud, tenant: &str) -> Result<Self, EndpointError> {
+    pub fn for_cloud(cloud: Cloud, tenant: &str) -> Result<Self, SetupError> {
         Authority::for_cloud(cloud).token_endpoint(tenant)
     }
 

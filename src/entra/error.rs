@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::secrets::SecretError;
+
 /// Longest Entra error description kept (its first line only).
 const MAX_DESCRIPTION: usize = 400;
 
@@ -299,5 +301,86 @@ mod tests {
         let e = EntraError::new(400, "invalid_request", &[], &long, Some("not a trace id!".into()), None, "");
         assert!(e.description.len() <= MAX_DESCRIPTION + '…'.len_utf8());
         assert!(e.trace_id.is_none());
+    }
+}
+
+/// Why something of the Entra layer could not be set up from the configuration: a credential, an
+/// authority, a tenant, the Agent User chain. Each message names the bot or the config field and says
+/// what to fix. Never holds key material or secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The bot has no `credential` configured.
+    #[error(
+        "bot {app_id}: `credential` is not set, so the bot cannot get tokens to reply; set it to the client secret's reference (env:VAR, file:/path, credential:NAME, keyring:service/user), or to the certificate's private key with `certificate`"
+    )]
+    NotConfigured { app_id: String },
+    /// A secret reference (`credential` or `certificate`) could not be loaded.
+    #[error("bot {app_id}: `{field}`: {source}")]
+    Load {
+        app_id: String,
+        /// The config field: `credential` or `certificate`.
+        field: &'static str,
+        #[source]
+        source: SecretError,
+    },
+    /// The private key is unusable.
+    #[error("{field}: {problem}")]
+    Key { field: String, problem: String },
+    /// The certificate is unusable.
+    #[error("{field}: {problem}")]
+    Certificate { field: String, problem: String },
+    /// Signing a client assertion failed.
+    #[error("signing the client assertion failed: {0}")]
+    Signing(String),
+    /// Not a usable token authority (https, or plain http on loopback; scheme and host only).
+    #[error("token authority {0}")]
+    Authority(String),
+    /// A tenant that is not a GUID or a domain name.
+    #[error("`{0}` is not a tenant id (a GUID or a domain such as contoso.onmicrosoft.com)")]
+    Tenant(String),
+    /// A bot's `tenant_id` does not make a token endpoint.
+    #[error("bot {app_id}: `tenant_id`: {source}")]
+    BotTenant {
+        app_id: String,
+        #[source]
+        source: Box<SetupError>,
+    },
+    /// A config field of the Agent User chain, such as `bots[0].agent_user.key`.
+    #[error("`{field}`: {problem}")]
+    Field { field: String, problem: String },
+}
+
+impl SetupError {
+    /// The config field at fault (`credential` or `certificate`), when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::NotConfigured { .. } => Some("credential"),
+            Self::Load { field, .. } => Some(field),
+            Self::Key { .. } => Some("credential"),
+            Self::Certificate { .. } => Some("certificate"),
+            Self::Signing(_) | Self::Authority(_) | Self::Tenant(_) => None,
+            Self::BotTenant { .. } => Some("tenant_id"),
+            Self::Field { field, .. } => Some(field),
+        }
+    }
+
+    /// `app_id` is empty when no bot is in context ([`CertificateCredential::from_pem`]).
+    pub(super) fn key(app_id: &str, problem: impl Into<String>) -> Self {
+        let field = if app_id.is_empty() {
+            "private key".to_owned()
+        } else {
+            format!("bot {app_id}: `credential` (the certificate's private key)")
+        };
+        Self::Key { field, problem: problem.into() }
+    }
+
+    /// A config field of the Agent User chain and what is wrong with it.
+    pub(crate) fn at_field(field: String, problem: String) -> Self {
+        Self::Field { field, problem }
+    }
+
+    pub(super) fn cert(app_id: &str, problem: impl Into<String>) -> Self {
+        let field = if app_id.is_empty() { "certificate".to_owned() } else { format!("bot {app_id}: `certificate`") };
+        Self::Certificate { field, problem: problem.into() }
     }
 }

@@ -24,14 +24,14 @@ pub mod inspect;
 pub mod provider;
 
 pub use agent::{
-    AgentMode, AgentSetupError, AgentTokenChain, AgentTokenError, AgentUser, AgentUserConfig, AgentUserTokens, DEFAULT_AGENTIC_SCOPE,
-    DEFAULT_GRAPH_SCOPE, Hop, TOKEN_EXCHANGE_SCOPE,
+    AgentMode, AgentTokenChain, AgentTokenError, AgentUser, AgentUserConfig, AgentUserTokens, DEFAULT_AGENTIC_SCOPE, DEFAULT_GRAPH_SCOPE,
+    Hop, TOKEN_EXCHANGE_SCOPE,
 };
 pub use client::{AccessToken, RetryPolicy, TokenClient, TokenClientSettings, TokenRequest};
-pub use credential::{CertificateCredential, ClientCredential, CredentialError};
-pub use endpoint::{Authority, EndpointError, TokenEndpoint, bot_scope, bot_tenant, default_authority, legacy_bot_tenant};
-pub use error::{EntraError, TokenError};
-pub use provider::{BotTokenProvider, ProviderError};
+pub use credential::{CertificateCredential, ClientCredential};
+pub use endpoint::{Authority, TokenEndpoint, bot_scope, bot_tenant, default_authority, legacy_bot_tenant};
+pub use error::{EntraError, SetupError, TokenError};
+pub use provider::BotTokenProvider;
 
 /// The time source for token expiry and client assertion times (a test clock can move time forward).
 pub trait Clock: Send + Sync + 'static {

@@ -4,37 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::client::{AccessToken, TokenClient, TokenRequest};
-use super::credential::{ClientCredential, CredentialError};
-use super::endpoint::{Authority, EndpointError, bot_scope, bot_tenant};
-use super::error::TokenError;
+use super::credential::ClientCredential;
+use super::endpoint::{Authority, bot_scope, bot_tenant};
+use super::error::{SetupError, TokenError};
 use crate::config::BotConfig;
-
-/// Why a bot's token provider could not be set up. Each message names the bot and the config field.
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// `credential` / `certificate` could not be loaded or used.
-    #[error(transparent)]
-    Credential(#[from] CredentialError),
-    /// `tenant_id` does not make a token endpoint.
-    #[error("bot {app_id}: `tenant_id`: {source}")]
-    Tenant {
-        /// The bot.
-        app_id: String,
-        /// What is wrong.
-        #[source]
-        source: EndpointError,
-    },
-}
-
-impl ProviderError {
-    /// The config field at fault, relative to the bot's table (`credential`, `certificate`, `tenant_id`).
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            Self::Credential(e) => e.field(),
-            Self::Tenant { .. } => Some("tenant_id"),
-        }
-    }
-}
 
 /// Gets Bot Connector tokens for one configured bot, through a shared [`TokenClient`] (and its cache).
 pub struct BotTokenProvider {
@@ -56,12 +29,12 @@ impl BotTokenProvider {
 
     /// Load the bot's credential and build its request: the endpoint of its tenant (`tenant_id`, or the
     /// cloud's legacy Bot Framework tenant) under `authority` (default: the cloud's), and its cloud's scope.
-    pub async fn from_config(bot: &BotConfig, authority: Option<&Authority>, client: Arc<TokenClient>) -> Result<Self, ProviderError> {
+    pub async fn from_config(bot: &BotConfig, authority: Option<&Authority>, client: Arc<TokenClient>) -> Result<Self, SetupError> {
         let endpoint = authority
             .cloned()
             .unwrap_or_else(|| Authority::for_cloud(bot.cloud))
             .token_endpoint(bot_tenant(bot))
-            .map_err(|source| ProviderError::Tenant { app_id: bot.app_id.clone(), source })?;
+            .map_err(|source| SetupError::BotTenant { app_id: bot.app_id.clone(), source: Box::new(source) })?;
         let credential = ClientCredential::from_bot_config(bot).await?;
         tracing::info!(app_id = %bot.app_id, endpoint = %endpoint, credential = credential.kind(), "bot credential loaded");
         let request = TokenRequest::new(bot.app_id.clone(), endpoint, bot_scope(bot.cloud), Arc::new(credential));

@@ -5,7 +5,7 @@
 //! | [`session`] | one MCP session: the tools, channel push, the permission relay's host side |
 //! | [`http`] | Streamable HTTP at `/mcp`: bearer tokens, scopes, allowed hosts |
 //! | [`connect`] | `agentgate mcp --connect URL`: stdio to a running gateway's `/mcp` |
-//! | [`graph_tools`] | the bot's Entra Agent User: Graph tools, owner approvals, fallback |
+//! | [`graph_tools`] | the `graph_*` tools of the bot's Entra Agent User (the work is in [`crate::bridge::graph`]) |
 //! | [`prompts`] | the body prompt compiled into the binary |
 //!
 //! A thin adapter: parameter structs, handlers that call the transport-free core in [`crate::bridge`]

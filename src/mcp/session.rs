@@ -24,15 +24,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{Hub, Scope, ToolResult, fail, ok, prompts};
-use crate::bridge::Reach;
-use crate::bridge::approval::{self, CardRef, PendingApproval, Verdict};
-use crate::bridge::deliver::{self, Mention, Settled};
-use crate::bridge::envelope;
+use crate::bridge::approval::{self, Verdict};
+use crate::bridge::deliver::{Change, Mention, PersonMessage, Progress, Queued, Sent, TextMessage};
 use crate::bridge::events::{self, InboundEvent};
 use crate::bridge::live::{Finished, LiveStatus, LiveStream};
-use crate::config::BotConfig;
-use crate::connector::send::{default_proactive_service_url, message};
-use crate::store::{AuditEvent, ConversationRef, InboxItem, OutboundOp, now_ms};
+use crate::bridge::{Caller, envelope};
+use crate::store::{AuditEvent, InboxItem, now_ms};
 
 /// How a session reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +141,36 @@ pub struct MentionArg {
     pub user_id: String,
     /// The name shown; the text must contain `<at>NAME</at>`.
     pub name: String,
+}
+
+impl From<MentionArg> for Mention {
+    fn from(m: MentionArg) -> Self {
+        Self { user_id: m.user_id, name: m.name }
+    }
+}
+
+impl From<ReplyArgs> for TextMessage {
+    fn from(a: ReplyArgs) -> Self {
+        Self {
+            chat_id: a.chat_id,
+            bot: a.bot,
+            text: a.text,
+            reply_to: a.reply_to,
+            mentions: a.mentions.into_iter().map(Mention::from).collect(),
+        }
+    }
+}
+
+impl From<SendArgs> for TextMessage {
+    fn from(a: SendArgs) -> Self {
+        Self { chat_id: a.chat_id, bot: a.bot, text: a.text, reply_to: None, mentions: a.mentions.into_iter().map(Mention::from).collect() }
+    }
+}
+
+impl From<SendToUserArgs> for PersonMessage {
+    fn from(a: SendToUserArgs) -> Self {
+        Self { user_id: a.user_id, tenant: a.tenant, text: a.text, card: a.card, bot: a.bot }
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -363,13 +390,26 @@ impl Bridge {
         format!("mcp:{}:{}", scope.name, envelope::meta_value(&client))
     }
 
-    pub(super) fn bots_in<'a>(&'a self, scope: &'a Scope, wanted: Option<&'a str>) -> impl Iterator<Item = &'a BotConfig> + 'a {
-        self.hub.bots_in(scope, wanted)
+    /// The caller the bridge acts for: this session's scope and requester.
+    pub(super) fn caller<'a>(&self, scope: &'a Scope, requester: &'a str) -> Caller<'a> {
+        Caller::new(scope, requester)
     }
 
-    /// The result for the model of an outbox entry sent as `bot`.
-    async fn settle(&self, outbox_id: i64, bot_app_id: &str) -> ToolResult {
-        settled_result(self.hub.settle(outbox_id).await, outbox_id, bot_app_id)
+    /// Wait for what was queued and show the model how it ended; acting as the bot in a conversation
+    /// acknowledges what this session was shown from it (`ack`).
+    async fn finish(&self, queued: Queued, ack: bool) -> ToolResult {
+        if ack && let Queued::Bot(e) = &queued {
+            self.ack_conversation(&e.bot_app_id, &e.conversation_id).await;
+        }
+        ok(sent_result(self.hub.outcome(queued).await?))
+    }
+
+    /// A change to a conversation (card, edit, deletion, typing) through the bridge, then its outcome.
+    async fn change(&self, ctx: &RequestContext<RoleServer>, chat_id: &str, bot: Option<&str>, change: Change, ack: bool) -> ToolResult {
+        let scope = self.scope(&ctx.extensions)?;
+        let requester = self.requester(&scope);
+        let entry = self.hub.queue_change(self.caller(&scope, &requester), chat_id, bot, change).await?;
+        self.finish(Queued::Bot(entry), ack).await
     }
 
     /// Acting in a conversation acknowledges what this session was shown from it.
@@ -417,39 +457,6 @@ impl Bridge {
             .collect()
     }
 
-    /// Queue text (split when too long) into a conversation; the first part may answer a message. Where
-    /// the bot was removed from a group chat, its Agent User may answer through Graph (`fallback` mode).
-    async fn send_text(
-        &self,
-        scope: &Scope,
-        chat_id: &str,
-        bot: Option<&str>,
-        text: &str,
-        reply_to: Option<&str>,
-        mentions: &[MentionArg],
-    ) -> ToolResult {
-        let mentions: Vec<Mention> = mentions.iter().map(|m| Mention { user_id: m.user_id.clone(), name: m.name.clone() }).collect();
-        if text.trim().is_empty() {
-            return fail("text is empty");
-        }
-        let entities = deliver::mention_entities(text, &mentions)?;
-        let (bot, r) = self.hub.conversation_any(scope, chat_id, bot).await?;
-        match self.hub.reach(&bot, &r, !mentions.is_empty()) {
-            Reach::Bot => {}
-            Reach::AgentUser => {
-                if let Some(actor) = self.hub.agents.get(&bot.app_id.to_ascii_lowercase()).cloned() {
-                    tracing::info!(bot = %bot.app_id, identity = %actor.identity(), "the bot cannot write here; the Agent User answers through Graph");
-                    return self.graph_send_text(scope, &actor, crate::teams::thread_root(chat_id), text).await;
-                }
-            }
-            Reach::Nobody(why) => return fail(why),
-        }
-        let messages = deliver::text_messages(text, &entities)?;
-        let last = self.hub.enqueue_messages(&self.requester(scope), &bot, &r, messages, reply_to).await?;
-        self.ack_conversation(&bot.app_id, &r.conversation_id).await;
-        self.settle(last, &bot.app_id).await
-    }
-
     fn start_tasks(&self, peer: Peer<RoleServer>, scope: Scope) {
         let mut tasks = self.session.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         if !tasks.is_empty() {
@@ -476,70 +483,6 @@ impl Bridge {
         }
     }
 
-    /// Queue `card` to each of `bot`'s approvers, in their 1:1 chat with the bot within `scope`, and register
-    /// the request so that an approver's answer reaches `verdicts` (it expires after `timeout`). Returns how
-    /// many cards were queued; with none, nothing is registered.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn ask_approvers(
-        &self,
-        scope: &Scope,
-        bot: &BotConfig,
-        request_id: &str,
-        tool_name: &str,
-        card: &Value,
-        timeout: Duration,
-        verdicts: mpsc::UnboundedSender<Verdict>,
-    ) -> usize {
-        // Reserve the id first: a request whose id is open already (another session's, or another bot's)
-        // is refused, never merged or replaced, so an answer can only ever reach the session that asked.
-        let reserved = self.hub.approvals.register(PendingApproval {
-            request_id: request_id.to_owned(),
-            bot_app_id: bot.app_id.clone(),
-            approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
-            tool_name: tool_name.to_owned(),
-            verdicts,
-            cards: Vec::new(),
-            expires_at_ms: now_ms().saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX / 2)),
-        });
-        if !reserved {
-            tracing::warn!(request_id, "a permission request reuses the id of an open request; refused (no card sent)");
-            return 0;
-        }
-        let mut sent = 0;
-        for approver in &bot.policy.approvers {
-            let r = match self.hub.store.personal_conversation(&bot.app_id, approver).await {
-                Ok(Some(r)) if scope.allows_tenant(&r.tenant_id) => r,
-                Ok(_) => {
-                    tracing::warn!(approver = %approver, bot = %bot.app_id, "approver has no 1:1 chat with the bot in scope: they must message the bot once before approvals can reach them");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "store unavailable; no approval card sent");
-                    continue;
-                }
-            };
-            let op = OutboundOp::Send { activity: message(Some(&format!("Approval needed: {request_id}")), Some(card.clone())) };
-            match self.hub.enqueue(&self.requester(scope), bot, &r, op).await {
-                Ok(outbox_id) => {
-                    let card = CardRef {
-                        outbox_id,
-                        bot_app_id: bot.app_id.clone(),
-                        tenant_id: r.tenant_id,
-                        conversation_id: r.conversation_id,
-                        service_url: r.service_url,
-                    };
-                    self.hub.approvals.add_card(request_id, card);
-                    sent += 1;
-                }
-                Err(e) => tracing::error!(error = %e, "an approval card could not be queued"),
-            }
-        }
-        if sent == 0 {
-            self.hub.approvals.withdraw(request_id);
-        }
-        sent
-    }
-
     async fn on_permission_request(&self, params: Option<Value>) {
         let Some(scope) = self.session.scope.get().cloned() else { return };
         let p = params.unwrap_or_default();
@@ -550,11 +493,13 @@ impl Bridge {
             tracing::warn!("a permission request with a malformed request_id was ignored");
             return;
         }
-        for bot in self.bots_in(&scope, None).filter(|b| !b.policy.approvers.is_empty()) {
+        let requester = self.requester(&scope);
+        for bot in self.hub.bots_in(&scope, None).filter(|b| !b.policy.approvers.is_empty()) {
             let timeout = bot.policy.approval_timeout_secs;
             let card = approval::request_card(&request_id, &tool_name, &description, &preview, timeout.div_ceil(60));
             let timeout = Duration::from_secs(timeout);
-            let sent = self.ask_approvers(&scope, bot, &request_id, &tool_name, &card, timeout, self.session.verdicts.clone()).await;
+            let caller = self.caller(&scope, &requester);
+            let sent = self.hub.ask_approvers(caller, bot, &request_id, &tool_name, &card, timeout, self.session.verdicts.clone()).await;
             if sent == 0 {
                 continue;
             }
@@ -567,7 +512,7 @@ impl Bridge {
 
 /// Lifecycle events pass the bot's policy whoever sent them: say whether their sender would have.
 fn check_sender(hub: &Hub, item: &crate::store::InboxItem, ev: &mut InboundEvent) {
-    if let Some(bot) = hub.cfg.bots.iter().find(|b| b.app_id.eq_ignore_ascii_case(&item.bot_app_id)) {
+    if let Some(bot) = hub.configured_bot(&item.bot_app_id) {
         ev.check_sender(item, &bot.policy);
     } else if ev.kind.is_lifecycle() {
         ev.sender_allowed = Some(false);
@@ -696,55 +641,23 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
     }
 }
 
-impl Bridge {
-    /// When the bot cannot reach a person: act as the bot's Agent User through Graph if the bot is
-    /// configured to fall back; otherwise say why, and how to allow it. Never a silent identity switch:
-    /// the result and the audit event name the Agent User.
-    async fn fall_back(&self, scope: &Scope, bot: &BotConfig, a: &SendToUserArgs, tenant: &str, why: &str) -> ToolResult {
-        let actor = self.hub.agents.get(&bot.app_id.to_ascii_lowercase()).filter(|x| x.falls_back()).cloned();
-        let Some(actor) = actor else {
-            let hint = if self.hub.agents.contains_key(&bot.app_id.to_ascii_lowercase()) {
-                "this bot is bot_only: set its agent_user.mode = \"fallback\" to let its Agent User send through Graph"
-            } else {
-                "this bot has no Agent User to fall back to ([bots.agent_user], mode = \"fallback\")"
-            };
-            return fail(format!("not delivered: {why}; {hint}, or ask the person to install the app"));
-        };
-        if !actor.tokens.tenant().eq_ignore_ascii_case(tenant) {
-            return fail(format!(
-                "not delivered: {why}; the Agent User lives in another tenant ({}), so it needs the person's email: use graph_create_chat with members [{{user: EMAIL, tenant: \"{tenant}\"}}]",
-                actor.tokens.tenant()
-            ));
-        }
-        tracing::info!(bot = %bot.app_id, identity = %actor.identity(), why, "falling back to the Agent User");
-        let mut body = crate::graph::MessageBody::new();
-        if let Some(t) = a.text.as_deref() {
-            body = body.text(t);
-        }
-        if let Some(card) = &a.card {
-            body = body.card(card);
-        }
-        let person = super::graph_tools::PersonArg { user: a.user_id.clone(), tenant: None };
-        let r = self.graph_message_person(scope, bot, &actor, &person, body).await?;
-        Ok(r)
-    }
-}
-
-/// The result for the model of an outbox entry sent as the bot `bot_app_id`.
-fn settled_result(settled: Settled, outbox_id: i64, bot_app_id: &str) -> ToolResult {
+/// The result for the model of a message sent as the bot or, when it could not write there, as its Agent User.
+fn sent_result(sent: Sent) -> Value {
+    let (bot_app_id, outbox_id, progress) = match sent {
+        Sent::Graph(g) => return super::graph_tools::graph_sent(g),
+        Sent::Bot { bot_app_id, outbox_id, progress } => (bot_app_id, outbox_id, progress),
+    };
     let identity = format!("bot:{bot_app_id}");
-    match settled {
-        Settled::Delivered(message_id) => {
-            ok(json!({"status": "delivered", "message_id": message_id, "outbox_id": outbox_id, "identity": identity}))
+    match progress {
+        Progress::Delivered(message_id) => {
+            json!({"status": "delivered", "message_id": message_id, "outbox_id": outbox_id, "identity": identity})
         }
-        Settled::Dead(e) => fail(format!("not delivered: {e}")),
-        Settled::Uncertain => ok(json!({"status": "uncertain", "outbox_id": outbox_id, "identity": identity,
-            "note": "the request failed in a way that may have delivered it; it is not re-sent"})),
-        Settled::Queued(attempts, last_error) => {
-            ok(json!({"status": "queued", "outbox_id": outbox_id, "attempts": attempts, "last_error": last_error,
-            "identity": identity, "note": "still being retried (throttled or the Connector is slow); it will be delivered in order"}))
+        Progress::Uncertain => json!({"status": "uncertain", "outbox_id": outbox_id, "identity": identity,
+            "note": "the request failed in a way that may have delivered it; it is not re-sent"}),
+        Progress::Queued(attempts, last_error) => {
+            json!({"status": "queued", "outbox_id": outbox_id, "attempts": attempts, "last_error": last_error,
+            "identity": identity, "note": "still being retried (throttled or the Connector is slow); it will be delivered in order"})
         }
-        Settled::Unreadable(e) => fail(format!("queued as outbox #{outbox_id}, but its state cannot be read: {e}")),
     }
 }
 
@@ -761,6 +674,7 @@ impl Bridge {
     async fn status(&self, ctx: RequestContext<RoleServer>, Parameters(_): Parameters<NoArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
         let bots: Vec<Value> = self
+            .hub
             .bots_in(&scope, None)
             .map(|b| {
                 let tenants: Vec<&String> = b.allowed_tenants.iter().filter(|t| scope.allows_tenant(t)).collect();
@@ -867,13 +781,17 @@ impl Bridge {
     )]
     async fn reply(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<ReplyArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
-        self.send_text(&scope, &a.chat_id, a.bot.as_deref(), &a.text, a.reply_to.as_deref(), &a.mentions).await
+        let requester = self.requester(&scope);
+        let queued = self.hub.queue_text(self.caller(&scope, &requester), &a.into()).await?;
+        self.finish(queued, true).await
     }
 
     #[tool(description = "Send a new message to a conversation the bot is in (by chat_id).")]
     async fn send_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<SendArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
-        self.send_text(&scope, &a.chat_id, a.bot.as_deref(), &a.text, None, &a.mentions).await
+        let requester = self.requester(&scope);
+        let queued = self.hub.queue_text(self.caller(&scope, &requester), &a.into()).await?;
+        self.finish(queued, true).await
     }
 
     #[tool(
@@ -881,128 +799,38 @@ impl Bridge {
     )]
     async fn send_to_user(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<SendToUserArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
-        if a.text.as_deref().is_none_or(|t| t.trim().is_empty()) && a.card.is_none() {
-            return fail("pass text, card or both");
-        }
-        if a.user_id.trim().is_empty() || a.user_id.contains(char::is_whitespace) {
-            return fail("user_id must be the person's AAD object id (a GUID), never a name");
-        }
-        let activity = match &a.card {
-            Some(card) => deliver::card_message(a.text.as_deref(), card.clone())?,
-            None => {
-                let activity = message(a.text.as_deref(), None);
-                crate::teams::check_activity_size(&activity).map_err(|e| format!("too large for Teams: {e}"))?;
-                activity
-            }
-        };
-        let target = self.hub.person_target(&scope, &a.user_id, a.bot.as_deref(), a.tenant.as_deref()).await?;
-        let (bot, tenant) = (target.bot, target.tenant);
-        // An existing 1:1 chat first (no conversation to create).
-        let existing = self.hub.store.personal_conversation(&bot.app_id, &a.user_id).await.map_err(crate::bridge::Error::from)?;
-        let outbox_id = if let Some(r) = existing.filter(|r| r.tenant_id.eq_ignore_ascii_case(&tenant)) {
-            self.hub.enqueue(&self.requester(&scope), bot, &r, OutboundOp::Send { activity }).await?
-        } else {
-            let service_url = match self.hub.store.tenant_service_url(&bot.app_id, &tenant).await {
-                Ok(Some(u)) => Some(u),
-                Ok(None) => default_proactive_service_url(bot.cloud).map(str::to_owned),
-                Err(e) => return fail(e.to_string()),
-            };
-            let Some(service_url) = service_url else {
-                let why = format!("no known service URL for tenant {tenant} (nobody there has messaged the bot)");
-                return self.fall_back(&scope, bot, &a, &tenant, &why).await;
-            };
-            let r = ConversationRef {
-                bot_app_id: bot.app_id.clone(),
-                conversation_id: format!("user:{}", a.user_id),
-                tenant_id: tenant.clone(),
-                service_url,
-                channel_id: "msteams".into(),
-                conversation_type: Some("personal".into()),
-                user_id: None,
-                user_aad_object_id: Some(a.user_id.clone()),
-                bot_id: None,
-                usable: true,
-                updated_at_ms: now_ms(),
-                agentic: None,
-                authenticated: true,
-            };
-            self.hub.enqueue(&self.requester(&scope), bot, &r, OutboundOp::CreatePersonal { user_id: a.user_id.clone(), activity }).await?
-        };
-        match self.hub.settle(outbox_id).await {
-            // The bot cannot deliver (not installed for them, blocked, refused): the Agent User may.
-            settled @ Settled::Dead(_) if settled.bot_cannot_reach() => {
-                let Settled::Dead(why) = settled else { return fail("not delivered") };
-                self.fall_back(&scope, bot, &a, &tenant, &format!("the bot could not deliver: {why}")).await
-            }
-            settled => settled_result(settled, outbox_id, &bot.app_id),
-        }
+        let requester = self.requester(&scope);
+        ok(sent_result(self.hub.send_to_person(self.caller(&scope, &requester), &a.into()).await?))
     }
 
     #[tool(
         description = "Send an Adaptive Card to a conversation (validated first). Card clicks come back as card_submit / card_action events."
     )]
     async fn send_card(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<SendCardArgs>) -> ToolResult {
-        let scope = self.scope(&ctx.extensions)?;
-        let activity = deliver::card_message(a.text.as_deref(), a.card)?;
-        let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
-        let op = match a.reply_to {
-            Some(id) => OutboundOp::Reply { reply_to: id, activity },
-            None => OutboundOp::Send { activity },
-        };
-        let id = self.hub.enqueue(&self.requester(&scope), &bot, &r, op).await?;
-        self.ack_conversation(&bot.app_id, &r.conversation_id).await;
-        self.settle(id, &bot.app_id).await
+        let change = Change::Card { card: a.card, text: a.text, reply_to: a.reply_to };
+        self.change(&ctx, &a.chat_id, a.bot.as_deref(), change, true).await
     }
 
     #[tool(description = "Replace an Adaptive Card the bot sent (by its message_id).")]
     async fn update_card(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<UpdateCardArgs>) -> ToolResult {
-        let scope = self.scope(&ctx.extensions)?;
-        let activity = deliver::card_message(None, a.card)?;
-        if a.message_id.trim().is_empty() {
-            return fail("message_id is empty");
-        }
-        let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
-        let op = OutboundOp::Update { activity_id: a.message_id, activity };
-        let id = self.hub.enqueue(&self.requester(&scope), &bot, &r, op).await?;
-        self.settle(id, &bot.app_id).await
+        let change = Change::UpdateCard { message_id: a.message_id, card: a.card, text: None };
+        self.change(&ctx, &a.chat_id, a.bot.as_deref(), change, false).await
     }
 
     #[tool(description = "Edit the text of a message the bot sent (by its message_id).")]
     async fn update_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<UpdateMessageArgs>) -> ToolResult {
-        let scope = self.scope(&ctx.extensions)?;
-        if a.text.trim().is_empty() || a.message_id.trim().is_empty() {
-            return fail("message_id and text must not be empty (to remove a message, use delete_message)");
-        }
-        if crate::teams::utf16_len(&a.text) > crate::teams::MAX_TEXT_UTF16 {
-            return fail("the new text is longer than one Teams message");
-        }
-        let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
-        let op = OutboundOp::Update { activity_id: a.message_id, activity: message(Some(&a.text), None) };
-        let id = self.hub.enqueue(&self.requester(&scope), &bot, &r, op).await?;
-        self.settle(id, &bot.app_id).await
+        let change = Change::UpdateText { message_id: a.message_id, text: a.text };
+        self.change(&ctx, &a.chat_id, a.bot.as_deref(), change, false).await
     }
 
     #[tool(description = "Delete a message the bot sent (by its message_id).")]
     async fn delete_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<DeleteMessageArgs>) -> ToolResult {
-        let scope = self.scope(&ctx.extensions)?;
-        if a.message_id.trim().is_empty() {
-            return fail("message_id is empty");
-        }
-        let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
-        let id = self.hub.enqueue(&self.requester(&scope), &bot, &r, OutboundOp::Delete { activity_id: a.message_id }).await?;
-        self.settle(id, &bot.app_id).await
+        self.change(&ctx, &a.chat_id, a.bot.as_deref(), Change::Delete { message_id: a.message_id }, false).await
     }
 
     #[tool(description = "Show the typing indicator in a 1:1 or group chat (Teams shows none in channels); it lasts about 3 seconds.")]
     async fn send_typing(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<ChatArgs>) -> ToolResult {
-        let scope = self.scope(&ctx.extensions)?;
-        let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
-        if r.conversation_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("channel")) {
-            return fail("Teams shows no typing indicator in channels");
-        }
-        let id =
-            self.hub.enqueue(&self.requester(&scope), &bot, &r, OutboundOp::Send { activity: crate::teams::typing_activity() }).await?;
-        self.settle(id, &bot.app_id).await
+        self.change(&ctx, &a.chat_id, a.bot.as_deref(), Change::Typing, false).await
     }
 
     #[tool(

@@ -128,7 +128,7 @@ pub struct ConversationRef {
     pub updated_at_ms: i64,
     /// Agent 365: the inbound recipient (the agentic user's account, JSON). Replies then go out with the
     /// Agent User's token and this account as `from`.
-    pub agentic: Option<String>,
+    pub agentic: Option<crate::activity::AgenticRecipient>,
     /// Written by an authenticated activity (or by the gateway itself). An unauthenticated (`serve --dev`)
     /// activity never overwrites a reference marked so.
     pub authenticated: bool,

@@ -412,6 +412,7 @@ async fn commit_batch(pool: &Pool, records: &[&InboundRecord]) -> Result<Vec<Res
     for r in records {
         let sp = tx.savepoint("job").await?;
         let c = &r.reference;
+        let agentic = agentic_json(c);
         let params: [&(dyn ToSql + Sync); 23] = [
             &r.conversation_id,
             &r.activity_id,
@@ -434,7 +435,7 @@ async fn commit_batch(pool: &Pool, records: &[&InboundRecord]) -> Result<Vec<Res
             &c.bot_id,
             &c.usable,
             &c.updated_at_ms,
-            &c.agentic,
+            &agentic,
             &c.authenticated,
         ];
         match sp.query_opt(&stmt, &params).await {
@@ -519,8 +520,13 @@ fn inbox_row(r: &Row) -> Result<InboxItem, StoreError> {
 
 const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated";
 
-fn ref_row(r: &Row) -> ConversationRef {
-    ConversationRef {
+/// The agentic recipient as stored (JSON text, like SQLite's column).
+fn agentic_json(c: &ConversationRef) -> Option<String> {
+    c.agentic.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default())
+}
+
+fn ref_row(r: &Row) -> Result<ConversationRef, StoreError> {
+    Ok(ConversationRef {
         bot_app_id: r.get(0),
         conversation_id: r.get(1),
         tenant_id: r.get(2),
@@ -532,9 +538,14 @@ fn ref_row(r: &Row) -> ConversationRef {
         bot_id: r.get(8),
         usable: r.get(9),
         updated_at_ms: r.get(10),
-        agentic: r.get(11),
+        // An agentic recipient that cannot be read fails the read: replies must never fall back to acting
+        // as the bot in a conversation that was answered as the Agent User.
+        agentic: match r.get::<_, Option<&str>>(11) {
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| StoreError::Database(format!("unreadable agentic recipient: {e}")))?),
+            None => None,
+        },
         authenticated: r.get(12),
-    }
+    })
 }
 
 const AUDIT_COLUMNS: &str = "id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash";
@@ -613,7 +624,7 @@ impl Store for PostgresStore {
 
     async fn conversations(&self, limit: usize) -> Result<Vec<ConversationRef>, StoreError> {
         let sql = format!("SELECT {REF_COLUMNS} FROM conversation_refs ORDER BY updated_at_ms DESC LIMIT $1");
-        Ok(self.query(&sql, &[&limit_of(limit)]).await?.iter().map(ref_row).collect())
+        self.query(&sql, &[&limit_of(limit)]).await?.iter().map(ref_row).collect()
     }
 
     async fn personal_conversation(&self, bot_app_id: &str, aad_object_id: &str) -> Result<Option<ConversationRef>, StoreError> {
@@ -622,7 +633,7 @@ impl Store for PostgresStore {
              WHERE bot_app_id = $1 AND lower(user_aad_object_id) = $2 AND conversation_type = 'personal' AND usable
              ORDER BY updated_at_ms DESC LIMIT 1"
         );
-        Ok(self.query(&sql, &[&bot_app_id, &aad_object_id.to_ascii_lowercase()]).await?.first().map(ref_row))
+        self.query(&sql, &[&bot_app_id, &aad_object_id.to_ascii_lowercase()]).await?.first().map(ref_row).transpose()
     }
 
     async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
@@ -639,10 +650,11 @@ impl Store for PostgresStore {
 
     async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError> {
         let sql = format!("SELECT {REF_COLUMNS} FROM conversation_refs WHERE bot_app_id = $1 AND conversation_id = $2");
-        Ok(self.query(&sql, &[&bot_app_id, &conversation_id]).await?.first().map(ref_row))
+        self.query(&sql, &[&bot_app_id, &conversation_id]).await?.first().map(ref_row).transpose()
     }
 
     async fn upsert_conversation_ref(&self, c: ConversationRef) -> Result<(), StoreError> {
+        let agentic = agentic_json(&c);
         self.execute(
             UPSERT_REF,
             &[
@@ -657,7 +669,7 @@ impl Store for PostgresStore {
                 &c.bot_id,
                 &c.usable,
                 &c.updated_at_ms,
-                &c.agentic,
+                &agentic,
                 &c.authenticated,
             ],
         )

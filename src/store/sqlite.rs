@@ -586,7 +586,7 @@ fn upsert_ref(tx: &rusqlite::Transaction<'_>, c: &ConversationRef) -> rusqlite::
         c.bot_id,
         c.usable,
         c.updated_at_ms,
-        c.agentic,
+        c.agentic.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default()),
         c.authenticated
     ])?;
     Ok(())
@@ -638,7 +638,15 @@ fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
         bot_id: r.get(8)?,
         usable: r.get(9)?,
         updated_at_ms: r.get(10)?,
-        agentic: r.get(11)?,
+        // An agentic recipient that cannot be read fails the read: replies must never fall back to acting
+        // as the bot in a conversation that was answered as the Agent User.
+        agentic: match r.get::<_, Option<String>>(11)? {
+            Some(json) => Some(
+                serde_json::from_str(&json)
+                    .map_err(|e| rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, Box::new(e)))?,
+            ),
+            None => None,
+        },
         authenticated: r.get(12)?,
     })
 }

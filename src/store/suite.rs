@@ -40,14 +40,14 @@ macro_rules! store_suite {
     (optional $backend:expr) => {
         $crate::store_suite!(@store $backend;
             inbox_states_cursor_and_personal_chats, purge_forgets_expired_dedupe_keys, closed_store_refuses_writes,
-            audit_head_follows_the_chain);
+            audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed);
         $crate::store_suite!(@backend $backend;
             commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
             outbox_keeps_per_conversation_order_and_recovers_after_a_crash, no_audit_event_no_send,
             a_failed_write_leaves_nothing_behind, audit_chain_detects_an_edit, audit_detects_a_truncated_tail,
             audit_detects_that_every_event_was_deleted, audit_detects_a_renumbered_event,
             audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite,
-            an_anonymous_activity_never_overwrites_an_authenticated_reference);
+            an_anonymous_activity_never_overwrites_an_authenticated_reference, an_unreadable_agentic_recipient_fails_closed);
     };
     (@store $backend:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -161,6 +161,44 @@ pub(crate) async fn inbox_states_cursor_and_personal_chats(store: &dyn Store) {
     store.record_audit(event.clone()).await.unwrap();
     store.record_audit(event).await.unwrap();
     assert_eq!(intact(store).await, 2);
+}
+
+pub(crate) async fn an_agentic_recipient_is_kept_typed(store: &dyn Store) {
+    let recipient = crate::activity::AgenticRecipient {
+        id: "agent@contoso.com".into(),
+        role: "agenticUser".into(),
+        agentic_app_id: Some("instance-app".into()),
+        agentic_user_id: Some("agent-user-oid".into()),
+        tenant_id: Some("t".into()),
+    };
+    let mut r = record("ag1", "agentic-chat");
+    r.reference.agentic = Some(recipient.clone());
+    assert!(matches!(store.commit_inbound(r).await.unwrap(), CommitOutcome::Accepted { .. }));
+    let found = store.conversation_ref("bot", "agentic-chat").await.unwrap().unwrap();
+    assert_eq!(found.agentic, Some(recipient.clone()));
+    // A later activity without the recipient keeps it.
+    assert!(matches!(store.commit_inbound(record("ag2", "agentic-chat")).await.unwrap(), CommitOutcome::Accepted { .. }));
+    assert_eq!(store.conversation_ref("bot", "agentic-chat").await.unwrap().unwrap().agentic, Some(recipient));
+}
+
+/// A stored agentic recipient that cannot be read makes the reference unreadable: a reply must never go
+/// out as the bot where the Agent User answered before.
+pub(crate) async fn an_unreadable_agentic_recipient_fails_closed(b: &dyn Backend) {
+    let store = b.open(None).await;
+    let mut r = record("ag1", "agentic-chat");
+    r.reference.agentic = Some(crate::activity::AgenticRecipient {
+        id: "agent@contoso.com".into(),
+        role: "agenticUser".into(),
+        agentic_app_id: None,
+        agentic_user_id: Some("oid".into()),
+        tenant_id: None,
+    });
+    store.commit_inbound(r).await.unwrap();
+    store.close().await;
+    b.execute("UPDATE conversation_refs SET agentic = '{\"id\": 7' WHERE conversation_id = 'agentic-chat'");
+    let store = b.open(None).await;
+    assert!(store.conversation_ref("bot", "agentic-chat").await.is_err(), "read as if the conversation were not agentic");
+    store.close().await;
 }
 
 pub(crate) async fn purge_forgets_expired_dedupe_keys(store: &dyn Store) {

@@ -292,7 +292,7 @@ async fn config_loads_the_key_from_a_0600_file_and_nothing_secret_is_printed() {
     let client = Arc::new(TokenClient::new(settings()).unwrap());
     let authority = Authority::parse(&fake.authority()).unwrap();
     let e = AgentUserTokens::from_config(&cfg, "bots[0].agent_user", authority.clone(), Arc::clone(&client)).await.unwrap_err();
-    assert_eq!(e.field, "bots[0].agent_user.key");
+    assert_eq!(e.field(), Some("bots[0].agent_user.key"));
     assert!(e.to_string().contains("chmod 600"), "{e}");
 
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -1,0 +1,307 @@
+//! Acting through Microsoft Graph as the bot's Entra Agent User: which Agent User acts, the owner's
+//! approval for reaching someone new (an Adaptive Card to the bot's approvers in Teams, unless the person
+//! is in `policy.contacts_allow`: the server enforces it, not the prompt), and audit-first Graph writes
+//! under the Agent User's identity. The MCP `graph_*` tools and the fallback of the bot's sends call these.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::agent::{APPROVAL_WAIT, AgentActor};
+use super::approval::{self, Behavior};
+use super::{Caller, Error, Hub, Result, Scope};
+use crate::config::BotConfig;
+use crate::graph::{Chat, ChatMember, ChatMessage, GraphError, GraphErrorKind, MessageBody, NewChat, User};
+use crate::store::{AuditEvent, now_ms};
+
+/// A person the Agent User reaches: an object id or UPN in its tenant, or an email with a home tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    /// Object id (GUID), UPN, or (for someone in another tenant) their email.
+    pub user: String,
+    /// Their home tenant, for someone outside the Agent User's tenant (then `user` is their email).
+    pub tenant: Option<String>,
+}
+
+impl Person {
+    /// The person as a Graph chat member.
+    pub fn member(&self) -> ChatMember {
+        match &self.tenant {
+            Some(t) if !t.trim().is_empty() => ChatMember::External { email: self.user.trim().to_owned(), tenant_id: t.trim().to_owned() },
+            _ => ChatMember::InTenant(self.user.trim().to_owned()),
+        }
+    }
+}
+
+/// A message written into a Graph chat as the Agent User.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphSent {
+    /// `agent_user:<id>`: who acted.
+    pub identity: String,
+    pub chat_id: String,
+    pub message_id: String,
+}
+
+/// A new chat of the Agent User's, with its first message if one was asked for.
+#[derive(Debug, Clone)]
+pub enum ChatCreated {
+    Created { identity: String, chat: Chat },
+    Sent(GraphSent),
+}
+
+/// A request to create a chat as the Agent User.
+#[derive(Debug, Clone)]
+pub struct CreateChat {
+    /// The other people: one for a 1:1 chat, two or more for a group chat.
+    pub members: Vec<Person>,
+    /// A group chat's name.
+    pub topic: Option<String>,
+    /// A first message to send into the chat.
+    pub text: Option<String>,
+}
+
+/// A message into one of the Agent User's chats.
+#[derive(Debug, Clone)]
+pub struct GraphMessage {
+    pub chat_id: String,
+    /// Plain text (escaped; line breaks kept).
+    pub text: String,
+    /// People to @mention, placed before the text (AAD object id, name shown).
+    pub mentions: Vec<(String, String)>,
+    /// An Adaptive Card to attach.
+    pub card: Option<Value>,
+}
+
+/// A Graph failure as a bridge error: try again later (throttled, transient, no token) or refused.
+fn graph_error(what: impl std::fmt::Display, e: &GraphError) -> Error {
+    let message = format!("{what}: {e}");
+    match e.kind() {
+        GraphErrorKind::Throttled | GraphErrorKind::Transient | GraphErrorKind::Token => Error::unavailable(message),
+        _ => Error::refused(message),
+    }
+}
+
+impl Hub {
+    /// The Agent User to act as: the named bot's, or the only one in scope.
+    pub fn agent_user(&self, scope: &Scope, bot: Option<&str>) -> Result<(BotConfig, Arc<AgentActor>)> {
+        let mut found: Vec<(BotConfig, Arc<AgentActor>)> = self
+            .bots_in(scope, bot)
+            .filter_map(|b| self.agents.get(&b.app_id.to_ascii_lowercase()).map(|a| (b.clone(), Arc::clone(a))))
+            .filter(|(_, a)| scope.allows_tenant(a.tokens.tenant()))
+            .collect();
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(Error::not_found(match bot {
+                Some(b) => format!("bot {b} has no Agent User in this session's scope (configure [bots.agent_user])"),
+                None => "no bot in this session's scope has an Agent User: configure [bots.agent_user] (docs/configuration.md)".into(),
+            })),
+            _ => Err(Error::invalid("several bots have an Agent User: say which with `bot`")),
+        }
+    }
+
+    /// Record what the Agent User does (or tried): nothing is done without it.
+    async fn audit_agent(
+        &self,
+        caller: Caller<'_>,
+        actor: &AgentActor,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: String,
+    ) -> Result<()> {
+        let event = AuditEvent {
+            at_ms: now_ms(),
+            actor: caller.requester.to_owned(),
+            identity: actor.identity(),
+            action: action.to_owned(),
+            target: format!("tenant:{} bot:{} {target}", actor.tokens.tenant(), actor.bot_app_id),
+            outcome: outcome.to_owned(),
+            detail,
+        };
+        self.store.record_audit(event).await.map_err(|e| Error::unavailable(format!("not done: the audit log could not be written ({e})")))
+    }
+
+    /// Let the Agent User reach `people`: allowed by `policy.contacts_allow`, approved earlier, or
+    /// approved now by an owner in Teams (waits up to [`APPROVAL_WAIT`]).
+    pub async fn approve_people(
+        &self,
+        caller: Caller<'_>,
+        bot: &BotConfig,
+        actor: &AgentActor,
+        action: &str,
+        people: &[String],
+    ) -> Result<()> {
+        let new: Vec<String> = people.iter().filter(|p| !actor.may_reach(&bot.policy.contacts_allow, p)).cloned().collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        if bot.policy.approvers.is_empty() {
+            return Err(Error::refused(format!(
+                "{action} with {} needs an owner's approval, and bot {} has no policy.approvers; list the person in policy.contacts_allow or configure approvers",
+                new.join(", "),
+                bot.app_id
+            )));
+        }
+        let request_id = approval::new_request_id();
+        let timeout = Duration::from_secs(bot.policy.approval_timeout_secs).min(APPROVAL_WAIT);
+        let description = format!("The Agent User ({}) wants to {action}: {}", actor.identity(), new.join(", "));
+        let card =
+            approval::request_card(&request_id, action, &description, &json!({"people": new}).to_string(), timeout.as_secs().div_ceil(60));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        if self.ask_approvers(caller, bot, &request_id, action, &card, timeout, tx).await == 0 {
+            return Err(Error::refused("no approver could be reached (each must have messaged the bot once); nothing was done"));
+        }
+        tracing::info!(request_id, action, "waiting for an owner's approval in Teams");
+        match tokio::time::timeout(timeout + Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(v)) if v.behavior == Behavior::Allow => {
+                actor.remember_approved(&new);
+                Ok(())
+            }
+            Ok(Some(_)) => Err(Error::refused(format!("an owner denied it ({action} with {}); nothing was done", new.join(", ")))),
+            _ => Err(Error::refused(format!("no owner answered within {} s; nothing was done", timeout.as_secs()))),
+        }
+    }
+
+    /// Open (or find) the Agent User's 1:1 chat with `person` and send `body` there; audited.
+    pub async fn graph_message_person(
+        &self,
+        caller: Caller<'_>,
+        bot: &BotConfig,
+        actor: &AgentActor,
+        person: &Person,
+        body: MessageBody,
+    ) -> Result<GraphSent> {
+        self.approve_people(caller, bot, actor, "message someone new", std::slice::from_ref(&person.user)).await?;
+        let target = format!("person:{}", person.user);
+        self.audit_agent(caller, actor, "graph_send", &target, "attempt", String::new()).await?;
+        let chat = match actor.graph.create_chat(&NewChat::OneOnOne(person.member())).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.audit_agent(caller, actor, "graph_send", &target, "failed", e.to_string()).await;
+                return Err(graph_error(format_args!("the Agent User could not open a chat with {}", person.user), &e));
+            }
+        };
+        self.graph_send_body(caller, actor, &chat.id, body).await
+    }
+
+    /// Send `body` into a Graph chat as the Agent User; audited before and after.
+    pub async fn graph_send_body(&self, caller: Caller<'_>, actor: &AgentActor, chat_id: &str, body: MessageBody) -> Result<GraphSent> {
+        let target = format!("chat:{chat_id}");
+        self.audit_agent(caller, actor, "graph_send", &target, "attempt", String::new()).await?;
+        match actor.graph.send_chat_message(chat_id, &body).await {
+            Ok(m) => {
+                self.audit_agent(caller, actor, "graph_send", &target, "delivered", format!("message {}", m.id)).await?;
+                Ok(GraphSent { identity: actor.identity(), chat_id: chat_id.to_owned(), message_id: m.id })
+            }
+            Err(e) => {
+                let _ = self.audit_agent(caller, actor, "graph_send", &target, "failed", e.to_string()).await;
+                Err(graph_error("Graph refused the message", &e))
+            }
+        }
+    }
+
+    /// Look up a person in the directory as the Agent User.
+    pub async fn graph_find_user(&self, scope: &Scope, bot: Option<&str>, user: &str) -> Result<User> {
+        let (_, actor) = self.agent_user(scope, bot)?;
+        if user.trim().is_empty() {
+            return Err(Error::invalid("user is empty: pass an object id or a UPN"));
+        }
+        actor.graph.get_user(user.trim()).await.map_err(|e| graph_error("lookup failed", &e))
+    }
+
+    /// The Agent User's chats, most recent first, with its identity.
+    pub async fn graph_list_chats(&self, scope: &Scope, bot: Option<&str>, limit: usize) -> Result<(String, Vec<Chat>)> {
+        let (_, actor) = self.agent_user(scope, bot)?;
+        let chats = actor.graph.list_chats(limit).await.map_err(|e| graph_error("listing chats failed", &e))?;
+        Ok((actor.identity(), chats))
+    }
+
+    /// Recent messages of one of the Agent User's chats, newest first, with its identity.
+    pub async fn graph_read_chat(
+        &self,
+        scope: &Scope,
+        bot: Option<&str>,
+        chat_id: &str,
+        limit: usize,
+    ) -> Result<(String, Vec<ChatMessage>)> {
+        let (_, actor) = self.agent_user(scope, bot)?;
+        let messages = actor.graph.list_chat_messages(chat_id, limit).await.map_err(|e| graph_error("reading the chat failed", &e))?;
+        Ok((actor.identity(), messages))
+    }
+
+    /// Create a chat as the Agent User (after the owner's approval for people not allowed yet), then
+    /// send its first message if one was asked for.
+    pub async fn graph_create_chat(&self, caller: Caller<'_>, bot: Option<&str>, req: CreateChat) -> Result<ChatCreated> {
+        let (bot, actor) = self.agent_user(caller.scope, bot)?;
+        if req.members.is_empty() || req.members.iter().any(|m| m.user.trim().is_empty()) {
+            return Err(Error::invalid("members is empty (or has an empty user): name one person for a 1:1 chat, several for a group"));
+        }
+        let people: Vec<String> = req.members.iter().map(|m| m.user.trim().to_owned()).collect();
+        self.approve_people(caller, &bot, &actor, "create a chat", &people).await?;
+        let new = match req.members.as_slice() {
+            [one] => NewChat::OneOnOne(one.member()),
+            _ => NewChat::Group { topic: req.topic.clone(), members: req.members.iter().map(Person::member).collect() },
+        };
+        let target = format!("people:{}", people.join(","));
+        self.audit_agent(caller, &actor, "graph_create_chat", &target, "attempt", String::new()).await?;
+        let chat = match actor.graph.create_chat(&new).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.audit_agent(caller, &actor, "graph_create_chat", &target, "failed", e.to_string()).await;
+                return Err(graph_error("creating the chat failed", &e));
+            }
+        };
+        self.audit_agent(caller, &actor, "graph_create_chat", &format!("chat:{}", chat.id), "created", target).await?;
+        match req.text.as_deref().filter(|t| !t.trim().is_empty()) {
+            Some(text) => Ok(ChatCreated::Sent(self.graph_send_body(caller, &actor, &chat.id, MessageBody::from_text(text)).await?)),
+            None => Ok(ChatCreated::Created { identity: actor.identity(), chat }),
+        }
+    }
+
+    /// Send a message (mentions first, then text, then a card) into one of the Agent User's chats.
+    pub async fn graph_send(&self, caller: Caller<'_>, bot: Option<&str>, req: GraphMessage) -> Result<GraphSent> {
+        let (_, actor) = self.agent_user(caller.scope, bot)?;
+        if req.text.trim().is_empty() && req.card.is_none() {
+            return Err(Error::invalid("text is empty"));
+        }
+        let mut body = MessageBody::new();
+        for (user_id, name) in &req.mentions {
+            body = body.mention(user_id, name).text(" ");
+        }
+        body = body.text(&req.text);
+        if let Some(card) = &req.card {
+            crate::teams::validate_card(card).map_err(|e| Error::invalid(format!("card is not a valid Adaptive Card: {e}")))?;
+            body = body.card(card);
+        }
+        self.graph_send_body(caller, &actor, &req.chat_id, body).await
+    }
+
+    /// Add a person to one of the Agent User's group chats (after the owner's approval unless allowed);
+    /// returns the Agent User's identity and the new membership's id.
+    pub async fn graph_add_member(
+        &self,
+        caller: Caller<'_>,
+        bot: Option<&str>,
+        chat_id: &str,
+        member: &Person,
+    ) -> Result<(String, Option<String>)> {
+        let (bot, actor) = self.agent_user(caller.scope, bot)?;
+        if member.user.trim().is_empty() {
+            return Err(Error::invalid("member.user is empty"));
+        }
+        self.approve_people(caller, &bot, &actor, "add a chat member", std::slice::from_ref(&member.user)).await?;
+        let target = format!("chat:{chat_id} member:{}", member.user);
+        self.audit_agent(caller, &actor, "graph_add_member", &target, "attempt", String::new()).await?;
+        match actor.graph.add_chat_member(chat_id, &member.member()).await {
+            Ok(m) => {
+                self.audit_agent(caller, &actor, "graph_add_member", &target, "added", String::new()).await?;
+                Ok((actor.identity(), m.map(|m| m.id)))
+            }
+            Err(e) => {
+                let _ = self.audit_agent(caller, &actor, "graph_add_member", &target, "failed", e.to_string()).await;
+                Err(graph_error("adding the member failed", &e))
+            }
+        }
+    }
+}
