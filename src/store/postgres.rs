@@ -1078,6 +1078,30 @@ pub(crate) mod tests {
         two.close().await;
     }
 
+    /// Inbox ids are drawn under the `inbox` lock row: while another writer (a replica mid-commit) holds it,
+    /// an activity waits, so that no higher id can commit before a lower one.
+    #[tokio::test]
+    async fn an_inbound_commit_waits_for_the_inbox_lock_another_writer_holds() {
+        let Some(b) = postgres() else { return };
+        let store = b.open(None).await;
+        let (mut other, connection) = b.config().connect(tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        let tx = other.transaction().await.unwrap();
+        tx.query_one("SELECT value FROM agentgate_locks WHERE name = 'inbox' FOR UPDATE", &[]).await.unwrap();
+        let commit = tokio::spawn({
+            let s = Arc::clone(&store);
+            async move { s.commit_inbound(suite::record("a1", "c1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!commit.is_finished(), "committed while another writer held the inbox lock");
+        tx.commit().await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), commit).await.unwrap().unwrap().unwrap();
+        assert!(matches!(outcome, CommitOutcome::Accepted { .. }));
+        drop(other);
+        let _ = driver.await;
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn the_debug_output_names_the_server_but_never_the_password() {
         let Some(b) = postgres() else { return };
