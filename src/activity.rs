@@ -241,7 +241,7 @@ impl AgenticRecipient {
 
 /// The recipient of an agentic activity (role `agenticUser` / `agenticAppInstance`, any case; the
 /// spec's older `agenticInstance` too) as stored JSON; `None` for a classic bot activity.
-pub fn agentic_recipient(activity: &Activity) -> Option<AgenticRecipient> {
+pub(crate) fn agentic_recipient(activity: &Activity) -> Option<AgenticRecipient> {
     let r = activity.recipient.as_ref()?;
     let role = r.role.as_deref()?;
     if !["agenticuser", "agenticappinstance", "agenticinstance"].contains(&role.to_ascii_lowercase().as_str()) {

@@ -18,11 +18,11 @@ use crate::teams_app::{AppInfo, PackageError};
 
 /// The website used to validate the Teams app package when no `--domain` is given (the real one is
 /// set when packaging).
-pub const PLACEHOLDER_WEBSITE: &str = "https://example.com/";
+pub(crate) const PLACEHOLDER_WEBSITE: &str = "https://example.com/";
 
 /// How one check came out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Pass,
     Fail { problem: String, fix: String },
     Skip(String),
@@ -30,25 +30,25 @@ pub enum Outcome {
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     pub name: String,
     pub outcome: Outcome,
 }
 
 impl Check {
-    pub fn pass(name: impl Into<String>) -> Self {
+    pub(crate) fn pass(name: impl Into<String>) -> Self {
         Self { name: name.into(), outcome: Outcome::Pass }
     }
 
-    pub fn fail(name: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(crate) fn fail(name: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
         Self { name: name.into(), outcome: Outcome::Fail { problem: problem.into(), fix: fix.into() } }
     }
 
-    pub fn skip(name: impl Into<String>, why: impl Into<String>) -> Self {
+    pub(crate) fn skip(name: impl Into<String>, why: impl Into<String>) -> Self {
         Self { name: name.into(), outcome: Outcome::Skip(why.into()) }
     }
 
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         matches!(self.outcome, Outcome::Fail { .. })
     }
 }
@@ -65,13 +65,13 @@ impl fmt::Display for Check {
 
 /// The whole checklist.
 #[derive(Debug, Clone, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub checks: Vec<Check>,
 }
 
 impl Report {
     /// Whether no check failed.
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         !self.checks.iter().any(Check::failed)
     }
 
@@ -95,7 +95,7 @@ impl fmt::Display for Report {
 
 /// What `agentgate doctor` was asked.
 #[derive(Debug, Clone, Default)]
-pub struct DoctorOptions {
+pub(crate) struct DoctorOptions {
     /// As `serve --dev`: a bot without credential uses the Playground placeholder.
     pub dev: bool,
     /// The public host of the messaging endpoint, for the Teams app package check.
@@ -103,7 +103,7 @@ pub struct DoctorOptions {
 }
 
 /// Run every check against `cfg`.
-pub async fn run(cfg: &Config, opts: &DoctorOptions) -> Report {
+pub(crate) async fn run(cfg: &Config, opts: &DoctorOptions) -> Report {
     let mut r = Report::default();
     r.push(match cfg.validate(opts.dev) {
         Ok(()) => Check::pass("configuration valid"),

@@ -42,7 +42,7 @@ pub struct AppState {
 
 /// A refused request. The response body never says more than the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     BadRequest(&'static str),
     Unauthorized(AuthReason),
     Forbidden(&'static str),
@@ -99,7 +99,7 @@ impl IntoResponse for Refusal {
 }
 
 /// The handler for `POST /api/messages`.
-pub async fn api_messages(
+pub(crate) async fn api_messages(
     State(state): State<Arc<AppState>>,
     uri: Uri,
     headers: HeaderMap,
@@ -148,7 +148,7 @@ pub async fn api_messages(
 }
 
 /// 405 for anything but POST on `/api/messages`.
-pub async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response {
+pub(crate) async fn method_not_allowed(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.request(Outcome::MethodNotAllowed);
     let mut resp =
         (StatusCode::METHOD_NOT_ALLOWED, [(header::CONTENT_TYPE, "application/json")], r#"{"error":"method not allowed"}"#).into_response();

@@ -4,25 +4,30 @@
 //! [`activity`] holds the Bot Framework wire types, [`auth`] validates inbound tokens,
 //! [`inbound`] is the `/api/messages` pipeline, [`store`] is the durable state,
 //! [`server`] wires it all into a running HTTP(S) server and [`cli`] is the command line.
+//!
+//! Only what the binary, the integration tests and the examples use is public; everything else is
+//! `pub(crate)` (the `unreachable_pub` lint keeps it so).
 
-pub mod activity;
-pub mod auth;
-pub mod bridge;
+#![warn(unreachable_pub)]
+
+pub(crate) mod activity;
+pub(crate) mod auth;
+pub(crate) mod bridge;
 pub mod cli;
 pub mod config;
-pub mod connector;
-pub mod doctor;
+pub(crate) mod connector;
+pub(crate) mod doctor;
 pub mod entra;
 pub mod graph;
-pub mod http_util;
+pub(crate) mod http_util;
 pub mod ids;
-pub mod inbound;
+pub(crate) mod inbound;
 pub mod mcp;
 pub mod metrics;
 pub mod secrets;
 pub mod server;
-pub mod service_url;
+pub(crate) mod service_url;
 pub mod store;
-pub mod teams;
+pub(crate) mod teams;
 pub mod teams_app;
-pub mod telemetry;
+pub(crate) mod telemetry;

@@ -9,12 +9,12 @@ use crate::ids::Cloud;
 
 /// A service URL reduced to what identifies the endpoint: scheme, lower-case host, explicit
 /// non-default port and the path without a trailing slash. User info, query and fragment are refused.
-pub fn normalize(raw: &str) -> Option<String> {
+pub(crate) fn normalize(raw: &str) -> Option<String> {
     normalize_url(&Url::parse(raw.trim()).ok()?)
 }
 
 /// [`normalize`] of a URL parsed already (the inbound path parses the `serviceUrl` once).
-pub fn normalize_url(u: &Url) -> Option<String> {
+pub(crate) fn normalize_url(u: &Url) -> Option<String> {
     if !matches!(u.scheme(), "https" | "http") || u.cannot_be_a_base() {
         return None;
     }
@@ -32,7 +32,7 @@ pub fn normalize_url(u: &Url) -> Option<String> {
 }
 
 /// Connector hosts (exact host or any subdomain) that may receive the bot token, per cloud.
-pub fn connector_suffixes(cloud: Cloud) -> &'static [&'static str] {
+pub(crate) fn connector_suffixes(cloud: Cloud) -> &'static [&'static str] {
     match cloud {
         Cloud::Public => &["smba.trafficmanager.net", "botframework.com", "smba.infra.gcc.teams.microsoft.com"],
         Cloud::Usgov => &["smba.infra.gov.teams.microsoft.us", "smba.infra.dod.teams.microsoft.us", "botframework.azure.us"],
@@ -139,7 +139,7 @@ impl ConnectorPolicy {
 }
 
 /// The Agents Playground's mock Connector: `http://localhost:<port>/_connector` (or 127.0.0.1 / [::1]).
-pub fn is_dev_connector(u: &Url) -> bool {
+pub(crate) fn is_dev_connector(u: &Url) -> bool {
     let loopback = match u.host() {
         Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
@@ -150,7 +150,7 @@ pub fn is_dev_connector(u: &Url) -> bool {
 }
 
 /// Convenience for a raw string.
-pub fn is_dev_connector_str(raw: &str) -> bool {
+pub(crate) fn is_dev_connector_str(raw: &str) -> bool {
     Url::parse(raw.trim()).is_ok_and(|u| is_dev_connector(&u))
 }
 

@@ -8,7 +8,7 @@ use crate::config::LogFormat;
 ///
 /// Unless `RUST_LOG` says otherwise, rmcp logs warnings only: at INFO it logs every notification a host
 /// sends (a permission request's tool input, which may hold a secret) and every session id.
-pub fn init(format: LogFormat, level: &str) {
+pub(crate) fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(default_filter(level)))
         .unwrap_or_else(|_| EnvFilter::new(default_filter("info")));

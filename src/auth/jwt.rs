@@ -68,7 +68,7 @@ impl AgenticEntry {
 }
 
 /// The Entra issuers of a tenant (v2 and v1 tokens).
-pub fn entra_issuers(tid: &str) -> [String; 2] {
+pub(crate) fn entra_issuers(tid: &str) -> [String; 2] {
     [format!("https://login.microsoftonline.com/{tid}/v2.0"), format!("https://sts.windows.net/{tid}/")]
 }
 

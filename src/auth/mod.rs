@@ -3,8 +3,8 @@
 //! [`keys::KeyCache`] keeps each cloud's signing keys (OpenID metadata → `jwks_uri`), and
 //! [`jwt::Verifier`] checks a token against them and binds it to the activity it came with.
 
-pub mod jwt;
-pub mod keys;
+pub(crate) mod jwt;
+pub(crate) mod keys;
 
-pub use jwt::{AgenticEntry, AuthError, BotEntry, VerifiedToken, Verifier, entra_issuers};
-pub use keys::{KeyCache, KeyCacheSettings, Lookup, SigningKey};
+pub(crate) use jwt::{AgenticEntry, AuthError, BotEntry, Verifier};
+pub(crate) use keys::{KeyCache, KeyCacheSettings};

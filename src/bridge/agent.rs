@@ -59,7 +59,7 @@ impl AgentActor {
 
 /// Every configured Agent User, by lower-case bot app id. The Blueprint credentials are loaded now, so
 /// that a bad one stops start-up with the field named.
-pub async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<AgentActor>>> {
+pub(crate) async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<AgentActor>>> {
     let mut out = HashMap::new();
     if cfg.bots.iter().all(|b| b.agent_user.is_none()) {
         return Ok(out);
@@ -89,7 +89,7 @@ pub async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<AgentActo
 
 /// The Agent User chains of the bots that accept agentic activities: every Connector call in their
 /// agentic conversations acts as the Agent User ([`crate::connector::acting`]).
-pub fn agentic_chains(cfg: &Config, agents: &HashMap<String, Arc<AgentActor>>) -> crate::connector::acting::AgenticChains {
+pub(crate) fn agentic_chains(cfg: &Config, agents: &HashMap<String, Arc<AgentActor>>) -> crate::connector::acting::AgenticChains {
     cfg.bots
         .iter()
         .filter(|b| b.agentic.enabled)
@@ -101,4 +101,4 @@ pub fn agentic_chains(cfg: &Config, agents: &HashMap<String, Arc<AgentActor>>) -
 }
 
 /// How long a Graph tool waits for an owner's answer before giving up (nothing is done then).
-pub const APPROVAL_WAIT: Duration = Duration::from_secs(120);
+pub(crate) const APPROVAL_WAIT: Duration = Duration::from_secs(120);

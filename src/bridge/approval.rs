@@ -14,15 +14,15 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 /// The card verb of an approval answer.
-pub const VERB: &str = "agentgate.permission";
+pub(crate) const VERB: &str = "agentgate.permission";
 
 /// Why an agent's card is refused: it carries the approval verb, which only the gateway's own approval
 /// cards may use.
-pub const RESERVED_VERB_ERROR: &str =
+pub(crate) const RESERVED_VERB_ERROR: &str =
     "the card uses the verb `agentgate.permission`, which is reserved for agentgate's approval cards; use another verb";
 
 /// Whether `card` carries the reserved approval verb anywhere (any action, at any depth, any case).
-pub fn uses_reserved_verb(card: &Value) -> bool {
+pub(crate) fn uses_reserved_verb(card: &Value) -> bool {
     match card {
         Value::Object(map) => map.iter().any(|(k, v)| {
             (k.eq_ignore_ascii_case("verb") && v.as_str().is_some_and(|s| s.trim().eq_ignore_ascii_case(VERB))) || uses_reserved_verb(v)
@@ -81,7 +81,7 @@ pub struct PendingApproval {
     pub request_id: String,
     pub bot_app_id: String,
     /// Lower-case AAD object ids.
-    pub approvers: Vec<String>,
+    pub approvers: Vec<crate::ids::AadObjectId>,
     pub tool_name: String,
     pub verdicts: mpsc::UnboundedSender<Verdict>,
     pub cards: Vec<CardRef>,
@@ -182,7 +182,7 @@ impl Approvals {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(request_id)
-            .is_some_and(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id) && p.approvers.iter().any(|a| a.eq_ignore_ascii_case(aad)))
+            .is_some_and(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id) && p.approvers.iter().any(|a| a.matches(aad)))
     }
 
     /// An answer from `aad` (an AAD object id) through `bot_app_id`. Only an approver of the request,
@@ -192,7 +192,7 @@ impl Approvals {
         let Some(p) = pending.get(request_id).filter(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id)) else {
             return Decision::Unknown;
         };
-        if !p.approvers.iter().any(|a| a.eq_ignore_ascii_case(aad)) {
+        if !p.approvers.iter().any(|a| a.matches(aad)) {
             return Decision::NotApprover { tool_name: p.tool_name.clone() };
         }
         let Some(p) = pending.remove(request_id) else { return Decision::Unknown };
@@ -237,7 +237,7 @@ impl super::Hub {
         let reserved = self.approvals.register(PendingApproval {
             request_id: request_id.to_owned(),
             bot_app_id: bot.app_id.clone(),
-            approvers: bot.policy.approvers.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            approvers: bot.policy.approvers.clone(),
             tool_name: tool_name.to_owned(),
             verdicts,
             cards: Vec::new(),
@@ -249,7 +249,7 @@ impl super::Hub {
         }
         let mut sent = 0;
         for approver in &bot.policy.approvers {
-            let r = match self.store.personal_conversation(&bot.app_id, approver).await {
+            let r = match self.store.personal_conversation(&bot.app_id, approver.as_str()).await {
                 Ok(Some(r)) if caller.scope.allows_tenant(&r.tenant_id) => r,
                 Ok(_) => {
                     tracing::warn!(approver = %approver, bot = %bot.app_id, "approver has no 1:1 chat with the bot in scope: they must message the bot once before approvals can reach them");
@@ -284,19 +284,19 @@ impl super::Hub {
 }
 
 /// A fresh request id in Claude Code's shape (for approvals agentgate asks for itself).
-pub fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     const LETTERS: &[u8] = b"abcdefghijkmnopqrstuvwxyz";
     (0..5).map(|_| char::from(LETTERS[fastrand::usize(..LETTERS.len())])).collect()
 }
 
 /// Whether `id` is shaped like Claude Code's request ids: five letters `a`–`z` without `l`.
-pub fn is_request_id(id: &str) -> bool {
+pub(crate) fn is_request_id(id: &str) -> bool {
     id.len() == 5 && id.bytes().all(|b| b.is_ascii_lowercase() && b != b'l')
 }
 
 /// A typed answer, `yes abcde` / `no abcde` (also `y` / `n`, any case, spaces around): the behavior
 /// and the lower-cased request id.
-pub fn parse_text_verdict(text: &str) -> Option<(Behavior, String)> {
+pub(crate) fn parse_text_verdict(text: &str) -> Option<(Behavior, String)> {
     let mut words = text.split_whitespace();
     let (answer, id) = (words.next()?, words.next()?);
     if words.next().is_some() {
@@ -312,7 +312,7 @@ pub fn parse_text_verdict(text: &str) -> Option<(Behavior, String)> {
 }
 
 /// The answer carried by an `Action.Execute` on an approval card: `(request id, behavior)`.
-pub fn parse_card_verdict(verb: &str, data: &Value) -> Option<(String, Behavior)> {
+pub(crate) fn parse_card_verdict(verb: &str, data: &Value) -> Option<(String, Behavior)> {
     if verb != VERB {
         return None;
     }
@@ -334,7 +334,7 @@ fn plain(s: &str, max: usize) -> String {
 
 /// The card an approver receives. The tool's description and input come from the host and are shown
 /// as untrusted text (plain `TextBlock`s, Markdown-free, bounded).
-pub fn request_card(request_id: &str, tool_name: &str, description: &str, input_preview: &str, minutes: u64) -> Value {
+pub(crate) fn request_card(request_id: &str, tool_name: &str, description: &str, input_preview: &str, minutes: u64) -> Value {
     json!({
         "type": "AdaptiveCard",
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
@@ -356,7 +356,7 @@ pub fn request_card(request_id: &str, tool_name: &str, description: &str, input_
 }
 
 /// The card once the request is settled (no actions left).
-pub fn settled_card(request_id: &str, tool_name: &str, outcome: &str) -> Value {
+pub(crate) fn settled_card(request_id: &str, tool_name: &str, outcome: &str) -> Value {
     json!({
         "type": "AdaptiveCard",
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",

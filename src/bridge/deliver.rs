@@ -162,7 +162,7 @@ impl Change {
 }
 
 /// The new text of a message the bot sent: not empty, within one Teams message.
-pub fn edited_text(message_id: &str, text: &str) -> Result<Value> {
+pub(crate) fn edited_text(message_id: &str, text: &str) -> Result<Value> {
     if text.trim().is_empty() || message_id.trim().is_empty() {
         return Err(Error::invalid("message_id and text must not be empty (to remove a message, use delete_message)"));
     }
@@ -174,7 +174,7 @@ pub fn edited_text(message_id: &str, text: &str) -> Result<Value> {
 
 /// The message activities of text and/or a card: long text split losslessly, the card (checked) on the
 /// first part. At least one of them.
-pub fn messages(text: Option<&str>, card: Option<Value>) -> Result<Vec<Value>> {
+pub(crate) fn messages(text: Option<&str>, card: Option<Value>) -> Result<Vec<Value>> {
     let text = text.filter(|t| !t.trim().is_empty());
     match (text, card) {
         (None, None) => Err(Error::invalid("nothing to send: pass text, a card or both")),
@@ -191,7 +191,7 @@ pub fn messages(text: Option<&str>, card: Option<Value>) -> Result<Vec<Value>> {
 }
 
 /// The single activity of a proactive message: a checked card with optional text, or text within Teams' size limit.
-pub fn person_activity(text: Option<&str>, card: Option<&Value>) -> Result<Value> {
+pub(crate) fn person_activity(text: Option<&str>, card: Option<&Value>) -> Result<Value> {
     match card {
         Some(card) => card_message(text, card.clone()),
         None => {
@@ -204,7 +204,7 @@ pub fn person_activity(text: Option<&str>, card: Option<&Value>) -> Result<Value
 
 /// How an entry sent as the bot ended, for the caller: delivered, uncertain or still queued; a refusal
 /// or an unreadable state is an error.
-pub fn sent_as_bot(bot_app_id: String, outbox_id: i64, settled: Settled) -> Result<Sent> {
+pub(crate) fn sent_as_bot(bot_app_id: String, outbox_id: i64, settled: Settled) -> Result<Sent> {
     let progress = match settled {
         Settled::Delivered(message_id) => Progress::Delivered(message_id),
         Settled::Uncertain => Progress::Uncertain,
@@ -218,7 +218,7 @@ pub fn sent_as_bot(bot_app_id: String, outbox_id: i64, settled: Settled) -> Resu
 }
 
 /// The mention entities for `text`: each mention needs an id and a name, and its `<at>` tag in the text.
-pub fn mention_entities(text: &str, mentions: &[Mention]) -> Result<Vec<Value>> {
+pub(crate) fn mention_entities(text: &str, mentions: &[Mention]) -> Result<Vec<Value>> {
     mentions
         .iter()
         .map(|m| {
@@ -236,7 +236,7 @@ pub fn mention_entities(text: &str, mentions: &[Mention]) -> Result<Vec<Value>> 
 
 /// The message activities that carry `text`: one, or several when it is longer than a Teams message
 /// (split losslessly). A message with mentions must fit in one.
-pub fn text_messages(text: &str, entities: &[Value]) -> Result<Vec<Value>> {
+pub(crate) fn text_messages(text: &str, entities: &[Value]) -> Result<Vec<Value>> {
     if text.trim().is_empty() {
         return Err(Error::invalid("text is empty"));
     }
@@ -265,7 +265,7 @@ pub fn text_messages(text: &str, entities: &[Value]) -> Result<Vec<Value>> {
 
 /// A card message from the agent, checked: a valid Adaptive Card that does not use the approval verb,
 /// within Teams' size limit.
-pub fn card_message(text: Option<&str>, card: Value) -> Result<Value> {
+pub(crate) fn card_message(text: Option<&str>, card: Value) -> Result<Value> {
     crate::teams::validate_card(&card).map_err(|e| Error::invalid(format!("card is not a valid Adaptive Card: {e}")))?;
     if super::approval::uses_reserved_verb(&card) {
         return Err(Error::invalid(super::approval::RESERVED_VERB_ERROR));

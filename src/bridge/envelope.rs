@@ -23,7 +23,7 @@ const OPEN: &str = "⟦untrusted_content ";
 /// The closing marker without its nonce and closing bracket.
 const CLOSE: &str = "⟦/untrusted_content ";
 /// The longest value [`meta_value`] returns, in chars.
-pub const META_VALUE_MAX_CHARS: usize = 200;
+pub(crate) const META_VALUE_MAX_CHARS: usize = 200;
 
 /// Teams message HTML as plain text.
 ///
@@ -39,7 +39,7 @@ pub const META_VALUE_MAX_CHARS: usize = 200;
 /// agent sees junk than misses what follows. The output is *not* safe for the LLM by itself: a decoded
 /// `&lt;` is a `<` again. Pass it through [`wrap`] (or [`clean_text`]).
 #[must_use]
-pub fn html_to_text(html: &str) -> String {
+pub(crate) fn html_to_text(html: &str) -> String {
     let mut out = String::with_capacity(html.len());
     // Open links: where their text starts in `out`, and their target.
     let mut links: Vec<(usize, String)> = Vec::new();
@@ -115,7 +115,7 @@ pub fn html_to_text(html: &str) -> String {
 /// Removed: C0/C1 controls and DEL, and everything [`strip_invisible`] removes. Line and paragraph
 /// separators (U+2028, U+2029) become `\n`.
 #[must_use]
-pub fn clean_text(s: &str) -> String {
+pub(crate) fn clean_text(s: &str) -> String {
     let visible = strip_invisible(s);
     let mut out = String::with_capacity(visible.len());
     for c in visible.chars() {
@@ -140,7 +140,7 @@ pub fn clean_text(s: &str) -> String {
 /// blank look-alike, becomes a space. Kept where visible text needs them: U+FE0F right after an emoji,
 /// and ZWJ (U+200D) between two parts of an emoji sequence (an emoji or a skin tone, then a pictograph).
 #[must_use]
-pub fn strip_invisible(s: &str) -> String {
+pub(crate) fn strip_invisible(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut prev: Option<char> = None;
     let mut chars = s.chars().peekable();
@@ -175,7 +175,7 @@ fn ends_emoji(c: char) -> bool {
 /// `s` cut to at most `max_chars` chars (not bytes), with `… [truncated: N more characters]` appended
 /// when it was cut; the flag says whether it was.
 #[must_use]
-pub fn bound(s: &str, max_chars: usize) -> (String, bool) {
+pub(crate) fn bound(s: &str, max_chars: usize) -> (String, bool) {
     match s.char_indices().nth(max_chars) {
         None => (s.to_owned(), false),
         Some((cut, _)) => {
@@ -187,7 +187,7 @@ pub fn bound(s: &str, max_chars: usize) -> (String, bool) {
 
 /// A fresh envelope nonce: 8 lowercase hex digits.
 #[must_use]
-pub fn new_nonce() -> String {
+pub(crate) fn new_nonce() -> String {
     format!("{:08x}", fastrand::u32(..))
 }
 
@@ -198,7 +198,7 @@ pub fn new_nonce() -> String {
 /// so the only markers in the result are the two real ones. The nonce should come from [`new_nonce`];
 /// anything but ASCII letters and digits is dropped from it.
 #[must_use]
-pub fn wrap(body: &str, nonce: &str) -> String {
+pub(crate) fn wrap(body: &str, nonce: &str) -> String {
     let nonce: String = nonce.chars().filter(char::is_ascii_alphanumeric).collect();
     let cleaned = clean_text(body);
     let mut out = String::with_capacity(cleaned.len() + 2 * (CLOSE.len() + nonce.len() + 4));
@@ -219,10 +219,11 @@ pub fn wrap(body: &str, nonce: &str) -> String {
     out
 }
 
+#[cfg(test)]
 /// The nonce and body of a text that is exactly one envelope as [`wrap`] makes it (`None` otherwise, also
 /// when the body holds a marker bracket). The body is returned as wrapped, not un-escaped.
 #[must_use]
-pub fn unwrap(s: &str) -> Option<(&str, String)> {
+pub(crate) fn unwrap(s: &str) -> Option<(&str, String)> {
     let rest = s.strip_prefix(OPEN)?;
     let (nonce, rest) = rest.split_once("⟧\n")?;
     if nonce.is_empty() || !nonce.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -238,7 +239,7 @@ pub fn unwrap(s: &str) -> Option<(&str, String)> {
 /// Whether `k` can be a channel notification meta key: ASCII letters, digits and `_`, non-empty (Claude
 /// Code silently drops any other key).
 #[must_use]
-pub fn is_meta_key(k: &str) -> bool {
+pub(crate) fn is_meta_key(k: &str) -> bool {
     !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
@@ -246,7 +247,7 @@ pub fn is_meta_key(k: &str) -> bool {
 /// `<`, `>`, `"`, `'`, `&`, `` ` `` dropped, marker brackets made `[[`/`]]`, whitespace collapsed to one
 /// space, trimmed, and at most [`META_VALUE_MAX_CHARS`] chars (cut ones end in `…`).
 #[must_use]
-pub fn meta_value(s: &str) -> String {
+pub(crate) fn meta_value(s: &str) -> String {
     let visible = strip_invisible(s);
     let mut kept = String::with_capacity(visible.len());
     for c in visible.chars() {

@@ -43,4 +43,4 @@ impl From<crate::store::StoreError> for Error {
 }
 
 /// A bridge result.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;

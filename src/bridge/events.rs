@@ -143,7 +143,7 @@ impl EventKind {
 
 /// Why an inbox item could not be read as an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EventError {
+pub(crate) enum EventError {
     #[error("inbox item {inbox_id} does not hold a valid activity: {reason}")]
     Malformed { inbox_id: i64, reason: String },
 }
@@ -151,7 +151,7 @@ pub enum EventError {
 /// Reads the activity stored with `item` as an event. The bot whose mention is stripped is the bot the
 /// activity was authenticated for (never the body's `recipient`, except for an Entra-authenticated
 /// agentic activity, whose recipient intake checked against the bot's Agent Identity and User).
-pub fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventError> {
+pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventError> {
     let mut activity: Activity =
         serde_json::from_str(&item.body).map_err(|e| EventError::Malformed { inbox_id: item.id, reason: e.to_string() })?;
     let bot_id = authenticated_bot(item, &activity);

@@ -6,7 +6,7 @@ use super::{Error, Hub, Result, Scope};
 use crate::store::InboxItem;
 
 /// At most this many ids are acknowledged in one request.
-pub const MAX_ACK_IDS: usize = 1000;
+pub(crate) const MAX_ACK_IDS: usize = 1000;
 
 impl Hub {
     /// Pending entries in scope (in `chat` only, when given), oldest first, at most `limit`, skipping `skip`.

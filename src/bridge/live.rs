@@ -28,7 +28,7 @@ enum Command {
 
 /// How a stream ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Finished {
+pub(crate) enum Finished {
     /// The final message landed: its id.
     Delivered(String),
     /// Teams refused a post with `ContentStreamNotAllowed` (the user pressed Stop, or the stream passed
@@ -38,7 +38,7 @@ pub enum Finished {
 
 /// Whether a stream still takes text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiveStatus {
+pub(crate) enum LiveStatus {
     Open,
     /// Cancelled by the user (or Teams' limit): later text is dropped.
     Cancelled,
@@ -46,7 +46,7 @@ pub enum LiveStatus {
 
 /// The handle of a running stream. Dropping it finishes the stream with what it has.
 #[derive(Debug)]
-pub struct LiveStream {
+pub(crate) struct LiveStream {
     pub reference: ConversationRef,
     commands: mpsc::UnboundedSender<Command>,
     /// Set when the stream finished on its own (idle): later text would be lost, so it is refused.
@@ -57,7 +57,7 @@ pub struct LiveStream {
 
 impl LiveStream {
     /// Start a stream in the conversation; nothing is posted before the first text or informative line.
-    pub fn start(outbound: Arc<Outbound>, reference: ConversationRef, config: StreamConfig) -> Self {
+    pub(crate) fn start(outbound: Arc<Outbound>, reference: ConversationRef, config: StreamConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let mode = outbound.stream_mode(&reference);
         let stream = Stream::new(mode, config, Instant::now());
@@ -68,7 +68,7 @@ impl LiveStream {
     }
 
     /// Whether the stream takes text (cancelled by the user: not, and that is no error).
-    pub fn status(&self) -> LiveStatus {
+    pub(crate) fn status(&self) -> LiveStatus {
         if self.cancelled.load(Ordering::Acquire) { LiveStatus::Cancelled } else { LiveStatus::Open }
     }
 
@@ -84,16 +84,16 @@ impl LiveStream {
     }
 
     /// A status line ("Searching…"), shown only where Teams streams (1:1 chats).
-    pub fn informative(&self, line: &str) -> Result<LiveStatus, String> {
+    pub(crate) fn informative(&self, line: &str) -> Result<LiveStatus, String> {
         self.send(Command::Informative(line.to_owned()))
     }
 
-    pub fn append(&self, text: &str) -> Result<LiveStatus, String> {
+    pub(crate) fn append(&self, text: &str) -> Result<LiveStatus, String> {
         self.send(Command::Append(text.to_owned()))
     }
 
     /// Finish and wait for the final message (its id), or learn that the stream was cancelled.
-    pub async fn finish(self) -> Result<Finished, String> {
+    pub(crate) async fn finish(self) -> Result<Finished, String> {
         if self.status() == LiveStatus::Cancelled {
             return Ok(Finished::Cancelled);
         }

@@ -28,23 +28,21 @@ use crate::config::Config;
 use crate::connector::outbox::Outbound;
 use crate::store::{AuditEvent, Store, now_ms};
 
-pub mod agent;
-pub mod approval;
-pub mod deliver;
-pub mod envelope;
-pub mod error;
-pub mod events;
-pub mod gate;
-pub mod graph;
-pub mod inbox;
-pub mod live;
-pub mod policy;
-pub mod route;
+pub(crate) mod agent;
+pub(crate) mod approval;
+pub(crate) mod deliver;
+pub(crate) mod envelope;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod gate;
+pub(crate) mod graph;
+pub(crate) mod inbox;
+pub(crate) mod live;
+pub(crate) mod policy;
+pub(crate) mod route;
 
 pub use approval::Approvals;
-pub use deliver::{Mention, Queued, Sent, Settled};
-pub use error::{Error, Result};
-pub use route::Reach;
+pub(crate) use error::{Error, Result};
 
 /// How the caller names the choices it can make, so that an error says how to fix the request in the
 /// caller's own terms (`bot` and `chat_id` for MCP tools, `--bot APP_ID` and `--conversation` on the command line).

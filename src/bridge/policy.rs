@@ -15,28 +15,29 @@
 
 use super::events::{channel_id, team_id};
 use crate::activity::{Activity, Kind};
-use crate::config::policy::contains_id;
 pub(crate) use crate::config::policy::{BotPolicy, DmPolicy, GroupPolicy};
+use crate::config::policy::{contains_id, contains_person};
 use crate::teams::{card_submit, is_bot_mentioned};
 
 /// What to do with an inbound activity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Give it to the agent.
     Deliver,
     /// Keep it from the agent (it is still stored (state `filtered`) and logged by the caller).
     Drop(DropReason),
 }
 
+#[cfg(test)]
 impl Verdict {
-    pub fn is_deliver(&self) -> bool {
+    pub(crate) fn is_deliver(&self) -> bool {
         matches!(self, Self::Deliver)
     }
 }
 
 /// Why an activity was kept from the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// `from.aadObjectId` is missing or empty (bots, connectors, system senders).
     NoSender,
     /// `conversation.conversationType` is missing or not `personal`, `groupChat` or `channel`.
@@ -59,7 +60,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// A short stable name for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::NoSender => "no_sender",
             Self::UnknownConversationType => "unknown_conversation_type",
@@ -74,7 +75,7 @@ impl DropReason {
     }
 
     /// What would let such an activity through: the policy field to change, or why none does.
-    pub fn hint(&self) -> &'static str {
+    pub(crate) fn hint(&self) -> &'static str {
         match self {
             Self::NoSender => {
                 "the sender has no AAD object id (from.aadObjectId), so no policy field can admit it; only people are delivered"
@@ -98,7 +99,7 @@ impl DropReason {
 /// Whether `activity` may reach the agent under `policy`.
 /// `bot_id` is the bot the activity was authenticated for (its app id): the mention check asks whether
 /// *that* bot is mentioned, never whoever the body's `recipient` names.
-pub fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> Verdict {
+pub(crate) fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> Verdict {
     use self::DropReason::*;
     if matches!(activity.kind(), Kind::InstallationUpdate | Kind::ConversationUpdate) {
         return Verdict::Deliver;
@@ -110,7 +111,7 @@ pub fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> Verdic
     let in_channel = if conversation_type.eq_ignore_ascii_case("personal") {
         return match policy.dm {
             DmPolicy::Open => Verdict::Deliver,
-            DmPolicy::Allowlist if contains_id(&policy.dm_allow, sender) => Verdict::Deliver,
+            DmPolicy::Allowlist if contains_person(&policy.dm_allow, sender) => Verdict::Deliver,
             DmPolicy::Allowlist => Verdict::Drop(DmNotAllowed),
             DmPolicy::Disabled => Verdict::Drop(DmDisabled),
         };
@@ -133,7 +134,7 @@ pub fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> Verdic
             return Verdict::Drop(ChannelNotAllowed);
         }
     }
-    if !policy.group_allow.is_empty() && !contains_id(&policy.group_allow, sender) {
+    if !policy.group_allow.is_empty() && !contains_person(&policy.group_allow, sender) {
         return Verdict::Drop(GroupSenderNotAllowed);
     }
     if policy.groups == GroupPolicy::Mention && needs_mention(activity) && !is_bot_mentioned(activity, bot_id) {
@@ -144,7 +145,7 @@ pub fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> Verdic
 
 /// Whether the policy would let this sender reach the agent with a message here (ignoring the mention
 /// rule). Lifecycle events pass the policy regardless; this says whether their sender would have.
-pub fn sender_allowed(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> bool {
+pub(crate) fn sender_allowed(policy: &BotPolicy, bot_id: &str, activity: &Activity) -> bool {
     let mut as_message = activity.clone();
     as_message.kind = "message".to_owned();
     matches!(evaluate(policy, bot_id, &as_message), Verdict::Deliver | Verdict::Drop(DropReason::NotMentioned))
@@ -216,7 +217,7 @@ mod tests {
     fn rules_both_ways() {
         let personal = || testdata::activity(testdata::MESSAGE_PERSONAL);
         let channel = || testdata::activity(testdata::CHANNEL_MENTION);
-        let allow_alex = |p: &mut BotPolicy| p.dm_allow = vec![ALEX.to_uppercase()];
+        let allow_alex = |p: &mut BotPolicy| p.dm_allow = vec![ALEX.to_uppercase().into()];
         let cases: Vec<(&str, BotPolicy, Activity, Verdict)> = vec![
             // Lifecycle passes whatever the policy and sender.
             (
@@ -478,7 +479,7 @@ mod tests {
             ),
             (
                 "group sender allowed, group chat",
-                policy(|p| p.group_allow = vec![ALEX.to_uppercase()]),
+                policy(|p| p.group_allow = vec![ALEX.to_uppercase().into()]),
                 mutated(testdata::CHANNEL_MENTION, group_chat),
                 Verdict::Deliver,
             ),
@@ -567,7 +568,7 @@ mod tests {
         });
         assert_eq!(ok.validate(), Ok(()));
         let field = |p: BotPolicy| p.validate().unwrap_err().0;
-        assert_eq!(field(policy(|p| p.dm_allow = vec![ALEX.into(), ALICE.into(), String::new()])), "policy.dm_allow[2]");
+        assert_eq!(field(policy(|p| p.dm_allow = vec![ALEX.into(), ALICE.into(), String::new().into()])), "policy.dm_allow[2]");
         assert_eq!(field(policy(|p| p.group_allow = vec!["a b".into()])), "policy.group_allow[0]");
         assert_eq!(field(policy(|p| p.teams_allow = vec![" ".into()])), "policy.teams_allow[0]");
         assert_eq!(field(policy(|p| p.channels_allow = vec!["x\t".into()])), "policy.channels_allow[0]");

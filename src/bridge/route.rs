@@ -42,7 +42,7 @@ pub enum Personal {
 
 /// The configured bots `scope` allows, or only the one `wanted` names (an app id, any case), with their
 /// index in `bots` (for errors that name `bots[i]`).
-pub fn bots_in<'a, 's>(
+pub(crate) fn bots_in<'a, 's>(
     bots: &'a [BotConfig],
     scope: &'s Scope,
     wanted: Option<&'s str>,
@@ -54,7 +54,7 @@ where
 }
 
 /// The one bot a request means: the one `wanted` names, or the only one in scope.
-pub fn one_bot<'a>(bots: &'a [BotConfig], scope: &Scope, wanted: Option<&str>) -> Result<(usize, &'a BotConfig)> {
+pub(crate) fn one_bot<'a>(bots: &'a [BotConfig], scope: &Scope, wanted: Option<&str>) -> Result<(usize, &'a BotConfig)> {
     let found: Vec<(usize, &BotConfig)> = bots_in(bots, scope, wanted).collect();
     match (found.as_slice(), wanted) {
         ([one], _) => Ok(*one),

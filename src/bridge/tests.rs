@@ -10,8 +10,9 @@ use tokio::sync::watch;
 
 use super::agent::AgentActor;
 use super::deliver::{self, AfterBot, Change, Mention, Progress, Queued, Sent, Settled, TextMessage};
+use super::route::Reach;
 use super::route::{self, Personal};
-use super::{Approvals, Caller, Error, Hub, Reach, Scope};
+use super::{Approvals, Caller, Error, Hub, Scope};
 use crate::config::{Config, Synchronous};
 use crate::connector::ConnectorClient;
 use crate::connector::outbox::{BotTokens, Outbound, RetryPolicy};

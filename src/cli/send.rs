@@ -29,13 +29,13 @@ const REQUESTER: &str = "cli";
 /// Whether a command acts in Teams (`members`: the bots' tokens and Agent Users are loaded) or only queues
 /// (`send`: no credential is loaded; the gateway's worker uses its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acting {
+pub(super) enum Acting {
     QueueOnly,
     Live { dev: bool },
 }
 
 /// A hub over the configured store for one command.
-pub async fn command_hub(cfg: Config, store: Arc<dyn Store>, acting: Acting) -> anyhow::Result<Hub> {
+pub(super) async fn command_hub(cfg: Config, store: Arc<dyn Store>, acting: Acting) -> anyhow::Result<Hub> {
     let dev = matches!(acting, Acting::Live { dev: true });
     let (tokens, agents): (Arc<dyn BotTokens>, _) = match acting {
         Acting::QueueOnly => (Arc::new(ConfiguredTokens::new(HashMap::new(), false)), HashMap::new()),
@@ -56,7 +56,7 @@ pub async fn command_hub(cfg: Config, store: Arc<dyn Store>, acting: Acting) -> 
 
 /// Validate the request against the configuration and the stored references, then queue it; returns
 /// the outbox id to follow (the last entry when the text was split).
-pub async fn queue_from_cli(hub: &Hub, args: &SendArgs) -> anyhow::Result<i64> {
+pub(super) async fn queue_from_cli(hub: &Hub, args: &SendArgs) -> anyhow::Result<i64> {
     let scope = Scope::command_line();
     let caller = Caller::new(&scope, REQUESTER);
     let card = match &args.card {
@@ -134,7 +134,7 @@ async fn queue_personal(
 
 /// Every member of a conversation a configured bot has seen, paged through the Connector as whoever acts
 /// there (the Agent User in an agentic conversation). Reads are not side effects: no outbox, no audit.
-pub async fn members(hub: &Hub, conversation: &str, bot: Option<&str>) -> anyhow::Result<Vec<Value>> {
+pub(super) async fn members(hub: &Hub, conversation: &str, bot: Option<&str>) -> anyhow::Result<Vec<Value>> {
     let (_, r) = hub.conversation_any(&Scope::command_line(), conversation, bot).await?;
     hub.outbound.list_members(&r).await.map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::AadObjectId;
+
 /// The bounds of [`BotPolicy::approval_timeout_secs`].
 pub const APPROVAL_TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
 
@@ -15,13 +17,13 @@ pub struct BotPolicy {
     pub dm: DmPolicy,
     /// AAD object ids allowed to DM the agent when `dm = "allowlist"`.
     #[serde(default)]
-    pub dm_allow: Vec<String>,
+    pub dm_allow: Vec<AadObjectId>,
     /// Group chats and channels: `mention` (default), `all` or `disabled`.
     #[serde(default)]
     pub groups: GroupPolicy,
     /// AAD object ids allowed to reach the agent in group chats and channels; empty: anyone there.
     #[serde(default)]
-    pub group_allow: Vec<String>,
+    pub group_allow: Vec<AadObjectId>,
     /// Teams (`channelData.team.id`) whose channels may reach the agent; empty: any.
     #[serde(default)]
     pub teams_allow: Vec<String>,
@@ -30,7 +32,7 @@ pub struct BotPolicy {
     pub channels_allow: Vec<String>,
     /// AAD object ids who may approve the agent's tool use (permission relay).
     #[serde(default)]
-    pub approvers: Vec<String>,
+    pub approvers: Vec<AadObjectId>,
     /// How long an approval request stays open, in seconds (10 to 86400; default 600).
     #[serde(default = "default_approval_timeout_secs")]
     pub approval_timeout_secs: u64,
@@ -90,15 +92,15 @@ impl BotPolicy {
     /// Checks the policy once, at startup. The error names the field (`policy.dm_allow[2]`) and says what
     /// is wrong and how to fix it.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let lists: [(&str, &[String], bool); 5] = [
-            ("dm_allow", &self.dm_allow, true),
-            ("group_allow", &self.group_allow, true),
-            ("teams_allow", &self.teams_allow, false),
-            ("channels_allow", &self.channels_allow, false),
-            ("approvers", &self.approvers, true),
+        let lists: [(&str, Vec<&str>, bool); 5] = [
+            ("dm_allow", self.dm_allow.iter().map(AadObjectId::as_str).collect(), true),
+            ("group_allow", self.group_allow.iter().map(AadObjectId::as_str).collect(), true),
+            ("teams_allow", self.teams_allow.iter().map(String::as_str).collect(), false),
+            ("channels_allow", self.channels_allow.iter().map(String::as_str).collect(), false),
+            ("approvers", self.approvers.iter().map(AadObjectId::as_str).collect(), true),
         ];
         for (name, ids, people) in lists {
-            for (i, id) in ids.iter().enumerate() {
+            for (i, id) in ids.into_iter().enumerate() {
                 let field = format!("policy.{name}[{i}]");
                 let what = if people { "an AAD object id (from.aadObjectId)" } else { "a Teams id" };
                 if id.trim().is_empty() {
@@ -142,8 +144,13 @@ impl BotPolicy {
     /// Whether the person with AAD object id `aad` may approve tool use.
     pub fn is_approver(&self, aad: &str) -> bool {
         let aad = aad.trim();
-        !aad.is_empty() && contains_id(&self.approvers, aad)
+        !aad.is_empty() && self.approvers.iter().any(|a| a.matches(aad))
     }
+}
+
+/// Whether `id` is one of the AAD object ids in `list` (ASCII case ignored, as Entra does).
+pub(crate) fn contains_person(list: &[AadObjectId], id: &str) -> bool {
+    list.iter().any(|x| x.matches(id))
 }
 
 pub(crate) fn contains_id(list: &[String], id: &str) -> bool {

@@ -19,10 +19,10 @@ use crate::entra::{AgentTokenChain, AgentUser};
 use crate::store::{ConversationRef, Store};
 
 /// Agent 365 bots: their Agent User chain and the Connector scope of its tokens, by bot app id.
-pub type AgenticChains = HashMap<String, (Arc<AgentTokenChain>, String)>;
+pub(crate) type AgenticChains = HashMap<String, (Arc<AgentTokenChain>, String)>;
 
 /// The identity a call acts as: its token, its `from`, and what the audit log calls it.
-pub struct Acting {
+pub(crate) struct Acting {
     pub token: SecretString,
     /// The `from` account of every activity posted as this identity.
     pub from: Value,
@@ -40,17 +40,17 @@ impl std::fmt::Debug for Acting {
 
 impl Acting {
     /// How the audit log names this identity.
-    pub fn identity(&self, bot_app_id: &str) -> String {
+    pub(crate) fn identity(&self, bot_app_id: &str) -> String {
         identity(bot_app_id, self.agent_user.as_deref())
     }
 
     /// Whether this is the Agent User (an agentic conversation).
-    pub fn is_agentic(&self) -> bool {
+    pub(crate) fn is_agentic(&self) -> bool {
         self.agent_user.is_some()
     }
 
     /// The conversation id to put in the URL path ([`super::url_conversation_id`]).
-    pub fn path_conversation_id<'a>(&self, conversation: &'a str) -> std::borrow::Cow<'a, str> {
+    pub(crate) fn path_conversation_id<'a>(&self, conversation: &'a str) -> std::borrow::Cow<'a, str> {
         let role = self.from.get("role").and_then(Value::as_str);
         super::url_conversation_id(conversation, self.channel_id.as_deref(), role)
     }
@@ -65,21 +65,21 @@ fn identity(bot_app_id: &str, agent_user: Option<&str>) -> String {
 
 /// The agentic recipient the conversation is answered as, if it is agentic for this bot (the bot has an
 /// Agent User chain and the reference names an agentic recipient). The pure half of [`acting`].
-pub fn agentic_recipient(chains: &AgenticChains, r: Option<&ConversationRef>) -> Option<AgenticRecipient> {
+pub(crate) fn agentic_recipient(chains: &AgenticChains, r: Option<&ConversationRef>) -> Option<AgenticRecipient> {
     let r = r?;
     chains.get(&r.bot_app_id)?;
     r.agentic.clone()
 }
 
 /// How the audit log names whoever acts in the conversation, without fetching a token.
-pub fn acting_identity(chains: &AgenticChains, r: &ConversationRef) -> String {
+pub(crate) fn acting_identity(chains: &AgenticChains, r: &ConversationRef) -> String {
     let user = agentic_recipient(chains, Some(r)).and_then(|a| a.agentic_user_id);
     identity(&r.bot_app_id, user.as_deref())
 }
 
 /// The identity, token and `from` for a call in `conversation` of `bot_app_id`: the Agent User in an
 /// agentic conversation, the bot otherwise. A failure sends nothing.
-pub async fn acting(
+pub(crate) async fn acting(
     store: &dyn Store,
     tokens: &dyn BotTokens,
     chains: &AgenticChains,

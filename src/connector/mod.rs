@@ -8,12 +8,12 @@
 //! An empty 2xx body is success. Errors are classified so that a caller can tell whether a create
 //! certainly did not land (and may be retried) or might have (and must not be re-posted blindly).
 
-pub mod acting;
-pub mod outbox;
-pub mod send;
-pub mod streaming;
-pub mod throttle;
-pub mod tokens;
+pub(crate) mod acting;
+pub(crate) mod outbox;
+pub(crate) mod send;
+pub(crate) mod streaming;
+pub(crate) mod throttle;
+pub(crate) mod tokens;
 
 use std::time::Duration;
 
@@ -330,7 +330,7 @@ impl ConnectorClient {
 }
 
 /// Longest conversation id Microsoft's SDKs put in the URL of an agentic call on the `agents` channel.
-pub const AGENTS_MAX_CONVERSATION_ID: usize = 150;
+pub(crate) const AGENTS_MAX_CONVERSATION_ID: usize = 150;
 
 /// The conversation id as it goes into the URL path of a send or reply: for an agentic sender
 /// (`agenticUser` / `agenticAppInstance`) on the `agents` channel (Agent 365 notifications), cut to 150
@@ -344,7 +344,11 @@ pub const AGENTS_MAX_CONVERSATION_ID: usize = 150;
 /// (`_normalize_conversation_id` / `_should_sanitize_conversation_id`, at 8ff0ac3b). The channel may carry
 /// a sub-channel (`agents:email`); its base is compared, as Python does. JS cuts UTF-16 units, Python code
 /// points; we cut characters (code points), which never splits one.
-pub fn url_conversation_id<'a>(conversation: &'a str, channel_id: Option<&str>, from_role: Option<&str>) -> std::borrow::Cow<'a, str> {
+pub(crate) fn url_conversation_id<'a>(
+    conversation: &'a str,
+    channel_id: Option<&str>,
+    from_role: Option<&str>,
+) -> std::borrow::Cow<'a, str> {
     let agents = channel_id.is_some_and(|c| c.split(':').next().is_some_and(|base| base.eq_ignore_ascii_case("agents")));
     let agentic = from_role.is_some_and(|r| r.eq_ignore_ascii_case("agenticUser") || r.eq_ignore_ascii_case("agenticAppInstance"));
     if !(agents && agentic) {
@@ -364,7 +368,7 @@ fn classify_send_error(e: reqwest::Error) -> ConnectorError {
     }
 }
 
-pub use crate::http_util::parse_retry_after;
+pub(crate) use crate::http_util::parse_retry_after;
 
 #[cfg(test)]
 mod tests {

@@ -628,7 +628,7 @@ enum Failure {
 }
 
 /// Every member of a conversation, paged through the Connector as `who`.
-pub async fn list_members(
+pub(crate) async fn list_members(
     connector: &ConnectorClient,
     ep: &Endpoint<'_>,
     who: &Acting,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::ids::Cloud;
 
 /// Where proactive messages go when the bot has no reference in the tenant yet.
-pub fn default_proactive_service_url(cloud: Cloud) -> Option<&'static str> {
+pub(crate) fn default_proactive_service_url(cloud: Cloud) -> Option<&'static str> {
     match cloud {
         Cloud::Public => Some("https://smba.trafficmanager.net/teams/"),
         Cloud::Usgov => Some("https://smba.infra.gov.teams.microsoft.us/teams"),
@@ -15,7 +15,7 @@ pub fn default_proactive_service_url(cloud: Cloud) -> Option<&'static str> {
 }
 
 /// A message activity with text and/or an Adaptive Card.
-pub fn message(text: Option<&str>, card: Option<Value>) -> Value {
+pub(crate) fn message(text: Option<&str>, card: Option<Value>) -> Value {
     let mut a = json!({"type": "message"});
     if let Some(t) = text {
         a["text"] = json!(t);
@@ -28,7 +28,7 @@ pub fn message(text: Option<&str>, card: Option<Value>) -> Value {
 
 /// The text cut into chunks of about three words, keeping every character (the chunks concatenate to
 /// the input).
-pub fn stream_chunks(text: &str) -> Vec<String> {
+pub(crate) fn stream_chunks(text: &str) -> Vec<String> {
     let mut chunks = Vec::new();
     let mut current = String::new();
     for (i, word) in text.split_inclusive(char::is_whitespace).enumerate() {

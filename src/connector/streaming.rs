@@ -18,11 +18,11 @@ use super::{ConnectorError, ResourceResponse};
 use crate::teams::StreamSendKind;
 
 /// Teams' limit: one streaming request per second per stream.
-pub const STREAM_REQUEST_GAP: Duration = Duration::from_secs(1);
+pub(crate) const STREAM_REQUEST_GAP: Duration = Duration::from_secs(1);
 /// Most times one stream post is retried after a 429.
-pub const STREAM_MAX_RETRIES: u32 = 5;
+pub(crate) const STREAM_MAX_RETRIES: u32 = 5;
 /// Most time spent waiting out 429s for one stream post.
-pub const STREAM_RETRY_BUDGET: Duration = Duration::from_secs(30);
+pub(crate) const STREAM_RETRY_BUDGET: Duration = Duration::from_secs(30);
 
 /// What became of one stream post.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub enum Posted {
 }
 
 /// The last-line record as stored for a cancelled stream.
-pub const CANCELLED: &str = "cancelled: ContentStreamNotAllowed";
+pub(crate) const CANCELLED: &str = "cancelled: ContentStreamNotAllowed";
 
 /// The pacing state of one stream (one per reply; a new stream after Teams' 2-minute limit keeps it, which
 /// only errs on the slow side).

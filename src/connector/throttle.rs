@@ -11,17 +11,17 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// `(window, most sends in it)`.
-pub type Limit = (Duration, usize);
+pub(crate) type Limit = (Duration, usize);
 
 /// Teams' per-conversation limits for sends and creates.
-pub const CONVERSATION_LIMITS: [Limit; 4] =
+pub(crate) const CONVERSATION_LIMITS: [Limit; 4] =
     [(Duration::from_secs(1), 7), (Duration::from_secs(2), 8), (Duration::from_secs(30), 60), (Duration::from_secs(3600), 1800)];
 
 /// Teams' global limit per app per tenant.
-pub const TENANT_LIMITS: [Limit; 1] = [(Duration::from_secs(1), 50)];
+pub(crate) const TENANT_LIMITS: [Limit; 1] = [(Duration::from_secs(1), 50)];
 
 /// How much longer than Teams' window a window is kept.
-pub fn margin(window: Duration) -> Duration {
+pub(crate) fn margin(window: Duration) -> Duration {
     (window / 10).min(Duration::from_secs(1))
 }
 

@@ -17,7 +17,7 @@ use crate::entra::{Authority, BotTokenProvider, TokenClient, TokenClientSettings
 /// Agents Playground's mock Connector, which accepts any token. It is also the only token the Playground's
 /// loopback connector ever receives, whatever the bot's credential: the Connector client swaps it in for
 /// every call there ([`super::ConnectorClient`]).
-pub const DEV_PLACEHOLDER_TOKEN: &str = "agentgate-dev-mode-no-credential";
+pub(crate) const DEV_PLACEHOLDER_TOKEN: &str = "agentgate-dev-mode-no-credential";
 
 /// Tokens for every bot with a credential; in dev mode, a placeholder for bots without one.
 #[derive(Debug, Default)]

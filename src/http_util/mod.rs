@@ -1,7 +1,7 @@
 //! Small helpers shared by the HTTP clients (keys, tokens, Connector, Graph), and their one retry loop
 //! ([`retry`]).
 
-pub mod retry;
+pub(crate) mod retry;
 
 use std::time::{Duration, SystemTime};
 
@@ -12,12 +12,12 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// `s` percent-encoded as one URL path segment (or query value), for the Connector and Graph clients.
-pub fn path_segment(s: &str) -> String {
+pub(crate) fn path_segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// An error and its causes on one line ("error sending request: connection refused").
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -29,7 +29,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// `Retry-After` as seconds or as an HTTP date (a date in the past is zero).
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -6,10 +6,9 @@
 //! order by the ASCII-lowercase form and keep the text as received for display. Conversation ids are
 //! opaque and compared exactly.
 
-pub mod cloud;
-pub mod graph_url;
+pub(crate) mod cloud;
+pub(crate) mod graph_url;
 
-use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
@@ -43,11 +42,6 @@ macro_rules! case_insensitive_id {
             /// The text as received.
             pub fn as_str(&self) -> &str {
                 &self.text
-            }
-
-            /// The ASCII-lowercase form used for comparison (and as a store key).
-            pub fn key(&self) -> &str {
-                &self.key
             }
 
             /// Whether `other` names the same id (ASCII case ignored).
@@ -133,63 +127,10 @@ macro_rules! case_insensitive_id {
 }
 
 case_insensitive_id!(
-    /// A bot's Microsoft App id (the Entra application's client id; the token's `aud`).
-    AppId
-);
-case_insensitive_id!(
-    /// An Entra tenant id (`tid`; `channelData.tenant.id`).
-    TenantId
-);
-case_insensitive_id!(
     /// A person's (or an Agent User's) Entra object id: `from.aadObjectId`. Policy matches on it, never
     /// on names.
     AadObjectId
 );
-
-/// A Teams conversation id (`19:…@thread.v2`, `a:1…`, `19:…@unq.gbl.spaces`). Opaque: compared exactly.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ConversationId(String);
-
-impl ConversationId {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ConversationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for ConversationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConversationId({:?})", self.0)
-    }
-}
-
-impl Borrow<str> for ConversationId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for ConversationId {
-    fn from(s: &str) -> Self {
-        Self(s.to_owned())
-    }
-}
-
-impl From<String> for ConversationId {
-    fn from(s: String) -> Self {
-        Self(s)
-    }
-}
 
 /// How an inbound activity was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -265,25 +206,19 @@ mod tests {
 
     #[test]
     fn case_insensitive_ids_compare_and_hash_by_lowercase() {
-        let a = TenantId::new("ABC-Def");
-        let b = TenantId::from(" abc-def ");
+        let a = AadObjectId::new("ABC-Def");
+        let b = AadObjectId::from(" abc-def ");
         assert_eq!(a, b);
         assert!(a == "abc-DEF");
+        assert!(a.matches(" ABC-DEF "));
         assert_eq!(a.to_string(), "ABC-Def", "display keeps the text as received");
-        assert_eq!(a.key(), "abc-def");
-        let set: HashSet<TenantId> = [a.clone(), b].into_iter().collect();
+        let set: HashSet<AadObjectId> = [a.clone(), b].into_iter().collect();
         assert_eq!(set.len(), 1);
-        assert_ne!(a, TenantId::new("abc-deg"));
-        let json = serde_json::to_string(&AppId::new("X-Y")).unwrap_or_default();
+        assert_ne!(a, AadObjectId::new("abc-deg"));
+        let json = serde_json::to_string(&AadObjectId::new("X-Y")).unwrap_or_default();
         assert_eq!(json, "\"X-Y\"");
         let back: AadObjectId = serde_json::from_str("\"Q\"").unwrap_or_else(|_| AadObjectId::new(""));
         assert!(back == "q");
-    }
-
-    #[test]
-    fn conversation_ids_are_exact() {
-        assert_ne!(ConversationId::from("a:1AbC"), ConversationId::from("a:1abc"));
-        assert_eq!(ConversationId::from("19:x@thread.v2").as_str(), "19:x@thread.v2");
     }
 
     #[test]

@@ -434,7 +434,7 @@ pub(crate) async fn audit_expected_head_catches_an_unkeyed_rewrite(b: &dyn Backe
 
 /// Dev mode: a reference written by an authenticated activity is never overwritten by an anonymous one (the
 /// activity itself is kept); anonymous over anonymous and authenticated over anything are written.
-pub async fn an_anonymous_activity_never_overwrites_an_authenticated_reference(b: &dyn Backend) {
+pub(crate) async fn an_anonymous_activity_never_overwrites_an_authenticated_reference(b: &dyn Backend) {
     let store = b.open(None).await;
     let mut anonymous = record("a1", "c1");
     anonymous.reference.service_url = "http://127.0.0.1:1/_connector".into();

@@ -15,31 +15,31 @@ use super::split::{LOCAL_MAX_ACTIVITY_UTF16, activity_size_utf16};
 use crate::activity::{Activity, InvokeResponse, Kind};
 
 /// `contentType` of an Adaptive Card attachment, and `type` of an invoke response carrying a card.
-pub const ADAPTIVE_CARD_CONTENT_TYPE: &str = "application/vnd.microsoft.card.adaptive";
+pub(crate) const ADAPTIVE_CARD_CONTENT_TYPE: &str = "application/vnd.microsoft.card.adaptive";
 
 /// `type` of an invoke response whose `value` is a message Teams shows as a toast.
-pub const INVOKE_MESSAGE_TYPE: &str = "application/vnd.microsoft.activity.message";
+pub(crate) const INVOKE_MESSAGE_TYPE: &str = "application/vnd.microsoft.activity.message";
 
 /// `type` of an invoke response whose `value` is an error `{code, message}`.
-pub const INVOKE_ERROR_TYPE: &str = "application/vnd.microsoft.error";
+pub(crate) const INVOKE_ERROR_TYPE: &str = "application/vnd.microsoft.error";
 
 /// The invoke name of Universal Actions (`Action.Execute`).
-pub const ADAPTIVE_CARD_ACTION_INVOKE: &str = "adaptiveCard/action";
+pub(crate) const ADAPTIVE_CARD_ACTION_INVOKE: &str = "adaptiveCard/action";
 
 /// The action types a card may use (Teams' supported set).
-pub const SUPPORTED_ACTIONS: [&str; 5] =
+pub(crate) const SUPPORTED_ACTIONS: [&str; 5] =
     ["Action.Submit", "Action.Execute", "Action.OpenUrl", "Action.ShowCard", "Action.ToggleVisibility"];
 
 /// Largest card accepted, serialized, in UTF-16 units: the local activity ceiling less 4 KB for the rest of
 /// the message.
-pub const MAX_CARD_UTF16: usize = LOCAL_MAX_ACTIVITY_UTF16 - 4 * 1024;
+pub(crate) const MAX_CARD_UTF16: usize = LOCAL_MAX_ACTIVITY_UTF16 - 4 * 1024;
 
 /// Deepest nesting of containers, actions and show-cards accepted.
-pub const MAX_CARD_DEPTH: usize = 32;
+pub(crate) const MAX_CARD_DEPTH: usize = 32;
 
 /// Why a value is not a card we will send. `path` names the offending place (`body[1].actions[0]`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CardError {
+pub(crate) enum CardError {
     #[error("the card is not a JSON object")]
     NotAnObject,
     #[error("`{path}` is not an object with \"type\": \"AdaptiveCard\"")]
@@ -64,7 +64,7 @@ pub enum CardError {
 /// `Action.ShowCard` cards — of a [`SUPPORTED_ACTIONS`] type; nested at most [`MAX_CARD_DEPTH`] deep; and at
 /// most [`MAX_CARD_UTF16`] serialized. Element types themselves are not checked (Teams ignores unknown ones
 /// or shows their `fallback`).
-pub fn validate_card(card: &Value) -> Result<(), CardError> {
+pub(crate) fn validate_card(card: &Value) -> Result<(), CardError> {
     if !card.is_object() {
         return Err(CardError::NotAnObject);
     }
@@ -76,9 +76,10 @@ pub fn validate_card(card: &Value) -> Result<(), CardError> {
     Ok(())
 }
 
+#[cfg(test)]
 /// A `message` activity carrying `card` as its one attachment, after [`validate_card`]. The sender adds the
 /// addressing (`conversation`, `from`, `recipient`, `replyToId`).
-pub fn card_message(card: Value) -> Result<Value, CardError> {
+pub(crate) fn card_message(card: Value) -> Result<Value, CardError> {
     validate_card(&card)?;
     Ok(json!({
         "type": "message",
@@ -88,13 +89,13 @@ pub fn card_message(card: Value) -> Result<Value, CardError> {
 
 /// The data of an `Action.Submit`: the `value` of a `message` activity (`None` for other activities or when
 /// `value` is absent or null). Teams usually sends no `text` with it; `replyToId` is the card's message.
-pub fn card_submit(activity: &Activity) -> Option<&Value> {
+pub(crate) fn card_submit(activity: &Activity) -> Option<&Value> {
     (activity.kind() == Kind::Message).then_some(activity.value.as_ref()).flatten().filter(|v| !v.is_null())
 }
 
 /// How an `Action.Execute` was triggered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// The user pressed the button.
     #[default]
     Manual,
@@ -104,7 +105,7 @@ pub enum Trigger {
 
 /// A Universal Action (`Action.Execute`) read from an `adaptiveCard/action` invoke.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ExecuteAction {
+pub(crate) struct ExecuteAction {
     /// The action's `verb`.
     pub verb: Option<String>,
     /// The action's `data` merged by the client with the card's inputs (`Value::Null` when absent).
@@ -123,7 +124,7 @@ pub struct ExecuteAction {
 
 /// Why an invoke is not a usable `Action.Execute`. [`InvokeError::response`] gives the invoke response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvokeError {
+pub(crate) enum InvokeError {
     /// Not an `invoke` named `adaptiveCard/action`.
     #[error("not an adaptiveCard/action invoke")]
     NotAnActionInvoke,
@@ -140,7 +141,7 @@ pub enum InvokeError {
 
 impl InvokeError {
     /// The error `code` sent to Teams.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::NotAnActionInvoke => "NotImplemented",
             Self::MissingValue | Self::MissingAction => "BadRequest",
@@ -150,7 +151,7 @@ impl InvokeError {
 
     /// The HTTP status: 400, or 501 for an invoke that is not `adaptiveCard/action` (as botbuilder answers
     /// an invoke nobody handles).
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Self::NotAnActionInvoke => 501,
             _ => 400,
@@ -158,14 +159,14 @@ impl InvokeError {
     }
 
     /// The invoke response: `{statusCode, type: "application/vnd.microsoft.error", value: {code, message}}`.
-    pub fn response(&self) -> InvokeResponse {
+    pub(crate) fn response(&self) -> InvokeResponse {
         error_response(self.status(), self.code(), &self.to_string())
     }
 }
 
 /// Reads an `Action.Execute` from an `invoke` activity named `adaptiveCard/action`, with botbuilder's checks:
 /// `value` must be present and its `action.type` must be `Action.Execute`.
-pub fn execute_action(activity: &Activity) -> Result<ExecuteAction, InvokeError> {
+pub(crate) fn execute_action(activity: &Activity) -> Result<ExecuteAction, InvokeError> {
     if activity.kind() != Kind::Invoke || activity.name.as_deref() != Some(ADAPTIVE_CARD_ACTION_INVOKE) {
         return Err(InvokeError::NotAnActionInvoke);
     }
@@ -192,19 +193,19 @@ pub fn execute_action(activity: &Activity) -> Result<ExecuteAction, InvokeError>
 
 /// Invoke response replacing the card with `card` (200, `application/vnd.microsoft.card.adaptive`), after
 /// [`validate_card`].
-pub fn card_response(card: Value) -> Result<InvokeResponse, CardError> {
+pub(crate) fn card_response(card: Value) -> Result<InvokeResponse, CardError> {
     validate_card(&card)?;
     Ok(invoke_response(200, ADAPTIVE_CARD_CONTENT_TYPE, card))
 }
 
 /// Invoke response showing `text` as a toast (200, `application/vnd.microsoft.activity.message`).
-pub fn message_response(text: &str) -> InvokeResponse {
+pub(crate) fn message_response(text: &str) -> InvokeResponse {
     invoke_response(200, INVOKE_MESSAGE_TYPE, Value::String(text.to_owned()))
 }
 
 /// Error invoke response (`application/vnd.microsoft.error`, `value: {code, message}`); the HTTP status is
 /// `status` as well.
-pub fn error_response(status: u16, code: &str, message: &str) -> InvokeResponse {
+pub(crate) fn error_response(status: u16, code: &str, message: &str) -> InvokeResponse {
     invoke_response(status, INVOKE_ERROR_TYPE, json!({"code": code, "message": message}))
 }
 

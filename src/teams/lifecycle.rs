@@ -12,7 +12,7 @@ use crate::activity::{Activity, Kind};
 
 /// What happened to the bot's membership of the conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Installation {
+pub(crate) enum Installation {
     /// Installed or added (also an upgrade that keeps it installed).
     Added,
     /// Uninstalled or removed.
@@ -22,7 +22,7 @@ pub enum Installation {
 /// The bot's installation change carried by `activity`, if any. The bot is the activity's `recipient`
 /// (compared as in [`same_bot_id`]: with or without `28:`, case-insensitive). For a `conversationUpdate`
 /// that both adds and removes the bot, `Removed` wins.
-pub fn installation_change(activity: &Activity) -> Option<Installation> {
+pub(crate) fn installation_change(activity: &Activity) -> Option<Installation> {
     match activity.kind() {
         Kind::InstallationUpdate => {
             let action = activity.action.as_deref()?.trim().to_ascii_lowercase();

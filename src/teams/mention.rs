@@ -12,7 +12,7 @@ use crate::activity::Activity;
 
 /// Whether two bot ids name the same bot: case-insensitive, with or without the `28:` prefix Teams puts in
 /// front of bot ids (`28:<appId>` and `<appId>` are the same bot). Empty ids never match.
-pub fn same_bot_id(a: &str, b: &str) -> bool {
+pub(crate) fn same_bot_id(a: &str, b: &str) -> bool {
     fn bare(s: &str) -> &str {
         let s = s.trim();
         match s.get(..3) {
@@ -25,7 +25,7 @@ pub fn same_bot_id(a: &str, b: &str) -> bool {
 }
 
 /// Whether the activity carries a mention entity for the bot (`mentioned.id` is the bot, see [`same_bot_id`]).
-pub fn is_bot_mentioned(activity: &Activity, bot_id: &str) -> bool {
+pub(crate) fn is_bot_mentioned(activity: &Activity, bot_id: &str) -> bool {
     super::entities(activity).iter().filter_map(as_mention).any(|m| same_bot_id(m.id, bot_id))
 }
 
@@ -42,7 +42,7 @@ pub fn is_bot_mentioned(activity: &Activity, bot_id: &str) -> bool {
 /// Other people's mentions stay, and so do all entities (the bot's mention entity included, so
 /// [`is_bot_mentioned`] still answers afterwards). If someone else in the message has the same display
 /// name as the bot, at most as many tags are removed as the bot has mention entities.
-pub fn strip_bot_mention(activity: &mut Activity, bot_id: &str) -> usize {
+pub(crate) fn strip_bot_mention(activity: &mut Activity, bot_id: &str) -> usize {
     let Some(text) = activity.text.as_deref() else { return 0 };
     let mut bot_texts: Vec<String> = Vec::new();
     let mut bot_names: HashMap<String, usize> = HashMap::new();
@@ -121,7 +121,7 @@ pub fn strip_bot_mention(activity: &mut Activity, bot_id: &str) -> usize {
 
 /// An outbound mention of `user_id`: the text to put in the message (`<at>name</at>`, with `<`, `>` and `&`
 /// in the name escaped) and the matching `mention` entity for the activity's `entities`.
-pub fn mention(user_id: &str, name: &str) -> (String, Value) {
+pub(crate) fn mention(user_id: &str, name: &str) -> (String, Value) {
     let text = format!("<at>{}</at>", escape_html(name));
     let entity = json!({"type": "mention", "text": text, "mentioned": {"id": user_id, "name": name}});
     (text, entity)

@@ -15,27 +15,21 @@
 //! | [`stream`] | Teams streaming (`streaminfo`) in 1:1 chats, buffered elsewhere |
 //! | [`lifecycle`] | bot installed / removed, from `installationUpdate` and `conversationUpdate` |
 
-pub mod card;
-pub mod lifecycle;
-pub mod mention;
-pub mod split;
-pub mod stream;
-pub mod thread;
-pub mod typing;
+pub(crate) mod card;
+pub(crate) mod lifecycle;
+pub(crate) mod mention;
+pub(crate) mod split;
+pub(crate) mod stream;
+pub(crate) mod thread;
+pub(crate) mod typing;
 
-pub use card::{
-    ADAPTIVE_CARD_CONTENT_TYPE, CardError, ExecuteAction, InvokeError, Trigger, card_message, card_response, card_submit, error_response,
-    execute_action, message_response, validate_card,
-};
-pub use lifecycle::{Installation, installation_change};
-pub use mention::{is_bot_mentioned, mention, same_bot_id, strip_bot_mention};
-pub use split::{
-    LOCAL_MAX_ACTIVITY_UTF16, MAX_TEXT_UTF16, SizeError, TEAMS_MAX_ACTIVITY_UTF16, activity_size_utf16, check_activity_size, split_text,
-    utf16_len,
-};
-pub use stream::{Stream, StreamConfig, StreamEnd, StreamMode, StreamSend, StreamSendKind};
-pub use thread::{ThreadError, ThreadId, reply_in_thread, thread_conversation_id, thread_root};
-pub use typing::{TYPING_INTERVAL, TypingGovernor, typing_activity};
+pub(crate) use card::{card_response, card_submit, execute_action, message_response, validate_card};
+pub(crate) use lifecycle::{Installation, installation_change};
+pub(crate) use mention::{is_bot_mentioned, mention, strip_bot_mention};
+pub(crate) use split::{MAX_TEXT_UTF16, check_activity_size, split_text, utf16_len};
+pub(crate) use stream::{Stream, StreamConfig, StreamMode, StreamSend, StreamSendKind};
+pub(crate) use thread::thread_root;
+pub(crate) use typing::{TypingGovernor, typing_activity};
 
 /// Entities of an activity (`entities` lives in [`Activity::extra`](crate::activity::Activity::extra)).
 fn entities(activity: &crate::activity::Activity) -> &[serde_json::Value] {

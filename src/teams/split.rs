@@ -8,33 +8,34 @@ use std::io;
 
 use serde_json::Value;
 
+#[cfg(test)]
 /// Teams' documented (approximate) maximum message size, in UTF-16 code units (100 KB).
-pub const TEAMS_MAX_ACTIVITY_UTF16: usize = 100 * 1024;
+pub(crate) const TEAMS_MAX_ACTIVITY_UTF16: usize = 100 * 1024;
 
 /// Our local ceiling for a whole serialized activity (80 KB, Teams' recommendation): anything larger is
 /// refused before it is posted.
-pub const LOCAL_MAX_ACTIVITY_UTF16: usize = 80 * 1024;
+pub(crate) const LOCAL_MAX_ACTIVITY_UTF16: usize = 80 * 1024;
 
 /// Default budget for the `text` of one message (38 KB): even when JSON escaping doubles every character (a
 /// newline or quote becomes two), the text plus 4 KB for the rest of the activity stays under
 /// [`LOCAL_MAX_ACTIVITY_UTF16`].
-pub const MAX_TEXT_UTF16: usize = 38 * 1024;
+pub(crate) const MAX_TEXT_UTF16: usize = 38 * 1024;
 
 /// An activity that is too large to post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the activity is {size} UTF-16 units, over the limit of {limit}")]
-pub struct SizeError {
+pub(crate) struct SizeError {
     pub size: usize,
     pub limit: usize,
 }
 
 /// The length of `s` in UTF-16 code units.
-pub fn utf16_len(s: &str) -> usize {
+pub(crate) fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()
 }
 
 /// The size of the activity as serialized JSON (what is posted), in UTF-16 code units.
-pub fn activity_size_utf16(activity: &Value) -> usize {
+pub(crate) fn activity_size_utf16(activity: &Value) -> usize {
     let mut counter = Utf16Counter(0);
     match serde_json::to_writer(&mut counter, activity) {
         Ok(()) => counter.0,
@@ -44,7 +45,7 @@ pub fn activity_size_utf16(activity: &Value) -> usize {
 }
 
 /// Checks the serialized activity against [`LOCAL_MAX_ACTIVITY_UTF16`] and returns its size.
-pub fn check_activity_size(activity: &Value) -> Result<usize, SizeError> {
+pub(crate) fn check_activity_size(activity: &Value) -> Result<usize, SizeError> {
     let size = activity_size_utf16(activity);
     if size > LOCAL_MAX_ACTIVITY_UTF16 { Err(SizeError { size, limit: LOCAL_MAX_ACTIVITY_UTF16 }) } else { Ok(size) }
 }
@@ -81,7 +82,7 @@ impl io::Write for Utf16Counter {
 /// without tables: combining marks, variation selectors, emoji modifiers, tags and zero-width joiners stay
 /// with what precedes them, a ZWJ keeps its following character, regional indicators pair up into flags, and
 /// `\r\n` stays together.
-pub fn split_text(text: &str, limit: usize) -> Vec<String> {
+pub(crate) fn split_text(text: &str, limit: usize) -> Vec<String> {
     let limit = limit.max(2);
     let mut chunks = Vec::new();
     let mut rest = text;

@@ -57,11 +57,12 @@ use serde_json::{Value, json};
 use super::split::{MAX_TEXT_UTF16, cut_point, split_text, utf16_len};
 use crate::activity::Activity;
 
+#[cfg(test)]
 /// Teams' limit on the lifetime of one stream.
-pub const TEAMS_STREAM_LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const TEAMS_STREAM_LIMIT: Duration = Duration::from_secs(120);
 
 /// Teams' limit on an informative line: 1000 characters or 1 KB.
-pub const INFORMATIVE_MAX_CHARS: usize = 1000;
+pub(crate) const INFORMATIVE_MAX_CHARS: usize = 1000;
 const INFORMATIVE_MAX_BYTES: usize = 1024;
 
 /// Whether a [`Stream`] streams or buffers.
@@ -91,7 +92,7 @@ impl StreamMode {
 
 /// Tunables of a [`Stream`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamConfig {
+pub(crate) struct StreamConfig {
     /// The minimum time between two sends (updates are coalesced in between). Default 1.5 s.
     pub update_interval: Duration,
     /// Age (from its first send) at which a stream is finalised, before Teams' 2-minute limit. Default 110 s.
@@ -132,14 +133,14 @@ pub enum StreamSendKind {
 
 /// An activity to post to the conversation, in the order returned.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StreamSend {
+pub(crate) struct StreamSend {
     pub kind: StreamSendKind,
     pub activity: Value,
 }
 
 /// How a stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// [`Stream::finish`] was called.
     Finished,
     /// Idle timeout or drop.
@@ -149,7 +150,7 @@ pub enum StreamEnd {
 }
 
 /// One streamed reply. See the [module docs](self) for the protocol and the behaviour.
-pub struct Stream {
+pub(crate) struct Stream {
     mode: StreamMode,
     config: StreamConfig,
     /// Text of the current stream (cumulative), within `max_text_utf16`.
@@ -190,7 +191,7 @@ impl fmt::Debug for Stream {
 
 impl Stream {
     /// A stream created at `now` (the idle timer starts here). Nothing is sent yet.
-    pub fn new(mode: StreamMode, config: StreamConfig, now: Instant) -> Self {
+    pub(crate) fn new(mode: StreamMode, config: StreamConfig, now: Instant) -> Self {
         Self {
             mode,
             config,
@@ -214,35 +215,38 @@ impl Stream {
         }
     }
 
+    #[cfg(test)]
     /// A stream replying in `activity`'s conversation: streaming in personal chats, buffered elsewhere.
-    pub fn for_activity(activity: &Activity, config: StreamConfig, now: Instant) -> Self {
+    pub(crate) fn for_activity(activity: &Activity, config: StreamConfig, now: Instant) -> Self {
         Self::new(StreamMode::for_activity(activity), config, now)
     }
 
+    #[cfg(test)]
     /// Called with what a dropped, unfinished stream still has to send (its final, or plain messages), so
     /// that an abandoned reply is closed rather than left as a typing bubble.
-    pub fn on_drop(&mut self, hook: impl FnOnce(Vec<StreamSend>) + Send + 'static) {
+    pub(crate) fn on_drop(&mut self, hook: impl FnOnce(Vec<StreamSend>) + Send + 'static) {
         self.drop_hook = Some(Box::new(hook));
     }
 
+    #[cfg(test)]
     /// The current mode (a failed start turns `Streaming` into `Buffered`).
-    pub fn mode(&self) -> StreamMode {
+    pub(crate) fn mode(&self) -> StreamMode {
         self.mode
     }
 
     /// The stream id of the open stream, once known.
-    pub fn stream_id(&self) -> Option<&str> {
+    pub(crate) fn stream_id(&self) -> Option<&str> {
         self.stream_id.as_deref()
     }
 
     /// How the stream ended, once it has.
-    pub fn ended(&self) -> Option<StreamEnd> {
+    pub(crate) fn ended(&self) -> Option<StreamEnd> {
         self.ended
     }
 
     /// An informative line ("Searching the documents…"), clamped to Teams' 1000 characters / 1 KB. Shown only
     /// before any text of the current stream (later ones are ignored), and only when streaming.
-    pub fn informative(&mut self, line: &str, now: Instant) -> Vec<StreamSend> {
+    pub(crate) fn informative(&mut self, line: &str, now: Instant) -> Vec<StreamSend> {
         if self.ended.is_some() || self.finish_requested.is_some() {
             return Vec::new();
         }
@@ -254,7 +258,7 @@ impl Stream {
     }
 
     /// Appends `delta` to the reply.
-    pub fn append(&mut self, delta: &str, now: Instant) -> Vec<StreamSend> {
+    pub(crate) fn append(&mut self, delta: &str, now: Instant) -> Vec<StreamSend> {
         if self.ended.is_some() || self.finish_requested.is_some() {
             return Vec::new();
         }
@@ -276,7 +280,7 @@ impl Stream {
 
     /// The id Teams returned for the [`Start`](StreamSendKind::Start) send. An empty id (Teams answered
     /// without a body) cannot be streamed to: the stream falls back to buffered.
-    pub fn started(&mut self, stream_id: &str, now: Instant) -> Vec<StreamSend> {
+    pub(crate) fn started(&mut self, stream_id: &str, now: Instant) -> Vec<StreamSend> {
         if !self.awaiting_id {
             return self.step(now);
         }
@@ -291,7 +295,7 @@ impl Stream {
 
     /// The last send failed. A failed start makes the stream buffered (its text goes out as plain messages
     /// at the end); a failed update stops the updates (the final still closes the stream).
-    pub fn failed(&mut self, now: Instant) -> Vec<StreamSend> {
+    pub(crate) fn failed(&mut self, now: Instant) -> Vec<StreamSend> {
         if self.awaiting_id {
             self.awaiting_id = false;
             self.mode = StreamMode::Buffered;
@@ -302,14 +306,14 @@ impl Stream {
     }
 
     /// The user stopped the stream (Teams refused an update as cancelled): nothing more is sent.
-    pub fn cancelled(&mut self) {
+    pub(crate) fn cancelled(&mut self) {
         self.ended = Some(StreamEnd::Cancelled);
         self.drop_hook = None;
     }
 
     /// The reply is complete: the final message (or plain messages), now or — while the start is still
     /// awaiting its id — after [`started`](Self::started).
-    pub fn finish(&mut self, now: Instant) -> Vec<StreamSend> {
+    pub(crate) fn finish(&mut self, now: Instant) -> Vec<StreamSend> {
         if self.ended.is_none() && self.finish_requested.is_none() {
             self.finish_requested = Some(StreamEnd::Finished);
         }
@@ -318,12 +322,12 @@ impl Stream {
 
     /// Whatever is due at `now`: a coalesced update, a stream closed for age or size, an abandoned stream's
     /// final.
-    pub fn poll(&mut self, now: Instant) -> Vec<StreamSend> {
+    pub(crate) fn poll(&mut self, now: Instant) -> Vec<StreamSend> {
         self.step(now)
     }
 
     /// When [`poll`](Self::poll) next has something to do (`None`: nothing until the next input or id).
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         if self.ended.is_some() {
             return None;
         }

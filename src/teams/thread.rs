@@ -4,22 +4,26 @@
 //! conversation `19:…@thread.tacv2;messageid=<id of the post>`. Sending to the channel id starts a new post;
 //! sending to the thread id replies in that thread.
 
+#[cfg(test)]
 use std::fmt;
 
+#[cfg(test)]
 use crate::activity::Activity;
 
 const MESSAGE_ID_KEY: &str = ";messageid=";
 
+#[cfg(test)]
 /// A conversation id split into its channel part and the thread's root message id, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ThreadId {
+pub(crate) struct ThreadId {
     channel: String,
     message_id: Option<String>,
 }
 
+#[cfg(test)]
 /// Why a thread id could not be formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ThreadError {
+pub(crate) enum ThreadError {
     #[error("the conversation id is empty")]
     EmptyConversation,
     #[error("the root message id is empty")]
@@ -28,10 +32,11 @@ pub enum ThreadError {
     InvalidMessageId,
 }
 
+#[cfg(test)]
 impl ThreadId {
     /// Splits `conversation_id` at `;messageid=` (matched case-insensitively). Anything after a further `;`
     /// in the message id part is not part of the message id.
-    pub fn parse(conversation_id: &str) -> Self {
+    pub(crate) fn parse(conversation_id: &str) -> Self {
         match find_key(conversation_id) {
             Some(i) => {
                 let rest = &conversation_id[i + MESSAGE_ID_KEY.len()..];
@@ -43,7 +48,7 @@ impl ThreadId {
     }
 
     /// A thread in `channel` rooted at `message_id`; any thread part already in `channel` is replaced.
-    pub fn new(channel: &str, message_id: &str) -> Result<Self, ThreadError> {
+    pub(crate) fn new(channel: &str, message_id: &str) -> Result<Self, ThreadError> {
         let channel = thread_root(channel);
         if channel.is_empty() {
             return Err(ThreadError::EmptyConversation);
@@ -58,16 +63,17 @@ impl ThreadId {
     }
 
     /// The channel (thread-less) conversation id.
-    pub fn channel(&self) -> &str {
+    pub(crate) fn channel(&self) -> &str {
         &self.channel
     }
 
     /// The root message id of the thread, if this names a thread.
-    pub fn message_id(&self) -> Option<&str> {
+    pub(crate) fn message_id(&self) -> Option<&str> {
         self.message_id.as_deref()
     }
 }
 
+#[cfg(test)]
 impl fmt::Display for ThreadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.channel)?;
@@ -80,20 +86,22 @@ impl fmt::Display for ThreadId {
 }
 
 /// The conversation id without its `;messageid=…` part: where a new top-level post goes.
-pub fn thread_root(conversation_id: &str) -> &str {
+pub(crate) fn thread_root(conversation_id: &str) -> &str {
     find_key(conversation_id).map_or(conversation_id, |i| &conversation_id[..i])
 }
 
+#[cfg(test)]
 /// The conversation id of the thread rooted at `root_message_id` in the channel of `conversation_id`
 /// (which may itself be a thread id): `19:…@thread.tacv2;messageid=<root_message_id>`.
-pub fn reply_in_thread(conversation_id: &str, root_message_id: &str) -> Result<String, ThreadError> {
+pub(crate) fn reply_in_thread(conversation_id: &str, root_message_id: &str) -> Result<String, ThreadError> {
     ThreadId::new(conversation_id, root_message_id).map(|t| t.to_string())
 }
 
+#[cfg(test)]
 /// Where a reply to `activity` keeps the thread: for a channel message whose conversation id names no thread
 /// (a new post), the thread rooted at the activity's own id; otherwise the conversation id as it is. `None`
 /// without a conversation id.
-pub fn thread_conversation_id(activity: &Activity) -> Option<String> {
+pub(crate) fn thread_conversation_id(activity: &Activity) -> Option<String> {
     let conversation = activity.conversation_id()?;
     let is_channel = activity.conversation.as_ref().and_then(|c| c.conversation_type.as_deref()) == Some("channel");
     if is_channel

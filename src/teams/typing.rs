@@ -10,16 +10,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[cfg(test)]
 use crate::activity::Activity;
 
 /// The minimum time between two typing indicators in one conversation.
-pub const TYPING_INTERVAL: Duration = Duration::from_secs(3);
+pub(crate) const TYPING_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Conversations remembered before old entries are pruned.
 const PRUNE_ABOVE: usize = 4096;
 
 /// A typing activity, as posted with `sendToConversation`.
-pub fn typing_activity() -> Value {
+pub(crate) fn typing_activity() -> Value {
     json!({"type": "typing"})
 }
 
@@ -27,7 +28,7 @@ pub fn typing_activity() -> Value {
 /// [`TYPING_INTERVAL`], none in channel conversations, none while a conversation is backing off after a
 /// `429`. Time is passed in, so a test clock drives it. Not synchronised: wrap it in a mutex to share it.
 #[derive(Debug)]
-pub struct TypingGovernor {
+pub(crate) struct TypingGovernor {
     interval: Duration,
     /// Per conversation id: the earliest time the next indicator may go out.
     next_allowed: HashMap<String, Instant>,
@@ -41,19 +42,19 @@ impl Default for TypingGovernor {
 
 impl TypingGovernor {
     /// A governor with the [`TYPING_INTERVAL`] of 3 s.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_interval(TYPING_INTERVAL)
     }
 
     /// A governor with another minimum interval.
-    pub fn with_interval(interval: Duration) -> Self {
+    pub(crate) fn with_interval(interval: Duration) -> Self {
         Self { interval, next_allowed: HashMap::new() }
     }
 
     /// Whether an indicator may be sent to `conversation_id` (of `conversation_type`, e.g. `personal`,
     /// `groupChat`, `channel`) at `now`; if so, the send is recorded and the next one is allowed
     /// [`TYPING_INTERVAL`] later. Always `false` for `channel` conversations.
-    pub fn allow(&mut self, conversation_id: &str, conversation_type: Option<&str>, now: Instant) -> bool {
+    pub(crate) fn allow(&mut self, conversation_id: &str, conversation_type: Option<&str>, now: Instant) -> bool {
         if conversation_type.is_some_and(|t| t.eq_ignore_ascii_case("channel")) || conversation_id.is_empty() {
             return false;
         }
@@ -65,16 +66,18 @@ impl TypingGovernor {
         true
     }
 
+    #[cfg(test)]
     /// [`allow`](Self::allow) for the conversation of an inbound activity: the typing activity to send, or
     /// `None`.
-    pub fn typing_for(&mut self, activity: &Activity, now: Instant) -> Option<Value> {
+    pub(crate) fn typing_for(&mut self, activity: &Activity, now: Instant) -> Option<Value> {
         let conversation = activity.conversation.as_ref()?;
         self.allow(&conversation.id, conversation.conversation_type.as_deref(), now).then(typing_activity)
     }
 
+    #[cfg(test)]
     /// Records that a typing send was throttled (429): no indicator goes to `conversation_id` before
     /// `now + back_off` (or before the interval, if that is later).
-    pub fn throttled(&mut self, conversation_id: &str, now: Instant, back_off: Duration) {
+    pub(crate) fn throttled(&mut self, conversation_id: &str, now: Instant, back_off: Duration) {
         let until = now + back_off.max(self.interval);
         let entry = self.next_allowed.entry(conversation_id.to_owned()).or_insert(until);
         *entry = (*entry).max(until);
