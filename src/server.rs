@@ -25,7 +25,7 @@ use crate::ids::Cloud;
 use crate::inbound::{self, AppState};
 use crate::metrics::Metrics;
 use crate::service_url::ConnectorPolicy;
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 
 /// The HTTP routes over a built state. Tests may drive this without a socket.
 pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Router {
@@ -100,13 +100,8 @@ impl Gateway {
     pub async fn start(cfg: Config, opts: ServeOptions) -> anyhow::Result<Self> {
         cfg.validate(opts.dev)?;
         let metrics = Arc::new(Metrics::default());
-        let db = cfg.sqlite_path();
-        let store: Arc<dyn Store> = {
-            let (db, m, sync, batch) = (db.clone(), Arc::clone(&metrics), cfg.store.synchronous, cfg.store.max_batch);
-            let key = crate::store::AuditKey::load(cfg.store.audit_key.as_ref()).await?;
-            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open_keyed(&db, sync, batch, m, key)).await??)
-        };
-        tracing::info!(path = %db.display(), "store open");
+        let store: Arc<dyn Store> = crate::store::open(&cfg, Arc::clone(&metrics), cfg.store.max_batch).await?;
+        tracing::info!(store = %crate::store::describe(&cfg), "store open");
 
         let settings = KeyCacheSettings {
             refresh_every: Duration::from_secs(cfg.auth.key_refresh_secs),

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DEV_DEFAULT_TOML, STARTER_TOML};
 use crate::server::{Gateway, ServeOptions, shutdown_signal};
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 
 mod send;
 
@@ -122,6 +122,12 @@ pub enum Command {
         expect_head: Option<crate::store::AuditHead>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+    },
+    /// Create the store or bring its schema up to this release (SQLite file or `store.url` Postgres), then
+    /// print the schema version. `serve` does the same at start; run this first to migrate before a rollout.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// List inbox entries not yet acknowledged, one JSON object per line.
     Inbox {
@@ -375,13 +381,14 @@ fn mcp(a: McpArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Run `f` against the configured store (which must exist), closing it afterwards.
-fn with_store<T>(config: &ConfigArgs, dev: bool, f: impl AsyncFnOnce(&Config, &SqliteStore) -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn with_store<T>(config: &ConfigArgs, dev: bool, f: impl AsyncFnOnce(&Config, &dyn Store) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let cfg = config.load(dev)?;
-    let path = existing_store(&cfg)?;
+    if cfg.store.url.is_none() {
+        existing_store(&cfg)?;
+    }
     runtime()?.block_on(async {
-        let key = crate::store::AuditKey::load(cfg.store.audit_key.as_ref()).await?;
-        let store = SqliteStore::open_keyed(&path, cfg.store.synchronous, 1, Default::default(), key)?;
-        let result = f(&cfg, &store).await;
+        let store = crate::store::open(&cfg, Default::default(), 1).await?;
+        let result = f(&cfg, store.as_ref()).await;
         store.close().await;
         result
     })
@@ -395,11 +402,11 @@ fn with_hub<T>(
     f: impl AsyncFnOnce(&crate::bridge::Hub) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let cfg = config.load(dev)?;
-    let path = existing_store(&cfg)?;
+    if cfg.store.url.is_none() {
+        existing_store(&cfg)?;
+    }
     runtime()?.block_on(async {
-        let key = crate::store::AuditKey::load(cfg.store.audit_key.as_ref()).await?;
-        let store: std::sync::Arc<dyn Store> =
-            std::sync::Arc::new(SqliteStore::open_keyed(&path, cfg.store.synchronous, 1, Default::default(), key)?);
+        let store = crate::store::open(&cfg, Default::default(), 1).await?;
         let result = match send::command_hub(cfg, std::sync::Arc::clone(&store), acting).await {
             Ok(hub) => f(&hub).await,
             Err(e) => Err(e),
@@ -550,7 +557,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.validate(dev)?;
             say!("configuration OK");
             say!("  listen: {}{}", cfg.server.bind, if cfg.server.tls.cert_file.is_some() { " (TLS)" } else { " (plain HTTP)" });
-            say!("  store:  {}", cfg.sqlite_path().display());
+            say!("  store:  {}", crate::store::describe(&cfg));
             for b in &cfg.bots {
                 let cred = b.credential.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
                 say!(
@@ -633,6 +640,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { config, limit, .. } => {
             print_lines(with_store(&config, false, async |_, store| Ok(store.audit_events(limit).await?))?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { config } => {
+            let cfg = config.load(false)?;
+            cfg.validate(false)?;
+            let version = runtime()?.block_on(async {
+                let store = crate::store::open(&cfg, Default::default(), 1).await?;
+                let version = store.schema_version().await;
+                store.close().await;
+                anyhow::Ok(version?)
+            })?;
+            say!("store {} is at schema version {version}", crate::store::describe(&cfg));
             Ok(ExitCode::SUCCESS)
         }
         Command::Inbox { config, bot, limit } => {

@@ -167,6 +167,94 @@ pub struct StoreConfig {
     /// HMAC key of the audit chain (a secret reference); without it the chain is plain SHA-256.
     #[serde(default)]
     pub audit_key: Option<SecretRef>,
+    /// A Postgres database (`postgres://user@host:5432/db?sslmode=require`) shared by every replica; absent,
+    /// the embedded SQLite file under `data_dir` is used.
+    #[serde(default)]
+    pub url: Option<StoreUrl>,
+    /// The Postgres password, as a secret reference (`env:PGPASSWORD`, `file:/path`, `credential:NAME`).
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+    /// Postgres connections each process keeps at most.
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+}
+
+/// `store.url`: where the Postgres store lives. It may carry a password (`postgres://u:pw@host/db`), so it is
+/// only ever shown redacted ([`StoreUrl::redacted`]); prefer `store.password` with a secret reference.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL itself, password included: for connecting only, never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password (if any) replaced by `***`: safe to print.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                // Query parameters could hold `password=…` too.
+                if u.query_pairs().any(|(k, _)| k.eq_ignore_ascii_case("password")) {
+                    let pairs: Vec<(String, String)> = u
+                        .query_pairs()
+                        .map(|(k, v)| {
+                            let v = if k.eq_ignore_ascii_case("password") { "***".to_owned() } else { v.into_owned() };
+                            (k.into_owned(), v)
+                        })
+                        .collect();
+                    u.query_pairs_mut().clear().extend_pairs(pairs);
+                }
+                u.to_string()
+            }
+            Err(_) => "<store.url, not shown>".to_owned(),
+        }
+    }
+
+    /// Parse into a connection configuration, `password` (loaded from `store.password`) added. Errors name
+    /// what is wrong, never the URL's text.
+    pub fn connection(&self, password: Option<&str>) -> Result<tokio_postgres::Config, ConfigError> {
+        let field = "store.url";
+        if !(self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")) {
+            return Err(ConfigError::new(field, "must be a postgres:// URL such as postgres://agentgate@db.internal:5432/agentgate"));
+        }
+        let mut config: tokio_postgres::Config = self.0.parse().map_err(|e: tokio_postgres::Error| {
+            ConfigError::new(field, format!("is not a Postgres connection URL ({e}); see docs/configuration.md"))
+        })?;
+        if let Some(pw) = password {
+            if config.get_password().is_some() {
+                return Err(ConfigError::new(
+                    "store.password",
+                    "store.url already carries a password: keep only store.password (a secret reference)",
+                ));
+            }
+            config.password(pw);
+        }
+        if config.get_hosts().is_empty() {
+            return Err(ConfigError::new(field, "names no host: postgres://USER@HOST:5432/DATABASE"));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("agentgate");
+        }
+        Ok(config)
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({})", self.redacted())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -370,6 +458,9 @@ mod defaults {
     }
     pub(super) fn max_batch() -> usize {
         512
+    }
+    pub(super) fn pool_size() -> usize {
+        16
     }
     pub(super) fn dedupe_ttl() -> u64 {
         24 * 3600
@@ -602,6 +693,15 @@ impl Config {
         }
         if self.store.max_batch == 0 {
             return Err(ConfigError::new("store.max_batch", "must be at least 1"));
+        }
+        if let Some(url) = &self.store.url {
+            if self.store.pool_size == 0 {
+                return Err(ConfigError::new("store.pool_size", "must be at least 1"));
+            }
+            // A placeholder password: only the shape is checked here (the secret is loaded when opening).
+            url.connection(self.store.password.as_ref().map(|_| "-"))?;
+        } else if self.store.password.is_some() {
+            return Err(ConfigError::new("store.password", "is for Postgres: set store.url too, or remove it (SQLite needs none)"));
         }
         if self.auth.clock_skew_secs > 600 {
             return Err(ConfigError::new("auth.clock_skew_secs", "more than 600 s of skew weakens expiry checks; keep the default 300"));
@@ -994,6 +1094,37 @@ allowed_tenants = ["tenant-a"]
         assert_eq!(c.bots[0].cloud, Cloud::Public);
         assert!(c.bots[0].require_endorsement);
         c.validate(false).unwrap();
+    }
+
+    #[test]
+    fn a_postgres_store_url_is_checked_and_its_password_never_shown() {
+        let load = |store: &str| {
+            let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[store]\n{store}\n");
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap()
+        };
+        let c = load("url = \"postgres://agentgate:Hunter2Secret@db.internal:5433/gate?sslmode=require\"");
+        c.validate(false).unwrap();
+        let url = c.store.url.as_ref().unwrap();
+        let shown = format!("{:?} {} {:?}", c.store, url.redacted(), url.connection(None).unwrap());
+        assert!(!shown.contains("Hunter2Secret"), "{shown}");
+        assert!(shown.contains("postgres://agentgate:***@db.internal:5433/gate?sslmode=require"), "{shown}");
+        // The password through a secret reference instead; both at once is ambiguous.
+        let c = load("url = \"postgres://agentgate@db.internal/gate\"\npassword = \"env:PGPASSWORD\"");
+        c.validate(false).unwrap();
+        assert_eq!(c.store.url.as_ref().unwrap().connection(Some("pw")).unwrap().get_password(), Some(&b"pw"[..]));
+        let c = load("url = \"postgres://agentgate:inline@db.internal/gate\"\npassword = \"env:PGPASSWORD\"");
+        assert_eq!(c.validate(false).unwrap_err().field, "store.password");
+        // Not a Postgres URL, an unknown option (its value not echoed), a password without a URL.
+        for (store, field) in [
+            ("url = \"mysql://u@h/db\"", "store.url"),
+            ("url = \"postgres://u@h/db?sslmode=Hunter2Secret\"", "store.url"),
+            ("password = \"env:PGPASSWORD\"", "store.password"),
+            ("url = \"postgres://u@h/db\"\npool_size = 0", "store.pool_size"),
+        ] {
+            let e = load(store).validate(false).unwrap_err();
+            assert_eq!(e.field, field, "{store}: {e}");
+            assert!(!format!("{e} {e:?}").contains("Hunter2Secret"), "{e}");
+        }
     }
 
     #[test]

@@ -1,22 +1,60 @@
 //! Durable state behind one [`Store`] trait: conversation references, the inbox and dedupe keys.
 //!
-//! SQLite ([`sqlite::SqliteStore`]) is the embedded default. The SQL is kept portable (no SQLite-only
-//! upsert tricks beyond `ON CONFLICT … DO`, which Postgres shares) so that a Postgres store can share
-//! the same test body.
+//! SQLite ([`sqlite::SqliteStore`]) is the embedded default; Postgres ([`postgres::PostgresStore`]) serves
+//! several replicas from one database (`store.url`). Both run the same test body ([`suite`]). [`open`] opens
+//! whichever the configuration names.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod audit;
+pub mod postgres;
 pub mod recent;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
 pub use audit::{AuditEvent, AuditHead, AuditKey, AuditRecord, Broken, Verified};
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use recent::RecentCommits;
 pub use sqlite::SqliteStore;
+
+/// Which backend a configuration names, in words safe to print (a Postgres URL without its password).
+pub fn describe(cfg: &crate::config::Config) -> String {
+    match &cfg.store.url {
+        Some(url) => format!("postgres {}", url.redacted()),
+        None => format!("sqlite {}", cfg.sqlite_path().display()),
+    }
+}
+
+/// Open the configured store: Postgres when `store.url` is set (its password loaded from `store.password`),
+/// else the SQLite file under `data_dir`. Both migrate their schema first and refuse a newer one. `max_batch`
+/// caps a group commit (1 for one-shot commands).
+pub async fn open(
+    cfg: &crate::config::Config,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    max_batch: usize,
+) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    use secrecy::ExposeSecret as _;
+    let key = AuditKey::load(cfg.store.audit_key.as_ref()).await?;
+    match &cfg.store.url {
+        Some(url) => {
+            let password = match &cfg.store.password {
+                Some(r) => Some(r.load().await.map_err(|e| anyhow::anyhow!("store.password: {e}"))?),
+                None => None,
+            };
+            let connection = url.connection(password.as_ref().map(|p| p.expose_secret()))?;
+            let options = PostgresOptions { pool_size: cfg.store.pool_size, max_batch, ..PostgresOptions::default() };
+            Ok(std::sync::Arc::new(PostgresStore::connect(connection, options, metrics, key).await?))
+        }
+        None => {
+            let (db, sync) = (cfg.sqlite_path(), cfg.store.synchronous);
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open_keyed(&db, sync, max_batch, metrics, key)).await??;
+            Ok(std::sync::Arc::new(store))
+        }
+    }
+}
 
 /// Milliseconds since the Unix epoch: the time stamps the store keeps.
 pub fn now_ms() -> i64 {
@@ -374,6 +412,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The schema version the storage is at (the number of migration steps applied).
+    async fn schema_version(&self) -> Result<i64, StoreError>;
 
     /// Queue an outbound side effect: its audit event and its outbox entry in one transaction. If the
     /// audit event cannot be written, nothing is queued.

@@ -1029,6 +1029,10 @@ impl Store for SqliteStore {
         self.read(|c| c.prepare_cached("SELECT 1")?.query_row([], |r| r.get::<_, i64>(0))).await.map(|_| ())
     }
 
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.read(|c| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))).await
+    }
+
     async fn close(&self) {
         let _ = self.jobs.send(Job::Stop).await;
         let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();

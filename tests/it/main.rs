@@ -25,6 +25,7 @@ mod mcp;
 mod mcp_agent;
 mod mcp_http;
 mod mcp_relay;
+mod postgres;
 mod protocol;
 mod security;
 mod teams_app;

@@ -1,0 +1,1136 @@
+//! The Postgres store: one database shared by several gateway replicas.
+//!
+//! Same guarantees as [`super::sqlite`], held across processes by the database rather than by one writer
+//! thread:
+//! - **Durable before Ok.** Every write returns after its transaction committed.
+//! - **Dedupe.** `dedupe` has the (conversation, activity, bot) primary key; an inbound activity is inserted
+//!   with `ON CONFLICT DO NOTHING`, and its inbox entry and reference are written only when that insert did.
+//! - **Inbox order.** A reader walks the inbox with a cursor (`inbox_after`), so ids must become visible in
+//!   order. Sequences hand out ids before commit, so two transactions could commit out of order; every inbox
+//!   insert therefore first locks the `inbox` row of `agentgate_locks` (held until commit), which makes id
+//!   order and commit order the same, cluster-wide.
+//! - **One audit chain.** An append locks the `audit` row of `agentgate_locks`, which also keeps the
+//!   highest id ever issued (what SQLite's `sqlite_sequence` does): appends are serialized across replicas,
+//!   a rolled-back append issues no id, and deleting the newest events stays visible.
+//! - **Outbox order.** An enqueue appends its audit event first, so it holds the audit lock when its outbox
+//!   id is drawn: outbox ids of a conversation commit in order, and `due_outbound` offers only the oldest open
+//!   entry of each conversation.
+//!
+//! Inbound activities are group-committed: one task per process drains the queue of concurrent
+//! `commit_inbound` calls into one transaction (each in its own savepoint), so the inbox lock is taken once
+//! per batch and many activities share one WAL flush.
+//!
+//! Schema changes are versioned like SQLite's: [`MIGRATIONS`] is applied in order at start, and the applied
+//! versions are recorded in `agentgate_schema`. A database newer than this build is refused.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::Row;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::ToSql;
+
+use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
+use super::{
+    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, InboundRecord, InboxItem, InboxState, NewOutbound,
+    OutboundOp, OutboxItem, OutboxState, Store, StoreError, now_ms,
+};
+use crate::metrics::Metrics;
+
+/// Schema version 1 (the first Postgres release).
+const V1_SCHEMA: &str = "
+CREATE TABLE conversation_refs (
+    bot_app_id         TEXT    NOT NULL,
+    conversation_id    TEXT    NOT NULL,
+    tenant_id          TEXT    NOT NULL,
+    service_url        TEXT    NOT NULL,
+    channel_id         TEXT    NOT NULL,
+    conversation_type  TEXT,
+    user_id            TEXT,
+    user_aad_object_id TEXT,
+    bot_id             TEXT,
+    usable             BOOLEAN NOT NULL,
+    updated_at_ms      BIGINT  NOT NULL,
+    agentic            TEXT,
+    authenticated      BOOLEAN NOT NULL DEFAULT TRUE,
+    PRIMARY KEY (bot_app_id, conversation_id)
+);
+CREATE INDEX conversation_refs_recent ON conversation_refs (updated_at_ms DESC);
+CREATE INDEX conversation_refs_personal ON conversation_refs (bot_app_id, lower(user_aad_object_id)) WHERE conversation_type = 'personal';
+CREATE TABLE inbox (
+    id              BIGSERIAL PRIMARY KEY,
+    bot_app_id      TEXT    NOT NULL,
+    tenant_id       TEXT    NOT NULL,
+    conversation_id TEXT    NOT NULL,
+    activity_id     TEXT    NOT NULL,
+    activity_type   TEXT    NOT NULL,
+    auth            TEXT    NOT NULL,
+    state           TEXT    NOT NULL DEFAULT 'pending',
+    received_at_ms  BIGINT  NOT NULL,
+    acked_at_ms     BIGINT,
+    body            TEXT    NOT NULL
+);
+CREATE INDEX inbox_pending ON inbox (id) WHERE state = 'pending';
+CREATE TABLE dedupe (
+    conversation_id TEXT   NOT NULL,
+    activity_id     TEXT   NOT NULL,
+    bot_app_id      TEXT   NOT NULL,
+    expires_at_ms   BIGINT NOT NULL,
+    PRIMARY KEY (conversation_id, activity_id, bot_app_id)
+);
+CREATE INDEX dedupe_expiry ON dedupe (expires_at_ms);
+CREATE TABLE outbox (
+    id                 BIGSERIAL PRIMARY KEY,
+    bot_app_id         TEXT    NOT NULL,
+    tenant_id          TEXT    NOT NULL,
+    conversation_id    TEXT    NOT NULL,
+    service_url        TEXT    NOT NULL,
+    op                 TEXT    NOT NULL,
+    requested_by       TEXT    NOT NULL,
+    state              TEXT    NOT NULL,
+    attempts           BIGINT  NOT NULL DEFAULT 0,
+    created_at_ms      BIGINT  NOT NULL,
+    updated_at_ms      BIGINT  NOT NULL,
+    next_attempt_at_ms BIGINT  NOT NULL,
+    result_id          TEXT,
+    last_error         TEXT,
+    error_class        TEXT
+);
+CREATE INDEX outbox_queue ON outbox (bot_app_id, conversation_id, id) WHERE state IN ('pending', 'sending');
+CREATE INDEX outbox_open ON outbox (state, next_attempt_at_ms) WHERE state IN ('pending', 'sending');
+CREATE TABLE audit (
+    id        BIGINT PRIMARY KEY,
+    at_ms     BIGINT NOT NULL,
+    actor     TEXT   NOT NULL,
+    identity  TEXT   NOT NULL,
+    action    TEXT   NOT NULL,
+    target    TEXT   NOT NULL,
+    outcome   TEXT   NOT NULL,
+    detail    TEXT   NOT NULL,
+    prev_hash TEXT   NOT NULL,
+    hash      TEXT   NOT NULL
+);
+-- Rows locked to serialize writers across replicas: `audit` (value = the highest audit id ever issued) and
+-- `inbox` (held while inbox ids are drawn, so that they commit in order).
+CREATE TABLE agentgate_locks (
+    name  TEXT   PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+INSERT INTO agentgate_locks (name, value) VALUES ('audit', 0), ('inbox', 0);
+";
+
+/// The schema's history, oldest first; each step runs in the migrating transaction. Append only: never edit
+/// a step that has shipped.
+const MIGRATIONS: &[&str] = &[V1_SCHEMA];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How to reach the database, besides the connection settings themselves.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Connections kept at most.
+    pub pool_size: usize,
+    /// Most activities group-committed in one transaction.
+    pub max_batch: usize,
+    /// How long a caller waits for a connection (or a new one to be made) before the store reports itself
+    /// unavailable.
+    pub timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self { pool_size: 16, max_batch: 512, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// How long a readiness check waits for the database.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One activity waiting for the group commit, and where to send its outcome.
+type PendingCommit = (InboundRecord, oneshot::Sender<Result<CommitOutcome, StoreError>>);
+
+/// Postgres behind the [`Store`] trait.
+pub struct PostgresStore {
+    pool: Pool,
+    /// Where it connects, without the password (for logs and Debug).
+    target: String,
+    audit_key: Option<Arc<AuditKey>>,
+    inbound: Mutex<Option<mpsc::Sender<PendingCommit>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    truncation_reported: Arc<AtomicBool>,
+    /// The audit head last computed, so that the next one counts only newer events.
+    head: Mutex<Option<AuditHead>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("target", &self.target).finish()
+    }
+}
+
+/// `user@host:port/dbname`: the connection without its password.
+pub fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "?".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{}@{host}:{port}/{}", config.get_user().unwrap_or("?"), config.get_dbname().unwrap_or("?"))
+}
+
+/// A database error with its cause (`tokio_postgres::Error` alone displays only "db error").
+fn pg_err(e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Database(match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    })
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        pg_err(&e)
+    }
+}
+
+fn pool_err(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Closed => StoreError::Closed,
+        PoolError::Backend(e) => StoreError::Database(format!(
+            "cannot connect to Postgres: {}",
+            match pg_err(&e) {
+                StoreError::Database(s) => s,
+                other => other.to_string(),
+            }
+        )),
+        PoolError::Timeout(_) => StoreError::Database("Postgres did not answer in time (connection pool timeout)".into()),
+        other => StoreError::Database(format!("Postgres connection pool: {other}")),
+    }
+}
+
+impl PostgresStore {
+    /// Connect, bring the schema to [`SCHEMA_VERSION`] (refusing a newer one) and start the group commit.
+    /// TLS is used when the connection asks for it (`sslmode=require`), verified against the system's roots.
+    pub async fn connect(
+        mut config: tokio_postgres::Config,
+        options: PostgresOptions,
+        metrics: Arc<Metrics>,
+        audit_key: Option<AuditKey>,
+    ) -> Result<Self, StoreError> {
+        let target = describe(&config);
+        let open_err = |reason: String| StoreError::Open { path: target.clone(), reason };
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = if config.get_ssl_mode() == SslMode::Require {
+            use rustls_platform_verifier::ConfigVerifierExt as _;
+            let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| open_err(format!("TLS setup: {e}")))?;
+            Manager::from_config(config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), manager_config)
+        } else {
+            // TLS only when asked: `prefer` would try TLS without verifying it, which protects nothing.
+            config.ssl_mode(SslMode::Disable);
+            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+        };
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .build()
+            .map_err(|e| open_err(e.to_string()))?;
+        {
+            let mut client = pool.get().await.map_err(|e| open_err(pool_err(e).to_string()))?;
+            let from = migrate(&mut client).await.map_err(open_err)?;
+            if from != SCHEMA_VERSION {
+                tracing::info!(from, to = SCHEMA_VERSION, "store schema migrated");
+            }
+        }
+        let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 8);
+        let truncation_reported = Arc::new(AtomicBool::new(false));
+        let committer = tokio::spawn(commit_loop(pool.clone(), rx, options.max_batch.max(1), metrics));
+        Ok(Self {
+            pool,
+            target,
+            audit_key: audit_key.map(Arc::new),
+            inbound: Mutex::new(Some(tx)),
+            committer: Mutex::new(Some(committer)),
+            closed: AtomicBool::new(false),
+            truncation_reported,
+            head: Mutex::new(None),
+        })
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.query(&stmt, params).await?)
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await?;
+        Ok(client.execute(&stmt, params).await?)
+    }
+
+    /// Append `event` to the chain inside `tx` (which then holds the chain's lock until it ends).
+    async fn append_audit(&self, tx: &deadpool_postgres::Transaction<'_>, event: &AuditEvent) -> Result<(), StoreError> {
+        append_audit(tx, self.audit_key.as_deref(), &self.truncation_reported, event).await
+    }
+}
+
+/// Apply the missing migration steps in one transaction (serialized across replicas starting together).
+/// Returns the version found. A database newer than this build is refused, untouched.
+async fn migrate(client: &mut Object) -> Result<i64, String> {
+    let e = |e: tokio_postgres::Error| match pg_err(&e) {
+        StoreError::Database(s) => s,
+        other => other.to_string(),
+    };
+    let tx = client.transaction().await.map_err(e)?;
+    // Keyed by the schema, so that databases or schemas migrated side by side do not wait for each other.
+    tx.execute("SELECT pg_advisory_xact_lock(7061, hashtext(current_schema()))", &[]).await.map_err(e)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS agentgate_schema (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
+        .await
+        .map_err(e)?;
+    let found: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM agentgate_schema", &[]).await.map_err(e)?.get(0);
+    if found > SCHEMA_VERSION {
+        // Ended here rather than on drop: a dropped transaction's rollback is only queued.
+        tx.rollback().await.map_err(e)?;
+        return Err(format!(
+            "the database has schema version {found}, newer than this agentgate understands (version {SCHEMA_VERSION}); \
+             it was migrated by a newer release: run that release, or restore a backup taken before the upgrade"
+        ));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version <= found {
+            continue;
+        }
+        tx.batch_execute(step).await.map_err(|err| format!("schema step {version}: {}", e(err)))?;
+        tx.execute("INSERT INTO agentgate_schema (version, applied_at_ms) VALUES ($1, $2)", &[&version, &now_ms()])
+            .await
+            .map_err(|err| format!("schema step {version}: {}", e(err)))?;
+    }
+    tx.commit().await.map_err(e)?;
+    Ok(found)
+}
+
+async fn append_audit(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: Option<&AuditKey>,
+    truncation_reported: &AtomicBool,
+    e: &AuditEvent,
+) -> Result<(), StoreError> {
+    // The lock row serializes appends (every replica, every process) until this transaction ends.
+    let lock = tx.prepare_cached("SELECT value FROM agentgate_locks WHERE name = 'audit' FOR UPDATE").await?;
+    let highest: i64 = tx.query_one(&lock, &[]).await?.get(0);
+    let newest = tx.prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").await?;
+    let last: Option<(i64, String)> = tx.query_opt(&newest, &[]).await?.map(|r| (r.get(0), r.get(1)));
+    let last_id = last.as_ref().map_or(0, |l| l.0);
+    if highest > last_id && !truncation_reported.swap(true, Ordering::Relaxed) {
+        tracing::error!(newest = last_id, issued = highest, "audit log: its newest events were removed (`agentgate audit --verify`)");
+    }
+    let sealed = audit::seal(key, highest, last.as_ref().map(|(id, h)| (*id, h.as_str())), e);
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO audit (id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[&sealed.id, &e.at_ms, &e.actor, &e.identity, &e.action, &e.target, &e.outcome, &e.detail, &sealed.prev_hash, &sealed.hash],
+    )
+    .await?;
+    let bump = tx.prepare_cached("UPDATE agentgate_locks SET value = $1 WHERE name = 'audit'").await?;
+    tx.execute(&bump, &[&sealed.id]).await?;
+    Ok(())
+}
+
+/// The group commit: take every activity queued while the previous batch was committing, write them in one
+/// transaction (each in a savepoint, so that one failing leaves the others), answer each caller after the
+/// commit. Ends when the store closes (the sender is dropped) and the queue is drained.
+async fn commit_loop(pool: Pool, mut rx: mpsc::Receiver<PendingCommit>, max_batch: usize, metrics: Arc<Metrics>) {
+    let mut batch: Vec<PendingCommit> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let records: Vec<&InboundRecord> = batch.iter().map(|(r, _)| r).collect();
+        let result = commit_batch(&pool, &records).await;
+        match result {
+            Ok(outcomes) => {
+                let accepted = outcomes.iter().filter(|o| matches!(o, Ok(CommitOutcome::Accepted { .. }))).count();
+                if accepted > 0 {
+                    metrics.commit(started.elapsed(), accepted);
+                }
+                for ((_, answer), outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = answer.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store transaction failed; every activity in it was refused");
+                for (_, answer) in batch.drain(..) {
+                    let _ = answer.send(Err(StoreError::Database(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the batch; the outcome of each record (`Err` for a record whose own statements failed
+/// and were rolled back to its savepoint).
+async fn commit_batch(pool: &Pool, records: &[&InboundRecord]) -> Result<Vec<Result<CommitOutcome, StoreError>>, StoreError> {
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let mut tx = client.transaction().await?;
+    // Inbox ids are drawn under this lock, so they commit in id order (see the module docs).
+    let lock = tx.prepare_cached("SELECT value FROM agentgate_locks WHERE name = 'inbox' FOR UPDATE").await?;
+    tx.query_one(&lock, &[]).await?;
+    let stmt = tx.prepare_cached(COMMIT_INBOUND).await?;
+    let mut outcomes = Vec::with_capacity(records.len());
+    for r in records {
+        let sp = tx.savepoint("job").await?;
+        let c = &r.reference;
+        let agentic = agentic_json(c);
+        let params: [&(dyn ToSql + Sync); 23] = [
+            &r.conversation_id,
+            &r.activity_id,
+            &r.bot_app_id,
+            &r.dedupe_expires_at_ms,
+            &r.tenant_id,
+            &r.activity_type,
+            &r.auth.as_str(),
+            &r.received_at_ms,
+            &r.body,
+            &r.state.as_str(),
+            &c.bot_app_id,
+            &c.conversation_id,
+            &c.tenant_id,
+            &c.service_url,
+            &c.channel_id,
+            &c.conversation_type,
+            &c.user_id,
+            &c.user_aad_object_id,
+            &c.bot_id,
+            &c.usable,
+            &c.updated_at_ms,
+            &agentic,
+            &c.authenticated,
+        ];
+        match sp.query_opt(&stmt, &params).await {
+            Ok(row) => {
+                sp.commit().await?;
+                outcomes.push(Ok(match row {
+                    Some(row) => CommitOutcome::Accepted { inbox_id: row.get(0) },
+                    None => CommitOutcome::Duplicate,
+                }));
+            }
+            Err(e) => {
+                sp.rollback().await?;
+                outcomes.push(Err(pg_err(&e)));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// An inbound activity in one statement: the dedupe key first; the reference and the inbox entry only when
+/// the key was new. Returns the inbox id, or no row for a duplicate.
+const COMMIT_INBOUND: &str = "
+WITH fresh AS (
+    INSERT INTO dedupe (conversation_id, activity_id, bot_app_id, expires_at_ms) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (conversation_id, activity_id, bot_app_id) DO NOTHING
+    RETURNING 1
+), reference AS (
+    INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
+                                   user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated)
+    SELECT $11::TEXT, $12::TEXT, $13::TEXT, $14::TEXT, $15::TEXT, $16::TEXT, $17::TEXT, $18::TEXT, $19::TEXT, $20::BOOLEAN,
+           $21::BIGINT, $22::TEXT, $23::BOOLEAN
+    WHERE EXISTS (SELECT 1 FROM fresh)
+    ON CONFLICT (bot_app_id, conversation_id) DO UPDATE SET
+        tenant_id = excluded.tenant_id, service_url = excluded.service_url, channel_id = excluded.channel_id,
+        conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
+        user_id = COALESCE(excluded.user_id, conversation_refs.user_id),
+        user_aad_object_id = COALESCE(excluded.user_aad_object_id, conversation_refs.user_aad_object_id),
+        bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
+        usable = excluded.usable, updated_at_ms = excluded.updated_at_ms,
+        agentic = COALESCE(excluded.agentic, conversation_refs.agentic),
+        authenticated = excluded.authenticated
+    WHERE excluded.authenticated OR NOT conversation_refs.authenticated
+)
+INSERT INTO inbox (bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, received_at_ms, body, state)
+SELECT $3::TEXT, $5::TEXT, $1::TEXT, $2::TEXT, $6::TEXT, $7::TEXT, $8::BIGINT, $9::TEXT, $10::TEXT
+WHERE EXISTS (SELECT 1 FROM fresh)
+RETURNING id";
+
+const UPSERT_REF: &str = "
+INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
+                               user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (bot_app_id, conversation_id) DO UPDATE SET
+    tenant_id = excluded.tenant_id, service_url = excluded.service_url, channel_id = excluded.channel_id,
+    conversation_type = COALESCE(excluded.conversation_type, conversation_refs.conversation_type),
+    user_id = COALESCE(excluded.user_id, conversation_refs.user_id),
+    user_aad_object_id = COALESCE(excluded.user_aad_object_id, conversation_refs.user_aad_object_id),
+    bot_id = COALESCE(excluded.bot_id, conversation_refs.bot_id),
+    usable = excluded.usable, updated_at_ms = excluded.updated_at_ms,
+    agentic = COALESCE(excluded.agentic, conversation_refs.agentic),
+    authenticated = excluded.authenticated
+WHERE excluded.authenticated OR NOT conversation_refs.authenticated";
+
+const INBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, activity_id, activity_type, auth, state, received_at_ms, body";
+
+fn inbox_row(r: &Row) -> Result<InboxItem, StoreError> {
+    let state: String = r.get(7);
+    Ok(InboxItem {
+        id: r.get(0),
+        bot_app_id: r.get(1),
+        tenant_id: r.get(2),
+        conversation_id: r.get(3),
+        activity_id: r.get(4),
+        activity_type: r.get(5),
+        auth: crate::ids::AuthKind::from_stored(r.get::<_, &str>(6)),
+        state: InboxState::parse(&state).ok_or_else(|| StoreError::Database(format!("unknown inbox state `{state}`")))?,
+        received_at_ms: r.get(8),
+        body: r.get(9),
+    })
+}
+
+const REF_COLUMNS: &str = "bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type, user_id, user_aad_object_id, bot_id, usable, updated_at_ms, agentic, authenticated";
+
+/// The agentic recipient as stored (JSON text, like SQLite's column).
+fn agentic_json(c: &ConversationRef) -> Option<String> {
+    c.agentic.as_ref().map(|a| serde_json::to_string(a).unwrap_or_default())
+}
+
+fn ref_row(r: &Row) -> Result<ConversationRef, StoreError> {
+    Ok(ConversationRef {
+        bot_app_id: r.get(0),
+        conversation_id: r.get(1),
+        tenant_id: r.get(2),
+        service_url: r.get(3),
+        channel_id: r.get(4),
+        conversation_type: r.get(5),
+        user_id: r.get(6),
+        user_aad_object_id: r.get(7),
+        bot_id: r.get(8),
+        usable: r.get(9),
+        updated_at_ms: r.get(10),
+        // An agentic recipient that cannot be read fails the read: replies must never fall back to acting
+        // as the bot in a conversation that was answered as the Agent User.
+        agentic: match r.get::<_, Option<&str>>(11) {
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| StoreError::Database(format!("unreadable agentic recipient: {e}")))?),
+            None => None,
+        },
+        authenticated: r.get(12),
+    })
+}
+
+const AUDIT_COLUMNS: &str = "id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash";
+
+fn audit_row(r: &Row) -> AuditRecord {
+    AuditRecord {
+        id: r.get(0),
+        event: AuditEvent {
+            at_ms: r.get(1),
+            actor: r.get(2),
+            identity: r.get(3),
+            action: r.get(4),
+            target: r.get(5),
+            outcome: r.get(6),
+            detail: r.get(7),
+        },
+        prev_hash: r.get(8),
+        hash: r.get(9),
+    }
+}
+
+const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error, error_class";
+
+fn outbox_row(r: &Row) -> Result<OutboxItem, StoreError> {
+    let op: OutboundOp =
+        serde_json::from_str(r.get::<_, &str>(5)).map_err(|e| StoreError::Database(format!("outbox op is not readable: {e}")))?;
+    Ok(OutboxItem {
+        id: r.get(0),
+        bot_app_id: r.get(1),
+        tenant_id: r.get(2),
+        conversation_id: r.get(3),
+        service_url: r.get(4),
+        op,
+        requested_by: r.get(6),
+        state: OutboxState::parse(r.get::<_, &str>(7)),
+        attempts: r.get(8),
+        created_at_ms: r.get(9),
+        next_attempt_at_ms: r.get(10),
+        result_id: r.get(11),
+        last_error: r.get(12),
+        error_class: r.get::<_, Option<&str>>(13).and_then(ErrorClass::parse),
+    })
+}
+
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn commit_inbound(&self, record: InboundRecord) -> Result<CommitOutcome, StoreError> {
+        let sender = self.inbound.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or(StoreError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        sender.send((record, tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn pending_inbox(&self, bot: Option<&str>, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let sql = format!(
+            "SELECT {INBOX_COLUMNS} FROM inbox WHERE state = 'pending' AND ($1::TEXT IS NULL OR bot_app_id = $1) ORDER BY id LIMIT $2"
+        );
+        self.query(&sql, &[&bot, &limit_of(limit)]).await?.iter().map(inbox_row).collect()
+    }
+
+    async fn inbox_after(&self, after_id: i64, limit: usize) -> Result<Vec<InboxItem>, StoreError> {
+        let sql = format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE state = 'pending' AND id > $1 ORDER BY id LIMIT $2");
+        self.query(&sql, &[&after_id, &limit_of(limit)]).await?.iter().map(inbox_row).collect()
+    }
+
+    async fn inbox_by_ids(&self, ids: &[i64]) -> Result<Vec<InboxItem>, StoreError> {
+        let sql = format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE id = ANY($1) ORDER BY id");
+        let rows: Vec<InboxItem> = self.query(&sql, &[&ids]).await?.iter().map(inbox_row).collect::<Result<_, _>>()?;
+        // In the order asked for, like the SQLite store.
+        Ok(ids.iter().filter_map(|id| rows.iter().find(|r| r.id == *id).cloned()).collect())
+    }
+
+    async fn conversations(&self, limit: usize) -> Result<Vec<ConversationRef>, StoreError> {
+        let sql = format!("SELECT {REF_COLUMNS} FROM conversation_refs ORDER BY updated_at_ms DESC LIMIT $1");
+        self.query(&sql, &[&limit_of(limit)]).await?.iter().map(ref_row).collect()
+    }
+
+    async fn personal_conversation(&self, bot_app_id: &str, aad_object_id: &str) -> Result<Option<ConversationRef>, StoreError> {
+        let sql = format!(
+            "SELECT {REF_COLUMNS} FROM conversation_refs
+             WHERE bot_app_id = $1 AND lower(user_aad_object_id) = $2 AND conversation_type = 'personal' AND usable
+             ORDER BY updated_at_ms DESC LIMIT 1"
+        );
+        self.query(&sql, &[&bot_app_id, &aad_object_id.to_ascii_lowercase()]).await?.first().map(ref_row).transpose()
+    }
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        self.append_audit(&tx, &event).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn ack_inbox(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        self.execute("UPDATE inbox SET state = 'acked', acked_at_ms = $2 WHERE id = ANY($1) AND state = 'pending'", &[&ids, &now_ms()])
+            .await
+    }
+
+    async fn conversation_ref(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<ConversationRef>, StoreError> {
+        let sql = format!("SELECT {REF_COLUMNS} FROM conversation_refs WHERE bot_app_id = $1 AND conversation_id = $2");
+        self.query(&sql, &[&bot_app_id, &conversation_id]).await?.first().map(ref_row).transpose()
+    }
+
+    async fn upsert_conversation_ref(&self, c: ConversationRef) -> Result<(), StoreError> {
+        let agentic = agentic_json(&c);
+        self.execute(
+            UPSERT_REF,
+            &[
+                &c.bot_app_id,
+                &c.conversation_id,
+                &c.tenant_id,
+                &c.service_url,
+                &c.channel_id,
+                &c.conversation_type,
+                &c.user_id,
+                &c.user_aad_object_id,
+                &c.bot_id,
+                &c.usable,
+                &c.updated_at_ms,
+                &agentic,
+                &c.authenticated,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_conversation_usable(&self, bot_app_id: &str, conversation_id: &str, usable: bool) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE conversation_refs SET usable = $3 WHERE bot_app_id = $1 AND conversation_id = $2",
+            &[&bot_app_id, &conversation_id, &usable],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn tenant_service_url(&self, bot_app_id: &str, tenant_id: &str) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT service_url FROM conversation_refs WHERE bot_app_id = $1 AND lower(tenant_id) = lower($2) AND usable
+                 ORDER BY updated_at_ms DESC LIMIT 1",
+                &[&bot_app_id, &tenant_id],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.execute("DELETE FROM dedupe WHERE expires_at_ms < $1", &[&now_ms]).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Bounded: readiness probes expect an answer within a couple of seconds, reachable or not.
+        let check = async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        };
+        tokio::time::timeout(PING_TIMEOUT, check)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Database("Postgres did not answer in time".into())))
+    }
+
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        Ok(client.query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM agentgate_schema", &[]).await?.get(0))
+    }
+
+    async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError> {
+        let op_json = serde_json::to_string(&item.op).map_err(|e| StoreError::Database(e.to_string()))?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The audit event first: its lock also orders the outbox ids (see the module docs).
+        let event = AuditEvent::new(
+            item.now_ms,
+            item.requested_by.as_str(),
+            format!("bot:{}", item.bot_app_id),
+            item.op.name(),
+            format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+            "queued",
+        );
+        self.append_audit(&tx, &event).await?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO outbox (bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, created_at_ms, updated_at_ms, next_attempt_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7, $7) RETURNING id",
+            )
+            .await?;
+        let id: i64 = tx
+            .query_one(
+                &stmt,
+                &[&item.bot_app_id, &item.tenant_id, &item.conversation_id, &item.service_url, &op_json, &item.requested_by, &item.now_ms],
+            )
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn due_outbound(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox o WHERE state = 'pending' AND next_attempt_at_ms <= $1
+               AND id = (SELECT MIN(id) FROM outbox p WHERE p.state IN ('pending', 'sending') AND p.bot_app_id = o.bot_app_id AND p.conversation_id = o.conversation_id)
+             ORDER BY id LIMIT $2"
+        );
+        self.query(&sql, &[&now_ms, &limit_of(limit)]).await?.iter().map(outbox_row).collect()
+    }
+
+    async fn begin_outbound_attempt(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let n = self
+            .execute(
+                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at_ms = $2 WHERE id = $1 AND state = 'pending'",
+                &[&id, &now_ms],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn finish_outbound(&self, id: i64, finish: Finish, event: AuditEvent) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        self.append_audit(&tx, &event).await?;
+        let now = event.at_ms;
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE outbox SET state = $2, result_id = COALESCE($3, result_id), last_error = $4, error_class = $5,
+                                  next_attempt_at_ms = $6, updated_at_ms = $7 WHERE id = $1",
+            )
+            .await?;
+        let (state, result_id, error, at) = match &finish {
+            Finish::Delivered { result_id } => ("delivered", Some(result_id.clone()), None, now),
+            Finish::Retry { at_ms, error } => ("pending", None, Some(error), *at_ms),
+            Finish::Uncertain { error } => ("uncertain", None, Some(error), now),
+            Finish::Dead { error } => ("dead", None, Some(error), now),
+        };
+        let message = error.map(|e| e.message.as_str());
+        let class = error.map(|e| e.class.as_str());
+        tx.execute(&stmt, &[&id, &state, &result_id, &message, &class, &at, &now]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn recover_outbound(&self, now_ms: i64) -> Result<(u64, u64), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let rows = tx.query(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'sending' ORDER BY id FOR UPDATE"), &[]).await?;
+        let stuck: Vec<OutboxItem> = rows.iter().map(outbox_row).collect::<Result<_, _>>()?;
+        let (mut requeued, mut uncertain) = (0, 0);
+        for item in stuck {
+            let create = item.op.is_create();
+            let state = if create { "uncertain" } else { "pending" };
+            tx.execute(
+                "UPDATE outbox SET state = $2, last_error = 'the process stopped while the request was in flight',
+                                  error_class = 'interrupted', updated_at_ms = $3 WHERE id = $1",
+                &[&item.id, &state, &now_ms],
+            )
+            .await?;
+            let event = AuditEvent::new(
+                now_ms,
+                "agentgate",
+                format!("bot:{}", item.bot_app_id),
+                item.op.name(),
+                format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                if create { "uncertain" } else { "requeued" },
+            )
+            .with_detail(format!("outbox #{}: interrupted by a restart", item.id));
+            self.append_audit(&tx, &event).await?;
+            if create {
+                uncertain += 1;
+            } else {
+                requeued += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok((requeued, uncertain))
+    }
+
+    async fn outbox(&self, id: Option<i64>, limit: usize) -> Result<Vec<OutboxItem>, StoreError> {
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE ($1::BIGINT IS NULL OR id = $1) ORDER BY id LIMIT $2");
+        self.query(&sql, &[&id, &limit_of(limit)]).await?.iter().map(outbox_row).collect()
+    }
+
+    async fn audit_events(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT $1");
+        Ok(self.query(&sql, &[&limit_of(limit)]).await?.iter().map(audit_row).collect())
+    }
+
+    async fn verify_audit(&self, expect: Option<&AuditHead>) -> Result<Result<Verified, Broken>, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot for the rows and the highest issued id.
+        let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await?;
+        let mut verifier = audit::ChainVerifier::new(self.audit_key.as_deref(), expect);
+        let page = tx.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE id > $1 ORDER BY id LIMIT 1000")).await?;
+        let mut after = i64::MIN;
+        loop {
+            let rows = tx.query(&page, &[&after]).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(0);
+            for row in &rows {
+                if let Err(broken) = verifier.push(&audit_row(row)) {
+                    return Ok(Err(broken));
+                }
+            }
+        }
+        let highest: i64 = tx.query_one("SELECT value FROM agentgate_locks WHERE name = 'audit'", &[]).await?.get(0);
+        tx.commit().await?;
+        Ok(verifier.finish(highest))
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.build_transaction().isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).read_only(true).start().await?;
+        let newest = tx.prepare_cached("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").await?;
+        let last: Option<(i64, String)> = tx.query_opt(&newest, &[]).await?.map(|r| (r.get(0), r.get(1)));
+        let known = self.head.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let head = match last {
+            None => AuditHead::default(),
+            Some((last_id, hash)) => {
+                // Count only the events after the head computed last time (the chain only grows).
+                let (base, after) = match known.as_ref() {
+                    Some(k) if k.last_id > 0 && k.last_id <= last_id => (k.count, k.last_id),
+                    _ => (0, 0),
+                };
+                let count = tx.prepare_cached("SELECT count(*) FROM audit WHERE id > $1 AND id <= $2").await?;
+                let newer: i64 = tx.query_one(&count, &[&after, &last_id]).await?.get(0);
+                AuditHead { count: base + newer.unsigned_abs(), last_id, hash }
+            }
+        };
+        tx.commit().await?;
+        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = Some(head.clone());
+        Ok(head)
+    }
+
+    async fn close(&self) {
+        // Stop taking activities, let the group commit finish what it has, then close the connections.
+        let sender = self.inbound.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(sender);
+        let committer = self.committer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(h) = committer {
+            let _ = h.await;
+        }
+        self.closed.store(true, Ordering::Release);
+        self.pool.close();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::store::suite::{self, Backend};
+
+    /// The variable that names a Postgres server for the tests (`postgres://postgres@127.0.0.1:5432/postgres`).
+    pub(crate) const TEST_URL_VAR: &str = "AGENTGATE_TEST_POSTGRES_URL";
+
+    /// Run SQL on the test server from synchronous code (a thread with its own runtime, so that it works
+    /// inside a test's runtime too).
+    fn admin(base: &tokio_postgres::Config, sql: String) {
+        if let Err(e) = try_admin(base, sql.clone()) {
+            panic!("{sql}: {e}");
+        }
+    }
+
+    fn try_admin(base: &tokio_postgres::Config, sql: String) -> Result<(), StoreError> {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| StoreError::Database(e.to_string()))?;
+            rt.block_on(async move {
+                let (client, connection) = base.connect(tokio_postgres::NoTls).await?;
+                let driver = tokio::spawn(connection);
+                let result = client.batch_execute(&sql).await;
+                drop(client);
+                let _ = driver.await;
+                Ok(result?)
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(StoreError::Database("the admin thread panicked".into())))
+    }
+
+    /// A fresh schema on the test server, dropped at the end of the test.
+    pub(crate) struct Pg {
+        base: tokio_postgres::Config,
+        schema: String,
+        metrics: Arc<Metrics>,
+    }
+
+    impl Pg {
+        /// The connection settings of this test's schema.
+        pub(crate) fn config(&self) -> tokio_postgres::Config {
+            let mut c = self.base.clone();
+            c.options(format!("-c search_path={}", self.schema));
+            c
+        }
+    }
+
+    impl Drop for Pg {
+        fn drop(&mut self) {
+            // A store left open by a failed test may hold locks that only its (now blocked) runtime would
+            // release: give up after a while rather than hang, and say what was left behind.
+            let sql = format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE", self.schema);
+            if let Err(e) = try_admin(&self.base, sql) {
+                eprintln!("the test schema {} was not dropped: {e}", self.schema);
+            }
+        }
+    }
+
+    /// A Postgres backend in a schema of its own, or `None` (with a message) without a test server.
+    pub(crate) fn postgres() -> Option<Pg> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let Ok(url) = std::env::var(TEST_URL_VAR) else {
+            eprintln!("skipped: set {TEST_URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres to run the Postgres store suite");
+            return None;
+        };
+        let base: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("{TEST_URL_VAR} is not a Postgres URL: {e}"));
+        let schema = format!("agentgate_test_{}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), fastrand::u32(..));
+        admin(&base, format!("CREATE SCHEMA {schema}"));
+        Some(Pg { base, schema, metrics: Arc::new(Metrics::default()) })
+    }
+
+    #[async_trait]
+    impl Backend for Pg {
+        async fn open(&self, key: Option<&str>) -> Arc<dyn Store> {
+            let key = key.map(|k| AuditKey::new(k.as_bytes()).unwrap());
+            let options = PostgresOptions { pool_size: 4, max_batch: 64, ..PostgresOptions::default() };
+            Arc::new(PostgresStore::connect(self.config(), options, Arc::clone(&self.metrics), key).await.unwrap())
+        }
+        fn metrics(&self) -> Arc<Metrics> {
+            Arc::clone(&self.metrics)
+        }
+        fn execute(&self, sql: &str) {
+            admin(&self.config(), sql.to_owned());
+        }
+        fn refuse_inserts(&self, table: &str) {
+            self.execute(&format!(
+                "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION '{table} unavailable'; END $$;
+                 CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+            ));
+        }
+    }
+
+    crate::store_suite!(optional postgres);
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_release_is_refused() {
+        let Some(b) = postgres() else { return };
+        b.open(None).await.close().await;
+        b.execute(&format!("INSERT INTO agentgate_schema (version, applied_at_ms) VALUES ({}, 0)", SCHEMA_VERSION + 7));
+        let err = PostgresStore::connect(b.config(), PostgresOptions::default(), Arc::new(Metrics::default()), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 7)) && err.contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_even_when_replicas_start_together() {
+        let Some(b) = postgres() else { return };
+        let opens = (0..4).map(|_| PostgresStore::connect(b.config(), PostgresOptions::default(), Arc::new(Metrics::default()), None));
+        let stores: Vec<PostgresStore> = futures_join_all(opens).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(stores[0].schema_version().await.unwrap(), SCHEMA_VERSION);
+        let client = stores[0].client().await.unwrap();
+        let applied: i64 = client.query_one("SELECT count(*) FROM agentgate_schema", &[]).await.unwrap().get(0);
+        assert_eq!(applied, SCHEMA_VERSION, "each step recorded once");
+        drop(client);
+        for s in stores {
+            s.close().await;
+        }
+    }
+
+    /// Two replicas (two stores on one database) writing at once keep one linear chain, unique dedupe and
+    /// inbox ids that a cursor reader never skips.
+    #[tokio::test]
+    async fn replicas_share_one_chain_one_dedupe_and_an_ordered_inbox() {
+        let Some(b) = postgres() else { return };
+        let (one, two) = (b.open(None).await, b.open(None).await);
+        let mut tasks = Vec::new();
+        for i in 0..120 {
+            let s = Arc::clone(if i % 2 == 0 { &one } else { &two });
+            tasks.push(tokio::spawn(async move {
+                // Each activity arrives at both replicas (i / 2); each replica queues a send.
+                let r = s.commit_inbound(suite::record(&format!("a{}", i / 2), "c")).await.unwrap();
+                s.enqueue_outbound(NewOutbound {
+                    bot_app_id: "bot".into(),
+                    tenant_id: "t".into(),
+                    conversation_id: format!("c{}", i % 3),
+                    service_url: "https://smba.trafficmanager.net/amer/".into(),
+                    op: OutboundOp::Delete { activity_id: i.to_string() },
+                    requested_by: "test".into(),
+                    now_ms: 1,
+                })
+                .await
+                .unwrap();
+                r
+            }));
+        }
+        // A cursor reader running meanwhile sees every entry, in order.
+        let reader = {
+            let s = Arc::clone(&one);
+            tokio::spawn(async move {
+                let (mut cursor, mut seen) = (0, Vec::new());
+                while seen.len() < 60 {
+                    for item in s.inbox_after(cursor, 1000).await.unwrap() {
+                        cursor = item.id;
+                        seen.push(item.id);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        };
+        let mut accepted = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), CommitOutcome::Accepted { .. }) {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, 60, "each activity accepted once across replicas");
+        let seen = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+        let all: Vec<i64> = one.pending_inbox(None, 1000).await.unwrap().iter().map(|i| i.id).collect();
+        assert_eq!(seen, all, "the cursor skipped nothing");
+        let v = two.verify_audit(None).await.unwrap().unwrap();
+        assert_eq!((v.head.count, v.head.last_id), (120, 120), "one linear chain");
+        one.close().await;
+        two.close().await;
+    }
+
+    /// Inbox ids are drawn under the `inbox` lock row: while another writer (a replica mid-commit) holds it,
+    /// an activity waits, so that no higher id can commit before a lower one.
+    #[tokio::test]
+    async fn an_inbound_commit_waits_for_the_inbox_lock_another_writer_holds() {
+        let Some(b) = postgres() else { return };
+        let store = b.open(None).await;
+        let (mut other, connection) = b.config().connect(tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        let tx = other.transaction().await.unwrap();
+        tx.query_one("SELECT value FROM agentgate_locks WHERE name = 'inbox' FOR UPDATE", &[]).await.unwrap();
+        let commit = tokio::spawn({
+            let s = Arc::clone(&store);
+            async move { s.commit_inbound(suite::record("a1", "c1")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!commit.is_finished(), "committed while another writer held the inbox lock");
+        tx.commit().await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), commit).await.unwrap().unwrap().unwrap();
+        assert!(matches!(outcome, CommitOutcome::Accepted { .. }));
+        drop(other);
+        let _ = driver.await;
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_debug_output_names_the_server_but_never_the_password() {
+        let Some(b) = postgres() else { return };
+        let mut config = b.config();
+        config.password("hunter2-secret-value");
+        let store = PostgresStore::connect(config, PostgresOptions::default(), Arc::new(Metrics::default()), None).await;
+        // The test server trusts every connection, so the password is unused; either way it is never shown.
+        let text = match &store {
+            Ok(s) => format!("{s:?}"),
+            Err(e) => format!("{e} {e:?}"),
+        };
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("PostgresStore") || text.contains("cannot open"), "{text}");
+        if let Ok(s) = store {
+            s.close().await;
+        }
+    }
+
+    /// `join_all` without the futures crate: the connects run concurrently as tasks.
+    async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+}
