@@ -145,15 +145,15 @@ impl InboundGate {
                         ("unknown_request", "This request is no longer open (answered, expired, or never issued).".to_owned())
                     }
                 };
-                let event = AuditEvent {
-                    at_ms: now_ms(),
-                    actor: format!("teams:{sender}"),
-                    identity: format!("bot:{bot_app_id}"),
-                    action: "permission_answer".into(),
-                    target: format!("tenant:{tenant_id} conversation:{conversation_id}"),
-                    outcome: outcome.into(),
-                    detail: format!("request {request_id}"),
-                };
+                let event = AuditEvent::new(
+                    now_ms(),
+                    format!("teams:{sender}"),
+                    crate::store::audit::bot_identity(bot_app_id),
+                    "permission_answer",
+                    crate::store::audit::conversation_target(tenant_id, conversation_id),
+                    outcome,
+                )
+                .with_detail(format!("request {request_id}"));
                 if let Err(e) = store.record_audit(event).await {
                     tracing::error!(error = %e, "could not audit a permission answer");
                 }

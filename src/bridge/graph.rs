@@ -110,15 +110,15 @@ impl Hub {
         outcome: &str,
         detail: String,
     ) -> Result<()> {
-        let event = AuditEvent {
-            at_ms: now_ms(),
-            actor: caller.requester.to_owned(),
-            identity: actor.identity(),
-            action: action.to_owned(),
-            target: format!("tenant:{} bot:{} {target}", actor.tokens.tenant(), actor.bot_app_id),
-            outcome: outcome.to_owned(),
-            detail,
-        };
+        let event = AuditEvent::new(
+            now_ms(),
+            caller.requester,
+            actor.identity(),
+            action,
+            format!("tenant:{} bot:{} {target}", actor.tokens.tenant(), actor.bot_app_id),
+            outcome,
+        )
+        .with_detail(detail);
         self.store.record_audit(event).await.map_err(|e| Error::unavailable(format!("not done: the audit log could not be written ({e})")))
     }
 

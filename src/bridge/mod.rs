@@ -205,15 +205,15 @@ impl Hub {
     ) {
         let card = approval::settled_card(request_id, tool_name, outcome_text);
         for c in cards {
-            let event = AuditEvent {
-                at_ms: now_ms(),
-                actor: "agentgate".into(),
-                identity: format!("bot:{}", c.bot_app_id),
-                action: "permission_card".into(),
-                target: format!("tenant:{} conversation:{}", c.tenant_id, c.conversation_id),
-                outcome: outcome.into(),
-                detail: format!("request {request_id}"),
-            };
+            let event = AuditEvent::new(
+                now_ms(),
+                "agentgate",
+                crate::store::audit::bot_identity(&c.bot_app_id),
+                "permission_card",
+                crate::store::audit::conversation_target(&c.tenant_id, &c.conversation_id),
+                outcome,
+            )
+            .with_detail(format!("request {request_id}"));
             if let Err(e) = self.store.record_audit(event).await {
                 tracing::error!(error = %e, "could not audit an approval card update; leaving the card as it is");
                 continue;

@@ -59,7 +59,7 @@ impl Acting {
 fn identity(bot_app_id: &str, agent_user: Option<&str>) -> String {
     match agent_user {
         Some(u) => format!("agent_user:{u}"),
-        None => format!("bot:{bot_app_id}"),
+        None => crate::store::audit::bot_identity(bot_app_id),
     }
 }
 

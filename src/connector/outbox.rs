@@ -375,15 +375,15 @@ impl Outbound {
     }
 
     fn event(&self, item: &OutboxItem, outcome: &str, detail: String) -> AuditEvent {
-        AuditEvent {
-            at_ms: now_ms(),
-            actor: item.requested_by.clone(),
-            identity: format!("bot:{}", item.bot_app_id),
-            action: item.op.name().to_owned(),
-            target: format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
-            outcome: outcome.to_owned(),
-            detail,
-        }
+        AuditEvent::new(
+            now_ms(),
+            item.requested_by.as_str(),
+            crate::store::audit::bot_identity(&item.bot_app_id),
+            item.op.name(),
+            crate::store::audit::conversation_target(&item.tenant_id, &item.conversation_id),
+            outcome,
+        )
+        .with_detail(detail)
     }
 
     async fn deliver(&self, item: &OutboxItem, who: &Acting) -> Result<String, Failure> {

@@ -647,7 +647,7 @@ fn sent_result(sent: Sent) -> Value {
         Sent::Graph(g) => return super::graph_tools::graph_sent(g),
         Sent::Bot { bot_app_id, outbox_id, progress } => (bot_app_id, outbox_id, progress),
     };
-    let identity = format!("bot:{bot_app_id}");
+    let identity = crate::store::audit::bot_identity(&bot_app_id);
     match progress {
         Progress::Delivered(message_id) => {
             json!({"status": "delivered", "message_id": message_id, "outbox_id": outbox_id, "identity": identity})
@@ -681,7 +681,7 @@ impl Bridge {
                 json!({
                     "app_id": b.app_id,
                     "display_name": b.display_name,
-                    "identity": format!("bot:{}", b.app_id),
+                    "identity": crate::store::audit::bot_identity(&b.app_id),
                     "cloud": b.cloud.to_string(),
                     "tenants": tenants,
                     "can_send": b.credential.is_some() || self.hub.dev,
@@ -840,15 +840,14 @@ impl Bridge {
         let scope = self.scope(&ctx.extensions)?;
         let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
         // In an agentic conversation the Agent User acts (the reply is buffered into one message).
-        let event = AuditEvent {
-            at_ms: now_ms(),
-            actor: self.requester(&scope),
-            identity: self.hub.outbound.acting_identity(&r),
-            action: "stream".into(),
-            target: format!("tenant:{} conversation:{}", r.tenant_id, r.conversation_id),
-            outcome: "started".into(),
-            detail: String::new(),
-        };
+        let event = AuditEvent::new(
+            now_ms(),
+            self.requester(&scope),
+            self.hub.outbound.acting_identity(&r),
+            "stream",
+            crate::store::audit::conversation_target(&r.tenant_id, &r.conversation_id),
+            "started",
+        );
         // Audited first: no audit record, no stream.
         self.hub.store.record_audit(event).await.map_err(|e| format!("not started: the audit log could not be written ({e})"))?;
         let stream = LiveStream::start(Arc::clone(&self.hub.outbound), r.clone(), crate::teams::StreamConfig::default());
@@ -890,15 +889,15 @@ impl Bridge {
             Ok(Finished::Cancelled) => ("cancelled", crate::connector::streaming::CANCELLED.to_owned()),
             Err(e) => ("failed", e.clone()),
         };
-        let event = AuditEvent {
-            at_ms: now_ms(),
-            actor: self.requester(&scope),
-            identity: self.hub.outbound.acting_identity(&r),
-            action: "stream".into(),
-            target: format!("tenant:{} conversation:{}", r.tenant_id, r.conversation_id),
-            outcome: outcome.into(),
-            detail,
-        };
+        let event = AuditEvent::new(
+            now_ms(),
+            self.requester(&scope),
+            self.hub.outbound.acting_identity(&r),
+            "stream",
+            crate::store::audit::conversation_target(&r.tenant_id, &r.conversation_id),
+            outcome,
+        )
+        .with_detail(detail);
         if let Err(e) = self.hub.store.record_audit(event).await {
             tracing::error!(error = %e, "could not audit the end of a stream");
         }

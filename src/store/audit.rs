@@ -45,6 +45,16 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+/// `bot:<app id>`: how the audit log names a bot acting as itself.
+pub fn bot_identity(app_id: &str) -> String {
+    format!("bot:{app_id}")
+}
+
+/// `tenant:<tenant> conversation:<conversation>`: how the audit log names a conversation.
+pub fn conversation_target(tenant_id: &str, conversation_id: &str) -> String {
+    format!("tenant:{tenant_id} conversation:{conversation_id}")
+}
+
 impl AuditEvent {
     /// An event without detail; add one with [`AuditEvent::with_detail`].
     pub fn new(
