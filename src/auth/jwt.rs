@@ -400,10 +400,7 @@ impl Verifier {
     /// Bind a verified token to the activity it came with: its `serviceUrl` (already normalised with
     /// [`service_url::normalize`]) and its `channelId` (endorsement).
     pub fn bind(&self, token: &VerifiedToken, activity_service_url: &str, channel_id: Option<&str>) -> Result<(), AuthReason> {
-        let claim = token.service_url.as_deref().ok_or(AuthReason::MissingServiceUrl)?;
-        if claim != activity_service_url {
-            return Err(AuthReason::ServiceUrlMismatch);
-        }
+        bind_service_url(token.service_url.as_deref(), activity_service_url)?;
         let bot = &self.bots[token.bot];
         let channel = channel_id.unwrap_or("");
         let endorsed = !channel.is_empty() && token.key.endorsements.iter().any(|e| e.eq_ignore_ascii_case(channel));
@@ -412,6 +409,16 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// The `serviceurl` half of [`Verifier::bind`]: the token's claim (normalised when it was verified) must be
+/// present and equal the activity's `serviceUrl`, normalised with [`service_url::normalize`] too.
+pub(crate) fn bind_service_url(claim: Option<&str>, activity_service_url: &str) -> Result<(), AuthReason> {
+    let claim = claim.ok_or(AuthReason::MissingServiceUrl)?;
+    if claim != activity_service_url {
+        return Err(AuthReason::ServiceUrlMismatch);
+    }
+    Ok(())
 }
 
 fn bearer_token(value: &[u8]) -> Result<&str, AuthReason> {
