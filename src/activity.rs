@@ -280,3 +280,140 @@ mod agentic_tests {
         assert!(agentic_recipient(&classic).is_none());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of the wire types: any JSON parses or is refused without a panic, nothing unknown is lost on
+    //! a round trip, and [`Activity::tenant_id`] follows its two fields.
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Keys the parser gives a meaning to somewhere, so that generated objects hit the typed fields too.
+    const KNOWN_KEYS: &[&str] = &[
+        "type",
+        "id",
+        "channelId",
+        "serviceUrl",
+        "from",
+        "recipient",
+        "conversation",
+        "channelData",
+        "name",
+        "text",
+        "value",
+        "replyToId",
+        "action",
+        "tenant",
+        "tenantId",
+        "eventType",
+        "aadObjectId",
+        "role",
+        "conversationType",
+        "isGroup",
+    ];
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![proptest::sample::select(KNOWN_KEYS).prop_map(str::to_owned), "[a-zA-Z_]{1,8}"]
+    }
+
+    /// Any JSON value, biased towards the activity's own keys.
+    pub(super) fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Keys no struct names, for the `extra` maps.
+    fn unknown_key() -> impl Strategy<Value = String> {
+        "x[a-zA-Z0-9_]{0,8}"
+    }
+
+    fn extras() -> impl Strategy<Value = Map<String, Value>> {
+        proptest::collection::btree_map(unknown_key(), json_value(), 0..4).prop_map(|m| m.into_iter().collect())
+    }
+
+    /// A tenant id, or its absence, from a tiny alphabet so that equal (or case-equal) pairs are common.
+    fn tenant() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of("[tT][12]?|")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_json_parses_or_is_refused_and_a_parse_is_stable(v in json_value()) {
+            if let Ok(a) = serde_json::from_value::<Activity>(v) {
+                let again: Activity = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
+                prop_assert_eq!(again, a);
+            }
+        }
+
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = serde_json::from_slice::<Activity>(&bytes);
+        }
+
+        #[test]
+        fn unknown_fields_survive_a_round_trip(
+            top in extras(), from in extras(), conversation in extras(), channel_data in extras(), tenant in extras(),
+        ) {
+            let mut raw = json!({
+                "type": "message",
+                "from": {"id": "29:x"},
+                "conversation": {"id": "a:1"},
+                "channelData": {"tenant": {"id": "t"}},
+            });
+            let merge = |target: &mut Value, extra: &Map<String, Value>| {
+                for (k, v) in extra {
+                    target[k] = v.clone();
+                }
+            };
+            merge(&mut raw, &top);
+            merge(&mut raw["from"], &from);
+            merge(&mut raw["conversation"], &conversation);
+            merge(&mut raw["channelData"], &channel_data);
+            merge(&mut raw["channelData"]["tenant"], &tenant);
+            let a: Activity = serde_json::from_value(raw.clone()).unwrap();
+            prop_assert_eq!(serde_json::to_value(&a).unwrap(), raw);
+        }
+
+        #[test]
+        fn tenant_id_agrees_with_the_fields(from_channel_data in tenant(), from_conversation in tenant()) {
+            let mut raw = json!({"type": "message", "conversation": {"id": "c"}});
+            if let Some(t) = &from_channel_data {
+                raw["channelData"] = json!({"tenant": {"id": t}});
+            }
+            if let Some(t) = &from_conversation {
+                raw["conversation"]["tenantId"] = json!(t);
+            }
+            let a: Activity = serde_json::from_value(raw).unwrap();
+            let a_id = from_channel_data.as_deref().filter(|s| !s.is_empty());
+            let b_id = from_conversation.as_deref().filter(|s| !s.is_empty());
+            match a.tenant_id() {
+                Ok(t) => {
+                    prop_assert!(a_id == Some(t) || (a_id.is_none() && b_id == Some(t)), "{t} comes from a field, channelData first");
+                    if let (Some(x), Some(y)) = (a_id, b_id) {
+                        prop_assert!(x.eq_ignore_ascii_case(y));
+                    }
+                }
+                Err(TenantError::Missing) => prop_assert!(a_id.is_none() && b_id.is_none()),
+                Err(TenantError::Disagree) => {
+                    prop_assert!(a_id.zip(b_id).is_some_and(|(x, y)| !x.eq_ignore_ascii_case(y)));
+                }
+            }
+        }
+    }
+}

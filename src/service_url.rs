@@ -26,6 +26,10 @@ pub(crate) fn normalize_url(u: &Url) -> Option<String> {
         Host::Ipv4(ip) => ip.to_string(),
         Host::Ipv6(ip) => format!("[{ip}]"),
     };
+    // A host of dots only (`https://./`) would leave `https:///…`, which reads back as another URL.
+    if host.is_empty() {
+        return None;
+    }
     let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
     let path = u.path().trim_end_matches('/');
     Some(format!("{}://{host}{port}{path}", u.scheme()))
@@ -167,6 +171,17 @@ mod tests {
         assert_eq!(normalize("https://x.com/a?b=c"), None);
         assert_eq!(normalize("ftp://x.com/"), None);
         assert_eq!(normalize("not a url"), None);
+    }
+
+    #[test]
+    fn a_host_of_only_dots_does_not_normalise() {
+        // Found by `service_url_normalisation_is_idempotent`: the host `.` lost its dot and left
+        // `https://`, and `https://./evil.test` normalised to `https:///evil.test`, which reads back as
+        // host `evil.test`.
+        for raw in ["https:///.", "https://./", "https://../amer", "https://./evil.test"] {
+            assert_eq!(normalize(raw), None, "{raw}");
+        }
+        assert_eq!(normalize("https://smba.trafficmanager.net./amer").as_deref(), Some("https://smba.trafficmanager.net/amer"));
     }
 
     #[test]

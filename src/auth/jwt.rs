@@ -400,10 +400,7 @@ impl Verifier {
     /// Bind a verified token to the activity it came with: its `serviceUrl` (already normalised with
     /// [`service_url::normalize`]) and its `channelId` (endorsement).
     pub fn bind(&self, token: &VerifiedToken, activity_service_url: &str, channel_id: Option<&str>) -> Result<(), AuthReason> {
-        let claim = token.service_url.as_deref().ok_or(AuthReason::MissingServiceUrl)?;
-        if claim != activity_service_url {
-            return Err(AuthReason::ServiceUrlMismatch);
-        }
+        bind_service_url(token.service_url.as_deref(), activity_service_url)?;
         let bot = &self.bots[token.bot];
         let channel = channel_id.unwrap_or("");
         let endorsed = !channel.is_empty() && token.key.endorsements.iter().any(|e| e.eq_ignore_ascii_case(channel));
@@ -412,6 +409,16 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// The `serviceurl` half of [`Verifier::bind`]: the token's claim (normalised when it was verified) must be
+/// present and equal the activity's `serviceUrl`, normalised with [`service_url::normalize`] too.
+pub(crate) fn bind_service_url(claim: Option<&str>, activity_service_url: &str) -> Result<(), AuthReason> {
+    let claim = claim.ok_or(AuthReason::MissingServiceUrl)?;
+    if claim != activity_service_url {
+        return Err(AuthReason::ServiceUrlMismatch);
+    }
+    Ok(())
 }
 
 fn bearer_token(value: &[u8]) -> Result<&str, AuthReason> {
@@ -512,5 +519,261 @@ mod tests {
         let c = claims(json!({"iss": "https://api.botframework.com", "aud": "app"}));
         assert_eq!(single_string(c.iss, AuthReason::WrongIssuer).as_deref(), Ok("https://api.botframework.com"));
         assert_eq!(single_string(c.aud, AuthReason::WrongAudience).as_deref(), Ok("app"));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of token parsing and of the token/activity binding: nothing that was not signed with the
+    //! key verifies (with a signed token as the control that verification works at all), and the
+    //! `serviceurl` binding compares normalised forms.
+
+    use std::sync::OnceLock;
+
+    use jsonwebtoken::{DecodingKey, EncodingKey, Header};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const APP_ID: &str = "11111111-2222-3333-4444-555555555555";
+    const KID: &str = "kid-1";
+    const SERVICE_URL: &str = "https://smba.trafficmanager.net/amer/";
+
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        verifier: Verifier,
+        encoding: EncodingKey,
+        key: Arc<SigningKey>,
+    }
+
+    /// One bot of the public cloud whose key cache holds one fresh RSA key (endorsed for `msteams`).
+    fn fixture() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+            let encoding = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).unwrap();
+            let decoding = DecodingKey::from_rsa_pem(pair.public_key_pem().as_bytes()).unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let signing = SigningKey { kid: KID.to_owned(), key: decoding, endorsements: vec!["msteams".to_owned()] };
+            let cache = Arc::new(KeyCache::preloaded(Cloud::Public, vec![signing], Arc::clone(&metrics)));
+            let key = cache.current(KID).unwrap();
+            let bot = BotEntry {
+                app_id: APP_ID.to_owned(),
+                cloud: Cloud::Public,
+                require_endorsement: true,
+                allowed_tenants: HashSet::new(),
+                agentic: None,
+            };
+            let mut keys = [None, None, None];
+            keys[Cloud::Public.index()] = Some(cache);
+            let verifier = Verifier::new(vec![bot], keys, 300, 1000, metrics);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            Fixture { rt, verifier, encoding, key }
+        })
+    }
+
+    fn verify(authorization: &[u8]) -> Result<Arc<VerifiedToken>, AuthError> {
+        let f = fixture();
+        f.rt.block_on(f.verifier.verify(authorization))
+    }
+
+    fn good_claims() -> Value {
+        let now = now_secs();
+        json!({"iss": Cloud::Public.issuer(), "aud": APP_ID, "exp": now + 3600, "nbf": now - 60, "serviceurl": SERVICE_URL})
+    }
+
+    fn signed(claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(KID.to_owned());
+        jsonwebtoken::encode(&header, claims, &fixture().encoding).unwrap()
+    }
+
+    fn segment(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    /// Headers and claims near the valid ones, so that forged tokens get as far as the signature check.
+    fn forged_header() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(json!({"alg": "RS256", "kid": KID, "typ": "JWT"})),
+            Just(json!({"alg": "RS256", "kid": KID})),
+            Just(json!({"alg": "HS256", "kid": KID})),
+            Just(json!({"alg": "none", "kid": KID})),
+            Just(json!({"alg": "RS256"})),
+            Just(json!({"alg": "RS256", "kid": "other"})),
+            Just(json!({"alg": ["RS256"], "kid": KID})),
+        ]
+    }
+
+    fn forged_claims() -> impl Strategy<Value = Value> {
+        let now = now_secs();
+        (
+            proptest::sample::select(vec![json!(Cloud::Public.issuer()), json!([Cloud::Public.issuer()]), json!("https://evil")]),
+            proptest::sample::select(vec![json!(APP_ID), json!(APP_ID.to_uppercase()), json!([APP_ID]), json!("other")]),
+            proptest::sample::select(vec![json!(now + 3600), json!(now - 3600), json!("never"), Value::Null]),
+            proptest::option::of(".{0,30}"),
+        )
+            .prop_map(|(iss, aud, exp, serviceurl)| json!({"iss": iss, "aud": aud, "exp": exp, "serviceurl": serviceurl}))
+    }
+
+    /// The parts of a service URL; two are the same endpoint when [`Parts::same_endpoint`] says so.
+    #[derive(Debug, Clone)]
+    struct Parts {
+        https: bool,
+        labels: Vec<String>,
+        port: Option<u16>,
+        segments: Vec<String>,
+        trailing_slashes: usize,
+    }
+
+    impl Parts {
+        fn render(&self, upper_host: &[bool]) -> String {
+            let scheme = if self.https { "https" } else { "http" };
+            let host: String = self
+                .labels
+                .join(".")
+                .chars()
+                .zip(upper_host.iter().chain(std::iter::repeat(&false)))
+                .map(|(c, &up)| if up { c.to_ascii_uppercase() } else { c })
+                .collect();
+            let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{scheme}://{host}{port}/{}{}", self.segments.join("/"), "/".repeat(self.trailing_slashes))
+        }
+
+        /// The model: same scheme, host equal ignoring ASCII case, same effective port, same path segments
+        /// (case-sensitive); trailing slashes do not count.
+        fn same_endpoint(&self, other: &Self) -> bool {
+            let port = |p: &Self| p.port.unwrap_or(if p.https { 443 } else { 80 });
+            self.https == other.https
+                && self.labels.join(".").eq_ignore_ascii_case(&other.labels.join("."))
+                && port(self) == port(other)
+                && self.segments == other.segments
+        }
+    }
+
+    fn parts() -> impl Strategy<Value = Parts> {
+        (
+            any::<bool>(),
+            proptest::collection::vec(proptest::sample::select(vec!["smba", "trafficmanager", "net", "Amer", "x1"]), 1..4),
+            proptest::option::of(proptest::sample::select(vec![80u16, 443, 8443])),
+            proptest::collection::vec(proptest::sample::select(vec!["amer", "Amer", "emea", "_connector", "a b", "x%41"]), 0..3),
+            0usize..3,
+        )
+            .prop_map(|(https, labels, port, segments, trailing_slashes)| Parts {
+                https,
+                labels: labels.into_iter().map(str::to_owned).collect(),
+                port,
+                segments: segments.into_iter().map(str::to_owned).collect(),
+                trailing_slashes,
+            })
+    }
+
+    /// A pair of service URLs: often one endpoint written two ways, otherwise two independent ones.
+    fn url_pair() -> impl Strategy<Value = (Parts, Parts)> {
+        prop_oneof![
+            (parts(), 0usize..3, any::<bool>()).prop_map(|(a, slashes, default_port)| {
+                let mut b = a.clone();
+                b.trailing_slashes = slashes;
+                if default_port && b.port.is_none() {
+                    b.port = Some(if b.https { 443 } else { 80 });
+                }
+                (a, b)
+            }),
+            (parts(), parts()),
+        ]
+    }
+
+    fn url_ish() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(https?|ftp|HTTPS)://[a-zA-Z0-9.\\-\\[\\]:@%_]{0,20}(/[a-zA-Z0-9.%/_]{0,12})?([?#][a-z=]{0,4})?/{0,2}",
+            " ?https://[a-z.]{0,6}(:[0-9]{1,5})?/[a-z./]{0,8} ?",
+            ".{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn bearer_parsing_never_panics_and_yields_a_trimmed_token(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(token) = bearer_token(&bytes) {
+                prop_assert!(!token.is_empty() && token.len() <= MAX_TOKEN_BYTES);
+                prop_assert_eq!(token, token.trim());
+                let text = std::str::from_utf8(&bytes).unwrap().trim();
+                prop_assert!(text.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")), "{text:?}");
+            }
+        }
+
+        #[test]
+        fn arbitrary_authorization_values_never_verify(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            prop_assert!(verify(&bytes).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bearer_strings_never_verify(token in "[A-Za-z0-9_\\-.= ]{0,300}|.{0,100}") {
+            let header = format!("Bearer {token}");
+            prop_assert!(verify(header.as_bytes()).is_err());
+        }
+
+        #[test]
+        fn forged_tokens_never_verify(
+            header in forged_header(),
+            claims in forged_claims(),
+            signature in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let token = format!("{}.{}.{}", segment(&header), segment(&claims), URL_SAFE_NO_PAD.encode(signature));
+            let header = format!("Bearer {token}");
+            prop_assert!(verify(header.as_bytes()).is_err(), "{}", token);
+        }
+
+        #[test]
+        fn a_signed_token_verifies_and_no_one_character_change_does(at in any::<prop::sample::Index>(), with in "[A-Za-z0-9_\\-.]") {
+            let token = signed(&good_claims());
+            let header = format!("Bearer {token}");
+            prop_assert!(verify(header.as_bytes()).is_ok(), "the control: a signed token verifies");
+            let i = at.index(token.len());
+            let replacement = with.chars().next().unwrap();
+            prop_assume!(token.as_bytes()[i] != replacement as u8);
+            let mut mutated = token.clone();
+            mutated.replace_range(i..=i, &with);
+            let header = format!("Bearer {mutated}");
+            prop_assert!(verify(header.as_bytes()).is_err(), "{}", mutated);
+        }
+
+        #[test]
+        fn service_url_normalisation_is_idempotent(raw in url_ish()) {
+            if let Some(n) = service_url::normalize(&raw) {
+                let again = service_url::normalize(&n);
+                prop_assert_eq!(again.as_deref(), Some(n.as_str()), "{:?}", raw);
+            }
+        }
+
+        #[test]
+        fn the_binding_compares_normalised_service_urls(
+            (claim, activity) in url_pair(),
+            claim_case in proptest::collection::vec(any::<bool>(), 0..40),
+            activity_case in proptest::collection::vec(any::<bool>(), 0..40),
+        ) {
+            let f = fixture();
+            let (claim_url, activity_url) = (claim.render(&claim_case), activity.render(&activity_case));
+            let token = VerifiedToken {
+                bot: 0,
+                service_url: Some(service_url::normalize(&claim_url).unwrap()),
+                key: Arc::clone(&f.key),
+                agentic_tenant: None,
+                exp: now_secs() + 3600,
+                nbf: None,
+            };
+            // As the intake does: parse the activity's serviceUrl once, normalise the parsed URL.
+            let parsed = url::Url::parse(activity_url.trim()).unwrap();
+            let normalized = service_url::normalize_url(&parsed).unwrap();
+            let bound = f.verifier.bind(&token, &normalized, Some("msteams"));
+            if claim.same_endpoint(&activity) {
+                prop_assert_eq!(bound, Ok(()), "{} / {}", claim_url, activity_url);
+            } else {
+                prop_assert_eq!(bound, Err(AuthReason::ServiceUrlMismatch), "{} / {}", claim_url, activity_url);
+            }
+        }
     }
 }

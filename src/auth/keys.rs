@@ -149,6 +149,20 @@ impl KeyCache {
         })
     }
 
+    /// A cache holding `keys` already, as if just fetched, that will not fetch on demand for an hour
+    /// (its metadata URL is a closed loopback port besides): for tests of the verifier alone.
+    #[cfg(test)]
+    pub(crate) fn preloaded(cloud: Cloud, keys: Vec<SigningKey>, metrics: Arc<Metrics>) -> Self {
+        let hour = Duration::from_secs(3600);
+        let settings = KeyCacheSettings { refresh_every: hour, unknown_kid_cooldown: hour, stale_grace: hour, fetch_timeout: hour };
+        let url = url::Url::parse("http://127.0.0.1:9/metadata").unwrap();
+        let cache = Self::new(cloud, url, settings, metrics).unwrap();
+        let keys = keys.into_iter().map(|k| (k.kid.clone(), Arc::new(k))).collect();
+        *cache.loaded.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Loaded { keys, fetched_at: Instant::now() }));
+        *cache.last_on_demand.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        cache
+    }
+
     pub fn cloud(&self) -> Cloud {
         self.cloud
     }

@@ -1438,4 +1438,219 @@ token = "env:MCP_TOKEN"
             assert!(!p.contains("S3cr3t") && p.contains("env:VAR_NAME"), "{p}");
         }
     }
+
+    mod proptests {
+        //! Properties of configuration loading: no input panics [`Config::from_sources`] (or
+        //! [`Config::validate`] after it), and no error, whatever its cause, shows a value found at a secret
+        //! path: the generalisation of `errors_never_echo_a_value_at_a_secret_path`.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const SECTIONS: &[&str] = &[
+            "[server]",
+            "[server.tls]",
+            "[auth]",
+            "[[bots]]",
+            "[bots.policy]",
+            "[bots.agent_user]",
+            "[mcp]",
+            "[[mcp.tokens]]",
+            "[store]",
+            "[outbound]",
+            "[invoke]",
+            "[log]",
+            "[clouds.public]",
+            "[clouds.usgov]",
+            "[bots]",
+            "[x]",
+            "[[server]]",
+        ];
+        const KEYS: &[&str] = &[
+            "app_id",
+            "allowed_tenants",
+            "credential",
+            "certificate",
+            "key",
+            "token",
+            "name",
+            "bind",
+            "behind_proxy",
+            "cloud",
+            "require_endorsement",
+            "clock_skew_secs",
+            "key_refresh_secs",
+            "data_dir",
+            "sqlite_path",
+            "audit_key",
+            "dm",
+            "dm_allow",
+            "allowed_hosts",
+            "max_attempts",
+            "connector_endpoints",
+            "openid_metadata_url",
+            "tenant_id",
+            "blueprint_app_id",
+            "level",
+            "format",
+            "mode",
+            "body_limit_bytes",
+            "policy.dm",
+            "agent_user.key",
+            "unknown_field",
+            "bots",
+        ];
+
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "[a-zA-Z0-9:/._\\- ]{0,16}".prop_map(|s| format!("{s:?}")),
+                Just("\"env:BOT_KEY\"".to_owned()),
+                Just("\"https://login.botframework.com/v1/.well-known/openidconfiguration\"".to_owned()),
+                Just("[\"tenant-a\", \"tenant-b\"]".to_owned()),
+                Just("[1, \"two\", [3]]".to_owned()),
+                Just("{ v = 1, w = \"x\" }".to_owned()),
+                Just("1979-05-27T07:32:00Z".to_owned()),
+                Just("inf".to_owned()),
+                ".{0,10}",
+            ]
+        }
+
+        /// TOML-ish text: section headers, `key = value` lines from the real keys and values of every type,
+        /// and junk lines.
+        fn toml_ish() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                proptest::sample::select(SECTIONS).prop_map(str::to_owned),
+                (proptest::sample::select(KEYS), toml_value()).prop_map(|(k, v)| format!("{k} = {v}")),
+                ".{0,24}",
+            ];
+            proptest::collection::vec(line, 0..16).prop_map(|lines| lines.join("\n"))
+        }
+
+        fn env_vars() -> impl Strategy<Value = Vec<(String, String)>> {
+            let name = prop_oneof![
+                proptest::sample::select(vec![
+                    "AGENTGATE__SERVER__BIND",
+                    "AGENTGATE__BOTS__0__APP_ID",
+                    "AGENTGATE__BOTS__0__CREDENTIAL",
+                    "AGENTGATE__BOTS__1__CLOUD",
+                    "AGENTGATE__MCP__TOKENS__0__TOKEN",
+                    "AGENTGATE__AUTH__CLOCK_SKEW_SECS",
+                    "AGENTGATE__BOTS__0__ALLOWED_TENANTS",
+                    "AGENTGATE__BOTS__0__POLICY__DM",
+                    "AGENTGATE__BOTS__12__APP_ID",
+                    "AGENTGATE__",
+                    "OTHER",
+                ])
+                .prop_map(str::to_owned),
+                "AGENTGATE__[A-Z0-9_]{0,24}",
+            ];
+            let value = prop_oneof!["[a-zA-Z0-9:,\\-\\[\\]\" ]{0,16}", Just("true".to_owned()), Just("[\"a\", 1]".to_owned()), ".{0,8}"];
+            proptest::collection::vec((name, value), 0..4)
+        }
+
+        /// A secret-looking value: long enough that it cannot turn up in an error message by chance.
+        fn secret() -> impl Strategy<Value = String> {
+            "[A-Za-z][A-Za-z0-9]{11,15}"
+        }
+
+        fn digits() -> impl Strategy<Value = String> {
+            "[1-9][0-9]{11,15}"
+        }
+
+        /// (value as set in the environment, the part of it that must not appear in an error).
+        fn bad_env_value() -> impl Strategy<Value = (String, String)> {
+            prop_oneof![
+                secret().prop_map(|s| (s.clone(), s)),
+                digits().prop_map(|d| (d.clone(), d)),
+                digits().prop_map(|d| (format!("-{d}"), d)),
+                secret().prop_map(|s| (format!("[\"{s}\"]"), s)),
+                digits().prop_map(|d| (format!("[{d}]"), d)),
+                secret().prop_map(|s| (format!("keyring:{s}"), s)),
+                secret().prop_map(|s| (format!("env:{s}-x"), s)),
+                secret().prop_map(|s| (format!("file:{s}"), s)),
+                secret().prop_map(|s| (format!("{s}:"), s)),
+                secret().prop_map(|s| (format!("[\"env:A\", \"{s}\"]"), s)),
+                proptest::sample::select(vec!["true", "false"]).prop_map(|b| (b.to_owned(), format!("`{b}`"))),
+            ]
+        }
+
+        /// (TOML literal, the part of it that must not appear in an error).
+        fn bad_toml_literal() -> impl Strategy<Value = (String, String)> {
+            prop_oneof![
+                secret().prop_map(|s| (format!("\"{s}\""), s)),
+                secret().prop_map(|s| (format!("'{s}'"), s)),
+                secret().prop_map(|s| (format!("\"\"\"{s}\"\"\""), s)),
+                digits().prop_map(|d| (d.clone(), d)),
+                (digits(), "[0-9]{1,6}").prop_map(|(d, f)| (format!("{d}.{f}"), d)),
+                secret().prop_map(|s| (format!("[\"{s}\"]"), s)),
+                secret().prop_map(|s| (format!("[[\"{s}\"]]"), s)),
+                secret().prop_map(|s| (format!("{{ v = \"{s}\" }}"), s)),
+                secret().prop_map(|s| (format!("{{ {s} = 1 }}"), s)),
+                secret().prop_map(|s| (format!("\"keyring:{s}\""), s)),
+                secret().prop_map(|s| (format!("\"file:{s}\""), s)),
+                "[0-9]{4}".prop_map(|y| (format!("{y}-05-27T07:32:00Z"), format!("{y}-05-27"))),
+                proptest::sample::select(vec!["true", "false"]).prop_map(|b| (b.to_owned(), format!("`{b}`"))),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn no_toml_ish_text_or_environment_panics_the_loader(text in toml_ish(), vars in env_vars()) {
+                if let Ok(c) = Config::from_sources(Some(&text), "t", vars) {
+                    let _ = c.validate(false);
+                    let _ = c.validate(true);
+                }
+            }
+
+            #[test]
+            fn any_bytes_as_the_file_never_panic_the_loader(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = Config::from_sources(Some(&String::from_utf8_lossy(&bytes)), "t", env(&[]));
+            }
+
+            #[test]
+            fn no_error_echoes_a_value_set_at_a_secret_path_in_the_environment(
+                field in proptest::sample::select(SECRET_FIELDS),
+                (value, secret) in bad_env_value(),
+            ) {
+                let (path, var, _) = field;
+                let e = Config::from_sources(Some(SECRETS_BASE), "t", env(&[(var, &value)])).unwrap_err();
+                assert_secret_not_echoed(&e, path, &secret, &format!("{var}={value}"));
+            }
+
+            #[test]
+            fn no_error_echoes_a_value_written_at_a_secret_path_in_the_file(
+                field in proptest::sample::select(SECRET_FIELDS),
+                (literal, secret) in bad_toml_literal(),
+            ) {
+                let (path, _, line) = field;
+                let (key, _) = line.split_once(" = ").unwrap();
+                let text = SECRETS_BASE.replacen(line, &format!("{key} = {literal}"), 1);
+                prop_assert_ne!(&text, SECRETS_BASE);
+                let e = Config::from_sources(Some(&text), "t", env(&[])).unwrap_err();
+                assert_secret_not_echoed(&e, path, &secret, &format!("{path} = {literal} in TOML"));
+            }
+
+            #[test]
+            fn a_broken_file_never_echoes_a_secret_on_a_secret_line(
+                field in proptest::sample::select(SECRET_FIELDS),
+                secret in secret(),
+                junk in proptest::sample::select(vec!["", "\"", "\"\"\"", "'", "[", "{", "= 1", "\\", "#", "\n="]),
+            ) {
+                // Unquoted or badly quoted: a TOML syntax error on the secret's own line.
+                let (_, _, line) = field;
+                let (key, _) = line.split_once(" = ").unwrap();
+                let text = SECRETS_BASE.replacen(line, &format!("{key} = {junk}{secret} x"), 1);
+                let e = Config::from_sources(Some(&text), "t", env(&[])).unwrap_err();
+                for shown in [e.to_string(), format!("{e:?}")] {
+                    prop_assert!(!shown.contains(&secret), "{}", shown);
+                }
+            }
+        }
+    }
 }

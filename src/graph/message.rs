@@ -218,3 +218,70 @@ mod tests {
         assert_eq!(MessageBody::from_text("é").len_chars(), 1);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of the Graph-side [`html_to_text`] and [`text_to_html`]: no input panics, every
+    //! well-formed tag is dropped, plain text is a fixed point, and text survives the trip through HTML.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn tag_soup() -> impl Strategy<Value = String> {
+        let tags = vec![
+            "<p>",
+            "</p>",
+            "<div>",
+            "</div>",
+            "<br>",
+            "<br/>",
+            "<b>",
+            "</b>",
+            "<at id=\"0\">",
+            "</at>",
+            "<a href=\"https://x.test\">",
+            "</a>",
+            "<attachment id=\"1\">",
+            "</attachment>",
+            "<li>",
+            "</li>",
+            "<h1>",
+            "</h1>",
+            "<!-- c -->",
+            "<img src=\"x\">",
+            "< p >",
+        ];
+        let text = "[a-zA-Z0-9 \\n\\t>\"'=/;:.,é日😀]{0,8}";
+        proptest::collection::vec(prop_oneof![proptest::sample::select(tags).prop_map(str::to_owned), text], 0..30).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn html_to_text_never_panics(html in any::<String>()) {
+            let _ = html_to_text(&html);
+        }
+
+        #[test]
+        fn html_to_text_drops_every_well_formed_tag(html in tag_soup()) {
+            let text = html_to_text(&html);
+            prop_assert!(!text.contains('<'), "{:?} -> {:?}", html, text);
+        }
+
+        #[test]
+        fn html_to_text_is_idempotent_on_plain_text(text in "[a-zA-Z0-9 \\n\\r\\t>\"'=/;:.,!?\u{a0}é日😀]{0,60}|.{0,40}") {
+            let text = text.replace(['<', '&'], "");
+            let once = html_to_text(&text);
+            prop_assert_eq!(html_to_text(&once), once);
+        }
+
+        #[test]
+        fn text_survives_the_trip_through_html(text in "[a-zA-Z0-9 <>&\"'\\n.,é日😀]{0,60}") {
+            // The way back normalises whitespace: compare line by line, trimmed, blank lines dropped.
+            let lines = |s: &str| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect::<Vec<_>>();
+            prop_assert_eq!(lines(&html_to_text(&text_to_html(&text))), lines(&text));
+        }
+    }
+}

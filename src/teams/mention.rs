@@ -194,7 +194,8 @@ fn trim_end_hws(s: &str) -> (&str, bool) {
     loop {
         if let Some(c) = cur.chars().next_back().filter(|&c| is_hws(c)) {
             cur = &cur[..cur.len() - c.len_utf8()];
-        } else if cur.len() >= NBSP_ENTITY.len() && cur[cur.len() - NBSP_ENTITY.len()..].eq_ignore_ascii_case(NBSP_ENTITY) {
+        } else if cur.len().checked_sub(NBSP_ENTITY.len()).and_then(|at| cur.get(at..)).is_some_and(|t| t.eq_ignore_ascii_case(NBSP_ENTITY))
+        {
             cur = &cur[..cur.len() - NBSP_ENTITY.len()];
         } else {
             return (cur, cur.len() != s.len());
@@ -481,7 +482,127 @@ mod tests {
     }
 
     #[test]
+    fn a_multibyte_character_before_the_seam_does_not_panic() {
+        // Found by `stripping_removes_exactly_the_bots_tags`: looking for a trailing `&nbsp;` sliced the
+        // text six bytes from its end, inside the emoji.
+        let e = json!([bot_mention(Some("<at>Rusty Bot</at>"), "28:bot", "Rusty Bot")]);
+        let mut a = message("😀<p><at>Rusty Bot</at>", e.clone());
+        assert_eq!(strip_bot_mention(&mut a, "bot"), 1);
+        assert_eq!(a.text.as_deref(), Some("😀<p>"));
+        let mut b = message("日本<at>Rusty Bot</at> 😀😀", e);
+        assert_eq!(strip_bot_mention(&mut b, "bot"), 1);
+        assert_eq!(b.text.as_deref(), Some("日本 😀😀"));
+    }
+
+    #[test]
     fn decodes_html_entities() {
         assert_eq!(decode_html("a&amp;b&lt;&gt;&quot;&#39;&apos;&nbsp;&#x41;&#66;&bogus;&"), "a&b<>\"''\u{a0}AB&bogus;&");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of mention stripping: it never panics, removes exactly the bot's tags from text made of
+    //! tokens, keeps everyone else's, and leaves entities and mention-free text alone.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BOT_TAG: &str = "<at>Rusty Bot</at>";
+    const ALICE_TAG: &str = "<at>Alice</at>";
+
+    fn message(text: &str, entities: &Value) -> Activity {
+        serde_json::from_value(json!({"type": "message", "text": text, "entities": entities})).unwrap()
+    }
+
+    fn entities() -> Value {
+        json!([
+            {"type": "mention", "text": BOT_TAG, "mentioned": {"id": "28:bot", "name": "Rusty Bot"}},
+            {"type": "mention", "text": ALICE_TAG, "mentioned": {"id": "29:alice", "name": "Alice"}},
+        ])
+    }
+
+    /// Text made of tokens, mentions among them, with the whitespace and multi-byte characters at the seams
+    /// that the joining logic trims.
+    fn tokens() -> impl Strategy<Value = Vec<&'static str>> {
+        let pieces = vec![
+            BOT_TAG,
+            "<AT>rusty BOT</AT>",
+            "<at id=\"0\">Rusty&nbsp;Bot</at>",
+            ALICE_TAG,
+            "hi",
+            "there",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "&nbsp;",
+            "\u{a0}",
+            ",",
+            ".",
+            "<p>",
+            "</p>",
+            "😀",
+            "é",
+            "日本",
+            "<b>",
+            "</b>",
+        ];
+        proptest::collection::vec(proptest::sample::select(pieces), 0..24)
+    }
+
+    fn is_bot_tag(t: &str) -> bool {
+        t.eq_ignore_ascii_case(BOT_TAG) || t.starts_with("<at id")
+    }
+
+    /// Any text and any entity list, for the absence of panics.
+    fn wild_entities() -> impl Strategy<Value = Value> {
+        let mention = (
+            "[a-zA-Z<>/ &;😀é]{0,12}",
+            proptest::option::of("[a-zA-Z<>/ &;😀é]{0,12}"),
+            prop_oneof![Just("28:bot"), Just("bot"), Just("29:x")],
+        )
+            .prop_map(|(name, text, id)| json!({"type": "mention", "text": text, "mentioned": {"id": id, "name": name}}));
+        proptest::collection::vec(mention, 0..4).prop_map(Value::Array)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn stripping_removes_exactly_the_bots_tags(tokens in tokens()) {
+            let text = tokens.concat();
+            let mut a = message(&text, &entities());
+            let removed = strip_bot_mention(&mut a, "bot");
+            let bot_tags = tokens.iter().filter(|t| is_bot_tag(t)).count();
+            prop_assert_eq!(removed, bot_tags, "{:?}", text);
+            let out = a.text.clone().unwrap();
+            if removed == 0 {
+                prop_assert_eq!(&out, &text, "text without the bot's mention is untouched");
+            } else {
+                prop_assert_eq!(out.trim(), out.as_str());
+            }
+            prop_assert!(!out.to_lowercase().contains("rusty bot</at>") && !out.contains("Rusty&nbsp;Bot"), "{:?} -> {:?}", text, out);
+            prop_assert_eq!(out.matches(ALICE_TAG).count(), text.matches(ALICE_TAG).count(), "others' mentions stay");
+            prop_assert_eq!(&a.extra["entities"], &entities(), "entities stay");
+        }
+
+        #[test]
+        fn stripping_any_text_never_panics(text in ".{0,40}|[a-z <>/&;😀é\u{a0}]{0,40}", entities in wild_entities(), bot in "28:bot|bot|") {
+            let mut a = message(&text, &entities);
+            let removed = strip_bot_mention(&mut a, &bot);
+            if removed == 0 {
+                prop_assert_eq!(a.text.as_deref(), Some(text.as_str()));
+            }
+        }
+
+        #[test]
+        fn bot_ids_compare_symmetrically_and_ignore_the_prefix(a in "(28:)?[a-zA-Z0-9-]{0,6}", b in "(28:)?[a-zA-Z0-9-]{0,6}") {
+            prop_assert_eq!(same_bot_id(&a, &b), same_bot_id(&b, &a));
+            let bare = a.strip_prefix("28:").unwrap_or(&a);
+            let prefixed = format!("28:{bare}");
+            prop_assert_eq!(same_bot_id(&a, &prefixed), !bare.is_empty());
+        }
     }
 }

@@ -352,3 +352,82 @@ mod tests {
         assert!(check_activity_size(&a).is_ok());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Properties of [`split_text`]: lossless, within the limit in UTF-16 units, cut only on character
+    //! boundaries (so never inside a surrogate pair), and one part when the text fits.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Text from pieces that exercise every kind of boundary: words, spaces, line and paragraph breaks,
+    /// CRLF, combining marks, ZWJ sequences, skin tones, flags, keycaps, CJK and astral characters.
+    fn text() -> impl Strategy<Value = String> {
+        let pieces = vec![
+            "a",
+            "bc",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\n\n",
+            "\r\n",
+            "é",
+            "e\u{301}",
+            "日本",
+            "😀",
+            "👨\u{200D}👩\u{200D}👧",
+            "🇫🇷",
+            "🇩",
+            "👍🏽",
+            "1\u{FE0F}\u{20E3}",
+            "\u{200D}",
+            "\u{1100}\u{1161}",
+            "𝄞",
+        ];
+        prop_oneof![proptest::collection::vec(proptest::sample::select(pieces), 0..120).prop_map(|p| p.concat()), ".{0,200}",]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn parts_concatenate_to_the_text_and_stay_within_the_limit(text in text(), limit in 0usize..48) {
+            let parts = split_text(&text, limit);
+            prop_assert_eq!(parts.concat(), text.as_str());
+            for p in &parts {
+                prop_assert!(!p.is_empty());
+                prop_assert!(utf16_len(p) <= limit.max(2), "{:?} over {}", p, limit);
+                // Each part is whole characters: its UTF-16 form neither starts with a low surrogate nor
+                // ends with a high one.
+                let units: Vec<u16> = p.encode_utf16().collect();
+                prop_assert!(!units.first().is_some_and(|u| (0xDC00..0xE000).contains(u)));
+                prop_assert!(!units.last().is_some_and(|u| (0xD800..0xDC00).contains(u)));
+            }
+            let units: Vec<u16> = parts.iter().flat_map(|p| p.encode_utf16()).collect();
+            prop_assert_eq!(units, text.encode_utf16().collect::<Vec<_>>());
+            if utf16_len(&text) <= limit.max(2) {
+                prop_assert_eq!(parts.len(), usize::from(!text.is_empty()), "text that fits is one part");
+            }
+        }
+
+        #[test]
+        fn cut_points_are_character_boundaries_inside_the_text(text in text(), limit in 0usize..48) {
+            match cut_point(&text, limit) {
+                Some(cut) => {
+                    prop_assert!(0 < cut && cut < text.len() && text.is_char_boundary(cut), "{cut} in {text:?}");
+                    prop_assert!(utf16_len(&text[..cut]) <= limit.max(2));
+                }
+                None => prop_assert!(utf16_len(&text) <= limit.max(2)),
+            }
+        }
+
+        #[test]
+        fn the_activity_size_is_the_serialized_length_in_utf16(text in text()) {
+            let a = serde_json::json!({"type": "message", "text": text});
+            prop_assert_eq!(activity_size_utf16(&a), serde_json::to_string(&a).unwrap().encode_utf16().count());
+        }
+    }
+}
