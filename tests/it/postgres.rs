@@ -133,7 +133,12 @@ async fn the_gateway_on_postgres_commits_reads_back_and_deduplicates() {
     // `migrate` finds the schema `serve` created.
     let out = cli(&app, &["migrate"]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success() && said.contains("schema version 1") && said.contains("postgres"), "{said}");
+    assert!(
+        out.status.success()
+            && said.contains(&format!("schema version {}", agentgate::store::postgres::SCHEMA_VERSION))
+            && said.contains("postgres"),
+        "{said}"
+    );
 
     let id = unique_id("pg");
     let token = key.mint(&good_claims());
