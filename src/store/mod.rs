@@ -464,6 +464,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The chain's head as it is now (count, newest id, its hash), cheap enough to poll.
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
 
+    /// Wake-ups for inbox entries committed by other processes (replicas sharing the database): the
+    /// receiver changes to the newest inbox id announced. `None` when the backend has no such signal (the
+    /// caller polls).
+    fn subscribe_inbox(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        None
+    }
+
     /// Finish every write already submitted, then stop accepting writes.
     async fn close(&self);
 }

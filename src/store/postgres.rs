@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 use tokio_postgres::config::SslMode;
@@ -178,6 +178,86 @@ pub struct PostgresStore {
     head: Mutex<Option<AuditHead>>,
     /// The owner recorded on the outbox entries this replica claims ([`super::new_replica_id`]).
     replica: String,
+    /// The newest inbox id announced on [`INBOX_CHANNEL`] (by any replica).
+    inbox_signal: watch::Sender<i64>,
+    /// The connection that listens for the announcements, started by the first subscriber.
+    listener: Mutex<Listener>,
+}
+
+/// Starts the task that listens for inbox announcements.
+type StartListener = Box<dyn FnOnce(watch::Sender<i64>) -> JoinHandle<()> + Send>;
+
+enum Listener {
+    NotStarted(StartListener),
+    Running(JoinHandle<()>),
+    Stopped,
+}
+
+/// The channel on which an inbound commit announces its newest pending inbox id (delivered on commit only), as
+/// `<schema>:<id>`: channels are database-wide, and gateways in other schemas of the database ignore it.
+pub const INBOX_CHANNEL: &str = "agentgate_inbox";
+
+/// The schema the store's tables are in (as `search_path` resolves them), or '' if none.
+const CURRENT_SCHEMA: &str = "SELECT COALESCE(current_schema(), '')::TEXT";
+
+/// Listen for inbox announcements on a connection of its own (outside the pool: a pooled connection would
+/// be recycled and miss them), reconnecting with backoff, and publish each announced id on `signal`. After
+/// every (re)connection the subscribers are woken once, to read what was committed while nobody listened.
+async fn listen_loop<T>(config: tokio_postgres::Config, tls: T, signal: watch::Sender<i64>)
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match config.connect(tls.clone()).await {
+            Err(e) => tracing::warn!(error = %pg_err(&e), "cannot listen for inbox announcements; retrying"),
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                let _ = tx.send(n.payload().to_owned());
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                });
+                let listening = async {
+                    client.batch_execute(&format!("LISTEN {INBOX_CHANNEL}")).await?;
+                    client.query_one(CURRENT_SCHEMA, &[]).await.map(|r| r.get::<_, String>(0))
+                };
+                match listening.await {
+                    Err(e) => tracing::warn!(error = %pg_err(&e), "cannot listen for inbox announcements; retrying"),
+                    Ok(schema) => {
+                        backoff = Duration::from_millis(250);
+                        signal.send_modify(|_| {});
+                        while let Some(payload) = rx.recv().await {
+                            // The channel is database-wide: only this schema's announcements count.
+                            if let Some(id) =
+                                payload.rsplit_once(':').filter(|(s, _)| *s == schema).and_then(|(_, id)| id.parse::<i64>().ok())
+                            {
+                                signal.send_modify(|newest| *newest = (*newest).max(id));
+                            }
+                        }
+                    }
+                }
+                drop(client);
+                match driver.await {
+                    Ok(Err(e)) => tracing::warn!(error = %pg_err(&e), "the inbox listener lost its connection; reconnecting"),
+                    _ => tracing::warn!("the inbox listener's connection ended; reconnecting"),
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -242,14 +322,23 @@ impl PostgresStore {
         let target = describe(&config);
         let open_err = |reason: String| StoreError::Open { path: target.clone(), reason };
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-        let manager = if config.get_ssl_mode() == SslMode::Require {
+        let (manager, listener): (Manager, StartListener) = if config.get_ssl_mode() == SslMode::Require {
             use rustls_platform_verifier::ConfigVerifierExt as _;
             let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| open_err(format!("TLS setup: {e}")))?;
-            Manager::from_config(config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), manager_config)
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+            let listen = (config.clone(), tls.clone());
+            (
+                Manager::from_config(config, tls, manager_config),
+                Box::new(move |signal| tokio::spawn(listen_loop(listen.0, listen.1, signal))),
+            )
         } else {
             // TLS only when asked: `prefer` would try TLS without verifying it, which protects nothing.
             config.ssl_mode(SslMode::Disable);
-            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+            let listen = config.clone();
+            (
+                Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+                Box::new(move |signal| tokio::spawn(listen_loop(listen, tokio_postgres::NoTls, signal))),
+            )
         };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
@@ -279,6 +368,8 @@ impl PostgresStore {
             truncation_reported,
             head: Mutex::new(None),
             replica: super::new_replica_id(),
+            inbox_signal: watch::channel(0).0,
+            listener: Mutex::new(Listener::NotStarted(listener)),
         })
     }
 
@@ -463,6 +554,19 @@ async fn commit_batch(pool: &Pool, records: &[&InboundRecord]) -> Result<Vec<Res
                 outcomes.push(Err(pg_err(&e)));
             }
         }
+    }
+    // Announced to every replica's listener, on commit only (a rolled-back batch announces nothing).
+    let newest = records
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(r, o)| match o {
+            Ok(CommitOutcome::Accepted { inbox_id }) if r.state == InboxState::Pending => Some(*inbox_id),
+            _ => None,
+        })
+        .max();
+    if let Some(id) = newest {
+        let notify = tx.prepare_cached("SELECT pg_notify($1, COALESCE(current_schema(), '') || ':' || $2)").await?;
+        tx.execute(&notify, &[&INBOX_CHANNEL, &id.to_string()]).await?;
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -927,7 +1031,22 @@ impl Store for PostgresStore {
         Ok(head)
     }
 
+    fn subscribe_inbox(&self) -> Option<watch::Receiver<i64>> {
+        let mut listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*listener, Listener::NotStarted(_))
+            && let Listener::NotStarted(start) = std::mem::replace(&mut *listener, Listener::Stopped)
+        {
+            *listener = Listener::Running(start(self.inbox_signal.clone()));
+        }
+        Some(self.inbox_signal.subscribe())
+    }
+
     async fn close(&self) {
+        if let Listener::Running(h) =
+            std::mem::replace(&mut *self.listener.lock().unwrap_or_else(PoisonError::into_inner), Listener::Stopped)
+        {
+            h.abort();
+        }
         // Stop taking activities, let the group commit finish what it has, then close the connections.
         let sender = self.inbound.lock().unwrap_or_else(PoisonError::into_inner).take();
         drop(sender);
@@ -1169,6 +1288,26 @@ pub(crate) mod tests {
         drop(other);
         let _ = driver.await;
         store.close().await;
+    }
+
+    /// An inbound commit through one replica wakes a subscriber of another (LISTEN/NOTIFY), after the commit.
+    #[tokio::test]
+    async fn a_commit_on_one_replica_wakes_a_subscriber_of_another() {
+        let Some(b) = postgres() else { return };
+        let (one, two) = (b.open(None).await, b.open(None).await);
+        let mut woken = two.subscribe_inbox().expect("Postgres announces inbox entries");
+        // The listener wakes its subscribers once it listens.
+        tokio::time::timeout(Duration::from_secs(5), woken.changed()).await.expect("the listener started").unwrap();
+        woken.borrow_and_update();
+        let CommitOutcome::Accepted { inbox_id } = one.commit_inbound(suite::record("a1", "c1")).await.unwrap() else { panic!("accepted") };
+        tokio::time::timeout(Duration::from_secs(1), woken.changed()).await.expect("woken within a second").unwrap();
+        assert_eq!(*woken.borrow_and_update(), inbox_id);
+        assert_eq!(two.inbox_after(0, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![inbox_id], "visible when woken");
+        // A duplicate commits nothing and announces nothing.
+        assert_eq!(one.commit_inbound(suite::record("a1", "c1")).await.unwrap(), CommitOutcome::Duplicate);
+        assert!(tokio::time::timeout(Duration::from_millis(300), woken.changed()).await.is_err(), "no wake-up for a duplicate");
+        one.close().await;
+        two.close().await;
     }
 
     fn suite_outbound(conv: &str, op: OutboundOp) -> NewOutbound {
