@@ -256,3 +256,55 @@ async fn two_replicas_deliver_each_send_once_and_in_order() {
     drop(two);
     db.drop_it().await;
 }
+
+/// A replica starting (or restarting) while another has a request on the wire leaves that claim alone: the
+/// entry stays `sending` with its live lease, is not requeued, and its owner records the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_replica_leaves_another_replicas_send_in_flight_alone() {
+    use crate::fake_connector::{FakeConnector, Fault};
+    const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+    let Some(db) = Database::create().await else { return };
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    let one = TestApp::spawn(&opts).await;
+    one.wait_ready().await;
+    let mut m = message(&unique_id("in"));
+    m["serviceUrl"] = serde_json::json!(fake.service_url);
+    m["conversation"]["id"] = serde_json::json!("a:conv-1");
+    m["conversation"]["conversationType"] = serde_json::json!("personal");
+    assert_eq!(one.status(None, &m).await, 202, "{}", one.stderr());
+    // The delete hangs for a while (then fails with 504 and is retried: deletes are idempotent).
+    fake.push_faults([Fault::Hang(Duration::from_secs(4))]);
+    let out = cli(&one, &["send", "--conversation", "a:conv-1", "--delete", "1:5"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = said.split("outbox #").nth(1).and_then(|r| r.split(';').next()).and_then(|n| n.trim().parse::<i64>().ok()).unwrap();
+    let item =
+        |app: &TestApp| -> serde_json::Value { serde_json::from_slice(&cli(app, &["outbox", "--id", &id.to_string()]).stdout).unwrap() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while item(&one)["state"] != "sending" {
+        assert!(std::time::Instant::now() < deadline, "never claimed: {}", item(&one));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second replica starts now; its recovery runs before it is ready.
+    let two = TestApp::spawn(&opts).await;
+    two.wait_ready().await;
+    let now = item(&two);
+    assert_eq!((now["state"].as_str(), now["attempts"].as_i64()), (Some("sending"), Some(1)), "the live claim was left alone: {now}");
+    assert!(!two.stderr().contains("interrupted by a restart"), "{}", two.stderr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let now = item(&two);
+        if now["state"] == "delivered" {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "never delivered: {now}\n{}\n{}", one.stderr(), two.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["attempts"], 2, "the hung attempt, then one retry: {done}");
+    drop(one);
+    drop(two);
+    db.drop_it().await;
+}
