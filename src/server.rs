@@ -164,6 +164,9 @@ impl Gateway {
         let agentic = crate::bridge::agent::agentic_chains(&cfg, &agents);
         let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?.with_agentic(agentic));
         background.push(Arc::clone(&outbound).spawn(Duration::from_millis(cfg.outbound.poll_interval_ms)));
+        if let Some(announced) = store.subscribe_inbox() {
+            background.push(gate.follow(announced));
+        }
         let hub = Arc::new(crate::mcp::Hub::new(
             Arc::new(cfg.clone()),
             Arc::clone(&store),

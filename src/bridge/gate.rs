@@ -54,6 +54,20 @@ impl InboundGate {
         self.inbox.subscribe()
     }
 
+    /// Also wake the sessions for entries committed elsewhere (other replicas, announced by the store's
+    /// [`Store::subscribe_inbox`]). Sessions read the inbox after each wake-up, so an extra one is harmless.
+    /// Ends when `announced` closes.
+    pub fn follow(self: &Arc<Self>, mut announced: watch::Receiver<i64>) -> tokio::task::JoinHandle<()> {
+        let gate = Arc::clone(self);
+        tokio::spawn(async move {
+            while announced.changed().await.is_ok() {
+                let id = *announced.borrow_and_update();
+                let newest = id.max(*gate.inbox.borrow());
+                gate.inbox.send_replace(newest);
+            }
+        })
+    }
+
     /// Decide before the commit. `authenticated` is false for anonymous (`serve --dev`) activities: they
     /// never answer an approval request, whoever they claim to come from.
     pub fn classify(&self, bot_app_id: &str, activity: &Activity, authenticated: bool) -> Classified {
@@ -212,4 +226,31 @@ fn text_without_mention(activity: &Activity, bot: &str) -> Option<String> {
     let mut a = activity.clone();
     crate::teams::strip_bot_mention(&mut a, bot);
     Some(super::envelope::html_to_text(a.text.as_deref().unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Ids announced by the store (other replicas) wake the sessions like a local commit; the signal never
+    /// goes back to an older id.
+    #[tokio::test]
+    async fn announced_entries_wake_the_sessions() {
+        let gate = Arc::new(InboundGate::new(Vec::new(), Arc::new(Approvals::default())));
+        let mut sessions = gate.subscribe();
+        let (announce, announced) = watch::channel(0);
+        let follower = gate.follow(announced);
+        announce.send_replace(7);
+        tokio::time::timeout(Duration::from_secs(1), sessions.changed()).await.expect("woken").unwrap();
+        assert_eq!(*sessions.borrow_and_update(), 7);
+        gate.inbox.send_replace(9);
+        sessions.borrow_and_update();
+        announce.send_replace(8);
+        tokio::time::timeout(Duration::from_secs(1), sessions.changed()).await.expect("woken again").unwrap();
+        assert_eq!(*sessions.borrow_and_update(), 9, "an older announcement wakes, but does not move the id back");
+        drop(announce);
+        tokio::time::timeout(Duration::from_secs(1), follower).await.expect("ends with the announcements").unwrap();
+    }
 }

@@ -95,6 +95,12 @@ impl std::fmt::Debug for Outbound {
     }
 }
 
+/// How often the worker looks for claims whose lease ran out (a replica died mid-send).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// How often a claim is renewed while its request is under way (three times per lease).
+const RENEW_EVERY: Duration = Duration::from_millis(crate::store::OUTBOX_LEASE_MS.unsigned_abs() / 3);
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -236,15 +242,30 @@ impl Outbound {
         &self.store
     }
 
-    /// Recover what a dead process left in flight, then deliver until the task is aborted.
+    /// Take over the entries a dead replica (or this process before a restart) left in flight: those whose
+    /// lease ran out.
+    async fn sweep(&self) {
+        match self.store.recover_outbound(now_ms()).await {
+            Ok((0, 0)) => {}
+            Ok((requeued, uncertain)) => {
+                // The message predates leases (alert rules match it): "a restart" is now also a replica that died.
+                tracing::warn!(requeued, uncertain, "outbox entries interrupted by a restart were recovered");
+            }
+            Err(e) => tracing::error!(error = %e, "outbox recovery failed"),
+        }
+    }
+
+    /// Recover what a dead process left in flight, then deliver until the task is aborted, taking over
+    /// expired claims every [`SWEEP_EVERY`].
     pub fn spawn(self: Arc<Self>, poll: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            match self.store.recover_outbound(now_ms()).await {
-                Ok((0, 0)) => {}
-                Ok((requeued, uncertain)) => tracing::warn!(requeued, uncertain, "outbox entries interrupted by a restart were recovered"),
-                Err(e) => tracing::error!(error = %e, "outbox recovery failed"),
-            }
+            self.sweep().await;
+            let mut swept = Instant::now();
             loop {
+                if swept.elapsed() >= SWEEP_EVERY {
+                    self.sweep().await;
+                    swept = Instant::now();
+                }
                 let next = self.run_once().await;
                 let wait = next.unwrap_or(poll).min(poll);
                 tokio::select! {
@@ -347,7 +368,7 @@ impl Outbound {
                         return;
                     }
                 }
-                (self.deliver(&item, &who).await, item.attempts + 1)
+                (self.deliver_leased(&item, &who).await, item.attempts + 1)
             }
         };
         if let Err(Failure::Connector(ConnectorError::Rejected { status: 401, .. })) = &result {
@@ -384,6 +405,24 @@ impl Outbound {
             outcome,
         )
         .with_detail(detail)
+    }
+
+    /// [`Self::deliver`], renewing the claim's lease while it lasts (a stream, a slow Connector), so that no
+    /// other replica takes over an entry this one is still sending.
+    async fn deliver_leased(&self, item: &OutboxItem, who: &Acting) -> Result<String, Failure> {
+        let deliver = self.deliver(item, who);
+        tokio::pin!(deliver);
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+        loop {
+            tokio::select! {
+                result = &mut deliver => return result,
+                _ = renew.tick() => match self.store.renew_outbound_lease(item.id, now_ms()).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(id = item.id, "lost the claim on an outbox entry while sending it (lease expired)"),
+                    Err(e) => tracing::warn!(error = %e, id = item.id, "could not renew the claim on an outbox entry"),
+                },
+            }
+        }
     }
 
     async fn deliver(&self, item: &OutboxItem, who: &Acting) -> Result<String, Failure> {

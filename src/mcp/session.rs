@@ -592,6 +592,9 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
     json!({"content": envelope::wrap(&body, &envelope::new_nonce()), "meta": meta})
 }
 
+/// How often a session reads the inbox without a wake-up (the safety net for a lost announcement).
+const RESCAN: Duration = Duration::from_secs(2);
+
 /// Push every pending entry in scope, then each new one, as `notifications/claude/channel`.
 async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: Option<Shown>) {
     let mut cursor = 0;
@@ -609,8 +612,13 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
             }
         };
         if batch.is_empty() {
-            if signal.changed().await.is_err() {
-                return;
+            // Woken for each entry committed here or announced by another replica; the inbox is read again
+            // every RESCAN anyway, so a lost announcement only delays a push.
+            tokio::select! {
+                changed = signal.changed() => if changed.is_err() {
+                    return;
+                },
+                () = tokio::time::sleep(RESCAN) => {}
             }
             continue;
         }
@@ -760,6 +768,8 @@ impl Bridge {
             }
             tokio::select! {
                 r = signal.changed() => if r.is_err() { return fail("the gateway is shutting down") },
+                // Read again now and then: a lost announcement from another replica only delays.
+                () = tokio::time::sleep(RESCAN) => {}
                 () = tokio::time::sleep_until(deadline) => return ok(json!({"events": [], "timed_out": true, "acknowledged": acked})),
                 () = ctx.ct.cancelled() => return fail("cancelled"),
             }

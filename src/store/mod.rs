@@ -56,6 +56,17 @@ pub async fn open(
     }
 }
 
+/// How long a claim on an outbox entry ([`Store::begin_outbound_attempt`]) lasts unless its owner renews it
+/// ([`Store::renew_outbound_lease`]). A claim whose lease ran out belongs to a replica that died mid-send:
+/// [`Store::recover_outbound`] takes it over.
+pub const OUTBOX_LEASE_MS: i64 = 60_000;
+
+/// A random name for this store handle (one per process in practice): the owner recorded on the outbox
+/// entries it claims, so that replicas sharing one database tell their claims apart.
+pub fn new_replica_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
 /// Milliseconds since the Unix epoch: the time stamps the store keeps.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -423,15 +434,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Entries whose turn it is: the oldest pending entry of each conversation, due by `now_ms`.
     async fn due_outbound(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
 
-    /// Record that an attempt starts (state `sending`, attempts + 1). Returns false if the entry was not
-    /// pending (someone else took it).
+    /// Claim the entry for an attempt: state `sending`, attempts + 1, owned by this store's replica id until
+    /// `now_ms + OUTBOX_LEASE_MS`. Returns false if the entry was not pending, not due, not the oldest open
+    /// entry of its conversation, or being claimed by another replica right now (someone else took it).
     async fn begin_outbound_attempt(&self, id: i64, now_ms: i64) -> Result<bool, StoreError>;
 
-    /// Record how the attempt ended, with its audit event.
+    /// Extend this replica's claim on an entry it is still sending to `now_ms + OUTBOX_LEASE_MS`. Returns
+    /// false if the claim is no longer this replica's (its lease ran out and another replica took it over).
+    async fn renew_outbound_lease(&self, id: i64, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Record how the attempt ended, with its audit event. The entry changes only if it is pending or this
+    /// replica's claim; a claim taken over meanwhile keeps its new state (the audit event is still recorded).
     async fn finish_outbound(&self, id: i64, finish: Finish, event: AuditEvent) -> Result<(), StoreError>;
 
-    /// After a restart: entries left `sending` by a dead process. Idempotent ones go back to pending;
-    /// creates become uncertain (they may have landed). Returns (requeued, uncertain).
+    /// Take over entries left `sending` by a replica that died: those whose lease ran out by `now_ms`
+    /// (claims of live replicas are left alone). Idempotent ones go back to pending; creates become
+    /// uncertain (they may have landed). Run at start and periodically. Returns (requeued, uncertain).
     async fn recover_outbound(&self, now_ms: i64) -> Result<(u64, u64), StoreError>;
 
     async fn outbox(&self, id: Option<i64>, limit: usize) -> Result<Vec<OutboxItem>, StoreError>;
@@ -445,6 +463,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The chain's head as it is now (count, newest id, its hash), cheap enough to poll.
     async fn audit_head(&self) -> Result<AuditHead, StoreError>;
+
+    /// Wake-ups for inbox entries committed by other processes (replicas sharing the database): the
+    /// receiver changes to the newest inbox id announced. `None` when the backend has no such signal (the
+    /// caller polls).
+    fn subscribe_inbox(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        None
+    }
 
     /// Finish every write already submitted, then stop accepting writes.
     async fn close(&self);

@@ -12,6 +12,10 @@
 //! - **One audit chain.** An append locks the `audit` row of `agentgate_locks`, which also keeps the
 //!   highest id ever issued (what SQLite's `sqlite_sequence` does): appends are serialized across replicas,
 //!   a rolled-back append issues no id, and deleting the newest events stays visible.
+//! - **Outbox claims.** A replica claims an entry (`begin_outbound_attempt`) with `FOR UPDATE SKIP LOCKED`,
+//!   recording itself as `lease_owner` until `lease_until_ms` (renewed while the send lasts): two replicas
+//!   never both claim an entry, and a claimer never waits behind another. `recover_outbound` (at start and
+//!   periodically) takes over only claims whose lease ran out: their owner died mid-send.
 //! - **Outbox order.** An enqueue appends its audit event first, so it holds the audit lock when its outbox
 //!   id is drawn: outbox ids of a conversation commit in order, and `due_outbound` offers only the oldest open
 //!   entry of each conversation.
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 use tokio_postgres::config::SslMode;
@@ -38,7 +42,7 @@ use tokio_postgres::types::ToSql;
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
     AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, InboundRecord, InboxItem, InboxState, NewOutbound,
-    OutboundOp, OutboxItem, OutboxState, Store, StoreError, now_ms,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, Store, StoreError, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -126,7 +130,12 @@ INSERT INTO agentgate_locks (name, value) VALUES ('audit', 0), ('inbox', 0);
 
 /// The schema's history, oldest first; each step runs in the migrating transaction. Append only: never edit
 /// a step that has shipped.
-const MIGRATIONS: &[&str] = &[V1_SCHEMA];
+const MIGRATIONS: &[&str] = &[
+    V1_SCHEMA,
+    // 2: outbox claims carry an owner and a lease (see the module docs). Entries left `sending` by older
+    // builds have no lease: they count as expired.
+    "ALTER TABLE outbox ADD COLUMN lease_owner TEXT, ADD COLUMN lease_until_ms BIGINT;",
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -167,6 +176,88 @@ pub struct PostgresStore {
     truncation_reported: Arc<AtomicBool>,
     /// The audit head last computed, so that the next one counts only newer events.
     head: Mutex<Option<AuditHead>>,
+    /// The owner recorded on the outbox entries this replica claims ([`super::new_replica_id`]).
+    replica: String,
+    /// The newest inbox id announced on [`INBOX_CHANNEL`] (by any replica).
+    inbox_signal: watch::Sender<i64>,
+    /// The connection that listens for the announcements, started by the first subscriber.
+    listener: Mutex<Listener>,
+}
+
+/// Starts the task that listens for inbox announcements.
+type StartListener = Box<dyn FnOnce(watch::Sender<i64>) -> JoinHandle<()> + Send>;
+
+enum Listener {
+    NotStarted(StartListener),
+    Running(JoinHandle<()>),
+    Stopped,
+}
+
+/// The channel on which an inbound commit announces its newest pending inbox id (delivered on commit only), as
+/// `<schema>:<id>`: channels are database-wide, and gateways in other schemas of the database ignore it.
+pub const INBOX_CHANNEL: &str = "agentgate_inbox";
+
+/// The schema the store's tables are in (as `search_path` resolves them), or '' if none.
+const CURRENT_SCHEMA: &str = "SELECT COALESCE(current_schema(), '')::TEXT";
+
+/// Listen for inbox announcements on a connection of its own (outside the pool: a pooled connection would
+/// be recycled and miss them), reconnecting with backoff, and publish each announced id on `signal`. After
+/// every (re)connection the subscribers are woken once, to read what was committed while nobody listened.
+async fn listen_loop<T>(config: tokio_postgres::Config, tls: T, signal: watch::Sender<i64>)
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match config.connect(tls.clone()).await {
+            Err(e) => tracing::warn!(error = %pg_err(&e), "cannot listen for inbox announcements; retrying"),
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+                let driver = tokio::spawn(async move {
+                    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                let _ = tx.send(n.payload().to_owned());
+                            }
+                            Ok(_) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(())
+                });
+                let listening = async {
+                    client.batch_execute(&format!("LISTEN {INBOX_CHANNEL}")).await?;
+                    client.query_one(CURRENT_SCHEMA, &[]).await.map(|r| r.get::<_, String>(0))
+                };
+                match listening.await {
+                    Err(e) => tracing::warn!(error = %pg_err(&e), "cannot listen for inbox announcements; retrying"),
+                    Ok(schema) => {
+                        backoff = Duration::from_millis(250);
+                        signal.send_modify(|_| {});
+                        while let Some(payload) = rx.recv().await {
+                            // The channel is database-wide: only this schema's announcements count.
+                            if let Some(id) =
+                                payload.rsplit_once(':').filter(|(s, _)| *s == schema).and_then(|(_, id)| id.parse::<i64>().ok())
+                            {
+                                signal.send_modify(|newest| *newest = (*newest).max(id));
+                            }
+                        }
+                    }
+                }
+                drop(client);
+                match driver.await {
+                    Ok(Err(e)) => tracing::warn!(error = %pg_err(&e), "the inbox listener lost its connection; reconnecting"),
+                    _ => tracing::warn!("the inbox listener's connection ended; reconnecting"),
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -231,14 +322,23 @@ impl PostgresStore {
         let target = describe(&config);
         let open_err = |reason: String| StoreError::Open { path: target.clone(), reason };
         let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-        let manager = if config.get_ssl_mode() == SslMode::Require {
+        let (manager, listener): (Manager, StartListener) = if config.get_ssl_mode() == SslMode::Require {
             use rustls_platform_verifier::ConfigVerifierExt as _;
             let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| open_err(format!("TLS setup: {e}")))?;
-            Manager::from_config(config, tokio_postgres_rustls::MakeRustlsConnect::new(tls), manager_config)
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+            let listen = (config.clone(), tls.clone());
+            (
+                Manager::from_config(config, tls, manager_config),
+                Box::new(move |signal| tokio::spawn(listen_loop(listen.0, listen.1, signal))),
+            )
         } else {
             // TLS only when asked: `prefer` would try TLS without verifying it, which protects nothing.
             config.ssl_mode(SslMode::Disable);
-            Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+            let listen = config.clone();
+            (
+                Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+                Box::new(move |signal| tokio::spawn(listen_loop(listen, tokio_postgres::NoTls, signal))),
+            )
         };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
@@ -267,6 +367,9 @@ impl PostgresStore {
             closed: AtomicBool::new(false),
             truncation_reported,
             head: Mutex::new(None),
+            replica: super::new_replica_id(),
+            inbox_signal: watch::channel(0).0,
+            listener: Mutex::new(Listener::NotStarted(listener)),
         })
     }
 
@@ -452,6 +555,19 @@ async fn commit_batch(pool: &Pool, records: &[&InboundRecord]) -> Result<Vec<Res
             }
         }
     }
+    // Announced to every replica's listener, on commit only (a rolled-back batch announces nothing).
+    let newest = records
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(r, o)| match o {
+            Ok(CommitOutcome::Accepted { inbox_id }) if r.state == InboxState::Pending => Some(*inbox_id),
+            _ => None,
+        })
+        .max();
+    if let Some(id) = newest {
+        let notify = tx.prepare_cached("SELECT pg_notify($1, COALESCE(current_schema(), '') || ':' || $2)").await?;
+        tx.execute(&notify, &[&INBOX_CHANNEL, &id.to_string()]).await?;
+    }
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -484,6 +600,19 @@ INSERT INTO inbox (bot_app_id, tenant_id, conversation_id, activity_id, activity
 SELECT $3::TEXT, $5::TEXT, $1::TEXT, $2::TEXT, $6::TEXT, $7::TEXT, $8::BIGINT, $9::TEXT, $10::TEXT
 WHERE EXISTS (SELECT 1 FROM fresh)
 RETURNING id";
+
+/// Claim an outbox entry: only if it is pending, due and the oldest open entry of its conversation, and no
+/// other replica holds its row right now (`SKIP LOCKED`: the loser of a race gets no row at once instead of
+/// waiting). $1 id, $2 now, $3 owner, $4 lease end.
+const CLAIM_OUTBOUND: &str = "
+UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at_ms = $2, lease_owner = $3, lease_until_ms = $4
+WHERE id = (
+    SELECT o.id FROM outbox o
+    WHERE o.id = $1 AND o.state = 'pending' AND o.next_attempt_at_ms <= $2
+      AND o.id = (SELECT MIN(p.id) FROM outbox p WHERE p.state IN ('pending', 'sending')
+                  AND p.bot_app_id = o.bot_app_id AND p.conversation_id = o.conversation_id)
+    FOR UPDATE SKIP LOCKED
+) AND state = 'pending'";
 
 const UPSERT_REF: &str = "
 INSERT INTO conversation_refs (bot_app_id, conversation_id, tenant_id, service_url, channel_id, conversation_type,
@@ -759,10 +888,17 @@ impl Store for PostgresStore {
     }
 
     async fn begin_outbound_attempt(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let until = now_ms.saturating_add(OUTBOX_LEASE_MS);
+        let n = self.execute(CLAIM_OUTBOUND, &[&id, &now_ms, &self.replica, &until]).await?;
+        Ok(n == 1)
+    }
+
+    async fn renew_outbound_lease(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let until = now_ms.saturating_add(OUTBOX_LEASE_MS);
         let n = self
             .execute(
-                "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at_ms = $2 WHERE id = $1 AND state = 'pending'",
-                &[&id, &now_ms],
+                "UPDATE outbox SET lease_until_ms = $3 WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
+                &[&id, &self.replica, &until],
             )
             .await?;
         Ok(n == 1)
@@ -776,7 +912,8 @@ impl Store for PostgresStore {
         let stmt = tx
             .prepare_cached(
                 "UPDATE outbox SET state = $2, result_id = COALESCE($3, result_id), last_error = $4, error_class = $5,
-                                  next_attempt_at_ms = $6, updated_at_ms = $7 WHERE id = $1",
+                                  next_attempt_at_ms = $6, updated_at_ms = $7, lease_owner = NULL, lease_until_ms = NULL
+                 WHERE id = $1 AND (state = 'pending' OR (state = 'sending' AND lease_owner = $8))",
             )
             .await?;
         let (state, result_id, error, at) = match &finish {
@@ -787,15 +924,26 @@ impl Store for PostgresStore {
         };
         let message = error.map(|e| e.message.as_str());
         let class = error.map(|e| e.class.as_str());
-        tx.execute(&stmt, &[&id, &state, &result_id, &message, &class, &at, &now]).await?;
+        let changed = tx.execute(&stmt, &[&id, &state, &result_id, &message, &class, &at, &now, &self.replica]).await?;
         tx.commit().await?;
+        if changed == 0 {
+            tracing::warn!(
+                id,
+                "outbox entry no longer held by this replica (its lease ran out and it was taken over); outcome kept in the audit log only"
+            );
+        }
         Ok(())
     }
 
     async fn recover_outbound(&self, now_ms: i64) -> Result<(u64, u64), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let rows = tx.query(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'sending' ORDER BY id FOR UPDATE"), &[]).await?;
+        // Claims being changed by their owner right now (a renewal, a finish) are skipped: not expired.
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'sending' AND (lease_until_ms IS NULL OR lease_until_ms < $1)
+             ORDER BY id FOR UPDATE SKIP LOCKED"
+        );
+        let rows = tx.query(&sql, &[&now_ms]).await?;
         let stuck: Vec<OutboxItem> = rows.iter().map(outbox_row).collect::<Result<_, _>>()?;
         let (mut requeued, mut uncertain) = (0, 0);
         for item in stuck {
@@ -803,7 +951,7 @@ impl Store for PostgresStore {
             let state = if create { "uncertain" } else { "pending" };
             tx.execute(
                 "UPDATE outbox SET state = $2, last_error = 'the process stopped while the request was in flight',
-                                  error_class = 'interrupted', updated_at_ms = $3 WHERE id = $1",
+                                  error_class = 'interrupted', updated_at_ms = $3, lease_owner = NULL, lease_until_ms = NULL WHERE id = $1",
                 &[&item.id, &state, &now_ms],
             )
             .await?;
@@ -883,7 +1031,22 @@ impl Store for PostgresStore {
         Ok(head)
     }
 
+    fn subscribe_inbox(&self) -> Option<watch::Receiver<i64>> {
+        let mut listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*listener, Listener::NotStarted(_))
+            && let Listener::NotStarted(start) = std::mem::replace(&mut *listener, Listener::Stopped)
+        {
+            *listener = Listener::Running(start(self.inbox_signal.clone()));
+        }
+        Some(self.inbox_signal.subscribe())
+    }
+
     async fn close(&self) {
+        if let Listener::Running(h) =
+            std::mem::replace(&mut *self.listener.lock().unwrap_or_else(PoisonError::into_inner), Listener::Stopped)
+        {
+            h.abort();
+        }
         // Stop taking activities, let the group commit finish what it has, then close the connections.
         let sender = self.inbound.lock().unwrap_or_else(PoisonError::into_inner).take();
         drop(sender);
@@ -1100,6 +1263,63 @@ pub(crate) mod tests {
         drop(other);
         let _ = driver.await;
         store.close().await;
+    }
+
+    /// A claim skips an entry whose row another replica holds (mid-claim, mid-finish) instead of waiting for
+    /// it; so does the recovery sweep.
+    #[tokio::test]
+    async fn claims_and_sweeps_skip_a_row_another_replica_holds() {
+        let Some(b) = postgres() else { return };
+        let store = b.open(None).await;
+        let id = store.enqueue_outbound(suite_outbound("c1", OutboundOp::Delete { activity_id: "1".into() })).await.unwrap();
+        let stale = store.enqueue_outbound(suite_outbound("c2", OutboundOp::Delete { activity_id: "2".into() })).await.unwrap();
+        assert!(store.begin_outbound_attempt(stale, 1).await.unwrap());
+        let (mut other, connection) = b.config().connect(tokio_postgres::NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        let tx = other.transaction().await.unwrap();
+        tx.execute("SELECT 1 FROM outbox WHERE id = ANY($1) FOR UPDATE", &[&vec![id, stale]]).await.unwrap();
+        let claim = tokio::time::timeout(Duration::from_secs(2), store.begin_outbound_attempt(id, 10)).await;
+        assert!(!claim.expect("the claim waited for the other replica's lock").unwrap(), "a held row is skipped");
+        let sweep = tokio::time::timeout(Duration::from_secs(2), store.recover_outbound(OUTBOX_LEASE_MS + 10)).await;
+        assert_eq!(sweep.expect("the sweep waited for the other replica's lock").unwrap(), (0, 0));
+        tx.rollback().await.unwrap();
+        assert!(store.begin_outbound_attempt(id, 10).await.unwrap(), "claimed once the row is free");
+        assert_eq!(store.recover_outbound(OUTBOX_LEASE_MS + 10).await.unwrap(), (1, 0));
+        drop(other);
+        let _ = driver.await;
+        store.close().await;
+    }
+
+    /// An inbound commit through one replica wakes a subscriber of another (LISTEN/NOTIFY), after the commit.
+    #[tokio::test]
+    async fn a_commit_on_one_replica_wakes_a_subscriber_of_another() {
+        let Some(b) = postgres() else { return };
+        let (one, two) = (b.open(None).await, b.open(None).await);
+        let mut woken = two.subscribe_inbox().expect("Postgres announces inbox entries");
+        // The listener wakes its subscribers once it listens.
+        tokio::time::timeout(Duration::from_secs(5), woken.changed()).await.expect("the listener started").unwrap();
+        woken.borrow_and_update();
+        let CommitOutcome::Accepted { inbox_id } = one.commit_inbound(suite::record("a1", "c1")).await.unwrap() else { panic!("accepted") };
+        tokio::time::timeout(Duration::from_secs(1), woken.changed()).await.expect("woken within a second").unwrap();
+        assert_eq!(*woken.borrow_and_update(), inbox_id);
+        assert_eq!(two.inbox_after(0, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![inbox_id], "visible when woken");
+        // A duplicate commits nothing and announces nothing.
+        assert_eq!(one.commit_inbound(suite::record("a1", "c1")).await.unwrap(), CommitOutcome::Duplicate);
+        assert!(tokio::time::timeout(Duration::from_millis(300), woken.changed()).await.is_err(), "no wake-up for a duplicate");
+        one.close().await;
+        two.close().await;
+    }
+
+    fn suite_outbound(conv: &str, op: OutboundOp) -> NewOutbound {
+        NewOutbound {
+            bot_app_id: "bot".into(),
+            tenant_id: "t".into(),
+            conversation_id: conv.into(),
+            service_url: "https://smba.trafficmanager.net/amer/".into(),
+            op,
+            requested_by: "test".into(),
+            now_ms: 1,
+        }
     }
 
     #[tokio::test]

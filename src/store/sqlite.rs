@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxItem, NewOutbound, OutboundOp, OutboxItem,
-    OutboxState, Store, StoreError, now_ms,
+    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxItem, NewOutbound, OUTBOX_LEASE_MS, OutboundOp,
+    OutboxItem, OutboxState, Store, StoreError, now_ms,
 };
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
@@ -126,6 +126,9 @@ const MIGRATIONS: &[Migration] = &[
     |tx| tx.execute_batch("ALTER TABLE conversation_refs ADD COLUMN authenticated INTEGER NOT NULL DEFAULT 1"),
     // 4: the class of an outbox entry's last error, so that decisions never read the message text.
     |tx| tx.execute_batch("ALTER TABLE outbox ADD COLUMN error_class TEXT"),
+    // 5: outbox claims carry an owner and a lease, so that a claim is taken over only once its lease ran out
+    // (its owner died). Entries left `sending` by older builds have no lease: they count as expired.
+    |tx| tx.execute_batch("ALTER TABLE outbox ADD COLUMN lease_owner TEXT; ALTER TABLE outbox ADD COLUMN lease_until_ms INTEGER;"),
 ];
 
 /// The schema version this build writes.
@@ -234,6 +237,8 @@ pub struct SqliteStore {
     audit_key: Option<Arc<AuditKey>>,
     /// The audit head last computed, so that the next one counts only newer events.
     head: Arc<Mutex<Option<AuditHead>>>,
+    /// The owner recorded on the outbox entries this handle claims ([`super::new_replica_id`]).
+    replica: Arc<str>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -336,6 +341,7 @@ impl SqliteStore {
             stopping,
             audit_key,
             head: Arc::new(Mutex::new(None)),
+            replica: super::new_replica_id().into(),
         })
     }
 
@@ -736,46 +742,78 @@ impl Store for SqliteStore {
     }
 
     async fn begin_outbound_attempt(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        // Writes are serialized (one writer per process, `BEGIN IMMEDIATE` across processes): the checks and
+        // the claim are one step.
+        let owner = Arc::clone(&self.replica);
         self.write(move |tx, _| {
             let n = tx
                 .prepare_cached(
-                    "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at_ms = ?2 WHERE id = ?1 AND state = 'pending'",
+                    "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_at_ms = ?2, lease_owner = ?3, lease_until_ms = ?4
+                     WHERE id = ?1 AND state = 'pending' AND next_attempt_at_ms <= ?2
+                       AND id = (SELECT MIN(id) FROM outbox p WHERE p.state IN ('pending', 'sending')
+                                 AND p.bot_app_id = outbox.bot_app_id AND p.conversation_id = outbox.conversation_id)",
                 )?
-                .execute(params![id, now_ms])?;
+                .execute(params![id, now_ms, &*owner, now_ms.saturating_add(OUTBOX_LEASE_MS)])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn renew_outbound_lease(&self, id: i64, now_ms: i64) -> Result<bool, StoreError> {
+        let owner = Arc::clone(&self.replica);
+        self.write(move |tx, _| {
+            let n = tx
+                .prepare_cached("UPDATE outbox SET lease_until_ms = ?3 WHERE id = ?1 AND state = 'sending' AND lease_owner = ?2")?
+                .execute(params![id, &*owner, now_ms.saturating_add(OUTBOX_LEASE_MS)])?;
             Ok(n == 1)
         })
         .await
     }
 
     async fn finish_outbound(&self, id: i64, finish: Finish, event: AuditEvent) -> Result<(), StoreError> {
-        self.write(move |tx, st| {
-            st.audit(tx, &event)?;
-            let now = event.at_ms;
-            let mut stmt = tx.prepare_cached(
-                "UPDATE outbox SET state = ?2, result_id = COALESCE(?3, result_id), last_error = ?4, error_class = ?5,
-                                  next_attempt_at_ms = ?6, updated_at_ms = ?7 WHERE id = ?1",
-            )?;
-            let none = None::<String>;
-            match finish {
-                Finish::Delivered { result_id } => stmt.execute(params![id, "delivered", result_id, none, none, now, now])?,
-                Finish::Retry { at_ms, error } => {
-                    stmt.execute(params![id, "pending", none, error.message, error.class.as_str(), at_ms, now])?
-                }
-                Finish::Uncertain { error } => {
-                    stmt.execute(params![id, "uncertain", none, error.message, error.class.as_str(), now, now])?
-                }
-                Finish::Dead { error } => stmt.execute(params![id, "dead", none, error.message, error.class.as_str(), now, now])?,
-            };
-            Ok(())
-        })
-        .await
+        let owner = Arc::clone(&self.replica);
+        let changed = self
+            .write(move |tx, st| {
+                st.audit(tx, &event)?;
+                let now = event.at_ms;
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE outbox SET state = ?2, result_id = COALESCE(?3, result_id), last_error = ?4, error_class = ?5,
+                                      next_attempt_at_ms = ?6, updated_at_ms = ?7, lease_owner = NULL, lease_until_ms = NULL
+                     WHERE id = ?1 AND (state = 'pending' OR (state = 'sending' AND lease_owner = ?8))",
+                )?;
+                let none = None::<String>;
+                let owner = &*owner;
+                let n = match finish {
+                    Finish::Delivered { result_id } => stmt.execute(params![id, "delivered", result_id, none, none, now, now, owner])?,
+                    Finish::Retry { at_ms, error } => {
+                        stmt.execute(params![id, "pending", none, error.message, error.class.as_str(), at_ms, now, owner])?
+                    }
+                    Finish::Uncertain { error } => {
+                        stmt.execute(params![id, "uncertain", none, error.message, error.class.as_str(), now, now, owner])?
+                    }
+                    Finish::Dead { error } => {
+                        stmt.execute(params![id, "dead", none, error.message, error.class.as_str(), now, now, owner])?
+                    }
+                };
+                Ok(n)
+            })
+            .await?;
+        if changed == 0 {
+            tracing::warn!(
+                id,
+                "outbox entry no longer held by this replica (its lease ran out and it was taken over); outcome kept in the audit log only"
+            );
+        }
+        Ok(())
     }
 
     async fn recover_outbound(&self, now_ms: i64) -> Result<(u64, u64), StoreError> {
         self.write(move |tx, st| {
             let stuck: Vec<OutboxItem> = {
-                let mut stmt = tx.prepare(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'sending' ORDER BY id"))?;
-                let rows = stmt.query_map([], outbox_row)?;
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'sending' AND (lease_until_ms IS NULL OR lease_until_ms < ?1) ORDER BY id"
+                ))?;
+                let rows = stmt.query_map([now_ms], outbox_row)?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let (mut requeued, mut uncertain) = (0, 0);
@@ -784,7 +822,7 @@ impl Store for SqliteStore {
                 let state = if create { "uncertain" } else { "pending" };
                 tx.execute(
                     "UPDATE outbox SET state = ?2, last_error = 'the process stopped while the request was in flight',
-                                      error_class = 'interrupted', updated_at_ms = ?3 WHERE id = ?1",
+                                      error_class = 'interrupted', updated_at_ms = ?3, lease_owner = NULL, lease_until_ms = NULL WHERE id = ?1",
                     params![item.id, state, now_ms],
                 )?;
                 st.audit(

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    AuditEvent, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, InboundRecord, InboxState, NewOutbound, OutboundOp,
-    OutboxState, Store, StoreError,
+    AuditEvent, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, InboundRecord, InboxState, NewOutbound, OUTBOX_LEASE_MS,
+    OutboundOp, OutboxState, Store, StoreError,
 };
 use crate::metrics::Metrics;
 
@@ -43,7 +43,8 @@ macro_rules! store_suite {
             audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed);
         $crate::store_suite!(@backend $backend;
             commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
-            outbox_keeps_per_conversation_order_and_recovers_after_a_crash, no_audit_event_no_send,
+            outbox_keeps_per_conversation_order_and_recovers_after_a_crash, two_replicas_never_claim_the_same_entry,
+            only_expired_claims_are_taken_over_by_another_replica, conversation_order_holds_across_two_claimers, no_audit_event_no_send,
             a_failed_write_leaves_nothing_behind, audit_chain_detects_an_edit, audit_detects_a_truncated_tail,
             audit_detects_that_every_event_was_deleted, audit_detects_a_renumbered_event,
             audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite,
@@ -304,7 +305,9 @@ pub(crate) async fn outbox_keeps_per_conversation_order_and_recovers_after_a_cra
     assert!(store.begin_outbound_attempt(u, 103).await.unwrap());
     store.close().await;
     let store = b.open(None).await;
-    assert_eq!(store.recover_outbound(200).await.unwrap(), (1, 1));
+    // Their leases still run: the restarted process cannot tell a dead sender from a live replica yet.
+    assert_eq!(store.recover_outbound(200).await.unwrap(), (0, 0));
+    assert_eq!(store.recover_outbound(103 + OUTBOX_LEASE_MS + 1).await.unwrap(), (1, 1));
     let all = store.outbox(None, 10).await.unwrap();
     let state = |id: i64| all.iter().find(|i| i.id == id).unwrap().state;
     assert_eq!(state(a1), OutboxState::Delivered);
@@ -314,6 +317,86 @@ pub(crate) async fn outbox_keeps_per_conversation_order_and_recovers_after_a_cra
     assert_eq!(state(u), OutboxState::Pending, "an idempotent delete is simply retried");
     assert_eq!(intact(store.as_ref()).await, 8);
     store.close().await;
+}
+
+/// Two replicas (two handles on one storage) claiming every entry at once: each entry is claimed once.
+pub(crate) async fn two_replicas_never_claim_the_same_entry(b: &dyn Backend) {
+    let (one, two) = (b.open(None).await, b.open(None).await);
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        ids.push(one.enqueue_outbound(outbound(&format!("c{i}"), send("x"))).await.unwrap());
+    }
+    let mut tasks = Vec::new();
+    for id in ids.iter().copied() {
+        for s in [&one, &two, &one, &two] {
+            let s = Arc::clone(s);
+            tasks.push(tokio::spawn(async move { (id, s.begin_outbound_attempt(id, 11).await.unwrap()) }));
+        }
+    }
+    let mut claims = std::collections::HashMap::<i64, u32>::new();
+    for t in tasks {
+        let (id, won) = t.await.unwrap();
+        *claims.entry(id).or_default() += u32::from(won);
+    }
+    for id in ids {
+        assert_eq!(claims.get(&id).copied(), Some(1), "entry {id} claimed exactly once");
+        assert_eq!(one.outbox(Some(id), 1).await.unwrap()[0].attempts, 1);
+    }
+    one.close().await;
+    two.close().await;
+}
+
+/// A claim whose lease runs (renewed by its owner) survives another replica's recovery; one whose lease ran
+/// out is taken over (a create becomes uncertain, a delete pending), and its old owner can neither renew
+/// nor finish it any more.
+pub(crate) async fn only_expired_claims_are_taken_over_by_another_replica(b: &dyn Backend) {
+    let (one, two) = (b.open(None).await, b.open(None).await);
+    let create = one.enqueue_outbound(outbound("a", send("a1"))).await.unwrap();
+    let delete = one.enqueue_outbound(outbound("b", OutboundOp::Delete { activity_id: "9".into() })).await.unwrap();
+    assert!(one.begin_outbound_attempt(create, 1_000).await.unwrap());
+    assert!(one.begin_outbound_attempt(delete, 1_000).await.unwrap());
+    let state = |s: Arc<dyn Store>, id: i64| async move { s.outbox(Some(id), 1).await.unwrap()[0].state };
+    // Replica two restarts while one is sending: nothing of one's is touched.
+    assert_eq!(two.recover_outbound(2_000).await.unwrap(), (0, 0));
+    assert_eq!(state(Arc::clone(&two), create).await, OutboxState::Sending);
+    // One renews the delete (a slow request), not the create (it died sending it, say).
+    assert!(one.renew_outbound_lease(delete, 30_000).await.unwrap());
+    assert!(!two.renew_outbound_lease(delete, 30_000).await.unwrap(), "only the owner renews");
+    assert_eq!(two.recover_outbound(1_000 + OUTBOX_LEASE_MS + 1).await.unwrap(), (0, 1));
+    assert_eq!(state(Arc::clone(&two), create).await, OutboxState::Uncertain, "a create that may have landed is never re-posted");
+    assert_eq!(state(Arc::clone(&two), delete).await, OutboxState::Sending, "a renewed lease is respected");
+    assert_eq!(two.recover_outbound(30_000 + OUTBOX_LEASE_MS + 1).await.unwrap(), (1, 0));
+    assert_eq!(state(Arc::clone(&two), delete).await, OutboxState::Pending);
+    // Two claims it again; one's late outcome does not overwrite two's claim.
+    assert!(two.begin_outbound_attempt(delete, 100_000).await.unwrap());
+    assert!(!one.renew_outbound_lease(delete, 100_001).await.unwrap(), "the old owner lost its claim");
+    one.finish_outbound(delete, Finish::Dead { error: Failed::new(ErrorClass::Refused, "late") }, event("dead")).await.unwrap();
+    assert_eq!(state(Arc::clone(&one), delete).await, OutboxState::Sending, "the old owner's outcome is not applied");
+    two.finish_outbound(delete, Finish::Delivered { result_id: "9".into() }, event("delivered")).await.unwrap();
+    assert_eq!(state(Arc::clone(&one), delete).await, OutboxState::Delivered);
+    one.close().await;
+    two.close().await;
+}
+
+/// Sends to one conversation keep their order across replicas: while one replica holds the head, the other
+/// can neither see nor claim the next entry.
+pub(crate) async fn conversation_order_holds_across_two_claimers(b: &dyn Backend) {
+    let (one, two) = (b.open(None).await, b.open(None).await);
+    let a1 = one.enqueue_outbound(outbound("a", send("a1"))).await.unwrap();
+    let a2 = two.enqueue_outbound(outbound("a", send("a2"))).await.unwrap();
+    assert!(one.begin_outbound_attempt(a1, 11).await.unwrap());
+    assert!(two.due_outbound(12, 10).await.unwrap().is_empty(), "a2 waits while a1 is claimed elsewhere");
+    assert!(!two.begin_outbound_attempt(a2, 12).await.unwrap(), "a2 cannot be claimed before a1 is done");
+    // A retry later keeps a2 behind a1 too.
+    one.finish_outbound(a1, Finish::Retry { at_ms: 50, error: Failed::new(ErrorClass::Throttled, "429") }, event("retry")).await.unwrap();
+    assert!(!two.begin_outbound_attempt(a1, 20).await.unwrap(), "not due yet");
+    assert!(!two.begin_outbound_attempt(a2, 20).await.unwrap(), "a1 is still open");
+    assert!(two.begin_outbound_attempt(a1, 50).await.unwrap());
+    two.finish_outbound(a1, Finish::Delivered { result_id: "1".into() }, event("delivered")).await.unwrap();
+    assert_eq!(one.due_outbound(51, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![a2]);
+    assert!(one.begin_outbound_attempt(a2, 51).await.unwrap());
+    one.close().await;
+    two.close().await;
 }
 
 pub(crate) async fn no_audit_event_no_send(b: &dyn Backend) {

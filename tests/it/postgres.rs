@@ -133,7 +133,12 @@ async fn the_gateway_on_postgres_commits_reads_back_and_deduplicates() {
     // `migrate` finds the schema `serve` created.
     let out = cli(&app, &["migrate"]);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success() && said.contains("schema version 1") && said.contains("postgres"), "{said}");
+    assert!(
+        out.status.success()
+            && said.contains(&format!("schema version {}", agentgate::store::postgres::SCHEMA_VERSION))
+            && said.contains("postgres"),
+        "{said}"
+    );
 
     let id = unique_id("pg");
     let token = key.mint(&good_claims());
@@ -185,5 +190,121 @@ async fn without_the_database_readyz_fails_and_intake_answers_503_then_both_reco
     let ids = inbox_ids(&app);
     assert!(ids.contains(&back) && ids.contains(&lost) && ids.len() == 2, "{ids:?}");
     drop(app);
+    db.drop_it().await;
+}
+
+/// Two gateways on one database share one outbox: sends queued through either (to two conversations) are each
+/// delivered exactly once, in order per conversation, whichever replica claims them; the audit chain stays
+/// one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_deliver_each_send_once_and_in_order() {
+    use crate::fake_connector::FakeConnector;
+    const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+    let Some(db) = Database::create().await else { return };
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    let one = TestApp::spawn(&opts).await;
+    let two = TestApp::spawn(&opts).await;
+    one.wait_ready().await;
+    two.wait_ready().await;
+    for conversation in ["a:conv-1", "a:conv-2"] {
+        let mut m = message(&unique_id("in"));
+        m["serviceUrl"] = serde_json::json!(fake.service_url);
+        m["conversation"]["id"] = serde_json::json!(conversation);
+        m["conversation"]["conversationType"] = serde_json::json!("personal");
+        assert_eq!(one.status(None, &m).await, 202, "{}", one.stderr());
+    }
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let app = if i % 2 == 0 { &one } else { &two };
+        let conversation = if i % 4 < 2 { "a:conv-1" } else { "a:conv-2" };
+        let out = cli(app, &["send", "--conversation", conversation, "--text", &format!("{conversation} m{i}")]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        ids.push(said.split("outbox #").nth(1).and_then(|r| r.split(';').next()).and_then(|n| n.trim().parse::<i64>().ok()).unwrap());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        loop {
+            let out = cli(&two, &["outbox", "--id", &id.to_string()]);
+            let item: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if item["state"] == "delivered" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "outbox #{id} never delivered: {item}\n{}\n{}", one.stderr(), two.stderr());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let texts = fake.texts();
+    for conversation in ["a:conv-1", "a:conv-2"] {
+        let got: Vec<&String> = texts.iter().filter(|t| t.starts_with(conversation)).collect();
+        let want: Vec<String> =
+            (0..16).filter(|i| (i % 4 < 2) == (conversation == "a:conv-1")).map(|i| format!("{conversation} m{i}")).collect();
+        assert_eq!(got, want.iter().collect::<Vec<_>>(), "each exactly once, in order");
+    }
+    let delivered = "agentgate_outbound_attempts_total{outcome=\"delivered\"}";
+    let (by_one, by_two) = (one.metric(delivered).await, two.metric(delivered).await);
+    eprintln!("delivered by replica one: {by_one}, by replica two: {by_two}");
+    assert_eq!(by_one + by_two, 16, "one delivering attempt per entry across the replicas");
+    let out = cli(&one, &["audit", "--verify"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("audit chain intact"), "{out:?}");
+    assert!(!one.stderr().contains(PASSWORD) && !two.stderr().contains(PASSWORD));
+    drop(one);
+    drop(two);
+    db.drop_it().await;
+}
+
+/// A replica starting (or restarting) while another has a request on the wire leaves that claim alone: the
+/// entry stays `sending` with its live lease, is not requeued, and its owner records the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_replica_leaves_another_replicas_send_in_flight_alone() {
+    use crate::fake_connector::{FakeConnector, Fault};
+    const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+    let Some(db) = Database::create().await else { return };
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    let one = TestApp::spawn(&opts).await;
+    one.wait_ready().await;
+    let mut m = message(&unique_id("in"));
+    m["serviceUrl"] = serde_json::json!(fake.service_url);
+    m["conversation"]["id"] = serde_json::json!("a:conv-1");
+    m["conversation"]["conversationType"] = serde_json::json!("personal");
+    assert_eq!(one.status(None, &m).await, 202, "{}", one.stderr());
+    // The delete hangs for a while (then fails with 504 and is retried: deletes are idempotent).
+    fake.push_faults([Fault::Hang(Duration::from_secs(4))]);
+    let out = cli(&one, &["send", "--conversation", "a:conv-1", "--delete", "1:5"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let id = said.split("outbox #").nth(1).and_then(|r| r.split(';').next()).and_then(|n| n.trim().parse::<i64>().ok()).unwrap();
+    let item =
+        |app: &TestApp| -> serde_json::Value { serde_json::from_slice(&cli(app, &["outbox", "--id", &id.to_string()]).stdout).unwrap() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while item(&one)["state"] != "sending" {
+        assert!(std::time::Instant::now() < deadline, "never claimed: {}", item(&one));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second replica starts now; its recovery runs before it is ready.
+    let two = TestApp::spawn(&opts).await;
+    two.wait_ready().await;
+    let now = item(&two);
+    assert_eq!((now["state"].as_str(), now["attempts"].as_i64()), (Some("sending"), Some(1)), "the live claim was left alone: {now}");
+    assert!(!two.stderr().contains("interrupted by a restart"), "{}", two.stderr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let now = item(&two);
+        if now["state"] == "delivered" {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "never delivered: {now}\n{}\n{}", one.stderr(), two.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["attempts"], 2, "the hung attempt, then one retry: {done}");
+    drop(one);
+    drop(two);
     db.drop_it().await;
 }
