@@ -370,14 +370,44 @@ pub enum Finish {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why the store could not do what was asked, by kind: callers decide on the variant (503 and retry for
+/// [`StoreError::Unavailable`], refuse to start for [`StoreError::SchemaTooNew`]…), never on the message.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// This handle was closed (shutdown): nothing more is written.
     #[error("store is closed")]
     Closed,
+    /// The database cannot be reached or did not answer in time (connection refused or lost, pool timeout,
+    /// server shutting down, disk I/O, file locked). Nothing was written; trying again later may succeed.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The write conflicted with another one (a unique key taken meanwhile, a serialization failure or
+    /// deadlock). Nothing was written.
+    #[error("conflicting write: {0}")]
+    Conflict(String),
+    /// Stored data this version cannot read (a malformed row, an unknown state name, a damaged file).
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    /// The storage was migrated by a newer release; it is left untouched.
+    #[error(
+        "the database has schema version {found}, newer than this agentgate understands (version {known}); it was migrated by a \
+         newer release: run that release, or restore a backup taken before the upgrade"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    /// The database refused the statement for another reason (a bug in agentgate, or a server misconfigured).
     #[error("database error: {0}")]
     Database(String),
+    /// The store could not be opened or created (the path or URL is named).
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: String, reason: String },
+}
+
+impl StoreError {
+    /// Whether the failure is passing (the database is down or busy, or a write lost a race): the caller
+    /// answers 503 / retries rather than reporting a fault.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Conflict(_))
+    }
 }
 
 #[async_trait]

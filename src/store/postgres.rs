@@ -278,15 +278,37 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     format!("{}@{host}:{port}/{}", config.get_user().unwrap_or("?"), config.get_dbname().unwrap_or("?"))
 }
 
-/// A database error with its cause (`tokio_postgres::Error` alone displays only "db error").
+/// A database error with its cause (`tokio_postgres::Error` alone displays only "db error"), classified by
+/// its SQLSTATE: connection failures and server shutdown are [`StoreError::Unavailable`], unique violations,
+/// serialization failures and deadlocks [`StoreError::Conflict`], data corruption [`StoreError::Corrupt`].
 fn pg_err(e: &tokio_postgres::Error) -> StoreError {
-    StoreError::Database(match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => match std::error::Error::source(e) {
+    use tokio_postgres::error::SqlState;
+    let Some(db) = e.as_db_error() else {
+        // No answer from the server: the connection failed, closed or timed out.
+        let text = match std::error::Error::source(e) {
             Some(source) => format!("{e}: {source}"),
             None => e.to_string(),
-        },
-    })
+        };
+        let io = std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+        return if e.is_closed() || io { StoreError::Unavailable(text) } else { StoreError::Database(text) };
+    };
+    let code = db.code();
+    let text = format!("{}: {}", code.code(), db.message());
+    let class = &code.code()[..2];
+    if class == "08" || class == "53" || class == "57" {
+        // connection exception, insufficient resources, operator intervention (shutdown, cannot connect now)
+        StoreError::Unavailable(text)
+    } else if *code == SqlState::UNIQUE_VIOLATION
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+    {
+        StoreError::Conflict(text)
+    } else if class == "XX" && code.code() != "XX000" {
+        // data_corrupted, index_corrupted
+        StoreError::Corrupt(text)
+    } else {
+        StoreError::Database(text)
+    }
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -298,15 +320,12 @@ impl From<tokio_postgres::Error> for StoreError {
 fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Closed => StoreError::Closed,
-        PoolError::Backend(e) => StoreError::Database(format!(
-            "cannot connect to Postgres: {}",
-            match pg_err(&e) {
-                StoreError::Database(s) => s,
-                other => other.to_string(),
-            }
-        )),
-        PoolError::Timeout(_) => StoreError::Database("Postgres did not answer in time (connection pool timeout)".into()),
-        other => StoreError::Database(format!("Postgres connection pool: {other}")),
+        PoolError::Backend(e) => match pg_err(&e) {
+            StoreError::Unavailable(s) | StoreError::Database(s) => StoreError::Unavailable(format!("cannot connect to Postgres: {s}")),
+            other => other,
+        },
+        PoolError::Timeout(_) => StoreError::Unavailable("Postgres did not answer in time (connection pool timeout)".into()),
+        other => StoreError::Unavailable(format!("Postgres connection pool: {other}")),
     }
 }
 
@@ -350,7 +369,10 @@ impl PostgresStore {
             .map_err(|e| open_err(e.to_string()))?;
         {
             let mut client = pool.get().await.map_err(|e| open_err(pool_err(e).to_string()))?;
-            let from = migrate(&mut client).await.map_err(open_err)?;
+            let from = migrate(&mut client).await.map_err(|e| match e {
+                StoreError::SchemaTooNew { .. } => e,
+                other => open_err(other.to_string()),
+            })?;
             if from != SCHEMA_VERSION {
                 tracing::info!(from, to = SCHEMA_VERSION, "store schema migrated");
             }
@@ -400,37 +422,34 @@ impl PostgresStore {
 
 /// Apply the missing migration steps in one transaction (serialized across replicas starting together).
 /// Returns the version found. A database newer than this build is refused, untouched.
-async fn migrate(client: &mut Object) -> Result<i64, String> {
-    let e = |e: tokio_postgres::Error| match pg_err(&e) {
-        StoreError::Database(s) => s,
-        other => other.to_string(),
-    };
-    let tx = client.transaction().await.map_err(e)?;
+async fn migrate(client: &mut Object) -> Result<i64, StoreError> {
+    let tx = client.transaction().await?;
     // Keyed by the schema, so that databases or schemas migrated side by side do not wait for each other.
-    tx.execute("SELECT pg_advisory_xact_lock(7061, hashtext(current_schema()))", &[]).await.map_err(e)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS agentgate_schema (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
-        .await
-        .map_err(e)?;
-    let found: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM agentgate_schema", &[]).await.map_err(e)?.get(0);
+    tx.execute("SELECT pg_advisory_xact_lock(7061, hashtext(current_schema()))", &[]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS agentgate_schema (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)").await?;
+    let found: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0)::BIGINT FROM agentgate_schema", &[]).await?.get(0);
     if found > SCHEMA_VERSION {
         // Ended here rather than on drop: a dropped transaction's rollback is only queued.
-        tx.rollback().await.map_err(e)?;
-        return Err(format!(
-            "the database has schema version {found}, newer than this agentgate understands (version {SCHEMA_VERSION}); \
-             it was migrated by a newer release: run that release, or restore a backup taken before the upgrade"
-        ));
+        tx.rollback().await?;
+        return Err(StoreError::SchemaTooNew { found, known: SCHEMA_VERSION });
     }
+    let step_err = |version: i64| {
+        move |err: tokio_postgres::Error| match pg_err(&err) {
+            StoreError::Database(s) => StoreError::Database(format!("schema step {version}: {s}")),
+            other => other,
+        }
+    };
     for (i, step) in MIGRATIONS.iter().enumerate() {
         let version = i as i64 + 1;
         if version <= found {
             continue;
         }
-        tx.batch_execute(step).await.map_err(|err| format!("schema step {version}: {}", e(err)))?;
+        tx.batch_execute(step).await.map_err(step_err(version))?;
         tx.execute("INSERT INTO agentgate_schema (version, applied_at_ms) VALUES ($1, $2)", &[&version, &now_ms()])
             .await
-            .map_err(|err| format!("schema step {version}: {}", e(err)))?;
+            .map_err(step_err(version))?;
     }
-    tx.commit().await.map_err(e)?;
+    tx.commit().await?;
     Ok(found)
 }
 
@@ -495,7 +514,7 @@ async fn commit_loop(pool: Pool, mut rx: mpsc::Receiver<PendingCommit>, max_batc
             Err(e) => {
                 tracing::error!(error = %e, "store transaction failed; every activity in it was refused");
                 for (_, answer) in batch.drain(..) {
-                    let _ = answer.send(Err(StoreError::Database(e.to_string())));
+                    let _ = answer.send(Err(e.clone()));
                 }
             }
         }
@@ -641,7 +660,7 @@ fn inbox_row(r: &Row) -> Result<InboxItem, StoreError> {
         activity_id: r.get(4),
         activity_type: r.get(5),
         auth: crate::ids::AuthKind::from_stored(r.get::<_, &str>(6)),
-        state: InboxState::parse(&state).ok_or_else(|| StoreError::Database(format!("unknown inbox state `{state}`")))?,
+        state: InboxState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("unknown inbox state `{state}`")))?,
         received_at_ms: r.get(8),
         body: r.get(9),
     })
@@ -670,7 +689,7 @@ fn ref_row(r: &Row) -> Result<ConversationRef, StoreError> {
         // An agentic recipient that cannot be read fails the read: replies must never fall back to acting
         // as the bot in a conversation that was answered as the Agent User.
         agentic: match r.get::<_, Option<&str>>(11) {
-            Some(json) => Some(serde_json::from_str(json).map_err(|e| StoreError::Database(format!("unreadable agentic recipient: {e}")))?),
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("unreadable agentic recipient: {e}")))?),
             None => None,
         },
         authenticated: r.get(12),
@@ -700,7 +719,7 @@ const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, servic
 
 fn outbox_row(r: &Row) -> Result<OutboxItem, StoreError> {
     let op: OutboundOp =
-        serde_json::from_str(r.get::<_, &str>(5)).map_err(|e| StoreError::Database(format!("outbox op is not readable: {e}")))?;
+        serde_json::from_str(r.get::<_, &str>(5)).map_err(|e| StoreError::Corrupt(format!("outbox op is not readable: {e}")))?;
     Ok(OutboxItem {
         id: r.get(0),
         bot_app_id: r.get(1),
@@ -839,7 +858,7 @@ impl Store for PostgresStore {
         };
         tokio::time::timeout(PING_TIMEOUT, check)
             .await
-            .unwrap_or_else(|_| Err(StoreError::Database("Postgres did not answer in time".into())))
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("Postgres did not answer in time".into())))
     }
 
     async fn schema_version(&self) -> Result<i64, StoreError> {
@@ -848,7 +867,7 @@ impl Store for PostgresStore {
     }
 
     async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError> {
-        let op_json = serde_json::to_string(&item.op).map_err(|e| StoreError::Database(e.to_string()))?;
+        let op_json = serde_json::to_string(&item.op).map_err(|e| StoreError::Database(format!("the outbox op cannot be written: {e}")))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // The audit event first: its lock also orders the outbox ids (see the module docs).
@@ -1080,7 +1099,8 @@ pub(crate) mod tests {
     fn try_admin(base: &tokio_postgres::Config, sql: String) -> Result<(), StoreError> {
         let base = base.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| StoreError::Database(e.to_string()))?;
+            let rt =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
             rt.block_on(async move {
                 let (client, connection) = base.connect(tokio_postgres::NoTls).await?;
                 let driver = tokio::spawn(connection);
@@ -1162,11 +1182,39 @@ pub(crate) mod tests {
         let Some(b) = postgres() else { return };
         b.open(None).await.close().await;
         b.execute(&format!("INSERT INTO agentgate_schema (version, applied_at_ms) VALUES ({}, 0)", SCHEMA_VERSION + 7));
-        let err = PostgresStore::connect(b.config(), PostgresOptions::default(), Arc::new(Metrics::default()), None)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = PostgresStore::connect(b.config(), PostgresOptions::default(), Arc::new(Metrics::default()), None).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, known } if found == SCHEMA_VERSION + 7 && known == SCHEMA_VERSION),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 7)) && err.contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn database_errors_are_classified_by_sqlstate() {
+        let Some(b) = postgres() else { return };
+        let connect = || async {
+            let (client, connection) = b.config().connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client
+        };
+        let client = connect().await;
+        client.batch_execute("CREATE TEMP TABLE t (x INT PRIMARY KEY); INSERT INTO t VALUES (1)").await.unwrap();
+        let dup = client.batch_execute("INSERT INTO t VALUES (1)").await.unwrap_err();
+        assert!(matches!(pg_err(&dup), StoreError::Conflict(ref m) if m.starts_with("23505")), "{:?}", pg_err(&dup));
+        assert!(pg_err(&dup).is_transient());
+        let bad = client.batch_execute("SELECT * FROM no_such_table").await.unwrap_err();
+        assert!(matches!(pg_err(&bad), StoreError::Database(_)), "{:?}", pg_err(&bad));
+        assert!(!pg_err(&bad).is_transient());
+        // The server ending a session (as on shutdown or a failover): 57P01, then a closed connection.
+        let other = connect().await;
+        let pid: i32 = other.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        client.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+        let gone = other.simple_query("SELECT 1").await.unwrap_err();
+        assert!(matches!(pg_err(&gone), StoreError::Unavailable(_)), "{:?}", pg_err(&gone));
+        let again = other.simple_query("SELECT 1").await.unwrap_err();
+        assert!(matches!(pg_err(&again), StoreError::Unavailable(_)), "{:?}", pg_err(&again));
     }
 
     #[tokio::test]

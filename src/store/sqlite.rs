@@ -136,27 +136,30 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Bring the file to [`SCHEMA_VERSION`]: apply only the missing steps, each in its own (immediate) transaction
 /// that also records the new version. A file newer than this build is refused, untouched.
-fn migrate(conn: &mut Connection) -> Result<(), String> {
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
-    let found = version(conn).map_err(|e| e.to_string())?;
+    let found = version(conn).map_err(db_err)?;
     if found > SCHEMA_VERSION {
-        return Err(format!(
-            "the database has schema version {found}, newer than this agentgate understands (version {SCHEMA_VERSION}); \
-             it was written by a newer release: run that release, or restore a backup taken before the upgrade"
-        ));
+        return Err(StoreError::SchemaTooNew { found, known: SCHEMA_VERSION });
     }
+    let step_err = |target: i64| {
+        move |e: rusqlite::Error| match db_err(e) {
+            StoreError::Database(s) => StoreError::Database(format!("schema step {target}: {s}")),
+            other => other,
+        }
+    };
     for (i, step) in MIGRATIONS.iter().enumerate() {
         let target = i as i64 + 1;
         if target <= found {
             continue;
         }
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| e.to_string())?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db_err)?;
         // Another process may have migrated while this one waited for the lock.
-        if version(&tx).map_err(|e| e.to_string())? >= target {
+        if version(&tx).map_err(db_err)? >= target {
             continue;
         }
-        step(&tx).and_then(|()| tx.pragma_update(None, "user_version", target)).map_err(|e| format!("schema step {target}: {e}"))?;
-        tx.commit().map_err(|e| format!("schema step {target}: {e}"))?;
+        step(&tx).and_then(|()| tx.pragma_update(None, "user_version", target)).map_err(step_err(target))?;
+        tx.commit().map_err(step_err(target))?;
         if found > 0 {
             tracing::info!(from = target - 1, to = target, "store schema migrated");
         }
@@ -247,8 +250,26 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// A SQLite error, classified: a locked or unreadable file, a full disk or I/O failure is
+/// [`StoreError::Unavailable`], a constraint [`StoreError::Conflict`], a damaged file or a row this version
+/// cannot read [`StoreError::Corrupt`].
 fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    use rusqlite::ErrorCode as C;
+    let text = e.to_string();
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            C::DatabaseBusy | C::DatabaseLocked | C::SystemIoFailure | C::DiskFull | C::CannotOpen | C::ReadOnly | C::OutOfMemory => {
+                StoreError::Unavailable(text)
+            }
+            C::ConstraintViolation => StoreError::Conflict(text),
+            C::DatabaseCorrupt | C::NotADatabase => StoreError::Corrupt(text),
+            _ => StoreError::Database(text),
+        },
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(text),
+        _ => StoreError::Database(text),
+    }
 }
 
 fn open_connection(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
@@ -309,7 +330,10 @@ impl SqliteStore {
         let open_err = |e: String| StoreError::Open { path: path.display().to_string(), reason: e };
         create_private(path).map_err(|e| open_err(format!("cannot create it: {e}")))?;
         let mut writer_conn = open_connection(path, sync)?;
-        migrate(&mut writer_conn).map_err(open_err)?;
+        migrate(&mut writer_conn).map_err(|e| match e {
+            StoreError::SchemaTooNew { .. } => e,
+            other => open_err(other.to_string()),
+        })?;
         let audit_key = audit_key.map(Arc::new);
         let writer_key = audit_key.clone();
         // Checkpoints (copying the WAL into the database, with its fsyncs) run on their own thread so
@@ -356,7 +380,7 @@ impl SqliteStore {
             let ok = r.is_ok();
             let deliver: Deliver = Box::new(move |failed: Option<&StoreError>| {
                 let _ = tx.send(match failed {
-                    Some(e) => Err(StoreError::Database(e.to_string())),
+                    Some(e) => Err(e.clone()),
                     None => r,
                 });
             });
@@ -373,7 +397,7 @@ impl SqliteStore {
             f(&conn).map_err(db_err)
         })
         .await
-        .map_err(|e| StoreError::Database(e.to_string()))?
+        .map_err(|e| StoreError::Database(format!("a store read panicked: {e}")))?
     }
 }
 
@@ -703,7 +727,7 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn enqueue_outbound(&self, item: NewOutbound) -> Result<i64, StoreError> {
-        let op_json = serde_json::to_string(&item.op).map_err(|e| StoreError::Database(e.to_string()))?;
+        let op_json = serde_json::to_string(&item.op).map_err(|e| StoreError::Database(format!("the outbox op cannot be written: {e}")))?;
         self.write(move |tx, st| {
             st.audit(
                 tx,
@@ -1179,9 +1203,31 @@ mod tests {
         b.open(None).await.close().await;
         b.execute(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 7));
         let key = None;
-        let err = SqliteStore::open_keyed(&b.path, Synchronous::Full, 8, Arc::new(Metrics::default()), key).unwrap_err().to_string();
+        let err = SqliteStore::open_keyed(&b.path, Synchronous::Full, 8, Arc::new(Metrics::default()), key).unwrap_err();
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found, known } if found == SCHEMA_VERSION + 7 && known == SCHEMA_VERSION),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 7)) && err.contains("newer"), "{err}");
         assert_eq!(user_version(&b.path), SCHEMA_VERSION + 7, "left untouched");
+    }
+
+    #[test]
+    fn sqlite_errors_are_classified_by_code() {
+        use rusqlite::ffi;
+        let failure = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        assert!(matches!(db_err(failure(ffi::SQLITE_BUSY)), StoreError::Unavailable(_)));
+        assert!(matches!(db_err(failure(ffi::SQLITE_FULL)), StoreError::Unavailable(_)));
+        assert!(matches!(db_err(failure(ffi::SQLITE_CORRUPT)), StoreError::Corrupt(_)));
+        assert!(matches!(db_err(failure(ffi::SQLITE_ERROR)), StoreError::Database(_)));
+        // A real constraint violation, from a real statement.
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);").unwrap();
+        let dup = conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+        assert!(matches!(db_err(dup), StoreError::Conflict(_)));
+        let wrong_type = conn.query_row("SELECT 'text'", [], |r| r.get::<_, i64>(0)).unwrap_err();
+        assert!(matches!(db_err(wrong_type), StoreError::Corrupt(_)));
     }
 
     #[cfg(unix)]
