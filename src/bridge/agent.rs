@@ -35,8 +35,8 @@ impl AgentActor {
     }
 
     /// How the audit log and tool results name this identity.
-    pub fn identity(&self) -> String {
-        format!("agent_user:{}", self.tokens.user().as_str())
+    pub fn identity(&self) -> crate::store::Identity {
+        crate::store::Identity::agent_user(self.tokens.user().as_str())
     }
 
     pub fn falls_back(&self) -> bool {

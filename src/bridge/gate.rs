@@ -162,9 +162,9 @@ impl InboundGate {
                 let event = AuditEvent::new(
                     now_ms(),
                     format!("teams:{sender}"),
-                    crate::store::audit::bot_identity(bot_app_id),
+                    crate::store::Identity::bot(bot_app_id),
                     "permission_answer",
-                    crate::store::audit::conversation_target(tenant_id, conversation_id),
+                    crate::store::Target::conversation(tenant_id, conversation_id),
                     outcome,
                 )
                 .with_detail(format!("request {request_id}"));

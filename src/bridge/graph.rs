@@ -37,8 +37,8 @@ impl Person {
 /// A message written into a Graph chat as the Agent User.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GraphSent {
-    /// `agent_user:<id>`: who acted.
-    pub identity: String,
+    /// The Agent User: who acted.
+    pub identity: crate::store::Identity,
     pub chat_id: String,
     pub message_id: String,
 }
@@ -46,7 +46,7 @@ pub struct GraphSent {
 /// A new chat of the Agent User's, with its first message if one was asked for.
 #[derive(Debug, Clone)]
 pub enum ChatCreated {
-    Created { identity: String, chat: Chat },
+    Created { identity: crate::store::Identity, chat: Chat },
     Sent(GraphSent),
 }
 
@@ -115,7 +115,7 @@ impl Hub {
             caller.requester,
             actor.identity(),
             action,
-            format!("tenant:{} bot:{} {target}", actor.tokens.tenant(), actor.bot_app_id),
+            crate::store::Target::graph(actor.tokens.tenant(), &actor.bot_app_id, target),
             outcome,
         )
         .with_detail(detail);
@@ -211,7 +211,7 @@ impl Hub {
     }
 
     /// The Agent User's chats, most recent first, with its identity.
-    pub async fn graph_list_chats(&self, scope: &Scope, bot: Option<&str>, limit: usize) -> Result<(String, Vec<Chat>)> {
+    pub async fn graph_list_chats(&self, scope: &Scope, bot: Option<&str>, limit: usize) -> Result<(crate::store::Identity, Vec<Chat>)> {
         let (_, actor) = self.agent_user(scope, bot)?;
         let chats = actor.graph.list_chats(limit).await.map_err(|e| graph_error("listing chats failed", &e))?;
         Ok((actor.identity(), chats))
@@ -224,7 +224,7 @@ impl Hub {
         bot: Option<&str>,
         chat_id: &str,
         limit: usize,
-    ) -> Result<(String, Vec<ChatMessage>)> {
+    ) -> Result<(crate::store::Identity, Vec<ChatMessage>)> {
         let (_, actor) = self.agent_user(scope, bot)?;
         let messages = actor.graph.list_chat_messages(chat_id, limit).await.map_err(|e| graph_error("reading the chat failed", &e))?;
         Ok((actor.identity(), messages))
@@ -285,7 +285,7 @@ impl Hub {
         bot: Option<&str>,
         chat_id: &str,
         member: &Person,
-    ) -> Result<(String, Option<String>)> {
+    ) -> Result<(crate::store::Identity, Option<String>)> {
         let (bot, actor) = self.agent_user(caller.scope, bot)?;
         if member.user.trim().is_empty() {
             return Err(Error::invalid("member.user is empty"));

@@ -208,9 +208,9 @@ impl Hub {
             let event = AuditEvent::new(
                 now_ms(),
                 "agentgate",
-                crate::store::audit::bot_identity(&c.bot_app_id),
+                crate::store::Identity::bot(&c.bot_app_id),
                 "permission_card",
-                crate::store::audit::conversation_target(&c.tenant_id, &c.conversation_id),
+                crate::store::Target::conversation(&c.tenant_id, &c.conversation_id),
                 outcome,
             )
             .with_detail(format!("request {request_id}"));

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::outbox::{BotTokens, TokenFailure};
 use crate::activity::AgenticRecipient;
 use crate::entra::{AgentTokenChain, AgentUser};
-use crate::store::{ConversationRef, Store};
+use crate::store::{ConversationRef, Identity, Store};
 
 /// Agent 365 bots: their Agent User chain and the Connector scope of its tokens, by bot app id.
 pub(crate) type AgenticChains = HashMap<String, (Arc<AgentTokenChain>, String)>;
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Acting {
 
 impl Acting {
     /// How the audit log names this identity.
-    pub(crate) fn identity(&self, bot_app_id: &str) -> String {
+    pub(crate) fn identity(&self, bot_app_id: &str) -> Identity {
         identity(bot_app_id, self.agent_user.as_deref())
     }
 
@@ -56,10 +56,10 @@ impl Acting {
     }
 }
 
-fn identity(bot_app_id: &str, agent_user: Option<&str>) -> String {
+fn identity(bot_app_id: &str, agent_user: Option<&str>) -> Identity {
     match agent_user {
-        Some(u) => format!("agent_user:{u}"),
-        None => crate::store::audit::bot_identity(bot_app_id),
+        Some(u) => Identity::agent_user(u),
+        None => Identity::bot(bot_app_id),
     }
 }
 
@@ -72,7 +72,7 @@ pub(crate) fn agentic_recipient(chains: &AgenticChains, r: Option<&ConversationR
 }
 
 /// How the audit log names whoever acts in the conversation, without fetching a token.
-pub(crate) fn acting_identity(chains: &AgenticChains, r: &ConversationRef) -> String {
+pub(crate) fn acting_identity(chains: &AgenticChains, r: &ConversationRef) -> Identity {
     let user = agentic_recipient(chains, Some(r)).and_then(|a| a.agentic_user_id);
     identity(&r.bot_app_id, user.as_deref())
 }

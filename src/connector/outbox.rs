@@ -149,7 +149,7 @@ impl Outbound {
     }
 
     /// How the audit log names whoever acts in the conversation (`bot:…` or `agent_user:…`).
-    pub fn acting_identity(&self, reference: &ConversationRef) -> String {
+    pub fn acting_identity(&self, reference: &ConversationRef) -> crate::store::Identity {
         super::acting::acting_identity(&self.agentic, reference)
     }
 
@@ -399,9 +399,9 @@ impl Outbound {
         AuditEvent::new(
             now_ms(),
             item.requested_by.as_str(),
-            crate::store::audit::bot_identity(&item.bot_app_id),
+            crate::store::Identity::bot(&item.bot_app_id),
             item.op.name(),
-            crate::store::audit::conversation_target(&item.tenant_id, &item.conversation_id),
+            crate::store::Target::conversation(&item.tenant_id, &item.conversation_id),
             outcome,
         )
         .with_detail(detail)

@@ -655,7 +655,7 @@ fn sent_result(sent: Sent) -> Value {
         Sent::Graph(g) => return super::graph_tools::graph_sent(g),
         Sent::Bot { bot_app_id, outbox_id, progress } => (bot_app_id, outbox_id, progress),
     };
-    let identity = crate::store::audit::bot_identity(&bot_app_id);
+    let identity = crate::store::Identity::bot(&bot_app_id);
     match progress {
         Progress::Delivered(message_id) => {
             json!({"status": "delivered", "message_id": message_id, "outbox_id": outbox_id, "identity": identity})
@@ -689,7 +689,7 @@ impl Bridge {
                 json!({
                     "app_id": b.app_id,
                     "display_name": b.display_name,
-                    "identity": crate::store::audit::bot_identity(&b.app_id),
+                    "identity": crate::store::Identity::bot(&b.app_id),
                     "cloud": b.cloud.to_string(),
                     "tenants": tenants,
                     "can_send": b.credential.is_some() || self.hub.dev,
@@ -855,7 +855,7 @@ impl Bridge {
             self.requester(&scope),
             self.hub.outbound.acting_identity(&r),
             "stream",
-            crate::store::audit::conversation_target(&r.tenant_id, &r.conversation_id),
+            crate::store::Target::conversation(&r.tenant_id, &r.conversation_id),
             "started",
         );
         // Audited first: no audit record, no stream.
@@ -904,7 +904,7 @@ impl Bridge {
             self.requester(&scope),
             self.hub.outbound.acting_identity(&r),
             "stream",
-            crate::store::audit::conversation_target(&r.tenant_id, &r.conversation_id),
+            crate::store::Target::conversation(&r.tenant_id, &r.conversation_id),
             outcome,
         )
         .with_detail(detail);
@@ -958,8 +958,8 @@ impl Bridge {
 /// Whether a scoped session may see an audit event: its bot and tenant must be in scope; events that name
 /// neither only show to unrestricted sessions.
 fn audit_in_scope(scope: &Scope, e: &AuditEvent) -> bool {
-    let bot = e.identity.strip_prefix("bot:").or_else(|| e.target.split(' ').find_map(|w| w.strip_prefix("bot:")));
-    let tenant = e.target.strip_prefix("tenant:").and_then(|t| t.split(' ').next());
+    let bot = e.identity.bot_app_id().or_else(|| e.target.bot());
+    let tenant = e.target.tenant();
     match (bot, tenant) {
         (Some(b), Some(t)) => scope.allows(b, t),
         _ => scope.is_unrestricted(),

@@ -28,52 +28,173 @@ use crate::secrets::SecretRef;
 
 /// An audit event: who asked, which identity acted, on what, with which outcome.
 ///
-/// The field order is part of the first release's hash rule (the event's JSON): do not reorder.
+/// The field order is part of the first release's hash rule (the event's JSON): do not reorder. `identity`
+/// and `target` are typed; they are stored and hashed as their text ([`Identity`], [`Target`]'s `Display`),
+/// exactly the strings earlier releases wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub at_ms: i64,
     /// Who asked: `cli`, `mcp:<host>`, `agentgate` (the gateway itself).
     pub actor: String,
-    /// Who acted: `bot:<app id>`, `agent_user:<id>`.
-    pub identity: String,
+    /// Who acted.
+    pub identity: Identity,
     /// What was done (an outbox `op`, a Graph action…).
     pub action: String,
-    /// On what: `tenant:<tenant> conversation:<conversation>`, …
-    pub target: String,
+    /// On what.
+    pub target: Target,
     pub outcome: String,
     #[serde(default)]
     pub detail: String,
 }
 
-/// `bot:<app id>`: how the audit log names a bot acting as itself.
-pub fn bot_identity(app_id: &str) -> String {
-    format!("bot:{app_id}")
+/// Who acted: `bot:<app id>` or `agent_user:<id>`. Text in another form (written by hand, or by a future
+/// release) is kept as it is ([`Identity::Other`]), so that every stored event reads back to the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum Identity {
+    /// A bot acting as itself (its app id).
+    Bot(String),
+    /// The Agent User (its object id or user principal name).
+    AgentUser(String),
+    /// Any other text, as stored.
+    Other(String),
 }
 
-/// `tenant:<tenant> conversation:<conversation>`: how the audit log names a conversation.
-pub fn conversation_target(tenant_id: &str, conversation_id: &str) -> String {
-    format!("tenant:{tenant_id} conversation:{conversation_id}")
+impl Identity {
+    pub fn bot(app_id: impl fmt::Display) -> Self {
+        Self::Bot(app_id.to_string())
+    }
+
+    pub fn agent_user(id: impl fmt::Display) -> Self {
+        Self::AgentUser(id.to_string())
+    }
+
+    /// The bot's app id when a bot acted.
+    pub fn bot_app_id(&self) -> Option<&str> {
+        match self {
+            Self::Bot(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bot(b) => write!(f, "bot:{b}"),
+            Self::AgentUser(u) => write!(f, "agent_user:{u}"),
+            Self::Other(t) => f.write_str(t),
+        }
+    }
+}
+
+impl From<String> for Identity {
+    fn from(text: String) -> Self {
+        if let Some(b) = text.strip_prefix("bot:") {
+            Self::Bot(b.to_owned())
+        } else if let Some(u) = text.strip_prefix("agent_user:") {
+            Self::AgentUser(u.to_owned())
+        } else {
+            Self::Other(text)
+        }
+    }
+}
+
+impl From<Identity> for String {
+    fn from(i: Identity) -> Self {
+        i.to_string()
+    }
+}
+
+/// On what an identity acted. Stored as text: `tenant:<tenant> conversation:<conversation>` for a Connector
+/// conversation, `tenant:<tenant> bot:<app id> <what>` for something reached through Graph. Text that does not
+/// read back to the same bytes in one of those forms is kept as it is ([`Target::Other`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum Target {
+    /// A conversation reached through the Bot Connector.
+    Conversation { tenant: String, conversation: String },
+    /// A chat, message or person reached through Microsoft Graph as the bot's Agent User.
+    Graph { tenant: String, bot: String, what: String },
+    /// Any other text, as stored.
+    Other(String),
+}
+
+impl Target {
+    pub fn conversation(tenant: impl fmt::Display, conversation: impl fmt::Display) -> Self {
+        Self::Conversation { tenant: tenant.to_string(), conversation: conversation.to_string() }
+    }
+
+    pub fn graph(tenant: impl fmt::Display, bot: impl fmt::Display, what: impl Into<String>) -> Self {
+        Self::Graph { tenant: tenant.to_string(), bot: bot.to_string(), what: what.into() }
+    }
+
+    /// The tenant the target is in, when it names one.
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Self::Conversation { tenant, .. } | Self::Graph { tenant, .. } => Some(tenant),
+            Self::Other(_) => None,
+        }
+    }
+
+    /// The bot whose Agent User acted, for a Graph target.
+    pub fn bot(&self) -> Option<&str> {
+        match self {
+            Self::Graph { bot, .. } => Some(bot),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let rest = text.strip_prefix("tenant:")?;
+        let (tenant, rest) = rest.split_once(' ')?;
+        if let Some(conversation) = rest.strip_prefix("conversation:") {
+            return Some(Self::conversation(tenant, conversation));
+        }
+        let rest = rest.strip_prefix("bot:")?;
+        let (bot, what) = rest.split_once(' ').unwrap_or((rest, ""));
+        Some(Self::graph(tenant, bot, what))
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Conversation { tenant, conversation } => write!(f, "tenant:{tenant} conversation:{conversation}"),
+            Self::Graph { tenant, bot, what } if what.is_empty() => write!(f, "tenant:{tenant} bot:{bot}"),
+            Self::Graph { tenant, bot, what } => write!(f, "tenant:{tenant} bot:{bot} {what}"),
+            Self::Other(t) => f.write_str(t),
+        }
+    }
+}
+
+impl From<String> for Target {
+    /// Typed when the text reads back to the same bytes; [`Target::Other`] otherwise.
+    fn from(text: String) -> Self {
+        match Self::parse(&text) {
+            Some(t) if t.to_string() == text => t,
+            _ => Self::Other(text),
+        }
+    }
+}
+
+impl From<Target> for String {
+    fn from(t: Target) -> Self {
+        t.to_string()
+    }
 }
 
 impl AuditEvent {
-    /// An event without detail; add one with [`AuditEvent::with_detail`].
+    /// The one constructor: an event without detail (add one with [`AuditEvent::with_detail`]).
     pub fn new(
         at_ms: i64,
         actor: impl Into<String>,
-        identity: impl Into<String>,
+        identity: Identity,
         action: impl Into<String>,
-        target: impl Into<String>,
+        target: Target,
         outcome: impl Into<String>,
     ) -> Self {
-        Self {
-            at_ms,
-            actor: actor.into(),
-            identity: identity.into(),
-            action: action.into(),
-            target: target.into(),
-            outcome: outcome.into(),
-            detail: String::new(),
-        }
+        Self { at_ms, actor: actor.into(), identity, action: action.into(), target, outcome: outcome.into(), detail: String::new() }
     }
 
     #[must_use]
@@ -148,7 +269,8 @@ fn hex(bytes: &[u8]) -> String {
 /// Lengths make the encoding unambiguous (no field can spill into the next).
 pub fn canonical_bytes(id: i64, prev_hash: &str, e: &AuditEvent) -> Vec<u8> {
     let (id, at) = (id.to_string(), e.at_ms.to_string());
-    let fields: [&str; 9] = [&id, prev_hash, &at, &e.actor, &e.identity, &e.action, &e.target, &e.outcome, &e.detail];
+    let (identity, target) = (e.identity.to_string(), e.target.to_string());
+    let fields: [&str; 9] = [&id, prev_hash, &at, &e.actor, &identity, &e.action, &target, &e.outcome, &e.detail];
     let mut out = Vec::with_capacity(64 + fields.iter().map(|f| f.len() + 4).sum::<usize>());
     out.extend_from_slice(b"agentgate-audit/2\n");
     for f in fields {
@@ -376,8 +498,44 @@ pub fn verify<'r>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn identities_and_targets_are_typed_and_stored_as_the_same_text() {
+        assert_eq!(Identity::bot("B1").to_string(), "bot:B1");
+        assert_eq!(Identity::agent_user("u@x").to_string(), "agent_user:u@x");
+        assert_eq!(Identity::from("bot:B1".to_owned()), Identity::Bot("B1".into()));
+        assert_eq!(Identity::from("agent_user:u".to_owned()).bot_app_id(), None);
+        assert_eq!(Target::conversation("t", "19:a;messageid=1").to_string(), "tenant:t conversation:19:a;messageid=1");
+        assert_eq!(Target::graph("t", "b", "chat:c1").to_string(), "tenant:t bot:b chat:c1");
+        let conv = Target::from("tenant:t conversation:a:b c".to_owned());
+        assert_eq!((conv.tenant(), conv.bot()), (Some("t"), None));
+        let graph = Target::from("tenant:T bot:B chat:1 member:m".to_owned());
+        assert_eq!(graph, Target::graph("T", "B", "chat:1 member:m"));
+        assert_eq!((graph.tenant(), graph.bot()), (Some("T"), Some("B")));
+        // Whatever was stored reads back to the same bytes, typed or not.
+        for text in [
+            "tenant:t conversation:c",
+            "tenant:t bot:b",
+            "tenant:t bot:b x y",
+            "x",
+            "",
+            "tenant:",
+            "tenant:t  conversation:c",
+            "tenant:t bot:b ",
+        ] {
+            assert_eq!(Target::from(text.to_owned()).to_string(), text, "{text:?}");
+            assert_eq!(Identity::from(text.to_owned()).to_string(), text, "{text:?}");
+        }
+        assert!(matches!(Target::from("tenant:t bot:b ".to_owned()), Target::Other(_)), "a form that would not read back stays text");
+        // The JSON (the first release's hash input) holds the same strings as before.
+        let e = AuditEvent::new(1, "cli", Identity::bot("b"), "send", Target::conversation("t", "c"), "queued");
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["identity"], "bot:b");
+        assert_eq!(json["target"], "tenant:t conversation:c");
+        assert_eq!(serde_json::from_value::<AuditEvent>(json).unwrap(), e);
+    }
+
     fn event(n: i64) -> AuditEvent {
-        AuditEvent::new(n, "mcp:test", "bot:bot", "send", format!("tenant:t conversation:c{n}"), "queued")
+        AuditEvent::new(n, "mcp:test", Identity::bot("bot"), "send", Target::conversation("t", format!("c{n}")), "queued")
     }
 
     fn key(k: &str) -> AuditKey {
@@ -399,7 +557,7 @@ mod tests {
     #[test]
     fn legacy_rule_matches_the_first_release() {
         // Computed by the first release's `audit_hash` for this event.
-        let e = AuditEvent::new(5, "mcp:test", "bot:bot", "ack", "tenant:t conversation:c1", "ok").with_detail("d \"q\" é");
+        let e = AuditEvent::new(5, "mcp:test", Identity::bot("bot"), "ack", Target::conversation("t", "c1"), "ok").with_detail("d \"q\" é");
         assert_eq!(legacy_hash("", &e), "88a9f03fb0e2a33a565fc8efeecacdd2aa1d3487e70bff80e7f895eac00a3440");
     }
 
@@ -407,8 +565,8 @@ mod tests {
     fn canonical_bytes_cover_the_id_and_separate_fields() {
         let e = event(1);
         assert_ne!(canonical_bytes(1, "", &e), canonical_bytes(2, "", &e));
-        let a = AuditEvent::new(1, "ab", "c", "x", "y", "z");
-        let b = AuditEvent::new(1, "a", "bc", "x", "y", "z");
+        let a = AuditEvent::new(1, "ab", Identity::from("c".to_owned()), "x", Target::from("y".to_owned()), "z");
+        let b = AuditEvent::new(1, "a", Identity::from("bc".to_owned()), "x", Target::from("y".to_owned()), "z");
         assert_ne!(canonical_bytes(1, "", &a), canonical_bytes(1, "", &b));
     }
 

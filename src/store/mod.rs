@@ -15,7 +15,7 @@ pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
-pub use audit::{AuditEvent, AuditHead, AuditKey, AuditRecord, Broken, Verified};
+pub use audit::{AuditEvent, AuditHead, AuditKey, AuditRecord, Broken, Identity, Target, Verified};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use recent::RecentCommits;
 pub use sqlite::SqliteStore;

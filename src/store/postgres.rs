@@ -41,8 +41,8 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, InboundRecord, InboxItem, InboxState, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, Store, StoreError, now_ms,
+    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, Identity, InboundRecord, InboxItem, InboxState,
+    NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -477,7 +477,18 @@ async fn append_audit(
         .await?;
     tx.execute(
         &insert,
-        &[&sealed.id, &e.at_ms, &e.actor, &e.identity, &e.action, &e.target, &e.outcome, &e.detail, &sealed.prev_hash, &sealed.hash],
+        &[
+            &sealed.id,
+            &e.at_ms,
+            &e.actor,
+            &e.identity.to_string(),
+            &e.action,
+            &e.target.to_string(),
+            &e.outcome,
+            &e.detail,
+            &sealed.prev_hash,
+            &sealed.hash,
+        ],
     )
     .await?;
     let bump = tx.prepare_cached("UPDATE agentgate_locks SET value = $1 WHERE name = 'audit'").await?;
@@ -704,9 +715,9 @@ fn audit_row(r: &Row) -> AuditRecord {
         event: AuditEvent {
             at_ms: r.get(1),
             actor: r.get(2),
-            identity: r.get(3),
+            identity: Identity::from(r.get::<_, String>(3)),
             action: r.get(4),
-            target: r.get(5),
+            target: Target::from(r.get::<_, String>(5)),
             outcome: r.get(6),
             detail: r.get(7),
         },
@@ -874,9 +885,9 @@ impl Store for PostgresStore {
         let event = AuditEvent::new(
             item.now_ms,
             item.requested_by.as_str(),
-            format!("bot:{}", item.bot_app_id),
+            Identity::bot(&item.bot_app_id),
             item.op.name(),
-            format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+            Target::conversation(&item.tenant_id, &item.conversation_id),
             "queued",
         );
         self.append_audit(&tx, &event).await?;
@@ -977,9 +988,9 @@ impl Store for PostgresStore {
             let event = AuditEvent::new(
                 now_ms,
                 "agentgate",
-                format!("bot:{}", item.bot_app_id),
+                Identity::bot(&item.bot_app_id),
                 item.op.name(),
-                format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                Target::conversation(&item.tenant_id, &item.conversation_id),
                 if create { "uncertain" } else { "requeued" },
             )
             .with_detail(format!("outbox #{}: interrupted by a restart", item.id));

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, InboundRecord, InboxItem, NewOutbound, OUTBOX_LEASE_MS, OutboundOp,
-    OutboxItem, OutboxState, Store, StoreError, now_ms,
+    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, Identity, InboundRecord, InboxItem, NewOutbound, OUTBOX_LEASE_MS,
+    OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::metrics::Metrics;
@@ -212,9 +212,9 @@ impl WriterState {
             sealed.id,
             e.at_ms,
             e.actor,
-            e.identity,
+            e.identity.to_string(),
             e.action,
-            e.target,
+            e.target.to_string(),
             e.outcome,
             e.detail,
             sealed.prev_hash,
@@ -689,9 +689,9 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         event: AuditEvent {
             at_ms: r.get(1)?,
             actor: r.get(2)?,
-            identity: r.get(3)?,
+            identity: Identity::from(r.get::<_, String>(3)?),
             action: r.get(4)?,
-            target: r.get(5)?,
+            target: Target::from(r.get::<_, String>(5)?),
             outcome: r.get(6)?,
             detail: r.get(7)?,
         },
@@ -734,9 +734,9 @@ impl Store for SqliteStore {
                 &AuditEvent::new(
                     item.now_ms,
                     item.requested_by.as_str(),
-                    format!("bot:{}", item.bot_app_id),
+                    Identity::bot(&item.bot_app_id),
                     item.op.name(),
-                    format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                    Target::conversation(&item.tenant_id, &item.conversation_id),
                     "queued",
                 ),
             )?;
@@ -854,9 +854,9 @@ impl Store for SqliteStore {
                     &AuditEvent::new(
                         now_ms,
                         "agentgate",
-                        format!("bot:{}", item.bot_app_id),
+                        Identity::bot(&item.bot_app_id),
                         item.op.name(),
-                        format!("tenant:{} conversation:{}", item.tenant_id, item.conversation_id),
+                        Target::conversation(&item.tenant_id, &item.conversation_id),
                         if create { "uncertain" } else { "requeued" },
                     )
                     .with_detail(format!("outbox #{}: interrupted by a restart", item.id)),
@@ -1169,11 +1169,11 @@ mod tests {
         .unwrap();
         let mut prev = String::new();
         for i in 1..=2 {
-            let e = AuditEvent::new(i, "cli", "bot:bot", "send", "tenant:t conversation:c1", "queued");
+            let e = AuditEvent::new(i, "cli", Identity::bot("bot"), "send", Target::conversation("t", "c1"), "queued");
             let hash = audit::legacy_hash(&prev, &e);
             conn.execute(
                 "INSERT INTO audit (at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?8)",
-                params![e.at_ms, e.actor, e.identity, e.action, e.target, e.outcome, prev, hash],
+                params![e.at_ms, e.actor, e.identity.to_string(), e.action, e.target.to_string(), e.outcome, prev, hash],
             )
             .unwrap();
             prev = hash;
@@ -1185,7 +1185,7 @@ mod tests {
         let r = store.conversation_ref("bot", "c1").await.unwrap().unwrap();
         assert_eq!(r.agentic, None, "the column added by the migration is readable");
         // The chain goes on from the old events; they are checked with the old rule up to there.
-        store.record_audit(AuditEvent::new(3, "cli", "bot:bot", "send", "x", "queued")).await.unwrap();
+        store.record_audit(AuditEvent::new(3, "cli", Identity::bot("bot"), "send", Target::Other("x".into()), "queued")).await.unwrap();
         let v = store.verify_audit(None).await.unwrap().unwrap();
         assert_eq!((v.legacy_through, v.head.count, v.head.last_id), (Some(2), 3, 3));
         assert!(v.head.hash.starts_with("sha256:"));

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    AuditEvent, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, InboundRecord, InboxState, NewOutbound, OUTBOX_LEASE_MS,
-    OutboundOp, OutboxState, Store, StoreError,
+    AuditEvent, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, Identity, InboundRecord, InboxState, NewOutbound,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxState, Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -118,7 +118,7 @@ fn send(text: &str) -> OutboundOp {
 }
 
 fn event(outcome: &str) -> AuditEvent {
-    AuditEvent::new(20, "agentgate", "bot:bot", "send", "c", outcome)
+    AuditEvent::new(20, "agentgate", Identity::bot("bot"), "send", Target::conversation("t", "c"), outcome)
 }
 
 /// The chain's event count, which must verify.
@@ -158,7 +158,7 @@ pub(crate) async fn inbox_states_cursor_and_personal_chats(store: &dyn Store) {
     assert!(store.personal_conversation("bot", "oid").await.unwrap().is_none());
     assert_eq!(store.conversations(10).await.unwrap().len(), 1);
     // Standalone audit events join the chain.
-    let event = AuditEvent::new(5, "mcp:test", "bot:bot", "ack", "tenant:t conversation:c1", "ok");
+    let event = AuditEvent::new(5, "mcp:test", Identity::bot("bot"), "ack", Target::conversation("t", "c1"), "ok");
     store.record_audit(event.clone()).await.unwrap();
     store.record_audit(event).await.unwrap();
     assert_eq!(intact(store).await, 2);
