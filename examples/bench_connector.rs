@@ -288,9 +288,9 @@ fn enqueue(config: &std::path::Path, count: usize, conversations: usize, prefix:
                 let op = OutboundOp::Send { activity: json!({"type": "message", "text": format!("bench send {i}")}) };
                 let r = store
                     .enqueue_outbound(NewOutbound {
-                        bot_app_id: bot,
+                        bot_app_id: bot.into(),
                         tenant_id: tenant.clone(),
-                        conversation_id: conv.clone(),
+                        conversation_id: conv.clone().into(),
                         service_url: service_url.clone(),
                         op,
                         requested_by: "bench".into(),

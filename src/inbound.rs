@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::activity::{Activity, InvokeResponse, Kind};
 use crate::auth::{AuthError, Verifier};
-use crate::ids::AuthKind;
+use crate::ids::{AadObjectId, AuthKind};
 use crate::metrics::{AuthReason, Metrics, Outcome};
 use crate::service_url::{self, ConnectorPolicy};
 use crate::store::{CommitOutcome, ConversationRef, InboundRecord, RecentCommits, Store, now_ms};
@@ -287,9 +287,9 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     let uninstalled = crate::teams::installation_change(&activity) == Some(crate::teams::Installation::Removed);
     let classified = state.gate.classify(&bot.app_id, &activity, token.is_some());
     let record = InboundRecord {
-        bot_app_id: bot.app_id.clone(),
-        tenant_id: tenant.to_owned(),
-        conversation_id: conversation_id.clone(),
+        bot_app_id: bot.app_id.clone().into(),
+        tenant_id: tenant.to_owned().into(),
+        conversation_id: conversation_id.clone().into(),
         activity_id: activity_id.clone(),
         activity_type: activity.kind.clone(),
         auth,
@@ -297,14 +297,14 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         received_at_ms: now,
         dedupe_expires_at_ms: now.saturating_add(i64::try_from(state.dedupe_ttl.as_millis()).unwrap_or(i64::MAX)),
         reference: ConversationRef {
-            bot_app_id: bot.app_id.clone(),
-            conversation_id,
-            tenant_id: tenant.to_owned(),
+            bot_app_id: bot.app_id.clone().into(),
+            conversation_id: conversation_id.into(),
+            tenant_id: tenant.to_owned().into(),
             service_url: raw_service_url.to_owned(),
             channel_id: activity.channel_id.clone().unwrap_or_default(),
             conversation_type: activity.conversation.as_ref().and_then(|c| c.conversation_type.clone()),
             user_id: activity.from.as_ref().map(|f| f.id.clone()).filter(|s| !s.is_empty()),
-            user_aad_object_id: activity.from.as_ref().and_then(|f| f.aad_object_id.clone()),
+            user_aad_object_id: activity.from.as_ref().and_then(|f| f.aad_object_id.as_deref()).map(AadObjectId::new),
             bot_id: activity.recipient.as_ref().map(|r| r.id.clone()).filter(|s| !s.is_empty()),
             usable: !uninstalled,
             updated_at_ms: now,

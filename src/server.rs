@@ -277,7 +277,7 @@ async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>,
     let connector =
         ConnectorClient::new(ConnectorPolicy::from_config(&cfg.clouds, opts.dev), Duration::from_secs(cfg.outbound.request_timeout_secs))
             .context("building the Connector client")?;
-    let clouds = cfg.bots.iter().map(|b| (b.app_id.to_string(), b.cloud)).collect();
+    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
     let throttle = if cfg.outbound.throttle { Throttle::new() } else { Throttle::disabled() };
     let retry = RetryPolicy {
         max_attempts: cfg.outbound.max_attempts,

@@ -69,9 +69,9 @@ pub struct Verdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardRef {
     pub outbox_id: i64,
-    pub bot_app_id: String,
-    pub tenant_id: String,
-    pub conversation_id: String,
+    pub bot_app_id: crate::ids::AppId,
+    pub tenant_id: crate::ids::TenantId,
+    pub conversation_id: crate::ids::ConversationId,
     pub service_url: String,
 }
 
@@ -265,7 +265,7 @@ impl super::Hub {
                 Ok(outbox_id) => {
                     let card = CardRef {
                         outbox_id,
-                        bot_app_id: bot.app_id.to_string(),
+                        bot_app_id: bot.app_id.clone(),
                         tenant_id: r.tenant_id,
                         conversation_id: r.conversation_id,
                         service_url: r.service_url,

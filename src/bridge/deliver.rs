@@ -61,8 +61,8 @@ pub enum Queued {
 /// The (last) outbox entry queued for a request, as bot `bot_app_id` in `conversation_id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub bot_app_id: String,
-    pub conversation_id: String,
+    pub bot_app_id: crate::ids::AppId,
+    pub conversation_id: crate::ids::ConversationId,
     pub outbox_id: i64,
 }
 
@@ -297,7 +297,7 @@ impl Hub {
         }
         let messages = text_messages(&req.text, &entities)?;
         let outbox_id = self.enqueue_messages(caller.requester, &bot, &r, messages, req.reply_to.as_deref()).await?;
-        Ok(Queued::Bot(Entry { bot_app_id: bot.app_id.to_string(), conversation_id: r.conversation_id, outbox_id }))
+        Ok(Queued::Bot(Entry { bot_app_id: bot.app_id.clone(), conversation_id: r.conversation_id, outbox_id }))
     }
 
     /// Queue a change (a card, an edit, a deletion, the typing indicator) into a conversation the bot can write in.
@@ -309,14 +309,14 @@ impl Hub {
             return Err(Error::invalid("Teams shows no typing indicator in channels; show it in a 1:1 or group chat"));
         }
         let outbox_id = self.enqueue(caller.requester, &bot, &r, op).await?;
-        Ok(Entry { bot_app_id: bot.app_id.to_string(), conversation_id: r.conversation_id, outbox_id })
+        Ok(Entry { bot_app_id: bot.app_id.clone(), conversation_id: r.conversation_id, outbox_id })
     }
 
     /// Wait for what was queued to settle (up to 15 s).
     pub async fn outcome(&self, queued: Queued) -> Result<Sent> {
         match queued {
             Queued::Graph(sent) => Ok(Sent::Graph(sent)),
-            Queued::Bot(e) => sent_as_bot(e.bot_app_id, e.outbox_id, self.settle(e.outbox_id).await),
+            Queued::Bot(e) => sent_as_bot(e.bot_app_id.to_string(), e.outbox_id, self.settle(e.outbox_id).await),
         }
     }
 
@@ -407,7 +407,7 @@ impl Hub {
     /// together, or neither does. `requester` is who asked (`mcp:<scope>:<client>`, `cli`).
     pub async fn enqueue(&self, requester: &str, bot: &BotConfig, r: &ConversationRef, op: OutboundOp) -> Result<i64> {
         let item = NewOutbound {
-            bot_app_id: bot.app_id.to_string(),
+            bot_app_id: bot.app_id.clone(),
             tenant_id: r.tenant_id.clone(),
             conversation_id: r.conversation_id.clone(),
             service_url: r.service_url.clone(),

@@ -177,9 +177,9 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
     Ok(InboundEvent {
         inbox_id: item.id,
         kind,
-        bot: item.bot_app_id.clone(),
-        tenant: item.tenant_id.clone(),
-        conversation_id: item.conversation_id.clone(),
+        bot: item.bot_app_id.to_string(),
+        tenant: item.tenant_id.to_string(),
+        conversation_id: item.conversation_id.to_string(),
         conversation_type: conversation.and_then(|c| c.conversation_type.clone()).filter(|s| !s.is_empty()),
         message_id: item.activity_id.clone(),
         reply_to_id: activity.reply_to_id.clone().filter(|s| !s.is_empty()),
@@ -201,7 +201,7 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
 fn authenticated_bot(item: &InboxItem, activity: &Activity) -> String {
     match activity.recipient.as_ref() {
         Some(r) if item.auth == crate::ids::AuthKind::Entra => r.id.clone(),
-        _ => item.bot_app_id.clone(),
+        _ => item.bot_app_id.to_string(),
     }
 }
 

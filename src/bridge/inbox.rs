@@ -19,7 +19,7 @@ impl Hub {
             cursor = last.id;
             for item in batch {
                 if scope.allows(&item.bot_app_id, &item.tenant_id)
-                    && chat.is_none_or(|c| c == item.conversation_id)
+                    && chat.is_none_or(|c| item.conversation_id == c)
                     && !skip.contains(&item.id)
                 {
                     out.push(item);

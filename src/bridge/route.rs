@@ -260,14 +260,14 @@ impl Hub {
             },
         };
         Ok(Personal::Create(ConversationRef {
-            bot_app_id: bot.app_id.to_string(),
-            conversation_id: format!("user:{user_id}"),
-            tenant_id: tenant.to_owned(),
+            bot_app_id: bot.app_id.clone(),
+            conversation_id: format!("user:{user_id}").into(),
+            tenant_id: tenant.to_owned().into(),
             service_url,
             channel_id: "msteams".into(),
             conversation_type: Some("personal".into()),
             user_id: None,
-            user_aad_object_id: Some(user_id.to_owned()),
+            user_aad_object_id: Some(user_id.to_owned().into()),
             bot_id: None,
             usable: true,
             updated_at_ms: now_ms(),

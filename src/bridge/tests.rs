@@ -78,7 +78,7 @@ async fn fixture_with(cfg: Config, agents: HashMap<String, Arc<AgentActor>>) -> 
         Arc::new(SqliteStore::open(&dir.path().join("bridge.db"), Synchronous::Normal, 64, Arc::clone(&metrics)).expect("store"));
     let connector = ConnectorClient::new(ConnectorPolicy::new(false), Duration::from_secs(1)).expect("client");
     let tokens: Arc<dyn BotTokens> = Arc::new(ConfiguredTokens::new(HashMap::new(), false));
-    let clouds = cfg.bots.iter().map(|b| (b.app_id.to_string(), b.cloud)).collect();
+    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
     let outbound = Arc::new(Outbound::new(Arc::clone(&store), connector, tokens, clouds, Throttle::new(), RetryPolicy::default(), metrics));
     let (_tx, rx) = watch::channel(0);
     let hub = Arc::new(Hub::new(cfg, store, outbound, rx, Arc::new(Approvals::default()), false, agents));
@@ -87,9 +87,9 @@ async fn fixture_with(cfg: Config, agents: HashMap<String, Arc<AgentActor>>) -> 
 
 fn reference(bot: &str, conversation: &str, tenant: &str, kind: &str) -> ConversationRef {
     ConversationRef {
-        bot_app_id: bot.to_owned(),
-        conversation_id: conversation.to_owned(),
-        tenant_id: tenant.to_owned(),
+        bot_app_id: bot.to_owned().into(),
+        conversation_id: conversation.to_owned().into(),
+        tenant_id: tenant.to_owned().into(),
         service_url: "https://smba.trafficmanager.net/teams/".to_owned(),
         channel_id: "msteams".to_owned(),
         conversation_type: Some(kind.to_owned()),
@@ -109,9 +109,9 @@ async fn seen(f: &Fixture, r: ConversationRef) {
 
 async fn inbound(f: &Fixture, bot: &str, conversation: &str, tenant: &str, id: &str) {
     let record = InboundRecord {
-        bot_app_id: bot.to_owned(),
-        tenant_id: tenant.to_owned(),
-        conversation_id: conversation.to_owned(),
+        bot_app_id: bot.to_owned().into(),
+        tenant_id: tenant.to_owned().into(),
+        conversation_id: conversation.to_owned().into(),
         activity_id: id.to_owned(),
         activity_type: "message".to_owned(),
         auth: crate::ids::AuthKind::BotFramework,
@@ -193,7 +193,7 @@ async fn a_person_target_picks_the_bot_and_tenant_or_says_what_to_add() {
     assert!(matches!(err, Error::NotFound(_)));
     // An existing 1:1 chat with bot B decides between the two bots.
     let mut chat = reference(BOT_B, "a:b", TENANT_1, "personal");
-    chat.user_aad_object_id = Some(user.to_owned());
+    chat.user_aad_object_id = Some(user.to_owned().into());
     seen(&f, chat).await;
     let t = f.hub.person_target(&all, user, None, Some(TENANT_1)).await.expect("bot B, already chatting");
     assert_eq!(t.bot.app_id, BOT_B);
@@ -373,7 +373,7 @@ async fn a_group_chat_the_bot_was_removed_from_goes_to_the_agent_user_in_fallbac
     let f = fixture().await;
     seen(&f, removed.clone()).await;
     let all = Scope::all("test");
-    let req = TextMessage { chat_id: removed.conversation_id.clone(), text: "hello".into(), ..TextMessage::default() };
+    let req = TextMessage { chat_id: removed.conversation_id.to_string(), text: "hello".into(), ..TextMessage::default() };
     let err = f.hub.queue_text(Caller::new(&all, "mcp:test:host"), &req).await.expect_err("nobody");
     assert!(matches!(&err, Error::Refused(m) if m.contains("no Agent User is configured")), "{err}");
     assert!(f.hub.store.outbox(None, 10).await.expect("outbox").is_empty());
@@ -425,7 +425,7 @@ async fn a_proactive_message_uses_the_existing_chat_or_creates_one_or_knows_no_w
         other => panic!("expected a new chat, got {other:?}"),
     }
     let mut chat = reference(BOT_A, "a:p", TENANT_2, "personal");
-    chat.user_aad_object_id = Some(user.to_owned());
+    chat.user_aad_object_id = Some(user.to_owned().into());
     seen(&f, chat).await;
     assert!(matches!(f.hub.personal(&target, user).await.expect("route"), Personal::Chat(r) if r.conversation_id == "a:p"));
     // China has no default proactive service URL.

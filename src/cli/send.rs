@@ -45,7 +45,7 @@ pub(super) async fn command_hub(cfg: Config, store: Arc<dyn Store>, acting: Acti
     };
     let connector =
         ConnectorClient::new(ConnectorPolicy::from_config(&cfg.clouds, dev), Duration::from_secs(cfg.outbound.request_timeout_secs))?;
-    let clouds = cfg.bots.iter().map(|b| (b.app_id.to_string(), b.cloud)).collect();
+    let clouds = cfg.bots.iter().map(|b| (b.app_id.clone(), b.cloud)).collect();
     let chains = crate::bridge::agent::agentic_chains(&cfg, &agents);
     let outbound =
         Outbound::new(Arc::clone(&store), connector, tokens, clouds, Throttle::new(), RetryPolicy::default(), Default::default())

@@ -67,7 +67,7 @@ fn identity(bot_app_id: &str, agent_user: Option<&str>) -> Identity {
 /// Agent User chain and the reference names an agentic recipient). The pure half of [`acting`].
 pub(crate) fn agentic_recipient(chains: &AgenticChains, r: Option<&ConversationRef>) -> Option<AgenticRecipient> {
     let r = r?;
-    chains.get(&r.bot_app_id)?;
+    chains.get(r.bot_app_id.as_str())?;
     r.agentic.clone()
 }
 
@@ -95,7 +95,7 @@ pub(crate) async fn acting(
     let fail = |message: String| TokenFailure { message, retryable: false };
     let (chain, scope) = chains.get(bot_app_id).ok_or_else(|| fail("the bot has no Agent User".into()))?;
     let app = recipient.agentic_app_id.clone().ok_or_else(|| fail("the agentic activity named no agenticAppId".into()))?;
-    let tenant = recipient.tenant_id.clone().or_else(|| r.as_ref().map(|r| r.tenant_id.clone())).unwrap_or_default();
+    let tenant = recipient.tenant_id.clone().or_else(|| r.as_ref().map(|r| r.tenant_id.to_string())).unwrap_or_default();
     if !recipient.is_user() {
         // The instance's own Connector token is not the exchange token (T2) the chain makes.
         return Err(fail("replies to agenticAppInstance activities are not supported yet (only agenticUser); nothing was sent".into()));

@@ -20,7 +20,7 @@ use super::acting::{Acting, AgenticChains, acting};
 use super::streaming::{CANCELLED, Posted, StreamLink};
 use super::throttle::Throttle;
 use super::{ConnectorClient, ConnectorError, Endpoint};
-use crate::ids::Cloud;
+use crate::ids::{AadObjectId, AppId, Cloud, ConversationId};
 use crate::metrics::{Metrics, OutboundOutcome};
 use serde_json::Value;
 
@@ -73,15 +73,15 @@ pub struct Outbound {
     store: Arc<dyn Store>,
     connector: ConnectorClient,
     tokens: Arc<dyn BotTokens>,
-    clouds: HashMap<String, Cloud>,
+    clouds: HashMap<AppId, Cloud>,
     throttle: Mutex<Throttle>,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
     wake: Notify,
-    in_flight: Mutex<HashSet<(String, String)>>,
+    in_flight: Mutex<HashSet<(AppId, ConversationId)>>,
     typing: Mutex<crate::teams::TypingGovernor>,
     /// Consecutive token failures per bot, for backoff (token failures do not use up attempts).
-    token_failures: Mutex<HashMap<String, u32>>,
+    token_failures: Mutex<HashMap<AppId, u32>>,
     last_prune: Mutex<Instant>,
     stopping: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
@@ -111,7 +111,7 @@ impl Outbound {
         store: Arc<dyn Store>,
         connector: ConnectorClient,
         tokens: Arc<dyn BotTokens>,
-        bots: HashMap<String, Cloud>,
+        bots: HashMap<AppId, Cloud>,
         throttle: Throttle,
         retry: RetryPolicy,
         metrics: Arc<Metrics>,
@@ -195,7 +195,7 @@ impl Outbound {
         kind: crate::teams::StreamSendKind,
         activity: &Value,
     ) -> Posted {
-        let bot = reference.bot_app_id.as_str();
+        let bot = &reference.bot_app_id;
         let Some(cloud) = self.clouds.get(bot).copied() else {
             return Posted::Failed(ConnectorError::BadResponse("the bot is no longer configured".into()));
         };
@@ -229,7 +229,7 @@ impl Outbound {
     /// Every member of a conversation, paged through the Connector as whoever acts there (a read: no
     /// outbox, no audit).
     pub async fn list_members(&self, reference: &ConversationRef) -> Result<Vec<Value>, String> {
-        let bot = reference.bot_app_id.as_str();
+        let bot = &reference.bot_app_id;
         let cloud = *self.clouds.get(bot).ok_or("the bot is no longer configured")?;
         let who = self.acting(bot, &reference.conversation_id).await.map_err(|f| format!("no token: {}", f.message))?;
         list_members(&self.connector, &Endpoint { cloud, service_url: &reference.service_url }, &who, &reference.conversation_id)
@@ -459,14 +459,14 @@ impl Outbound {
                     .store
                     .upsert_conversation_ref(ConversationRef {
                         bot_app_id: item.bot_app_id.clone(),
-                        conversation_id: created.id.clone(),
+                        conversation_id: created.id.as_str().into(),
                         tenant_id: item.tenant_id.clone(),
                         service_url: created.service_url.clone().unwrap_or_else(|| item.service_url.clone()),
                         channel_id: "msteams".into(),
                         conversation_type: Some("personal".into()),
                         user_id: Some(user_id.clone()),
                         // An AAD object id (not a `29:` Teams id) finds this chat again for the person.
-                        user_aad_object_id: (!user_id.contains(':')).then(|| user_id.clone()),
+                        user_aad_object_id: (!user_id.contains(':')).then(|| AadObjectId::new(user_id)),
                         bot_id: Some(format!("28:{}", item.bot_app_id)),
                         usable: true,
                         updated_at_ms: now_ms(),

@@ -148,6 +148,100 @@ case_insensitive_id!(
     AadObjectId
 );
 
+/// A Teams conversation id (`19:…@thread.v2`, `a:1…`, `29:…`, or `user:<aad id>` for a proactive 1:1 not
+/// created yet). Opaque and compared exactly: Teams issues ids whose case matters (base64 in `a:` ids).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct ConversationId(Box<str>);
+
+impl ConversationId {
+    pub fn new(text: impl Into<Box<str>>) -> Self {
+        Self(text.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ConversationId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ConversationId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ConversationId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for ConversationId {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ConversationId {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for ConversationId {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Display for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ConversationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConversationId({:?})", &*self.0)
+    }
+}
+
+impl From<&str> for ConversationId {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<String> for ConversationId {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<&String> for ConversationId {
+    fn from(s: &String) -> Self {
+        Self(s.as_str().into())
+    }
+}
+
+impl Serialize for ConversationId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConversationId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
+
 /// How an inbound activity was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthKind {
@@ -237,6 +331,17 @@ mod tests {
         let tenants: HashSet<TenantId> = ["Contoso.onmicrosoft.com", "CONTOSO.ONMICROSOFT.COM"].into_iter().map(TenantId::new).collect();
         assert_eq!(tenants.len(), 1);
         assert!(back == "q");
+    }
+
+    #[test]
+    fn conversation_ids_compare_exactly() {
+        let a = ConversationId::from("a:1AbC");
+        assert_ne!(a, ConversationId::from("a:1abc"), "case matters in conversation ids");
+        assert!(a == "a:1AbC" && a != "a:1abc");
+        assert_eq!(a.to_string(), "a:1AbC");
+        assert_eq!(serde_json::to_string(&a).unwrap_or_default(), "\"a:1AbC\"");
+        let set: HashSet<ConversationId> = ["x", "X", "x"].into_iter().map(ConversationId::from).collect();
+        assert_eq!(set.len(), 2);
     }
 
     #[test]

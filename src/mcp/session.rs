@@ -445,7 +445,7 @@ impl Bridge {
         items
             .iter()
             .map(|item| {
-                shown.insert(item.id, (item.bot_app_id.clone(), item.conversation_id.clone()));
+                shown.insert(item.id, (item.bot_app_id.to_string(), item.conversation_id.to_string()));
                 match events::event_from_item(item) {
                     Ok(mut ev) => {
                         check_sender(&self.hub, item, &mut ev);
@@ -643,7 +643,10 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
                 return;
             }
             if let Some(shown) = &shown {
-                shown.lock().unwrap_or_else(PoisonError::into_inner).insert(item.id, (item.bot_app_id, item.conversation_id));
+                shown
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(item.id, (item.bot_app_id.to_string(), item.conversation_id.to_string()));
             }
         }
     }
@@ -977,6 +980,30 @@ impl ServerHandler for Bridge {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_prompts().enable_experimental_with(experimental).build())
             .with_server_info(Implementation::new("agentgate", env!("CARGO_PKG_VERSION")))
             .with_instructions(prompts::INSTRUCTIONS)
+    }
+
+    /// Every tool call runs in an `mcp_tool` span (tool, scope, client, request id; never the arguments,
+    /// which hold message text) and ends with one event saying how it went and how long it took.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        use tracing::Instrument as _;
+        let scope = self.session.scope.get().map_or("", |s| s.name.as_str());
+        let client = envelope::meta_value(&self.session.client.lock().unwrap_or_else(PoisonError::into_inner));
+        let span = tracing::info_span!("mcp_tool", tool = %request.name, scope, client = %client, request = %context.id);
+        let started = std::time::Instant::now();
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let result = self.tool_router.call(tcc).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(rmcp::model::CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(_) => "protocol_error",
+        };
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::debug!(parent: &span, outcome, ms, "tool call finished");
+        result
     }
 
     async fn initialize(

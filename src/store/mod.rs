@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::ids::{AadObjectId, AppId, ConversationId, TenantId};
+
 pub mod audit;
 pub mod postgres;
 pub mod recent;
@@ -76,9 +78,9 @@ pub fn now_ms() -> i64 {
 /// reference it refreshes, written in one transaction.
 #[derive(Debug, Clone)]
 pub struct InboundRecord {
-    pub bot_app_id: String,
-    pub tenant_id: String,
-    pub conversation_id: String,
+    pub bot_app_id: AppId,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
     pub activity_id: String,
     pub activity_type: String,
     /// How the request was authenticated.
@@ -125,14 +127,14 @@ impl InboxState {
 /// Enough to talk to a conversation later (replies, proactive messages).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConversationRef {
-    pub bot_app_id: String,
-    pub conversation_id: String,
-    pub tenant_id: String,
+    pub bot_app_id: AppId,
+    pub conversation_id: ConversationId,
+    pub tenant_id: TenantId,
     pub service_url: String,
     pub channel_id: String,
     pub conversation_type: Option<String>,
     pub user_id: Option<String>,
-    pub user_aad_object_id: Option<String>,
+    pub user_aad_object_id: Option<AadObjectId>,
     pub bot_id: Option<String>,
     /// False once the bot was uninstalled from the conversation.
     pub usable: bool,
@@ -158,9 +160,9 @@ pub enum CommitOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InboxItem {
     pub id: i64,
-    pub bot_app_id: String,
-    pub tenant_id: String,
-    pub conversation_id: String,
+    pub bot_app_id: AppId,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
     pub activity_id: String,
     pub activity_type: String,
     pub auth: crate::ids::AuthKind,
@@ -210,10 +212,10 @@ impl OutboundOp {
 /// A side effect to queue.
 #[derive(Debug, Clone)]
 pub struct NewOutbound {
-    pub bot_app_id: String,
-    pub tenant_id: String,
+    pub bot_app_id: AppId,
+    pub tenant_id: TenantId,
     /// The conversation, or `user:<id>` for a proactive 1:1 not created yet (keeps per-user order).
-    pub conversation_id: String,
+    pub conversation_id: ConversationId,
     pub service_url: String,
     pub op: OutboundOp,
     /// Who asked (`cli`, an MCP client's name…), recorded in the audit log.
@@ -253,9 +255,9 @@ impl OutboxState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutboxItem {
     pub id: i64,
-    pub bot_app_id: String,
-    pub tenant_id: String,
-    pub conversation_id: String,
+    pub bot_app_id: AppId,
+    pub tenant_id: TenantId,
+    pub conversation_id: ConversationId,
     pub service_url: String,
     pub op: OutboundOp,
     pub requested_by: String,

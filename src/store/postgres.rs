@@ -278,6 +278,42 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     format!("{}@{host}:{port}/{}", config.get_user().unwrap_or("?"), config.get_dbname().unwrap_or("?"))
 }
 
+/// Ids are stored as their text as received (case kept); reading one back types it again.
+macro_rules! postgres_text_id {
+    ($($ty:ty),*) => {$(
+        impl tokio_postgres::types::ToSql for $ty {
+            fn to_sql(
+                &self,
+                ty: &tokio_postgres::types::Type,
+                out: &mut bytes::BytesMut,
+            ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                self.as_str().to_sql(ty, out)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::ToSql>::accepts(ty)
+            }
+
+            tokio_postgres::types::to_sql_checked!();
+        }
+
+        impl<'a> tokio_postgres::types::FromSql<'a> for $ty {
+            fn from_sql(
+                ty: &tokio_postgres::types::Type,
+                raw: &'a [u8],
+            ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw).map(<$ty>::from)
+            }
+
+            fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+                <&str as tokio_postgres::types::FromSql>::accepts(ty)
+            }
+        }
+    )*};
+}
+
+postgres_text_id!(crate::ids::AppId, crate::ids::TenantId, crate::ids::ConversationId, crate::ids::AadObjectId);
+
 /// A database error with its cause (`tokio_postgres::Error` alone displays only "db error"), classified by
 /// its SQLSTATE: connection failures and server shutdown are [`StoreError::Unavailable`], unique violations,
 /// serialization failures and deadlocks [`StoreError::Conflict`], data corruption [`StoreError::Corrupt`].
@@ -1258,7 +1294,7 @@ pub(crate) mod tests {
                 s.enqueue_outbound(NewOutbound {
                     bot_app_id: "bot".into(),
                     tenant_id: "t".into(),
-                    conversation_id: format!("c{}", i % 3),
+                    conversation_id: format!("c{}", i % 3).into(),
                     service_url: "https://smba.trafficmanager.net/amer/".into(),
                     op: OutboundOp::Delete { activity_id: i.to_string() },
                     requested_by: "test".into(),

@@ -30,6 +30,7 @@ use super::{
     OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
+use crate::ids::{AppId, ConversationId};
 use crate::metrics::Metrics;
 
 /// Schema version 1: the first release (it also wrote `PRAGMA user_version = 1`).
@@ -178,7 +179,7 @@ struct WriterState {
     refs: RefCache,
     audit_key: Option<Arc<AuditKey>>,
     /// References written by this batch: remembered in `refs` once it commits.
-    refs_written: Vec<((String, String), u64)>,
+    refs_written: Vec<((AppId, ConversationId), u64)>,
     /// Activities accepted by this batch (the commit metrics).
     activities: usize,
     truncation_reported: bool,
@@ -249,6 +250,25 @@ impl std::fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore").field("path", &self.path).finish()
     }
 }
+
+/// Ids are stored as their text as received (case kept); reading one back types it again.
+macro_rules! sqlite_text_id {
+    ($($ty:ty),*) => {$(
+        impl rusqlite::ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $ty {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                value.as_str().map(<$ty>::from)
+            }
+        }
+    )*};
+}
+
+sqlite_text_id!(crate::ids::AppId, crate::ids::TenantId, crate::ids::ConversationId, crate::ids::AadObjectId);
 
 /// A SQLite error, classified: a locked or unreadable file, a full disk or I/O failure is
 /// [`StoreError::Unavailable`], a constraint [`StoreError::Conflict`], a damaged file or a row this version
@@ -474,7 +494,7 @@ fn writer_loop(
 /// no write. Updated only after the transaction that wrote it committed.
 #[derive(Default)]
 struct RefCache {
-    written: HashMap<(String, String), u64>,
+    written: HashMap<(AppId, ConversationId), u64>,
 }
 
 impl RefCache {
@@ -504,10 +524,10 @@ impl RefCache {
 
     /// The reference was changed outside the inbound path: write the next inbound one in full.
     fn forget(&mut self, bot: &str, conversation: &str) {
-        self.written.remove(&(bot.to_owned(), conversation.to_owned()));
+        self.written.remove(&(AppId::new(bot), ConversationId::from(conversation)));
     }
 
-    fn remember(&mut self, written: Vec<((String, String), u64)>) {
+    fn remember(&mut self, written: Vec<((AppId, ConversationId), u64)>) {
         if self.written.len() + written.len() > Self::MAX {
             self.written.clear();
         }

@@ -147,6 +147,20 @@ async fn stdio_host_sees_teams_and_replies() {
     let all = audit.to_string();
     assert!(all.contains("mcp:stdio:claude-code"), "the audit names the host: {all}");
     assert!(!gw.stderr().contains("s3cr3t"), "a secret reached the log");
+
+    // Each tool call runs in an `mcp_tool` span naming the tool and the client, and ends with one line
+    // saying how it went; the arguments (message text) never reach the log.
+    let log = gw.stderr();
+    let finished: Vec<&str> = log.lines().filter(|l| l.contains("tool call finished")).collect();
+    let span_of = |tool: &str, outcome: &str| {
+        finished
+            .iter()
+            .any(|l| l.contains("mcp_tool{") && l.contains(&format!("tool={tool} ")) && l.contains("claude-code") && l.contains(outcome))
+    };
+    assert!(span_of("reply", "outcome=\"ok\""), "no span for the reply:\n{}", finished.join("\n"));
+    assert!(span_of("reply", "outcome=\"tool_error\""), "no span for a refused reply:\n{}", finished.join("\n"));
+    assert!(span_of("delete_message", "outcome=\"ok\""), "no span for delete_message:\n{}", finished.join("\n"));
+    assert!(!log.lines().any(|l| l.contains("mcp_tool{") && l.contains("Hi Alex")), "a tool's arguments reached the log");
 }
 
 #[tokio::test(flavor = "multi_thread")]
