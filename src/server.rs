@@ -87,6 +87,47 @@ pub struct Gateway {
     grace: Duration,
     hub: Arc<crate::mcp::Hub>,
     mcp_addr: Option<SocketAddr>,
+    /// SQLite only: the lock that keeps a second `serve` off this store while this one runs.
+    _serve_lock: Option<std::fs::File>,
+}
+
+/// Take the SQLite store's serve lock (`<store>.serve-lock`, an OS file lock released when the process ends,
+/// also by SIGKILL). One `serve` per SQLite file: its outbox claims then belong to no one else, so the worker
+/// recovers what a crashed predecessor left in flight at once instead of waiting for the leases to run out.
+fn lock_sqlite_store(cfg: &Config) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let mut path = cfg.sqlite_path().into_os_string();
+    path.push(".serve-lock");
+    let path = std::path::PathBuf::from(path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open the serve lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() { String::new() } else { format!(" (pid {holder})") };
+            anyhow::bail!(
+                "another `agentgate serve`{holder} is using the SQLite store {}: one process per SQLite store. Stop it first, or \
+                 run several replicas on Postgres (store.url; see docs/scale.md)",
+                cfg.sqlite_path().display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 impl std::fmt::Debug for Gateway {
@@ -100,6 +141,7 @@ impl Gateway {
     pub async fn start(cfg: Config, opts: ServeOptions) -> anyhow::Result<Self> {
         cfg.validate(opts.dev)?;
         let metrics = Arc::new(Metrics::default());
+        let serve_lock = if cfg.store.url.is_none() { Some(lock_sqlite_store(&cfg)?) } else { None };
         let store: Arc<dyn Store> = crate::store::open(&cfg, Arc::clone(&metrics), cfg.store.max_batch).await?;
         tracing::info!(store = %crate::store::describe(&cfg), "store open");
 
@@ -162,7 +204,12 @@ impl Gateway {
         background.push(spawn_audit_head_log(Arc::clone(&store)));
         let agents = crate::bridge::agent::build(&cfg).await?;
         let agentic = crate::bridge::agent::agentic_chains(&cfg, &agents);
-        let outbound = Arc::new(build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics)).await?.with_agentic(agentic));
+        let outbound = Arc::new(
+            build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics))
+                .await?
+                .with_agentic(agentic)
+                .sole_worker(serve_lock.is_some()),
+        );
         background.push(Arc::clone(&outbound).spawn(Duration::from_millis(cfg.outbound.poll_interval_ms)));
         if let Some(announced) = store.subscribe_inbox() {
             background.push(gate.follow(announced));
@@ -223,6 +270,7 @@ impl Gateway {
             grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
             hub,
             mcp_addr,
+            _serve_lock: serve_lock,
         })
     }
 

@@ -82,6 +82,8 @@ pub struct Outbound {
     typing: Mutex<crate::teams::TypingGovernor>,
     /// Consecutive token failures per bot, for backoff (token failures do not use up attempts).
     token_failures: Mutex<HashMap<AppId, u32>>,
+    /// See [`Outbound::sole_worker`].
+    sole_worker: bool,
     last_prune: Mutex<Instant>,
     stopping: std::sync::atomic::AtomicBool,
     permits: Arc<Semaphore>,
@@ -128,6 +130,7 @@ impl Outbound {
             in_flight: Mutex::new(HashSet::new()),
             typing: Mutex::new(crate::teams::TypingGovernor::new()),
             token_failures: Mutex::new(HashMap::new()),
+            sole_worker: false,
             last_prune: Mutex::new(Instant::now()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(32)),
@@ -137,6 +140,14 @@ impl Outbound {
 
     /// Bots that accept agentic activities: every call in those conversations (sends, streams, member
     /// listings) acts as the Agent User ([`acting`]).
+    /// This worker is the only one on its store (SQLite under `serve`'s lock): at start, every claim left
+    /// `sending` is a dead process's and is recovered at once, whatever its lease says.
+    #[must_use]
+    pub fn sole_worker(mut self, sole: bool) -> Self {
+        self.sole_worker = sole;
+        self
+    }
+
     #[must_use]
     pub fn with_agentic(mut self, agentic: AgenticChains) -> Self {
         self.agentic = agentic;
@@ -244,8 +255,10 @@ impl Outbound {
 
     /// Take over the entries a dead replica (or this process before a restart) left in flight: those whose
     /// lease ran out.
-    async fn sweep(&self) {
-        match self.store.recover_outbound(now_ms()).await {
+    async fn sweep(&self, at_start: bool) {
+        // The sole worker's claims at start are all a dead process's: recovered whatever their lease says.
+        let now = if at_start && self.sole_worker { i64::MAX } else { now_ms() };
+        match self.store.recover_outbound(now).await {
             Ok((0, 0)) => {}
             Ok((requeued, uncertain)) => {
                 // The message predates leases (alert rules match it): "a restart" is now also a replica that died.
@@ -259,11 +272,11 @@ impl Outbound {
     /// expired claims every [`SWEEP_EVERY`].
     pub fn spawn(self: Arc<Self>, poll: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            self.sweep().await;
+            self.sweep(true).await;
             let mut swept = Instant::now();
             loop {
                 if swept.elapsed() >= SWEEP_EVERY {
-                    self.sweep().await;
+                    self.sweep(false).await;
                     swept = Instant::now();
                 }
                 let next = self.run_once().await;

@@ -270,6 +270,17 @@ pub struct OutboxItem {
     /// What kind of failure `last_error` describes, for decisions (never match on the message text).
     /// `None` for entries that never failed, or failed before the class was recorded.
     pub error_class: Option<ErrorClass>,
+    /// Who holds the entry's claim and until when (set while `sending`; `None` otherwise).
+    pub lease: Option<Lease>,
+}
+
+/// A replica's claim on an outbox entry ([`Store::begin_outbound_attempt`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// The replica id of the store handle that claimed the entry ([`new_replica_id`]).
+    pub owner: String,
+    /// When the claim runs out unless renewed (ms since the epoch).
+    pub until_ms: i64,
 }
 
 /// The kind of an outbound failure, stored beside its message.

@@ -41,7 +41,7 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, Identity, InboundRecord, InboxItem, InboxState,
+    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, Identity, InboundRecord, InboxItem, InboxState, Lease,
     NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
@@ -762,7 +762,7 @@ fn audit_row(r: &Row) -> AuditRecord {
     }
 }
 
-const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error, error_class";
+const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error, error_class, lease_owner, lease_until_ms";
 
 fn outbox_row(r: &Row) -> Result<OutboxItem, StoreError> {
     let op: OutboundOp =
@@ -782,6 +782,7 @@ fn outbox_row(r: &Row) -> Result<OutboxItem, StoreError> {
         result_id: r.get(11),
         last_error: r.get(12),
         error_class: r.get::<_, Option<&str>>(13).and_then(ErrorClass::parse),
+        lease: r.get::<_, Option<String>>(14).map(|owner| Lease { owner, until_ms: r.get::<_, Option<i64>>(15).unwrap_or(0) }),
     })
 }
 

@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, Identity, InboundRecord, InboxItem, NewOutbound, OUTBOX_LEASE_MS,
-    OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
+    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, Identity, InboundRecord, InboxItem, Lease, NewOutbound,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -720,7 +720,7 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
-const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error, error_class";
+const OUTBOX_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, service_url, op, requested_by, state, attempts, created_at_ms, next_attempt_at_ms, result_id, last_error, error_class, lease_owner, lease_until_ms";
 
 fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
     let op_json: String = r.get(5)?;
@@ -741,6 +741,10 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
         result_id: r.get(11)?,
         last_error: r.get(12)?,
         error_class: r.get::<_, Option<String>>(13)?.as_deref().and_then(super::ErrorClass::parse),
+        lease: r
+            .get::<_, Option<String>>(14)?
+            .map(|owner| r.get::<_, Option<i64>>(15).map(|until_ms| Lease { owner, until_ms: until_ms.unwrap_or(0) }))
+            .transpose()?,
     })
 }
 

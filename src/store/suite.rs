@@ -282,6 +282,10 @@ pub(crate) async fn outbox_keeps_per_conversation_order_and_recovers_after_a_cra
     assert_eq!(due, vec![a1, b1], "only the head of each conversation is due");
     assert!(store.begin_outbound_attempt(a1, 11).await.unwrap());
     assert!(!store.begin_outbound_attempt(a1, 11).await.unwrap(), "an attempt is taken once");
+    let lease = store.outbox(Some(a1), 1).await.unwrap().remove(0).lease.expect("a claimed entry shows its lease");
+    assert_eq!(lease.until_ms, 11 + OUTBOX_LEASE_MS);
+    assert!(!lease.owner.is_empty());
+    assert_eq!(store.outbox(Some(a2), 1).await.unwrap()[0].lease, None, "an unclaimed entry has none");
     // a1 is in flight: a2 must wait for it.
     let due: Vec<i64> = store.due_outbound(12, 10).await.unwrap().iter().map(|i| i.id).collect();
     assert_eq!(due, vec![b1]);
@@ -292,6 +296,7 @@ pub(crate) async fn outbox_keeps_per_conversation_order_and_recovers_after_a_cra
         .unwrap();
     let retried = store.outbox(Some(a1), 1).await.unwrap().remove(0);
     assert_eq!((retried.last_error.as_deref(), retried.error_class), (Some("429"), Some(ErrorClass::Throttled)), "the class is kept");
+    assert_eq!(retried.lease, None, "a finished attempt gives its claim up");
     assert_eq!(store.due_outbound(50, 10).await.unwrap().iter().map(|i| i.id).collect::<Vec<_>>(), vec![b1]);
     assert!(store.due_outbound(100, 10).await.unwrap().iter().any(|i| i.id == a1));
     assert!(store.begin_outbound_attempt(a1, 101).await.unwrap());

@@ -501,3 +501,38 @@ async fn audit_head_is_printed_logged_exposed_and_checked() {
     let (ok, out) = cli(&app, &["audit", "--verify", "--expect-head", &head]);
     assert!(!ok && out.contains("BROKEN"), "{out}");
 }
+
+/// One `serve` per SQLite store: a second one is refused with a message that says why and what to do, and
+/// a create in flight when the process was SIGKILLed is recovered as `uncertain` as soon as the next `serve`
+/// starts (its lease, 60 s, is not waited for: no other process can hold a claim on this store). Fails when the
+/// serve lock is missing (the second serve starts) or when recovery at start honours the dead process's lease
+/// (the entry stays `sending` for a minute, beyond `settled`'s 15 s).
+#[tokio::test]
+async fn one_serve_per_sqlite_store_and_its_crash_is_recovered_at_once() {
+    let (oidc, fake, mut app) = setup().await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    let config = std::fs::read_to_string(&app.config).unwrap();
+    let second = TestApp::spawn_in_with(&app.dir.clone(), &opts, |_| config.clone()).await;
+    let err = second.err().expect("a second serve on the same SQLite store started");
+    assert!(err.contains("another `agentgate serve`") && err.contains("Postgres"), "{err}");
+    assert!(err.contains(&format!("pid {}", app.pid())), "the message names the holder: {err}");
+
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    fake.push_faults([Fault::Hang(Duration::from_secs(30))]);
+    let id = send(&app, &["--conversation", "a:conv-1", "--text", "on the wire when the process dies"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outbox(&app, id)["state"] != "sending" {
+        assert!(Instant::now() < deadline, "never sent: {}", app.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.kill();
+    let dir = app.dir.clone();
+    drop(app);
+    let app = TestApp::spawn_in_with(&dir, &opts, |_| config.clone()).await.unwrap();
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "uncertain", "{item}");
+    assert_eq!(item["error_class"], "interrupted", "{item}");
+    assert_eq!(fake.landed().len(), 0, "the create was re-posted");
+    audit_ok(&app);
+}

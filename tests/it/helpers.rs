@@ -467,6 +467,11 @@ impl TestApp {
     }
 
     /// SIGKILL: no chance to flush or clean up.
+    /// The process id of the running gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
