@@ -370,6 +370,28 @@ pub enum Finish {
     },
 }
 
+/// One sliding window of a rate limit shared by the replicas: at most `max` sends to `key` within `window_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotWindow {
+    pub key: String,
+    pub window_ms: i64,
+    pub max: i64,
+}
+
+/// A request for send slots in windows shared by every replica ([`Store::reserve_sends`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRequest {
+    /// Reservations with the same lock are serialised; every two requests that share a window must share it.
+    pub lock: String,
+    /// Every window the sends count in (several windows may share a key).
+    pub windows: Vec<SlotWindow>,
+    /// Sends to reserve, recorded under every key of `windows` when they all fit.
+    pub slots: i64,
+    /// Names what the slots are for (an outbox entry's attempt): a second reservation with the same token
+    /// (another replica about to race for the same entry) is granted without taking more slots.
+    pub token: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store is closed")]
@@ -469,6 +491,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// caller polls).
     fn subscribe_inbox(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
         None
+    }
+
+    /// Reserve `request.slots` sends in windows every replica shares, by the database's clock: `Ok(Some(Ok(())))`
+    /// when they fit every window (recorded), `Ok(Some(Err(wait)))` with how long until they would (nothing
+    /// recorded). `Ok(None)`: this backend shares no windows (one process): the caller limits in memory.
+    async fn reserve_sends(&self, request: &SlotRequest) -> Result<Option<Result<(), std::time::Duration>>, StoreError> {
+        let _ = request;
+        Ok(None)
     }
 
     /// Finish every write already submitted, then stop accepting writes.

@@ -308,3 +308,98 @@ async fn a_starting_replica_leaves_another_replicas_send_in_flight_alone() {
     drop(two);
     db.drop_it().await;
 }
+
+/// The most arrivals in any window of `window` (each arrival opening one); `times` sorted.
+fn most_in_window(times: &[std::time::Instant], window: Duration) -> usize {
+    (0..times.len()).map(|i| times[i..].iter().take_while(|t| t.duration_since(times[i]) < window).count()).max().unwrap_or(0)
+}
+
+/// Queue `sends` (conversation, text) straight into the shared outbox (as a third process would: all at once,
+/// so that a backlog forms), then wait until every entry is delivered.
+async fn queue_and_deliver(db: &Database, fake: &crate::fake_connector::FakeConnector, sends: &[(String, String)]) {
+    use agentgate::store::{NewOutbound, OutboundOp, OutboxState, PostgresOptions, PostgresStore, Store};
+    let config: tokio_postgres::Config = format!("postgres://{}@{}/{}?sslmode=disable", db.user, db.addr, db.name).parse().unwrap();
+    let metrics = Arc::new(agentgate::metrics::Metrics::default());
+    let store = PostgresStore::connect(config, PostgresOptions::default(), metrics, None).await.unwrap();
+    for (conversation, text) in sends {
+        let op = OutboundOp::Send { activity: serde_json::json!({"type": "message", "text": text}) };
+        let item = NewOutbound {
+            bot_app_id: APP_ID.into(),
+            tenant_id: TENANT.into(),
+            conversation_id: conversation.clone(),
+            service_url: fake.service_url.clone(),
+            op,
+            requested_by: "test".into(),
+            now_ms: agentgate::store::now_ms(),
+        };
+        store.enqueue_outbound(item).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let items = store.outbox(None, 10_000).await.unwrap();
+        if items.iter().all(|i| i.state == OutboxState::Delivered) && items.len() >= sends.len() {
+            break;
+        }
+        let stuck: Vec<_> =
+            items.iter().filter(|i| i.state != OutboxState::Delivered).map(|i| (i.id, i.state, i.last_error.clone())).collect();
+        assert!(std::time::Instant::now() < deadline, "not delivered: {stuck:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
+}
+
+/// Two gateways on one database hold Teams' rate limits together: sends queued for one conversation, and
+/// for many conversations of one tenant, delivered by both replicas, never arrive at the Connector faster
+/// than Teams allows (7 in any 1 s and 8 in any 2 s per conversation, 50 in any 1 s per tenant), though
+/// each replica alone would have let through as many again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_hold_teams_rate_limits_together() {
+    use crate::fake_connector::FakeConnector;
+    const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+    let Some(db) = Database::create().await else { return };
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    let one = TestApp::spawn(&opts).await;
+    let two = TestApp::spawn(&opts).await;
+    one.wait_ready().await;
+    two.wait_ready().await;
+    let delivered = "agentgate_outbound_attempts_total{outcome=\"delivered\"}";
+
+    // One conversation: 20 sends.
+    let sends: Vec<(String, String)> = (0..20).map(|i| ("a:conv-1".to_owned(), format!("one m{i}"))).collect();
+    queue_and_deliver(&db, &fake, &sends).await;
+    let landed = fake.landed();
+    let times: Vec<_> = landed.iter().map(|l| l.at).collect();
+    assert_eq!(times.len(), 20, "each once");
+    let (by_one, by_two) = (one.metric(delivered).await, two.metric(delivered).await);
+    eprintln!(
+        "one conversation: delivered by replica one {by_one}, by two {by_two}; at most {} in 1 s, {} in 2 s",
+        most_in_window(&times, Duration::from_secs(1)),
+        most_in_window(&times, Duration::from_secs(2))
+    );
+    assert!(most_in_window(&times, Duration::from_secs(1)) <= 7, "7 per second per conversation");
+    assert!(most_in_window(&times, Duration::from_secs(2)) <= 8, "8 per 2 s per conversation");
+
+    // One tenant: 60 conversations, two sends each (120 sends, beyond 50 per second).
+    let sends: Vec<(String, String)> = (0..120).map(|i| (format!("a:tenant-{}", i % 60), format!("tenant m{i}"))).collect();
+    queue_and_deliver(&db, &fake, &sends).await;
+    let landed = fake.landed();
+    let times: Vec<_> = landed[20..].iter().map(|l| l.at).collect();
+    assert_eq!(times.len(), 120, "each once");
+    let (now_one, now_two) = (one.metric(delivered).await, two.metric(delivered).await);
+    eprintln!(
+        "one tenant: delivered by replica one {}, by two {}; at most {} in 1 s",
+        now_one - by_one,
+        now_two - by_two,
+        most_in_window(&times, Duration::from_secs(1))
+    );
+    assert!(now_one > by_one && now_two > by_two, "both replicas delivered");
+    assert!(most_in_window(&times, Duration::from_secs(1)) <= 50, "50 per second per tenant, across conversations and replicas");
+    assert_eq!(fake.state.requests.load(std::sync::atomic::Ordering::SeqCst), 140, "nothing refused, nothing sent twice");
+    drop(one);
+    drop(two);
+    db.drop_it().await;
+}
