@@ -41,8 +41,8 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, InboundRecord, InboxItem, InboxState, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SlotRequest, Store, StoreError, now_ms,
+    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, InboundRecord, InboxItem, InboxState, NewOutbound,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SharedApprovals, SharedVerdict, SlotRequest, Store, StoreError, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -145,6 +145,23 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX throttle_sends_window ON throttle_sends (scope_key, at_ms);
     CREATE INDEX throttle_sends_token ON throttle_sends (token) WHERE token IS NOT NULL;",
+    // 4: permission requests shared by the replicas (`SharedApprovals`): opened by the replica whose session
+    // asked (`owner`), decided once on any replica (`open` → `decided`), forwarded by the owner (`forwarded`),
+    // or closed by it (`closed`).
+    "CREATE TABLE approvals (
+        request_id    TEXT   PRIMARY KEY,
+        bot_app_id    TEXT   NOT NULL,
+        approvers     TEXT[] NOT NULL,
+        tool_name     TEXT   NOT NULL,
+        cards         TEXT   NOT NULL DEFAULT '[]',
+        owner         TEXT   NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        state         TEXT   NOT NULL,
+        verdict       TEXT,
+        decided_by    TEXT,
+        updated_at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX approvals_live ON approvals (owner, state) WHERE state IN ('open', 'decided');",
 ];
 
 /// The schema version this build writes.
@@ -190,14 +207,23 @@ pub struct PostgresStore {
     replica: String,
     /// The newest inbox id announced on [`INBOX_CHANNEL`] (by any replica).
     inbox_signal: watch::Sender<i64>,
+    /// Bumped for each announcement on [`APPROVAL_CHANNEL`] (by any replica).
+    approval_signal: watch::Sender<u64>,
     /// The connection that listens for the announcements, started by the first subscriber.
     listener: Mutex<Listener>,
     /// When this handle last removed the rate-limit rows no window needs any more.
     throttle_pruned: Mutex<Instant>,
 }
 
-/// Starts the task that listens for inbox announcements.
-type StartListener = Box<dyn FnOnce(watch::Sender<i64>) -> JoinHandle<()> + Send>;
+/// Where the listener publishes what it hears.
+#[derive(Clone)]
+struct Signals {
+    inbox: watch::Sender<i64>,
+    approvals: watch::Sender<u64>,
+}
+
+/// Starts the task that listens for inbox and approval announcements.
+type StartListener = Box<dyn FnOnce(Signals) -> JoinHandle<()> + Send>;
 
 enum Listener {
     NotStarted(StartListener),
@@ -209,13 +235,17 @@ enum Listener {
 /// `<schema>:<id>`: channels are database-wide, and gateways in other schemas of the database ignore it.
 pub const INBOX_CHANNEL: &str = "agentgate_inbox";
 
+/// The channel on which a replica announces that a permission request was opened, decided or closed, as
+/// `<schema>:<request id>` (on commit only).
+pub const APPROVAL_CHANNEL: &str = "agentgate_approval";
+
 /// The schema the store's tables are in (as `search_path` resolves them), or '' if none.
 const CURRENT_SCHEMA: &str = "SELECT COALESCE(current_schema(), '')::TEXT";
 
 /// Listen for inbox announcements on a connection of its own (outside the pool: a pooled connection would
 /// be recycled and miss them), reconnecting with backoff, and publish each announced id on `signal`. After
 /// every (re)connection the subscribers are woken once, to read what was committed while nobody listened.
-async fn listen_loop<T>(config: tokio_postgres::Config, tls: T, signal: watch::Sender<i64>)
+async fn listen_loop<T>(config: tokio_postgres::Config, tls: T, signals: Signals)
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Send + Sync + 'static,
     T::Stream: Send + 'static,
@@ -228,12 +258,12 @@ where
         match config.connect(tls.clone()).await {
             Err(e) => tracing::warn!(error = %pg_err(&e), "cannot listen for inbox announcements; retrying"),
             Ok((client, mut connection)) => {
-                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+                let (tx, mut rx) = mpsc::unbounded_channel::<(String, String)>();
                 let driver = tokio::spawn(async move {
                     while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                         match message {
                             Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                let _ = tx.send(n.payload().to_owned());
+                                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
                             }
                             Ok(_) => {}
                             Err(e) => return Err(e),
@@ -242,20 +272,22 @@ where
                     Ok(())
                 });
                 let listening = async {
-                    client.batch_execute(&format!("LISTEN {INBOX_CHANNEL}")).await?;
+                    client.batch_execute(&format!("LISTEN {INBOX_CHANNEL}; LISTEN {APPROVAL_CHANNEL}")).await?;
                     client.query_one(CURRENT_SCHEMA, &[]).await.map(|r| r.get::<_, String>(0))
                 };
                 match listening.await {
                     Err(e) => tracing::warn!(error = %pg_err(&e), "cannot listen for inbox announcements; retrying"),
                     Ok(schema) => {
                         backoff = Duration::from_millis(250);
-                        signal.send_modify(|_| {});
-                        while let Some(payload) = rx.recv().await {
-                            // The channel is database-wide: only this schema's announcements count.
-                            if let Some(id) =
-                                payload.rsplit_once(':').filter(|(s, _)| *s == schema).and_then(|(_, id)| id.parse::<i64>().ok())
-                            {
-                                signal.send_modify(|newest| *newest = (*newest).max(id));
+                        signals.inbox.send_modify(|_| {});
+                        signals.approvals.send_modify(|n| *n = n.wrapping_add(1));
+                        while let Some((channel, payload)) = rx.recv().await {
+                            // Channels are database-wide: only this schema's announcements count.
+                            let Some((_, value)) = payload.split_once(':').filter(|(s, _)| *s == schema) else { continue };
+                            if channel == APPROVAL_CHANNEL {
+                                signals.approvals.send_modify(|n| *n = n.wrapping_add(1));
+                            } else if let Ok(id) = value.parse::<i64>() {
+                                signals.inbox.send_modify(|newest| *newest = (*newest).max(id));
                             }
                         }
                     }
@@ -341,7 +373,7 @@ impl PostgresStore {
             let listen = (config.clone(), tls.clone());
             (
                 Manager::from_config(config, tls, manager_config),
-                Box::new(move |signal| tokio::spawn(listen_loop(listen.0, listen.1, signal))),
+                Box::new(move |signals| tokio::spawn(listen_loop(listen.0, listen.1, signals))),
             )
         } else {
             // TLS only when asked: `prefer` would try TLS without verifying it, which protects nothing.
@@ -349,7 +381,7 @@ impl PostgresStore {
             let listen = config.clone();
             (
                 Manager::from_config(config, tokio_postgres::NoTls, manager_config),
-                Box::new(move |signal| tokio::spawn(listen_loop(listen, tokio_postgres::NoTls, signal))),
+                Box::new(move |signals| tokio::spawn(listen_loop(listen, tokio_postgres::NoTls, signals))),
             )
         };
         let pool = Pool::builder(manager)
@@ -381,6 +413,7 @@ impl PostgresStore {
             head: Mutex::new(None),
             replica: super::new_replica_id(),
             inbox_signal: watch::channel(0).0,
+            approval_signal: watch::channel(0).0,
             listener: Mutex::new(Listener::NotStarted(listener)),
             throttle_pruned: Mutex::new(Instant::now()),
         })
@@ -403,6 +436,16 @@ impl PostgresStore {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql).await?;
         Ok(client.execute(&stmt, params).await?)
+    }
+
+    /// Start the connection that listens for announcements, once.
+    fn start_listener(&self) {
+        let mut listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(*listener, Listener::NotStarted(_))
+            && let Listener::NotStarted(start) = std::mem::replace(&mut *listener, Listener::Stopped)
+        {
+            *listener = Listener::Running(start(Signals { inbox: self.inbox_signal.clone(), approvals: self.approval_signal.clone() }));
+        }
     }
 
     /// Append `event` to the chain inside `tx` (which then holds the chain's lock until it ends).
@@ -1118,13 +1161,12 @@ impl Store for PostgresStore {
     }
 
     fn subscribe_inbox(&self) -> Option<watch::Receiver<i64>> {
-        let mut listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
-        if matches!(*listener, Listener::NotStarted(_))
-            && let Listener::NotStarted(start) = std::mem::replace(&mut *listener, Listener::Stopped)
-        {
-            *listener = Listener::Running(start(self.inbox_signal.clone()));
-        }
+        self.start_listener();
         Some(self.inbox_signal.subscribe())
+    }
+
+    fn shared_approvals(&self) -> Option<&dyn SharedApprovals> {
+        Some(self)
     }
 
     async fn close(&self) {
@@ -1142,6 +1184,163 @@ impl Store for PostgresStore {
         }
         self.closed.store(true, Ordering::Release);
         self.pool.close();
+    }
+}
+
+/// Announce a change of request `$1` to every replica (on commit).
+const NOTIFY_APPROVAL: &str = "SELECT pg_notify('agentgate_approval', COALESCE(current_schema(), '') || ':' || $1)";
+
+fn cards_of(json: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+#[async_trait]
+impl SharedApprovals for PostgresStore {
+    fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    async fn open_approval(&self, r: &ApprovalRecord, now_ms: i64) -> Result<bool, StoreError> {
+        let cards = serde_json::Value::Array(r.cards.clone()).to_string();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // A row left by an earlier request with this id is reused unless that request is still open (or
+        // decided and not yet forwarded to its session).
+        let opened = tx
+            .query_opt(
+                "INSERT INTO approvals (request_id, bot_app_id, approvers, tool_name, cards, owner, expires_at_ms, state, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8)
+                 ON CONFLICT (request_id) DO UPDATE SET
+                     bot_app_id = excluded.bot_app_id, approvers = excluded.approvers, tool_name = excluded.tool_name,
+                     cards = excluded.cards, owner = excluded.owner, expires_at_ms = excluded.expires_at_ms, state = 'open',
+                     verdict = NULL, decided_by = NULL, updated_at_ms = excluded.updated_at_ms
+                 WHERE approvals.state IN ('forwarded', 'closed')
+                    OR (approvals.state IN ('open', 'decided') AND approvals.expires_at_ms <= $8)
+                 RETURNING 1",
+                &[&r.request_id, &r.bot_app_id, &r.approvers, &r.tool_name, &cards, &self.replica, &r.expires_at_ms, &now_ms],
+            )
+            .await?
+            .is_some();
+        if opened {
+            tx.execute(NOTIFY_APPROVAL, &[&r.request_id]).await?;
+        }
+        tx.commit().await?;
+        Ok(opened)
+    }
+
+    async fn add_approval_card(&self, request_id: &str, card: &serde_json::Value) -> Result<(), StoreError> {
+        let card = card.to_string();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "UPDATE approvals SET cards = (cards::JSONB || jsonb_build_array($2::TEXT::JSONB))::TEXT
+             WHERE request_id = $1 AND owner = $3 AND state = 'open'",
+            &[&request_id, &card, &self.replica],
+        )
+        .await?;
+        tx.execute(NOTIFY_APPROVAL, &[&request_id]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn decide_approval(
+        &self,
+        bot_app_id: &str,
+        request_id: &str,
+        aad: &str,
+        behavior: &str,
+        now_ms: i64,
+    ) -> Result<ApprovalDecision, StoreError> {
+        let (bot, aad) = (bot_app_id.to_ascii_lowercase(), aad.trim().to_ascii_lowercase());
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let decided = tx
+            .query_opt(
+                "UPDATE approvals SET state = 'decided', verdict = $4, decided_by = $3, updated_at_ms = $5
+                 WHERE request_id = $1 AND bot_app_id = $2 AND state = 'open' AND expires_at_ms > $5 AND $3 = ANY(approvers)
+                 RETURNING tool_name, cards, owner",
+                &[&request_id, &bot, &aad, &behavior, &now_ms],
+            )
+            .await?;
+        let decision = match decided {
+            Some(row) => {
+                tx.execute(NOTIFY_APPROVAL, &[&request_id]).await?;
+                ApprovalDecision::Decided { tool_name: row.get(0), cards: cards_of(row.get(1)), owner: row.get(2) }
+            }
+            None => match tx
+                .query_opt(
+                    "SELECT tool_name FROM approvals WHERE request_id = $1 AND bot_app_id = $2 AND state = 'open' AND expires_at_ms > $3",
+                    &[&request_id, &bot, &now_ms],
+                )
+                .await?
+            {
+                Some(row) => ApprovalDecision::NotApprover { tool_name: row.get(0) },
+                None => ApprovalDecision::Unknown,
+            },
+        };
+        tx.commit().await?;
+        Ok(decision)
+    }
+
+    async fn close_approval(&self, request_id: &str) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let closed = tx
+            .execute(
+                "UPDATE approvals SET state = 'closed', updated_at_ms = $3 WHERE request_id = $1 AND owner = $2 AND state = 'open'",
+                &[&request_id, &self.replica, &now_ms()],
+            )
+            .await?;
+        if closed > 0 {
+            tx.execute(NOTIFY_APPROVAL, &[&request_id]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn open_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT request_id, bot_app_id, approvers, tool_name, cards, owner, expires_at_ms FROM approvals
+                 WHERE state = 'open' AND expires_at_ms > $1",
+                &[&now_ms],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ApprovalRecord {
+                request_id: r.get(0),
+                bot_app_id: r.get(1),
+                approvers: r.get(2),
+                tool_name: r.get(3),
+                cards: cards_of(r.get(4)),
+                owner: r.get(5),
+                expires_at_ms: r.get(6),
+            })
+            .collect())
+    }
+
+    async fn take_verdicts(&self) -> Result<Vec<SharedVerdict>, StoreError> {
+        let rows = self
+            .query(
+                "UPDATE approvals SET state = 'forwarded', updated_at_ms = $2 WHERE owner = $1 AND state = 'decided'
+                 RETURNING request_id, verdict, decided_by",
+                &[&self.replica, &now_ms()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SharedVerdict {
+                request_id: r.get(0),
+                behavior: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                by: r.get::<_, Option<String>>(2).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    fn subscribe_approvals(&self) -> watch::Receiver<u64> {
+        self.start_listener();
+        self.approval_signal.subscribe()
     }
 }
 
