@@ -41,8 +41,9 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, InboundRecord, InboxItem, InboxState, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SharedApprovals, SharedVerdict, SlotRequest, Store, StoreError, now_ms,
+    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, InboundRecord,
+    InboxItem, InboxState, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SharedApprovals, SharedVerdict, SlotRequest,
+    Store, StoreError, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -283,7 +284,9 @@ where
                         signals.approvals.send_modify(|n| *n = n.wrapping_add(1));
                         while let Some((channel, payload)) = rx.recv().await {
                             // Channels are database-wide: only this schema's announcements count.
-                            let Some((_, value)) = payload.split_once(':').filter(|(s, _)| *s == schema) else { continue };
+                            let Some(value) = payload.strip_prefix(schema.as_str()).and_then(|rest| rest.strip_prefix(':')) else {
+                                continue;
+                            };
                             if channel == APPROVAL_CHANNEL {
                                 signals.approvals.send_modify(|n| *n = n.wrapping_add(1));
                             } else if let Ok(id) = value.parse::<i64>() {
