@@ -1736,6 +1736,59 @@ pub(crate) mod tests {
         store.close().await;
     }
 
+    /// A request shared by two replicas: its id is refused while open anywhere; it is decided once, only by an
+    /// approver, only through its bot, only before it expires; only its owner takes the verdict (once) or
+    /// closes it; a settled id can be asked again.
+    #[tokio::test]
+    async fn a_shared_request_is_opened_once_decided_once_and_forwarded_by_its_owner() {
+        let Some(b) = postgres() else { return };
+        let (one, two) = (b.open(None).await, b.open(None).await);
+        let (s1, s2) = (one.shared_approvals().unwrap(), two.shared_approvals().unwrap());
+        let mut woken = s1.subscribe_approvals();
+        tokio::time::timeout(Duration::from_secs(5), woken.changed()).await.expect("the listener started").unwrap();
+        woken.borrow_and_update();
+        let record = |id: &str, expires_at_ms: i64| ApprovalRecord {
+            request_id: id.into(),
+            bot_app_id: "bot".into(),
+            approvers: vec!["alex".into()],
+            tool_name: "Bash".into(),
+            cards: Vec::new(),
+            owner: String::new(),
+            expires_at_ms,
+        };
+        assert!(s2.open_approval(&record("abcde", 10_000), 1_000).await.unwrap());
+        tokio::time::timeout(Duration::from_secs(1), woken.changed()).await.expect("announced to the other replica").unwrap();
+        assert!(!s1.open_approval(&record("abcde", 10_000), 1_000).await.unwrap(), "open on another replica");
+        s2.add_approval_card("abcde", &serde_json::json!({"outbox_id": 7})).await.unwrap();
+        let open = s1.open_approvals(1_000).await.unwrap();
+        assert_eq!((open.len(), open[0].owner.as_str(), open[0].cards.len()), (1, s2.replica_id(), 1), "{open:?}");
+        assert!(s1.open_approvals(10_000).await.unwrap().is_empty(), "expired by then");
+        assert_eq!(
+            s1.decide_approval("bot", "abcde", "eve", "allow", 2_000).await.unwrap(),
+            ApprovalDecision::NotApprover { tool_name: "Bash".into() }
+        );
+        assert_eq!(s1.decide_approval("other-bot", "abcde", "alex", "allow", 2_000).await.unwrap(), ApprovalDecision::Unknown);
+        assert_eq!(s1.decide_approval("bot", "abcde", "alex", "allow", 10_000).await.unwrap(), ApprovalDecision::Unknown, "expired");
+        s1.close_approval("abcde").await.unwrap();
+        let decided = s1.decide_approval("BOT", "abcde", " ALEX ", "allow", 2_000).await.unwrap();
+        assert!(
+            matches!(&decided, ApprovalDecision::Decided { owner, cards, .. } if owner == s2.replica_id() && cards.len() == 1),
+            "{decided:?}"
+        );
+        assert_eq!(s2.decide_approval("bot", "abcde", "alex", "deny", 2_000).await.unwrap(), ApprovalDecision::Unknown, "decided once");
+        assert!(s1.take_verdicts().await.unwrap().is_empty(), "not the owner");
+        let verdicts = s2.take_verdicts().await.unwrap();
+        assert_eq!(verdicts, vec![SharedVerdict { request_id: "abcde".into(), behavior: "allow".into(), by: "alex".into() }]);
+        assert!(s2.take_verdicts().await.unwrap().is_empty(), "taken once");
+        assert!(s1.open_approval(&record("abcde", 20_000), 3_000).await.unwrap(), "settled: the id can be asked again");
+        s2.close_approval("abcde").await.unwrap();
+        assert_eq!(s1.open_approvals(3_000).await.unwrap().len(), 1, "only the owner closes");
+        s1.close_approval("abcde").await.unwrap();
+        assert!(s1.open_approvals(3_000).await.unwrap().is_empty());
+        one.close().await;
+        two.close().await;
+    }
+
     fn suite_outbound(conv: &str, op: OutboundOp) -> NewOutbound {
         NewOutbound {
             bot_app_id: "bot".into(),

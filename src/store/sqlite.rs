@@ -1131,6 +1131,7 @@ mod tests {
         let store = b.open(None).await;
         let request = crate::connector::throttle::shared_slots("bot", "t", "a:1", 1, None);
         assert_eq!(store.reserve_sends(&request).await.unwrap(), None);
+        assert!(store.shared_approvals().is_none(), "approvals stay in the process too");
         store.close().await;
     }
 
