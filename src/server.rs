@@ -142,8 +142,12 @@ impl Gateway {
             .collect();
         let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics))
             .with_key_settings(settings);
-        // With replicas (Postgres) the requests are shared through the store.
-        let approvals = Arc::new(crate::mcp::Approvals::shared(Arc::clone(&store)));
+        // With replicas (Postgres) the requests are shared through the store (when some bot has approvers).
+        let approvals = Arc::new(if cfg.bots.iter().any(|b| !b.policy.approvers.is_empty()) {
+            crate::mcp::Approvals::shared(Arc::clone(&store))
+        } else {
+            crate::mcp::Approvals::default()
+        });
         if let Some(task) = approvals.spawn_sync() {
             background.push(task);
         }

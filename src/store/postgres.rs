@@ -214,6 +214,8 @@ pub struct PostgresStore {
     listener: Mutex<Listener>,
     /// When this handle last removed the rate-limit rows no window needs any more.
     throttle_pruned: Mutex<Instant>,
+    /// When this handle last removed long-settled permission requests.
+    approvals_pruned: Mutex<Instant>,
 }
 
 /// Where the listener publishes what it hears.
@@ -419,6 +421,7 @@ impl PostgresStore {
             approval_signal: watch::channel(0).0,
             listener: Mutex::new(Listener::NotStarted(listener)),
             throttle_pruned: Mutex::new(Instant::now()),
+            approvals_pruned: Mutex::new(Instant::now()),
         })
     }
 
@@ -1190,6 +1193,11 @@ impl Store for PostgresStore {
     }
 }
 
+/// How often a store handle removes settled permission requests, and how long they are kept (their rows
+/// only matter while open; the audit log keeps the record).
+const APPROVALS_PRUNE_EVERY: Duration = Duration::from_secs(600);
+const SETTLED_APPROVALS_KEPT_MS: i64 = 24 * 3600 * 1000;
+
 /// Announce a change of request `$1` to every replica (on commit).
 const NOTIFY_APPROVAL: &str = "SELECT pg_notify('agentgate_approval', COALESCE(current_schema(), '') || ':' || $1)";
 
@@ -1324,6 +1332,22 @@ impl SharedApprovals for PostgresStore {
     }
 
     async fn take_verdicts(&self) -> Result<Vec<SharedVerdict>, StoreError> {
+        let due = {
+            let mut last = self.approvals_pruned.lock().unwrap_or_else(PoisonError::into_inner);
+            let due = last.elapsed() >= APPROVALS_PRUNE_EVERY;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if due {
+            let horizon = now_ms().saturating_sub(SETTLED_APPROVALS_KEPT_MS);
+            if let Err(e) =
+                self.execute("DELETE FROM approvals WHERE state IN ('forwarded', 'closed') AND updated_at_ms < $1", &[&horizon]).await
+            {
+                tracing::warn!(error = %e, "could not remove settled permission requests");
+            }
+        }
         let rows = self
             .query(
                 "UPDATE approvals SET state = 'forwarded', updated_at_ms = $2 WHERE owner = $1 AND state = 'decided'
