@@ -686,11 +686,16 @@ const THROTTLE_LOCK: &str = "SELECT pg_advisory_xact_lock(7062, hashtext(COALESC
 /// it sees every reservation committed before). For each window (`$1` key, `$2` length, `$3` = its most
 /// sends minus the slots asked): the send that must leave the window before the slots fit is the one `$3` places behind
 /// the newest inside it; the latest such leaving time decides the wait (`leaves`, NULL: they fit now). A
-/// token already recorded (`$4`) is granted again without new rows. Rows are written per key (`$5`) with how
+/// token recorded within the shortest window (`$4`: replicas racing for one entry) is granted again without
+/// new rows; an older one (the entry waited since) reserves afresh. Rows are written per key (`$5`) with how
 /// long the key's longest window keeps them (`$6`), `$7` times each. Returns (now, leaves, held).
 const RESERVE_SENDS: &str = "
 WITH now AS MATERIALIZED (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT AS ms),
-held AS MATERIALIZED (SELECT $4::TEXT IS NOT NULL AND EXISTS (SELECT 1 FROM throttle_sends WHERE token = $4::TEXT) AS yes),
+held AS MATERIALIZED (
+    SELECT $4::TEXT IS NOT NULL AND EXISTS (
+        SELECT 1 FROM throttle_sends, now WHERE token = $4::TEXT AND at_ms > now.ms - (SELECT MIN(w) FROM unnest($2::BIGINT[]) AS w)
+    ) AS yes
+),
 waits AS MATERIALIZED (
     SELECT MAX(w.win + (SELECT t.at_ms FROM throttle_sends t WHERE t.scope_key = w.k AND t.at_ms > now.ms - w.win
                         ORDER BY t.at_ms DESC OFFSET w.off LIMIT 1)) AS leaves
@@ -1716,6 +1721,12 @@ pub(crate) mod tests {
         let tenant: i64 =
             client.query_one("SELECT count(*) FROM throttle_sends WHERE scope_key = $1", &[&"t\u{1f}bot\u{1f}t"]).await.unwrap().get(0);
         assert_eq!(tenant, 8, "one tenant window");
+        // A token older than the shortest window (the entry waited since) counts afresh in the windows of now.
+        let stale = "SELECT count(*) FROM throttle_sends WHERE token = 'outbox:1:0'";
+        assert_eq!(client.query_one(stale, &[]).await.unwrap().get::<_, i64>(0), 2, "one slot, per key");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(one.reserve_sends(&slots(1, Some("outbox:1:0"))).await.unwrap(), Some(Ok(())));
+        assert_eq!(client.query_one(stale, &[]).await.unwrap().get::<_, i64>(0), 4, "reserved again");
         drop(client);
         let _ = driver.await;
         one.close().await;
