@@ -184,7 +184,15 @@ impl Gateway {
             .collect();
         let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics))
             .with_key_settings(settings);
-        let approvals = Arc::new(crate::mcp::Approvals::default());
+        // With replicas (Postgres) the requests are shared through the store (when some bot has approvers).
+        let approvals = Arc::new(if cfg.bots.iter().any(|b| !b.policy.approvers.is_empty()) {
+            crate::mcp::Approvals::shared(Arc::clone(&store))
+        } else {
+            crate::mcp::Approvals::default()
+        });
+        if let Some(task) = approvals.spawn_sync() {
+            background.push(task);
+        }
         let gate = Arc::new(crate::bridge::gate::InboundGate::new(
             cfg.bots.iter().map(|b| (b.app_id.to_string(), b.policy.clone())),
             Arc::clone(&approvals),

@@ -8,7 +8,7 @@
 //! so requests expire and their cards are updated to say so.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -66,7 +66,7 @@ pub struct Verdict {
 }
 
 /// A card sent for a request (to update when it is decided or expires).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CardRef {
     pub outbox_id: i64,
     pub bot_app_id: crate::ids::AppId,
@@ -113,13 +113,178 @@ pub struct Settled {
 /// Open requests, keyed by request id. An id is open at most once at a time, across every session and
 /// bot: a second request with the id of an open one is refused ([`Approvals::register`]), so that an
 /// answer (typed or clicked) names exactly one request and reaches only the session that asked.
+///
+/// With replicas on Postgres ([`Approvals::shared`]) the requests are also in the database: an id is refused
+/// when it is open on any replica, an answer reaching any replica decides the request there (once,
+/// cluster-wide, [`crate::store::SharedApprovals::decide_approval`]) and that replica updates the cards; the
+/// replica whose session asked (the owner) forwards the verdict when the decision is announced (NOTIFY) or at
+/// the latest at its next re-scan. Intake decides from memory whether a message could be an answer: the open
+/// requests of the whole cluster are mirrored here, refreshed on each announcement and every
+/// [`RESCAN_EVERY`].
 #[derive(Debug, Default)]
 pub struct Approvals {
+    /// The requests of this process's sessions.
     pending: Mutex<HashMap<String, PendingApproval>>,
     settled: Mutex<Vec<Settled>>,
+    cluster: Option<Cluster>,
+}
+
+/// How often the open requests of the cluster are re-read even without an announcement.
+pub(crate) const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The database that shares the requests, and the cluster's open requests as last read.
+#[derive(Debug)]
+struct Cluster {
+    store: Arc<dyn crate::store::Store>,
+    open: Mutex<HashMap<String, crate::store::ApprovalRecord>>,
+}
+
+impl Cluster {
+    fn shared(&self) -> &dyn crate::store::SharedApprovals {
+        self.store.shared_approvals().unwrap_or_else(|| unreachable!("built only for a store that shares approvals"))
+    }
 }
 
 impl Approvals {
+    /// Requests shared through `store` when it shares them (Postgres), else kept in memory.
+    pub fn shared(store: Arc<dyn crate::store::Store>) -> Self {
+        if store.shared_approvals().is_none() {
+            return Self::default();
+        }
+        Self { cluster: Some(Cluster { store, open: Mutex::new(HashMap::new()) }), ..Self::default() }
+    }
+
+    /// The open requests of the cluster as last read ([`Self::sync`]); none without replicas.
+    fn mirrored<T>(&self, request_id: &str, f: impl FnOnce(&crate::store::ApprovalRecord) -> T) -> Option<T> {
+        let cluster = self.cluster.as_ref()?;
+        let open = cluster.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(request_id).filter(|r| r.expires_at_ms > crate::store::now_ms()).map(f)
+    }
+
+    /// Publish a request registered here to the cluster: false when its id is open on another replica (or
+    /// the database could not say otherwise). Without replicas: true.
+    pub async fn open_shared(&self, request_id: &str) -> bool {
+        let Some(cluster) = &self.cluster else { return true };
+        let record = {
+            let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(p) = pending.get(request_id) else { return false };
+            crate::store::ApprovalRecord {
+                request_id: p.request_id.clone(),
+                bot_app_id: p.bot_app_id.to_ascii_lowercase(),
+                approvers: p.approvers.iter().map(|a| a.as_str().trim().to_ascii_lowercase()).collect(),
+                tool_name: p.tool_name.clone(),
+                cards: Vec::new(),
+                owner: cluster.shared().replica_id().to_owned(),
+                expires_at_ms: p.expires_at_ms,
+            }
+        };
+        match cluster.shared().open_approval(&record, crate::store::now_ms()).await {
+            Ok(true) => {
+                cluster.open.lock().unwrap_or_else(PoisonError::into_inner).insert(record.request_id.clone(), record);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "could not record a permission request in the store; refused");
+                false
+            }
+        }
+    }
+
+    /// Record a card of a request this process opened, for every replica.
+    pub async fn add_card_shared(&self, request_id: &str, card: &CardRef) {
+        let Some(cluster) = &self.cluster else { return };
+        let json = serde_json::to_value(card).unwrap_or_default();
+        if let Some(r) = cluster.open.lock().unwrap_or_else(PoisonError::into_inner).get_mut(request_id) {
+            r.cards.push(json.clone());
+        }
+        if let Err(e) = cluster.shared().add_approval_card(request_id, &json).await {
+            tracing::warn!(error = %e, request_id, "could not record an approval card in the store; clicks on it reaching another replica are refused");
+        }
+    }
+
+    /// Close, for every replica, a request this process opened (withdrawn, expired, or its session ended).
+    pub async fn close_shared(&self, request_id: &str) {
+        let Some(cluster) = &self.cluster else { return };
+        cluster.open.lock().unwrap_or_else(PoisonError::into_inner).remove(request_id);
+        if let Err(e) = cluster.shared().close_approval(request_id).await {
+            tracing::warn!(error = %e, request_id, "could not close a permission request in the store (it expires there by itself)");
+        }
+    }
+
+    /// Re-read the cluster's open requests, and forward the verdicts given on other replicas to the sessions
+    /// of this process. Without replicas: nothing.
+    pub async fn sync(&self) {
+        let Some(cluster) = &self.cluster else { return };
+        match cluster.shared().open_approvals(crate::store::now_ms()).await {
+            Ok(records) => {
+                *cluster.open.lock().unwrap_or_else(PoisonError::into_inner) =
+                    records.into_iter().map(|r| (r.request_id.clone(), r)).collect();
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the open permission requests"),
+        }
+        match cluster.shared().take_verdicts().await {
+            Ok(verdicts) => {
+                for v in verdicts {
+                    let Some(behavior) = Behavior::parse(&v.behavior) else { continue };
+                    self.forward(Verdict { request_id: v.request_id, behavior, by: v.by });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the verdicts for this replica's permission requests"),
+        }
+    }
+
+    /// Keep the mirror and the verdicts current: on every announcement, and every [`RESCAN_EVERY`] (the
+    /// safety net for a lost one). `None` without replicas.
+    pub fn spawn_sync(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let cluster = self.cluster.as_ref()?;
+        let mut announced = cluster.shared().subscribe_approvals();
+        let this = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            loop {
+                this.sync().await;
+                tokio::select! {
+                    changed = announced.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(RESCAN_EVERY) => {}
+                }
+            }
+        }))
+    }
+
+    /// Hand a verdict decided elsewhere to the session of this process that asked (once: the request leaves
+    /// `pending`). The deciding replica updates the cards.
+    fn forward(&self, verdict: Verdict) {
+        let Some(p) = self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&verdict.request_id) else { return };
+        tracing::info!(request_id = %verdict.request_id, "a verdict given on another replica reached the session that asked");
+        let _ = p.verdicts.send(verdict);
+    }
+
+    /// An answer from `aad` through `bot_app_id`, on any replica: with replicas, decided in the database
+    /// (once, cluster-wide) and the verdict forwarded by the owner; else [`Self::decide`].
+    pub async fn decide_anywhere(&self, bot_app_id: &str, request_id: &str, aad: &str, behavior: Behavior) -> Decision {
+        let Some(cluster) = &self.cluster else { return self.decide(bot_app_id, request_id, aad, behavior) };
+        let shared = cluster.shared();
+        let decided = shared.decide_approval(bot_app_id, request_id, aad, behavior.as_str(), crate::store::now_ms()).await;
+        match decided {
+            Ok(crate::store::ApprovalDecision::Decided { tool_name, cards, owner }) => {
+                cluster.open.lock().unwrap_or_else(PoisonError::into_inner).remove(request_id);
+                let verdict = Verdict { request_id: request_id.to_owned(), behavior, by: aad.trim().to_ascii_lowercase() };
+                if owner == shared.replica_id() {
+                    // Asked here: forward now (the re-scan finds nothing left to forward).
+                    self.forward(verdict.clone());
+                }
+                let cards = cards.into_iter().filter_map(|c| serde_json::from_value(c).ok()).collect();
+                Decision::Decided { verdict, tool_name, cards }
+            }
+            Ok(crate::store::ApprovalDecision::NotApprover { tool_name }) => Decision::NotApprover { tool_name },
+            Ok(crate::store::ApprovalDecision::Unknown) => Decision::Unknown,
+            Err(e) => {
+                tracing::error!(error = %e, request_id, "could not decide a permission request in the store; nothing was decided");
+                Decision::Unknown
+            }
+        }
+    }
+
     /// Queue the card updates of a decided request (done by the hub's sweeper).
     pub fn push_settled(&self, request_id: String, tool_name: String, cards: Vec<CardRef>, text: String) {
         self.settled.lock().unwrap_or_else(PoisonError::into_inner).push(Settled { request_id, tool_name, cards, text });
@@ -145,14 +310,23 @@ impl Approvals {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(request_id)
     }
 
-    /// The cards sent for an open request of this bot.
+    /// The cards sent for an open request of this bot (asked here, or on another replica).
     pub fn cards_of(&self, bot_app_id: &str, request_id: &str) -> Vec<CardRef> {
-        self.pending
+        let local = self
+            .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(request_id)
             .filter(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id))
-            .map(|p| p.cards.clone())
+            .map(|p| p.cards.clone());
+        local
+            .or_else(|| {
+                self.mirrored(request_id, |r| {
+                    (r.bot_app_id.eq_ignore_ascii_case(bot_app_id))
+                        .then(|| r.cards.iter().filter_map(|c| serde_json::from_value(c.clone()).ok()).collect())
+                })
+                .flatten()
+            })
             .unwrap_or_default()
     }
 
@@ -162,27 +336,46 @@ impl Approvals {
         }
     }
 
-    /// Whether no request is open at all (then no message can be an answer).
+    /// Whether no request is open at all, here or (as last read) on another replica: then no message can
+    /// be an answer. No database trip.
     pub fn none_open(&self) -> bool {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+            && self.cluster.as_ref().is_none_or(|c| c.open.lock().unwrap_or_else(PoisonError::into_inner).is_empty())
     }
 
-    /// Whether a request with this id is open for this bot.
+    /// Whether a request with this id is open for this bot (here, or on another replica as last read).
     pub fn is_open(&self, bot_app_id: &str, request_id: &str) -> bool {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(request_id)
             .is_some_and(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id))
+            || self.mirrored(request_id, |r| r.bot_app_id.eq_ignore_ascii_case(bot_app_id)).unwrap_or(false)
     }
 
-    /// Whether `aad` may answer the open request `request_id` through this bot.
+    /// Whether `aad` may answer the open request `request_id` through this bot (here, or on another replica
+    /// as last read).
     pub fn is_open_for(&self, bot_app_id: &str, request_id: &str, aad: &str) -> bool {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(request_id)
             .is_some_and(|p| p.bot_app_id.eq_ignore_ascii_case(bot_app_id) && p.approvers.iter().any(|a| a.matches(aad)))
+            || self
+                .mirrored(request_id, |r| {
+                    r.bot_app_id.eq_ignore_ascii_case(bot_app_id) && r.approvers.iter().any(|a| a.eq_ignore_ascii_case(aad.trim()))
+                })
+                .unwrap_or(false)
+    }
+
+    /// Whether a session of this process asked for `request_id` (and it is still open).
+    pub fn is_local(&self, request_id: &str) -> bool {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).contains_key(request_id)
+    }
+
+    /// Whether requests are shared with other replicas.
+    pub fn is_shared(&self) -> bool {
+        self.cluster.is_some()
     }
 
     /// An answer from `aad` (an AAD object id) through `bot_app_id`. Only an approver of the request,
@@ -247,6 +440,11 @@ impl super::Hub {
             tracing::warn!(request_id, "a permission request reuses the id of an open request; refused (no card sent)");
             return 0;
         }
+        if !self.approvals.open_shared(request_id).await {
+            self.approvals.withdraw(request_id);
+            tracing::warn!(request_id, "a permission request reuses the id of a request open on another replica; refused (no card sent)");
+            return 0;
+        }
         let mut sent = 0;
         for approver in &bot.policy.approvers {
             let r = match self.store.personal_conversation(&bot.app_id, approver.as_str()).await {
@@ -270,6 +468,7 @@ impl super::Hub {
                         conversation_id: r.conversation_id,
                         service_url: r.service_url,
                     };
+                    self.approvals.add_card_shared(request_id, &card).await;
                     self.approvals.add_card(request_id, card);
                     sent += 1;
                 }
@@ -278,6 +477,7 @@ impl super::Hub {
         }
         if sent == 0 {
             self.approvals.withdraw(request_id);
+            self.approvals.close_shared(request_id).await;
         }
         sent
     }

@@ -137,6 +137,10 @@ impl InboundGate {
             }
             Classified::Filter(_) => None,
             Classified::Answer { request_id, behavior, sender, by_card, reply_to } => {
+                // With replicas a request asked on another one is read afresh (its cards may be a moment old).
+                if self.approvals.is_shared() && !self.approvals.is_local(request_id) {
+                    self.approvals.sync().await;
+                }
                 // A click counts only on a delivered approval card of this request, in this conversation.
                 let decision = if *by_card
                     && self.approvals.is_open(bot_app_id, request_id)
@@ -144,7 +148,7 @@ impl InboundGate {
                 {
                     Decision::NotTheCard
                 } else {
-                    self.approvals.decide(bot_app_id, request_id, sender, *behavior)
+                    self.approvals.decide_anywhere(bot_app_id, request_id, sender, *behavior).await
                 };
                 let verdict_word = if *behavior == Behavior::Allow { "Allowed" } else { "Denied" };
                 let (outcome, text) = match &decision {

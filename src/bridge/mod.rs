@@ -171,6 +171,7 @@ impl Hub {
                     hub.settle_cards(&s.request_id, &s.tool_name, &s.cards, &s.text, "decided").await;
                 }
                 for p in hub.approvals.take_expired(now_ms()) {
+                    hub.approvals.close_shared(&p.request_id).await;
                     hub.settle_cards(
                         &p.request_id,
                         &p.tool_name,
@@ -181,6 +182,7 @@ impl Hub {
                     .await;
                 }
                 for p in hub.approvals.take_orphaned() {
+                    hub.approvals.close_shared(&p.request_id).await;
                     hub.settle_cards(
                         &p.request_id,
                         &p.tool_name,

@@ -75,6 +75,9 @@ pub struct Outbound {
     tokens: Arc<dyn BotTokens>,
     clouds: HashMap<AppId, Cloud>,
     throttle: Mutex<Throttle>,
+    /// Whether the store may hold Teams' windows for every replica ([`Store::reserve_sends`]); cleared the
+    /// first time it says it does not (one process: the windows are `throttle`'s).
+    shared_limits: std::sync::atomic::AtomicBool,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
     wake: Notify,
@@ -124,6 +127,7 @@ impl Outbound {
             tokens,
             clouds: bots,
             throttle: Mutex::new(throttle),
+            shared_limits: std::sync::atomic::AtomicBool::new(true),
             retry,
             metrics,
             wake: Notify::new(),
@@ -210,17 +214,8 @@ impl Outbound {
         let Some(cloud) = self.clouds.get(bot).copied() else {
             return Posted::Failed(ConnectorError::BadResponse("the bot is no longer configured".into()));
         };
-        loop {
-            let wait = self.throttle.lock().unwrap_or_else(PoisonError::into_inner).try_acquire(
-                bot,
-                &reference.tenant_id,
-                &reference.conversation_id,
-                Instant::now(),
-            );
-            match wait {
-                Ok(()) => break,
-                Err(d) => tokio::time::sleep(d).await,
-            }
+        while let Err(wait) = self.reserve(bot, &reference.tenant_id, &reference.conversation_id, 1, None).await {
+            tokio::time::sleep(wait).await;
         }
         let who = match self.acting(bot, &reference.conversation_id).await {
             Ok(a) => a,
@@ -289,6 +284,23 @@ impl Outbound {
         })
     }
 
+    /// Reserve `slots` sends to the conversation within Teams' limits: in the windows every replica shares when
+    /// the store holds them (Postgres), else in this process's limiter. `Err` says how long until they fit.
+    /// Should the database not answer, this process's windows still apply.
+    async fn reserve(&self, bot: &str, tenant: &str, conversation: &str, slots: u32, token: Option<String>) -> Result<(), Duration> {
+        use std::sync::atomic::Ordering;
+        if self.shared_limits.load(Ordering::Relaxed) && !self.throttle.lock().unwrap_or_else(PoisonError::into_inner).is_disabled() {
+            let request = super::throttle::shared_slots(bot, tenant, conversation, slots, token);
+            match self.store.reserve_sends(&request).await {
+                Ok(Some(verdict)) => return verdict,
+                Ok(None) => self.shared_limits.store(false, Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, "could not reserve a send in the shared rate limits; limiting in this process"),
+            }
+        }
+        let mut throttle = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        (0..slots).try_for_each(|_| throttle.try_acquire(bot, tenant, conversation, Instant::now()))
+    }
+
     /// Start every due entry whose conversation is free and within its limits. Returns how soon to look
     /// again when something is waiting for the throttle.
     pub async fn run_once(self: &Arc<Self>) -> Option<Duration> {
@@ -331,11 +343,9 @@ impl Outbound {
             if item.op.is_create() || matches!(item.op, OutboundOp::Update { .. }) {
                 // A proactive send is two requests (create the chat, then post): two slots.
                 let slots = if matches!(item.op, OutboundOp::CreatePersonal { .. }) { 2 } else { 1 };
-                let verdict = {
-                    let mut throttle = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
-                    (0..slots)
-                        .try_for_each(|_| throttle.try_acquire(&item.bot_app_id, &item.tenant_id, &item.conversation_id, Instant::now()))
-                };
+                // Replicas racing for the same attempt of an entry share one reservation (one of them sends it).
+                let token = format!("outbox:{}:{}", item.id, item.attempts);
+                let verdict = self.reserve(&item.bot_app_id, &item.tenant_id, &item.conversation_id, slots, Some(token)).await;
                 if let Err(wait) = verdict {
                     self.metrics.outbound(OutboundOutcome::Throttled);
                     soonest = Some(soonest.map_or(wait, |s| s.min(wait)));

@@ -25,6 +25,29 @@ pub(crate) fn margin(window: Duration) -> Duration {
     (window / 10).min(Duration::from_secs(1))
 }
 
+/// The windows of one send as the replicas share them ([`crate::store::Store::reserve_sends`]): the same limits
+/// and margins, keyed by bot and conversation (exact: conversation ids are case-sensitive) and by bot and
+/// tenant (app and tenant ids are GUIDs, compared case-insensitively); reservations lock the tenant's key, which
+/// every conversation of the tenant shares. `token` names what the slots are for (an outbox entry's attempt).
+pub(crate) fn shared_slots(bot: &str, tenant: &str, conversation: &str, slots: u32, token: Option<String>) -> crate::store::SlotRequest {
+    use crate::store::SlotWindow;
+    // The unit separator cannot occur in an app id, so the keys of different bots never collide.
+    let bot = bot.to_ascii_lowercase();
+    let tenant_key = format!("t\u{1f}{bot}\u{1f}{}", tenant.to_ascii_lowercase());
+    let conversation_key = format!("c\u{1f}{bot}\u{1f}{conversation}");
+    let window = |key: &str, (teams_window, max): Limit| SlotWindow {
+        key: key.to_owned(),
+        window_ms: i64::try_from((teams_window + margin(teams_window)).as_millis()).unwrap_or(i64::MAX),
+        max: i64::try_from(max).unwrap_or(i64::MAX),
+    };
+    let windows = CONVERSATION_LIMITS
+        .iter()
+        .map(|l| window(&conversation_key, *l))
+        .chain(TENANT_LIMITS.iter().map(|l| window(&tenant_key, *l)))
+        .collect();
+    crate::store::SlotRequest { lock: tenant_key, windows, slots: i64::from(slots), token }
+}
+
 #[derive(Debug, Default)]
 struct Log {
     sends: VecDeque<Instant>,
@@ -69,6 +92,11 @@ impl Throttle {
     /// A limiter that never waits (benchmarks against a fake Connector).
     pub fn disabled() -> Self {
         Self { disabled: true, ..Self::default() }
+    }
+
+    /// Whether this limiter never waits ([`Self::disabled`]).
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.disabled
     }
 
     /// Reserve a send to `conversation` of `bot` in `tenant` at `now`: `Ok(())` records it, `Err(wait)`

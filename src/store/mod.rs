@@ -383,6 +383,105 @@ pub enum Finish {
     },
 }
 
+/// One sliding window of a rate limit shared by the replicas: at most `max` sends to `key` within `window_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotWindow {
+    pub key: String,
+    pub window_ms: i64,
+    pub max: i64,
+}
+
+/// A request for send slots in windows shared by every replica ([`Store::reserve_sends`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRequest {
+    /// Reservations with the same lock are serialised; every two requests that share a window must share it.
+    pub lock: String,
+    /// Every window the sends count in (several windows may share a key).
+    pub windows: Vec<SlotWindow>,
+    /// Sends to reserve, recorded under every key of `windows` when they all fit.
+    pub slots: i64,
+    /// Names what the slots are for (an outbox entry's attempt): a second reservation with the same token
+    /// (another replica about to race for the same entry) is granted without taking more slots.
+    pub token: Option<String>,
+}
+
+/// A permission request as every replica sees it ([`SharedApprovals`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRecord {
+    /// Unique among the open requests of the whole cluster.
+    pub request_id: String,
+    /// Lower-case app id of the bot that asked.
+    pub bot_app_id: String,
+    /// Lower-case AAD object ids of the people who may answer.
+    pub approvers: Vec<String>,
+    pub tool_name: String,
+    /// The approval cards sent for it (opaque JSON, written by the bridge).
+    pub cards: Vec<Value>,
+    /// The replica whose session asked (the one that forwards the verdict).
+    pub owner: String,
+    pub expires_at_ms: i64,
+}
+
+/// What an answer to a shared request came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApprovalDecision {
+    /// Decided now, by this answer (no other answer can decide it again); the cards to update.
+    Decided { tool_name: String, cards: Vec<Value>, owner: String },
+    /// The request is open, but the person is not one of its approvers.
+    NotApprover { tool_name: String },
+    /// No open request with this id for this bot (never issued, already decided, or expired).
+    Unknown,
+}
+
+/// A verdict given on any replica for a request this replica owns, to forward to the session that asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedVerdict {
+    pub request_id: String,
+    /// `allow` or `deny`.
+    pub behavior: String,
+    /// The approver's lower-case AAD object id.
+    pub by: String,
+}
+
+/// Permission requests shared by the replicas of one database: opened by the replica whose session asked,
+/// decided on whichever replica the approver's answer reaches, forwarded by the owner.
+#[async_trait]
+pub trait SharedApprovals: Send + Sync {
+    /// This replica's id (the owner recorded on the requests it opens).
+    fn replica_id(&self) -> &str;
+
+    /// Open `record` (owned by this replica). False, and nothing changes, when a request with its id is open
+    /// (not decided, closed or expired by `now_ms`) anywhere in the cluster.
+    async fn open_approval(&self, record: &ApprovalRecord, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// Add a card to an open request.
+    async fn add_approval_card(&self, request_id: &str, card: &Value) -> Result<(), StoreError>;
+
+    /// Decide in one conditional update: only an open, unexpired request of `bot_app_id` whose approvers
+    /// include `aad`, and only once. Announces the decision to every replica.
+    async fn decide_approval(
+        &self,
+        bot_app_id: &str,
+        request_id: &str,
+        aad: &str,
+        behavior: &str,
+        now_ms: i64,
+    ) -> Result<ApprovalDecision, StoreError>;
+
+    /// Close a request this replica owns that is still open (withdrawn, expired, or its session ended).
+    async fn close_approval(&self, request_id: &str) -> Result<(), StoreError>;
+
+    /// Every request open in the cluster at `now_ms`.
+    async fn open_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRecord>, StoreError>;
+
+    /// The verdicts given (on any replica) for requests this replica owns and has not forwarded yet; each is
+    /// returned once.
+    async fn take_verdicts(&self) -> Result<Vec<SharedVerdict>, StoreError>;
+
+    /// Wake-ups when a request is opened, decided or closed anywhere (and after the listener reconnects).
+    fn subscribe_approvals(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
 /// Why the store could not do what was asked, by kind: callers decide on the variant (503 and retry for
 /// [`StoreError::Unavailable`], refuse to start for [`StoreError::SchemaTooNew`]…), never on the message.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -511,6 +610,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// receiver changes to the newest inbox id announced. `None` when the backend has no such signal (the
     /// caller polls).
     fn subscribe_inbox(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        None
+    }
+
+    /// Reserve `request.slots` sends in windows every replica shares, by the database's clock: `Ok(Some(Ok(())))`
+    /// when they fit every window (recorded), `Ok(Some(Err(wait)))` with how long until they would (nothing
+    /// recorded). `Ok(None)`: this backend shares no windows (one process): the caller limits in memory.
+    async fn reserve_sends(&self, request: &SlotRequest) -> Result<Option<Result<(), std::time::Duration>>, StoreError> {
+        let _ = request;
+        Ok(None)
+    }
+
+    /// Permission requests shared by every replica of the database; `None` (one process): the bridge keeps
+    /// them in memory.
+    fn shared_approvals(&self) -> Option<&dyn SharedApprovals> {
         None
     }
 

@@ -1172,6 +1172,17 @@ mod tests {
 
     crate::store_suite!(sqlite);
 
+    /// One process per SQLite file: it shares no rate-limit windows, the outbox limits in memory.
+    #[tokio::test]
+    async fn sqlite_leaves_the_rate_limits_to_the_process() {
+        let b = sqlite();
+        let store = b.open(None).await;
+        let request = crate::connector::throttle::shared_slots("bot", "t", "a:1", 1, None);
+        assert_eq!(store.reserve_sends(&request).await.unwrap(), None);
+        assert!(store.shared_approvals().is_none(), "approvals stay in the process too");
+        store.close().await;
+    }
+
     fn user_version(path: &Path) -> i64 {
         Connection::open(path).unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
     }

@@ -39,6 +39,8 @@ pub struct Landed {
     pub body: Value,
     /// The id the fake answered with (`1:N`), for sends and replies.
     pub answered: Option<String>,
+    /// When the request arrived.
+    pub at: Instant,
 }
 
 /// What the next request gets instead of success.
@@ -262,6 +264,7 @@ fn check_stream(s: &ConnectorState, conversation: &str, body: &Value, n: usize) 
 }
 
 async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let arrived = Instant::now();
     s.requests.fetch_add(1, Ordering::SeqCst);
     let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     s.seen_tokens.lock().unwrap().push(token.to_owned());
@@ -342,7 +345,7 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         }
     }
     let fault = s.faults.lock().unwrap().pop_front();
-    let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None };
+    let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None, at: arrived };
     match fault {
         Some(Fault::Status(code, b)) => return (StatusCode::from_u16(code).unwrap(), axum::Json(b)).into_response(),
         Some(Fault::TooMany(after)) => {

@@ -25,7 +25,7 @@ fn config_dir(oidc: &FakeOidc, extra_bot_lines: &str) -> std::path::PathBuf {
 }
 
 /// An `Action.Execute` on an approval card (the message `reply_to`), from `aad`.
-fn card_click(service_url: &str, aad: &str, request_id: &str, behavior: &str, reply_to: &str) -> Value {
+pub(crate) fn card_click(service_url: &str, aad: &str, request_id: &str, behavior: &str, reply_to: &str) -> Value {
     let mut m = inbound(service_url, "a:conv-1", "personal", aad, "");
     m["replyToId"] = json!(reply_to);
     m["type"] = json!("invoke");

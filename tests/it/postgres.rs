@@ -308,3 +308,206 @@ async fn a_starting_replica_leaves_another_replicas_send_in_flight_alone() {
     drop(two);
     db.drop_it().await;
 }
+
+/// The most arrivals in any window of `window` (each arrival opening one); `times` sorted.
+fn most_in_window(times: &[std::time::Instant], window: Duration) -> usize {
+    (0..times.len()).map(|i| times[i..].iter().take_while(|t| t.duration_since(times[i]) < window).count()).max().unwrap_or(0)
+}
+
+/// Queue `sends` (conversation, text) straight into the shared outbox (as a third process would: all at once,
+/// so that a backlog forms), then wait until every entry is delivered.
+async fn queue_and_deliver(db: &Database, fake: &crate::fake_connector::FakeConnector, sends: &[(String, String)]) {
+    use agentgate::store::{NewOutbound, OutboundOp, OutboxState, PostgresOptions, PostgresStore, Store};
+    let config: tokio_postgres::Config = format!("postgres://{}@{}/{}?sslmode=disable", db.user, db.addr, db.name).parse().unwrap();
+    let metrics = Arc::new(agentgate::metrics::Metrics::default());
+    let store = PostgresStore::connect(config, PostgresOptions::default(), metrics, None).await.unwrap();
+    for (conversation, text) in sends {
+        let op = OutboundOp::Send { activity: serde_json::json!({"type": "message", "text": text}) };
+        let item = NewOutbound {
+            bot_app_id: APP_ID.into(),
+            tenant_id: TENANT.into(),
+            conversation_id: conversation.clone().into(),
+            service_url: fake.service_url.clone(),
+            op,
+            requested_by: "test".into(),
+            now_ms: agentgate::store::now_ms(),
+        };
+        store.enqueue_outbound(item).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let items = store.outbox(None, 10_000).await.unwrap();
+        if items.iter().all(|i| i.state == OutboxState::Delivered) && items.len() >= sends.len() {
+            break;
+        }
+        let stuck: Vec<_> =
+            items.iter().filter(|i| i.state != OutboxState::Delivered).map(|i| (i.id, i.state, i.last_error.clone())).collect();
+        assert!(std::time::Instant::now() < deadline, "not delivered: {stuck:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
+}
+
+/// Two gateways on one database hold Teams' rate limits together: sends queued for one conversation, and
+/// for many conversations of one tenant, delivered by both replicas, never arrive at the Connector faster
+/// than Teams allows (7 in any 1 s and 8 in any 2 s per conversation, 50 in any 1 s per tenant), though
+/// each replica alone would have let through as many again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_hold_teams_rate_limits_together() {
+    use crate::fake_connector::FakeConnector;
+    const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+    let Some(db) = Database::create().await else { return };
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    let one = TestApp::spawn(&opts).await;
+    let two = TestApp::spawn(&opts).await;
+    one.wait_ready().await;
+    two.wait_ready().await;
+    let delivered = "agentgate_outbound_attempts_total{outcome=\"delivered\"}";
+
+    // One conversation: 20 sends.
+    let sends: Vec<(String, String)> = (0..20).map(|i| ("a:conv-1".to_owned(), format!("one m{i}"))).collect();
+    queue_and_deliver(&db, &fake, &sends).await;
+    let landed = fake.landed();
+    let times: Vec<_> = landed.iter().map(|l| l.at).collect();
+    assert_eq!(times.len(), 20, "each once");
+    let (by_one, by_two) = (one.metric(delivered).await, two.metric(delivered).await);
+    eprintln!(
+        "one conversation: delivered by replica one {by_one}, by two {by_two}; at most {} in 1 s, {} in 2 s",
+        most_in_window(&times, Duration::from_secs(1)),
+        most_in_window(&times, Duration::from_secs(2))
+    );
+    assert!(most_in_window(&times, Duration::from_secs(1)) <= 7, "7 per second per conversation");
+    assert!(most_in_window(&times, Duration::from_secs(2)) <= 8, "8 per 2 s per conversation");
+
+    // One tenant: 60 conversations, two sends each (120 sends, beyond 50 per second).
+    let sends: Vec<(String, String)> = (0..120).map(|i| (format!("a:tenant-{}", i % 60), format!("tenant m{i}"))).collect();
+    queue_and_deliver(&db, &fake, &sends).await;
+    let landed = fake.landed();
+    let times: Vec<_> = landed[20..].iter().map(|l| l.at).collect();
+    assert_eq!(times.len(), 120, "each once");
+    let (now_one, now_two) = (one.metric(delivered).await, two.metric(delivered).await);
+    eprintln!(
+        "one tenant: delivered by replica one {}, by two {}; at most {} in 1 s",
+        now_one - by_one,
+        now_two - by_two,
+        most_in_window(&times, Duration::from_secs(1))
+    );
+    assert!(now_one > by_one && now_two > by_two, "both replicas delivered");
+    assert!(most_in_window(&times, Duration::from_secs(1)) <= 50, "50 per second per tenant, across conversations and replicas");
+    assert_eq!(fake.state.requests.load(std::sync::atomic::Ordering::SeqCst), 140, "nothing refused, nothing sent twice");
+    drop(one);
+    drop(two);
+    db.drop_it().await;
+}
+
+/// Two gateways on one database share permission requests: an MCP host's request on replica B is answered by
+/// the approver's signed card click on replica A, and the verdict reaches the host on B; a second answer and a
+/// non-approver's are refused; a typed answer on A to another request of B's is a verdict too (not chat); the
+/// card is updated once, by the replica that decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_on_one_replica_reaches_the_session_on_another() {
+    use crate::fake_connector::FakeConnector;
+    use crate::mcp_host::{StdioGateway, bf_token, inbound};
+    use crate::mcp_relay::card_click;
+    use serde_json::{Value, json};
+    const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+    const ALEX: &str = "00000000-0000-0000-0000-0000000000aa";
+    const EVE: &str = "00000000-0000-0000-0000-0000000000ee";
+    const WAIT: Duration = Duration::from_secs(10);
+    let Some(db) = Database::create().await else { return };
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    let approvers = |toml: String| {
+        toml.replacen(
+            "policy.dm = \"open\"",
+            &format!("policy.dm = \"open\"\npolicy.approvers = [\"{ALEX}\"]\npolicy.approval_timeout_secs = 60"),
+            1,
+        )
+    };
+    // Replica A: `serve`. Replica B: `mcp` over stdio, the host's session.
+    let a = TestApp::spawn_in_with(&tempfile::tempdir().unwrap().keep(), &opts, approvers).await.unwrap();
+    a.wait_ready().await;
+    let dir_b = tempfile::tempdir().unwrap().keep();
+    std::fs::write(dir_b.join("agentgate.toml"), approvers(opts.toml(&dir_b.join("data")))).unwrap();
+    let (b, mut host) = StdioGateway::start(&dir_b, true, &[], "claude-code").await;
+    let token = bf_token(&fake.service_url);
+    let click = async |aad: &str, behavior: &str, card_id: &str| -> Value {
+        let r = a.post(Some(&token), &card_click(&fake.service_url, aad, "abcde", behavior, card_id)).await;
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    };
+
+    // The approver's 1:1 chat with the bot (through B; the reference is shared).
+    assert_eq!(b.post(&inbound(&fake.service_url, "a:conv-1", "personal", ALEX, "hi")).await.status(), 202);
+    assert!(host.next("notifications/claude/channel", WAIT).await.is_some());
+
+    // The host on B asks; the card goes out (through whichever replica claims it).
+    host.notify(
+        "notifications/claude/channel/permission_request",
+        json!({"request_id": "abcde", "tool_name": "Bash", "description": "List the files", "input_preview": "{\"command\":\"ls\"}"}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let card_id = loop {
+        if let Some(l) = fake.landed().iter().find(|l| l.body.to_string().contains("abcde")) {
+            break l.answered.clone().expect("the card's message id");
+        }
+        assert!(std::time::Instant::now() < deadline, "no card: {}\n{}", a.stderr(), b.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // Eve (not an approver) clicks on A: refused, no verdict on B.
+    let body = click(EVE, "allow", &card_id).await;
+    assert!(body.to_string().contains("Only an approver"), "{body}");
+    assert!(host.next("notifications/claude/channel/permission", Duration::from_secs(1)).await.is_none(), "a non-approver decided");
+
+    // Alex allows on A: the verdict reaches the host on B.
+    let body = click(ALEX, "allow", &card_id).await;
+    assert!(body.to_string().contains("Allowed"), "{body}\n{}", a.stderr());
+    let verdict = host.next("notifications/claude/channel/permission", WAIT).await.expect("the verdict reaches B");
+    assert_eq!(verdict, json!({"request_id": "abcde", "behavior": "allow"}));
+
+    // A second answer, on A or on B, decides nothing.
+    let again = click(ALEX, "deny", &card_id).await;
+    assert!(again.to_string().contains("no longer open"), "{again}");
+    let on_b: Value = b.post_as(&token, &card_click(&fake.service_url, ALEX, "abcde", "deny", &card_id)).await.json().await.unwrap();
+    assert!(on_b.to_string().contains("no longer open"), "{on_b}");
+    assert!(host.next("notifications/claude/channel/permission", Duration::from_millis(500)).await.is_none());
+
+    // A typed answer on A to another request of B's is a verdict, not chat.
+    host.notify(
+        "notifications/claude/channel/permission_request",
+        json!({"request_id": "fghij", "tool_name": "Write", "description": "d", "input_preview": "{}"}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !fake.landed().iter().any(|l| l.body.to_string().contains("fghij")) {
+        assert!(std::time::Instant::now() < deadline, "no second card");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The open request reaches A's mirror by NOTIFY (or, at the latest, its 2 s re-scan).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.status(Some(&token), &inbound(&fake.service_url, "a:conv-1", "personal", ALEX, "no fghij")).await, 202);
+    let verdict = host.next("notifications/claude/channel/permission", WAIT).await.expect("the typed verdict reaches B");
+    assert_eq!(verdict, json!({"request_id": "fghij", "behavior": "deny"}));
+    let read = host.ok("read_messages", json!({})).await.to_string();
+    assert!(!read.contains("no fghij"), "the typed verdict was delivered as chat: {read}");
+
+    // Each card is updated once (by A, which decided), and says how it ended.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let puts: Vec<_> = fake.landed().into_iter().filter(|l| l.method == "PUT").collect();
+    let first: Vec<_> = puts.iter().filter(|l| l.activity.as_deref() == Some(card_id.as_str())).collect();
+    assert_eq!(first.len(), 1, "one update of the first card: {puts:?}");
+    assert!(first[0].body.to_string().contains("Allowed in Teams"), "{:?}", first[0].body);
+    assert_eq!(puts.iter().filter(|l| l.body.to_string().contains("fghij")).count(), 1, "{puts:?}");
+    drop(b);
+    drop(a);
+    db.drop_it().await;
+}
