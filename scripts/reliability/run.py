@@ -1137,8 +1137,9 @@ class Run:
 
     def replies(self, rnd):
         d = self.args.duration
-        return self.scenario_load("replies", rnd, reply=True, kill=True, rate=30, conversations=40,
-                                  duration=d, settle=120)
+        # A third of the answers take 0.2 to 1 s, so that kills catch sends on the wire.
+        return self.scenario_load("replies", rnd, reply=True, kill=True, faults=Faults(slow=0.3), rate=30,
+                                  conversations=40, duration=d, settle=150)
 
     def faults(self, rnd):
         d = self.args.duration
@@ -1166,7 +1167,26 @@ class Run:
             if status_of(ctx["fixture"].port, "/v1/keys") != 0:
                 res.violations.append("the JWKS endpoint still answered after it was killed")
             log("  JWKS endpoint (bench_fixture) killed")
-            time.sleep(d * 3 / 4)
+            time.sleep(d / 4)
+            # A replica started now has no keys at all: it must say so with 503 (not ready, tokens not judged),
+            # never 401, and pick the keys up once the endpoint is back.
+            victim = reps[-1] if len(reps) > 1 else None
+            if victim:
+                victim.kill()
+                victim.start(wait=0)
+                res.rows["kills"] += 1
+                if not wait_status(victim.port, "/healthz", 200, 30):
+                    res.violations.append(f"replica {victim.idx} did not start without the JWKS endpoint")
+                time.sleep(1)
+                st_ready = status_of(victim.port, "/readyz")
+                st_post = http_req(victim.port, "POST", "/api/messages", load.body(10**9, "a:rel-conv-0"),
+                                   {"Content-Type": "application/json", "Authorization": f"Bearer {ctx['token']}"})[0]
+                res.extra.append(f"replica {victim.idx} restarted while the JWKS endpoint was down: /readyz "
+                                 f"{st_ready}, a valid token -> {st_post}")
+                if st_ready != 503 or st_post != 503:
+                    res.violations.append(f"a replica without keys answered /readyz {st_ready} and a valid token "
+                                          f"{st_post} (expected 503 and 503)")
+            time.sleep(d / 2)
             load.stop()
             after = [s for t0, _, s, _ in load.sent.log if t0 >= down_at]
             res.extra.append(f"while the JWKS endpoint was down: {len(after)} requests, "
@@ -1177,8 +1197,15 @@ class Run:
                 res.violations.append("no request was made while the JWKS endpoint was down")
             for rep in reps:
                 st = status_of(rep.port, "/readyz")
-                if st != 200:
+                if st != 200 and rep is not victim:
                     res.violations.append(f"replica {rep.idx} /readyz {st} with cached keys")
+            ctx["fixture"].start()
+            if victim:
+                t = time.monotonic()
+                if wait_status(victim.port, "/readyz", 200, 90):
+                    res.extra.append(f"JWKS endpoint back: replica {victim.idx} ready {time.monotonic() - t:.1f} s later")
+                else:
+                    res.violations.append(f"replica {victim.idx} not ready 90 s after the JWKS endpoint came back")
             settled = self.settle(ctx, host, load, 60)
             host.stop()
             if not settled:
