@@ -696,8 +696,10 @@ class Host:
     entries come again, which is allowed; an entry delivered again after its acknowledgement was confirmed is a
     violation)."""
 
-    def __init__(self, replicas: list[Replica], token: str, reply: bool, home: int = 0, workers: int = 16):
+    def __init__(self, replicas: list[Replica], token: str, reply: bool, home: int = 0, workers: int = 16,
+                 lookup=None):
         self.replicas, self.token, self.reply = replicas, token, reply
+        self.lookup = lookup  # text -> outbox id or None: resolves a reply call cut by a dying replica
         self.home = home
         self.lock = threading.Lock()
         self.session: McpSession | None = None
@@ -713,6 +715,7 @@ class Host:
         self.replies: list[dict] = []           # {conv, n, text, outbox_id, status}
         self.reply_seq: dict[str, int] = collections.Counter()
         self.reply_failures: list[str] = []
+        self.cut_calls = 0
         self.queues = [collections.deque() for _ in range(workers)]
         self.cv = threading.Condition()
         self.busy = 0
@@ -802,7 +805,8 @@ class Host:
                 n = self.reply_seq[chat]
                 text = f"reply {n} in {chat} to {aid}"
                 rec = {"conv": chat, "n": n, "text": text, "outbox_id": None, "status": None}
-                for attempt in range(3):
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
                     s = self.session
                     if s is None:
                         time.sleep(0.2)
@@ -815,10 +819,23 @@ class Host:
                         self.reply_failures.append(f"{text}: {e}")
                         break
                     except (OSError, ValueError, http.client.HTTPException) as e:
-                        # The call may or may not have queued the reply: an ambiguity of the host's link, not of
-                        # the gateway. Scenarios with replies never kill the host's replica.
-                        self.reply_failures.append(f"{text}: {e}")
-                        break
+                        # The replica died during the call: it may or may not have queued the reply. A careful
+                        # host finds out before trying again (here: in the outbox), so that it never asks twice.
+                        with self.lock:
+                            self.cut_calls += 1
+                        if self.session is s:
+                            self.session = None
+                        while self.session is None and time.monotonic() < deadline:
+                            time.sleep(0.1)
+                        found = self.lookup(text) if self.lookup else None
+                        if found is not None:
+                            rec["outbox_id"], rec["status"] = found, "queued before the cut"
+                            break
+                        if not self.lookup:
+                            self.reply_failures.append(f"{text}: {e}")
+                            break
+                else:
+                    self.reply_failures.append(f"{text}: no answer within 120 s")
                 with self.lock:
                     self.replies.append(rec)
             finally:
@@ -947,6 +964,18 @@ class Run:
         t.start()
         return t
 
+    def outbox_id(self, ctx, text: str) -> int | None:
+        """The outbox entry whose message text is `text`, if the gateway queued one."""
+        quoted = text.replace("'", "''")
+        for _ in range(20):
+            try:
+                out = self.pg.psql(ctx["db"], f"SELECT id FROM outbox WHERE op LIKE '%{quoted}\"%' ORDER BY id")
+                ids = [int(x) for x in out.split()]
+                return ids[0] if ids else None
+            except (RuntimeError, subprocess.TimeoutExpired):
+                time.sleep(0.5)
+        raise RuntimeError("cannot read the outbox")
+
     def settle(self, ctx, host: Host, load: Load, limit: float) -> bool:
         """Wait until every stored entry was delivered and acknowledged and the outbox is closed."""
         db = ctx["db"]
@@ -1050,7 +1079,8 @@ class Run:
                         "lost": len(lost) + len(dead) + len(unsettled) + len(no_outbox)}
         res.extra.append(
             f"outbound: fake saw {len(fake.attempts)} activity requests ({dict(fake.fault_counts)}), "
-            f"{fake.token_requests} token requests; uncertain landed {sum(1 for t in uncertain if landed_count.get(t))}"
+            f"{fake.token_requests} token requests; {host.cut_calls} reply calls cut by a kill (resolved in the "
+            f"outbox before any retry); uncertain landed {sum(1 for t in uncertain if landed_count.get(t))}"
             f"/{len(uncertain)}; most requests in a sliding window: per conversation {limits['conv_1s']}/1 s "
             f"(Teams: 7), {limits['conv_2s']}/2 s (8), {limits['conv_30s']}/30 s (60); per tenant "
             f"{limits['tenant_1s']}/1 s (50)")
@@ -1087,7 +1117,7 @@ class Run:
         res = Result(name, rnd, {"kills": 0})
         try:
             reps = ctx["replicas"]
-            host = Host(reps, ctx["mcp_token"], reply=reply, home=0)
+            host = Host(reps, ctx["mcp_token"], reply=reply, home=0, lookup=lambda t: self.outbox_id(ctx, t))
             host.start()
             load = Load(reps, ctx["token"], ctx["fake"].service_url, rate, conversations, f"{name}{rnd}")
             log(f"{name} round {rnd}: {len(reps)} replicas, {rate:.0f} activities/s over {conversations} "
@@ -1097,8 +1127,7 @@ class Run:
             counter = [0, 0]
             killer = None
             if kill:
-                killable = list(range(len(reps))) if not reply else list(range(1, len(reps)))
-                killer = self.killer(ctx, stop_kill, killable, counter)
+                killer = self.killer(ctx, stop_kill, list(range(len(reps))), counter)
             end = time.monotonic() + duration
             burst_rng = random.Random(rnd)
             while time.monotonic() < end:
