@@ -716,6 +716,8 @@ class Host:
         self.reply_seq: dict[str, int] = collections.Counter()
         self.reply_failures: list[str] = []
         self.cut_calls = 0
+        self.connect_failures = 0
+        self.store_unavailable = 0
         self.queues = [collections.deque() for _ in range(workers)]
         self.cv = threading.Condition()
         self.busy = 0
@@ -748,8 +750,8 @@ class Host:
                 s = McpSession(r.mcp_port, self.token)
                 self.home = r.idx
                 return s
-            except (OSError, ValueError) as e:
-                self.errors.append(f"connect to replica {r.idx}: {e}")
+            except (OSError, ValueError, http.client.HTTPException):
+                self.connect_failures += 1  # a replica starting or dying: try the next one
         raise OSError("no replica to connect to")
 
     def poller(self) -> None:
@@ -767,7 +769,10 @@ class Host:
                 for ev in res.get("events", []):
                     self.on_event(ev)
             except ToolError as e:
-                self.errors.append(f"wait_for_messages: {e}")
+                if "store is unavailable" in str(e):
+                    self.store_unavailable += 1
+                else:
+                    self.errors.append(f"wait_for_messages: {e}")
                 time.sleep(0.2)
             except (OSError, ValueError, http.client.HTTPException):
                 self.session = None
@@ -994,7 +999,7 @@ class Run:
             time.sleep(0.5)
         return False
 
-    def inbound_check(self, ctx, load: Load, host: Host, res: Result) -> None:
+    def inbound_check(self, ctx, load: Load, host: Host, res: Result, store_may_fail: bool = False) -> None:
         db = ctx["db"]
         rows = self.pg.rows(db, "SELECT activity_id, count(*) AS n, bool_and(state <> 'pending') AS done "
                                 "FROM inbox WHERE activity_id LIKE '" + load.prefix + "-%' GROUP BY activity_id")
@@ -1034,6 +1039,9 @@ class Run:
             v.append(f"unexpected answers to valid activities: {bad_status}")
         if host.errors:
             v.append(f"host errors: {host.errors[:3]}")
+        if host.store_unavailable:
+            msg = f"{host.store_unavailable} host polls answered `the store is unavailable`"
+            (res.extra if store_may_fail else v).append(msg)
 
     def outbound_check(self, ctx, host: Host, res: Result, enforce_limits: bool) -> None:
         fake: FakeConnector = ctx["fake"]
@@ -1320,7 +1328,7 @@ class Run:
             host.stop()
             if not settled:
                 res.violations.append("did not settle within 90 s")
-            self.inbound_check(ctx, load, host, res)
+            self.inbound_check(ctx, load, host, res, store_may_fail=True)
         finally:
             self.teardown(ctx)
         return res
