@@ -158,6 +158,24 @@ class Pg:
         except (RuntimeError, OSError, subprocess.TimeoutExpired):
             return False
 
+    def accepting(self, timeout: float = 0.5) -> bool:
+        """A quick probe with a fresh connection: does the server accept a session now? (A raw startup
+        message: 'R' = authentication request or OK, 'E' = refused, e.g. starting up or shutting down.)"""
+        u = urllib.parse.urlsplit(self.base)
+        user = (u.username or "postgres").encode()
+        body = b"\x00\x03\x00\x00user\x00" + user + b"\x00database\x00postgres\x00\x00"
+        try:
+            with socket.create_connection((u.hostname or "127.0.0.1", u.port or 5432), timeout=timeout) as c:
+                c.sendall((4 + len(body)).to_bytes(4, "big") + body)
+                kind = c.recv(1)
+                try:
+                    c.sendall(b"X\x00\x00\x00\x04")
+                except OSError:
+                    pass
+                return kind == b"R"
+        except OSError:
+            return False
+
     def create(self, db: str) -> None:
         self.psql("postgres", f'CREATE DATABASE "{db}"')
 
@@ -1262,21 +1280,40 @@ class Run:
             host.start()
             load = Load(reps, ctx["token"], ctx["fake"].service_url, 100, 20, f"pg{rnd}", give_up_after=120)
             # Probes: Postgres itself (a fresh connection every 50 ms) and /readyz of every replica.
-            probes: list[tuple[float, bool]] = []
+            # The outage, as known for certain: from the moment the old postmaster is gone (no backend left, no
+            # commit possible; before that, a fast shutdown refuses new connections while open ones still commit)
+            # to the end of the last failed probe (a fresh connection every 5 ms) after it.
+            probes: list[tuple[float, float, bool]] = []
             ready: dict[int, list[tuple[float, int]]] = {r.idx: [] for r in reps}
             stop_probe = threading.Event()
+            datadir = self.pg.psql("postgres", "SHOW data_directory").strip()
+            old_pid = int(Path(datadir, "postmaster.pid").read_text().split()[0])
+            gone: list[float] = []
 
             def probe_pg():
                 while not stop_probe.is_set():
                     t = time.monotonic()
-                    probes.append((t, self.pg.up()))
-                    time.sleep(0.05)
+                    ok = self.pg.accepting()
+                    probes.append((t, time.monotonic(), ok))
+                    time.sleep(0.005)
+
+            def watch_postmaster():
+                while not stop_probe.is_set():
+                    try:  # gone, or a zombie not reaped yet: either way no longer serving
+                        state = Path(f"/proc/{old_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                    except (OSError, IndexError):
+                        state = "gone"
+                    if state in ("gone", "Z", "X"):
+                        gone.append(time.monotonic())
+                        return
+                    time.sleep(0.002)
 
             def probe_ready(rep):
                 while not stop_probe.is_set():
                     ready[rep.idx].append((time.monotonic(), status_of(rep.port, "/readyz", 3.0)))
                     time.sleep(0.05)
-            threads = [threading.Thread(target=probe_pg, daemon=True)] + \
+            threads = [threading.Thread(target=probe_pg, daemon=True),
+                       threading.Thread(target=watch_postmaster, daemon=True)] + \
                 [threading.Thread(target=probe_ready, args=(r,), daemon=True) for r in reps]
             for t in threads:
                 t.start()
@@ -1298,18 +1335,26 @@ class Run:
             stop_probe.set()
             for t in threads:
                 t.join()
-            down = [t for t, ok in probes if not ok and t >= t_cmd]
-            if not down:
-                res.violations.append("the probe never saw Postgres down: the outage was not observed")
+            fails = [(t0, t1) for t0, t1, ok in probes if not ok and t0 >= t_cmd]
+            res.extra.append(
+                (f"probes refused from +{fails[0][0] - t_cmd:.3f} s to +{fails[-1][1] - t_cmd:.3f} s after `restart` began"
+                 if fails else "no probe refused after `restart` began")
+                + (f"; old postmaster gone at +{gone[0] - t_cmd:.3f} s" if gone else "; old postmaster never gone"))
+            o0 = gone[0] if gone else None
+            failed = [t1 for t0, t1, ok in probes if not ok and o0 is not None and t1 >= o0]
+            if o0 is None:
+                res.violations.append(f"the postmaster (pid {old_pid}) never exited: no outage")
                 o0 = o1 = t_cmd
+            elif not failed:
+                res.violations.append("no probe failed after the postmaster exited: the outage was not observed")
+                o1 = o0
             else:
-                o0 = down[0]
-                up_after = [t for t, ok in probes if ok and t > down[-1]]
-                o1 = up_after[0] if up_after else time.monotonic()
+                o1 = failed[-1]
             inside = [(s, aid) for t0, t1, s, aid in load.sent.log if t0 >= o0 and t1 <= o1]
             ok_inside = [aid for s, aid in inside if 200 <= s < 300]
             other_inside = collections.Counter(s for s, _ in inside if not (200 <= s < 300) and s != 503)
-            res.extra.append(f"Postgres down {o1 - o0:.2f} s (probe); requests wholly inside the outage: "
+            res.extra.append(f"Postgres certainly down {o1 - o0:.2f} s (old postmaster gone -> last failed probe); "
+                             f"requests made and answered inside that: "
                              f"{len(inside)} ({collections.Counter(s for s, _ in inside)})")
             if ok_inside:
                 res.violations.append(f"{len(ok_inside)} requests answered 2xx while Postgres was down")
