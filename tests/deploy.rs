@@ -379,7 +379,9 @@ fn compose_runs_two_replicas_on_postgres_behind_caddy() {
     }
     assert!(get(&["services", "agentgate-1", "healthcheck"]).contains("GET /readyz "), "the health check is not /readyz");
     assert!(service("agentgate-2").contains("healthcheck: *ready"));
-    for needle in ["./agentgate.toml:/etc/agentgate/agentgate.toml:ro", "CREDENTIALS_DIRECTORY: /run/secrets", "- bot-secret", "- pgpassword"] {
+    for needle in
+        ["./agentgate.toml:/etc/agentgate/agentgate.toml:ro", "CREDENTIALS_DIRECTORY: /run/secrets", "- bot-secret", "- pgpassword"]
+    {
         assert!(anchor.contains(needle), "x-agentgate lacks `{needle}`");
     }
     assert_eq!(value_in(&anchor, "read_only").as_deref(), Some("true"));
