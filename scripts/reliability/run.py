@@ -1055,6 +1055,9 @@ class Run:
             v.append(f"{len(still_pending)} entries still pending after the settle time")
         if bad_status:
             v.append(f"unexpected answers to valid activities: {bad_status}")
+        if load.sent.given_up:
+            v.append(f"{len(load.sent.given_up)} activities never answered 2xx, redelivered for "
+                     f"{load.give_up_after:.0f} s: {sorted(load.sent.given_up)[:5]}")
         if host.errors:
             v.append(f"host errors: {host.errors[:3]}")
         if host.store_unavailable:
