@@ -97,10 +97,31 @@ def on_signal(signum, _frame):
 
 # ------------------------------------------------------------------------------------------------ HTTP helpers
 
+PORTS_TAKEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, so that no outgoing connection takes it while a killed
+    replica is down (a replica restarts on the same port), and never one handed out before in this run."""
+    lo = 20000
+    try:
+        lo_eph = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        lo_eph = 32768
+    hi = max(lo + 1000, min(lo_eph, 32768))
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(lo, hi)
+        if port in PORTS_TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        PORTS_TAKEN.add(port)
+        return port
+    raise SetupError("no free port found")
 
 
 def http_req(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
@@ -1482,7 +1503,11 @@ def main() -> int:
         results = []
         for name in names:
             for rnd in range(1, args.rounds + 1):
-                r = fns[name](rnd)
+                try:
+                    r = fns[name](rnd)
+                except SetupError as e:
+                    log(f"{name} round {rnd}: set-up error: {e}")
+                    r = Result(name, rnd, {}, violations=[f"set-up error (not judged): {str(e)[:300]}"])
                 results.append(r)
                 run.report([r])
         bad = [r for r in results if r.violations]
