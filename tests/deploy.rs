@@ -291,3 +291,150 @@ fn caddyfile_proxies_the_public_routes_only() {
     assert!(caddy.contains("reverse_proxy 127.0.0.1:3978"));
     assert!(caddy.lines().all(|l| l.trim_start().starts_with('#') || !l.contains("/metrics")), "/metrics is proxied");
 }
+
+/// The block under the mapping key `path` (e.g. `["services", "caddy", "depends_on"]`) of a block-style YAML
+/// file: the lines after `key:` that are indented deeper than it, up to the next line at its depth or
+/// shallower. Comments and blank lines are dropped. None when a key on the path is missing.
+fn yaml_block(text: &str, path: &[&str]) -> Option<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')).collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let (mut from, mut to, mut depth) = (0, lines.len(), None::<usize>);
+    for key in path {
+        let found = (from..to).find(|&i| {
+            let l = lines[i];
+            depth.is_none_or(|d| indent(l) > d)
+                && (from..i).all(|j| depth.is_none_or(|d| indent(lines[j]) > d) && indent(lines[j]) >= indent(l))
+                && l.trim_start().strip_prefix(key).is_some_and(|r| r.starts_with(':'))
+        })?;
+        let d = indent(lines[found]);
+        let end = (found + 1..to).find(|&i| indent(lines[i]) <= d).unwrap_or(to);
+        (from, to, depth) = (found + 1, end, Some(d));
+    }
+    Some(lines[from..to].join("\n"))
+}
+
+/// The value of the first `key:` line of `block` (any indentation).
+fn value_in(block: &str, key: &str) -> Option<String> {
+    block.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+}
+
+/// The keys directly under `path` (one indentation level deeper).
+fn yaml_keys(text: &str, path: &[&str]) -> Vec<String> {
+    let block = yaml_block(text, path).unwrap_or_else(|| panic!("no {path:?}"));
+    let depth = block.lines().map(|l| l.len() - l.trim_start().len()).min().unwrap_or(0);
+    block
+        .lines()
+        .filter(|l| l.len() - l.trim_start().len() == depth && !l.trim_start().starts_with('-'))
+        .filter_map(|l| l.trim().split_once(':').map(|(k, _)| k.to_owned()))
+        .collect()
+}
+
+/// `agentgate check --config FILE` with nothing from the caller's environment.
+fn agentgate_check(file: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agentgate")).args(["check", "--config"]).arg(file).env_clear().output().expect("agentgate runs")
+}
+
+#[test]
+fn yaml_block_follows_indentation() {
+    let y = "a:\n  b:\n    c: 1\n  d:\n    c: 2\n    e:\n      - x\ntop: 3\n";
+    assert_eq!(yaml_block(y, &["a", "d", "c"]).as_deref(), Some(""));
+    assert_eq!(yaml_keys(y, &["a"]), ["b", "d"]);
+    assert_eq!(yaml_keys(y, &["a", "d"]), ["c", "e"]);
+    assert_eq!(yaml_block(y, &["a", "d", "e"]).as_deref(), Some("      - x"));
+    assert!(yaml_block(y, &["a", "c"]).is_none(), "c is not directly under a");
+    assert!(yaml_block(y, &["top", "a"]).is_none());
+}
+
+#[test]
+fn compose_runs_two_replicas_on_postgres_behind_caddy() {
+    let file = "deploy/compose/docker-compose.yml";
+    let compose = read(file);
+    assert!(!compose.contains('\t'), "{file}: tab in YAML");
+    let mut services = yaml_keys(&compose, &["services"]);
+    services.sort();
+    assert_eq!(services, ["agentgate-1", "agentgate-2", "caddy", "migrate", "postgres"]);
+    let service = |name: &str| yaml_block(&compose, &["services", name]).unwrap();
+    let get = |path: &[&str]| yaml_block(&compose, path).unwrap_or_else(|| panic!("{file}: no {path:?}"));
+    let after = |path: &[&str], key: &str| value_in(&get(path), key);
+
+    // Postgres first, healthy when pg_isready answers; the password comes from a secret file.
+    assert!(get(&["services", "postgres", "healthcheck"]).contains("pg_isready"));
+    assert!(service("postgres").contains("POSTGRES_PASSWORD_FILE: /run/secrets/pgpassword"));
+    // The one-shot migration runs once Postgres is healthy.
+    assert!(service("migrate").contains(r#"command: ["migrate", "--config", "/etc/agentgate/agentgate.toml"]"#));
+    assert_eq!(after(&["services", "migrate"], "restart").as_deref(), Some(r#""no""#));
+    assert_eq!(after(&["services", "migrate", "depends_on", "postgres"], "condition").as_deref(), Some("service_healthy"));
+    // Both replicas serve on the shared configuration, only after the migration succeeded, healthy on /readyz.
+    let anchor = get(&["x-agentgate"]);
+    for name in ["agentgate-1", "agentgate-2"] {
+        let s = service(name);
+        assert!(s.contains("<<: *agentgate"), "{name} does not use the shared settings");
+        assert!(s.contains(r#"command: ["serve", "--config", "/etc/agentgate/agentgate.toml"]"#), "{name}: {s}");
+        assert_eq!(
+            after(&["services", name, "depends_on", "migrate"], "condition").as_deref(),
+            Some("service_completed_successfully"),
+            "{name}"
+        );
+        assert!(get(&["services", name]).contains("healthcheck:"), "{name} has no health check");
+    }
+    assert!(get(&["services", "agentgate-1", "healthcheck"]).contains("GET /readyz "), "the health check is not /readyz");
+    assert!(service("agentgate-2").contains("healthcheck: *ready"));
+    for needle in
+        ["./agentgate.toml:/etc/agentgate/agentgate.toml:ro", "CREDENTIALS_DIRECTORY: /run/secrets", "- bot-secret", "- pgpassword"]
+    {
+        assert!(anchor.contains(needle), "x-agentgate lacks `{needle}`");
+    }
+    assert_eq!(value_in(&anchor, "read_only").as_deref(), Some("true"));
+    assert_eq!(value_in(&anchor, "user").as_deref(), Some(r#""10001:10001""#));
+    // Caddy waits for two healthy replicas.
+    for name in ["agentgate-1", "agentgate-2"] {
+        assert_eq!(after(&["services", "caddy", "depends_on", name], "condition").as_deref(), Some("service_healthy"), "{name}");
+    }
+    assert!(service("caddy").contains("./Caddyfile:/etc/caddy/Caddyfile:ro"));
+    let mut secrets = yaml_keys(&compose, &["secrets"]);
+    secrets.sort();
+    assert_eq!(secrets, ["bot-secret", "pgpassword"]);
+    assert_eq!(after(&["secrets", "pgpassword"], "file").as_deref(), Some("./secrets/pgpassword"));
+    assert_eq!(read("deploy/compose/.gitignore").trim(), "secrets/", "the secret files must stay out of git");
+
+    // Caddy balances over both replicas and checks their /readyz.
+    let caddy = read("deploy/compose/Caddyfile");
+    assert!(caddy.contains("reverse_proxy agentgate-1:3978 agentgate-2:3978 {"), "{caddy}");
+    assert!(caddy.lines().any(|l| l.trim() == "health_uri /readyz"), "no active /readyz health check");
+    let matcher = caddy.lines().map(str::trim).find(|l| l.starts_with("@public path ")).expect("no @public matcher");
+    assert_eq!(matcher.split_whitespace().skip(2).collect::<Vec<_>>(), ["/api/messages", "/healthz", "/readyz"]);
+
+    // The replicas' configuration: Postgres with the password from the secret, and `agentgate check` accepts it.
+    let toml = read("deploy/compose/agentgate.toml");
+    assert!(toml.contains(r#"url = "postgres://agentgate@postgres:5432/agentgate""#));
+    assert!(toml.contains(r#"password = "credential:pgpassword""#));
+    assert!(toml.contains(r#"credential = "credential:bot-secret""#));
+    let out = agentgate_check(&repo("deploy/compose/agentgate.toml"));
+    assert!(out.status.success(), "agentgate check refused deploy/compose/agentgate.toml: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn kubernetes_replicas_share_postgres() {
+    let configmap = read("deploy/kubernetes/configmap.yaml");
+    let toml = yaml_block(&configmap, &["data", "agentgate.toml"]).expect("no data.agentgate.toml");
+    let toml: String = toml.lines().map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l))).collect();
+    assert!(toml.contains("url = \"postgres://"), "store.url is not set:\n{toml}");
+    assert!(toml.contains(r#"password = "credential:pgpassword""#), "the password is not read from the Secret:\n{toml}");
+    assert!(read("deploy/kubernetes/secret.example.yaml").contains("  pgpassword: "));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agentgate.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let out = agentgate_check(&file);
+    assert!(out.status.success(), "agentgate check refused the ConfigMap's agentgate.toml: {}", String::from_utf8_lossy(&out.stderr));
+
+    let deployment = read("deploy/kubernetes/deployment.yaml");
+    let spec = yaml_block(&deployment, &["spec"]).unwrap();
+    let replicas: u32 = value_in(&spec, "replicas").unwrap().parse().unwrap();
+    assert!(replicas >= 2, "replicas: {replicas}");
+    assert_eq!(yaml_block(&deployment, &["spec", "strategy"]).and_then(|s| value_in(&s, "type")).as_deref(), Some("RollingUpdate"));
+    assert_eq!(value_after(&deployment, "rollingUpdate:", "maxUnavailable").as_deref(), Some("0"));
+    assert_eq!(value_after(&deployment, "readinessProbe:", "path").as_deref(), Some("/readyz"));
+    let pdb = read("deploy/kubernetes/pdb.yaml");
+    assert_eq!(value_after(&pdb, "spec:", "minAvailable").as_deref(), Some("1"));
+    assert!(read("deploy/kubernetes/kustomization.yaml").contains("  - pdb.yaml"));
+}
