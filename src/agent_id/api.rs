@@ -3,7 +3,6 @@
 //! and answers it from placeholders.
 
 use std::fmt;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -150,7 +149,7 @@ pub(crate) struct Api {
 
 enum Mode {
     Live { http: reqwest::Client, token: SecretString },
-    DryRun { printed: Mutex<Vec<String>> },
+    DryRun,
 }
 
 impl Api {
@@ -164,19 +163,11 @@ impl Api {
     }
 
     pub(crate) fn dry_run(endpoint: GraphEndpoint) -> Self {
-        Self { endpoint, mode: Mode::DryRun { printed: Mutex::new(Vec::new()) }, backoff: Backoff::default() }
+        Self { endpoint, mode: Mode::DryRun, backoff: Backoff::default() }
     }
 
     pub(crate) fn is_dry_run(&self) -> bool {
-        matches!(self.mode, Mode::DryRun { .. })
-    }
-
-    /// The requests a dry run printed, in order.
-    pub(crate) fn printed(&self) -> Vec<String> {
-        match &self.mode {
-            Mode::DryRun { printed } => printed.lock().map(|p| p.clone()).unwrap_or_default(),
-            Mode::Live { .. } => Vec::new(),
-        }
+        matches!(self.mode, Mode::DryRun)
     }
 
     /// The API base URL (`https://graph.microsoft.com/v1.0`), for `@odata.bind` values.
@@ -192,16 +183,13 @@ impl Api {
     /// Send one request (once: no retry here).
     pub(crate) async fn send(&self, req: &Req) -> Result<Resp, GraphFailure> {
         let (http, token) = match &self.mode {
-            Mode::DryRun { printed } => {
+            Mode::DryRun => {
                 let text = {
                     let r = req.to_string();
                     let (m, rest) = r.split_once(' ').unwrap_or((&r, ""));
                     format!("{m} {}{rest}", self.base_path())
                 };
                 println!("{text}");
-                if let Ok(mut p) = printed.lock() {
-                    p.push(text);
-                }
                 return Ok(dry_answer(req));
             }
             Mode::Live { http, token } => (http, token),
