@@ -121,7 +121,11 @@ impl GraphFailure {
         let m = self.message.to_ascii_lowercase();
         self.status == 404
             || (self.status == 400
-                && (m.contains("does not exist") || m.contains("was not found") || m.contains("not found") || self.code == "Request_ResourceNotFound"))
+                && (m.contains("does not exist")
+                    || m.contains("does not reference a valid application")
+                    || m.contains("was not found")
+                    || m.contains("not found")
+                    || self.code == "Request_ResourceNotFound"))
     }
 }
 
@@ -207,7 +211,10 @@ impl Api {
         if let Some(b) = &req.body {
             rb = rb.json(b);
         }
-        let resp = rb.send().await.map_err(|e| GraphFailure::local(format!("Graph did not answer: {}", crate::http_util::error_chain(&e.without_url()))))?;
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| GraphFailure::local(format!("Graph did not answer: {}", crate::http_util::error_chain(&e.without_url()))))?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| GraphFailure::local(format!("reading Graph's answer: {e}")))?;
         let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };

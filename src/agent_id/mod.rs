@@ -135,7 +135,8 @@ pub(crate) fn fix_for(step: Step, e: &api::GraphFailure) -> String {
         return "Agent IDs accept certificate credentials only: remove any password (client secret) from the Blueprint and re-run".into();
     }
     if m.contains("verified domain") {
-        return "pass --domain with one of the tenant's verified domains (Entra admin center > Domain names), or let provision pick one".into();
+        return "pass --domain with one of the tenant's verified domains (Entra admin center > Domain names), or let provision pick one"
+            .into();
     }
     if m.contains("quotaexceeded") || m.contains("limitexceeded") {
         return "the tenant's Agent ID quota is full; soft-deleted Agent IDs count too: purge deleted ones (Entra admin center > \
@@ -157,7 +158,8 @@ pub(crate) fn fix_for(step: Step, e: &api::GraphFailure) -> String {
                 Step::Config => "nothing (a local step)",
             }
         ),
-        404 => "the directory still does not see an object created moments ago (propagation can take 2 minutes): re-run; it resumes here".into(),
+        404 => "the directory still does not see an object created moments ago (propagation can take 2 minutes): re-run; it resumes here"
+            .into(),
         409 => "a conflicting object exists: re-run (provision finds and reuses its own objects), or remove the other one".into(),
         429 => "Graph is throttling: wait a minute and re-run".into(),
         s if s >= 500 => "a Graph outage: re-run later; the run resumes at this step".into(),

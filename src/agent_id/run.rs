@@ -88,15 +88,13 @@ impl Provisioner<'_> {
     pub(crate) async fn provision(&self) -> anyhow::Result<bool> {
         let mut st = self.load().await?;
         match st.status {
-            Status::Failed => println!(
-                "resuming: the last run failed at step {} ({})",
-                st.step.map_or(0, Step::number),
-                st.step.map_or("", Step::title)
-            ),
+            Status::Failed => {
+                println!("resuming: the last run failed at step {} ({})", st.step.map_or(0, Step::number), st.step.map_or("", Step::title))
+            }
             Status::InProgress => println!("resuming an interrupted run"),
-            Status::TearingDown => anyhow::bail!(
-                "a teardown of these objects did not finish: run `agentgate agent-id teardown` again before provisioning"
-            ),
+            Status::TearingDown => {
+                anyhow::bail!("a teardown of these objects did not finish: run `agentgate agent-id teardown` again before provisioning")
+            }
             _ => {}
         }
         if self.api.is_dry_run() {
@@ -109,7 +107,9 @@ impl Provisioner<'_> {
             let result = self.step(step, &mut st).await;
             match result {
                 Ok(summary) => {
-                    println!("✓ {}/{} {}: {summary}", step.number(), Step::ALL.len(), step.title());
+                    let mark = if self.api.is_dry_run() { "· (dry run)" } else { "✓" };
+                    println!("{mark} {}/{} {}: {summary}", step.number(), Step::ALL.len(), step.title());
+                    st.step = Step::ALL.get(step.number()).copied();
                     st.error = None;
                     st.fix = None;
                     self.save(&st).await?;
@@ -136,7 +136,9 @@ impl Provisioner<'_> {
                 st.agent_identity_app_id.as_deref().unwrap_or(""),
                 st.blueprint_app_id.as_deref().unwrap_or("")
             );
-            println!("  Teams and its mailbox can take 15 minutes (up to 24 h) to appear for a new user; check with `agentgate token graph`");
+            println!(
+                "  Teams and its mailbox can take 15 minutes (up to 24 h) to appear for a new user; check with `agentgate token graph`"
+            );
         }
         Ok(true)
     }
@@ -296,7 +298,10 @@ impl Provisioner<'_> {
         }
         let r = self
             .api
-            .send_propagating(&Req::post("servicePrincipals/microsoft.graph.agentIdentityBlueprintPrincipal", json!({"appId": app})), "Blueprint principal")
+            .send_propagating(
+                &Req::post("servicePrincipals/microsoft.graph.agentIdentityBlueprintPrincipal", json!({"appId": app})),
+                "Blueprint principal",
+            )
             .await?;
         let id = match r.status {
             200 | 201 => ids(&r.body).0,
@@ -374,7 +379,10 @@ impl Provisioner<'_> {
             cred["startDateTime"] = json!(nb);
             cred["endDateTime"] = json!(na);
         }
-        let r = self.api.send_propagating(&Req::patch(format!("applications/{obj}"), json!({"keyCredentials": [cred]})), "Blueprint certificate").await?;
+        let r = self
+            .api
+            .send_propagating(&Req::patch(format!("applications/{obj}"), json!({"keyCredentials": [cred]})), "Blueprint certificate")
+            .await?;
         if !r.ok() {
             return Err(r.error().into());
         }
@@ -409,7 +417,10 @@ impl Provisioner<'_> {
                     "agentIdentityBlueprintId": bp,
                     "sponsors@odata.bind": [self.bind_user(&sponsor)],
                 });
-                let r = self.api.send_propagating(&Req::post("servicePrincipals/microsoft.graph.agentIdentity", body), "Agent Identity").await?;
+                let r = self
+                    .api
+                    .send_propagating(&Req::post("servicePrincipals/microsoft.graph.agentIdentity", body), "Agent Identity")
+                    .await?;
                 if !r.ok() {
                     return Err(r.error().into());
                 }
@@ -507,7 +518,8 @@ impl Provisioner<'_> {
             }
         };
         let wanted = self.plan.scopes.join(" ");
-        let lookup = Req::get("oauth2PermissionGrants").q("$filter", format!("clientId eq '{}' and principalId eq '{}'", odata(&client), odata(&user)));
+        let lookup = Req::get("oauth2PermissionGrants")
+            .q("$filter", format!("clientId eq '{}' and principalId eq '{}'", odata(&client), odata(&user)));
         let existing = self
             .api
             .send_propagating(&lookup, "permission grant")
@@ -656,7 +668,9 @@ impl Provisioner<'_> {
     async fn object_status(&self, step: Step, st: &State) -> ObjectStatus {
         let (id, path) = match step {
             Step::Blueprint => (st.blueprint_object_id.clone(), st.blueprint_object_id.as_ref().map(|i| format!("applications/{i}"))),
-            Step::BlueprintPrincipal => (st.blueprint_principal_id.clone(), st.blueprint_principal_id.as_ref().map(|i| format!("servicePrincipals/{i}"))),
+            Step::BlueprintPrincipal => {
+                (st.blueprint_principal_id.clone(), st.blueprint_principal_id.as_ref().map(|i| format!("servicePrincipals/{i}")))
+            }
             Step::AgentIdentity => {
                 (st.agent_identity_object_id.clone(), st.agent_identity_object_id.as_ref().map(|i| format!("servicePrincipals/{i}")))
             }
@@ -671,9 +685,11 @@ impl Provisioner<'_> {
                 let state = match r {
                     Ok(r) if r.ok() => {
                         let name = format!("agentgate {thumb}");
-                        let on = r.body.get("keyCredentials").and_then(Value::as_array).is_some_and(|ks| {
-                            ks.iter().any(|k| k.get("displayName").and_then(Value::as_str) == Some(name.as_str()))
-                        });
+                        let on = r
+                            .body
+                            .get("keyCredentials")
+                            .and_then(Value::as_array)
+                            .is_some_and(|ks| ks.iter().any(|k| k.get("displayName").and_then(Value::as_str) == Some(name.as_str())));
                         if on { ("ok".to_owned(), false) } else { ("MISSING: removed from the Blueprint".to_owned(), true) }
                     }
                     Ok(r) if r.status == 404 => ("MISSING: the Blueprint is gone".to_owned(), true),
@@ -705,7 +721,10 @@ impl Provisioner<'_> {
     pub(crate) async fn teardown(&self) -> anyhow::Result<bool> {
         let mut st = self.load().await?;
         if st == (State { tenant: self.plan.tenant.clone(), ..State::default() }) {
-            println!("nothing to tear down: no provisioning of bot {} in tenant {} is recorded in the store", self.plan.bot_app_id, self.plan.tenant);
+            println!(
+                "nothing to tear down: no provisioning of bot {} in tenant {} is recorded in the store",
+                self.plan.bot_app_id, self.plan.tenant
+            );
             return Ok(true);
         }
         if self.api.is_dry_run() {
@@ -734,7 +753,11 @@ impl Provisioner<'_> {
                     json!({"addLicenses": [], "removeLicenses": [st.licence_sku.clone().unwrap_or_default()]}),
                 ),
             ),
-            ("permission grant", st.grant_id.clone(), Req::delete(format!("oauth2PermissionGrants/{}", st.grant_id.as_deref().unwrap_or("")))),
+            (
+                "permission grant",
+                st.grant_id.clone(),
+                Req::delete(format!("oauth2PermissionGrants/{}", st.grant_id.as_deref().unwrap_or(""))),
+            ),
             ("Agent User", st.agent_user_id.clone(), Req::delete(format!("users/{}", st.agent_user_id.as_deref().unwrap_or("")))),
             (
                 "Agent Identity",
@@ -746,7 +769,11 @@ impl Provisioner<'_> {
                 st.blueprint_principal_id.clone(),
                 Req::delete(format!("servicePrincipals/{}", st.blueprint_principal_id.as_deref().unwrap_or(""))),
             ),
-            ("Blueprint", st.blueprint_object_id.clone(), Req::delete(format!("applications/{}", st.blueprint_object_id.as_deref().unwrap_or("")))),
+            (
+                "Blueprint",
+                st.blueprint_object_id.clone(),
+                Req::delete(format!("applications/{}", st.blueprint_object_id.as_deref().unwrap_or(""))),
+            ),
         ];
         for (what, id, req) in removals {
             let Some(id) = id else { continue };

@@ -177,7 +177,8 @@ impl SignIn {
         if let Some(e) = body.get("error").and_then(Value::as_str) {
             bail!("device code refused: {e}: {}", body.get("error_description").and_then(Value::as_str).unwrap_or(""));
         }
-        let device_code = body.get("device_code").and_then(Value::as_str).ok_or_else(|| anyhow!("no device_code in the answer"))?.to_owned();
+        let device_code =
+            body.get("device_code").and_then(Value::as_str).ok_or_else(|| anyhow!("no device_code in the answer"))?.to_owned();
         let message = body.get("message").and_then(Value::as_str).unwrap_or("open the verification page and enter the code");
         eprintln!("{message}");
         eprintln!("(device code is a fallback: it can be phished; prefer the browser sign-in on a machine that has one)");
@@ -342,7 +343,13 @@ mod tests {
         assert!(loopback_redirect("http://127.0.0.1:0/").is_ok());
         assert!(loopback_redirect("http://127.0.0.1:8400/cb").is_ok());
         assert!(loopback_redirect("http://[::1]:8400/").is_ok());
-        for bad in ["http://localhost:8400/", "https://127.0.0.1/", "http://10.0.0.1:8400/", "http://evil.example/", "http://127.0.0.1.evil.example/"] {
+        for bad in [
+            "http://localhost:8400/",
+            "https://127.0.0.1/",
+            "http://10.0.0.1:8400/",
+            "http://evil.example/",
+            "http://127.0.0.1.evil.example/",
+        ] {
             assert!(loopback_redirect(bad).is_err(), "{bad}");
         }
     }

@@ -142,17 +142,17 @@ pub(super) fn run(cmd: AgentIdCommand) -> anyhow::Result<ExitCode> {
         .or_else(|| bot.tenant_id.clone())
         .or_else(|| (bot.allowed_tenants.len() == 1).then(|| bot.allowed_tenants[0].to_string()))
         .ok_or_else(|| anyhow!("which tenant? pass --tenant (bots[{index}] serves several)"))?;
-    let graph_base = common
-        .graph_base_url
-        .clone()
-        .or_else(|| bot.agent_user.as_ref().and_then(|a| a.graph_base_url.clone()));
+    let graph_base = common.graph_base_url.clone().or_else(|| bot.agent_user.as_ref().and_then(|a| a.graph_base_url.clone()));
     let endpoint = match &graph_base {
         Some(b) => GraphEndpoint::parse(b).map_err(|e| anyhow!("the Graph base URL: {e}"))?,
         None => GraphEndpoint::global(),
     };
     let app = bot.app_id.to_string();
     let short: String = app.chars().take(8).collect();
-    let dir = cfg_path.as_ref().and_then(|p| p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() })).unwrap_or_else(|| PathBuf::from("."));
+    let dir = cfg_path
+        .as_ref()
+        .and_then(|p| p.parent().map(|d| if d.as_os_str().is_empty() { PathBuf::from(".") } else { d.to_path_buf() }))
+        .unwrap_or_else(|| PathBuf::from("."));
     let dir = std::path::absolute(&dir).unwrap_or(dir);
     let key: SecretRef = match &extra.key {
         Some(k) => k.parse().map_err(|e| anyhow!("--key: {e}"))?,
@@ -160,7 +160,9 @@ pub(super) fn run(cmd: AgentIdCommand) -> anyhow::Result<ExitCode> {
     };
     let certificate: SecretRef = match (&extra.certificate, &key) {
         (Some(c), _) => c.parse().map_err(|e| anyhow!("--certificate: {e}"))?,
-        (None, SecretRef::File(k)) => SecretRef::File(PathBuf::from(k.display().to_string().trim_end_matches(".key.pem").to_owned() + ".cert.pem")),
+        (None, SecretRef::File(k)) => {
+            SecretRef::File(PathBuf::from(k.display().to_string().trim_end_matches(".key.pem").to_owned() + ".cert.pem"))
+        }
         (None, _) => bail!("--certificate is needed when --key is not a file: reference"),
     };
     let mut scopes: Vec<String> = AGENT_USER_SCOPES.iter().map(|s| (*s).to_owned()).collect();
@@ -207,8 +209,10 @@ pub(super) fn run(cmd: AgentIdCommand) -> anyhow::Result<ExitCode> {
                 resource,
             };
             let token = if let Some(_app) = &common.provisioner_app {
-                let cert: SecretRef = common.provisioner_cert.as_deref().unwrap_or("").parse().map_err(|e| anyhow!("--provisioner-cert: {e}"))?;
-                let key: SecretRef = common.provisioner_key.as_deref().unwrap_or("").parse().map_err(|e| anyhow!("--provisioner-key: {e}"))?;
+                let cert: SecretRef =
+                    common.provisioner_cert.as_deref().unwrap_or("").parse().map_err(|e| anyhow!("--provisioner-cert: {e}"))?;
+                let key: SecretRef =
+                    common.provisioner_key.as_deref().unwrap_or("").parse().map_err(|e| anyhow!("--provisioner-key: {e}"))?;
                 let cert_pem = cert.load_public().await?;
                 let key_pem = key.load().await?;
                 use secrecy::ExposeSecret as _;

@@ -41,10 +41,9 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    ProvisioningRecord,
     ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, Identity, InboundRecord,
-    InboxItem, InboxState, Lease, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SharedApprovals, SharedVerdict,
-    SlotRequest, Store, StoreError, Target, now_ms,
+    InboxItem, InboxState, Lease, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals,
+    SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
