@@ -735,11 +735,11 @@ impl Provisioner<'_> {
         if let (Some(path), Some(ai)) = (st.config_written.clone(), st.agent_identity_app_id.clone()) {
             if self.api.is_dry_run() {
                 println!("# would remove [bots.agent_user] of bot {} from {path}", self.plan.bot_app_id);
-            } else if let Ok(text) = std::fs::read_to_string(&path) {
-                if let Some(new) = remove_agent_user(&text, &self.plan.bot_app_id, &ai)? {
-                    replace_file(Path::new(&path), &new)?;
-                    println!("✓ removed [bots.agent_user] from {path}");
-                }
+            } else if let Ok(text) = std::fs::read_to_string(&path)
+                && let Some(new) = remove_agent_user(&text, &self.plan.bot_app_id, &ai)?
+            {
+                replace_file(Path::new(&path), &new)?;
+                println!("✓ removed [bots.agent_user] from {path}");
             }
             st.config_written = None;
             self.save(&st).await?;

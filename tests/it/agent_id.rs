@@ -263,9 +263,10 @@ async fn dry_run_prints_every_request_and_makes_none() {
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
-    let d = t.fake.dir.lock().unwrap();
-    assert!(d.seen.is_empty() && d.token_requests.is_empty() && d.authorize_requests == 0, "a dry run sends nothing");
-    drop(d);
+    {
+        let d = t.fake.dir.lock().unwrap();
+        assert!(d.seen.is_empty() && d.token_requests.is_empty() && d.authorize_requests == 0, "a dry run sends nothing");
+    }
     assert!(!t.key_path().exists() && !t.cert_path().exists(), "no key written");
     assert_eq!(std::fs::read_to_string(&t.config).unwrap(), t.original);
     assert_eq!(std::fs::read_dir(t.dir.path().join("data")).unwrap().count(), 0, "no store created");
