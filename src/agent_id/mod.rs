@@ -167,3 +167,49 @@ pub(crate) fn fix_for(step: Step, e: &api::GraphFailure) -> String {
         _ => "fix the cause above and re-run: the run resumes at this step and reuses what exists".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::api::GraphFailure;
+    use super::*;
+
+    fn failure(status: u16, code: &str, message: &str) -> GraphFailure {
+        GraphFailure { status, code: code.into(), message: message.into() }
+    }
+
+    #[test]
+    fn known_graph_errors_get_their_fix() {
+        let pw =
+            failure(400, "PropertyNotCompatibleWithAgentIdentity", "Property passwordCredentials is not compatible with agent identity.");
+        assert!(fix_for(Step::Certificate, &pw).contains("certificate credentials only"));
+        let az = failure(
+            403,
+            "Authorization_RequestDenied",
+            "Agent APIs do not support calls that include the Directory.AccessAsUser.All permission.",
+        );
+        assert!(fix_for(Step::Blueprint, &az).contains("--client-id"));
+        let domain = failure(
+            400,
+            "Request_BadRequest",
+            "The root domain of the specified UPN does not belong to a verified domain of the organization.",
+        );
+        assert!(fix_for(Step::AgentUser, &domain).contains("--domain"));
+        assert!(
+            fix_for(Step::PermissionGrant, &failure(403, "Authorization_RequestDenied", "x"))
+                .contains("DelegatedPermissionGrant.ReadWrite.All")
+        );
+        assert!(failure(404, "Request_ResourceNotFound", "gone").is_propagation());
+        assert!(failure(400, "Request_BadRequest", "Principal was not found: clientId 'x' does not exist.").is_propagation());
+        assert!(!domain.is_propagation() && !pw.is_propagation());
+    }
+
+    #[test]
+    fn the_state_round_trips_and_tolerates_missing_fields() {
+        let st = State { status: Status::Failed, step: Some(Step::AgentUser), agent_user_id: Some("u".into()), ..State::default() };
+        let text = serde_json::to_string(&st).unwrap();
+        assert!(text.contains("\"step\":\"agent_user\"") && text.contains("\"status\":\"failed\""), "{text}");
+        assert_eq!(serde_json::from_str::<State>(&text).unwrap(), st);
+        assert_eq!(serde_json::from_str::<State>("{}").unwrap(), State::default());
+        assert_eq!(Step::ALL.map(Step::number), [1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+}

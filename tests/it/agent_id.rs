@@ -435,3 +435,19 @@ async fn status_shows_drift_provision_repairs_it_and_teardown_removes_everything
     assert_eq!(code, 0);
     assert!(out.contains("nothing to tear down"), "{out}");
 }
+
+#[tokio::test]
+async fn device_code_is_an_explicit_fallback_that_polls_until_signed_in() {
+    let t = Setup::new().await;
+    let mut args: Vec<String> = vec!["agent-id".into(), "provision".into(), "--config".into(), t.config.display().to_string()];
+    args.extend(["--client-id".to_owned(), PUBLIC_CLIENT.to_owned(), "--device-code".to_owned()]);
+    args.extend(t.common());
+    let (code, out, err) = t.run(&args).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("enter the code ABCD-EFGH") && err.contains("can be phished"), "{err}");
+    let d = t.fake.dir.lock().unwrap();
+    let grant = "urn:ietf:params:oauth:grant-type:device_code".to_owned();
+    assert_eq!(d.token_requests, vec![(grant.clone(), "pending".to_owned()), (grant, "issued".to_owned())]);
+    assert_eq!(d.authorize_requests, 0, "no browser flow");
+    assert_eq!(d.count(), (1, 2, 1, 1));
+}

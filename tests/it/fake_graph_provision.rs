@@ -86,6 +86,7 @@ pub struct Directory {
     /// Token requests: (grant_type, outcome).
     pub token_requests: Vec<(String, String)>,
     pub authorize_requests: usize,
+    device_polls: u32,
     pub licences: Vec<(String, String)>,
 }
 
@@ -601,6 +602,22 @@ fn sign_in(dir: &Arc<Mutex<Directory>>, method: &Method, uri: &Uri, body: &Bytes
         to.query_pairs_mut().append_pair("code", &code).append_pair("state", &g("state"));
         return (StatusCode::FOUND, [(header::LOCATION, to.to_string())]).into_response();
     }
+    if method == Method::POST && uri.path().ends_with("/devicecode") {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+        if !tenant_ok
+            || form.get("client_id").map(String::as_str) != Some(PUBLIC_CLIENT)
+            || !form.get("scope").is_some_and(|s| s.contains("AgentIdentity.Create.All"))
+        {
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_request"}))).into_response();
+        }
+        d.device_polls = 0;
+        return axum::Json(json!({
+            "device_code": "device-code-1", "user_code": "ABCD-EFGH", "verification_uri": "https://microsoft.com/devicelogin",
+            "expires_in": 900, "interval": 1,
+            "message": "To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code ABCD-EFGH to authenticate."
+        }))
+        .into_response();
+    }
     if method == Method::POST && uri.path().ends_with("/token") {
         let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
         let g = |k: &str| form.get(k).cloned().unwrap_or_default();
@@ -628,6 +645,23 @@ fn sign_in(dir: &Arc<Mutex<Directory>>, method: &Method, uri: &Uri, body: &Bytes
                     "AgentIdentity.Create.All AgentIdentityBlueprint.Create User.Read"
                 };
                 let t = mint(&mut d, &client, Some(scp));
+                d.token_requests.push((grant.clone(), "issued".into()));
+                axum::Json(json!({"token_type": "Bearer", "access_token": t, "expires_in": 3599})).into_response()
+            }
+            "urn:ietf:params:oauth:grant-type:device_code" => {
+                if g("device_code") != "device-code-1" || g("client_id") != PUBLIC_CLIENT {
+                    return refuse(&mut d, "bad device code");
+                }
+                d.device_polls += 1;
+                if d.device_polls < 2 {
+                    d.token_requests.push((grant.clone(), "pending".into()));
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        axum::Json(json!({"error": "authorization_pending", "error_description": "AADSTS70016: pending"})),
+                    )
+                        .into_response();
+                }
+                let t = mint(&mut d, PUBLIC_CLIENT, Some("AgentIdentity.Create.All User.Read"));
                 d.token_requests.push((grant.clone(), "issued".into()));
                 axum::Json(json!({"token_type": "Bearer", "access_token": t, "expires_in": 3599})).into_response()
             }
