@@ -270,5 +270,10 @@ async fn open_store(cfg: &Config, dry_run: bool) -> anyhow::Result<Option<std::s
     if dry_run && cfg.store.url.is_none() && !cfg.sqlite_path().exists() {
         return Ok(None);
     }
+    if cfg.store.url.is_none()
+        && let Some(parent) = cfg.sqlite_path().parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
     Ok(Some(crate::store::open(cfg, Default::default(), 1).await?))
 }
