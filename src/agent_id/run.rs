@@ -657,6 +657,10 @@ impl Provisioner<'_> {
     }
 
     async fn exists(&self, path: String) -> (String, bool) {
+        if self.api.is_dry_run() {
+            let _ = self.api.send(&Req::get(path)).await;
+            return ("(dry run: not checked)".into(), false);
+        }
         match self.api.send(&Req::get(path)).await {
             Ok(r) if r.ok() => ("ok".into(), false),
             Ok(r) if r.status == 404 => ("MISSING: deleted in the tenant".into(), true),
@@ -683,6 +687,7 @@ impl Provisioner<'_> {
                 };
                 let r = self.api.send(&Req::get(format!("applications/{obj}")).q("$select", "id,keyCredentials")).await;
                 let state = match r {
+                    _ if self.api.is_dry_run() => ("(dry run: not checked)".to_owned(), false),
                     Ok(r) if r.ok() => {
                         let name = format!("agentgate {thumb}");
                         let on = r
