@@ -17,7 +17,7 @@ import sys
 
 LAYERS = [
     "ids", "http_util", "activity", "teams", "secrets", "config", "telemetry", "metrics", "service_url",
-    "store", "auth", "entra", "graph", "connector", "bridge", "inbound", "mcp", "teams_app", "doctor",
+    "store", "auth", "entra", "graph", "agent_id", "connector", "bridge", "inbound", "mcp", "teams_app", "doctor",
     "server", "cli",
 ]
 

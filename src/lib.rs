@@ -11,6 +11,7 @@
 #![warn(unreachable_pub)]
 
 pub(crate) mod activity;
+pub(crate) mod agent_id;
 pub(crate) mod auth;
 pub(crate) mod bridge;
 pub mod cli;

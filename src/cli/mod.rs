@@ -11,7 +11,10 @@ use crate::config::{Config, DEV_DEFAULT_TOML, STARTER_TOML};
 use crate::server::{Gateway, ServeOptions, shutdown_signal};
 use crate::store::Store;
 
+mod agent_id;
 mod send;
+
+pub use agent_id::{AgentIdCommand, CommonArgs as AgentIdArgs, ProvisionArgs};
 
 /// `println!` that ends the process quietly when stdout is closed (`agentgate check | head`) instead of
 /// panicking.
@@ -142,6 +145,10 @@ pub enum Command {
     /// The Teams app: per-tenant app packages and admin-consent links.
     #[command(subcommand)]
     TeamsApp(TeamsAppCommand),
+    /// The Entra Agent ID objects behind a bot's Agent User: `provision` creates them in one run
+    /// (idempotent, resumable), `status` shows them and any drift, `teardown` removes them.
+    #[command(subcommand)]
+    AgentId(AgentIdCommand),
     /// Get a fresh token and print its claims: `graph` / `agentic` as the bot's Agent User (three hops),
     /// `bot` as the bot. The token itself is printed only with --show-token.
     Token {
@@ -659,6 +666,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::TeamsApp(cmd) => teams_app(cmd),
+        Command::AgentId(cmd) => agent_id::run(cmd),
         Command::Token { config, kind, bot, show_token } => {
             let cfg = config.load(false)?;
             cfg.validate(false)?;

@@ -76,6 +76,15 @@ pub fn now_ms() -> i64 {
 
 /// What an accepted activity leaves behind: its inbox entry, its dedupe key and the conversation
 /// reference it refreshes, written in one transaction.
+/// The saved state of one `agentgate agent-id provision` run: `state` is the run's own JSON (the step
+/// reached, the ids of the objects it created), read and written only by `agent_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisioningRecord {
+    pub key: String,
+    pub state: String,
+    pub updated_at_ms: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct InboundRecord {
     pub bot_app_id: AppId,
@@ -559,6 +568,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The service URL of the bot's most recently updated usable reference in `tenant` (proactive sends).
     async fn tenant_service_url(&self, bot_app_id: &str, tenant_id: &str) -> Result<Option<String>, StoreError>;
+
+    /// The saved state of an `agentgate agent-id provision` run (its key names the bot and tenant).
+    async fn provisioning(&self, key: &str) -> Result<Option<ProvisioningRecord>, StoreError>;
+
+    /// Save (insert or replace) a provisioning run's state.
+    async fn save_provisioning(&self, record: ProvisioningRecord) -> Result<(), StoreError>;
+
+    /// Forget a provisioning run (after its teardown); whether there was one.
+    async fn delete_provisioning(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Forget dedupe keys that expired before `now_ms`; returns how many were removed.
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError>;

@@ -42,8 +42,8 @@ use tokio_postgres::types::ToSql;
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
     ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, Identity, InboundRecord,
-    InboxItem, InboxState, Lease, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SharedApprovals, SharedVerdict,
-    SlotRequest, Store, StoreError, Target, now_ms,
+    InboxItem, InboxState, Lease, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals,
+    SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -163,6 +163,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at_ms BIGINT NOT NULL
     );
     CREATE INDEX approvals_live ON approvals (owner, state) WHERE state IN ('open', 'decided');",
+    // `agentgate agent-id provision`: each run's state machine (the objects created, the step reached), as JSON.
+    "CREATE TABLE agent_id_provisioning (
+        key           TEXT   PRIMARY KEY,
+        state         TEXT   NOT NULL,
+        updated_at_ms BIGINT NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.
@@ -989,6 +995,25 @@ impl Store for PostgresStore {
             )
             .await?;
         Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn provisioning(&self, key: &str) -> Result<Option<ProvisioningRecord>, StoreError> {
+        let rows = self.query("SELECT key, state, updated_at_ms FROM agent_id_provisioning WHERE key = $1", &[&key]).await?;
+        Ok(rows.first().map(|r| ProvisioningRecord { key: r.get(0), state: r.get(1), updated_at_ms: r.get(2) }))
+    }
+
+    async fn save_provisioning(&self, record: ProvisioningRecord) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO agent_id_provisioning (key, state, updated_at_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at_ms = excluded.updated_at_ms",
+            &[&record.key, &record.state, &record.updated_at_ms],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_provisioning(&self, key: &str) -> Result<bool, StoreError> {
+        self.execute("DELETE FROM agent_id_provisioning WHERE key = $1", &[&key]).await.map(|n| n > 0)
     }
 
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError> {

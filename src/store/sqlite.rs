@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
     AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, Identity, InboundRecord, InboxItem, Lease, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -130,6 +130,16 @@ const MIGRATIONS: &[Migration] = &[
     // 5: outbox claims carry an owner and a lease, so that a claim is taken over only once its lease ran out
     // (its owner died). Entries left `sending` by older builds have no lease: they count as expired.
     |tx| tx.execute_batch("ALTER TABLE outbox ADD COLUMN lease_owner TEXT; ALTER TABLE outbox ADD COLUMN lease_until_ms INTEGER;"),
+    // 6: `agentgate agent-id provision`: each run's state machine (the objects created, the step reached), as JSON.
+    |tx| {
+        tx.execute_batch(
+            "CREATE TABLE agent_id_provisioning (
+                key           TEXT    PRIMARY KEY,
+                state         TEXT    NOT NULL,
+                updated_at_ms INTEGER NOT NULL
+            )",
+        )
+    },
 ];
 
 /// The schema version this build writes.
@@ -1099,6 +1109,34 @@ impl Store for SqliteStore {
             .optional()
         })
         .await
+    }
+
+    async fn provisioning(&self, key: &str) -> Result<Option<ProvisioningRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT key, state, updated_at_ms FROM agent_id_provisioning WHERE key = ?1")?
+                .query_row(params![key], |r| Ok(ProvisioningRecord { key: r.get(0)?, state: r.get(1)?, updated_at_ms: r.get(2)? }))
+                .optional()
+        })
+        .await
+    }
+
+    async fn save_provisioning(&self, record: ProvisioningRecord) -> Result<(), StoreError> {
+        self.write(move |tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO agent_id_provisioning (key, state, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![record.key, record.state, record.updated_at_ms])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_provisioning(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |tx, _| tx.prepare_cached("DELETE FROM agent_id_provisioning WHERE key = ?1")?.execute(params![key]).map(|n| n > 0))
+            .await
     }
 
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError> {

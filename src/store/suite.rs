@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::audit::{self, AuditHead, Broken};
 use super::{
     AuditEvent, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, Identity, InboundRecord, InboxState, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxState, Store, StoreError, Target,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -40,7 +40,7 @@ macro_rules! store_suite {
     (optional $backend:expr) => {
         $crate::store_suite!(@store $backend;
             inbox_states_cursor_and_personal_chats, purge_forgets_expired_dedupe_keys, closed_store_refuses_writes,
-            audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed);
+            audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed, provisioning_state_is_saved_replaced_and_forgotten);
         $crate::store_suite!(@backend $backend;
             commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
             outbox_keeps_per_conversation_order_and_recovers_after_a_crash, two_replicas_never_claim_the_same_entry,
@@ -550,4 +550,24 @@ pub(crate) async fn an_anonymous_activity_never_overwrites_an_authenticated_refe
     let store = b.open(None).await;
     assert!(store.conversation_ref("bot", "c1").await.unwrap().unwrap().authenticated);
     store.close().await;
+}
+
+/// `agent-id provision` keeps one state per key: saved, replaced (never duplicated), read back, deleted.
+pub(crate) async fn provisioning_state_is_saved_replaced_and_forgotten(store: &dyn Store) {
+    assert_eq!(store.provisioning("bot-a/tenant").await.unwrap(), None);
+    let first = ProvisioningRecord { key: "bot-a/tenant".into(), state: r#"{"step":1}"#.into(), updated_at_ms: 10 };
+    store.save_provisioning(first.clone()).await.unwrap();
+    store
+        .save_provisioning(ProvisioningRecord { key: "bot-b/tenant".into(), state: r#"{"step":9}"#.into(), updated_at_ms: 11 })
+        .await
+        .unwrap();
+    assert_eq!(store.provisioning("bot-a/tenant").await.unwrap(), Some(first));
+    let second = ProvisioningRecord { key: "bot-a/tenant".into(), state: r#"{"step":2}"#.into(), updated_at_ms: 20 };
+    store.save_provisioning(second.clone()).await.unwrap();
+    assert_eq!(store.provisioning("bot-a/tenant").await.unwrap(), Some(second));
+    assert!(store.delete_provisioning("bot-a/tenant").await.unwrap());
+    assert!(!store.delete_provisioning("bot-a/tenant").await.unwrap());
+    assert_eq!(store.provisioning("bot-a/tenant").await.unwrap(), None);
+    // The other key is untouched.
+    assert_eq!(store.provisioning("bot-b/tenant").await.unwrap().map(|r| r.updated_at_ms), Some(11));
 }

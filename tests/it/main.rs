@@ -7,9 +7,11 @@ mod fake_connector;
 mod fake_entra;
 mod fake_entra_agent;
 mod fake_graph;
+mod fake_graph_provision;
 mod helpers;
 mod mcp_host;
 
+mod agent_id;
 mod agent_tokens;
 mod agentic;
 mod auth;
