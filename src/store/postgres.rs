@@ -949,7 +949,7 @@ impl Store for PostgresStore {
     async fn personal_conversation(&self, bot_app_id: &str, aad_object_id: &str) -> Result<Option<ConversationRef>, StoreError> {
         let sql = format!(
             "SELECT {REF_COLUMNS} FROM conversation_refs
-             WHERE bot_app_id = $1 AND lower(user_aad_object_id) = $2 AND conversation_type = 'personal' AND usable
+             WHERE bot_app_id = $1 AND lower(user_aad_object_id) = $2 AND conversation_type = 'personal' AND usable AND channel_id <> 'graph'
              ORDER BY updated_at_ms DESC LIMIT 1"
         );
         self.query(&sql, &[&bot_app_id, &aad_object_id.to_ascii_lowercase()]).await?.first().map(ref_row).transpose()

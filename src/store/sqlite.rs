@@ -1068,7 +1068,7 @@ impl Store for SqliteStore {
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {REF_COLUMNS} FROM conversation_refs
-                 WHERE bot_app_id = ?1 AND lower(user_aad_object_id) = ?2 AND conversation_type = 'personal' AND usable
+                 WHERE bot_app_id = ?1 AND lower(user_aad_object_id) = ?2 AND conversation_type = 'personal' AND usable AND channel_id <> 'graph'
                  ORDER BY updated_at_ms DESC LIMIT 1"
             ))?
             .query_row(params![bot, aad], ref_row)
