@@ -396,10 +396,7 @@ fn agent_user_inbound(cfg: &Config, bot: &crate::config::BotConfig, label: &str)
         return Some(Check::skip(name, "agent_user.inbound is off: what people write to the Agent User does not reach the host"));
     }
     Some(match cfg.inbound_url_problem() {
-        None => Check::pass(format!(
-            "{name}: Graph posts to {}",
-            cfg.public_endpoint("/api/graph/notifications").unwrap_or_default()
-        )),
+        None => Check::pass(format!("{name}: Graph posts to {}", cfg.public_endpoint("/api/graph/notifications").unwrap_or_default())),
         Some(problem) => Check::fail(name, format!("{problem}: webhooks cannot reach this gateway"), crate::config::NO_PUBLIC_URL_HELP),
     })
 }

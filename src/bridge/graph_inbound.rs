@@ -498,12 +498,22 @@ impl GraphInbound {
 
     /// Read each chat from its cursor and commit what was missed, the cursor with the entries.
     async fn catch_up(&self, bot: &InboundBot) -> Result<(), String> {
+        let result = self.catch_up_chats(bot).await;
+        if let Ok((chats, read)) = &result {
+            tracing::info!(bot = %bot.app_id, chats, messages = read, "Graph catch-up read done");
+        }
+        result.map(drop)
+    }
+
+    /// The catch-up: the chats looked at and the messages read.
+    async fn catch_up_chats(&self, bot: &InboundBot) -> Result<(usize, usize), String> {
         let cursors = self.store.graph_cursors(&bot.app_id).await.map_err(|e| e.to_string())?;
         let Some(base) = cursors.iter().find(|c| c.chat_id.is_empty()).map(|c| c.modified_ms) else {
             // No subscription was ever made: nothing can have been missed.
-            return Ok(());
+            return Ok((0, 0));
         };
         let chats = bot.actor.graph.list_chats(MAX_CHATS).await.map_err(|e| e.to_string())?;
+        let (count, mut read) = (chats.len(), 0);
         for chat in chats {
             let from = cursors.iter().find(|c| c.chat_id == chat.id).map_or(base, |c| c.modified_ms.max(base));
             {
@@ -520,6 +530,7 @@ impl GraphInbound {
             if messages.is_empty() {
                 continue;
             }
+            read += messages.len();
             let newest = messages
                 .iter()
                 .filter_map(|m| m.get("lastModifiedDateTime").and_then(Value::as_str).and_then(parse_rfc3339_ms))
@@ -533,9 +544,8 @@ impl GraphInbound {
             let cursor = ChatCursor { bot_app_id: bot.app_id.clone().into(), chat_id: chat.id.clone(), modified_ms: newest };
             self.commit(bot, records, vec![cursor], None).await?;
         }
-        Ok(())
+        Ok((count, read))
     }
-
 }
 
 /// A Graph failure that will not go away by trying again (the message is gone or not ours to read).
@@ -708,10 +718,7 @@ fn graph_reference(bot: &InboundBot, chat: &ChatInfo<'_>, activity: &Activity, n
 pub(crate) fn rfc3339_ms(ms: i64) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
         time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(FORMAT).ok())
-        .unwrap_or_default()
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok().and_then(|t| t.format(FORMAT).ok()).unwrap_or_default()
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)` → milliseconds since the epoch (fraction truncated to ms).

@@ -134,7 +134,10 @@ impl AgentUserConfig {
             GraphEndpoint::parse(base).map_err(|e| err("graph_base_url", e.to_string()))?;
         }
         if !(2..=4230).contains(&self.subscription_minutes) {
-            return Err(err("subscription_minutes", "must be 2..=4230 (Graph keeps chat-message subscriptions at most about 3 days)".into()));
+            return Err(err(
+                "subscription_minutes",
+                "must be 2..=4230 (Graph keeps chat-message subscriptions at most about 3 days)".into(),
+            ));
         }
         Ok(())
     }

@@ -639,7 +639,6 @@ impl Config {
         if self.store.sqlite_path.is_absolute() { self.store.sqlite_path.clone() } else { self.data_dir.join(&self.store.sqlite_path) }
     }
 
-    /// Check everything that does not need the network. `dev` is `serve --dev`.
     /// Why `server.public_url` cannot receive Graph webhooks (unset, not a URL, not https), if it cannot.
     pub fn inbound_url_problem(&self) -> Option<String> {
         let Some(raw) = self.server.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
@@ -661,6 +660,7 @@ impl Config {
         Some(format!("{base}{path}"))
     }
 
+    /// Check everything that does not need the network. `dev` is `serve --dev`.
     pub fn validate(&self, dev: bool) -> Result<(), ConfigError> {
         let bind: SocketAddr = self.server.bind.parse().map_err(|_| {
             ConfigError::new("server.bind", format!("`{}` is not an address:port such as 127.0.0.1:3978", self.server.bind))

@@ -22,7 +22,11 @@ use super::AppState;
 const MAX_VALIDATION_TOKEN: usize = 4096;
 
 /// The handler of both paths.
-pub(crate) async fn notifications(State(state): State<Arc<AppState>>, Query(query): Query<HashMap<String, String>>, body: Bytes) -> Response {
+pub(crate) async fn notifications(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
     let Some(inbound) = state.graph.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
     };

@@ -41,10 +41,9 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, GraphCommit, GraphNotification,
-    GraphSubscription, NewGraphNotification, ConversationRef, ErrorClass, Finish, Identity, InboundRecord,
-    InboxItem, InboxState, Lease, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SharedApprovals, SharedVerdict,
-    SlotRequest, Store, StoreError, Target, now_ms,
+    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Finish, GraphCommit,
+    GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, SharedApprovals, SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 

@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, ChatCursor, CommitOutcome, GraphCommit, GraphNotification, GraphSubscription, NewGraphNotification, ConversationRef, Finish, Identity, InboundRecord, InboxItem, Lease, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, Store, StoreError, Target, now_ms,
+    AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, Finish, GraphCommit, GraphNotification, GraphSubscription,
+    Identity, InboundRecord, InboxItem, Lease, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState,
+    Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -1272,7 +1273,8 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(
                 "SELECT bot_app_id, chat_id, modified_ms FROM graph_cursors WHERE lower(bot_app_id) = ?1 ORDER BY chat_id",
             )?;
-            let rows = stmt.query_map(params![bot], |r| Ok(ChatCursor { bot_app_id: r.get(0)?, chat_id: r.get(1)?, modified_ms: r.get(2)? }))?;
+            let rows =
+                stmt.query_map(params![bot], |r| Ok(ChatCursor { bot_app_id: r.get(0)?, chat_id: r.get(1)?, modified_ms: r.get(2)? }))?;
             rows.collect()
         })
         .await

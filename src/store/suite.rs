@@ -10,8 +10,8 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    AuditEvent, ChatCursor, CommitOutcome, ConversationRef, GraphCommit, GraphSubscription, NewGraphNotification, ErrorClass, Failed, Finish, Identity, InboundRecord, InboxState, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxState, Store, StoreError, Target,
+    AuditEvent, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, GraphCommit, GraphSubscription, Identity,
+    InboundRecord, InboxState, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState, Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
