@@ -1134,6 +1134,34 @@ allowed_tenants = ["tenant-a"]
     }
 
     #[test]
+    fn agent_user_inbound_needs_an_https_public_url() {
+        let load = |public: &str, inbound: bool| {
+            let text = format!(
+                "[server]\n{public}\n[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[bots.agent_user]\ntenant_id = \"t\"\n\
+                 blueprint_app_id = \"b1b1b1b1-0000-4000-8000-000000000001\"\nagent_identity_id = \"a1a1a1a1-0000-4000-8000-000000000002\"\n\
+                 agent_user_id = \"d1d1d1d1-0000-4000-8000-000000000003\"\ncertificate = \"file:/x.crt\"\nkey = \"file:/x.key\"\ninbound = {inbound}\n"
+            );
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap()
+        };
+        load("", false).validate(false).unwrap();
+        let c = load("public_url = \"https://gateway.example.com/\"", true);
+        c.validate(false).unwrap();
+        assert_eq!(c.public_endpoint("/api/graph/notifications").unwrap(), "https://gateway.example.com/api/graph/notifications");
+        for public in [
+            "",
+            "public_url = \"http://gateway.example.com\"",
+            "public_url = \"gateway.example.com\"",
+            "public_url = \"https://g.example?x=1\"",
+        ] {
+            let e = load(public, true).validate(false).unwrap_err();
+            assert_eq!(e.field, "bots[0].agent_user.inbound", "{public}");
+            let said = e.to_string();
+            assert!(said.contains("webhooks cannot reach this gateway") && said.contains("agentgate mcp --connect"), "{said}");
+            assert!(said.contains("never falls back to polling"), "{said}");
+        }
+    }
+
+    #[test]
     fn a_postgres_store_url_is_checked_and_its_password_never_shown() {
         let load = |store: &str| {
             let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[store]\n{store}\n");
