@@ -196,6 +196,12 @@ impl GraphInbound {
         tokio::spawn(async move {
             this.drain().await;
             for bot in &this.bots {
+                // A stored subscription may have lapsed at Graph while the gateway was down: renewing it
+                // at start finds out (a 404 recreates it and catches up).
+                let live = this.store.graph_subscriptions(Some(&bot.app_id)).await.unwrap_or_default();
+                for sub in live.iter().filter(|s| s.expires_at_ms > now_ms()) {
+                    this.renew(bot, &sub.subscription_id).await;
+                }
                 this.ensure_subscription(bot).await;
                 if let Err(e) = this.catch_up(bot).await {
                     tracing::warn!(bot = %bot.app_id, error = %e, "the catch-up read at start failed; it is tried again after the next lifecycle event");

@@ -272,6 +272,8 @@ async fn a_missed_event_catches_up_exactly_the_missed_messages() {
         .say(GROUP, person(SAM, "Sam"), "<p><at id=\"0\">Agent</at> three</p>", json!([mention(0, AGENT_USER_OID, "Agent")]), false)
         .await;
     r.graph.edit(DM, &seen, "<p>one (edited)</p>", false).await;
+    // Graph throttles the first catch-up request (429, Retry-After: 1): it is waited out.
+    r.graph.inject([crate::fake_graph::Canned::throttled(Some("1"))]);
     assert_eq!(r.graph.lifecycle("missed").await, vec![202]);
     let mut got = Vec::new();
     for _ in 0..3 {
@@ -283,6 +285,10 @@ async fn a_missed_event_catches_up_exactly_the_missed_messages() {
     assert!(got.iter().any(|g| g.starts_with(&format!("{seen}@edit:"))), "the edit is a typed event: {got:?}");
     assert_eq!(entries_of(&gw.config, &seen), 1, "the message seen before is not repeated");
     assert!(r.graph.list_reads() > reads, "the catch-up read the chats");
+    assert!(
+        gw.stderr().contains("429") || gw.stderr().contains("Throttled") || gw.stderr().contains("waiting to try again"),
+        "the 429 was not seen"
+    );
     // The cursor moved: a second `missed` reads again but delivers nothing new.
     assert_eq!(r.graph.lifecycle("missed").await, vec![202]);
     assert!(host.next("notifications/claude/channel", Duration::from_millis(1500)).await.is_none());
@@ -324,4 +330,25 @@ async fn inbound_without_an_https_public_url_refuses_to_start_and_says_how() {
     assert!(said.contains("webhooks cannot reach this gateway"), "{said}");
     assert!(said.contains("agentgate mcp --connect") && said.contains("tunnel"), "{said}");
     assert!(said.contains("never falls back to polling"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_that_lapsed_while_the_gateway_was_down_is_recreated_and_caught_up() {
+    let r = rig("").await;
+    let (gw, host) = r.start("claude-code").await;
+    let first = r.graph.subscriptions().remove(0);
+    let mut gw = gw;
+    gw.child.start_kill().unwrap();
+    let _ = gw.child.wait().await;
+    drop(host);
+    // While it is down, the subscription expires and people write (Graph notifies nobody).
+    r.graph.expire_subscriptions();
+    let lost = r.graph.say(DM, person(ALEX, "Alex"), "<p>are you there?</p>", json!([]), true).await;
+    let (gw, mut host) = r.start("claude-code").await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["message_id"], lost);
+    let live: Vec<_> = r.graph.subscriptions().into_iter().filter(|s| !s.expired).collect();
+    assert_eq!(live.len(), 1);
+    assert_ne!(live[0].id, first.id, "a new subscription");
+    assert_eq!(entries_of(&gw.config, &lost), 1);
 }
