@@ -34,8 +34,11 @@ pub(crate) async fn notifications(
         if token.len() > MAX_VALIDATION_TOKEN {
             return StatusCode::BAD_REQUEST.into_response();
         }
-        return (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"))], token.clone())
-            .into_response();
+        let headers = [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8")),
+            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        ];
+        return (StatusCode::OK, headers, token.clone()).into_response();
     }
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
         tracing::warn!("a Graph notification request that is not JSON was refused: 400");
