@@ -253,6 +253,22 @@ impl FakeGraph {
         }
     }
 
+    /// Someone deletes their message (soft delete: `deletedDateTime` set); with `notify`, a `deleted`
+    /// notification.
+    pub async fn delete(&self, chat_id: &str, message_id: &str, notify: bool) {
+        {
+            let mut chats = self.state.chats.lock().unwrap();
+            let chat = chats.iter_mut().find(|c| c.id == chat_id).unwrap();
+            let m = chat.messages.iter_mut().find(|m| m["id"] == message_id).unwrap();
+            let now = now_rfc3339();
+            m["deletedDateTime"] = json!(now);
+            m["lastModifiedDateTime"] = json!(now);
+        }
+        if notify {
+            self.notify(chat_id, message_id, "deleted").await;
+        }
+    }
+
     /// POST a change notification for a message to every live subscription; the statuses.
     pub async fn notify(&self, chat_id: &str, message_id: &str, change: &str) -> Vec<u16> {
         let subs: Vec<Sub> = self.state.subs.lock().unwrap().iter().filter(|s| !s.expired).cloned().collect();

@@ -131,8 +131,10 @@ async fn people_reach_the_host_through_the_agent_users_chats_and_answers_go_back
     let reads_at_start = r.graph.list_reads();
 
     // A person DMs the Agent User: the host is notified in the envelope.
+    let started = std::time::Instant::now();
     let id = r.graph.say(DM, person(ALEX, "Alex"), "<p>Can you check the <b>build</b> &amp; tell me?</p>", json!([]), true).await;
     let n = channel(&mut host, &gw).await;
+    eprintln!("Graph DM: notification sent → host notified in {} ms", started.elapsed().as_millis());
     let content = n["content"].as_str().unwrap();
     assert!(content.contains("⟦untrusted_content ") && content.contains("Can you check the build & tell me?"), "{n}");
     assert_eq!(n["meta"]["message_id"], id, "{n}");
@@ -146,12 +148,32 @@ async fn people_reach_the_host_through_the_agent_users_chats_and_answers_go_back
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(sent[1]["body"]["content"].as_str().unwrap().contains("On it &lt;3"));
     assert!(r.fake.landed().is_empty(), "nothing went through the Connector: {:?}", r.fake.landed().len());
+    // An edit and a deletion arrive as typed events.
+    r.graph.edit(DM, &id, "<p>Can you check the build?</p>", true).await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["event"], "message_update", "{n}");
+    assert!(n["content"].as_str().unwrap().contains("Can you check the build?"), "{n}");
+    r.graph.delete(DM, &id, true).await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["event"], "message_delete", "{n}");
     // The Agent User's own message is never delivered back (matched on its object id).
     r.graph.notify(DM, sent[1]["id"].as_str().unwrap(), "created").await;
     // Typing is skipped in a Graph chat, naming the identity; a card goes through Graph.
     let t = host.ok("send_typing", json!({"chat_id": DM})).await;
     assert_eq!(t["status"], "skipped", "{t}");
     assert_eq!(t["identity"], format!("agent_user:{AGENT_USER_OID}"));
+
+    let card = json!({"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Build status"}]});
+    let v = host.ok("send_card", json!({"chat_id": DM, "card": card, "text": "Here:"})).await;
+    assert_eq!(v["via"], "graph", "{v}");
+    let with_card = r.graph.messages(DM).last().cloned().unwrap();
+    assert_eq!(with_card["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive", "{with_card}");
+    // Never a silent identity switch: what Graph cannot do as the Agent User is refused, not done by the bot.
+    let (err, v) = host.call("update_message", json!({"chat_id": DM, "message_id": sent[1]["id"], "text": "x"})).await;
+    assert!(err && v.to_string().contains("Agent User's chat"), "{v}");
+    let (err, v) = host.call("stream_start", json!({"chat_id": DM})).await;
+    assert!(err && v.to_string().contains("Agent User's chat"), "{v}");
+    assert!(r.fake.landed().is_empty());
 
     // A group chat: without a mention nothing reaches the host; with the Agent User's mention it does.
     let quiet = r.graph.say(GROUP, person(SAM, "Sam"), "<p>lunch?</p>", json!([]), true).await;
@@ -196,7 +218,11 @@ async fn people_reach_the_host_through_the_agent_users_chats_and_answers_go_back
     assert_eq!(quiet_entry.3, "filtered", "kept, never delivered");
     let graph: Vec<_> = entries.iter().filter(|e| e.2 == "graph").collect();
     assert!(graph.iter().all(|e| e.1 == DM || e.1 == GROUP));
-    assert_eq!(graph.len(), 3, "the DM, the quiet and the mentioned group message; no bot, system or own message: {entries:#?}");
+    assert_eq!(
+        graph.len(),
+        5,
+        "the DM, its edit and deletion, the quiet and the mentioned group message; no bot, system or own message: {entries:#?}"
+    );
 
     // No standing poll: with the subscription healthy, no chat-message listing happened after the start.
     tokio::time::sleep(Duration::from_secs(2)).await;
