@@ -262,6 +262,14 @@ impl GraphInbound {
                     tracing::warn!(bot = %bot.app_id, "a Graph notification names no chat message; ignored");
                     return done(Arc::clone(&self.store), n.id).await;
                 };
+                match self.chat(bot, &chat_id).await {
+                    Ok(_) => {}
+                    Err(e) if permanent(&e) => {
+                        tracing::warn!(bot = %bot.app_id, error = %e, "a notified chat cannot be read; skipped");
+                        return done(Arc::clone(&self.store), n.id).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
                 let message = match bot.actor.graph.get_chat_message_json(&chat_id, &message_id).await {
                     Ok(m) => m,
                     Err(e) if permanent(&e) => {
@@ -327,11 +335,11 @@ impl GraphInbound {
     }
 
     /// A chat's conversation type (`personal` / `groupChat`) and tenant, read once.
-    async fn chat(&self, bot: &InboundBot, chat_id: &str) -> Result<(String, String), String> {
+    async fn chat(&self, bot: &InboundBot, chat_id: &str) -> Result<(String, String), GraphError> {
         if let Some(c) = bot.chats.lock().unwrap_or_else(PoisonError::into_inner).get(chat_id) {
             return Ok(c.clone());
         }
-        let chat = bot.actor.graph.get_chat(chat_id).await.map_err(|e| e.to_string())?;
+        let chat = bot.actor.graph.get_chat(chat_id).await?;
         let kind = if chat.chat_type.eq_ignore_ascii_case("oneOnOne") { "personal" } else { "groupChat" };
         let tenant = chat.tenant_id.filter(|t| !t.is_empty()).unwrap_or_else(|| bot.actor.tokens.tenant().to_owned());
         let info = (kind.to_owned(), tenant);
@@ -353,13 +361,16 @@ impl GraphInbound {
             tracing::debug!(bot = %bot.app_id, why, "a Graph chat message is not for the host");
             return Ok(Vec::new());
         }
-        let (conversation_type, tenant) = self.chat(bot, chat_id).await?;
+        let (conversation_type, tenant) = self.chat(bot, chat_id).await.map_err(|e| e.to_string())?;
         let chat = ChatInfo { id: chat_id, conversation_type: &conversation_type, tenant: &tenant, agent_user: &oid };
         let now = now_ms();
         let mut out = Vec::new();
         for (kind, key) in changes(message, event) {
             let activity = to_activity(message, &chat, kind, &key);
-            let parsed: Activity = serde_json::from_value(activity.clone()).map_err(|e| e.to_string())?;
+            let Ok(parsed) = serde_json::from_value::<Activity>(activity.clone()) else {
+                tracing::warn!(bot = %bot.app_id, "a Graph chat message could not be converted; skipped");
+                continue;
+            };
             let classified = self.gate.classify(&bot.app_id, &parsed, true);
             let record = InboundRecord {
                 bot_app_id: bot.app_id.clone().into(),

@@ -233,7 +233,7 @@ async fn people_reach_the_host_through_the_agent_users_chats_and_answers_go_back
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_notifications_do_nothing_and_validation_is_echoed() {
     let r = rig("").await;
-    let (gw, _host) = r.start("claude-code").await;
+    let (gw, mut host) = r.start("claude-code").await;
     let sub = r.graph.subscriptions().remove(0);
     let id = r.graph.say(DM, person(ALEX, "Alex"), "<p>secret plan</p>", json!([]), false).await;
     let forged = |state: &str, sub_id: &str| {
@@ -246,6 +246,12 @@ async fn forged_notifications_do_nothing_and_validation_is_echoed() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(r.graph.message_gets(), gets, "a forged notification made the gateway read");
     assert_eq!(entries_of(&gw.config, &id), 0);
+    // A genuine notification about a chat that cannot be read (gone): skipped, and it blocks nothing behind it.
+    let gone = json!({"value": [{"subscriptionId": sub.id, "clientState": sub.client_state, "changeType": "created",
+        "resource": "chats('19:gone@thread.v2')/messages('1')"}]});
+    assert_eq!(r.graph.post_raw(&gone).await, 202);
+    let after = r.graph.say(DM, person(ALEX, "Alex"), "<p>still here</p>", json!([]), true).await;
+    assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], after);
     // The echo: 200, text/plain, the URL-decoded token.
     let resp = r.client().post(format!("{}/api/graph/notifications?validationToken=a%2Bb%20c%26d", r.url)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
