@@ -251,6 +251,9 @@ async fn bot_checks(r: &mut Report, cfg: &Config, i: usize, bot: &BotConfig, cli
     }
 
     r.push(agent_user(cfg, i, &label, client).await);
+    if let Some(check) = agent_user_inbound(cfg, bot, &label) {
+        r.push(check);
+    }
     r.push(package(i, bot, opts, &label));
 
     for tenant in &bot.allowed_tenants {
@@ -382,6 +385,20 @@ fn package(i: usize, bot: &BotConfig, opts: &DoctorOptions, label: &str) -> Chec
             Check::fail(name, format!("`{field}` {problem}"), fix)
         }
     }
+}
+
+/// Whether Graph can deliver the Agent User's chats to this gateway (`agent_user.inbound`): it needs a
+/// public HTTPS URL; there is no polling fallback.
+fn agent_user_inbound(cfg: &Config, bot: &crate::config::BotConfig, label: &str) -> Option<Check> {
+    let au = bot.agent_user.as_ref()?;
+    let name = format!("{label}: Agent User inbound (Graph change notifications)");
+    if !au.inbound {
+        return Some(Check::skip(name, "agent_user.inbound is off: what people write to the Agent User does not reach the host"));
+    }
+    Some(match cfg.inbound_url_problem() {
+        None => Check::pass(format!("{name}: Graph posts to {}", cfg.public_endpoint("/api/graph/notifications").unwrap_or_default())),
+        Some(problem) => Check::fail(name, format!("{problem}: webhooks cannot reach this gateway"), crate::config::NO_PUBLIC_URL_HELP),
+    })
 }
 
 /// The Agent User chain of `[bots.agent_user]`: its credential and a real Graph token (never printed).

@@ -23,6 +23,8 @@ use crate::metrics::{AuthReason, Metrics, Outcome};
 use crate::service_url::{self, ConnectorPolicy};
 use crate::store::{CommitOutcome, ConversationRef, InboundRecord, RecentCommits, Store, now_ms};
 
+pub(crate) mod graph;
+
 /// Everything a request handler needs.
 #[derive(Debug)]
 pub struct AppState {
@@ -38,6 +40,8 @@ pub struct AppState {
     pub recent: RecentCommits,
     /// Policy, approval answers and the MCP sessions' wake-up.
     pub gate: Arc<crate::bridge::gate::InboundGate>,
+    /// The Agent User inbound through Graph change notifications, when some bot has it on.
+    pub(crate) graph: Option<Arc<crate::bridge::graph_inbound::GraphInbound>>,
 }
 
 /// A refused request. The response body never says more than the status.

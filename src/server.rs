@@ -31,6 +31,8 @@ use crate::store::Store;
 pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Router {
     Router::new()
         .route("/api/messages", post(inbound::api_messages).fallback(inbound::method_not_allowed))
+        .route("/api/graph/notifications", post(inbound::graph::notifications))
+        .route("/api/graph/lifecycle", post(inbound::graph::notifications))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -197,6 +199,11 @@ impl Gateway {
             cfg.bots.iter().map(|b| (b.app_id.to_string(), b.policy.clone())),
             Arc::clone(&approvals),
         ));
+        let agents = crate::bridge::agent::build(&cfg).await?;
+        let graph_inbound = crate::bridge::graph_inbound::GraphInbound::new(&cfg, &agents, Arc::clone(&store), Arc::clone(&gate));
+        if let Some(g) = &graph_inbound {
+            tracing::info!(inbound = ?g, "the Agent User's chats reach the host through Graph change notifications");
+        }
         let state = Arc::new(AppState {
             verifier,
             store: Arc::clone(&store),
@@ -207,10 +214,10 @@ impl Gateway {
             dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
             recent: crate::store::RecentCommits::default(),
             gate: Arc::clone(&gate),
+            graph: graph_inbound.clone(),
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
         background.push(spawn_audit_head_log(Arc::clone(&store)));
-        let agents = crate::bridge::agent::build(&cfg).await?;
         let agentic = crate::bridge::agent::agentic_chains(&cfg, &agents);
         let outbound = Arc::new(
             build_outbound(&cfg, opts, Arc::clone(&store), Arc::clone(&state.metrics))
@@ -267,6 +274,10 @@ impl Gateway {
                 (tokio::spawn(async move { server.serve(service).await }), false)
             }
         };
+        // After the listener serves: creating a subscription makes Graph call the validation URL at once.
+        if let Some(g) = &graph_inbound {
+            background.push(g.spawn());
+        }
         Ok(Self {
             local_addr,
             tls,

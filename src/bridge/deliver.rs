@@ -56,6 +56,9 @@ pub enum Queued {
     Bot(Entry),
     /// Sent through Graph as the Agent User.
     Graph(GraphSent),
+    /// Nothing to send: what was asked has no equivalent on the path the conversation takes (the
+    /// typing indicator in a Graph chat). Names the identity that would have acted.
+    Skipped { identity: crate::store::Identity, why: String },
 }
 
 /// The (last) outbox entry queued for a request, as bot `bot_app_id` in `conversation_id`.
@@ -73,6 +76,8 @@ pub enum Sent {
     Bot { bot_app_id: String, outbox_id: i64, progress: Progress },
     /// Through Graph as the Agent User.
     Graph(GraphSent),
+    /// Nothing was sent (see [`Queued::Skipped`]).
+    Skipped { identity: crate::store::Identity, why: String },
 }
 
 /// How far an outbox entry got within the wait (other endings are errors).
@@ -263,6 +268,38 @@ pub(crate) fn text_messages(text: &str, entities: &[Value]) -> Result<Vec<Value>
         .collect())
 }
 
+/// A text with `<at>Name</at>` mentions as a Graph message body: each tag of a listed mention becomes a
+/// Graph mention of that person (by object id), in place.
+pub(crate) fn graph_text_body(text: &str, mentions: &[Mention]) -> MessageBody {
+    let mut body = MessageBody::new();
+    let mut rest = text;
+    loop {
+        let next = mentions
+            .iter()
+            .filter(|m| !m.user_id.trim().is_empty() && !m.name.trim().is_empty())
+            .filter_map(|m| {
+                let tag = format!("<at>{}</at>", m.name);
+                rest.find(&tag).map(|i| (i, tag.len(), m))
+            })
+            .min_by_key(|(i, _, _)| *i);
+        match next {
+            Some((i, len, m)) => {
+                if i > 0 {
+                    body = body.text(&rest[..i]);
+                }
+                body = body.mention(m.user_id.trim(), m.name.trim());
+                rest = &rest[i + len..];
+            }
+            None => {
+                if !rest.is_empty() {
+                    body = body.text(rest);
+                }
+                return body;
+            }
+        }
+    }
+}
+
 /// A card message from the agent, checked: a valid Adaptive Card that does not use the approval verb,
 /// within Teams' size limit.
 pub(crate) fn card_message(text: Option<&str>, card: Value) -> Result<Value> {
@@ -288,6 +325,11 @@ impl Hub {
             Reach::Bot => {}
             Reach::AgentUser => {
                 if let Some(actor) = self.agents.get(&bot.app_id.to_ascii_lowercase()).cloned() {
+                    if super::route::lives_in_graph(&r) {
+                        tracing::info!(bot = %bot.app_id, identity = %actor.identity(), "the Agent User's own chat: answered through Graph");
+                        let body = graph_text_body(&req.text, &req.mentions);
+                        return Ok(Queued::Graph(self.graph_send_body(caller, &actor, &r.conversation_id, body).await?));
+                    }
                     tracing::info!(bot = %bot.app_id, identity = %actor.identity(), "the bot cannot write here; the Agent User answers through Graph");
                     let chat = crate::teams::thread_root(&req.chat_id);
                     return Ok(Queued::Graph(self.graph_send_body(caller, &actor, chat, MessageBody::from_text(&req.text)).await?));
@@ -298,6 +340,44 @@ impl Hub {
         let messages = text_messages(&req.text, &entities)?;
         let outbox_id = self.enqueue_messages(caller.requester, &bot, &r, messages, req.reply_to.as_deref()).await?;
         Ok(Queued::Bot(Entry { bot_app_id: bot.app_id.clone(), conversation_id: r.conversation_id, outbox_id }))
+    }
+
+    /// A change as the MCP tools ask for it: in the Agent User's own chats (they live in Graph) a card goes
+    /// out through Graph as the Agent User and the typing indicator is skipped (Graph has none); edits
+    /// and deletions there are refused. Elsewhere as [`Hub::queue_change`].
+    pub async fn queue_change_routed(&self, caller: Caller<'_>, chat_id: &str, bot: Option<&str>, change: Change) -> Result<Queued> {
+        if chat_id.trim().is_empty() {
+            return self.queue_change(caller, chat_id, bot, change).await.map(Queued::Bot);
+        }
+        let (b, r) = self.conversation_any(caller.scope, chat_id, bot).await?;
+        if !super::route::lives_in_graph(&r) {
+            return self.queue_change(caller, chat_id, bot, change).await.map(Queued::Bot);
+        }
+        let Some(actor) = self.agents.get(&b.app_id.to_ascii_lowercase()).cloned() else {
+            return match self.reach(&b, &r, false) {
+                Reach::Nobody(why) => Err(Error::refused(why)),
+                _ => Err(Error::refused("no Agent User answers in this chat")),
+            };
+        };
+        match change {
+            Change::Typing => Ok(Queued::Skipped {
+                identity: actor.identity(),
+                why: "Graph has no typing indicator for the Agent User's chats; nothing was sent".to_owned(),
+            }),
+            Change::Card { card, text, reply_to: _ } => {
+                // Checked as a bot card is (valid, no reserved verb, within Teams' size).
+                card_message(text.as_deref(), card.clone())?;
+                let mut body = MessageBody::new();
+                if let Some(t) = text.as_deref().filter(|t| !t.trim().is_empty()) {
+                    body = body.text(t);
+                }
+                let body = body.card(&card);
+                Ok(Queued::Graph(self.graph_send_body(caller, &actor, &r.conversation_id, body).await?))
+            }
+            Change::UpdateCard { .. } | Change::UpdateText { .. } | Change::Delete { .. } => Err(Error::refused(format!(
+                "{chat_id} is the Agent User's chat in Microsoft Graph: editing or deleting its messages from here is not supported yet"
+            ))),
+        }
     }
 
     /// Queue a change (a card, an edit, a deletion, the typing indicator) into a conversation the bot can write in.
@@ -316,6 +396,7 @@ impl Hub {
     pub async fn outcome(&self, queued: Queued) -> Result<Sent> {
         match queued {
             Queued::Graph(sent) => Ok(Sent::Graph(sent)),
+            Queued::Skipped { identity, why } => Ok(Sent::Skipped { identity, why }),
             Queued::Bot(e) => sent_as_bot(e.bot_app_id.to_string(), e.outbox_id, self.settle(e.outbox_id).await),
         }
     }

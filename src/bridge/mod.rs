@@ -36,6 +36,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 pub(crate) mod gate;
 pub(crate) mod graph;
+pub(crate) mod graph_inbound;
 pub(crate) mod inbox;
 pub(crate) mod live;
 pub(crate) mod policy;

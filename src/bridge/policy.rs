@@ -137,7 +137,11 @@ pub(crate) fn evaluate(policy: &BotPolicy, bot_id: &str, activity: &Activity) ->
     if !policy.group_allow.is_empty() && !contains_person(&policy.group_allow, sender) {
         return Verdict::Drop(GroupSenderNotAllowed);
     }
-    if policy.groups == GroupPolicy::Mention && needs_mention(activity) && !is_bot_mentioned(activity, bot_id) {
+    if policy.groups == GroupPolicy::Mention
+        && needs_mention(activity)
+        && !is_bot_mentioned(activity, bot_id)
+        && !agent_user_mentioned(activity)
+    {
         return Verdict::Drop(NotMentioned);
     }
     Verdict::Deliver
@@ -149,6 +153,18 @@ pub(crate) fn sender_allowed(policy: &BotPolicy, bot_id: &str, activity: &Activi
     let mut as_message = activity.clone();
     as_message.kind = "message".to_owned();
     matches!(evaluate(policy, bot_id, &as_message), Verdict::Deliver | Verdict::Drop(DropReason::NotMentioned))
+}
+
+/// A Graph chat message of the Agent User's (`channelId` `graph`, converted by the gateway itself): whether
+/// it @mentions the Agent User, matched on its object id (the recipient's `aadObjectId`), never a name.
+fn agent_user_mentioned(activity: &Activity) -> bool {
+    if activity.channel_id.as_deref() != Some(super::graph_inbound::GRAPH_CHANNEL) {
+        return false;
+    }
+    let Some(me) = activity.recipient.as_ref().and_then(|r| r.aad_object_id.as_deref()).filter(|s| !s.trim().is_empty()) else {
+        return false;
+    };
+    is_bot_mentioned(activity, me)
 }
 
 /// Whether `mention` mode needs the bot to be mentioned for this activity: not for clicks on the bot's

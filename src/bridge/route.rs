@@ -41,6 +41,12 @@ pub enum Personal {
     Unknown(String),
 }
 
+/// Whether a conversation lives in Microsoft Graph (the Agent User's own chat, reached through Graph
+/// change notifications): answers go out through Graph as the Agent User.
+pub(crate) fn lives_in_graph(r: &ConversationRef) -> bool {
+    r.channel_id == super::graph_inbound::GRAPH_CHANNEL
+}
+
 /// The configured bots `scope` allows, or only the one `wanted` names (an app id, any case), with their
 /// index in `bots` (for errors that name `bots[i]`).
 pub(crate) fn bots_in<'a, 's>(
@@ -111,6 +117,13 @@ impl Hub {
         if !r.usable {
             return Err(Error::refused(removed(scope, &b, chat_id)));
         }
+        // Never a silent identity switch: the bot cannot act in the Agent User's own chats.
+        if lives_in_graph(&r) {
+            return Err(Error::refused(format!(
+                "conversation {chat_id} is the Agent User's chat in Microsoft Graph, not the bot's: only reply, send_message and send_card \
+                 answer there (through Graph, as the Agent User)"
+            )));
+        }
         Ok((b, r))
     }
 
@@ -156,10 +169,22 @@ impl Hub {
     /// Who can write text into a conversation the bot knows: the bot, its Agent User through Graph
     /// (only in group chats, only in `fallback` mode, only without mentions), or nobody.
     pub fn reach(&self, bot: &BotConfig, r: &ConversationRef, with_mentions: bool) -> Reach {
+        let key = bot.app_id.to_ascii_lowercase();
+        // The Agent User's own chat (it came in through Graph): answered through Graph as the Agent User,
+        // whatever the mode, never by the bot.
+        if lives_in_graph(r) {
+            return if self.agents.contains_key(&key) {
+                Reach::AgentUser
+            } else {
+                Reach::Nobody(format!(
+                    "conversation {} is the Agent User's chat in Microsoft Graph, and bot {} has no Agent User configured to answer there",
+                    r.conversation_id, bot.app_id
+                ))
+            };
+        }
         if r.usable {
             return Reach::Bot;
         }
-        let key = bot.app_id.to_ascii_lowercase();
         let falls_back = self.agents.get(&key).is_some_and(|a| a.falls_back());
         // Group chats only: a channel id is not a Graph chat.
         let graph_chat = r.conversation_id.starts_with("19:") && r.conversation_type.as_deref() == Some("groupChat");

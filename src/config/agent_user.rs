@@ -60,6 +60,19 @@ pub struct AgentUserConfig {
     /// a loopback `http://127.0.0.1:PORT/v1.0` for a local fake.
     #[serde(default)]
     pub graph_base_url: Option<String>,
+    /// Deliver what people write to the Agent User (its 1:1, group and meeting chats) to the host,
+    /// through Graph change notifications (needs `server.public_url`; off by default).
+    #[serde(default)]
+    pub inbound: bool,
+    /// How long each Graph subscription is asked for, in minutes (renewed when half of it is left).
+    #[serde(default = "default_subscription_minutes")]
+    pub subscription_minutes: u32,
+}
+
+fn default_subscription_minutes() -> u32 {
+    // Within the chat-message maximum (about 3 days; over 1 hour needs lifecycleNotificationUrl, which
+    // agentgate always sets).
+    24 * 60
 }
 
 fn default_graph_scope() -> String {
@@ -119,6 +132,12 @@ impl AgentUserConfig {
         }
         if let Some(base) = &self.graph_base_url {
             GraphEndpoint::parse(base).map_err(|e| err("graph_base_url", e.to_string()))?;
+        }
+        if !(2..=4230).contains(&self.subscription_minutes) {
+            return Err(err(
+                "subscription_minutes",
+                "must be 2..=4230 (Graph keeps chat-message subscriptions at most about 3 days)".into(),
+            ));
         }
         Ok(())
     }

@@ -67,7 +67,18 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// The gateway's public HTTPS base URL (`https://gateway.example.com`), where Microsoft Graph can reach
+    /// `/api/graph/notifications` and `/api/graph/lifecycle`. Needed for the Agent User's inbound
+    /// (`bots.agent_user.inbound`).
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
+
+/// Why Graph webhooks cannot reach this gateway, and the supported set-ups.
+pub const NO_PUBLIC_URL_HELP: &str = "Graph delivers change notifications only to a public HTTPS URL, so webhooks cannot reach this \
+     gateway: set server.public_url to the https:// address where Graph reaches /api/graph/notifications. On a laptop without one, \
+     run the gateway where it has an HTTPS URL and connect the local host with `agentgate mcp --connect`, or expose it through a \
+     tunnel you control (docs/agent-user.md). agentgate never falls back to polling: Teams allows polling a chat once a day";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -628,6 +639,27 @@ impl Config {
         if self.store.sqlite_path.is_absolute() { self.store.sqlite_path.clone() } else { self.data_dir.join(&self.store.sqlite_path) }
     }
 
+    /// Why `server.public_url` cannot receive Graph webhooks (unset, not a URL, not https), if it cannot.
+    pub fn inbound_url_problem(&self) -> Option<String> {
+        let Some(raw) = self.server.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            return Some("server.public_url is not set".to_owned());
+        };
+        match url::Url::parse(raw) {
+            Err(_) => Some(format!("server.public_url `{raw}` is not a URL")),
+            Ok(u) if u.scheme() != "https" => Some(format!("server.public_url `{raw}` is not https")),
+            Ok(u) if u.host_str().is_none() || u.query().is_some() || u.fragment().is_some() => {
+                Some(format!("server.public_url `{raw}` must be a base URL such as https://gateway.example.com"))
+            }
+            Ok(_) => None,
+        }
+    }
+
+    /// The URL Graph posts notifications (`path` = `/api/graph/notifications` or `/api/graph/lifecycle`) to.
+    pub fn public_endpoint(&self, path: &str) -> Option<String> {
+        let base = self.server.public_url.as_deref()?.trim().trim_end_matches('/');
+        Some(format!("{base}{path}"))
+    }
+
     /// Check everything that does not need the network. `dev` is `serve --dev`.
     pub fn validate(&self, dev: bool) -> Result<(), ConfigError> {
         let bind: SocketAddr = self.server.bind.parse().map_err(|_| {
@@ -750,6 +782,11 @@ impl Config {
             }
             if let Some(a) = &bot.agent_user {
                 a.validate(&field("agent_user"))?;
+                if a.inbound
+                    && let Some(problem) = self.inbound_url_problem()
+                {
+                    return Err(ConfigError::new(field("agent_user.inbound"), format!("{problem}. {NO_PUBLIC_URL_HELP}")));
+                }
             }
             if bot.allowed_tenants.is_empty() {
                 return Err(ConfigError::new(
@@ -1094,6 +1131,34 @@ allowed_tenants = ["tenant-a"]
         assert_eq!(c.bots[0].cloud, Cloud::Public);
         assert!(c.bots[0].require_endorsement);
         c.validate(false).unwrap();
+    }
+
+    #[test]
+    fn agent_user_inbound_needs_an_https_public_url() {
+        let load = |public: &str, inbound: bool| {
+            let text = format!(
+                "[server]\n{public}\n[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[bots.agent_user]\ntenant_id = \"t\"\n\
+                 blueprint_app_id = \"b1b1b1b1-0000-4000-8000-000000000001\"\nagent_identity_id = \"a1a1a1a1-0000-4000-8000-000000000002\"\n\
+                 agent_user_id = \"d1d1d1d1-0000-4000-8000-000000000003\"\ncertificate = \"file:/x.crt\"\nkey = \"file:/x.key\"\ninbound = {inbound}\n"
+            );
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap()
+        };
+        load("", false).validate(false).unwrap();
+        let c = load("public_url = \"https://gateway.example.com/\"", true);
+        c.validate(false).unwrap();
+        assert_eq!(c.public_endpoint("/api/graph/notifications").unwrap(), "https://gateway.example.com/api/graph/notifications");
+        for public in [
+            "",
+            "public_url = \"http://gateway.example.com\"",
+            "public_url = \"gateway.example.com\"",
+            "public_url = \"https://g.example?x=1\"",
+        ] {
+            let e = load(public, true).validate(false).unwrap_err();
+            assert_eq!(e.field, "bots[0].agent_user.inbound", "{public}");
+            let said = e.to_string();
+            assert!(said.contains("webhooks cannot reach this gateway") && said.contains("agentgate mcp --connect"), "{said}");
+            assert!(said.contains("never falls back to polling"), "{said}");
+        }
     }
 
     #[test]

@@ -377,6 +377,66 @@ impl GraphClient {
         parse(&bytes).map(Some)
     }
 
+    // ------------------------------------------------------------ change notifications
+
+    /// Subscribe to change notifications (`POST /subscriptions`): `body` is the subscription resource
+    /// (`changeType`, `notificationUrl`, `lifecycleNotificationUrl`, `resource`, `expirationDateTime`,
+    /// `clientState`). Never re-posted once it may have landed.
+    pub async fn create_subscription(&self, body: &Value) -> Result<Value, GraphError> {
+        self.send_json(Method::POST, self.url("/subscriptions", &[])?, Some(body), false).await
+    }
+
+    /// Renew (and so reauthorize) a subscription (`PATCH /subscriptions/{id}` with a new expiry).
+    pub async fn renew_subscription(&self, subscription_id: &str, expiration: &str) -> Result<Value, GraphError> {
+        let url = self.url(&format!("/subscriptions/{}", segment(non_empty("subscription id", subscription_id)?)), &[])?;
+        self.send_json(Method::PATCH, url, Some(&json!({"expirationDateTime": expiration})), true).await
+    }
+
+    /// Delete a subscription (`DELETE /subscriptions/{id}`).
+    pub async fn delete_subscription(&self, subscription_id: &str) -> Result<(), GraphError> {
+        let url = self.url(&format!("/subscriptions/{}", segment(non_empty("subscription id", subscription_id)?)), &[])?;
+        self.call(Method::DELETE, url, None, true).await.map(drop)
+    }
+
+    /// One message of a chat as Graph returns it (`GET /chats/{id}/messages/{id}`), every field kept.
+    pub async fn get_chat_message_json(&self, chat_id: &str, message_id: &str) -> Result<Value, GraphError> {
+        let path = format!("/chats/{}/messages/{}", segment(non_empty("chat id", chat_id)?), segment(non_empty("message id", message_id)?));
+        self.get(self.url(&path, &[])?).await
+    }
+
+    /// A catch-up read: the messages of a chat modified after `after` (an ISO 8601 UTC time), newest
+    /// first (`$orderby=lastModifiedDateTime desc&$filter=lastModifiedDateTime gt …`, `@odata.nextLink`
+    /// followed), at most `max`. Each page waits `pace` first (Teams allows about 3 reads/s per app and
+    /// tenant); 429 waits `Retry-After`.
+    pub async fn chat_messages_modified_after(
+        &self,
+        chat_id: &str,
+        after: &str,
+        max: usize,
+        pace: Duration,
+    ) -> Result<Vec<Value>, GraphError> {
+        let filter = format!("lastModifiedDateTime gt {after}");
+        let mut url = self.url(
+            &format!("/chats/{}/messages", segment(non_empty("chat id", chat_id)?)),
+            &[("$top", "50"), ("$orderby", "lastModifiedDateTime desc"), ("$filter", &filter)],
+        )?;
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            tokio::time::sleep(pace).await;
+            let page: Page<Value> = self.get(url).await?;
+            out.extend(page.value);
+            if out.len() >= max {
+                out.truncate(max);
+                return Ok(out);
+            }
+            match page.next_link {
+                Some(link) => url = self.endpoint.next_link(&link)?,
+                None => return Ok(out),
+            }
+        }
+        Ok(out)
+    }
+
     // ------------------------------------------------------------ plumbing
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
@@ -503,6 +563,10 @@ impl GraphClient {
             self.http.request(method.clone(), url.clone()).bearer_auth(token.value.expose_secret()).header(ACCEPT, "application/json");
         if let Some(b) = body {
             req = req.json(b);
+        }
+        if *method == Method::GET {
+            // Without it a system message's `messageType` reads `unknownFutureValue`.
+            req = req.header("Prefer", "include-unknown-enum-members");
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
         let resp = match req.send().await {

@@ -251,6 +251,9 @@ pub enum AuthKind {
     Entra,
     /// No token: `serve --dev` and the Agents Playground only. Never authoritative.
     Anonymous,
+    /// A chat message of the Agent User's, fetched by the gateway from Microsoft Graph with the Agent
+    /// User's own token (a change notification only said where to look).
+    Graph,
 }
 
 impl AuthKind {
@@ -260,6 +263,7 @@ impl AuthKind {
             Self::BotFramework => "botframework",
             Self::Entra => "entra-agentic",
             Self::Anonymous => "dev-anonymous",
+            Self::Graph => "graph",
         }
     }
 
@@ -269,6 +273,7 @@ impl AuthKind {
         match name {
             "botframework" => Self::BotFramework,
             "entra-agentic" => Self::Entra,
+            "graph" => Self::Graph,
             _ => Self::Anonymous,
         }
     }
@@ -350,7 +355,9 @@ mod tests {
         assert!(AuthKind::Entra.is_authenticated());
         assert!(!AuthKind::Anonymous.is_authenticated());
         assert_eq!(AuthKind::Entra.to_string(), "entra-agentic");
-        for kind in [AuthKind::BotFramework, AuthKind::Entra, AuthKind::Anonymous] {
+        assert!(AuthKind::Graph.is_authenticated());
+        assert_eq!(AuthKind::from_stored("graph"), AuthKind::Graph);
+        for kind in [AuthKind::BotFramework, AuthKind::Entra, AuthKind::Anonymous, AuthKind::Graph] {
             assert_eq!(AuthKind::from_stored(kind.as_str()), kind);
         }
         assert_eq!(AuthKind::from_stored("BOTFRAMEWORK"), AuthKind::Anonymous, "unknown names are never trusted");

@@ -398,8 +398,12 @@ impl Bridge {
     /// Wait for what was queued and show the model how it ended; acting as the bot in a conversation
     /// acknowledges what this session was shown from it (`ack`).
     async fn finish(&self, queued: Queued, ack: bool) -> ToolResult {
-        if ack && let Queued::Bot(e) = &queued {
-            self.ack_conversation(&e.bot_app_id, &e.conversation_id).await;
+        if ack {
+            match &queued {
+                Queued::Bot(e) => self.ack_conversation(&e.bot_app_id, &e.conversation_id).await,
+                Queued::Graph(g) => self.ack_chat(&g.chat_id).await,
+                Queued::Skipped { .. } => {}
+            }
         }
         ok(sent_result(self.hub.outcome(queued).await?))
     }
@@ -408,8 +412,20 @@ impl Bridge {
     async fn change(&self, ctx: &RequestContext<RoleServer>, chat_id: &str, bot: Option<&str>, change: Change, ack: bool) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
         let requester = self.requester(&scope);
-        let entry = self.hub.queue_change(self.caller(&scope, &requester), chat_id, bot, change).await?;
-        self.finish(Queued::Bot(entry), ack).await
+        let queued = self.hub.queue_change_routed(self.caller(&scope, &requester), chat_id, bot, change).await?;
+        self.finish(queued, ack).await
+    }
+
+    /// Answering in one of the Agent User's chats (through Graph) acknowledges what this session was shown
+    /// from it.
+    async fn ack_chat(&self, chat_id: &str) {
+        let bots: Vec<String> = {
+            let shown = self.session.shown.lock().unwrap_or_else(PoisonError::into_inner);
+            shown.values().filter(|(_, c)| c.as_str() == chat_id).map(|(b, _)| b.clone()).collect()
+        };
+        for bot in bots {
+            self.ack_conversation(&bot, chat_id).await;
+        }
     }
 
     /// Acting in a conversation acknowledges what this session was shown from it.
@@ -656,6 +672,7 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
 fn sent_result(sent: Sent) -> Value {
     let (bot_app_id, outbox_id, progress) = match sent {
         Sent::Graph(g) => return super::graph_tools::graph_sent(g),
+        Sent::Skipped { identity, why } => return json!({"status": "skipped", "identity": identity, "via": "graph", "note": why}),
         Sent::Bot { bot_app_id, outbox_id, progress } => (bot_app_id, outbox_id, progress),
     };
     let identity = crate::store::Identity::bot(&bot_app_id);
@@ -730,10 +747,17 @@ impl Bridge {
             .filter(|r| a.tenant.as_deref().is_none_or(|t| t.eq_ignore_ascii_case(&r.tenant_id)))
             .take(limit)
             .map(|r| {
+                // Who answers there: the Agent User through Graph in its own chats, else the bot.
+                let (identity, via) = if crate::bridge::route::lives_in_graph(&r) {
+                    let agent = self.hub.agents.get(&r.bot_app_id.as_str().to_ascii_lowercase()).map(|a| a.identity());
+                    (agent.map(|i| json!(i)).unwrap_or(Value::Null), "graph")
+                } else {
+                    (json!(crate::store::Identity::bot(r.bot_app_id.as_str())), "connector")
+                };
                 json!({
                     "chat_id": r.conversation_id, "bot": r.bot_app_id, "tenant": r.tenant_id,
                     "conversation_type": r.conversation_type, "user_id": r.user_aad_object_id,
-                    "usable": r.usable, "last_activity_ms": r.updated_at_ms,
+                    "usable": r.usable, "last_activity_ms": r.updated_at_ms, "identity": identity, "via": via,
                 })
             })
             .collect();

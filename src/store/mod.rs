@@ -156,6 +156,85 @@ pub struct ConversationRef {
     pub authenticated: bool,
 }
 
+/// A Graph change-notification subscription of a bot's Agent User (`/me/chats/getAllMessages`). Its
+/// `client_state` is a secret: compared in constant time with each notification's, never logged, never
+/// in `Debug`.
+#[derive(Clone)]
+pub struct GraphSubscription {
+    pub subscription_id: String,
+    pub bot_app_id: AppId,
+    pub resource: String,
+    pub client_state: secrecy::SecretString,
+    pub expires_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl std::fmt::Debug for GraphSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphSubscription")
+            .field("subscription_id", &self.subscription_id)
+            .field("bot_app_id", &self.bot_app_id)
+            .field("resource", &self.resource)
+            .field("client_state", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+impl PartialEq for GraphSubscription {
+    fn eq(&self, o: &Self) -> bool {
+        use secrecy::ExposeSecret as _;
+        self.subscription_id == o.subscription_id
+            && self.bot_app_id == o.bot_app_id
+            && self.resource == o.resource
+            && self.client_state.expose_secret() == o.client_state.expose_secret()
+            && self.expires_at_ms == o.expires_at_ms
+            && self.updated_at_ms == o.updated_at_ms
+    }
+}
+
+/// A Graph notification made durable before it is acknowledged (a small row): the worker fetches and
+/// commits it afterwards, and rows not done are redone at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphNotification {
+    pub id: i64,
+    pub subscription_id: String,
+    pub bot_app_id: AppId,
+    /// `created`, `updated`, `deleted`, or a lifecycle event (`missed`, `subscriptionRemoved`,
+    /// `reauthorizationRequired`).
+    pub event: String,
+    /// The resource the notification names (`chats('…')/messages('…')`); empty for lifecycle events.
+    pub resource: String,
+    pub received_at_ms: i64,
+}
+
+/// A notification to record (its id is the store's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGraphNotification {
+    pub subscription_id: String,
+    pub bot_app_id: AppId,
+    pub event: String,
+    pub resource: String,
+    pub received_at_ms: i64,
+}
+
+/// How far the catch-up read of one Agent User chat got: the newest `lastModifiedDateTime` committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatCursor {
+    pub bot_app_id: AppId,
+    pub chat_id: String,
+    pub modified_ms: i64,
+}
+
+/// What one piece of Graph work leaves behind, in one transaction: the inbox entries (deduplicated like
+/// any inbound activity), the chat's cursor (only ever moved forward), and the notification it finishes.
+#[derive(Debug, Clone, Default)]
+pub struct GraphCommit {
+    pub records: Vec<InboundRecord>,
+    pub cursors: Vec<ChatCursor>,
+    pub done: Option<i64>,
+}
+
 /// The result of committing an inbound activity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -646,5 +725,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Finish every write already submitted, then stop accepting writes.
+    /// Store (or replace) a Graph subscription.
+    async fn put_graph_subscription(&self, sub: GraphSubscription) -> Result<(), StoreError>;
+
+    /// The Graph subscriptions, every bot's or one bot's.
+    async fn graph_subscriptions(&self, bot: Option<&str>) -> Result<Vec<GraphSubscription>, StoreError>;
+
+    /// Forget a Graph subscription (removed by Graph, or replaced).
+    async fn delete_graph_subscription(&self, subscription_id: &str) -> Result<(), StoreError>;
+
+    /// Make notifications durable (before they are acknowledged); returns their ids in order.
+    async fn record_graph_notifications(&self, items: Vec<NewGraphNotification>) -> Result<Vec<i64>, StoreError>;
+
+    /// The notifications not done yet, oldest first.
+    async fn pending_graph_notifications(&self, limit: usize) -> Result<Vec<GraphNotification>, StoreError>;
+
+    /// Commit Graph work in one transaction (see [`GraphCommit`]); the outcome of each record in order.
+    async fn commit_graph(&self, commit: GraphCommit) -> Result<Vec<CommitOutcome>, StoreError>;
+
+    /// The catch-up cursors of one bot's Agent User chats.
+    async fn graph_cursors(&self, bot_app_id: &str) -> Result<Vec<ChatCursor>, StoreError>;
+
     async fn close(&self);
 }

@@ -41,9 +41,10 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, CommitOutcome, ConversationRef, ErrorClass, Finish, Identity, InboundRecord,
-    InboxItem, InboxState, Lease, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals,
-    SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
+    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Finish, GraphCommit,
+    GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals, SharedVerdict, SlotRequest, Store,
+    StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -168,6 +169,30 @@ const MIGRATIONS: &[&str] = &[
         key           TEXT   PRIMARY KEY,
         state         TEXT   NOT NULL,
         updated_at_ms BIGINT NOT NULL
+    );",
+    // 6: the Agent User's inbound through Graph: its subscriptions (the clientState is a secret), the
+    // notifications made durable before their 202 (deleted once done), and each chat's catch-up cursor.
+    "CREATE TABLE graph_subscriptions (
+        subscription_id TEXT   PRIMARY KEY,
+        bot_app_id      TEXT   NOT NULL,
+        resource        TEXT   NOT NULL,
+        client_state    TEXT   NOT NULL,
+        expires_at_ms   BIGINT NOT NULL,
+        updated_at_ms   BIGINT NOT NULL
+    );
+    CREATE TABLE graph_notifications (
+        id              BIGSERIAL PRIMARY KEY,
+        subscription_id TEXT   NOT NULL,
+        bot_app_id      TEXT   NOT NULL,
+        event           TEXT   NOT NULL,
+        resource        TEXT   NOT NULL,
+        received_at_ms  BIGINT NOT NULL
+    );
+    CREATE TABLE graph_cursors (
+        bot_app_id  TEXT   NOT NULL,
+        chat_id     TEXT   NOT NULL,
+        modified_ms BIGINT NOT NULL,
+        PRIMARY KEY (bot_app_id, chat_id)
     );",
 ];
 
@@ -930,7 +955,7 @@ impl Store for PostgresStore {
     async fn personal_conversation(&self, bot_app_id: &str, aad_object_id: &str) -> Result<Option<ConversationRef>, StoreError> {
         let sql = format!(
             "SELECT {REF_COLUMNS} FROM conversation_refs
-             WHERE bot_app_id = $1 AND lower(user_aad_object_id) = $2 AND conversation_type = 'personal' AND usable
+             WHERE bot_app_id = $1 AND lower(user_aad_object_id) = $2 AND conversation_type = 'personal' AND usable AND channel_id <> 'graph'
              ORDER BY updated_at_ms DESC LIMIT 1"
         );
         self.query(&sql, &[&bot_app_id, &aad_object_id.to_ascii_lowercase()]).await?.first().map(ref_row).transpose()
@@ -1270,6 +1295,173 @@ impl Store for PostgresStore {
 
     fn shared_approvals(&self) -> Option<&dyn SharedApprovals> {
         Some(self)
+    }
+
+    async fn put_graph_subscription(&self, sub: GraphSubscription) -> Result<(), StoreError> {
+        use secrecy::ExposeSecret as _;
+        self.execute(
+            "INSERT INTO graph_subscriptions (subscription_id, bot_app_id, resource, client_state, expires_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (subscription_id) DO UPDATE SET bot_app_id = excluded.bot_app_id, resource = excluded.resource,
+                 client_state = excluded.client_state, expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
+            &[
+                &sub.subscription_id,
+                &sub.bot_app_id,
+                &sub.resource,
+                &sub.client_state.expose_secret(),
+                &sub.expires_at_ms,
+                &sub.updated_at_ms,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn graph_subscriptions(&self, bot: Option<&str>) -> Result<Vec<GraphSubscription>, StoreError> {
+        let bot = bot.map(str::to_ascii_lowercase);
+        let rows = self
+            .query(
+                "SELECT subscription_id, bot_app_id, resource, client_state, expires_at_ms, updated_at_ms FROM graph_subscriptions
+                 WHERE $1::TEXT IS NULL OR lower(bot_app_id) = $1 ORDER BY subscription_id",
+                &[&bot],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| GraphSubscription {
+                subscription_id: r.get(0),
+                bot_app_id: r.get(1),
+                resource: r.get(2),
+                client_state: secrecy::SecretString::from(r.get::<_, String>(3)),
+                expires_at_ms: r.get(4),
+                updated_at_ms: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn delete_graph_subscription(&self, subscription_id: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM graph_subscriptions WHERE subscription_id = $1", &[&subscription_id]).await.map(|_| ())
+    }
+
+    async fn record_graph_notifications(&self, items: Vec<NewGraphNotification>) -> Result<Vec<i64>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO graph_notifications (subscription_id, bot_app_id, event, resource, received_at_ms)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            )
+            .await?;
+        let mut ids = Vec::with_capacity(items.len());
+        for n in &items {
+            let row = tx.query_one(&stmt, &[&n.subscription_id, &n.bot_app_id, &n.event, &n.resource, &n.received_at_ms]).await?;
+            ids.push(row.get(0));
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn pending_graph_notifications(&self, limit: usize) -> Result<Vec<GraphNotification>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT id, subscription_id, bot_app_id, event, resource, received_at_ms FROM graph_notifications ORDER BY id LIMIT $1",
+                &[&limit_of(limit)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| GraphNotification {
+                id: r.get(0),
+                subscription_id: r.get(1),
+                bot_app_id: r.get(2),
+                event: r.get(3),
+                resource: r.get(4),
+                received_at_ms: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn commit_graph(&self, commit: GraphCommit) -> Result<Vec<CommitOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut outcomes = Vec::with_capacity(commit.records.len());
+        if !commit.records.is_empty() {
+            // Inbox ids are drawn under this lock, so they commit in id order (see the module docs).
+            let lock = tx.prepare_cached("SELECT value FROM agentgate_locks WHERE name = 'inbox' FOR UPDATE").await?;
+            tx.query_one(&lock, &[]).await?;
+            let stmt = tx.prepare_cached(COMMIT_INBOUND).await?;
+            for r in &commit.records {
+                let c = &r.reference;
+                let agentic = agentic_json(c);
+                let params: [&(dyn ToSql + Sync); 23] = [
+                    &r.conversation_id,
+                    &r.activity_id,
+                    &r.bot_app_id,
+                    &r.dedupe_expires_at_ms,
+                    &r.tenant_id,
+                    &r.activity_type,
+                    &r.auth.as_str(),
+                    &r.received_at_ms,
+                    &r.body,
+                    &r.state.as_str(),
+                    &c.bot_app_id,
+                    &c.conversation_id,
+                    &c.tenant_id,
+                    &c.service_url,
+                    &c.channel_id,
+                    &c.conversation_type,
+                    &c.user_id,
+                    &c.user_aad_object_id,
+                    &c.bot_id,
+                    &c.usable,
+                    &c.updated_at_ms,
+                    &agentic,
+                    &c.authenticated,
+                ];
+                outcomes.push(match tx.query_opt(&stmt, &params).await? {
+                    Some(row) => CommitOutcome::Accepted { inbox_id: row.get(0) },
+                    None => CommitOutcome::Duplicate,
+                });
+            }
+        }
+        for c in &commit.cursors {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO graph_cursors (bot_app_id, chat_id, modified_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (bot_app_id, chat_id) DO UPDATE SET modified_ms = GREATEST(graph_cursors.modified_ms, excluded.modified_ms)",
+                )
+                .await?;
+            tx.execute(&stmt, &[&c.bot_app_id, &c.chat_id, &c.modified_ms]).await?;
+        }
+        if let Some(id) = commit.done {
+            let stmt = tx.prepare_cached("DELETE FROM graph_notifications WHERE id = $1").await?;
+            tx.execute(&stmt, &[&id]).await?;
+        }
+        let newest = commit
+            .records
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(r, o)| match o {
+                CommitOutcome::Accepted { inbox_id } if r.state == InboxState::Pending => Some(*inbox_id),
+                _ => None,
+            })
+            .max();
+        if let Some(id) = newest {
+            let notify = tx.prepare_cached("SELECT pg_notify($1, COALESCE(current_schema(), '') || ':' || $2)").await?;
+            tx.execute(&notify, &[&INBOX_CHANNEL, &id.to_string()]).await?;
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn graph_cursors(&self, bot_app_id: &str) -> Result<Vec<ChatCursor>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT bot_app_id, chat_id, modified_ms FROM graph_cursors WHERE lower(bot_app_id) = $1 ORDER BY chat_id",
+                &[&bot_app_id.to_ascii_lowercase()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| ChatCursor { bot_app_id: r.get(0), chat_id: r.get(1), modified_ms: r.get(2) }).collect())
     }
 
     async fn close(&self) {

@@ -26,8 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, CommitOutcome, ConversationRef, Finish, Identity, InboundRecord, InboxItem, Lease, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target, now_ms,
+    AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, Finish, GraphCommit, GraphNotification, GraphSubscription,
+    Identity, InboundRecord, InboxItem, Lease, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState,
+    ProvisioningRecord, Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -140,7 +141,35 @@ const MIGRATIONS: &[Migration] = &[
             )",
         )
     },
+    // 7: the Agent User's inbound through Graph: its subscriptions (the clientState is a secret), the
+    // notifications made durable before their 202 (deleted once done), and each chat's catch-up cursor.
+    |tx| tx.execute_batch(GRAPH_INBOUND_SCHEMA),
 ];
+
+const GRAPH_INBOUND_SCHEMA: &str = "
+CREATE TABLE graph_subscriptions (
+    subscription_id TEXT    PRIMARY KEY,
+    bot_app_id      TEXT    NOT NULL,
+    resource        TEXT    NOT NULL,
+    client_state    TEXT    NOT NULL,
+    expires_at_ms   INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL
+);
+CREATE TABLE graph_notifications (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id TEXT    NOT NULL,
+    bot_app_id      TEXT    NOT NULL,
+    event           TEXT    NOT NULL,
+    resource        TEXT    NOT NULL,
+    received_at_ms  INTEGER NOT NULL
+);
+CREATE TABLE graph_cursors (
+    bot_app_id  TEXT    NOT NULL,
+    chat_id     TEXT    NOT NULL,
+    modified_ms INTEGER NOT NULL,
+    PRIMARY KEY (bot_app_id, chat_id)
+);
+";
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -1050,7 +1079,7 @@ impl Store for SqliteStore {
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {REF_COLUMNS} FROM conversation_refs
-                 WHERE bot_app_id = ?1 AND lower(user_aad_object_id) = ?2 AND conversation_type = 'personal' AND usable
+                 WHERE bot_app_id = ?1 AND lower(user_aad_object_id) = ?2 AND conversation_type = 'personal' AND usable AND channel_id <> 'graph'
                  ORDER BY updated_at_ms DESC LIMIT 1"
             ))?
             .query_row(params![bot, aad], ref_row)
@@ -1155,6 +1184,138 @@ impl Store for SqliteStore {
 
     async fn schema_version(&self) -> Result<i64, StoreError> {
         self.read(|c| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))).await
+    }
+
+    async fn put_graph_subscription(&self, sub: GraphSubscription) -> Result<(), StoreError> {
+        use secrecy::ExposeSecret as _;
+        self.write(move |tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO graph_subscriptions (subscription_id, bot_app_id, resource, client_state, expires_at_ms, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (subscription_id) DO UPDATE SET bot_app_id = excluded.bot_app_id, resource = excluded.resource,
+                     client_state = excluded.client_state, expires_at_ms = excluded.expires_at_ms, updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![
+                sub.subscription_id,
+                sub.bot_app_id,
+                sub.resource,
+                sub.client_state.expose_secret(),
+                sub.expires_at_ms,
+                sub.updated_at_ms
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn graph_subscriptions(&self, bot: Option<&str>) -> Result<Vec<GraphSubscription>, StoreError> {
+        let bot = bot.map(str::to_ascii_lowercase);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT subscription_id, bot_app_id, resource, client_state, expires_at_ms, updated_at_ms FROM graph_subscriptions
+                 WHERE ?1 IS NULL OR lower(bot_app_id) = ?1 ORDER BY subscription_id",
+            )?;
+            let rows = stmt.query_map(params![bot], |r| {
+                Ok(GraphSubscription {
+                    subscription_id: r.get(0)?,
+                    bot_app_id: r.get(1)?,
+                    resource: r.get(2)?,
+                    client_state: secrecy::SecretString::from(r.get::<_, String>(3)?),
+                    expires_at_ms: r.get(4)?,
+                    updated_at_ms: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_graph_subscription(&self, subscription_id: &str) -> Result<(), StoreError> {
+        let id = subscription_id.to_owned();
+        self.write(move |tx, _| {
+            tx.prepare_cached("DELETE FROM graph_subscriptions WHERE subscription_id = ?1")?.execute(params![id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_graph_notifications(&self, items: Vec<NewGraphNotification>) -> Result<Vec<i64>, StoreError> {
+        self.write(move |tx, _| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO graph_notifications (subscription_id, bot_app_id, event, resource, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut ids = Vec::with_capacity(items.len());
+            for n in &items {
+                stmt.execute(params![n.subscription_id, n.bot_app_id, n.event, n.resource, n.received_at_ms])?;
+                ids.push(tx.last_insert_rowid());
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn pending_graph_notifications(&self, limit: usize) -> Result<Vec<GraphNotification>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, subscription_id, bot_app_id, event, resource, received_at_ms FROM graph_notifications ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit], |r| {
+                Ok(GraphNotification {
+                    id: r.get(0)?,
+                    subscription_id: r.get(1)?,
+                    bot_app_id: r.get(2)?,
+                    event: r.get(3)?,
+                    resource: r.get(4)?,
+                    received_at_ms: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn commit_graph(&self, commit: GraphCommit) -> Result<Vec<CommitOutcome>, StoreError> {
+        self.write(move |tx, st| {
+            let mut outcomes = Vec::with_capacity(commit.records.len());
+            let mut written = Vec::new();
+            for record in &commit.records {
+                let write_ref = !st.refs.unchanged(&record.reference);
+                let outcome = commit_one(tx, record, write_ref)?;
+                if matches!(outcome, CommitOutcome::Accepted { .. }) && write_ref {
+                    let c = &record.reference;
+                    written.push(((c.bot_app_id.clone(), c.conversation_id.clone()), RefCache::fingerprint(c)));
+                }
+                outcomes.push(outcome);
+            }
+            for c in &commit.cursors {
+                tx.prepare_cached(
+                    "INSERT INTO graph_cursors (bot_app_id, chat_id, modified_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (bot_app_id, chat_id) DO UPDATE SET modified_ms = MAX(modified_ms, excluded.modified_ms)",
+                )?
+                .execute(params![c.bot_app_id, c.chat_id, c.modified_ms])?;
+            }
+            if let Some(id) = commit.done {
+                tx.prepare_cached("DELETE FROM graph_notifications WHERE id = ?1")?.execute(params![id])?;
+            }
+            st.activities += outcomes.iter().filter(|o| matches!(o, CommitOutcome::Accepted { .. })).count();
+            st.refs_written.extend(written);
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    async fn graph_cursors(&self, bot_app_id: &str) -> Result<Vec<ChatCursor>, StoreError> {
+        let bot = bot_app_id.to_ascii_lowercase();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT bot_app_id, chat_id, modified_ms FROM graph_cursors WHERE lower(bot_app_id) = ?1 ORDER BY chat_id",
+            )?;
+            let rows =
+                stmt.query_map(params![bot], |r| Ok(ChatCursor { bot_app_id: r.get(0)?, chat_id: r.get(1)?, modified_ms: r.get(2)? }))?;
+            rows.collect()
+        })
+        .await
     }
 
     async fn close(&self) {

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    AuditEvent, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, Identity, InboundRecord, InboxState, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store, StoreError, Target,
+    AuditEvent, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, GraphCommit, GraphSubscription, Identity,
+    InboundRecord, InboxState, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store,
+    StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -40,7 +41,8 @@ macro_rules! store_suite {
     (optional $backend:expr) => {
         $crate::store_suite!(@store $backend;
             inbox_states_cursor_and_personal_chats, purge_forgets_expired_dedupe_keys, closed_store_refuses_writes,
-            audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed, provisioning_state_is_saved_replaced_and_forgotten);
+            audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed, provisioning_state_is_saved_replaced_and_forgotten,
+            graph_inbound_state_commits_with_its_entries);
         $crate::store_suite!(@backend $backend;
             commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
             outbox_keeps_per_conversation_order_and_recovers_after_a_crash, two_replicas_never_claim_the_same_entry,
@@ -570,4 +572,59 @@ pub(crate) async fn provisioning_state_is_saved_replaced_and_forgotten(store: &d
     assert_eq!(store.provisioning("bot-a/tenant").await.unwrap(), None);
     // The other key is untouched.
     assert_eq!(store.provisioning("bot-b/tenant").await.unwrap().map(|r| r.updated_at_ms), Some(11));
+}
+
+pub(crate) async fn graph_inbound_state_commits_with_its_entries(store: &dyn Store) {
+    use secrecy::ExposeSecret as _;
+    let sub = |expires| GraphSubscription {
+        subscription_id: "sub-1".into(),
+        bot_app_id: "bot".into(),
+        resource: "/me/chats/getAllMessages".into(),
+        client_state: secrecy::SecretString::from("s3cret-state".to_owned()),
+        expires_at_ms: expires,
+        updated_at_ms: 1,
+    };
+    store.put_graph_subscription(sub(100)).await.unwrap();
+    store.put_graph_subscription(sub(200)).await.unwrap();
+    let subs = store.graph_subscriptions(Some("BOT")).await.unwrap();
+    assert_eq!(subs, vec![sub(200)], "replaced, found case-insensitively by bot");
+    assert_eq!(subs[0].client_state.expose_secret(), "s3cret-state");
+    assert!(!format!("{:?}", subs[0]).contains("s3cret"), "the clientState never shows in Debug");
+    assert!(store.graph_subscriptions(Some("other")).await.unwrap().is_empty());
+
+    let note = |event: &str, at| NewGraphNotification {
+        subscription_id: "sub-1".into(),
+        bot_app_id: "bot".into(),
+        event: event.into(),
+        resource: "chats('19:c')/messages('1')".into(),
+        received_at_ms: at,
+    };
+    let ids = store.record_graph_notifications(vec![note("created", 5), note("missed", 6)]).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1]);
+    let pending = store.pending_graph_notifications(10).await.unwrap();
+    assert_eq!(pending.iter().map(|n| (n.id, n.event.as_str())).collect::<Vec<_>>(), vec![(ids[0], "created"), (ids[1], "missed")]);
+
+    let mut r = record("m1", "19:c");
+    r.auth = crate::ids::AuthKind::Graph;
+    let cursor = |ms| ChatCursor { bot_app_id: "bot".into(), chat_id: "19:c".into(), modified_ms: ms };
+    let out = store.commit_graph(GraphCommit { records: vec![r.clone()], cursors: vec![cursor(50)], done: Some(ids[0]) }).await.unwrap();
+    assert!(matches!(out[..], [CommitOutcome::Accepted { .. }]));
+    let pending = store.pending_graph_notifications(10).await.unwrap();
+    assert_eq!(pending.len(), 1, "the finished notification is gone with the commit");
+    assert_eq!(pending[0].id, ids[1]);
+    let inbox = store.pending_inbox(Some("bot"), 10).await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].auth, crate::ids::AuthKind::Graph, "stored as `graph`");
+    assert_eq!(store.graph_cursors("bot").await.unwrap(), vec![cursor(50)]);
+
+    // A re-read (catch-up after a restart): the entry is a duplicate and the cursor never moves back.
+    let out = store.commit_graph(GraphCommit { records: vec![r], cursors: vec![cursor(40)], done: Some(ids[1]) }).await.unwrap();
+    assert_eq!(out, vec![CommitOutcome::Duplicate]);
+    assert_eq!(store.graph_cursors("bot").await.unwrap(), vec![cursor(50)]);
+    assert!(store.pending_graph_notifications(10).await.unwrap().is_empty());
+    assert_eq!(store.pending_inbox(Some("bot"), 10).await.unwrap().len(), 1);
+
+    store.delete_graph_subscription("sub-1").await.unwrap();
+    assert!(store.graph_subscriptions(None).await.unwrap().is_empty());
 }

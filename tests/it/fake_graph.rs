@@ -10,6 +10,14 @@
 //! referenced by `<attachment id>`, at most 28,000 characters). Injected responses (429 with
 //! `Retry-After`, 401, any status) are served first; listings page with `@odata.nextLink`, which a test
 //! can point elsewhere.
+//!
+//! Change notifications: `POST /subscriptions` (only with a valid Agent User token; `https` URLs; a
+//! `lifecycleNotificationUrl` whenever the expiry is over an hour away; a `clientState` of at most 128
+//! characters; the Agent User's own `getAllMessages` resource) first POSTs `?validationToken=` to both URLs
+//! and demands the plain-text echo within 10 s, as Graph does. A test then makes people write
+//! ([`FakeGraph::say`], with or without the notification Graph would send), sends lifecycle events, expires
+//! subscriptions, and counts the chat-message reads. Catch-up reads take only
+//! `$orderby=lastModifiedDateTime desc` with `$filter=lastModifiedDateTime gt …` (or none).
 
 #![allow(dead_code)]
 
@@ -79,6 +87,26 @@ struct GraphState {
     next_link: Mutex<Option<String>>,
     page_size: Mutex<usize>,
     seq: AtomicUsize,
+    subs: Mutex<Vec<Sub>>,
+    /// The gateway's certificate (PEM) the fake trusts when it calls the notification URLs.
+    trust: Mutex<Option<String>>,
+    /// While set, reading one message waits (a gateway can be killed in the middle).
+    hold_reads: std::sync::atomic::AtomicBool,
+    list_reads: AtomicUsize,
+    message_gets: AtomicUsize,
+    validations: AtomicUsize,
+}
+
+/// A subscription as the fake keeps it.
+#[derive(Clone, Debug)]
+pub struct Sub {
+    pub id: String,
+    pub resource: String,
+    pub notification_url: String,
+    pub lifecycle_url: String,
+    pub client_state: String,
+    pub expires: String,
+    pub expired: bool,
 }
 
 /// The fake; stops when dropped.
@@ -112,6 +140,12 @@ impl FakeGraph {
             next_link: Mutex::new(None),
             page_size: Mutex::new(50),
             seq: AtomicUsize::new(0),
+            subs: Mutex::new(Vec::new()),
+            trust: Mutex::new(None),
+            hold_reads: std::sync::atomic::AtomicBool::new(false),
+            list_reads: AtomicUsize::new(0),
+            message_gets: AtomicUsize::new(0),
+            validations: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -163,6 +197,156 @@ impl FakeGraph {
     /// The stored messages of a chat.
     pub fn messages(&self, chat_id: &str) -> Vec<Value> {
         self.state.chats.lock().unwrap().iter().find(|c| c.id == chat_id).map(|c| c.messages.clone()).unwrap_or_default()
+    }
+
+    /// Trust this certificate (PEM) when calling the gateway's notification URLs.
+    pub fn trust(&self, cert_pem: &str) {
+        *self.state.trust.lock().unwrap() = Some(cert_pem.to_owned());
+    }
+
+    /// A chat of the Agent User's (`oneOnOne`, `group` or `meeting`) with the given id.
+    pub fn add_chat(&self, id: &str, chat_type: &str) {
+        self.state.chats.lock().unwrap().push(Chat {
+            id: id.to_owned(),
+            chat_type: chat_type.to_owned(),
+            topic: None,
+            members: vec![],
+            messages: vec![],
+        });
+    }
+
+    /// Someone writes in a chat (`from`: Graph's `from`, e.g. [`person`]); with `notify`, Graph tells every
+    /// live subscription (as a basic notification: the gateway fetches the message). The message id.
+    pub async fn say(&self, chat_id: &str, from: Value, html: &str, mentions: Value, notify: bool) -> String {
+        let id = format!("{}", 1_750_000_000_000u64 + self.state.seq.fetch_add(1, Ordering::SeqCst) as u64);
+        let now = now_rfc3339();
+        let msg = json!({
+            "id": id, "etag": id, "messageType": "message", "chatId": chat_id, "replyToId": null,
+            "createdDateTime": now, "lastModifiedDateTime": now, "lastEditedDateTime": null, "deletedDateTime": null,
+            "from": from, "body": {"contentType": "html", "content": html}, "attachments": [], "mentions": mentions, "reactions": [],
+        });
+        {
+            let mut chats = self.state.chats.lock().unwrap();
+            let chat = chats.iter_mut().find(|c| c.id == chat_id).expect("add_chat first");
+            chat.messages.push(msg);
+        }
+        if notify {
+            self.notify(chat_id, &id, "created").await;
+        }
+        id
+    }
+
+    /// Edit a message (its `lastEditedDateTime` and `lastModifiedDateTime` move); with `notify`, an
+    /// `updated` notification.
+    pub async fn edit(&self, chat_id: &str, message_id: &str, html: &str, notify: bool) {
+        {
+            let mut chats = self.state.chats.lock().unwrap();
+            let chat = chats.iter_mut().find(|c| c.id == chat_id).unwrap();
+            let m = chat.messages.iter_mut().find(|m| m["id"] == message_id).unwrap();
+            let now = now_rfc3339();
+            m["body"]["content"] = json!(html);
+            m["lastEditedDateTime"] = json!(now);
+            m["lastModifiedDateTime"] = json!(now);
+        }
+        if notify {
+            self.notify(chat_id, message_id, "updated").await;
+        }
+    }
+
+    /// Someone deletes their message (soft delete: `deletedDateTime` set); with `notify`, a `deleted`
+    /// notification.
+    pub async fn delete(&self, chat_id: &str, message_id: &str, notify: bool) {
+        {
+            let mut chats = self.state.chats.lock().unwrap();
+            let chat = chats.iter_mut().find(|c| c.id == chat_id).unwrap();
+            let m = chat.messages.iter_mut().find(|m| m["id"] == message_id).unwrap();
+            let now = now_rfc3339();
+            m["deletedDateTime"] = json!(now);
+            m["lastModifiedDateTime"] = json!(now);
+        }
+        if notify {
+            self.notify(chat_id, message_id, "deleted").await;
+        }
+    }
+
+    /// POST a change notification for a message to every live subscription; the statuses.
+    pub async fn notify(&self, chat_id: &str, message_id: &str, change: &str) -> Vec<u16> {
+        let subs: Vec<Sub> = self.state.subs.lock().unwrap().iter().filter(|s| !s.expired).cloned().collect();
+        let mut out = Vec::new();
+        for sub in subs {
+            let body = json!({"value": [{
+                "subscriptionId": sub.id, "clientState": sub.client_state, "changeType": change,
+                "resource": format!("chats('{chat_id}')/messages('{message_id}')"),
+                "subscriptionExpirationDateTime": sub.expires, "tenantId": "cccccccc-0000-0000-0000-000000000003",
+                "resourceData": {"id": message_id, "@odata.type": "#Microsoft.Graph.chatMessage"},
+            }]});
+            out.push(self.post_to(&sub.notification_url, &body).await);
+        }
+        out
+    }
+
+    /// POST a lifecycle notification (`missed`, `subscriptionRemoved`, `reauthorizationRequired`) for every
+    /// subscription; the statuses. `subscriptionRemoved` also removes them here.
+    pub async fn lifecycle(&self, event: &str) -> Vec<u16> {
+        let subs: Vec<Sub> = self.state.subs.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for sub in &subs {
+            let body = json!({"value": [{
+                "subscriptionId": sub.id, "clientState": sub.client_state, "lifecycleEvent": event,
+                "subscriptionExpirationDateTime": sub.expires, "tenantId": "cccccccc-0000-0000-0000-000000000003",
+            }]});
+            out.push(self.post_to(&sub.lifecycle_url, &body).await);
+        }
+        if event == "subscriptionRemoved" {
+            self.state.subs.lock().unwrap().retain(|s| !subs.iter().any(|x| x.id == s.id));
+        }
+        out
+    }
+
+    /// POST any body to the first subscription's notification URL (forged notifications); the status.
+    pub async fn post_raw(&self, body: &Value) -> u16 {
+        let url = self.state.subs.lock().unwrap().first().map(|s| s.notification_url.clone()).expect("a subscription");
+        self.post_to(&url, body).await
+    }
+
+    async fn post_to(&self, url: &str, body: &Value) -> u16 {
+        let client = https_client(&self.state);
+        match client.post(url).header("content-type", "application/json").body(body.to_string()).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Expire every subscription (renewals answer 404, nothing is delivered).
+    pub fn expire_subscriptions(&self) {
+        for s in self.state.subs.lock().unwrap().iter_mut() {
+            s.expired = true;
+        }
+    }
+
+    /// The subscriptions (live and expired).
+    pub fn subscriptions(&self) -> Vec<Sub> {
+        self.state.subs.lock().unwrap().clone()
+    }
+
+    /// Hold (or release) single-message reads.
+    pub fn hold_reads(&self, hold: bool) {
+        self.state.hold_reads.store(hold, Ordering::SeqCst);
+    }
+
+    /// Chat-message listings served so far (catch-up reads; a standing poll would show here).
+    pub fn list_reads(&self) -> usize {
+        self.state.list_reads.load(Ordering::SeqCst)
+    }
+
+    /// Single chat messages served so far (fetches after notifications).
+    pub fn message_gets(&self) -> usize {
+        self.state.message_gets.load(Ordering::SeqCst)
+    }
+
+    /// Validation requests answered correctly.
+    pub fn validations(&self) -> usize {
+        self.state.validations.load(Ordering::SeqCst)
     }
 
     /// The members a chat was created with or given.
@@ -236,14 +420,52 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
         ("POST", ["chats"]) => create_chat(&s, json_body),
         ("GET", ["chats", id]) => with_chat(&s, id, |c| axum::Json(chat_json(c)).into_response()),
         ("POST", ["chats", id, "messages"]) => post_message(&s, id, json_body),
+        ("POST", ["subscriptions"]) => create_subscription(&s, json_body).await,
+        ("PATCH", ["subscriptions", id]) => {
+            let mut subs = s.subs.lock().unwrap();
+            let Some(sub) = subs.iter_mut().find(|x| x.id == *id && !x.expired) else {
+                return error(404, "ResourceNotFound", "The object was not found.");
+            };
+            let Some(exp) = json_body.as_ref().and_then(|b| b["expirationDateTime"].as_str()) else {
+                return bad("expirationDateTime is required.");
+            };
+            sub.expires = exp.to_owned();
+            axum::Json(sub_json(sub)).into_response()
+        }
+        ("DELETE", ["subscriptions", id]) => {
+            s.subs.lock().unwrap().retain(|x| x.id != *id);
+            StatusCode::NO_CONTENT.into_response()
+        }
         ("GET", ["chats", id, "messages"]) => {
-            let items = match s.chats.lock().unwrap().iter().find(|c| c.id == *id) {
+            s.list_reads.fetch_add(1, Ordering::SeqCst);
+            let order = query.get("$orderby").map(String::as_str);
+            let filter = query.get("$filter").map(String::as_str);
+            let since = match (order, filter) {
+                (_, None) => None,
+                (Some("lastModifiedDateTime desc"), Some(f)) => match f.strip_prefix("lastModifiedDateTime gt ") {
+                    Some(t) if t.ends_with('Z') && t.contains('T') => Some(t.to_owned()),
+                    _ => return bad("Only lastModifiedDateTime gt <time> is supported with this $orderby."),
+                },
+                _ => return bad("$filter needs $orderby on the same property (descending)."),
+            };
+            let mut items = match s.chats.lock().unwrap().iter().find(|c| c.id == *id) {
                 Some(c) => c.messages.iter().rev().cloned().collect::<Vec<_>>(),
                 None => return error(404, "NotFound", "Chat not found"),
             };
+            if order == Some("lastModifiedDateTime desc") {
+                items.sort_by(|a, b| b["lastModifiedDateTime"].as_str().cmp(&a["lastModifiedDateTime"].as_str()));
+            }
+            if let Some(t) = since {
+                let t = normalize_time(&t);
+                items.retain(|m| m["lastModifiedDateTime"].as_str().is_some_and(|x| normalize_time(x) > t));
+            }
             page(&s, &format!("chats/{}/messages", enc(id)), items, &query)
         }
         ("GET", ["chats", id, "messages", mid]) => {
+            s.message_gets.fetch_add(1, Ordering::SeqCst);
+            while s.hold_reads.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             let chats = s.chats.lock().unwrap();
             match chats.iter().find(|c| c.id == *id).and_then(|c| c.messages.iter().find(|x| x["id"] == *mid)) {
                 Some(msg) => axum::Json(msg.clone()).into_response(),
@@ -488,4 +710,149 @@ fn page(s: &GraphState, path: &str, items: Vec<Value>, query: &HashMap<String, S
         out["@odata.nextLink"] = json!(link);
     }
     axum::Json(out).into_response()
+}
+
+/// Graph's `from` for a person.
+pub fn person(oid: &str, name: &str) -> Value {
+    json!({"application": null, "device": null, "user": {"@odata.type": "#microsoft.graph.teamworkUserIdentity", "id": oid, "displayName": name, "userIdentityType": "aadUser", "tenantId": "cccccccc-0000-0000-0000-000000000003"}})
+}
+
+/// Graph's `from` for a bot.
+pub fn bot_sender(app_id: &str) -> Value {
+    json!({"user": null, "device": null, "application": {"id": app_id, "displayName": "Some Bot", "applicationIdentityType": "bot"}})
+}
+
+/// A mention of `oid` as Graph lists it (`<at id="N">text</at>` in the body).
+pub fn mention(n: u32, oid: &str, text: &str) -> Value {
+    json!({"id": n, "mentionText": text, "mentioned": {"application": null, "device": null, "conversation": null, "tag": null, "user": {"id": oid, "displayName": text, "userIdentityType": "aadUser"}}})
+}
+
+fn now_rfc3339() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil(days);
+    // Seven fraction digits, as Graph writes them.
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}0000Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A time with any number of fraction digits, comparable as text (fraction padded to 7 digits).
+fn normalize_time(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (main, frac) = t.split_once('.').unwrap_or((t, ""));
+    format!("{main}.{frac:0<7}Z")
+}
+
+fn https_client(s: &GraphState) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
+    if let Some(pem) = s.trust.lock().unwrap().as_deref() {
+        b = b.tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()]);
+    }
+    b.build().unwrap()
+}
+
+fn sub_json(sub: &Sub) -> Value {
+    json!({"id": sub.id, "resource": sub.resource, "changeType": "created,updated,deleted", "notificationUrl": sub.notification_url,
+        "lifecycleNotificationUrl": sub.lifecycle_url, "expirationDateTime": sub.expires, "clientState": null, "includeResourceData": false})
+}
+
+/// Graph's check of a new subscription, then the validation of both URLs (plain-text echo within 10 s).
+async fn create_subscription(s: &Arc<GraphState>, body: Option<Value>) -> Response {
+    let Some(b) = body else { return bad("A body is required.") };
+    let allowed = [
+        "changeType",
+        "notificationUrl",
+        "lifecycleNotificationUrl",
+        "resource",
+        "expirationDateTime",
+        "clientState",
+        "includeResourceData",
+    ];
+    if let Some(k) = b.as_object().and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str())).cloned()) {
+        return bad(&format!("unexpected property '{k}'"));
+    }
+    let resource = b["resource"].as_str().unwrap_or_default().to_owned();
+    let mine = [format!("/users/{}/chats/getAllMessages", s.agent_oid), "/me/chats/getAllMessages".to_owned()];
+    if !mine.contains(&resource) {
+        return error(403, "Forbidden", "The resource is not the caller's chats.");
+    }
+    let change = b["changeType"].as_str().unwrap_or_default();
+    if change.is_empty() || !change.split(',').all(|c| ["created", "updated", "deleted"].contains(&c)) {
+        return bad("changeType must be created, updated and/or deleted.");
+    }
+    let url = b["notificationUrl"].as_str().unwrap_or_default().to_owned();
+    let lifecycle = b["lifecycleNotificationUrl"].as_str().unwrap_or_default().to_owned();
+    if !url.starts_with("https://") {
+        return bad("Subscription validation request failed. Notification endpoint must be HTTPS.");
+    }
+    let Some(expires) = b["expirationDateTime"].as_str().map(str::to_owned) else { return bad("expirationDateTime is required.") };
+    let in_an_hour = {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + 3_600_000;
+        let secs = ms / 1000;
+        let (y, m, d) = civil(secs / 86_400);
+        let rem = secs % 86_400;
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.0000000Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    };
+    if normalize_time(&expires) > in_an_hour && !lifecycle.starts_with("https://") {
+        return bad("lifecycleNotificationUrl is required (HTTPS) when expirationDateTime is more than 1 hour away.");
+    }
+    let client_state = b["clientState"].as_str().unwrap_or_default().to_owned();
+    if client_state.len() > 128 {
+        return bad("clientState is longer than 128 characters.");
+    }
+    // Validation: both URLs, each must echo the token as plain text within 10 s.
+    let client = https_client(s);
+    for target in [&url, &lifecycle] {
+        if target.is_empty() {
+            continue;
+        }
+        let token = format!(
+            "Validation: Testing client application reachability for subscription Request-Id: {}+/=",
+            s.seq.fetch_add(1, Ordering::SeqCst)
+        );
+        let full =
+            format!("{target}?validationToken={}", percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC));
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.post(&full).header("content-type", "text/plain; charset=utf-8").send(),
+        )
+        .await;
+        let ok = match sent {
+            Ok(Ok(r)) => {
+                let plain =
+                    r.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/plain"));
+                r.status() == 200 && plain && r.text().await.is_ok_and(|t| t == token)
+            }
+            _ => false,
+        };
+        if !ok {
+            return bad("Subscription validation request failed. Response must exactly match validationToken query parameter.");
+        }
+        s.validations.fetch_add(1, Ordering::SeqCst);
+    }
+    let sub = Sub {
+        id: format!("5ub5c41b-0000-4000-8000-{:012}", s.seq.fetch_add(1, Ordering::SeqCst)),
+        resource,
+        notification_url: url,
+        lifecycle_url: lifecycle,
+        client_state,
+        expires,
+        expired: false,
+    };
+    let out = sub_json(&sub);
+    s.subs.lock().unwrap().push(sub);
+    (StatusCode::CREATED, axum::Json(out)).into_response()
 }

@@ -21,6 +21,7 @@ mod doctor;
 mod durability;
 mod entra;
 mod graph;
+mod graph_inbound;
 mod intake;
 mod keys;
 mod mcp;

@@ -1,0 +1,386 @@
+//! The Agent User as a participant: what people write in its own chats reaches the host through Graph
+//! change notifications (never a standing poll), and answers go back the way each conversation came.
+//!
+//! The gateway serves TLS with a self-signed certificate that the strict fake Graph trusts, so the
+//! subscription's notification URLs are `https://127.0.0.1:PORT/…`, as Graph demands. The port is chosen
+//! before the gateway starts (its public URL is in the configuration).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::fake_connector::FakeConnector;
+use crate::fake_entra::test_cert;
+use crate::fake_entra_agent::*;
+use crate::fake_graph::{FakeGraph, bot_sender, mention, person};
+use crate::helpers::*;
+use crate::mcp_host::*;
+
+const DEV_TOKEN: &str = "agentgate-dev-mode-no-credential";
+const ALEX: &str = "00000000-0000-0000-0000-0000000000aa";
+const SAM: &str = "5a5a5a5a-0000-4000-8000-000000000055";
+const WAIT: Duration = Duration::from_secs(15);
+const DM: &str = "19:d1d1d1d1-0000-4000-8000-000000000003_alex@unq.gbl.spaces";
+const GROUP: &str = "19:group-ops@thread.v2";
+
+struct Rig {
+    fake: FakeConnector,
+    graph: FakeGraph,
+    entra: FakeEntraAgent,
+    dir: PathBuf,
+    url: String,
+    cert_pem: String,
+    _oidc: FakeOidc,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The configuration: dev mode (the bot DM comes from the fake Connector), TLS on a chosen port, the
+/// public URL on it, the first bot's Agent User with inbound on.
+async fn rig(extra_agent: &str) -> Rig {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let entra = FakeEntraAgent::start(test_cert(1)).await;
+    let graph = FakeGraph::start(entra.graph_checker(), AGENT_USER_OID, AGENT_USER_UPN).await;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert_pem = ck.cert.pem();
+    std::fs::write(dir.join("tls.crt"), &cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    graph.trust(&cert_pem);
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+
+    let mut opts = Options::new(&oidc.metadata_url);
+    opts.dev = true;
+    opts.token_authority = entra.authority();
+    opts.extra = format!(
+        "\n[outbound]\npoll_interval_ms = 20\nmax_attempts = 1\n\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        dir.join("tls.crt").display(),
+        dir.join("tls.key").display()
+    );
+    let section = agent_user_toml(&dir, &format!("inbound = true\ngraph_base_url = \"{}\"\n{extra_agent}", graph.base_url()));
+    let toml = opts
+        .toml(&dir.join("data"))
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{port}\"\npublic_url = \"{url}\""), 1)
+        .replacen(&format!("allowed_tenants = [\"{TENANT}\"]"), &format!("allowed_tenants = [\"{TENANT}\", \"{AGENT_TENANT}\"]"), 1)
+        .replacen(&format!("[[bots]]\napp_id = \"{OTHER_APP_ID}\""), &format!("{section}\n[[bots]]\napp_id = \"{OTHER_APP_ID}\""), 1);
+    std::fs::write(dir.join("agentgate.toml"), toml).unwrap();
+    graph.add_chat(DM, "oneOnOne");
+    graph.add_chat(GROUP, "group");
+    Rig { fake, graph, entra, dir, url, cert_pem, _oidc: oidc }
+}
+
+impl Rig {
+    /// Start `agentgate mcp` (it serves the listener too) and wait until its subscription is live.
+    async fn start(&self, name: &str) -> (StdioGateway, Host) {
+        let (gw, host) = StdioGateway::start(&self.dir, true, &[], name).await;
+        for _ in 0..300 {
+            // Subscribed, and the catch-up read at start is over.
+            if self.graph.subscriptions().iter().any(|s| !s.expired) && gw.stderr().contains("Graph catch-up read done") {
+                return (gw, host);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no Graph subscription was made:\n{}", gw.stderr());
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder().tls_certs_only([reqwest::Certificate::from_pem(self.cert_pem.as_bytes()).unwrap()]).build().unwrap()
+    }
+
+    async fn post_activity(&self, body: &Value) -> u16 {
+        let r = self.client().post(format!("{}/api/messages", self.url)).header("content-type", "application/json").body(body.to_string());
+        r.send().await.unwrap().status().as_u16()
+    }
+}
+
+/// Every inbox entry (any state): (activity id, conversation, auth, state).
+fn inbox(config: &Path) -> Vec<(String, String, String, String)> {
+    let db = rusqlite::Connection::open(config.parent().unwrap().join("data/agentgate.db")).unwrap();
+    let mut stmt = db.prepare("SELECT activity_id, conversation_id, auth, state FROM inbox ORDER BY id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// Inbox entries (any state) of a Graph message id.
+fn entries_of(config: &Path, message_id: &str) -> usize {
+    inbox(config).iter().filter(|e| e.0 == message_id).count()
+}
+
+async fn channel(host: &mut Host, gw: &StdioGateway) -> Value {
+    host.next("notifications/claude/channel", WAIT).await.unwrap_or_else(|| panic!("no push:\n{}", gw.stderr()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn people_reach_the_host_through_the_agent_users_chats_and_answers_go_back_the_same_way() {
+    let r = rig("").await;
+    let (gw, mut host) = r.start("claude-code").await;
+    // Both URLs were validated (the echo), the subscription covers all the Agent User's chats.
+    assert_eq!(r.graph.validations(), 2);
+    let subs = r.graph.subscriptions();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(subs[0].resource, format!("/users/{AGENT_USER_OID}/chats/getAllMessages"));
+    assert!(subs[0].notification_url.ends_with("/api/graph/notifications") && subs[0].lifecycle_url.ends_with("/api/graph/lifecycle"));
+    assert!(!gw.stderr().contains(&subs[0].client_state), "the clientState was logged");
+    // The subscription was made with the Agent User's own token (T3).
+    let create = r.graph.seen().into_iter().find(|s| s.method == "POST" && s.path == "subscriptions").unwrap();
+    assert!(r.entra.check_user_token(&create.bearer, GRAPH_SCOPE).is_some());
+    let reads_at_start = r.graph.list_reads();
+
+    // A person DMs the Agent User: the host is notified in the envelope.
+    let started = std::time::Instant::now();
+    let id = r.graph.say(DM, person(ALEX, "Alex"), "<p>Can you check the <b>build</b> &amp; tell me?</p>", json!([]), true).await;
+    let n = channel(&mut host, &gw).await;
+    eprintln!("Graph DM: notification sent → host notified in {} ms", started.elapsed().as_millis());
+    let content = n["content"].as_str().unwrap();
+    assert!(content.contains("⟦untrusted_content ") && content.contains("Can you check the build & tell me?"), "{n}");
+    assert_eq!(n["meta"]["message_id"], id, "{n}");
+    assert_eq!(n["meta"]["chat_id"], DM, "{n}");
+
+    // reply goes out through Graph as the Agent User.
+    let v = host.ok("reply", json!({"chat_id": DM, "text": "On it <3"})).await;
+    assert_eq!(v["identity"], format!("agent_user:{AGENT_USER_OID}"), "{v}");
+    assert_eq!(v["via"], "graph", "{v}");
+    let sent = r.graph.messages(DM);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent[1]["body"]["content"].as_str().unwrap().contains("On it &lt;3"));
+    assert!(r.fake.landed().is_empty(), "nothing went through the Connector: {:?}", r.fake.landed().len());
+    // An edit and a deletion arrive as typed events.
+    r.graph.edit(DM, &id, "<p>Can you check the build?</p>", true).await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["event"], "message_update", "{n}");
+    assert!(n["content"].as_str().unwrap().contains("Can you check the build?"), "{n}");
+    r.graph.delete(DM, &id, true).await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["event"], "message_delete", "{n}");
+    // The Agent User's own message is never delivered back (matched on its object id).
+    r.graph.notify(DM, sent[1]["id"].as_str().unwrap(), "created").await;
+    // Typing is skipped in a Graph chat, naming the identity; a card goes through Graph.
+    let t = host.ok("send_typing", json!({"chat_id": DM})).await;
+    assert_eq!(t["status"], "skipped", "{t}");
+    assert_eq!(t["identity"], format!("agent_user:{AGENT_USER_OID}"));
+
+    let card = json!({"type": "AdaptiveCard", "version": "1.5", "body": [{"type": "TextBlock", "text": "Build status"}]});
+    let v = host.ok("send_card", json!({"chat_id": DM, "card": card, "text": "Here:"})).await;
+    assert_eq!(v["via"], "graph", "{v}");
+    let with_card = r.graph.messages(DM).last().cloned().unwrap();
+    assert_eq!(with_card["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive", "{with_card}");
+    // Never a silent identity switch: what Graph cannot do as the Agent User is refused, not done by the bot.
+    let (err, v) = host.call("update_message", json!({"chat_id": DM, "message_id": sent[1]["id"], "text": "x"})).await;
+    assert!(err && v.to_string().contains("Agent User's chat"), "{v}");
+    let (err, v) = host.call("stream_start", json!({"chat_id": DM})).await;
+    assert!(err && v.to_string().contains("Agent User's chat"), "{v}");
+    assert!(r.fake.landed().is_empty());
+
+    // A group chat: without a mention nothing reaches the host; with the Agent User's mention it does.
+    let quiet = r.graph.say(GROUP, person(SAM, "Sam"), "<p>lunch?</p>", json!([]), true).await;
+    let asked = r
+        .graph
+        .say(GROUP, person(SAM, "Sam"), "<p><at id=\"0\">Agent</at> status?</p>", json!([mention(0, AGENT_USER_OID, "Agent")]), true)
+        .await;
+    // A bot's message and a system message in the same chat: never delivered.
+    r.graph.say(GROUP, bot_sender("b0b0b0b0-0000-4000-8000-000000000000"), "<p>build green</p>", json!([]), true).await;
+    r.graph.say(GROUP, Value::Null, "<systemEventMessage/>", json!([]), true).await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["message_id"], asked, "only the mention is pushed: {n}");
+    assert!(n["content"].as_str().unwrap().contains("status?"));
+    let v = host
+        .ok("send_message", json!({"chat_id": GROUP, "text": "All green, <at>Sam</at>.", "mentions": [{"user_id": SAM, "name": "Sam"}]}))
+        .await;
+    assert_eq!(v["via"], "graph", "{v}");
+    let last = r.graph.messages(GROUP).last().cloned().unwrap();
+    assert_eq!(last["mentions"][0]["mentioned"]["user"]["id"], SAM, "{last}");
+
+    // A bot DM in the same run still goes through the Connector as the bot.
+    assert_eq!(r.post_activity(&inbound(&r.fake.service_url, "a:alex-bot", "personal", ALEX, "hi bot")).await, 202);
+    let n = channel(&mut host, &gw).await;
+    assert!(n["content"].as_str().unwrap().contains("hi bot"));
+    let v = host.ok("reply", json!({"chat_id": "a:alex-bot", "text": "hello from the bot"})).await;
+    assert_eq!(v["identity"], format!("bot:{APP_ID}"), "{v}");
+    assert_eq!(r.fake.landed().len(), 1);
+
+    // list_conversations shows both kinds with their identity.
+    let list = host.ok("list_conversations", json!({})).await;
+    let convs = list["conversations"].as_array().unwrap();
+    let dm = convs.iter().find(|c| c["chat_id"] == DM).unwrap();
+    assert_eq!(dm["via"], "graph");
+    assert_eq!(dm["identity"], format!("agent_user:{AGENT_USER_OID}"));
+    let bot = convs.iter().find(|c| c["chat_id"] == "a:alex-bot").unwrap();
+    assert_eq!(bot["via"], "connector");
+
+    // The inbox: each message once, the gated one kept (filtered), the bot's, system and own never.
+    let entries = inbox(&gw.config);
+    assert_eq!(entries_of(&gw.config, &id), 1);
+    let quiet_entry = entries.iter().find(|e| e.0 == quiet).unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(quiet_entry.3, "filtered", "kept, never delivered");
+    let graph: Vec<_> = entries.iter().filter(|e| e.2 == "graph").collect();
+    assert!(graph.iter().all(|e| e.1 == DM || e.1 == GROUP));
+    assert_eq!(
+        graph.len(),
+        5,
+        "the DM, its edit and deletion, the quiet and the mentioned group message; no bot, system or own message: {entries:#?}"
+    );
+
+    // No standing poll: with the subscription healthy, no chat-message listing happened after the start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.graph.list_reads(), reads_at_start, "a chat-message listing without a lifecycle event");
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_notifications_do_nothing_and_validation_is_echoed() {
+    let r = rig("").await;
+    let (gw, mut host) = r.start("claude-code").await;
+    let sub = r.graph.subscriptions().remove(0);
+    let id = r.graph.say(DM, person(ALEX, "Alex"), "<p>secret plan</p>", json!([]), false).await;
+    let forged = |state: &str, sub_id: &str| {
+        json!({"value": [{"subscriptionId": sub_id, "clientState": state, "changeType": "created",
+            "resource": format!("chats('{DM}')/messages('{id}')")}]})
+    };
+    let gets = r.graph.message_gets();
+    assert_eq!(r.graph.post_raw(&forged("wrong", &sub.id)).await, 202);
+    assert_eq!(r.graph.post_raw(&forged(&sub.client_state, "unknown-subscription")).await, 202);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(r.graph.message_gets(), gets, "a forged notification made the gateway read");
+    assert_eq!(entries_of(&gw.config, &id), 0);
+    // A genuine notification about a chat that cannot be read (gone): skipped, and it blocks nothing behind it.
+    let gone = json!({"value": [{"subscriptionId": sub.id, "clientState": sub.client_state, "changeType": "created",
+        "resource": "chats('19:gone@thread.v2')/messages('1')"}]});
+    assert_eq!(r.graph.post_raw(&gone).await, 202);
+    let after = r.graph.say(DM, person(ALEX, "Alex"), "<p>still here</p>", json!([]), true).await;
+    assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], after);
+    // The echo: 200, text/plain, the URL-decoded token.
+    let resp = r.client().post(format!("{}/api/graph/notifications?validationToken=a%2Bb%20c%26d", r.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert_eq!(resp.text().await.unwrap(), "a+b c&d");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_between_notification_and_commit_nothing_is_lost_or_doubled() {
+    let r = rig("").await;
+    let (gw, host) = r.start("claude-code").await;
+    // The notification is recorded and acknowledged, but the fetch hangs: the gateway dies before the commit.
+    r.graph.hold_reads(true);
+    let id = r.graph.say(DM, person(ALEX, "Alex"), "<p>do not lose me</p>", json!([]), false).await;
+    let statuses = r.graph.notify(DM, &id, "created").await;
+    assert_eq!(statuses, vec![202], "the 202 comes after the durable row, not after the fetch");
+    for _ in 0..100 {
+        if r.graph.message_gets() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(r.graph.message_gets(), 1, "the worker was fetching");
+    let mut gw = gw;
+    gw.child.start_kill().unwrap();
+    let _ = gw.child.wait().await;
+    drop(host);
+    assert_eq!(entries_of(&gw.config, &id), 0, "not committed before the kill");
+    r.graph.hold_reads(false);
+
+    // Restart: the row is redone (and the catch-up at start sees the same message): exactly one entry.
+    let (gw, mut host) = r.start("claude-code").await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["message_id"], id);
+    assert!(host.next("notifications/claude/channel", Duration::from_millis(800)).await.is_none(), "pushed twice");
+    assert_eq!(entries_of(&gw.config, &id), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missed_event_catches_up_exactly_the_missed_messages() {
+    let r = rig("").await;
+    let (gw, mut host) = r.start("claude-code").await;
+    let seen = r.graph.say(DM, person(ALEX, "Alex"), "<p>one</p>", json!([]), true).await;
+    assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], seen);
+    let reads = r.graph.list_reads();
+    // Graph drops two notifications (and an edit of the first message), then says so.
+    let lost1 = r.graph.say(DM, person(ALEX, "Alex"), "<p>two</p>", json!([]), false).await;
+    let lost2 = r
+        .graph
+        .say(GROUP, person(SAM, "Sam"), "<p><at id=\"0\">Agent</at> three</p>", json!([mention(0, AGENT_USER_OID, "Agent")]), false)
+        .await;
+    r.graph.edit(DM, &seen, "<p>one (edited)</p>", false).await;
+    // Graph throttles the first catch-up request (429, Retry-After: 1): it is waited out.
+    r.graph.inject([crate::fake_graph::Canned::throttled(Some("1"))]);
+    assert_eq!(r.graph.lifecycle("missed").await, vec![202]);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let n = channel(&mut host, &gw).await;
+        got.push(n["meta"]["message_id"].as_str().unwrap().to_owned());
+    }
+    assert!(host.next("notifications/claude/channel", Duration::from_millis(800)).await.is_none(), "more than what was missed");
+    assert!(got.contains(&lost1) && got.contains(&lost2), "{got:?}");
+    assert!(got.iter().any(|g| g.starts_with(&format!("{seen}@edit:"))), "the edit is a typed event: {got:?}");
+    assert_eq!(entries_of(&gw.config, &seen), 1, "the message seen before is not repeated");
+    assert!(r.graph.list_reads() > reads, "the catch-up read the chats");
+    assert!(
+        gw.stderr().contains("429") || gw.stderr().contains("Throttled") || gw.stderr().contains("waiting to try again"),
+        "the 429 was not seen"
+    );
+    // The cursor moved: a second `missed` reads again but delivers nothing new.
+    assert_eq!(r.graph.lifecycle("missed").await, vec![202]);
+    assert!(host.next("notifications/claude/channel", Duration::from_millis(1500)).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_subscription_is_recreated_and_reauthorization_renews() {
+    let r = rig("").await;
+    let (gw, mut host) = r.start("claude-code").await;
+    let first = r.graph.subscriptions().remove(0);
+    assert_eq!(r.graph.lifecycle("reauthorizationRequired").await, vec![202]);
+    for _ in 0..100 {
+        if r.graph.seen().iter().any(|s| s.method == "PATCH" && s.path == format!("subscriptions/{}", first.id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(r.graph.seen().iter().any(|s| s.method == "PATCH"), "no renewal:\n{}", gw.stderr());
+    let lost = r.graph.say(DM, person(ALEX, "Alex"), "<p>while removed</p>", json!([]), false).await;
+    assert_eq!(r.graph.lifecycle("subscriptionRemoved").await, vec![202]);
+    // A new subscription, then the catch-up delivers what came meanwhile.
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["message_id"], lost);
+    let subs = r.graph.subscriptions();
+    assert_eq!(subs.len(), 1);
+    assert_ne!(subs[0].id, first.id);
+    assert_ne!(subs[0].client_state, first.client_state, "a fresh clientState");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbound_without_an_https_public_url_refuses_to_start_and_says_how() {
+    let r = rig("").await;
+    let toml = std::fs::read_to_string(r.dir.join("agentgate.toml")).unwrap();
+    let toml = toml.replace(&format!("public_url = \"{}\"", r.url), &format!("public_url = \"{}\"", r.url.replace("https", "http")));
+    std::fs::write(r.dir.join("agentgate.toml"), &toml).unwrap();
+    let out = std::process::Command::new(bin()).args(["check", "--config"]).arg(r.dir.join("agentgate.toml")).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("webhooks cannot reach this gateway"), "{said}");
+    assert!(said.contains("agentgate mcp --connect") && said.contains("tunnel"), "{said}");
+    assert!(said.contains("never falls back to polling"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_that_lapsed_while_the_gateway_was_down_is_recreated_and_caught_up() {
+    let r = rig("").await;
+    let (gw, host) = r.start("claude-code").await;
+    let first = r.graph.subscriptions().remove(0);
+    let mut gw = gw;
+    gw.child.start_kill().unwrap();
+    let _ = gw.child.wait().await;
+    drop(host);
+    // While it is down, the subscription expires and people write (Graph notifies nobody).
+    r.graph.expire_subscriptions();
+    let lost = r.graph.say(DM, person(ALEX, "Alex"), "<p>are you there?</p>", json!([]), true).await;
+    let (gw, mut host) = r.start("claude-code").await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["message_id"], lost);
+    let live: Vec<_> = r.graph.subscriptions().into_iter().filter(|s| !s.expired).collect();
+    assert_eq!(live.len(), 1);
+    assert_ne!(live[0].id, first.id, "a new subscription");
+    assert_eq!(entries_of(&gw.config, &lost), 1);
+}
