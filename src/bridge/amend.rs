@@ -54,7 +54,7 @@ impl Change {
 
 /// `channelData.eventType`.
 pub(crate) fn event_type(activity: &Activity) -> Option<&str> {
-    activity.channel_data.as_ref()?.extra.get("eventType")?.as_str()
+    activity.channel_data.as_ref()?.event_type.as_deref()
 }
 
 /// The dedupe key of a change to message `message_id`: `{message_id}@{eventType}:{16 hex digits of the
