@@ -429,9 +429,14 @@ impl Hub {
             Change::UpdateCard { .. } | Change::UpdateText { .. } | Change::Delete { .. } => Err(Error::refused(format!(
                 "{chat_id} is the Agent User's chat in Microsoft Graph: editing or deleting its messages from here is not supported yet"
             ))),
-            Change::React { .. } => Err(Error::refused(format!(
-                "{chat_id} is the Agent User's chat in Microsoft Graph: the bot is not in it, and reacting as the Agent User (Graph setReaction) is not supported yet"
-            ))),
+            // The bot is not in the Agent User's chats: the Agent User reacts, through Graph.
+            Change::React { message_id, reaction, remove } => {
+                if message_id.trim().is_empty() {
+                    return Err(Error::invalid("message_id is empty"));
+                }
+                check_reaction(&reaction)?;
+                Ok(Queued::Graph(self.graph_react(caller, &actor, &r.conversation_id, &message_id, &reaction, remove).await?))
+            }
         }
     }
 
