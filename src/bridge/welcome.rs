@@ -4,7 +4,7 @@
 //!
 //! "Once" is kept in the store, as a provisioning record `welcome:{bot}:{conversation}` written before the
 //! message is queued: a second installation activity, a redelivery or another replica finds it and sends
-//! nothing. The message goes through the outbox (retried, audited as `send` by `agentgate:welcome`).
+//! nothing (checked and recorded under one lock per process; two replicas racing may both send). The message goes through the outbox (retried, audited as `send` by `agentgate:welcome`).
 
 use std::collections::HashMap;
 
@@ -66,6 +66,10 @@ pub(crate) async fn welcome(
     conversation_id: &str,
     service_url: &str,
 ) -> Option<i64> {
+    // Teams sends the two installation activities at once: checking and recording is one step in this
+    // process (replicas may still race; then the conversation is welcomed twice at worst).
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _guard = ONE_AT_A_TIME.lock().await;
     let key = key(bot_app_id, conversation_id);
     match store.provisioning(&key).await {
         Ok(Some(_)) => {
