@@ -34,6 +34,10 @@ cat >"$work/agentgate.toml" <<'TOML'
 app_id = "11111111-2222-3333-4444-555555555555"
 display_name = "Schema Check Bot"
 allowed_tenants = ["aaaaaaaa-0000-0000-0000-000000000001"]
+commands = [
+    { title = "summarize", description = "Summarize this chat" },
+    { title = "Plan my week", prompt = "Plan my week from my calendar" },
+]
 TOML
 
 check() {

@@ -20,6 +20,10 @@
 #     Action.Execute invoke, channel @mention); assertions use `agentgate inbox` and the Playground's
 #     events-recording file (the Playground's own API answers 200 even when the bot failed). Scenario B also
 #     sends forged requests with curl (wrong aud, no token with a public serviceUrl, HS256, ...).
+#     Scenario A2 (A's gateway, no host connected): a user's edit and deletion of waiting messages, a reaction and a
+#     feedback, sent through the Playground's custom-activity and invoke APIs: the edit patches the waiting entry,
+#     the deletion withdraws it, the reaction and the feedback are entries, the feedback invoke is answered 200 with
+#     an empty body and audited.
 #     Scenario C (outbound, dev, config file): Playground -> `agentgate serve --dev --config C.toml` (no bot
 #     credential: in --dev the worker presents a placeholder token, which the Playground's mock Connector accepts),
 #     then `agentgate send --config C.toml` queues into the durable outbox and the gateway's worker delivers to the
@@ -210,6 +214,51 @@ const sleep = ms => new Promise(r => setTimeout(r, ms));
   console.log(JSON.stringify(out));
 })().catch(e => { console.error('driver failed:', e); process.exit(1); });
 EOF
+cat >"$S/drive-changes.js" <<'EOF'
+// Users' edits and deletions, a reaction and a feedback, through the Playground: its custom-activity API
+// (/_internal/v1/customActivities: the Playground sends the activity to the bot) for messageUpdate / messageDelete /
+// messageReaction (shapes of teams.ts message-update.ts, message-delete.ts, message-reaction.ts), and its invoke API
+// for message/submitAction (the feedback form). No host is connected, so nothing was delivered yet: the edit must
+// patch the waiting entry and the deletion withdraw it. usage: node drive-changes.js BASE_URL NONCE RATED_MESSAGE_ID
+const [BASE, NONCE, RATED] = process.argv.slice(2);
+const j = async (method, path, body) => {
+  const r = await fetch(BASE + path, { method, headers: { 'content-type': 'application/json' },
+    body: body && JSON.stringify(body), signal: AbortSignal.timeout(15000) });
+  const t = await r.text(); let v; try { v = JSON.parse(t); } catch { v = t; }
+  if (r.status >= 300) throw new Error(`${method} ${path} -> ${r.status} ${t}`);
+  return { status: r.status, body: v };
+};
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+(async () => {
+  const out = {};
+  const cfg = (await j('GET', '/_internal/v1/config')).body.config;
+  const me = cfg.currentUser.id, pc = cfg.personalChat.id;
+  const tpl = (await j('GET', `/_internal/v1/customActivities/template?conversationId=${encodeURIComponent(pc)}`)).body;
+  out.template = tpl;
+  const base = (tpl && typeof tpl === 'object' && (tpl.activity || tpl)) || {};
+  const mk = extra => ({ ...base, ...extra,
+    from: { ...(base.from || {}), id: me, aadObjectId: cfg.currentUser.aadObjectId || (base.from || {}).aadObjectId },
+    conversation: { ...(base.conversation || {}), id: pc, conversationType: 'personal' },
+    channelData: { ...(base.channelData || {}), ...(extra.channelData || {}) } });
+  const send = a => j('POST', '/_internal/v1/customActivities', a);
+  const edited = `e2e-edited-${NONCE}`, deleted = `e2e-deleted-${NONCE}`;
+  out.sent = [];
+  for (const a of [
+    mk({ type: 'message', id: edited, text: `to be edited ${NONCE}` }),
+    mk({ type: 'message', id: deleted, text: `secret to be deleted ${NONCE}` }),
+  ]) { out.sent.push(a); await send(a); await sleep(300); }
+  await sleep(700);
+  const update = mk({ type: 'messageUpdate', id: edited, text: `edited ${NONCE}`, channelData: { eventType: 'editMessage' } });
+  const del = mk({ type: 'messageDelete', id: deleted, channelData: { eventType: 'softDeleteMessage' } });
+  delete del.text;
+  const reaction = mk({ type: 'messageReaction', id: `e2e-reaction-${NONCE}`, replyToId: RATED, reactionsAdded: [{ type: 'like' }] });
+  delete reaction.text;
+  for (const a of [update, del, reaction]) { out.sent.push(a); await send(a); await sleep(300); }
+  out.feedback = await j('POST', '/_conversation/v1/invoke', { name: 'message/submitAction', from: { id: me }, conversation: { id: pc },
+    replyToId: RATED, value: { actionName: 'feedback', actionValue: { reaction: 'dislike', feedback: JSON.stringify({ feedbackText: `e2e comment ${NONCE}` }) } } });
+  console.log(JSON.stringify(out));
+})().catch(e => { console.error('driver failed:', e); process.exit(1); });
+EOF
 cat >"$S/q.js" <<'EOF'
 // node q.js KIND FILE EXPR: evaluate EXPR with `d` = the parsed FILE and `env` = process.env; print the result;
 // exit 1 when it is false/null/undefined. KIND: json | jsonl (JSON lines) | inbox (JSON lines; each entry gets
@@ -339,6 +388,34 @@ check "A: inbox has the channel @mention (conversation id with ;messageid=)" \
   q inbox "$S/inbox-a.jsonl" 'd.some(e => e.activity_type === "message" && e.conversation_id.includes(";messageid=") && e.b.text.includes(env.E2E_TEXT_A) && (e.b.entities || []).some(x => x.type === "mention"))'
 check "A: every inbox entry is dev-anonymous, exactly 6, no duplicate activity ids" \
   q inbox "$S/inbox-a.jsonl" 'd.length === 6 && d.every(e => e.auth === "dev-anonymous") && new Set(d.map(e => e.activity_id)).size === d.length'
+
+# ---------------------------------------------------------------------------- scenario A2: edits, deletions, reactions, feedback
+log "scenario A2: users' edits and deletions, a reaction and feedback, through the Playground (A's gateway, no host)"
+export NONCE
+if timeout 60 node "$S/drive-changes.js" http://127.0.0.1:56150 "$NONCE" "$CARD_A" >"$S/drive-a2.json" 2>"$L/drive-a2.log"; then
+  pass "A2: Playground custom activities (messageUpdate, messageDelete, messageReaction) and the message/submitAction invoke"
+else
+  fail "A2: Playground custom activities (messageUpdate, messageDelete, messageReaction) and the message/submitAction invoke"
+fi
+rec_settled a 12 15 || true
+sleep 1
+inbox a || true
+cp "$S/inbox-a.jsonl" "$L/inbox-a2.jsonl" 2>/dev/null || true
+cp "$S/drive-a2.json" "$L/" 2>/dev/null || true
+check "A2: the edit patched the waiting entry in place (its text is the edited one; no separate messageUpdate entry)" \
+  q inbox "$S/inbox-a.jsonl" 'd.some(e => e.activity_id === `e2e-edited-${env.NONCE}` && e.b.text === `edited ${env.NONCE}`) && !d.some(e => e.activity_type === "messageUpdate")'
+check "A2: the deletion withdrew the waiting entry: neither it nor its text is offered to a host" \
+  q inbox "$S/inbox-a.jsonl" '!d.some(e => e.activity_id.startsWith(`e2e-deleted-${env.NONCE}`) || e.body.includes(`secret to be deleted ${env.NONCE}`)) && !d.some(e => e.activity_type === "messageDelete")'
+check "A2: the Playground delivered both the deleted message and its deletion to agentgate (202 each, per the recording)" \
+  q rec "$S/rec-a.log" 'd.filter(r => /-> User Application/.test(r.direction) && JSON.stringify(r).includes(`e2e-deleted-${env.NONCE}`) && r.response.statusCode === 202).length >= 2'
+check "A2: the reaction is an inbox entry naming the message (replyToId) and the reaction (like)" \
+  q inbox "$S/inbox-a.jsonl" 'd.some(e => e.activity_type === "messageReaction" && e.b.replyToId === env.CARD_A && (e.b.reactionsAdded || []).some(r => r.type === "like"))'
+check "A2: the feedback invoke is an inbox entry (dislike, with its comment)" \
+  q inbox "$S/inbox-a.jsonl" 'd.some(e => e.activity_type === "invoke" && e.b.name === "message/submitAction" && e.b.value.actionValue.reaction === "dislike")'
+check "A2: agentgate answered the feedback invoke 200 with an empty body (per the recording)" \
+  q rec "$S/rec-a.log" 'd.some(r => r.activityName === "invoke" && /submitAction/.test(JSON.stringify(r)) && r.response.statusCode === 200 && (r.response.body === undefined || r.response.body === null || r.response.body === ""))'
+check "A2: the feedback is in the audit log (action feedback, outcome dislike)" \
+  bash -c "cd '$S/a' && AGENTGATE__DATA_DIR='$S/a/data' '$BIN' audit --limit 100 | grep '\"feedback\"' | grep -q dislike"
 
 # ---------------------------------------------------------------------------- scenario B: authenticated
 log "scenario B: Playground -> auth-proxy.js (mints RS256 tokens) -> agentgate serve --dev --config (tokens validated)"

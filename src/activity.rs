@@ -160,6 +160,8 @@ impl InvokeResponse {
                 "type": "application/vnd.microsoft.activity.message",
                 "value": text,
             }),
+            // Feedback (`message/submitAction`): 200 with an empty body; Teams lists a body as an error.
+            Some("message/submitAction") => Value::Null,
             _ => Value::Object(Map::new()),
         };
         Self { status: 200, body }
@@ -211,6 +213,9 @@ mod tests {
         assert_eq!(r.body["value"], "ok");
         let other = parse(serde_json::json!({"type":"invoke","name":"task/fetch"}));
         assert_eq!(InvokeResponse::acknowledge(&other, "ok").body, serde_json::json!({}));
+        // Feedback: an empty body (intake sends no body at all for `Null`).
+        let feedback = parse(serde_json::json!({"type":"invoke","name":"message/submitAction"}));
+        assert_eq!(InvokeResponse::acknowledge(&feedback, "ok").body, Value::Null);
     }
 }
 

@@ -42,6 +42,8 @@ pub struct AppState {
     pub gate: Arc<crate::bridge::gate::InboundGate>,
     /// The Agent User inbound through Graph change notifications, when some bot has it on.
     pub(crate) graph: Option<Arc<crate::bridge::graph_inbound::GraphInbound>>,
+    /// Each bot's welcome message (by lower-case app id), for bots that have one.
+    pub(crate) welcome: std::collections::HashMap<String, serde_json::Value>,
 }
 
 /// A refused request. The response body never says more than the status.
@@ -274,22 +276,24 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
 
     let now = now_ms();
     let kind = activity.kind();
+    // A user's edit or deletion carries the id of the message it changes: keyed by the change instead.
+    let change = crate::bridge::amend::Change::of(&activity);
+    let message_id = activity.id.as_deref().filter(|s| !s.is_empty());
+    let activity_id = match (message_id, change) {
+        (Some(id), Some(change)) => crate::bridge::amend::dedupe_key(id, change, &body),
+        (Some(id), None) => id.to_owned(),
+        (None, _) => format!("agentgate:{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+    };
     // A redelivery of what this process committed moments ago: acknowledged as the store would answer it,
     // without the round trip (everything above, authentication included, was checked all the same).
-    if let Some(id) = activity.id.as_deref().filter(|s| !s.is_empty())
-        && state.recent.committed(&bot.app_id, &conversation_id, id, now)
-    {
-        tracing::info!(activity_id = id, "duplicate delivery acknowledged without a second commit");
+    if message_id.is_some() && state.recent.committed(&bot.app_id, &conversation_id, &activity_id, now) {
+        tracing::info!(activity_id = %activity_id, "duplicate delivery acknowledged without a second commit");
         return Ok((Outcome::Duplicate, acknowledgement(state, &activity, kind, None)));
     }
-    let activity_id = match activity.id.as_deref().filter(|s| !s.is_empty()) {
-        Some(id) => id.to_owned(),
-        None => format!("agentgate:{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
-    };
     // installationUpdate remove, or a conversationUpdate removing the bot: the reference stays, marked
     // unusable, so that nothing is sent there until the bot is added again.
     let uninstalled = crate::teams::installation_change(&activity) == Some(crate::teams::Installation::Removed);
-    let classified = state.gate.classify(&bot.app_id, &activity, token.is_some());
+    let mut classified = state.gate.classify(&bot.app_id, &activity, token.is_some());
     let record = InboundRecord {
         bot_app_id: bot.app_id.clone().into(),
         tenant_id: tenant.to_owned().into(),
@@ -321,16 +325,41 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     };
     let record_conversation = record.conversation_id.clone();
     let (bot_key, expires) = (record.bot_app_id.clone(), record.dedupe_expires_at_ms);
-    let outcome = state.store.commit_inbound(record).await.map_err(|e| {
-        tracing::error!(error = %e, "commit failed");
-        Refusal::StoreUnavailable
-    })?;
+    let amendment = change.zip(message_id).and_then(|(change, message_id)| {
+        let seen = state.gate.delivered.contains(&bot.app_id, &record_conversation, message_id);
+        crate::bridge::amend::amendment(change, message_id, &record.body, seen)
+    });
+    let outcome = match amendment {
+        Some(amendment) => {
+            let done = state.store.commit_amendment(record, amendment.clone()).await.map_err(|e| {
+                tracing::error!(error = %e, "commit failed");
+                Refusal::StoreUnavailable
+            })?;
+            classified = amended_classification(classified, &amendment, &done);
+            done.outcome
+        }
+        None => state.store.commit_inbound(record).await.map_err(|e| {
+            tracing::error!(error = %e, "commit failed");
+            Refusal::StoreUnavailable
+        })?,
+    };
     let mut answer = None;
     let outcome = match outcome {
         CommitOutcome::Accepted { inbox_id } => {
             state.recent.remember(&bot_key, &record_conversation, &activity_id, expires);
             tracing::debug!(inbox_id, activity_id, kind = %activity.kind, "activity committed");
             answer = state.gate.committed(state.store.as_ref(), &classified, inbox_id, &bot.app_id, tenant, &record_conversation).await;
+            if !uninstalled
+                && crate::teams::installation_change(&activity) == Some(crate::teams::Installation::Added)
+                && let Some(welcome) = state.welcome.get(&bot.app_id.to_ascii_lowercase())
+            {
+                crate::bridge::welcome::welcome(state.store.as_ref(), welcome, &bot.app_id, tenant, &record_conversation, raw_service_url)
+                    .await;
+            }
+            if let Some(feedback) = crate::teams::ai::feedback(&activity) {
+                crate::bridge::gate::audit_feedback(state.store.as_ref(), &bot.app_id, tenant, &record_conversation, &activity, &feedback)
+                    .await;
+            }
             Outcome::Accepted
         }
         CommitOutcome::Duplicate => {
@@ -339,6 +368,31 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         }
     };
     Ok((outcome, acknowledgement(state, &activity, kind, answer)))
+}
+
+/// How intake goes on after an edit or deletion was committed: its record's state as the store chose it
+/// ([`Store::commit_amendment`](crate::store::Store::commit_amendment)), so that the sessions are woken for
+/// a change that is for the host.
+fn amended_classification(
+    classified: crate::bridge::gate::Classified,
+    amendment: &crate::store::Amendment,
+    done: &crate::store::Amended,
+) -> crate::bridge::gate::Classified {
+    use crate::bridge::gate::Classified;
+    use crate::store::InboxState;
+    let state = match (done.amended, done.original) {
+        (Some(id), _) => {
+            let what = if amendment.withdraw { "withdrawn" } else { "patched" };
+            tracing::info!(inbox_id = id, what, "a user's change applied to a pending inbox entry");
+            amendment.state_if_amended
+        }
+        (None, Some((_, InboxState::Acked | InboxState::Withdrawn))) => amendment.state_if_delivered,
+        _ => return classified,
+    };
+    match state {
+        InboxState::Pending => Classified::Deliver,
+        _ => Classified::Filter("change_applied_in_place"),
+    }
 }
 
 /// The answer to a committed (or already committed) activity: 202, or for an invoke the invoke response.
@@ -359,6 +413,9 @@ fn acknowledgement(state: &AppState, activity: &Activity, kind: Kind, answer: Op
         },
     };
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    if r.body.is_null() {
+        return status.into_response();
+    }
     (status, axum::Json(r.body)).into_response()
 }
 

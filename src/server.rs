@@ -215,6 +215,7 @@ impl Gateway {
             recent: crate::store::RecentCommits::default(),
             gate: Arc::clone(&gate),
             graph: graph_inbound.clone(),
+            welcome: crate::bridge::welcome::activities(&cfg.bots)?,
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
         background.push(spawn_audit_head_log(Arc::clone(&store)));
@@ -229,15 +230,18 @@ impl Gateway {
         if let Some(announced) = store.subscribe_inbox() {
             background.push(gate.follow(announced));
         }
-        let hub = Arc::new(crate::mcp::Hub::new(
-            Arc::new(cfg.clone()),
-            Arc::clone(&store),
-            Arc::clone(&outbound),
-            gate.subscribe(),
-            approvals,
-            opts.dev,
-            agents,
-        ));
+        let hub = Arc::new(
+            crate::mcp::Hub::new(
+                Arc::new(cfg.clone()),
+                Arc::clone(&store),
+                Arc::clone(&outbound),
+                gate.subscribe(),
+                approvals,
+                opts.dev,
+                agents,
+            )
+            .with_delivered(Arc::clone(&gate.delivered)),
+        );
         background.push(hub.spawn_approval_sweeper());
         let mcp_addr = match crate::mcp::http::serve(Arc::clone(&hub), &cfg.mcp).await? {
             Some((addr, task)) => {

@@ -264,12 +264,46 @@ pub fn render_manifest(bot: &BotConfig, bot_index: usize, info: &AppInfo) -> Res
             ("ACCENT_COLOR", &v.accent_color),
         ],
     )?;
+    if !bot.commands.is_empty() {
+        manifest["bots"][0]["commandLists"][0]["commands"] = command_list(bot, bot_index)?;
+    }
     // No endpoint domain: no valid domains (the bot needs none; tabs and SSO would).
     if let Some(domains) = manifest.get_mut("validDomains").and_then(Value::as_array_mut) {
         domains.retain(|d| d.as_str().is_some_and(|s| !s.is_empty()));
     }
     check_manifest(&manifest)?;
     Ok(manifest)
+}
+
+/// Most commands in one command list (schema v1.29).
+const MAX_COMMANDS: usize = 12;
+
+/// The bot's configured commands as the manifest's `commands`, within the schema's limits.
+fn command_list(bot: &BotConfig, bot_index: usize) -> Result<Value, PackageError> {
+    let field = format!("bots[{bot_index}].commands");
+    if bot.commands.len() > MAX_COMMANDS {
+        return Err(PackageError::new(field, format!("at most {MAX_COMMANDS} commands ({} given)", bot.commands.len())));
+    }
+    let mut out = Vec::with_capacity(bot.commands.len());
+    for (i, c) in bot.commands.iter().enumerate() {
+        let title = c.title.trim();
+        if title.is_empty() || title.chars().count() > 128 {
+            return Err(PackageError::new(format!("{field}[{i}].title"), "must be 1 to 128 characters"));
+        }
+        if c.description.chars().count() > 4000 {
+            return Err(PackageError::new(format!("{field}[{i}].description"), "must be at most 4000 characters"));
+        }
+        let mut cmd = serde_json::json!({"title": title, "description": c.description});
+        if let Some(prompt) = &c.prompt {
+            if prompt.trim().is_empty() || prompt.chars().count() > 4000 {
+                return Err(PackageError::new(format!("{field}[{i}].prompt"), "must be 1 to 4000 characters"));
+            }
+            cmd["type"] = Value::String("prompt".into());
+            cmd["prompt"] = Value::String(prompt.clone());
+        }
+        out.push(cmd);
+    }
+    Ok(Value::Array(out))
 }
 
 /// Structural checks of a rendered manifest (what Teams rejects at upload).
@@ -594,6 +628,31 @@ mod tests {
         let mut red = outline_icon();
         red.set(6, 16, [255, 0, 0, 255]);
         assert!(check_icons(&color, &encode_png(&red).unwrap()).unwrap_err().problem.contains("white"));
+    }
+
+    #[test]
+    fn configured_commands_and_prompt_starters_replace_the_template_list() {
+        let mut b = bot(APP, "Ada");
+        b.commands = vec![
+            crate::config::BotCommand { title: "summarize".into(), description: "Summarize this chat".into(), prompt: None },
+            crate::config::BotCommand {
+                title: "Plan my week".into(),
+                description: String::new(),
+                prompt: Some("Plan my week from my calendar".into()),
+            },
+        ];
+        let m = render_manifest(&b, 0, &info()).unwrap();
+        let cmds = &m["bots"][0]["commandLists"][0]["commands"];
+        assert_eq!(cmds[0], serde_json::json!({"title": "summarize", "description": "Summarize this chat"}));
+        assert_eq!(cmds[1]["type"], "prompt");
+        assert_eq!(cmds[1]["prompt"], "Plan my week from my calendar");
+        let default = render_manifest(&bot(APP, "Ada"), 0, &info()).unwrap();
+        assert_eq!(default["bots"][0]["commandLists"][0]["commands"][0]["title"], "help");
+        b.commands =
+            (0..13).map(|i| crate::config::BotCommand { title: format!("c{i}"), description: String::new(), prompt: None }).collect();
+        assert_eq!(render_manifest(&b, 2, &info()).unwrap_err().field, "bots[2].commands");
+        b.commands = vec![crate::config::BotCommand { title: " ".into(), description: String::new(), prompt: None }];
+        assert_eq!(render_manifest(&b, 0, &info()).unwrap_err().field, "bots[0].commands[0].title");
     }
 
     #[test]

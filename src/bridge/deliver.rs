@@ -109,6 +109,8 @@ pub struct TextMessage {
     /// The message the first part answers.
     pub reply_to: Option<String>,
     pub mentions: Vec<Mention>,
+    /// The "AI generated" label and citations (sent as the bot only; Graph has no such entity).
+    pub(crate) ai: crate::teams::ai::AiMarks,
 }
 
 /// A 1:1 message to a person by AAD object id (`send_to_user`).
@@ -132,8 +134,27 @@ pub enum Change {
     UpdateText { message_id: String, text: String },
     /// Delete a message the bot sent.
     Delete { message_id: String },
+    /// The bot's reaction on a message (`like`, `heart`, `1f44b_wavinghand`…), added or removed.
+    React { message_id: String, reaction: String, remove: bool },
     /// The typing indicator (not in channels).
     Typing,
+}
+
+/// Longest reaction id accepted.
+const MAX_REACTION_CHARS: usize = 64;
+
+/// A Teams reaction id: `like`, `heart`, `1f440_eyes`, `1f44b_wavinghand-tone2`, an org custom emoji id.
+fn check_reaction(reaction: &str) -> Result<()> {
+    let ok = !reaction.is_empty()
+        && reaction.chars().count() <= MAX_REACTION_CHARS
+        && reaction.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "reaction must be a Teams reaction id (letters, digits, _ and -, at most {MAX_REACTION_CHARS}), such as like, heart, 1f440_eyes or 2705_whiteheavycheckmark"
+        )))
+    }
 }
 
 impl Change {
@@ -160,6 +181,11 @@ impl Change {
             Self::Delete { message_id } => {
                 nonempty(&message_id)?;
                 OutboundOp::Delete { activity_id: message_id }
+            }
+            Self::React { message_id, reaction, remove } => {
+                nonempty(&message_id)?;
+                check_reaction(&reaction)?;
+                OutboundOp::React { activity_id: message_id, reaction, remove }
             }
             Self::Typing => OutboundOp::Send { activity: crate::teams::typing_activity() },
         })
@@ -268,6 +294,30 @@ pub(crate) fn text_messages(text: &str, entities: &[Value]) -> Result<Vec<Value>
         .collect())
 }
 
+/// Put the AI marks (one root message entity per part; citations only on a message that fits in one part)
+/// and, when the bot has them on, the feedback buttons on the parts of a text message.
+pub(crate) fn mark_messages(messages: &mut [Value], ai: &crate::teams::ai::AiMarks, feedback: bool) -> Result<()> {
+    if !ai.citations.is_empty() && messages.len() > 1 {
+        return Err(Error::invalid(format!(
+            "a message with citations must fit in one Teams message ({} UTF-16 units); shorten it",
+            crate::teams::MAX_TEXT_UTF16
+        )));
+    }
+    for m in messages.iter_mut() {
+        let text = m["text"].as_str().unwrap_or_default().to_owned();
+        if let Some(entity) = crate::teams::ai::message_entity(&text, ai).map_err(Error::invalid)? {
+            match m.get_mut("entities").and_then(Value::as_array_mut) {
+                Some(list) => list.push(entity),
+                None => m["entities"] = Value::Array(vec![entity]),
+            }
+        }
+        if feedback {
+            crate::teams::ai::enable_feedback(m);
+        }
+    }
+    Ok(())
+}
+
 /// A text with `<at>Name</at>` mentions as a Graph message body: each tag of a listed mention becomes a
 /// Graph mention of that person (by object id), in place.
 pub(crate) fn graph_text_body(text: &str, mentions: &[Mention]) -> MessageBody {
@@ -320,6 +370,7 @@ impl Hub {
             return Err(Error::invalid("text is empty"));
         }
         let entities = mention_entities(&req.text, &req.mentions)?;
+        crate::teams::ai::message_entity(&req.text, &req.ai).map_err(Error::invalid)?;
         let (bot, r) = self.conversation_any(caller.scope, &req.chat_id, req.bot.as_deref()).await?;
         match self.reach(&bot, &r, !req.mentions.is_empty()) {
             Reach::Bot => {}
@@ -337,7 +388,8 @@ impl Hub {
             }
             Reach::Nobody(why) => return Err(Error::refused(why)),
         }
-        let messages = text_messages(&req.text, &entities)?;
+        let mut messages = text_messages(&req.text, &entities)?;
+        mark_messages(&mut messages, &req.ai, bot.feedback)?;
         let outbox_id = self.enqueue_messages(caller.requester, &bot, &r, messages, req.reply_to.as_deref()).await?;
         Ok(Queued::Bot(Entry { bot_app_id: bot.app_id.clone(), conversation_id: r.conversation_id, outbox_id }))
     }
@@ -377,6 +429,14 @@ impl Hub {
             Change::UpdateCard { .. } | Change::UpdateText { .. } | Change::Delete { .. } => Err(Error::refused(format!(
                 "{chat_id} is the Agent User's chat in Microsoft Graph: editing or deleting its messages from here is not supported yet"
             ))),
+            // The bot is not in the Agent User's chats: the Agent User reacts, through Graph.
+            Change::React { message_id, reaction, remove } => {
+                if message_id.trim().is_empty() {
+                    return Err(Error::invalid("message_id is empty"));
+                }
+                check_reaction(&reaction)?;
+                Ok(Queued::Graph(self.graph_react(caller, &actor, &r.conversation_id, &message_id, &reaction, remove).await?))
+            }
         }
     }
 

@@ -31,7 +31,8 @@ pub struct InboundEvent {
     pub conversation_type: Option<String>,
     /// The activity id (for a message: the message id replies and edits refer to).
     pub message_id: String,
-    /// `replyToId`: the message this one answers (for a card submit or action: the card's message).
+    /// `replyToId`: the message this one answers (for a card submit or action: the card's message; for a
+    /// reaction: the message reacted to; for an edit or deletion: the message edited or deleted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_to_id: Option<String>,
     /// The sender's AAD object id: the identity policy decisions use.
@@ -111,6 +112,9 @@ pub enum EventKind {
     MessageReaction,
     MessageUpdate,
     MessageDelete,
+    /// A user's 👍/👎 (with an optional comment) on one of the bot's messages: the `message/submitAction`
+    /// invoke with `actionName` `feedback`.
+    Feedback,
     Other,
 }
 
@@ -130,6 +134,7 @@ impl EventKind {
             Self::MessageReaction => "message_reaction",
             Self::MessageUpdate => "message_update",
             Self::MessageDelete => "message_delete",
+            Self::Feedback => "feedback",
             Self::Other => "other",
         }
     }
@@ -169,7 +174,20 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
         EventKind::Invoke => (non_null(activity.value.as_ref()), activity.name.clone()),
         EventKind::MessageReaction => (pick(&activity, &["reactionsAdded", "reactionsRemoved"]), None),
         EventKind::MembersAdded | EventKind::MembersRemoved => (pick(&activity, &["membersAdded", "membersRemoved"]), None),
+        // `{reaction, comment}`.
+        EventKind::Feedback => {
+            (crate::teams::ai::feedback(&activity).map(|f| serde_json::json!({"reaction": f.reaction, "comment": f.comment})), None)
+        }
+        // `{eventType}`: `editMessage`, `undeleteMessage` or `softDeleteMessage`.
+        EventKind::MessageUpdate | EventKind::MessageDelete => {
+            (super::amend::event_type(&activity).map(|t| serde_json::json!({"eventType": meta_value(t)})), None)
+        }
         _ => (None, None),
+    };
+    // An edit or deletion names the message it changes: the body's id (Teams), or its `replyToId` (Graph).
+    let changed_message = match kind {
+        EventKind::MessageUpdate | EventKind::MessageDelete => activity.id.clone().filter(|id| !id.is_empty() && *id != item.activity_id),
+        _ => None,
     };
 
     let from = activity.from.as_ref();
@@ -182,7 +200,7 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
         conversation_id: item.conversation_id.to_string(),
         conversation_type: conversation.and_then(|c| c.conversation_type.clone()).filter(|s| !s.is_empty()),
         message_id: item.activity_id.clone(),
-        reply_to_id: activity.reply_to_id.clone().filter(|s| !s.is_empty()),
+        reply_to_id: changed_message.or_else(|| activity.reply_to_id.clone().filter(|s| !s.is_empty())),
         sender_id: from.and_then(|f| f.aad_object_id.clone()).filter(|s| !s.is_empty()),
         sender_name: from.and_then(|f| f.name.as_deref()).map(meta_value).filter(|s| !s.is_empty()),
         sender_channel_id: from.map(|f| f.id.clone()).filter(|s| !s.is_empty()),
@@ -277,10 +295,24 @@ impl InboundEvent {
                 }
             }
             EventKind::MessageUpdate => {
-                lines.push(format!("A message was edited{whom}. New text:"));
+                let restored = self.data.as_ref().and_then(|d| d.get("eventType")).and_then(Value::as_str) == Some("undeleteMessage");
+                lines.push(if restored {
+                    format!("A deleted message was restored{whom}. Its text:")
+                } else {
+                    format!("A message was edited{whom}. New text:")
+                });
                 lines.push(self.text.clone().unwrap_or_default());
             }
             EventKind::MessageDelete => lines.push(format!("A message was deleted{whom}.")),
+            EventKind::Feedback => {
+                let data = self.data.as_ref();
+                let reaction = data.and_then(|d| d.get("reaction")).and_then(Value::as_str).unwrap_or_default();
+                let thumb = if reaction == "like" { "👍" } else { "👎" };
+                lines.push(format!("Feedback{whom} on the bot's message: {thumb} {reaction}"));
+                if let Some(comment) = data.and_then(|d| d.get("comment")).and_then(Value::as_str) {
+                    lines.push(format!("comment: {comment}"));
+                }
+            }
             EventKind::Other => lines.push(format!("An activity the gateway does not interpret arrived{whom}.")),
         }
         lines.join("\n")
@@ -354,6 +386,7 @@ fn classify(activity: &Activity, has_text: bool) -> EventKind {
         Kind::Message if !has_text && card_submit(activity).is_some() => EventKind::CardSubmit,
         Kind::Message => EventKind::Message,
         Kind::Invoke if activity.name.as_deref() == Some("adaptiveCard/action") => EventKind::CardAction,
+        Kind::Invoke if crate::teams::ai::feedback(activity).is_some() => EventKind::Feedback,
         Kind::Invoke => EventKind::Invoke,
         Kind::InstallationUpdate => match installation_change(activity) {
             Some(Installation::Added) => EventKind::Installed,
@@ -468,6 +501,64 @@ mod tests {
         let e = event(testdata::CHANNEL_MENTION_PREFIXED);
         assert_eq!(e.channel_id.as_deref(), Some("19:team-general@thread.tacv2"));
         assert_eq!(e.sender_id.as_deref(), Some("aaaaaaaa-0000-0000-0000-000000000001"));
+    }
+
+    /// Teams' shapes (teams.ts `message-update.ts`, `message-delete.ts`): the change carries the id of the
+    /// message it changes; intake keys its entry by the change ([`super::super::amend::dedupe_key`]).
+    #[test]
+    fn teams_edits_deletions_and_undeletes_name_the_changed_message() {
+        let change = |v: Value| {
+            let raw = v.to_string();
+            let mut it = item(&raw);
+            it.activity_id = format!("1700000000001@{}:0123456789abcdef", v["channelData"]["eventType"].as_str().unwrap());
+            event_from_item(&it).unwrap()
+        };
+        let common = json!({
+            "id": "1700000000001", "channelId": "msteams", "serviceUrl": "https://smba.trafficmanager.net/amer/",
+            "from": {"id": "29:ann", "aadObjectId": "ann-oid", "name": "Ann"},
+            "recipient": {"id": "28:bot-app", "name": "Bot"},
+            "conversation": {"id": "19:chat@thread.v2", "conversationType": "groupChat", "tenantId": "t"},
+        });
+        let with = |extra: Value| {
+            let mut v = common.clone();
+            for (k, val) in extra.as_object().unwrap() {
+                v[k] = val.clone();
+            }
+            v
+        };
+        let edit = change(with(
+            json!({"type": "messageUpdate", "text": "fixed", "channelData": {"eventType": "editMessage", "tenant": {"id": "t"}}}),
+        ));
+        assert_eq!((edit.kind, edit.reply_to_id.as_deref()), (EventKind::MessageUpdate, Some("1700000000001")));
+        assert_eq!(edit.message_id, "1700000000001@editMessage:0123456789abcdef");
+        assert_eq!(edit.data, Some(json!({"eventType": "editMessage"})));
+        assert_eq!(edit.untrusted_body(), "A message was edited by Ann. New text:\nfixed");
+        let restored = change(with(
+            json!({"type": "messageUpdate", "text": "back", "channelData": {"eventType": "undeleteMessage", "tenant": {"id": "t"}}}),
+        ));
+        assert_eq!(restored.untrusted_body(), "A deleted message was restored by Ann. Its text:\nback");
+        let mut delete = with(json!({"type": "messageDelete", "channelData": {"eventType": "softDeleteMessage", "tenant": {"id": "t"}}}));
+        delete.as_object_mut().unwrap().remove("from");
+        let delete = change(delete);
+        assert_eq!((delete.kind, delete.reply_to_id.as_deref()), (EventKind::MessageDelete, Some("1700000000001")));
+        assert_eq!(delete.untrusted_body(), "A message was deleted.");
+    }
+
+    /// teams.ts `submit-action.ts`: the feedback invoke, `feedback` a JSON string, `replyToId` the rated message.
+    #[test]
+    fn feedback_is_a_typed_event() {
+        let e = event_json(json!({
+            "type": "invoke", "name": "message/submitAction", "id": "f1", "replyToId": "1700000000002",
+            "channelId": "msteams", "serviceUrl": "https://smba.trafficmanager.net/amer/",
+            "from": {"id": "29:ann", "aadObjectId": "ann-oid", "name": "Ann"},
+            "recipient": {"id": "28:bot-app"},
+            "conversation": {"id": "a:1", "conversationType": "personal", "tenantId": "t"},
+            "value": {"actionName": "feedback", "actionValue": {"reaction": "dislike", "feedback": "{\"feedbackText\":\"wrong <b>date</b>\"}"}}
+        }));
+        assert_eq!((e.kind, e.reply_to_id.as_deref()), (EventKind::Feedback, Some("1700000000002")));
+        assert_eq!(e.data, Some(json!({"reaction": "dislike", "comment": "wrong <b>date</b>"})));
+        assert_eq!(e.untrusted_body(), "Feedback by Ann on the bot's message: 👎 dislike\ncomment: wrong <b>date</b>");
+        assert_eq!(e.kind.label(), "feedback");
     }
 
     #[test]

@@ -40,13 +40,15 @@ pub struct InboundGate {
     policies: HashMap<String, BotPolicy>,
     pub approvals: Arc<Approvals>,
     inbox: watch::Sender<i64>,
+    /// The messages this process's sessions pushed to a host (see [`super::amend`]).
+    pub(crate) delivered: Arc<super::amend::Delivered>,
 }
 
 impl InboundGate {
     /// `policies` by app id.
     pub fn new(policies: impl IntoIterator<Item = (String, BotPolicy)>, approvals: Arc<Approvals>) -> Self {
         let policies = policies.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
-        Self { policies, approvals, inbox: watch::channel(0).0 }
+        Self { policies, approvals, inbox: watch::channel(0).0, delivered: Arc::default() }
     }
 
     /// A receiver of the newest deliverable inbox id.
@@ -187,6 +189,37 @@ impl InboundGate {
                 by_card.then_some(response)
             }
         }
+    }
+}
+
+/// Write a user's feedback to the audit log: who (AAD object id), on which message, 👍 or 👎, and the
+/// comment (cut to 200 characters; the host gets it whole as a `feedback` event).
+pub(crate) async fn audit_feedback(
+    store: &dyn Store,
+    bot_app_id: &str,
+    tenant_id: &str,
+    conversation_id: &str,
+    activity: &Activity,
+    feedback: &crate::teams::ai::Feedback,
+) {
+    let sender = activity.from.as_ref().and_then(|f| f.aad_object_id.as_deref()).unwrap_or("unknown");
+    let message = activity.reply_to_id.as_deref().unwrap_or_default();
+    let mut detail = format!("message {}", super::envelope::meta_value(message));
+    if let Some(c) = &feedback.comment {
+        let cut: String = super::envelope::meta_value(c).chars().take(200).collect();
+        detail.push_str(&format!("; comment: {cut}"));
+    }
+    let event = AuditEvent::new(
+        now_ms(),
+        format!("teams:{sender}"),
+        crate::store::Identity::bot(bot_app_id),
+        "feedback",
+        crate::store::Target::conversation(tenant_id, conversation_id),
+        feedback.reaction.as_str(),
+    )
+    .with_detail(detail);
+    if let Err(e) = store.record_audit(event).await {
+        tracing::error!(error = %e, "could not audit a user's feedback");
     }
 }
 

@@ -201,6 +201,34 @@ impl Hub {
         }
     }
 
+    /// React to a chat message as the Agent User (Graph `setReaction`/`unsetReaction`); audited before and
+    /// after. `reaction` is a Teams reaction id (`like`, `1f440_eyes`…), sent as Graph takes it
+    /// ([`graph_reaction_type`]).
+    pub async fn graph_react(
+        &self,
+        caller: Caller<'_>,
+        actor: &AgentActor,
+        chat_id: &str,
+        message_id: &str,
+        reaction: &str,
+        remove: bool,
+    ) -> Result<GraphSent> {
+        let target = format!("chat:{chat_id}");
+        let action = if remove { "graph_unreact" } else { "graph_react" };
+        let detail = format!("message {message_id}, reaction {reaction}");
+        self.audit_agent(caller, actor, action, &target, "attempt", detail.clone()).await?;
+        match actor.graph.set_chat_message_reaction(chat_id, message_id, &graph_reaction_type(reaction), remove).await {
+            Ok(()) => {
+                self.audit_agent(caller, actor, action, &target, "delivered", detail).await?;
+                Ok(GraphSent { identity: actor.identity(), chat_id: chat_id.to_owned(), message_id: message_id.to_owned() })
+            }
+            Err(e) => {
+                let _ = self.audit_agent(caller, actor, action, &target, "failed", e.to_string()).await;
+                Err(graph_error("Graph refused the reaction", &e))
+            }
+        }
+    }
+
     /// Look up a person in the directory as the Agent User.
     pub async fn graph_find_user(&self, scope: &Scope, bot: Option<&str>, user: &str) -> Result<User> {
         let (_, actor) = self.agent_user(scope, bot)?;
@@ -303,5 +331,31 @@ impl Hub {
                 Err(graph_error("adding the member failed", &e))
             }
         }
+    }
+}
+
+/// A Teams reaction id as Graph's `reactionType`: `<hex code point>_<name>` (`1f440_eyes`, `2705_whiteheavycheckmark`,
+/// `1f44b_wavinghand-tone2`) becomes its emoji (👀, ✅, 👋); anything else (`like`, `heart`…) is passed as is.
+pub(crate) fn graph_reaction_type(reaction: &str) -> String {
+    let Some((head, _)) = reaction.split_once('_') else { return reaction.to_owned() };
+    if head.len() >= 4
+        && head.chars().all(|c| c.is_ascii_hexdigit())
+        && let Some(c) = u32::from_str_radix(head, 16).ok().and_then(char::from_u32)
+    {
+        return c.to_string();
+    }
+    reaction.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn teams_reaction_ids_become_graph_reaction_types() {
+        assert_eq!(super::graph_reaction_type("1f440_eyes"), "👀");
+        assert_eq!(super::graph_reaction_type("2705_whiteheavycheckmark"), "✅");
+        assert_eq!(super::graph_reaction_type("1f44b_wavinghand-tone2"), "👋");
+        assert_eq!(super::graph_reaction_type("like"), "like");
+        assert_eq!(super::graph_reaction_type("face"), "face", "a word of hex letters is not a code point");
+        assert_eq!(super::graph_reaction_type("zz_custom"), "zz_custom");
     }
 }

@@ -9,11 +9,13 @@
 //! | [`agent`] | the bot's Entra Agent User: Graph client, mode, who it may reach |
 //! | [`envelope`] | untrusted text for the model: HTML to text, the marked envelope, meta values |
 //! | [`events`] | inbox entries as typed events |
+//! | [`amend`] | users' edits and deletions: applied to pending entries, or typed events |
 //! | [`live`] | streamed replies written while the model writes them |
 //! | [`route`] | the one bot resolver; which conversation a request goes to; bot, Agent User or nobody |
 //! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended; sending as the bot with the fallback to the Agent User |
 //! | [`graph`] | acting through Graph as the Agent User: owner approval, audit-first writes |
 //! | [`inbox`] | pending entries within a scope, acknowledgements |
+//! | [`welcome`] | the welcome message, once per conversation the app is installed in |
 //! | [`error`] | the one error type of the bridge |
 //!
 //! Every session of every transport shares one [`Hub`]: the configuration, the store, the outbound
@@ -29,6 +31,7 @@ use crate::connector::outbox::Outbound;
 use crate::store::{AuditEvent, Store, now_ms};
 
 pub(crate) mod agent;
+pub(crate) mod amend;
 pub(crate) mod approval;
 pub(crate) mod deliver;
 pub(crate) mod envelope;
@@ -41,6 +44,7 @@ pub(crate) mod inbox;
 pub(crate) mod live;
 pub(crate) mod policy;
 pub(crate) mod route;
+pub(crate) mod welcome;
 
 pub use approval::Approvals;
 pub(crate) use error::{Error, Result};
@@ -135,6 +139,8 @@ pub struct Hub {
     pub(crate) dev: bool,
     /// Each bot's Entra Agent User, by lower-case app id.
     pub(crate) agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
+    /// What the sessions pushed to a host (shared with intake's [`gate`], which amends entries).
+    pub(crate) delivered: Arc<amend::Delivered>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -153,7 +159,13 @@ impl Hub {
         dev: bool,
         agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
     ) -> Self {
-        Self { cfg, store, outbound, inbox, approvals, started: Instant::now(), dev, agents }
+        Self { cfg, store, outbound, inbox, approvals, started: Instant::now(), dev, agents, delivered: Arc::default() }
+    }
+
+    /// Share `delivered` with intake (the [`gate`]'s), so that edits of pushed messages reach the host.
+    pub(crate) fn with_delivered(mut self, delivered: Arc<amend::Delivered>) -> Self {
+        self.delivered = delivered;
+        self
     }
 
     /// Whether any bot in `scope` has approvers (then sessions declare the permission relay).

@@ -274,6 +274,13 @@ pub struct SendArgs {
     /// An Adaptive Card (a JSON file) to send as the message's attachment.
     #[arg(long, value_name = "FILE")]
     pub card: Option<PathBuf>,
+    /// Show Teams' "AI generated" label on the message.
+    #[arg(long, conflicts_with_all = ["update", "delete", "typing", "stream", "user"])]
+    pub ai_generated: bool,
+    /// A source the text cites as `[N]`: a JSON object `{"position":N,"name":…,"abstract":…,"url":…,
+    /// "icon":…,"keywords":[…]}` (repeat the flag; at most 20; the text must fit in one Teams message).
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["update", "delete", "typing", "stream", "user", "card"])]
+    pub citation: Vec<String>,
 }
 
 /// What `agentgate mcp` does.

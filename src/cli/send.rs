@@ -108,8 +108,34 @@ pub(super) async fn queue_from_cli(hub: &Hub, args: &SendArgs) -> anyhow::Result
     }
     // Long text goes out as several messages, cut by its UTF-16 size without losing a character; one
     // conversation's entries are delivered in order.
-    let messages = deliver::messages(text.as_deref(), card)?;
+    let mut messages = deliver::messages(text.as_deref(), card)?;
+    let ai = ai_marks(args)?;
+    if !ai.is_empty() || bot.feedback {
+        deliver::mark_messages(&mut messages, &ai, bot.feedback)?;
+    }
     Ok(hub.enqueue_messages(REQUESTER, &bot, &r, messages, args.reply_to.as_deref()).await?)
+}
+
+/// `--ai-generated` and `--citation` as the bridge takes them.
+fn ai_marks(args: &SendArgs) -> anyhow::Result<crate::teams::ai::AiMarks> {
+    let mut citations = Vec::with_capacity(args.citation.len());
+    for raw in &args.citation {
+        let v: Value = serde_json::from_str(raw).map_err(|e| anyhow::anyhow!("--citation is not a JSON object: {e}"))?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        citations.push(crate::teams::ai::Citation {
+            position: v.get("position").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+            name: text("name").unwrap_or_default(),
+            abstract_text: text("abstract").unwrap_or_default(),
+            url: text("url"),
+            icon: text("icon"),
+            keywords: v
+                .get("keywords")
+                .and_then(Value::as_array)
+                .map(|ks| ks.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(crate::teams::ai::AiMarks { ai_generated: args.ai_generated, citations })
 }
 
 /// A proactive 1:1 message: in the bot's chat with the person, or a new one.

@@ -393,6 +393,35 @@ pub struct BotConfig {
     /// Blueprint (needs `agent_user` for the Blueprint id and the reply tokens).
     #[serde(default)]
     pub agentic: AgenticConfig,
+    /// Show the 👍/👎 feedback buttons on the bot's text messages (`reply`, `send_message`):
+    /// `channelData.feedbackLoopEnabled`. A user's feedback reaches the host as a `feedback` event.
+    #[serde(default)]
+    pub feedback: bool,
+    /// Sent once per conversation when the app is installed there (1:1, team, group chat).
+    #[serde(default)]
+    pub welcome_text: Option<String>,
+    /// An Adaptive Card (a JSON file) sent as the welcome, with `welcome_text` as its text if given.
+    #[serde(default)]
+    pub welcome_card: Option<std::path::PathBuf>,
+    /// The bot's commands in the generated Teams app manifest (`commandLists`, at most 12): shown when a user
+    /// @mentions the bot or opens its chat; one with a `prompt` is a prompt starter (`type` `prompt`). Empty:
+    /// the template's `help` and `status`.
+    #[serde(default)]
+    pub commands: Vec<BotCommand>,
+}
+
+/// One entry of a bot's command list in the Teams app manifest (schema v1.29).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BotCommand {
+    /// What the user picks (1 to 128 characters).
+    pub title: String,
+    /// What it does (at most 4000 characters).
+    #[serde(default)]
+    pub description: String,
+    /// A prompt starter: the text Teams puts in the compose box when the user picks it (at most 4000).
+    #[serde(default)]
+    pub prompt: Option<String>,
 }
 
 /// `[bots.agentic]`: accept Agent 365 activities signed by Entra for the bot's Agent Blueprint.

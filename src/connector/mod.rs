@@ -284,6 +284,25 @@ impl ConnectorClient {
         self.call(Method::DELETE, url, token, None).await.map(|_| ())
     }
 
+    /// `PUT` (add) or `DELETE` (remove) `v3/conversations/{id}/activities/{id}/reactions/{type}`: the bot's
+    /// reaction on a message, no body (teams.py `clients/reaction/client.py`; .NET `AddReactionAsync`).
+    pub async fn set_reaction(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        activity_id: &str,
+        reaction: &str,
+        remove: bool,
+    ) -> Result<(), ConnectorError> {
+        let url = self.url(
+            ep,
+            &format!("v3/conversations/{}/activities/{}/reactions/{}", segment(conversation), segment(activity_id), segment(reaction)),
+        )?;
+        let method = if remove { Method::DELETE } else { Method::PUT };
+        self.call(method, url, token, None).await.map(|_| ())
+    }
+
     /// `POST v3/conversations`: a 1:1 conversation with `user_id` (proactive messaging).
     pub async fn create_personal_conversation(
         &self,

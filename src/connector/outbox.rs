@@ -472,6 +472,9 @@ impl Outbound {
                 c.update_activity(&ep, token, conv, activity_id, &a).await.map(|r| r.id)
             }
             OutboundOp::Delete { activity_id } => c.delete_activity(&ep, token, conv, activity_id).await.map(|()| activity_id.clone()),
+            OutboundOp::React { activity_id, reaction, remove } => {
+                c.set_reaction(&ep, token, conv, activity_id, reaction, *remove).await.map(|()| activity_id.clone())
+            }
             OutboundOp::CreatePersonal { user_id, activity } => {
                 let created = c
                     .create_personal_conversation(&ep, token, &format!("28:{}", item.bot_app_id), user_id, &item.tenant_id)

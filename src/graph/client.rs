@@ -344,6 +344,26 @@ impl GraphClient {
         self.call(Method::POST, self.url(&path, &[])?, Some(&json!({})), true).await.map(drop)
     }
 
+    /// Add (`setReaction`) or remove (`unsetReaction`) the signed-in user's reaction on a chat message
+    /// (`POST /chats/{id}/messages/{id}/setReaction`, body `{"reactionType": …}`: a Unicode emoji or `like`,
+    /// `heart`, `laugh`, `surprised`, `sad`, `angry`). Delegated only. Idempotent, so a lost answer may be retried.
+    pub async fn set_chat_message_reaction(
+        &self,
+        chat_id: &str,
+        message_id: &str,
+        reaction_type: &str,
+        remove: bool,
+    ) -> Result<(), GraphError> {
+        let action = if remove { "unsetReaction" } else { "setReaction" };
+        let path = format!(
+            "/chats/{}/messages/{}/{action}",
+            segment(non_empty("chat id", chat_id)?),
+            segment(non_empty("message id", message_id)?)
+        );
+        let body = json!({"reactionType": non_empty("reaction type", reaction_type)?});
+        self.call(Method::POST, self.url(&path, &[])?, Some(&body), true).await.map(drop)
+    }
+
     /// The newest messages of a chat, newest first, at most `max` (pages followed as needed).
     pub async fn list_chat_messages(&self, chat_id: &str, max: usize) -> Result<Vec<ChatMessage>, GraphError> {
         let top = max.clamp(1, 50).to_string();

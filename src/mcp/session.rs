@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use super::{Hub, Scope, ToolResult, fail, ok, prompts};
 use crate::bridge::approval::{self, Verdict};
 use crate::bridge::deliver::{Change, Mention, PersonMessage, Progress, Queued, Sent, TextMessage};
-use crate::bridge::events::{self, InboundEvent};
+use crate::bridge::events::{self, EventKind, InboundEvent};
 use crate::bridge::live::{Finished, LiveStatus, LiveStream};
 use crate::bridge::{Caller, envelope};
 use crate::store::{AuditEvent, InboxItem, now_ms};
@@ -149,6 +149,38 @@ impl From<MentionArg> for Mention {
     }
 }
 
+/// A source the text cites as `[position]` (Teams shows it as a citation pop-up).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct CitationArg {
+    /// The number the text cites as `[N]` (unique, from 1).
+    pub position: u32,
+    /// The source's title (at most 80 characters).
+    pub name: String,
+    /// A summary shown in the pop-up (at most 160 characters).
+    #[serde(rename = "abstract")]
+    pub summary: String,
+    /// Where the source is (https).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// An icon Teams knows: `Microsoft Word`, `Microsoft Excel`, `PDF`, `Source Code`, `Text`, `Image`, …
+    #[serde(default)]
+    pub icon: Option<String>,
+    /// At most 3 keywords, each at most 28 characters.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+}
+
+impl From<CitationArg> for crate::teams::ai::Citation {
+    fn from(c: CitationArg) -> Self {
+        Self { position: c.position, name: c.name, abstract_text: c.summary, url: c.url, icon: c.icon, keywords: c.keywords }
+    }
+}
+
+fn ai_marks(ai_generated: bool, citations: Vec<CitationArg>) -> crate::teams::ai::AiMarks {
+    crate::teams::ai::AiMarks { ai_generated, citations: citations.into_iter().map(Into::into).collect() }
+}
+
 impl From<ReplyArgs> for TextMessage {
     fn from(a: ReplyArgs) -> Self {
         Self {
@@ -157,13 +189,21 @@ impl From<ReplyArgs> for TextMessage {
             text: a.text,
             reply_to: a.reply_to,
             mentions: a.mentions.into_iter().map(Mention::from).collect(),
+            ai: ai_marks(a.ai_generated, a.citations),
         }
     }
 }
 
 impl From<SendArgs> for TextMessage {
     fn from(a: SendArgs) -> Self {
-        Self { chat_id: a.chat_id, bot: a.bot, text: a.text, reply_to: None, mentions: a.mentions.into_iter().map(Mention::from).collect() }
+        Self {
+            chat_id: a.chat_id,
+            bot: a.bot,
+            text: a.text,
+            reply_to: None,
+            mentions: a.mentions.into_iter().map(Mention::from).collect(),
+            ai: ai_marks(a.ai_generated, a.citations),
+        }
     }
 }
 
@@ -186,6 +226,12 @@ pub struct ReplyArgs {
     /// People to @mention.
     #[serde(default)]
     pub mentions: Vec<MentionArg>,
+    /// Show Teams' "AI generated" label on the message.
+    #[serde(default)]
+    pub ai_generated: bool,
+    /// Sources the text cites as `[1]`, `[2]`… (at most 20; the text must fit in one Teams message).
+    #[serde(default)]
+    pub citations: Vec<CitationArg>,
     /// The bot (app id), when several in scope have seen the conversation.
     #[serde(default)]
     pub bot: Option<String>,
@@ -201,6 +247,12 @@ pub struct SendArgs {
     /// People to @mention.
     #[serde(default)]
     pub mentions: Vec<MentionArg>,
+    /// Show Teams' "AI generated" label on the message.
+    #[serde(default)]
+    pub ai_generated: bool,
+    /// Sources the text cites as `[1]`, `[2]`… (at most 20; the text must fit in one Teams message).
+    #[serde(default)]
+    pub citations: Vec<CitationArg>,
     /// The bot (app id), when several in scope have seen the conversation.
     #[serde(default)]
     pub bot: Option<String>,
@@ -272,6 +324,21 @@ pub struct DeleteMessageArgs {
     pub chat_id: String,
     /// The message's id. Only the bot's own messages can be deleted.
     pub message_id: String,
+    #[serde(default)]
+    pub bot: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct ReactArgs {
+    pub chat_id: String,
+    /// The message to react to (an event's `message_id`, or one the bot sent).
+    pub message_id: String,
+    /// A Teams reaction id: `like`, `heart`, `1f440_eyes` (👀), `2705_whiteheavycheckmark` (✅), `1f44b_wavinghand`…
+    pub reaction: String,
+    /// Remove the bot's own reaction instead of adding it.
+    #[serde(default)]
+    pub remove: bool,
     #[serde(default)]
     pub bot: Option<String>,
 }
@@ -462,6 +529,7 @@ impl Bridge {
             .iter()
             .map(|item| {
                 shown.insert(item.id, (item.bot_app_id.to_string(), item.conversation_id.to_string()));
+                self.hub.delivered.mark(&item.bot_app_id, &item.conversation_id, &item.activity_id);
                 match events::event_from_item(item) {
                     Ok(mut ev) => {
                         check_sender(&self.hub, item, &mut ev);
@@ -598,6 +666,12 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
         }
     }
     meta.insert("inbox_id".into(), Value::String(ev.inbox_id.to_string()));
+    // A reaction, edit, deletion or feedback names the message it is about.
+    if matches!(ev.kind, EventKind::MessageReaction | EventKind::MessageUpdate | EventKind::MessageDelete | EventKind::Feedback)
+        && let Some(target) = ev.reply_to_id.as_deref().filter(|t| !t.is_empty())
+    {
+        meta.insert("reply_to_id".into(), Value::String(envelope::meta_value(target)));
+    }
     if let Some(allowed) = ev.sender_allowed {
         meta.insert("sender_allowed".into(), Value::String(allowed.to_string()));
     }
@@ -653,6 +727,8 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
                     continue;
                 }
             };
+            // Recorded before the push: an edit racing with it then errs towards telling the host.
+            hub.delivered.mark(&item.bot_app_id, &item.conversation_id, &item.activity_id);
             let n = CustomNotification::new("notifications/claude/channel", Some(channel_notification(&ev, max, with_bot)));
             if let Err(e) = peer.send_notification(ServerNotification::CustomNotification(n)).await {
                 tracing::info!(error = %e, "the host went away; pushes stop (unacknowledged messages wait for the next session)");
@@ -863,6 +939,14 @@ impl Bridge {
     #[tool(description = "Delete a message the bot sent (by its message_id).")]
     async fn delete_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<DeleteMessageArgs>) -> ToolResult {
         self.change(&ctx, &a.chat_id, a.bot.as_deref(), Change::Delete { message_id: a.message_id }, false).await
+    }
+
+    #[tool(
+        description = "React to a message as the bot (e.g. 👀 when you start, ✅ when done), or remove the bot's reaction. Teams preview: where the service does not allow it the result says so."
+    )]
+    async fn react(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<ReactArgs>) -> ToolResult {
+        let change = Change::React { message_id: a.message_id, reaction: a.reaction, remove: a.remove };
+        self.change(&ctx, &a.chat_id, a.bot.as_deref(), change, false).await
     }
 
     #[tool(description = "Show the typing indicator in a 1:1 or group chat (Teams shows none in channels); it lasts about 3 seconds.")]

@@ -113,8 +113,11 @@ pub enum InboxState {
     Acked,
     /// The bot's policy keeps it from the agent (kept for the record, never delivered).
     Filtered,
-    /// The gateway handled it itself (an approval verdict); never delivered.
+    /// The gateway handled it itself (an approval verdict, an edit or deletion applied to a pending entry);
+    /// never delivered.
     Consumed,
+    /// The sender deleted the message before any host acknowledged it: never delivered, its text removed.
+    Withdrawn,
 }
 
 impl InboxState {
@@ -124,12 +127,13 @@ impl InboxState {
             Self::Acked => "acked",
             Self::Filtered => "filtered",
             Self::Consumed => "consumed",
+            Self::Withdrawn => "withdrawn",
         }
     }
 
     /// The state a stored name stands for.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Pending, Self::Acked, Self::Filtered, Self::Consumed].into_iter().find(|s| s.as_str() == name)
+        [Self::Pending, Self::Acked, Self::Filtered, Self::Consumed, Self::Withdrawn].into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -244,6 +248,33 @@ pub enum CommitOutcome {
     Duplicate,
 }
 
+/// A user's edit or deletion of a message, applied to its inbox entry while that entry is still pending
+/// ([`Store::commit_amendment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amendment {
+    /// The edited or deleted message's activity id (the pending entry's `activity_id`).
+    pub message_id: String,
+    /// The entry's new body: the revised message, or for a deletion a body without its text.
+    pub body: String,
+    /// A deletion: the entry becomes [`InboxState::Withdrawn`] (never delivered).
+    pub withdraw: bool,
+    /// The state of the change's own record when it amended the pending entry.
+    pub state_if_amended: InboxState,
+    /// The state of the change's own record when the entry was acknowledged (a host has it) or withdrawn.
+    pub state_if_delivered: InboxState,
+}
+
+/// What [`Store::commit_amendment`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Amended {
+    /// The outcome for the edit or deletion's own record.
+    pub outcome: CommitOutcome,
+    /// The pending entry that was patched or withdrawn, if one was.
+    pub amended: Option<i64>,
+    /// The message's entry as it was found (before the amendment): its id and state.
+    pub original: Option<(i64, InboxState)>,
+}
+
 /// One inbox entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InboxItem {
@@ -271,6 +302,14 @@ pub enum OutboundOp {
     Update { activity_id: String, activity: Value },
     /// `DELETE v3/conversations/{conversation}/activities/{activity_id}`
     Delete { activity_id: String },
+    /// `PUT` (or with `remove`, `DELETE`) `v3/conversations/{conversation}/activities/{activity_id}/reactions/{reaction}`:
+    /// the bot's reaction on a message (Teams preview, 2026-05; no body).
+    React {
+        activity_id: String,
+        reaction: String,
+        #[serde(default)]
+        remove: bool,
+    },
     /// Create a 1:1 conversation with `user_id` (proactive), then send `activity` into it.
     CreatePersonal { user_id: String, activity: Value },
     /// A streamed reply: `chunks` appended one by one, `interval_ms` apart, as Teams streaming in a 1:1
@@ -285,6 +324,8 @@ impl OutboundOp {
             Self::Reply { .. } => "reply",
             Self::Update { .. } => "update",
             Self::Delete { .. } => "delete",
+            Self::React { remove: false, .. } => "react",
+            Self::React { remove: true, .. } => "unreact",
             Self::CreatePersonal { .. } => "create_personal",
             Self::Stream { .. } => "stream",
         }
@@ -615,6 +656,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Make an inbound activity durable (inbox + dedupe key + conversation reference) or report it as a
     /// duplicate. Returns only after the transaction is committed.
     async fn commit_inbound(&self, record: InboundRecord) -> Result<CommitOutcome, StoreError>;
+
+    /// Commit a change to a message (an edit, a deletion: `record`) and, in the same transaction, look at the
+    /// message's own entry (same bot and conversation, `activity_type` `message`, its `activity_id`; an
+    /// anonymous record only ever looks at anonymous entries): still pending, it is amended (its body
+    /// replaced, or for a deletion withdrawn) and `record` takes [`Amendment::state_if_amended`]; acknowledged
+    /// or withdrawn, `record` takes [`Amendment::state_if_delivered`]; otherwise (filtered, unknown) its own
+    /// state. Nothing is written for a duplicate `record`, not even the amendment (a late redelivery of an old
+    /// edit never undoes a newer one).
+    async fn commit_amendment(&self, record: InboundRecord, amendment: Amendment) -> Result<Amended, StoreError>;
 
     /// Inbox entries not yet acknowledged, oldest first; `bot` filters by app id.
     async fn pending_inbox(&self, bot: Option<&str>, limit: usize) -> Result<Vec<InboxItem>, StoreError>;

@@ -41,10 +41,10 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Finish, GraphCommit,
-    GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals, SharedVerdict, SlotRequest, Store,
-    StoreError, Target, now_ms,
+    Amended, Amendment, ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, ErrorClass,
+    Finish, GraphCommit, GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification,
+    NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals, SharedVerdict, SlotRequest,
+    Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -799,6 +799,25 @@ async fn announce(
     Ok(())
 }
 
+/// Run [`COMMIT_INBOUND`] (prepared as `stmt`) for `r`: the new inbox id, or no row for a duplicate.
+async fn insert_inbound(
+    tx: &deadpool_postgres::Transaction<'_>,
+    stmt: &tokio_postgres::Statement,
+    r: &InboundRecord,
+) -> Result<Option<Row>, tokio_postgres::Error> {
+    let extra = Extra::of(r);
+    tx.query_opt(stmt, &inbound_params(r, &extra)).await
+}
+
+/// The entry of the message a change is about: $1 bot, $2 conversation, $3 message id, $4 whether the change
+/// is authenticated (an anonymous one sees only anonymous entries).
+const FIND_MESSAGE_ENTRY: &str = "
+SELECT id, state FROM inbox
+WHERE bot_app_id = $1 AND conversation_id = $2 AND activity_id = $3 AND activity_type = 'message'
+  AND ($4 OR auth = 'dev-anonymous')
+ORDER BY id DESC LIMIT 1
+FOR UPDATE";
+
 /// An inbound activity in one statement: the dedupe key first; the reference and the inbox entry only when
 /// the key was new. Returns the inbox id, or no row for a duplicate.
 const COMMIT_INBOUND: &str = "
@@ -994,6 +1013,56 @@ impl Store for PostgresStore {
         let (tx, rx) = oneshot::channel();
         sender.send((record, tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn commit_amendment(&self, mut record: InboundRecord, amendment: Amendment) -> Result<Amended, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Inbox ids are drawn under this lock (see the module docs); it also orders this amendment among
+        // the other commits.
+        let lock = tx.prepare_cached("SELECT value FROM agentgate_locks WHERE name = 'inbox' FOR UPDATE").await?;
+        tx.query_one(&lock, &[]).await?;
+        // A duplicate writes nothing, not even the amendment (see the trait).
+        let seen = tx
+            .query_opt(
+                "SELECT 1 FROM dedupe WHERE conversation_id = $1 AND activity_id = $2 AND bot_app_id = $3",
+                &[&record.conversation_id, &record.activity_id, &record.bot_app_id],
+            )
+            .await?;
+        if seen.is_some() {
+            return Ok(Amended { outcome: CommitOutcome::Duplicate, amended: None, original: None });
+        }
+        let find = tx.prepare_cached(FIND_MESSAGE_ENTRY).await?;
+        let original = tx
+            .query_opt(&find, &[&record.bot_app_id, &record.conversation_id, &amendment.message_id, &record.auth.is_authenticated()])
+            .await?
+            .map(|row| (row.get::<_, i64>(0), InboxState::parse(row.get::<_, &str>(1)).unwrap_or(InboxState::Consumed)));
+        let mut amended = None;
+        match original {
+            Some((id, InboxState::Pending)) => {
+                let amend = tx
+                    .prepare_cached("UPDATE inbox SET body = $1, state = CASE WHEN $2 THEN 'withdrawn' ELSE state END WHERE id = $3")
+                    .await?;
+                tx.execute(&amend, &[&amendment.body, &amendment.withdraw, &id]).await?;
+                amended = Some(id);
+                record.state = amendment.state_if_amended;
+            }
+            Some((_, InboxState::Acked | InboxState::Withdrawn)) => record.state = amendment.state_if_delivered,
+            _ => {}
+        }
+        let stmt = tx.prepare_cached(COMMIT_INBOUND).await?;
+        let outcome = match insert_inbound(&tx, &stmt, &record).await? {
+            Some(row) => CommitOutcome::Accepted { inbox_id: row.get(0) },
+            None => CommitOutcome::Duplicate,
+        };
+        if let CommitOutcome::Accepted { inbox_id } = outcome
+            && record.state == InboxState::Pending
+        {
+            let notify = tx.prepare_cached("SELECT pg_notify($1, COALESCE(current_schema(), '') || ':' || $2)").await?;
+            tx.execute(&notify, &[&INBOX_CHANNEL, &inbox_id.to_string()]).await?;
+        }
+        tx.commit().await?;
+        Ok(Amended { outcome, amended, original })
     }
 
     async fn pending_inbox(&self, bot: Option<&str>, limit: usize) -> Result<Vec<InboxItem>, StoreError> {

@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, Finish, GraphCommit, GraphNotification, GraphSubscription,
-    Identity, InboundRecord, InboxItem, Lease, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState,
-    ProvisioningRecord, Store, StoreError, Target, now_ms,
+    Amended, Amendment, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, Finish, GraphCommit, GraphNotification,
+    GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS,
+    OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -1019,6 +1019,56 @@ impl Store for SqliteStore {
                 }
             }
             Ok(outcome)
+        })
+        .await
+    }
+
+    async fn commit_amendment(&self, record: InboundRecord, amendment: Amendment) -> Result<Amended, StoreError> {
+        self.write(move |tx, st| {
+            let mut record = record;
+            // A duplicate writes nothing, not even the amendment (see the trait).
+            let seen = tx
+                .prepare_cached("SELECT 1 FROM dedupe WHERE conversation_id = ?1 AND activity_id = ?2 AND bot_app_id = ?3")?
+                .query_row(params![record.conversation_id, record.activity_id, record.bot_app_id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if seen {
+                return Ok(Amended { outcome: CommitOutcome::Duplicate, amended: None, original: None });
+            }
+            let original = tx
+                .prepare_cached(
+                    "SELECT id, state FROM inbox
+                     WHERE bot_app_id = ?1 AND conversation_id = ?2 AND activity_id = ?3 AND activity_type = 'message'
+                       AND (?4 OR auth = 'dev-anonymous')
+                     ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row(
+                    params![record.bot_app_id, record.conversation_id, amendment.message_id, record.auth.is_authenticated()],
+                    |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
+                )
+                .optional()?
+                .map(|(id, state)| (id, InboxState::parse(&state).unwrap_or(InboxState::Consumed)));
+            let mut amended = None;
+            match original {
+                Some((id, InboxState::Pending)) => {
+                    tx.prepare_cached("UPDATE inbox SET body = ?1, state = CASE WHEN ?2 THEN 'withdrawn' ELSE state END WHERE id = ?3")?
+                        .execute(params![amendment.body, amendment.withdraw, id])?;
+                    amended = Some(id);
+                    record.state = amendment.state_if_amended;
+                }
+                Some((_, InboxState::Acked | InboxState::Withdrawn)) => record.state = amendment.state_if_delivered,
+                _ => {}
+            }
+            let write_ref = !st.refs.unchanged(&record.reference);
+            let outcome = commit_one(tx, &record, write_ref)?;
+            if matches!(outcome, CommitOutcome::Accepted { .. }) {
+                st.activities += 1;
+                if write_ref {
+                    let c = &record.reference;
+                    st.refs_written.push(((c.bot_app_id.clone(), c.conversation_id.clone()), RefCache::fingerprint(c)));
+                }
+            }
+            Ok(Amended { outcome, amended, original })
         })
         .await
     }

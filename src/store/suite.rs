@@ -10,9 +10,9 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    AuditEvent, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, GraphCommit, GraphSubscription, Identity,
-    InboundRecord, InboxState, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store,
-    StoreError, Target,
+    Amended, Amendment, AuditEvent, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, GraphCommit, GraphSubscription,
+    Identity, InboundRecord, InboxState, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord,
+    Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -42,7 +42,7 @@ macro_rules! store_suite {
         $crate::store_suite!(@store $backend;
             inbox_states_cursor_and_personal_chats, purge_forgets_expired_dedupe_keys, closed_store_refuses_writes,
             audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed, provisioning_state_is_saved_replaced_and_forgotten,
-            graph_inbound_state_commits_with_its_entries);
+            graph_inbound_state_commits_with_its_entries, edits_and_deletions_amend_only_pending_entries);
         $crate::store_suite!(@backend $backend;
             commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
             outbox_keeps_per_conversation_order_and_recovers_after_a_crash, two_replicas_never_claim_the_same_entry,
@@ -164,6 +164,112 @@ pub(crate) async fn inbox_states_cursor_and_personal_chats(store: &dyn Store) {
     store.record_audit(event.clone()).await.unwrap();
     store.record_audit(event).await.unwrap();
     assert_eq!(intact(store).await, 2);
+}
+
+/// An edit or deletion record for message `target` in `conv`.
+fn amendment_record(key: &str, conv: &str, kind: &str) -> InboundRecord {
+    let mut r = record(key, conv);
+    r.activity_type = kind.into();
+    r.body = format!("{{\"type\":\"{kind}\"}}");
+    r
+}
+
+fn amend(target: &str, body: &str, withdraw: bool) -> Amendment {
+    Amendment {
+        message_id: target.into(),
+        body: body.into(),
+        withdraw,
+        state_if_amended: InboxState::Consumed,
+        state_if_delivered: InboxState::Pending,
+    }
+}
+
+pub(crate) async fn edits_and_deletions_amend_only_pending_entries(store: &dyn Store) {
+    let accepted = |o: CommitOutcome| match o {
+        CommitOutcome::Accepted { inbox_id } => inbox_id,
+        CommitOutcome::Duplicate => panic!("not a duplicate"),
+    };
+    let m1 = accepted(store.commit_inbound(record("m1", "c1")).await.unwrap());
+    let m2 = accepted(store.commit_inbound(record("m2", "c1")).await.unwrap());
+    let other_conv = accepted(store.commit_inbound(record("m1", "c2")).await.unwrap());
+
+    // An edit of a pending entry patches it in place; the edit's own record takes `state_if_amended`.
+    let edit = amendment_record("m1@editMessage:1", "c1", "messageUpdate");
+    let done = store.commit_amendment(edit.clone(), amend("m1", r#"{"text":"fixed"}"#, false)).await.unwrap();
+    assert_eq!(done.amended, Some(m1));
+    let edit_id = accepted(done.outcome);
+    let items = store.inbox_by_ids(&[m1, edit_id, other_conv]).await.unwrap();
+    assert_eq!((items[0].state, items[0].body.as_str()), (InboxState::Pending, r#"{"text":"fixed"}"#));
+    assert_eq!(items[1].state, InboxState::Consumed);
+    assert_eq!(items[2].body, r#"{"id":"m1"}"#, "only the same conversation's entry");
+
+    // A redelivered edit writes nothing, not even its amendment (a newer edit is not undone).
+    store
+        .commit_amendment(amendment_record("m1@editMessage:2", "c1", "messageUpdate"), amend("m1", r#"{"text":"newer"}"#, false))
+        .await
+        .unwrap();
+    let again = store.commit_amendment(edit, amend("m1", r#"{"text":"fixed"}"#, false)).await.unwrap();
+    assert_eq!(again, Amended { outcome: CommitOutcome::Duplicate, amended: None, original: None });
+    assert_eq!(store.inbox_by_ids(&[m1]).await.unwrap()[0].body, r#"{"text":"newer"}"#);
+
+    // A deletion withdraws a pending entry: it is never offered again.
+    let done =
+        store.commit_amendment(amendment_record("m2@softDeleteMessage:1", "c1", "messageDelete"), amend("m2", "{}", true)).await.unwrap();
+    assert_eq!(done.amended, Some(m2));
+    let item = &store.inbox_by_ids(&[m2]).await.unwrap()[0];
+    assert_eq!((item.state, item.body.as_str()), (InboxState::Withdrawn, "{}"));
+    let pending: Vec<i64> = store.inbox_after(0, 10).await.unwrap().iter().map(|i| i.id).collect();
+    assert!(!pending.contains(&m2), "withdrawn: {pending:?}");
+    assert_eq!(store.ack_inbox(&[m2]).await.unwrap(), 0, "a withdrawn entry cannot be acknowledged into view");
+
+    // An acknowledged entry is left alone: the change is committed in `state_if_delivered` (the host gets it
+    // as an event), whatever the record's own state (a deletion names no sender: the policy filters it).
+    assert_eq!(store.ack_inbox(&[m1]).await.unwrap(), 1);
+    let mut delete = amendment_record("m1@softDeleteMessage:3", "c1", "messageDelete");
+    delete.state = InboxState::Filtered;
+    let late = store.commit_amendment(delete, amend("m1", "{}", true)).await.unwrap();
+    assert_eq!((late.amended, late.original), (None, Some((m1, InboxState::Acked))));
+    let late_id = accepted(late.outcome);
+    let items = store.inbox_by_ids(&[m1, late_id]).await.unwrap();
+    assert_eq!((items[0].state, items[0].body.as_str()), (InboxState::Acked, r#"{"text":"newer"}"#));
+    assert_eq!(items[1].state, InboxState::Pending, "delivered: the change is for the host");
+
+    // A message the gateway never delivered (unknown here): the record keeps its own state.
+    let mut unknown = amendment_record("m9@softDeleteMessage:8", "c1", "messageDelete");
+    unknown.state = InboxState::Filtered;
+    let done = store.commit_amendment(unknown, amend("m9", "{}", true)).await.unwrap();
+    assert_eq!((done.amended, done.original), (None, None));
+    assert_eq!(store.inbox_by_ids(&[accepted(done.outcome)]).await.unwrap()[0].state, InboxState::Filtered);
+
+    // A message a host may have seen: amended all the same, and the change stays visible.
+    let m6 = accepted(store.commit_inbound(record("m6", "c1")).await.unwrap());
+    let mut seen = amend("m6", r#"{"text":"seen"}"#, false);
+    seen.state_if_amended = InboxState::Pending;
+    let done = store.commit_amendment(amendment_record("m6@editMessage:7", "c1", "messageUpdate"), seen).await.unwrap();
+    assert_eq!(done.amended, Some(m6));
+    assert_eq!(store.inbox_by_ids(&[accepted(done.outcome)]).await.unwrap()[0].state, InboxState::Pending);
+
+    // An anonymous (dev) record never amends an authenticated entry; it may amend an anonymous one.
+    let m3 = accepted(store.commit_inbound(record("m3", "c1")).await.unwrap());
+    let mut anon = amendment_record("m3@softDeleteMessage:4", "c1", "messageDelete");
+    anon.auth = crate::ids::AuthKind::Anonymous;
+    assert_eq!(store.commit_amendment(anon, amend("m3", "{}", true)).await.unwrap().amended, None);
+    let mut m4 = record("m4", "c1");
+    m4.auth = crate::ids::AuthKind::Anonymous;
+    let m4 = accepted(store.commit_inbound(m4).await.unwrap());
+    let mut anon = amendment_record("m4@softDeleteMessage:5", "c1", "messageDelete");
+    anon.auth = crate::ids::AuthKind::Anonymous;
+    assert_eq!(store.commit_amendment(anon, amend("m4", "{}", true)).await.unwrap().amended, Some(m4));
+    assert_eq!(store.inbox_by_ids(&[m3]).await.unwrap()[0].state, InboxState::Pending);
+
+    // Only message entries are amended (never, say, an invoke that shares the id).
+    let mut invoke = record("m5", "c1");
+    invoke.activity_type = "invoke".into();
+    let m5 = accepted(store.commit_inbound(invoke).await.unwrap());
+    let done =
+        store.commit_amendment(amendment_record("m5@softDeleteMessage:6", "c1", "messageDelete"), amend("m5", "{}", true)).await.unwrap();
+    assert_eq!(done.amended, None);
+    assert_eq!(store.inbox_by_ids(&[m5]).await.unwrap()[0].state, InboxState::Pending);
 }
 
 pub(crate) async fn an_agentic_recipient_is_kept_typed(store: &dyn Store) {

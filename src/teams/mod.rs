@@ -13,8 +13,10 @@
 //! | [`typing`] | typing indicators and the per-conversation typing governor |
 //! | [`split`] | UTF-16 sizes, the message size limits and lossless text splitting |
 //! | [`stream`] | Teams streaming (`streaminfo`) in 1:1 chats, buffered elsewhere |
+//! | [`ai`] | the "AI generated" label, citations, feedback buttons and the user's feedback |
 //! | [`lifecycle`] | bot installed / removed, from `installationUpdate` and `conversationUpdate` |
 
+pub(crate) mod ai;
 pub(crate) mod card;
 pub(crate) mod lifecycle;
 pub(crate) mod mention;

@@ -536,3 +536,24 @@ async fn one_serve_per_sqlite_store_and_its_crash_is_recovered_at_once() {
     assert_eq!(fake.landed().len(), 0, "the create was re-posted");
     audit_ok(&app);
 }
+
+/// `agentgate send --ai-generated --citation JSON`: one root message entity with the label and the citation, as
+/// the strict fake checks it; a citation Teams would refuse stops the command before anything is queued.
+#[tokio::test]
+async fn send_with_the_ai_label_and_a_citation() {
+    let (_oidc, fake, app) = setup().await;
+    inbound(&app, &fake, "a:conv-1", "personal").await;
+    let citation = r#"{"position": 1, "name": "Runbook", "abstract": "How to restart the gateway", "icon": "Text"}"#;
+    let id = send(&app, &["--conversation", "a:conv-1", "--text", "Restart it [1]", "--ai-generated", "--citation", citation]);
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "delivered", "{item}");
+    let body = &fake.landed()[0].body;
+    let root: Vec<&Value> = body["entities"].as_array().unwrap().iter().filter(|e| e["type"] == "https://schema.org/Message").collect();
+    assert_eq!(root.len(), 1, "{body}");
+    assert_eq!(root[0]["additionalType"], json!(["AIGeneratedContent"]));
+    assert_eq!(root[0]["citation"][0]["appearance"]["name"], "Runbook");
+    let (ok, out) = cli(&app, &["send", "--conversation", "a:conv-1", "--text", "no marker", "--citation", citation]);
+    assert!(!ok && out.contains("[1]"), "{out}");
+    assert_eq!(fake.landed().len(), 1);
+    audit_ok(&app);
+}

@@ -14,7 +14,10 @@
 //!   answered `201 {"id": <stream id>}`; later ones name a stream id from an earlier answer, grow the
 //!   sequence by one, carry all the text so far (cumulative), come at least 1 s after the stream's
 //!   previous request (else 429), within 2 minutes of its start (else 403 `ContentStreamNotAllowed`),
-//!   and are answered `202` with no body; the entity and `channelData` agree; nothing after the final.
+//!   and are answered `202` with no body; the entity and `channelData` agree; nothing after the final;
+//! * AI marks ([`check_ai_marks`]): one root message entity, Teams' citation limits, one feedback flag;
+//! * reactions: `PUT`/`DELETE …/activities/{id}/reactions/{type}` with no body, the type percent-encoded
+//!   (recorded as a body `{"reaction": type}`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -263,6 +266,47 @@ fn check_stream(s: &ConnectorState, conversation: &str, body: &Value, n: usize) 
     Some((StatusCode::ACCEPTED.into_response(), true))
 }
 
+/// Teams' rules for the AI label, citations and feedback buttons (learn.microsoft.com "Bot messages with
+/// AI-generated content"; teams.py `_ensure_single_root_level_message_entity`): one root message entity,
+/// at most 20 citations with unique positions, `name` 1–80 and `abstract` 1–160 characters, at most 3
+/// keywords of at most 28, a non-empty `appearance`; `feedbackLoop` and `feedbackLoopEnabled` not both.
+fn check_ai_marks(body: &Value) -> Result<(), String> {
+    let roots: Vec<&Value> = body["entities"]
+        .as_array()
+        .map(|es| es.iter().filter(|e| e["type"] == "https://schema.org/Message" && e["@type"] == "Message").collect())
+        .unwrap_or_default();
+    if roots.len() > 1 {
+        return Err("Multiple root message entities found".into());
+    }
+    if let Some(root) = roots.first() {
+        let citations = root["citation"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if citations.len() > 20 {
+            return Err("more than 20 citations".into());
+        }
+        let mut positions = std::collections::HashSet::new();
+        for c in citations {
+            let a = &c["appearance"];
+            let chars = |v: &Value| v.as_str().map(|s| s.chars().count());
+            if c["@type"] != "Claim" || !positions.insert(c["position"].as_u64().unwrap_or(0)) || a.as_object().is_none_or(|o| o.is_empty())
+            {
+                return Err("a citation needs a unique position and an appearance".into());
+            }
+            if !matches!(chars(&a["name"]), Some(1..=80)) || !matches!(chars(&a["abstract"]), Some(1..=160)) {
+                return Err("citation name (1-80) or abstract (1-160) out of range".into());
+            }
+            let keywords = a["keywords"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if keywords.len() > 3 || keywords.iter().any(|k| !matches!(chars(k), Some(1..=28))) {
+                return Err("citation keywords: at most 3 of at most 28 characters".into());
+            }
+        }
+    }
+    let cd = &body["channelData"];
+    if !cd["feedbackLoop"].is_null() && !cd["feedbackLoopEnabled"].is_null() {
+        return Err("feedbackLoop and feedbackLoopEnabled are exclusive".into());
+    }
+    Ok(())
+}
+
 async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = Instant::now();
     s.requests.fetch_add(1, Ordering::SeqCst);
@@ -279,7 +323,20 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         return refuse(&s, StatusCode::NOT_FOUND, "unknown path");
     };
     let parts: Vec<&str> = rest.split('/').skip(1).collect();
+    // The bot's reactions (preview): `PUT`/`DELETE …/activities/{id}/reactions/{type}`, no body.
+    let mut reaction = None;
+    if let [_, "activities", _, "reactions", r] = parts.as_slice() {
+        match decode_segment(r) {
+            Some(r) if !r.is_empty() => reaction = Some(r),
+            _ => return refuse(&s, StatusCode::BAD_REQUEST, "reaction type missing or not percent-encoded"),
+        }
+        if !body.is_empty() {
+            return refuse(&s, StatusCode::BAD_REQUEST, "a reaction request has no body");
+        }
+    }
     let (conversation, activity, kind) = match (method.clone(), parts.as_slice()) {
+        (Method::PUT, [c, "activities", a, "reactions", _]) => (Some(*c), Some(*a), "react"),
+        (Method::DELETE, [c, "activities", a, "reactions", _]) => (Some(*c), Some(*a), "unreact"),
         (Method::POST, []) => (None, None, "create"),
         (Method::POST, [c, "activities"]) => (Some(*c), None, "send"),
         (Method::POST, [c, "activities", a]) => (Some(*c), Some(*a), "reply"),
@@ -296,7 +353,9 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         Some(None) => return refuse(&s, StatusCode::BAD_REQUEST, "activity id not percent-encoded"),
         other => other.flatten(),
     };
-    let body: Value = if matches!(kind, "delete" | "members") {
+    let body: Value = if let Some(r) = &reaction {
+        json!({"reaction": r})
+    } else if matches!(kind, "delete" | "members") {
         Value::Null
     } else {
         let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -343,6 +402,9 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         if body["type"] == "typing" && is_channel(path) {
             return refuse(&s, StatusCode::BAD_REQUEST, "no typing indicator in channels");
         }
+        if let Err(why) = check_ai_marks(&body) {
+            return refuse(&s, StatusCode::BAD_REQUEST, &why);
+        }
     }
     let fault = s.faults.lock().unwrap().pop_front();
     let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None, at: arrived };
@@ -374,7 +436,7 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
     let answer = match kind {
         "create" => json!({"id": format!("a:created-{n}")}),
         "members" => json!({"members": [{"id": "29:user-1", "aadObjectId": "00000000-0000-0000-0000-0000000000aa"}]}),
-        "delete" => {
+        "delete" | "react" | "unreact" => {
             s.landed.lock().unwrap().push(landed);
             return StatusCode::OK.into_response();
         }

@@ -476,6 +476,24 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
         ("POST", ["chats", _, "messages", _, "softDelete"]) => {
             error(405, "MethodNotAllowed", "Use /me/chats/{id}/messages/{id}/softDelete.")
         }
+        ("POST", ["chats", id, "messages", mid, action @ ("setReaction" | "unsetReaction")]) => {
+            let Some(kind) = json_body.as_ref().and_then(|b| b["reactionType"].as_str()).filter(|k| !k.is_empty()).map(str::to_owned)
+            else {
+                return bad("reactionType is required.");
+            };
+            let mut chats = s.chats.lock().unwrap();
+            let Some(c) = chats.iter_mut().find(|c| c.id == *id) else { return error(404, "NotFound", "Chat not found") };
+            let Some(msg) = c.messages.iter_mut().find(|x| x["id"] == *mid) else { return error(404, "NotFound", "Message not found") };
+            if !msg["reactions"].is_array() {
+                msg["reactions"] = json!([]);
+            }
+            let list = msg["reactions"].as_array_mut().unwrap();
+            list.retain(|r| r["reactionType"] != kind.as_str());
+            if *action == "setReaction" {
+                list.push(json!({"reactionType": kind, "createdDateTime": "2026-11-22T09:00:00Z"}));
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
         ("POST", ["me", "chats", id, "messages", mid, "softDelete"]) => {
             let mut chats = s.chats.lock().unwrap();
             let Some(c) = chats.iter_mut().find(|c| c.id == *id) else { return error(404, "NotFound", "Chat not found") };

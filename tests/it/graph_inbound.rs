@@ -148,6 +148,15 @@ async fn people_reach_the_host_through_the_agent_users_chats_and_answers_go_back
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(sent[1]["body"]["content"].as_str().unwrap().contains("On it &lt;3"));
     assert!(r.fake.landed().is_empty(), "nothing went through the Connector: {:?}", r.fake.landed().len());
+    // The Agent User reacts (the bot is not in its chats): Graph setReaction, the Teams id as an emoji; removed again.
+    let v = host.ok("react", json!({"chat_id": DM, "message_id": id, "reaction": "1f440_eyes"})).await;
+    assert_eq!((v["via"].as_str(), v["identity"].as_str()), (Some("graph"), Some(format!("agent_user:{AGENT_USER_OID}").as_str())), "{v}");
+    assert_eq!(r.graph.messages(DM)[0]["reactions"], json!([{"reactionType": "👀", "createdDateTime": "2026-11-22T09:00:00Z"}]));
+    host.ok("react", json!({"chat_id": DM, "message_id": id, "reaction": "1f440_eyes", "remove": true})).await;
+    assert_eq!(r.graph.messages(DM)[0]["reactions"], json!([]));
+    let (err, v) = host.call("react", json!({"chat_id": DM, "message_id": id, "reaction": "eyes!"})).await;
+    assert!(err && v.to_string().contains("reaction id"), "{v}");
+    assert!(r.fake.landed().is_empty(), "a reaction went through the Connector");
     // An edit and a deletion arrive as typed events.
     r.graph.edit(DM, &id, "<p>Can you check the build?</p>", true).await;
     let n = channel(&mut host, &gw).await;

@@ -387,3 +387,56 @@ async fn a_request_that_takes_too_long_gets_408_and_is_counted() {
     assert!(status.starts_with("HTTP/1.1 408"), "{status}");
     assert_eq!(app.metric("agentgate_requests_total{outcome=\"timed_out\"}").await, 1);
 }
+
+/// Teams' shapes (teams.ts `message-update.ts` / `message-delete.ts`): an edit is the whole revised message
+/// under the edited message's id, a deletion carries only the id and the conversation.
+fn edit_of(id: &str, text: &str) -> Value {
+    with(message(id), |m| {
+        m["type"] = json!("messageUpdate");
+        m["text"] = json!(text);
+        m["channelData"]["eventType"] = json!("editMessage");
+    })
+}
+
+fn deletion_of(id: &str) -> Value {
+    with(message(id), |m| {
+        m["type"] = json!("messageDelete");
+        m["channelData"]["eventType"] = json!("softDeleteMessage");
+        let o = m.as_object_mut().unwrap();
+        for k in ["text", "from", "entities"] {
+            o.remove(k);
+        }
+    })
+}
+
+/// With no host connected, nothing has been delivered: an edit patches the waiting entry (one entry, the new
+/// text), a deletion withdraws it (the deleted text never reaches a host), redeliveries change nothing, and
+/// a second edit of one message is not mistaken for a redelivery of the first.
+#[tokio::test]
+async fn edits_and_deletions_amend_entries_no_host_has_seen() {
+    let (_oidc, app, key) = app_with_keys().await;
+    let token = key.mint(&good_claims());
+    let (kept, gone) = (unique_id("edited"), unique_id("deleted"));
+    for id in [&kept, &gone] {
+        assert_eq!(app.status(Some(&token), &message(id)).await, 202);
+    }
+    for body in [edit_of(&kept, "first edit"), edit_of(&kept, "second edit"), edit_of(&kept, "second edit"), deletion_of(&gone)] {
+        assert_eq!(app.status(Some(&token), &body).await, 202, "{}", app.stderr());
+    }
+    assert_eq!(app.status(Some(&token), &deletion_of(&gone)).await, 202, "a redelivered deletion");
+    let items = app.inbox();
+    assert_eq!(items.len(), 1, "only the edited message waits: {items:#?}");
+    assert_eq!(items[0]["activity_id"], json!(kept));
+    let body: Value = serde_json::from_str(items[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!((body["type"].as_str(), body["text"].as_str()), (Some("message"), Some("second edit")), "{body}");
+    assert!(!app.inbox().iter().any(|i| i["body"].as_str().unwrap().contains("hello") && i["activity_id"] == json!(gone)));
+    assert_eq!(app.metric("agentgate_requests_total{outcome=\"duplicate\"}").await, 2, "the repeated edit and deletion");
+
+    // An edit of a message the gateway never received is an event of its own.
+    let stranger = unique_id("unknown");
+    assert_eq!(app.status(Some(&token), &edit_of(&stranger, "edited elsewhere")).await, 202);
+    let items = app.inbox();
+    assert_eq!(items.len(), 2, "{items:#?}");
+    assert_eq!(items[1]["activity_type"], "messageUpdate");
+    assert!(items[1]["activity_id"].as_str().unwrap().starts_with(&format!("{stranger}@editMessage:")), "{items:#?}");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::fake_connector::FakeConnector;
+use crate::fake_connector::{FakeConnector, Fault};
 use crate::helpers::*;
 use crate::mcp_host::*;
 
@@ -28,6 +28,7 @@ const TOOLS: &[&str] = &[
     "update_card",
     "update_message",
     "delete_message",
+    "react",
     "send_typing",
     "stream_start",
     "stream_append",
@@ -340,4 +341,198 @@ async fn in_process_bridge_over_a_duplex() {
     host.client.cancel().await.unwrap();
     let _ = tokio::time::timeout(WAIT, server).await;
     gw.run_until(async {}).await.unwrap();
+}
+
+/// A message the host was pushed: an edit and a deletion reach it as typed events naming the message
+/// (`reply_to_id`), the deletion without any text; the waiting entry is amended all the same, so a later
+/// session never sees the deleted text.
+#[tokio::test(flavor = "multi_thread")]
+async fn edits_and_deletions_of_a_pushed_message_reach_the_host_as_events() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let dir = config_dir(&oidc, |t| t);
+    let (gw, mut host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
+    let m = inbound(&fake.service_url, "a:conv-1", "personal", ALEX, "meet at 10, password hunter2");
+    let id = m["id"].as_str().unwrap().to_owned();
+    assert_eq!(gw.post(&m).await.status(), 202);
+    let first = host.next("notifications/claude/channel", WAIT).await.unwrap_or_else(|| panic!("no push:\n{}", gw.stderr()));
+    assert_eq!(first["meta"]["message_id"], json!(id));
+
+    let mut edit = m.clone();
+    edit["type"] = json!("messageUpdate");
+    edit["text"] = json!("meet at 11");
+    edit["channelData"]["eventType"] = json!("editMessage");
+    assert_eq!(gw.post(&edit).await.status(), 202);
+    let n = host.next("notifications/claude/channel", WAIT).await.unwrap_or_else(|| panic!("no edit event:\n{}", gw.stderr()));
+    assert_eq!((n["meta"]["event"].as_str(), n["meta"]["reply_to_id"].as_str()), (Some("message_update"), Some(id.as_str())), "{n}");
+    assert_eq!(assert_enveloped(n["content"].as_str().unwrap()), "A message was edited by Alex. New text:\nmeet at 11");
+
+    let mut delete = m.clone();
+    delete["type"] = json!("messageDelete");
+    delete["channelData"]["eventType"] = json!("softDeleteMessage");
+    for k in ["text", "from", "entities"] {
+        delete.as_object_mut().unwrap().remove(k);
+    }
+    assert_eq!(gw.post(&delete).await.status(), 202);
+    let n = host.next("notifications/claude/channel", WAIT).await.unwrap_or_else(|| panic!("no delete event:\n{}", gw.stderr()));
+    assert_eq!((n["meta"]["event"].as_str(), n["meta"]["reply_to_id"].as_str()), (Some("message_delete"), Some(id.as_str())), "{n}");
+    assert_eq!(assert_enveloped(n["content"].as_str().unwrap()), "A message was deleted.");
+
+    // What still waits: the two changes; the message itself was withdrawn, its text gone from the store.
+    let waiting = pending_inbox(&gw.config);
+    let types: Vec<&str> = waiting.iter().filter_map(|i| i["activity_type"].as_str()).collect();
+    assert_eq!(types, vec!["messageUpdate", "messageDelete"], "{waiting:#?}");
+    assert!(waiting.iter().all(|i| !i["body"].as_str().unwrap().contains("hunter2")));
+}
+
+/// The AI label and citations (one root message entity, Teams' format) on a reply, feedback buttons when
+/// the bot has `feedback = true`, refusals for what Teams refuses (nothing sent), and a user's 👍/👎: the
+/// invoke answered 200 with an empty body, a typed `feedback` event for the host, an audit record.
+#[tokio::test(flavor = "multi_thread")]
+async fn ai_label_citations_and_feedback() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let dir = config_dir(&oidc, |t| t.replacen("policy.dm = \"open\"", "policy.dm = \"open\"\nfeedback = true", 1));
+    let (gw, mut host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
+    let m = inbound(&fake.service_url, "a:conv-1", "personal", ALEX, "when is the review?");
+    assert_eq!(gw.post(&m).await.status(), 202);
+    host.next("notifications/claude/channel", WAIT).await.unwrap_or_else(|| panic!("no push:\n{}", gw.stderr()));
+
+    let citation = json!({"position": 1, "name": "Review calendar", "abstract": "Team calendar, December", "url": "https://contoso.sharepoint.com/cal", "icon": "Microsoft Excel", "keywords": ["calendar"]});
+    let r =
+        host.ok("reply", json!({"chat_id": "a:conv-1", "text": "Thursday at 10 [1]", "ai_generated": true, "citations": [citation]})).await;
+    assert_eq!(r["status"], "delivered", "{r}");
+    let sent = fake.landed().last().unwrap().body.clone();
+    let roots: Vec<&Value> = sent["entities"].as_array().unwrap().iter().filter(|e| e["type"] == "https://schema.org/Message").collect();
+    assert_eq!(roots.len(), 1, "{sent}");
+    assert_eq!(roots[0]["additionalType"], json!(["AIGeneratedContent"]));
+    assert_eq!(roots[0]["citation"][0]["appearance"]["name"], "Review calendar");
+    assert_eq!(roots[0]["citation"][0]["appearance"]["image"]["name"], "Microsoft Excel");
+    assert_eq!(sent["channelData"]["feedbackLoopEnabled"], json!(true), "{sent}");
+
+    // What Teams refuses is refused before anything is sent.
+    let before = fake.landed().len();
+    for (args, why) in [
+        (json!({"text": "no marker", "citations": [{"position": 1, "name": "x", "abstract": "y"}]}), "[1]"),
+        (json!({"text": "[1]", "citations": [{"position": 1, "name": "x".repeat(81), "abstract": "y"}]}), "name"),
+        (json!({"text": "[1]", "citations": [{"position": 1, "name": "x", "abstract": "y", "icon": "Notepad"}]}), "icon"),
+    ] {
+        let mut args = args;
+        args["chat_id"] = json!("a:conv-1");
+        let (err, v) = host.call("reply", args).await;
+        assert!(err && v.to_string().contains(why), "{v}");
+    }
+    assert_eq!(fake.landed().len(), before, "a refused reply was sent");
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
+
+    // Alex clicks 👎 and writes a comment.
+    let rated = r["message_id"].as_str().unwrap().to_owned();
+    let mut invoke = m.clone();
+    invoke["type"] = json!("invoke");
+    invoke["name"] = json!("message/submitAction");
+    invoke["id"] = json!(unique_id("fb"));
+    invoke["replyToId"] = json!(rated);
+    invoke["value"] =
+        json!({"actionName": "feedback", "actionValue": {"reaction": "dislike", "feedback": "{\"feedbackText\":\"it is Friday\"}"}});
+    invoke.as_object_mut().unwrap().remove("text");
+    let resp = gw.post(&invoke).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "", "the feedback invoke is answered with an empty body");
+    let n = host.next("notifications/claude/channel", WAIT).await.unwrap_or_else(|| panic!("no feedback event:\n{}", gw.stderr()));
+    assert_eq!((n["meta"]["event"].as_str(), n["meta"]["reply_to_id"].as_str()), (Some("feedback"), Some(rated.as_str())), "{n}");
+    assert_eq!(
+        assert_enveloped(n["content"].as_str().unwrap()),
+        "Feedback by Alex on the bot's message: 👎 dislike\ncomment: it is Friday"
+    );
+    let audit = host.ok("recent_audit", json!({"limit": 50})).await;
+    let fb: Vec<&Value> = audit["events"].as_array().unwrap().iter().filter(|e| e["action"] == "feedback").collect();
+    assert_eq!(fb.len(), 1, "{audit}");
+    assert_eq!(fb[0]["outcome"], "dislike", "{audit}");
+    assert!(fb[0].to_string().contains("it is Friday"), "{audit}");
+}
+
+/// The bot reacts (Teams preview: `PUT …/activities/{id}/reactions/{type}`, no body) and removes its
+/// reaction (`DELETE`); a reaction id Teams would not take is refused before anything is sent; where the
+/// service refuses (403: not enabled for the tenant), the tool says so. Every attempt is audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bot_reacts_to_a_message() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let dir = config_dir(&oidc, |t| t);
+    let (gw, mut host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
+    let m = inbound(&fake.service_url, "a:conv-1", "personal", ALEX, "please check the build");
+    assert_eq!(gw.post(&m).await.status(), 202);
+    host.next("notifications/claude/channel", WAIT).await.unwrap_or_else(|| panic!("no push:\n{}", gw.stderr()));
+    let id = m["id"].as_str().unwrap();
+
+    let r = host.ok("react", json!({"chat_id": "a:conv-1", "message_id": id, "reaction": "1f440_eyes"})).await;
+    assert_eq!(r["status"], "delivered", "{r}");
+    host.ok("react", json!({"chat_id": "a:conv-1", "message_id": id, "reaction": "1f440_eyes", "remove": true})).await;
+    let landed = fake.landed();
+    let got: Vec<(&str, Option<&str>, &Value)> = landed.iter().map(|l| (l.method.as_str(), l.activity.as_deref(), &l.body)).collect();
+    let body = json!({"reaction": "1f440_eyes"});
+    assert_eq!(got, vec![("PUT", Some(id), &body), ("DELETE", Some(id), &body)]);
+
+    let (err, v) = host.call("react", json!({"chat_id": "a:conv-1", "message_id": id, "reaction": "👀"})).await;
+    assert!(err && v.to_string().contains("reaction id"), "{v}");
+    assert_eq!(fake.landed().len(), 2, "a refused reaction was sent");
+
+    fake.push_faults([Fault::Status(403, json!({"error": {"code": "Forbidden", "message": "reactions are not enabled"}}))]);
+    let (err, v) = host.call("react", json!({"chat_id": "a:conv-1", "message_id": id, "reaction": "like"})).await;
+    assert!(err || v["status"] != "delivered", "{v}");
+    assert!(v.to_string().contains("403"), "the refusal is named: {v}");
+
+    let audit = host.ok("recent_audit", json!({"limit": 50})).await;
+    let actions: Vec<&str> = audit["events"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"react") && actions.contains(&"unreact"), "{audit}");
+}
+
+/// The welcome: sent once per conversation when the app is installed (Teams sends `installationUpdate` add
+/// and `conversationUpdate` with the bot in `membersAdded` for one installation; redeliveries change
+/// nothing); another conversation is welcomed on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_welcome_is_sent_once_per_conversation() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
+    let dir = config_dir(&oidc, |t| {
+        t.replacen("policy.dm = \"open\"", "policy.dm = \"open\"\nwelcome_text = \"Hi! Mention me with a question.\"", 1)
+    });
+    let (gw, _host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
+    let installed = |conv: &str| {
+        let mut a = inbound(&fake.service_url, conv, "groupChat", ALEX, "");
+        a["type"] = json!("installationUpdate");
+        a["action"] = json!("add");
+        a.as_object_mut().unwrap().remove("text");
+        a
+    };
+    let joined = |conv: &str| {
+        let mut a = inbound(&fake.service_url, conv, "groupChat", ALEX, "");
+        a["type"] = json!("conversationUpdate");
+        a["membersAdded"] = json!([{"id": format!("28:{APP_ID}")}]);
+        a.as_object_mut().unwrap().remove("text");
+        a
+    };
+    let install = installed("19:group-1@thread.v2");
+    for a in [install.clone(), joined("19:group-1@thread.v2"), install] {
+        assert_eq!(gw.post(&a).await.status(), 202, "{}", gw.stderr());
+    }
+    // Both installation activities of a third chat at once (as Teams sends them): one welcome.
+    let (x, y) = (installed("19:group-3@thread.v2"), joined("19:group-3@thread.v2"));
+    let (a, b) = tokio::join!(gw.post(&x), gw.post(&y));
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (202, 202));
+    assert_eq!(gw.post(&joined("19:group-2@thread.v2")).await.status(), 202);
+    let deadline = std::time::Instant::now() + WAIT;
+    while fake.texts().len() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut landed: Vec<(Option<String>, String)> =
+        fake.landed().iter().map(|l| (l.conversation.clone(), l.body["text"].as_str().unwrap_or_default().to_owned())).collect();
+    landed.sort();
+    let hi = "Hi! Mention me with a question.";
+    let want: Vec<(Option<String>, String)> = ["19:group-1@thread.v2", "19:group-2@thread.v2", "19:group-3@thread.v2"]
+        .iter()
+        .map(|c| (Some((*c).to_owned()), hi.to_owned()))
+        .collect();
+    assert_eq!(landed, want, "{}", gw.stderr());
 }
