@@ -95,6 +95,10 @@ struct GraphState {
     list_reads: AtomicUsize,
     message_gets: AtomicUsize,
     validations: AtomicUsize,
+    /// Gateways (origins) a load balancer in front of them spreads change notifications over, in turn; empty:
+    /// each goes to its subscription's URL as it is.
+    spread: Mutex<Vec<String>>,
+    spread_next: AtomicUsize,
 }
 
 /// A subscription as the fake keeps it.
@@ -143,6 +147,8 @@ impl FakeGraph {
             subs: Mutex::new(Vec::new()),
             trust: Mutex::new(None),
             hold_reads: std::sync::atomic::AtomicBool::new(false),
+            spread: Mutex::new(Vec::new()),
+            spread_next: AtomicUsize::new(0),
             list_reads: AtomicUsize::new(0),
             message_gets: AtomicUsize::new(0),
             validations: AtomicUsize::new(0),
@@ -280,9 +286,26 @@ impl FakeGraph {
                 "subscriptionExpirationDateTime": sub.expires, "tenantId": "cccccccc-0000-0000-0000-000000000003",
                 "resourceData": {"id": message_id, "@odata.type": "#Microsoft.Graph.chatMessage"},
             }]});
-            out.push(self.post_to(&sub.notification_url, &body).await);
+            let url = self.spread_url(&sub.notification_url);
+            out.push(self.post_to(&url, &body).await);
         }
         out
+    }
+
+    /// Deliver change notifications to these origins in turn (`https://127.0.0.1:PORT`, replicas behind one
+    /// public URL), whatever the subscription's URL names.
+    pub fn spread_over(&self, origins: &[&str]) {
+        *self.state.spread.lock().unwrap() = origins.iter().map(|o| (*o).to_owned()).collect();
+    }
+
+    fn spread_url(&self, url: &str) -> String {
+        let origins = self.state.spread.lock().unwrap().clone();
+        if origins.is_empty() {
+            return url.to_owned();
+        }
+        let i = self.state.spread_next.fetch_add(1, Ordering::SeqCst) % origins.len();
+        let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+        format!("{}/{path}", origins[i])
     }
 
     /// POST a lifecycle notification (`missed`, `subscriptionRemoved`, `reauthorizationRequired`) for every

@@ -41,6 +41,11 @@ fn free_port() -> u16 {
 /// The configuration: dev mode (the bot DM comes from the fake Connector), TLS on a chosen port, the
 /// public URL on it, the first bot's Agent User with inbound on.
 async fn rig(extra_agent: &str) -> Rig {
+    rig_with(extra_agent, "").await
+}
+
+/// [`rig`] with more configuration appended (a `[store]` table).
+async fn rig_with(extra_agent: &str, extra: &str) -> Rig {
     let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
     let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
     let entra = FakeEntraAgent::start(test_cert(1)).await;
@@ -58,7 +63,7 @@ async fn rig(extra_agent: &str) -> Rig {
     opts.dev = true;
     opts.token_authority = entra.authority();
     opts.extra = format!(
-        "\n[outbound]\npoll_interval_ms = 20\nmax_attempts = 1\n\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        "\n[outbound]\npoll_interval_ms = 20\nmax_attempts = 1\n\n[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n{extra}",
         dir.join("tls.crt").display(),
         dir.join("tls.key").display()
     );
@@ -383,4 +388,137 @@ async fn a_subscription_that_lapsed_while_the_gateway_was_down_is_recreated_and_
     assert_eq!(live.len(), 1);
     assert_ne!(live[0].id, first.id, "a new subscription");
     assert_eq!(entries_of(&gw.config, &lost), 1);
+}
+
+/// No standing poll, over a simulated idle hour: the worker's clock runs 600 times faster (`--dev` only), so an
+/// hour passes in 6 s. With the subscription healthy (60 minutes, renewed when half is gone) Graph sees the
+/// renewals and nothing else: no chat listing, no message read. A message after the hour still arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_hour_with_a_healthy_subscription_makes_no_chat_message_reads() {
+    let r = rig("subscription_minutes = 60\n").await;
+    let env = [("AGENTGATE_DEV_GRAPH_CLOCK_SCALE", "600")];
+    let (gw, mut host) = StdioGateway::start_env(&r.dir, true, &[], "claude-code", Some("agentgate=debug,info"), &env).await;
+    let mut ready = false;
+    for _ in 0..300 {
+        if r.graph.subscriptions().iter().any(|s| !s.expired) && gw.stderr().contains("Graph catch-up read done") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "no Graph subscription was made:\n{}", gw.stderr());
+    assert!(gw.stderr().contains("AGENTGATE_DEV_GRAPH_CLOCK_SCALE is set"), "the scaled clock is announced");
+    let sub = r.graph.subscriptions().remove(0);
+    let before = r.graph.seen().len();
+    let (lists, gets) = (r.graph.list_reads(), r.graph.message_gets());
+
+    // An hour and a bit, idle.
+    tokio::time::sleep(Duration::from_millis(6_600)).await;
+    let during: Vec<_> = r.graph.seen().into_iter().skip(before).collect();
+    let renewals = during.iter().filter(|s| s.method == "PATCH" && s.path == format!("subscriptions/{}", sub.id)).count();
+    eprintln!("simulated idle hour: {} Graph requests, {renewals} renewals, list reads {lists} → {}", during.len(), r.graph.list_reads());
+    assert!(renewals >= 2, "renewed at 30 and 60 minutes: {renewals} renewals\n{}", gw.stderr());
+    let other: Vec<_> = during.iter().filter(|s| s.method != "PATCH").map(|s| format!("{} {}", s.method, s.path)).collect();
+    assert!(other.is_empty(), "only renewals during the idle hour, also saw: {other:?}");
+    assert_eq!(r.graph.list_reads(), lists, "a chat-message listing while idle");
+    assert_eq!(r.graph.message_gets(), gets, "a chat-message read while idle");
+    let live: Vec<_> = r.graph.subscriptions().into_iter().filter(|s| !s.expired).collect();
+    assert_eq!(live.len(), 1, "still the one subscription");
+    assert_eq!(live[0].id, sub.id);
+
+    // Still healthy: a message after the idle hour arrives through its notification (one read).
+    let id = r.graph.say(DM, person(ALEX, "Alex"), "<p>back from lunch</p>", json!([]), true).await;
+    assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], id);
+    assert_eq!(r.graph.message_gets(), gets + 1);
+}
+
+/// Replicas on one Postgres database (started together, same public URL behind a load balancer that spreads
+/// Graph's notifications over both): one subscription for the Agent User, each message in the inbox once,
+/// read from Graph once, the work done by both replicas.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_postgres_make_one_subscription_and_take_each_message_once() {
+    let Some(db) = crate::postgres::Database::create().await else { return };
+    let r = rig_with("", &db.store_toml()).await;
+    // The second replica: the same configuration on another port (same certificate), its own data dir.
+    let dir2 = tempfile::tempdir().unwrap().keep();
+    let port1 = r.url.rsplit(':').next().unwrap().to_owned();
+    let url2 = format!("https://127.0.0.1:{}", free_port());
+    let toml = std::fs::read_to_string(r.dir.join("agentgate.toml"))
+        .unwrap()
+        .replace(&format!("127.0.0.1:{port1}"), url2.trim_start_matches("https://"))
+        .replace(&format!("data_dir = \"{}\"", r.dir.join("data").display()), &format!("data_dir = \"{}\"", dir2.join("data").display()));
+    assert!(toml.contains(&url2) && toml.contains(&dir2.display().to_string()), "{toml}");
+    std::fs::write(dir2.join("agentgate.toml"), toml).unwrap();
+
+    let ((one, _host1), (two, _host2)) =
+        tokio::join!(StdioGateway::start(&r.dir, true, &[], "claude-code"), StdioGateway::start(&dir2, true, &[], "claude-code"));
+    let started = |gw: &StdioGateway| {
+        let log = gw.stderr();
+        log.contains("Graph catch-up read done") || log.contains("no catch-up read here")
+    };
+    for _ in 0..300 {
+        if r.graph.subscriptions().iter().any(|s| !s.expired) && started(&one) && started(&two) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started(&one) && started(&two), "not started:\n{}\n---\n{}", one.stderr(), two.stderr());
+    let creates = r.graph.seen().iter().filter(|s| s.method == "POST" && s.path == "subscriptions").count();
+    assert_eq!(creates, 1, "one subscription for the Agent User across the replicas");
+    assert_eq!(r.graph.subscriptions().len(), 1);
+    let pg = db.client().await;
+    let stored: i64 = pg.query_one("SELECT count(*) FROM graph_subscriptions", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 1);
+
+    // Graph's notifications reach both replicas in turn.
+    r.graph.spread_over(&[&r.url, &url2]);
+    let gets = r.graph.message_gets();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let chat = if i % 3 == 0 { GROUP } else { DM };
+        let mentions = if chat == GROUP { json!([mention(0, AGENT_USER_OID, "Agent")]) } else { json!([]) };
+        let text = if chat == GROUP { format!("<p><at id=\"0\">Agent</at> n{i}</p>") } else { format!("<p>n{i}</p>") };
+        ids.push(r.graph.say(chat, person(ALEX, "Alex"), &text, mentions, true).await);
+    }
+    let graph_entries = || async {
+        pg.query("SELECT activity_id FROM inbox WHERE auth = 'graph' ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut entries = graph_entries().await;
+    while entries.len() < ids.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        entries = graph_entries().await;
+    }
+    // Give a second delivery the time to show.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let entries = graph_entries().await;
+    for id in &ids {
+        assert_eq!(
+            entries.iter().filter(|e| *e == id).count(),
+            1,
+            "message {id} in the inbox once: {entries:?}\n{}\n---\n{}",
+            one.stderr(),
+            two.stderr()
+        );
+    }
+    assert_eq!(entries.len(), ids.len(), "{entries:?}");
+    let reads = r.graph.message_gets() - gets;
+    let (by_one, by_two) =
+        (one.stderr().matches("Graph notification done").count(), two.stderr().matches("Graph notification done").count());
+    eprintln!(
+        "{} messages over two replicas: {reads} message reads; notifications done by replica one {by_one}, by two {by_two}",
+        ids.len()
+    );
+    assert_eq!(reads, ids.len(), "one Graph read per message");
+    assert!(by_one > 0 && by_two > 0, "both replicas did work: {by_one} + {by_two}");
+    assert_eq!(by_one + by_two, ids.len(), "each notification done once");
+    assert_eq!(r.graph.subscriptions().len(), 1);
+    drop(one);
+    drop(two);
+    db.drop_it().await;
 }
