@@ -187,7 +187,8 @@ impl Gateway {
         let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics))
             .with_key_settings(settings);
         // With replicas (Postgres) the requests are shared through the store (when some bot has approvers).
-        let approvals = Arc::new(if cfg.bots.iter().any(|b| !b.policy.approvers.is_empty()) {
+        // Without approvers, a bot's Agent User's sponsors answer.
+        let approvals = Arc::new(if cfg.bots.iter().any(|b| !b.policy.approvers.is_empty() || b.agent_user.is_some()) {
             crate::mcp::Approvals::shared(Arc::clone(&store))
         } else {
             crate::mcp::Approvals::default()

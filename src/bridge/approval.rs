@@ -425,12 +425,18 @@ impl super::Hub {
         timeout: std::time::Duration,
         verdicts: mpsc::UnboundedSender<Verdict>,
     ) -> usize {
+        // `policy.approvers`, or else the Agent User's sponsors (none when Graph could not say: fail closed).
+        let approvers = self.approvers_of(bot).await;
+        if approvers.is_empty() {
+            tracing::warn!(request_id, bot = %bot.app_id, "no approver (no policy.approvers, and no sponsor could be read); nothing asked");
+            return 0;
+        }
         // Reserve the id first: a request whose id is open already (another session's, or another bot's)
         // is refused, never merged or replaced, so an answer can only ever reach the session that asked.
         let reserved = self.approvals.register(PendingApproval {
             request_id: request_id.to_owned(),
             bot_app_id: bot.app_id.to_string(),
-            approvers: bot.policy.approvers.clone(),
+            approvers: approvers.clone(),
             tool_name: tool_name.to_owned(),
             verdicts,
             cards: Vec::new(),
@@ -446,7 +452,7 @@ impl super::Hub {
             return 0;
         }
         let mut sent = 0;
-        for approver in &bot.policy.approvers {
+        for approver in &approvers {
             let r = match self.store.personal_conversation(&bot.app_id, approver.as_str()).await {
                 Ok(Some(r)) if caller.scope.allows_tenant(&r.tenant_id) => r,
                 Ok(_) => {
