@@ -59,6 +59,11 @@ const TICK: Duration = Duration::from_secs(30);
 const LEASE_MS: i64 = 120_000;
 /// Notifications claimed at once: small, so that replicas share a burst.
 const CLAIM_BATCH: usize = 10;
+/// How soon a notification waiting for another replica (its catch-up read, its subscription) is tried again.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+/// The pseudo-chat whose cursor holds when the last complete catch-up read began: a `missed` event received
+/// before then is covered by it (whichever replica read), and is not read again.
+const CAUGHT_UP: &str = "#caught-up";
 
 /// The worker's clock for subscription lifetimes and its own pauses: the system's, or, for tests of long
 /// idle periods (`--dev` only), one that runs `scale` times faster. Everything else (cursors, inbox times,
@@ -264,13 +269,13 @@ impl GraphInbound {
                 }
             }
             loop {
-                this.drain().await;
+                let waiting = this.drain().await;
                 for bot in &this.bots {
                     let _ = this.ensure_subscription(bot).await;
                 }
                 tokio::select! {
                     () = this.wake.notified() => {}
-                    () = this.clock.sleep(TICK) => {}
+                    () = this.clock.sleep(if waiting { BUSY_RETRY } else { TICK }) => {}
                 }
             }
         })
@@ -317,7 +322,8 @@ impl GraphInbound {
     }
 
     /// Work through the recorded notifications, oldest first. A transient failure leaves the row for later.
-    async fn drain(&self) {
+    /// Whether some row waits for another replica (then the worker looks again soon).
+    async fn drain(&self) -> bool {
         let mut waiting = std::collections::HashSet::new();
         loop {
             // Claimed: with replicas, each notification is worked on by one of them.
@@ -325,12 +331,12 @@ impl GraphInbound {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the Graph notifications to do");
-                    return;
+                    return !waiting.is_empty();
                 }
             };
             let pending: Vec<GraphNotification> = pending.into_iter().filter(|n| !waiting.contains(&n.id)).collect();
             if pending.is_empty() {
-                return;
+                return !waiting.is_empty();
             }
             for n in pending {
                 match self.handle(&n).await {
@@ -342,7 +348,7 @@ impl GraphInbound {
                     }
                     Err(Deferred::Failed(e)) => {
                         tracing::warn!(bot = %n.bot_app_id, event = %n.event, error = %e, "a Graph notification could not be handled yet; tried again later");
-                        return;
+                        return !waiting.is_empty();
                     }
                 }
             }
@@ -405,6 +411,10 @@ impl GraphInbound {
                 done(Arc::clone(&self.store), n.id).await
             }
             "missed" => {
+                if self.caught_up_since(bot, n.received_at_ms).await {
+                    tracing::info!(bot = %bot.app_id, "a catch-up read that began after this `missed` event is done already; not read again");
+                    return done(Arc::clone(&self.store), n.id).await;
+                }
                 if !self.catch_up(bot).await? {
                     return Err(Deferred::Busy("another replica is reading the chats; the catch-up waits for it"));
                 }
@@ -669,12 +679,24 @@ impl GraphInbound {
         if !self.lease(&lease).await {
             return Ok(false);
         }
+        let started = now_ms();
         let result = self.catch_up_chats(bot, &lease).await;
+        if result.is_ok() {
+            let mark = ChatCursor { bot_app_id: bot.app_id.clone().into(), chat_id: CAUGHT_UP.to_owned(), modified_ms: started };
+            if let Err(e) = self.store.commit_graph(GraphCommit { cursors: vec![mark], ..GraphCommit::default() }).await {
+                tracing::warn!(bot = %bot.app_id, error = %e, "cannot record when the catch-up read began");
+            }
+        }
         self.release(&lease).await;
         if let Ok((chats, read)) = &result {
             tracing::info!(bot = %bot.app_id, chats, messages = read, "Graph catch-up read done");
         }
         result.map(|_| true)
+    }
+
+    /// Whether a complete catch-up read (by any replica) began at or after `at_ms`.
+    async fn caught_up_since(&self, bot: &InboundBot, at_ms: i64) -> bool {
+        self.store.graph_cursors(&bot.app_id).await.is_ok_and(|c| c.iter().any(|c| c.chat_id == CAUGHT_UP && c.modified_ms >= at_ms))
     }
 
     /// The catch-up: the chats looked at and the messages read.

@@ -301,6 +301,25 @@ impl FakeGraph {
         out
     }
 
+    /// POST a lifecycle notification of every subscription to each origin given to [`Self::spread_over`] (the
+    /// same event reaching every replica); the statuses.
+    pub async fn lifecycle_everywhere(&self, event: &str) -> Vec<u16> {
+        let subs: Vec<Sub> = self.state.subs.lock().unwrap().clone();
+        let origins = self.state.spread.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for sub in &subs {
+            let body = json!({"value": [{
+                "subscriptionId": sub.id, "clientState": sub.client_state, "lifecycleEvent": event,
+                "subscriptionExpirationDateTime": sub.expires, "tenantId": "cccccccc-0000-0000-0000-000000000003",
+            }]});
+            let path = sub.lifecycle_url.splitn(4, '/').nth(3).unwrap_or_default().to_owned();
+            for origin in &origins {
+                out.push(self.post_to(&format!("{origin}/{path}"), &body).await);
+            }
+        }
+        out
+    }
+
     /// Serve the sponsors of the Agent Identity `identity` (`GET /servicePrincipals/{id}/microsoft.graph.
     /// agentIdentity/sponsors`), only to the Agent Identity's app-only token (`app_checker`; a T3 is refused).
     pub fn set_sponsors(&self, identity: &str, sponsors: &[&str], app_checker: Arc<dyn Fn(&str) -> bool + Send + Sync>) {

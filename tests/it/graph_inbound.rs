@@ -518,6 +518,40 @@ async fn two_replicas_on_postgres_make_one_subscription_and_take_each_message_on
     assert!(by_one > 0 && by_two > 0, "both replicas did work: {by_one} + {by_two}");
     assert_eq!(by_one + by_two, ids.len(), "each notification done once");
     assert_eq!(r.graph.subscriptions().len(), 1);
+
+    // Catch-up reads are not duplicated: Graph drops two notifications, and the same `missed` event reaches
+    // both replicas while a catch-up lease is held (as by a replica reading); once it runs out, one replica
+    // reads every chat once and the other finds that read already covers its event.
+    let lost = [
+        r.graph.say(DM, person(ALEX, "Alex"), "<p>lost one</p>", json!([]), false).await,
+        r.graph.say(DM, person(ALEX, "Alex"), "<p>lost two</p>", json!([]), false).await,
+    ];
+    let held_until = crate::helpers::now() * 1000 + 3_000;
+    pg.execute(
+        "INSERT INTO graph_leases (name, owner, until_ms) VALUES ($1, 'another-replica', $2)",
+        &[&format!("graph-catch-up:{}", APP_ID.to_ascii_lowercase()), &held_until],
+    )
+    .await
+    .unwrap();
+    let listings = || r.graph.seen().iter().filter(|s| s.method == "GET" && s.path == "me/chats").count();
+    let before = listings();
+    assert_eq!(r.graph.lifecycle_everywhere("missed").await, vec![202, 202]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left: i64 = pg.query_one("SELECT count(*) FROM graph_notifications", &[]).await.unwrap().get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the missed events were never done:\n{}\n---\n{}", one.stderr(), two.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entries = graph_entries().await;
+    for id in &lost {
+        assert_eq!(entries.iter().filter(|e| *e == id).count(), 1, "lost message {id} caught up once");
+    }
+    assert_eq!(listings() - before, 1, "one catch-up read for the event that reached both replicas");
+    let covered = one.stderr().contains("not read again") || two.stderr().contains("not read again");
+    assert!(covered, "the second replica read again");
     drop(one);
     drop(two);
     db.drop_it().await;
