@@ -258,15 +258,9 @@ impl GraphInbound {
                     this.release(&subscription_lease(bot)).await;
                 }
                 let _ = this.ensure_subscription(bot).await;
-                match this.catch_up(bot).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::info!(bot = %bot.app_id, "another replica is reading the Agent User's chats; no catch-up read here")
-                    }
-                    Err(e) => {
-                        tracing::warn!(bot = %bot.app_id, error = %e, "the catch-up read at start failed; it is tried again after the next lifecycle event");
-                    }
-                }
+                // Another replica reading now (or a lease left by a process that died reading): queued, so
+                // the read happens once that lease is given up or runs out.
+                this.catch_up_or_defer(bot).await;
             }
             loop {
                 let waiting = this.drain().await;
