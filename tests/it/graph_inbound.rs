@@ -652,3 +652,35 @@ async fn without_readable_sponsors_nothing_is_asked() {
         "approved without sponsors"
     );
 }
+
+/// A sponsor who never wrote to the bot is asked in their 1:1 chat with the Agent User (through Graph, as the
+/// Agent User, audited), and answers there by typing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sponsor_without_a_bot_chat_is_asked_in_their_chat_with_the_agent_user() {
+    let r = rig("").await;
+    r.graph.set_sponsors(IDENTITY_ID, &[ALEX], r.entra.app_checker());
+    let (gw, mut host) = r.start("claude-code").await;
+    // The sponsor has written to the Agent User (not to the bot).
+    let hello = r.graph.say(DM, person(ALEX, "Alex"), "<p>hello</p>", json!([]), true).await;
+    assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], hello);
+    host.notify(
+        "notifications/claude/channel/permission_request",
+        json!({"request_id": "qwert", "tool_name": "Write", "description": "d", "input_preview": "{}"}),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let asked = loop {
+        let sent = r.graph.messages(DM);
+        if let Some(m) = sent.iter().find(|m| m["body"]["content"].as_str().is_some_and(|c| c.contains("qwert"))) {
+            break m.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the sponsor was not asked:\n{}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(asked["body"]["content"].as_str().unwrap().contains("yes qwert"), "{asked}");
+    assert!(r.fake.landed().is_empty(), "nothing through the Connector");
+    r.graph.say(DM, person(ALEX, "Alex"), "<p>no qwert</p>", json!([]), true).await;
+    let verdict =
+        host.next("notifications/claude/channel/permission", WAIT).await.unwrap_or_else(|| panic!("no verdict:\n{}", gw.stderr()));
+    assert_eq!(verdict, json!({"request_id": "qwert", "behavior": "deny"}));
+}
