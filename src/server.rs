@@ -187,7 +187,8 @@ impl Gateway {
         let verifier = Verifier::new(bots, caches, cfg.auth.clock_skew_secs, cfg.auth.token_cache_entries, Arc::clone(&metrics))
             .with_key_settings(settings);
         // With replicas (Postgres) the requests are shared through the store (when some bot has approvers).
-        let approvals = Arc::new(if cfg.bots.iter().any(|b| !b.policy.approvers.is_empty()) {
+        // Without approvers, a bot's Agent User's sponsors answer.
+        let approvals = Arc::new(if cfg.bots.iter().any(|b| !b.policy.approvers.is_empty() || b.agent_user.is_some()) {
             crate::mcp::Approvals::shared(Arc::clone(&store))
         } else {
             crate::mcp::Approvals::default()
@@ -200,7 +201,18 @@ impl Gateway {
             Arc::clone(&approvals),
         ));
         let agents = crate::bridge::agent::build(&cfg).await?;
-        let graph_inbound = crate::bridge::graph_inbound::GraphInbound::new(&cfg, &agents, Arc::clone(&store), Arc::clone(&gate));
+        let mut graph_inbound = crate::bridge::graph_inbound::GraphInbound::new(&cfg, &agents, Arc::clone(&store), Arc::clone(&gate));
+        // A test of a long idle period runs the Graph worker's clock faster: honoured in `--dev` only.
+        if opts.dev
+            && let Some(scale) = dev_graph_clock_scale()
+            && let Some(g) = graph_inbound.take()
+        {
+            tracing::warn!(
+                scale,
+                "{DEV_GRAPH_CLOCK_SCALE} is set: the Graph inbound worker's clock runs {scale} times faster (tests only)"
+            );
+            graph_inbound = Some(g.with_clock_scale(scale));
+        }
         if let Some(g) = &graph_inbound {
             tracing::info!(inbound = ?g, "the Agent User's chats reach the host through Graph change notifications");
         }
@@ -339,6 +351,13 @@ impl Gateway {
         tracing::info!("store closed; bye");
         res.context("server task")?.context("server stopped")
     }
+}
+
+/// The variable that runs the Graph inbound worker's clock faster in `--dev` (a simulated idle hour).
+const DEV_GRAPH_CLOCK_SCALE: &str = "AGENTGATE_DEV_GRAPH_CLOCK_SCALE";
+
+fn dev_graph_clock_scale() -> Option<u32> {
+    std::env::var(DEV_GRAPH_CLOCK_SCALE).ok()?.trim().parse::<u32>().ok().filter(|s| (2..=10_000).contains(s))
 }
 
 /// The outbound worker: each bot's credential (a bot without one can send only in `--dev`, to the

@@ -20,7 +20,16 @@ pub struct AgentActor {
     pub mode: AgentMode,
     /// People (object ids, UPNs, emails; lower case) an owner approved during this run.
     approved: Mutex<HashSet<String>>,
+    /// Graph with the Agent Identity's app-only token (its sponsors); `None`: no sponsors are read.
+    identity_graph: Option<GraphClient>,
+    /// The sponsors as last read, and until when they count.
+    sponsors: tokio::sync::Mutex<Option<(std::time::Instant, Vec<crate::ids::AadObjectId>)>>,
 }
+
+/// How long the sponsors read from Graph count before they are read again.
+pub(crate) const SPONSORS_TTL: Duration = Duration::from_secs(600);
+/// After a failed read, how long "no sponsors" counts before Graph is asked again.
+pub(crate) const SPONSORS_RETRY: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for AgentActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,7 +40,51 @@ impl std::fmt::Debug for AgentActor {
 impl AgentActor {
     /// The Agent User of bot `bot_app_id`, acting through `graph` with `tokens`, in `mode`.
     pub fn new(bot_app_id: impl Into<String>, tokens: Arc<AgentUserTokens>, graph: GraphClient, mode: AgentMode) -> Self {
-        Self { bot_app_id: bot_app_id.into(), tokens, graph, mode, approved: Mutex::new(HashSet::new()) }
+        Self {
+            bot_app_id: bot_app_id.into(),
+            tokens,
+            graph,
+            mode,
+            approved: Mutex::new(HashSet::new()),
+            identity_graph: None,
+            sponsors: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Read the sponsors through `graph` (a client with the Agent Identity's app-only token).
+    #[must_use]
+    pub fn with_identity_graph(mut self, graph: GraphClient) -> Self {
+        self.identity_graph = Some(graph);
+        self
+    }
+
+    /// The Agent User's sponsors (the users among its Agent Identity's sponsors, by object id), read from
+    /// Graph and kept [`SPONSORS_TTL`]. A failed read gives none (fail closed: nothing is approved by a
+    /// sponsor then), and Graph is asked again after [`SPONSORS_RETRY`].
+    pub async fn sponsors(&self) -> Vec<crate::ids::AadObjectId> {
+        let mut cached = self.sponsors.lock().await;
+        if let Some((until, list)) = cached.as_ref()
+            && std::time::Instant::now() < *until
+        {
+            return list.clone();
+        }
+        let read = match &self.identity_graph {
+            Some(g) => g.agent_identity_sponsors(self.tokens.agent_identity_id()).await,
+            None => Ok(Vec::new()),
+        };
+        let now = std::time::Instant::now();
+        let (list, until) = match read {
+            Ok(ids) => {
+                tracing::info!(bot = %self.bot_app_id, sponsors = ids.len(), "the Agent User's sponsors were read");
+                (ids.iter().map(|i| crate::ids::AadObjectId::new(i.trim().to_ascii_lowercase())).collect(), now + SPONSORS_TTL)
+            }
+            Err(e) => {
+                tracing::warn!(bot = %self.bot_app_id, error = %e, "cannot read the Agent User's sponsors: none count (nothing is approved by a sponsor)");
+                (Vec::new(), now + SPONSORS_RETRY)
+            }
+        };
+        *cached = Some((until, list.clone()));
+        list
     }
 
     /// How the audit log and tool results name this identity.
@@ -82,7 +135,11 @@ pub(crate) async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<Ag
         };
         let graph = GraphClient::new(endpoint, Arc::clone(&tokens) as Arc<dyn crate::graph::GraphToken>, GraphSettings::default())
             .map_err(|e| anyhow::anyhow!("building the Graph client for {at}: {e}"))?;
-        out.insert(bot.app_id.to_ascii_lowercase(), Arc::new(AgentActor::new(bot.app_id.to_string(), tokens, graph, au.mode)));
+        let identity = crate::graph::AgentIdentityToken(Arc::clone(&tokens));
+        let identity_graph = GraphClient::new(graph.endpoint().clone(), Arc::new(identity), GraphSettings::default())
+            .map_err(|e| anyhow::anyhow!("building the Graph client for {at}: {e}"))?;
+        let actor = AgentActor::new(bot.app_id.to_string(), tokens, graph, au.mode).with_identity_graph(identity_graph);
+        out.insert(bot.app_id.to_ascii_lowercase(), Arc::new(actor));
     }
     Ok(out)
 }

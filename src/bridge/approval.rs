@@ -425,12 +425,18 @@ impl super::Hub {
         timeout: std::time::Duration,
         verdicts: mpsc::UnboundedSender<Verdict>,
     ) -> usize {
+        // `policy.approvers`, or else the Agent User's sponsors (none when Graph could not say: fail closed).
+        let approvers = self.approvers_of(bot).await;
+        if approvers.is_empty() {
+            tracing::warn!(request_id, bot = %bot.app_id, "no approver (no policy.approvers, and no sponsor could be read); nothing asked");
+            return 0;
+        }
         // Reserve the id first: a request whose id is open already (another session's, or another bot's)
         // is refused, never merged or replaced, so an answer can only ever reach the session that asked.
         let reserved = self.approvals.register(PendingApproval {
             request_id: request_id.to_owned(),
             bot_app_id: bot.app_id.to_string(),
-            approvers: bot.policy.approvers.clone(),
+            approvers: approvers.clone(),
             tool_name: tool_name.to_owned(),
             verdicts,
             cards: Vec::new(),
@@ -445,10 +451,15 @@ impl super::Hub {
             tracing::warn!(request_id, "a permission request reuses the id of a request open on another replica; refused (no card sent)");
             return 0;
         }
+        let from_sponsors = bot.policy.approvers.is_empty();
         let mut sent = 0;
-        for approver in &bot.policy.approvers {
+        for approver in &approvers {
             let r = match self.store.personal_conversation(&bot.app_id, approver.as_str()).await {
                 Ok(Some(r)) if caller.scope.allows_tenant(&r.tenant_id) => r,
+                Ok(_) if from_sponsors && self.ask_in_agent_user_chat(caller, bot, approver, request_id, tool_name).await => {
+                    sent += 1;
+                    continue;
+                }
                 Ok(_) => {
                     tracing::warn!(approver = %approver, bot = %bot.app_id, "approver has no 1:1 chat with the bot in scope: they must message the bot once before approvals can reach them");
                     continue;
@@ -480,6 +491,49 @@ impl super::Hub {
             self.approvals.close_shared(request_id).await;
         }
         sent
+    }
+}
+
+impl super::Hub {
+    /// Ask a sponsor who has no 1:1 chat with the bot in their 1:1 chat with the Agent User (through Graph,
+    /// as the Agent User, audited): a text naming the request, answered by typing `yes <id>` / `no <id>`
+    /// there (a card's buttons reach no bot in a Graph chat). Whether it was sent.
+    async fn ask_in_agent_user_chat(
+        &self,
+        caller: super::Caller<'_>,
+        bot: &crate::config::BotConfig,
+        sponsor: &crate::ids::AadObjectId,
+        request_id: &str,
+        tool_name: &str,
+    ) -> bool {
+        let Some(actor) = self.agents.get(&bot.app_id.to_ascii_lowercase()).cloned() else { return false };
+        let chats = match self.store.conversations(1000).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable; no approval request sent");
+                return false;
+            }
+        };
+        let Some(chat) = chats.into_iter().find(|r| {
+            r.bot_app_id.matches(bot.app_id.as_str())
+                && super::route::lives_in_graph(r)
+                && r.conversation_type.as_deref() == Some("personal")
+                && r.user_aad_object_id.as_ref().is_some_and(|u| u.matches(sponsor.as_str()))
+                && caller.scope.allows_tenant(&r.tenant_id)
+        }) else {
+            return false;
+        };
+        let tool: String = tool_name.chars().filter(|c| !c.is_control()).take(100).collect();
+        let text = format!(
+            "Approval needed ({request_id}): the agent asks to use {tool}. Answer here with \"yes {request_id}\" or \"no {request_id}\"."
+        );
+        match self.graph_send_body(caller, &actor, chat.conversation_id.as_str(), crate::graph::MessageBody::from_text(&text)).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "an approval request could not be sent in the sponsor's chat with the Agent User");
+                false
+            }
+        }
     }
 }
 

@@ -99,7 +99,19 @@ impl InboundGate {
         }
     }
 
+    /// Whether the bot's approvers are the Agent User's sponsors (no `policy.approvers`): then an answer
+    /// counts only from the sender's own 1:1 chat (channel binding).
+    fn sponsors_answer(&self, bot_app_id: &str) -> bool {
+        self.policies.get(&bot_app_id.to_ascii_lowercase()).is_none_or(|p| p.approvers.is_empty())
+    }
+
     fn answer(&self, bot_app_id: &str, activity: &Activity, sender: &str) -> Option<Classified> {
+        // Channel binding for sponsors: the conversation must be a 1:1 chat, whose only other member is the
+        // sender (an authenticated object id: the bot's token, or the message Graph returned); never a group
+        // chat, whatever the message says or quotes.
+        if self.sponsors_answer(bot_app_id) && !is_personal(activity) {
+            return None;
+        }
         if activity.kind() == crate::activity::Kind::Invoke && activity.name.as_deref() == Some("adaptiveCard/action") {
             let action = crate::teams::execute_action(activity).ok()?;
             let (request_id, behavior) = approval::parse_card_verdict(action.verb.as_deref()?, &action.data)?;
@@ -251,6 +263,11 @@ impl InboundGate {
         }
         false
     }
+}
+
+/// Whether the activity is in a 1:1 chat (`personal`).
+fn is_personal(activity: &Activity) -> bool {
+    activity.conversation.as_ref().and_then(|c| c.conversation_type.as_deref()).is_some_and(|t| t.eq_ignore_ascii_case("personal"))
 }
 
 /// The text of a message without the bot's own mention ("@Bot yes abcde" in a group chat); `bot` is the

@@ -136,7 +136,7 @@ impl Hub {
         if new.is_empty() {
             return Ok(());
         }
-        if bot.policy.approvers.is_empty() {
+        if !self.can_ask_owners(bot) {
             return Err(Error::refused(format!(
                 "{action} with {} needs an owner's approval, and bot {} has no policy.approvers; list the person in policy.contacts_allow or configure approvers",
                 new.join(", "),
@@ -150,7 +150,9 @@ impl Hub {
             approval::request_card(&request_id, action, &description, &json!({"people": new}).to_string(), timeout.as_secs().div_ceil(60));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         if self.ask_approvers(caller, bot, &request_id, action, &card, timeout, tx).await == 0 {
-            return Err(Error::refused("no approver could be reached (each must have messaged the bot once); nothing was done"));
+            return Err(Error::refused(
+                "no approver could be reached (each must have messaged the bot once; without policy.approvers, the Agent User's sponsors are asked); nothing was done",
+            ));
         }
         tracing::info!(request_id, action, "waiting for an owner's approval in Teams");
         match tokio::time::timeout(timeout + Duration::from_secs(1), rx.recv()).await {

@@ -54,6 +54,44 @@ const CATCH_UP_MAX: usize = 1000;
 const MAX_CHATS: usize = 500;
 /// How often the worker looks at its subscriptions (renewals), when nothing wakes it.
 const TICK: Duration = Duration::from_secs(30);
+/// How long a lease on a bot's subscription or catch-up lasts unless its replica renews it (a catch-up
+/// renews it before each chat).
+const LEASE_MS: i64 = 120_000;
+/// Notifications claimed at once: small, so that replicas share a burst.
+const CLAIM_BATCH: usize = 10;
+/// How soon a notification waiting for another replica (its catch-up read, its subscription) is tried again.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+/// The pseudo-chat whose cursor holds when the last complete catch-up read began: a `missed` event received
+/// before then is covered by it (whichever replica read), and is not read again.
+const CAUGHT_UP: &str = "#caught-up";
+
+/// The worker's clock for subscription lifetimes and its own pauses: the system's, or, for tests of long
+/// idle periods (`--dev` only), one that runs `scale` times faster. Everything else (cursors, inbox times,
+/// leases) keeps the system's time.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    scale: u32,
+    origin: std::time::Instant,
+    origin_ms: i64,
+}
+
+impl Clock {
+    fn system() -> Self {
+        Self { scale: 1, origin: std::time::Instant::now(), origin_ms: now_ms() }
+    }
+
+    fn now_ms(&self) -> i64 {
+        if self.scale <= 1 {
+            return now_ms();
+        }
+        let elapsed = i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
+        self.origin_ms.saturating_add(elapsed.saturating_mul(i64::from(self.scale)))
+    }
+
+    async fn sleep(&self, d: Duration) {
+        tokio::time::sleep(d / self.scale.max(1)).await;
+    }
+}
 
 /// One bot's Agent User, as the inbound worker uses it.
 struct InboundBot {
@@ -76,6 +114,7 @@ pub(crate) struct GraphInbound {
     dedupe_ttl: Duration,
     wake: tokio::sync::Notify,
     pace: Duration,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for GraphInbound {
@@ -131,7 +170,19 @@ impl GraphInbound {
             dedupe_ttl: Duration::from_secs(cfg.store.dedupe_ttl_secs),
             wake: tokio::sync::Notify::new(),
             pace: READ_PACE,
+            clock: Clock::system(),
         }))
+    }
+
+    /// Run the worker's clock `scale` times faster (a simulated idle hour in a test; `--dev` only).
+    pub(crate) fn with_clock_scale(self: Arc<Self>, scale: u32) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut this) => {
+                this.clock = Clock { scale: scale.max(1), ..Clock::system() };
+                Arc::new(this)
+            }
+            Err(shared) => shared,
+        }
     }
 
     /// Check each notification of a request body against its stored subscription: the accepted ones (an
@@ -197,24 +248,28 @@ impl GraphInbound {
             this.drain().await;
             for bot in &this.bots {
                 // A stored subscription may have lapsed at Graph while the gateway was down: renewing it
-                // at start finds out (a 404 recreates it and catches up).
-                let live = this.store.graph_subscriptions(Some(&bot.app_id)).await.unwrap_or_default();
-                for sub in live.iter().filter(|s| s.expires_at_ms > now_ms()) {
-                    this.renew(bot, &sub.subscription_id).await;
+                // at start finds out (a 404 recreates it and catches up). With replicas, the one holding the
+                // bot's subscription lease does it; the others leave it to that one.
+                if this.lease(&subscription_lease(bot)).await {
+                    let live = this.store.graph_subscriptions(Some(&bot.app_id)).await.unwrap_or_default();
+                    for sub in live.iter().filter(|s| s.expires_at_ms > this.clock.now_ms()) {
+                        this.renew(bot, &sub.subscription_id).await;
+                    }
+                    this.release(&subscription_lease(bot)).await;
                 }
-                this.ensure_subscription(bot).await;
-                if let Err(e) = this.catch_up(bot).await {
-                    tracing::warn!(bot = %bot.app_id, error = %e, "the catch-up read at start failed; it is tried again after the next lifecycle event");
-                }
+                let _ = this.ensure_subscription(bot).await;
+                // Another replica reading now (or a lease left by a process that died reading): queued, so
+                // the read happens once that lease is given up or runs out.
+                this.catch_up_or_defer(bot).await;
             }
             loop {
-                this.drain().await;
+                let waiting = this.drain().await;
                 for bot in &this.bots {
-                    this.ensure_subscription(bot).await;
+                    let _ = this.ensure_subscription(bot).await;
                 }
                 tokio::select! {
                     () = this.wake.notified() => {}
-                    () = tokio::time::sleep(TICK) => {}
+                    () = this.clock.sleep(if waiting { BUSY_RETRY } else { TICK }) => {}
                 }
             }
         })
@@ -224,34 +279,83 @@ impl GraphInbound {
         self.bots.iter().find(|b| b.app_id.eq_ignore_ascii_case(app_id))
     }
 
+    /// Take (or extend) a lease for this replica; false while another replica holds it, or when the store
+    /// cannot say (then the work is left for later).
+    async fn lease(&self, name: &str) -> bool {
+        match self.store.take_graph_lease(name, now_ms(), LEASE_MS).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(lease = name, error = %e, "cannot take a Graph lease; the work waits");
+                false
+            }
+        }
+    }
+
+    async fn release(&self, name: &str) {
+        if let Err(e) = self.store.release_graph_lease(name).await {
+            tracing::warn!(lease = name, error = %e, "cannot release a Graph lease (it runs out by itself)");
+        }
+    }
+
+    /// Ask for a catch-up read that cannot be done here now (another replica is reading): a durable `missed`
+    /// row, done by whichever replica claims it once the reading replica is finished.
+    async fn defer_catch_up(&self, bot: &InboundBot) {
+        let row = crate::store::NewGraphNotification {
+            subscription_id: String::new(),
+            bot_app_id: bot.app_id.clone().into(),
+            event: "missed".to_owned(),
+            resource: String::new(),
+            received_at_ms: now_ms(),
+        };
+        match self.store.record_graph_notifications(vec![row]).await {
+            Ok(_) => tracing::info!(bot = %bot.app_id, "another replica is reading the Agent User's chats; a catch-up read is queued"),
+            Err(e) => {
+                tracing::warn!(bot = %bot.app_id, error = %e, "cannot queue a catch-up read; it is tried again after the next lifecycle event")
+            }
+        }
+    }
+
     /// Work through the recorded notifications, oldest first. A transient failure leaves the row for later.
-    async fn drain(&self) {
+    /// Whether some row waits for another replica (then the worker looks again soon).
+    async fn drain(&self) -> bool {
+        let mut waiting = std::collections::HashSet::new();
         loop {
-            let pending = match self.store.pending_graph_notifications(50).await {
+            // Claimed: with replicas, each notification is worked on by one of them.
+            let pending = match self.store.claim_graph_notifications(CLAIM_BATCH, now_ms()).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the Graph notifications to do");
-                    return;
+                    return !waiting.is_empty();
                 }
             };
+            let pending: Vec<GraphNotification> = pending.into_iter().filter(|n| !waiting.contains(&n.id)).collect();
             if pending.is_empty() {
-                return;
+                return !waiting.is_empty();
             }
             for n in pending {
                 match self.handle(&n).await {
-                    Ok(()) => {}
-                    Err(e) => {
+                    Ok(()) => tracing::debug!(bot = %n.bot_app_id, event = %n.event, "Graph notification done"),
+                    Err(Deferred::Busy(why)) => {
+                        // Another replica holds what this needs: the row waits (claimed here), the rest goes on.
+                        tracing::debug!(bot = %n.bot_app_id, event = %n.event, why, "a Graph notification waits for another replica");
+                        waiting.insert(n.id);
+                    }
+                    Err(Deferred::Failed(e)) => {
                         tracing::warn!(bot = %n.bot_app_id, event = %n.event, error = %e, "a Graph notification could not be handled yet; tried again later");
-                        return;
+                        return !waiting.is_empty();
                     }
                 }
             }
         }
     }
 
-    async fn handle(&self, n: &GraphNotification) -> Result<(), String> {
+    async fn handle(&self, n: &GraphNotification) -> Result<(), Deferred> {
         let done = |store: Arc<dyn Store>, id: i64| async move {
-            store.commit_graph(GraphCommit { done: Some(id), ..GraphCommit::default() }).await.map(drop).map_err(|e| e.to_string())
+            store
+                .commit_graph(GraphCommit { done: Some(id), ..GraphCommit::default() })
+                .await
+                .map(drop)
+                .map_err(|e| Deferred::Failed(e.to_string()))
         };
         let Some(bot) = self.bot(n.bot_app_id.as_str()) else {
             return done(Arc::clone(&self.store), n.id).await;
@@ -268,7 +372,7 @@ impl GraphInbound {
                         tracing::warn!(bot = %bot.app_id, error = %e, "a notified chat cannot be read; skipped");
                         return done(Arc::clone(&self.store), n.id).await;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(Deferred::Failed(e.to_string())),
                 }
                 let message = match bot.actor.graph.get_chat_message_json(&chat_id, &message_id).await {
                     Ok(m) => m,
@@ -276,23 +380,38 @@ impl GraphInbound {
                         tracing::warn!(bot = %bot.app_id, error = %e, "a notified chat message cannot be read; skipped");
                         return done(Arc::clone(&self.store), n.id).await;
                     }
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(Deferred::Failed(e.to_string())),
                 };
                 let records = self.records(bot, &chat_id, &message, Some(n.event.as_str())).await?;
-                self.commit(bot, records, Vec::new(), Some(n.id)).await
+                Ok(self.commit(bot, records, Vec::new(), Some(n.id)).await?)
             }
             "reauthorizationRequired" => {
+                let lease = subscription_lease(bot);
+                if !self.lease(&lease).await {
+                    return Err(Deferred::Busy("another replica is renewing or creating the subscription"));
+                }
                 self.renew(bot, &n.subscription_id).await;
+                self.release(&lease).await;
                 done(Arc::clone(&self.store), n.id).await
             }
             "subscriptionRemoved" => {
                 let _ = self.store.delete_graph_subscription(&n.subscription_id).await;
-                self.ensure_subscription(bot).await;
-                self.catch_up(bot).await?;
+                if !self.ensure_subscription(bot).await {
+                    return Err(Deferred::Busy("another replica is recreating the subscription"));
+                }
+                if !self.catch_up(bot).await? {
+                    return Err(Deferred::Busy("another replica is reading the chats; the catch-up waits for it"));
+                }
                 done(Arc::clone(&self.store), n.id).await
             }
             "missed" => {
-                self.catch_up(bot).await?;
+                if self.caught_up_since(bot, n.received_at_ms).await {
+                    tracing::info!(bot = %bot.app_id, "a catch-up read that began after this `missed` event is done already; not read again");
+                    return done(Arc::clone(&self.store), n.id).await;
+                }
+                if !self.catch_up(bot).await? {
+                    return Err(Deferred::Busy("another replica is reading the chats; the catch-up waits for it"));
+                }
                 done(Arc::clone(&self.store), n.id).await
             }
             other => {
@@ -392,20 +511,43 @@ impl GraphInbound {
 
     // ------------------------------------------------------------ subscriptions
 
-    /// Make sure the bot has a live subscription: create one when there is none or it lapsed (then catch
-    /// up), renew it when half its life is gone.
-    async fn ensure_subscription(&self, bot: &InboundBot) {
+    /// The bot's subscriptions as stored, and whether one is live with more than half its life left.
+    async fn subscriptions(&self, bot: &InboundBot) -> Option<(Vec<GraphSubscription>, bool)> {
         let subs = match self.store.graph_subscriptions(Some(&bot.app_id)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(bot = %bot.app_id, error = %e, "cannot read the Graph subscriptions");
-                return;
+                return None;
             }
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let half = i64::try_from(bot.lifetime.as_millis() / 2).unwrap_or(i64::MAX);
+        let healthy = subs.iter().any(|s| s.expires_at_ms - now > half);
+        Some((subs, healthy))
+    }
+
+    /// Make sure the bot has a live subscription: create one when there is none or it lapsed (then catch
+    /// up), renew it when half its life is gone. With replicas, one of them does it (the holder of the bot's
+    /// subscription lease, who looks again once it holds it): never two subscriptions for one Agent User.
+    /// False when another replica is seeing to it right now (or the store cannot say).
+    async fn ensure_subscription(&self, bot: &InboundBot) -> bool {
+        // The usual case (healthy) costs one read and no lease.
+        match self.subscriptions(bot).await {
+            Some((_, true)) => return true,
+            Some((_, false)) => {}
+            None => return false,
+        }
+        let lease = subscription_lease(bot);
+        if !self.lease(&lease).await {
+            tracing::debug!(bot = %bot.app_id, "another replica is seeing to the Graph subscription");
+            return false;
+        }
+        let Some((subs, false)) = self.subscriptions(bot).await else {
+            self.release(&lease).await;
+            return true;
+        };
+        let now = self.clock.now_ms();
         match subs.iter().find(|s| s.expires_at_ms > now) {
-            Some(live) if live.expires_at_ms - now > half => {}
             Some(live) => self.renew(bot, &live.subscription_id).await,
             None => {
                 let lapsed = !subs.is_empty();
@@ -414,10 +556,21 @@ impl GraphInbound {
                 }
                 if self.create(bot).await && lapsed {
                     tracing::info!(bot = %bot.app_id, "the Graph subscription had lapsed: reading what was missed");
-                    if let Err(e) = self.catch_up(bot).await {
-                        tracing::warn!(bot = %bot.app_id, error = %e, "the catch-up read after a lapsed subscription failed");
-                    }
+                    self.catch_up_or_defer(bot).await;
                 }
+            }
+        }
+        self.release(&lease).await;
+        true
+    }
+
+    /// A catch-up read now, or, while another replica is reading, queued for after it.
+    async fn catch_up_or_defer(&self, bot: &InboundBot) {
+        match self.catch_up(bot).await {
+            Ok(true) => {}
+            Ok(false) => self.defer_catch_up(bot).await,
+            Err(e) => {
+                tracing::warn!(bot = %bot.app_id, error = %e, "the catch-up read failed; it is tried again after the next lifecycle event")
             }
         }
     }
@@ -434,7 +587,7 @@ impl GraphInbound {
             tracing::error!(bot = %bot.app_id, "no secure randomness for a clientState; no Graph subscription");
             return false;
         };
-        let expires = now_ms() + i64::try_from(bot.lifetime.as_millis()).unwrap_or(i64::MAX);
+        let expires = self.clock.now_ms() + i64::try_from(bot.lifetime.as_millis()).unwrap_or(i64::MAX / 2);
         let resource = format!("/users/{oid}/chats/getAllMessages");
         let body = json!({
             "changeType": "created,updated,deleted",
@@ -481,9 +634,10 @@ impl GraphInbound {
         }
     }
 
-    /// Renew (and so reauthorize) a subscription with a fresh token.
+    /// Renew (and so reauthorize) a subscription with a fresh token. The caller holds the bot's
+    /// subscription lease.
     async fn renew(&self, bot: &InboundBot, subscription_id: &str) {
-        let expires = now_ms() + i64::try_from(bot.lifetime.as_millis()).unwrap_or(i64::MAX);
+        let expires = self.clock.now_ms() + i64::try_from(bot.lifetime.as_millis()).unwrap_or(i64::MAX / 2);
         match bot.actor.graph.renew_subscription(subscription_id, &rfc3339_ms(expires)).await {
             Ok(renewed) => {
                 let expires = renewed.get("expirationDateTime").and_then(Value::as_str).and_then(parse_rfc3339_ms).unwrap_or(expires);
@@ -501,10 +655,8 @@ impl GraphInbound {
             Err(e) if e.status() == Some(404) => {
                 tracing::warn!(bot = %bot.app_id, "the Graph subscription is gone; creating a new one");
                 let _ = self.store.delete_graph_subscription(subscription_id).await;
-                if self.create(bot).await
-                    && let Err(e) = self.catch_up(bot).await
-                {
-                    tracing::warn!(bot = %bot.app_id, error = %e, "the catch-up read failed");
+                if self.create(bot).await {
+                    self.catch_up_or_defer(bot).await;
                 }
             }
             Err(e) => tracing::warn!(bot = %bot.app_id, error = %e, "cannot renew the Graph subscription; tried again later"),
@@ -513,17 +665,36 @@ impl GraphInbound {
 
     // ------------------------------------------------------------ catch-up
 
-    /// Read each chat from its cursor and commit what was missed, the cursor with the entries.
-    async fn catch_up(&self, bot: &InboundBot) -> Result<(), String> {
-        let result = self.catch_up_chats(bot).await;
+    /// Read each chat from its cursor and commit what was missed, the cursor with the entries. With
+    /// replicas, one of them reads at a time (the holder of the bot's catch-up lease): `Ok(false)` when
+    /// another replica is reading now (nothing was read here).
+    async fn catch_up(&self, bot: &InboundBot) -> Result<bool, String> {
+        let lease = catch_up_lease(bot);
+        if !self.lease(&lease).await {
+            return Ok(false);
+        }
+        let started = now_ms();
+        let result = self.catch_up_chats(bot, &lease).await;
+        if result.is_ok() {
+            let mark = ChatCursor { bot_app_id: bot.app_id.clone().into(), chat_id: CAUGHT_UP.to_owned(), modified_ms: started };
+            if let Err(e) = self.store.commit_graph(GraphCommit { cursors: vec![mark], ..GraphCommit::default() }).await {
+                tracing::warn!(bot = %bot.app_id, error = %e, "cannot record when the catch-up read began");
+            }
+        }
+        self.release(&lease).await;
         if let Ok((chats, read)) = &result {
             tracing::info!(bot = %bot.app_id, chats, messages = read, "Graph catch-up read done");
         }
-        result.map(drop)
+        result.map(|_| true)
+    }
+
+    /// Whether a complete catch-up read (by any replica) began at or after `at_ms`.
+    async fn caught_up_since(&self, bot: &InboundBot, at_ms: i64) -> bool {
+        self.store.graph_cursors(&bot.app_id).await.is_ok_and(|c| c.iter().any(|c| c.chat_id == CAUGHT_UP && c.modified_ms >= at_ms))
     }
 
     /// The catch-up: the chats looked at and the messages read.
-    async fn catch_up_chats(&self, bot: &InboundBot) -> Result<(usize, usize), String> {
+    async fn catch_up_chats(&self, bot: &InboundBot, lease: &str) -> Result<(usize, usize), String> {
         let cursors = self.store.graph_cursors(&bot.app_id).await.map_err(|e| e.to_string())?;
         let Some(base) = cursors.iter().find(|c| c.chat_id.is_empty()).map(|c| c.modified_ms) else {
             // No subscription was ever made: nothing can have been missed.
@@ -532,6 +703,10 @@ impl GraphInbound {
         let chats = bot.actor.graph.list_chats(MAX_CHATS).await.map_err(|e| e.to_string())?;
         let (count, mut read) = (chats.len(), 0);
         for chat in chats {
+            // A long read keeps its lease; one lost (this replica stalled past it) ends the read here.
+            if !self.lease(lease).await {
+                return Err("the catch-up lease was lost to another replica".to_owned());
+            }
             let from = cursors.iter().find(|c| c.chat_id == chat.id).map_or(base, |c| c.modified_ms.max(base));
             {
                 let kind = if chat.chat_type.eq_ignore_ascii_case("oneOnOne") { "personal" } else { "groupChat" };
@@ -563,6 +738,30 @@ impl GraphInbound {
         }
         Ok((count, read))
     }
+}
+
+/// Why a notification is not done yet: another replica holds what it needs (it waits, the others go on),
+/// or something failed (tried again later).
+#[derive(Debug)]
+enum Deferred {
+    Busy(&'static str),
+    Failed(String),
+}
+
+impl From<String> for Deferred {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// The lease of a bot's subscription: one replica at a time creates, renews or recreates it.
+fn subscription_lease(bot: &InboundBot) -> String {
+    format!("graph-subscription:{}", bot.app_id.to_ascii_lowercase())
+}
+
+/// The lease of a bot's catch-up read: one replica at a time reads the Agent User's chats.
+fn catch_up_lease(bot: &InboundBot) -> String {
+    format!("graph-catch-up:{}", bot.app_id.to_ascii_lowercase())
 }
 
 /// A Graph failure that will not go away by trying again (the message is gone or not ours to read).

@@ -168,9 +168,27 @@ impl Hub {
         self
     }
 
-    /// Whether any bot in `scope` has approvers (then sessions declare the permission relay).
+    /// Whether any bot in `scope` can ask an owner (then sessions declare the permission relay).
     pub fn relays_permissions(&self, scope: &Scope) -> bool {
-        self.cfg.bots.iter().any(|b| scope.allows_bot(&b.app_id) && !b.policy.approvers.is_empty())
+        self.cfg.bots.iter().any(|b| scope.allows_bot(&b.app_id) && self.can_ask_owners(b))
+    }
+
+    /// Whether `bot` has someone to ask: its `policy.approvers`, or else (a bot with an Agent User) the
+    /// Agent User's sponsors.
+    pub fn can_ask_owners(&self, bot: &crate::config::BotConfig) -> bool {
+        !bot.policy.approvers.is_empty() || self.agents.contains_key(&bot.app_id.to_ascii_lowercase())
+    }
+
+    /// Who answers `bot`'s approval requests: `policy.approvers`; when none are set, the Agent User's
+    /// sponsors (read from Graph, cached; none when that read fails: nothing is approved then).
+    pub async fn approvers_of(&self, bot: &crate::config::BotConfig) -> Vec<crate::ids::AadObjectId> {
+        if !bot.policy.approvers.is_empty() {
+            return bot.policy.approvers.clone();
+        }
+        match self.agents.get(&bot.app_id.to_ascii_lowercase()) {
+            Some(actor) => actor.sponsors().await,
+            None => Vec::new(),
+        }
     }
 
     /// Update the cards of decided requests, expire open ones and forget those of ended sessions, twice a second.

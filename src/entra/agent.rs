@@ -210,6 +210,7 @@ impl fmt::Debug for AgentUser {
 
 type IdKey = (String, String);
 type UserKey = (String, String, AgentUser, String);
+type AppKey = (String, String, String);
 
 /// The three-hop chain for one Blueprint: any tenant, Agent Identity, Agent User and scope, with the
 /// caches. One per Blueprint per process; share it in an `Arc`.
@@ -222,6 +223,8 @@ pub struct AgentTokenChain {
     t1: TokenCache<IdKey, AgentTokenError>,
     t2: TokenCache<IdKey, AgentTokenError>,
     t3: TokenCache<UserKey, AgentTokenError>,
+    /// The Agent Identity's app-only tokens (two hops), by tenant, identity and scope.
+    app: TokenCache<AppKey, AgentTokenError>,
 }
 
 impl fmt::Debug for AgentTokenChain {
@@ -256,6 +259,7 @@ impl AgentTokenChain {
             t1: TokenCache::new(),
             t2: TokenCache::new(),
             t3: TokenCache::new(),
+            app: TokenCache::new(),
         }
     }
 
@@ -321,6 +325,32 @@ impl AgentTokenChain {
         self.client.exchange(&endpoint, identity, "agent-identity", &build).await.map_err(|source| AgentTokenError { hop, source })
     }
 
+    /// The Agent Identity's own app-only token for `scope` (two hops: T1, then `client_credentials` as the
+    /// Agent Identity for the resource, not the exchange scope), cached. Reads about the Agent Identity
+    /// itself (its sponsors) need it; it never acts in chats.
+    pub async fn identity_app_token(&self, tenant: &str, identity: &str, scope: &str) -> Result<AccessToken, AgentTokenError> {
+        let (t, i) = key(tenant, identity);
+        self.app.get(self.clock.as_ref(), &(t, i, scope.to_owned()), || self.fetch_app(tenant, identity, scope)).await
+    }
+
+    async fn fetch_app(&self, tenant: &str, identity: &str, scope: &str) -> Result<Cached, AgentTokenError> {
+        let t1 = self.blueprint_token(tenant, identity).await?;
+        let hop = Hop::AgentIdentity;
+        let endpoint = self.endpoint(hop, tenant)?;
+        let build = |_: SystemTime| {
+            let body = form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", identity),
+                ("scope", scope),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", t1.value.expose_secret()),
+            ]);
+            Ok(TokenForm { body, sensitive: vec![t1.value.clone()] })
+        };
+        tracing::debug!(%hop, tenant, agent_identity = identity, "requesting the Agent Identity's app-only token");
+        self.client.exchange(&endpoint, identity, "agent-identity", &build).await.map_err(|source| AgentTokenError { hop, source })
+    }
+
     /// T3: the Agent User's delegated token for `scope` (a resource's `.default`), cached.
     pub async fn user_token(&self, tenant: &str, identity: &str, user: &AgentUser, scope: &str) -> Result<AccessToken, AgentTokenError> {
         let (t, i) = key(tenant, identity);
@@ -360,6 +390,7 @@ impl AgentTokenChain {
         let id = key(tenant, identity);
         self.t1.invalidate(&id);
         self.t2.invalidate(&id);
+        self.app.invalidate_where(|k| k.0 == id.0 && k.1 == id.1);
         self.t3.invalidate_where(|k| k.0 == id.0 && k.1 == id.1);
     }
 }
@@ -441,6 +472,11 @@ impl AgentUserTokens {
     /// The Agent User's Graph token (`graph_scope`).
     pub async fn graph_token(&self) -> Result<AccessToken, AgentTokenError> {
         self.token(&self.graph_scope).await
+    }
+
+    /// The Agent Identity's app-only Graph token (two hops, `graph_scope`): for its sponsors.
+    pub async fn identity_graph_token(&self) -> Result<AccessToken, AgentTokenError> {
+        self.chain.identity_app_token(&self.tenant, &self.identity, &self.graph_scope).await
     }
 
     /// The Agent User's Bot Connector token (`agentic_scope`).

@@ -67,6 +67,23 @@ impl GraphToken for AgentUserTokens {
     }
 }
 
+/// The Agent Identity's own app-only token (two hops), for reads about the Agent Identity itself (its
+/// sponsors). A client with it never acts in chats.
+pub struct AgentIdentityToken(pub Arc<AgentUserTokens>);
+
+#[async_trait]
+impl GraphToken for AgentIdentityToken {
+    async fn token(&self) -> Result<AccessToken, AgentTokenError> {
+        self.0.identity_graph_token().await
+    }
+
+    fn invalidate(&self) {}
+
+    fn agent_user(&self) -> String {
+        self.0.user().as_str().to_owned()
+    }
+}
+
 /// How the client retries and what it accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct GraphSettings {
@@ -372,6 +389,22 @@ impl GraphClient {
             &[("$top", &top), ("$orderby", "createdDateTime desc")],
         )?;
         self.collect(url, max).await
+    }
+
+    /// The users among an Agent Identity's sponsors, by object id
+    /// (`GET /servicePrincipals/{id}/microsoft.graph.agentIdentity/sponsors`; needs the Agent Identity's
+    /// app-only token, [`AgentIdentityToken`]). Groups are left out.
+    pub async fn agent_identity_sponsors(&self, agent_identity_id: &str) -> Result<Vec<String>, GraphError> {
+        let path = format!(
+            "/servicePrincipals/{}/microsoft.graph.agentIdentity/sponsors",
+            segment(non_empty("agent identity id", agent_identity_id)?)
+        );
+        let items: Vec<Value> = self.collect(self.url(&path, &[("$select", "id")])?, 100).await?;
+        Ok(items
+            .into_iter()
+            .filter(|v| v.get("@odata.type").and_then(Value::as_str).is_none_or(|t| t.eq_ignore_ascii_case("#microsoft.graph.user")))
+            .filter_map(|v| v.get("id").and_then(Value::as_str).map(str::to_owned))
+            .collect())
     }
 
     /// The Agent User's chats, at most `max` (`GET /me/chats`; Graph refuses `$orderby` here).

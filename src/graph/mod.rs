@@ -15,7 +15,7 @@ pub mod model;
 pub mod tenant;
 
 pub use crate::ids::graph_url::{DEFAULT_GRAPH_BASE, GRAPH_HOSTS, GraphEndpoint, GraphUrlError, odata_string};
-pub use client::{GraphClient, GraphError, GraphErrorKind, GraphSettings, GraphToken};
+pub use client::{AgentIdentityToken, GraphClient, GraphError, GraphErrorKind, GraphSettings, GraphToken};
 pub use message::{ADAPTIVE_CARD, MAX_MESSAGE_CHARS, Mention, MessageBody, escape_html, html_to_text, text_to_html};
 pub use model::{Chat, ChatMember, ChatMessage, ConversationMember, IdentitySet, ItemBody, NewChat, Page, User};
 pub use tenant::{TenantLookupError, TenantResolver};

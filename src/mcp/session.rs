@@ -578,7 +578,7 @@ impl Bridge {
             return;
         }
         let requester = self.requester(&scope);
-        for bot in self.hub.bots_in(&scope, None).filter(|b| !b.policy.approvers.is_empty()) {
+        for bot in self.hub.bots_in(&scope, None).filter(|b| self.hub.can_ask_owners(b)) {
             let timeout = bot.policy.approval_timeout_secs;
             let card = approval::request_card(&request_id, &tool_name, &description, &preview, timeout.div_ceil(60));
             let timeout = Duration::from_secs(timeout);

@@ -63,6 +63,10 @@ pub async fn open(
 /// [`Store::recover_outbound`] takes it over.
 pub const OUTBOX_LEASE_MS: i64 = 60_000;
 
+/// How long a replica's claim on a Graph notification ([`Store::claim_graph_notifications`]) lasts: a
+/// claim older than this belongs to a replica that died before finishing it, and another one takes it over.
+pub const GRAPH_CLAIM_MS: i64 = 120_000;
+
 /// A random name for this store handle (one per process in practice): the owner recorded on the outbox
 /// entries it claims, so that replicas sharing one database tell their claims apart.
 pub fn new_replica_id() -> String {
@@ -789,6 +793,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The notifications not done yet, oldest first.
     async fn pending_graph_notifications(&self, limit: usize) -> Result<Vec<GraphNotification>, StoreError>;
+
+    /// Claim up to `limit` notifications not done yet, oldest first, for this replica until
+    /// `now_ms + GRAPH_CLAIM_MS`: those no replica holds, those this replica holds already, and those whose
+    /// claim ran out by `now_ms` (their replica died). Another replica's live claims are skipped without
+    /// waiting, so replicas sharing one database never work on the same notification at once.
+    async fn claim_graph_notifications(&self, limit: usize, now_ms: i64) -> Result<Vec<GraphNotification>, StoreError>;
+
+    /// Take the named lease for this replica until `now_ms + ttl_ms`, or extend it: true when it was free,
+    /// ran out by `now_ms`, or is this replica's already; false (nothing changes) while another replica
+    /// holds it. Guards Graph work that one replica at a time may do (a bot's subscription, a catch-up).
+    async fn take_graph_lease(&self, name: &str, now_ms: i64, ttl_ms: i64) -> Result<bool, StoreError>;
+
+    /// Give up the named lease if this replica holds it (another replica's is left alone).
+    async fn release_graph_lease(&self, name: &str) -> Result<(), StoreError>;
 
     /// Commit Graph work in one transaction (see [`GraphCommit`]); the outcome of each record in order.
     async fn commit_graph(&self, commit: GraphCommit) -> Result<Vec<CommitOutcome>, StoreError>;

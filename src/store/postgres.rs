@@ -42,9 +42,9 @@ use tokio_postgres::types::ToSql;
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
     Amended, Amendment, ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, ErrorClass,
-    Finish, GraphCommit, GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification,
-    NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals, SharedVerdict, SlotRequest,
-    Store, StoreError, Target, now_ms,
+    Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease,
+    NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals,
+    SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -193,6 +193,15 @@ const MIGRATIONS: &[&str] = &[
         chat_id     TEXT   NOT NULL,
         modified_ms BIGINT NOT NULL,
         PRIMARY KEY (bot_app_id, chat_id)
+    );",
+    // 7: the Graph inbound on replicas: a notification is worked on by the replica that claimed it
+    // (`claim_graph_notifications`, until `claim_until_ms`), and work that one replica at a time may do (a
+    // bot's subscription, a catch-up read) is guarded by a named lease (`take_graph_lease`).
+    "ALTER TABLE graph_notifications ADD COLUMN claimed_by TEXT, ADD COLUMN claim_until_ms BIGINT;
+    CREATE TABLE graph_leases (
+        name     TEXT   PRIMARY KEY,
+        owner    TEXT   NOT NULL,
+        until_ms BIGINT NOT NULL
     );",
 ];
 
@@ -1516,6 +1525,54 @@ impl Store for PostgresStore {
                 received_at_ms: r.get(5),
             })
             .collect())
+    }
+
+    async fn claim_graph_notifications(&self, limit: usize, now_ms: i64) -> Result<Vec<GraphNotification>, StoreError> {
+        let until = now_ms.saturating_add(GRAPH_CLAIM_MS);
+        // `SKIP LOCKED`: a row another replica is claiming right now is passed over, never waited for.
+        let rows = self
+            .query(
+                "UPDATE graph_notifications SET claimed_by = $1, claim_until_ms = $3
+                 WHERE id IN (
+                     SELECT id FROM graph_notifications
+                     WHERE claimed_by IS NULL OR claimed_by = $1 OR claim_until_ms IS NULL OR claim_until_ms < $2
+                     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, subscription_id, bot_app_id, event, resource, received_at_ms",
+                &[&self.replica, &now_ms, &until, &limit_of(limit)],
+            )
+            .await?;
+        let mut out: Vec<GraphNotification> = rows
+            .iter()
+            .map(|r| GraphNotification {
+                id: r.get(0),
+                subscription_id: r.get(1),
+                bot_app_id: r.get(2),
+                event: r.get(3),
+                resource: r.get(4),
+                received_at_ms: r.get(5),
+            })
+            .collect();
+        out.sort_by_key(|n| n.id);
+        Ok(out)
+    }
+
+    async fn take_graph_lease(&self, name: &str, now_ms: i64, ttl_ms: i64) -> Result<bool, StoreError> {
+        let until = now_ms.saturating_add(ttl_ms);
+        // Two replicas inserting the same name at once: the second waits for the first's commit, then sees
+        // its row through `ON CONFLICT` and takes it only if it ran out.
+        let n = self
+            .execute(
+                "INSERT INTO graph_leases (name, owner, until_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+                 WHERE graph_leases.owner = excluded.owner OR graph_leases.until_ms < $4",
+                &[&name, &self.replica, &until, &now_ms],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release_graph_lease(&self, name: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM graph_leases WHERE name = $1 AND owner = $2", &[&name, &self.replica]).await.map(|_| ())
     }
 
     async fn commit_graph(&self, commit: GraphCommit) -> Result<Vec<CommitOutcome>, StoreError> {

@@ -26,9 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::{
-    Amended, Amendment, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, Finish, GraphCommit, GraphNotification,
-    GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS,
-    OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target, now_ms,
+    Amended, Amendment, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, Finish, GRAPH_CLAIM_MS, GraphCommit,
+    GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -144,6 +144,20 @@ const MIGRATIONS: &[Migration] = &[
     // 7: the Agent User's inbound through Graph: its subscriptions (the clientState is a secret), the
     // notifications made durable before their 202 (deleted once done), and each chat's catch-up cursor.
     |tx| tx.execute_batch(GRAPH_INBOUND_SCHEMA),
+    // 8: the Graph inbound shared by processes: a notification is worked on by the handle that claimed it
+    // (`claim_graph_notifications`, until `claim_until_ms`), and work that one handle at a time may do (a
+    // bot's subscription, a catch-up read) is guarded by a named lease (`take_graph_lease`).
+    |tx| {
+        tx.execute_batch(
+            "ALTER TABLE graph_notifications ADD COLUMN claimed_by TEXT;
+             ALTER TABLE graph_notifications ADD COLUMN claim_until_ms INTEGER;
+             CREATE TABLE graph_leases (
+                 name     TEXT    PRIMARY KEY,
+                 owner    TEXT    NOT NULL,
+                 until_ms INTEGER NOT NULL
+             );",
+        )
+    },
 ];
 
 const GRAPH_INBOUND_SCHEMA: &str = "
@@ -1321,6 +1335,60 @@ impl Store for SqliteStore {
                 })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn claim_graph_notifications(&self, limit: usize, now_ms: i64) -> Result<Vec<GraphNotification>, StoreError> {
+        let (owner, limit) = (Arc::clone(&self.replica), i64::try_from(limit).unwrap_or(i64::MAX));
+        // Writes are serialized (one writer per process, `BEGIN IMMEDIATE` across processes): the choice and
+        // the claim are one step.
+        self.write(move |tx, _| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, subscription_id, bot_app_id, event, resource, received_at_ms FROM graph_notifications
+                 WHERE claimed_by IS NULL OR claimed_by = ?1 OR claim_until_ms IS NULL OR claim_until_ms < ?2
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![&*owner, now_ms, limit], |r| {
+                Ok(GraphNotification {
+                    id: r.get(0)?,
+                    subscription_id: r.get(1)?,
+                    bot_app_id: r.get(2)?,
+                    event: r.get(3)?,
+                    resource: r.get(4)?,
+                    received_at_ms: r.get(5)?,
+                })
+            })?;
+            let claimed: Vec<GraphNotification> = rows.collect::<rusqlite::Result<_>>()?;
+            let mut claim = tx.prepare_cached("UPDATE graph_notifications SET claimed_by = ?2, claim_until_ms = ?3 WHERE id = ?1")?;
+            for n in &claimed {
+                claim.execute(params![n.id, &*owner, now_ms.saturating_add(GRAPH_CLAIM_MS)])?;
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn take_graph_lease(&self, name: &str, now_ms: i64, ttl_ms: i64) -> Result<bool, StoreError> {
+        let (owner, name) = (Arc::clone(&self.replica), name.to_owned());
+        self.write(move |tx, _| {
+            let n = tx
+                .prepare_cached(
+                    "INSERT INTO graph_leases (name, owner, until_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until_ms = excluded.until_ms
+                     WHERE graph_leases.owner = excluded.owner OR graph_leases.until_ms < ?4",
+                )?
+                .execute(params![name, &*owner, now_ms.saturating_add(ttl_ms), now_ms])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release_graph_lease(&self, name: &str) -> Result<(), StoreError> {
+        let (owner, name) = (Arc::clone(&self.replica), name.to_owned());
+        self.write(move |tx, _| {
+            tx.prepare_cached("DELETE FROM graph_leases WHERE name = ?1 AND owner = ?2")?.execute(params![name, &*owner])?;
+            Ok(())
         })
         .await
     }

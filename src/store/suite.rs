@@ -10,9 +10,9 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    Amended, Amendment, AuditEvent, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, GraphCommit, GraphSubscription,
-    Identity, InboundRecord, InboxState, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord,
-    Store, StoreError, Target,
+    Amended, Amendment, AuditEvent, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, GRAPH_CLAIM_MS, GraphCommit,
+    GraphSubscription, Identity, InboundRecord, InboxState, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState,
+    ProvisioningRecord, Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -50,7 +50,8 @@ macro_rules! store_suite {
             a_failed_write_leaves_nothing_behind, audit_chain_detects_an_edit, audit_detects_a_truncated_tail,
             audit_detects_that_every_event_was_deleted, audit_detects_a_renumbered_event,
             audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite,
-            an_anonymous_activity_never_overwrites_an_authenticated_reference, an_unreadable_agentic_recipient_fails_closed);
+            an_anonymous_activity_never_overwrites_an_authenticated_reference, an_unreadable_agentic_recipient_fails_closed,
+            graph_notifications_and_leases_are_held_by_one_replica_at_a_time);
     };
     (@store $backend:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -733,4 +734,65 @@ pub(crate) async fn graph_inbound_state_commits_with_its_entries(store: &dyn Sto
 
     store.delete_graph_subscription("sub-1").await.unwrap();
     assert!(store.graph_subscriptions(None).await.unwrap().is_empty());
+}
+
+/// Two replicas on one database share the Graph inbound's work: a notification is claimed by one of them at a
+/// time (another's live claim is skipped, an expired one taken over), and a named lease (a bot's
+/// subscription, a catch-up read) is held by one at a time, renewed by its holder, taken over once it ran out.
+pub(crate) async fn graph_notifications_and_leases_are_held_by_one_replica_at_a_time(b: &dyn Backend) {
+    let (one, two) = (b.open(None).await, b.open(None).await);
+    let note = |i: i64| NewGraphNotification {
+        subscription_id: "sub-1".into(),
+        bot_app_id: "bot".into(),
+        event: "created".into(),
+        resource: format!("chats('19:c')/messages('{i}')"),
+        received_at_ms: i,
+    };
+    let ids = one.record_graph_notifications((0..5).map(note).collect()).await.unwrap();
+    let of = |ns: Vec<crate::store::GraphNotification>| ns.into_iter().map(|n| n.id).collect::<Vec<_>>();
+    assert_eq!(of(one.claim_graph_notifications(3, 1_000).await.unwrap()), ids[..3], "the oldest first");
+    assert_eq!(of(two.claim_graph_notifications(10, 1_000).await.unwrap()), ids[3..], "another replica's claims are skipped");
+    assert!(two.claim_graph_notifications(10, 2_000).await.unwrap().iter().all(|n| ids[3..].contains(&n.id)));
+    assert_eq!(of(one.claim_graph_notifications(10, 2_000).await.unwrap()), ids[..3], "a replica's own claims come back to it");
+    // One dies: once its claims ran out, two takes them over (and one no longer gets them).
+    let later = 2_000 + GRAPH_CLAIM_MS + 1;
+    assert_eq!(of(two.claim_graph_notifications(10, later).await.unwrap()), ids, "expired claims are taken over");
+    assert!(one.claim_graph_notifications(10, later).await.unwrap().is_empty());
+    // Finished work is gone for everyone.
+    two.commit_graph(GraphCommit { done: Some(ids[0]), ..GraphCommit::default() }).await.unwrap();
+    assert!(!of(two.claim_graph_notifications(10, later).await.unwrap()).contains(&ids[0]));
+
+    // Claimed at the same moment by both: every row goes to exactly one of them.
+    let fresh = one.record_graph_notifications((10..40).map(note).collect()).await.unwrap();
+    let now = later + 10 * GRAPH_CLAIM_MS;
+    let mut tasks = Vec::new();
+    for (replica, s) in [(1, &one), (2, &two), (1, &one), (2, &two)] {
+        let s = Arc::clone(s);
+        tasks.push(tokio::spawn(async move { (replica, s.claim_graph_notifications(8, now).await.unwrap()) }));
+    }
+    let mut owner = std::collections::HashMap::<i64, u8>::new();
+    for t in tasks {
+        let (replica, claimed) = t.await.unwrap();
+        for n in claimed {
+            let held = owner.entry(n.id).or_insert(replica);
+            assert_eq!(*held, replica, "notification {} claimed by both replicas", n.id);
+        }
+    }
+    assert!(owner.keys().all(|id| fresh.contains(id) || ids.contains(id)));
+
+    // A lease: one holder at a time, renewed by it, taken over once it ran out, released only by its holder.
+    let lease = "graph-subscription:bot";
+    assert!(one.take_graph_lease(lease, 10_000, 1_000).await.unwrap());
+    assert!(!two.take_graph_lease(lease, 10_500, 1_000).await.unwrap(), "held by one");
+    assert!(one.take_graph_lease(lease, 10_900, 1_000).await.unwrap(), "renewed by its holder (until 11_900)");
+    assert!(!two.take_graph_lease(lease, 11_500, 1_000).await.unwrap(), "the renewal counts");
+    two.release_graph_lease(lease).await.unwrap();
+    assert!(!two.take_graph_lease(lease, 11_600, 1_000).await.unwrap(), "only the holder releases");
+    assert!(two.take_graph_lease(lease, 12_000, 1_000).await.unwrap(), "ran out: taken over");
+    assert!(!one.take_graph_lease(lease, 12_100, 1_000).await.unwrap(), "the old holder lost it");
+    assert!(one.take_graph_lease("graph-catch-up:bot", 12_100, 1_000).await.unwrap(), "leases are independent by name");
+    two.release_graph_lease(lease).await.unwrap();
+    assert!(one.take_graph_lease(lease, 12_200, 1_000).await.unwrap(), "released: free at once");
+    one.close().await;
+    two.close().await;
 }

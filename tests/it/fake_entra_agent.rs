@@ -204,6 +204,20 @@ impl FakeEntraAgent {
             .cloned()
     }
 
+    /// A checker of the Agent Identity's app-only Graph token (two hops): live ones only, never a T3.
+    pub fn app_checker(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
+        let state = Arc::clone(&self.state);
+        Arc::new(move |bearer: &str| {
+            let now = fake_now(&state);
+            state
+                .issued
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|t| t.token == bearer && t.hop == FakeHop::Two && t.scope == GRAPH_SCOPE && t.expires_at > now)
+        })
+    }
+
     /// A checker for [`crate::fake_graph::FakeGraph`]: live Graph T3s only.
     pub fn graph_checker(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
         let state = Arc::clone(&self.state);
@@ -398,7 +412,12 @@ fn live(s: &AgentState, token: &str) -> Option<AgentIssued> {
 
 fn hop2(s: &AgentState, form: &Form) -> Result<Accepted, Refusal> {
     exact_fields(form, &["grant_type", "client_id", "scope", "client_assertion_type", "client_assertion"])?;
-    expect(form, "scope", EXCHANGE_SCOPE, 70011, "invalid_scope")?;
+    // The exchange scope (the chain goes on to the Agent User), or Graph's: the Agent Identity's own app-only
+    // token (two hops), as for its sponsors.
+    let app_only = form["scope"] == GRAPH_SCOPE;
+    if !app_only {
+        expect(form, "scope", EXCHANGE_SCOPE, 70011, "invalid_scope")?;
+    }
     expect(form, "client_assertion_type", ASSERTION_TYPE, 70002, "invalid_request")?;
     match live(s, &form["client_assertion"]) {
         Some(t) if t.hop == FakeHop::One && t.subject == form["client_id"] => {}
@@ -410,6 +429,10 @@ fn hop2(s: &AgentState, form: &Form) -> Result<Accepted, Refusal> {
                 "No matching federated identity record found for presented assertion issuer.".into(),
             ));
         }
+    }
+    if app_only {
+        let claims = json!({"aud": "https://graph.microsoft.com", "appid": IDENTITY_ID, "azp": IDENTITY_ID, "idtyp": "app", "sub": IDENTITY_ID, "xms_par_app_azp": BLUEPRINT_ID});
+        return Ok((GRAPH_SCOPE.to_owned(), IDENTITY_ID.to_owned(), claims));
     }
     let claims = json!({"aud": "fb60f99c-7a34-4190-8149-302f77469936", "appid": IDENTITY_ID, "azp": IDENTITY_ID, "idtyp": "app", "sub": IDENTITY_ID, "xms_par_app_azp": BLUEPRINT_ID});
     Ok((EXCHANGE_SCOPE.to_owned(), IDENTITY_ID.to_owned(), claims))
@@ -457,7 +480,8 @@ fn hop3(s: &AgentState, form: &Form) -> Result<Accepted, Refusal> {
         }
     }
     match live(s, &form["user_federated_identity_credential"]) {
-        Some(t) if t.hop == FakeHop::Two && t.client_id == IDENTITY_ID => {}
+        // Only an exchange-scoped T2: the Agent Identity's app-only Graph token is not one.
+        Some(t) if t.hop == FakeHop::Two && t.client_id == IDENTITY_ID && t.scope == EXCHANGE_SCOPE => {}
         _ => {
             return Err((
                 400,

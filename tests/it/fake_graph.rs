@@ -95,7 +95,18 @@ struct GraphState {
     list_reads: AtomicUsize,
     message_gets: AtomicUsize,
     validations: AtomicUsize,
+    /// Gateways (origins) a load balancer in front of them spreads change notifications over, in turn; empty:
+    /// each goes to its subscription's URL as it is.
+    spread: Mutex<Vec<String>>,
+    spread_next: AtomicUsize,
+    /// The Agent Identity (object id) whose sponsors are served, its sponsors (user object ids), and the
+    /// checker of its app-only token; `None`: the sponsors endpoint answers 404.
+    sponsors: Mutex<Option<Sponsors>>,
+    sponsor_reads: AtomicUsize,
 }
+
+/// An Agent Identity (object id), its sponsors (user object ids), and the checker of its app-only token.
+type Sponsors = (String, Vec<String>, Arc<dyn Fn(&str) -> bool + Send + Sync>);
 
 /// A subscription as the fake keeps it.
 #[derive(Clone, Debug)]
@@ -143,6 +154,10 @@ impl FakeGraph {
             subs: Mutex::new(Vec::new()),
             trust: Mutex::new(None),
             hold_reads: std::sync::atomic::AtomicBool::new(false),
+            spread: Mutex::new(Vec::new()),
+            sponsors: Mutex::new(None),
+            sponsor_reads: AtomicUsize::new(0),
+            spread_next: AtomicUsize::new(0),
             list_reads: AtomicUsize::new(0),
             message_gets: AtomicUsize::new(0),
             validations: AtomicUsize::new(0),
@@ -280,9 +295,56 @@ impl FakeGraph {
                 "subscriptionExpirationDateTime": sub.expires, "tenantId": "cccccccc-0000-0000-0000-000000000003",
                 "resourceData": {"id": message_id, "@odata.type": "#Microsoft.Graph.chatMessage"},
             }]});
-            out.push(self.post_to(&sub.notification_url, &body).await);
+            let url = self.spread_url(&sub.notification_url);
+            out.push(self.post_to(&url, &body).await);
         }
         out
+    }
+
+    /// POST a lifecycle notification of every subscription to each origin given to [`Self::spread_over`] (the
+    /// same event reaching every replica); the statuses.
+    pub async fn lifecycle_everywhere(&self, event: &str) -> Vec<u16> {
+        let subs: Vec<Sub> = self.state.subs.lock().unwrap().clone();
+        let origins = self.state.spread.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for sub in &subs {
+            let body = json!({"value": [{
+                "subscriptionId": sub.id, "clientState": sub.client_state, "lifecycleEvent": event,
+                "subscriptionExpirationDateTime": sub.expires, "tenantId": "cccccccc-0000-0000-0000-000000000003",
+            }]});
+            let path = sub.lifecycle_url.splitn(4, '/').nth(3).unwrap_or_default().to_owned();
+            for origin in &origins {
+                out.push(self.post_to(&format!("{origin}/{path}"), &body).await);
+            }
+        }
+        out
+    }
+
+    /// Serve the sponsors of the Agent Identity `identity` (`GET /servicePrincipals/{id}/microsoft.graph.
+    /// agentIdentity/sponsors`), only to the Agent Identity's app-only token (`app_checker`; a T3 is refused).
+    pub fn set_sponsors(&self, identity: &str, sponsors: &[&str], app_checker: Arc<dyn Fn(&str) -> bool + Send + Sync>) {
+        *self.state.sponsors.lock().unwrap() = Some((identity.to_owned(), sponsors.iter().map(|s| (*s).to_owned()).collect(), app_checker));
+    }
+
+    /// Successful sponsor reads.
+    pub fn sponsor_reads(&self) -> usize {
+        self.state.sponsor_reads.load(Ordering::SeqCst)
+    }
+
+    /// Deliver change notifications to these origins in turn (`https://127.0.0.1:PORT`, replicas behind one
+    /// public URL), whatever the subscription's URL names.
+    pub fn spread_over(&self, origins: &[&str]) {
+        *self.state.spread.lock().unwrap() = origins.iter().map(|o| (*o).to_owned()).collect();
+    }
+
+    fn spread_url(&self, url: &str) -> String {
+        let origins = self.state.spread.lock().unwrap().clone();
+        if origins.is_empty() {
+            return url.to_owned();
+        }
+        let i = self.state.spread_next.fetch_add(1, Ordering::SeqCst) % origins.len();
+        let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+        format!("{}/{path}", origins[i])
     }
 
     /// POST a lifecycle notification (`missed`, `subscriptionRemoved`, `reauthorizationRequired`) for every
@@ -369,6 +431,29 @@ fn bad(message: &str) -> Response {
     error(400, "BadRequest", message)
 }
 
+/// The sponsors of an Agent Identity: GET only, the Agent Identity's app-only token only (Graph documents no
+/// delegated access), `$select` of `id` at most.
+fn sponsors(s: &GraphState, method: &str, id: &str, query: &HashMap<String, String>, bearer: &str) -> Response {
+    let Some((identity, sponsors, app_checker)) = s.sponsors.lock().unwrap().clone() else {
+        return error(404, "Request_ResourceNotFound", "Resource does not exist.");
+    };
+    if bearer.is_empty() || !app_checker(bearer) {
+        return error(401, "InvalidAuthenticationToken", "Access token validation failure.");
+    }
+    if method != "GET" {
+        return error(405, "Request_BadRequest", "Method not allowed.");
+    }
+    if query.keys().any(|k| k != "$select") || query.get("$select").is_some_and(|v| v != "id") {
+        return bad("Only $select=id is served here.");
+    }
+    if !id.eq_ignore_ascii_case(&identity) {
+        return error(404, "Request_ResourceNotFound", &format!("Resource '{id}' does not exist."));
+    }
+    s.sponsor_reads.fetch_add(1, Ordering::SeqCst);
+    let value: Vec<Value> = sponsors.iter().map(|u| json!({"@odata.type": "#microsoft.graph.user", "id": u})).collect();
+    axum::Json(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects", "value": value})).into_response()
+}
+
 fn decode(seg: &str) -> String {
     percent_encoding::percent_decode_str(seg).decode_utf8().unwrap().into_owned()
 }
@@ -408,6 +493,11 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_str(&a).unwrap());
         }
         return r;
+    }
+    if let ["servicePrincipals", id, "microsoft.graph.agentIdentity", "sponsors"] =
+        segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice()
+    {
+        return sponsors(&s, method.as_str(), id, &query, &bearer);
     }
     if bearer.is_empty() || !(s.checker)(&bearer) {
         return error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.");

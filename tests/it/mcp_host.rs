@@ -119,6 +119,18 @@ impl StdioGateway {
 
     /// Like [`StdioGateway::start`], with `RUST_LOG` set to `rust_log` (or unset: the default filter).
     pub async fn start_logging(dir: &Path, dev: bool, extra_args: &[&str], name: &str, rust_log: Option<&str>) -> (Self, Host) {
+        Self::start_env(dir, dev, extra_args, name, rust_log, &[]).await
+    }
+
+    /// Like [`StdioGateway::start_logging`], with extra environment variables for the gateway.
+    pub async fn start_env(
+        dir: &Path,
+        dev: bool,
+        extra_args: &[&str],
+        name: &str,
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> (Self, Host) {
         let config = dir.join("agentgate.toml");
         let stderr = dir.join(format!("mcp-stderr-{}.log", unique_id("run")));
         let mut cmd = tokio::process::Command::new(bin());
@@ -130,6 +142,7 @@ impl StdioGateway {
             Some(filter) => cmd.env("RUST_LOG", filter),
             None => cmd.env_remove("RUST_LOG"),
         };
+        cmd.envs(env.iter().copied());
         cmd.env("AGENTGATE_TEST_SECRET", "s3cr3t-value-that-must-never-be-logged")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

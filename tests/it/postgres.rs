@@ -17,7 +17,7 @@ const TEST_URL_VAR: &str = "AGENTGATE_TEST_POSTGRES_URL";
 const PASSWORD: &str = "s3cr3t-value-that-must-never-be-logged";
 
 /// A fresh database on the test server, dropped at the end.
-struct Database {
+pub(crate) struct Database {
     admin: tokio_postgres::Config,
     name: String,
     /// host:port of the server.
@@ -26,7 +26,7 @@ struct Database {
 }
 
 impl Database {
-    async fn create() -> Option<Self> {
+    pub(crate) async fn create() -> Option<Self> {
         let Ok(url) = std::env::var(TEST_URL_VAR) else {
             eprintln!("skipped: set {TEST_URL_VAR}=postgres://postgres@127.0.0.1:5432/postgres to run the Postgres integration tests");
             return None;
@@ -44,7 +44,20 @@ impl Database {
     }
 
     /// The configuration that points `agentgate` at this database through `addr` (the server or a proxy).
-    fn store_toml(&self, addr: &str) -> String {
+    pub(crate) fn store_toml(&self) -> String {
+        self.store_toml_at(&self.addr)
+    }
+
+    /// A connection to this database (to look at what the gateways wrote).
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
+        let mut config = self.admin.clone();
+        config.dbname(&self.name);
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    fn store_toml_at(&self, addr: &str) -> String {
         format!(
             "\n[store]\nurl = \"postgres://{user}@{addr}/{db}?sslmode=disable\"\npassword = \"env:AGENTGATE_TEST_SECRET\"\npool_size = 4\n",
             user = self.user,
@@ -52,7 +65,7 @@ impl Database {
         )
     }
 
-    async fn drop_it(self) {
+    pub(crate) async fn drop_it(self) {
         run(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
     }
 }
@@ -126,7 +139,7 @@ async fn the_gateway_on_postgres_commits_reads_back_and_deduplicates() {
     let key = TestKey::teams("kid-teams", 0);
     let oidc = FakeOidc::start(vec![key.clone()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
-    opts.extra = db.store_toml(&db.addr);
+    opts.extra = db.store_toml_at(&db.addr);
     let app = TestApp::spawn(&opts).await;
     app.wait_ready().await;
 
@@ -163,7 +176,7 @@ async fn without_the_database_readyz_fails_and_intake_answers_503_then_both_reco
     let key = TestKey::teams("kid-teams", 0);
     let oidc = FakeOidc::start(vec![key.clone()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
-    opts.extra = db.store_toml(&proxy.addr);
+    opts.extra = db.store_toml_at(&proxy.addr);
     let app = TestApp::spawn(&opts).await;
     app.wait_ready().await;
     let token = key.mint(&good_claims());
@@ -205,7 +218,7 @@ async fn two_replicas_deliver_each_send_once_and_in_order() {
     let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
     opts.dev = true;
-    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml_at(&db.addr));
     let one = TestApp::spawn(&opts).await;
     let two = TestApp::spawn(&opts).await;
     one.wait_ready().await;
@@ -268,7 +281,7 @@ async fn a_starting_replica_leaves_another_replicas_send_in_flight_alone() {
     let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
     opts.dev = true;
-    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml_at(&db.addr));
     let one = TestApp::spawn(&opts).await;
     one.wait_ready().await;
     let mut m = message(&unique_id("in"));
@@ -361,7 +374,7 @@ async fn two_replicas_hold_teams_rate_limits_together() {
     let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
     opts.dev = true;
-    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml_at(&db.addr));
     let one = TestApp::spawn(&opts).await;
     let two = TestApp::spawn(&opts).await;
     one.wait_ready().await;
@@ -423,7 +436,7 @@ async fn an_answer_on_one_replica_reaches_the_session_on_another() {
     let fake = FakeConnector::start(vec![DEV_TOKEN.to_owned()]).await;
     let mut opts = Options::new(&oidc.metadata_url);
     opts.dev = true;
-    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml(&db.addr));
+    opts.extra = format!("{}\n[outbound]\npoll_interval_ms = 20\n", db.store_toml_at(&db.addr));
     let approvers = |toml: String| {
         toml.replacen(
             "policy.dm = \"open\"",
