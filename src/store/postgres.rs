@@ -164,7 +164,7 @@ const MIGRATIONS: &[&str] = &[
         updated_at_ms BIGINT NOT NULL
     );
     CREATE INDEX approvals_live ON approvals (owner, state) WHERE state IN ('open', 'decided');",
-    // `agentgate agent-id provision`: each run's state machine (the objects created, the step reached), as JSON.
+    // 5: `agentgate agent-id provision`: each run's state machine (the objects created, the step reached), as JSON.
     "CREATE TABLE agent_id_provisioning (
         key           TEXT   PRIMARY KEY,
         state         TEXT   NOT NULL,
