@@ -693,3 +693,52 @@ async fn a_sponsor_without_a_bot_chat_is_asked_in_their_chat_with_the_agent_user
         host.next("notifications/claude/channel/permission", WAIT).await.unwrap_or_else(|| panic!("no verdict:\n{}", gw.stderr()));
     assert_eq!(verdict, json!({"request_id": "qwert", "behavior": "deny"}));
 }
+
+/// The fallback loop closes: the bot cannot reach Eve (the Connector refuses with MessageWritesBlocked), the
+/// Agent User writes to her through Graph instead, and her answer in that new chat reaches the host through the
+/// change notifications; the host's reply goes back there through Graph as the Agent User, never the bot.
+/// Fails when the answer is lost (no inbound for Graph chats the Agent User opened) or the reply switches identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fallback_loop_closes_the_persons_answer_reaches_the_host() {
+    const EVE: &str = "e0e0e0e0-0000-4000-8000-0000000000ee";
+    let r = rig("mode = \"fallback\"").await;
+    // Eve may be written to without asking an owner.
+    let path = r.dir.join("agentgate.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    let toml = toml.replacen("[bots.agent_user]", &format!("policy.contacts_allow = [\"{EVE}\"]\n\n[bots.agent_user]"), 1);
+    std::fs::write(&path, toml).unwrap();
+    let (gw, mut host) = r.start("claude-code").await;
+
+    // The bot knows the Agent User's tenant from a message there.
+    let mut m = inbound(&r.fake.service_url, "a:alex-bot", "personal", ALEX, "hi");
+    m["conversation"]["tenantId"] = json!(AGENT_TENANT);
+    m["channelData"]["tenant"]["id"] = json!(AGENT_TENANT);
+    assert_eq!(r.post_activity(&m).await, 202);
+    channel(&mut host, &gw).await;
+
+    // The bot is not installed for Eve: the proactive chat is refused, the Agent User writes through Graph.
+    r.fake.push_faults([crate::fake_connector::Fault::Status(
+        403,
+        json!({"error": {"code": "Forbidden", "subCode": "MessageWritesBlocked", "message": "Bot is not installed"}}),
+    )]);
+    let v = host.ok("send_to_user", json!({"user_id": EVE, "tenant": AGENT_TENANT, "text": "Can you approve the release?"})).await;
+    assert_eq!((v["via"].as_str(), v["identity"].as_str()), (Some("graph"), Some(format!("agent_user:{AGENT_USER_OID}").as_str())), "{v}");
+    let chat = v["chat_id"].as_str().unwrap().to_owned();
+
+    // Eve answers in that chat: the host is told, in the envelope, with the chat to answer in.
+    let answer = r.graph.say(&chat, person(EVE, "Eve"), "<p>Approved, go ahead</p>", json!([]), true).await;
+    let n = channel(&mut host, &gw).await;
+    assert_eq!(n["meta"]["chat_id"], chat.as_str(), "{n}");
+    assert_eq!(n["meta"]["message_id"], answer, "{n}");
+    assert!(n["content"].as_str().unwrap().contains("Approved, go ahead"), "{n}");
+
+    // The host's reply goes back the way the conversation came: Graph, as the Agent User.
+    let landed_before = r.fake.landed().len();
+    let v = host.ok("reply", json!({"chat_id": chat, "text": "Thanks, releasing now."})).await;
+    assert_eq!((v["via"].as_str(), v["identity"].as_str()), (Some("graph"), Some(format!("agent_user:{AGENT_USER_OID}").as_str())), "{v}");
+    let messages = r.graph.messages(&chat);
+    assert_eq!(messages.len(), 3, "the Agent User's message, Eve's answer, the reply: {messages:?}");
+    assert!(messages[2]["body"]["content"].as_str().unwrap().contains("Thanks, releasing now."));
+    assert_eq!(r.fake.landed().len(), landed_before, "the reply went through the Connector");
+    assert_eq!(entries_of(&gw.config, &answer), 1, "Eve's answer is in the inbox once");
+}
