@@ -402,10 +402,13 @@ sleep 1
 inbox a || true
 cp "$S/inbox-a.jsonl" "$L/inbox-a2.jsonl" 2>/dev/null || true
 cp "$S/drive-a2.json" "$L/" 2>/dev/null || true
+# shellcheck disable=SC2016 # a JavaScript template literal, expanded by node, not the shell
 check "A2: the edit patched the waiting entry in place (its text is the edited one; no separate messageUpdate entry)" \
   q inbox "$S/inbox-a.jsonl" 'd.some(e => e.activity_id === `e2e-edited-${env.NONCE}` && e.b.text === `edited ${env.NONCE}`) && !d.some(e => e.activity_type === "messageUpdate")'
+# shellcheck disable=SC2016 # a JavaScript template literal, expanded by node, not the shell
 check "A2: the deletion withdrew the waiting entry: neither it nor its text is offered to a host" \
   q inbox "$S/inbox-a.jsonl" '!d.some(e => e.activity_id.startsWith(`e2e-deleted-${env.NONCE}`) || e.body.includes(`secret to be deleted ${env.NONCE}`)) && !d.some(e => e.activity_type === "messageDelete")'
+# shellcheck disable=SC2016 # a JavaScript template literal, expanded by node, not the shell
 check "A2: the Playground delivered both the deleted message and its deletion to agentgate (202 each, per the recording)" \
   q rec "$S/rec-a.log" 'd.filter(r => /-> User Application/.test(r.direction) && JSON.stringify(r).includes(`e2e-deleted-${env.NONCE}`) && r.response.statusCode === 202).length >= 2'
 check "A2: the reaction is an inbox entry naming the message (replyToId) and the reaction (like)" \
