@@ -1580,42 +1580,10 @@ impl Store for PostgresStore {
         let tx = client.transaction().await?;
         let mut outcomes = Vec::with_capacity(commit.records.len());
         if !commit.records.is_empty() {
-            // Inbox ids are drawn under this lock, so they commit in id order (see the module docs).
-            let lock = tx.prepare_cached("SELECT value FROM agentgate_locks WHERE name = 'inbox' FOR UPDATE").await?;
-            tx.query_one(&lock, &[]).await?;
+            lock_inbox(&tx).await?;
             let stmt = tx.prepare_cached(COMMIT_INBOUND).await?;
             for r in &commit.records {
-                let c = &r.reference;
-                let agentic = agentic_json(c);
-                let params: [&(dyn ToSql + Sync); 23] = [
-                    &r.conversation_id,
-                    &r.activity_id,
-                    &r.bot_app_id,
-                    &r.dedupe_expires_at_ms,
-                    &r.tenant_id,
-                    &r.activity_type,
-                    &r.auth.as_str(),
-                    &r.received_at_ms,
-                    &r.body,
-                    &r.state.as_str(),
-                    &c.bot_app_id,
-                    &c.conversation_id,
-                    &c.tenant_id,
-                    &c.service_url,
-                    &c.channel_id,
-                    &c.conversation_type,
-                    &c.user_id,
-                    &c.user_aad_object_id,
-                    &c.bot_id,
-                    &c.usable,
-                    &c.updated_at_ms,
-                    &agentic,
-                    &c.authenticated,
-                ];
-                outcomes.push(match tx.query_opt(&stmt, &params).await? {
-                    Some(row) => CommitOutcome::Accepted { inbox_id: row.get(0) },
-                    None => CommitOutcome::Duplicate,
-                });
+                outcomes.push(outcome_of(insert_inbound(&tx, &stmt, r).await?));
             }
         }
         for c in &commit.cursors {
