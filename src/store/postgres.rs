@@ -1029,8 +1029,7 @@ impl Store for PostgresStore {
         let tx = client.transaction().await?;
         // Inbox ids are drawn under this lock (see the module docs); it also orders this amendment among
         // the other commits.
-        let lock = tx.prepare_cached("SELECT value FROM agentgate_locks WHERE name = 'inbox' FOR UPDATE").await?;
-        tx.query_one(&lock, &[]).await?;
+        lock_inbox(&tx).await?;
         // A duplicate writes nothing, not even the amendment (see the trait).
         let seen = tx
             .query_opt(
