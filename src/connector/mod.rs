@@ -61,6 +61,9 @@ pub enum ConnectorError {
     /// Refused locally: the service URL is not an allow-listed Connector endpoint. Nothing was sent.
     #[error("the service URL is not an allow-listed Connector endpoint; nothing was sent")]
     HostNotAllowed,
+    /// Refused locally: a conversation or activity id is empty, `.` or `..`. Nothing was sent.
+    #[error("a conversation or activity id is empty, '.' or '..'; nothing was sent")]
+    BadId,
     /// 429: the Connector did not accept the request. Safe to retry after `retry_after`.
     #[error("throttled by the Connector (retry after {retry_after:?})")]
     Throttled { retry_after: Option<Duration> },
@@ -85,7 +88,7 @@ impl ConnectorError {
     pub fn class(&self) -> crate::store::ErrorClass {
         use crate::store::ErrorClass;
         match self {
-            Self::HostNotAllowed => ErrorClass::Local,
+            Self::HostNotAllowed | Self::BadId => ErrorClass::Local,
             Self::Throttled { .. } => ErrorClass::Throttled,
             Self::Unreachable(_) => ErrorClass::Unreachable,
             Self::Ambiguous(_) => ErrorClass::Ambiguous,
@@ -174,6 +177,9 @@ impl ConnectorClient {
 
     fn url(&self, ep: &Endpoint<'_>, path: &str) -> Result<Target, ConnectorError> {
         self.policy.check(ep.cloud, ep.service_url).map_err(|_| ConnectorError::HostNotAllowed)?;
+        if crate::http_util::has_dot_or_empty_segment(path) {
+            return Err(ConnectorError::BadId);
+        }
         let base = ep.service_url.trim();
         let sep = if base.ends_with('/') { "" } else { "/" };
         let url = format!("{base}{sep}{path}");

@@ -493,6 +493,9 @@ impl GraphClient {
     // ------------------------------------------------------------ plumbing
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
+        if crate::http_util::has_dot_or_empty_segment(path) {
+            return Err(GraphError::Invalid("an id is empty, '.' or '..'".into()));
+        }
         let mut url = self.endpoint.url(path)?;
         if !query.is_empty() {
             let mut q = url.query_pairs_mut();

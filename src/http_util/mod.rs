@@ -16,6 +16,23 @@ pub(crate) fn path_segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
+/// Whether `path` (already encoded, query excluded) has an empty, `.` or `..` segment. `.` is unreserved,
+/// so an id of `..` would go out as `..` and the URL parser would resolve it (`%2E%2E` too): a request meant
+/// for `/v3/conversations/{id}/activities/{id}` could reach another resource. Such an id is refused before
+/// anything is sent.
+pub(crate) fn has_dot_or_empty_segment(path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.trim_start_matches('/').split('/').any(|seg| {
+        seg.is_empty()
+            || seg == "."
+            || seg == ".."
+            || seg.eq_ignore_ascii_case("%2e")
+            || seg.eq_ignore_ascii_case("%2e%2e")
+            || seg.eq_ignore_ascii_case(".%2e")
+            || seg.eq_ignore_ascii_case("%2e.")
+    })
+}
+
 /// An error and its causes on one line ("error sending request: connection refused").
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -48,6 +65,27 @@ mod tests {
         assert_eq!(path_segment("a:1/2 3?x#y%z&w+v"), "a%3A1%2F2%203%3Fx%23y%25z%26w%2Bv");
         assert_eq!(path_segment("AZaz09-._~"), "AZaz09-._~");
         assert_eq!(path_segment("ü"), "%C3%BC");
+    }
+
+    #[test]
+    fn dot_and_empty_segments_are_found() {
+        for bad in [
+            "v3/conversations/../activities",
+            "v3/conversations/./x",
+            "v3/conversations//activities",
+            "v3/%2E%2E/x",
+            "v3/.%2e/x",
+            "/chats/%2e?$top=1",
+        ] {
+            assert!(has_dot_or_empty_segment(bad), "{bad}");
+        }
+        for ok in
+            ["v3/conversations/a%3A..b/activities", "v3/conversations/...", "/chats/19%3Ax/messages?$filter=a/b", "v3/x/activities/1.2"]
+        {
+            assert!(!has_dot_or_empty_segment(ok), "{ok}");
+        }
+        assert!(has_dot_or_empty_segment(&format!("v3/conversations/{}/activities", path_segment(".."))));
+        assert!(has_dot_or_empty_segment(&format!("v3/conversations/{}/activities", path_segment(""))));
     }
 
     #[test]

@@ -132,6 +132,14 @@ async fn stdio_host_sees_teams_and_replies() {
     assert!(err && v.to_string().contains("<at>Sam</at>"), "{v}");
     assert_eq!(fake.texts().len(), 1, "a refused call sent something");
 
+    // A message id that is a dot segment would be resolved by the URL parser into another path
+    // (`…/activities/..` is the conversation itself): refused before anything is sent.
+    for bad in ["..", "."] {
+        let (err, v) = host.call("delete_message", json!({"chat_id": "a:conv-1", "message_id": bad})).await;
+        assert!(err && v.to_string().contains("nothing was sent"), "{bad}: {v}");
+    }
+    assert_eq!(fake.landed().len(), 1, "a dot-segment id reached the Connector");
+
     // Edit and delete the reply; status and audit see it.
     let id = r["message_id"].as_str().unwrap();
     host.ok("update_message", json!({"chat_id": "a:conv-1", "message_id": id, "text": "Hi Alex!"})).await;
