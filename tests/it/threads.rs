@@ -115,16 +115,28 @@ async fn the_command_line_quotes_and_threads_too() {
     let dir = config_dir(&oidc);
     let (gw, _host) = StdioGateway::start(&dir, true, &[], "copilot-cli").await;
     assert_eq!(gw.post(&post(&fake.service_url, "1700000000005", "Deploy done?")).await.status(), 202);
+    assert_eq!(gw.post(&post(&fake.service_url, "1700000000006", "Release notes?")).await.status(), 202);
     assert_eq!(gw.post(&inbound(&fake.service_url, "a:conv-1", "personal", EVE, "hi")).await.status(), 202);
 
     let (ok, out) = cli(
         &gw.config,
-        &["send", "--conversation", CHANNEL, "--thread", "1700000000005", "--quote", "1700000000005", "--text", "Deployed at 14:02."],
+        &[
+            "send",
+            "--conversation",
+            &thread("1700000000006"),
+            "--thread",
+            "1700000000005",
+            "--quote",
+            "1700000000005",
+            "--text",
+            "Deployed at 14:02.",
+        ],
     );
     assert!(ok, "{out}");
     let id: i64 = out.split("outbox #").nth(1).and_then(|r| r.split(';').next()).and_then(|n| n.parse().ok()).expect(&out);
     let item = crate::protocol::settled(&gw.config, id, WAIT).await;
     assert_eq!(item["state"], "delivered", "{item}\n{:?}", fake.refused());
+    // Named by another thread of the channel: it lands in the thread asked for.
     let sent = posts_to(&fake, &thread("1700000000005"));
     assert_eq!(sent.len(), 1, "{:?}", fake.landed());
     assert_eq!(sent[0].body["text"], "<quoted messageId=\"1700000000005\"/>Deployed at 14:02.");
