@@ -73,6 +73,9 @@ pub struct CardRef {
     pub tenant_id: crate::ids::TenantId,
     pub conversation_id: crate::ids::ConversationId,
     pub service_url: String,
+    /// A targeted (private) message in a group chat or channel: updated as one.
+    #[serde(default)]
+    pub targeted: bool,
 }
 
 /// A request waiting for an approver.
@@ -454,6 +457,16 @@ impl super::Hub {
         let from_sponsors = bot.policy.approvers.is_empty();
         let mut sent = 0;
         for approver in &approvers {
+            // Where the session works in a group chat or channel: privately there, when Teams takes it.
+            let not_targeted = match self.ask_targeted(caller, bot, approver, request_id, card).await {
+                Ok(card) => {
+                    self.approvals.add_card_shared(request_id, &card).await;
+                    self.approvals.add_card(request_id, card);
+                    sent += 1;
+                    continue;
+                }
+                Err(why) => why,
+            };
             let r = match self.store.personal_conversation(&bot.app_id, approver.as_str()).await {
                 Ok(Some(r)) if caller.scope.allows_tenant(&r.tenant_id) => r,
                 Ok(_) if from_sponsors && self.ask_in_agent_user_chat(caller, bot, approver, request_id, tool_name).await => {
@@ -472,12 +485,15 @@ impl super::Hub {
             let activity = crate::connector::send::message(Some(&format!("Approval needed: {request_id}")), Some(card.clone()));
             match self.enqueue(caller.requester, bot, &r, crate::store::OutboundOp::Send { activity }).await {
                 Ok(outbox_id) => {
+                    let path = Asked { request_id, approver, how: "personal", why: not_targeted.as_deref() };
+                    self.audit_asked(caller, bot, &r, &path).await;
                     let card = CardRef {
                         outbox_id,
                         bot_app_id: bot.app_id.clone(),
                         tenant_id: r.tenant_id,
                         conversation_id: r.conversation_id,
                         service_url: r.service_url,
+                        targeted: false,
                     };
                     self.approvals.add_card_shared(request_id, &card).await;
                     self.approvals.add_card(request_id, card);
@@ -494,7 +510,124 @@ impl super::Hub {
     }
 }
 
+/// Which way an approver was asked, for the audit log (`permission_ask`).
+struct Asked<'a> {
+    request_id: &'a str,
+    approver: &'a crate::ids::AadObjectId,
+    /// `targeted` (privately, in the conversation the session works in) or `personal` (their 1:1 chat).
+    how: &'a str,
+    /// Why not targeted, when the session works in a group chat or channel.
+    why: Option<&'a str>,
+}
+
 impl super::Hub {
+    /// Ask `approver` privately in the conversation the caller works in: a targeted message only they see,
+    /// when that conversation is a group chat or channel of `bot` they are a member of, the bot's
+    /// `policy.targeted_approvals` is on, and Teams takes it (the entry is delivered, or still being
+    /// retried). Otherwise why not (`None`: the caller works in no such conversation, nothing was tried);
+    /// the approver is then asked in their 1:1 chat, as without a group chat.
+    async fn ask_targeted(
+        &self,
+        caller: super::Caller<'_>,
+        bot: &crate::config::BotConfig,
+        approver: &crate::ids::AadObjectId,
+        request_id: &str,
+        card: &Value,
+    ) -> Result<CardRef, Option<String>> {
+        let Some(origin) = caller.origin.filter(|o| o.bot_app_id.eq_ignore_ascii_case(&bot.app_id)) else { return Err(None) };
+        let r = match self.origin_ref(&bot.app_id, &origin.conversation_id).await {
+            Ok(Some(r)) if crate::teams::targeted::supported_in(r.conversation_type.as_deref()) => r,
+            Ok(_) => return Err(None),
+            Err(e) => return Err(Some(format!("the conversation could not be read ({e})"))),
+        };
+        if !bot.policy.targeted_approvals {
+            return Err(Some("policy.targeted_approvals is off for this bot".into()));
+        }
+        if !caller.scope.allows_tenant(&r.tenant_id) {
+            return Err(Some("the conversation is outside the session's scope".into()));
+        }
+        if !r.usable || super::route::lives_in_graph(&r) || r.agentic.is_some() {
+            return Err(Some("the bot does not write in that conversation itself".into()));
+        }
+        let member = match self.outbound.member(&r, approver.as_str()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(Some("the approver is not a member of the conversation".into())),
+            Err(e) => return Err(Some(format!("the approver's membership could not be read ({e})"))),
+        };
+        let Some(member_id) = member.get("id").and_then(Value::as_str) else {
+            return Err(Some("the Connector named no id for the approver".into()));
+        };
+        let activity = crate::connector::send::message(Some(&format!("Approval needed: {request_id}")), Some(card.clone()));
+        let op = crate::store::OutboundOp::Targeted { recipient: member_id.to_owned(), activity };
+        let outbox_id = match self.enqueue(caller.requester, bot, &r, op).await {
+            Ok(id) => id,
+            Err(e) => return Err(Some(e.to_string())),
+        };
+        // Teams may refuse a targeted message (preview; 400, 404): then the 1:1 chat, at once.
+        let why = match self.settle(outbox_id).await {
+            super::deliver::Settled::Delivered(_) | super::deliver::Settled::Queued(..) => None,
+            super::deliver::Settled::Dead(f) => Some(format!("Teams refused the targeted message ({})", f.message)),
+            super::deliver::Settled::Uncertain => Some("the targeted message may not have arrived".to_owned()),
+            super::deliver::Settled::Unreadable(e) => Some(format!("the targeted message's state could not be read ({e})")),
+        };
+        if let Some(why) = why {
+            tracing::warn!(request_id, why, "an approval card could not be sent privately; asking in the approver's 1:1 chat");
+            return Err(Some(why));
+        }
+        self.audit_asked(caller, bot, &r, &Asked { request_id, approver, how: "targeted", why: None }).await;
+        Ok(CardRef {
+            outbox_id,
+            bot_app_id: bot.app_id.clone(),
+            tenant_id: r.tenant_id,
+            conversation_id: r.conversation_id,
+            service_url: r.service_url,
+            targeted: true,
+        })
+    }
+
+    /// The reference of the conversation a session works in; for a channel thread the session only sent
+    /// into (no activity came from it), its channel's, addressed to the thread.
+    async fn origin_ref(&self, bot: &str, conversation: &str) -> Result<Option<crate::store::ConversationRef>, crate::store::StoreError> {
+        if let Some(r) = self.store.conversation_ref(bot, conversation).await? {
+            return Ok(Some(r));
+        }
+        let channel = crate::teams::thread_root(conversation);
+        if channel == conversation {
+            return Ok(None);
+        }
+        let r = self.store.conversation_ref(bot, channel).await?.filter(|r| r.conversation_type.as_deref() == Some("channel"));
+        Ok(r.map(|mut r| {
+            r.conversation_id = conversation.into();
+            r
+        }))
+    }
+
+    /// Say in the audit log which way an approver was asked (the card's own send is audited with its entry).
+    async fn audit_asked(
+        &self,
+        caller: super::Caller<'_>,
+        bot: &crate::config::BotConfig,
+        r: &crate::store::ConversationRef,
+        asked: &Asked<'_>,
+    ) {
+        let mut detail = format!("request {}, approver {}", asked.request_id, asked.approver);
+        if let Some(why) = asked.why {
+            detail.push_str(&format!("; not targeted: {why}"));
+        }
+        let event = crate::store::AuditEvent::new(
+            crate::store::now_ms(),
+            caller.requester,
+            crate::store::Identity::bot(&bot.app_id),
+            "permission_ask",
+            crate::store::Target::conversation(&r.tenant_id, &r.conversation_id),
+            asked.how,
+        )
+        .with_detail(detail);
+        if let Err(e) = self.store.record_audit(event).await {
+            tracing::error!(error = %e, "could not audit which way an approver was asked");
+        }
+    }
+
     /// Ask a sponsor who has no 1:1 chat with the bot in their 1:1 chat with the Agent User (through Graph,
     /// as the Agent User, audited): a text naming the request, answered by typing `yes <id>` / `no <id>`
     /// there (a card's buttons reach no bot in a Graph chat). Whether it was sent.

@@ -111,6 +111,28 @@ pub struct TextMessage {
     pub mentions: Vec<Mention>,
     /// The "AI generated" label and citations (sent as the bot only; Graph has no such entity).
     pub(crate) ai: crate::teams::ai::AiMarks,
+    /// The id of a message to quote (Teams' quoted reply; sent as the bot only).
+    pub quote: Option<String>,
+    /// The root message id of the channel thread to send into (channels only).
+    pub thread: Option<String>,
+}
+
+/// A `quote` argument as a quoted reply's message id, or why not.
+pub(crate) fn quote_id(id: &str) -> Result<crate::teams::quote::QuoteId> {
+    crate::teams::quote::QuoteId::parse(id.trim()).map_err(|e| Error::invalid(e.to_string()))
+}
+
+/// Make the first of `messages` quote `quote`: its text starts with the placeholder, and it carries the
+/// `quotedReply` entity. The text parts must have been cut with the placeholder in ([`quoted_text`]).
+pub(crate) fn add_quote(messages: &mut [Value], quote: &crate::teams::quote::QuoteId) {
+    if let Some(first) = messages.first_mut() {
+        crate::teams::quote::add_entity(first, quote);
+    }
+}
+
+/// `text` as a quoted reply's text (the placeholder first), when quoting.
+pub(crate) fn quoted_text(text: &str, quote: Option<&crate::teams::quote::QuoteId>) -> String {
+    quote.map_or_else(|| text.to_owned(), |q| q.prefix(text))
 }
 
 /// A 1:1 message to a person by AAD object id (`send_to_user`).
@@ -371,9 +393,19 @@ impl Hub {
         }
         let entities = mention_entities(&req.text, &req.mentions)?;
         crate::teams::ai::message_entity(&req.text, &req.ai).map_err(Error::invalid)?;
-        let (bot, r) = self.conversation_any(caller.scope, &req.chat_id, req.bot.as_deref()).await?;
+        let quote = req.quote.as_deref().map(quote_id).transpose()?;
+        let (bot, r) = match req.thread.as_deref() {
+            Some(root) => self.thread_conversation(caller.scope, &req.chat_id, req.bot.as_deref(), root).await?,
+            None => self.conversation_any(caller.scope, &req.chat_id, req.bot.as_deref()).await?,
+        };
         match self.reach(&bot, &r, !req.mentions.is_empty()) {
             Reach::Bot => {}
+            Reach::AgentUser if quote.is_some() => {
+                return Err(Error::refused(format!(
+                    "{} is answered by the Agent User through Microsoft Graph here, which has no quoted replies: leave quote out",
+                    req.chat_id
+                )));
+            }
             Reach::AgentUser => {
                 if let Some(actor) = self.agents.get(&bot.app_id.to_ascii_lowercase()).cloned() {
                     if super::route::lives_in_graph(&r) {
@@ -388,7 +420,10 @@ impl Hub {
             }
             Reach::Nobody(why) => return Err(Error::refused(why)),
         }
-        let mut messages = text_messages(&req.text, &entities)?;
+        let mut messages = text_messages(&quoted_text(&req.text, quote.as_ref()), &entities)?;
+        if let Some(q) = &quote {
+            add_quote(&mut messages, q);
+        }
         mark_messages(&mut messages, &req.ai, bot.feedback)?;
         let outbox_id = self.enqueue_messages(caller.requester, &bot, &r, messages, req.reply_to.as_deref()).await?;
         Ok(Queued::Bot(Entry { bot_app_id: bot.app_id.clone(), conversation_id: r.conversation_id, outbox_id }))

@@ -112,18 +112,34 @@ impl Scope {
     }
 }
 
-/// Who asks the bridge to act: the scope it acts within, and how the audit log names the requester
-/// (`mcp:<scope>:<client>`, `cli`).
+/// Who asks the bridge to act: the scope it acts within, how the audit log names the requester
+/// (`mcp:<scope>:<client>`, `cli`), and the conversation it is working in, if known.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller<'a> {
     pub scope: &'a Scope,
     pub requester: &'a str,
+    pub origin: Option<&'a Origin>,
 }
 
 impl<'a> Caller<'a> {
     pub fn new(scope: &'a Scope, requester: &'a str) -> Self {
-        Self { scope, requester }
+        Self { scope, requester, origin: None }
     }
+
+    /// The same caller, working in `origin`.
+    #[must_use]
+    pub fn with_origin(self, origin: Option<&'a Origin>) -> Self {
+        Self { origin, ..self }
+    }
+}
+
+/// The conversation a session is working in: the last one it was shown an entry from or acted in. An
+/// approval the session causes there (a group chat or channel) is asked privately, in that conversation
+/// ([`approval`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub bot_app_id: String,
+    pub conversation_id: String,
 }
 
 /// What every MCP session (and a one-shot command) shares.
@@ -246,7 +262,7 @@ impl Hub {
                 crate::store::Target::conversation(&c.tenant_id, &c.conversation_id),
                 outcome,
             )
-            .with_detail(format!("request {request_id}"));
+            .with_detail(format!("request {request_id}{}", if c.targeted { " (targeted)" } else { "" }));
             if let Err(e) = self.store.record_audit(event).await {
                 tracing::error!(error = %e, "could not audit an approval card update; leaving the card as it is");
                 continue;
@@ -263,7 +279,13 @@ impl Hub {
                 tracing::info!(request_id, "the approval card was never delivered; nothing to update");
                 continue;
             };
-            let op = crate::store::OutboundOp::Update { activity_id, activity: crate::connector::send::message(None, Some(card.clone())) };
+            // A targeted card is replaced as one (where it was sent: only the approver sees it).
+            let activity = crate::connector::send::message(None, Some(card.clone()));
+            let op = if c.targeted {
+                crate::store::OutboundOp::UpdateTargeted { activity_id, activity }
+            } else {
+                crate::store::OutboundOp::Update { activity_id, activity }
+            };
             let item = crate::store::NewOutbound {
                 bot_app_id: c.bot_app_id.clone(),
                 tenant_id: c.tenant_id.clone(),

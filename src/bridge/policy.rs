@@ -560,6 +560,8 @@ mod tests {
         let p: BotPolicy = toml::from_str("").unwrap();
         assert_eq!(p, BotPolicy::default());
         assert_eq!((p.dm, p.groups, p.approval_timeout_secs), (DmPolicy::Allowlist, GroupPolicy::Mention, 600));
+        assert!(p.targeted_approvals, "targeted approvals are on by default");
+        assert!(!toml::from_str::<BotPolicy>("targeted_approvals = false").unwrap().targeted_approvals);
         let p: BotPolicy = toml::from_str(
             "dm = \"open\"\ngroups = \"all\"\ngroup_allow = [\"g\"]\nteams_allow = [\"t\"]\nchannels_allow = [\"c\"]\napprovers = [\"a\"]\napproval_timeout_secs = 30\n",
         )

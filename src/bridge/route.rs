@@ -166,6 +166,54 @@ impl Hub {
         }
     }
 
+    /// The one bot in scope that knows the channel of `chat_id` (a channel or one of its threads), with a
+    /// reference whose conversation is the channel thread rooted at `root` (`19:…;messageid=<root>`), so
+    /// that what is sent there lands in that thread (a late answer next to its question). The reference is
+    /// the one of `chat_id`, else of the thread itself, else of the channel. Threads exist in channels only.
+    pub async fn thread_conversation(
+        &self,
+        scope: &Scope,
+        chat_id: &str,
+        bot: Option<&str>,
+        root: &str,
+    ) -> Result<(BotConfig, ConversationRef)> {
+        let thread = crate::teams::reply_in_thread(chat_id, root.trim()).map_err(|e| {
+            Error::invalid(format!("thread {root:?}: {e}; pass the message_id of the thread's first post (the root message)"))
+        })?;
+        let channel = crate::teams::thread_root(chat_id);
+        let (b, mut r) = match self.conversation_any(scope, chat_id, bot).await {
+            Ok(found) => found,
+            Err(Error::NotFound(first)) => {
+                let mut found = None;
+                for other in [thread.as_str(), channel] {
+                    match self.conversation_any(scope, other, bot).await {
+                        Ok(f) => {
+                            found = Some(f);
+                            break;
+                        }
+                        Err(Error::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                found.ok_or(Error::NotFound(first))?
+            }
+            Err(e) => return Err(e),
+        };
+        if r.conversation_type.as_deref() != Some("channel") || lives_in_graph(&r) {
+            let kind = match r.conversation_type.as_deref() {
+                _ if lives_in_graph(&r) => "chat of the Agent User in Microsoft Graph",
+                Some("personal") => "1:1 chat",
+                Some("groupChat") => "group chat",
+                _ => "conversation of unknown type",
+            };
+            return Err(Error::invalid(format!(
+                "thread: {chat_id} is a {kind}, and threads exist in Teams channels only; leave thread out (reply_to answers a message there)"
+            )));
+        }
+        r.conversation_id = thread.into();
+        Ok((b, r))
+    }
+
     /// Who can write text into a conversation the bot knows: the bot, its Agent User through Graph
     /// (only in group chats, only in `fallback` mode, only without mentions), or nobody.
     pub fn reach(&self, bot: &BotConfig, r: &ConversationRef, with_mentions: bool) -> Reach {

@@ -472,3 +472,80 @@ async fn the_command_line_gets_the_same_decisions_in_its_own_words() {
     let t = f.hub.person_target(&cli, user, None, Some(TENANT_2)).await.expect("only bot A serves tenant 2");
     assert_eq!(t.bot.app_id, BOT_A);
 }
+
+#[tokio::test]
+async fn a_quote_starts_the_first_part_and_a_thread_names_the_channel_thread() {
+    let f = fixture().await;
+    let channel = "19:c@thread.tacv2";
+    seen(&f, reference(BOT_A, "a:1", TENANT_1, "personal")).await;
+    seen(&f, reference(BOT_A, &format!("{channel};messageid=111"), TENANT_1, "channel")).await;
+    let all = Scope::all("test");
+    let caller = Caller::new(&all, "mcp:test:host");
+    let ops = |items: Vec<crate::store::OutboxItem>| -> Vec<(String, serde_json::Value)> {
+        items
+            .into_iter()
+            .map(|i| match i.op {
+                OutboundOp::Send { activity } | OutboundOp::Reply { activity, .. } => (i.conversation_id.to_string(), activity),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+
+    // A long quoted reply: the placeholder opens the first part, which alone carries the entity.
+    let long = "word ".repeat(9_000);
+    let req = TextMessage { chat_id: "a:1".into(), text: long.clone(), quote: Some("1:7".into()), ..TextMessage::default() };
+    f.hub.queue_text(caller, &req).await.expect("queued");
+    let mut sent = ops(f.hub.store.outbox(None, 10).await.expect("outbox"));
+    sent.sort_by_key(|(_, a)| !a["text"].as_str().unwrap_or("").starts_with("<quoted"));
+    assert!(sent.len() > 1, "split");
+    let first = &sent[0].1;
+    assert!(first["text"].as_str().unwrap().starts_with("<quoted messageId=\"1:7\"/>word "), "{first}");
+    assert_eq!(first["entities"], json!([{"type": "quotedReply", "quotedReply": {"messageId": "1:7"}}]));
+    assert!(sent[1..].iter().all(|(_, a)| a.get("entities").is_none() && !a.to_string().contains("quoted")));
+    let joined: String = sent.iter().map(|(_, a)| a["text"].as_str().unwrap()).collect();
+    assert_eq!(joined, format!("<quoted messageId=\"1:7\"/>{long}"), "nothing lost");
+
+    // Into a thread of the channel: named by another thread's chat_id, or by the channel id (which has no
+    // reference of its own) when the bot saw the thread itself; the entry's conversation is the thread.
+    for (chat_id, root) in [(format!("{channel};messageid=111"), "222"), (channel.to_owned(), "111")] {
+        let req = TextMessage { chat_id, text: "late".into(), thread: Some(root.into()), ..TextMessage::default() };
+        let Queued::Bot(entry) = f.hub.queue_text(caller, &req).await.expect("queued") else { panic!("not as the bot") };
+        assert_eq!(entry.conversation_id.as_str(), format!("{channel};messageid={root}"));
+    }
+
+    // Refused, with nothing queued: bad ids, threads outside channels, unknown chats.
+    let before = f.hub.store.outbox(None, 100).await.expect("outbox").len();
+    let refuse = |chat_id: &str, quote: Option<&str>, thread: Option<&str>| TextMessage {
+        chat_id: chat_id.into(),
+        text: "x".into(),
+        quote: quote.map(Into::into),
+        thread: thread.map(Into::into),
+        ..TextMessage::default()
+    };
+    for (req, says) in [
+        (refuse("a:1", Some("1\"/><b>x</b>"), None), "quote must be a message id"),
+        (refuse("a:1", Some(""), None), "quote must be a message id"),
+        (refuse(channel, None, Some("abc")), "digits"),
+        (refuse(channel, None, Some("0")), "digits"),
+        (refuse(channel, None, Some("1;messageid=2")), "thread"),
+        (refuse("a:1", None, Some("222")), "threads exist in Teams channels only"),
+        (refuse("19:other@thread.tacv2", None, Some("222")), "unknown chat_id 19:other@thread.tacv2"),
+    ] {
+        let err = f.hub.queue_text(caller, &req).await.expect_err(says);
+        assert!(err.to_string().contains(says), "{err} (wanted {says})");
+    }
+    assert_eq!(f.hub.store.outbox(None, 100).await.expect("outbox").len(), before);
+}
+
+#[tokio::test]
+async fn a_quote_is_refused_where_the_agent_user_answers_through_graph() {
+    let mut removed = reference(BOT_A, "19:g@thread.v2", TENANT_1, "groupChat");
+    removed.usable = false;
+    let f = fixture_with(config(), agent_user(AgentMode::Fallback)).await;
+    seen(&f, removed).await;
+    let all = Scope::all("test");
+    let req = TextMessage { chat_id: "19:g@thread.v2".into(), text: "hello".into(), quote: Some("1700".into()), ..TextMessage::default() };
+    let err = f.hub.queue_text(Caller::new(&all, "mcp:test:host"), &req).await.expect_err("no quotes through Graph");
+    assert!(matches!(&err, Error::Refused(m) if m.contains("no quoted replies")), "{err}");
+    assert!(f.hub.store.outbox(None, 10).await.expect("outbox").is_empty());
+}

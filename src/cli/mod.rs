@@ -249,6 +249,14 @@ pub struct SendArgs {
     /// Reply to this activity (threads the reply in channels).
     #[arg(long, conflicts_with_all = ["update", "delete"])]
     pub reply_to: Option<String>,
+    /// Quote this message above the text (a message id from an event or a send): Teams shows its author
+    /// and text in a quote bubble.
+    #[arg(long, value_name = "MESSAGE_ID", conflicts_with_all = ["update", "delete", "typing", "stream", "user"])]
+    pub quote: Option<String>,
+    /// Send into this channel thread: the message id of the thread's first post (digits), e.g. a late
+    /// answer next to its question. Channels only.
+    #[arg(long, value_name = "ROOT_MESSAGE_ID", conflicts_with_all = ["update", "delete", "typing", "user"])]
+    pub thread: Option<String>,
     /// Replace the activity with this id instead of sending a new one.
     #[arg(long, conflicts_with = "delete")]
     pub update: Option<String>,

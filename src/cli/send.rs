@@ -91,7 +91,20 @@ pub(super) async fn queue_from_cli(hub: &Hub, args: &SendArgs) -> anyhow::Result
     if let Some(change) = change {
         return Ok(hub.queue_change(caller, conversation, bot, change).await?.outbox_id);
     }
-    let (bot, r) = hub.conversation(&scope, conversation, bot).await?;
+    let quote = args.quote.as_deref().map(deliver::quote_id).transpose()?;
+    if quote.is_some() && text.as_deref().is_none_or(|t| t.trim().is_empty()) {
+        anyhow::bail!("--quote needs the text that answers the quoted message (--text or --text-file)");
+    }
+    let (bot, r) = match &args.thread {
+        Some(root) => {
+            let (b, r) = hub.thread_conversation(&scope, conversation, bot, root).await?;
+            if !r.usable {
+                anyhow::bail!("bot {} was removed from conversation {conversation}; reinstall the app there first", b.app_id);
+            }
+            (b, r)
+        }
+        None => hub.conversation(&scope, conversation, bot).await?,
+    };
     if args.stream {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
@@ -108,7 +121,11 @@ pub(super) async fn queue_from_cli(hub: &Hub, args: &SendArgs) -> anyhow::Result
     }
     // Long text goes out as several messages, cut by its UTF-16 size without losing a character; one
     // conversation's entries are delivered in order.
+    let text = text.map(|t| deliver::quoted_text(&t, quote.as_ref()));
     let mut messages = deliver::messages(text.as_deref(), card)?;
+    if let Some(q) = &quote {
+        deliver::add_quote(&mut messages, q);
+    }
     let ai = ai_marks(args)?;
     if !ai.is_empty() || bot.feedback {
         deliver::mark_messages(&mut messages, &ai, bot.feedback)?;

@@ -36,6 +36,10 @@ pub struct BotPolicy {
     /// How long an approval request stays open, in seconds (10 to 86400; default 600).
     #[serde(default = "default_approval_timeout_secs")]
     pub approval_timeout_secs: u64,
+    /// Ask an approver privately where the agent is working (a targeted message in a group chat or
+    /// channel the approver is a member of) instead of in their 1:1 chat with the bot (default true).
+    #[serde(default = "default_targeted_approvals")]
+    pub targeted_approvals: bool,
     /// People (object ids, UPNs or emails) the bot's Agent User may add to chats or message first
     /// without asking an approver.
     #[serde(default)]
@@ -44,6 +48,10 @@ pub struct BotPolicy {
 
 fn default_approval_timeout_secs() -> u64 {
     600
+}
+
+fn default_targeted_approvals() -> bool {
+    true
 }
 
 impl Default for BotPolicy {
@@ -57,6 +65,7 @@ impl Default for BotPolicy {
             channels_allow: Vec::new(),
             approvers: Vec::new(),
             approval_timeout_secs: default_approval_timeout_secs(),
+            targeted_approvals: default_targeted_approvals(),
             contacts_allow: Vec::new(),
         }
     }

@@ -278,6 +278,60 @@ impl ConnectorClient {
         Self::resource(&body)
     }
 
+    /// `POST v3/conversations/{conversation}/activities?isTargetedActivity=true`: a targeted (private)
+    /// message; the activity names its one recipient ([`crate::teams::targeted::create`]).
+    pub async fn send_targeted(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        activity: &Value,
+    ) -> Result<ResourceResponse, ConnectorError> {
+        let path = format!("v3/conversations/{}/activities?{}", segment(conversation), crate::teams::targeted::QUERY);
+        let (_, body) = self.call(Method::POST, self.url(ep, &path)?, token, Some(activity)).await?;
+        Self::resource(&body)
+    }
+
+    /// `PUT v3/conversations/{conversation}/activities/{activity_id}?isTargetedActivity=true`: replace a
+    /// targeted message (the activity names no recipient, [`crate::teams::targeted::update`]).
+    pub async fn update_targeted(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        activity_id: &str,
+        activity: &Value,
+    ) -> Result<ResourceResponse, ConnectorError> {
+        let path =
+            format!("v3/conversations/{}/activities/{}?{}", segment(conversation), segment(activity_id), crate::teams::targeted::QUERY);
+        let (_, body) = self.call(Method::PUT, self.url(ep, &path)?, token, Some(activity)).await?;
+        Self::resource(&body)
+    }
+
+    /// `GET v3/conversations/{conversation}/members/{member}`: one member's account, by Teams id (`29:…`)
+    /// or AAD object id (`TeamsInfo.getMember`); `None` when the Connector says there is no such member
+    /// (404).
+    pub async fn conversation_member(
+        &self,
+        ep: &Endpoint<'_>,
+        token: &SecretString,
+        conversation: &str,
+        member: &str,
+    ) -> Result<Option<Value>, ConnectorError> {
+        let url = self.url(ep, &format!("v3/conversations/{}/members/{}", segment(conversation), segment(member)))?;
+        match self.call(Method::GET, url, token, None).await {
+            Ok((_, body)) => {
+                let account: Value = Self::resource::<Option<Value>>(&body)?.unwrap_or(Value::Null);
+                if account.get("id").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    return Err(ConnectorError::BadResponse("the member has no id".into()));
+                }
+                Ok(Some(account))
+            }
+            Err(ConnectorError::Rejected { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `DELETE v3/conversations/{conversation}/activities/{activity_id}`
     pub async fn delete_activity(
         &self,

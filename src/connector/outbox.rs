@@ -243,6 +243,18 @@ impl Outbound {
             .map_err(|e| e.to_string())
     }
 
+    /// One member of a conversation (by `29:` id or AAD object id), through the Connector as whoever acts
+    /// there: `None` when they are not a member (a read: no outbox, no audit). In a channel thread the
+    /// channel is asked.
+    pub async fn member(&self, reference: &ConversationRef, member: &str) -> Result<Option<Value>, String> {
+        let bot = &reference.bot_app_id;
+        let cloud = *self.clouds.get(bot).ok_or("the bot is no longer configured")?;
+        let who = self.acting(bot, &reference.conversation_id).await.map_err(|f| format!("no token: {}", f.message))?;
+        let ep = Endpoint { cloud, service_url: &reference.service_url };
+        let conversation = crate::teams::thread_root(&reference.conversation_id);
+        self.connector.conversation_member(&ep, &who.token, conversation, member).await.map_err(|e| e.to_string())
+    }
+
     /// The store this worker delivers from.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -340,7 +352,7 @@ impl Outbound {
                 }
                 continue;
             }
-            if item.op.is_create() || matches!(item.op, OutboundOp::Update { .. }) {
+            if item.op.is_create() || matches!(item.op, OutboundOp::Update { .. } | OutboundOp::UpdateTargeted { .. }) {
                 // A proactive send is two requests (create the chat, then post): two slots.
                 let slots = if matches!(item.op, OutboundOp::CreatePersonal { .. }) { 2 } else { 1 };
                 // Replicas racing for the same attempt of an entry share one reservation (one of them sends it).
@@ -470,6 +482,15 @@ impl Outbound {
                 let mut a = addressed(activity, None);
                 a["id"] = Value::String(activity_id.clone());
                 c.update_activity(&ep, token, conv, activity_id, &a).await.map(|r| r.id)
+            }
+            OutboundOp::Targeted { recipient, activity } => {
+                let a = crate::teams::targeted::create(addressed(activity, None), recipient);
+                c.send_targeted(&ep, token, &path, &a).await.map(|r| r.id)
+            }
+            OutboundOp::UpdateTargeted { activity_id, activity } => {
+                let mut a = crate::teams::targeted::update(addressed(activity, None));
+                a["id"] = Value::String(activity_id.clone());
+                c.update_targeted(&ep, token, conv, activity_id, &a).await.map(|r| r.id)
             }
             OutboundOp::Delete { activity_id } => c.delete_activity(&ep, token, conv, activity_id).await.map(|()| activity_id.clone()),
             OutboundOp::React { activity_id, reaction, remove } => {

@@ -174,8 +174,9 @@ impl Bridge {
     async fn graph_create_chat(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<CreateChatArgs>) -> ToolResult {
         let scope = self.scope_of(&ctx.extensions)?;
         let requester = self.requester(&scope);
+        let origin = self.focus();
         let req = CreateChat { members: a.members.into_iter().map(Person::from).collect(), topic: a.topic, text: a.text };
-        match self.hub().graph_create_chat(self.caller(&scope, &requester), a.bot.as_deref(), req).await? {
+        match self.hub().graph_create_chat(self.caller(&scope, &requester).with_origin(origin.as_ref()), a.bot.as_deref(), req).await? {
             ChatCreated::Sent(sent) => ok(graph_sent(sent)),
             ChatCreated::Created { identity, chat } => {
                 ok(json!({"status": "created", "identity": identity, "chat_id": chat.id, "chat_type": chat.chat_type}))
@@ -189,13 +190,14 @@ impl Bridge {
     async fn graph_send_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<GraphSendArgs>) -> ToolResult {
         let scope = self.scope_of(&ctx.extensions)?;
         let requester = self.requester(&scope);
+        let origin = self.focus();
         let req = GraphMessage {
             chat_id: a.chat_id,
             text: a.text,
             mentions: a.mentions.into_iter().map(|m| (m.user_id, m.name)).collect(),
             card: a.card,
         };
-        ok(graph_sent(self.hub().graph_send(self.caller(&scope, &requester), a.bot.as_deref(), req).await?))
+        ok(graph_sent(self.hub().graph_send(self.caller(&scope, &requester).with_origin(origin.as_ref()), a.bot.as_deref(), req).await?))
     }
 
     #[tool(
@@ -204,9 +206,12 @@ impl Bridge {
     async fn graph_add_member(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<AddMemberArgs>) -> ToolResult {
         let scope = self.scope_of(&ctx.extensions)?;
         let requester = self.requester(&scope);
+        let origin = self.focus();
         let member = Person::from(a.member);
-        let (identity, member_id) =
-            self.hub().graph_add_member(self.caller(&scope, &requester), a.bot.as_deref(), &a.chat_id, &member).await?;
+        let (identity, member_id) = self
+            .hub()
+            .graph_add_member(self.caller(&scope, &requester).with_origin(origin.as_ref()), a.bot.as_deref(), &a.chat_id, &member)
+            .await?;
         ok(json!({"status": "added", "identity": identity, "member_id": member_id}))
     }
 }

@@ -28,7 +28,7 @@ use crate::bridge::approval::{self, Verdict};
 use crate::bridge::deliver::{Change, Mention, PersonMessage, Progress, Queued, Sent, TextMessage};
 use crate::bridge::events::{self, EventKind, InboundEvent};
 use crate::bridge::live::{Finished, LiveStatus, LiveStream};
-use crate::bridge::{Caller, envelope};
+use crate::bridge::{Caller, Origin, envelope};
 use crate::store::{AuditEvent, InboxItem, now_ms};
 
 /// How a session reached us.
@@ -43,6 +43,14 @@ pub enum Transport {
 /// Inbox entries a session was shown: id → (bot, conversation).
 type Shown = Arc<Mutex<HashMap<i64, (String, String)>>>;
 
+/// The conversation a session works in (see [`Origin`]).
+type Focus = Arc<Mutex<Option<Origin>>>;
+
+fn set_focus(focus: &Focus, bot: &str, conversation: &str) {
+    *focus.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some(Origin { bot_app_id: bot.to_owned(), conversation_id: conversation.to_owned() });
+}
+
 struct Session {
     transport: Transport,
     /// Stdio: known from the start. Http: set from the `initialize` request's token.
@@ -51,6 +59,9 @@ struct Session {
     /// Inbox entries this session was shown (returned by a tool, or pushed to a host that reads
     /// channel notifications): id → (bot, conversation).
     shown: Shown,
+    /// The conversation this session was last shown an entry from (by a tool, or pushed to a host that
+    /// reads channel notifications) or acted in: where its approvals are asked privately.
+    focus: Focus,
     /// Entries `wait_for_messages` already returned to this session.
     returned: Mutex<HashSet<i64>>,
     streams: Mutex<HashMap<String, LiveStream>>,
@@ -190,6 +201,8 @@ impl From<ReplyArgs> for TextMessage {
             reply_to: a.reply_to,
             mentions: a.mentions.into_iter().map(Mention::from).collect(),
             ai: ai_marks(a.ai_generated, a.citations),
+            quote: a.quote,
+            thread: a.thread,
         }
     }
 }
@@ -203,6 +216,8 @@ impl From<SendArgs> for TextMessage {
             reply_to: None,
             mentions: a.mentions.into_iter().map(Mention::from).collect(),
             ai: ai_marks(a.ai_generated, a.citations),
+            quote: a.quote,
+            thread: a.thread,
         }
     }
 }
@@ -232,6 +247,14 @@ pub struct ReplyArgs {
     /// Sources the text cites as `[1]`, `[2]`… (at most 20; the text must fit in one Teams message).
     #[serde(default)]
     pub citations: Vec<CitationArg>,
+    /// Quote this message above the reply (an event's `message_id`, or one the bot sent): Teams shows its
+    /// author and text in a quote bubble. Not where the Agent User answers through Graph.
+    #[serde(default)]
+    pub quote: Option<String>,
+    /// Send into this channel thread: the `message_id` of the thread's first post (digits). For a late
+    /// answer next to its question; an event's `chat_id` in a thread already names its thread. Channels only.
+    #[serde(default)]
+    pub thread: Option<String>,
     /// The bot (app id), when several in scope have seen the conversation.
     #[serde(default)]
     pub bot: Option<String>,
@@ -253,6 +276,14 @@ pub struct SendArgs {
     /// Sources the text cites as `[1]`, `[2]`… (at most 20; the text must fit in one Teams message).
     #[serde(default)]
     pub citations: Vec<CitationArg>,
+    /// Quote this message above the reply (an event's `message_id`, or one the bot sent): Teams shows its
+    /// author and text in a quote bubble. Not where the Agent User answers through Graph.
+    #[serde(default)]
+    pub quote: Option<String>,
+    /// Send into this channel thread: the `message_id` of the thread's first post (digits). For a late
+    /// answer next to its question; an event's `chat_id` in a thread already names its thread. Channels only.
+    #[serde(default)]
+    pub thread: Option<String>,
     /// The bot (app id), when several in scope have seen the conversation.
     #[serde(default)]
     pub bot: Option<String>,
@@ -419,6 +450,7 @@ impl Bridge {
                 scope: OnceLock::new(),
                 client: Mutex::new(String::from("unknown")),
                 shown: Arc::new(Mutex::new(HashMap::new())),
+                focus: Arc::default(),
                 returned: Mutex::new(HashSet::new()),
                 streams: Mutex::new(HashMap::new()),
                 verdicts: tx,
@@ -462,9 +494,18 @@ impl Bridge {
         Caller::new(scope, requester)
     }
 
+    /// The conversation this session works in (last shown an entry from, or acted in), if any: an
+    /// approval it causes is asked there, privately, in a group chat or channel.
+    pub(super) fn focus(&self) -> Option<Origin> {
+        self.session.focus.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Wait for what was queued and show the model how it ended; acting as the bot in a conversation
     /// acknowledges what this session was shown from it (`ack`).
     async fn finish(&self, queued: Queued, ack: bool) -> ToolResult {
+        if let Queued::Bot(e) = &queued {
+            set_focus(&self.session.focus, e.bot_app_id.as_str(), e.conversation_id.as_str());
+        }
         if ack {
             match &queued {
                 Queued::Bot(e) => self.ack_conversation(&e.bot_app_id, &e.conversation_id).await,
@@ -529,6 +570,7 @@ impl Bridge {
             .iter()
             .map(|item| {
                 shown.insert(item.id, (item.bot_app_id.to_string(), item.conversation_id.to_string()));
+                set_focus(&self.session.focus, item.bot_app_id.as_str(), item.conversation_id.as_str());
                 self.hub.delivered.mark(&item.bot_app_id, &item.conversation_id, &item.activity_id);
                 match events::event_from_item(item) {
                     Ok(mut ev) => {
@@ -549,7 +591,7 @@ impl Bridge {
         // Only a host that reads channel notifications (Claude Code) has seen what was pushed; for the
         // others a push is not a delivery, so it must not be acknowledged by their next reply.
         let client = self.session.client.lock().unwrap_or_else(PoisonError::into_inner).to_ascii_lowercase();
-        let shown = client.contains("claude").then(|| Arc::clone(&self.session.shown));
+        let shown = client.contains("claude").then(|| (Arc::clone(&self.session.shown), Arc::clone(&self.session.focus)));
         tasks.push(tokio::spawn(push_loop(Arc::clone(&self.hub), scope, peer.clone(), shown)));
         if let Some(mut rx) = self.session.verdicts_rx.lock().unwrap_or_else(PoisonError::into_inner).take() {
             tasks.push(tokio::spawn(async move {
@@ -578,11 +620,12 @@ impl Bridge {
             return;
         }
         let requester = self.requester(&scope);
+        let origin = self.focus();
         for bot in self.hub.bots_in(&scope, None).filter(|b| self.hub.can_ask_owners(b)) {
             let timeout = bot.policy.approval_timeout_secs;
             let card = approval::request_card(&request_id, &tool_name, &description, &preview, timeout.div_ceil(60));
             let timeout = Duration::from_secs(timeout);
-            let caller = self.caller(&scope, &requester);
+            let caller = self.caller(&scope, &requester).with_origin(origin.as_ref());
             let sent = self.hub.ask_approvers(caller, bot, &request_id, &tool_name, &card, timeout, self.session.verdicts.clone()).await;
             if sent == 0 {
                 continue;
@@ -686,7 +729,7 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
 const RESCAN: Duration = Duration::from_secs(2);
 
 /// Push every pending entry in scope, then each new one, as `notifications/claude/channel`.
-async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: Option<Shown>) {
+async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: Option<(Shown, Focus)>) {
     let mut cursor = 0;
     let mut signal = hub.inbox.clone();
     let max = hub.cfg.mcp.max_content_chars;
@@ -729,12 +772,16 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
             };
             // Recorded before the push: an edit racing with it then errs towards telling the host.
             hub.delivered.mark(&item.bot_app_id, &item.conversation_id, &item.activity_id);
+            // So is where the session works: a permission request the host sends on reading it must find it.
+            if let Some((_, focus)) = &shown {
+                set_focus(focus, item.bot_app_id.as_str(), item.conversation_id.as_str());
+            }
             let n = CustomNotification::new("notifications/claude/channel", Some(channel_notification(&ev, max, with_bot)));
             if let Err(e) = peer.send_notification(ServerNotification::CustomNotification(n)).await {
                 tracing::info!(error = %e, "the host went away; pushes stop (unacknowledged messages wait for the next session)");
                 return;
             }
-            if let Some(shown) = &shown {
+            if let Some((shown, _)) = &shown {
                 shown
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -913,7 +960,8 @@ impl Bridge {
     async fn send_to_user(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<SendToUserArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
         let requester = self.requester(&scope);
-        ok(sent_result(self.hub.send_to_person(self.caller(&scope, &requester), &a.into()).await?))
+        let origin = self.focus();
+        ok(sent_result(self.hub.send_to_person(self.caller(&scope, &requester).with_origin(origin.as_ref()), &a.into()).await?))
     }
 
     #[tool(

@@ -316,6 +316,12 @@ pub enum OutboundOp {
     },
     /// Create a 1:1 conversation with `user_id` (proactive), then send `activity` into it.
     CreatePersonal { user_id: String, activity: Value },
+    /// `POST v3/conversations/{conversation}/activities?isTargetedActivity=true`: a targeted (private)
+    /// message in a group chat or channel that only the member `recipient` (`29:…`) sees (Teams preview).
+    Targeted { recipient: String, activity: Value },
+    /// `PUT v3/conversations/{conversation}/activities/{activity_id}?isTargetedActivity=true`: replace a
+    /// targeted message (the body names no recipient).
+    UpdateTargeted { activity_id: String, activity: Value },
     /// A streamed reply: `chunks` appended one by one, `interval_ms` apart, as Teams streaming in a 1:1
     /// chat (informative/streaming updates, then the final message); elsewhere one message at the end.
     Stream { chunks: Vec<String>, interval_ms: u64, conversation_type: Option<String> },
@@ -331,6 +337,8 @@ impl OutboundOp {
             Self::React { remove: false, .. } => "react",
             Self::React { remove: true, .. } => "unreact",
             Self::CreatePersonal { .. } => "create_personal",
+            Self::Targeted { .. } => "send_targeted",
+            Self::UpdateTargeted { .. } => "update_targeted",
             Self::Stream { .. } => "stream",
         }
     }
@@ -338,7 +346,7 @@ impl OutboundOp {
     /// Creates may duplicate a message when re-posted after an ambiguous failure; updates and deletes
     /// are idempotent.
     pub fn is_create(&self) -> bool {
-        matches!(self, Self::Send { .. } | Self::Reply { .. } | Self::CreatePersonal { .. } | Self::Stream { .. })
+        matches!(self, Self::Send { .. } | Self::Reply { .. } | Self::CreatePersonal { .. } | Self::Targeted { .. } | Self::Stream { .. })
     }
 }
 

@@ -9,6 +9,8 @@
 //! |---|---|
 //! | [`mention`](mod@mention) | strip the bot's own `<at>` mention from inbound text; build outbound mentions |
 //! | [`thread`] | channel thread ids (`19:…@thread.tacv2;messageid=…`) |
+//! | [`quote`] | quoted replies: the `<quoted messageId=…/>` placeholder and the `quotedReply` entity |
+//! | [`targeted`] | targeted (private) messages in group chats and channels |
 //! | [`card`] | Adaptive Card validation, card messages, `Action.Submit` and `Action.Execute` (invoke) handling |
 //! | [`typing`] | typing indicators and the per-conversation typing governor |
 //! | [`split`] | UTF-16 sizes, the message size limits and lossless text splitting |
@@ -20,8 +22,10 @@ pub(crate) mod ai;
 pub(crate) mod card;
 pub(crate) mod lifecycle;
 pub(crate) mod mention;
+pub(crate) mod quote;
 pub(crate) mod split;
 pub(crate) mod stream;
+pub(crate) mod targeted;
 pub(crate) mod thread;
 pub(crate) mod typing;
 
@@ -30,7 +34,7 @@ pub(crate) use lifecycle::{Installation, installation_change};
 pub(crate) use mention::{is_bot_mentioned, mention, strip_bot_mention};
 pub(crate) use split::{MAX_TEXT_UTF16, check_activity_size, split_text, utf16_len};
 pub(crate) use stream::{Stream, StreamConfig, StreamMode, StreamSend, StreamSendKind};
-pub(crate) use thread::thread_root;
+pub(crate) use thread::{reply_in_thread, thread_root};
 pub(crate) use typing::{TypingGovernor, typing_activity};
 
 /// Entities of an activity (`entities` lives in [`Activity::extra`](crate::activity::Activity::extra)).

@@ -2,9 +2,11 @@
 //!
 //! A Teams channel is a conversation `19:…@thread.tacv2`; a thread in it (a post and its replies) is the
 //! conversation `19:…@thread.tacv2;messageid=<id of the post>`. Sending to the channel id starts a new post;
-//! sending to the thread id replies in that thread.
+//! sending to the thread id replies in that thread. The root id is numeric and non-zero (teams.py
+//! `utils/thread.py`; teams-sdk blog "Quoted Replies and Threaded Replies"); any thread part already in
+//! the conversation id is replaced, never doubled. Threads in chats and meetings are "coming": only
+//! channels have them today.
 
-#[cfg(test)]
 use std::fmt;
 
 #[cfg(test)]
@@ -12,7 +14,6 @@ use crate::activity::Activity;
 
 const MESSAGE_ID_KEY: &str = ";messageid=";
 
-#[cfg(test)]
 /// A conversation id split into its channel part and the thread's root message id, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ThreadId {
@@ -20,7 +21,6 @@ pub(crate) struct ThreadId {
     message_id: Option<String>,
 }
 
-#[cfg(test)]
 /// Why a thread id could not be formed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ThreadError {
@@ -30,10 +30,12 @@ pub(crate) enum ThreadError {
     EmptyMessageId,
     #[error("the root message id contains `;`, `=`, whitespace or control characters")]
     InvalidMessageId,
+    #[error("the root message id must be a Teams message id: digits, not zero")]
+    NotNumeric,
 }
 
-#[cfg(test)]
 impl ThreadId {
+    #[cfg(test)]
     /// Splits `conversation_id` at `;messageid=` (matched case-insensitively). Anything after a further `;`
     /// in the message id part is not part of the message id.
     pub(crate) fn parse(conversation_id: &str) -> Self {
@@ -59,21 +61,25 @@ impl ThreadId {
         if message_id.chars().any(|c| c == ';' || c == '=' || c.is_whitespace() || c.is_control()) {
             return Err(ThreadError::InvalidMessageId);
         }
+        if !message_id.bytes().all(|b| b.is_ascii_digit()) || message_id.bytes().all(|b| b == b'0') {
+            return Err(ThreadError::NotNumeric);
+        }
         Ok(Self { channel: channel.to_owned(), message_id: Some(message_id.to_owned()) })
     }
 
+    #[cfg(test)]
     /// The channel (thread-less) conversation id.
     pub(crate) fn channel(&self) -> &str {
         &self.channel
     }
 
+    #[cfg(test)]
     /// The root message id of the thread, if this names a thread.
     pub(crate) fn message_id(&self) -> Option<&str> {
         self.message_id.as_deref()
     }
 }
 
-#[cfg(test)]
 impl fmt::Display for ThreadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.channel)?;
@@ -90,7 +96,6 @@ pub(crate) fn thread_root(conversation_id: &str) -> &str {
     find_key(conversation_id).map_or(conversation_id, |i| &conversation_id[..i])
 }
 
-#[cfg(test)]
 /// The conversation id of the thread rooted at `root_message_id` in the channel of `conversation_id`
 /// (which may itself be a thread id): `19:…@thread.tacv2;messageid=<root_message_id>`.
 pub(crate) fn reply_in_thread(conversation_id: &str, root_message_id: &str) -> Result<String, ThreadError> {
@@ -156,6 +161,11 @@ mod tests {
         assert_eq!(reply_in_thread("19:a@thread.tacv2", "1;messageid=2"), Err(ThreadError::InvalidMessageId));
         assert_eq!(reply_in_thread("19:a@thread.tacv2", "1 2"), Err(ThreadError::InvalidMessageId));
         assert_eq!(reply_in_thread(";messageid=3", "4"), Err(ThreadError::EmptyConversation));
+        // The root is a Teams message id: digits, not zero.
+        assert_eq!(reply_in_thread("19:a@thread.tacv2", "1:42"), Err(ThreadError::NotNumeric));
+        assert_eq!(reply_in_thread("19:a@thread.tacv2", "abc"), Err(ThreadError::NotNumeric));
+        assert_eq!(reply_in_thread("19:a@thread.tacv2", "000"), Err(ThreadError::NotNumeric));
+        assert_eq!(reply_in_thread("19:a@thread.tacv2", "0123").as_deref(), Ok("19:a@thread.tacv2;messageid=0123"));
     }
 
     #[test]

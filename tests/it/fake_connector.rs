@@ -17,7 +17,20 @@
 //!   and are answered `202` with no body; the entity and `channelData` agree; nothing after the final;
 //! * AI marks ([`check_ai_marks`]): one root message entity, Teams' citation limits, one feedback flag;
 //! * reactions: `PUT`/`DELETE …/activities/{id}/reactions/{type}` with no body, the type percent-encoded
-//!   (recorded as a body `{"reaction": type}`).
+//!   (recorded as a body `{"reaction": type}`);
+//! * members: `GET …/members/{id}` by Teams id or AAD object id from the conversation's roster
+//!   ([`FakeConnector::set_roster`]; a channel thread asks its channel), 404 for anyone else;
+//! * targeted messages (teams-surface §3): a create is `POST …/activities?isTargetedActivity=true` in a
+//!   group chat or channel (`19:…`, never `a:…`) whose body's `recipient` is `{"id": <a member of the
+//!   roster>, "isTargeted": true}`; a body marked targeted without the query flag is refused, so is any
+//!   other query; an update is `PUT …/activities/{id}?isTargetedActivity=true` **without** a recipient, of a
+//!   targeted message this fake answered in that conversation (a plain `PUT` of a targeted message is
+//!   answered 404 `ActivityNotFoundInConversation`, as the plain endpoint does not find private messages);
+//!   [`FakeConnector::refuse_targeted`] answers every targeted create with a refusal;
+//! * quoted replies (§4): every `<quoted messageId="X"/>` in the text has exactly one entity
+//!   `{"type": "quotedReply", "quotedReply": {"messageId": "X"}}` and every such entity its placeholder
+//!   (matched by id, not order), with no client-built snippet fields;
+//! * channel threads (§4): a `;messageid=R` conversation names a numeric, non-zero root `R`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +55,8 @@ pub struct Landed {
     pub body: Value,
     /// The id the fake answered with (`1:N`), for sends and replies.
     pub answered: Option<String>,
+    /// The request's query string (`isTargetedActivity=true`), if any.
+    pub query: Option<String>,
     /// When the request arrived.
     pub at: Instant,
 }
@@ -109,6 +124,69 @@ pub struct ConnectorState {
     stopped: std::sync::atomic::AtomicBool,
     /// Stream requests answered `ContentStreamNotAllowed`.
     pub cancelled: AtomicUsize,
+    /// Members by conversation (a channel's thread asks the channel); a conversation without one has
+    /// [`default_roster`].
+    rosters: Mutex<HashMap<String, Vec<Value>>>,
+    /// Targeted messages answered: id → (conversation, recipient).
+    targeted: Mutex<HashMap<String, (String, String)>>,
+    /// The answer to every targeted create (the service refusing it), if set.
+    targeted_refusal: Mutex<Option<(u16, Value)>>,
+}
+
+/// The roster of a conversation nobody set one for: one user, whose AAD object id is the tests' Alex.
+fn default_roster() -> Vec<Value> {
+    vec![json!({"id": "29:user-1", "aadObjectId": "00000000-0000-0000-0000-0000000000aa"})]
+}
+
+/// The conversation id without its `;messageid=…` thread part.
+fn channel_of(conversation: &str) -> &str {
+    conversation.find(";messageid=").map_or(conversation, |i| &conversation[..i])
+}
+
+fn roster_of(s: &ConnectorState, conversation: &str) -> Vec<Value> {
+    s.rosters.lock().unwrap().get(channel_of(conversation)).cloned().unwrap_or_else(default_roster)
+}
+
+/// A member of the roster by Teams id or AAD object id (any case).
+fn find_member(roster: &[Value], id: &str) -> Option<Value> {
+    roster.iter().find(|m| ["id", "aadObjectId"].iter().any(|k| m[*k].as_str().is_some_and(|v| v.eq_ignore_ascii_case(id)))).cloned()
+}
+
+/// Teams' quoted-reply shape: placeholders in the text and `quotedReply` entities, one for one, by id.
+fn check_quotes(body: &Value) -> Result<(), String> {
+    let text = body["text"].as_str().unwrap_or("");
+    let mut placeholders = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("<quoted ") {
+        let tail = &rest[i..];
+        let end = tail.find("/>").ok_or("an unterminated <quoted …/> placeholder")?;
+        let inner = &tail["<quoted ".len()..end];
+        let id = inner
+            .strip_prefix("messageId=\"")
+            .and_then(|v| v.strip_suffix('"'))
+            .filter(|id| !id.is_empty() && !id.contains(['"', '<', '>', ' ']))
+            .ok_or_else(|| format!("a malformed quote placeholder: {}", &tail[..end + 2]))?;
+        placeholders.push(id.to_owned());
+        rest = &tail[end + 2..];
+    }
+    let mut quoted = Vec::new();
+    for e in body["entities"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        if e["type"] != "quotedReply" {
+            continue;
+        }
+        let q = e["quotedReply"].as_object().ok_or("a quotedReply entity without quotedReply")?;
+        let id = q.get("messageId").and_then(Value::as_str).filter(|id| !id.is_empty()).ok_or("a quotedReply without messageId")?;
+        if q.len() != 1 || e.as_object().map(serde_json::Map::len) != Some(2) {
+            return Err("a quotedReply entity names only the messageId (the service stamps the snippet)".into());
+        }
+        quoted.push(id.to_owned());
+    }
+    placeholders.sort();
+    quoted.sort();
+    if placeholders != quoted {
+        return Err(format!("quote placeholders {placeholders:?} and quotedReply entities {quoted:?} do not match"));
+    }
+    Ok(())
 }
 
 pub struct FakeConnector {
@@ -343,6 +421,7 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         (Method::PUT, [c, "activities", a]) => (Some(*c), Some(*a), "update"),
         (Method::DELETE, [c, "activities", a]) => (Some(*c), Some(*a), "delete"),
         (Method::GET, [c, "pagedmembers"]) => (Some(*c), None, "members"),
+        (Method::GET, [c, "members", m]) => (Some(*c), Some(*m), "member"),
         _ => return refuse(&s, StatusCode::NOT_FOUND, "unknown path or method"),
     };
     let conversation = match conversation.map(decode_segment) {
@@ -355,7 +434,7 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
     };
     let body: Value = if let Some(r) = &reaction {
         json!({"reaction": r})
-    } else if matches!(kind, "delete" | "members") {
+    } else if matches!(kind, "delete" | "members" | "member") {
         Value::Null
     } else {
         let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -369,6 +448,56 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
     };
     if matches!(kind, "send" | "reply" | "update") && body["type"].as_str().is_none() {
         return refuse(&s, StatusCode::BAD_REQUEST, "activity has no type");
+    }
+    // Targeted messages: the query flag and the body agree; only sends and updates take the flag.
+    let query = uri.query().map(str::to_owned);
+    let targeted = query.as_deref() == Some("isTargetedActivity=true");
+    if matches!(kind, "send" | "reply" | "update") && query.is_some() && !(targeted && matches!(kind, "send" | "update")) {
+        return refuse(&s, StatusCode::BAD_REQUEST, &format!("unexpected query {query:?}"));
+    }
+    if let Some(c) = conversation.as_deref()
+        && let Some(i) = c.find(";messageid=")
+    {
+        let root = &c[i + ";messageid=".len()..];
+        if root.is_empty() || !root.bytes().all(|b| b.is_ascii_digit()) || root.bytes().all(|b| b == b'0') {
+            return refuse(&s, StatusCode::BAD_REQUEST, "a thread's root message id is numeric and not zero");
+        }
+    }
+    if matches!(kind, "send" | "reply") && body["recipient"]["isTargeted"] == json!(true) && !targeted {
+        return refuse(&s, StatusCode::BAD_REQUEST, "a targeted recipient without ?isTargetedActivity=true");
+    }
+    if kind == "send" && targeted {
+        let path = conversation.as_deref().unwrap_or("");
+        if !path.starts_with("19:") {
+            return refuse(&s, StatusCode::BAD_REQUEST, "Bad argument: targeted messages are for group chats and channels, not 1:1 chats");
+        }
+        let recipient = body["recipient"]["id"].as_str().filter(|id| !id.is_empty());
+        let Some(recipient) = recipient.filter(|_| body["recipient"]["isTargeted"] == json!(true)) else {
+            return refuse(&s, StatusCode::BAD_REQUEST, "Bad argument: a targeted create needs recipient {id, isTargeted: true}");
+        };
+        if find_member(&roster_of(&s, path), recipient).is_none_or(|m| m["id"].as_str() != Some(recipient)) {
+            return refuse(&s, StatusCode::BAD_REQUEST, "Bad argument: the targeted recipient is not a member (by Teams id)");
+        }
+        if let Some((status, answer)) = s.targeted_refusal.lock().unwrap().clone() {
+            s.refused.lock().unwrap().push(format!("targeted refused: {answer}"));
+            return (StatusCode::from_u16(status).unwrap(), axum::Json(answer)).into_response();
+        }
+    }
+    if kind == "update" {
+        let id = activity.as_deref().unwrap_or("");
+        let known = s.targeted.lock().unwrap().get(id).cloned();
+        match (targeted, known) {
+            (true, _) if body.get("recipient").is_some() => {
+                return refuse(&s, StatusCode::BAD_REQUEST, "Bad argument: a targeted update names no recipient");
+            }
+            (true, Some((c, _))) if Some(c.as_str()) == conversation.as_deref() => {}
+            (false, None) => {}
+            _ => {
+                s.refused.lock().unwrap().push(format!("update of {id}: ActivityNotFoundInConversation (targeted: {targeted})"));
+                let body = json!({"error": {"code": "ActivityNotFoundInConversation", "message": "activity not found"}});
+                return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+            }
+        }
     }
     if kind == "create"
         && (body["bot"]["id"].as_str().is_none()
@@ -405,9 +534,12 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         if let Err(why) = check_ai_marks(&body) {
             return refuse(&s, StatusCode::BAD_REQUEST, &why);
         }
+        if let Err(why) = check_quotes(&body) {
+            return refuse(&s, StatusCode::BAD_REQUEST, &why);
+        }
     }
     let fault = s.faults.lock().unwrap().pop_front();
-    let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None, at: arrived };
+    let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None, query, at: arrived };
     match fault {
         Some(Fault::Status(code, b)) => return (StatusCode::from_u16(code).unwrap(), axum::Json(b)).into_response(),
         Some(Fault::TooMany(after)) => {
@@ -435,13 +567,28 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
     }
     let answer = match kind {
         "create" => json!({"id": format!("a:created-{n}")}),
-        "members" => json!({"members": [{"id": "29:user-1", "aadObjectId": "00000000-0000-0000-0000-0000000000aa"}]}),
+        "members" => json!({"members": roster_of(&s, landed.conversation.as_deref().unwrap_or(""))}),
+        "member" => {
+            let roster = roster_of(&s, landed.conversation.as_deref().unwrap_or(""));
+            let found = find_member(&roster, landed.activity.as_deref().unwrap_or(""));
+            s.landed.lock().unwrap().push(landed);
+            return match found {
+                Some(m) => axum::Json(m).into_response(),
+                None => (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"code": "NotFound", "message": "member not found"}})))
+                    .into_response(),
+            };
+        }
         "delete" | "react" | "unreact" => {
             s.landed.lock().unwrap().push(landed);
             return StatusCode::OK.into_response();
         }
         _ => {
             landed.answered = Some(format!("1:{n}"));
+            if kind == "send" && targeted {
+                let recipient = landed.body["recipient"]["id"].as_str().unwrap_or("").to_owned();
+                let conversation = landed.conversation.clone().unwrap_or_default();
+                s.targeted.lock().unwrap().insert(format!("1:{n}"), (conversation, recipient));
+            }
             json!({"id": format!("1:{n}")})
         }
     };
@@ -467,6 +614,9 @@ impl FakeConnector {
             streams: Mutex::new(HashMap::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             cancelled: AtomicUsize::new(0),
+            rosters: Mutex::new(HashMap::new()),
+            targeted: Mutex::new(HashMap::new()),
+            targeted_refusal: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -493,6 +643,16 @@ impl FakeConnector {
     /// Stream requests answered `ContentStreamNotAllowed`.
     pub fn cancelled(&self) -> usize {
         self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The members of a conversation (its threads share it): accounts `{"id": "29:…", "aadObjectId": …}`.
+    pub fn set_roster(&self, conversation: &str, members: Vec<Value>) {
+        self.state.rosters.lock().unwrap().insert(channel_of(conversation).to_owned(), members);
+    }
+
+    /// Answer every targeted create with this refusal (`None`: accept them again).
+    pub fn refuse_targeted(&self, refusal: Option<(u16, Value)>) {
+        *self.state.targeted_refusal.lock().unwrap() = refusal;
     }
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {

@@ -31,6 +31,8 @@ mod mcp_relay;
 mod postgres;
 mod protocol;
 mod security;
+mod targeted;
 mod teams_app;
+mod threads;
 mod tls;
 mod token_cli;
