@@ -188,6 +188,7 @@ impl Bridge {
     )]
     async fn graph_send_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<GraphSendArgs>) -> ToolResult {
         let scope = self.scope_of(&ctx.extensions)?;
+        self.check_claim(&scope, &a.chat_id, a.bot.as_deref()).await?;
         let requester = self.requester(&scope);
         let req = GraphMessage {
             chat_id: a.chat_id,
