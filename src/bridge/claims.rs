@@ -30,7 +30,7 @@ impl ClaimMap {
         let mut map = Self::default();
         for c in claims {
             match &c.target {
-                ClaimTarget::Conversation { bot_app_id, conversation_id } => {
+                ClaimTarget::Conversation { bot_app_id, conversation_id, .. } => {
                     map.conversations.insert((bot_app_id.clone(), conversation_id.clone()), c);
                 }
                 ClaimTarget::Tenant { bot_app_id, tenant_id } => {
@@ -70,9 +70,12 @@ impl ClaimMap {
     pub fn within<'a>(&'a self, scope: &'a Scope) -> impl Iterator<Item = &'a Claim> + 'a {
         let mut all: Vec<&Claim> = self.conversations.values().chain(self.tenants.values()).chain(self.bots.values()).collect();
         all.sort_by_key(|c| c.target.key());
+        // A whole bot's claim shows to the sessions of that bot: it covers their conversations too.
         all.into_iter().filter(move |c| match &c.target {
-            ClaimTarget::Conversation { bot_app_id, .. } | ClaimTarget::Bot { bot_app_id } => scope.allows_bot(bot_app_id),
-            ClaimTarget::Tenant { bot_app_id, tenant_id } => scope.allows(bot_app_id, tenant_id),
+            ClaimTarget::Conversation { bot_app_id, tenant_id, .. } | ClaimTarget::Tenant { bot_app_id, tenant_id } => {
+                scope.allows(bot_app_id, tenant_id)
+            }
+            ClaimTarget::Bot { bot_app_id } => scope.allows_bot(bot_app_id),
         })
     }
 }
@@ -134,7 +137,7 @@ impl Hub {
         let mut out = Vec::new();
         for chat in &req.chat_ids {
             let (bot, r) = self.conversation_any(scope, chat, req.bot.as_deref()).await?;
-            out.push(ClaimTarget::conversation(&bot.app_id, &r.conversation_id));
+            out.push(ClaimTarget::conversation(&bot.app_id, &r.tenant_id, &r.conversation_id));
         }
         for wanted in &req.bots {
             let Some(bot) = self.bots_in(scope, Some(wanted)).next() else {

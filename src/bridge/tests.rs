@@ -526,8 +526,11 @@ async fn claims_route_entries_to_their_holder_most_specific_first() {
     assert!(may_act_in(&claims, "two", BOT_A, TENANT_1, "a:1", false).is_err(), "a:1 is one's (tenant claim)");
     assert!(may_act_in(&claims, "two", BOT_A, TENANT_2, "a:3", false).is_ok());
 
-    // A whole bot, from a session limited to tenant 2: claimed for tenant 2 only.
+    // A session limited to tenant 2 is shown none of the claims in tenant 1.
     let t2 = Scope::new("t2", &[], &[TENANT_2.to_owned()]);
+    assert_eq!(claims.within(&all).count(), 2);
+    assert_eq!(claims.within(&t2).count(), 0, "claims in another tenant are not shown");
+    // A whole bot, from a session limited to tenant 2: claimed for tenant 2 only.
     let bot = ClaimRequest { bots: vec![BOT_A.to_uppercase()], ..ClaimRequest::default() };
     let targets = f.hub.claim_targets(&t2, &bot).await.expect("targets");
     assert_eq!(targets, vec![crate::store::ClaimTarget::tenant(BOT_A, TENANT_2)]);

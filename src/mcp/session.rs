@@ -612,7 +612,10 @@ impl Bridge {
             "mine": c.session == self.session.claim_id,
         });
         match &c.target {
-            crate::store::ClaimTarget::Conversation { conversation_id, .. } => v["chat_id"] = json!(conversation_id),
+            crate::store::ClaimTarget::Conversation { conversation_id, tenant_id, .. } => {
+                v["chat_id"] = json!(conversation_id);
+                v["tenant"] = json!(tenant_id);
+            }
             crate::store::ClaimTarget::Tenant { tenant_id, .. } => v["tenant"] = json!(tenant_id),
             crate::store::ClaimTarget::Bot { .. } => {}
         }
@@ -769,8 +772,8 @@ impl Bridge {
         }
     }
 
-    /// Whether this call may run: a tool the session's token does not allow is refused (as generically as
-    /// an unknown one); a tool the token marks `approve` runs only once an owner allowed it in Teams.
+    /// Whether this call may run: a tool the session's token does not allow is refused with a generic
+    /// error; a tool the token marks `approve` runs only once an owner allowed it in Teams.
     async fn permit(
         &self,
         request: &rmcp::model::CallToolRequestParams,

@@ -14,8 +14,9 @@ use super::StoreError;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ClaimTarget {
-    /// One conversation of one bot.
-    Conversation { bot_app_id: String, conversation_id: String },
+    /// One conversation of one bot (in its tenant, kept so that a session sees only the claims of its
+    /// tenants).
+    Conversation { bot_app_id: String, tenant_id: String, conversation_id: String },
     /// Every conversation of one bot in one tenant.
     Tenant { bot_app_id: String, tenant_id: String },
     /// Every conversation of one bot.
@@ -23,8 +24,12 @@ pub enum ClaimTarget {
 }
 
 impl ClaimTarget {
-    pub fn conversation(bot_app_id: &str, conversation_id: &str) -> Self {
-        Self::Conversation { bot_app_id: bot_app_id.trim().to_ascii_lowercase(), conversation_id: conversation_id.to_owned() }
+    pub fn conversation(bot_app_id: &str, tenant_id: &str, conversation_id: &str) -> Self {
+        Self::Conversation {
+            bot_app_id: bot_app_id.trim().to_ascii_lowercase(),
+            tenant_id: tenant_id.trim().to_ascii_lowercase(),
+            conversation_id: conversation_id.to_owned(),
+        }
     }
 
     pub fn tenant(bot_app_id: &str, tenant_id: &str) -> Self {
@@ -51,10 +56,11 @@ impl ClaimTarget {
         }
     }
 
-    /// The row's primary key: one row, so one holder, per target. App ids never contain `/`.
+    /// The row's primary key: one row, so one holder, per target (a conversation is one per bot, whatever
+    /// its tenant). App ids never contain `/`.
     pub fn key(&self) -> String {
         match self {
-            Self::Conversation { bot_app_id, conversation_id } => format!("conversation/{bot_app_id}/{conversation_id}"),
+            Self::Conversation { bot_app_id, conversation_id, .. } => format!("conversation/{bot_app_id}/{conversation_id}"),
             Self::Tenant { bot_app_id, tenant_id } => format!("tenant/{bot_app_id}/{tenant_id}"),
             Self::Bot { bot_app_id } => format!("bot/{bot_app_id}"),
         }
@@ -63,7 +69,9 @@ impl ClaimTarget {
     /// The stored columns: (kind, bot, tenant, conversation).
     pub(crate) fn columns(&self) -> (&'static str, &str, Option<&str>, Option<&str>) {
         match self {
-            Self::Conversation { bot_app_id, conversation_id } => (self.kind(), bot_app_id, None, Some(conversation_id)),
+            Self::Conversation { bot_app_id, tenant_id, conversation_id } => {
+                (self.kind(), bot_app_id, Some(tenant_id), Some(conversation_id))
+            }
             Self::Tenant { bot_app_id, tenant_id } => (self.kind(), bot_app_id, Some(tenant_id), None),
             Self::Bot { bot_app_id } => (self.kind(), bot_app_id, None, None),
         }
@@ -72,7 +80,9 @@ impl ClaimTarget {
     /// The target a stored row names.
     pub(crate) fn from_columns(kind: &str, bot: String, tenant: Option<String>, conversation: Option<String>) -> Result<Self, StoreError> {
         match (kind, tenant, conversation) {
-            ("conversation", _, Some(conversation_id)) => Ok(Self::Conversation { bot_app_id: bot, conversation_id }),
+            ("conversation", Some(tenant_id), Some(conversation_id)) => {
+                Ok(Self::Conversation { bot_app_id: bot, tenant_id, conversation_id })
+            }
             ("tenant", Some(tenant_id), _) => Ok(Self::Tenant { bot_app_id: bot, tenant_id }),
             ("bot", _, _) => Ok(Self::Bot { bot_app_id: bot }),
             (kind, ..) => Err(StoreError::Corrupt(format!("a conversation claim of unknown kind `{kind}` (or without its id)"))),
@@ -121,16 +131,18 @@ mod tests {
 
     #[test]
     fn targets_round_trip_through_their_columns() {
-        for t in
-            [ClaimTarget::conversation("BOT-A", "a:Case-Matters"), ClaimTarget::tenant("bot-a", " TENANT-1 "), ClaimTarget::bot("Bot-A")]
-        {
+        for t in [
+            ClaimTarget::conversation("BOT-A", "Tenant-1", "a:Case-Matters"),
+            ClaimTarget::tenant("bot-a", " TENANT-1 "),
+            ClaimTarget::bot("Bot-A"),
+        ] {
             let (kind, bot, tenant, conv) = t.columns();
             let back = ClaimTarget::from_columns(kind, bot.to_owned(), tenant.map(str::to_owned), conv.map(str::to_owned)).unwrap();
             assert_eq!(back, t);
         }
-        assert_eq!(ClaimTarget::conversation("BOT-A", "a:Case-Matters").key(), "conversation/bot-a/a:Case-Matters");
+        assert_eq!(ClaimTarget::conversation("BOT-A", "t", "a:Case-Matters").key(), "conversation/bot-a/a:Case-Matters");
         assert_eq!(ClaimTarget::tenant("bot-a", " TENANT-1 ").key(), "tenant/bot-a/tenant-1");
         assert!(ClaimTarget::from_columns("team", "b".into(), None, None).is_err());
-        assert!(ClaimTarget::from_columns("conversation", "b".into(), None, None).is_err());
+        assert!(ClaimTarget::from_columns("conversation", "b".into(), None, Some("a:1".into())).is_err());
     }
 }

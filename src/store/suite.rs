@@ -813,7 +813,8 @@ async fn holders(store: &dyn Store, now: i64) -> Vec<String> {
 pub(crate) async fn conversation_claims_are_exclusive_across_handles_lapse_and_release(b: &dyn Backend) {
     let (one, two) = (b.open(None).await, b.open(None).await);
     let (a, bee) = (holder("sa"), holder("sb"));
-    let (x, y, t) = (ClaimTarget::conversation("Bot", "a:X"), ClaimTarget::conversation("bot", "a:Y"), ClaimTarget::tenant("bot", "T"));
+    let (x, y, t) =
+        (ClaimTarget::conversation("Bot", "t", "a:X"), ClaimTarget::conversation("bot", "t", "a:Y"), ClaimTarget::tenant("bot", "T"));
     let ClaimOutcome::Taken(taken) = one.claim_conversations(&[x.clone(), t.clone()], &a, 10_000, 1_000).await.unwrap() else {
         panic!("free targets were not taken")
     };
