@@ -628,6 +628,62 @@ impl super::Hub {
         }
     }
 
+    /// The bot whose approvers decide a tool call: the conversation's (`chat_id`), else the one named, else
+    /// the first in scope that has someone to ask.
+    pub async fn approving_bot(
+        &self,
+        scope: &super::Scope,
+        chat_id: Option<&str>,
+        bot: Option<&str>,
+    ) -> super::Result<crate::config::BotConfig> {
+        if let Some(chat) = chat_id.filter(|c| !c.trim().is_empty()) {
+            return Ok(self.conversation_any(scope, chat, bot).await?.0);
+        }
+        let mut bots = self.bots_in(scope, bot).peekable();
+        if bots.peek().is_none() {
+            return Err(super::Error::not_found("no bot in this session's scope matches"));
+        }
+        let found = bots.find(|b| self.can_ask_owners(b)).or_else(|| self.bots_in(scope, bot).next());
+        found.cloned().ok_or_else(|| super::Error::not_found("no bot in this session's scope matches"))
+    }
+
+    /// Ask `bot`'s approvers (the same cards and answers as the permission relay) whether the session may
+    /// call `tool` with `input`, and wait for the answer, at most min(`approval_timeout_secs`, 120 s). Ok
+    /// only when an approver allowed it; denied, unanswered or nobody to ask: refused, nothing done.
+    pub async fn approve_tool_call(
+        &self,
+        caller: super::Caller<'_>,
+        bot: &crate::config::BotConfig,
+        tool: &str,
+        input: &str,
+    ) -> super::Result<()> {
+        if !self.can_ask_owners(bot) {
+            return Err(super::Error::refused(format!(
+                "{tool} needs an owner's approval for this token, and bot {} has no policy.approvers; nothing was done",
+                bot.app_id
+            )));
+        }
+        let request_id = new_request_id();
+        let timeout = std::time::Duration::from_secs(bot.policy.approval_timeout_secs).min(super::agent::APPROVAL_WAIT);
+        let description = format!("A host ({}) wants to use {tool}, which needs an owner's approval for its token.", caller.requester);
+        let card = request_card(&request_id, tool, &description, input, timeout.as_secs().div_ceil(60));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if self.ask_approvers(caller, bot, &request_id, tool, &card, timeout, tx).await == 0 {
+            return Err(super::Error::refused(format!(
+                "{tool} needs an owner's approval, and no approver could be reached (each must have messaged the bot once); nothing was done"
+            )));
+        }
+        tracing::info!(request_id, tool, "waiting for an owner's approval of a tool call");
+        match tokio::time::timeout(timeout + std::time::Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(v)) if v.behavior == Behavior::Allow => Ok(()),
+            Ok(Some(_)) => Err(super::Error::refused(format!("an owner denied {tool} (request {request_id}); nothing was done"))),
+            _ => Err(super::Error::refused(format!(
+                "no owner answered within {} s (request {request_id}); {tool} was not done",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
     /// Ask a sponsor who has no 1:1 chat with the bot in their 1:1 chat with the Agent User (through Graph,
     /// as the Agent User, audited): a text naming the request, answered by typing `yes <id>` / `no <id>`
     /// there (a card's buttons reach no bot in a Graph chat). Whether it was sent.

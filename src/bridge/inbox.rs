@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use super::claims::ClaimMap;
 use super::{Error, Hub, Result, Scope};
 use crate::store::InboxItem;
 
@@ -9,8 +10,16 @@ use crate::store::InboxItem;
 pub(crate) const MAX_ACK_IDS: usize = 1000;
 
 impl Hub {
-    /// Pending entries in scope (in `chat` only, when given), oldest first, at most `limit`, skipping `skip`.
-    pub async fn pending(&self, scope: &Scope, chat: Option<&str>, limit: usize, skip: &HashSet<i64>) -> Result<Vec<InboxItem>> {
+    /// Pending entries in scope (in `chat` only, when given), oldest first, at most `limit`, skipping `skip`
+    /// and, with `claims`, the entries another session than the one named claimed.
+    pub async fn pending(
+        &self,
+        scope: &Scope,
+        chat: Option<&str>,
+        limit: usize,
+        skip: &HashSet<i64>,
+        claims: Option<(&ClaimMap, &str)>,
+    ) -> Result<Vec<InboxItem>> {
         let mut out = Vec::new();
         let mut cursor = 0;
         loop {
@@ -21,6 +30,7 @@ impl Hub {
                 if scope.allows(&item.bot_app_id, &item.tenant_id)
                     && chat.is_none_or(|c| item.conversation_id == c)
                     && !skip.contains(&item.id)
+                    && claims.is_none_or(|(map, session)| map.held_from(&item, session).is_none())
                 {
                     out.push(item);
                     if out.len() >= limit {

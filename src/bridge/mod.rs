@@ -5,7 +5,8 @@
 //! |---|---|
 //! | [`gate`] | intake's side: policy before the commit, approval answers, waking sessions |
 //! | [`policy`] | who may reach the agent, per bot |
-//! | [`approval`] | permission requests waiting for an approver in Teams |
+//! | [`approval`] | permission requests waiting for an approver in Teams; owner approval of a token's tool calls |
+//! | [`claims`] | several hosts on one bot: which session owns a conversation |
 //! | [`agent`] | the bot's Entra Agent User: Graph client, mode, who it may reach |
 //! | [`envelope`] | untrusted text for the model: HTML to text, the marked envelope, meta values |
 //! | [`events`] | inbox entries as typed events |
@@ -27,12 +28,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::config::mcp_tools::ToolPolicy;
 use crate::connector::outbox::Outbound;
 use crate::store::{AuditEvent, Store, now_ms};
 
 pub(crate) mod agent;
 pub(crate) mod amend;
 pub(crate) mod approval;
+pub(crate) mod claims;
 pub(crate) mod deliver;
 pub(crate) mod envelope;
 pub(crate) mod error;
@@ -71,17 +74,26 @@ pub struct Scope {
     tenants: Vec<String>,
     /// How errors name the caller's options.
     pub dialect: Dialect,
+    /// Which tools the session may call, and which need the owner's approval per call.
+    pub tools: ToolPolicy,
 }
 
 impl Scope {
     /// Every bot, every tenant.
     pub fn all(name: impl Into<String>) -> Self {
-        Self { name: name.into(), bots: Vec::new(), tenants: Vec::new(), dialect: Dialect::Mcp }
+        Self { name: name.into(), bots: Vec::new(), tenants: Vec::new(), dialect: Dialect::Mcp, tools: ToolPolicy::default() }
     }
 
     pub fn new(name: impl Into<String>, bots: &[String], tenants: &[String]) -> Self {
         let lower = |v: &[String]| v.iter().map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect();
-        Self { name: name.into(), bots: lower(bots), tenants: lower(tenants), dialect: Dialect::Mcp }
+        Self { name: name.into(), bots: lower(bots), tenants: lower(tenants), dialect: Dialect::Mcp, tools: ToolPolicy::default() }
+    }
+
+    /// The same scope, limited to the tools `tools` allows.
+    #[must_use]
+    pub fn with_tools(mut self, tools: ToolPolicy) -> Self {
+        self.tools = tools;
+        self
     }
 
     /// The command line's scope: every configured bot and tenant, errors in terms of its flags.

@@ -264,17 +264,17 @@ async fn acknowledgements_are_all_in_scope_or_nothing() {
     inbound(&f, BOT_A, "a:1", TENANT_1, "m1").await;
     inbound(&f, BOT_A, "a:2", TENANT_2, "m2").await;
     let all = Scope::all("test");
-    let pending = f.hub.pending(&all, None, 10, &HashSet::new()).await.expect("pending");
+    let pending = f.hub.pending(&all, None, 10, &HashSet::new(), None).await.expect("pending");
     assert_eq!(pending.len(), 2);
     let ids: Vec<i64> = pending.iter().map(|i| i.id).collect();
     let t1 = Scope::new("t1", &[], &[TENANT_1.to_owned()]);
-    assert_eq!(f.hub.pending(&t1, None, 10, &HashSet::new()).await.expect("t1").len(), 1);
+    assert_eq!(f.hub.pending(&t1, None, 10, &HashSet::new(), None).await.expect("t1").len(), 1);
     // Tenant 1's session cannot acknowledge tenant 2's entry, and acknowledges nothing when it tries.
     assert!(matches!(f.hub.ack_in_scope(&t1, &ids).await, Err(Error::NotFound(_))));
-    assert_eq!(f.hub.pending(&all, None, 10, &HashSet::new()).await.expect("still").len(), 2);
+    assert_eq!(f.hub.pending(&all, None, 10, &HashSet::new(), None).await.expect("still").len(), 2);
     let (acked, n) = f.hub.ack_in_scope(&all, &ids).await.expect("acked");
     assert_eq!((acked.len(), n), (2, 2));
-    assert!(f.hub.pending(&all, None, 10, &HashSet::new()).await.expect("none").is_empty());
+    assert!(f.hub.pending(&all, None, 10, &HashSet::new(), None).await.expect("none").is_empty());
     let too_many: Vec<i64> = (0..1001).collect();
     assert!(matches!(f.hub.ack_in_scope(&all, &too_many).await, Err(Error::Invalid(_))));
 }
@@ -548,4 +548,83 @@ async fn a_quote_is_refused_where_the_agent_user_answers_through_graph() {
     let err = f.hub.queue_text(Caller::new(&all, "mcp:test:host"), &req).await.expect_err("no quotes through Graph");
     assert!(matches!(&err, Error::Refused(m) if m.contains("no quoted replies")), "{err}");
     assert!(f.hub.store.outbox(None, 10).await.expect("outbox").is_empty());
+}
+
+fn holder(session: &str) -> crate::store::ClaimHolder {
+    crate::store::ClaimHolder { session: session.into(), client: format!("host-{session}"), scope: "test".into() }
+}
+
+#[tokio::test]
+async fn claims_route_entries_to_their_holder_most_specific_first() {
+    use super::claims::{ClaimRequest, may_act_in};
+    let f = fixture().await;
+    inbound(&f, BOT_A, "a:1", TENANT_1, "m1").await;
+    inbound(&f, BOT_A, "a:2", TENANT_1, "m2").await;
+    inbound(&f, BOT_A, "a:3", TENANT_2, "m3").await;
+    inbound(&f, BOT_B, "a:4", TENANT_1, "m4").await;
+    let all = Scope::all("test");
+    let ids = |items: Vec<crate::store::InboxItem>| items.into_iter().map(|i| i.activity_id).collect::<Vec<_>>();
+    let read = |session: &'static str| {
+        let hub = Arc::clone(&f.hub);
+        async move {
+            let claims = hub.claims().await.expect("claims");
+            ids(hub.pending(&Scope::all("test"), None, 10, &HashSet::new(), Some((&claims, session))).await.expect("pending"))
+        }
+    };
+    // No claims: everyone sees everything.
+    assert_eq!(read("one").await, vec!["m1", "m2", "m3", "m4"]);
+
+    // One claims bot A in tenant 1 (by tenant); two claims conversation a:2 inside it (more specific).
+    let tenant = ClaimRequest { tenants: vec![TENANT_1.to_owned()], bot: None, ..ClaimRequest::default() };
+    let claimed = f.hub.claim(&Scope::new("a-only", &[BOT_A.to_owned()], &[]), &holder("one"), &tenant).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "only the bot in scope serving tenant 1: {claimed:?}");
+    let conv = ClaimRequest { chat_ids: vec!["a:2".to_owned()], ..ClaimRequest::default() };
+    f.hub.claim(&all, &holder("two"), &conv).await.expect("carve one conversation out");
+    assert_eq!(read("one").await, vec!["m1", "m3", "m4"]);
+    assert_eq!(read("two").await, vec!["m2", "m3", "m4"]);
+    assert_eq!(read("three").await, vec!["m3", "m4"], "a third session gets only what nobody claimed");
+    let everything = f.hub.pending(&all, None, 10, &HashSet::new(), None).await.expect("include claimed");
+    assert_eq!(ids(everything), vec!["m1", "m2", "m3", "m4"]);
+
+    // Taking what another session holds is refused, naming the holder; nothing else is taken.
+    let both = ClaimRequest { chat_ids: vec!["a:2".to_owned(), "a:3".to_owned()], ..ClaimRequest::default() };
+    let e = f.hub.claim(&all, &holder("three"), &both).await.expect_err("held by two");
+    assert!(
+        matches!(&e, Error::Refused(m) if m.contains("conversation a:2") && m.contains("host-two") && m.contains("nothing was claimed")),
+        "{e}"
+    );
+    assert_eq!(read("three").await, vec!["m3", "m4"]);
+
+    // Acting: refused in another session's conversation unless shown an entry from there.
+    let claims = f.hub.claims().await.expect("claims");
+    assert!(may_act_in(&claims, "three", BOT_A, TENANT_1, "a:2", false).is_err());
+    assert!(may_act_in(&claims, "three", BOT_A, TENANT_1, "a:2", true).is_ok());
+    assert!(may_act_in(&claims, "two", BOT_A, TENANT_1, "a:2", false).is_ok());
+    assert!(may_act_in(&claims, "two", BOT_A, TENANT_1, "a:1", false).is_err(), "a:1 is one's (tenant claim)");
+    assert!(may_act_in(&claims, "two", BOT_A, TENANT_2, "a:3", false).is_ok());
+
+    // A session limited to tenant 2 is shown none of the claims in tenant 1.
+    let t2 = Scope::new("t2", &[], &[TENANT_2.to_owned()]);
+    assert_eq!(claims.within(&all).count(), 2);
+    assert_eq!(claims.within(&t2).count(), 0, "claims in another tenant are not shown");
+    // A whole bot, from a session limited to tenant 2: claimed for tenant 2 only.
+    let bot = ClaimRequest { bots: vec![BOT_A.to_uppercase()], ..ClaimRequest::default() };
+    let targets = f.hub.claim_targets(&t2, &bot).await.expect("targets");
+    assert_eq!(targets, vec![crate::store::ClaimTarget::tenant(BOT_A, TENANT_2)]);
+    let e = f
+        .hub
+        .claim_targets(&t2, &ClaimRequest { bots: vec![BOT_B.to_owned()], ..ClaimRequest::default() })
+        .await
+        .expect_err("B serves no tenant 2");
+    assert!(matches!(e, Error::NotFound(_)), "{e}");
+    let e = f.hub.claim_targets(&t2, &ClaimRequest::default()).await.expect_err("empty");
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+    let e =
+        f.hub.claim_targets(&t2, &ClaimRequest { chat_ids: vec!["a:1".to_owned()], ..ClaimRequest::default() }).await.expect_err("outside");
+    assert!(matches!(e, Error::NotFound(_)), "a conversation outside the scope cannot be claimed: {e}");
+
+    // Released: back to everyone.
+    assert_eq!(f.hub.release(&all, "two", Some(&conv)).await.expect("release"), 1);
+    assert_eq!(f.hub.release(&all, "one", None).await.expect("release all"), 1);
+    assert_eq!(read("three").await, vec!["m1", "m2", "m3", "m4"]);
 }

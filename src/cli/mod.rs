@@ -308,9 +308,18 @@ pub struct McpArgs {
     /// Only these tenants (repeat the flag). Default: every tenant the bots serve.
     #[arg(long = "tenant", value_name = "TENANT_ID")]
     pub tenants: Vec<String>,
+    /// Only the tools that read: no sending, editing, reacting, acknowledging or claiming.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Only these tools (repeat the flag). Default: every tool.
+    #[arg(long = "tool", value_name = "NAME")]
+    pub tools: Vec<String>,
+    /// Each call of this tool waits for an owner's approval in Teams (repeat the flag).
+    #[arg(long = "approve", value_name = "NAME")]
+    pub approve: Vec<String>,
     /// Bridge stdio to a running gateway's Streamable HTTP endpoint (e.g. http://127.0.0.1:3979/mcp)
-    /// instead of running a gateway in this process.
-    #[arg(long, value_name = "URL", conflicts_with_all = ["dev", "bind", "bots", "tenants"])]
+    /// instead of running a gateway in this process (the token's settings then decide the tools).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["dev", "bind", "bots", "tenants", "read_only", "tools", "approve"])]
     pub connect: Option<String>,
     /// With --connect: where the bearer token lives (env:VAR, file:/path, credential:NAME, keyring:service/user).
     #[arg(long, value_name = "SECRET_REF", default_value = "env:AGENTGATE_MCP_TOKEN", requires = "connect")]
@@ -378,24 +387,32 @@ fn mcp(a: McpArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--tenant {t}: no configured bot serves that tenant (bots[].allowed_tenants)");
         }
     }
+    let tools = crate::config::mcp_tools::ToolPolicy::new(a.read_only, &a.tools, &a.approve).map_err(|e| match e.field {
+        crate::config::mcp_tools::PolicyField::Tools => anyhow::anyhow!("--tool: {}", e.problem),
+        crate::config::mcp_tools::PolicyField::Approve => anyhow::anyhow!("--approve: {}", e.problem),
+    })?;
     // Logs to stderr only: stdout is the protocol.
     crate::telemetry::init(cfg.log.format, &cfg.log.level);
     let scope =
-        crate::mcp::Scope::new(if a.bots.is_empty() && a.tenants.is_empty() { "stdio" } else { "stdio-scoped" }, &a.bots, &a.tenants);
+        crate::mcp::Scope::new(if a.bots.is_empty() && a.tenants.is_empty() { "stdio" } else { "stdio-scoped" }, &a.bots, &a.tenants)
+            .with_tools(tools);
     runtime()?.block_on(async move {
         let gw = Gateway::start(cfg, ServeOptions { dev: a.dev }).await?;
         // On stderr: stdout is the protocol.
         eprintln!("agentgate listening on {} (MCP on stdio)", gw.url());
         let bridge = crate::mcp::Bridge::stdio(gw.hub(), scope);
+        let claims = bridge.claim_release();
         let service = rmcp::ServiceExt::serve(bridge, rmcp::transport::stdio())
             .await
             .map_err(|e| anyhow::anyhow!("the MCP host did not complete the handshake: {e}"))?;
-        // Until the host closes stdin (or a signal), then the gateway shuts down cleanly.
+        // Until the host closes stdin (or a signal), then the gateway shuts down cleanly; the session's
+        // claims are released before the store closes.
         gw.run_until(async move {
             tokio::select! {
                 _ = service.waiting() => tracing::info!("the MCP host closed the session"),
                 () = shutdown_signal() => {}
             }
+            claims.release().await;
         })
         .await
     })?;

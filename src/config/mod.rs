@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use crate::secrets::SecretRef;
 
 pub mod agent_user;
+pub mod mcp_tools;
 pub mod policy;
 
 /// The environment variable prefix for configuration overrides.
@@ -334,6 +335,11 @@ pub struct McpConfig {
     /// marked; `read_messages` returns up to four times as much).
     #[serde(default = "defaults::mcp_max_content")]
     pub max_content_chars: usize,
+    /// How long a session's claim on conversations (`claim_conversations`) lasts unless renewed; a live
+    /// session renews it every third of this, so a claim lapses this long after its host went away
+    /// without ending its session (a crashed replica, a lost connection).
+    #[serde(default = "defaults::mcp_claim_lease")]
+    pub claim_lease_secs: u64,
 }
 
 /// One `/mcp` bearer token and what it may see.
@@ -350,6 +356,23 @@ pub struct McpToken {
     /// Tenants this token may see and act in; empty means every tenant its bots serve.
     #[serde(default, deserialize_with = "list_or_csv")]
     pub tenants: Vec<String>,
+    /// Only the tools that read (no sending, editing, reacting, acknowledging or claiming).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Only these tools (names as in tools/list); empty means every tool.
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub tools: Vec<String>,
+    /// Tools that act in Teams whose every call waits for an owner's approval (the bot's approvers, as
+    /// for the permission relay).
+    #[serde(default, deserialize_with = "list_or_csv")]
+    pub approve: Vec<String>,
+}
+
+impl McpToken {
+    /// The token's tool policy (checked by [`Config::validate`]).
+    pub fn tool_policy(&self) -> Result<mcp_tools::ToolPolicy, mcp_tools::PolicyError> {
+        mcp_tools::ToolPolicy::new(self.read_only, &self.tools, &self.approve)
+    }
 }
 
 /// One bot (one Azure Bot / Entra app registration).
@@ -543,6 +566,9 @@ mod defaults {
     }
     pub(super) fn mcp_max_content() -> usize {
         4000
+    }
+    pub(super) fn mcp_claim_lease() -> u64 {
+        60
     }
 }
 
@@ -882,6 +908,9 @@ impl Config {
         if mcp.max_content_chars < 200 {
             return Err(ConfigError::new("mcp.max_content_chars", "must be at least 200"));
         }
+        if !(1..=3600).contains(&mcp.claim_lease_secs) {
+            return Err(ConfigError::new("mcp.claim_lease_secs", "must be between 1 and 3600 seconds"));
+        }
         let mut names = HashSet::new();
         for (i, t) in mcp.tokens.iter().enumerate() {
             let field = |name: &str| format!("mcp.tokens[{i}].{name}");
@@ -900,6 +929,13 @@ impl Config {
                 if !self.bots.iter().any(|c| c.allowed_tenants.iter().any(|a| a.matches(tenant))) {
                     return Err(ConfigError::new(field("tenants"), format!("`{tenant}` is in no bot's allowed_tenants")));
                 }
+            }
+            if let Err(e) = t.tool_policy() {
+                let name = match e.field {
+                    mcp_tools::PolicyField::Tools => "tools",
+                    mcp_tools::PolicyField::Approve => "approve",
+                };
+                return Err(ConfigError::new(field(name), e.problem));
             }
         }
         Ok(())
@@ -1477,6 +1513,34 @@ token = "env:MCP_TOKEN"
             assert_eq!(e.field, bad, "{e}");
             assert!(e.problem.contains("AGENTGATE__SERVER__BIND"), "says how keys are written: {e}");
         }
+    }
+
+    #[test]
+    fn token_tool_lists_are_checked_and_name_the_valid_tools() {
+        let token = |lines: &str| format!("{SECRETS_BASE}{lines}\n");
+        let c = Config::from_sources(Some(&token("read_only = true")), "t", env(&[])).unwrap();
+        c.validate(false).unwrap();
+        let p = c.mcp.tokens[0].tool_policy().unwrap();
+        assert!(p.is_read_only() && p.allows("read_messages") && !p.allows("reply"));
+        let c = Config::from_sources(Some(&token("tools = [\"status\", \"reply\"]\napprove = \"reply\"")), "t", env(&[])).unwrap();
+        c.validate(false).unwrap();
+        assert!(c.mcp.tokens[0].tool_policy().unwrap().needs_approval("reply"));
+        for (lines, field, says) in [
+            ("tools = [\"status\", \"sendmessage\"]", "mcp.tokens[0].tools", "`sendmessage` is not a tool; the tools are: status, "),
+            ("approve = [\"drop_table\"]", "mcp.tokens[0].approve", "`drop_table` is not a tool"),
+            ("approve = [\"read_messages\"]", "mcp.tokens[0].approve", "approval applies to: reply"),
+            ("read_only = true\ntools = [\"delete_message\"]", "mcp.tokens[0].tools", "read_only"),
+            ("tools = [\"status\"]\napprove = [\"reply\"]", "mcp.tokens[0].approve", "not among the tools"),
+        ] {
+            let e = Config::from_sources(Some(&token(lines)), "t", env(&[])).unwrap().validate(false).unwrap_err();
+            assert_eq!(e.field, field, "{lines}: {e}");
+            assert!(e.problem.contains(says), "{lines}: {e}");
+        }
+        let e = Config::from_sources(Some(&format!("{SECRETS_BASE}[mcp]\nclaim_lease_secs = 0\n")), "t", env(&[]))
+            .unwrap()
+            .validate(false)
+            .unwrap_err();
+        assert_eq!(e.field, "mcp.claim_lease_secs", "{e}");
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl Bridge {
     )]
     async fn graph_send_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<GraphSendArgs>) -> ToolResult {
         let scope = self.scope_of(&ctx.extensions)?;
+        self.check_claim(&scope, &a.chat_id, a.bot.as_deref()).await?;
         let requester = self.requester(&scope);
         let origin = self.focus();
         let req = GraphMessage {

@@ -44,7 +44,8 @@ impl Tokens {
                     "configuration error in mcp.tokens[{i}].token: the token is shorter than 32 characters; use a long random one (openssl rand -hex 32)"
                 );
             }
-            out.push((Sha256::digest(token.as_bytes()).into(), Scope::new(t.name.clone(), &t.bots, &t.tenants)));
+            let tools = t.tool_policy().map_err(|e| anyhow::anyhow!("configuration error in mcp.tokens[{i}]: {}", e.problem))?;
+            out.push((Sha256::digest(token.as_bytes()).into(), Scope::new(t.name.clone(), &t.bots, &t.tenants).with_tools(tools)));
         }
         Ok(Self(Arc::new(out)))
     }

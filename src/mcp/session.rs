@@ -4,6 +4,13 @@
 //! `ack` list on the next read, or by acting in the conversation (a reply or another send there
 //! acknowledges what this session was shown from it). A new session is shown every pending entry again,
 //! so a host that restarts before acknowledging loses nothing.
+//!
+//! Several hosts on one bot: a session may claim conversations (`claim_conversations`); then the others
+//! are not given their entries unless they ask (`include_claimed`), and may act there only to answer
+//! what they were shown. A session renews its claims while it lives and gives them up when it ends.
+//!
+//! What a session may call is its scope's tool policy: tools it may not use are not listed and refused
+//! when called; a tool its token marks `approve` waits for an owner's Allow in Teams before it runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -25,11 +32,12 @@ use tokio::task::JoinHandle;
 
 use super::{Hub, Scope, ToolResult, fail, ok, prompts};
 use crate::bridge::approval::{self, Verdict};
+use crate::bridge::claims::{self, ClaimMap, ClaimRequest};
 use crate::bridge::deliver::{Change, Mention, PersonMessage, Progress, Queued, Sent, TextMessage};
 use crate::bridge::events::{self, EventKind, InboundEvent};
 use crate::bridge::live::{Finished, LiveStatus, LiveStream};
 use crate::bridge::{Caller, Origin, envelope};
-use crate::store::{AuditEvent, InboxItem, now_ms};
+use crate::store::{AuditEvent, Claim, ClaimHolder, InboxItem, now_ms};
 
 /// How a session reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +59,14 @@ fn set_focus(focus: &Focus, bot: &str, conversation: &str) {
         Some(Origin { bot_app_id: bot.to_owned(), conversation_id: conversation.to_owned() });
 }
 
+/// The conversations a session was shown an entry from (lower-case bot, conversation), acknowledged or
+/// not: it may answer there even when another session claimed the conversation since.
+type Seen = Arc<Mutex<HashSet<(String, String)>>>;
+
+fn seen_key(bot: &str, conversation: &str) -> (String, String) {
+    (bot.to_ascii_lowercase(), conversation.to_owned())
+}
+
 struct Session {
     transport: Transport,
     /// Stdio: known from the start. Http: set from the `initialize` request's token.
@@ -64,6 +80,12 @@ struct Session {
     focus: Focus,
     /// Entries `wait_for_messages` already returned to this session.
     returned: Mutex<HashSet<i64>>,
+    seen: Seen,
+    /// The session's id for its claims on conversations (random; never the transport's session id).
+    claim_id: String,
+    /// Whether the session took a claim (then it renews them while it lives and releases them at the end).
+    claiming: std::sync::atomic::AtomicBool,
+    store: Arc<dyn crate::store::Store>,
     streams: Mutex<HashMap<String, LiveStream>>,
     verdicts: mpsc::UnboundedSender<Verdict>,
     verdicts_rx: Mutex<Option<mpsc::UnboundedReceiver<Verdict>>>,
@@ -75,6 +97,35 @@ impl Drop for Session {
         for t in self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner).drain(..) {
             t.abort();
         }
+        // The session ended: its claims go at once (else they would lapse with their lease).
+        if self.claiming.load(std::sync::atomic::Ordering::Acquire)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (store, id) = (Arc::clone(&self.store), self.claim_id.clone());
+            rt.spawn(async move { release_all(store.as_ref(), &id).await });
+        }
+    }
+}
+
+/// Give up every claim of session `id`.
+async fn release_all(store: &dyn crate::store::Store, id: &str) {
+    match store.release_claims(id, None).await {
+        Ok(n) if n > 0 => tracing::info!(released = n, "the session ended: its claims were released"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not release an ended session's claims; they lapse with their lease"),
+    }
+}
+
+/// Releases a session's claims when the host goes (the stdio session's end, before the store closes).
+#[derive(Clone)]
+pub struct ClaimRelease {
+    store: Arc<dyn crate::store::Store>,
+    id: String,
+}
+
+impl ClaimRelease {
+    pub async fn release(&self) {
+        release_all(self.store.as_ref(), &self.id).await;
     }
 }
 
@@ -121,6 +172,9 @@ pub struct ReadMessagesArgs {
     /// Acknowledge these inbox ids first (events you handled), so they are not delivered again.
     #[serde(default)]
     pub ack: Vec<i64>,
+    /// Also the events of conversations another session claimed (each says who holds it).
+    #[serde(default)]
+    pub include_claimed: bool,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -135,6 +189,53 @@ pub struct WaitArgs {
     /// Acknowledge these inbox ids first (events you handled).
     #[serde(default)]
     pub ack: Vec<i64>,
+    /// Also the events of conversations another session claimed (each says who holds it).
+    #[serde(default)]
+    pub include_claimed: bool,
+}
+
+/// What to claim (or release): conversations, all of some bots' conversations, all of some tenants'.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct ClaimArgs {
+    /// Conversations (the `chat_id` of events or of list_conversations).
+    #[serde(default)]
+    pub chat_ids: Vec<String>,
+    /// Every conversation of these bots (app ids), within this session's tenants.
+    #[serde(default)]
+    pub bots: Vec<String>,
+    /// Every conversation in these tenants, of the bots in this session's scope.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// The bot of `chat_ids`, when several in scope have seen one.
+    #[serde(default)]
+    pub bot: Option<String>,
+}
+
+impl From<ClaimArgs> for ClaimRequest {
+    fn from(a: ClaimArgs) -> Self {
+        Self { chat_ids: a.chat_ids, bot: a.bot, bots: a.bots, tenants: a.tenants }
+    }
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct ReleaseArgs {
+    /// Conversations to release (`chat_id`).
+    #[serde(default)]
+    pub chat_ids: Vec<String>,
+    /// Bots to release (app ids), as claimed with `bots`.
+    #[serde(default)]
+    pub bots: Vec<String>,
+    /// Tenants to release, as claimed with `tenants`.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// The bot of `chat_ids`, when several in scope have seen one.
+    #[serde(default)]
+    pub bot: Option<String>,
+    /// Release every claim of this session.
+    #[serde(default)]
+    pub all: bool,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -443,6 +544,7 @@ impl Bridge {
         let (tx, rx) = mpsc::unbounded_channel();
         // The Graph tools only where a bot has an Agent User to act as.
         let tool_router = if hub.agents.is_empty() { Self::tool_router() } else { Self::tool_router() + Self::graph_router() };
+        let store = Arc::clone(&hub.store);
         Self {
             hub,
             session: Arc::new(Session {
@@ -452,6 +554,10 @@ impl Bridge {
                 shown: Arc::new(Mutex::new(HashMap::new())),
                 focus: Arc::default(),
                 returned: Mutex::new(HashSet::new()),
+                seen: Arc::new(Mutex::new(HashSet::new())),
+                claim_id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+                claiming: std::sync::atomic::AtomicBool::new(false),
+                store,
                 streams: Mutex::new(HashMap::new()),
                 verdicts: tx,
                 verdicts_rx: Mutex::new(Some(rx)),
@@ -463,6 +569,89 @@ impl Bridge {
 
     pub(super) fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// What gives up this session's claims (for a transport that knows when the host went).
+    pub fn claim_release(&self) -> ClaimRelease {
+        ClaimRelease { store: Arc::clone(&self.session.store), id: self.session.claim_id.clone() }
+    }
+
+    /// This session as the holder of claims.
+    fn holder(&self, scope: &Scope) -> ClaimHolder {
+        let client = self.session.client.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        ClaimHolder { session: self.session.claim_id.clone(), client, scope: scope.name.clone() }
+    }
+
+    /// Renew this session's claims every third of their lease while the session lives (once started).
+    fn start_renewing(&self) {
+        if self.session.claiming.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let (store, id) = (Arc::clone(&self.session.store), self.session.claim_id.clone());
+        let lease = self.hub.claim_lease();
+        let ttl = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let every = (lease / 3).max(Duration::from_millis(250));
+        self.session.tasks.lock().unwrap_or_else(PoisonError::into_inner).push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = store.renew_claims(&id, now_ms(), ttl).await {
+                    tracing::warn!(error = %e, "could not renew this session's claims; retrying");
+                }
+            }
+        }));
+    }
+
+    /// Refuse to act in a conversation another session claimed, unless this session was shown an entry
+    /// from it. An unknown conversation passes: the tool says what is wrong with it.
+    pub(super) async fn check_claim(&self, scope: &Scope, chat_id: &str, bot: Option<&str>) -> Result<(), crate::bridge::Error> {
+        let map = self.hub.claims().await?;
+        if map.is_empty() {
+            return Ok(());
+        }
+        let Ok((b, r)) = self.hub.conversation_any(scope, chat_id, bot).await else { return Ok(()) };
+        self.check_claim_in(&map, &b.app_id, &r.tenant_id, &r.conversation_id)
+    }
+
+    /// [`Self::check_claim`] for a proactive 1:1 message: the bot's existing chat with the person, if any.
+    async fn check_person_claim(
+        &self,
+        scope: &Scope,
+        user_id: &str,
+        bot: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<(), crate::bridge::Error> {
+        let map = self.hub.claims().await?;
+        if map.is_empty() {
+            return Ok(());
+        }
+        let Ok(target) = self.hub.person_target(scope, user_id, bot, tenant).await else { return Ok(()) };
+        match self.hub.personal(&target, user_id).await? {
+            crate::bridge::route::Personal::Chat(r) => self.check_claim_in(&map, &r.bot_app_id, &r.tenant_id, &r.conversation_id),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_claim_in(&self, map: &ClaimMap, bot: &str, tenant: &str, conversation: &str) -> Result<(), crate::bridge::Error> {
+        let shown = self.session.seen.lock().unwrap_or_else(PoisonError::into_inner).contains(&seen_key(bot, conversation));
+        claims::may_act_in(map, &self.session.claim_id, bot, tenant, conversation, shown)
+    }
+
+    /// A claim as a tool result shows it.
+    fn claim_json(&self, c: &Claim) -> Value {
+        let mut v = json!({
+            "kind": c.target.kind(), "bot": c.target.bot_app_id(), "until_ms": c.until_ms,
+            "client": envelope::meta_value(&c.client), "token": envelope::meta_value(&c.scope),
+            "mine": c.session == self.session.claim_id,
+        });
+        match &c.target {
+            crate::store::ClaimTarget::Conversation { conversation_id, tenant_id, .. } => {
+                v["chat_id"] = json!(conversation_id);
+                v["tenant"] = json!(tenant_id);
+            }
+            crate::store::ClaimTarget::Tenant { tenant_id, .. } => v["tenant"] = json!(tenant_id),
+            crate::store::ClaimTarget::Bot { .. } => {}
+        }
+        v
     }
 
     pub(super) fn scope_of(&self, extensions: &rmcp::model::Extensions) -> Result<Scope, String> {
@@ -519,6 +708,7 @@ impl Bridge {
     /// A change to a conversation (card, edit, deletion, typing) through the bridge, then its outcome.
     async fn change(&self, ctx: &RequestContext<RoleServer>, chat_id: &str, bot: Option<&str>, change: Change, ack: bool) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
+        self.check_claim(&scope, chat_id, bot).await?;
         let requester = self.requester(&scope);
         let queued = self.hub.queue_change_routed(self.caller(&scope, &requester), chat_id, bot, change).await?;
         self.finish(queued, ack).await
@@ -553,8 +743,14 @@ impl Bridge {
         }
     }
 
-    /// Acknowledge inbox ids within scope; returns how many changed state.
+    /// Acknowledge inbox ids within scope; returns how many changed state. A session whose tools do not
+    /// include `ack_messages` (a read-only token) acknowledges nothing.
     async fn ack_ids(&self, scope: &Scope, ids: &[i64]) -> Result<u64, crate::bridge::Error> {
+        if !ids.is_empty() && !scope.tools.allows("ack_messages") {
+            return Err(crate::bridge::Error::refused(
+                "this session may not acknowledge messages (its token does not allow ack_messages); pass no ack",
+            ));
+        }
         let (ours, n) = self.hub.ack_in_scope(scope, ids).await?;
         let mut shown = self.session.shown.lock().unwrap_or_else(PoisonError::into_inner);
         for id in &ours {
@@ -563,22 +759,30 @@ impl Bridge {
         Ok(n)
     }
 
-    /// Inbox entries as events for a tool result; remembers them as shown.
-    fn present(&self, items: &[InboxItem]) -> Vec<Value> {
+    /// Inbox entries as events for a tool result; remembers them as shown. An entry another session
+    /// claimed (read with `include_claimed`) says who holds it.
+    fn present(&self, items: &[InboxItem], claims: &ClaimMap) -> Vec<Value> {
         let mut shown = self.session.shown.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.session.seen.lock().unwrap_or_else(PoisonError::into_inner);
         items
             .iter()
             .map(|item| {
                 shown.insert(item.id, (item.bot_app_id.to_string(), item.conversation_id.to_string()));
                 set_focus(&self.session.focus, item.bot_app_id.as_str(), item.conversation_id.as_str());
+                seen.insert(seen_key(&item.bot_app_id, &item.conversation_id));
                 self.hub.delivered.mark(&item.bot_app_id, &item.conversation_id, &item.activity_id);
-                match events::event_from_item(item) {
+                let mut v = match events::event_from_item(item) {
                     Ok(mut ev) => {
                         check_sender(&self.hub, item, &mut ev);
                         event_json(&ev, self.hub.cfg.mcp.max_content_chars * 4)
                     }
                     Err(e) => json!({"inbox_id": item.id, "event": "unreadable", "error": e.to_string()}),
+                };
+                if let Some(c) = claims.held_from(item, &self.session.claim_id) {
+                    v["claimed_by"] =
+                        json!({"client": envelope::meta_value(&c.client), "token": envelope::meta_value(&c.scope), "until_ms": c.until_ms});
                 }
+                v
             })
             .collect()
     }
@@ -591,8 +795,11 @@ impl Bridge {
         // Only a host that reads channel notifications (Claude Code) has seen what was pushed; for the
         // others a push is not a delivery, so it must not be acknowledged by their next reply.
         let client = self.session.client.lock().unwrap_or_else(PoisonError::into_inner).to_ascii_lowercase();
-        let shown = client.contains("claude").then(|| (Arc::clone(&self.session.shown), Arc::clone(&self.session.focus)));
-        tasks.push(tokio::spawn(push_loop(Arc::clone(&self.hub), scope, peer.clone(), shown)));
+        let shown = client
+            .contains("claude")
+            .then(|| (Arc::clone(&self.session.shown), Arc::clone(&self.session.seen), Arc::clone(&self.session.focus)));
+        let me = self.session.claim_id.clone();
+        tasks.push(tokio::spawn(push_loop(Arc::clone(&self.hub), scope, me, peer.clone(), shown)));
         if let Some(mut rx) = self.session.verdicts_rx.lock().unwrap_or_else(PoisonError::into_inner).take() {
             tasks.push(tokio::spawn(async move {
                 while let Some(v) = rx.recv().await {
@@ -607,6 +814,37 @@ impl Bridge {
                 }
             }));
         }
+    }
+
+    /// Whether this call may run: a tool the session's token does not allow is refused with a generic
+    /// error; a tool the token marks `approve` runs only once an owner allowed it in Teams.
+    async fn permit(
+        &self,
+        request: &rmcp::model::CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), super::ToolError> {
+        let name = request.name.as_ref();
+        let Some(scope) = self.session.scope.get() else { return Ok(()) };
+        if !self.tool_router.has_route(name) {
+            // Unknown: the router answers as for any unknown tool.
+            return Ok(());
+        }
+        if !scope.tools.allows(name) {
+            tracing::warn!(tool = name, "a tool this session's token does not allow was refused");
+            return Err(format!("the tool {name} is not available to this session").into());
+        }
+        if !scope.tools.needs_approval(name) {
+            return Ok(());
+        }
+        // Checked against the request's token as every tool is, before anyone is asked.
+        let scope = self.scope(&context.extensions)?;
+        let args = request.arguments.clone().unwrap_or_default();
+        let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
+        let bot = self.hub.approving_bot(&scope, text("chat_id").as_deref(), text("bot").as_deref()).await?;
+        let requester = self.requester(&scope);
+        let input = serde_json::to_string(&args).unwrap_or_default();
+        self.hub.approve_tool_call(self.caller(&scope, &requester), &bot, name, &input).await?;
+        Ok(())
     }
 
     async fn on_permission_request(&self, params: Option<Value>) {
@@ -728,12 +966,19 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
 /// How often a session reads the inbox without a wake-up (the safety net for a lost announcement).
 const RESCAN: Duration = Duration::from_secs(2);
 
-/// Push every pending entry in scope, then each new one, as `notifications/claude/channel`.
-async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: Option<(Shown, Focus)>) {
+/// At most this many entries are held back for another session's claim (re-checked on each pass; older
+/// ones are still there for `read_messages`).
+const MAX_HELD_BACK: usize = 10_000;
+
+/// Push every pending entry in scope, then each new one, as `notifications/claude/channel`. An entry
+/// another session claimed is held back, and pushed once nobody else holds it (the claim was released or
+/// lapsed) if it is still pending then.
+async fn push_loop(hub: Arc<Hub>, scope: Scope, me: String, peer: Peer<RoleServer>, shown: Option<(Shown, Seen, Focus)>) {
     let mut cursor = 0;
     let mut signal = hub.inbox.clone();
     let max = hub.cfg.mcp.max_content_chars;
     let with_bot = hub.cfg.bots.iter().filter(|b| scope.allows_bot(&b.app_id)).count() > 1;
+    let mut held_back = std::collections::BTreeSet::new();
     loop {
         signal.borrow_and_update();
         let batch = match hub.store.inbox_after(cursor, 256).await {
@@ -744,48 +989,87 @@ async fn push_loop(hub: Arc<Hub>, scope: Scope, peer: Peer<RoleServer>, shown: O
                 continue;
             }
         };
+        if !batch.is_empty() || !held_back.is_empty() {
+            let claims = match hub.claims().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the claims failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut due = Vec::new();
+            if !held_back.is_empty() {
+                let ids: Vec<i64> = std::mem::take(&mut held_back).into_iter().collect();
+                match hub.store.inbox_by_ids(&ids).await {
+                    Ok(items) => {
+                        for item in items.into_iter().filter(|i| i.state == crate::store::InboxState::Pending) {
+                            if claims.held_from(&item, &me).is_some() {
+                                held_back.insert(item.id);
+                            } else {
+                                due.push(item);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-reading held-back entries failed; retrying");
+                        held_back.extend(ids);
+                    }
+                }
+            }
+            for item in batch.iter() {
+                cursor = item.id;
+                if !scope.allows(&item.bot_app_id, &item.tenant_id) {
+                    continue;
+                }
+                if claims.held_from(item, &me).is_some() {
+                    held_back.insert(item.id);
+                    while held_back.len() > MAX_HELD_BACK {
+                        held_back.pop_first();
+                    }
+                    continue;
+                }
+                due.push(item.clone());
+            }
+            for item in due {
+                let ev = match events::event_from_item(&item) {
+                    Ok(mut ev) => {
+                        check_sender(&hub, &item, &mut ev);
+                        ev
+                    }
+                    Err(e) => {
+                        tracing::warn!(inbox_id = item.id, error = %e, "an inbox entry could not be read as an event; not pushed");
+                        continue;
+                    }
+                };
+                // Recorded before the push: an edit racing with it then errs towards telling the host.
+                hub.delivered.mark(&item.bot_app_id, &item.conversation_id, &item.activity_id);
+                // So is where the session works: a permission request the host sends on reading it must find it.
+                if let Some((_, _, focus)) = &shown {
+                    set_focus(focus, item.bot_app_id.as_str(), item.conversation_id.as_str());
+                }
+                let n = CustomNotification::new("notifications/claude/channel", Some(channel_notification(&ev, max, with_bot)));
+                if let Err(e) = peer.send_notification(ServerNotification::CustomNotification(n)).await {
+                    tracing::info!(error = %e, "the host went away; pushes stop (unacknowledged messages wait for the next session)");
+                    return;
+                }
+                if let Some((shown, seen, _)) = &shown {
+                    shown
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(item.id, (item.bot_app_id.to_string(), item.conversation_id.to_string()));
+                    seen.lock().unwrap_or_else(PoisonError::into_inner).insert(seen_key(&item.bot_app_id, &item.conversation_id));
+                }
+            }
+        }
         if batch.is_empty() {
             // Woken for each entry committed here or announced by another replica; the inbox is read again
-            // every RESCAN anyway, so a lost announcement only delays a push.
+            // every RESCAN anyway, so a lost announcement (or a released claim) only delays a push.
             tokio::select! {
                 changed = signal.changed() => if changed.is_err() {
                     return;
                 },
                 () = tokio::time::sleep(RESCAN) => {}
-            }
-            continue;
-        }
-        for item in batch {
-            cursor = item.id;
-            if !scope.allows(&item.bot_app_id, &item.tenant_id) {
-                continue;
-            }
-            let ev = match events::event_from_item(&item) {
-                Ok(mut ev) => {
-                    check_sender(&hub, &item, &mut ev);
-                    ev
-                }
-                Err(e) => {
-                    tracing::warn!(inbox_id = item.id, error = %e, "an inbox entry could not be read as an event; not pushed");
-                    continue;
-                }
-            };
-            // Recorded before the push: an edit racing with it then errs towards telling the host.
-            hub.delivered.mark(&item.bot_app_id, &item.conversation_id, &item.activity_id);
-            // So is where the session works: a permission request the host sends on reading it must find it.
-            if let Some((_, focus)) = &shown {
-                set_focus(focus, item.bot_app_id.as_str(), item.conversation_id.as_str());
-            }
-            let n = CustomNotification::new("notifications/claude/channel", Some(channel_notification(&ev, max, with_bot)));
-            if let Err(e) = peer.send_notification(ServerNotification::CustomNotification(n)).await {
-                tracing::info!(error = %e, "the host went away; pushes stop (unacknowledged messages wait for the next session)");
-                return;
-            }
-            if let Some((shown, _)) = &shown {
-                shown
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(item.id, (item.bot_app_id.to_string(), item.conversation_id.to_string()));
             }
         }
     }
@@ -845,15 +1129,28 @@ impl Bridge {
             })
             .collect();
         let store_ok = self.hub.store.ping().await.is_ok();
-        let waiting = self.hub.pending(&scope, None, 1000, &HashSet::new()).await.map(|v| v.len()).ok();
+        let claims = self.hub.claims().await.ok();
+        let waiting = match &claims {
+            Some(c) => self.hub.pending(&scope, None, 1000, &HashSet::new(), Some((c, &self.session.claim_id))).await.map(|v| v.len()).ok(),
+            None => None,
+        };
+        let claim_list: Option<Vec<Value>> = claims.as_ref().map(|c| c.within(&scope).map(|c| self.claim_json(c)).collect());
+        let tools = match scope.tools.only() {
+            Some(only) => json!(only),
+            None if scope.tools.is_read_only() => json!("read_only"),
+            None => json!("all"),
+        };
         ok(json!({
             "agentgate": env!("CARGO_PKG_VERSION"),
             "session": {"scope": scope.name, "transport": format!("{:?}", self.session.transport).to_lowercase(),
                         "tenants": if scope.tenants().is_empty() { json!("all") } else { json!(scope.tenants()) },
-                        "permission_relay": self.hub.relays_permissions(&scope)},
+                        "permission_relay": self.hub.relays_permissions(&scope),
+                        "tools": tools, "read_only": scope.tools.is_read_only(), "approve": scope.tools.approved_tools(),
+                        "claim_lease_secs": self.hub.claim_lease().as_secs()},
             "bots": bots,
             "health": {"store": if store_ok { "ok" } else { "unavailable" }, "uptime_secs": self.hub.started.elapsed().as_secs()},
             "messages_waiting": waiting,
+            "claims": claim_list,
         }))
     }
 
@@ -862,6 +1159,7 @@ impl Bridge {
         let scope = self.scope(&ctx.extensions)?;
         let limit = clamp(a.limit, 50, 500);
         let refs = self.hub.store.conversations(5000).await.map_err(|e| e.to_string())?;
+        let claims = self.hub.claims().await?;
         let list: Vec<Value> = refs
             .into_iter()
             .filter(|r| scope.allows(&r.bot_app_id, &r.tenant_id))
@@ -877,10 +1175,12 @@ impl Bridge {
                 } else {
                     (json!(crate::store::Identity::bot(r.bot_app_id.as_str())), "connector")
                 };
+                let claimed_by = claims.owner(&r.bot_app_id, &r.tenant_id, &r.conversation_id).map(|c| self.claim_json(c));
                 json!({
                     "chat_id": r.conversation_id, "bot": r.bot_app_id, "tenant": r.tenant_id,
                     "conversation_type": r.conversation_type, "user_id": r.user_aad_object_id,
                     "usable": r.usable, "last_activity_ms": r.updated_at_ms, "identity": identity, "via": via,
+                    "claimed_by": claimed_by,
                 })
             })
             .collect();
@@ -893,8 +1193,10 @@ impl Bridge {
     async fn read_messages(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<ReadMessagesArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
         let acked = self.ack_ids(&scope, &a.ack).await?;
-        let items = self.hub.pending(&scope, a.chat_id.as_deref(), clamp(a.limit, 20, 200), &HashSet::new()).await?;
-        let events = self.present(&items);
+        let claims = self.hub.claims().await?;
+        let hide = (!a.include_claimed).then_some((&claims, self.session.claim_id.as_str()));
+        let items = self.hub.pending(&scope, a.chat_id.as_deref(), clamp(a.limit, 20, 200), &HashSet::new(), hide).await?;
+        let events = self.present(&items, &claims);
         ok(json!({"events": events, "acknowledged": acked}))
     }
 
@@ -911,10 +1213,12 @@ impl Bridge {
         loop {
             signal.borrow_and_update();
             let skip = self.session.returned.lock().unwrap_or_else(PoisonError::into_inner).clone();
-            let items = self.hub.pending(&scope, None, limit, &skip).await?;
+            let claims = self.hub.claims().await?;
+            let hide = (!a.include_claimed).then_some((&claims, self.session.claim_id.as_str()));
+            let items = self.hub.pending(&scope, None, limit, &skip, hide).await?;
             if !items.is_empty() {
                 self.session.returned.lock().unwrap_or_else(PoisonError::into_inner).extend(items.iter().map(|i| i.id));
-                return ok(json!({"events": self.present(&items), "timed_out": false, "acknowledged": acked}));
+                return ok(json!({"events": self.present(&items, &claims), "timed_out": false, "acknowledged": acked}));
             }
             tokio::select! {
                 r = signal.changed() => if r.is_err() { return fail("the gateway is shutting down") },
@@ -937,10 +1241,37 @@ impl Bridge {
     }
 
     #[tool(
+        description = "Own conversations so that only this session gets their messages (several hosts on one bot): by chat_ids, or all of some bots' or tenants' conversations. Other sessions see them only with include_claimed. The claim lasts while this session lives; all or nothing: a conversation another session holds is refused, naming the holder."
+    )]
+    async fn claim_conversations(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<ClaimArgs>) -> ToolResult {
+        let scope = self.scope(&ctx.extensions)?;
+        let claims = self.hub.claim(&scope, &self.holder(&scope), &a.into()).await?;
+        self.start_renewing();
+        let list: Vec<Value> = claims.iter().map(|c| self.claim_json(c)).collect();
+        ok(json!({"claimed": list, "lease_secs": self.hub.claim_lease().as_secs()}))
+    }
+
+    #[tool(
+        description = "Give up this session's claims on conversations (by chat_ids, bots or tenants, as claimed), or all of them with all: true. Their messages then go to every session again."
+    )]
+    async fn release_conversations(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<ReleaseArgs>) -> ToolResult {
+        let scope = self.scope(&ctx.extensions)?;
+        let req = ClaimRequest { chat_ids: a.chat_ids, bot: a.bot, bots: a.bots, tenants: a.tenants };
+        let released = match (a.all, req.is_empty()) {
+            (true, true) => self.hub.release(&scope, &self.session.claim_id, None).await?,
+            (false, false) => self.hub.release(&scope, &self.session.claim_id, Some(&req)).await?,
+            (true, false) => return fail("pass all: true, or what to release (chat_ids, bots, tenants), not both"),
+            (false, true) => return fail("name what to release (chat_ids, bots or tenants), or pass all: true"),
+        };
+        ok(json!({"released": released}))
+    }
+
+    #[tool(
         description = "Reply in a Teams conversation: pass the event's chat_id, and its message_id as reply_to in channels. Acknowledges what you were shown from that conversation."
     )]
     async fn reply(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<ReplyArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
+        self.check_claim(&scope, &a.chat_id, a.bot.as_deref()).await?;
         let requester = self.requester(&scope);
         let queued = self.hub.queue_text(self.caller(&scope, &requester), &a.into()).await?;
         self.finish(queued, true).await
@@ -949,6 +1280,7 @@ impl Bridge {
     #[tool(description = "Send a new message to a conversation the bot is in (by chat_id).")]
     async fn send_message(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<SendArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
+        self.check_claim(&scope, &a.chat_id, a.bot.as_deref()).await?;
         let requester = self.requester(&scope);
         let queued = self.hub.queue_text(self.caller(&scope, &requester), &a.into()).await?;
         self.finish(queued, true).await
@@ -959,6 +1291,7 @@ impl Bridge {
     )]
     async fn send_to_user(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<SendToUserArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
+        self.check_person_claim(&scope, &a.user_id, a.bot.as_deref(), a.tenant.as_deref()).await?;
         let requester = self.requester(&scope);
         let origin = self.focus();
         ok(sent_result(self.hub.send_to_person(self.caller(&scope, &requester).with_origin(origin.as_ref()), &a.into()).await?))
@@ -1008,6 +1341,7 @@ impl Bridge {
     async fn stream_start(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<StreamStartArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
         let (bot, r) = self.hub.conversation(&scope, &a.chat_id, a.bot.as_deref()).await?;
+        self.check_claim_in(&self.hub.claims().await?, &bot.app_id, &r.tenant_id, &r.conversation_id)?;
         // In an agentic conversation the Agent User acts (the reply is buffered into one message).
         let event = AuditEvent::new(
             now_ms(),
@@ -1150,8 +1484,13 @@ impl ServerHandler for Bridge {
         let client = envelope::meta_value(&self.session.client.lock().unwrap_or_else(PoisonError::into_inner));
         let span = tracing::info_span!("mcp_tool", tool = %request.name, scope, client = %client, request = %context.id);
         let started = std::time::Instant::now();
-        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        let result = self.tool_router.call(tcc).instrument(span.clone()).await;
+        let result = match self.permit(&request, &context).instrument(span.clone()).await {
+            Ok(()) => {
+                let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+                self.tool_router.call(tcc).instrument(span.clone()).await
+            }
+            Err(e) => Ok(rmcp::model::CallToolResult::error(vec![rmcp::model::ContentBlock::text(e.0)]).into()),
+        };
         let outcome = match &result {
             Ok(rmcp::model::CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
             Ok(_) => "ok",
@@ -1160,6 +1499,35 @@ impl ServerHandler for Bridge {
         let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::debug!(parent: &span, outcome, ms, "tool call finished");
         result
+    }
+
+    /// The tools this session's token allows (the others are not listed); those that need an owner's
+    /// approval say so.
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let policy = self.session.scope.get().map(|s| s.tools.clone()).unwrap_or_default();
+        let tools = self
+            .tool_router
+            .list_all()
+            .into_iter()
+            .filter(|t| policy.allows(&t.name))
+            .map(|mut t| {
+                if policy.needs_approval(&t.name) {
+                    let d = t.description.as_deref().unwrap_or_default();
+                    t.description = Some(format!("{d} Each call waits for an owner's approval in Teams (this token's setting).").into());
+                }
+                t
+            })
+            .collect();
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        let allowed = self.session.scope.get().is_none_or(|s| s.tools.allows(name));
+        self.tool_router.get(name).filter(|_| allowed).cloned()
     }
 
     async fn initialize(
@@ -1225,5 +1593,28 @@ impl ServerHandler for Bridge {
         Ok(GetPromptResult::new(vec![PromptMessage::new_text(Role::User, prompts::agent_system())])
             .with_description("agentgate's operating rules")
             .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::mcp_tools::{TOOLS, ToolKind, kind_of};
+
+    #[test]
+    fn the_tool_policy_names_exactly_the_tools_sessions_offer() {
+        let mut offered: Vec<String> =
+            (Bridge::tool_router() + Bridge::graph_router()).list_all().into_iter().map(|t| t.name.to_string()).collect();
+        offered.sort();
+        let mut named: Vec<String> = TOOLS.iter().map(|(n, _)| (*n).to_owned()).collect();
+        named.sort();
+        assert_eq!(offered, named, "config::mcp_tools::TOOLS and the routers disagree");
+        // The tools that read take no `text`, `card` or `reaction`: a sanity check of the classification.
+        for t in (Bridge::tool_router() + Bridge::graph_router()).list_all() {
+            let props = t.input_schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+            if kind_of(&t.name) == Some(ToolKind::Read) {
+                assert!(!["text", "card", "reaction", "member"].iter().any(|k| props.contains_key(*k)), "{} reads only?", t.name);
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::ids::{AadObjectId, AppId, ConversationId, TenantId};
 
 pub mod audit;
+pub mod claims;
 pub mod postgres;
 pub mod recent;
 pub mod sqlite;
@@ -18,6 +19,7 @@ pub mod sqlite;
 pub(crate) mod suite;
 
 pub use audit::{AuditEvent, AuditHead, AuditKey, AuditRecord, Broken, Identity, Target, Verified};
+pub use claims::{Claim, ClaimHolder, ClaimOutcome, ClaimTarget};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use recent::RecentCommits;
 pub use sqlite::SqliteStore;
@@ -821,6 +823,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The catch-up cursors of one bot's Agent User chats.
     async fn graph_cursors(&self, bot_app_id: &str) -> Result<Vec<ChatCursor>, StoreError>;
+
+    /// Claim `targets` for `holder`'s session until `now_ms + ttl_ms`, all or none, in one transaction:
+    /// each target is taken with one conditional upsert (free, lapsed by `now_ms`, or already the
+    /// session's, which is extended). When another session holds any of them (live), nothing changes and
+    /// those claims are returned. Rows that lapsed long ago ([`claims::CLAIM_ROWS_KEPT_MS`]) are deleted.
+    async fn claim_conversations(
+        &self,
+        targets: &[ClaimTarget],
+        holder: &ClaimHolder,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<ClaimOutcome, StoreError>;
+
+    /// Extend the session's claims still live at `now_ms` to `now_ms + ttl_ms` (a lapsed claim stays
+    /// lapsed: another session may have taken it); how many were extended.
+    async fn renew_claims(&self, session: &str, now_ms: i64, ttl_ms: i64) -> Result<u64, StoreError>;
+
+    /// Give up the session's claims on `targets`, or all of them (`None`); another session's are left
+    /// alone. How many were given up.
+    async fn release_claims(&self, session: &str, targets: Option<&[ClaimTarget]>) -> Result<u64, StoreError>;
+
+    /// Every claim live at `now_ms` (its lease runs out later), of every session on every replica.
+    async fn live_claims(&self, now_ms: i64) -> Result<Vec<Claim>, StoreError>;
 
     async fn close(&self);
 }

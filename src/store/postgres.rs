@@ -40,11 +40,12 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
+use super::claims::CLAIM_ROWS_KEPT_MS;
 use super::{
-    Amended, Amendment, ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, ErrorClass,
-    Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease,
-    NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals,
-    SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
+    Amended, Amendment, ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, Claim, ClaimHolder, ClaimOutcome,
+    ClaimTarget, CommitOutcome, ConversationRef, ErrorClass, Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription,
+    Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem,
+    OutboxState, ProvisioningRecord, SharedApprovals, SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -203,6 +204,21 @@ const MIGRATIONS: &[&str] = &[
         owner    TEXT   NOT NULL,
         until_ms BIGINT NOT NULL
     );",
+    // 8: claims on conversations (`claim_conversations`): the MCP session (on any replica) that owns a
+    // conversation, a bot's conversations in a tenant, or all of a bot's, until its lease runs out.
+    "CREATE TABLE conversation_claims (
+        target          TEXT   PRIMARY KEY,
+        kind            TEXT   NOT NULL,
+        bot_app_id      TEXT   NOT NULL,
+        tenant_id       TEXT,
+        conversation_id TEXT,
+        session         TEXT   NOT NULL,
+        client          TEXT   NOT NULL,
+        scope           TEXT   NOT NULL,
+        claimed_at_ms   BIGINT NOT NULL,
+        until_ms        BIGINT NOT NULL
+    );
+    CREATE INDEX conversation_claims_session ON conversation_claims (session);",
 ];
 
 /// The schema version this build writes.
@@ -968,6 +984,13 @@ fn ref_row(r: &Row) -> Result<ConversationRef, StoreError> {
     })
 }
 
+const CLAIM_COLUMNS: &str = "kind, bot_app_id, tenant_id, conversation_id, session, client, scope, until_ms";
+
+fn claim_of(r: &Row) -> Result<Claim, StoreError> {
+    let target = ClaimTarget::from_columns(r.get::<_, String>(0).as_str(), r.get(1), r.get(2), r.get(3))?;
+    Ok(Claim { target, session: r.get(4), client: r.get(5), scope: r.get(6), until_ms: r.get(7) })
+}
+
 const AUDIT_COLUMNS: &str = "id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash";
 
 fn audit_row(r: &Row) -> AuditRecord {
@@ -1623,6 +1646,103 @@ impl Store for PostgresStore {
             )
             .await?;
         Ok(rows.iter().map(|r| ChatCursor { bot_app_id: r.get(0), chat_id: r.get(1), modified_ms: r.get(2) }).collect())
+    }
+
+    async fn claim_conversations(
+        &self,
+        targets: &[ClaimTarget],
+        holder: &ClaimHolder,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let until = now_ms.saturating_add(ttl_ms);
+        // Outside the claiming transaction, so that it takes no row locks in an order of its own.
+        self.execute("DELETE FROM conversation_claims WHERE until_ms < $1", &[&now_ms.saturating_sub(CLAIM_ROWS_KEPT_MS)]).await?;
+        // Always in key order: two sessions claiming overlapping sets lock their rows in the same order.
+        let mut sorted: Vec<&ClaimTarget> = targets.iter().collect();
+        sorted.sort_by_key(|t| t.key());
+        sorted.dedup();
+        for _ in 0..3 {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            // One conditional statement per target: two sessions inserting the same target at once, the second
+            // waits for the first's commit, then sees its row through `ON CONFLICT` and takes it only if it is
+            // its own or lapsed.
+            let upsert = tx
+                .prepare_cached(
+                    "INSERT INTO conversation_claims (target, kind, bot_app_id, tenant_id, conversation_id, session, client, scope, claimed_at_ms, until_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (target) DO UPDATE SET session = excluded.session, client = excluded.client, scope = excluded.scope,
+                         claimed_at_ms = CASE WHEN conversation_claims.session = excluded.session THEN conversation_claims.claimed_at_ms
+                                              ELSE excluded.claimed_at_ms END,
+                         until_ms = excluded.until_ms
+                     WHERE conversation_claims.session = excluded.session OR conversation_claims.until_ms < $9",
+                )
+                .await?;
+            let mut all = true;
+            for t in &sorted {
+                let (kind, bot, tenant, conversation) = t.columns();
+                let key = t.key();
+                let params: [&(dyn ToSql + Sync); 10] =
+                    [&key, &kind, &bot, &tenant, &conversation, &holder.session, &holder.client, &holder.scope, &now_ms, &until];
+                if tx.execute(&upsert, &params).await? != 1 {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                tx.commit().await?;
+                let taken = targets
+                    .iter()
+                    .map(|t| Claim {
+                        target: t.clone(),
+                        session: holder.session.clone(),
+                        client: holder.client.clone(),
+                        scope: holder.scope.clone(),
+                        until_ms: until,
+                    })
+                    .collect();
+                return Ok(ClaimOutcome::Taken(taken));
+            }
+            tx.rollback().await?;
+            drop(client);
+            let keys: Vec<String> = sorted.iter().map(|t| t.key()).collect();
+            let rows = self
+                .query(
+                    &format!("SELECT {CLAIM_COLUMNS} FROM conversation_claims WHERE target = ANY($1) AND session <> $2 AND until_ms >= $3 ORDER BY target"),
+                    &[&keys, &holder.session, &now_ms],
+                )
+                .await?;
+            let held = rows.iter().map(claim_of).collect::<Result<Vec<_>, _>>()?;
+            if !held.is_empty() {
+                return Ok(ClaimOutcome::Held(held));
+            }
+            // The holder let go between the two statements: try again.
+        }
+        Err(StoreError::Conflict("the claims kept changing hands; try again".into()))
+    }
+
+    async fn renew_claims(&self, session: &str, now_ms: i64, ttl_ms: i64) -> Result<u64, StoreError> {
+        let until = now_ms.saturating_add(ttl_ms);
+        self.execute("UPDATE conversation_claims SET until_ms = $3 WHERE session = $1 AND until_ms >= $2", &[&session, &now_ms, &until])
+            .await
+    }
+
+    async fn release_claims(&self, session: &str, targets: Option<&[ClaimTarget]>) -> Result<u64, StoreError> {
+        match targets {
+            None => self.execute("DELETE FROM conversation_claims WHERE session = $1", &[&session]).await,
+            Some(targets) => {
+                let keys: Vec<String> = targets.iter().map(ClaimTarget::key).collect();
+                self.execute("DELETE FROM conversation_claims WHERE target = ANY($1) AND session = $2", &[&keys, &session]).await
+            }
+        }
+    }
+
+    async fn live_claims(&self, now_ms: i64) -> Result<Vec<Claim>, StoreError> {
+        let rows = self
+            .query(&format!("SELECT {CLAIM_COLUMNS} FROM conversation_claims WHERE until_ms >= $1 ORDER BY target"), &[&now_ms])
+            .await?;
+        rows.iter().map(claim_of).collect()
     }
 
     async fn close(&self) {

@@ -25,10 +25,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
+use super::claims::CLAIM_ROWS_KEPT_MS;
 use super::{
-    Amended, Amendment, AuditEvent, AuditRecord, ChatCursor, CommitOutcome, ConversationRef, Finish, GRAPH_CLAIM_MS, GraphCommit,
-    GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target, now_ms,
+    Amended, Amendment, AuditEvent, AuditRecord, ChatCursor, Claim, ClaimHolder, ClaimOutcome, ClaimTarget, CommitOutcome, ConversationRef,
+    Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease,
+    NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target,
+    now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -158,7 +160,26 @@ const MIGRATIONS: &[Migration] = &[
              );",
         )
     },
+    // 9: claims on conversations (`claim_conversations`): the MCP session that owns a conversation, a bot's
+    // conversations in a tenant, or all of a bot's, until its lease runs out.
+    |tx| tx.execute_batch(CLAIMS_SCHEMA),
 ];
+
+const CLAIMS_SCHEMA: &str = "
+CREATE TABLE conversation_claims (
+    target          TEXT    PRIMARY KEY,
+    kind            TEXT    NOT NULL,
+    bot_app_id      TEXT    NOT NULL,
+    tenant_id       TEXT,
+    conversation_id TEXT,
+    session         TEXT    NOT NULL,
+    client          TEXT    NOT NULL,
+    scope           TEXT    NOT NULL,
+    claimed_at_ms   INTEGER NOT NULL,
+    until_ms        INTEGER NOT NULL
+);
+CREATE INDEX conversation_claims_session ON conversation_claims (session);
+";
 
 const GRAPH_INBOUND_SCHEMA: &str = "
 CREATE TABLE graph_subscriptions (
@@ -752,6 +773,15 @@ fn ref_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConversationRef> {
         },
         authenticated: r.get(12)?,
     })
+}
+
+const CLAIM_COLUMNS: &str = "kind, bot_app_id, tenant_id, conversation_id, session, client, scope, until_ms";
+
+/// A claim row; an unreadable one is an `Err` inside (a row of a kind this version does not know).
+fn claim_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Claim, StoreError>> {
+    let (kind, bot, tenant, conversation): (String, String, Option<String>, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+    let (session, client, scope, until_ms) = (r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?);
+    Ok(ClaimTarget::from_columns(&kind, bot, tenant, conversation).map(|target| Claim { target, session, client, scope, until_ms }))
 }
 
 const AUDIT_COLUMNS: &str = "id, at_ms, actor, identity, action, target, outcome, detail, prev_hash, hash";
@@ -1434,6 +1464,117 @@ impl Store for SqliteStore {
             rows.collect()
         })
         .await
+    }
+
+    async fn claim_conversations(
+        &self,
+        targets: &[ClaimTarget],
+        holder: &ClaimHolder,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let (targets, holder) = (targets.to_vec(), holder.clone());
+        let until = now_ms.saturating_add(ttl_ms);
+        // Writes are serialized (one writer per process, `BEGIN IMMEDIATE` across processes): the check for
+        // another session's live claims and the upserts are one step.
+        self.write(move |tx, _| {
+            tx.prepare_cached("DELETE FROM conversation_claims WHERE until_ms < ?1")?
+                .execute(params![now_ms.saturating_sub(CLAIM_ROWS_KEPT_MS)])?;
+            let mut held = Vec::new();
+            {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "SELECT {CLAIM_COLUMNS} FROM conversation_claims WHERE target = ?1 AND session <> ?2 AND until_ms >= ?3"
+                ))?;
+                for t in &targets {
+                    match stmt.query_row(params![t.key(), holder.session, now_ms], claim_row).optional()? {
+                        Some(Ok(c)) => held.push(c),
+                        Some(Err(e)) => return Ok(Err(e)),
+                        None => {}
+                    }
+                }
+            }
+            if !held.is_empty() {
+                return Ok(Ok(ClaimOutcome::Held(held)));
+            }
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO conversation_claims (target, kind, bot_app_id, tenant_id, conversation_id, session, client, scope, claimed_at_ms, until_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (target) DO UPDATE SET session = excluded.session, client = excluded.client, scope = excluded.scope,
+                     claimed_at_ms = CASE WHEN conversation_claims.session = excluded.session THEN conversation_claims.claimed_at_ms
+                                          ELSE excluded.claimed_at_ms END,
+                     until_ms = excluded.until_ms
+                 WHERE conversation_claims.session = excluded.session OR conversation_claims.until_ms < ?11",
+            )?;
+            let mut taken = Vec::with_capacity(targets.len());
+            for t in &targets {
+                let (kind, bot, tenant, conversation) = t.columns();
+                let n = upsert.execute(params![
+                    t.key(),
+                    kind,
+                    bot,
+                    tenant,
+                    conversation,
+                    holder.session,
+                    holder.client,
+                    holder.scope,
+                    now_ms,
+                    until,
+                    now_ms
+                ])?;
+                if n != 1 {
+                    // Unreachable under the writer's serialization; never report a claim not taken.
+                    return Err(rusqlite::Error::QueryReturnedNoRows);
+                }
+                taken.push(Claim {
+                    target: t.clone(),
+                    session: holder.session.clone(),
+                    client: holder.client.clone(),
+                    scope: holder.scope.clone(),
+                    until_ms: until,
+                });
+            }
+            Ok(Ok(ClaimOutcome::Taken(taken)))
+        })
+        .await?
+    }
+
+    async fn renew_claims(&self, session: &str, now_ms: i64, ttl_ms: i64) -> Result<u64, StoreError> {
+        let session = session.to_owned();
+        let until = now_ms.saturating_add(ttl_ms);
+        self.write(move |tx, _| {
+            tx.prepare_cached("UPDATE conversation_claims SET until_ms = ?3 WHERE session = ?1 AND until_ms >= ?2")?
+                .execute(params![session, now_ms, until])
+                .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn release_claims(&self, session: &str, targets: Option<&[ClaimTarget]>) -> Result<u64, StoreError> {
+        let (session, targets) = (session.to_owned(), targets.map(<[ClaimTarget]>::to_vec));
+        self.write(move |tx, _| match targets {
+            None => tx.prepare_cached("DELETE FROM conversation_claims WHERE session = ?1")?.execute(params![session]).map(|n| n as u64),
+            Some(targets) => {
+                let mut stmt = tx.prepare_cached("DELETE FROM conversation_claims WHERE target = ?1 AND session = ?2")?;
+                let mut n = 0;
+                for t in &targets {
+                    n += stmt.execute(params![t.key(), session])? as u64;
+                }
+                Ok(n)
+            }
+        })
+        .await
+    }
+
+    async fn live_claims(&self, now_ms: i64) -> Result<Vec<Claim>, StoreError> {
+        let rows = self
+            .read(move |c| {
+                let mut stmt =
+                    c.prepare_cached(&format!("SELECT {CLAIM_COLUMNS} FROM conversation_claims WHERE until_ms >= ?1 ORDER BY target"))?;
+                let rows = stmt.query_map(params![now_ms], claim_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        rows.into_iter().collect()
     }
 
     async fn close(&self) {

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 
 use super::audit::{self, AuditHead, Broken};
 use super::{
-    Amended, Amendment, AuditEvent, ChatCursor, CommitOutcome, ConversationRef, ErrorClass, Failed, Finish, GRAPH_CLAIM_MS, GraphCommit,
-    GraphSubscription, Identity, InboundRecord, InboxState, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState,
-    ProvisioningRecord, Store, StoreError, Target,
+    Amended, Amendment, AuditEvent, ChatCursor, ClaimHolder, ClaimOutcome, ClaimTarget, CommitOutcome, ConversationRef, ErrorClass, Failed,
+    Finish, GRAPH_CLAIM_MS, GraphCommit, GraphSubscription, Identity, InboundRecord, InboxState, NewGraphNotification, NewOutbound,
+    OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -51,7 +51,8 @@ macro_rules! store_suite {
             audit_detects_that_every_event_was_deleted, audit_detects_a_renumbered_event,
             audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite,
             an_anonymous_activity_never_overwrites_an_authenticated_reference, an_unreadable_agentic_recipient_fails_closed,
-            graph_notifications_and_leases_are_held_by_one_replica_at_a_time);
+            graph_notifications_and_leases_are_held_by_one_replica_at_a_time,
+            conversation_claims_are_exclusive_across_handles_lapse_and_release);
     };
     (@store $backend:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -793,6 +794,80 @@ pub(crate) async fn graph_notifications_and_leases_are_held_by_one_replica_at_a_
     assert!(one.take_graph_lease("graph-catch-up:bot", 12_100, 1_000).await.unwrap(), "leases are independent by name");
     two.release_graph_lease(lease).await.unwrap();
     assert!(one.take_graph_lease(lease, 12_200, 1_000).await.unwrap(), "released: free at once");
+    one.close().await;
+    two.close().await;
+}
+
+fn holder(session: &str) -> ClaimHolder {
+    ClaimHolder { session: session.into(), client: format!("client-{session}"), scope: "stdio".into() }
+}
+
+/// Who holds each live claim at `now`, as "key=session".
+async fn holders(store: &dyn Store, now: i64) -> Vec<String> {
+    store.live_claims(now).await.unwrap().into_iter().map(|c| format!("{}={}", c.target.key(), c.session)).collect()
+}
+
+/// Claims on conversations: one session at a time per target, across two handles (replicas); all or none;
+/// renewed by the holder while live; a lapsed one stays lapsed and is handed over; released only by its
+/// holder.
+pub(crate) async fn conversation_claims_are_exclusive_across_handles_lapse_and_release(b: &dyn Backend) {
+    let (one, two) = (b.open(None).await, b.open(None).await);
+    let (a, bee) = (holder("sa"), holder("sb"));
+    let (x, y, t) =
+        (ClaimTarget::conversation("Bot", "t", "a:X"), ClaimTarget::conversation("bot", "t", "a:Y"), ClaimTarget::tenant("bot", "T"));
+    let ClaimOutcome::Taken(taken) = one.claim_conversations(&[x.clone(), t.clone()], &a, 10_000, 1_000).await.unwrap() else {
+        panic!("free targets were not taken")
+    };
+    assert_eq!(taken.iter().map(|c| (c.session.as_str(), c.until_ms)).collect::<Vec<_>>(), vec![("sa", 11_000), ("sa", 11_000)]);
+
+    // Held by A: B gets nothing, not even the free target it asked for alongside (all or none).
+    let held = two.claim_conversations(&[y.clone(), x.clone()], &bee, 10_500, 1_000).await.unwrap();
+    let ClaimOutcome::Held(held) = held else { panic!("another session's live claim was taken: {held:?}") };
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0].target.clone(), held[0].session.as_str(), held[0].client.as_str(), held[0].until_ms),
+        (x.clone(), "sa", "client-sa", 11_000)
+    );
+    assert_eq!(holders(two.as_ref(), 10_500).await, vec!["conversation/bot/a:X=sa", "tenant/bot/t=sa"], "nothing of B's was written");
+    assert!(matches!(two.claim_conversations(std::slice::from_ref(&y), &bee, 10_500, 1_000).await.unwrap(), ClaimOutcome::Taken(_)));
+    assert!(
+        matches!(one.claim_conversations(std::slice::from_ref(&x), &a, 10_600, 1_000).await.unwrap(), ClaimOutcome::Taken(_)),
+        "a holder extends its own"
+    );
+    assert_eq!(holders(one.as_ref(), 10_600).await, vec!["conversation/bot/a:X=sa", "conversation/bot/a:Y=sb", "tenant/bot/t=sa"]);
+
+    // Renewed while live: the renewal counts on the other handle.
+    assert_eq!(one.renew_claims("sa", 11_500, 1_000).await.unwrap(), 1, "x (until 11_600) renewed; t lapsed at 11_000");
+    assert!(matches!(two.claim_conversations(std::slice::from_ref(&x), &bee, 12_000, 1_000).await.unwrap(), ClaimOutcome::Held(_)));
+    // The lapsed tenant claim is not renewed again, and another session takes it.
+    assert_eq!(one.renew_claims("sa", 12_000, 1_000).await.unwrap(), 1);
+    assert!(matches!(two.claim_conversations(std::slice::from_ref(&t), &bee, 12_000, 1_000).await.unwrap(), ClaimOutcome::Taken(_)));
+    // A stops renewing: once x lapsed it is handed over, and A cannot renew or retake it.
+    assert!(matches!(two.claim_conversations(std::slice::from_ref(&x), &bee, 13_001, 1_000).await.unwrap(), ClaimOutcome::Taken(_)));
+    assert_eq!(one.renew_claims("sa", 13_002, 1_000).await.unwrap(), 0);
+    assert!(matches!(one.claim_conversations(std::slice::from_ref(&x), &a, 13_002, 1_000).await.unwrap(), ClaimOutcome::Held(_)));
+    assert_eq!(holders(one.as_ref(), 13_002).await, vec!["conversation/bot/a:X=sb"], "y and t lapsed at 11_500 and 13_000");
+
+    // Released only by the holder; then free at once.
+    assert_eq!(one.release_claims("sa", Some(std::slice::from_ref(&x))).await.unwrap(), 0);
+    assert_eq!(two.release_claims("sb", Some(std::slice::from_ref(&x))).await.unwrap(), 1);
+    assert!(holders(one.as_ref(), 13_003).await.is_empty());
+    assert!(matches!(one.claim_conversations(&[x.clone(), y.clone()], &a, 13_003, 1_000).await.unwrap(), ClaimOutcome::Taken(_)));
+    two.release_claims("sa", None).await.unwrap();
+    assert!(holders(two.as_ref(), 13_004).await.is_empty(), "a session's release lets go of all its claims");
+
+    // Racing sessions on two handles: exactly one takes a free target.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = Arc::clone(if i % 2 == 0 { &one } else { &two });
+        let h = holder(&format!("racer{i}"));
+        tasks.push(tokio::spawn(async move { s.claim_conversations(&[ClaimTarget::bot("b2")], &h, 20_000, 1_000).await.unwrap() }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(matches!(t.await.unwrap(), ClaimOutcome::Taken(_)));
+    }
+    assert_eq!(won, 1, "one session holds a target at a time");
     one.close().await;
     two.close().await;
 }

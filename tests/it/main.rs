@@ -26,6 +26,7 @@ mod intake;
 mod keys;
 mod mcp;
 mod mcp_agent;
+mod mcp_claims;
 mod mcp_http;
 mod mcp_relay;
 mod postgres;

@@ -21,6 +21,8 @@ const TOOLS: &[&str] = &[
     "read_messages",
     "wait_for_messages",
     "ack_messages",
+    "claim_conversations",
+    "release_conversations",
     "reply",
     "send_message",
     "send_to_user",
