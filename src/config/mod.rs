@@ -340,6 +340,10 @@ pub struct McpConfig {
     /// without ending its session (a crashed replica, a lost connection).
     #[serde(default = "defaults::mcp_claim_lease")]
     pub claim_lease_secs: u64,
+    /// How many `/mcp` sessions one token may have open at once; an `initialize` beyond it is refused
+    /// (429) until one ends (DELETE) or idles out. Bounds what one leaked or hostile token can hold.
+    #[serde(default = "defaults::mcp_max_sessions_per_token")]
+    pub max_sessions_per_token: usize,
 }
 
 /// One `/mcp` bearer token and what it may see.
@@ -569,6 +573,9 @@ mod defaults {
     }
     pub(super) fn mcp_claim_lease() -> u64 {
         60
+    }
+    pub(super) fn mcp_max_sessions_per_token() -> usize {
+        16
     }
 }
 
@@ -910,6 +917,9 @@ impl Config {
         }
         if !(1..=3600).contains(&mcp.claim_lease_secs) {
             return Err(ConfigError::new("mcp.claim_lease_secs", "must be between 1 and 3600 seconds"));
+        }
+        if !(1..=1000).contains(&mcp.max_sessions_per_token) {
+            return Err(ConfigError::new("mcp.max_sessions_per_token", "must be between 1 and 1000"));
         }
         let mut names = HashSet::new();
         for (i, t) in mcp.tokens.iter().enumerate() {

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -12,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::SessionManager as _;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use secrecy::ExposeSecret as _;
@@ -92,21 +94,49 @@ async fn authenticate(State(tokens): State<Tokens>, mut req: Request, next: Next
 /// The header naming a Streamable HTTP session.
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// Which token opened each session: session id → SHA-256 of the token.
+/// Which token opened each session (session id → SHA-256 of the token) and when it was last used.
 #[derive(Clone, Default)]
-struct Sessions(Arc<Mutex<HashMap<String, [u8; 32]>>>);
+struct Sessions(Arc<Mutex<HashMap<String, Owned>>>);
+
+#[derive(Clone, Copy)]
+struct Owned {
+    digest: [u8; 32],
+    used: Instant,
+}
+
+/// A session with no request for this long is forgotten (rmcp's own worker ends after its keep-alive,
+/// 5 minutes by default, so the session is dead by then; its handle is closed too).
+const SESSION_IDLE: Duration = Duration::from_secs(15 * 60);
 
 impl Sessions {
+    /// The owner of `id`, marking the session used.
     fn owner(&self, id: &str) -> Option<[u8; 32]> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied()
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get_mut(id).map(|o| {
+            o.used = Instant::now();
+            o.digest
+        })
     }
 
     fn bind(&self, id: &str, digest: [u8; 32]) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), digest);
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), Owned { digest, used: Instant::now() });
     }
 
     fn forget(&self, id: &str) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+
+    /// Forget the sessions idle past `idle` (returned, so their rmcp handles can be closed), then count the
+    /// ones `digest` holds.
+    fn prune_and_count(&self, digest: &[u8; 32], idle: Duration) -> (Vec<String>, usize) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let stale: Vec<String> = map.iter().filter(|(_, o)| now.duration_since(o.used) > idle).map(|(id, _)| id.clone()).collect();
+        for id in &stale {
+            map.remove(id);
+        }
+        let held = map.values().filter(|o| same_digest(&o.digest, digest)).count();
+        (stale, held)
     }
 }
 
@@ -115,6 +145,10 @@ impl Sessions {
 struct Guard {
     sessions: Sessions,
     allowed_hosts: Arc<Vec<String>>,
+    /// rmcp's sessions, to close the handles of the ones [`Sessions`] forgot as idle.
+    manager: Arc<LocalSessionManager>,
+    max_per_token: usize,
+    idle: Duration,
 }
 
 /// The bearer token of a request, as [`authenticate`] reads it.
@@ -186,6 +220,24 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
             return refused(StatusCode::NOT_FOUND, r#"{"error":"session not found"}"#);
         }
     };
+    if session.is_none() && req.method() == axum::http::Method::POST {
+        let (stale, held) = g.sessions.prune_and_count(&digest, g.idle);
+        if !stale.is_empty() {
+            let manager = Arc::clone(&g.manager);
+            tokio::spawn(async move {
+                for id in stale {
+                    let _ = manager.close_session(&id.into()).await;
+                }
+            });
+        }
+        if held >= g.max_per_token {
+            tracing::warn!(held, max = g.max_per_token, "/mcp initialize refused: the token has too many open sessions");
+            return refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                r#"{"error":"too many open MCP sessions for this token: end one (DELETE /mcp with its mcp-session-id) or wait until an idle one expires; mcp.max_sessions_per_token sets the limit"}"#,
+            );
+        }
+    }
     let deleting = req.method() == axum::http::Method::DELETE;
     let resp = next.run(req).await;
     match session {
@@ -208,8 +260,15 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 /// The `/mcp` router over a hub.
 pub fn router(hub: Arc<Hub>, tokens: Tokens, cfg: &McpConfig) -> Router {
     let config = StreamableHttpServerConfig::default().with_allowed_hosts(cfg.allowed_hosts.clone());
-    let service = StreamableHttpService::new(move || Ok(Bridge::http(Arc::clone(&hub))), Arc::new(LocalSessionManager::default()), config);
-    let guard_state = Guard { sessions: Sessions::default(), allowed_hosts: Arc::new(cfg.allowed_hosts.clone()) };
+    let manager = Arc::new(LocalSessionManager::default());
+    let service = StreamableHttpService::new(move || Ok(Bridge::http(Arc::clone(&hub))), Arc::clone(&manager), config);
+    let guard_state = Guard {
+        sessions: Sessions::default(),
+        allowed_hosts: Arc::new(cfg.allowed_hosts.clone()),
+        manager,
+        max_per_token: cfg.max_sessions_per_token,
+        idle: SESSION_IDLE,
+    };
     Router::new()
         .nest_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(guard_state, guard))

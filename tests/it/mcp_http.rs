@@ -33,6 +33,11 @@ async fn setup(oidc: &FakeOidc) -> (TestApp, String) {
 
 /// [`setup`], with `bot_lines` added to the first bot's table.
 async fn setup_with(oidc: &FakeOidc, bot_lines: &str) -> (TestApp, String) {
+    setup_full(oidc, bot_lines, "").await
+}
+
+/// [`setup_with`], with `mcp_lines` added to the `[mcp]` table.
+async fn setup_full(oidc: &FakeOidc, bot_lines: &str, mcp_lines: &str) -> (TestApp, String) {
     let dir = tempfile::tempdir().unwrap().keep();
     let (a, b) = (secret_file(&dir, "a.token", TOKEN_A), secret_file(&dir, "b.token", TOKEN_B));
     let mut opts = Options::new(&oidc.metadata_url);
@@ -44,6 +49,7 @@ poll_interval_ms = 20
 
 [mcp]
 bind = "127.0.0.1:0"
+{mcp_lines}
 
 [[mcp.tokens]]
 name = "tenant-a"
@@ -293,6 +299,39 @@ async fn raw(url: &str, method: reqwest::Method, token: &str, session: Option<&s
         r = r.header("content-type", "application/json").body(b.to_string());
     }
     r.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_holds_at_most_its_share_of_sessions() {
+    let oidc = FakeOidc::start(vec![TestKey::teams("kid", 0)]).await;
+    let (app, url) = setup_full(&oidc, "", "max_sessions_per_token = 2").await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "curl", "version": "1"}}});
+    let open = |token: &'static str| {
+        let (url, init) = (url.clone(), init.clone());
+        async move {
+            let r = raw(&url, reqwest::Method::POST, token, None, Some(&init)).await;
+            let status = r.status();
+            let session = r.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
+            let body = r.text().await.unwrap();
+            (status, session, body)
+        }
+    };
+    let (s1, first, _) = open(TOKEN_A).await;
+    let (s2, _, _) = open(TOKEN_A).await;
+    assert_eq!((s1, s2), (reqwest::StatusCode::OK, reqwest::StatusCode::OK));
+    // The third is refused with a reason and no session; another token is not affected.
+    let (s3, none, body) = open(TOKEN_A).await;
+    assert_eq!(s3, 429, "{body}");
+    assert!(none.is_none() && body.contains("max_sessions_per_token"), "{body}");
+    let (sb, _, _) = open(TOKEN_B).await;
+    assert_eq!(sb, 200, "another token's sessions are counted apart");
+    // Ending one frees its place.
+    assert!(raw(&url, reqwest::Method::DELETE, TOKEN_A, first.as_deref(), None).await.status().is_success());
+    let (s4, again, _) = open(TOKEN_A).await;
+    assert_eq!(s4, 200);
+    assert!(again.is_some());
+    assert!(app.stderr().contains("too many open sessions"), "the refusal is logged");
 }
 
 #[tokio::test(flavor = "multi_thread")]
