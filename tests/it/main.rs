@@ -31,6 +31,7 @@ mod mcp_relay;
 mod postgres;
 mod protocol;
 mod security;
+mod streams;
 mod teams_app;
 mod tls;
 mod token_cli;
