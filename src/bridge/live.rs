@@ -99,11 +99,6 @@ impl LiveStream {
     /// before the first text or informative line.
     pub(crate) fn start(outbound: Arc<Outbound>, reference: ConversationRef) -> Self {
         let config = outbound.stream_config().clone();
-        Self::start_with(outbound, reference, config)
-    }
-
-    /// [`start`](Self::start) with these settings.
-    pub(crate) fn start_with(outbound: Arc<Outbound>, reference: ConversationRef, config: StreamConfig) -> Self {
         let mode = outbound.stream_mode(&reference);
         let link = StreamLink::new(config.request_gap);
         let poster = LivePoster { outbound, reference: reference.clone(), link };

@@ -1025,7 +1025,7 @@ impl Bridge {
         let r = s.reference.clone();
         let result = s.finish().await;
         let (outcome, detail) = match &result {
-            Ok(Finished::Delivered { .. }) => ("delivered", String::new()),
+            Ok(Finished::Delivered { mode, .. }) => ("delivered", format!("mode {}", mode.name())),
             Ok(Finished::Cancelled) => ("cancelled", crate::connector::streaming::CANCELLED.to_owned()),
             Err(e) => ("failed", e.clone()),
         };

@@ -156,6 +156,8 @@ async fn a_three_minute_group_chat_answer_is_one_placeholder_updated_in_place() 
     let outcomes: Vec<&str> =
         audit["events"].as_array().unwrap().iter().filter(|e| e["action"] == "stream").filter_map(|e| e["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["delivered", "started"], "{audit}");
+    let delivered = audit["events"].as_array().unwrap().iter().find(|e| e["action"] == "stream").unwrap().clone();
+    assert_eq!(delivered["detail"], "mode updating", "{delivered}");
 }
 
 /// A 1:1 stream passes Teams' two minutes: it gets its final before them, then goes on by updating the
