@@ -374,7 +374,28 @@ async fn build_outbound(cfg: &Config, opts: ServeOptions, store: Arc<dyn Store>,
         max_age: Duration::from_secs(cfg.outbound.max_age_secs),
         ..RetryPolicy::default()
     };
-    Ok(Outbound::new(store, connector, Arc::new(tokens), clouds, throttle, retry, metrics))
+    Ok(Outbound::new(store, connector, Arc::new(tokens), clouds, throttle, retry, metrics).with_stream_config(stream_config(cfg, opts.dev)))
+}
+
+/// The variable that runs streams' clock faster in `--dev` (a test of a long turn).
+const DEV_STREAM_CLOCK_SCALE: &str = "AGENTGATE_DEV_STREAM_CLOCK_SCALE";
+
+/// Streams' tunables from `[outbound]`; in `--dev`, with every duration divided by
+/// `AGENTGATE_DEV_STREAM_CLOCK_SCALE` when it is set (2 to 1000).
+fn stream_config(cfg: &Config, dev: bool) -> crate::teams::StreamConfig {
+    let config = crate::teams::StreamConfig {
+        edit_interval: Duration::from_millis(cfg.outbound.stream_update_ms),
+        max_age: Duration::from_millis(cfg.outbound.stream_max_age_ms),
+        ..crate::teams::StreamConfig::default()
+    };
+    let scale = std::env::var(DEV_STREAM_CLOCK_SCALE).ok().and_then(|v| v.trim().parse::<u32>().ok()).filter(|s| (2..=1000).contains(s));
+    match scale {
+        Some(scale) if dev => {
+            tracing::warn!(scale, "{DEV_STREAM_CLOCK_SCALE} is set: streams' clock runs {scale} times faster (tests only)");
+            config.scaled(scale)
+        }
+        _ => config,
+    }
 }
 
 pub use crate::connector::tokens::bot_tokens;

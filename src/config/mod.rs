@@ -295,7 +295,20 @@ pub struct OutboundConfig {
     /// Timeout of one Connector request.
     #[serde(default = "defaults::connector_timeout")]
     pub request_timeout_secs: u64,
+    /// The least time between two edits of a streamed reply updated in place (group chats, channels, a
+    /// 1:1 stream past Teams' 2 minutes); text written in between is coalesced into the next edit.
+    #[serde(default = "defaults::stream_update_ms")]
+    pub stream_update_ms: u64,
+    /// Age at which a native (1:1) stream is finalised and goes on as edits in place, before Teams ends
+    /// streams at 2 minutes.
+    #[serde(default = "defaults::stream_max_age_ms")]
+    pub stream_max_age_ms: u64,
 }
+
+/// Bounds of `outbound.stream_update_ms`: Teams takes about one update a second per message.
+pub const STREAM_UPDATE_MS: std::ops::RangeInclusive<u64> = 1_000..=60_000;
+/// Bounds of `outbound.stream_max_age_ms`: ending 5 s before Teams' 2 minutes at the latest.
+pub const STREAM_MAX_AGE_MS: std::ops::RangeInclusive<u64> = 10_000..=115_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -547,6 +560,12 @@ mod defaults {
     pub(super) fn connector_timeout() -> u64 {
         15
     }
+    pub(super) fn stream_update_ms() -> u64 {
+        2_000
+    }
+    pub(super) fn stream_max_age_ms() -> u64 {
+        110_000
+    }
     pub(super) fn log_format() -> LogFormat {
         LogFormat::Text
     }
@@ -784,6 +803,15 @@ impl Config {
         }
         if self.outbound.request_timeout_secs == 0 || self.outbound.poll_interval_ms == 0 {
             return Err(ConfigError::new("outbound", "request_timeout_secs and poll_interval_ms must be at least 1"));
+        }
+        if !STREAM_UPDATE_MS.contains(&self.outbound.stream_update_ms) {
+            return Err(ConfigError::new("outbound.stream_update_ms", "must be 1000..=60000 (Teams takes about one update a second)"));
+        }
+        if !STREAM_MAX_AGE_MS.contains(&self.outbound.stream_max_age_ms) {
+            return Err(ConfigError::new(
+                "outbound.stream_max_age_ms",
+                "must be 10000..=115000: Teams ends a stream at 2 minutes, and the final must land before",
+            ));
         }
         if self.store.max_batch == 0 {
             return Err(ConfigError::new("store.max_batch", "must be at least 1"));
@@ -1264,6 +1292,26 @@ allowed_tenants = ["tenant-a"]
             let e = load(store).validate(false).unwrap_err();
             assert_eq!(e.field, field, "{store}: {e}");
             assert!(!format!("{e} {e:?}").contains("Hunter2Secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn stream_timings_default_and_are_bounded() {
+        let load = |outbound: &str| {
+            let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[outbound]\n{outbound}\n");
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap()
+        };
+        let c = load("");
+        assert_eq!((c.outbound.stream_update_ms, c.outbound.stream_max_age_ms), (2_000, 110_000));
+        c.validate(false).unwrap();
+        load("stream_update_ms = 1000\nstream_max_age_ms = 115000").validate(false).unwrap();
+        for (outbound, field) in [
+            ("stream_update_ms = 999", "outbound.stream_update_ms"),
+            ("stream_update_ms = 60001", "outbound.stream_update_ms"),
+            ("stream_max_age_ms = 9999", "outbound.stream_max_age_ms"),
+            ("stream_max_age_ms = 120000", "outbound.stream_max_age_ms"),
+        ] {
+            assert_eq!(load(outbound).validate(false).unwrap_err().field, field, "{outbound}");
         }
     }
 

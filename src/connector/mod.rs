@@ -119,7 +119,18 @@ impl ConnectorError {
     /// Teams refused a stream post because the stream may no longer be written to: the user pressed
     /// Stop, or the stream passed its 2-minute limit (`403` with `ContentStreamNotAllowed`).
     pub fn stream_not_allowed(&self) -> bool {
-        matches!(self, Self::Rejected { status: 403, code, sub_code } if code == "ContentStreamNotAllowed" || sub_code.as_deref() == Some("ContentStreamNotAllowed"))
+        matches!(self, Self::Rejected { status: 403, code, sub_code } if code == "ContentStreamNotAllowed" || matches!(sub_code.as_deref(), Some("ContentStreamNotAllowed" | STREAM_TIME_EXCEEDED)))
+    }
+
+    /// Teams refused a stream post because the stream passed its 2-minute limit (the streamed message can
+    /// still be edited in place), as opposed to the user pressing Stop.
+    pub fn stream_time_exceeded(&self) -> bool {
+        matches!(self, Self::Rejected { status: 403, sub_code: Some(s), .. } if s == STREAM_TIME_EXCEEDED)
+    }
+
+    /// `404`: the message (or conversation) is not there, e.g. the user deleted the message being edited.
+    pub fn not_found(&self) -> bool {
+        matches!(self, Self::Rejected { status: 404, .. })
     }
 
     /// The bot was blocked or uninstalled (`403` with `MessageWritesBlocked`).
@@ -127,6 +138,10 @@ impl ConnectorError {
         matches!(self, Self::Rejected { status: 403, code, sub_code } if code == "MessageWritesBlocked" || sub_code.as_deref() == Some("MessageWritesBlocked"))
     }
 }
+
+/// The sub code given to a `403 ContentStreamNotAllowed` whose message says the stream passed Teams' time
+/// limit (Teams has no code of its own for it): [`ConnectorError::stream_time_exceeded`].
+pub(crate) const STREAM_TIME_EXCEEDED: &str = "ContentStreamTimeExceeded";
 
 /// Where a call goes: the conversation's service URL and the bot's cloud.
 #[derive(Debug, Clone)]
@@ -215,19 +230,7 @@ impl ConnectorClient {
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PRECONDITION_FAILED {
             return Err(ConnectorError::Ambiguous(format!("HTTP {}", status.as_u16())));
         }
-        let detail = serde_json::from_slice::<ErrorBody>(&bytes).ok().and_then(|b| b.error);
-        let (code, sub_code) = match detail {
-            Some(d) => {
-                // Teams sometimes puts the sub code in the message only.
-                let sub = d.sub_code.or_else(|| {
-                    let m = d.message.unwrap_or_default();
-                    ["MessageWritesBlocked", "ContentStreamNotAllowed"].into_iter().find(|c| m.contains(c)).map(str::to_owned)
-                });
-                (d.code, sub)
-            }
-            None => (String::new(), None),
-        };
-        Err(ConnectorError::Rejected { status: status.as_u16(), code, sub_code })
+        Err(rejected(status.as_u16(), &bytes))
     }
 
     fn resource<T: for<'de> Deserialize<'de> + Default>(bytes: &[u8]) -> Result<T, ConnectorError> {
@@ -438,6 +441,29 @@ pub(crate) fn url_conversation_id<'a>(
     std::borrow::Cow::Owned(cut)
 }
 
+/// A definite refusal, with the code and sub code of its error body.
+fn rejected(status: u16, bytes: &[u8]) -> ConnectorError {
+    let detail = serde_json::from_slice::<ErrorBody>(bytes).ok().and_then(|b| b.error);
+    let (code, sub_code) = match detail {
+        Some(d) => {
+            let m = d.message.unwrap_or_default();
+            // Teams sometimes puts the sub code in the message only.
+            let mut sub = d
+                .sub_code
+                .or_else(|| ["MessageWritesBlocked", "ContentStreamNotAllowed"].into_iter().find(|c| m.contains(c)).map(str::to_owned));
+            // A stream past Teams' 2 minutes and a stream the user stopped share their code: only the
+            // message tells them apart ("Content stream finished due to exceeded streaming time.").
+            let not_allowed = d.code == "ContentStreamNotAllowed" || sub.as_deref() == Some("ContentStreamNotAllowed");
+            if not_allowed && m.to_ascii_lowercase().contains("exceeded streaming time") {
+                sub = Some(STREAM_TIME_EXCEEDED.to_owned());
+            }
+            (d.code, sub)
+        }
+        None => (String::new(), None),
+    };
+    ConnectorError::Rejected { status, code, sub_code }
+}
+
 fn classify_send_error(e: reqwest::Error) -> ConnectorError {
     let e = e.without_url();
     if e.is_connect() {
@@ -473,6 +499,29 @@ mod tests {
             assert_eq!(ErrorClass::parse(class.as_str()), Some(class));
         }
         assert_eq!(ErrorClass::parse("403"), None);
+    }
+
+    #[test]
+    fn a_stream_past_its_time_limit_is_told_from_a_stopped_one_by_the_message() {
+        let body = |message: &str| json_body(&serde_json::json!({"error": {"code": "ContentStreamNotAllowed", "message": message}}));
+        let expired = rejected(403, &body("Content stream finished due to exceeded streaming time."));
+        assert!(expired.stream_time_exceeded() && expired.stream_not_allowed(), "{expired:?}");
+        let stopped = rejected(403, &body("Content stream was cancelled by user."));
+        assert!(stopped.stream_not_allowed() && !stopped.stream_time_exceeded(), "{stopped:?}");
+        // The code in the message only, as Teams sometimes sends it.
+        let only_message = json_body(
+            &serde_json::json!({"error": {"code": "Forbidden", "message": "ContentStreamNotAllowed: Content stream finished due to exceeded streaming time."}}),
+        );
+        assert!(rejected(403, &only_message).stream_time_exceeded());
+        // The same words under another code, or another status, are not the time limit.
+        let other = json_body(&serde_json::json!({"error": {"code": "BadArgument", "message": "exceeded streaming time"}}));
+        assert!(!rejected(403, &other).stream_time_exceeded());
+        assert!(!rejected(400, &body("Content stream finished due to exceeded streaming time.")).stream_time_exceeded());
+        assert!(rejected(404, b"").not_found() && !rejected(403, b"").not_found());
+    }
+
+    fn json_body(v: &serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
     }
 
     #[test]

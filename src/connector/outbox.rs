@@ -17,12 +17,14 @@ use secrecy::SecretString;
 use tokio::sync::{Notify, Semaphore};
 
 use super::acting::{Acting, AgenticChains, acting};
-use super::streaming::{CANCELLED, Posted, StreamLink};
+use super::streaming::{CANCELLED, GONE, PostStream, Posted, Progress, Stopped, StreamLink, post_sends};
 use super::throttle::Throttle;
 use super::{ConnectorClient, ConnectorError, Endpoint};
 use crate::ids::{AadObjectId, AppId, Cloud, ConversationId};
 use crate::metrics::{Metrics, OutboundOutcome};
 use serde_json::Value;
+
+use crate::teams::{StreamConfig, StreamSend};
 
 use crate::store::{
     AuditEvent, ConversationRef, ErrorClass, Failed, Finish, NewOutbound, OutboundOp, OutboxItem, Store, StoreError, now_ms,
@@ -92,6 +94,8 @@ pub struct Outbound {
     permits: Arc<Semaphore>,
     /// Agent 365 bots: their Agent User chain and the Connector scope of its tokens, by app id.
     agentic: AgenticChains,
+    /// Streams' tunables (`outbound.stream_*`, and the `--dev` test clock).
+    stream_config: StreamConfig,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -139,6 +143,7 @@ impl Outbound {
             stopping: std::sync::atomic::AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(32)),
             agentic: HashMap::new(),
+            stream_config: StreamConfig::default(),
         }
     }
 
@@ -158,6 +163,13 @@ impl Outbound {
         self
     }
 
+    /// Streams' tunables: intervals, the native age limit, the test clock.
+    #[must_use]
+    pub(crate) fn with_stream_config(mut self, config: StreamConfig) -> Self {
+        self.stream_config = config;
+        self
+    }
+
     /// Who acts in the conversation: the one decision of [`super::acting`].
     async fn acting(&self, bot_app_id: &str, conversation: &str) -> Result<Acting, TokenFailure> {
         acting(self.store.as_ref(), self.tokens.as_ref(), &self.agentic, bot_app_id, conversation).await
@@ -168,9 +180,9 @@ impl Outbound {
         super::acting::acting_identity(&self.agentic, reference)
     }
 
-    /// How a stream in the conversation is sent: streaming in 1:1 chats; buffered elsewhere, and buffered
-    /// in agentic conversations (one message at the end, no `streaminfo`) until streaming as the Agent
-    /// User is proven.
+    /// How a stream in the conversation is sent: streaming in 1:1 chats; a placeholder updated in place
+    /// elsewhere; buffered in agentic conversations (one message at the end, no `streaminfo`, no edits)
+    /// until streaming and editing as the Agent User are proven.
     pub fn stream_mode(&self, reference: &ConversationRef) -> crate::teams::StreamMode {
         if super::acting::agentic_recipient(&self.agentic, Some(reference)).is_some() {
             return crate::teams::StreamMode::Buffered;
@@ -201,15 +213,10 @@ impl Outbound {
 
     /// Post one activity of a live stream now, outside the outbox: its updates only make sense while the
     /// reply is being written (a stream interrupted by a restart is not resumed). Waits for the throttle
-    /// like queued sends do, then posts through `link` (paced, 429 retried, Stop recognised); acts as
+    /// like queued sends do (an edit is a send in Teams' windows too), then posts through `link` (paced,
+    /// 429 retried, Stop and the time limit recognised) — or, for an edit, puts it in place; acts as
     /// whoever acts in the conversation. The caller audits.
-    pub async fn post_live(
-        &self,
-        reference: &ConversationRef,
-        link: &mut StreamLink,
-        kind: crate::teams::StreamSendKind,
-        activity: &Value,
-    ) -> Posted {
+    pub(crate) async fn post_live(&self, reference: &ConversationRef, link: &mut StreamLink, send: &StreamSend) -> Posted {
         let bot = &reference.bot_app_id;
         let Some(cloud) = self.clouds.get(bot).copied() else {
             return Posted::Failed(ConnectorError::BadResponse("the bot is no longer configured".into()));
@@ -222,14 +229,16 @@ impl Outbound {
             Err(f) => return Posted::Failed(ConnectorError::Unreachable(format!("no token: {}", f.message))),
         };
         let ep = Endpoint { cloud, service_url: &reference.service_url };
-        let mut a = activity.clone();
-        address(&mut a, &who, &reference.conversation_id, None);
-        let path = who.path_conversation_id(&reference.conversation_id);
-        let posted = link.post(kind, || self.connector.send_to_conversation(&ep, &who.token, &path, &a)).await;
+        let posted = post_stream_send(&self.connector, &ep, &who, &reference.conversation_id, link, send).await;
         if let Posted::Failed(ConnectorError::Rejected { status: 401, .. }) = posted {
             self.tokens.invalidate(bot);
         }
         posted
+    }
+
+    /// The tunables of streams (live and queued).
+    pub(crate) fn stream_config(&self) -> &StreamConfig {
+        &self.stream_config
     }
 
     /// Every member of a conversation, paged through the Connector as whoever acts there (a read: no
@@ -545,7 +554,8 @@ impl Outbound {
     }
 
     /// Drive a [`Stream`](crate::teams::Stream) over the chunks, posting what it asks for in order through
-    /// one [`StreamLink`] (paced, 429 retried, Stop recognised); the result is the id of the final message.
+    /// one [`StreamLink`] ([`post_sends`]: paced, 429 retried, Stop and the time limit recognised, edits
+    /// put in place); the result is the id of the message that got the final text.
     async fn stream(
         &self,
         ep: &Endpoint<'_>,
@@ -555,73 +565,48 @@ impl Outbound {
         interval: Duration,
         conversation_type: Option<&str>,
     ) -> Result<String, Failure> {
-        use crate::teams::{Stream, StreamConfig, StreamMode, StreamSendKind};
-        let conversation = item.conversation_id.as_str();
-        let path = who.path_conversation_id(conversation);
+        use crate::teams::{Stream, StreamMode};
+        let now = || tokio::time::Instant::now().into_std();
         // Agentic conversations are sent buffered until streaming as the Agent User is proven.
         let mode = if who.is_agentic() { StreamMode::Buffered } else { StreamMode::for_conversation_type(conversation_type) };
-        let mut stream = Stream::new(mode, StreamConfig::default(), Instant::now());
-        let mut link = StreamLink::new();
-        let mut queue = std::collections::VecDeque::new();
-        let mut final_id = String::new();
+        let mut stream = Stream::new(mode, self.stream_config.clone(), now());
+        let mut poster = QueuedPoster {
+            connector: &self.connector,
+            ep,
+            who,
+            conversation: item.conversation_id.as_str(),
+            link: StreamLink::new(self.stream_config.request_gap),
+        };
+        let mut progress = Progress::default();
         let mut chunks = chunks.iter();
-        let mut finished = false;
-        let mut landed = 0usize;
-        let mut stream_id = String::new();
         loop {
-            while let Some(send) = queue.pop_front() {
-                let send: crate::teams::StreamSend = send;
-                let mut activity = send.activity;
-                address(&mut activity, who, conversation, None);
-                match link.post(send.kind, || self.connector.send_to_conversation(ep, &who.token, &path, &activity)).await {
-                    Posted::Id(id) => {
-                        landed += 1;
-                        match send.kind {
-                            StreamSendKind::Start if id.is_empty() => queue.extend(stream.failed(Instant::now())),
-                            StreamSendKind::Start => {
-                                stream_id.clone_from(&id);
-                                queue.extend(stream.started(&id, Instant::now()));
-                            }
-                            // Teams may answer the final without a body: the streamed message keeps the
-                            // stream's id, which is then the id to update or delete it by.
-                            StreamSendKind::Final => final_id = if id.is_empty() { stream_id.clone() } else { id },
-                            StreamSendKind::Message => final_id = id,
-                            StreamSendKind::Update => {}
-                        }
-                    }
-                    // The user pressed Stop (or the stream is too old): nothing more, not even a final.
-                    Posted::Cancelled => {
-                        stream.cancelled();
-                        return Err(Failure::Cancelled);
-                    }
-                    // A failed start or update is not fatal: the stream stops updating (or falls back to
-                    // one message) and the final message still carries the whole text.
-                    Posted::Failed(e) if matches!(send.kind, StreamSendKind::Start | StreamSendKind::Update) => {
-                        tracing::warn!(error = %e, "a stream update failed; the reply continues without updates");
-                        queue.extend(stream.failed(Instant::now()));
-                    }
-                    // Part of the reply is already in the chat: never post it again.
-                    Posted::Failed(e) if landed > 0 => {
-                        return Err(Failure::Connector(ConnectorError::Ambiguous(format!(
-                            "the stream was interrupted after {landed} posts: {e}"
-                        ))));
-                    }
-                    Posted::Failed(e) => return Err(Failure::Connector(e)),
-                }
-            }
-            if finished {
-                return Ok(final_id);
-            }
-            match chunks.next() {
+            let chunk = chunks.next();
+            let sends = match chunk {
                 Some(chunk) => {
                     tokio::time::sleep(interval).await;
-                    queue.extend(stream.append(chunk, Instant::now()));
-                    queue.extend(stream.poll(Instant::now()));
+                    let mut sends = stream.append(chunk, now());
+                    sends.extend(stream.poll(now()));
+                    sends
                 }
-                None => {
-                    queue.extend(stream.finish(Instant::now()));
-                    finished = true;
+                None => stream.finish(now()),
+            };
+            post_sends(&mut stream, sends, &mut progress, &mut poster).await;
+            match progress.stopped.take() {
+                None => {}
+                // The user pressed Stop: nothing more, not even a final.
+                Some(Stopped::Cancelled) => return Err(Failure::Cancelled),
+                Some(Stopped::Gone) => return Err(Failure::Local(GONE.to_owned())),
+                // Part of the reply is already in the chat: never post it again.
+                Some(Stopped::Failed(e)) if progress.landed > 0 => {
+                    return Err(Failure::Connector(ConnectorError::Ambiguous(format!(
+                        "the stream was interrupted after {} posts: {e}",
+                        progress.landed
+                    ))));
                 }
+                Some(Stopped::Failed(e)) => return Err(Failure::Connector(e)),
+            }
+            if chunk.is_none() {
+                return Ok(progress.final_id.unwrap_or_default());
             }
         }
     }
@@ -689,6 +674,47 @@ fn address(activity: &mut Value, who: &Acting, conversation: &str, reply_to: Opt
     }
 }
 
+/// Post one stream activity as `who`: a `POST` to the conversation, or for an edit a `PUT` of the message
+/// it names (with its `id`), through `link`.
+async fn post_stream_send(
+    connector: &ConnectorClient,
+    ep: &Endpoint<'_>,
+    who: &Acting,
+    conversation: &str,
+    link: &mut StreamLink,
+    send: &StreamSend,
+) -> Posted {
+    let mut a = send.activity.clone();
+    address(&mut a, who, conversation, None);
+    match (send.kind.is_edit(), send.target.as_deref()) {
+        (true, Some(target)) => {
+            a["id"] = Value::String(target.to_owned());
+            link.post(send.kind, || connector.update_activity(ep, &who.token, conversation, target, &a)).await
+        }
+        (true, None) => Posted::Failed(ConnectorError::BadResponse("an edit without the message to edit".into())),
+        (false, _) => {
+            // The id in the URL (cut and sanitised on the agents channel); the body keeps the full id.
+            let path = who.path_conversation_id(conversation);
+            link.post(send.kind, || connector.send_to_conversation(ep, &who.token, &path, &a)).await
+        }
+    }
+}
+
+/// A queued stream's poster: straight to the Connector (the entry holds its slot in Teams' windows).
+struct QueuedPoster<'a> {
+    connector: &'a ConnectorClient,
+    ep: &'a Endpoint<'a>,
+    who: &'a Acting,
+    conversation: &'a str,
+    link: StreamLink,
+}
+
+impl PostStream for QueuedPoster<'_> {
+    async fn post(&mut self, send: &StreamSend) -> Posted {
+        post_stream_send(self.connector, self.ep, self.who, self.conversation, &mut self.link, send).await
+    }
+}
+
 impl Failure {
     fn class(&self) -> ErrorClass {
         match self {
@@ -706,7 +732,7 @@ enum Failure {
     Token(TokenFailure),
     #[error("{0}")]
     Local(String),
-    /// Teams refused a stream post with `ContentStreamNotAllowed` (Stop pressed, or past 2 minutes).
+    /// Teams refused a stream post with `ContentStreamNotAllowed` (Stop pressed).
     #[error("{CANCELLED}")]
     Cancelled,
     #[error(transparent)]

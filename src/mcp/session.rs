@@ -486,9 +486,10 @@ pub struct ChatArgs {
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub struct StreamStartArgs {
-    /// The conversation. Teams streams in 1:1 chats; elsewhere the text is sent whole at the end.
+    /// The conversation. Teams streams in 1:1 chats; in group chats and channels one message is updated
+    /// in place as you append.
     pub chat_id: String,
-    /// A status line shown while you write ("Searching the docs…"), 1:1 chats only.
+    /// A status line shown until the text begins ("Searching the docs…").
     #[serde(default)]
     pub informative: Option<String>,
     #[serde(default)]
@@ -501,7 +502,11 @@ pub struct StreamAppendArgs {
     /// From `stream_start`.
     pub stream_id: String,
     /// The next piece of the reply (appended, not replacing).
+    #[serde(default)]
     pub text: String,
+    /// A new status line ("Reading 3 files…"), shown instead of the previous one until the text begins.
+    #[serde(default)]
+    pub informative: Option<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -1336,7 +1341,7 @@ impl Bridge {
     }
 
     #[tool(
-        description = "Start a streamed reply: Teams shows the text as you append it (1:1 chats; elsewhere it is sent whole at the end). Then stream_append, then stream_finish."
+        description = "Start a streamed reply that Teams shows as you append it: native streaming in 1:1 chats; in group chats, channels and past Teams' 2 minutes one message updated in place. Status lines (informative) show until the text begins. Then stream_append, then stream_finish. The result's mode says which applies."
     )]
     async fn stream_start(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<StreamStartArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
@@ -1353,30 +1358,44 @@ impl Bridge {
         );
         // Audited first: no audit record, no stream.
         self.hub.store.record_audit(event).await.map_err(|e| format!("not started: the audit log could not be written ({e})"))?;
-        let stream = LiveStream::start(Arc::clone(&self.hub.outbound), r.clone(), crate::teams::StreamConfig::default());
+        let stream = LiveStream::start(Arc::clone(&self.hub.outbound), r.clone());
         if let Some(line) = a.informative.as_deref().filter(|l| !l.trim().is_empty()) {
             stream.informative(line)?;
         }
+        let mode = stream.mode();
         let stream_id = format!("s{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff);
         self.session.streams.lock().unwrap_or_else(PoisonError::into_inner).insert(stream_id.clone(), stream);
         self.ack_conversation(&bot.app_id, &r.conversation_id).await;
-        ok(json!({"stream_id": stream_id, "streaming": self.hub.outbound.stream_mode(&r) == crate::teams::StreamMode::Streaming}))
+        ok(json!({"stream_id": stream_id, "mode": mode.name(), "streaming": mode == crate::teams::StreamMode::Streaming}))
     }
 
-    #[tool(description = "Append text to a streamed reply.")]
+    #[tool(description = "Append text (and/or a new status line) to a streamed reply.")]
     async fn stream_append(&self, Parameters(a): Parameters<StreamAppendArgs>) -> ToolResult {
+        let informative = a.informative.as_deref().filter(|l| !l.trim().is_empty());
+        if a.text.is_empty() && informative.is_none() {
+            return fail("pass text, informative or both".to_owned());
+        }
         let streams = self.session.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(s) = streams.get(&a.stream_id) else {
             return fail(format!("no open stream {}: start one with stream_start", a.stream_id));
         };
-        match s.append(&a.text)? {
-            LiveStatus::Open => ok(json!({"status": "appended"})),
-            // The user pressed Stop (or Teams' 2-minute limit): not an error; the text is dropped.
+        let mut status = LiveStatus::Open;
+        if let Some(line) = informative {
+            status = s.informative(line)?;
+        }
+        if !a.text.is_empty() && status == LiveStatus::Open {
+            status = s.append(&a.text)?;
+        }
+        match status {
+            LiveStatus::Open => ok(json!({"status": "appended", "mode": s.mode().name()})),
+            // The user pressed Stop: not an error; the text is dropped.
             LiveStatus::Cancelled => ok(json!({"status": "cancelled"})),
         }
     }
 
-    #[tool(description = "Finish a streamed reply: the final message is posted; returns its message_id.")]
+    #[tool(
+        description = "Finish a streamed reply: the final message is posted (or the message updated in place gets its final text); returns its message_id."
+    )]
     async fn stream_finish(&self, ctx: RequestContext<RoleServer>, Parameters(a): Parameters<StreamFinishArgs>) -> ToolResult {
         let scope = self.scope(&ctx.extensions)?;
         let Some(s) = self.session.streams.lock().unwrap_or_else(PoisonError::into_inner).remove(&a.stream_id) else {
@@ -1388,7 +1407,7 @@ impl Bridge {
         let r = s.reference.clone();
         let result = s.finish().await;
         let (outcome, detail) = match &result {
-            Ok(Finished::Delivered(_)) => ("delivered", String::new()),
+            Ok(Finished::Delivered { mode, .. }) => ("delivered", format!("mode {}", mode.name())),
             Ok(Finished::Cancelled) => ("cancelled", crate::connector::streaming::CANCELLED.to_owned()),
             Err(e) => ("failed", e.clone()),
         };
@@ -1405,9 +1424,11 @@ impl Bridge {
             tracing::error!(error = %e, "could not audit the end of a stream");
         }
         match result {
-            Ok(Finished::Delivered(id)) => ok(json!({"status": "delivered", "message_id": id})),
+            Ok(Finished::Delivered { message_id, mode }) => {
+                ok(json!({"status": "delivered", "message_id": message_id, "mode": mode.name()}))
+            }
             Ok(Finished::Cancelled) => ok(json!({"status": "cancelled"})),
-            Err(e) => fail(format!("the streamed reply's final message failed: {e}")),
+            Err(e) => fail(e),
         }
     }
 

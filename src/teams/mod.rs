@@ -14,7 +14,7 @@
 //! | [`card`] | Adaptive Card validation, card messages, `Action.Submit` and `Action.Execute` (invoke) handling |
 //! | [`typing`] | typing indicators and the per-conversation typing governor |
 //! | [`split`] | UTF-16 sizes, the message size limits and lossless text splitting |
-//! | [`stream`] | Teams streaming (`streaminfo`) in 1:1 chats, buffered elsewhere |
+//! | [`stream`] | Teams streaming (`streaminfo`) in 1:1 chats, one message updated in place elsewhere and past 2 minutes |
 //! | [`ai`] | the "AI generated" label, citations, feedback buttons and the user's feedback |
 //! | [`lifecycle`] | bot installed / removed, from `installationUpdate` and `conversationUpdate` |
 

@@ -156,11 +156,17 @@ async fn definite_refusals_are_dead_lettered_without_retries() {
 async fn idempotent_updates_are_retried_after_gateway_errors() {
     let (_oidc, fake, app) = setup().await;
     inbound(&app, &fake, "a:conv-1", "personal").await;
+    let sent = settled(&app, send(&app, &["--conversation", "a:conv-1", "--text", "typo"])).await;
+    let message_id = sent["result_id"].as_str().unwrap().to_owned();
     fake.push_faults([Fault::Status(502, json!({})), Fault::Status(504, json!({}))]);
-    let id = send(&app, &["--conversation", "a:conv-1", "--update", "1:99", "--text", "fixed"]);
+    let id = send(&app, &["--conversation", "a:conv-1", "--update", &message_id, "--text", "fixed"]);
     let item = settled(&app, id).await;
     assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("delivered"), Some(3)), "{item}");
-    assert_eq!(fake.landed().len(), 1);
+    assert_eq!(fake.landed().len(), 2);
+    // The fake only takes updates of messages it holds: an unknown one is answered 404 and not retried.
+    let id = send(&app, &["--conversation", "a:conv-1", "--update", "1:99", "--text", "fixed"]);
+    let item = settled(&app, id).await;
+    assert_eq!((item["state"].as_str(), item["attempts"].as_i64()), (Some("dead"), Some(1)), "{item}");
 }
 
 #[tokio::test]
@@ -391,12 +397,20 @@ async fn a_streamed_reply_in_a_personal_chat_and_a_buffered_one_in_a_group() {
         let (a, b) = (pair[0].body["text"].as_str().unwrap_or(""), pair[1].body["text"].as_str().unwrap_or(""));
         assert!(b.starts_with(a), "{a:?} then {b:?}");
     }
-    // In a group chat Teams does not stream: one message with the whole text.
+    // In a group chat Teams does not stream: one message, posted with the first words, then updated in
+    // place to the whole text.
     let id = send_stdin(&app, &["--conversation", "19:group@thread.v2", "--stream", "--stream-interval-ms", "50"], reply);
-    assert_eq!(settled(&app, id).await["state"], "delivered");
+    let item = settled(&app, id).await;
+    assert_eq!(item["state"], "delivered");
     let group: Vec<_> = fake.landed().into_iter().filter(|l| l.conversation.as_deref() == Some("19:group@thread.v2")).collect();
-    assert_eq!(group.len(), 1);
-    assert_eq!((group[0].body["type"].as_str(), group[0].body["text"].as_str()), (Some("message"), Some(reply)));
+    assert!(group.len() >= 2, "{group:#?}");
+    assert_eq!((group[0].method.as_str(), group[0].body["type"].as_str()), ("POST", Some("message")));
+    assert!(reply.starts_with(group[0].body["text"].as_str().unwrap()) && group[0].body["text"] != reply, "{:?}", group[0].body);
+    let placeholder = group[0].answered.clone().unwrap();
+    assert!(group[1..].iter().all(|l| l.method == "PUT" && l.activity.as_ref() == Some(&placeholder)), "{group:#?}");
+    assert_eq!(group.last().unwrap().body["text"], reply);
+    assert_eq!(item["result_id"], placeholder.as_str());
+    assert!(fake.refused().is_empty(), "{:?}", fake.refused());
 }
 
 #[tokio::test]

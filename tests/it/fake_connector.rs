@@ -13,8 +13,17 @@
 //! * streaming: 1:1 chats only (`a:…`); the first request has no `streamId` and `streamSequence` 1 and is
 //!   answered `201 {"id": <stream id>}`; later ones name a stream id from an earlier answer, grow the
 //!   sequence by one, carry all the text so far (cumulative), come at least 1 s after the stream's
-//!   previous request (else 429), within 2 minutes of its start (else 403 `ContentStreamNotAllowed`),
-//!   and are answered `202` with no body; the entity and `channelData` agree; nothing after the final;
+//!   previous request (else 429), within 2 minutes of its start (else 403 `ContentStreamNotAllowed`,
+//!   "Content stream finished due to exceeded streaming time."; Stop: "Content stream was cancelled by
+//!   user."), and are answered `202` with no body; the entity and `channelData` agree; nothing after the
+//!   final;
+//! * updates (`PUT …/activities/{id}`): of a message this fake created in that conversation (an answered
+//!   send or reply, or a stream) and not deleted since (else 404); a plain activity without stream info,
+//!   its `id`, if any, the one in the path; at most one per [`UPDATE_GAP`] per message and, per
+//!   conversation, 7 per 1 s, 8 per 2 s, 60 per 30 s (else 429) — Teams documents no numbers for
+//!   updates, so the fake holds them to its send limits and to the streaming pace;
+//! * the limits tied to streams (the 1 s gap, the 2 minutes, the update gap) can run on a faster clock
+//!   ([`FakeConnector::set_clock_scale`]), matching the gateway's `AGENTGATE_DEV_STREAM_CLOCK_SCALE`;
 //! * AI marks ([`check_ai_marks`]): one root message entity, Teams' citation limits, one feedback flag;
 //! * reactions: `PUT`/`DELETE …/activities/{id}/reactions/{type}` with no body, the type percent-encoded
 //!   (recorded as a body `{"reaction": type}`);
@@ -107,6 +116,27 @@ struct FakeStream {
 /// Teams' limits on a stream.
 pub const STREAM_GAP: Duration = Duration::from_secs(1);
 pub const STREAM_MAX_AGE: Duration = Duration::from_secs(120);
+/// The least time between two updates of one message.
+pub const UPDATE_GAP: Duration = Duration::from_secs(1);
+/// Per conversation, at most this many updates per window.
+pub const UPDATE_WINDOWS: [(Duration, usize); 3] =
+    [(Duration::from_secs(1), 7), (Duration::from_secs(2), 8), (Duration::from_secs(30), 60)];
+
+/// A message this fake created (an answered send or reply, or a stream).
+#[derive(Debug, Clone)]
+struct FakeMessage {
+    conversation: String,
+    deleted: bool,
+    last_update: Option<Instant>,
+}
+
+/// The stream limits in force (divided by the clock scale).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    stream_gap: Duration,
+    stream_max_age: Duration,
+    update_gap: Duration,
+}
 
 pub struct ConnectorState {
     tokens: Mutex<Vec<String>>,
@@ -131,6 +161,13 @@ pub struct ConnectorState {
     targeted: Mutex<HashMap<String, (String, String)>>,
     /// The answer to every targeted create (the service refusing it), if set.
     targeted_refusal: Mutex<Option<(u16, Value)>>,
+    /// Messages by id.
+    messages: Mutex<HashMap<String, FakeMessage>>,
+    /// When each landed update arrived, by conversation.
+    updates: Mutex<HashMap<String, Vec<Instant>>>,
+    limits: Mutex<Limits>,
+    /// Requests answered with an injected fault (nothing landed).
+    pub faulted: Mutex<Vec<Landed>>,
 }
 
 /// The roster of a conversation nobody set one for: one user, whose AAD object id is the tests' Alex.
@@ -218,10 +255,11 @@ fn refuse(s: &ConnectorState, status: StatusCode, why: &str) -> Response {
     (status, axum::Json(json!({"error": {"code": "BadArgument", "message": why}}))).into_response()
 }
 
-fn cancelled(s: &ConnectorState) -> Response {
+/// `403 ContentStreamNotAllowed`, with Teams' messages: the user pressed Stop, or the stream is too old.
+fn cancelled(s: &ConnectorState, expired: bool) -> Response {
     s.cancelled.fetch_add(1, Ordering::SeqCst);
-    let body =
-        json!({"error": {"code": "ContentStreamNotAllowed", "message": "Content stream is not allowed on a stopped or expired stream"}});
+    let message = if expired { "Content stream finished due to exceeded streaming time." } else { "Content stream was cancelled by user." };
+    let body = json!({"error": {"code": "ContentStreamNotAllowed", "message": message}});
     (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
@@ -293,6 +331,7 @@ fn check_stream(s: &ConnectorState, conversation: &str, body: &Value, n: usize) 
     let ty = body["type"].as_str().unwrap_or("");
     let text = body["text"].as_str().unwrap_or("").to_owned();
     let now = Instant::now();
+    let limits = *s.limits.lock().unwrap();
     let mut streams = s.streams.lock().unwrap();
     let Some(sid) = id else {
         if ty != "typing" || !matches!(kind.as_str(), "informative" | "streaming") || seq != Some(1) {
@@ -302,6 +341,8 @@ fn check_stream(s: &ConnectorState, conversation: &str, body: &Value, n: usize) 
         let text = if kind == "streaming" { text } else { String::new() };
         let st = FakeStream { conversation: conversation.to_owned(), sequence: 1, text, started: now, last_request: now, finished: false };
         streams.insert(sid.clone(), st);
+        let message = FakeMessage { conversation: conversation.to_owned(), deleted: false, last_update: None };
+        s.messages.lock().unwrap().insert(sid.clone(), message);
         return Some(((StatusCode::CREATED, axum::Json(json!({"id": sid}))).into_response(), true));
     };
     let Some(st) = streams.get_mut(&sid) else {
@@ -310,11 +351,15 @@ fn check_stream(s: &ConnectorState, conversation: &str, body: &Value, n: usize) 
     if st.conversation != conversation || st.finished {
         return refused(StatusCode::BAD_REQUEST, "stream belongs to another conversation or has ended");
     }
-    if s.stopped.load(Ordering::SeqCst) || now.duration_since(st.started) > STREAM_MAX_AGE {
+    if s.stopped.load(Ordering::SeqCst) {
         st.finished = true;
-        return Some((cancelled(s), false));
+        return Some((cancelled(s, false), false));
     }
-    if now.duration_since(st.last_request) < STREAM_GAP {
+    if now.duration_since(st.started) > limits.stream_max_age {
+        st.finished = true;
+        return Some((cancelled(s, true), false));
+    }
+    if now.duration_since(st.last_request) < limits.stream_gap {
         let gap = now.duration_since(st.last_request);
         return refused(StatusCode::TOO_MANY_REQUESTS, &format!("stream requests {gap:?} apart (at most 1 per second)"));
     }
@@ -342,6 +387,40 @@ fn check_stream(s: &ConnectorState, conversation: &str, body: &Value, n: usize) 
         return Some(((StatusCode::CREATED, axum::Json(json!({"id": sid}))).into_response(), true));
     }
     Some((StatusCode::ACCEPTED.into_response(), true))
+}
+
+/// Teams' rules for an update (`PUT …/activities/{id}`): the message exists here and was not deleted (else
+/// 404), the body is a plain activity naming the same id, and the update rate holds (else 429).
+fn check_update(s: &ConnectorState, conversation: &str, id: &str, body: &Value) -> Result<(), (StatusCode, String)> {
+    let limits = *s.limits.lock().unwrap();
+    let messages = s.messages.lock().unwrap();
+    let Some(m) = messages.get(id).filter(|m| m.conversation == conversation && !m.deleted) else {
+        return Err((StatusCode::NOT_FOUND, format!("update of {id}: no such message in this conversation (never sent, or deleted)")));
+    };
+    if matches!(stream_info(body), Ok(Some(_)) | Err(_)) {
+        return Err((StatusCode::BAD_REQUEST, "an update is a plain activity, without stream info".into()));
+    }
+    if body.get("id").is_some_and(|i| i.as_str() != Some(id)) {
+        return Err((StatusCode::BAD_REQUEST, "the activity's id is not the one in the path".into()));
+    }
+    let now = Instant::now();
+    if let Some(last) = m.last_update
+        && now.duration_since(last) < limits.update_gap
+    {
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("updates of {id} {:?} apart (at most 1 per {:?})", now - last, limits.update_gap),
+        ));
+    }
+    if let Some(times) = s.updates.lock().unwrap().get(conversation) {
+        for (window, max) in UPDATE_WINDOWS {
+            let inside = times.iter().filter(|t| now.duration_since(**t) < window).count();
+            if inside >= max {
+                return Err((StatusCode::TOO_MANY_REQUESTS, format!("more than {max} updates in {window:?} in {conversation}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Teams' rules for the AI label, citations and feedback buttons (learn.microsoft.com "Bot messages with
@@ -538,11 +617,24 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
             return refuse(&s, StatusCode::BAD_REQUEST, &why);
         }
     }
+    if kind == "update"
+        && let Err((status, why)) = check_update(&s, conversation.as_deref().unwrap_or(""), activity.as_deref().unwrap_or(""), &body)
+    {
+        if status == StatusCode::NOT_FOUND {
+            s.refused.lock().unwrap().push(why.clone());
+            return (status, axum::Json(json!({"error": {"code": "NotFound", "message": why}}))).into_response();
+        }
+        return refuse(&s, status, &why);
+    }
     let fault = s.faults.lock().unwrap().pop_front();
     let mut landed = Landed { method: method.to_string(), conversation, activity, body, answered: None, query, at: arrived };
     match fault {
-        Some(Fault::Status(code, b)) => return (StatusCode::from_u16(code).unwrap(), axum::Json(b)).into_response(),
+        Some(Fault::Status(code, b)) => {
+            s.faulted.lock().unwrap().push(landed);
+            return (StatusCode::from_u16(code).unwrap(), axum::Json(b)).into_response();
+        }
         Some(Fault::TooMany(after)) => {
+            s.faulted.lock().unwrap().push(landed);
             return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", after)], axum::Json(json!({"error": {"code": "Throttled"}})))
                 .into_response();
         }
@@ -579,17 +671,34 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
             };
         }
         "delete" | "react" | "unreact" => {
+            if kind == "delete"
+                && let Some(m) = s.messages.lock().unwrap().get_mut(landed.activity.as_deref().unwrap_or(""))
+            {
+                m.deleted = true;
+            }
             s.landed.lock().unwrap().push(landed);
             return StatusCode::OK.into_response();
         }
+        "update" => {
+            let now = Instant::now();
+            let conversation = landed.conversation.clone().unwrap_or_default();
+            s.updates.lock().unwrap().entry(conversation).or_default().push(now);
+            if let Some(m) = s.messages.lock().unwrap().get_mut(landed.activity.as_deref().unwrap_or("")) {
+                m.last_update = Some(now);
+            }
+            json!({"id": landed.activity.clone().unwrap_or_default()})
+        }
         _ => {
-            landed.answered = Some(format!("1:{n}"));
+            let id = format!("1:{n}");
+            let message = FakeMessage { conversation: landed.conversation.clone().unwrap_or_default(), deleted: false, last_update: None };
+            s.messages.lock().unwrap().insert(id.clone(), message);
+            landed.answered = Some(id.clone());
             if kind == "send" && targeted {
                 let recipient = landed.body["recipient"]["id"].as_str().unwrap_or("").to_owned();
                 let conversation = landed.conversation.clone().unwrap_or_default();
-                s.targeted.lock().unwrap().insert(format!("1:{n}"), (conversation, recipient));
+                s.targeted.lock().unwrap().insert(id.clone(), (conversation, recipient));
             }
-            json!({"id": format!("1:{n}")})
+            json!({"id": id})
         }
     };
     s.landed.lock().unwrap().push(landed);
@@ -617,6 +726,10 @@ impl FakeConnector {
             rosters: Mutex::new(HashMap::new()),
             targeted: Mutex::new(HashMap::new()),
             targeted_refusal: Mutex::new(None),
+            messages: Mutex::new(HashMap::new()),
+            updates: Mutex::new(HashMap::new()),
+            limits: Mutex::new(Limits { stream_gap: STREAM_GAP, stream_max_age: STREAM_MAX_AGE, update_gap: UPDATE_GAP }),
+            faulted: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -638,6 +751,30 @@ impl FakeConnector {
     /// The user presses Stop: every later request to an open stream is answered 403 `ContentStreamNotAllowed`.
     pub fn stop_streams(&self) {
         self.state.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Run the stream limits (the 1 s gap, the 2 minutes, the update gap) `scale` times faster, as the
+    /// gateway does under `AGENTGATE_DEV_STREAM_CLOCK_SCALE`. The per-conversation windows stay Teams'.
+    pub fn set_clock_scale(&self, scale: u32) {
+        *self.state.limits.lock().unwrap() =
+            Limits { stream_gap: STREAM_GAP / scale, stream_max_age: STREAM_MAX_AGE / scale, update_gap: UPDATE_GAP / scale };
+    }
+
+    /// Teams ends streams earlier than the gateway expects (real time; after any scale).
+    pub fn set_stream_max_age(&self, age: Duration) {
+        self.state.limits.lock().unwrap().stream_max_age = age;
+    }
+
+    /// The user deletes a message: later updates of it are answered 404.
+    pub fn user_deletes(&self, id: &str) {
+        if let Some(m) = self.state.messages.lock().unwrap().get_mut(id) {
+            m.deleted = true;
+        }
+    }
+
+    /// Requests answered with an injected fault (nothing landed), in order.
+    pub fn faulted(&self) -> Vec<Landed> {
+        self.state.faulted.lock().unwrap().clone()
     }
 
     /// Stream requests answered `ContentStreamNotAllowed`.

@@ -32,6 +32,7 @@ mod mcp_relay;
 mod postgres;
 mod protocol;
 mod security;
+mod streams;
 mod targeted;
 mod teams_app;
 mod threads;
