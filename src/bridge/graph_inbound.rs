@@ -901,6 +901,24 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
         },
         "entities": mentions,
     });
+    // Files shared in the chat: SharePoint links (`reference`), read through Graph as the Agent User.
+    let files: Vec<Value> = message
+        .get("attachments")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter(|a| a.get("contentType").and_then(Value::as_str) == Some("reference"))
+                .filter_map(|a| {
+                    let url = str_at(a, &["contentUrl"])?;
+                    Some(json!({"contentType": "reference", "contentUrl": url, "name": str_at(a, &["name"])}))
+                })
+                .take(crate::teams::files::MAX_FILES)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !files.is_empty() {
+        activity["attachments"] = Value::Array(files);
+    }
     if kind != "message" {
         activity["replyToId"] = json!(message_id);
     }
