@@ -166,6 +166,8 @@ pub enum FileFault {
     LandThen(u16),
     /// No fault for this request (to aim a later fault at a later request).
     Pass,
+    /// Nothing lands; the answer comes after this long (a gateway can be killed meanwhile).
+    Hang(std::time::Duration),
 }
 
 #[derive(Default)]
@@ -624,6 +626,22 @@ fn escape(s: &str) -> String {
 async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let raw = uri.path();
     if let Some(rest) = raw.strip_prefix("/sp/") {
+        let hang = {
+            let mut d = s.drive.lock().unwrap();
+            match d.faults.front() {
+                Some(FileFault::Hang(t)) => {
+                    let t = *t;
+                    d.faults.pop_front();
+                    d.seen.push(FileSeen { method: method.to_string(), path: rest.to_owned(), content_range: None, authorization: false });
+                    Some(t)
+                }
+                _ => None,
+            }
+        };
+        if let Some(t) = hang {
+            tokio::time::sleep(t).await;
+            return file_error(504, "timeout", "no answer");
+        }
         return file_host(&s, &method, rest, &headers, &body);
     }
     let Some(rest) = raw.strip_prefix("/v1.0/") else { return error(404, "NotFound", "only /v1.0 is served") };

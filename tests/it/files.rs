@@ -466,6 +466,41 @@ async fn an_offer_survives_a_restart_of_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_off_by_a_restart_is_reported_failed() {
+    let r = rig("", None, "").await;
+    assert_eq!(r.gw.post(&inbound(&r.fake.service_url, "a:conv-1", "personal", ALEX, "hi")).await.status(), 202);
+    let v = r.host.ok("send_file", json!({"chat_id": "a:conv-1", "name": "notes.txt", "text": "cut off"})).await;
+    let consent = v["consent_id"].as_str().unwrap().to_owned();
+    let (_, context) = consent_card(&r.fake).await;
+    // The upload hangs; the gateway dies in the middle of it.
+    r.graph.inject_file_host([FileFault::Hang(Duration::from_secs(30))]);
+    let upload_url = r.graph.new_upload_session();
+    let invoke = file_consent_invoke(&inbound(&r.fake.service_url, "a:conv-1", "personal", ALEX, ""), true, &context, "notes.txt", &upload_url);
+    assert_eq!(r.gw.post(&invoke).await.status(), 200);
+    for _ in 0..200 {
+        if !r.graph.file_requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(r.graph.file_requests().len(), 1, "the upload started");
+    let Rig { fake, graph, mut gw, host, dir, _oidc, .. } = r;
+    drop(host);
+    gw.child.kill().await.unwrap();
+    drop(gw);
+    // After the restart the host is told, and the bytes are gone; nothing is uploaded twice.
+    let (gw, host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
+    let upload = wait_event(&host, "file_upload").await;
+    assert_eq!((upload["file"]["status"].as_str(), upload["file"]["consent_id"].as_str()), (Some("failed"), Some(consent.as_str())), "{upload}");
+    assert!(enveloped(upload["content"].as_str().unwrap()).contains("cut off by a restart"), "{upload}");
+    assert!(!dir.join("data").join("files").join("outgoing").join(&consent).exists());
+    assert_eq!(graph.file_requests().len(), 1);
+    assert!(graph.session(&upload_url).fragments.is_empty());
+    assert!(audit(&gw.config).contains("\"outcome\":\"failed\""));
+    drop(fake);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_file_to_a_group_chat_needs_the_agent_users_files_area() {
     let r = rig("", None, "").await;
     let mut m = inbound(&r.fake.service_url, "19:team-chat@thread.v2", "groupChat", ALEX, "<at>Bot</at> share it here");
@@ -487,11 +522,14 @@ async fn a_file_to_a_group_chat_needs_the_agent_users_files_area() {
 
 /// Answers the `nth` approval card (as Alex, on the card) with `behavior`; the card.
 async fn answer_card(fake: &FakeConnector, gw: &StdioGateway, nth: usize, behavior: &'static str) -> crate::fake_connector::Landed {
+    let mut waited = 0;
     let card = loop {
         let cards: Vec<_> = fake.landed().into_iter().filter(|l| l.body.to_string().contains("agentgate.permission")).collect();
         if cards.len() > nth {
             break cards[nth].clone();
         }
+        waited += 1;
+        assert!(waited < 400, "no approval card #{nth} was sent");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let request_id = card.body["attachments"][0]["content"]["actions"][0]["data"]["request_id"].as_str().unwrap().to_owned();
