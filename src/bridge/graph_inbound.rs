@@ -1035,6 +1035,24 @@ mod tests {
         assert!(!matches!(crate::bridge::policy::evaluate(&policy, "bot-app", &a), crate::bridge::policy::Verdict::Deliver));
     }
 
+    /// Graph `reference` attachments (files shared in the chat) become file items fetched through Graph;
+    /// other attachments (cards, hosted content) do not.
+    #[test]
+    fn files_shared_in_a_graph_chat_are_references() {
+        let mut m = msg(user(ALEX, "Alex"));
+        m["attachments"] = json!([
+            {"id": "a1", "contentType": "reference", "contentUrl": "https://contoso.sharepoint.com/sites/t/Shared Documents/plan.docx", "name": "plan.docx"},
+            {"id": "c1", "contentType": "application/vnd.microsoft.card.adaptive", "content": "{}"},
+        ]);
+        let chat = ChatInfo { id: "19:abc@unq.gbl.spaces", conversation_type: "groupChat", tenant: "t1", agent_user: ME };
+        let a: Activity = serde_json::from_value(to_activity(&m, &chat, "message", "k")).unwrap();
+        let files = crate::teams::files::attached_files(&a);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].source, crate::teams::files::FileSource::Reference);
+        assert_eq!(files[0].name.as_deref(), Some("plan.docx"));
+        assert!(files[0].url.as_deref().unwrap().starts_with("https://contoso.sharepoint.com/"));
+    }
+
     #[test]
     fn edits_and_deletions_are_typed_events_with_their_own_keys() {
         let mut m = msg(user(ALEX, "Alex"));

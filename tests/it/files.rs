@@ -475,7 +475,8 @@ async fn an_upload_cut_off_by_a_restart_is_reported_failed() {
     // The upload hangs; the gateway dies in the middle of it.
     r.graph.inject_file_host([FileFault::Hang(Duration::from_secs(30))]);
     let upload_url = r.graph.new_upload_session();
-    let invoke = file_consent_invoke(&inbound(&r.fake.service_url, "a:conv-1", "personal", ALEX, ""), true, &context, "notes.txt", &upload_url);
+    let invoke =
+        file_consent_invoke(&inbound(&r.fake.service_url, "a:conv-1", "personal", ALEX, ""), true, &context, "notes.txt", &upload_url);
     assert_eq!(r.gw.post(&invoke).await.status(), 200);
     for _ in 0..200 {
         if !r.graph.file_requests().is_empty() {
@@ -491,7 +492,11 @@ async fn an_upload_cut_off_by_a_restart_is_reported_failed() {
     // After the restart the host is told, and the bytes are gone; nothing is uploaded twice.
     let (gw, host) = StdioGateway::start(&dir, true, &[], "claude-code").await;
     let upload = wait_event(&host, "file_upload").await;
-    assert_eq!((upload["file"]["status"].as_str(), upload["file"]["consent_id"].as_str()), (Some("failed"), Some(consent.as_str())), "{upload}");
+    assert_eq!(
+        (upload["file"]["status"].as_str(), upload["file"]["consent_id"].as_str()),
+        (Some("failed"), Some(consent.as_str())),
+        "{upload}"
+    );
     assert!(enveloped(upload["content"].as_str().unwrap()).contains("cut off by a restart"), "{upload}");
     assert!(!dir.join("data").join("files").join("outgoing").join(&consent).exists());
     assert_eq!(graph.file_requests().len(), 1);
