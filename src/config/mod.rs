@@ -1291,6 +1291,40 @@ allowed_tenants = ["tenant-a"]
     }
 
     #[test]
+    fn files_limits_and_endpoints_are_checked() {
+        let load = |files: &str, agent: &str| {
+            let text = format!(
+                "[files]\n{files}\n[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[bots.agent_user]\ntenant_id = \"t\"\n\
+                 blueprint_app_id = \"b1b1b1b1-0000-4000-8000-000000000001\"\nagent_identity_id = \"a1a1a1a1-0000-4000-8000-000000000002\"\n\
+                 agent_user_id = \"d1d1d1d1-0000-4000-8000-000000000003\"\ncertificate = \"file:/x.crt\"\nkey = \"file:/x.key\"\n{agent}\n"
+            );
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap()
+        };
+        let c = load("", "");
+        c.validate(false).unwrap();
+        assert_eq!((c.files.max_download_bytes, c.files.upload_chunk_bytes), (25 * 1024 * 1024, 10 * 1024 * 1024));
+        assert!(c.files.send_dirs.is_empty() && c.files.endpoints.is_empty());
+        assert!(!c.bots[0].agent_user.as_ref().unwrap().files, "the files area is off by default");
+        load("endpoints = [\"http://127.0.0.1:4100/sp\"]\nupload_chunk_bytes = 655360\nsend_dirs = [\"/srv/out\"]", "files = true")
+            .validate(false)
+            .unwrap();
+        for (files, agent, field) in [
+            ("upload_chunk_bytes = 1000", "", "files.upload_chunk_bytes"),
+            ("upload_chunk_bytes = 62914560", "", "files.upload_chunk_bytes"),
+            ("max_download_bytes = 0", "", "files.max_download_bytes"),
+            ("max_send_bytes = 300000000", "", "files.max_send_bytes"),
+            ("endpoints = [\"http://files.example.com\"]", "", "files.endpoints[0]"),
+            ("endpoints = [\"https://x.example.com/a?tempauth=1\"]", "", "files.endpoints[0]"),
+            ("send_dirs = [\"relative/dir\"]", "", "files.send_dirs[0]"),
+            ("consent_ttl_secs = 5", "", "files.consent_ttl_secs"),
+            ("", "files_anonymous_links = true", "bots[0].agent_user.files_anonymous_links"),
+        ] {
+            let e = load(files, agent).validate(false).unwrap_err();
+            assert_eq!(e.field, field, "{files} {agent}: {e}");
+        }
+    }
+
+    #[test]
     fn a_postgres_store_url_is_checked_and_its_password_never_shown() {
         let load = |store: &str| {
             let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[store]\n{store}\n");
