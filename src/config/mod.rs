@@ -932,7 +932,7 @@ impl Config {
             }
         }
         let chunk = f.upload_chunk_bytes;
-        if chunk == 0 || chunk % UPLOAD_FRAGMENT_UNIT != 0 || chunk >= 60 * 1024 * 1024 {
+        if chunk == 0 || !chunk.is_multiple_of(UPLOAD_FRAGMENT_UNIT) || chunk >= 60 * 1024 * 1024 {
             return Err(ConfigError::new(
                 "files.upload_chunk_bytes",
                 format!("must be a multiple of {UPLOAD_FRAGMENT_UNIT} (320 KiB) below 60 MiB, as OneDrive upload sessions require"),

@@ -414,7 +414,7 @@ impl Bridge {
         // files area on.
         let mut tool_router = Self::tool_router() + Self::file_router();
         if !hub.agents.is_empty() {
-            tool_router = tool_router + Self::graph_router();
+            tool_router += Self::graph_router();
         }
         let files_on = hub
             .cfg
@@ -422,7 +422,7 @@ impl Bridge {
             .iter()
             .any(|b| b.agent_user.as_ref().is_some_and(|a| a.files) && hub.agents.contains_key(&b.app_id.to_ascii_lowercase()));
         if files_on {
-            tool_router = tool_router + Self::graph_file_router();
+            tool_router += Self::graph_file_router();
         }
         Self {
             hub,

@@ -1269,7 +1269,7 @@ fn file_host(s: &GraphState, method: &Method, rest: &str, headers: &HeaderMap, b
     match sess.target.clone() {
         Some((drive, path, conflict)) => match put_file(&mut d, &drive, &path, &data, "application/octet-stream", &conflict) {
             Ok(item) => (StatusCode::CREATED, axum::Json(item)).into_response(),
-            Err(r) => r,
+            Err(r) => *r,
         },
         None => (StatusCode::CREATED, axum::Json(json!({"id": format!("consent-{id}"), "size": data.len()}))).into_response(),
     }
@@ -1296,7 +1296,7 @@ fn folder_json(drive: &str, path: &str, children: usize) -> Value {
 }
 
 /// Store a file at `path` of `drive` with a conflict behaviour; the item, or the error response.
-fn put_file(d: &mut DriveState, drive: &str, path: &str, bytes: &[u8], mime: &str, conflict: &str) -> Result<Value, Response> {
+fn put_file(d: &mut DriveState, drive: &str, path: &str, bytes: &[u8], mime: &str, conflict: &str) -> Result<Value, Box<Response>> {
     let mut path = path.to_owned();
     if let Some(i) = d.files.iter().position(|f| f.drive == drive && f.path == path) {
         match conflict {
@@ -1304,7 +1304,7 @@ fn put_file(d: &mut DriveState, drive: &str, path: &str, bytes: &[u8], mime: &st
                 d.files[i].bytes = bytes.to_vec();
                 return Ok(drive_item_json(&d.files[i]));
             }
-            "fail" => return Err(file_error(409, "nameAlreadyExists", "The specified item name already exists.")),
+            "fail" => return Err(Box::new(file_error(409, "nameAlreadyExists", "The specified item name already exists."))),
             _ => {
                 let (stem, ext) = path.rsplit_once('.').map_or((path.clone(), String::new()), |(a, b)| (a.to_owned(), format!(".{b}")));
                 path = format!("{stem} 1{ext}");
@@ -1459,7 +1459,7 @@ fn drive_route(
             }
             match put_file(&mut d, &drive, p, raw, "application/octet-stream", &conflict) {
                 Ok(item) => (StatusCode::CREATED, axum::Json(item)).into_response(),
-                Err(r) => r,
+                Err(r) => *r,
             }
         }
         ("POST", ["createUploadSession"]) => {

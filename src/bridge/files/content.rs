@@ -143,9 +143,7 @@ pub(crate) fn check_type(declared: &str, served: Option<&str>, bytes: &[u8]) -> 
         Family::Text | Family::Html if !matches!(seen, Family::Text | Family::Html) => refuse("it is not text".into()),
         // Declared as nothing in particular: what it is decides, unless the host says it is something else.
         Family::Other => match served_family(served) {
-            Some(s) if !s.agrees(seen) && !(s == Family::Zip && seen == Family::Zip) => {
-                refuse("the host serves another kind of file".into())
-            }
+            Some(s) if !s.agrees(seen) => refuse("the host serves another kind of file".into()),
             _ => Ok(seen),
         },
         Family::Html if seen == Family::Text => Ok(Family::Html),
