@@ -411,6 +411,7 @@ async fn an_accepted_file_is_uploaded_in_ranges_and_its_card_follows() {
     assert!(
         trail.contains("\"action\":\"send_file\"")
             && trail.contains("\"outcome\":\"offered\"")
+            && trail.contains("\"outcome\":\"uploading\"")
             && trail.contains("\"outcome\":\"uploaded\""),
         "{trail}"
     );
@@ -633,6 +634,18 @@ async fn the_agent_user_reads_uploads_in_ranges_and_shares_into_group_chats() {
     assert_eq!((v["format"].as_str(), v["kind"].as_str()), (Some("metadata"), Some("pdf")), "{v}");
     let found = r.host.ok("graph_search_files", json!({"query": "falcon"})).await;
     assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+    // SharePoint sites it can reach: found by name, their library listed and read like its OneDrive.
+    r.graph.add_site("contoso.sharepoint.com,1111,2222", "Finance");
+    r.graph.add_drive_file("contoso.sharepoint.com,1111,2222", "Budget/2027.csv", b"line,amount\nrent,1200\n", "text/csv");
+    let sites = r.host.ok("graph_find_sites", json!({"query": "fin"})).await;
+    assert_eq!(sites["sites"][0]["site_id"], "contoso.sharepoint.com,1111,2222", "{sites}");
+    let listed = r.host.ok("graph_list_files", json!({"site_id": "contoso.sharepoint.com,1111,2222", "path": "Budget"})).await;
+    assert_eq!(listed["items"][0]["name"], "2027.csv", "{listed}");
+    let v = r
+        .host
+        .ok("graph_read_file", json!({"site_id": "contoso.sharepoint.com,1111,2222", "item_id": listed["items"][0]["item_id"]}))
+        .await;
+    assert_eq!(enveloped(v["content"].as_str().unwrap()), "line,amount\nrent,1200\n");
 
     // Upload: 1 MB goes up in 320 KiB ranges through a session; a throttled fragment waits its Retry-After.
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -677,6 +690,16 @@ async fn the_agent_user_reads_uploads_in_ranges_and_shares_into_group_chats() {
         .collect::<Vec<_>>();
     assert_eq!(posted.len(), 1, "{:?}", posted.iter().map(|p| p.body.clone()).collect::<Vec<_>>());
     assert!(posted[0].body["text"].as_str().unwrap().contains(v["link"].as_str().unwrap()), "{:?}", posted[0].body);
+
+    // A channel: a link for the organisation, nobody named.
+    let mut m = in_agent_tenant(&r.fake.service_url, "19:general@thread.tacv2", "channel", "<at>Bot</at> post the notes");
+    m["entities"] = json!([{"type": "mention", "text": "<at>Bot</at>", "mentioned": {"id": format!("28:{APP_ID}"), "name": "Bot"}}]);
+    assert_eq!(r.gw.post(&m).await.status(), 202);
+    let v = r.host.ok("send_file", json!({"chat_id": "19:general@thread.tacv2", "name": "notes.txt", "text": "n"})).await;
+    assert_eq!(v["link_scope"], "organization", "{v}");
+    let last = r.graph.links().last().cloned().unwrap();
+    assert_eq!((last["scope"].as_str(), last.get("recipients")), (Some("organization"), None), "{last}");
+    assert!(audit(&r.gw.config).contains("\"action\":\"graph_upload_file\""));
 }
 
 /// A minimal Word document with these paragraphs.

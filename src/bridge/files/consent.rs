@@ -6,7 +6,7 @@
 //! 2. Teams answers with `fileConsent/invoke`; intake commits it (the host gets a `file_consent` event) and
 //!    answers 200 with an empty body at once (Teams allows 15 s; an upload can take longer).
 //! 3. After the commit ([`answered`]), on its own task: a decline deletes the bytes; an accept marks the
-//!    offer `uploading`, PUTs the bytes to the `uploadUrl` Teams gave (a OneDrive upload session, on an
+//!    offer `uploading` (audited first), PUTs the bytes to the `uploadUrl` Teams gave (a OneDrive upload session, on an
 //!    allowed file host; fragments with `Content-Range`), queues the file info card through the outbox,
 //!    and tells the host how it went with a `file_upload` event (`uploaded` or `failed`).
 //!
@@ -128,7 +128,9 @@ pub(crate) fn spool_remove(dir: &Path, consent_id: &str) {
     }
 }
 
-async fn audit(store: &dyn Store, offer: &Offer, actor: &str, outcome: &str, detail: String) {
+/// Record a step of an offer; `Err` when the audit log cannot be written (then nothing more is done
+/// where the step is an action).
+async fn audit(store: &dyn Store, offer: &Offer, actor: &str, outcome: &str, detail: String) -> Result<(), ()> {
     let event = AuditEvent::new(
         now_ms(),
         actor,
@@ -138,9 +140,7 @@ async fn audit(store: &dyn Store, offer: &Offer, actor: &str, outcome: &str, det
         outcome,
     )
     .with_detail(detail);
-    if let Err(e) = store.record_audit(event).await {
-        tracing::error!(error = %e, "could not audit a file offer's outcome");
-    }
+    store.record_audit(event).await.map_err(|e| tracing::error!(error = %e, "could not audit a file offer's step"))
 }
 
 impl crate::bridge::Hub {
@@ -255,7 +255,7 @@ async fn handle(files: &Files, bot: &str, tenant: &str, conversation: &str, cons
         offer.state = OfferState::Declined;
         let _ = save(store, consent_id, &offer).await;
         spool_remove(&files.spool, consent_id);
-        audit(store, &offer, ACTOR, "declined", format!("consent {consent_id}, {}", offer.name)).await;
+        let _ = audit(store, &offer, ACTOR, "declined", format!("consent {consent_id}, {}", offer.name)).await;
         tracing::info!(consent_id, "a file offer was declined");
         return;
     };
@@ -264,7 +264,11 @@ async fn handle(files: &Files, bot: &str, tenant: &str, conversation: &str, cons
         tracing::error!(error = %e, consent_id, "cannot record the upload; not uploading");
         return;
     }
-    let result = upload_offer(files, consent_id, &offer, &upload).await;
+    // Audited first: no audit record, no upload.
+    let result = match audit(store, &offer, &offer.requested_by, "uploading", format!("consent {consent_id}, {}", offer.name)).await {
+        Ok(()) => upload_offer(files, consent_id, &offer, &upload).await,
+        Err(()) => Err("not uploaded: the audit log could not be written".to_owned()),
+    };
     spool_remove(&files.spool, consent_id);
     offer.state = if result.is_ok() { OfferState::Uploaded } else { OfferState::Failed };
     offer.detail = Some(match &result {
@@ -276,7 +280,7 @@ async fn handle(files: &Files, bot: &str, tenant: &str, conversation: &str, cons
         Ok(id) => ("uploaded", format!("consent {consent_id}, {}; file card outbox #{id}", offer.name)),
         Err(e) => ("failed", format!("consent {consent_id}, {}: {e}", offer.name)),
     };
-    audit(store, &offer, ACTOR, outcome, detail).await;
+    let _ = audit(store, &offer, ACTOR, outcome, detail).await;
     outcome_event(files, bot, tenant, conversation, consent_id, &offer.name, result, auth).await;
 }
 
@@ -415,7 +419,7 @@ pub(crate) async fn sweep(files: &Files, at_start: bool) {
                 offer.state = OfferState::Expired;
                 let _ = save(store, &consent_id, &offer).await;
                 spool_remove(&files.spool, &consent_id);
-                audit(store, &offer, ACTOR, "expired", format!("consent {consent_id}, {}: nobody answered", offer.name)).await;
+                let _ = audit(store, &offer, ACTOR, "expired", format!("consent {consent_id}, {}: nobody answered", offer.name)).await;
             }
             OfferState::Offered => {}
             OfferState::Uploading if at_start => {
@@ -424,7 +428,7 @@ pub(crate) async fn sweep(files: &Files, at_start: bool) {
                 offer.detail = Some(why.clone());
                 let _ = save(store, &consent_id, &offer).await;
                 spool_remove(&files.spool, &consent_id);
-                audit(store, &offer, ACTOR, "failed", format!("consent {consent_id}, {}: {why}", offer.name)).await;
+                let _ = audit(store, &offer, ACTOR, "failed", format!("consent {consent_id}, {}: {why}", offer.name)).await;
                 let (bot, tenant, conversation, name) =
                     (offer.bot.clone(), offer.tenant.clone(), offer.conversation.clone(), offer.name.clone());
                 outcome_event(files, &bot, &tenant, &conversation, &consent_id, &name, Err(why), AuthKind::Anonymous).await;
