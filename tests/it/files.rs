@@ -263,6 +263,16 @@ async fn oversize_mistyped_and_foreign_files_are_refused() {
     assert_eq!(stub["files"][0]["fetchable"], false, "{stub}");
     let (err, v) = r.host.call("get_file", json!({"file_ref": stub["files"][0]["file_ref"]})).await;
     assert!(err && v.to_string().contains("1:1 chats only"), "{v}");
+
+    // A message the policy keeps from the agent (a group chat without a mention): its file cannot be
+    // fetched either, even by a host that guesses the reference.
+    let filtered = with_files(&r.fake.service_url, "19:g@thread.v2", "groupChat", json!([download_info("leak.txt", &small)]));
+    assert_eq!(r.gw.post(&filtered).await.status(), 202);
+    let guess = format!("f{}.0", stub["inbox_id"].as_i64().unwrap() + 1);
+    let before = r.graph.file_requests().len();
+    let (err, v) = r.host.call("get_file", json!({"file_ref": guess})).await;
+    assert!(err && v.to_string().contains("no file"), "{v}");
+    assert_eq!(r.graph.file_requests().len(), before, "a filtered message's file was fetched");
 }
 
 #[tokio::test(flavor = "multi_thread")]

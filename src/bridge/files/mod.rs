@@ -256,7 +256,7 @@ impl Hub {
         self.share_into_conversation(caller, &bot, &r, name, &bytes).await
     }
 
-    /// Fetch a file of an inbound event (within scope), at most `max_bytes` (and `files.max_download_bytes`),
+    /// Fetch a file of an inbound event (within scope, and one a host may see: pending or acknowledged), at most `max_bytes` (and `files.max_download_bytes`),
     /// checked against its declared type.
     pub async fn get_file(&self, scope: &Scope, file_ref: &str, max_bytes: Option<u64>) -> Result<Fetched> {
         let files = self.files()?;
@@ -264,7 +264,10 @@ impl Hub {
             .ok_or_else(|| Error::invalid(format!("`{file_ref}` is not a file_ref: pass one from an event's files (f<inbox id>.<n>)")))?;
         let missing = || Error::not_found(format!("no file {file_ref} in this session's scope"));
         let item = self.store.inbox_by_ids(&[inbox_id]).await.map_err(|e| Error::unavailable(e.to_string()))?.into_iter().next();
-        let item = item.filter(|i| scope.allows(&i.bot_app_id, &i.tenant_id)).ok_or_else(missing)?;
+        // Only what a host may be given: never an entry the policy kept from the agent, nor a withdrawn one.
+        let deliverable =
+            |i: &crate::store::InboxItem| matches!(i.state, crate::store::InboxState::Pending | crate::store::InboxState::Acked);
+        let item = item.filter(|i| scope.allows(&i.bot_app_id, &i.tenant_id) && deliverable(i)).ok_or_else(missing)?;
         let activity: Activity = serde_json::from_str(&item.body).map_err(|_| missing())?;
         let file = attached_files(&activity).into_iter().nth(n).ok_or_else(missing)?;
         let limit = max_bytes.map_or(files.cfg.max_download_bytes, |m| m.clamp(1, files.cfg.max_download_bytes));
