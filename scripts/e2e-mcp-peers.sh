@@ -13,7 +13,7 @@
 #
 # What it checks (one PASS/FAIL line each, then `e2e-mcp: N passed, M failed`; exit status non-zero on any failure):
 #  0. the sandbox: a network namespace whose only interface is lo;
-#  1. MCP Inspector CLI: tools/list shows exactly our 21 tools; tools/call status works; bad arguments
+#  1. MCP Inspector CLI: tools/list shows exactly our 23 tools; tools/call status works; bad arguments
 #     (reply without `text`, reply to an unknown chat) are tool errors that say what is wrong;
 #  2. Python `mcp` 2.3.0, mode="auto" (the client probes `server/discover` first: agentgate must answer -32601
 #     and keep going) and mode="legacy", with a NotificationBinding for notifications/claude/channel: a message
@@ -285,10 +285,10 @@ inspect() {
   echo "$rc" >"$S/insp-$name.rc"
   cat "$S/insp-$name.json" "$S/insp-$name.err" >>"$L/inspector.log"
 }
-export TOOLS="ack_messages claim_conversations delete_message list_conversations list_members react read_messages recent_audit release_conversations reply send_card send_message send_to_user send_typing status stream_append stream_finish stream_start update_card update_message wait_for_messages"
+export TOOLS="ack_messages claim_conversations delete_message get_file list_conversations list_members react read_messages recent_audit release_conversations reply send_card send_file send_message send_to_user send_typing status stream_append stream_finish stream_start update_card update_message wait_for_messages"
 export RECORD
 inspect list --method tools/list
-check "inspector: tools/list shows exactly our 21 tools, each with a description and an object input schema" \
+check "inspector: tools/list shows exactly our 23 tools, each with a description and an object input schema" \
   insp_has list 'rc == 0 and sorted(x["name"] for x in d["result"]["tools"]) == sorted(env["TOOLS"].split())
     and all(len(x.get("description", "")) > 10 and x["inputSchema"]["type"] == "object" for x in d["result"]["tools"])'
 inspect status --method tools/call --tool-name status

@@ -161,7 +161,9 @@ impl InvokeResponse {
                 "value": text,
             }),
             // Feedback (`message/submitAction`): 200 with an empty body; Teams lists a body as an error.
-            Some("message/submitAction") => Value::Null,
+            // The answer to a file consent card (`fileConsent/invoke`): 200, empty (botbuilder's
+            // `handleTeamsFileConsent`).
+            Some("message/submitAction" | "fileConsent/invoke") => Value::Null,
             _ => Value::Object(Map::new()),
         };
         Self { status: 200, body }
@@ -216,6 +218,8 @@ mod tests {
         // Feedback: an empty body (intake sends no body at all for `Null`).
         let feedback = parse(serde_json::json!({"type":"invoke","name":"message/submitAction"}));
         assert_eq!(InvokeResponse::acknowledge(&feedback, "ok").body, Value::Null);
+        let consent = parse(serde_json::json!({"type":"invoke","name":"fileConsent/invoke"}));
+        assert_eq!(InvokeResponse::acknowledge(&consent, "ok").body, Value::Null);
     }
 }
 

@@ -44,6 +44,8 @@ pub struct AppState {
     pub(crate) graph: Option<Arc<crate::bridge::graph_inbound::GraphInbound>>,
     /// Each bot's welcome message (by lower-case app id), for bots that have one.
     pub(crate) welcome: std::collections::HashMap<String, serde_json::Value>,
+    /// Files: a committed answer to a file consent card starts the upload.
+    pub(crate) files: Option<Arc<crate::bridge::files::Files>>,
 }
 
 /// A refused request. The response body never says more than the status.
@@ -355,6 +357,9 @@ async fn intake(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
             {
                 crate::bridge::welcome::welcome(state.store.as_ref(), welcome, &bot.app_id, tenant, &record_conversation, raw_service_url)
                     .await;
+            }
+            if let Some(files) = &state.files {
+                crate::bridge::files::consent::answered(files, &bot.app_id, tenant, &record_conversation, &activity, auth);
             }
             if let Some(feedback) = crate::teams::ai::feedback(&activity) {
                 crate::bridge::gate::audit_feedback(state.store.as_ref(), &bot.app_id, tenant, &record_conversation, &activity, &feedback)

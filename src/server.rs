@@ -216,6 +216,7 @@ impl Gateway {
         if let Some(g) = &graph_inbound {
             tracing::info!(inbound = ?g, "the Agent User's chats reach the host through Graph change notifications");
         }
+        let files = Arc::new(crate::bridge::files::Files::new(&cfg, Arc::clone(&store), Some(Arc::clone(&gate)))?);
         let state = Arc::new(AppState {
             verifier,
             store: Arc::clone(&store),
@@ -228,7 +229,10 @@ impl Gateway {
             gate: Arc::clone(&gate),
             graph: graph_inbound.clone(),
             welcome: crate::bridge::welcome::activities(&cfg.bots)?,
+            files: Some(Arc::clone(&files)),
         });
+        // Offers nobody answered expire; uploads a restart cut off are reported.
+        background.push(crate::bridge::files::consent::spawn_sweep(Arc::clone(&files), Duration::from_secs(600)));
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
         background.push(spawn_audit_head_log(Arc::clone(&store)));
         let agentic = crate::bridge::agent::agentic_chains(&cfg, &agents);
@@ -252,7 +256,8 @@ impl Gateway {
                 opts.dev,
                 agents,
             )
-            .with_delivered(Arc::clone(&gate.delivered)),
+            .with_delivered(Arc::clone(&gate.delivered))
+            .with_files(files),
         );
         background.push(hub.spawn_approval_sweeper());
         let mcp_addr = match crate::mcp::http::serve(Arc::clone(&hub), &cfg.mcp).await? {

@@ -94,7 +94,7 @@ async function channelMode() {
   const caps = client.getServerCapabilities() ?? {};
   check('the server declares experimental claude/channel', !!caps.experimental?.['claude/channel'], caps);
   const tools = (await client.listTools()).tools.map(t => t.name);
-  check('tools/list has the 21 tools', tools.length === 21 && tools.includes('reply') && tools.includes('status'), tools);
+  check('tools/list has the 23 tools', tools.length === 23 && tools.includes('reply') && tools.includes('status') && tools.includes('get_file') && tools.includes('send_file') && tools.includes('claim_conversations'), tools);
   if (!check("the gateway's HTTP side is up (GET /healthz)", await healthy())) return;
   const chat = `a:node-${NONCE}`;
   const m = activity('message', { id: `node-msg-${NONCE}`, chat, aad: ALEX, name: 'Alex', text: `<p>node ${NONCE}: is the build green?</p>` });

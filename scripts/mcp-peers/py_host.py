@@ -28,7 +28,7 @@ from mcp.client import ClientExtension, NotificationBinding
 TOOLS = {"status", "list_conversations", "read_messages", "wait_for_messages", "ack_messages", "reply",
          "send_message", "send_to_user", "send_card", "update_card", "update_message", "delete_message",
          "send_typing", "stream_start", "stream_append", "stream_finish", "list_members", "recent_audit", "react",
-         "claim_conversations", "release_conversations"}
+         "claim_conversations", "release_conversations", "get_file", "send_file"}
 ENVELOPE = re.compile(r"^⟦untrusted_content ([A-Za-z0-9]+)⟧\n(.*)\n⟦/untrusted_content \1⟧$", re.S)
 META_KEY = re.compile(r"^[A-Za-z0-9_]+$")
 

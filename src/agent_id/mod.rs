@@ -30,6 +30,22 @@ pub(crate) const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// add members, read and send chat messages.
 pub(crate) const AGENT_USER_SCOPES: &[&str] = &["User.Read", "User.ReadBasic.All", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"];
 
+/// The delegated scopes of the files area (`agent_user.files = true`): the Agent User's OneDrive (read,
+/// write, share its own files), files shared with it (links in its chats), the SharePoint sites it can
+/// reach (read).
+pub(crate) const FILES_SCOPES: &[&str] = &["Files.ReadWrite", "Files.Read.All", "Sites.Read.All"];
+
+/// The scopes provisioning grants: what every Agent User needs, and those of the areas the bot's
+/// `[bots.agent_user]` enables (none for areas that are off). Enabling an area later and running
+/// `provision` again adds its scopes to the grant.
+pub(crate) fn granted_scopes(agent_user: Option<&crate::config::agent_user::AgentUserConfig>) -> Vec<String> {
+    let mut scopes: Vec<String> = AGENT_USER_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    if agent_user.is_some_and(|a| a.files) {
+        scopes.extend(FILES_SCOPES.iter().map(|s| (*s).to_owned()));
+    }
+    scopes
+}
+
 /// The provisioning steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -175,6 +191,23 @@ mod tests {
 
     fn failure(status: u16, code: &str, message: &str) -> GraphFailure {
         GraphFailure { status, code: code.into(), message: message.into() }
+    }
+
+    /// Only the areas the bot enables add scopes: the files area adds the file scopes, nothing else does.
+    #[test]
+    fn scopes_follow_the_enabled_areas() {
+        let au = |files: bool| -> crate::config::agent_user::AgentUserConfig {
+            toml::from_str(&format!(
+                "tenant_id = \"t\"\nblueprint_app_id = \"b\"\nagent_identity_id = \"i\"\nagent_user_id = \"u\"\ncertificate = \"file:/c\"\nkey = \"file:/k\"\nfiles = {files}"
+            ))
+            .unwrap()
+        };
+        assert_eq!(granted_scopes(None), AGENT_USER_SCOPES);
+        assert_eq!(granted_scopes(Some(&au(false))), AGENT_USER_SCOPES);
+        let with_files = granted_scopes(Some(&au(true)));
+        assert_eq!(&with_files[..AGENT_USER_SCOPES.len()], AGENT_USER_SCOPES);
+        assert_eq!(&with_files[AGENT_USER_SCOPES.len()..], FILES_SCOPES);
+        assert!(!with_files.iter().any(|s| s.ends_with(".ReadWrite.All")), "no tenant-wide write: {with_files:?}");
     }
 
     #[test]

@@ -51,6 +51,12 @@ impl InboundGate {
         Self { policies, approvals, inbox: watch::channel(0).0, delivered: Arc::default() }
     }
 
+    /// Wake the sessions for an entry committed outside intake (the outcome of a file upload).
+    pub(crate) fn wake(&self, inbox_id: i64) {
+        let newest = inbox_id.max(*self.inbox.borrow());
+        self.inbox.send_replace(newest);
+    }
+
     /// A receiver of the newest deliverable inbox id.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.inbox.subscribe()

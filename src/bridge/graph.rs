@@ -73,8 +73,17 @@ pub struct GraphMessage {
     pub card: Option<Value>,
 }
 
+/// How asking an owner ended, when not with an Allow.
+#[derive(Debug)]
+pub(crate) enum OwnerAnswer {
+    /// An owner denied it.
+    Denied,
+    /// Nobody could be asked, nobody answered in time, or the card could not be sent.
+    Failed(Error),
+}
+
 /// A Graph failure as a bridge error: try again later (throttled, transient, no token) or refused.
-fn graph_error(what: impl std::fmt::Display, e: &GraphError) -> Error {
+pub(crate) fn graph_error(what: impl std::fmt::Display, e: &GraphError) -> Error {
     let message = format!("{what}: {e}");
     match e.kind() {
         GraphErrorKind::Throttled | GraphErrorKind::Transient | GraphErrorKind::Token => Error::unavailable(message),
@@ -101,7 +110,7 @@ impl Hub {
     }
 
     /// Record what the Agent User does (or tried): nothing is done without it.
-    async fn audit_agent(
+    pub(crate) async fn audit_agent(
         &self,
         caller: Caller<'_>,
         actor: &AgentActor,
@@ -143,25 +152,46 @@ impl Hub {
                 bot.app_id
             )));
         }
+        let description = format!("The Agent User ({}) wants to {action}: {}", actor.identity(), new.join(", "));
+        self.ask_owner(caller, bot, action, &description, &json!({"people": new})).await.map_err(|e| match e {
+            OwnerAnswer::Denied => Error::refused(format!("an owner denied it ({action} with {}); nothing was done", new.join(", "))),
+            OwnerAnswer::Failed(e) => e,
+        })?;
+        actor.remember_approved(&new);
+        Ok(())
+    }
+
+    /// Ask the bot's owners (its approvers, else the Agent User's sponsors) with an approval card in Teams and
+    /// wait (up to [`APPROVAL_WAIT`]) for the answer: `Ok` only on Allow. `preview` is what the card shows
+    /// as the request's input.
+    pub(crate) async fn ask_owner(
+        &self,
+        caller: Caller<'_>,
+        bot: &BotConfig,
+        action: &str,
+        description: &str,
+        preview: &Value,
+    ) -> std::result::Result<(), OwnerAnswer> {
+        if !self.can_ask_owners(bot) {
+            return Err(OwnerAnswer::Failed(Error::refused(format!(
+                "{action} needs an owner's approval, and bot {} has no policy.approvers (nor an Agent User's sponsors); nothing was done",
+                bot.app_id
+            ))));
+        }
         let request_id = approval::new_request_id();
         let timeout = Duration::from_secs(bot.policy.approval_timeout_secs).min(APPROVAL_WAIT);
-        let description = format!("The Agent User ({}) wants to {action}: {}", actor.identity(), new.join(", "));
-        let card =
-            approval::request_card(&request_id, action, &description, &json!({"people": new}).to_string(), timeout.as_secs().div_ceil(60));
+        let card = approval::request_card(&request_id, action, description, &preview.to_string(), timeout.as_secs().div_ceil(60));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         if self.ask_approvers(caller, bot, &request_id, action, &card, timeout, tx).await == 0 {
-            return Err(Error::refused(
+            return Err(OwnerAnswer::Failed(Error::refused(
                 "no approver could be reached (each must have messaged the bot once; without policy.approvers, the Agent User's sponsors are asked); nothing was done",
-            ));
+            )));
         }
         tracing::info!(request_id, action, "waiting for an owner's approval in Teams");
         match tokio::time::timeout(timeout + Duration::from_secs(1), rx.recv()).await {
-            Ok(Some(v)) if v.behavior == Behavior::Allow => {
-                actor.remember_approved(&new);
-                Ok(())
-            }
-            Ok(Some(_)) => Err(Error::refused(format!("an owner denied it ({action} with {}); nothing was done", new.join(", ")))),
-            _ => Err(Error::refused(format!("no owner answered within {} s; nothing was done", timeout.as_secs()))),
+            Ok(Some(v)) if v.behavior == Behavior::Allow => Ok(()),
+            Ok(Some(_)) => Err(OwnerAnswer::Denied),
+            _ => Err(OwnerAnswer::Failed(Error::refused(format!("no owner answered within {} s; nothing was done", timeout.as_secs())))),
         }
     }
 

@@ -901,6 +901,24 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
         },
         "entities": mentions,
     });
+    // Files shared in the chat: SharePoint links (`reference`), read through Graph as the Agent User.
+    let files: Vec<Value> = message
+        .get("attachments")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter(|a| a.get("contentType").and_then(Value::as_str) == Some("reference"))
+                .filter_map(|a| {
+                    let url = str_at(a, &["contentUrl"])?;
+                    Some(json!({"contentType": "reference", "contentUrl": url, "name": str_at(a, &["name"])}))
+                })
+                .take(crate::teams::files::MAX_FILES)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !files.is_empty() {
+        activity["attachments"] = Value::Array(files);
+    }
     if kind != "message" {
         activity["replyToId"] = json!(message_id);
     }
@@ -1015,6 +1033,24 @@ mod tests {
         unmentioned["mentions"] = json!([{"id": 0, "mentionText": "Agent", "mentioned": {"user": {"id": ALEX}}}]);
         let a: Activity = serde_json::from_value(to_activity(&unmentioned, &chat, "message", "k")).unwrap();
         assert!(!matches!(crate::bridge::policy::evaluate(&policy, "bot-app", &a), crate::bridge::policy::Verdict::Deliver));
+    }
+
+    /// Graph `reference` attachments (files shared in the chat) become file items fetched through Graph;
+    /// other attachments (cards, hosted content) do not.
+    #[test]
+    fn files_shared_in_a_graph_chat_are_references() {
+        let mut m = msg(user(ALEX, "Alex"));
+        m["attachments"] = json!([
+            {"id": "a1", "contentType": "reference", "contentUrl": "https://contoso.sharepoint.com/sites/t/Shared Documents/plan.docx", "name": "plan.docx"},
+            {"id": "c1", "contentType": "application/vnd.microsoft.card.adaptive", "content": "{}"},
+        ]);
+        let chat = ChatInfo { id: "19:abc@unq.gbl.spaces", conversation_type: "groupChat", tenant: "t1", agent_user: ME };
+        let a: Activity = serde_json::from_value(to_activity(&m, &chat, "message", "k")).unwrap();
+        let files = crate::teams::files::attached_files(&a);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(files[0].source, crate::teams::files::FileSource::Reference);
+        assert_eq!(files[0].name.as_deref(), Some("plan.docx"));
+        assert!(files[0].url.as_deref().unwrap().starts_with("https://contoso.sharepoint.com/"));
     }
 
     #[test]

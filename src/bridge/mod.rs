@@ -15,6 +15,7 @@
 //! | [`route`] | the one bot resolver; which conversation a request goes to; bot, Agent User or nobody |
 //! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended; sending as the bot with the fallback to the Agent User |
 //! | [`graph`] | acting through Graph as the Agent User: owner approval, audit-first writes |
+//! | [`files`] | files on inbound events (`get_file`), files the agent sends (consent card, or the Agent User's OneDrive), the Agent User's files |
 //! | [`inbox`] | pending entries within a scope, acknowledgements |
 //! | [`welcome`] | the welcome message, once per conversation the app is installed in |
 //! | [`error`] | the one error type of the bridge |
@@ -40,6 +41,7 @@ pub(crate) mod deliver;
 pub(crate) mod envelope;
 pub(crate) mod error;
 pub(crate) mod events;
+pub(crate) mod files;
 pub(crate) mod gate;
 pub(crate) mod graph;
 pub(crate) mod graph_inbound;
@@ -169,6 +171,8 @@ pub struct Hub {
     pub(crate) agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
     /// What the sessions pushed to a host (shared with intake's [`gate`], which amends entries).
     pub(crate) delivered: Arc<amend::Delivered>,
+    /// Files (limits, transfers, offers waiting for an answer); `None` in one-shot commands.
+    pub(crate) files: Option<Arc<files::Files>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -187,7 +191,13 @@ impl Hub {
         dev: bool,
         agents: std::collections::HashMap<String, Arc<agent::AgentActor>>,
     ) -> Self {
-        Self { cfg, store, outbound, inbox, approvals, started: Instant::now(), dev, agents, delivered: Arc::default() }
+        Self { cfg, store, outbound, inbox, approvals, started: Instant::now(), dev, agents, delivered: Arc::default(), files: None }
+    }
+
+    /// Fetch and send files with `files` (shared with intake, which acts on consent answers).
+    pub(crate) fn with_files(mut self, files: Arc<files::Files>) -> Self {
+        self.files = Some(files);
+        self
     }
 
     /// Share `delivered` with intake (the [`gate`]'s), so that edits of pushed messages reach the host.

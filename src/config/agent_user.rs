@@ -67,6 +67,15 @@ pub struct AgentUserConfig {
     /// How long each Graph subscription is asked for, in minutes (renewed when half of it is left).
     #[serde(default = "default_subscription_minutes")]
     pub subscription_minutes: u32,
+    /// The files area: the `graph_*_file(s)` tools (the Agent User's OneDrive and the SharePoint sites it
+    /// can reach), files to group chats and channels, channel files (off by default: the tools are not
+    /// offered, and provisioning asks for no file permissions).
+    #[serde(default)]
+    pub files: bool,
+    /// Let `graph_share_file` create anonymous ("anyone with the link") links (off by default; each share
+    /// needs an owner's approval either way).
+    #[serde(default)]
+    pub files_anonymous_links: bool,
 }
 
 fn default_subscription_minutes() -> u32 {
@@ -132,6 +141,9 @@ impl AgentUserConfig {
         }
         if let Some(base) = &self.graph_base_url {
             GraphEndpoint::parse(base).map_err(|e| err("graph_base_url", e.to_string()))?;
+        }
+        if self.files_anonymous_links && !self.files {
+            return Err(err("files_anonymous_links", "needs files = true (the files area)".into()));
         }
         if !(2..=4230).contains(&self.subscription_minutes) {
             return Err(err(

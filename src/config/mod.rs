@@ -47,6 +47,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub mcp: McpConfig,
+    #[serde(default)]
+    pub files: FilesConfig,
     /// The bots this process serves. None configured means no traffic is accepted.
     #[serde(default)]
     pub bots: Vec<BotConfig>,
@@ -359,6 +361,41 @@ pub struct McpConfig {
     pub max_sessions_per_token: usize,
 }
 
+/// `[files]`: files people send the bot (`get_file`) and files the agent sends (`send_file`, the Agent
+/// User's uploads).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// The largest file downloaded for the agent, in bytes (default 25 MiB); a tool may ask for less.
+    #[serde(default = "defaults::files_max_download")]
+    pub max_download_bytes: u64,
+    /// The largest file the agent may send or upload, in bytes (default 25 MiB).
+    #[serde(default = "defaults::files_max_send")]
+    pub max_send_bytes: u64,
+    /// Bytes per upload request: a multiple of 320 KiB (327,680 bytes) below 60 MiB, as OneDrive upload
+    /// sessions require (default 10 MiB).
+    #[serde(default = "defaults::files_chunk")]
+    pub upload_chunk_bytes: u64,
+    /// How long a file offered in a 1:1 chat (the consent card) waits for the person's answer, in seconds
+    /// (default 24 h); then it is forgotten and its bytes deleted.
+    #[serde(default = "defaults::files_consent_ttl")]
+    pub consent_ttl_secs: u64,
+    /// Directories whose files `send_file` and `graph_upload_file` may read by `path` (none by default:
+    /// the agent passes the content itself).
+    #[serde(default)]
+    pub send_dirs: Vec<PathBuf>,
+    /// Extra places files may be downloaded from and uploaded to besides SharePoint and OneDrive (base
+    /// URLs; plain http only on loopback). Change only for tests or special set-ups.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// The longest text a file read returns, in characters (default 100,000; the rest is cut and marked).
+    #[serde(default = "defaults::files_max_text")]
+    pub max_text_chars: usize,
+}
+
+/// OneDrive upload sessions take fragments in multiples of this many bytes (320 KiB).
+pub const UPLOAD_FRAGMENT_UNIT: u64 = 320 * 1024;
+
 /// One `/mcp` bearer token and what it may see.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -596,6 +633,21 @@ mod defaults {
     pub(super) fn mcp_max_sessions_per_token() -> usize {
         16
     }
+    pub(super) fn files_max_download() -> u64 {
+        25 * 1024 * 1024
+    }
+    pub(super) fn files_max_send() -> u64 {
+        25 * 1024 * 1024
+    }
+    pub(super) fn files_chunk() -> u64 {
+        32 * super::UPLOAD_FRAGMENT_UNIT
+    }
+    pub(super) fn files_consent_ttl() -> u64 {
+        24 * 3600
+    }
+    pub(super) fn files_max_text() -> usize {
+        100_000
+    }
 }
 
 macro_rules! default_from_serde {
@@ -612,7 +664,18 @@ fn empty_table() -> toml::Table {
     toml::Table::new()
 }
 
-default_from_serde!(ServerConfig, AuthConfig, CloudsConfig, StoreConfig, InvokeConfig, OutboundConfig, LogConfig, McpConfig, AgenticConfig);
+default_from_serde!(
+    ServerConfig,
+    AuthConfig,
+    CloudsConfig,
+    StoreConfig,
+    InvokeConfig,
+    OutboundConfig,
+    LogConfig,
+    McpConfig,
+    AgenticConfig,
+    FilesConfig
+);
 
 fn list_or_csv<'de, D: Deserializer<'de>, T: From<String>>(d: D) -> Result<Vec<T>, D::Error> {
     #[derive(Deserialize)]
@@ -845,6 +908,7 @@ impl Config {
                 }
             }
         }
+        self.validate_files()?;
         if self.bots.is_empty() {
             return Err(ConfigError::new(
                 "bots",
@@ -918,6 +982,42 @@ impl Config {
             }
         }
         self.validate_mcp()
+    }
+
+    fn validate_files(&self) -> Result<(), ConfigError> {
+        let f = &self.files;
+        const MAX_FILE: u64 = 250 * 1024 * 1024;
+        for (field, v) in [("files.max_download_bytes", f.max_download_bytes), ("files.max_send_bytes", f.max_send_bytes)] {
+            if v == 0 || v > MAX_FILE {
+                return Err(ConfigError::new(field, format!("must be 1..={MAX_FILE} bytes (250 MiB)")));
+            }
+        }
+        let chunk = f.upload_chunk_bytes;
+        if chunk == 0 || !chunk.is_multiple_of(UPLOAD_FRAGMENT_UNIT) || chunk >= 60 * 1024 * 1024 {
+            return Err(ConfigError::new(
+                "files.upload_chunk_bytes",
+                format!("must be a multiple of {UPLOAD_FRAGMENT_UNIT} (320 KiB) below 60 MiB, as OneDrive upload sessions require"),
+            ));
+        }
+        if f.consent_ttl_secs < 60 {
+            return Err(ConfigError::new("files.consent_ttl_secs", "must be at least 60 seconds"));
+        }
+        if f.max_text_chars < 100 {
+            return Err(ConfigError::new("files.max_text_chars", "must be at least 100"));
+        }
+        for (i, d) in f.send_dirs.iter().enumerate() {
+            if !d.is_absolute() {
+                return Err(ConfigError::new(format!("files.send_dirs[{i}]"), format!("`{}` must be an absolute path", d.display())));
+            }
+        }
+        for (i, e) in f.endpoints.iter().enumerate() {
+            let field = || format!("files.endpoints[{i}]");
+            let u = check_fetch_url(e).map_err(|p| ConfigError::new(field(), p))?;
+            if !u.username().is_empty() || u.password().is_some() || u.query().is_some() || u.fragment().is_some() {
+                return Err(ConfigError::new(field(), format!("`{e}` must be a plain base URL (no user info, query or fragment)")));
+            }
+        }
+        Ok(())
     }
 
     fn validate_mcp(&self) -> Result<(), ConfigError> {
@@ -1261,6 +1361,40 @@ allowed_tenants = ["tenant-a"]
             let said = e.to_string();
             assert!(said.contains("webhooks cannot reach this gateway") && said.contains("agentgate mcp --connect"), "{said}");
             assert!(said.contains("never falls back to polling"), "{said}");
+        }
+    }
+
+    #[test]
+    fn files_limits_and_endpoints_are_checked() {
+        let load = |files: &str, agent: &str| {
+            let text = format!(
+                "[files]\n{files}\n[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[bots.agent_user]\ntenant_id = \"t\"\n\
+                 blueprint_app_id = \"b1b1b1b1-0000-4000-8000-000000000001\"\nagent_identity_id = \"a1a1a1a1-0000-4000-8000-000000000002\"\n\
+                 agent_user_id = \"d1d1d1d1-0000-4000-8000-000000000003\"\ncertificate = \"file:/x.crt\"\nkey = \"file:/x.key\"\n{agent}\n"
+            );
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap()
+        };
+        let c = load("", "");
+        c.validate(false).unwrap();
+        assert_eq!((c.files.max_download_bytes, c.files.upload_chunk_bytes), (25 * 1024 * 1024, 10 * 1024 * 1024));
+        assert!(c.files.send_dirs.is_empty() && c.files.endpoints.is_empty());
+        assert!(!c.bots[0].agent_user.as_ref().unwrap().files, "the files area is off by default");
+        load("endpoints = [\"http://127.0.0.1:4100/sp\"]\nupload_chunk_bytes = 655360\nsend_dirs = [\"/srv/out\"]", "files = true")
+            .validate(false)
+            .unwrap();
+        for (files, agent, field) in [
+            ("upload_chunk_bytes = 1000", "", "files.upload_chunk_bytes"),
+            ("upload_chunk_bytes = 62914560", "", "files.upload_chunk_bytes"),
+            ("max_download_bytes = 0", "", "files.max_download_bytes"),
+            ("max_send_bytes = 300000000", "", "files.max_send_bytes"),
+            ("endpoints = [\"http://files.example.com\"]", "", "files.endpoints[0]"),
+            ("endpoints = [\"https://x.example.com/a?tempauth=1\"]", "", "files.endpoints[0]"),
+            ("send_dirs = [\"relative/dir\"]", "", "files.send_dirs[0]"),
+            ("consent_ttl_secs = 5", "", "files.consent_ttl_secs"),
+            ("", "files_anonymous_links = true", "bots[0].agent_user.files_anonymous_links"),
+        ] {
+            let e = load(files, agent).validate(false).unwrap_err();
+            assert_eq!(e.field, field, "{files} {agent}: {e}");
         }
     }
 

@@ -80,6 +80,9 @@ pub enum ConnectorError {
     /// A 2xx whose body could not be read as the expected resource.
     #[error("unexpected Connector response: {0}")]
     BadResponse(String),
+    /// A download larger than the caller's bound (nothing kept).
+    #[error("the attachment is larger than {limit} bytes; refused")]
+    TooLarge { limit: u64 },
 }
 
 impl ConnectorError {
@@ -103,6 +106,7 @@ impl ConnectorError {
                 }
             }
             Self::BadResponse(_) => ErrorClass::BadResponse,
+            Self::TooLarge { .. } => ErrorClass::Refused,
         }
     }
 
@@ -364,6 +368,47 @@ impl ConnectorClient {
         )?;
         let method = if remove { Method::DELETE } else { Method::PUT };
         self.call(method, url, token, None).await.map(|_| ())
+    }
+
+    /// `GET` an attachment on the Connector (an inline image, `…/v3/attachments/{id}/views/original`) with
+    /// the bot's (or the acting identity's) token, at most `limit` bytes: the body and its `Content-Type`.
+    /// The URL itself must be on an allow-listed Connector host of the cloud (or a configured endpoint);
+    /// the Playground's loopback connector gets the placeholder, as for every call.
+    pub async fn get_attachment(
+        &self,
+        cloud: Cloud,
+        url: &str,
+        token: &SecretString,
+        limit: u64,
+    ) -> Result<(Vec<u8>, Option<String>), ConnectorError> {
+        self.policy.check(cloud, url).map_err(|_| ConnectorError::HostNotAllowed)?;
+        let token = if self.policy.placeholder_only(cloud, url) { tokens::DEV_PLACEHOLDER_TOKEN } else { token.expose_secret() };
+        let mut resp = self.http.get(url.trim()).bearer_auth(token).send().await.map_err(classify_send_error)?;
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = resp.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            return Err(ConnectorError::Throttled { retry_after });
+        }
+        if status.is_server_error() {
+            return Err(ConnectorError::Ambiguous(format!("HTTP {}", status.as_u16())));
+        }
+        if !status.is_success() {
+            return Err(ConnectorError::Rejected { status: status.as_u16(), code: String::new(), sub_code: None });
+        }
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(ConnectorError::TooLarge { limit });
+        }
+        let content_type = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut out = Vec::new();
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|e| ConnectorError::Ambiguous(format!("reading the answer: {}", e.without_url())))?
+        {
+            out.extend_from_slice(&chunk);
+            if out.len() as u64 > limit {
+                return Err(ConnectorError::TooLarge { limit });
+            }
+        }
+        Ok((out, content_type))
     }
 
     /// `POST v3/conversations`: a 1:1 conversation with `user_id` (proactive messaging).

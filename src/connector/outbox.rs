@@ -264,6 +264,23 @@ impl Outbound {
         self.connector.conversation_member(&ep, &who.token, conversation, member).await.map_err(|e| e.to_string())
     }
 
+    /// An attachment on the conversation's Connector (an inline image), fetched with the token of whoever
+    /// acts there, at most `limit` bytes (a read: no outbox, no audit).
+    pub async fn fetch_attachment(
+        &self,
+        reference: &ConversationRef,
+        url: &str,
+        limit: u64,
+    ) -> Result<(Vec<u8>, Option<String>), ConnectorError> {
+        let bot = &reference.bot_app_id;
+        let cloud = *self.clouds.get(bot).ok_or_else(|| ConnectorError::BadResponse("the bot is no longer configured".into()))?;
+        let who = self
+            .acting(bot, &reference.conversation_id)
+            .await
+            .map_err(|f| ConnectorError::Unreachable(format!("no token: {}", f.message)))?;
+        self.connector.get_attachment(cloud, url, &who.token, limit).await
+    }
+
     /// The store this worker delivers from.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

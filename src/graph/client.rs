@@ -492,7 +492,7 @@ impl GraphClient {
 
     // ------------------------------------------------------------ plumbing
 
-    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
+    pub(super) fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
         if crate::http_util::has_dot_or_empty_segment(path) {
             return Err(GraphError::Invalid("an id is empty, '.' or '..'".into()));
         }
@@ -530,11 +530,11 @@ impl GraphClient {
         Ok(m)
     }
 
-    async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, GraphError> {
+    pub(super) async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, GraphError> {
         self.send_json(Method::GET, url, None, true).await
     }
 
-    async fn send_json<T: DeserializeOwned>(
+    pub(super) async fn send_json<T: DeserializeOwned>(
         &self,
         method: Method,
         url: Url,
@@ -546,7 +546,7 @@ impl GraphClient {
     }
 
     /// Follow `@odata.nextLink` (each checked against the allow-list) until `max` items or the end.
-    async fn collect<T: DeserializeOwned>(&self, first: Url, max: usize) -> Result<Vec<T>, GraphError> {
+    pub(super) async fn collect<T: DeserializeOwned>(&self, first: Url, max: usize) -> Result<Vec<T>, GraphError> {
         let mut out = Vec::new();
         let mut url = first;
         for _ in 0..MAX_PAGES {
@@ -566,12 +566,27 @@ impl GraphClient {
 
     /// One call with the retry rules of the module docs; the 2xx body.
     async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
+        let body = body.map_or(Body::None, Body::Json);
+        let limit = self.settings.max_response_bytes;
+        self.call_with(method, url, body, idempotent, Answer { redirect: false, limit }).await.map(|r| r.bytes)
+    }
+
+    /// One call with the retry rules of the module docs: the 2xx answer, or with `answer.redirect` a 3xx
+    /// one too (redirects are never followed: the caller checks the `Location`); bodies up to `answer.limit`.
+    pub(super) async fn call_with(
+        &self,
+        method: Method,
+        url: Url,
+        body: Body<'_>,
+        idempotent: bool,
+        answer: Answer,
+    ) -> Result<Reply, GraphError> {
         self.endpoint.check(&url)?;
         let refreshed = AtomicBool::new(false);
         let on_retry = |error: &GraphError, attempt: u32, wait: Duration| {
             tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "Graph request failed; waiting to try again");
         };
-        self.settings.retry_policy().run(|| self.attempt(&method, &url, body, idempotent, &refreshed), on_retry).await
+        self.settings.retry_policy().run(|| self.attempt(&method, &url, body, idempotent, answer, &refreshed), on_retry).await
     }
 
     /// One attempt: the request, sent once more with a fresh token when Graph refuses the token with
@@ -580,45 +595,52 @@ impl GraphClient {
         &self,
         method: &Method,
         url: &Url,
-        body: Option<&Value>,
+        body: Body<'_>,
         idempotent: bool,
+        answer: Answer,
         refreshed: &AtomicBool,
-    ) -> Result<Vec<u8>, Failed<GraphError>> {
-        let (mut token, mut reply) = self.send(method, url, body, idempotent).await?;
+    ) -> Result<Reply, Failed<GraphError>> {
+        let (mut token, mut reply) = self.send(method, url, body, idempotent, answer.limit).await?;
         if reply.status == 401 && !refreshed.swap(true, Ordering::Relaxed) {
             tracing::debug!(%method, path = url.path(), "Graph refused the token (401); refreshing it once");
             self.tokens.invalidate();
-            (token, reply) = self.send(method, url, body, idempotent).await?;
+            (token, reply) = self.send(method, url, body, idempotent, answer.limit).await?;
         }
-        let Reply { status, retry_after, bytes } = reply;
+        let status = reply.status;
         match status {
-            200..=299 => Ok(bytes),
+            200..=299 => Ok(reply),
+            300..=399 if answer.redirect => Ok(reply),
             429 => {
-                let wait = retry_after.unwrap_or(self.settings.default_retry_after);
-                Err(Failed::after(GraphError::Throttled { retry_after }, wait))
+                let wait = reply.retry_after.unwrap_or(self.settings.default_retry_after);
+                Err(Failed::after(GraphError::Throttled { retry_after: reply.retry_after }, wait))
             }
             500..=599 if idempotent => {
-                let retry = retry_after.filter(|d| *d <= self.settings.max_retry_after).map_or(Retry::Backoff, Retry::After);
-                Err(Failed { error: http_error(status, &bytes, token.value.expose_secret()), retry })
+                let retry = reply.retry_after.filter(|d| *d <= self.settings.max_retry_after).map_or(Retry::Backoff, Retry::After);
+                Err(Failed { error: http_error(status, &reply.bytes, token.value.expose_secret()), retry })
             }
             300..=399 => Err(Failed::never(GraphError::BadResponse(format!("HTTP {status} redirect (not followed)")))),
-            _ => Err(Failed::never(http_error(status, &bytes, token.value.expose_secret()))),
+            _ => Err(Failed::never(http_error(status, &reply.bytes, token.value.expose_secret()))),
         }
     }
 
-    /// Send the request once with the current token; the token and Graph's answer.
+    /// Send the request once with the current token; the token and Graph's answer (a body up to `limit`).
     async fn send(
         &self,
         method: &Method,
         url: &Url,
-        body: Option<&Value>,
+        body: Body<'_>,
         idempotent: bool,
+        limit: usize,
     ) -> Result<(AccessToken, Reply), Failed<GraphError>> {
         let token = self.tokens.token().await.map_err(|e| Failed::never(e.into()))?;
         let mut req =
             self.http.request(method.clone(), url.clone()).bearer_auth(token.value.expose_secret()).header(ACCEPT, "application/json");
-        if let Some(b) = body {
-            req = req.json(b);
+        match body {
+            Body::None => {}
+            Body::Json(b) => req = req.json(b),
+            Body::Bytes(bytes, content_type) => {
+                req = req.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes.to_vec());
+            }
         }
         if *method == Method::GET {
             // Without it a system message's `messageType` reads `unknownFutureValue`.
@@ -635,22 +657,46 @@ impl GraphClient {
             }
         };
         let status = resp.status().as_u16();
-        let retry_after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(crate::http_util::parse_retry_after);
-        let bytes = read_capped(resp, self.settings.max_response_bytes).await.map_err(Failed::never)?;
-        Ok((token, Reply { status, retry_after, bytes }))
+        let header = |name: reqwest::header::HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let retry_after = header(RETRY_AFTER).as_deref().and_then(crate::http_util::parse_retry_after);
+        let location = header(reqwest::header::LOCATION);
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let bytes = read_capped(resp, limit).await.map_err(Failed::never)?;
+        Ok((token, Reply { status, retry_after, location, content_type, bytes }))
     }
 }
 
+/// A request body.
+#[derive(Clone, Copy)]
+pub(super) enum Body<'a> {
+    None,
+    Json(&'a Value),
+    /// Raw bytes with their content type (file uploads).
+    Bytes(&'a [u8], &'a str),
+}
+
+/// What a call accepts as an answer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Answer {
+    /// A 3xx is an answer (its `Location` for the caller to check), not an error.
+    pub(super) redirect: bool,
+    /// The largest body read.
+    pub(super) limit: usize,
+}
+
 /// Graph's answer to one request.
-struct Reply {
-    status: u16,
+pub(super) struct Reply {
+    pub(super) status: u16,
     retry_after: Option<Duration>,
-    bytes: Vec<u8>,
+    /// A redirect's target (never followed here).
+    pub(super) location: Option<String>,
+    pub(super) content_type: Option<String>,
+    pub(super) bytes: Vec<u8>,
 }
 
 const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType";
 
-fn non_empty<'a>(what: &str, s: &'a str) -> Result<&'a str, GraphError> {
+pub(super) fn non_empty<'a>(what: &str, s: &'a str) -> Result<&'a str, GraphError> {
     if s.trim().is_empty() { Err(GraphError::Invalid(format!("the {what} is empty"))) } else { Ok(s) }
 }
 
@@ -668,6 +714,9 @@ fn check_message(m: &MessageBody) -> Result<(), GraphError> {
 }
 
 async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, GraphError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(GraphError::BadResponse(format!("response larger than {max} bytes")));
+    }
     let mut bytes = Vec::new();
     loop {
         match resp.chunk().await {
@@ -685,7 +734,7 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>,
     }
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GraphError> {
+pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GraphError> {
     serde_json::from_slice(bytes).map_err(|e| GraphError::BadResponse(format!("the body is not the expected JSON ({e})")))
 }
 

@@ -7,6 +7,7 @@
 //! opaque and compared exactly.
 
 pub(crate) mod cloud;
+pub(crate) mod file_url;
 pub(crate) mod graph_url;
 
 use std::fmt;

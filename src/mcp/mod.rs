@@ -6,6 +6,7 @@
 //! | [`http`] | Streamable HTTP at `/mcp`: bearer tokens, scopes, allowed hosts |
 //! | [`connect`] | `agentgate mcp --connect URL`: stdio to a running gateway's `/mcp` |
 //! | [`graph_tools`] | the `graph_*` tools of the bot's Entra Agent User (the work is in [`crate::bridge::graph`]) |
+//! | [`file_tools`] | `get_file`, `send_file`, and the Agent User's `graph_*` file tools (the work is in [`crate::bridge::files`]) |
 //! | [`prompts`] | the body prompt compiled into the binary |
 //!
 //! A thin adapter: parameter structs, handlers that call the transport-free core in [`crate::bridge`]
@@ -54,6 +55,7 @@ fn ok(value: serde_json::Value) -> ToolResult {
 }
 
 pub mod connect;
+pub mod file_tools;
 pub mod graph_tools;
 pub mod http;
 pub mod prompts;

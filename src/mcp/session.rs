@@ -547,8 +547,20 @@ impl Bridge {
 
     fn new(hub: Arc<Hub>, transport: Transport) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        // The Graph tools only where a bot has an Agent User to act as.
-        let tool_router = if hub.agents.is_empty() { Self::tool_router() } else { Self::tool_router() + Self::graph_router() };
+        // The Graph tools only where a bot has an Agent User to act as; its file tools only where one has its
+        // files area on.
+        let mut tool_router = Self::tool_router() + Self::file_router();
+        if !hub.agents.is_empty() {
+            tool_router += Self::graph_router();
+        }
+        let files_on = hub
+            .cfg
+            .bots
+            .iter()
+            .any(|b| b.agent_user.as_ref().is_some_and(|a| a.files) && hub.agents.contains_key(&b.app_id.to_ascii_lowercase()));
+        if files_on {
+            tool_router += Self::graph_file_router();
+        }
         let store = Arc::clone(&hub.store);
         Self {
             hub,
@@ -926,6 +938,17 @@ fn event_json(ev: &InboundEvent, max_chars: usize) -> Value {
     if let Some(allowed) = ev.sender_allowed {
         v["sender_allowed"] = json!(allowed);
     }
+    if !ev.files.is_empty() {
+        v["files"] = json!(ev.files);
+    }
+    if matches!(ev.kind, EventKind::FileConsent | EventKind::FileUpload)
+        && let Some(d) = &ev.data
+    {
+        // Ids the host acts on (the consent id, the outbox id): metadata, cleaned; the rest is in the envelope.
+        let field = |k: &str| d.get(k).and_then(Value::as_str).map(envelope::meta_value);
+        v["file"] = json!({"consent_id": field("consent_id"), "action": field("action"), "status": field("status"),
+                           "outbox_id": d.get("outbox_id").and_then(Value::as_i64)});
+    }
     if truncated {
         v["truncated"] = json!(true);
     }
@@ -952,6 +975,15 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
         }
     }
     meta.insert("inbox_id".into(), Value::String(ev.inbox_id.to_string()));
+    if let Some(consent) = ev
+        .data
+        .as_ref()
+        .filter(|_| matches!(ev.kind, EventKind::FileConsent | EventKind::FileUpload))
+        .and_then(|d| d.get("consent_id"))
+        .and_then(Value::as_str)
+    {
+        meta.insert("consent_id".into(), Value::String(envelope::meta_value(consent)));
+    }
     // A reaction, edit, deletion or feedback names the message it is about.
     if matches!(ev.kind, EventKind::MessageReaction | EventKind::MessageUpdate | EventKind::MessageDelete | EventKind::Feedback)
         && let Some(target) = ev.reply_to_id.as_deref().filter(|t| !t.is_empty())

@@ -17,9 +17,11 @@
 //! | [`stream`] | Teams streaming (`streaminfo`) in 1:1 chats, one message updated in place elsewhere and past 2 minutes |
 //! | [`ai`] | the "AI generated" label, citations, feedback buttons and the user's feedback |
 //! | [`lifecycle`] | bot installed / removed, from `installationUpdate` and `conversationUpdate` |
+//! | [`files`] | files in activities, the file consent card, the consent answer, the file info card |
 
 pub(crate) mod ai;
 pub(crate) mod card;
+pub(crate) mod files;
 pub(crate) mod lifecycle;
 pub(crate) mod mention;
 pub(crate) mod quote;

@@ -40,6 +40,11 @@
 //!   `{"type": "quotedReply", "quotedReply": {"messageId": "X"}}` and every such entity its placeholder
 //!   (matched by id, not order), with no client-built snippet fields;
 //! * channel threads (§4): a `;messageid=R` conversation names a numeric, non-zero root `R`.
+//! * files (bots-filesv4): a file consent or file info card goes to 1:1 chats only (`a:…`), in the shape
+//!   Teams reads (consent: `name`, `content.sizeInBytes`, `acceptContext`, `declineContext`; info:
+//!   `contentUrl`, `name`, `content.uniqueId`, `content.fileType`); inline images are served at
+//!   `GET /_connector/v3/attachments/{id}/views/original` to a token the fake accepts, nothing else
+//!   ([`FakeConnector::add_attachment`], [`file_consent_invoke`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -168,6 +173,10 @@ pub struct ConnectorState {
     limits: Mutex<Limits>,
     /// Requests answered with an injected fault (nothing landed).
     pub faulted: Mutex<Vec<Landed>>,
+    /// Inline images by attachment id: (bytes, content type).
+    attachments: Mutex<HashMap<String, (Vec<u8>, String)>>,
+    /// Attachment downloads served: the identity of the token each came with.
+    pub attachment_reads: Mutex<Vec<Identity>>,
 }
 
 /// The roster of a conversation nobody set one for: one user, whose AAD object id is the tests' Alex.
@@ -464,6 +473,69 @@ fn check_ai_marks(body: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Teams' rules for the file cards: 1:1 chats only, and the fields Teams reads.
+fn check_file_cards(conversation: &str, body: &Value) -> Result<(), String> {
+    let Some(list) = body["attachments"].as_array() else { return Ok(()) };
+    for a in list {
+        let ct = a["contentType"].as_str().unwrap_or("");
+        let consent = ct == "application/vnd.microsoft.teams.card.file.consent";
+        let info = ct == "application/vnd.microsoft.teams.card.file.info";
+        if !(consent || info) {
+            continue;
+        }
+        if !conversation.starts_with("a:") {
+            return Err("file cards are supported in 1:1 chats only".into());
+        }
+        if a["name"].as_str().is_none_or(str::is_empty) {
+            return Err("a file card needs a name".into());
+        }
+        let c = &a["content"];
+        if consent && (c["sizeInBytes"].as_u64().is_none() || !c["acceptContext"].is_object() || !c["declineContext"].is_object()) {
+            return Err("a file consent card needs content.sizeInBytes, acceptContext and declineContext".into());
+        }
+        if info
+            && (a["contentUrl"].as_str().is_none_or(str::is_empty) || c["uniqueId"].as_str().is_none() || c["fileType"].as_str().is_none())
+        {
+            return Err("a file info card needs contentUrl, content.uniqueId and content.fileType".into());
+        }
+    }
+    Ok(())
+}
+
+/// `GET /_connector/v3/attachments/{id}/views/original`: an inline image, to an accepted token only
+/// (checked before this is reached).
+fn attachment(s: &ConnectorState, method: &Method, rest: &str, identity: Identity) -> Response {
+    if method != Method::GET {
+        return refuse(s, StatusCode::METHOD_NOT_ALLOWED, "attachments are read with GET");
+    }
+    let Some((id, "views/original")) = rest.split_once('/') else {
+        return refuse(s, StatusCode::NOT_FOUND, "unknown attachment view");
+    };
+    let Some((bytes, content_type)) = decode_segment(id).and_then(|id| s.attachments.lock().unwrap().get(&id).cloned()) else {
+        return refuse(s, StatusCode::NOT_FOUND, "no such attachment");
+    };
+    s.attachment_reads.lock().unwrap().push(identity);
+    ([("content-type", content_type)], bytes).into_response()
+}
+
+/// The `fileConsent/invoke` Teams sends when the person answers a consent card: `accept` with where to
+/// upload (`upload_url`), or `decline` (no `uploadInfo`); `context` is the card's accept/decline context.
+pub fn file_consent_invoke(activity: &Value, accept: bool, context: &Value, name: &str, upload_url: &str) -> Value {
+    let mut v = activity.clone();
+    v["type"] = json!("invoke");
+    v["name"] = json!("fileConsent/invoke");
+    v.as_object_mut().unwrap().remove("text");
+    v["value"] = if accept {
+        json!({"type": "fileUpload", "action": "accept", "context": context, "uploadInfo": {
+            "contentUrl": format!("https://contoso-my.sharepoint.com/personal/alex/Documents/Applications/{name}"),
+            "name": name, "uploadUrl": upload_url, "uniqueId": "1150D938-8870-4044-9F2C-5BBDEBA70C9D",
+            "fileType": name.rsplit('.').next().unwrap_or(""), "etag": "\"{1150D938-8870-4044-9F2C-5BBDEBA70C9D},1\""}})
+    } else {
+        json!({"type": "fileUpload", "action": "decline", "context": context})
+    };
+    v
+}
+
 async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let arrived = Instant::now();
     s.requests.fetch_add(1, Ordering::SeqCst);
@@ -476,6 +548,9 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         return refuse(&s, StatusCode::UNAUTHORIZED, "bearer token missing or not issued for the bot");
     }
     let identity = identity.unwrap_or(Identity::Unknown);
+    if let Some(rest) = uri.path().strip_prefix("/_connector/v3/attachments/") {
+        return attachment(&s, &method, rest, identity);
+    }
     let Some(rest) = uri.path().strip_prefix("/_connector/v3/conversations") else {
         return refuse(&s, StatusCode::NOT_FOUND, "unknown path");
     };
@@ -616,6 +691,9 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
         if let Err(why) = check_quotes(&body) {
             return refuse(&s, StatusCode::BAD_REQUEST, &why);
         }
+        if let Err(why) = check_file_cards(path, &body) {
+            return refuse(&s, StatusCode::BAD_REQUEST, &why);
+        }
     }
     if kind == "update"
         && let Err((status, why)) = check_update(&s, conversation.as_deref().unwrap_or(""), activity.as_deref().unwrap_or(""), &body)
@@ -730,6 +808,8 @@ impl FakeConnector {
             updates: Mutex::new(HashMap::new()),
             limits: Mutex::new(Limits { stream_gap: STREAM_GAP, stream_max_age: STREAM_MAX_AGE, update_gap: UPDATE_GAP }),
             faulted: Mutex::new(Vec::new()),
+            attachments: Mutex::new(HashMap::new()),
+            attachment_reads: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -746,6 +826,17 @@ impl FakeConnector {
     /// Accept the tokens this check maps to an identity, and hold `from` to it.
     pub fn accept_identities(&self, check: IdentityCheck) {
         *self.state.identities.lock().unwrap() = Some(check);
+    }
+
+    /// Serve an inline image (`image/*` attachment of a 1:1 message); its `contentUrl`.
+    pub fn add_attachment(&self, id: &str, bytes: &[u8], content_type: &str) -> String {
+        self.state.attachments.lock().unwrap().insert(id.to_owned(), (bytes.to_vec(), content_type.to_owned()));
+        format!("{}/v3/attachments/{id}/views/original", self.service_url)
+    }
+
+    /// Attachment downloads served, with the identity of each token.
+    pub fn attachment_reads(&self) -> Vec<Identity> {
+        self.state.attachment_reads.lock().unwrap().clone()
     }
 
     /// The user presses Stop: every later request to an open stream is answered 403 `ContentStreamNotAllowed`.

@@ -18,6 +18,19 @@
 //! ([`FakeGraph::say`], with or without the notification Graph would send), sends lifecycle events, expires
 //! subscriptions, and counts the chat-message reads. Catch-up reads take only
 //! `$orderby=lastModifiedDateTime desc` with `$filter=lastModifiedDateTime gt …` (or none).
+//!
+//! Files (`driveItem`), the Agent User's OneDrive (`/me/drive`) and sites' libraries (`/sites/{id}/drive`):
+//! items by id or by `root:/path:`, children, `search(q='…')` (OData quotes doubled), `/sites?search=`,
+//! `…/content` answered with a 302 to a pre-authenticated download, a small `PUT …:/content` (raw bytes,
+//! a conflict behaviour), `createUploadSession`, `createLink` (type view/edit/embed, scope
+//! anonymous/organization/users, recipients exactly for users, each with one of email/objectId/alias) and
+//! `/shares/u!{base64url}/driveItem`. A SharePoint-like file host under `/sp/` serves the downloads and
+//! the upload sessions as the real ones behave: no `Authorization` header accepted (the URLs are
+//! pre-authenticated); a fragment needs `Content-Range: bytes a-b/total` that agrees with its
+//! `Content-Length` and body, starts exactly where the session expects (a gap or an overlap is 416), keeps
+//! the total, stays under 60 MiB and, unless it is the last, is a multiple of 320 KiB; `GET` on a session
+//! says `nextExpectedRanges`. Faults for the file host ([`FileFault`]): 429 with `Retry-After`, a status,
+//! or a fragment that lands and is then answered with an error (a lost answer).
 
 #![allow(dead_code)]
 
@@ -103,6 +116,71 @@ struct GraphState {
     /// checker of its app-only token; `None`: the sponsors endpoint answers 404.
     sponsors: Mutex<Option<Sponsors>>,
     sponsor_reads: AtomicUsize,
+    drive: Mutex<DriveState>,
+}
+
+/// A file in a fake drive.
+#[derive(Clone, Debug)]
+pub struct DriveFile {
+    pub id: String,
+    /// `me`, or a site id.
+    pub drive: String,
+    /// From the drive's root: `Reports/q3.txt`.
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub mime: String,
+    pub web_url: String,
+}
+
+/// An upload session of the fake file host.
+#[derive(Clone, Debug, Default)]
+pub struct UploadSession {
+    /// For a Graph session: the drive, path and conflict behaviour of the file it creates.
+    target: Option<(String, String, String)>,
+    total: Option<u64>,
+    next: u64,
+    pub data: Vec<u8>,
+    /// Accepted fragments: (first, last, total).
+    pub fragments: Vec<(u64, u64, u64)>,
+    pub done: bool,
+}
+
+/// A request to the file host.
+#[derive(Clone, Debug)]
+pub struct FileSeen {
+    pub method: String,
+    pub path: String,
+    pub content_range: Option<String>,
+    /// Whether an `Authorization` header came along (never acceptable there).
+    pub authorization: bool,
+}
+
+/// A fault of the file host, for its next request.
+#[derive(Clone, Debug)]
+pub enum FileFault {
+    /// 429 with this `Retry-After`; nothing lands.
+    Throttle(String),
+    /// This status; nothing lands.
+    Status(u16),
+    /// An upload fragment lands, then the answer is this status (the client lost it).
+    LandThen(u16),
+    /// No fault for this request (to aim a later fault at a later request).
+    Pass,
+    /// Nothing lands; the answer comes after this long (a gateway can be killed meanwhile).
+    Hang(std::time::Duration),
+}
+
+#[derive(Default)]
+struct DriveState {
+    files: Vec<DriveFile>,
+    sessions: HashMap<String, UploadSession>,
+    /// Pre-authenticated downloads: token → (bytes, content type).
+    hosted: HashMap<String, (Vec<u8>, String)>,
+    links: Vec<Value>,
+    sites: Vec<Value>,
+    faults: VecDeque<FileFault>,
+    seen: Vec<FileSeen>,
+    seq: usize,
 }
 
 /// An Agent Identity (object id), its sponsors (user object ids), and the checker of its app-only token.
@@ -157,6 +235,7 @@ impl FakeGraph {
             spread: Mutex::new(Vec::new()),
             sponsors: Mutex::new(None),
             sponsor_reads: AtomicUsize::new(0),
+            drive: Mutex::new(DriveState::default()),
             spread_next: AtomicUsize::new(0),
             list_reads: AtomicUsize::new(0),
             message_gets: AtomicUsize::new(0),
@@ -411,6 +490,88 @@ impl FakeGraph {
         self.state.validations.load(Ordering::SeqCst)
     }
 
+    // ------------------------------------------------------------ files
+
+    /// The file host's base URL (`files.endpoints` in the gateway's configuration).
+    pub fn file_host(&self) -> String {
+        format!("{}/sp", self.state.base)
+    }
+
+    /// A pre-authenticated download link to `bytes` served as `content_type` (`None`: no `Content-Type`).
+    pub fn host_file(&self, bytes: &[u8], content_type: Option<&str>) -> String {
+        let mut d = self.state.drive.lock().unwrap();
+        d.seq += 1;
+        let token = format!("dl{}", d.seq);
+        d.hosted.insert(token.clone(), (bytes.to_vec(), content_type.unwrap_or("").to_owned()));
+        format!("{}/sp/download/{token}?tempauth=v1.pre-authenticated-{}", self.state.base, d.seq)
+    }
+
+    /// A new upload session as Teams hands one out in a file consent answer; its `uploadUrl`.
+    pub fn new_upload_session(&self) -> String {
+        let mut d = self.state.drive.lock().unwrap();
+        d.seq += 1;
+        let id = format!("up{}", d.seq);
+        d.sessions.insert(id.clone(), UploadSession::default());
+        format!("{}/sp/upload/{id}?guid=sess-{}", self.state.base, d.seq)
+    }
+
+    /// An upload session by its `uploadUrl` (or id).
+    pub fn session(&self, url_or_id: &str) -> UploadSession {
+        let id = url_or_id.split("/sp/upload/").last().unwrap_or(url_or_id).split('?').next().unwrap_or_default();
+        self.state.drive.lock().unwrap().sessions.get(id).cloned().expect("a session")
+    }
+
+    /// Every upload session (Graph's and the consent flow's).
+    pub fn sessions(&self) -> Vec<UploadSession> {
+        self.state.drive.lock().unwrap().sessions.values().cloned().collect()
+    }
+
+    /// A file in the Agent User's OneDrive (`drive` `me`) or a site's library; its id.
+    pub fn add_drive_file(&self, drive: &str, path: &str, bytes: &[u8], mime: &str) -> String {
+        let mut d = self.state.drive.lock().unwrap();
+        d.seq += 1;
+        let id = format!("01ITEM{:04}", d.seq);
+        let web_url = format!("https://contoso-my.sharepoint.com/personal/agent/Documents/{}", path.replace(' ', "%20"));
+        d.files.push(DriveFile {
+            id: id.clone(),
+            drive: drive.to_owned(),
+            path: path.to_owned(),
+            bytes: bytes.to_vec(),
+            mime: mime.to_owned(),
+            web_url,
+        });
+        id
+    }
+
+    pub fn drive_files(&self) -> Vec<DriveFile> {
+        self.state.drive.lock().unwrap().files.clone()
+    }
+
+    /// A SharePoint site the Agent User can reach.
+    pub fn add_site(&self, id: &str, name: &str) {
+        self.state
+            .drive
+            .lock()
+            .unwrap()
+            .sites
+            .push(json!({"id": id, "displayName": name, "name": name, "webUrl": format!("https://contoso.sharepoint.com/sites/{name}")}));
+    }
+
+    /// The `createLink` bodies accepted, each with its item id (`itemId`).
+    pub fn links(&self) -> Vec<Value> {
+        self.state.drive.lock().unwrap().links.clone()
+    }
+
+    /// Serve these faults to the file host's next requests, in order.
+    pub fn inject_file_host(&self, faults: impl IntoIterator<Item = FileFault>) {
+        self.state.drive.lock().unwrap().faults.extend(faults);
+    }
+
+    /// Requests the file host received.
+    pub fn file_requests(&self) -> Vec<FileSeen> {
+        self.state.drive.lock().unwrap().seen.clone()
+    }
+
     /// The members a chat was created with or given.
     pub fn members(&self, chat_id: &str) -> Vec<Value> {
         self.state.chats.lock().unwrap().iter().find(|c| c.id == chat_id).map(|c| c.members.clone()).unwrap_or_default()
@@ -464,11 +625,49 @@ fn escape(s: &str) -> String {
 
 async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let raw = uri.path();
+    if let Some(rest) = raw.strip_prefix("/sp/") {
+        let hang = {
+            let mut d = s.drive.lock().unwrap();
+            match d.faults.front() {
+                Some(FileFault::Hang(t)) => {
+                    let t = *t;
+                    d.faults.pop_front();
+                    d.seen.push(FileSeen { method: method.to_string(), path: rest.to_owned(), content_range: None, authorization: false });
+                    Some(t)
+                }
+                _ => None,
+            }
+        };
+        if let Some(t) = hang {
+            tokio::time::sleep(t).await;
+            return file_error(504, "timeout", "no answer");
+        }
+        return file_host(&s, &method, rest, &headers, &body);
+    }
     let Some(rest) = raw.strip_prefix("/v1.0/") else { return error(404, "NotFound", "only /v1.0 is served") };
     let segments: Vec<String> = rest.split('/').map(decode).collect();
     let query: HashMap<String, String> = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").to_owned();
+    // A file's bytes (`PUT …:/content`) are not JSON.
+    let raw_upload = method == Method::PUT && segments.last().is_some_and(|l| l == "content");
+    if raw_upload {
+        if bearer.is_empty() || !(s.checker)(&bearer) {
+            return error(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.");
+        }
+        s.seen.lock().unwrap().push(Seen {
+            method: method.to_string(),
+            path: segments.join("/"),
+            query: query.clone(),
+            body: None,
+            bearer,
+        });
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if ct.is_empty() {
+            return bad("Content-Type is required.");
+        }
+        return drive_route(&s, "PUT", &segments, &query, None, &body);
+    }
     let json_body: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
     if !body.is_empty() && json_body.is_none() {
         return bad("The body is not JSON.");
@@ -504,6 +703,9 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
     }
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let m = method.as_str();
+    if matches!(segs.as_slice(), ["me", "drive", ..] | ["sites", _, "drive", ..] | ["shares", ..] | ["sites"]) {
+        return drive_route(&s, m, &segments, &query, json_body, &body);
+    }
     match (m, segs.as_slice()) {
         ("GET", ["me"]) => user(&s, &s.agent_oid.clone()),
         ("GET", ["users", key]) => user(&s, key),
@@ -963,4 +1165,374 @@ async fn create_subscription(s: &Arc<GraphState>, body: Option<Value>) -> Respon
     let out = sub_json(&sub);
     s.subs.lock().unwrap().push(sub);
     (StatusCode::CREATED, axum::Json(out)).into_response()
+}
+
+// ------------------------------------------------------------ files
+
+fn file_error(status: u16, code: &str, message: &str) -> Response {
+    (StatusCode::from_u16(status).unwrap(), axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+/// The SharePoint-like host: pre-authenticated downloads and upload sessions (see the module docs).
+fn file_host(s: &GraphState, method: &Method, rest: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+    let content_range = headers.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let authorization = headers.contains_key(header::AUTHORIZATION);
+    let mut d = s.drive.lock().unwrap();
+    d.seen.push(FileSeen { method: method.to_string(), path: rest.to_owned(), content_range: content_range.clone(), authorization });
+    if authorization {
+        return file_error(401, "unauthenticated", "Pre-authenticated URLs take no Authorization header.");
+    }
+    let fault = d.faults.pop_front();
+    match fault {
+        Some(FileFault::Throttle(after)) => {
+            let mut r = file_error(429, "activityLimitReached", "Throttled");
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_str(&after).unwrap());
+            return r;
+        }
+        Some(FileFault::Status(code)) => return file_error(code, "injected", "injected failure"),
+        _ => {}
+    }
+    let land_then = match fault {
+        Some(FileFault::LandThen(code)) => Some(code),
+        _ => None,
+    };
+    if let Some(token) = rest.strip_prefix("download/") {
+        if method != Method::GET {
+            return file_error(405, "notAllowed", "GET only");
+        }
+        return match d.hosted.get(token) {
+            Some((bytes, ct)) => {
+                let mut r = (StatusCode::OK, bytes.clone()).into_response();
+                if !ct.is_empty() {
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+                }
+                r
+            }
+            None => file_error(404, "itemNotFound", "The download link expired."),
+        };
+    }
+    let Some(id) = rest.strip_prefix("upload/") else { return file_error(404, "notFound", "unknown file host path") };
+    let id = id.to_owned();
+    if !d.sessions.contains_key(&id) {
+        return file_error(404, "itemNotFound", "The upload session was not found.");
+    }
+    if *method == Method::GET {
+        let sess = &d.sessions[&id];
+        return axum::Json(json!({"expirationDateTime": "2030-01-01T00:00:00Z", "nextExpectedRanges": [format!("{}-", sess.next)]}))
+            .into_response();
+    }
+    if *method != Method::PUT {
+        return file_error(405, "notAllowed", "PUT fragments, GET the status");
+    }
+    // Content-Range: bytes a-b/total, exactly.
+    let Some((a, b, total)) = content_range.as_deref().and_then(parse_range) else {
+        return file_error(400, "invalidRange", "Content-Range must be bytes first-last/total.");
+    };
+    let len = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if len != Some(b - a + 1) || body.len() as u64 != b - a + 1 {
+        return file_error(400, "invalidRequest", "Content-Length does not match the Content-Range and the body.");
+    }
+    if b - a + 1 > 60 * 1024 * 1024 {
+        return file_error(413, "requestTooLarge", "A fragment must be smaller than 60 MiB.");
+    }
+    let sess = d.sessions.get_mut(&id).unwrap();
+    if sess.done {
+        return file_error(409, "uploadComplete", "The upload session is complete.");
+    }
+    if sess.total.is_some_and(|t| t != total) {
+        return file_error(400, "invalidRange", "The total size changed between fragments.");
+    }
+    if a != sess.next {
+        let why = if a < sess.next { "The fragment overlaps data already received." } else { "The fragment leaves a gap." };
+        return file_error(416, "invalidRange", why);
+    }
+    let last = b + 1 == total;
+    if !last && (b - a + 1) % (320 * 1024) != 0 {
+        return file_error(400, "invalidRange", "A fragment other than the last must be a multiple of 320 KiB.");
+    }
+    sess.total = Some(total);
+    sess.data.extend_from_slice(body);
+    sess.fragments.push((a, b, total));
+    sess.next = b + 1;
+    if let Some(code) = land_then {
+        return file_error(code, "injected", "the fragment landed; the answer was lost");
+    }
+    if !last {
+        return (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"expirationDateTime": "2030-01-01T00:00:00Z", "nextExpectedRanges": [format!("{}-", b + 1)]})),
+        )
+            .into_response();
+    }
+    sess.done = true;
+    let data = sess.data.clone();
+    match sess.target.clone() {
+        Some((drive, path, conflict)) => match put_file(&mut d, &drive, &path, &data, "application/octet-stream", &conflict) {
+            Ok(item) => (StatusCode::CREATED, axum::Json(item)).into_response(),
+            Err(r) => *r,
+        },
+        None => (StatusCode::CREATED, axum::Json(json!({"id": format!("consent-{id}"), "size": data.len()}))).into_response(),
+    }
+}
+
+fn parse_range(v: &str) -> Option<(u64, u64, u64)> {
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b, total) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?, total.parse::<u64>().ok()?);
+    (a <= b && b < total).then_some((a, b, total))
+}
+
+fn drive_item_json(f: &DriveFile) -> Value {
+    let parent = f.path.rsplit_once('/').map_or(String::new(), |(p, _)| format!("/{p}"));
+    let name = f.path.rsplit('/').next().unwrap_or_default();
+    json!({"id": f.id, "name": name, "size": f.bytes.len(), "webUrl": f.web_url, "eTag": format!("\"{{{}}},1\"", f.id),
+           "lastModifiedDateTime": "2026-11-22T09:00:00Z", "file": {"mimeType": f.mime},
+           "parentReference": {"driveId": f.drive, "path": format!("/drive/root:{parent}")}})
+}
+
+fn folder_json(drive: &str, path: &str, children: usize) -> Value {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    json!({"id": format!("folder:{path}"), "name": name, "folder": {"childCount": children}, "parentReference": {"driveId": drive}})
+}
+
+/// Store a file at `path` of `drive` with a conflict behaviour; the item, or the error response.
+fn put_file(d: &mut DriveState, drive: &str, path: &str, bytes: &[u8], mime: &str, conflict: &str) -> Result<Value, Box<Response>> {
+    let mut path = path.to_owned();
+    if let Some(i) = d.files.iter().position(|f| f.drive == drive && f.path == path) {
+        match conflict {
+            "replace" => {
+                d.files[i].bytes = bytes.to_vec();
+                return Ok(drive_item_json(&d.files[i]));
+            }
+            "fail" => return Err(Box::new(file_error(409, "nameAlreadyExists", "The specified item name already exists."))),
+            _ => {
+                let (stem, ext) = path.rsplit_once('.').map_or((path.clone(), String::new()), |(a, b)| (a.to_owned(), format!(".{b}")));
+                path = format!("{stem} 1{ext}");
+            }
+        }
+    }
+    d.seq += 1;
+    let id = format!("01ITEM{:04}", d.seq);
+    let web_url = format!("https://contoso-my.sharepoint.com/personal/agent/Documents/{}", path.replace(' ', "%20"));
+    let f = DriveFile { id, drive: drive.to_owned(), path, bytes: bytes.to_vec(), mime: mime.to_owned(), web_url };
+    let out = drive_item_json(&f);
+    d.files.push(f);
+    Ok(out)
+}
+
+/// What a drive URL names: the drive, and the item with what follows it.
+enum Target {
+    Root,
+    Id(String),
+    Path(String),
+}
+
+fn drive_route(
+    s: &GraphState,
+    m: &str,
+    segments: &[String],
+    query: &HashMap<String, String>,
+    json_body: Option<Value>,
+    raw: &Bytes,
+) -> Response {
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if let ["sites"] = segs.as_slice() {
+        let Some(q) = query.get("search").filter(|q| !q.is_empty()) else { return bad("search is required.") };
+        let sites: Vec<Value> = s
+            .drive
+            .lock()
+            .unwrap()
+            .sites
+            .iter()
+            .filter(|x| x["name"].as_str().unwrap_or("").to_lowercase().contains(&q.to_lowercase()))
+            .cloned()
+            .collect();
+        return page(s, "sites", sites, query);
+    }
+    // /shares/{share id}/driveItem[/content]
+    if let ["shares", share, "driveItem", rest @ ..] = segs.as_slice() {
+        let Some(url) = share
+            .strip_prefix("u!")
+            .and_then(|b| base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            return bad("The share id is not u! and unpadded base64url.");
+        };
+        let d = s.drive.lock().unwrap();
+        let Some(f) = d.files.iter().find(|f| f.web_url == url).cloned() else {
+            return error(404, "itemNotFound", "The sharing link is not valid.");
+        };
+        drop(d);
+        return match (m, rest) {
+            ("GET", []) => axum::Json(drive_item_json(&f)).into_response(),
+            ("GET", ["content"]) => redirect_to(s, &f),
+            _ => error(400, "invalidRequest", "unsupported on a share"),
+        };
+    }
+    let (drive, rest): (String, &[&str]) = match segs.as_slice() {
+        ["me", "drive", rest @ ..] => ("me".to_owned(), rest),
+        ["sites", id, "drive", rest @ ..] => ((*id).to_owned(), rest),
+        _ => return error(404, "UnknownRequest", "unknown drive path"),
+    };
+    let (target, action): (Target, &[&str]) = match rest {
+        ["root", action @ ..] => (Target::Root, action),
+        ["items", id, action @ ..] => (Target::Id((*id).to_owned()), action),
+        [first, more @ ..] if first.starts_with("root:") => {
+            // root:/a/b.txt: → ["root:", "a", "b.txt:", …]
+            let Some(end) = more.iter().position(|p| p.ends_with(':')) else { return bad("A path must end with ':'.") };
+            let parts: Vec<&str> = more[..=end].iter().map(|p| p.trim_end_matches(':')).collect();
+            if parts.iter().any(|p| p.is_empty()) {
+                return bad("Empty path segment.");
+            }
+            (Target::Path(parts.join("/")), &more[end + 1..])
+        }
+        _ => return error(404, "UnknownRequest", "unknown drive item path"),
+    };
+    let mut d = s.drive.lock().unwrap();
+    let find = |d: &DriveState| -> Option<DriveFile> {
+        match &target {
+            Target::Id(id) => d.files.iter().find(|f| f.drive == drive && f.id == *id).cloned(),
+            Target::Path(p) => d.files.iter().find(|f| f.drive == drive && f.path == *p).cloned(),
+            Target::Root => None,
+        }
+    };
+    let folder_path = match &target {
+        Target::Root => Some(String::new()),
+        Target::Id(id) => id.strip_prefix("folder:").map(str::to_owned),
+        Target::Path(p) if find(&d).is_none() && d.files.iter().any(|f| f.drive == drive && f.path.starts_with(&format!("{p}/"))) => {
+            Some(p.clone())
+        }
+        Target::Path(_) => None,
+    };
+    match (m, action) {
+        ("GET", []) => match (find(&d), &folder_path) {
+            (Some(f), _) => axum::Json(drive_item_json(&f)).into_response(),
+            (None, Some(p)) => axum::Json(folder_json(&drive, p, 0)).into_response(),
+            _ => error(404, "itemNotFound", "The resource could not be found."),
+        },
+        ("GET", ["children"]) => {
+            let Some(p) = folder_path else { return error(404, "itemNotFound", "Not a folder.") };
+            let prefix = if p.is_empty() { String::new() } else { format!("{p}/") };
+            let mut folders: Vec<String> = Vec::new();
+            let mut items = Vec::new();
+            for f in d.files.iter().filter(|f| f.drive == drive && f.path.starts_with(&prefix)) {
+                let rest = &f.path[prefix.len()..];
+                match rest.split_once('/') {
+                    None => items.push(drive_item_json(f)),
+                    Some((dir, _)) if !folders.contains(&dir.to_owned()) => folders.push(dir.to_owned()),
+                    _ => {}
+                }
+            }
+            let mut all: Vec<Value> = folders.iter().map(|f| folder_json(&drive, &format!("{prefix}{f}"), 1)).collect();
+            all.extend(items);
+            drop(d);
+            page(s, &segments.join("/"), all, query)
+        }
+        ("GET", [search]) if search.starts_with("search(q='") && search.ends_with("')") && matches!(target, Target::Root) => {
+            let q = &search["search(q='".len()..search.len() - 2];
+            if q.replace("''", "").contains('\'') {
+                return bad("A quote in the search text must be doubled.");
+            }
+            let q = q.replace("''", "'").to_lowercase();
+            let hits: Vec<Value> = d
+                .files
+                .iter()
+                .filter(|f| f.drive == drive)
+                .filter(|f| f.path.to_lowercase().contains(&q) || String::from_utf8_lossy(&f.bytes).to_lowercase().contains(&q))
+                .map(drive_item_json)
+                .collect();
+            drop(d);
+            page(s, &segments.join("/"), hits, query)
+        }
+        ("GET", ["content"]) => match find(&d) {
+            Some(f) => {
+                drop(d);
+                redirect_to(s, &f)
+            }
+            None => error(404, "itemNotFound", "The resource could not be found."),
+        },
+        ("PUT", ["content"]) => {
+            let Target::Path(p) = &target else { return bad("Upload by path: root:/path:/content.") };
+            let conflict = query.get("@microsoft.graph.conflictBehavior").cloned().unwrap_or_else(|| "fail".into());
+            if !["rename", "replace", "fail"].contains(&conflict.as_str()) {
+                return bad("Invalid conflict behavior.");
+            }
+            match put_file(&mut d, &drive, p, raw, "application/octet-stream", &conflict) {
+                Ok(item) => (StatusCode::CREATED, axum::Json(item)).into_response(),
+                Err(r) => *r,
+            }
+        }
+        ("POST", ["createUploadSession"]) => {
+            let Target::Path(p) = &target else { return bad("An upload session is created by path.") };
+            let body = json_body.unwrap_or(json!({}));
+            if body.as_object().is_some_and(|o| o.keys().any(|k| k != "item"))
+                || body["item"].as_object().is_some_and(|o| o.keys().any(|k| k != "@microsoft.graph.conflictBehavior" && k != "name"))
+            {
+                return bad("unexpected property in the upload session request");
+            }
+            let conflict = body["item"]["@microsoft.graph.conflictBehavior"].as_str().unwrap_or("fail").to_owned();
+            d.seq += 1;
+            let id = format!("up{}", d.seq);
+            d.sessions.insert(id.clone(), UploadSession { target: Some((drive.clone(), p.clone(), conflict)), ..Default::default() });
+            axum::Json(json!({"uploadUrl": format!("{}/sp/upload/{id}?guid=g{}", s.base, d.seq), "expirationDateTime": "2030-01-01T00:00:00Z", "nextExpectedRanges": ["0-"]})).into_response()
+        }
+        ("POST", ["createLink"]) => {
+            let Target::Id(item_id) = &target else { return bad("createLink takes an item id.") };
+            if find(&d).is_none() {
+                return error(404, "itemNotFound", "The resource could not be found.");
+            }
+            let Some(b) = json_body else { return bad("A body is required.") };
+            let allowed = [
+                "type",
+                "scope",
+                "recipients",
+                "expirationDateTime",
+                "password",
+                "retainInheritedPermissions",
+                "sendNotification",
+                "message",
+            ];
+            if let Some(k) = b.as_object().and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str())).cloned()) {
+                return bad(&format!("unexpected property '{k}'"));
+            }
+            let kind = b["type"].as_str().unwrap_or("");
+            let scope = b["scope"].as_str().unwrap_or("");
+            if !["view", "edit", "embed"].contains(&kind) || !["anonymous", "organization", "users"].contains(&scope) {
+                return bad("type must be view, edit or embed; scope anonymous, organization or users.");
+            }
+            let recipients = b.get("recipients").and_then(Value::as_array).cloned().unwrap_or_default();
+            if (scope == "users") == recipients.is_empty() {
+                return bad("recipients are required for scope users, and only for it.");
+            }
+            for r in &recipients {
+                let keys: Vec<&String> = r.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+                if keys.len() != 1
+                    || !["email", "objectId", "alias"].contains(&keys[0].as_str())
+                    || r[keys[0].as_str()].as_str().is_none_or(str::is_empty)
+                {
+                    return bad("a recipient has exactly one of email, objectId or alias");
+                }
+            }
+            d.seq += 1;
+            let n = d.seq;
+            let mut recorded = b.clone();
+            recorded["itemId"] = json!(item_id);
+            d.links.push(recorded);
+            let role = if kind == "edit" { "write" } else { "read" };
+            axum::Json(json!({"id": format!("perm{n}"), "roles": [role], "link": {"type": kind, "scope": scope,
+                "webUrl": format!("https://contoso-my.sharepoint.com/:t:/g/personal/agent/E{n}")}}))
+            .into_response()
+        }
+        _ => error(400, "invalidRequest", &format!("{m} {} is not served by the fake", segments.join("/"))),
+    }
+}
+
+/// `…/content`: 302 to a fresh pre-authenticated download on the file host.
+fn redirect_to(s: &GraphState, f: &DriveFile) -> Response {
+    let mut d = s.drive.lock().unwrap();
+    d.seq += 1;
+    let token = format!("dl{}", d.seq);
+    d.hosted.insert(token.clone(), (f.bytes.clone(), f.mime.clone()));
+    let location = format!("{}/sp/download/{token}?tempauth=v1.pre-authenticated-{}", s.base, d.seq);
+    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
 }

@@ -20,6 +20,7 @@ mod connector;
 mod doctor;
 mod durability;
 mod entra;
+mod files;
 mod graph;
 mod graph_inbound;
 mod intake;

@@ -37,6 +37,8 @@ const TOOLS: &[&str] = &[
     "stream_finish",
     "list_members",
     "recent_audit",
+    "get_file",
+    "send_file",
 ];
 
 /// A data dir with a dev-mode configuration; `patch` edits the TOML.

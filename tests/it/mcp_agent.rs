@@ -153,6 +153,11 @@ async fn a_bot_only_bot_says_so_instead_of_switching_identity() {
     for t in ["graph_find_user", "graph_list_chats", "graph_read_chat", "graph_create_chat", "graph_send_message", "graph_add_member"] {
         assert!(names.iter().any(|n| n == t), "{t} missing: {names:?}");
     }
+    // Its files area is off: no Graph file tools (the bot's own get_file and send_file are there).
+    for t in ["graph_list_files", "graph_search_files", "graph_find_sites", "graph_read_file", "graph_upload_file", "graph_share_file"] {
+        assert!(!names.iter().any(|n| n == t), "{t} offered with the files area off: {names:?}");
+    }
+    assert!(names.iter().any(|n| n == "get_file") && names.iter().any(|n| n == "send_file"), "{names:?}");
     let chats = r.host.ok("graph_list_chats", json!({})).await;
     assert_eq!(chats["identity"], format!("agent_user:{AGENT_USER_OID}"), "{chats}");
 }

@@ -259,7 +259,7 @@ async fn connect_bridges_stdio_to_a_running_gateway() {
     let mut host = Host::over((stdout, stdin), "claude-code").await;
     let info = host.server_info();
     assert!(info.capabilities.experimental.clone().unwrap_or_default().contains_key("claude/channel"));
-    assert_eq!(host.client.list_all_tools().await.unwrap().len(), 21, "the tools of `agentgate mcp`, the claim tools included");
+    assert_eq!(host.client.list_all_tools().await.unwrap().len(), 23, "the tools of `agentgate mcp`, the claim and file tools included");
     let n = host.next("notifications/claude/channel", WAIT).await.expect("a push through the bridge");
     assert_eq!(n["meta"]["message_id"], m["id"]);
     let r = host.ok("reply", json!({"chat_id": "a:conv-a", "text": "via connect"})).await;
