@@ -19,7 +19,8 @@ pub enum ToolKind {
     Act,
 }
 
-/// Every tool the MCP sessions can offer (the `graph_*` ones only where a bot has an Agent User).
+/// Every tool the MCP sessions can offer (the `graph_*` ones only where a bot has an Agent User, its file
+/// tools only where that Agent User has its files area on).
 pub const TOOLS: &[(&str, ToolKind)] = &[
     ("status", ToolKind::Read),
     ("list_conversations", ToolKind::Read),
@@ -48,6 +49,14 @@ pub const TOOLS: &[(&str, ToolKind)] = &[
     ("graph_create_chat", ToolKind::Act),
     ("graph_send_message", ToolKind::Act),
     ("graph_add_member", ToolKind::Act),
+    ("get_file", ToolKind::Read),
+    ("send_file", ToolKind::Act),
+    ("graph_list_files", ToolKind::Read),
+    ("graph_search_files", ToolKind::Read),
+    ("graph_find_sites", ToolKind::Read),
+    ("graph_read_file", ToolKind::Read),
+    ("graph_upload_file", ToolKind::Act),
+    ("graph_share_file", ToolKind::Act),
 ];
 
 /// Tools that continue what another tool started: their approval is that tool's (`stream_start`).

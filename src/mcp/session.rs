@@ -1657,13 +1657,13 @@ mod tests {
     #[test]
     fn the_tool_policy_names_exactly_the_tools_sessions_offer() {
         let mut offered: Vec<String> =
-            (Bridge::tool_router() + Bridge::graph_router()).list_all().into_iter().map(|t| t.name.to_string()).collect();
+            (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router()).list_all().into_iter().map(|t| t.name.to_string()).collect();
         offered.sort();
         let mut named: Vec<String> = TOOLS.iter().map(|(n, _)| (*n).to_owned()).collect();
         named.sort();
         assert_eq!(offered, named, "config::mcp_tools::TOOLS and the routers disagree");
         // The tools that read take no `text`, `card` or `reaction`: a sanity check of the classification.
-        for t in (Bridge::tool_router() + Bridge::graph_router()).list_all() {
+        for t in (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router()).list_all() {
             let props = t.input_schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
             if kind_of(&t.name) == Some(ToolKind::Read) {
                 assert!(!["text", "card", "reaction", "member"].iter().any(|k| props.contains_key(*k)), "{} reads only?", t.name);
