@@ -431,7 +431,7 @@ impl GraphInbound {
     ) -> Result<(), String> {
         let (records, classified): (Vec<InboundRecord>, Vec<Classified>) = records.into_iter().unzip();
         let keys: Vec<(String, String)> = records.iter().map(|r| (r.tenant_id.to_string(), r.conversation_id.to_string())).collect();
-        let outcomes = self.store.commit_graph(GraphCommit { records, cursors, done }).await.map_err(|e| e.to_string())?;
+        let outcomes = self.store.commit_graph(GraphCommit { records, cursors, mail: None, done }).await.map_err(|e| e.to_string())?;
         for ((outcome, c), (tenant, conversation)) in outcomes.into_iter().zip(&classified).zip(&keys) {
             if let CommitOutcome::Accepted { inbox_id } = outcome {
                 self.gate.committed(self.store.as_ref(), c, inbox_id, &bot.app_id, tenant, conversation).await;
