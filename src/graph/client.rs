@@ -282,6 +282,11 @@ impl GraphClient {
         &self.endpoint
     }
 
+    /// The Agent User as a `users('…')` path key (its object id or UPN).
+    pub(super) fn agent_user_key(&self) -> String {
+        self.tokens.agent_user()
+    }
+
     /// HTTP requests sent so far (retries included).
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
@@ -492,7 +497,7 @@ impl GraphClient {
 
     // ------------------------------------------------------------ plumbing
 
-    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
+    pub(super) fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
         let mut url = self.endpoint.url(path)?;
         if !query.is_empty() {
             let mut q = url.query_pairs_mut();
@@ -527,11 +532,11 @@ impl GraphClient {
         Ok(m)
     }
 
-    async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, GraphError> {
+    pub(super) async fn get<T: DeserializeOwned>(&self, url: Url) -> Result<T, GraphError> {
         self.send_json(Method::GET, url, None, true).await
     }
 
-    async fn send_json<T: DeserializeOwned>(
+    pub(super) async fn send_json<T: DeserializeOwned>(
         &self,
         method: Method,
         url: Url,
@@ -562,7 +567,7 @@ impl GraphClient {
     }
 
     /// One call with the retry rules of the module docs; the 2xx body.
-    async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
+    pub(super) async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
         self.endpoint.check(&url)?;
         let refreshed = AtomicBool::new(false);
         let on_retry = |error: &GraphError, attempt: u32, wait: Duration| {
