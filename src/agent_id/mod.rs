@@ -30,6 +30,10 @@ pub(crate) const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// add members, read and send chat messages.
 pub(crate) const AGENT_USER_SCOPES: &[&str] = &["User.Read", "User.ReadBasic.All", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"];
 
+/// The delegated scopes of the Agent User's mailbox (`agent_user.mail`): read the Inbox and its changes, save
+/// drafts (`Mail.ReadWrite`), reply, forward and send (`Mail.Send`). Asked for only when mail is on.
+pub(crate) const MAIL_SCOPES: &[&str] = &["Mail.ReadWrite", "Mail.Send"];
+
 /// The provisioning steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
