@@ -216,6 +216,10 @@ impl Gateway {
         if let Some(g) = &graph_inbound {
             tracing::info!(inbound = ?g, "the Agent User's chats reach the host through Graph change notifications");
         }
+        let mail_inbound = crate::bridge::mail_inbound::MailInbound::new(&cfg, &agents, Arc::clone(&store), Arc::clone(&gate));
+        if let Some(m) = &mail_inbound {
+            tracing::info!(inbound = ?m, "the Agent User's mail reaches the host");
+        }
         let state = Arc::new(AppState {
             verifier,
             store: Arc::clone(&store),
@@ -227,6 +231,7 @@ impl Gateway {
             recent: crate::store::RecentCommits::default(),
             gate: Arc::clone(&gate),
             graph: graph_inbound.clone(),
+            mail: mail_inbound.clone(),
             welcome: crate::bridge::welcome::activities(&cfg.bots)?,
         });
         background.push(spawn_dedupe_purge(Arc::clone(&store)));
@@ -293,6 +298,9 @@ impl Gateway {
         // After the listener serves: creating a subscription makes Graph call the validation URL at once.
         if let Some(g) = &graph_inbound {
             background.push(g.spawn());
+        }
+        if let Some(m) = &mail_inbound {
+            background.push(m.spawn());
         }
         Ok(Self {
             local_addr,

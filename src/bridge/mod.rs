@@ -14,6 +14,8 @@
 //! | [`route`] | the one bot resolver; which conversation a request goes to; bot, Agent User or nobody |
 //! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended; sending as the bot with the fallback to the Agent User |
 //! | [`graph`] | acting through Graph as the Agent User: owner approval, audit-first writes |
+//! | [`mail`] | the Agent User's mail: the sender policy, mail as inbox entries, reply/forward/send/drafts |
+//! | [`mail_inbound`] | the Agent User's Inbox read with the delta query: on change notifications, or a bounded poll |
 //! | [`inbox`] | pending entries within a scope, acknowledgements |
 //! | [`welcome`] | the welcome message, once per conversation the app is installed in |
 //! | [`error`] | the one error type of the bridge |
@@ -42,6 +44,8 @@ pub(crate) mod graph;
 pub(crate) mod graph_inbound;
 pub(crate) mod inbox;
 pub(crate) mod live;
+pub(crate) mod mail;
+pub(crate) mod mail_inbound;
 pub(crate) mod policy;
 pub(crate) mod route;
 pub(crate) mod welcome;

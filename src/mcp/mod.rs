@@ -6,6 +6,7 @@
 //! | [`http`] | Streamable HTTP at `/mcp`: bearer tokens, scopes, allowed hosts |
 //! | [`connect`] | `agentgate mcp --connect URL`: stdio to a running gateway's `/mcp` |
 //! | [`graph_tools`] | the `graph_*` tools of the bot's Entra Agent User (the work is in [`crate::bridge::graph`]) |
+//! | [`mail_tools`] | the `mail_*` tools: the Agent User's mail (the work is in [`crate::bridge::mail`]) |
 //! | [`prompts`] | the body prompt compiled into the binary |
 //!
 //! A thin adapter: parameter structs, handlers that call the transport-free core in [`crate::bridge`]
@@ -56,6 +57,7 @@ fn ok(value: serde_json::Value) -> ToolResult {
 pub mod connect;
 pub mod graph_tools;
 pub mod http;
+pub mod mail_tools;
 pub mod prompts;
 pub mod session;
 

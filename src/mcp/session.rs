@@ -410,8 +410,11 @@ impl Bridge {
 
     fn new(hub: Arc<Hub>, transport: Transport) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        // The Graph tools only where a bot has an Agent User to act as.
-        let tool_router = if hub.agents.is_empty() { Self::tool_router() } else { Self::tool_router() + Self::graph_router() };
+        // The Graph tools only where a bot has an Agent User to act as; the mail tools only where one has mail.
+        let mut tool_router = if hub.agents.is_empty() { Self::tool_router() } else { Self::tool_router() + Self::graph_router() };
+        if hub.agents.values().any(|a| a.mail.is_some()) {
+            tool_router += Self::mail_router();
+        }
         Self {
             hub,
             session: Arc::new(Session {
@@ -485,7 +488,7 @@ impl Bridge {
 
     /// Answering in one of the Agent User's chats (through Graph) acknowledges what this session was shown
     /// from it.
-    async fn ack_chat(&self, chat_id: &str) {
+    pub(super) async fn ack_chat(&self, chat_id: &str) {
         let bots: Vec<String> = {
             let shown = self.session.shown.lock().unwrap_or_else(PoisonError::into_inner);
             shown.values().filter(|(_, c)| c.as_str() == chat_id).map(|(b, _)| b.clone()).collect()
@@ -824,9 +827,10 @@ impl Bridge {
             .take(limit)
             .map(|r| {
                 // Who answers there: the Agent User through Graph in its own chats, else the bot.
-                let (identity, via) = if crate::bridge::route::lives_in_graph(&r) {
+                let in_mail = crate::bridge::mail::lives_in_mail(&r);
+                let (identity, via) = if in_mail || crate::bridge::route::lives_in_graph(&r) {
                     let agent = self.hub.agents.get(&r.bot_app_id.as_str().to_ascii_lowercase()).map(|a| a.identity());
-                    (agent.map(|i| json!(i)).unwrap_or(Value::Null), "graph")
+                    (agent.map(|i| json!(i)).unwrap_or(Value::Null), if in_mail { "mail" } else { "graph" })
                 } else {
                     (json!(crate::store::Identity::bot(r.bot_app_id.as_str())), "connector")
                 };
