@@ -153,6 +153,8 @@ async fn a_bot_only_bot_says_so_instead_of_switching_identity() {
     for t in ["graph_find_user", "graph_list_chats", "graph_read_chat", "graph_create_chat", "graph_send_message", "graph_add_member"] {
         assert!(names.iter().any(|n| n == t), "{t} missing: {names:?}");
     }
+    // Mail is off for this Agent User: no mail tool is offered.
+    assert!(!names.iter().any(|n| n.starts_with("mail_")), "{names:?}");
     let chats = r.host.ok("graph_list_chats", json!({})).await;
     assert_eq!(chats["identity"], format!("agent_user:{AGENT_USER_OID}"), "{chats}");
 }
