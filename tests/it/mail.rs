@@ -312,11 +312,13 @@ async fn a_mail_to_a_new_recipient_waits_for_the_owner_and_goes_only_on_allow() 
     let answer = |nth: usize, behavior: &'static str| {
         let (fake, gw) = (&r.fake, &gw);
         async move {
+            let deadline = std::time::Instant::now() + WAIT;
             let card = loop {
                 let cards: Vec<_> = fake.landed().into_iter().filter(|l| l.body.to_string().contains("agentgate.permission")).collect();
                 if cards.len() > nth {
                     break cards[nth].clone();
                 }
+                assert!(std::time::Instant::now() < deadline, "no approval card #{nth} reached the owner:\n{}", gw.stderr());
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             let request_id = card.body["attachments"][0]["content"]["actions"][0]["data"]["request_id"].as_str().unwrap().to_owned();
@@ -429,5 +431,35 @@ async fn a_429_on_the_inbox_read_is_waited_out_and_a_5xx_retried() {
     r.graph.inject_for("messages/delta", Canned::status(503, "ServiceUnavailable"));
     let id = r.graph.mail(NewMail::from("Alex", ALEX_MAIL, "after a 503", "<p>still here</p>"), false).await;
     assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], id);
+    assert_eq!(mail_entries(&gw.config).len(), 2);
+}
+
+/// The Inbox subscription's lifecycle: `reauthorizationRequired` renews it; `subscriptionRemoved` makes a new
+/// one (a fresh `clientState`) and reads what came meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_inbox_subscription_is_recreated_and_what_came_meanwhile_is_read() {
+    let r = rig(true, &format!("mail_senders_allow = [\"{ALEX_MAIL}\"]"), "").await;
+    let (gw, mut host) = r.start(true).await;
+    let first = r.graph.subscriptions().remove(0);
+    assert_eq!(r.graph.lifecycle("reauthorizationRequired").await, vec![202]);
+    let renewed = |graph: &FakeGraph| graph.seen().iter().any(|s| s.method == "PATCH" && s.path == format!("subscriptions/{}", first.id));
+    for _ in 0..200 {
+        if renewed(&r.graph) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(renewed(&r.graph), "no renewal:\n{}", gw.stderr());
+    // Graph removes the subscription; a mail came meanwhile, with no notification.
+    let lost = r.graph.mail(NewMail::from("Alex", ALEX_MAIL, "while removed", "<p>are you there?</p>"), false).await;
+    assert_eq!(r.graph.lifecycle("subscriptionRemoved").await, vec![202]);
+    assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], lost);
+    let subs = r.graph.subscriptions();
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_ne!(subs[0].id, first.id, "a new subscription");
+    assert_ne!(subs[0].client_state, first.client_state, "a fresh clientState");
+    // The new one works: a notified mail arrives.
+    let next = r.graph.mail(NewMail::from("Alex", ALEX_MAIL, "after", "<p>back</p>"), true).await;
+    assert_eq!(channel(&mut host, &gw).await["meta"]["message_id"], next);
     assert_eq!(mail_entries(&gw.config).len(), 2);
 }
