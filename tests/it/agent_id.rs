@@ -184,6 +184,8 @@ async fn the_mail_scopes_are_granted_only_when_mail_is_on() {
     assert_eq!(parsed["bots"][0]["agent_user"]["mail"].as_bool(), Some(true), "{text}");
     let check = tokio::process::Command::new(bin()).args(["check", "--config"]).arg(&t.config).output().await.unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("mail: on, through a read every 60 s") && said.contains("its sponsors and policy.contacts_allow"), "{said}");
     // A re-run reads mail = true from the file: the grant keeps the mail scopes (nothing to change).
     let before = t.fake.seen().len();
     let (code, out, _) = t.provision(&[]).await;
