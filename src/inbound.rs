@@ -42,6 +42,8 @@ pub struct AppState {
     pub gate: Arc<crate::bridge::gate::InboundGate>,
     /// The Agent User inbound through Graph change notifications, when some bot has it on.
     pub(crate) graph: Option<Arc<crate::bridge::graph_inbound::GraphInbound>>,
+    /// The Agent User's mail, when some bot has it on and Graph can reach the gateway (else it polls).
+    pub(crate) mail: Option<Arc<crate::bridge::mail_inbound::MailInbound>>,
     /// Each bot's welcome message (by lower-case app id), for bots that have one.
     pub(crate) welcome: std::collections::HashMap<String, serde_json::Value>,
     /// Files: a committed answer to a file consent card starts the upload.

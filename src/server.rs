@@ -217,6 +217,10 @@ impl Gateway {
             tracing::info!(inbound = ?g, "the Agent User's chats reach the host through Graph change notifications");
         }
         let files = Arc::new(crate::bridge::files::Files::new(&cfg, Arc::clone(&store), Some(Arc::clone(&gate)))?);
+        let mail_inbound = crate::bridge::mail_inbound::MailInbound::new(&cfg, &agents, Arc::clone(&store), Arc::clone(&gate));
+        if let Some(m) = &mail_inbound {
+            tracing::info!(inbound = ?m, "the Agent User's mail reaches the host");
+        }
         let state = Arc::new(AppState {
             verifier,
             store: Arc::clone(&store),
@@ -228,6 +232,7 @@ impl Gateway {
             recent: crate::store::RecentCommits::default(),
             gate: Arc::clone(&gate),
             graph: graph_inbound.clone(),
+            mail: mail_inbound.clone(),
             welcome: crate::bridge::welcome::activities(&cfg.bots)?,
             files: Some(Arc::clone(&files)),
         });
@@ -298,6 +303,9 @@ impl Gateway {
         // After the listener serves: creating a subscription makes Graph call the validation URL at once.
         if let Some(g) = &graph_inbound {
             background.push(g.spawn());
+        }
+        if let Some(m) = &mail_inbound {
+            background.push(m.spawn());
         }
         Ok(Self {
             local_addr,

@@ -17,6 +17,8 @@ pub(crate) struct AgentUserValues {
     pub(crate) agent_user_id: String,
     pub(crate) certificate: String,
     pub(crate) key: String,
+    /// Set `mail = true` (provisioned with the mail scopes); false leaves `mail` as it is.
+    pub(crate) mail: bool,
 }
 
 /// The `[[bots]]` entry whose `app_id` is `bot` (case-insensitive).
@@ -42,6 +44,9 @@ pub(crate) fn set_agent_user(text: &str, bot: &str, v: &AgentUserValues) -> anyh
     au.insert("agent_user_id", value(&v.agent_user_id));
     au.insert("certificate", value(&v.certificate));
     au.insert("key", value(&v.key));
+    if v.mail {
+        au.insert("mail", value(true));
+    }
     Ok(doc.to_string())
 }
 
@@ -105,6 +110,7 @@ agent_user_upn = "old@contoso.com"
             agent_user_id: "au".into(),
             certificate: "file:/etc/agentgate/c.pem".into(),
             key: "file:/etc/agentgate/k.pem".into(),
+            mail: false,
         }
     }
 
@@ -126,5 +132,9 @@ agent_user_upn = "old@contoso.com"
         let removed = remove_agent_user(&out, "22222222-2222-2222-2222-222222222222", "ai").unwrap().unwrap();
         assert!(!removed.contains("agent_user") && removed.contains("# keep me"));
         assert!(set_agent_user(FILE, "33333333-3333-3333-3333-333333333333", &values()).is_err());
+        assert!(!out.contains("mail"), "mail is not turned on unless asked");
+        let with_mail = set_agent_user(&out, "22222222-2222-2222-2222-222222222222", &AgentUserValues { mail: true, ..values() }).unwrap();
+        let parsed: toml::Value = toml::from_str(&with_mail).unwrap();
+        assert_eq!(parsed["bots"][1]["agent_user"]["mail"].as_bool(), Some(true));
     }
 }

@@ -45,6 +45,9 @@ pub(crate) fn granted_scopes(agent_user: Option<&crate::config::agent_user::Agen
     }
     scopes
 }
+/// The delegated scopes of the Agent User's mailbox (`agent_user.mail`): read the Inbox and its changes, save
+/// drafts (`Mail.ReadWrite`), reply, forward and send (`Mail.Send`). Asked for only when mail is on.
+pub(crate) const MAIL_SCOPES: &[&str] = &["Mail.ReadWrite", "Mail.Send"];
 
 /// The provisioning steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -28,6 +28,9 @@ pub(crate) struct Plan {
     /// The sponsor's object id; default: the signed-in administrator (`/me`).
     pub(crate) sponsor: Option<String>,
     pub(crate) scopes: Vec<String>,
+    /// The Agent User gets its mailbox: `mail = true` goes into `[bots.agent_user]` (and [`Plan::scopes`] has
+    /// the mail scopes).
+    pub(crate) mail: bool,
     /// `(skuId, usageLocation)`.
     pub(crate) licence: Option<(String, String)>,
     pub(crate) certificate: SecretRef,
@@ -596,11 +599,18 @@ impl Provisioner<'_> {
             agent_user_id: get(&st.agent_user_id, "Agent User")?,
             certificate: self.plan.certificate.to_string(),
             key: self.plan.key.to_string(),
+            mail: self.plan.mail,
         };
         let Some(path) = &self.plan.config_path else {
             println!(
-                "  no configuration file: add to the bot's [[bots]] entry:\n[bots.agent_user]\ntenant_id = \"{}\"\nblueprint_app_id = \"{}\"\nagent_identity_id = \"{}\"\nagent_user_id = \"{}\"\ncertificate = \"{}\"\nkey = \"{}\"",
-                values.tenant_id, values.blueprint_app_id, values.agent_identity_id, values.agent_user_id, values.certificate, values.key
+                "  no configuration file: add to the bot's [[bots]] entry:\n[bots.agent_user]\ntenant_id = \"{}\"\nblueprint_app_id = \"{}\"\nagent_identity_id = \"{}\"\nagent_user_id = \"{}\"\ncertificate = \"{}\"\nkey = \"{}\"{}",
+                values.tenant_id,
+                values.blueprint_app_id,
+                values.agent_identity_id,
+                values.agent_user_id,
+                values.certificate,
+                values.key,
+                if values.mail { "\nmail = true" } else { "" }
             );
             return Ok("printed".into());
         };

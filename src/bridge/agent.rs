@@ -24,6 +24,8 @@ pub struct AgentActor {
     identity_graph: Option<GraphClient>,
     /// The sponsors as last read, and until when they count.
     sponsors: tokio::sync::Mutex<Option<(std::time::Instant, Vec<crate::ids::AadObjectId>)>>,
+    /// With `agent_user.mail` on: who may write to it and whom it may write to ([`super::mail`]).
+    pub mail: Option<super::mail::MailPolicy>,
 }
 
 /// How long the sponsors read from Graph count before they are read again.
@@ -48,7 +50,15 @@ impl AgentActor {
             approved: Mutex::new(HashSet::new()),
             identity_graph: None,
             sponsors: tokio::sync::Mutex::new(None),
+            mail: None,
         }
+    }
+
+    /// Give the Agent User its mailbox (`agent_user.mail`): the mail events and the `mail_*` tools.
+    #[must_use]
+    pub fn with_mail(mut self, policy: super::mail::MailPolicy) -> Self {
+        self.mail = Some(policy);
+        self
     }
 
     /// Read the sponsors through `graph` (a client with the Agent Identity's app-only token).
@@ -138,7 +148,10 @@ pub(crate) async fn build(cfg: &Config) -> anyhow::Result<HashMap<String, Arc<Ag
         let identity = crate::graph::AgentIdentityToken(Arc::clone(&tokens));
         let identity_graph = GraphClient::new(graph.endpoint().clone(), Arc::new(identity), GraphSettings::default())
             .map_err(|e| anyhow::anyhow!("building the Graph client for {at}: {e}"))?;
-        let actor = AgentActor::new(bot.app_id.to_string(), tokens, graph, au.mode).with_identity_graph(identity_graph);
+        let mut actor = AgentActor::new(bot.app_id.to_string(), tokens, graph, au.mode).with_identity_graph(identity_graph);
+        if au.mail {
+            actor = actor.with_mail(super::mail::MailPolicy::new(au, &bot.policy));
+        }
         out.insert(bot.app_id.to_ascii_lowercase(), Arc::new(actor));
     }
     Ok(out)

@@ -122,6 +122,9 @@ pub enum EventKind {
     FileConsent,
     /// How an accepted file offer ended (uploaded, or failed): told by the gateway itself.
     FileUpload,
+    /// A mail that reached the Agent User's Inbox (`bridge::mail`): sender, recipients, subject, time,
+    /// attachment list and body as plain text, or a note that it is protected and was not opened.
+    Mail,
     Other,
 }
 
@@ -144,6 +147,7 @@ impl EventKind {
             Self::Feedback => "feedback",
             Self::FileConsent => "file_consent",
             Self::FileUpload => "file_upload",
+            Self::Mail => "mail",
             Self::Other => "other",
         }
     }
@@ -171,7 +175,9 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
     let bot_id = authenticated_bot(item, &activity);
     let mentioned_bot = is_bot_mentioned(&activity, &bot_id);
     strip_bot_mention(&mut activity, &bot_id);
-    let text = activity.text.as_deref().map(html_to_text).filter(|t| !t.is_empty());
+    // A mail's text was made plain by `bridge::mail` already: converting it again would read its `&lt;` as a tag.
+    let text = if activity.kind == "mail" { activity.text.clone() } else { activity.text.as_deref().map(html_to_text) };
+    let text = text.filter(|t| !t.is_empty());
     let kind = classify(&activity, text.is_some());
 
     let (data, verb) = match kind {
@@ -195,7 +201,14 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
         EventKind::MessageUpdate | EventKind::MessageDelete => {
             (super::amend::event_type(&activity).map(|t| serde_json::json!({"eventType": meta_value(t)})), None)
         }
+        // What `bridge::mail` recorded about the mail: its headers, attachments, protection.
+        EventKind::Mail => (activity.channel_data.as_ref().and_then(|c| c.extra.get("mail")).filter(|m| m.is_object()).cloned(), None),
         _ => (None, None),
+    };
+    // A mail's id is Graph's message id (what `mail_reply` takes); its entry is keyed by `internetMessageId`.
+    let message_id = match (&kind, data.as_ref().and_then(|d| d.get("messageId")).and_then(Value::as_str)) {
+        (EventKind::Mail, Some(id)) if !id.is_empty() => id.to_owned(),
+        _ => item.activity_id.clone(),
     };
     // An edit or deletion names the message it changes: the body's id (Teams), or its `replyToId` (Graph).
     let changed_message = match kind {
@@ -212,7 +225,7 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
         tenant: item.tenant_id.to_string(),
         conversation_id: item.conversation_id.to_string(),
         conversation_type: conversation.and_then(|c| c.conversation_type.clone()).filter(|s| !s.is_empty()),
-        message_id: item.activity_id.clone(),
+        message_id,
         reply_to_id: changed_message.or_else(|| activity.reply_to_id.clone().filter(|s| !s.is_empty())),
         sender_id: from.and_then(|f| f.aad_object_id.clone()).filter(|s| !s.is_empty()),
         sender_name: from.and_then(|f| f.name.as_deref()).map(meta_value).filter(|s| !s.is_empty()),
@@ -363,9 +376,59 @@ impl InboundEvent {
                     lines.push(format!("comment: {comment}"));
                 }
             }
+            EventKind::Mail => self.mail_lines(&mut lines),
             EventKind::Other => lines.push(format!("An activity the gateway does not interpret arrived{whom}.")),
         }
         lines.join("\n")
+    }
+
+    /// A mail as the agent reads it: its headers, its attachments (described), then its body, or a note that
+    /// it is protected and was not opened. Everything here came from the sender (the names, the subject, the
+    /// file names too) and goes inside the envelope.
+    fn mail_lines(&self, lines: &mut Vec<String>) {
+        let empty = Value::Null;
+        let m = self.data.as_ref().unwrap_or(&empty);
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let person = |p: &Value| {
+            let (name, address) = (text(&p["name"]), text(&p["address"]));
+            match (name.trim().is_empty(), address.is_empty()) {
+                (false, false) => format!("{} <{address}>", name.trim()),
+                (true, false) => address,
+                (false, true) => name.trim().to_owned(),
+                (true, true) => "(unknown)".to_owned(),
+            }
+        };
+        let people = |v: &Value| v.as_array().map(|l| l.iter().map(person).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+        lines.push(format!("Mail from: {}", person(&m["from"])));
+        lines.push(format!("To: {}", people(&m["to"])));
+        let cc = people(&m["cc"]);
+        if !cc.is_empty() {
+            lines.push(format!("Cc: {cc}"));
+        }
+        lines.push(format!("Subject: {}", text(&m["subject"])));
+        lines.push(format!("Received: {}", text(&m["receivedAt"])));
+        let attachments: Vec<String> = m["attachments"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|a| {
+                        let size = a["size"].as_u64().map(|s| format!(", {s} bytes")).unwrap_or_default();
+                        let inline = if a["inline"].as_bool() == Some(true) { ", inline" } else { "" };
+                        format!("{} ({}{size}{inline})", text(&a["name"]), text(&a["contentType"]))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !attachments.is_empty() {
+            lines.push(format!("Attachments (not opened): {}", attachments.join("; ")));
+        }
+        lines.push(String::new());
+        match m["protected"].as_str() {
+            Some(kind) => {
+                lines.push(format!("This mail is protected ({kind}): it was not opened, and its body and attachments are not shown."))
+            }
+            None => lines.push(self.text.clone().unwrap_or_else(|| "(no text)".to_owned())),
+        }
     }
 
     /// `: 2 members (Alice, Bob)`: how many members `data[key]` lists, and the names of those that
@@ -474,6 +537,7 @@ fn classify(activity: &Activity, has_text: bool) -> EventKind {
             {
                 EventKind::FileUpload
             }
+            "mail" => EventKind::Mail,
             _ => EventKind::Other,
         },
     }

@@ -142,6 +142,19 @@ impl Hub {
         people: &[String],
     ) -> Result<()> {
         let new: Vec<String> = people.iter().filter(|p| !actor.may_reach(&bot.policy.contacts_allow, p)).cloned().collect();
+        self.ask_owner_for(caller, bot, actor, action, new).await
+    }
+
+    /// Ask an owner to let the Agent User reach `new` (nobody allowed them yet) and wait for the answer, at most
+    /// [`APPROVAL_WAIT`]; an Allow is remembered for the rest of the run. Nothing to ask when `new` is empty.
+    pub(super) async fn ask_owner_for(
+        &self,
+        caller: Caller<'_>,
+        bot: &BotConfig,
+        actor: &AgentActor,
+        action: &str,
+        new: Vec<String>,
+    ) -> Result<()> {
         if new.is_empty() {
             return Ok(());
         }

@@ -133,6 +133,48 @@ pub(crate) struct Accepted {
     pub bot_app_id: String,
     pub event: String,
     pub resource: String,
+    /// Whether its subscription is to the Agent User's mail (then [`super::mail_inbound`] takes it), not its chats.
+    pub mail: bool,
+}
+
+/// Check each notification of a request body against its stored subscription (chats and mail alike): the
+/// accepted ones (an unknown subscription or a wrong `clientState` is dropped, logged without details).
+pub(crate) async fn check_notifications(store: &dyn Store, body: &Value) -> Result<Vec<Accepted>, crate::store::StoreError> {
+    let items = body.get("value").and_then(Value::as_array).cloned().unwrap_or_default();
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let subs = store.graph_subscriptions(None).await?;
+    let mut out = Vec::new();
+    for item in items {
+        let id = item.get("subscriptionId").and_then(Value::as_str).unwrap_or_default();
+        let state = item.get("clientState").and_then(Value::as_str).unwrap_or_default();
+        let Some(sub) = subs.iter().find(|s| s.subscription_id == id) else {
+            tracing::warn!("a Graph notification for an unknown subscription was ignored");
+            continue;
+        };
+        if !same_secret(sub.client_state.expose_secret(), state) {
+            tracing::warn!(bot = %sub.bot_app_id, "a Graph notification with a wrong clientState was ignored");
+            continue;
+        }
+        let event = item
+            .get("lifecycleEvent")
+            .or_else(|| item.get("changeType"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .chars()
+            .take(64)
+            .collect::<String>();
+        let resource = item.get("resource").and_then(Value::as_str).unwrap_or_default().chars().take(1024).collect();
+        out.push(Accepted {
+            subscription_id: sub.subscription_id.clone(),
+            bot_app_id: sub.bot_app_id.to_string(),
+            event,
+            resource,
+            mail: super::mail_inbound::is_mail_resource(&sub.resource),
+        });
+    }
+    Ok(out)
 }
 
 impl GraphInbound {
@@ -185,42 +227,9 @@ impl GraphInbound {
         }
     }
 
-    /// Check each notification of a request body against its stored subscription: the accepted ones (an
-    /// unknown subscription or a wrong `clientState` is dropped, logged without details).
-    pub(crate) async fn check(&self, body: &Value) -> Result<Vec<Accepted>, crate::store::StoreError> {
-        let items = body.get("value").and_then(Value::as_array).cloned().unwrap_or_default();
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        let subs = self.store.graph_subscriptions(None).await?;
-        let mut out = Vec::new();
-        for item in items {
-            let id = item.get("subscriptionId").and_then(Value::as_str).unwrap_or_default();
-            let state = item.get("clientState").and_then(Value::as_str).unwrap_or_default();
-            let Some(sub) = subs.iter().find(|s| s.subscription_id == id) else {
-                tracing::warn!("a Graph notification for an unknown subscription was ignored");
-                continue;
-            };
-            if !same_secret(sub.client_state.expose_secret(), state) {
-                tracing::warn!(bot = %sub.bot_app_id, "a Graph notification with a wrong clientState was ignored");
-                continue;
-            }
-            let event = item
-                .get("lifecycleEvent")
-                .or_else(|| item.get("changeType"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .chars()
-                .take(64)
-                .collect::<String>();
-            let resource = item.get("resource").and_then(Value::as_str).unwrap_or_default().chars().take(1024).collect();
-            out.push(Accepted { subscription_id: sub.subscription_id.clone(), bot_app_id: sub.bot_app_id.to_string(), event, resource });
-        }
-        Ok(out)
-    }
-
-    /// Make accepted notifications durable (before the 202), then wake the worker.
+    /// Make accepted notifications of the chats' subscriptions durable (before the 202), then wake the worker.
     pub(crate) async fn record(&self, accepted: Vec<Accepted>) -> Result<(), crate::store::StoreError> {
+        let accepted: Vec<Accepted> = accepted.into_iter().filter(|a| !a.mail).collect();
         if accepted.is_empty() {
             return Ok(());
         }
@@ -252,7 +261,8 @@ impl GraphInbound {
                 // bot's subscription lease does it; the others leave it to that one.
                 if this.lease(&subscription_lease(bot)).await {
                     let live = this.store.graph_subscriptions(Some(&bot.app_id)).await.unwrap_or_default();
-                    for sub in live.iter().filter(|s| s.expires_at_ms > this.clock.now_ms()) {
+                    let chats = live.iter().filter(|s| !super::mail_inbound::is_mail_resource(&s.resource));
+                    for sub in chats.filter(|s| s.expires_at_ms > this.clock.now_ms()) {
                         this.renew(bot, &sub.subscription_id).await;
                     }
                     this.release(&subscription_lease(bot)).await;
@@ -431,7 +441,7 @@ impl GraphInbound {
     ) -> Result<(), String> {
         let (records, classified): (Vec<InboundRecord>, Vec<Classified>) = records.into_iter().unzip();
         let keys: Vec<(String, String)> = records.iter().map(|r| (r.tenant_id.to_string(), r.conversation_id.to_string())).collect();
-        let outcomes = self.store.commit_graph(GraphCommit { records, cursors, done }).await.map_err(|e| e.to_string())?;
+        let outcomes = self.store.commit_graph(GraphCommit { records, cursors, mail: None, done }).await.map_err(|e| e.to_string())?;
         for ((outcome, c), (tenant, conversation)) in outcomes.into_iter().zip(&classified).zip(&keys) {
             if let CommitOutcome::Accepted { inbox_id } = outcome {
                 self.gate.committed(self.store.as_ref(), c, inbox_id, &bot.app_id, tenant, conversation).await;
@@ -514,7 +524,8 @@ impl GraphInbound {
     /// The bot's subscriptions as stored, and whether one is live with more than half its life left.
     async fn subscriptions(&self, bot: &InboundBot) -> Option<(Vec<GraphSubscription>, bool)> {
         let subs = match self.store.graph_subscriptions(Some(&bot.app_id)).await {
-            Ok(s) => s,
+            // The Agent User's mail has its own subscription (`mail_inbound`).
+            Ok(s) => s.into_iter().filter(|s| !super::mail_inbound::is_mail_resource(&s.resource)).collect::<Vec<_>>(),
             Err(e) => {
                 tracing::warn!(bot = %bot.app_id, error = %e, "cannot read the Graph subscriptions");
                 return None;
@@ -770,14 +781,14 @@ fn permanent(e: &GraphError) -> bool {
 }
 
 /// Compare two secrets in constant time (for equal lengths; a length difference answers at once).
-fn same_secret(expected: &str, got: &str) -> bool {
+pub(super) fn same_secret(expected: &str, got: &str) -> bool {
     use subtle::ConstantTimeEq as _;
     expected.len() == got.len() && bool::from(expected.as_bytes().ct_eq(got.as_bytes()))
 }
 
 /// A fresh `clientState`: 32 random bytes from the operating system's CSPRNG, hex (64 chars, within Graph's
 /// 128). `None` when no secure randomness is available (then no subscription is made).
-fn random_secret() -> Option<SecretString> {
+pub(super) fn random_secret() -> Option<SecretString> {
     let mut bytes = [0u8; 32];
     rustls::crypto::aws_lc_rs::default_provider().secure_random.fill(&mut bytes).ok()?;
     Some(SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))

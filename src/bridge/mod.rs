@@ -16,6 +16,8 @@
 //! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended; sending as the bot with the fallback to the Agent User |
 //! | [`graph`] | acting through Graph as the Agent User: owner approval, audit-first writes |
 //! | [`files`] | files on inbound events (`get_file`), files the agent sends (consent card, or the Agent User's OneDrive), the Agent User's files |
+//! | [`mail`] | the Agent User's mail: the sender policy, mail as inbox entries, reply/forward/send/drafts |
+//! | [`mail_inbound`] | the Agent User's Inbox read with the delta query: on change notifications, or a bounded poll |
 //! | [`inbox`] | pending entries within a scope, acknowledgements |
 //! | [`welcome`] | the welcome message, once per conversation the app is installed in |
 //! | [`error`] | the one error type of the bridge |
@@ -47,6 +49,8 @@ pub(crate) mod graph;
 pub(crate) mod graph_inbound;
 pub(crate) mod inbox;
 pub(crate) mod live;
+pub(crate) mod mail;
+pub(crate) mod mail_inbound;
 pub(crate) mod policy;
 pub(crate) mod route;
 pub(crate) mod welcome;

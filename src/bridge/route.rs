@@ -89,6 +89,14 @@ fn unknown_bot(scope: &Scope, wanted: &str) -> Error {
     })
 }
 
+/// The refusal for a Teams tool used on one of the Agent User's mail threads.
+fn mail_thread(chat_id: &str) -> String {
+    format!(
+        "conversation {chat_id} is a mail thread of the Agent User, not a Teams chat: answer with mail_reply (the event's message_id), \
+         or mail_forward"
+    )
+}
+
 /// The refusal for a conversation the bot was removed from (or blocked in).
 fn removed(scope: &Scope, bot: &BotConfig, chat_id: &str) -> String {
     match scope.dialect {
@@ -114,6 +122,9 @@ impl Hub {
     /// The one bot in scope that knows the conversation, with its reference, if the bot can write there.
     pub async fn conversation(&self, scope: &Scope, chat_id: &str, bot: Option<&str>) -> Result<(BotConfig, ConversationRef)> {
         let (b, r) = self.conversation_any(scope, chat_id, bot).await?;
+        if super::mail::lives_in_mail(&r) {
+            return Err(Error::refused(mail_thread(chat_id)));
+        }
         if !r.usable {
             return Err(Error::refused(removed(scope, &b, chat_id)));
         }
@@ -218,6 +229,9 @@ impl Hub {
     /// (only in group chats, only in `fallback` mode, only without mentions), or nobody.
     pub fn reach(&self, bot: &BotConfig, r: &ConversationRef, with_mentions: bool) -> Reach {
         let key = bot.app_id.to_ascii_lowercase();
+        if super::mail::lives_in_mail(r) {
+            return Reach::Nobody(mail_thread(r.conversation_id.as_str()));
+        }
         // The Agent User's own chat (it came in through Graph): answered through Graph as the Agent User,
         // whatever the mode, never by the bot.
         if lives_in_graph(r) {

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use super::ConfigArgs;
 use crate::agent_id::api::{Api, Backoff};
 use crate::agent_id::signin::{ADMIN_SCOPES, SignIn, loopback_redirect};
-use crate::agent_id::{Plan, Provisioner};
+use crate::agent_id::{MAIL_SCOPES, Plan, Provisioner};
 use crate::config::Config;
 use crate::entra::{Authority, CertificateCredential};
 use crate::ids::graph_url::GraphEndpoint;
@@ -110,6 +110,10 @@ pub struct ProvisionArgs {
     /// Where the Blueprint's certificate goes (a file: reference). Default: next to the key, .cert.pem.
     #[arg(long, value_name = "SECRET_REF")]
     pub certificate: Option<String>,
+    /// Give the Agent User its mailbox: grant Mail.ReadWrite and Mail.Send too, and write mail = true into
+    /// [bots.agent_user]. (A bot whose [bots.agent_user] has mail = true already gets them without the flag.)
+    #[arg(long)]
+    pub mail: bool,
 }
 
 /// Run an `agent-id` command.
@@ -126,6 +130,7 @@ pub(super) fn run(cmd: AgentIdCommand) -> anyhow::Result<ExitCode> {
                 licence: a.licence_sku.map(|s| (s, a.usage_location)),
                 key: a.key,
                 certificate: a.certificate,
+                mail: a.mail,
             };
             (Action::Provision, a.common, extra)
         }
@@ -166,6 +171,11 @@ pub(super) fn run(cmd: AgentIdCommand) -> anyhow::Result<ExitCode> {
         (None, _) => bail!("--certificate is needed when --key is not a file: reference"),
     };
     let mut scopes = crate::agent_id::granted_scopes(bot.agent_user.as_ref());
+    // Least privilege: the mailbox's permissions only for a bot whose Agent User has mail on.
+    let mail = extra.mail || bot.agent_user.as_ref().is_some_and(|a| a.mail);
+    if mail {
+        scopes.extend(MAIL_SCOPES.iter().map(|s| (*s).to_owned()));
+    }
     for s in &extra.scopes {
         if !scopes.iter().any(|h| h.eq_ignore_ascii_case(s)) {
             scopes.push(s.clone());
@@ -182,6 +192,7 @@ pub(super) fn run(cmd: AgentIdCommand) -> anyhow::Result<ExitCode> {
         domain: extra.domain.clone(),
         sponsor: extra.sponsor.clone(),
         scopes,
+        mail,
         licence: extra.licence.clone(),
         certificate,
         key,
@@ -263,6 +274,7 @@ struct Extra {
     licence: Option<(String, String)>,
     key: Option<String>,
     certificate: Option<String>,
+    mail: bool,
 }
 
 /// The store (created when missing), or none in a dry run when no SQLite store exists yet.

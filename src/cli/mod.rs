@@ -623,6 +623,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if au.mode == crate::entra::AgentMode::Fallback { "fallback" } else { "bot_only" },
                         if b.agentic.enabled { "accepted" } else { "off" }
                     );
+                    if au.mail {
+                        let how = match cfg.inbound_url_problem() {
+                            None => "change notifications".to_owned(),
+                            Some(_) => format!("a read every {} s (no https server.public_url)", au.mail_poll_secs),
+                        };
+                        let senders = if au.mail_senders_allow.is_empty() {
+                            "its sponsors and policy.contacts_allow".to_owned()
+                        } else {
+                            au.mail_senders_allow.join(", ")
+                        };
+                        say!("    mail: on, through {how}; senders reaching the agent: {senders}");
+                    }
                 }
                 if p.dm == crate::bridge::policy::DmPolicy::Allowlist && p.dm_allow.is_empty() {
                     say!(

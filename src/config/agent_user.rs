@@ -76,6 +76,51 @@ pub struct AgentUserConfig {
     /// needs an owner's approval either way).
     #[serde(default)]
     pub files_anonymous_links: bool,
+    /// The Agent User's mailbox: new mail in its Inbox reaches the host as `mail` events, and the `mail_*`
+    /// tools reply, forward, send and draft as it (off by default).
+    #[serde(default)]
+    pub mail: bool,
+    /// Senders whose mail reaches the host: addresses (`ann@contoso.com`) or domains (`contoso.com`).
+    /// Empty (the default): the Agent User's sponsors and the people in `policy.contacts_allow`.
+    #[serde(default)]
+    pub mail_senders_allow: Vec<String>,
+    /// Recipients (addresses or domains) the `mail_*` tools may write to without an owner's approval, besides
+    /// the allowed senders and `policy.contacts_allow`.
+    #[serde(default)]
+    pub mail_recipients_allow: Vec<String>,
+    /// Without a public URL (no change notifications), how often the Inbox is read for new mail, in seconds.
+    #[serde(default = "default_mail_poll_secs")]
+    pub mail_poll_secs: u64,
+}
+
+/// The bounds of [`AgentUserConfig::mail_poll_secs`].
+pub const MAIL_POLL_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+
+fn default_mail_poll_secs() -> u64 {
+    60
+}
+
+/// Whether `entry` is a mail address (`ann@contoso.com`) or a domain (`contoso.com`, `@contoso.com`), as the
+/// mail allow-lists take them: `Some(problem)` when it is neither.
+pub fn mail_pattern_problem(entry: &str) -> Option<String> {
+    let e = entry.trim();
+    let domain_ok = |d: &str| {
+        !d.is_empty()
+            && d.contains('.')
+            && !d.starts_with('.')
+            && !d.ends_with('.')
+            && !d.contains("..")
+            && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    let ok = match e.rsplit_once('@') {
+        Some((local, domain)) => {
+            !local.contains('@')
+                && !local.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
+                && domain_ok(domain)
+        }
+        None => domain_ok(e),
+    };
+    (!ok).then(|| format!("`{entry}` is neither a mail address (ann@contoso.com) nor a domain (contoso.com)"))
 }
 
 fn default_subscription_minutes() -> u32 {
@@ -144,6 +189,22 @@ impl AgentUserConfig {
         }
         if self.files_anonymous_links && !self.files {
             return Err(err("files_anonymous_links", "needs files = true (the files area)".into()));
+        }
+        for (field, list) in [("mail_senders_allow", &self.mail_senders_allow), ("mail_recipients_allow", &self.mail_recipients_allow)] {
+            if !list.is_empty() && !self.mail {
+                return Err(err(field, "is set but mail is off: set mail = true to use the Agent User's mailbox".into()));
+            }
+            for (i, entry) in list.iter().enumerate() {
+                if let Some(problem) = mail_pattern_problem(entry) {
+                    return Err(err(&format!("{field}[{i}]"), problem));
+                }
+            }
+        }
+        if !MAIL_POLL_SECS_RANGE.contains(&self.mail_poll_secs) {
+            return Err(err(
+                "mail_poll_secs",
+                format!("must be {} to {} seconds (default 60)", MAIL_POLL_SECS_RANGE.start(), MAIL_POLL_SECS_RANGE.end()),
+            ));
         }
         if !(2..=4230).contains(&self.subscription_minutes) {
             return Err(err(

@@ -57,6 +57,10 @@ pub const TOOLS: &[(&str, ToolKind)] = &[
     ("graph_read_file", ToolKind::Read),
     ("graph_upload_file", ToolKind::Act),
     ("graph_share_file", ToolKind::Act),
+    ("mail_reply", ToolKind::Act),
+    ("mail_forward", ToolKind::Act),
+    ("mail_send", ToolKind::Act),
+    ("mail_draft", ToolKind::Act),
 ];
 
 /// Tools that continue what another tool started: their approval is that tool's (`stream_start`).

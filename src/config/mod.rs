@@ -1399,6 +1399,37 @@ allowed_tenants = ["tenant-a"]
     }
 
     #[test]
+    fn agent_user_mail_keys_are_checked_and_need_no_public_url() {
+        let load = |mail: &str| {
+            let text = format!(
+                "[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[bots.agent_user]\ntenant_id = \"t\"\n\
+                 blueprint_app_id = \"b1b1b1b1-0000-4000-8000-000000000001\"\nagent_identity_id = \"a1a1a1a1-0000-4000-8000-000000000002\"\n\
+                 agent_user_id = \"d1d1d1d1-0000-4000-8000-000000000003\"\ncertificate = \"file:/x.crt\"\nkey = \"file:/x.key\"\n{mail}\n"
+            );
+            Config::from_sources(Some(&text), "t", env(&[])).unwrap().validate(false)
+        };
+        // Mail needs no public URL: without one the Inbox is read every mail_poll_secs.
+        load("mail = true").unwrap();
+        load("mail = true\nmail_senders_allow = [\"ann@contoso.com\", \"fabrikam.com\", \"@Contoso.COM\"]\nmail_poll_secs = 5").unwrap();
+        let cases = [
+            ("mail_senders_allow = [\"ann@contoso.com\"]", "bots[0].agent_user.mail_senders_allow", "mail = true"),
+            ("mail = true\nmail_senders_allow = [\"ann@\"]", "bots[0].agent_user.mail_senders_allow[0]", "neither"),
+            (
+                "mail = true\nmail_recipients_allow = [\"x.com\", \"not a domain\"]",
+                "bots[0].agent_user.mail_recipients_allow[1]",
+                "neither",
+            ),
+            ("mail = true\nmail_recipients_allow = [\"Ann <ann@contoso.com>\"]", "bots[0].agent_user.mail_recipients_allow[0]", "neither"),
+            ("mail = true\nmail_poll_secs = 0", "bots[0].agent_user.mail_poll_secs", "1 to 3600"),
+        ];
+        for (mail, field, says) in cases {
+            let e = load(mail).unwrap_err();
+            assert_eq!(e.field, field, "{mail}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    #[test]
     fn a_postgres_store_url_is_checked_and_its_password_never_shown() {
         let load = |store: &str| {
             let text = format!("[[bots]]\napp_id = \"app\"\nallowed_tenants = [\"t\"]\n[store]\n{store}\n");

@@ -282,6 +282,11 @@ impl GraphClient {
         &self.endpoint
     }
 
+    /// The Agent User as a `users('…')` path key (its object id or UPN).
+    pub(super) fn agent_user_key(&self) -> String {
+        self.tokens.agent_user()
+    }
+
     /// HTTP requests sent so far (retries included).
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
@@ -565,7 +570,7 @@ impl GraphClient {
     }
 
     /// One call with the retry rules of the module docs; the 2xx body.
-    async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
+    pub(super) async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
         let body = body.map_or(Body::None, Body::Json);
         let limit = self.settings.max_response_bytes;
         self.call_with(method, url, body, idempotent, Answer { redirect: false, limit }).await.map(|r| r.bytes)

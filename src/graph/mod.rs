@@ -1,4 +1,4 @@
-//! Microsoft Graph (v1.0) as the Entra Agent User: chats, chat messages, members and users.
+//! Microsoft Graph (v1.0) as the Entra Agent User: chats, chat messages, members, users and its mailbox.
 //!
 //! * [`GraphEndpoint`]: the API base and the host allow-list every URL passes before the bearer token
 //!   is attached (`@odata.nextLink` included).
@@ -6,6 +6,7 @@
 //!   classified errors ([`GraphError::kind`]).
 //! * [`MessageBody`]: HTML bodies with escaping, `<at>` mentions and Adaptive Card attachments.
 //! * [`model`]: the resources returned.
+//! * [`mail`]: the mailbox: the Inbox's delta query, attachment lists, reply, forward, send, drafts.
 //! * [`TenantResolver`]: a cross-tenant member's home tenant from their email domain.
 //! * [`drive`]: the Agent User's files (OneDrive, SharePoint sites): items, listings, search, content,
 //!   uploads, sharing links.
@@ -15,6 +16,7 @@
 pub mod client;
 
 pub mod drive;
+pub mod mail;
 pub mod message;
 pub mod model;
 pub mod tenant;
@@ -24,6 +26,7 @@ pub use crate::ids::file_url::{FILE_HOST_SUFFIXES, FileHosts, FileUrlError};
 pub use crate::ids::graph_url::{DEFAULT_GRAPH_BASE, GRAPH_HOSTS, GraphEndpoint, GraphUrlError, odata_string};
 pub use client::{AgentIdentityToken, GraphClient, GraphError, GraphErrorKind, GraphSettings, GraphToken};
 pub use drive::{Conflict, Content, Drive, DriveItem, Item, Link, NewLink, Site, UploadSession};
+pub use mail::{Attachment, DeltaPage, MailMessage, OutgoingMail, Recipient};
 pub use message::{ADAPTIVE_CARD, MAX_MESSAGE_CHARS, Mention, MessageBody, escape_html, html_to_text, text_to_html};
 pub use model::{Chat, ChatMember, ChatMessage, ConversationMember, IdentitySet, ItemBody, NewChat, Page, User};
 pub use tenant::{TenantLookupError, TenantResolver};

@@ -1,12 +1,14 @@
 //! `POST /api/graph/notifications` and `/api/graph/lifecycle`: Microsoft Graph change and lifecycle
-//! notifications for the Agent User's chats.
+//! notifications for the Agent User's chats and mail.
 //!
 //! A `?validationToken=` is echoed at once (200, `text/plain`, the URL-decoded token). Otherwise each
 //! notification's `clientState` is compared in constant time with its stored subscription's, the accepted
 //! ones are made durable (a small row each) and only then is the request answered 202; the slow work (the
 //! fetch with the Agent User's token, the conversion, the inbox commit) happens afterwards, in the worker
-//! ([`crate::bridge::graph_inbound`]). An unknown subscription or a wrong `clientState` still gets its 202,
-//! and nothing is done.
+//! ([`crate::bridge::graph_inbound`]). A mail notification makes no row: it wakes the mail worker
+//! ([`crate::bridge::mail_inbound`]), whose Inbox delta token is the durable state (a notification lost in a
+//! crash is covered by the read every start makes). An unknown subscription or a wrong `clientState` still gets
+//! its 202, and nothing is done.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,9 +29,9 @@ pub(crate) async fn notifications(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let Some(inbound) = state.graph.as_ref() else {
+    if state.graph.is_none() && state.mail.is_none() {
         return StatusCode::NOT_FOUND.into_response();
-    };
+    }
     if let Some(token) = query.get("validationToken") {
         if token.len() > MAX_VALIDATION_TOKEN {
             return StatusCode::BAD_REQUEST.into_response();
@@ -44,7 +46,7 @@ pub(crate) async fn notifications(
         tracing::warn!("a Graph notification request that is not JSON was refused: 400");
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let accepted = match inbound.check(&body).await {
+    let accepted = match crate::bridge::graph_inbound::check_notifications(state.store.as_ref(), &body).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(error = %e, "Graph notifications refused: 503, the subscriptions could not be read");
@@ -52,7 +54,13 @@ pub(crate) async fn notifications(
         }
     };
     let count = accepted.len();
-    if let Err(e) = inbound.record(accepted).await {
+    // Mail: each notification only says "read the Inbox" (its delta token is the durable state), so it needs no row.
+    if let Some(mail) = &state.mail {
+        mail.notified(&accepted);
+    }
+    if let Some(graph) = &state.graph
+        && let Err(e) = graph.record(accepted).await
+    {
         // Graph tries again for up to 4 hours.
         tracing::error!(error = %e, "Graph notifications refused: 503, the store did not commit");
         return unavailable();

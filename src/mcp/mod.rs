@@ -7,6 +7,7 @@
 //! | [`connect`] | `agentgate mcp --connect URL`: stdio to a running gateway's `/mcp` |
 //! | [`graph_tools`] | the `graph_*` tools of the bot's Entra Agent User (the work is in [`crate::bridge::graph`]) |
 //! | [`file_tools`] | `get_file`, `send_file`, and the Agent User's `graph_*` file tools (the work is in [`crate::bridge::files`]) |
+//! | [`mail_tools`] | the `mail_*` tools: the Agent User's mail (the work is in [`crate::bridge::mail`]) |
 //! | [`prompts`] | the body prompt compiled into the binary |
 //!
 //! A thin adapter: parameter structs, handlers that call the transport-free core in [`crate::bridge`]
@@ -58,6 +59,7 @@ pub mod connect;
 pub mod file_tools;
 pub mod graph_tools;
 pub mod http;
+pub mod mail_tools;
 pub mod prompts;
 pub mod session;
 

@@ -561,6 +561,9 @@ impl Bridge {
         if files_on {
             tool_router += Self::graph_file_router();
         }
+        if hub.agents.values().any(|a| a.mail.is_some()) {
+            tool_router += Self::mail_router();
+        }
         let store = Arc::clone(&hub.store);
         Self {
             hub,
@@ -733,7 +736,7 @@ impl Bridge {
 
     /// Answering in one of the Agent User's chats (through Graph) acknowledges what this session was shown
     /// from it.
-    async fn ack_chat(&self, chat_id: &str) {
+    pub(super) async fn ack_chat(&self, chat_id: &str) {
         let bots: Vec<String> = {
             let shown = self.session.shown.lock().unwrap_or_else(PoisonError::into_inner);
             shown.values().filter(|(_, c)| c.as_str() == chat_id).map(|(b, _)| b.clone()).collect()
@@ -1206,9 +1209,10 @@ impl Bridge {
             .take(limit)
             .map(|r| {
                 // Who answers there: the Agent User through Graph in its own chats, else the bot.
-                let (identity, via) = if crate::bridge::route::lives_in_graph(&r) {
+                let in_mail = crate::bridge::mail::lives_in_mail(&r);
+                let (identity, via) = if in_mail || crate::bridge::route::lives_in_graph(&r) {
                     let agent = self.hub.agents.get(&r.bot_app_id.as_str().to_ascii_lowercase()).map(|a| a.identity());
-                    (agent.map(|i| json!(i)).unwrap_or(Value::Null), "graph")
+                    (agent.map(|i| json!(i)).unwrap_or(Value::Null), if in_mail { "mail" } else { "graph" })
                 } else {
                     (json!(crate::store::Identity::bot(r.bot_app_id.as_str())), "connector")
                 };
@@ -1657,13 +1661,20 @@ mod tests {
     #[test]
     fn the_tool_policy_names_exactly_the_tools_sessions_offer() {
         let mut offered: Vec<String> =
-            (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router()).list_all().into_iter().map(|t| t.name.to_string()).collect();
+            (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router() + Bridge::mail_router())
+                .list_all()
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect();
         offered.sort();
         let mut named: Vec<String> = TOOLS.iter().map(|(n, _)| (*n).to_owned()).collect();
         named.sort();
         assert_eq!(offered, named, "config::mcp_tools::TOOLS and the routers disagree");
         // The tools that read take no `text`, `card` or `reaction`: a sanity check of the classification.
-        for t in (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router()).list_all() {
+        for t in
+            (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router() + Bridge::mail_router())
+                .list_all()
+        {
             let props = t.input_schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
             if kind_of(&t.name) == Some(ToolKind::Read) {
                 assert!(!["text", "card", "reaction", "member"].iter().any(|k| props.contains_key(*k)), "{} reads only?", t.name);

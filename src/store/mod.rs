@@ -236,12 +236,25 @@ pub struct ChatCursor {
     pub modified_ms: i64,
 }
 
+/// How far the reading of one Agent User's Inbox got (the mail delta query): the link to read next (an
+/// `@odata.nextLink` within a round, the `@odata.deltaLink` after it; empty: start a new round), and the newest
+/// `receivedDateTime` committed (at first, when mail was first read), where a new round starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailCursor {
+    pub bot_app_id: AppId,
+    pub link: String,
+    pub since_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// What one piece of Graph work leaves behind, in one transaction: the inbox entries (deduplicated like
-/// any inbound activity), the chat's cursor (only ever moved forward), and the notification it finishes.
+/// any inbound activity), the chat's cursor (only ever moved forward), the mail cursor (its link replaced,
+/// its `since_ms` only ever moved forward), and the notification it finishes.
 #[derive(Debug, Clone, Default)]
 pub struct GraphCommit {
     pub records: Vec<InboundRecord>,
     pub cursors: Vec<ChatCursor>,
+    pub mail: Option<MailCursor>,
     pub done: Option<i64>,
 }
 
@@ -709,7 +722,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Mark a reference usable or not (the bot was blocked or removed: `403 MessageWritesBlocked`).
     async fn set_conversation_usable(&self, bot_app_id: &str, conversation_id: &str, usable: bool) -> Result<(), StoreError>;
 
-    /// The service URL of the bot's most recently updated usable reference in `tenant` (proactive sends).
+    /// The service URL of the bot's most recently updated usable Connector reference in `tenant` (proactive
+    /// sends; the Agent User's Graph chats and mail threads are not Connector conversations).
     async fn tenant_service_url(&self, bot_app_id: &str, tenant_id: &str) -> Result<Option<String>, StoreError>;
 
     /// The saved state of an `agentgate agent-id provision` run (its key names the bot and tenant).
@@ -846,6 +860,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every claim live at `now_ms` (its lease runs out later), of every session on every replica.
     async fn live_claims(&self, now_ms: i64) -> Result<Vec<Claim>, StoreError>;
+    /// How far the reading of the bot's Agent User's Inbox got (written by [`Store::commit_graph`]).
+    async fn mail_cursor(&self, bot_app_id: &str) -> Result<Option<MailCursor>, StoreError>;
 
     async fn close(&self);
 }

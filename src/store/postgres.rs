@@ -44,8 +44,8 @@ use super::claims::CLAIM_ROWS_KEPT_MS;
 use super::{
     Amended, Amendment, ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, Claim, ClaimHolder, ClaimOutcome,
     ClaimTarget, CommitOutcome, ConversationRef, ErrorClass, Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription,
-    Identity, InboundRecord, InboxItem, InboxState, Lease, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem,
-    OutboxState, ProvisioningRecord, SharedApprovals, SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
+    Identity, InboundRecord, InboxItem, InboxState, Lease, MailCursor, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp,
+    OutboxItem, OutboxState, ProvisioningRecord, SharedApprovals, SharedVerdict, SlotRequest, Store, StoreError, Target, now_ms,
 };
 use crate::metrics::Metrics;
 
@@ -219,6 +219,14 @@ const MIGRATIONS: &[&str] = &[
         until_ms        BIGINT NOT NULL
     );
     CREATE INDEX conversation_claims_session ON conversation_claims (session);",
+    // 9: the Agent User's mail: how far the Inbox's delta query got (the link to read next, the newest
+    // `receivedDateTime` committed), one row per bot, written with the mail's inbox entries.
+    "CREATE TABLE mail_cursors (
+        bot_app_id    TEXT   PRIMARY KEY,
+        link          TEXT   NOT NULL,
+        since_ms      BIGINT NOT NULL,
+        updated_at_ms BIGINT NOT NULL
+    );",
 ];
 
 /// The schema version this build writes.
@@ -1183,7 +1191,7 @@ impl Store for PostgresStore {
         let rows = self
             .query(
                 "SELECT service_url FROM conversation_refs WHERE bot_app_id = $1 AND lower(tenant_id) = lower($2) AND usable
-                 ORDER BY updated_at_ms DESC LIMIT 1",
+                 AND channel_id NOT IN ('graph', 'mail') ORDER BY updated_at_ms DESC LIMIT 1",
                 &[&bot_app_id, &tenant_id],
             )
             .await?;
@@ -1617,6 +1625,16 @@ impl Store for PostgresStore {
                 .await?;
             tx.execute(&stmt, &[&c.bot_app_id, &c.chat_id, &c.modified_ms]).await?;
         }
+        if let Some(m) = &commit.mail {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO mail_cursors (bot_app_id, link, since_ms, updated_at_ms) VALUES (lower($1), $2, $3, $4)
+                     ON CONFLICT (bot_app_id) DO UPDATE SET link = excluded.link,
+                         since_ms = GREATEST(mail_cursors.since_ms, excluded.since_ms), updated_at_ms = excluded.updated_at_ms",
+                )
+                .await?;
+            tx.execute(&stmt, &[&m.bot_app_id, &m.link, &m.since_ms, &m.updated_at_ms]).await?;
+        }
         if let Some(id) = commit.done {
             let stmt = tx.prepare_cached("DELETE FROM graph_notifications WHERE id = $1").await?;
             tx.execute(&stmt, &[&id]).await?;
@@ -1743,6 +1761,16 @@ impl Store for PostgresStore {
             .query(&format!("SELECT {CLAIM_COLUMNS} FROM conversation_claims WHERE until_ms >= $1 ORDER BY target"), &[&now_ms])
             .await?;
         rows.iter().map(claim_of).collect()
+    }
+
+    async fn mail_cursor(&self, bot_app_id: &str) -> Result<Option<MailCursor>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT bot_app_id, link, since_ms, updated_at_ms FROM mail_cursors WHERE bot_app_id = $1",
+                &[&bot_app_id.to_ascii_lowercase()],
+            )
+            .await?;
+        Ok(rows.first().map(|r| MailCursor { bot_app_id: r.get(0), link: r.get(1), since_ms: r.get(2), updated_at_ms: r.get(3) }))
     }
 
     async fn close(&self) {

@@ -29,8 +29,8 @@ use super::claims::CLAIM_ROWS_KEPT_MS;
 use super::{
     Amended, Amendment, AuditEvent, AuditRecord, ChatCursor, Claim, ClaimHolder, ClaimOutcome, ClaimTarget, CommitOutcome, ConversationRef,
     Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease,
-    NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store, StoreError, Target,
-    now_ms,
+    MailCursor, NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxItem, OutboxState, ProvisioningRecord, Store,
+    StoreError, Target, now_ms,
 };
 use crate::config::Synchronous;
 use crate::ids::{AppId, ConversationId};
@@ -163,6 +163,18 @@ const MIGRATIONS: &[Migration] = &[
     // 9: claims on conversations (`claim_conversations`): the MCP session that owns a conversation, a bot's
     // conversations in a tenant, or all of a bot's, until its lease runs out.
     |tx| tx.execute_batch(CLAIMS_SCHEMA),
+    // 10: the Agent User's mail: how far the Inbox's delta query got (the link to read next, the newest
+    // `receivedDateTime` committed), one row per bot, written with the mail's inbox entries.
+    |tx| {
+        tx.execute_batch(
+            "CREATE TABLE mail_cursors (
+                 bot_app_id    TEXT    PRIMARY KEY,
+                 link          TEXT    NOT NULL,
+                 since_ms      INTEGER NOT NULL,
+                 updated_at_ms INTEGER NOT NULL
+             );",
+        )
+    },
 ];
 
 const CLAIMS_SCHEMA: &str = "
@@ -1226,7 +1238,7 @@ impl Store for SqliteStore {
         self.read(move |c| {
             c.prepare_cached(
                 "SELECT service_url FROM conversation_refs WHERE bot_app_id = ?1 AND lower(tenant_id) = lower(?2) AND usable
-                 ORDER BY updated_at_ms DESC LIMIT 1",
+                 AND channel_id NOT IN ('graph', 'mail') ORDER BY updated_at_ms DESC LIMIT 1",
             )?
             .query_row(params![bot, tenant], |r| r.get(0))
             .optional()
@@ -1443,6 +1455,14 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![c.bot_app_id, c.chat_id, c.modified_ms])?;
             }
+            if let Some(m) = &commit.mail {
+                tx.prepare_cached(
+                    "INSERT INTO mail_cursors (bot_app_id, link, since_ms, updated_at_ms) VALUES (lower(?1), ?2, ?3, ?4)
+                     ON CONFLICT (bot_app_id) DO UPDATE SET link = excluded.link, since_ms = MAX(since_ms, excluded.since_ms),
+                         updated_at_ms = excluded.updated_at_ms",
+                )?
+                .execute(params![m.bot_app_id, m.link, m.since_ms, m.updated_at_ms])?;
+            }
             if let Some(id) = commit.done {
                 tx.prepare_cached("DELETE FROM graph_notifications WHERE id = ?1")?.execute(params![id])?;
             }
@@ -1545,6 +1565,18 @@ impl Store for SqliteStore {
             tx.prepare_cached("UPDATE conversation_claims SET until_ms = ?3 WHERE session = ?1 AND until_ms >= ?2")?
                 .execute(params![session, now_ms, until])
                 .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn mail_cursor(&self, bot_app_id: &str) -> Result<Option<MailCursor>, StoreError> {
+        let bot = bot_app_id.to_ascii_lowercase();
+        self.read(move |c| {
+            c.prepare_cached("SELECT bot_app_id, link, since_ms, updated_at_ms FROM mail_cursors WHERE bot_app_id = ?1")?
+                .query_row(params![bot], |r| {
+                    Ok(MailCursor { bot_app_id: r.get(0)?, link: r.get(1)?, since_ms: r.get(2)?, updated_at_ms: r.get(3)? })
+                })
+                .optional()
         })
         .await
     }

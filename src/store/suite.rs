@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use super::audit::{self, AuditHead, Broken};
 use super::{
     Amended, Amendment, AuditEvent, ChatCursor, ClaimHolder, ClaimOutcome, ClaimTarget, CommitOutcome, ConversationRef, ErrorClass, Failed,
-    Finish, GRAPH_CLAIM_MS, GraphCommit, GraphSubscription, Identity, InboundRecord, InboxState, NewGraphNotification, NewOutbound,
-    OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store, StoreError, Target,
+    Finish, GRAPH_CLAIM_MS, GraphCommit, GraphSubscription, Identity, InboundRecord, InboxState, MailCursor, NewGraphNotification,
+    NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -42,7 +42,8 @@ macro_rules! store_suite {
         $crate::store_suite!(@store $backend;
             inbox_states_cursor_and_personal_chats, purge_forgets_expired_dedupe_keys, closed_store_refuses_writes,
             audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed, provisioning_state_is_saved_replaced_and_forgotten,
-            graph_inbound_state_commits_with_its_entries, edits_and_deletions_amend_only_pending_entries);
+            graph_inbound_state_commits_with_its_entries, edits_and_deletions_amend_only_pending_entries,
+            the_mail_cursor_commits_with_its_entries);
         $crate::store_suite!(@backend $backend;
             commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
             outbox_keeps_per_conversation_order_and_recovers_after_a_crash, two_replicas_never_claim_the_same_entry,
@@ -716,7 +717,10 @@ pub(crate) async fn graph_inbound_state_commits_with_its_entries(store: &dyn Sto
     let mut r = record("m1", "19:c");
     r.auth = crate::ids::AuthKind::Graph;
     let cursor = |ms| ChatCursor { bot_app_id: "bot".into(), chat_id: "19:c".into(), modified_ms: ms };
-    let out = store.commit_graph(GraphCommit { records: vec![r.clone()], cursors: vec![cursor(50)], done: Some(ids[0]) }).await.unwrap();
+    let out = store
+        .commit_graph(GraphCommit { records: vec![r.clone()], cursors: vec![cursor(50)], mail: None, done: Some(ids[0]) })
+        .await
+        .unwrap();
     assert!(matches!(out[..], [CommitOutcome::Accepted { .. }]));
     let pending = store.pending_graph_notifications(10).await.unwrap();
     assert_eq!(pending.len(), 1, "the finished notification is gone with the commit");
@@ -727,7 +731,8 @@ pub(crate) async fn graph_inbound_state_commits_with_its_entries(store: &dyn Sto
     assert_eq!(store.graph_cursors("bot").await.unwrap(), vec![cursor(50)]);
 
     // A re-read (catch-up after a restart): the entry is a duplicate and the cursor never moves back.
-    let out = store.commit_graph(GraphCommit { records: vec![r], cursors: vec![cursor(40)], done: Some(ids[1]) }).await.unwrap();
+    let out =
+        store.commit_graph(GraphCommit { records: vec![r], cursors: vec![cursor(40)], mail: None, done: Some(ids[1]) }).await.unwrap();
     assert_eq!(out, vec![CommitOutcome::Duplicate]);
     assert_eq!(store.graph_cursors("bot").await.unwrap(), vec![cursor(50)]);
     assert!(store.pending_graph_notifications(10).await.unwrap().is_empty());
@@ -735,6 +740,56 @@ pub(crate) async fn graph_inbound_state_commits_with_its_entries(store: &dyn Sto
 
     store.delete_graph_subscription("sub-1").await.unwrap();
     assert!(store.graph_subscriptions(None).await.unwrap().is_empty());
+}
+
+/// The Agent User's mail: entries and the Inbox's cursor commit together; the link is replaced, `since_ms` never
+/// moves back; a mail read twice (a restart, a new round) is a duplicate. Graph chats and mail threads never
+/// give a proactive send its service URL.
+pub(crate) async fn the_mail_cursor_commits_with_its_entries(store: &dyn Store) {
+    assert_eq!(store.mail_cursor("bot").await.unwrap(), None);
+    let cursor = |link: &str, since| MailCursor { bot_app_id: "bot".into(), link: link.into(), since_ms: since, updated_at_ms: 7 };
+    let mail = |id: &str| {
+        let mut r = record(id, "mail:AAQkThread=");
+        r.auth = crate::ids::AuthKind::Graph;
+        r.activity_type = "mail".into();
+        r.reference.channel_id = "mail".into();
+        r.reference.service_url = "https://graph.microsoft.com/v1.0".into();
+        r.reference.conversation_type = Some("mail".into());
+        r.reference.updated_at_ms = 50;
+        r
+    };
+    // The first read's baseline, before anything was read.
+    store.commit_graph(GraphCommit { mail: Some(cursor("", 100)), ..GraphCommit::default() }).await.unwrap();
+    assert_eq!(store.mail_cursor("BOT").await.unwrap(), Some(cursor("", 100)), "found case-insensitively by bot");
+    let page = GraphCommit {
+        records: vec![mail("<a@x>"), mail("<b@x>")],
+        mail: Some(cursor("https://g/next?$skiptoken=1", 300)),
+        ..GraphCommit::default()
+    };
+    let out = store.commit_graph(page).await.unwrap();
+    assert!(matches!(out[..], [CommitOutcome::Accepted { .. }, CommitOutcome::Accepted { .. }]), "{out:?}");
+    assert_eq!(store.mail_cursor("bot").await.unwrap(), Some(cursor("https://g/next?$skiptoken=1", 300)));
+    // A later page: the link moves on, the newest time never back; a mail seen before is a duplicate.
+    let page = GraphCommit {
+        records: vec![mail("<b@x>"), mail("<c@x>")],
+        mail: Some(cursor("https://g/delta?$deltatoken=2", 200)),
+        ..GraphCommit::default()
+    };
+    let out = store.commit_graph(page).await.unwrap();
+    assert!(matches!(out[..], [CommitOutcome::Duplicate, CommitOutcome::Accepted { .. }]), "{out:?}");
+    assert_eq!(store.mail_cursor("bot").await.unwrap(), Some(cursor("https://g/delta?$deltatoken=2", 300)));
+    assert_eq!(store.pending_inbox(Some("bot"), 10).await.unwrap().len(), 3);
+    // Not a Connector conversation: no proactive send takes its service URL.
+    assert_eq!(store.tenant_service_url("bot", "t").await.unwrap(), None);
+    let mut chat = record("m1", "19:chat@unq.gbl.spaces");
+    chat.reference.channel_id = "graph".into();
+    chat.reference.service_url = "https://graph.microsoft.com/v1.0".into();
+    chat.reference.updated_at_ms = 60;
+    store.commit_inbound(chat).await.unwrap();
+    assert_eq!(store.tenant_service_url("bot", "t").await.unwrap(), None, "a Graph chat is not a Connector conversation");
+    store.commit_inbound(record("m2", "a:bot-chat")).await.unwrap();
+    assert_eq!(store.tenant_service_url("bot", "t").await.unwrap().as_deref(), Some("https://smba.trafficmanager.net/amer/"));
+    assert_eq!(store.mail_cursor("other").await.unwrap(), None);
 }
 
 /// Two replicas on one database share the Graph inbound's work: a notification is claimed by one of them at a

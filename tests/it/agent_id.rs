@@ -143,6 +143,7 @@ async fn provision_creates_each_object_once_waits_out_propagation_and_a_second_r
     assert_eq!(grant["consentType"], "Principal");
     assert!(grant["startTime"].as_str().unwrap().ends_with('Z'));
     assert!(grant["scope"].as_str().unwrap().contains("ChatMessage.Send"));
+    assert!(!grant["scope"].as_str().unwrap().contains("Mail."), "no mailbox permission without mail: {grant}");
 
     // The config now names the objects, the rest of the file as it was, and it validates.
     let text = std::fs::read_to_string(&t.config).unwrap();
@@ -163,6 +164,33 @@ async fn provision_creates_each_object_once_waits_out_propagation_and_a_second_r
     let (code, out, _) = t.run(&t.args("status", &[])).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(": ready") && !out.contains("MISSING"), "{out}");
+}
+
+/// Least privilege: the mailbox's permissions (`Mail.ReadWrite`, `Mail.Send`) are granted only to an Agent User
+/// with mail on (`--mail`, or `mail = true` in its `[bots.agent_user]`), and `--mail` turns mail on in the file.
+#[tokio::test]
+async fn the_mail_scopes_are_granted_only_when_mail_is_on() {
+    let t = Setup::new().await;
+    let (code, out, err) = t.provision(&["--mail"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let seen = t.fake.seen();
+    let grant = seen.iter().find(|r| r.method == "POST" && r.path == "oauth2PermissionGrants").unwrap().body.clone().unwrap();
+    let scopes: Vec<&str> = grant["scope"].as_str().unwrap().split(' ').collect();
+    for s in ["Mail.ReadWrite", "Mail.Send", "ChatMessage.Send"] {
+        assert!(scopes.contains(&s), "{s} missing: {scopes:?}");
+    }
+    let text = std::fs::read_to_string(&t.config).unwrap();
+    let parsed: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(parsed["bots"][0]["agent_user"]["mail"].as_bool(), Some(true), "{text}");
+    let check = tokio::process::Command::new(bin()).args(["check", "--config"]).arg(&t.config).output().await.unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("mail: on, through a read every 60 s") && said.contains("its sponsors and policy.contacts_allow"), "{said}");
+    // A re-run reads mail = true from the file: the grant keeps the mail scopes (nothing to change).
+    let before = t.fake.seen().len();
+    let (code, out, _) = t.provision(&[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(posts(&t.fake.seen()[before..]), 0, "the mail scopes are still wanted: {out}");
 }
 
 #[tokio::test]

@@ -31,6 +31,19 @@
 //! the total, stays under 60 MiB and, unless it is the last, is a multiple of 320 KiB; `GET` on a session
 //! says `nextExpectedRanges`. Faults for the file host ([`FileFault`]): 429 with `Retry-After`, a status,
 //! or a fragment that lands and is then answered with an error (a lost answer).
+//!
+//! Mail (the Agent User's mailbox): [`FakeGraph::mail`] delivers a message to the Inbox (with its attachments,
+//! optionally notifying the mail subscriptions with `Users/{id}/Messages/{id}`). The Inbox delta query
+//! (`users/{id}/mailFolders/inbox/messages/delta`) takes on its first request only `$select`, `$filter`
+//! (`receivedDateTime ge|gt …`), `changeType` and `$top`, and on later ones only the `$skiptoken` /
+//! `$deltatoken` of the links it returned (opaque, unknown or expired ones answer 410 `SyncStateNotFound`);
+//! it pages with `@odata.nextLink` and ends a round with `@odata.deltaLink`, returning only the selected
+//! fields. Attachments are listed with `contentBytes` unless `$select` leaves them out. Sending checks the
+//! bodies as Graph does: `reply` / `replyAll` / `createReply` / `createReplyAll` take a `comment` or a
+//! `message` (not both with a body), `forward` its recipients once (`toRecipients` or `message.toRecipients`),
+//! `sendMail` a `message` with a subject, a body and a recipient; every address must be a plain address.
+//! Mail subscriptions are `/users/{id}/mailFolders('Inbox')/messages` (`created`), at most 7 days.
+//! [`FakeGraph::inject_for`] serves a canned answer to the next request whose path contains a needle.
 
 #![allow(dead_code)]
 
@@ -57,6 +70,8 @@ pub struct Seen {
     pub query: HashMap<String, String>,
     pub body: Option<Value>,
     pub bearer: String,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// A response to serve instead of processing a request.
@@ -117,6 +132,16 @@ struct GraphState {
     sponsors: Mutex<Option<Sponsors>>,
     sponsor_reads: AtomicUsize,
     drive: Mutex<DriveState>,
+    /// Answers served to the next request whose path contains the needle (before `injected`).
+    injected_for: Mutex<Vec<(String, Canned)>>,
+    /// The Agent User's Inbox, oldest first.
+    mailbox: Mutex<Vec<Mail>>,
+    /// Delta state tokens Graph handed out.
+    delta_tokens: Mutex<HashMap<String, DeltaState>>,
+    /// Mail the Agent User wrote (replies, forwards, sends, drafts).
+    outbox: Mutex<Vec<SentMail>>,
+    /// Requests for an attachment's bytes (`…/attachments/{id}` or `$value`).
+    attachment_opens: AtomicUsize,
 }
 
 /// A file in a fake drive.
@@ -183,6 +208,64 @@ struct DriveState {
     seq: usize,
 }
 
+/// A mail in the fake Inbox.
+#[derive(Clone, Debug)]
+struct Mail {
+    seq: usize,
+    message: Value,
+    attachments: Vec<Value>,
+}
+
+/// What a delta token stands for: the options of the round's first request, the messages of the round
+/// (their sequence numbers, fixed when it started), how far the pages got, and the newest message seen.
+#[derive(Clone, Debug)]
+struct DeltaState {
+    filter: Option<(String, String)>,
+    select: Option<Vec<String>>,
+    round: Vec<usize>,
+    offset: usize,
+    /// The newest message in the Inbox when the round started (`-1`: none): the next round lists what came after.
+    watermark: i64,
+    page: usize,
+}
+
+/// Mail the Agent User wrote, as the fake received it.
+#[derive(Clone, Debug)]
+pub struct SentMail {
+    /// `reply`, `replyAll`, `forward`, `createReply`, `createReplyAll`, `draft` or `sendMail`.
+    pub kind: String,
+    /// The message answered or forwarded (none for `sendMail` and new drafts).
+    pub message_id: Option<String>,
+    pub body: Value,
+}
+
+/// A mail to deliver to the fake Inbox ([`FakeGraph::mail`]).
+#[derive(Clone, Debug, Default)]
+pub struct NewMail {
+    pub from: (String, String),
+    pub to: Vec<(String, String)>,
+    pub cc: Vec<(String, String)>,
+    pub subject: String,
+    pub html: String,
+    /// (name, content type, bytes).
+    pub attachments: Vec<(String, String, Vec<u8>)>,
+    pub internet_message_id: Option<String>,
+    pub reply_to: Vec<(String, String)>,
+}
+
+impl NewMail {
+    /// A mail from `(name, address)` to the Agent User.
+    pub fn from(name: &str, address: &str, subject: &str, html: &str) -> Self {
+        Self {
+            from: (name.to_owned(), address.to_owned()),
+            to: vec![("Agent User".to_owned(), "agent@contoso.onmicrosoft.test".to_owned())],
+            subject: subject.to_owned(),
+            html: html.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
 /// An Agent Identity (object id), its sponsors (user object ids), and the checker of its app-only token.
 type Sponsors = (String, Vec<String>, Arc<dyn Fn(&str) -> bool + Send + Sync>);
 
@@ -237,6 +320,11 @@ impl FakeGraph {
             sponsor_reads: AtomicUsize::new(0),
             drive: Mutex::new(DriveState::default()),
             spread_next: AtomicUsize::new(0),
+            injected_for: Mutex::new(Vec::new()),
+            mailbox: Mutex::new(Vec::new()),
+            delta_tokens: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Vec::new()),
+            attachment_opens: AtomicUsize::new(0),
             list_reads: AtomicUsize::new(0),
             message_gets: AtomicUsize::new(0),
             validations: AtomicUsize::new(0),
@@ -365,7 +453,8 @@ impl FakeGraph {
 
     /// POST a change notification for a message to every live subscription; the statuses.
     pub async fn notify(&self, chat_id: &str, message_id: &str, change: &str) -> Vec<u16> {
-        let subs: Vec<Sub> = self.state.subs.lock().unwrap().iter().filter(|s| !s.expired).cloned().collect();
+        let subs: Vec<Sub> =
+            self.state.subs.lock().unwrap().iter().filter(|s| !s.expired && s.resource.contains("/chats/")).cloned().collect();
         let mut out = Vec::new();
         for sub in subs {
             let body = json!({"value": [{
@@ -576,6 +665,92 @@ impl FakeGraph {
     pub fn members(&self, chat_id: &str) -> Vec<Value> {
         self.state.chats.lock().unwrap().iter().find(|c| c.id == chat_id).map(|c| c.members.clone()).unwrap_or_default()
     }
+
+    /// Serve `canned` to the next request whose path (decoded, after `/v1.0/`) contains `needle`.
+    pub fn inject_for(&self, needle: &str, canned: Canned) {
+        self.state.injected_for.lock().unwrap().push((needle.to_owned(), canned));
+    }
+
+    /// A mail reaches the Agent User's Inbox (received now, Graph's whole seconds); with `notify`, Graph tells
+    /// every live mail subscription. Graph's id of the message.
+    pub async fn mail(&self, m: NewMail, notify: bool) -> String {
+        let seq = self.state.seq.fetch_add(1, Ordering::SeqCst);
+        let id = format!("AAMkAGI2TG93AAA{seq:06}=");
+        let who = |(name, address): &(String, String)| json!({"emailAddress": {"name": name, "address": address}});
+        let now = now_rfc3339();
+        let received = format!("{}Z", &now[..19]);
+        let attachments: Vec<Value> = m
+            .attachments
+            .iter()
+            .enumerate()
+            .map(|(i, (name, kind, bytes))| {
+                use base64::Engine as _;
+                json!({"@odata.type": "#microsoft.graph.fileAttachment", "id": format!("AAMkATT{seq}-{i}"), "name": name, "contentType": kind,
+                    "size": bytes.len(), "isInline": false, "lastModifiedDateTime": received,
+                    "contentBytes": base64::engine::general_purpose::STANDARD.encode(bytes)})
+            })
+            .collect();
+        let message = json!({
+            "@odata.type": "#microsoft.graph.message", "@odata.etag": format!("W/\"CQAAABYAAAA{seq}\""),
+            "id": id, "createdDateTime": received, "lastModifiedDateTime": received, "receivedDateTime": received, "sentDateTime": received,
+            "internetMessageId": m.internet_message_id.clone().unwrap_or_else(|| format!("<{seq}.fake@mail.contoso.test>")),
+            "conversationId": format!("AAQkADThread{seq}="), "subject": m.subject, "isDraft": false, "isRead": false,
+            "hasAttachments": !attachments.is_empty(), "importance": "normal", "bodyPreview": "",
+            "body": {"contentType": "html", "content": m.html},
+            "from": who(&m.from), "sender": who(&m.from),
+            "toRecipients": m.to.iter().map(who).collect::<Vec<_>>(), "ccRecipients": m.cc.iter().map(who).collect::<Vec<_>>(),
+            "bccRecipients": [], "replyTo": m.reply_to.iter().map(who).collect::<Vec<_>>(),
+        });
+        self.state.mailbox.lock().unwrap().push(Mail { seq, message, attachments });
+        if notify {
+            self.notify_mail(&id).await;
+        }
+        id
+    }
+
+    /// POST a `created` change notification for a mail to every live mail subscription; the statuses.
+    pub async fn notify_mail(&self, id: &str) -> Vec<u16> {
+        let subs: Vec<Sub> = self
+            .state
+            .subs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| !s.expired && s.resource.to_ascii_lowercase().contains("/mailfolders("))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for sub in subs {
+            let resource = format!("Users/{}/Messages/{id}", self.state.agent_oid);
+            let body = json!({"value": [{
+                "subscriptionId": sub.id, "clientState": sub.client_state, "changeType": "created", "resource": resource,
+                "subscriptionExpirationDateTime": sub.expires, "tenantId": "cccccccc-0000-0000-0000-000000000003",
+                "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "@odata.id": resource, "@odata.etag": "W/\"x\"", "id": id},
+            }]});
+            out.push(self.post_to(&sub.notification_url, &body).await);
+        }
+        out
+    }
+
+    /// Mail the Agent User wrote, in order.
+    pub fn sent_mail(&self) -> Vec<SentMail> {
+        self.state.outbox.lock().unwrap().clone()
+    }
+
+    /// Forget every delta state token (Graph dropped them): the next request with one answers 410.
+    pub fn expire_delta_tokens(&self) {
+        self.state.delta_tokens.lock().unwrap().clear();
+    }
+
+    /// Requests for an attachment's bytes so far.
+    pub fn attachment_opens(&self) -> usize {
+        self.state.attachment_opens.load(Ordering::SeqCst)
+    }
+
+    /// Inbox delta requests so far, in order.
+    pub fn delta_requests(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.path.ends_with("/messages/delta")).collect()
+    }
 }
 
 fn error(status: u16, code: &str, message: &str) -> Response {
@@ -661,6 +836,7 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
             query: query.clone(),
             body: None,
             bearer,
+            at: std::time::Instant::now(),
         });
         let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if ct.is_empty() {
@@ -683,9 +859,15 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
         query: query.clone(),
         body: json_body.clone(),
         bearer: bearer.clone(),
+        at: std::time::Instant::now(),
     });
 
-    let canned = s.injected.lock().unwrap().pop_front();
+    let path = segments.join("/");
+    let targeted = {
+        let mut list = s.injected_for.lock().unwrap();
+        list.iter().position(|(needle, _)| path.contains(needle.as_str())).map(|i| list.remove(i).1)
+    };
+    let canned = targeted.or_else(|| s.injected.lock().unwrap().pop_front());
     if let Some(c) = canned {
         let mut r = (StatusCode::from_u16(c.status).unwrap(), axum::Json(c.body)).into_response();
         if let Some(a) = c.retry_after {
@@ -821,8 +1003,315 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
             // Graph may answer 201 with an empty body.
             StatusCode::CREATED.into_response()
         }
+        (_, ["users", key, rest @ ..]) if !rest.is_empty() && is_agent(&s, key) => mail_route(&s, m, rest, &query, json_body),
         _ => error(404, "UnknownRequest", &format!("{m} {} is not served by the fake", segments.join("/"))),
     }
+}
+
+fn is_agent(s: &GraphState, key: &str) -> bool {
+    key == s.agent_oid || key.eq_ignore_ascii_case(&s.agent_upn)
+}
+
+/// The Agent User's mailbox: `users/{me}/…`.
+fn mail_route(s: &GraphState, m: &str, rest: &[&str], query: &HashMap<String, String>, body: Option<Value>) -> Response {
+    // `mailFolders('inbox')` (the form of Graph's own links) is `mailFolders/inbox`.
+    let mut lower: Vec<String> = Vec::new();
+    for r in rest {
+        let r = r.to_ascii_lowercase();
+        match r.split_once("('").and_then(|(name, key)| Some((name.to_owned(), key.strip_suffix("')")?.to_owned()))) {
+            Some((name, key)) => lower.extend([name, key]),
+            None => lower.push(r),
+        }
+    }
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    match (m, lower.as_slice()) {
+        ("GET", ["mailfolders", "inbox", "messages", "delta"]) => mail_delta(s, query),
+        ("GET", ["messages", _]) => with_mail(s, rest[1], |mail| axum::Json(project(&mail.message, query)).into_response()),
+        ("GET", ["messages", _, "attachments"]) => with_mail(s, rest[1], |mail| {
+            let select = query.get("$select").map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>());
+            if select.as_ref().is_none_or(|f| f.iter().any(|x| x == "contentBytes")) {
+                s.attachment_opens.fetch_add(mail.attachments.len(), Ordering::SeqCst);
+            }
+            let value: Vec<Value> = mail.attachments.iter().map(|a| project(a, query)).collect();
+            axum::Json(json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#attachments", "value": value})).into_response()
+        }),
+        ("GET", ["messages", _, "attachments", ..]) => {
+            s.attachment_opens.fetch_add(1, Ordering::SeqCst);
+            with_mail(s, rest[1], |mail| axum::Json(mail.attachments.first().cloned().unwrap_or_default()).into_response())
+        }
+        ("POST", ["messages", _, action @ ("reply" | "replyall" | "createreply" | "createreplyall" | "forward")]) => {
+            let id = rest[1].to_owned();
+            let Some(original) = s.mailbox.lock().unwrap().iter().find(|x| x.message["id"] == id).cloned() else {
+                return error(404, "ErrorItemNotFound", "The specified object was not found in the store.");
+            };
+            let Some(b) = body else { return bad("A body is required.") };
+            let checked = if *action == "forward" { check_forward(&b) } else { check_reply(&b) };
+            if let Err(why) = checked {
+                return error(400, "ErrorInvalidRequest", &why);
+            }
+            let kind = rest[2].to_owned();
+            s.outbox.lock().unwrap().push(SentMail { kind: kind.clone(), message_id: Some(id), body: b.clone() });
+            if kind.starts_with("create") {
+                let n = s.seq.fetch_add(1, Ordering::SeqCst);
+                let to = if kind == "createReplyAll" {
+                    original.message["toRecipients"].clone()
+                } else {
+                    json!([original.message["from"].clone()])
+                };
+                let draft = json!({"id": format!("AAMkDRAFT{n}="), "isDraft": true, "conversationId": original.message["conversationId"],
+                    "subject": format!("RE: {}", original.message["subject"].as_str().unwrap_or_default()), "toRecipients": to, "ccRecipients": [],
+                    "body": b["message"]["body"].clone()});
+                return (StatusCode::CREATED, axum::Json(draft)).into_response();
+            }
+            StatusCode::ACCEPTED.into_response()
+        }
+        ("POST", ["messages"]) => {
+            let Some(b) = body else { return bad("A body is required.") };
+            if let Err(why) = check_new_message(&b, false) {
+                return error(400, "ErrorInvalidRequest", &why);
+            }
+            s.outbox.lock().unwrap().push(SentMail { kind: "draft".into(), message_id: None, body: b.clone() });
+            let n = s.seq.fetch_add(1, Ordering::SeqCst);
+            let mut draft = b;
+            draft["id"] = json!(format!("AAMkDRAFT{n}="));
+            draft["isDraft"] = json!(true);
+            draft["conversationId"] = json!(format!("AAQkNEW{n}="));
+            (StatusCode::CREATED, axum::Json(draft)).into_response()
+        }
+        ("POST", ["sendmail"]) => {
+            let Some(b) = body else { return bad("A body is required.") };
+            if let Some(k) = b.as_object().and_then(|o| o.keys().find(|k| !["message", "saveToSentItems"].contains(&k.as_str())).cloned()) {
+                return bad(&format!("unexpected property '{k}'"));
+            }
+            if let Err(why) = check_new_message(&b["message"], true) {
+                return error(400, "ErrorInvalidRecipients", &why);
+            }
+            s.outbox.lock().unwrap().push(SentMail { kind: "sendMail".into(), message_id: None, body: b });
+            StatusCode::ACCEPTED.into_response()
+        }
+        _ => error(404, "UnknownRequest", &format!("{m} users/…/{} is not served by the fake", rest.join("/"))),
+    }
+}
+
+fn with_mail(s: &GraphState, id: &str, f: impl FnOnce(&Mail) -> Response) -> Response {
+    match s.mailbox.lock().unwrap().iter().find(|x| x.message["id"] == id) {
+        Some(mail) => f(mail),
+        None => error(404, "ErrorItemNotFound", "The specified object was not found in the store."),
+    }
+}
+
+/// A resource with only the `$select`ed properties (and `id`, and the OData annotations), as Graph returns it.
+fn project(v: &Value, query: &HashMap<String, String>) -> Value {
+    let Some(select) = query.get("$select") else { return v.clone() };
+    let fields: Vec<&str> = select.split(',').map(str::trim).collect();
+    let mut out = serde_json::Map::new();
+    for (k, val) in v.as_object().into_iter().flatten() {
+        if k == "id" || k.starts_with('@') || fields.contains(&k.as_str()) {
+            out.insert(k.clone(), val.clone());
+        }
+    }
+    Value::Object(out)
+}
+
+fn mail_time(v: &Value) -> String {
+    normalize_time(v["receivedDateTime"].as_str().unwrap_or_default())
+}
+
+/// The Inbox's delta query: a round's first request, or a state token of a link it returned.
+fn mail_delta(s: &GraphState, query: &HashMap<String, String>) -> Response {
+    let token = query.get("$skiptoken").or_else(|| query.get("$deltatoken")).cloned();
+    let mut state = match token {
+        Some(t) => {
+            if query.len() != 1 {
+                return bad("A delta link's request takes no other query option: they are encoded in its token.");
+            }
+            let Some(st) = s.delta_tokens.lock().unwrap().get(&t).cloned() else {
+                return error(410, "SyncStateNotFound", "The sync state generation is not found or was reset.");
+            };
+            if query.contains_key("$deltatoken") {
+                // A new round: the messages that came since the last one.
+                let mailbox = s.mailbox.lock().unwrap();
+                let round = mailbox.iter().filter(|x| x.seq as i64 > st.watermark && delta_keeps(&st, &x.message)).map(|x| x.seq).collect();
+                let watermark = newest(&mailbox).max(st.watermark);
+                DeltaState { round, offset: 0, watermark, ..st }
+            } else {
+                st
+            }
+        }
+        None => {
+            for k in query.keys() {
+                if !["$select", "$filter", "changeType", "$top"].contains(&k.as_str()) {
+                    return bad(&format!("The query option '{k}' is not supported with delta for messages."));
+                }
+            }
+            if let Some(c) = query.get("changeType")
+                && !["created", "updated", "deleted"].contains(&c.as_str())
+            {
+                return bad("changeType must be created, updated or deleted.");
+            }
+            let filter = match query.get("$filter") {
+                None => None,
+                Some(f) => {
+                    let parts: Vec<&str> = f.split(' ').collect();
+                    match parts.as_slice() {
+                        ["receivedDateTime", op @ ("ge" | "gt"), t] if t.ends_with('Z') && t.contains('T') => {
+                            Some(((*op).to_owned(), normalize_time(t)))
+                        }
+                        _ => return bad("Only receivedDateTime ge|gt <time> is supported as $filter with delta for messages."),
+                    }
+                }
+            };
+            let select = query.get("$select").map(|v| v.split(',').map(|x| x.trim().to_owned()).collect());
+            let mailbox = s.mailbox.lock().unwrap();
+            let st = DeltaState { filter, select, round: Vec::new(), offset: 0, watermark: newest(&mailbox), page: 0 };
+            let round = mailbox.iter().filter(|x| delta_keeps(&st, &x.message)).map(|x| x.seq).collect();
+            let page = query.get("$top").and_then(|t| t.parse().ok()).unwrap_or(10);
+            DeltaState { round, page, ..st }
+        }
+    };
+    let size = if state.page == 0 { 10 } else { state.page }.min(*s.page_size.lock().unwrap());
+    let mailbox = s.mailbox.lock().unwrap().clone();
+    let chunk: Vec<Value> = state
+        .round
+        .iter()
+        .skip(state.offset)
+        .take(size)
+        .filter_map(|seq| mailbox.iter().find(|x| x.seq == *seq))
+        .map(|x| match &state.select {
+            Some(fields) => project(&x.message, &HashMap::from([("$select".to_owned(), fields.join(","))])),
+            None => x.message.clone(),
+        })
+        .collect();
+    state.offset += size;
+    let more = state.offset < state.round.len();
+    let base = format!("{}/v1.0/users/{}/mailFolders('inbox')/messages/delta", s.base, s.agent_oid);
+    let new_token = format!("{:032x}", fastrand::u128(..));
+    let mut out = json!({"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(message)", "value": chunk});
+    if more {
+        out["@odata.nextLink"] = json!(format!("{base}?$skiptoken={new_token}"));
+    } else {
+        out["@odata.deltaLink"] = json!(format!("{base}?$deltatoken={new_token}"));
+    }
+    s.delta_tokens.lock().unwrap().insert(new_token, state);
+    axum::Json(out).into_response()
+}
+
+/// The newest message's sequence number (`-1`: an empty Inbox).
+fn newest(mailbox: &[Mail]) -> i64 {
+    mailbox.iter().map(|x| x.seq as i64).max().unwrap_or(-1)
+}
+
+fn delta_keeps(st: &DeltaState, message: &Value) -> bool {
+    match &st.filter {
+        None => true,
+        Some((op, t)) if op == "ge" => mail_time(message) >= *t,
+        Some((_, t)) => mail_time(message) > *t,
+    }
+}
+
+/// A list of recipients as Graph takes them: `[{"emailAddress": {"address": …, "name"?: …}}]`.
+fn check_recipients(v: &Value, what: &str) -> Result<usize, String> {
+    let list = v.as_array().ok_or_else(|| format!("{what} must be an array"))?;
+    for r in list {
+        let obj = r.as_object().ok_or_else(|| format!("a {what} entry must be an object"))?;
+        if obj.keys().any(|k| k != "emailAddress") {
+            return Err(format!("a {what} entry has only emailAddress"));
+        }
+        let addr = r["emailAddress"]["address"].as_str().unwrap_or_default();
+        let ok = addr.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+            && !addr.contains(|c: char| c.is_whitespace() || "<>,;\"".contains(c));
+        if !ok {
+            return Err(format!("At least one recipient is not valid: '{addr}'."));
+        }
+    }
+    Ok(list.len())
+}
+
+fn check_body(v: &Value) -> Result<(), String> {
+    let kind = v["contentType"].as_str().unwrap_or_default();
+    if !kind.eq_ignore_ascii_case("html") && !kind.eq_ignore_ascii_case("text") {
+        return Err("body.contentType must be html or text".into());
+    }
+    let content = v["content"].as_str().ok_or("body.content must be a string")?;
+    if content.len() > 4 * 1024 * 1024 {
+        return Err("The request is larger than 4 MB.".into());
+    }
+    Ok(())
+}
+
+/// A `message` of a reply, forward or new message: known writable properties only.
+fn check_message_object(m: &Value) -> Result<(), String> {
+    let obj = m.as_object().ok_or("message must be an object")?;
+    if let Some(k) = obj.keys().find(|k| !["subject", "body", "toRecipients", "ccRecipients", "bccRecipients"].contains(&k.as_str())) {
+        return Err(format!("unexpected message property '{k}'"));
+    }
+    if let Some(b) = obj.get("body") {
+        check_body(b)?;
+    }
+    for k in ["toRecipients", "ccRecipients", "bccRecipients"] {
+        if let Some(r) = obj.get(k) {
+            check_recipients(r, k)?;
+        }
+    }
+    Ok(())
+}
+
+/// `reply`, `replyAll`, `createReply`, `createReplyAll`: a `comment` or a `message`, not a comment and a body.
+fn check_reply(b: &Value) -> Result<(), String> {
+    let obj = b.as_object().ok_or("the body must be an object")?;
+    if let Some(k) = obj.keys().find(|k| !["comment", "message"].contains(&k.as_str())) {
+        return Err(format!("unexpected property '{k}'"));
+    }
+    if obj.is_empty() {
+        return Err("Specify a comment or a message.".into());
+    }
+    if let Some(m) = obj.get("message") {
+        check_message_object(m)?;
+        if obj.contains_key("comment") && m.get("body").is_some() {
+            return Err("Specify either a comment or the body property of the message parameter, not both.".into());
+        }
+    }
+    Ok(())
+}
+
+/// `forward`: the recipients once, as `toRecipients` or as the message's.
+fn check_forward(b: &Value) -> Result<(), String> {
+    let obj = b.as_object().ok_or("the body must be an object")?;
+    if let Some(k) = obj.keys().find(|k| !["comment", "toRecipients", "message"].contains(&k.as_str())) {
+        return Err(format!("unexpected property '{k}'"));
+    }
+    if let Some(m) = obj.get("message") {
+        check_message_object(m)?;
+        if obj.contains_key("comment") && m.get("body").is_some() {
+            return Err("Specify either a comment or the body property of the message parameter, not both.".into());
+        }
+    }
+    let top = obj.get("toRecipients").map(|r| check_recipients(r, "toRecipients")).transpose()?.unwrap_or(0);
+    let inner =
+        obj.get("message").and_then(|m| m.get("toRecipients")).map(|r| check_recipients(r, "toRecipients")).transpose()?.unwrap_or(0);
+    match (top, inner) {
+        (0, 0) => Err("Specify either the toRecipients parameter or the toRecipients property of the message parameter.".into()),
+        (a, b) if a > 0 && b > 0 => {
+            Err("Specify either the toRecipients parameter or the toRecipients property of the message parameter, not both.".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A new message (`sendMail`'s, or a draft): a subject, a body, and (to send) a recipient.
+fn check_new_message(m: &Value, send: bool) -> Result<(), String> {
+    check_message_object(m)?;
+    let count: usize = ["toRecipients", "ccRecipients", "bccRecipients"].iter().filter_map(|k| m[*k].as_array()).map(Vec::len).sum();
+    if send && count == 0 {
+        return Err("At least one recipient is required.".into());
+    }
+    if send && m["subject"].as_str().is_none_or(|s| s.trim().is_empty()) {
+        return Err("A subject is required here.".into());
+    }
+    if m.get("body").is_none() {
+        return Err("body is required".into());
+    }
+    Ok(())
 }
 
 fn enc(s: &str) -> String {
@@ -1095,13 +1584,28 @@ async fn create_subscription(s: &Arc<GraphState>, body: Option<Value>) -> Respon
         return bad(&format!("unexpected property '{k}'"));
     }
     let resource = b["resource"].as_str().unwrap_or_default().to_owned();
-    let mine = [format!("/users/{}/chats/getAllMessages", s.agent_oid), "/me/chats/getAllMessages".to_owned()];
-    if !mine.contains(&resource) {
-        return error(403, "Forbidden", "The resource is not the caller's chats.");
+    let chats = [format!("/users/{}/chats/getAllMessages", s.agent_oid), "/me/chats/getAllMessages".to_owned()];
+    let inbox = [format!("/users/{}/mailfolders('inbox')/messages", s.agent_oid), "/me/mailfolders('inbox')/messages".to_owned()];
+    let mail = inbox.contains(&resource.to_ascii_lowercase());
+    if !chats.contains(&resource) && !mail {
+        return error(403, "Forbidden", "The resource is not the caller's chats or Inbox.");
     }
     let change = b["changeType"].as_str().unwrap_or_default();
     if change.is_empty() || !change.split(',').all(|c| ["created", "updated", "deleted"].contains(&c)) {
         return bad("changeType must be created, updated and/or deleted.");
+    }
+    if mail {
+        // Outlook messages: at most 10,080 minutes.
+        let week = {
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + 10_080 * 60_000;
+            let secs = ms / 1000;
+            let (y, m, d) = civil(secs / 86_400);
+            let rem = secs % 86_400;
+            format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.9999999Z", rem / 3600, rem % 3600 / 60, rem % 60)
+        };
+        if normalize_time(b["expirationDateTime"].as_str().unwrap_or_default()) > week {
+            return bad("Subscription expiration can only be 10080 minutes in the future.");
+        }
     }
     let url = b["notificationUrl"].as_str().unwrap_or_default().to_owned();
     let lifecycle = b["lifecycleNotificationUrl"].as_str().unwrap_or_default().to_owned();

@@ -25,6 +25,7 @@ mod graph;
 mod graph_inbound;
 mod intake;
 mod keys;
+mod mail;
 mod mcp;
 mod mcp_agent;
 mod mcp_claims;

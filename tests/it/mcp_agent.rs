@@ -158,6 +158,8 @@ async fn a_bot_only_bot_says_so_instead_of_switching_identity() {
         assert!(!names.iter().any(|n| n == t), "{t} offered with the files area off: {names:?}");
     }
     assert!(names.iter().any(|n| n == "get_file") && names.iter().any(|n| n == "send_file"), "{names:?}");
+    // Mail is off for this Agent User: no mail tool is offered.
+    assert!(!names.iter().any(|n| n.starts_with("mail_")), "{names:?}");
     let chats = r.host.ok("graph_list_chats", json!({})).await;
     assert_eq!(chats["identity"], format!("agent_user:{AGENT_USER_OID}"), "{chats}");
 }
