@@ -342,7 +342,7 @@ async fn tokens_see_and_call_only_their_tools() {
 
     let reader = http_host(&url, READER, "monitor").await;
     let listed = tool_names(&reader.client.list_all_tools().await.unwrap());
-    assert_eq!(listed, ["list_conversations", "list_members", "read_messages", "recent_audit", "status", "wait_for_messages"]);
+    assert_eq!(listed, ["get_file", "list_conversations", "list_members", "read_messages", "recent_audit", "status", "wait_for_messages"]);
     assert_eq!(message_ids(&reader.ok("read_messages", json!({})).await), vec![m["id"].as_str().unwrap()]);
     for (tool, args) in [
         ("reply", json!({"chat_id": "a:conv-1", "text": "leak"})),
