@@ -594,55 +594,25 @@ impl GraphInbound {
                 return false;
             }
         };
-        let Some(client_state) = random_secret() else {
-            tracing::error!(bot = %bot.app_id, "no secure randomness for a clientState; no Graph subscription");
-            return false;
-        };
         let expires = self.clock.now_ms() + i64::try_from(bot.lifetime.as_millis()).unwrap_or(i64::MAX / 2);
-        let resource = format!("/users/{oid}/chats/getAllMessages");
-        let body = json!({
-            "changeType": "created,updated,deleted",
-            "notificationUrl": self.notification_url,
-            "lifecycleNotificationUrl": self.lifecycle_url,
-            "resource": resource,
-            "expirationDateTime": rfc3339_ms(expires),
-            "clientState": client_state.expose_secret(),
-            "includeResourceData": false,
-        });
-        match bot.actor.graph.create_subscription(&body).await {
-            Ok(created) => {
-                let Some(id) = created.get("id").and_then(Value::as_str) else {
-                    tracing::warn!(bot = %bot.app_id, "Graph created a subscription without an id");
-                    return false;
-                };
-                let expires = created.get("expirationDateTime").and_then(Value::as_str).and_then(parse_rfc3339_ms).unwrap_or(expires);
-                let sub = GraphSubscription {
-                    subscription_id: id.to_owned(),
-                    bot_app_id: bot.app_id.clone().into(),
-                    resource,
-                    client_state,
-                    expires_at_ms: expires,
-                    updated_at_ms: now_ms(),
-                };
-                if let Err(e) = self.store.put_graph_subscription(sub).await {
-                    tracing::error!(bot = %bot.app_id, error = %e, "a Graph subscription was created but could not be stored");
-                    let _ = bot.actor.graph.delete_subscription(id).await;
-                    return false;
-                }
-                // Chats before the first subscription are not read: the catch-up base starts now.
-                let base = ChatCursor { bot_app_id: bot.app_id.clone().into(), chat_id: String::new(), modified_ms: now_ms() };
-                let has_base = self.store.graph_cursors(&bot.app_id).await.is_ok_and(|c| c.iter().any(|c| c.chat_id.is_empty()));
-                if !has_base {
-                    let _ = self.store.commit_graph(GraphCommit { cursors: vec![base], ..GraphCommit::default() }).await;
-                }
-                tracing::info!(bot = %bot.app_id, subscription = id, "Graph subscription to the Agent User's chats created");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(bot = %bot.app_id, error = %e, "cannot create the Graph subscription to the Agent User's chats");
-                false
-            }
+        let spec = SubscriptionSpec {
+            resource: format!("/users/{oid}/chats/getAllMessages"),
+            change_type: "created,updated,deleted",
+            notification_url: &self.notification_url,
+            lifecycle_url: &self.lifecycle_url,
+            expires_ms: expires,
+            what: "the Agent User's chats",
+        };
+        if subscribe(&bot.actor, self.store.as_ref(), &bot.app_id, spec).await.is_none() {
+            return false;
         }
+        // Chats before the first subscription are not read: the catch-up base starts now.
+        let base = ChatCursor { bot_app_id: bot.app_id.clone().into(), chat_id: String::new(), modified_ms: now_ms() };
+        let has_base = self.store.graph_cursors(&bot.app_id).await.is_ok_and(|c| c.iter().any(|c| c.chat_id.is_empty()));
+        if !has_base {
+            let _ = self.store.commit_graph(GraphCommit { cursors: vec![base], ..GraphCommit::default() }).await;
+        }
+        true
     }
 
     /// Renew (and so reauthorize) a subscription with a fresh token. The caller holds the bot's
@@ -787,6 +757,64 @@ pub(super) fn same_secret(expected: &str, got: &str) -> bool {
 }
 
 /// A fresh `clientState`: 32 random bytes from the operating system's CSPRNG, hex (64 chars, within Graph's
+/// What [`subscribe`] asks Graph for.
+pub(super) struct SubscriptionSpec<'a> {
+    pub resource: String,
+    pub change_type: &'a str,
+    pub notification_url: &'a str,
+    pub lifecycle_url: &'a str,
+    pub expires_ms: i64,
+    /// For the log: "the Agent User's chats", "the Agent User's Inbox".
+    pub what: &'a str,
+}
+
+/// Create a Graph subscription with a fresh secret `clientState` and store it; its id. A subscription that
+/// was created but could not be stored is deleted again (a notification for it could not be checked).
+/// Failures are logged with the bot and `spec.what`.
+pub(super) async fn subscribe(actor: &AgentActor, store: &dyn Store, bot_app_id: &str, spec: SubscriptionSpec<'_>) -> Option<String> {
+    let what = spec.what;
+    let Some(client_state) = random_secret() else {
+        tracing::error!(bot = %bot_app_id, "no secure randomness for a clientState; no Graph subscription to {what}");
+        return None;
+    };
+    let body = json!({
+        "changeType": spec.change_type,
+        "notificationUrl": spec.notification_url,
+        "lifecycleNotificationUrl": spec.lifecycle_url,
+        "resource": spec.resource,
+        "expirationDateTime": rfc3339_ms(spec.expires_ms),
+        "clientState": client_state.expose_secret(),
+        "includeResourceData": false,
+    });
+    let created = match actor.graph.create_subscription(&body).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(bot = %bot_app_id, error = %e, "cannot create the Graph subscription to {what}");
+            return None;
+        }
+    };
+    let Some(id) = created.get("id").and_then(Value::as_str) else {
+        tracing::warn!(bot = %bot_app_id, "Graph created a subscription to {what} without an id");
+        return None;
+    };
+    let expires = created.get("expirationDateTime").and_then(Value::as_str).and_then(parse_rfc3339_ms).unwrap_or(spec.expires_ms);
+    let sub = GraphSubscription {
+        subscription_id: id.to_owned(),
+        bot_app_id: bot_app_id.to_owned().into(),
+        resource: spec.resource,
+        client_state,
+        expires_at_ms: expires,
+        updated_at_ms: now_ms(),
+    };
+    if let Err(e) = store.put_graph_subscription(sub).await {
+        tracing::error!(bot = %bot_app_id, error = %e, "a Graph subscription to {what} was created but could not be stored");
+        let _ = actor.graph.delete_subscription(id).await;
+        return None;
+    }
+    tracing::info!(bot = %bot_app_id, subscription = id, "Graph subscription to {what} created");
+    Some(id.to_owned())
+}
+
 /// 128). `None` when no secure randomness is available (then no subscription is made).
 pub(super) fn random_secret() -> Option<SecretString> {
     let mut bytes = [0u8; 32];

@@ -24,12 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::agent::AgentActor;
 use super::gate::{Classified, InboundGate};
-use super::graph_inbound::{Accepted, parse_rfc3339_ms, random_secret, rfc3339_ms};
+use super::graph_inbound::{Accepted, SubscriptionSpec, parse_rfc3339_ms, rfc3339_ms, subscribe};
 use super::mail::{MAIL_CHANNEL, Mailbox, mail_activity, thread_id};
 use crate::activity::Activity;
 use crate::graph::mail::{Attachment, MailMessage};
@@ -508,49 +507,16 @@ impl MailInbound {
                 return false;
             }
         };
-        let Some(client_state) = random_secret() else {
-            tracing::error!(bot = %bot.app_id, "no secure randomness for a clientState; no Inbox subscription");
-            return false;
-        };
         let expires = now_ms() + i64::try_from(bot.lifetime.as_millis()).unwrap_or(i64::MAX / 2);
-        let resource = format!("/users/{oid}/mailFolders('Inbox')/messages");
-        let body = json!({
-            "changeType": "created",
-            "notificationUrl": notification_url,
-            "lifecycleNotificationUrl": lifecycle_url,
-            "resource": resource,
-            "expirationDateTime": rfc3339_ms(expires),
-            "clientState": client_state.expose_secret(),
-            "includeResourceData": false,
-        });
-        match bot.actor.graph.create_subscription(&body).await {
-            Ok(created) => {
-                let Some(id) = created.get("id").and_then(Value::as_str) else {
-                    tracing::warn!(bot = %bot.app_id, "Graph created an Inbox subscription without an id");
-                    return false;
-                };
-                let expires = created.get("expirationDateTime").and_then(Value::as_str).and_then(parse_rfc3339_ms).unwrap_or(expires);
-                let sub = GraphSubscription {
-                    subscription_id: id.to_owned(),
-                    bot_app_id: bot.app_id.clone().into(),
-                    resource,
-                    client_state,
-                    expires_at_ms: expires,
-                    updated_at_ms: now_ms(),
-                };
-                if let Err(e) = self.store.put_graph_subscription(sub).await {
-                    tracing::error!(bot = %bot.app_id, error = %e, "an Inbox subscription was created but could not be stored");
-                    let _ = bot.actor.graph.delete_subscription(id).await;
-                    return false;
-                }
-                tracing::info!(bot = %bot.app_id, subscription = id, "Graph subscription to the Agent User's Inbox created");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(bot = %bot.app_id, error = %e, "cannot create the Graph subscription to the Agent User's Inbox");
-                false
-            }
-        }
+        let spec = SubscriptionSpec {
+            resource: format!("/users/{oid}/mailFolders('Inbox')/messages"),
+            change_type: "created",
+            notification_url,
+            lifecycle_url,
+            expires_ms: expires,
+            what: "the Agent User's Inbox",
+        };
+        subscribe(&bot.actor, self.store.as_ref(), &bot.app_id, spec).await.is_some()
     }
 
     /// Renew (and so reauthorize) the subscription with a fresh token; a 404 (gone at Graph) makes a new one
