@@ -36,7 +36,7 @@ use crate::http_util::retry::{Failed, Retry, RetryPolicy};
 use crate::ids::graph_url::{GraphEndpoint, GraphUrlError};
 
 /// Most pages followed for one listing.
-const MAX_PAGES: usize = 100;
+pub(super) const MAX_PAGES: usize = 100;
 
 /// Longest error message kept from a Graph error body.
 const MAX_ERROR_MESSAGE: usize = 300;
@@ -492,7 +492,7 @@ impl GraphClient {
 
     // ------------------------------------------------------------ plumbing
 
-    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
+    pub(super) fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, GraphError> {
         if crate::http_util::has_dot_or_empty_segment(path) {
             return Err(GraphError::Invalid("an id is empty, '.' or '..'".into()));
         }
@@ -566,12 +566,24 @@ impl GraphClient {
 
     /// One call with the retry rules of the module docs; the 2xx body.
     async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
+        self.call_prefer(method, url, body, idempotent, &[]).await
+    }
+
+    /// [`Self::call`] with `Prefer` headers (`outlook.timezone="UTC"`…), one header each, on every attempt.
+    pub(super) async fn call_prefer(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        idempotent: bool,
+        prefer: &[&str],
+    ) -> Result<Vec<u8>, GraphError> {
         self.endpoint.check(&url)?;
         let refreshed = AtomicBool::new(false);
         let on_retry = |error: &GraphError, attempt: u32, wait: Duration| {
             tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "Graph request failed; waiting to try again");
         };
-        self.settings.retry_policy().run(|| self.attempt(&method, &url, body, idempotent, &refreshed), on_retry).await
+        self.settings.retry_policy().run(|| self.attempt(&method, &url, body, idempotent, prefer, &refreshed), on_retry).await
     }
 
     /// One attempt: the request, sent once more with a fresh token when Graph refuses the token with
@@ -582,13 +594,14 @@ impl GraphClient {
         url: &Url,
         body: Option<&Value>,
         idempotent: bool,
+        prefer: &[&str],
         refreshed: &AtomicBool,
     ) -> Result<Vec<u8>, Failed<GraphError>> {
-        let (mut token, mut reply) = self.send(method, url, body, idempotent).await?;
+        let (mut token, mut reply) = self.send(method, url, body, idempotent, prefer).await?;
         if reply.status == 401 && !refreshed.swap(true, Ordering::Relaxed) {
             tracing::debug!(%method, path = url.path(), "Graph refused the token (401); refreshing it once");
             self.tokens.invalidate();
-            (token, reply) = self.send(method, url, body, idempotent).await?;
+            (token, reply) = self.send(method, url, body, idempotent, prefer).await?;
         }
         let Reply { status, retry_after, bytes } = reply;
         match status {
@@ -613,6 +626,7 @@ impl GraphClient {
         url: &Url,
         body: Option<&Value>,
         idempotent: bool,
+        prefer: &[&str],
     ) -> Result<(AccessToken, Reply), Failed<GraphError>> {
         let token = self.tokens.token().await.map_err(|e| Failed::never(e.into()))?;
         let mut req =
@@ -623,6 +637,9 @@ impl GraphClient {
         if *method == Method::GET {
             // Without it a system message's `messageType` reads `unknownFutureValue`.
             req = req.header("Prefer", "include-unknown-enum-members");
+        }
+        for p in prefer {
+            req = req.header("Prefer", *p);
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
         let resp = match req.send().await {
@@ -650,7 +667,7 @@ struct Reply {
 
 const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType";
 
-fn non_empty<'a>(what: &str, s: &'a str) -> Result<&'a str, GraphError> {
+pub(super) fn non_empty<'a>(what: &str, s: &'a str) -> Result<&'a str, GraphError> {
     if s.trim().is_empty() { Err(GraphError::Invalid(format!("the {what} is empty"))) } else { Ok(s) }
 }
 
@@ -685,7 +702,7 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>,
     }
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GraphError> {
+pub(super) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GraphError> {
     serde_json::from_slice(bytes).map_err(|e| GraphError::BadResponse(format!("the body is not the expected JSON ({e})")))
 }
 

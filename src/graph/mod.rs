@@ -1,4 +1,5 @@
-//! Microsoft Graph (v1.0) as the Entra Agent User: chats, chat messages, members and users.
+//! Microsoft Graph (v1.0) as the Entra Agent User: chats, chat messages, members and users; the calendar
+//! ([`calendar`]).
 //!
 //! * [`GraphEndpoint`]: the API base and the host allow-list every URL passes before the bearer token
 //!   is attached (`@odata.nextLink` included).
@@ -8,6 +9,7 @@
 //! * [`model`]: the resources returned.
 //! * [`TenantResolver`]: a cross-tenant member's home tenant from their email domain.
 
+pub mod calendar;
 pub mod client;
 
 pub mod message;
