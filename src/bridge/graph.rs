@@ -74,7 +74,7 @@ pub struct GraphMessage {
 }
 
 /// A Graph failure as a bridge error: try again later (throttled, transient, no token) or refused.
-fn graph_error(what: impl std::fmt::Display, e: &GraphError) -> Error {
+pub(super) fn graph_error(what: impl std::fmt::Display, e: &GraphError) -> Error {
     let message = format!("{what}: {e}");
     match e.kind() {
         GraphErrorKind::Throttled | GraphErrorKind::Transient | GraphErrorKind::Token => Error::unavailable(message),
@@ -101,7 +101,7 @@ impl Hub {
     }
 
     /// Record what the Agent User does (or tried): nothing is done without it.
-    async fn audit_agent(
+    pub(super) async fn audit_agent(
         &self,
         caller: Caller<'_>,
         actor: &AgentActor,
@@ -132,6 +132,19 @@ impl Hub {
         action: &str,
         people: &[String],
     ) -> Result<()> {
+        self.approve_people_for(caller, bot, actor, action, people, None).await
+    }
+
+    /// [`Self::approve_people`], showing the owner `details` (an object: what else the action does) on the card.
+    pub(super) async fn approve_people_for(
+        &self,
+        caller: Caller<'_>,
+        bot: &BotConfig,
+        actor: &AgentActor,
+        action: &str,
+        people: &[String],
+        details: Option<&Value>,
+    ) -> Result<()> {
         let new: Vec<String> = people.iter().filter(|p| !actor.may_reach(&bot.policy.contacts_allow, p)).cloned().collect();
         if new.is_empty() {
             return Ok(());
@@ -146,8 +159,13 @@ impl Hub {
         let request_id = approval::new_request_id();
         let timeout = Duration::from_secs(bot.policy.approval_timeout_secs).min(APPROVAL_WAIT);
         let description = format!("The Agent User ({}) wants to {action}: {}", actor.identity(), new.join(", "));
-        let card =
-            approval::request_card(&request_id, action, &description, &json!({"people": new}).to_string(), timeout.as_secs().div_ceil(60));
+        let mut preview = json!({"people": new});
+        if let Some(Value::Object(more)) = details {
+            for (k, v) in more {
+                preview[k] = v.clone();
+            }
+        }
+        let card = approval::request_card(&request_id, action, &description, &preview.to_string(), timeout.as_secs().div_ceil(60));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         if self.ask_approvers(caller, bot, &request_id, action, &card, timeout, tx).await == 0 {
             return Err(Error::refused(

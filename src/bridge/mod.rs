@@ -14,6 +14,7 @@
 //! | [`route`] | the one bot resolver; which conversation a request goes to; bot, Agent User or nobody |
 //! | [`deliver`] | message bodies (mentions, splitting, cards), the outbox entry, how it ended; sending as the bot with the fallback to the Agent User |
 //! | [`graph`] | acting through Graph as the Agent User: owner approval, audit-first writes |
+//! | [`calendar`] | the Agent User's calendar: events, free times, new events and Teams meetings, answers; meeting requests as typed events |
 //! | [`inbox`] | pending entries within a scope, acknowledgements |
 //! | [`welcome`] | the welcome message, once per conversation the app is installed in |
 //! | [`error`] | the one error type of the bridge |
@@ -33,6 +34,7 @@ use crate::store::{AuditEvent, Store, now_ms};
 pub(crate) mod agent;
 pub(crate) mod amend;
 pub(crate) mod approval;
+pub(crate) mod calendar;
 pub(crate) mod deliver;
 pub(crate) mod envelope;
 pub(crate) mod error;

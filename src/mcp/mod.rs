@@ -6,6 +6,7 @@
 //! | [`http`] | Streamable HTTP at `/mcp`: bearer tokens, scopes, allowed hosts |
 //! | [`connect`] | `agentgate mcp --connect URL`: stdio to a running gateway's `/mcp` |
 //! | [`graph_tools`] | the `graph_*` tools of the bot's Entra Agent User (the work is in [`crate::bridge::graph`]) |
+//! | [`calendar_tools`] | the `calendar_*` tools: the Agent User's calendar (the work is in [`crate::bridge::calendar`]) |
 //! | [`prompts`] | the body prompt compiled into the binary |
 //!
 //! A thin adapter: parameter structs, handlers that call the transport-free core in [`crate::bridge`]
@@ -53,6 +54,7 @@ fn ok(value: serde_json::Value) -> ToolResult {
     Ok(rmcp::model::CallToolResult::structured(value))
 }
 
+pub mod calendar_tools;
 pub mod connect;
 pub mod graph_tools;
 pub mod http;

@@ -442,7 +442,11 @@ impl Bridge {
     fn new(hub: Arc<Hub>, transport: Transport) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         // The Graph tools only where a bot has an Agent User to act as.
-        let tool_router = if hub.agents.is_empty() { Self::tool_router() } else { Self::tool_router() + Self::graph_router() };
+        let mut tool_router = if hub.agents.is_empty() { Self::tool_router() } else { Self::tool_router() + Self::graph_router() };
+        // The calendar tools only where a bot's Agent User has its calendar on.
+        if hub.offers_calendar() {
+            tool_router += Self::calendar_router();
+        }
         Self {
             hub,
             session: Arc::new(Session {
