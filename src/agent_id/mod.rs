@@ -30,6 +30,20 @@ pub(crate) const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
 /// add members, read and send chat messages.
 pub(crate) const AGENT_USER_SCOPES: &[&str] = &["User.Read", "User.ReadBasic.All", "Chat.Create", "Chat.ReadWrite", "ChatMessage.Send"];
 
+/// The further delegated scopes of the calendar area (`agent_user.calendar = true`): read the calendar,
+/// find times (`findMeetingTimes`, `getSchedule`), create events and Teams meetings (`isOnlineMeeting`
+/// needs no OnlineMeetings permission), answer invitations.
+pub(crate) const CALENDAR_SCOPES: &[&str] = &["Calendars.ReadWrite"];
+
+/// The delegated scopes for `agent_user`'s enabled areas: [`AGENT_USER_SCOPES`], plus each enabled area's.
+pub(crate) fn scopes_for(agent_user: Option<&crate::config::agent_user::AgentUserConfig>) -> Vec<String> {
+    let mut scopes: Vec<String> = AGENT_USER_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    if agent_user.is_some_and(|a| a.calendar) {
+        scopes.extend(CALENDAR_SCOPES.iter().map(|s| (*s).to_owned()));
+    }
+    scopes
+}
+
 /// The provisioning steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

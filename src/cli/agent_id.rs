@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use super::ConfigArgs;
 use crate::agent_id::api::{Api, Backoff};
 use crate::agent_id::signin::{ADMIN_SCOPES, SignIn, loopback_redirect};
-use crate::agent_id::{AGENT_USER_SCOPES, Plan, Provisioner};
+use crate::agent_id::{Plan, Provisioner};
 use crate::config::Config;
 use crate::entra::{Authority, CertificateCredential};
 use crate::ids::graph_url::GraphEndpoint;
@@ -165,7 +165,7 @@ pub(super) fn run(cmd: AgentIdCommand) -> anyhow::Result<ExitCode> {
         }
         (None, _) => bail!("--certificate is needed when --key is not a file: reference"),
     };
-    let mut scopes: Vec<String> = AGENT_USER_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    let mut scopes = crate::agent_id::scopes_for(bot.agent_user.as_ref());
     for s in &extra.scopes {
         if !scopes.iter().any(|h| h.eq_ignore_ascii_case(s)) {
             scopes.push(s.clone());
