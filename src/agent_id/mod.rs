@@ -43,8 +43,17 @@ pub(crate) fn granted_scopes(agent_user: Option<&crate::config::agent_user::Agen
     if agent_user.is_some_and(|a| a.files) {
         scopes.extend(FILES_SCOPES.iter().map(|s| (*s).to_owned()));
     }
+    if agent_user.is_some_and(|a| a.calendar) {
+        scopes.extend(CALENDAR_SCOPES.iter().map(|s| (*s).to_owned()));
+    }
     scopes
 }
+
+/// The further delegated scopes of the calendar area (`agent_user.calendar = true`): read the calendar,
+/// find times (`findMeetingTimes`, `getSchedule`), create events and Teams meetings (`isOnlineMeeting`
+/// needs no OnlineMeetings permission), answer invitations.
+pub(crate) const CALENDAR_SCOPES: &[&str] = &["Calendars.ReadWrite"];
+
 /// The delegated scopes of the Agent User's mailbox (`agent_user.mail`): read the Inbox and its changes, save
 /// drafts (`Mail.ReadWrite`), reply, forward and send (`Mail.Send`). Asked for only when mail is on.
 pub(crate) const MAIL_SCOPES: &[&str] = &["Mail.ReadWrite", "Mail.Send"];

@@ -141,12 +141,26 @@ impl Hub {
         action: &str,
         people: &[String],
     ) -> Result<()> {
+        self.approve_people_for(caller, bot, actor, action, people, None).await
+    }
+
+    /// [`Self::approve_people`], showing the owner `details` (an object: what else the action does) on the card.
+    pub(super) async fn approve_people_for(
+        &self,
+        caller: Caller<'_>,
+        bot: &BotConfig,
+        actor: &AgentActor,
+        action: &str,
+        people: &[String],
+        details: Option<&Value>,
+    ) -> Result<()> {
         let new: Vec<String> = people.iter().filter(|p| !actor.may_reach(&bot.policy.contacts_allow, p)).cloned().collect();
-        self.ask_owner_for(caller, bot, actor, action, new).await
+        self.ask_owner_for(caller, bot, actor, action, new, details).await
     }
 
     /// Ask an owner to let the Agent User reach `new` (nobody allowed them yet) and wait for the answer, at most
     /// [`APPROVAL_WAIT`]; an Allow is remembered for the rest of the run. Nothing to ask when `new` is empty.
+    /// The card shows the people and `details` (an object: what else the action does).
     pub(super) async fn ask_owner_for(
         &self,
         caller: Caller<'_>,
@@ -154,6 +168,7 @@ impl Hub {
         actor: &AgentActor,
         action: &str,
         new: Vec<String>,
+        details: Option<&Value>,
     ) -> Result<()> {
         if new.is_empty() {
             return Ok(());
@@ -166,7 +181,13 @@ impl Hub {
             )));
         }
         let description = format!("The Agent User ({}) wants to {action}: {}", actor.identity(), new.join(", "));
-        self.ask_owner(caller, bot, action, &description, &json!({"people": new})).await.map_err(|e| match e {
+        let mut preview = json!({"people": new});
+        if let Some(Value::Object(more)) = details {
+            for (k, v) in more {
+                preview[k] = v.clone();
+            }
+        }
+        self.ask_owner(caller, bot, action, &description, &preview).await.map_err(|e| match e {
             OwnerAnswer::Denied => Error::refused(format!("an owner denied it ({action} with {}); nothing was done", new.join(", "))),
             OwnerAnswer::Failed(e) => e,
         })?;

@@ -367,7 +367,7 @@ impl Hub {
                 new.push(r.clone());
             }
         }
-        self.ask_owner_for(caller, bot, actor, action, new).await
+        self.ask_owner_for(caller, bot, actor, action, new, None).await
     }
 
     /// The people a reply to `original` goes to: its `replyTo` (else its sender), and with `all` its `to` and

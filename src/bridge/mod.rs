@@ -18,6 +18,7 @@
 //! | [`files`] | files on inbound events (`get_file`), files the agent sends (consent card, or the Agent User's OneDrive), the Agent User's files |
 //! | [`mail`] | the Agent User's mail: the sender policy, mail as inbox entries, reply/forward/send/drafts |
 //! | [`mail_inbound`] | the Agent User's Inbox read with the delta query: on change notifications, or a bounded poll |
+//! | [`calendar`] | the Agent User's calendar: events, free times, new events and Teams meetings, answers; meeting requests as typed events |
 //! | [`inbox`] | pending entries within a scope, acknowledgements |
 //! | [`welcome`] | the welcome message, once per conversation the app is installed in |
 //! | [`error`] | the one error type of the bridge |
@@ -38,6 +39,7 @@ use crate::store::{AuditEvent, Store, now_ms};
 pub(crate) mod agent;
 pub(crate) mod amend;
 pub(crate) mod approval;
+pub(crate) mod calendar;
 pub(crate) mod claims;
 pub(crate) mod deliver;
 pub(crate) mod envelope;

@@ -91,6 +91,14 @@ pub struct AgentUserConfig {
     /// Without a public URL (no change notifications), how often the Inbox is read for new mail, in seconds.
     #[serde(default = "default_mail_poll_secs")]
     pub mail_poll_secs: u64,
+    /// The calendar area: the `calendar_*` tools (read events, find times, create events and Teams
+    /// meetings, answer invitations) as the Agent User; needs `Calendars.ReadWrite` (off by default).
+    #[serde(default)]
+    pub calendar: bool,
+    /// Meeting attendees the Agent User may invite without an owner's approval, besides
+    /// `policy.contacts_allow`: addresses (`ann@contoso.com`) or whole domains (`contoso.com`, `@contoso.com`).
+    #[serde(default)]
+    pub calendar_attendees_allow: Vec<String>,
 }
 
 /// The bounds of [`AgentUserConfig::mail_poll_secs`].
@@ -212,6 +220,63 @@ impl AgentUserConfig {
                 "must be 2..=4230 (Graph keeps chat-message subscriptions at most about 3 days)".into(),
             ));
         }
+        for (i, entry) in self.calendar_attendees_allow.iter().enumerate() {
+            let e = entry.trim();
+            let ok = !e.is_empty()
+                && !e.contains(|c: char| c.is_whitespace() || c.is_control())
+                && e.matches('@').count() <= 1
+                && e.rsplit('@').next().is_some_and(|d| d.contains('.') && !d.starts_with('.') && !d.ends_with('.'));
+            if !ok {
+                return Err(err(
+                    &format!("calendar_attendees_allow[{i}]"),
+                    format!("`{entry}` is not an address (ann@contoso.com) or a domain (contoso.com)"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `address` may be invited without asking: listed in `calendar_attendees_allow` as itself
+    /// or by its domain (case-insensitive, exact domain: a subdomain is not included).
+    pub fn calendar_allows(&self, address: &str) -> bool {
+        let address = address.trim().to_ascii_lowercase();
+        let Some((_, domain)) = address.rsplit_once('@') else { return false };
+        self.calendar_attendees_allow
+            .iter()
+            .map(|e| e.trim().to_ascii_lowercase())
+            .any(|e| if e.contains('@') && !e.starts_with('@') { e == address } else { e.trim_start_matches('@') == domain })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(extra: &str) -> AgentUserConfig {
+        toml::from_str(&format!(
+            "tenant_id = \"t.example\"\nblueprint_app_id = \"b1b1b1b1-0000-4000-8000-000000000001\"\n\
+             agent_identity_id = \"a1a1a1a1-0000-4000-8000-000000000002\"\nagent_user_id = \"d1d1d1d1-0000-4000-8000-000000000003\"\n\
+             certificate = \"file:/x.crt\"\nkey = \"file:/x.key\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_calendar_is_off_by_default_and_its_allow_list_takes_addresses_and_exact_domains() {
+        let off = section("");
+        assert!(!off.calendar && !off.calendar_allows("ann@contoso.com"));
+        let on = section("calendar = true\ncalendar_attendees_allow = [\"contoso.com\", \"@Fabrikam.test\", \"Bo@Partner.test\"]");
+        assert!(on.validate("bots[0].agent_user").is_ok());
+        assert!(on.calendar);
+        for yes in ["ann@contoso.com", "ANN@CONTOSO.COM", "x@fabrikam.test", "bo@partner.test"] {
+            assert!(on.calendar_allows(yes), "{yes}");
+        }
+        for no in ["ann@sub.contoso.com", "ann@contoso.com.evil.test", "cy@partner.test", "contoso.com", "ann@evilcontoso.com"] {
+            assert!(!on.calendar_allows(no), "{no}");
+        }
+        for bad in ["", "contoso", "a b.com", "a@b@c.com", "@.com"] {
+            let e = section(&format!("calendar_attendees_allow = [\"ok.test\", \"{bad}\"]")).validate("bots[0].agent_user").unwrap_err();
+            assert_eq!(e.field, "bots[0].agent_user.calendar_attendees_allow[1]", "{bad}");
+        }
     }
 }

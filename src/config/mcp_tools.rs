@@ -61,6 +61,10 @@ pub const TOOLS: &[(&str, ToolKind)] = &[
     ("mail_forward", ToolKind::Act),
     ("mail_send", ToolKind::Act),
     ("mail_draft", ToolKind::Act),
+    ("calendar_events", ToolKind::Read),
+    ("calendar_find_times", ToolKind::Read),
+    ("calendar_create_event", ToolKind::Act),
+    ("calendar_respond", ToolKind::Act),
 ];
 
 /// Tools that continue what another tool started: their approval is that tool's (`stream_start`).

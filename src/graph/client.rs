@@ -36,7 +36,7 @@ use crate::http_util::retry::{Failed, Retry, RetryPolicy};
 use crate::ids::graph_url::{GraphEndpoint, GraphUrlError};
 
 /// Most pages followed for one listing.
-const MAX_PAGES: usize = 100;
+pub(super) const MAX_PAGES: usize = 100;
 
 /// Longest error message kept from a Graph error body.
 const MAX_ERROR_MESSAGE: usize = 300;
@@ -571,13 +571,23 @@ impl GraphClient {
 
     /// One call with the retry rules of the module docs; the 2xx body.
     pub(super) async fn call(&self, method: Method, url: Url, body: Option<&Value>, idempotent: bool) -> Result<Vec<u8>, GraphError> {
-        let body = body.map_or(Body::None, Body::Json);
-        let limit = self.settings.max_response_bytes;
-        self.call_with(method, url, body, idempotent, Answer { redirect: false, limit }).await.map(|r| r.bytes)
+        self.call_prefer(method, url, body, idempotent, &[]).await
     }
 
-    /// One call with the retry rules of the module docs: the 2xx answer, or with `answer.redirect` a 3xx
-    /// one too (redirects are never followed: the caller checks the `Location`); bodies up to `answer.limit`.
+    /// [`Self::call`] with `Prefer` headers (`outlook.timezone="UTC"`, …).
+    pub(super) async fn call_prefer(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        idempotent: bool,
+        prefer: &'static [&'static str],
+    ) -> Result<Vec<u8>, GraphError> {
+        let body = body.map_or(Body::None, Body::Json);
+        let limit = self.settings.max_response_bytes;
+        self.call_with(method, url, body, idempotent, Answer { redirect: false, limit, prefer }).await.map(|r| r.bytes)
+    }
+
     pub(super) async fn call_with(
         &self,
         method: Method,
@@ -605,11 +615,11 @@ impl GraphClient {
         answer: Answer,
         refreshed: &AtomicBool,
     ) -> Result<Reply, Failed<GraphError>> {
-        let (mut token, mut reply) = self.send(method, url, body, idempotent, answer.limit).await?;
+        let (mut token, mut reply) = self.send(method, url, body, idempotent, answer).await?;
         if reply.status == 401 && !refreshed.swap(true, Ordering::Relaxed) {
             tracing::debug!(%method, path = url.path(), "Graph refused the token (401); refreshing it once");
             self.tokens.invalidate();
-            (token, reply) = self.send(method, url, body, idempotent, answer.limit).await?;
+            (token, reply) = self.send(method, url, body, idempotent, answer).await?;
         }
         let status = reply.status;
         match status {
@@ -635,7 +645,7 @@ impl GraphClient {
         url: &Url,
         body: Body<'_>,
         idempotent: bool,
-        limit: usize,
+        answer: Answer,
     ) -> Result<(AccessToken, Reply), Failed<GraphError>> {
         let token = self.tokens.token().await.map_err(|e| Failed::never(e.into()))?;
         let mut req =
@@ -650,6 +660,9 @@ impl GraphClient {
         if *method == Method::GET {
             // Without it a system message's `messageType` reads `unknownFutureValue`.
             req = req.header("Prefer", "include-unknown-enum-members");
+        }
+        for p in answer.prefer {
+            req = req.header("Prefer", *p);
         }
         self.sent.fetch_add(1, Ordering::Relaxed);
         let resp = match req.send().await {
@@ -666,7 +679,7 @@ impl GraphClient {
         let retry_after = header(RETRY_AFTER).as_deref().and_then(crate::http_util::parse_retry_after);
         let location = header(reqwest::header::LOCATION);
         let content_type = header(reqwest::header::CONTENT_TYPE);
-        let bytes = read_capped(resp, limit).await.map_err(Failed::never)?;
+        let bytes = read_capped(resp, answer.limit).await.map_err(Failed::never)?;
         Ok((token, Reply { status, retry_after, location, content_type, bytes }))
     }
 }
@@ -687,6 +700,8 @@ pub(super) struct Answer {
     pub(super) redirect: bool,
     /// The largest body read.
     pub(super) limit: usize,
+    /// `Prefer` headers to send (`outlook.timezone="UTC"`, …).
+    pub(super) prefer: &'static [&'static str],
 }
 
 /// Graph's answer to one request.

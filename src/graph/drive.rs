@@ -239,7 +239,7 @@ impl GraphClient {
     }
 
     async fn content_at(&self, url: url::Url, limit: usize) -> Result<Content, GraphError> {
-        let reply = self.call_with(Method::GET, url, Body::None, true, Answer { redirect: true, limit }).await?;
+        let reply = self.call_with(Method::GET, url, Body::None, true, Answer { redirect: true, limit, prefer: &[] }).await?;
         if (300..=399).contains(&reply.status) {
             return reply
                 .location
@@ -262,7 +262,8 @@ impl GraphClient {
         )?;
         let limit = 1024 * 1024;
         let body = Body::Bytes(bytes, "application/octet-stream");
-        let reply = self.call_with(Method::PUT, url, body, conflict == Conflict::Replace, Answer { redirect: false, limit }).await?;
+        let reply =
+            self.call_with(Method::PUT, url, body, conflict == Conflict::Replace, Answer { redirect: false, limit, prefer: &[] }).await?;
         parse(&reply.bytes)
     }
 

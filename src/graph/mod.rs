@@ -1,4 +1,5 @@
-//! Microsoft Graph (v1.0) as the Entra Agent User: chats, chat messages, members, users and its mailbox.
+//! Microsoft Graph (v1.0) as the Entra Agent User: chats, chat messages, members, users, its mailbox
+//! ([`mail`]), its files ([`drive`]) and its calendar ([`calendar`]).
 //!
 //! * [`GraphEndpoint`]: the API base and the host allow-list every URL passes before the bearer token
 //!   is attached (`@odata.nextLink` included).
@@ -13,6 +14,7 @@
 //! * [`FileTransfer`]: bytes to and from SharePoint without a token (pre-authenticated downloads,
 //!   upload sessions), only to [`FileHosts`].
 
+pub mod calendar;
 pub mod client;
 
 pub mod drive;

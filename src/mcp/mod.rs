@@ -8,6 +8,7 @@
 //! | [`graph_tools`] | the `graph_*` tools of the bot's Entra Agent User (the work is in [`crate::bridge::graph`]) |
 //! | [`file_tools`] | `get_file`, `send_file`, and the Agent User's `graph_*` file tools (the work is in [`crate::bridge::files`]) |
 //! | [`mail_tools`] | the `mail_*` tools: the Agent User's mail (the work is in [`crate::bridge::mail`]) |
+//! | [`calendar_tools`] | the `calendar_*` tools: the Agent User's calendar (the work is in [`crate::bridge::calendar`]) |
 //! | [`prompts`] | the body prompt compiled into the binary |
 //!
 //! A thin adapter: parameter structs, handlers that call the transport-free core in [`crate::bridge`]
@@ -55,6 +56,7 @@ fn ok(value: serde_json::Value) -> ToolResult {
     Ok(rmcp::model::CallToolResult::structured(value))
 }
 
+pub mod calendar_tools;
 pub mod connect;
 pub mod file_tools;
 pub mod graph_tools;

@@ -564,6 +564,10 @@ impl Bridge {
         if hub.agents.values().any(|a| a.mail.is_some()) {
             tool_router += Self::mail_router();
         }
+        // The calendar tools only where a bot's Agent User has its calendar on.
+        if hub.offers_calendar() {
+            tool_router += Self::calendar_router();
+        }
         let store = Arc::clone(&hub.store);
         Self {
             hub,
@@ -1660,20 +1664,28 @@ mod tests {
 
     #[test]
     fn the_tool_policy_names_exactly_the_tools_sessions_offer() {
-        let mut offered: Vec<String> =
-            (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router() + Bridge::mail_router())
-                .list_all()
-                .into_iter()
-                .map(|t| t.name.to_string())
-                .collect();
+        let mut offered: Vec<String> = (Bridge::tool_router()
+            + Bridge::graph_router()
+            + Bridge::file_router()
+            + Bridge::graph_file_router()
+            + Bridge::mail_router()
+            + Bridge::calendar_router())
+        .list_all()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
         offered.sort();
         let mut named: Vec<String> = TOOLS.iter().map(|(n, _)| (*n).to_owned()).collect();
         named.sort();
         assert_eq!(offered, named, "config::mcp_tools::TOOLS and the routers disagree");
         // The tools that read take no `text`, `card` or `reaction`: a sanity check of the classification.
-        for t in
-            (Bridge::tool_router() + Bridge::graph_router() + Bridge::file_router() + Bridge::graph_file_router() + Bridge::mail_router())
-                .list_all()
+        for t in (Bridge::tool_router()
+            + Bridge::graph_router()
+            + Bridge::file_router()
+            + Bridge::graph_file_router()
+            + Bridge::mail_router()
+            + Bridge::calendar_router())
+        .list_all()
         {
             let props = t.input_schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
             if kind_of(&t.name) == Some(ToolKind::Read) {

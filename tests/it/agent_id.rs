@@ -478,3 +478,26 @@ async fn device_code_is_an_explicit_fallback_that_polls_until_signed_in() {
     assert_eq!(d.authorize_requests, 0, "no browser flow");
     assert_eq!(d.count(), (1, 2, 1, 1));
 }
+
+#[tokio::test]
+async fn the_grant_asks_for_the_calendar_only_once_the_calendar_area_is_on() {
+    let t = Setup::new().await;
+    let (code, out, err) = t.provision(&[]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let seen = t.fake.seen();
+    let grant = seen.iter().find(|r| r.method == "POST" && r.path == "oauth2PermissionGrants").unwrap().body.clone().unwrap();
+    assert!(!grant["scope"].as_str().unwrap().contains("Calendars"), "a disabled area's permission was asked for: {grant}");
+
+    // The operator turns the calendar on and runs provision again: the grant gains its scope, nothing else.
+    let text = std::fs::read_to_string(&t.config).unwrap();
+    std::fs::write(&t.config, text.replacen("[bots.agent_user]\n", "[bots.agent_user]\ncalendar = true\n", 1)).unwrap();
+    let before = t.fake.seen().len();
+    let (code, out, err) = t.provision(&[]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let seen = t.fake.seen();
+    let patch =
+        seen[before..].iter().find(|r| r.method == "PATCH" && r.path.starts_with("oauth2PermissionGrants/")).expect("the grant is widened");
+    let scope = patch.body.as_ref().unwrap()["scope"].as_str().unwrap().to_owned();
+    assert!(scope.split(' ').any(|s| s == "Calendars.ReadWrite") && scope.contains("ChatMessage.Send"), "{scope}");
+    assert_eq!(posts(&seen[before..]), 1, "only the grant changes: {out}");
+}

@@ -11,6 +11,8 @@
 //! `Retry-After`, 401, any status) are served first; listings page with `@odata.nextLink`, which a test
 //! can point elsewhere.
 //!
+//! Calendar endpoints: [`crate::fake_calendar`].
+//!
 //! Change notifications: `POST /subscriptions` (only with a valid Agent User token; `https` URLs; a
 //! `lifecycleNotificationUrl` whenever the expiry is over an hour away; a `clientState` of at most 128
 //! characters; the Agent User's own `getAllMessages` resource) first POSTs `?validationToken=` to both URLs
@@ -132,6 +134,8 @@ struct GraphState {
     sponsors: Mutex<Option<Sponsors>>,
     sponsor_reads: AtomicUsize,
     drive: Mutex<DriveState>,
+    /// The Agent User's calendar ([`crate::fake_calendar`]).
+    calendar: crate::fake_calendar::Calendar,
     /// Answers served to the next request whose path contains the needle (before `injected`).
     injected_for: Mutex<Vec<(String, Canned)>>,
     /// The Agent User's Inbox, oldest first.
@@ -328,6 +332,7 @@ impl FakeGraph {
             list_reads: AtomicUsize::new(0),
             message_gets: AtomicUsize::new(0),
             validations: AtomicUsize::new(0),
+            calendar: crate::fake_calendar::Calendar::default(),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -354,6 +359,11 @@ impl FakeGraph {
             .collect();
         self.state.chats.lock().unwrap().push(Chat { id: id.clone(), chat_type: "group".into(), topic: None, members: vec![], messages });
         id
+    }
+
+    /// The Agent User's calendar: events, other people's busy blocks, answers ([`crate::fake_calendar`]).
+    pub fn calendar(&self) -> &crate::fake_calendar::Calendar {
+        &self.state.calendar
     }
 
     /// Serve these responses to the next requests, in order.
@@ -887,6 +897,9 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
     let m = method.as_str();
     if matches!(segs.as_slice(), ["me", "drive", ..] | ["sites", _, "drive", ..] | ["shares", ..] | ["sites"]) {
         return drive_route(&s, m, &segments, &query, json_body, &body);
+    }
+    if let Some(r) = s.calendar.route(&s.base, &s.agent_upn, m, &segs, &query, &headers, json_body.clone()) {
+        return r;
     }
     match (m, segs.as_slice()) {
         ("GET", ["me"]) => user(&s, &s.agent_oid.clone()),

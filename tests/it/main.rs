@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_calendar;
 mod fake_connector;
 mod fake_entra;
 mod fake_entra_agent;
@@ -15,6 +16,7 @@ mod agent_id;
 mod agent_tokens;
 mod agentic;
 mod auth;
+mod calendar;
 mod cli;
 mod connector;
 mod doctor;
