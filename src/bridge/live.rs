@@ -170,6 +170,10 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The finish of a stream that ended (idle) while more text was being handed to it.
+const LATE: &str =
+    "the stream had already ended (no text for too long) when more text arrived; that text was not posted: send it with reply";
+
 async fn drive(mut poster: impl PostStream, mut stream: Stream, mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
     let mut progress = Progress::default();
     loop {
@@ -182,10 +186,20 @@ async fn drive(mut poster: impl PostStream, mut stream: Stream, mut rx: mpsc::Un
                 if stream.ended().is_some() {
                     // Abandoned (idle), cancelled or gone: refuse more text; a finish gets the outcome.
                     shared.ended.store(true, Ordering::Release);
+                    // Text handed over while the end was being posted never reaches Teams: the finish says so.
+                    let mut late = false;
                     while let Some(c) = rx.recv().await {
-                        if let Command::Finish(reply) = c {
-                            let _ = reply.send(result(&progress, &stream));
-                            return;
+                        match c {
+                            Command::Finish(reply) => {
+                                let outcome = if late && progress.stopped.is_none() {
+                                    Err(LATE.to_owned())
+                                } else {
+                                    result(&progress, &stream)
+                                };
+                                let _ = reply.send(outcome);
+                                return;
+                            }
+                            Command::Append(_) | Command::Informative(_) => late = true,
                         }
                     }
                     return;
@@ -364,6 +378,34 @@ mod tests {
             let Self { link, state } = self;
             link.post(send.kind, || std::future::ready(judge(&mut state.lock().unwrap(), send))).await
         }
+    }
+
+    /// A Connector that takes 5 s to answer a placeholder or a final and throttles every progress edit (so
+    /// the final always has something to show).
+    struct Slow;
+
+    impl PostStream for Slow {
+        async fn post(&mut self, send: &StreamSend) -> Posted {
+            use crate::teams::StreamSendKind as K;
+            if send.kind == K::Edit {
+                return Posted::Throttled(None);
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Posted::Id(if send.kind == K::Placeholder { "P".into() } else { String::new() })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn text_handed_over_while_an_idle_stream_ends_is_reported_not_dropped() {
+        let stream = LiveStream::spawn(Slow, reference("groupChat"), StreamMode::Updating, StreamConfig::default());
+        stream.append("one ").unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        stream.append("two ").unwrap();
+        // Idle past the timeout: the stream ends and its final edit is on its way (5 s) when more text comes.
+        tokio::time::sleep(StreamConfig::default().idle_timeout + Duration::from_secs(2)).await;
+        assert!(stream.append("three").is_ok(), "the end is still being posted");
+        let finished = stream.finish().await;
+        assert!(finished.as_ref().is_err_and(|e| e.contains("not posted")), "{finished:?}");
     }
 
     fn reference(kind: &str) -> ConversationRef {

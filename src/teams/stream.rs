@@ -152,7 +152,9 @@ impl Default for StreamConfig {
 }
 
 impl StreamConfig {
-    /// Every duration divided by `scale` (a test clock running `scale` times faster; `--dev` only).
+    /// Every Teams pacing and limit divided by `scale` (a test clock running `scale` times faster; `--dev`
+    /// only). The idle timeout is not: it guards against a host that went away, and a slow machine running
+    /// a scaled test must not look like one.
     #[must_use]
     pub(crate) fn scaled(self, scale: u32) -> Self {
         let scale = scale.max(1);
@@ -161,7 +163,6 @@ impl StreamConfig {
             edit_interval: self.edit_interval / scale,
             request_gap: self.request_gap / scale,
             max_age: self.max_age / scale,
-            idle_timeout: self.idle_timeout / scale,
             ..self
         }
     }
