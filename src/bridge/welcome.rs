@@ -2,16 +2,17 @@
 //! a group chat), from `installationUpdate` `add` or `conversationUpdate` with the bot among
 //! `membersAdded` (Teams sends both for one installation; a redelivery is another of them).
 //!
-//! "Once" is kept in the store, as a provisioning record `welcome:{bot}:{conversation}` written before the
-//! message is queued: a second installation activity, a redelivery or another replica finds it and sends
-//! nothing (checked and recorded under one lock per process; two replicas racing may both send). The message goes through the outbox (retried, audited as `send` by `agentgate:welcome`).
+//! "Once" is kept in the store (`welcomes`, [`Store::record_welcome`]), recorded before the message is
+//! queued with one conditional insert: a second installation activity, a redelivery or another replica finds
+//! it recorded and sends nothing. The message goes through the outbox (retried, audited as `send` by
+//! `agentgate:welcome`).
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 
 use crate::config::BotConfig;
-use crate::store::{NewOutbound, OutboundOp, ProvisioningRecord, Store, now_ms};
+use crate::store::{NewOutbound, OutboundOp, Store, now_ms};
 
 /// Who queues the welcome (the audit's actor).
 pub(crate) const REQUESTER: &str = "agentgate:welcome";
@@ -51,11 +52,6 @@ pub(crate) fn activities(bots: &[BotConfig]) -> anyhow::Result<HashMap<String, V
     Ok(out)
 }
 
-/// The provisioning key that records the welcome of `conversation`.
-fn key(bot_app_id: &str, conversation_id: &str) -> String {
-    format!("welcome:{}:{conversation_id}", bot_app_id.to_ascii_lowercase())
-}
-
 /// Queue the welcome into a conversation the bot was just installed in, unless it was welcomed before.
 /// Returns the outbox id when one was queued. Failures are logged: a welcome never refuses an activity.
 pub(crate) async fn welcome(
@@ -66,26 +62,19 @@ pub(crate) async fn welcome(
     conversation_id: &str,
     service_url: &str,
 ) -> Option<i64> {
-    // Teams sends the two installation activities at once: checking and recording is one step in this
-    // process (replicas may still race; then the conversation is welcomed twice at worst).
-    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _guard = ONE_AT_A_TIME.lock().await;
-    let key = key(bot_app_id, conversation_id);
-    match store.provisioning(&key).await {
-        Ok(Some(_)) => {
+    // Teams sends the two installation activities at once, maybe to two replicas: the insert-if-absent
+    // lets exactly one of them through.
+    let now = now_ms();
+    match store.record_welcome(bot_app_id, conversation_id, now).await {
+        Ok(true) => {}
+        Ok(false) => {
             tracing::debug!(conversation_id, "already welcomed");
             return None;
         }
-        Ok(None) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "cannot tell whether the conversation was welcomed; no welcome sent");
+            tracing::warn!(error = %e, "cannot record the welcome; none sent");
             return None;
         }
-    }
-    let now = now_ms();
-    if let Err(e) = store.save_provisioning(ProvisioningRecord { key, state: "sent".into(), updated_at_ms: now }).await {
-        tracing::warn!(error = %e, "cannot record the welcome; none sent");
-        return None;
     }
     let item = NewOutbound {
         bot_app_id: bot_app_id.into(),
@@ -146,5 +135,37 @@ mod tests {
         assert!(welcome(&store, &activity, "app-1", "t", "19:other@thread.v2", "https://smba.trafficmanager.net/amer/").await.is_some());
         let queued = store.outbox(None, 10).await.unwrap();
         assert_eq!(queued.len(), 2);
+        assert!(store.welcomed_at("app-1", "19:c@thread.v2").await.unwrap().is_some());
+        assert_eq!(store.provisioning("welcome:app-1:19:c@thread.v2").await.unwrap(), None, "not a provisioning record");
+    }
+
+    /// The two installation activities at once on two gateways sharing the store (two handles on one file, no
+    /// lock in common but the store's): one welcome.
+    #[tokio::test]
+    async fn two_gateways_at_once_send_one_welcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+            std::sync::Arc::new(
+                crate::store::sqlite::SqliteStore::open(&dir.path().join("w.db"), crate::config::Synchronous::Normal, 64, metrics)
+                    .expect("store"),
+            )
+        };
+        let (one, two) = (open(), open());
+        let activity = serde_json::json!({"type": "message", "text": "Hi"});
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = std::sync::Arc::clone(if i % 2 == 0 { &one } else { &two });
+            let activity = activity.clone();
+            tasks.push(tokio::spawn(async move {
+                welcome(store.as_ref(), &activity, "app-1", "t", "a:1x", "https://smba.trafficmanager.net/amer/").await
+            }));
+        }
+        let mut sent = 0;
+        for t in tasks {
+            sent += usize::from(t.await.unwrap().is_some());
+        }
+        assert_eq!(sent, 1);
+        assert_eq!(one.outbox(None, 10).await.unwrap().len(), 1);
     }
 }

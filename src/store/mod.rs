@@ -12,6 +12,7 @@ use crate::ids::{AadObjectId, AppId, ConversationId, TenantId};
 
 pub mod audit;
 pub mod claims;
+pub mod offers;
 pub mod postgres;
 pub mod recent;
 pub mod sqlite;
@@ -20,6 +21,7 @@ pub(crate) mod suite;
 
 pub use audit::{AuditEvent, AuditHead, AuditKey, AuditRecord, Broken, Identity, Target, Verified};
 pub use claims::{Claim, ClaimHolder, ClaimOutcome, ClaimTarget};
+pub use offers::{FileOffer, OfferState};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use recent::RecentCommits;
 pub use sqlite::SqliteStore;
@@ -734,6 +736,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Forget a provisioning run (after its teardown); whether there was one.
     async fn delete_provisioning(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Record that the bot's welcome goes to `conversation_id` now, unless it was recorded before: true when
+    /// this call recorded it (its caller sends the welcome), false when an earlier one did, on any replica
+    /// (one conditional insert). The bot is compared in lower case, the conversation exactly.
+    async fn record_welcome(&self, bot_app_id: &str, conversation_id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// When the bot's welcome to `conversation_id` was recorded, if it was.
+    async fn welcomed_at(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Record a file offered with a consent card (its id is new: an id taken is a [`StoreError::Conflict`]).
+    async fn create_file_offer(&self, offer: &FileOffer) -> Result<(), StoreError>;
+
+    /// The offer with this consent id, if any.
+    async fn file_offer(&self, id: &str) -> Result<Option<FileOffer>, StoreError>;
+
+    /// Move an offer from `from` to `to` (its `detail` replaced, `updated_at_ms` set), only if it is still in
+    /// `from`: true when this call moved it, false when it was not there (unknown, or another call or replica
+    /// moved it first: two answers to one card, on two replicas, never both accept it). A transition the
+    /// consent flow does not have ([`OfferState::can_become`]) is refused.
+    async fn transition_file_offer(
+        &self,
+        id: &str,
+        from: OfferState,
+        to: OfferState,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Forget an offer (its card could not be queued); whether there was one.
+    async fn delete_file_offer(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Forget dedupe keys that expired before `now_ms`; returns how many were removed.
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError>;

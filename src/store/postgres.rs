@@ -41,6 +41,7 @@ use tokio_postgres::types::ToSql;
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::claims::CLAIM_ROWS_KEPT_MS;
+use super::offers::{self, FileOffer, OfferState};
 use super::{
     Amended, Amendment, ApprovalDecision, ApprovalRecord, AuditEvent, AuditRecord, ChatCursor, Claim, ClaimHolder, ClaimOutcome,
     ClaimTarget, CommitOutcome, ConversationRef, ErrorClass, Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription,
@@ -227,6 +228,66 @@ const MIGRATIONS: &[&str] = &[
         since_ms      BIGINT NOT NULL,
         updated_at_ms BIGINT NOT NULL
     );",
+    // 10: the welcome marker and the files offered with a consent card, each in a table of its own; the rows
+    // they kept in `agent_id_provisioning` (`welcome:…`, `file_consent:…`) move there, read as SQLite's step
+    // 11 reads them (`offers::legacy_welcome`, `offers::legacy_offer`: a record that does not read as one is
+    // dropped, as the code that wrote it ignored it; a moved offer expires a day after it was made).
+    "CREATE TABLE welcomes (
+        bot_app_id      TEXT   NOT NULL,
+        conversation_id TEXT   NOT NULL,
+        welcomed_at_ms  BIGINT NOT NULL,
+        PRIMARY KEY (bot_app_id, conversation_id)
+    );
+    CREATE TABLE file_offers (
+        id              TEXT   PRIMARY KEY,
+        bot_app_id      TEXT   NOT NULL,
+        tenant_id       TEXT   NOT NULL,
+        conversation_id TEXT   NOT NULL,
+        name            TEXT   NOT NULL,
+        size            BIGINT NOT NULL,
+        sha256          TEXT   NOT NULL,
+        requested_by    TEXT   NOT NULL,
+        state           TEXT   NOT NULL,
+        detail          TEXT,
+        created_at_ms   BIGINT NOT NULL,
+        updated_at_ms   BIGINT NOT NULL,
+        expires_at_ms   BIGINT NOT NULL
+    );
+    INSERT INTO welcomes (bot_app_id, conversation_id, welcomed_at_ms)
+        SELECT lower(substring(key FROM '^welcome:([^:]+):')), substring(key FROM '^welcome:[^:]+:(.+)$'), updated_at_ms
+        FROM agent_id_provisioning WHERE key ~ '^welcome:[^:]+:.'
+        ON CONFLICT DO NOTHING;
+    DO $$
+    DECLARE
+        r RECORD;
+        j JSONB;
+    BEGIN
+        FOR r IN SELECT key, state, updated_at_ms FROM agent_id_provisioning WHERE left(key, 13) = 'file_consent:' AND length(key) > 13 LOOP
+            BEGIN
+                j := r.state::jsonb;
+                IF jsonb_typeof(j) = 'object'
+                    AND jsonb_typeof(j->'bot') = 'string' AND jsonb_typeof(j->'tenant') = 'string'
+                    AND jsonb_typeof(j->'conversation') = 'string' AND jsonb_typeof(j->'name') = 'string'
+                    AND jsonb_typeof(j->'sha256') = 'string' AND jsonb_typeof(j->'requested_by') = 'string'
+                    AND jsonb_typeof(j->'size') = 'number' AND jsonb_typeof(j->'created_ms') = 'number'
+                    AND j->>'state' IN ('offered', 'uploading', 'uploaded', 'declined', 'failed', 'expired')
+                    AND (j->>'size')::BIGINT >= 0
+                THEN
+                    INSERT INTO file_offers (id, bot_app_id, tenant_id, conversation_id, name, size, sha256, requested_by, state, detail,
+                                             created_at_ms, updated_at_ms, expires_at_ms)
+                    VALUES (substr(r.key, 14), j->>'bot', j->>'tenant', j->>'conversation', j->>'name', (j->>'size')::BIGINT,
+                            j->>'sha256', j->>'requested_by', j->>'state',
+                            CASE WHEN jsonb_typeof(j->'detail') = 'string' THEN j->>'detail' END,
+                            (j->>'created_ms')::BIGINT, r.updated_at_ms, (j->>'created_ms')::BIGINT + 86400000)
+                    ON CONFLICT (id) DO NOTHING;
+                END IF;
+            EXCEPTION WHEN invalid_text_representation OR numeric_value_out_of_range THEN
+                NULL;
+            END;
+        END LOOP;
+    END
+    $$;
+    DELETE FROM agent_id_provisioning WHERE left(key, 8) = 'welcome:' OR left(key, 13) = 'file_consent:';",
 ];
 
 /// The schema version this build writes.
@@ -992,6 +1053,27 @@ fn ref_row(r: &Row) -> Result<ConversationRef, StoreError> {
     })
 }
 
+const OFFER_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, name, size, sha256, requested_by, state, detail, created_at_ms, updated_at_ms, expires_at_ms";
+
+fn offer_of(r: &Row) -> Result<FileOffer, StoreError> {
+    let (size, state): (i64, &str) = (r.get(5), r.get(8));
+    Ok(FileOffer {
+        id: r.get(0),
+        bot_app_id: r.get(1),
+        tenant_id: r.get(2),
+        conversation_id: r.get(3),
+        name: r.get(4),
+        size: u64::try_from(size).map_err(|_| StoreError::Corrupt(format!("a file offer of size {size}")))?,
+        sha256: r.get(6),
+        requested_by: r.get(7),
+        state: OfferState::parse(state).ok_or_else(|| StoreError::Corrupt(format!("a file offer in an unknown state `{state}`")))?,
+        detail: r.get(9),
+        created_at_ms: r.get(10),
+        updated_at_ms: r.get(11),
+        expires_at_ms: r.get(12),
+    })
+}
+
 const CLAIM_COLUMNS: &str = "kind, bot_app_id, tenant_id, conversation_id, session, client, scope, until_ms";
 
 fn claim_of(r: &Row) -> Result<Claim, StoreError> {
@@ -1215,6 +1297,78 @@ impl Store for PostgresStore {
 
     async fn delete_provisioning(&self, key: &str) -> Result<bool, StoreError> {
         self.execute("DELETE FROM agent_id_provisioning WHERE key = $1", &[&key]).await.map(|n| n > 0)
+    }
+
+    async fn record_welcome(&self, bot_app_id: &str, conversation_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        // Two replicas inserting at once: the second waits for the first's commit, then inserts nothing.
+        self.execute(
+            "INSERT INTO welcomes (bot_app_id, conversation_id, welcomed_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&bot_app_id.to_ascii_lowercase(), &conversation_id, &now_ms],
+        )
+        .await
+        .map(|n| n == 1)
+    }
+
+    async fn welcomed_at(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<i64>, StoreError> {
+        let rows = self
+            .query(
+                "SELECT welcomed_at_ms FROM welcomes WHERE bot_app_id = $1 AND conversation_id = $2",
+                &[&bot_app_id.to_ascii_lowercase(), &conversation_id],
+            )
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    async fn create_file_offer(&self, o: &FileOffer) -> Result<(), StoreError> {
+        let size = i64::try_from(o.size).map_err(|_| StoreError::Database(format!("a file offer of size {}", o.size)))?;
+        self.execute(
+            &format!("INSERT INTO file_offers ({OFFER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
+            &[
+                &o.id,
+                &o.bot_app_id,
+                &o.tenant_id,
+                &o.conversation_id,
+                &o.name,
+                &size,
+                &o.sha256,
+                &o.requested_by,
+                &o.state.as_str(),
+                &o.detail,
+                &o.created_at_ms,
+                &o.updated_at_ms,
+                &o.expires_at_ms,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn file_offer(&self, id: &str) -> Result<Option<FileOffer>, StoreError> {
+        let rows = self.query(&format!("SELECT {OFFER_COLUMNS} FROM file_offers WHERE id = $1"), &[&id]).await?;
+        rows.first().map(offer_of).transpose()
+    }
+
+    async fn transition_file_offer(
+        &self,
+        id: &str,
+        from: OfferState,
+        to: OfferState,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        offers::check_transition(from, to)?;
+        // Two replicas moving one offer at once: the second waits for the first's commit, then finds the
+        // state changed (the condition is evaluated again on the row it committed) and moves nothing.
+        self.execute(
+            "UPDATE file_offers SET state = $3, detail = $4, updated_at_ms = $5 WHERE id = $1 AND state = $2",
+            &[&id, &from.as_str(), &to.as_str(), &detail, &now_ms],
+        )
+        .await
+        .map(|n| n == 1)
+    }
+
+    async fn delete_file_offer(&self, id: &str) -> Result<bool, StoreError> {
+        self.execute("DELETE FROM file_offers WHERE id = $1", &[&id]).await.map(|n| n > 0)
     }
 
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError> {
@@ -2064,9 +2218,24 @@ pub(crate) mod tests {
                  CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
             ));
         }
+        fn create_at_version(&self, version: i64) {
+            let mut sql = String::from("CREATE TABLE agentgate_schema (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL);");
+            for (i, step) in MIGRATIONS[..usize::try_from(version).unwrap()].iter().enumerate() {
+                sql.push_str(step);
+                sql.push_str(&format!(";\nINSERT INTO agentgate_schema (version, applied_at_ms) VALUES ({}, 0);", i + 1));
+            }
+            self.execute(&sql);
+        }
     }
 
     crate::store_suite!(optional postgres);
+
+    /// Step 10 moves the welcome markers and file offers out of `agent_id_provisioning`.
+    #[tokio::test]
+    async fn a_version_9_database_moves_welcomes_and_file_offers_to_their_tables() {
+        let Some(b) = postgres() else { return };
+        suite::provisioned_state_moves_to_its_own_tables(&b, 9).await;
+    }
 
     #[tokio::test]
     async fn a_database_from_a_newer_release_is_refused() {

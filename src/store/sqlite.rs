@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::{self, AuditHead, AuditKey, Broken, Verified};
 use super::claims::CLAIM_ROWS_KEPT_MS;
+use super::offers::{self, FileOffer, OfferState};
 use super::{
     Amended, Amendment, AuditEvent, AuditRecord, ChatCursor, Claim, ClaimHolder, ClaimOutcome, ClaimTarget, CommitOutcome, ConversationRef,
     Finish, GRAPH_CLAIM_MS, GraphCommit, GraphNotification, GraphSubscription, Identity, InboundRecord, InboxItem, InboxState, Lease,
@@ -175,7 +176,112 @@ const MIGRATIONS: &[Migration] = &[
              );",
         )
     },
+    // 11: the welcome marker and the files offered with a consent card, each in a table of its own; the rows
+    // they kept in `agent_id_provisioning` (`welcome:…`, `file_consent:…`) move there.
+    |tx| {
+        tx.execute_batch(OFFERS_SCHEMA)?;
+        move_provisioned_state(tx)
+    },
 ];
+
+const OFFERS_SCHEMA: &str = "
+CREATE TABLE welcomes (
+    bot_app_id      TEXT    NOT NULL,
+    conversation_id TEXT    NOT NULL,
+    welcomed_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (bot_app_id, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE file_offers (
+    id              TEXT    PRIMARY KEY,
+    bot_app_id      TEXT    NOT NULL,
+    tenant_id       TEXT    NOT NULL,
+    conversation_id TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    size            INTEGER NOT NULL,
+    sha256          TEXT    NOT NULL,
+    requested_by    TEXT    NOT NULL,
+    state           TEXT    NOT NULL,
+    detail          TEXT,
+    created_at_ms   INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL,
+    expires_at_ms   INTEGER NOT NULL
+);
+";
+
+/// The provisioning records that were welcome markers or file offers (before step 11).
+const PROVISIONED_STATE: &str = "substr(key, 1, 8) = 'welcome:' OR substr(key, 1, 13) = 'file_consent:'";
+
+/// Step 11: move the welcome markers and file offers kept as provisioning records into their tables (read by
+/// `offers::legacy_*`; a record that does not read as one is dropped, as the code that wrote it ignored it),
+/// and delete them from `agent_id_provisioning`.
+fn move_provisioned_state(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let rows = {
+        let mut stmt = tx.prepare(&format!("SELECT key, state, updated_at_ms FROM agent_id_provisioning WHERE {PROVISIONED_STATE}"))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    for (key, state, updated_at_ms) in rows {
+        if let Some((bot, conversation)) = offers::legacy_welcome(&key) {
+            tx.execute(
+                "INSERT INTO welcomes (bot_app_id, conversation_id, welcomed_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![bot, conversation, updated_at_ms],
+            )?;
+        } else if let Some(offer) = offers::legacy_offer(&key, &state, updated_at_ms) {
+            insert_offer(tx, &offer, true)?;
+        }
+    }
+    tx.execute(&format!("DELETE FROM agent_id_provisioning WHERE {PROVISIONED_STATE}"), [])?;
+    Ok(())
+}
+
+const OFFER_COLUMNS: &str = "id, bot_app_id, tenant_id, conversation_id, name, size, sha256, requested_by, state, detail, created_at_ms, updated_at_ms, expires_at_ms";
+
+/// Insert an offer; `or_ignore`: an id already there is kept (else it is a constraint violation).
+fn insert_offer(tx: &rusqlite::Transaction<'_>, o: &FileOffer, or_ignore: bool) -> rusqlite::Result<usize> {
+    let size = i64::try_from(o.size).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let conflict = if or_ignore { "ON CONFLICT DO NOTHING" } else { "" };
+    tx.prepare_cached(&format!(
+        "INSERT INTO file_offers ({OFFER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) {conflict}"
+    ))?
+    .execute(params![
+        o.id,
+        o.bot_app_id,
+        o.tenant_id,
+        o.conversation_id,
+        o.name,
+        size,
+        o.sha256,
+        o.requested_by,
+        o.state.as_str(),
+        o.detail,
+        o.created_at_ms,
+        o.updated_at_ms,
+        o.expires_at_ms
+    ])
+}
+
+fn offer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileOffer> {
+    let unreadable = |i: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::<dyn std::error::Error + Send + Sync>::from(what))
+    };
+    let size: i64 = r.get(5)?;
+    let state: String = r.get(8)?;
+    Ok(FileOffer {
+        id: r.get(0)?,
+        bot_app_id: r.get(1)?,
+        tenant_id: r.get(2)?,
+        conversation_id: r.get(3)?,
+        name: r.get(4)?,
+        size: u64::try_from(size).map_err(|_| unreadable(5, format!("a file offer of size {size}")))?,
+        sha256: r.get(6)?,
+        requested_by: r.get(7)?,
+        state: OfferState::parse(&state).ok_or_else(|| unreadable(8, format!("a file offer in an unknown state `{state}`")))?,
+        detail: r.get(9)?,
+        created_at_ms: r.get(10)?,
+        updated_at_ms: r.get(11)?,
+        expires_at_ms: r.get(12)?,
+    })
+}
 
 const CLAIMS_SCHEMA: &str = "
 CREATE TABLE conversation_claims (
@@ -1274,6 +1380,66 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn record_welcome(&self, bot_app_id: &str, conversation_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let (bot, conversation) = (bot_app_id.to_ascii_lowercase(), conversation_id.to_owned());
+        self.write(move |tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO welcomes (bot_app_id, conversation_id, welcomed_at_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![bot, conversation, now_ms])
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn welcomed_at(&self, bot_app_id: &str, conversation_id: &str) -> Result<Option<i64>, StoreError> {
+        let (bot, conversation) = (bot_app_id.to_ascii_lowercase(), conversation_id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached("SELECT welcomed_at_ms FROM welcomes WHERE bot_app_id = ?1 AND conversation_id = ?2")?
+                .query_row(params![bot, conversation], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
+
+    async fn create_file_offer(&self, offer: &FileOffer) -> Result<(), StoreError> {
+        let offer = offer.clone();
+        self.write(move |tx, _| insert_offer(tx, &offer, false).map(|_| ())).await
+    }
+
+    async fn file_offer(&self, id: &str) -> Result<Option<FileOffer>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {OFFER_COLUMNS} FROM file_offers WHERE id = ?1"))?
+                .query_row(params![id], offer_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn transition_file_offer(
+        &self,
+        id: &str,
+        from: OfferState,
+        to: OfferState,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        offers::check_transition(from, to)?;
+        let (id, detail) = (id.to_owned(), detail.map(str::to_owned));
+        self.write(move |tx, _| {
+            tx.prepare_cached("UPDATE file_offers SET state = ?3, detail = ?4, updated_at_ms = ?5 WHERE id = ?1 AND state = ?2")?
+                .execute(params![id, from.as_str(), to.as_str(), detail, now_ms])
+                .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn delete_file_offer(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |tx, _| tx.prepare_cached("DELETE FROM file_offers WHERE id = ?1")?.execute(params![id]).map(|n| n > 0)).await
+    }
+
     async fn purge_dedupe(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.write(move |tx, _| {
             tx.prepare_cached("DELETE FROM dedupe WHERE expires_at_ms < ?1")?.execute(params![now_ms]).map(|n| n as u64)
@@ -1658,6 +1824,16 @@ mod tests {
                 "CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, '{table} unavailable'); END;"
             ));
         }
+        fn create_at_version(&self, version: i64) {
+            std::fs::create_dir_all(self.path.parent().unwrap()).unwrap();
+            let mut conn = Connection::open(&self.path).unwrap();
+            for step in &MIGRATIONS[..usize::try_from(version).unwrap()] {
+                let tx = conn.transaction().unwrap();
+                step(&tx).unwrap();
+                tx.commit().unwrap();
+            }
+            conn.pragma_update(None, "user_version", version).unwrap();
+        }
     }
 
     crate::store_suite!(sqlite);
@@ -1720,6 +1896,12 @@ mod tests {
         assert_eq!(store.verify_audit(None).await.unwrap().unwrap().head.count, 3);
         store.close().await;
         assert_eq!(user_version(&b.path), SCHEMA_VERSION);
+    }
+
+    /// Step 11 moves the welcome markers and file offers out of `agent_id_provisioning`.
+    #[tokio::test]
+    async fn a_version_10_database_moves_welcomes_and_file_offers_to_their_tables() {
+        suite::provisioned_state_moves_to_its_own_tables(&sqlite(), 10).await;
     }
 
     #[tokio::test]

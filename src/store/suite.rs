@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use super::audit::{self, AuditHead, Broken};
 use super::{
     Amended, Amendment, AuditEvent, ChatCursor, ClaimHolder, ClaimOutcome, ClaimTarget, CommitOutcome, ConversationRef, ErrorClass, Failed,
-    Finish, GRAPH_CLAIM_MS, GraphCommit, GraphSubscription, Identity, InboundRecord, InboxState, MailCursor, NewGraphNotification,
-    NewOutbound, OUTBOX_LEASE_MS, OutboundOp, OutboxState, ProvisioningRecord, Store, StoreError, Target,
+    FileOffer, Finish, GRAPH_CLAIM_MS, GraphCommit, GraphSubscription, Identity, InboundRecord, InboxState, MailCursor,
+    NewGraphNotification, NewOutbound, OUTBOX_LEASE_MS, OfferState, OutboundOp, OutboxState, ProvisioningRecord, Store, StoreError, Target,
 };
 use crate::metrics::Metrics;
 
@@ -30,6 +30,9 @@ pub(crate) trait Backend: Send + Sync {
     fn execute(&self, sql: &str);
     /// Make every insert into `table` fail from now on (a full disk, a broken file).
     fn refuse_inserts(&self, table: &str);
+    /// Create the storage as a release at schema `version` left it: only the first `version` migration steps
+    /// applied (the store is not opened).
+    fn create_at_version(&self, version: i64);
 }
 
 /// Instantiate the suite: `store_suite!(make_backend)` where `make_backend()` returns the backend, or
@@ -43,7 +46,8 @@ macro_rules! store_suite {
             inbox_states_cursor_and_personal_chats, purge_forgets_expired_dedupe_keys, closed_store_refuses_writes,
             audit_head_follows_the_chain, an_agentic_recipient_is_kept_typed, provisioning_state_is_saved_replaced_and_forgotten,
             graph_inbound_state_commits_with_its_entries, edits_and_deletions_amend_only_pending_entries,
-            the_mail_cursor_commits_with_its_entries);
+            the_mail_cursor_commits_with_its_entries, a_conversation_is_welcomed_once_whatever_the_bot_s_case,
+            file_offers_move_only_from_the_state_they_are_in);
         $crate::store_suite!(@backend $backend;
             commit_dedupe_ack_and_reopen, concurrent_commits_share_transactions_and_stay_unique,
             outbox_keeps_per_conversation_order_and_recovers_after_a_crash, two_replicas_never_claim_the_same_entry,
@@ -53,7 +57,8 @@ macro_rules! store_suite {
             audit_detects_a_chain_recomputed_without_the_key, audit_expected_head_catches_an_unkeyed_rewrite,
             an_anonymous_activity_never_overwrites_an_authenticated_reference, an_unreadable_agentic_recipient_fails_closed,
             graph_notifications_and_leases_are_held_by_one_replica_at_a_time,
-            conversation_claims_are_exclusive_across_handles_lapse_and_release);
+            conversation_claims_are_exclusive_across_handles_lapse_and_release,
+            replicas_welcome_once_and_take_an_offer_once);
     };
     (@store $backend:expr; $($name:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -681,6 +686,179 @@ pub(crate) async fn provisioning_state_is_saved_replaced_and_forgotten(store: &d
     assert_eq!(store.provisioning("bot-a/tenant").await.unwrap(), None);
     // The other key is untouched.
     assert_eq!(store.provisioning("bot-b/tenant").await.unwrap().map(|r| r.updated_at_ms), Some(11));
+}
+
+/// The welcome marker: recorded once per (bot, conversation); the bot's case does not matter, the
+/// conversation's does. Nothing is written to the provisioning table any more.
+pub(crate) async fn a_conversation_is_welcomed_once_whatever_the_bot_s_case(store: &dyn Store) {
+    assert_eq!(store.welcomed_at("app-1", "a:1Case").await.unwrap(), None);
+    assert!(store.record_welcome("APP-1", "a:1Case", 10).await.unwrap(), "the first call records it");
+    assert!(!store.record_welcome("app-1", "a:1Case", 20).await.unwrap(), "the second finds it");
+    assert_eq!(store.welcomed_at("App-1", "a:1Case").await.unwrap(), Some(10), "the first time is kept");
+    assert!(store.record_welcome("app-1", "a:1case", 30).await.unwrap(), "another conversation (ids are compared exactly)");
+    assert!(store.record_welcome("app-2", "a:1Case", 40).await.unwrap(), "another bot");
+    assert_eq!(store.provisioning("welcome:app-1:a:1Case").await.unwrap(), None);
+}
+
+pub(crate) fn offer(id: &str, state: OfferState) -> FileOffer {
+    FileOffer {
+        id: id.into(),
+        bot_app_id: "App-1".into(),
+        tenant_id: "t".into(),
+        conversation_id: "a:1Case".into(),
+        name: "notes.txt".into(),
+        size: 12,
+        sha256: "ab".repeat(32),
+        requested_by: "mcp:stdio:claude-code".into(),
+        state,
+        detail: None,
+        created_at_ms: 100,
+        updated_at_ms: 100,
+        expires_at_ms: 86_400_100,
+    }
+}
+
+/// A file offer is recorded once, read back whole, and moved only from the state the caller names, to a state
+/// the consent flow goes to; it can be forgotten.
+pub(crate) async fn file_offers_move_only_from_the_state_they_are_in(store: &dyn Store) {
+    let id = "fc0123456789abcdef";
+    assert_eq!(store.file_offer(id).await.unwrap(), None);
+    let mut o = offer(id, OfferState::Offered);
+    store.create_file_offer(&o).await.unwrap();
+    assert_eq!(store.file_offer(id).await.unwrap(), Some(o.clone()));
+    assert!(matches!(store.create_file_offer(&offer(id, OfferState::Uploaded)).await, Err(StoreError::Conflict(_))), "an id is used once");
+    assert_eq!(store.file_offer(id).await.unwrap(), Some(o.clone()), "the offer is unchanged");
+    // Accepted: offered → uploading; a second answer (a decline, another accept) finds it moved.
+    assert!(store.transition_file_offer(id, OfferState::Offered, OfferState::Uploading, None, 200).await.unwrap());
+    assert!(!store.transition_file_offer(id, OfferState::Offered, OfferState::Declined, None, 210).await.unwrap());
+    assert!(!store.transition_file_offer(id, OfferState::Offered, OfferState::Uploading, None, 220).await.unwrap());
+    (o.state, o.updated_at_ms) = (OfferState::Uploading, 200);
+    assert_eq!(store.file_offer(id).await.unwrap(), Some(o.clone()));
+    assert!(store.transition_file_offer(id, OfferState::Uploading, OfferState::Uploaded, Some("file card: outbox #4"), 300).await.unwrap());
+    (o.state, o.updated_at_ms, o.detail) = (OfferState::Uploaded, 300, Some("file card: outbox #4".into()));
+    assert_eq!(store.file_offer(id).await.unwrap(), Some(o.clone()));
+    // A step the flow does not have is refused before anything is written.
+    let refused = store.transition_file_offer(id, OfferState::Uploaded, OfferState::Failed, Some("x"), 400).await;
+    assert!(matches!(refused, Err(StoreError::Database(_))), "{refused:?}");
+    assert_eq!(store.file_offer(id).await.unwrap(), Some(o.clone()));
+    assert!(
+        !store.transition_file_offer("fc00000000000000ff", OfferState::Offered, OfferState::Expired, None, 1).await.unwrap(),
+        "unknown"
+    );
+    // Expired and failed offers (the sweep, a refused card), then forgotten.
+    let other = "fc00000000000000ee";
+    store.create_file_offer(&offer(other, OfferState::Offered)).await.unwrap();
+    assert!(store.transition_file_offer(other, OfferState::Offered, OfferState::Expired, None, 500).await.unwrap());
+    assert_eq!(store.file_offer(other).await.unwrap().map(|o| o.state), Some(OfferState::Expired));
+    assert!(store.delete_file_offer(other).await.unwrap());
+    assert!(!store.delete_file_offer(other).await.unwrap());
+    assert_eq!(store.file_offer(other).await.unwrap(), None);
+    assert_eq!(store.file_offer(id).await.unwrap(), Some(o), "the other offer is untouched");
+    assert_eq!(store.provisioning(&format!("file_consent:{id}")).await.unwrap(), None);
+}
+
+/// Two replicas (two handles on one database) answering at once: each conversation is welcomed by exactly
+/// one call, each offer taken (accepted or declined) by exactly one answer.
+pub(crate) async fn replicas_welcome_once_and_take_an_offer_once(b: &dyn Backend) {
+    let (one, two) = (b.open(None).await, b.open(None).await);
+    let ids: Vec<String> = (0..12).map(|i| format!("fc{i:016x}")).collect();
+    for id in &ids {
+        one.create_file_offer(&offer(id, OfferState::Offered)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        for (n, s) in [&one, &two, &one, &two].into_iter().enumerate() {
+            let (s, id) = (Arc::clone(s), id.clone());
+            let to = if n % 2 == 0 { OfferState::Uploading } else { OfferState::Declined };
+            tasks.push(tokio::spawn(async move {
+                let welcomed = s.record_welcome("bot", &format!("c{i}"), 1).await.unwrap();
+                let took = s.transition_file_offer(&id, OfferState::Offered, to, None, 2).await.unwrap();
+                (i, welcomed, took)
+            }));
+        }
+    }
+    let mut counts = vec![(0u32, 0u32); ids.len()];
+    for t in tasks {
+        let (i, welcomed, took) = t.await.unwrap();
+        counts[i].0 += u32::from(welcomed);
+        counts[i].1 += u32::from(took);
+    }
+    for (i, (welcomed, took)) in counts.into_iter().enumerate() {
+        assert_eq!((welcomed, took), (1, 1), "conversation c{i} welcomed once, offer {} taken once", ids[i]);
+        let state = two.file_offer(&ids[i]).await.unwrap().unwrap().state;
+        assert!(matches!(state, OfferState::Uploading | OfferState::Declined), "{state:?}");
+    }
+    one.close().await;
+    two.close().await;
+}
+
+/// The welcome markers and file offers an older release kept as provisioning records (`welcome:…`,
+/// `file_consent:…`) are moved into their tables when a store at schema `before` is opened, and are gone from
+/// `agent_id_provisioning` (records that never read as either are dropped); `agent-id provision`'s own
+/// records stay.
+pub(crate) async fn provisioned_state_moves_to_its_own_tables(b: &dyn Backend, before: i64) {
+    b.create_at_version(before);
+    let offered = r#"{"bot":"App-1","tenant":"t","conversation":"a:1Case","name":"notes.txt","size":12,"sha256":"abab","requested_by":"mcp:stdio:claude-code","created_ms":100,"state":"offered","detail":null}"#;
+    let uploaded = r#"{"bot":"app-1","tenant":"t","conversation":"19:c@thread.v2","name":"x.csv","size":3,"sha256":"cd","requested_by":"mcp:http:ops","created_ms":200,"state":"uploaded","detail":"file card: outbox #7"}"#;
+    b.execute(&format!(
+        "INSERT INTO agent_id_provisioning (key, state, updated_at_ms) VALUES
+         ('app-1/tenant-1', '{{\"status\":\"ready\"}}', 5),
+         ('welcome:app-1:19:c@thread.v2', 'sent', 7),
+         ('welcome:app-2:a:1Case:x', 'sent', 8),
+         ('welcome:broken', 'sent', 9),
+         ('file_consent:fc0123456789abcdef', '{offered}', 150),
+         ('file_consent:fc00000000000000ff', '{uploaded}', 250),
+         ('file_consent:fc00000000000000aa', 'not json', 11),
+         ('file_consent:fc00000000000000bb', '{{\"bot\":\"app-1\"}}', 12)"
+    ));
+    let store = b.open(None).await;
+    let version = store.schema_version().await.unwrap();
+    assert!(version > before, "migrated from {before} to {version}");
+    for moved in [
+        "welcome:app-1:19:c@thread.v2",
+        "welcome:app-2:a:1Case:x",
+        "welcome:broken",
+        "file_consent:fc0123456789abcdef",
+        "file_consent:fc00000000000000ff",
+        "file_consent:fc00000000000000aa",
+        "file_consent:fc00000000000000bb",
+    ] {
+        assert_eq!(store.provisioning(moved).await.unwrap(), None, "{moved} is still a provisioning record");
+    }
+    assert_eq!(
+        store.provisioning("app-1/tenant-1").await.unwrap().map(|r| (r.state, r.updated_at_ms)),
+        Some((r#"{"status":"ready"}"#.into(), 5))
+    );
+    assert_eq!(store.welcomed_at("app-1", "19:c@thread.v2").await.unwrap(), Some(7));
+    assert_eq!(store.welcomed_at("APP-2", "a:1Case:x").await.unwrap(), Some(8), "the conversation is everything after the bot");
+    assert!(!store.record_welcome("app-1", "19:c@thread.v2", 50).await.unwrap(), "a moved welcome is not sent again");
+    let mut expected = offer("fc0123456789abcdef", OfferState::Offered);
+    expected.sha256 = "abab".into();
+    expected.updated_at_ms = 150;
+    expected.expires_at_ms = 100 + super::offers::LEGACY_OFFER_TTL_MS;
+    assert_eq!(store.file_offer("fc0123456789abcdef").await.unwrap(), Some(expected));
+    let done = store.file_offer("fc00000000000000ff").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            done.bot_app_id.as_str(),
+            done.conversation_id.as_str(),
+            done.state,
+            done.detail.as_deref(),
+            done.size,
+            done.requested_by.as_str()
+        ),
+        ("app-1", "19:c@thread.v2", OfferState::Uploaded, Some("file card: outbox #7"), 3, "mcp:http:ops")
+    );
+    assert_eq!(store.file_offer("fc00000000000000aa").await.unwrap(), None);
+    assert_eq!(store.file_offer("fc00000000000000bb").await.unwrap(), None);
+    // A moved offer goes on like any other: the person's answer takes it.
+    assert!(store.transition_file_offer("fc0123456789abcdef", OfferState::Offered, OfferState::Uploading, None, 300).await.unwrap());
+    store.close().await;
+    // Opening again moves nothing more.
+    let store = b.open(None).await;
+    assert_eq!(store.schema_version().await.unwrap(), version);
+    assert_eq!(store.file_offer("fc0123456789abcdef").await.unwrap().map(|o| o.state), Some(OfferState::Uploading));
+    store.close().await;
 }
 
 pub(crate) async fn graph_inbound_state_commits_with_its_entries(store: &dyn Store) {

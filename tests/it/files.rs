@@ -433,6 +433,31 @@ async fn an_accepted_file_is_uploaded_in_ranges_and_its_card_follows() {
     assert_eq!(r.graph.file_requests().len(), again);
 }
 
+/// Two accepts of one card at once (a double click, two devices; each its own activity): the offer is taken
+/// by one of them, and the bytes are uploaded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_accepts_at_once_upload_the_file_once() {
+    let r = rig("", None, "").await;
+    assert_eq!(r.gw.post(&inbound(&r.fake.service_url, "a:conv-1", "personal", ALEX, "hi")).await.status(), 202);
+    let v = r.host.ok("send_file", json!({"chat_id": "a:conv-1", "name": "notes.txt", "text": "once only"})).await;
+    let consent = v["consent_id"].as_str().unwrap().to_owned();
+    let (_, context) = consent_card(&r.fake).await;
+    let upload_url = r.graph.new_upload_session();
+    let accept =
+        || file_consent_invoke(&inbound(&r.fake.service_url, "a:conv-1", "personal", ALEX, ""), true, &context, "notes.txt", &upload_url);
+    let (one, two) = (accept(), accept());
+    assert_ne!(one["id"], two["id"]);
+    let (a, b) = tokio::join!(r.gw.post(&one), r.gw.post(&two));
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let upload = wait_event(&r.host, "file_upload").await;
+    assert_eq!((upload["file"]["status"].as_str(), upload["file"]["consent_id"].as_str()), (Some("uploaded"), Some(consent.as_str())));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(r.graph.file_requests().len(), 1, "the bytes were uploaded more than once");
+    assert_eq!(r.graph.session(&upload_url).data, b"once only");
+    assert_eq!(events(&r.host).await.iter().filter(|e| e["event"] == "file_upload").count(), 1);
+    assert_eq!(audit(&r.gw.config).matches("\"outcome\":\"uploading\"").count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_declined_file_is_an_event_and_nothing_is_uploaded() {
     let mut r = rig("", None, "").await;

@@ -1,8 +1,8 @@
 //! A file offered in a 1:1 chat: the consent card, the person's answer, the upload, the file info card.
 //!
 //! 1. `send_file` in a 1:1 chat writes the bytes to `<data_dir>/files/outgoing/<consent id>` (mode 0600),
-//!    records the offer in the store (a provisioning record `file_consent:<consent id>`, written after the
-//!    audit event `send_file`/`offered`), and queues the consent card through the outbox.
+//!    records the offer in the store (a row of `file_offers`, written after the audit event
+//!    `send_file`/`offered`), and queues the consent card through the outbox.
 //! 2. Teams answers with `fileConsent/invoke`; intake commits it (the host gets a `file_consent` event) and
 //!    answers 200 with an empty body at once (Teams allows 15 s; an upload can take longer).
 //! 3. After the commit ([`answered`]), on its own task: a decline deletes the bytes; an accept marks the
@@ -16,18 +16,21 @@
 //! has no record or no bytes of (expired after `files.consent_ttl_secs`, or made by a replica whose data
 //! directory this one does not share) gets a `file_upload` `failed` event that says so. Offers nobody
 //! answers are forgotten after `files.consent_ttl_secs`, their bytes deleted.
+//!
+//! Every change of an offer's state is one conditional write ([`Store::transition_file_offer`]: from the
+//! state this process read to the next): two answers to one card, on one replica or two, never both accept
+//! or decline it; the one that loses does nothing more.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::{Files, hex};
 use crate::activity::Activity;
 use crate::ids::AuthKind;
-use crate::store::{AuditEvent, ConversationRef, InboundRecord, InboxState, NewOutbound, OutboundOp, ProvisioningRecord, Store, now_ms};
+use crate::store::{AuditEvent, ConversationRef, FileOffer, InboundRecord, InboxState, NewOutbound, OfferState, OutboundOp, Store, now_ms};
 use crate::teams::files::{ConsentAnswer, consent_answer, info_card};
 
 /// Who the audit log names for what the gateway does on its own after an answer.
@@ -36,40 +39,6 @@ const ACTOR: &str = "agentgate:files";
 pub(crate) const OUTCOME_EVENT: &str = "agentgate/fileUpload";
 /// The `channelId` of that activity (it comes from the gateway, not from Teams).
 pub(crate) const OUTCOME_CHANNEL: &str = "agentgate";
-
-/// Where an offer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum OfferState {
-    Offered,
-    Uploading,
-    Uploaded,
-    Declined,
-    Failed,
-    Expired,
-}
-
-/// An offer, as recorded in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Offer {
-    pub(crate) bot: String,
-    pub(crate) tenant: String,
-    pub(crate) conversation: String,
-    pub(crate) name: String,
-    pub(crate) size: u64,
-    pub(crate) sha256: String,
-    /// Who asked (`mcp:<scope>:<client>`): named again by the file info card's audit event.
-    pub(crate) requested_by: String,
-    pub(crate) created_ms: i64,
-    pub(crate) state: OfferState,
-    #[serde(default)]
-    pub(crate) detail: Option<String>,
-}
-
-/// The store key of an offer.
-fn key(consent_id: &str) -> String {
-    format!("file_consent:{consent_id}")
-}
 
 /// Whether `id` can be a consent id (`fc` and 16 hex digits): nothing else is ever a file name in the spool.
 pub(crate) fn is_consent_id(id: &str) -> bool {
@@ -81,10 +50,9 @@ pub(crate) fn new_consent_id() -> String {
     format!("fc{:016x}", fastrand::u64(..))
 }
 
-async fn load(store: &dyn Store, consent_id: &str) -> Option<Offer> {
-    match store.provisioning(&key(consent_id)).await {
-        Ok(Some(r)) => serde_json::from_str(&r.state).ok(),
-        Ok(None) => None,
+async fn load(store: &dyn Store, consent_id: &str) -> Option<FileOffer> {
+    match store.file_offer(consent_id).await {
+        Ok(offer) => offer,
         Err(e) => {
             tracing::warn!(error = %e, consent_id, "reading a file offer failed");
             None
@@ -92,9 +60,24 @@ async fn load(store: &dyn Store, consent_id: &str) -> Option<Offer> {
     }
 }
 
-pub(crate) async fn save(store: &dyn Store, consent_id: &str, offer: &Offer) -> Result<(), crate::store::StoreError> {
-    let state = serde_json::to_string(offer).unwrap_or_default();
-    store.save_provisioning(ProvisioningRecord { key: key(consent_id), state, updated_at_ms: now_ms() }).await
+/// Move an offer on from the state it was read in (`offer.state`, then set to `to`); false when it was not
+/// there any more (another answer, another replica, moved it first) or the store failed (logged).
+async fn transition(store: &dyn Store, offer: &mut FileOffer, to: OfferState, detail: Option<String>) -> bool {
+    match store.transition_file_offer(&offer.id, offer.state, to, detail.as_deref(), now_ms()).await {
+        Ok(true) => {
+            offer.state = to;
+            offer.detail = detail;
+            true
+        }
+        Ok(false) => {
+            tracing::info!(consent_id = %offer.id, from = %offer.state, to = %to, "the file offer was moved on by someone else meanwhile");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, consent_id = %offer.id, to = %to, "cannot record a file offer's step");
+            false
+        }
+    }
 }
 
 /// Write the bytes of an offer to the spool (the directory 0700, the file 0600).
@@ -130,13 +113,13 @@ pub(crate) fn spool_remove(dir: &Path, consent_id: &str) {
 
 /// Record a step of an offer; `Err` when the audit log cannot be written (then nothing more is done
 /// where the step is an action).
-async fn audit(store: &dyn Store, offer: &Offer, actor: &str, outcome: &str, detail: String) -> Result<(), ()> {
+async fn audit(store: &dyn Store, offer: &FileOffer, actor: &str, outcome: &str, detail: String) -> Result<(), ()> {
     let event = AuditEvent::new(
         now_ms(),
         actor,
-        crate::store::Identity::bot(&offer.bot),
+        crate::store::Identity::bot(&offer.bot_app_id),
         "send_file",
-        crate::store::Target::conversation(&offer.tenant, &offer.conversation),
+        crate::store::Target::conversation(&offer.tenant_id, &offer.conversation_id),
         outcome,
     )
     .with_detail(detail);
@@ -159,17 +142,22 @@ impl crate::bridge::Hub {
         let files = self.files()?;
         let consent_id = new_consent_id();
         let sha256 = hex(&sha2::Sha256::digest(bytes));
-        let offer = Offer {
-            bot: bot.app_id.to_string(),
-            tenant: r.tenant_id.to_string(),
-            conversation: r.conversation_id.to_string(),
+        let now = now_ms();
+        let ttl_ms = i64::try_from(files.cfg.consent_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let mut offer = FileOffer {
+            id: consent_id.clone(),
+            bot_app_id: bot.app_id.clone(),
+            tenant_id: r.tenant_id.clone(),
+            conversation_id: r.conversation_id.clone(),
             name: name.to_owned(),
             size: bytes.len() as u64,
             sha256: sha256.clone(),
             requested_by: caller.requester.to_owned(),
-            created_ms: now_ms(),
             state: OfferState::Offered,
             detail: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
         };
         // Audited first: no audit record, no offer.
         let event = AuditEvent::new(
@@ -187,7 +175,7 @@ impl crate::bridge::Hub {
             .map_err(|e| Error::unavailable(format!("not sent: the audit log could not be written ({e})")))?;
         spool_write(&files.spool, &consent_id, bytes)
             .map_err(|e| Error::unavailable(format!("not sent: the file could not be kept for the upload ({e})")))?;
-        if let Err(e) = save(self.store.as_ref(), &consent_id, &offer).await {
+        if let Err(e) = self.store.create_file_offer(&offer).await {
             spool_remove(&files.spool, &consent_id);
             return Err(Error::unavailable(format!("not sent: the offer could not be recorded ({e})")));
         }
@@ -196,7 +184,7 @@ impl crate::bridge::Hub {
             Ok(id) => id,
             Err(e) => {
                 spool_remove(&files.spool, &consent_id);
-                let _ = self.store.delete_provisioning(&key(&consent_id)).await;
+                let _ = self.store.delete_file_offer(&consent_id).await;
                 return Err(e);
             }
         };
@@ -207,10 +195,7 @@ impl crate::bridge::Hub {
             Err(e) => {
                 // The card was refused: nobody can answer it.
                 spool_remove(&files.spool, &consent_id);
-                let mut offer = offer;
-                offer.state = OfferState::Failed;
-                offer.detail = Some(e.to_string());
-                let _ = save(self.store.as_ref(), &consent_id, &offer).await;
+                transition(self.store.as_ref(), &mut offer, OfferState::Failed, Some(e.to_string())).await;
                 return Err(e);
             }
         };
@@ -243,7 +228,7 @@ async fn handle(files: &Files, bot: &str, tenant: &str, conversation: &str, cons
         }
         return;
     };
-    if !offer.bot.eq_ignore_ascii_case(bot) || offer.conversation != conversation {
+    if !offer.bot_app_id.as_str().eq_ignore_ascii_case(bot) || offer.conversation_id != conversation {
         tracing::warn!(consent_id, "an answer to a file offer came from another conversation; ignored");
         return;
     }
@@ -252,16 +237,17 @@ async fn handle(files: &Files, bot: &str, tenant: &str, conversation: &str, cons
         return;
     }
     let Some(upload) = answer.upload.filter(|_| answer.accepted) else {
-        offer.state = OfferState::Declined;
-        let _ = save(store, consent_id, &offer).await;
+        if !transition(store, &mut offer, OfferState::Declined, None).await {
+            return;
+        }
         spool_remove(&files.spool, consent_id);
         let _ = audit(store, &offer, ACTOR, "declined", format!("consent {consent_id}, {}", offer.name)).await;
         tracing::info!(consent_id, "a file offer was declined");
         return;
     };
-    offer.state = OfferState::Uploading;
-    if let Err(e) = save(store, consent_id, &offer).await {
-        tracing::error!(error = %e, consent_id, "cannot record the upload; not uploading");
+    // Only the answer that moves the offer to `uploading` uploads it.
+    if !transition(store, &mut offer, OfferState::Uploading, None).await {
+        tracing::info!(consent_id, "not uploading: the offer was not taken for this answer");
         return;
     }
     // Audited first: no audit record, no upload.
@@ -270,12 +256,12 @@ async fn handle(files: &Files, bot: &str, tenant: &str, conversation: &str, cons
         Err(()) => Err("not uploaded: the audit log could not be written".to_owned()),
     };
     spool_remove(&files.spool, consent_id);
-    offer.state = if result.is_ok() { OfferState::Uploaded } else { OfferState::Failed };
-    offer.detail = Some(match &result {
+    let done = if result.is_ok() { OfferState::Uploaded } else { OfferState::Failed };
+    let detail = match &result {
         Ok(id) => format!("file card: outbox #{id}"),
         Err(e) => e.clone(),
-    });
-    let _ = save(store, consent_id, &offer).await;
+    };
+    transition(store, &mut offer, done, Some(detail)).await;
     let (outcome, detail) = match &result {
         Ok(id) => ("uploaded", format!("consent {consent_id}, {}; file card outbox #{id}", offer.name)),
         Err(e) => ("failed", format!("consent {consent_id}, {}: {e}", offer.name)),
@@ -285,7 +271,7 @@ async fn handle(files: &Files, bot: &str, tenant: &str, conversation: &str, cons
 }
 
 /// Upload an accepted offer's bytes and queue its file info card; the card's outbox id.
-async fn upload_offer(files: &Files, consent_id: &str, offer: &Offer, upload: &crate::teams::files::UploadInfo) -> Result<i64, String> {
+async fn upload_offer(files: &Files, consent_id: &str, offer: &FileOffer, upload: &crate::teams::files::UploadInfo) -> Result<i64, String> {
     let bytes = std::fs::read(files.spool.join(consent_id)).map_err(|_| {
         "the offered file's bytes are gone (deleted, or held by another replica's data directory); send it again".to_owned()
     })?;
@@ -295,15 +281,15 @@ async fn upload_offer(files: &Files, consent_id: &str, offer: &Offer, upload: &c
     files.transfer.upload(&upload.upload_url, &bytes, files.cfg.upload_chunk_bytes).await.map_err(|e| format!("the upload failed: {e}"))?;
     let r = files
         .store
-        .conversation_ref(&offer.bot, &offer.conversation)
+        .conversation_ref(&offer.bot_app_id, &offer.conversation_id)
         .await
         .ok()
         .flatten()
         .ok_or_else(|| "uploaded, but the conversation is no longer known: no file card was sent".to_owned())?;
     let item = NewOutbound {
-        bot_app_id: offer.bot.clone().into(),
-        tenant_id: offer.tenant.clone().into(),
-        conversation_id: offer.conversation.clone().into(),
+        bot_app_id: offer.bot_app_id.clone(),
+        tenant_id: offer.tenant_id.clone(),
+        conversation_id: offer.conversation_id.clone(),
         service_url: r.service_url,
         op: OutboundOp::Send { activity: info_card(upload) },
         requested_by: offer.requested_by.clone(),
@@ -403,7 +389,6 @@ pub(crate) fn spawn_sweep(files: Arc<Files>, every: std::time::Duration) -> toki
 /// One sweep; `at_start`: uploads still marked `uploading` were cut off by a restart.
 pub(crate) async fn sweep(files: &Files, at_start: bool) {
     let Ok(dir) = std::fs::read_dir(&files.spool) else { return };
-    let ttl_ms = i64::try_from(files.cfg.consent_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     for entry in dir.flatten() {
         let Some(consent_id) = entry.file_name().to_str().map(str::to_owned) else { continue };
         if !is_consent_id(&consent_id) {
@@ -415,22 +400,23 @@ pub(crate) async fn sweep(files: &Files, at_start: bool) {
             continue;
         };
         match offer.state {
-            OfferState::Offered if now_ms().saturating_sub(offer.created_ms) > ttl_ms => {
-                offer.state = OfferState::Expired;
-                let _ = save(store, &consent_id, &offer).await;
+            OfferState::Offered if now_ms() > offer.expires_at_ms => {
+                if !transition(store, &mut offer, OfferState::Expired, None).await {
+                    continue;
+                }
                 spool_remove(&files.spool, &consent_id);
                 let _ = audit(store, &offer, ACTOR, "expired", format!("consent {consent_id}, {}: nobody answered", offer.name)).await;
             }
             OfferState::Offered => {}
             OfferState::Uploading if at_start => {
                 let why = "the upload was cut off by a restart of the gateway; send the file again".to_owned();
-                offer.state = OfferState::Failed;
-                offer.detail = Some(why.clone());
-                let _ = save(store, &consent_id, &offer).await;
+                if !transition(store, &mut offer, OfferState::Failed, Some(why.clone())).await {
+                    continue;
+                }
                 spool_remove(&files.spool, &consent_id);
                 let _ = audit(store, &offer, ACTOR, "failed", format!("consent {consent_id}, {}: {why}", offer.name)).await;
                 let (bot, tenant, conversation, name) =
-                    (offer.bot.clone(), offer.tenant.clone(), offer.conversation.clone(), offer.name.clone());
+                    (offer.bot_app_id.to_string(), offer.tenant_id.to_string(), offer.conversation_id.to_string(), offer.name.clone());
                 outcome_event(files, &bot, &tenant, &conversation, &consent_id, &name, Err(why), AuthKind::Anonymous).await;
             }
             OfferState::Uploading => {}
@@ -450,6 +436,63 @@ mod tests {
         for bad in ["fc", "fc123", "xx0123456789abcdef", "fc0123456789abcdeg", "../fc0123456789abc", "fc0123456789abcdef0"] {
             assert!(!is_consent_id(bad), "{bad}");
         }
+    }
+
+    /// The sweep expires an offer by the expiry stored with it (made with the TTL of its day, whatever the
+    /// configuration says now), deletes its bytes and bytes no offer owns, and leaves open offers alone.
+    #[tokio::test]
+    async fn the_sweep_expires_offers_by_their_stored_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::SqliteStore::open(&dir.path().join("s.db"), crate::config::Synchronous::Normal, 8, metrics).expect("store"),
+        );
+        let cfg = crate::config::Config::from_sources(
+            Some("[[bots]]\napp_id = \"app-1\"\nallowed_tenants = [\"t\"]\n"),
+            "test",
+            std::iter::empty(),
+        )
+        .expect("config");
+        let transfer = crate::graph::FileTransfer::new(crate::graph::FileHosts::new(&[]), std::time::Duration::from_secs(5)).unwrap();
+        let spool = dir.path().join("outgoing");
+        let files = Files { cfg: cfg.files.clone(), transfer, spool: spool.clone(), store: Arc::clone(&store), gate: None };
+        let now = now_ms();
+        let offer = |id: &str, state: OfferState, created_at_ms: i64, expires_at_ms: i64| FileOffer {
+            id: id.into(),
+            bot_app_id: "app-1".into(),
+            tenant_id: "t".into(),
+            conversation_id: "a:1".into(),
+            name: "n.txt".into(),
+            size: 1,
+            sha256: "00".into(),
+            requested_by: "mcp:stdio:test".into(),
+            state,
+            detail: None,
+            created_at_ms,
+            updated_at_ms: created_at_ms,
+            expires_at_ms,
+        };
+        let (due, open, uploading, orphan) = ("fc0000000000000001", "fc0000000000000002", "fc0000000000000003", "fc0000000000000004");
+        // Due: its expiry passed. Open: made long ago (beyond the configured TTL) but its expiry is ahead.
+        store.create_file_offer(&offer(due, OfferState::Offered, now - 1_000, now - 1)).await.unwrap();
+        store.create_file_offer(&offer(open, OfferState::Offered, 0, now + 3_600_000)).await.unwrap();
+        store.create_file_offer(&offer(uploading, OfferState::Uploading, now, now - 1)).await.unwrap();
+        for id in [due, open, uploading, orphan] {
+            spool_write(&spool, id, b"x").unwrap();
+        }
+        sweep(&files, false).await;
+        let state = |id: &'static str| {
+            let store = Arc::clone(&store);
+            async move { store.file_offer(id).await.unwrap().map(|o| o.state) }
+        };
+        assert_eq!(state(due).await, Some(OfferState::Expired));
+        assert_eq!(state(open).await, Some(OfferState::Offered));
+        assert_eq!(state(uploading).await, Some(OfferState::Uploading), "an upload under way (not at start) is left alone");
+        let kept: Vec<bool> = [due, open, uploading, orphan].iter().map(|id| spool.join(id).exists()).collect();
+        assert_eq!(kept, [false, true, true, false]);
+        let trail = store.audit_events(10).await.unwrap();
+        assert_eq!(trail.iter().filter(|r| r.event.outcome == "expired").count(), 1);
+        store.close().await;
     }
 
     #[test]
