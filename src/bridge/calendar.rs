@@ -38,7 +38,6 @@ pub(crate) const BODY_MAX_CHARS: usize = 2_000;
 const MAX_BUSY_BLOCKS: usize = 50;
 
 /// The event kind of a meeting request from the mailbox, as the host sees it.
-#[allow(dead_code, reason = "the mail inbound pipeline (issue 15 item 1) turns meeting requests into these events")]
 pub(crate) const MEETING_INVITATION: &str = "meeting_invitation";
 
 /// The Agent User's events in a window.
@@ -363,7 +362,6 @@ pub(crate) fn untrusted_event_text(subject: Option<&str>, location: Option<&str>
 /// join URL are outside the envelope (cleaned); what the organizer wrote (subject, location, body) is
 /// only in [`MeetingInvitation::untrusted_body`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[allow(dead_code, reason = "the mail inbound pipeline (issue 15 item 1) turns meeting requests into these events")]
 pub(crate) struct MeetingInvitation {
     /// The mail message (`eventMessageRequest`) id.
     pub message_id: String,
@@ -403,7 +401,6 @@ pub(crate) struct MeetingInvitation {
 
 /// A meeting request (`#microsoft.graph.eventMessageRequest`, or `meetingMessageType: meetingRequest`) as
 /// a [`MeetingInvitation`]; `None` for any other message (a cancellation, an answer, plain mail).
-#[allow(dead_code, reason = "the mail inbound pipeline (issue 15 item 1) turns meeting requests into these events")]
 pub(crate) fn meeting_invitation(m: &EventMessage) -> Option<MeetingInvitation> {
     if !m.is_request() {
         return None;
@@ -432,15 +429,28 @@ pub(crate) fn meeting_invitation(m: &EventMessage) -> Option<MeetingInvitation> 
     })
 }
 
-#[allow(dead_code, reason = "the mail inbound pipeline (issue 15 item 1) turns meeting requests into these events")]
 impl MeetingInvitation {
     /// What the organizer wrote, for the envelope.
     pub(crate) fn untrusted_body(&self) -> String {
         untrusted_event_text(self.subject.as_deref(), self.location.as_deref(), self.body.as_ref())
     }
 
+    /// The activity-shaped inbox record of the invitation, made from the mail's ([`super::mail::mail_activity`]):
+    /// `type` `meeting_invitation`, the organizer's text as its `text` (for the envelope), and the fields above
+    /// in `channelData.meetingInvitation` (what [`super::events`] reads back).
+    pub(crate) fn activity(&self, mut mail: Value) -> Value {
+        mail["type"] = json!(MEETING_INVITATION);
+        mail["text"] = json!(self.untrusted_body());
+        mail["textFormat"] = json!("plain");
+        if let Some(cd) = mail.get_mut("channelData").and_then(Value::as_object_mut) {
+            cd.insert("meetingInvitation".into(), serde_json::to_value(self).unwrap_or_else(|_| json!({})));
+        }
+        mail
+    }
+
     /// The event as the host sees it: `event: "meeting_invitation"`, the fields above, and `content` in
     /// the envelope with `nonce`.
+    #[cfg(test)]
     pub(crate) fn to_json(&self, nonce: &str) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
         v["event"] = json!(MEETING_INVITATION);
@@ -451,7 +461,6 @@ impl MeetingInvitation {
 
 /// The first Teams meeting link in a body (HTML or text): `https://teams.microsoft.com/l/meetup-join/…` or
 /// a national cloud's; any other link is not taken from a body.
-#[allow(dead_code, reason = "the mail inbound pipeline (issue 15 item 1) turns meeting requests into these events")]
 fn teams_link(body: &str) -> Option<String> {
     const HOSTS: [&str; 4] = ["teams.microsoft.com", "gov.teams.microsoft.us", "dod.teams.microsoft.us", "teams.microsoftonline.cn"];
     let mut rest = body;
@@ -525,6 +534,35 @@ mod tests {
         assert_eq!(n, nonce);
         assert_eq!(body, "Subject: Quarterly review\nLocation: Room 4\n\nAgenda: numbers.");
         assert!(v.get("subject").is_none() && v.get("location").is_none() && v.get("body").is_none(), "content only in the envelope: {v}");
+    }
+
+    #[test]
+    fn an_invitation_record_reads_back_as_a_meeting_invitation_event() {
+        let m = request(json!({"event": {"id": "AAMkAGevent=", "organizer": {"emailAddress": {"address": "ann@fabrikam.test"}}}}));
+        let inv = meeting_invitation(&m).unwrap();
+        let mail = json!({"type": "mail", "id": "<k@fabrikam.test>", "channelId": "mail", "text": "plain mail text",
+            "from": {"id": "ann@fabrikam.test", "name": "Ann"}, "conversation": {"id": "mail:AAQk=", "conversationType": "mail"},
+            "channelData": {"tenant": {"id": "t1"}, "mail": {"messageId": "AAMkAGmsg=", "subject": "Quarterly review"}}});
+        let item = crate::store::InboxItem {
+            id: 4,
+            bot_app_id: "bot".into(),
+            tenant_id: "t1".into(),
+            conversation_id: "mail:AAQk=".into(),
+            activity_id: "<k@fabrikam.test>".into(),
+            activity_type: MEETING_INVITATION.into(),
+            auth: crate::ids::AuthKind::Graph,
+            state: crate::store::InboxState::Pending,
+            received_at_ms: 0,
+            body: inv.activity(mail).to_string(),
+        };
+        let ev = crate::bridge::events::event_from_item(&item).unwrap();
+        assert_eq!(ev.kind, crate::bridge::events::EventKind::MeetingInvitation);
+        assert_eq!(ev.kind.label(), MEETING_INVITATION);
+        assert_eq!(ev.message_id, "AAMkAGmsg=", "Graph's message id, not the dedupe key");
+        let data = ev.data.clone().unwrap();
+        assert_eq!(data["event_id"], "AAMkAGevent=");
+        assert!(data.get("subject").is_none() && data.get("body").is_none(), "{data}");
+        assert_eq!(ev.untrusted_body(), "Subject: Quarterly review\nLocation: Room 4\n\nAgenda: numbers.");
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub enum EventKind {
     /// A mail that reached the Agent User's Inbox (`bridge::mail`): sender, recipients, subject, time,
     /// attachment list and body as plain text, or a note that it is protected and was not opened.
     Mail,
+    /// A meeting request that reached the Agent User's Inbox, with the calendar on (`bridge::calendar`):
+    /// `data` holds the invitation's fields (event id, organizer, times, join URL); its subject, location
+    /// and body are the text.
+    MeetingInvitation,
     Other,
 }
 
@@ -148,6 +152,7 @@ impl EventKind {
             Self::FileConsent => "file_consent",
             Self::FileUpload => "file_upload",
             Self::Mail => "mail",
+            Self::MeetingInvitation => super::calendar::MEETING_INVITATION,
             Self::Other => "other",
         }
     }
@@ -175,8 +180,10 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
     let bot_id = authenticated_bot(item, &activity);
     let mentioned_bot = is_bot_mentioned(&activity, &bot_id);
     strip_bot_mention(&mut activity, &bot_id);
-    // A mail's text was made plain by `bridge::mail` already: converting it again would read its `&lt;` as a tag.
-    let text = if activity.kind == "mail" { activity.text.clone() } else { activity.text.as_deref().map(html_to_text) };
+    // A mail's (or an invitation's) text was made plain by the bridge already: converting it again would read
+    // its `&lt;` as a tag.
+    let plain = activity.kind == "mail" || activity.kind == super::calendar::MEETING_INVITATION;
+    let text = if plain { activity.text.clone() } else { activity.text.as_deref().map(html_to_text) };
     let text = text.filter(|t| !t.is_empty());
     let kind = classify(&activity, text.is_some());
 
@@ -203,11 +210,16 @@ pub(crate) fn event_from_item(item: &InboxItem) -> Result<InboundEvent, EventErr
         }
         // What `bridge::mail` recorded about the mail: its headers, attachments, protection.
         EventKind::Mail => (activity.channel_data.as_ref().and_then(|c| c.extra.get("mail")).filter(|m| m.is_object()).cloned(), None),
+        // What `bridge::calendar` recorded about the invitation: its ids, organizer, times, join URL.
+        EventKind::MeetingInvitation => {
+            (activity.channel_data.as_ref().and_then(|c| c.extra.get("meetingInvitation")).filter(|m| m.is_object()).cloned(), None)
+        }
         _ => (None, None),
     };
     // A mail's id is Graph's message id (what `mail_reply` takes); its entry is keyed by `internetMessageId`.
-    let message_id = match (&kind, data.as_ref().and_then(|d| d.get("messageId")).and_then(Value::as_str)) {
-        (EventKind::Mail, Some(id)) if !id.is_empty() => id.to_owned(),
+    let id_key = if kind == EventKind::MeetingInvitation { "message_id" } else { "messageId" };
+    let message_id = match (&kind, data.as_ref().and_then(|d| d.get(id_key)).and_then(Value::as_str)) {
+        (EventKind::Mail | EventKind::MeetingInvitation, Some(id)) if !id.is_empty() => id.to_owned(),
         _ => item.activity_id.clone(),
     };
     // An edit or deletion names the message it changes: the body's id (Teams), or its `replyToId` (Graph).
@@ -377,6 +389,10 @@ impl InboundEvent {
                 }
             }
             EventKind::Mail => self.mail_lines(&mut lines),
+            // `Subject: …`, `Location: …`, the body: what the organizer wrote.
+            EventKind::MeetingInvitation => {
+                lines.push(self.text.clone().unwrap_or_else(|| "(a meeting invitation without text)".to_owned()))
+            }
             EventKind::Other => lines.push(format!("An activity the gateway does not interpret arrived{whom}.")),
         }
         lines.join("\n")
@@ -538,6 +554,7 @@ fn classify(activity: &Activity, has_text: bool) -> EventKind {
                 EventKind::FileUpload
             }
             "mail" => EventKind::Mail,
+            super::calendar::MEETING_INVITATION => EventKind::MeetingInvitation,
             _ => EventKind::Other,
         },
     }

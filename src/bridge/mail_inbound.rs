@@ -13,6 +13,12 @@
 //!   (notifications are not guaranteed). Without one, the Inbox is read every `mail_poll_secs` (mail is not
 //!   under Teams' once-a-day polling rule). A 429 is waited out (`Retry-After`) by the Graph client, and a
 //!   longer one moves the next read to after it. Every start reads once.
+//! * **Invitations.** With `agent_user.calendar` on as well, a meeting request
+//!   (`#microsoft.graph.eventMessageRequest`) from an allowed sender is read again with its event
+//!   (`$expand=microsoft.graph.eventMessage/event`, times in UTC) and becomes a `meeting_invitation` entry
+//!   ([`super::calendar::meeting_invitation`]) under the same key, policy and envelope rules. The delta read
+//!   does not expand it: a derived type's navigation in the delta's options would be folded into every link,
+//!   and Graph documents no such expansion there. Cancellations and answers stay `mail`.
 //! * **Who.** The sender policy ([`super::mail::MailPolicy`]) decides: an allowed sender's mail is pending
 //!   for the hosts; anyone else's is kept from them (`filtered`) and an audit event `mail_dropped` says so.
 //!   The Agent User's own mail (sent to itself) and drafts are skipped.
@@ -27,9 +33,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::agent::AgentActor;
+use super::calendar::{MEETING_INVITATION, meeting_invitation};
 use super::gate::{Classified, InboundGate};
 use super::graph_inbound::{Accepted, SubscriptionSpec, parse_rfc3339_ms, rfc3339_ms, subscribe};
-use super::mail::{MAIL_CHANNEL, Mailbox, mail_activity, thread_id};
+use super::mail::{MAIL_CHANNEL, Mailbox, mail_activity, protection, thread_id};
 use crate::activity::Activity;
 use crate::graph::mail::{Attachment, MailMessage};
 use crate::graph::{GraphError, GraphErrorKind};
@@ -75,6 +82,8 @@ struct MailBot {
     actor: Arc<AgentActor>,
     lifetime: Duration,
     poll: Duration,
+    /// The calendar is on too: meeting requests become `meeting_invitation` events.
+    invitations: bool,
     /// The Agent User's object id (`/me` when only a UPN is configured).
     oid: tokio::sync::OnceCell<String>,
     due: Mutex<Due>,
@@ -120,6 +129,7 @@ impl MailInbound {
                     actor: Arc::clone(actor),
                     lifetime: Duration::from_secs(u64::from(au.subscription_minutes).min(MAX_SUBSCRIPTION_MINUTES) * 60),
                     poll: Duration::from_secs(au.mail_poll_secs),
+                    invitations: au.calendar,
                     oid: tokio::sync::OnceCell::new(),
                     due: Mutex::new(Due { read_at: now, renew: false, removed: Vec::new() }),
                 })
@@ -364,6 +374,22 @@ impl MailInbound {
         if !allowed {
             tracing::info!(bot = %bot.app_id, "a mail from a sender outside the mail policy was kept from the host");
         }
+        // With the calendar on, an allowed sender's meeting request is a typed invitation (read again with its
+        // event, for the id `calendar_respond` takes); cancellations and answers stay mail.
+        let invitation = if allowed && bot.invitations && m.is_meeting_request() && protection(&attachments).is_none() {
+            match bot.actor.graph.event_message(&m.id).await {
+                Ok(em) => meeting_invitation(&em),
+                // Gone meanwhile: it arrives as the mail it was.
+                Err(e) if e.kind() == GraphErrorKind::NotFound => None,
+                Err(e) => return Err(Failed::from(e)),
+            }
+        } else {
+            None
+        };
+        let (activity, activity_type) = match invitation {
+            Some(inv) => (inv.activity(activity), MEETING_INVITATION),
+            None => (activity, "mail"),
+        };
         let thread = thread_id(m.conversation_id.as_deref());
         let now = now_ms();
         let record = InboundRecord {
@@ -371,7 +397,7 @@ impl MailInbound {
             tenant_id: tenant.clone().into(),
             conversation_id: thread.clone().into(),
             activity_id: key.clone(),
-            activity_type: "mail".to_owned(),
+            activity_type: activity_type.to_owned(),
             auth: AuthKind::Graph,
             body: activity.to_string(),
             received_at_ms: now,

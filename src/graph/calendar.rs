@@ -34,6 +34,9 @@ pub const PREFER_TEXT: &str = "outlook.body-content-type=\"text\"";
 const EVENT_SELECT: &str = "id,subject,body,start,end,location,organizer,attendees,isAllDay,isCancelled,isOrganizer,\
                             isOnlineMeeting,onlineMeetingProvider,onlineMeeting,responseStatus,showAs,type,seriesMasterId";
 
+/// The cast navigation that brings a meeting message's event along.
+const EVENT_MESSAGE_EXPAND: &str = "microsoft.graph.eventMessage/event";
+
 /// The longest subject and location Outlook keeps.
 pub const MAX_SUBJECT_CHARS: usize = 255;
 /// The longest event body sent.
@@ -612,6 +615,14 @@ impl GraphClient {
             body["comment"] = json!(c);
         }
         self.call_prefer(Method::POST, self.url(&path, &[])?, Some(&body), false, &[]).await.map(drop)
+    }
+
+    /// A meeting message of the Agent User's mailbox with the event it put in the calendar
+    /// (`GET /users/{me}/messages/{id}?$expand=microsoft.graph.eventMessage/event`), times in UTC.
+    pub async fn event_message(&self, id: &str) -> Result<EventMessage, GraphError> {
+        let path = format!("{}/messages/{}", self.mailbox(), segment(super::mail::message_id(id)?));
+        let url = self.url(&path, &[("$expand", EVENT_MESSAGE_EXPAND)])?;
+        parse(&self.call_prefer(Method::GET, url, None, true, &[PREFER_UTC]).await?)
     }
 }
 

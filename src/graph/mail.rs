@@ -68,6 +68,9 @@ impl Recipient {
 pub struct MailMessage {
     #[serde(default)]
     pub id: String,
+    /// `#microsoft.graph.message`, or a subtype: `#microsoft.graph.eventMessageRequest` for a meeting request.
+    #[serde(rename = "@odata.type", default)]
+    pub odata_type: Option<String>,
     #[serde(default)]
     pub internet_message_id: Option<String>,
     #[serde(default)]
@@ -95,6 +98,14 @@ pub struct MailMessage {
     /// Set on a delta entry for a message that left the folder (deleted or moved).
     #[serde(rename = "@removed", default)]
     pub removed: Option<Value>,
+}
+
+impl MailMessage {
+    /// Whether it is a meeting request (`#microsoft.graph.eventMessageRequest`): not a cancellation
+    /// (`eventMessage`) nor an answer (`eventMessageResponse`).
+    pub fn is_meeting_request(&self) -> bool {
+        self.odata_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("#microsoft.graph.eventMessageRequest"))
+    }
 }
 
 /// An attachment's description (never its bytes).
@@ -230,12 +241,12 @@ fn non_empty_text(text: &str) -> Result<(), GraphError> {
     if text.trim().is_empty() { Err(GraphError::Invalid("the text is empty".into())) } else { Ok(()) }
 }
 
-fn message_id(id: &str) -> Result<&str, GraphError> {
+pub(super) fn message_id(id: &str) -> Result<&str, GraphError> {
     if id.trim().is_empty() { Err(GraphError::Invalid("the message id is empty".into())) } else { Ok(id.trim()) }
 }
 
 impl GraphClient {
-    fn mailbox(&self) -> String {
+    pub(super) fn mailbox(&self) -> String {
         format!("/users/{}", segment(&self.agent_user_key()))
     }
 

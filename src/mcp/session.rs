@@ -956,10 +956,29 @@ fn event_json(ev: &InboundEvent, max_chars: usize) -> Value {
         v["file"] = json!({"consent_id": field("consent_id"), "action": field("action"), "status": field("status"),
                            "outbox_id": d.get("outbox_id").and_then(Value::as_i64)});
     }
+    for (k, val) in invitation_fields(ev) {
+        v[k] = val;
+    }
     if truncated {
         v["truncated"] = json!(true);
     }
     v
+}
+
+/// The fields of a meeting invitation outside the envelope (`event_id`, organizer, times, join URL…), cleaned
+/// again; none for other events. The join URL is kept whole (an https Teams link the bridge checked).
+fn invitation_fields(ev: &InboundEvent) -> Vec<(&'static str, Value)> {
+    const TEXT: [&str; 7] = ["event_id", "organizer", "organizer_name", "start", "end", "request_type", "received_at"];
+    let Some(d) = ev.data.as_ref().filter(|_| ev.kind == EventKind::MeetingInvitation) else { return Vec::new() };
+    let mut out: Vec<(&'static str, Value)> =
+        TEXT.iter().filter_map(|k| d.get(*k).and_then(Value::as_str).map(|s| (*k, json!(envelope::meta_value(s))))).collect();
+    for k in ["all_day", "response_requested"] {
+        out.push((k, json!(d.get(k).and_then(Value::as_bool).unwrap_or(k == "response_requested"))));
+    }
+    if let Some(url) = d.get("online_meeting_url").and_then(Value::as_str).and_then(crate::graph::calendar::https_url) {
+        out.push(("online_meeting_url", json!(url)));
+    }
+    out
 }
 
 /// The channel notification of an event: `content` in the envelope, `meta` of identifier keys.
@@ -999,6 +1018,13 @@ pub fn channel_notification(ev: &InboundEvent, max_chars: usize, with_bot: bool)
     }
     if let Some(allowed) = ev.sender_allowed {
         meta.insert("sender_allowed".into(), Value::String(allowed.to_string()));
+    }
+    // An invitation's ids and times; a join URL only when a meta value keeps it whole (no `&`).
+    for (k, val) in invitation_fields(ev) {
+        let text = val.as_str().map_or_else(|| val.to_string(), str::to_owned);
+        if !text.is_empty() && (k != "online_meeting_url" || envelope::meta_value(&text) == text) {
+            meta.insert(k.into(), Value::String(envelope::meta_value(&text)));
+        }
     }
     if with_bot {
         // Several bots in scope may share a conversation: say which one received it.

@@ -143,6 +143,11 @@ impl Calendar {
         self.events.lock().unwrap().clone()
     }
 
+    /// One of the Agent User's events, as stored.
+    pub fn event(&self, id: &str) -> Option<Value> {
+        self.events.lock().unwrap().iter().find(|e| e["id"] == id).cloned()
+    }
+
     /// Answers to invitations: (event id, action, body).
     pub fn responses(&self) -> Vec<(String, String, Value)> {
         self.responses.lock().unwrap().clone()
@@ -602,7 +607,7 @@ impl Calendar {
 }
 
 /// Every `Prefer` preference sent (several headers, or comma-separated in one).
-fn prefer_values(headers: &HeaderMap) -> Vec<String> {
+pub fn prefer_values(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all("prefer")
         .iter()

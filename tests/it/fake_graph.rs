@@ -45,6 +45,9 @@
 //! `message` (not both with a body), `forward` its recipients once (`toRecipients` or `message.toRecipients`),
 //! `sendMail` a `message` with a subject, a body and a recipient; every address must be a plain address.
 //! Mail subscriptions are `/users/{id}/mailFolders('Inbox')/messages` (`created`), at most 7 days.
+//! [`FakeGraph::invite`] delivers a meeting request (`#microsoft.graph.eventMessageRequest`) for an event of the
+//! calendar; a message read with `$expand=microsoft.graph.eventMessage/event` (the only `$expand` served) carries
+//! that event, its times in Pacific Standard Time unless the request sends `Prefer: outlook.timezone="UTC"`.
 //! [`FakeGraph::inject_for`] serves a canned answer to the next request whose path contains a needle.
 
 #![allow(dead_code)]
@@ -218,6 +221,8 @@ struct Mail {
     seq: usize,
     message: Value,
     attachments: Vec<Value>,
+    /// For a meeting request: the event it put in the Agent User's calendar.
+    event: Option<String>,
 }
 
 /// What a delta token stands for: the options of the round's first request, the messages of the round
@@ -684,6 +689,22 @@ impl FakeGraph {
     /// A mail reaches the Agent User's Inbox (received now, Graph's whole seconds); with `notify`, Graph tells
     /// every live mail subscription. Graph's id of the message.
     pub async fn mail(&self, m: NewMail, notify: bool) -> String {
+        self.deliver(m, None, notify).await
+    }
+
+    /// A meeting request (`#microsoft.graph.eventMessageRequest`) for `event_id` (an event of
+    /// [`Self::calendar`], as Exchange puts it there on delivery) reaches the Inbox, sent by `m.from`
+    /// (its subject and body are the mail's). Graph's id of the message.
+    pub async fn invite(&self, m: NewMail, event_id: &str, notify: bool) -> String {
+        self.deliver(m, Some((event_id.to_owned(), "#microsoft.graph.eventMessageRequest", "meetingRequest")), notify).await
+    }
+
+    /// A meeting's cancellation (`#microsoft.graph.eventMessage`, `meetingCancelled`) for `event_id` reaches the Inbox.
+    pub async fn cancel(&self, m: NewMail, event_id: &str, notify: bool) -> String {
+        self.deliver(m, Some((event_id.to_owned(), "#microsoft.graph.eventMessage", "meetingCancelled")), notify).await
+    }
+
+    async fn deliver(&self, m: NewMail, meeting: Option<(String, &str, &str)>, notify: bool) -> String {
         let seq = self.state.seq.fetch_add(1, Ordering::SeqCst);
         let id = format!("AAMkAGI2TG93AAA{seq:06}=");
         let who = |(name, address): &(String, String)| json!({"emailAddress": {"name": name, "address": address}});
@@ -711,7 +732,26 @@ impl FakeGraph {
             "toRecipients": m.to.iter().map(who).collect::<Vec<_>>(), "ccRecipients": m.cc.iter().map(who).collect::<Vec<_>>(),
             "bccRecipients": [], "replyTo": m.reply_to.iter().map(who).collect::<Vec<_>>(),
         });
-        self.state.mailbox.lock().unwrap().push(Mail { seq, message, attachments });
+        let mut message = message;
+        let event = meeting.as_ref().map(|(id, _, _)| id.clone());
+        if let Some(((_, odata_type, kind), e)) = meeting.as_ref().zip(event.as_deref().and_then(|id| self.state.calendar.event(id))) {
+            for (k, v) in [
+                ("@odata.type", json!(odata_type)),
+                ("meetingMessageType", json!(kind)),
+                ("meetingRequestType", json!(if *kind == "meetingRequest" { "newMeetingRequest" } else { "none" })),
+                ("startDateTime", e["start"].clone()),
+                ("endDateTime", e["end"].clone()),
+                ("location", e["location"].clone()),
+                ("isAllDay", e["isAllDay"].clone()),
+                ("isOutOfDate", json!(false)),
+                ("responseRequested", json!(true)),
+                ("isDelegated", json!(false)),
+                ("type", json!("singleInstance")),
+            ] {
+                message[k] = v;
+            }
+        }
+        self.state.mailbox.lock().unwrap().push(Mail { seq, message, attachments, event });
         if notify {
             self.notify_mail(&id).await;
         }
@@ -1016,7 +1056,10 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
             // Graph may answer 201 with an empty body.
             StatusCode::CREATED.into_response()
         }
-        (_, ["users", key, rest @ ..]) if !rest.is_empty() && is_agent(&s, key) => mail_route(&s, m, rest, &query, json_body),
+        (_, ["users", key, rest @ ..]) if !rest.is_empty() && is_agent(&s, key) => {
+            let utc = crate::fake_calendar::prefer_values(&headers).iter().any(|p| p == "outlook.timezone=\"UTC\"");
+            mail_route(&s, m, rest, &query, json_body, utc)
+        }
         _ => error(404, "UnknownRequest", &format!("{m} {} is not served by the fake", segments.join("/"))),
     }
 }
@@ -1026,7 +1069,7 @@ fn is_agent(s: &GraphState, key: &str) -> bool {
 }
 
 /// The Agent User's mailbox: `users/{me}/…`.
-fn mail_route(s: &GraphState, m: &str, rest: &[&str], query: &HashMap<String, String>, body: Option<Value>) -> Response {
+fn mail_route(s: &GraphState, m: &str, rest: &[&str], query: &HashMap<String, String>, body: Option<Value>, utc: bool) -> Response {
     // `mailFolders('inbox')` (the form of Graph's own links) is `mailFolders/inbox`.
     let mut lower: Vec<String> = Vec::new();
     for r in rest {
@@ -1039,7 +1082,31 @@ fn mail_route(s: &GraphState, m: &str, rest: &[&str], query: &HashMap<String, St
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
     match (m, lower.as_slice()) {
         ("GET", ["mailfolders", "inbox", "messages", "delta"]) => mail_delta(s, query),
-        ("GET", ["messages", _]) => with_mail(s, rest[1], |mail| axum::Json(project(&mail.message, query)).into_response()),
+        ("GET", ["messages", _]) => {
+            if let Some(k) = query.keys().find(|k| !["$select", "$expand"].contains(&k.as_str())) {
+                return bad(&format!("The query option '{k}' is not supported here."));
+            }
+            match query.get("$expand").map(String::as_str) {
+                None => with_mail(s, rest[1], |mail| axum::Json(project(&mail.message, query)).into_response()),
+                // The event of a meeting message, through the cast (`event` is not a property of `message`).
+                Some(e) if e.eq_ignore_ascii_case("microsoft.graph.eventMessage/event") => {
+                    let found = s.mailbox.lock().unwrap().iter().find(|x| x.message["id"] == rest[1]).cloned();
+                    let Some(mail) = found else {
+                        return error(404, "ErrorItemNotFound", "The specified object was not found in the store.");
+                    };
+                    let mut v = project(&mail.message, query);
+                    if let Some(event) = mail.event.as_deref().and_then(|id| s.calendar.event(id)) {
+                        v["event"] = event;
+                    }
+                    if !utc {
+                        // Without `Prefer: outlook.timezone="UTC"` Graph answers in the mailbox's zone.
+                        pacific(&mut v);
+                    }
+                    axum::Json(v).into_response()
+                }
+                Some(e) => bad(&format!("Could not find a property named '{e}' on type 'microsoft.graph.message'.")),
+            }
+        }
         ("GET", ["messages", _, "attachments"]) => with_mail(s, rest[1], |mail| {
             let select = query.get("$select").map(|v| v.split(',').map(str::to_owned).collect::<Vec<_>>());
             if select.as_ref().is_none_or(|f| f.iter().any(|x| x == "contentBytes")) {
@@ -1112,6 +1179,27 @@ fn with_mail(s: &GraphState, id: &str, f: impl FnOnce(&Mail) -> Response) -> Res
         None => error(404, "ErrorItemNotFound", "The specified object was not found in the store."),
     }
 }
+
+/// Times of a meeting message and its event as a mailbox in Pacific Standard Time (UTC−8) reads them.
+fn pacific(v: &mut Value) {
+    let fix = |t: &mut Value| {
+        if t["timeZone"] == "UTC"
+            && let Some(at) = t["dateTime"].as_str().and_then(|d| time::PrimitiveDateTime::parse(&d[..19], TIME_LOCAL).ok())
+        {
+            let local = at - time::Duration::hours(8);
+            *t = json!({"dateTime": format!("{}.0000000", local.format(TIME_LOCAL).unwrap()), "timeZone": "Pacific Standard Time"});
+        }
+    };
+    for k in ["startDateTime", "endDateTime"] {
+        fix(&mut v[k]);
+    }
+    for k in ["start", "end"] {
+        fix(&mut v["event"][k]);
+    }
+}
+
+const TIME_LOCAL: &[time::format_description::BorrowedFormatItem<'_>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
 
 /// A resource with only the `$select`ed properties (and `id`, and the OData annotations), as Graph returns it.
 fn project(v: &Value, query: &HashMap<String, String>) -> Value {
