@@ -33,15 +33,26 @@
 #     lists --stream, a streamed reply (else SKIP). What the user sees is read from the Playground's conversation
 #     WebSocket (/_ws_conversation/v1/conversations/stream, recorded to a JSON-lines file); every send must be
 #     `delivered` in `agentgate outbox`, and `agentgate audit --verify` must pass.
+#     Scenario D (an MCP host, authenticated): Playground -> auth proxy -> `agentgate serve --dev --config D.toml`,
+#     and a host (mcp.js, a minimal Streamable HTTP client) on the gateway's /mcp: `send_file` in the 1:1 chat
+#     (the consent card; the person's accept and decline as fileConsent/invoke through the Playground's
+#     custom-activity API; the upload in Content-Range fragments to a loopback upload sink, an allowed
+#     `files.endpoints` entry; the file info card; the host's file_consent / file_upload events), a stream in the
+#     group chat and in a channel thread (one message updated in place), a quoted reply, a reply into a channel
+#     thread, the bot's own reaction, a tool call that waits for an owner's approval and Claude Code's permission
+#     relay (the approver answers in the 1:1 chat). What the Playground does not support (fileConsent/invoke in its
+#     invoke API, reactions, members by AAD object id hence targeted cards, one id for a text + card message) is a
+#     SKIP line quoting its answer, followed by a check of what agentgate does about it.
 #  4. prints PASS/FAIL (and SKIP) per check and `e2e: N passed, M failed`; stops every process it started, by PID.
 #
-# Environment: AGENTGATE_E2E_PEERS_CACHE (npm install dir, default /tmp/agentgate-e2e-peers-<hash>),
+# Environment: AGENTGATE_E2E_SHARED (the shared dir, default ../shared; e.g. for a git worktree elsewhere),
+# AGENTGATE_E2E_PEERS_CACHE (npm install dir, default /tmp/agentgate-e2e-peers-<hash>),
 # AGENTGATE_E2E_KEEP=1 (keep the scratch dir and logs even on success).
 set -euo pipefail
 
 SELF=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 ROOT=$(cd "$(dirname "$SELF")/.." && pwd)
-SHARED=$ROOT/../shared
+SHARED=${AGENTGATE_E2E_SHARED:-$ROOT/../shared}
 T0=${E2E_T0:-$(date +%s)}
 
 log() { printf '[e2e %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -117,7 +128,7 @@ fi
 # ------------------------------------------------------------------------------------------ inside the namespace
 S=${E2E_SCRATCH:?} P=${E2E_PEERS_CACHE:?} BIN=${E2E_BIN:?}
 J=$S/peers/jwt L=$S/logs
-mkdir -p "$L" "$S/a" "$S/b" "$S/c" "$S/pg-a" "$S/pg-b" "$S/pg-c"
+mkdir -p "$L" "$S/a" "$S/b" "$S/c" "$S/d" "$S/pg-a" "$S/pg-b" "$S/pg-c" "$S/pg-d"
 ip link set lo up || die "ip link set lo up failed inside the namespace"
 
 PIDS=()
@@ -553,8 +564,11 @@ ws.on('error', e => { console.error('ws error:', e.message); process.exit(1); })
 EOF
 # One Playground HTTP API call per run (what its web UI calls); prints {status, body}.
 cat >"$S/pg.js" <<'EOF'
-// node pg.js BASE config | install CONV | message CONV TEXT | submit CONV REPLY_TO VALUE_JSON | invoke CONV REPLY_TO ACTION_JSON
-const [BASE, cmd, conv, a1, a2] = process.argv.slice(2); const ME = process.env.PG_USER || 'user-id-0';
+// node pg.js BASE config | install CONV | message CONV TEXT | mention CONV TEXT (the text after an @mention of the bot)
+//   | submit CONV REPLY_TO VALUE_JSON | invoke CONV REPLY_TO ACTION_JSON | invoke-named NAME CONV REPLY_TO VALUE_JSON
+//   | custom CONV FILE (the activity in FILE over the Playground's template for CONV, through its custom-activity API)
+const [BASE, cmd, conv, a1, a2, a3] = process.argv.slice(2); const ME = process.env.PG_USER || 'user-id-0';
+const get = async path => (await (await fetch(BASE + path, { signal: AbortSignal.timeout(15000) })).json());
 const call = async (method, path, body) => {
   const r = await fetch(BASE + path, { method, headers: { 'content-type': 'application/json' }, body: body && JSON.stringify(body), signal: AbortSignal.timeout(15000) });
   const t = await r.text(); let v; try { v = JSON.parse(t); } catch { v = t; }
@@ -565,8 +579,17 @@ const c = encodeURIComponent(conv || '');
   config: () => call('GET', '/_internal/v1/config'),
   install: () => call('POST', `/_debug/conversation/${c}/installation`, {}),
   message: () => call('POST', `/_conversation/v1/conversations/${c}/messages`, { from: { id: ME }, text: a1, textFormat: 'plain' }),
+  mention: async () => {
+    const bot = (await get('/_internal/v1/config')).config.bot, at = `<at>${bot.name}</at>`;
+    return call('POST', `/_conversation/v1/conversations/${c}/messages`, { from: { id: ME }, text: `${at} ${a1}`, textFormat: 'plain', mentions: [{ mentioned: { id: bot.id }, text: at }] });
+  },
   submit: () => call('POST', '/_conversation/v1/submit', { conversation: { id: conv }, from: { id: ME }, replyToId: a1, value: JSON.parse(a2) }),
   invoke: () => call('POST', '/_conversation/v1/invoke', { name: 'adaptiveCard/action', from: { id: ME }, conversation: { id: conv }, replyToId: a1, value: { action: JSON.parse(a2) } }),
+  'invoke-named': () => call('POST', '/_conversation/v1/invoke', { name: conv, from: { id: ME }, conversation: { id: a1 }, replyToId: a2, value: JSON.parse(a3) }),
+  custom: async () => {
+    const base = await get(`/_internal/v1/customActivities/template?conversationId=${c}`), extra = JSON.parse(require('fs').readFileSync(a1, 'utf8'));
+    return call('POST', '/_internal/v1/customActivities', { ...base, ...extra, from: { ...base.from, ...(extra.from || {}) }, conversation: { ...base.conversation, ...(extra.conversation || {}) } });
+  },
 }[cmd] || (() => { console.error('unknown command ' + cmd); process.exit(2); }))().catch(e => { console.error(String(e)); process.exit(1); });
 EOF
 pg() { node "$S/pg.js" "$PG_C" "$@"; }
@@ -743,5 +766,427 @@ check "C: agentgate audit --verify: the chain is intact" "$BIN" audit --verify -
 check "C: the audit log has one queued and one delivered event per send" audit_per_send
 cp "$WS_C" "$S/inbox-c.jsonl" "$L/" 2>/dev/null || true
 
+
+# ---------------------------------------------------------------------------- scenario D: an MCP host on /mcp
+# Playground -> auth-proxy.js -> `agentgate serve --dev --config D.toml` (authenticated: only authenticated clicks
+# answer an approval); a host drives the gateway's /mcp (Streamable HTTP, bearer token) with mcp.js: send_file and
+# the file consent flow (the upload goes to a loopback upload sink, an allowed files.endpoints entry), streams in the
+# group chat and in a channel thread, a quoted reply, a reply into a channel thread, the bot's own reaction and a
+# tool call that waits for an owner's approval in Teams. What the Playground does not support is reported as SKIP
+# with its answer.
+log "scenario D: an MCP host on /mcp -> agentgate serve --dev --config D.toml (Playground -> auth proxy -> agentgate)"
+CFG_D=$S/d/agentgate.toml
+MCP_D=http://127.0.0.1:3982/mcp
+SINK=http://127.0.0.1:18091
+APPROVER=00000000-0000-0000-0000-0000000000020   # the Playground's current user (Alex Wilber), by AAD object id
+E2E_MCP_TOKEN=e2e-$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+export E2E_MCP_TOKEN APPROVER SINK
+cat >"$CFG_D" <<EOF
+data_dir = "$S/d/data"
+
+[server]
+bind = "127.0.0.1:3981"
+
+[clouds.public]
+openid_metadata_url = "$META"
+
+[mcp]
+bind = "127.0.0.1:3982"
+
+[[mcp.tokens]]
+name = "e2e"
+token = "env:E2E_MCP_TOKEN"
+approve = ["send_message"]   # every send_message waits for an owner's Allow in Teams
+
+[files]
+endpoints = ["$SINK/upload"]   # the loopback upload sink stands in for OneDrive's upload sessions
+upload_chunk_bytes = 327680    # the smallest fragment OneDrive takes: a 400,000-byte file goes up in two
+
+[outbound]
+poll_interval_ms = 50
+stream_update_ms = 1000
+
+[[bots]]
+app_id = "$APP_ID"
+display_name = "agentgate e2e (MCP host)"
+allowed_tenants = ["$TENANT"]
+require_endorsement = true
+
+[bots.policy]
+dm = "open"
+approvers = ["$APPROVER"]
+approval_timeout_secs = 60
+EOF
+check "D: agentgate check --dev accepts the config (/mcp token with approve, files.endpoints = a loopback upload sink)" "$BIN" check --dev --config "$CFG_D"
+
+cat >"$S/mcp.js" <<'EOF'
+// A minimal MCP client over Streamable HTTP (JSON-RPC POSTs; answers as JSON or as an SSE stream), no
+// dependencies: one session per run (initialize, notifications/initialized, the calls, DELETE).
+// usage: node mcp.js URL list | call TOOL ARGS_JSON | seq STEPS_JSON ([[TOOL, ARGS], ...]) | stream CHAT_ID LABEL
+//   | relay CHAT_ID REQUEST_ID SECONDS (a reply there, then Claude Code's permission relay: a permission_request,
+//     and the verdict notification awaited on the session's GET stream)
+// The bearer token comes from $E2E_MCP_TOKEN. A string argument "@base64:PATH" is replaced by the file's bytes
+// in base64 (too large for a command line). Prints JSON: a call's {tool, ok, result | error}.
+const fs = require('fs');
+const [URL_, cmd, a1, a2, a3] = process.argv.slice(2);
+let session = null, nextId = 1;
+const headers = () => ({ 'content-type': 'application/json', accept: 'application/json, text/event-stream',
+  authorization: `Bearer ${process.env.E2E_MCP_TOKEN}`, ...(session ? { 'mcp-session-id': session } : {}) });
+// The first JSON-RPC message of an SSE answer that satisfies `want`.
+async function sse(r, want, what) {
+  const reader = r.body.getReader(), dec = new TextDecoder();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${what}: the event stream ended first`);
+    buf = (buf + dec.decode(value, { stream: true })).replace(/\r\n/g, '\n');
+    let i;
+    while ((i = buf.indexOf('\n\n')) >= 0) {
+      const data = buf.slice(0, i).split('\n').filter(l => l.startsWith('data:')).map(l => l.slice(5).trim()).join('\n');
+      buf = buf.slice(i + 2);
+      if (!data) continue;
+      const m = JSON.parse(data);
+      if (want(m)) { reader.cancel().catch(() => {}); return m; }
+    }
+  }
+}
+async function rpc(method, params, notification) {
+  const msg = notification ? { jsonrpc: '2.0', method, params } : { jsonrpc: '2.0', id: nextId++, method, params };
+  const r = await fetch(URL_, { method: 'POST', headers: headers(), body: JSON.stringify(msg), signal: AbortSignal.timeout(200000) });
+  session = session || r.headers.get('mcp-session-id');
+  if (r.status >= 300) throw new Error(`${method} -> HTTP ${r.status} ${await r.text()}`);
+  if (notification) { await r.text(); return null; }
+  if (!(r.headers.get('content-type') || '').includes('text/event-stream')) return JSON.parse(await r.text());
+  return sse(r, m => m.id === msg.id, method);
+}
+const inline = v => typeof v === 'string' && v.startsWith('@base64:') ? fs.readFileSync(v.slice(8)).toString('base64')
+  : Array.isArray(v) ? v.map(inline) : v && typeof v === 'object' ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, inline(x)])) : v;
+async function call(tool, args) {
+  const m = await rpc('tools/call', { name: tool, arguments: inline(args) });
+  if (m.error) return { tool, ok: false, error: m.error.message || JSON.stringify(m.error) };
+  const text = ((m.result.content || [])[0] || {}).text;
+  let result = m.result.structuredContent;
+  if (result === undefined) { try { result = JSON.parse(text); } catch { result = text; } }
+  return m.result.isError ? { tool, ok: false, error: text } : { tool, ok: true, result };
+}
+const sleep = ms => new Promise(r => setTimeout(r, ms));
+// A host's long turn: a status line, a second one, the answer appended piece by piece, then the end.
+async function stream(chat, label) {
+  const out = { label, appends: [] };
+  out.start = await call('stream_start', { chat_id: chat, informative: `Searching the runbooks (${label})…` });
+  const id = out.start.ok && out.start.result.stream_id;
+  if (!id) return out;
+  await sleep(1200);
+  out.appends.push(await call('stream_append', { stream_id: id, informative: `Reading 3 files (${label})…` }));
+  await sleep(1200);
+  const pieces = `${label}: one two three four five six seven eight nine ten eleven twelve`.split(/(?= )/);
+  for (const p of pieces) { out.appends.push(await call('stream_append', { stream_id: id, text: p })); await sleep(350); }
+  out.finish = await call('stream_finish', { stream_id: id, text: ', done ✓' });
+  out.text = pieces.join('') + ', done ✓';
+  return out;
+}
+// Claude Code's permission relay from a session that works in CHAT: the verdict comes as a notification.
+async function relay(chat, req, secs) {
+  const out = {};
+  out.reply = await call('reply', { chat_id: chat, text: `checking ${req} before the deployment` });
+  const ctl = new AbortController(), timer = setTimeout(() => ctl.abort(), secs * 1000);
+  const push = await fetch(URL_, { method: 'GET', headers: { ...headers(), accept: 'text/event-stream' }, signal: ctl.signal });
+  if (push.status >= 300) throw new Error(`GET (the push stream) -> HTTP ${push.status} ${await push.text()}`);
+  const verdict = sse(push, m => m.method === 'notifications/claude/channel/permission' && (m.params || {}).request_id === req, 'the push stream');
+  await rpc('notifications/claude/channel/permission_request',
+    { request_id: req, tool_name: 'Bash', description: `e2e ${req}: run the deployment`, input_preview: 'deploy --stage prod' }, true);
+  try { out.verdict = (await verdict).params; } catch (e) { out.error = String(e); } finally { clearTimeout(timer); ctl.abort(); }
+  return out;
+}
+(async () => {
+  const init = await rpc('initialize', { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'e2e-playground', version: '1.0.0' } });
+  if (init.error || !session) throw new Error('initialize failed: ' + JSON.stringify(init));
+  await rpc('notifications/initialized', {}, true);
+  let out;
+  if (cmd === 'list') out = (await rpc('tools/list', {})).result;
+  else if (cmd === 'call') out = await call(a1, JSON.parse(a2));
+  else if (cmd === 'seq') { out = []; for (const [t, args] of JSON.parse(a1)) out.push(await call(t, args)); }
+  else if (cmd === 'stream') out = await stream(a1, a2);
+  else if (cmd === 'relay') out = await relay(a1, a2, Number(a3));
+  else throw new Error('unknown command ' + cmd);
+  console.log(JSON.stringify(out));
+  await fetch(URL_, { method: 'DELETE', headers: headers(), signal: AbortSignal.timeout(5000) }).catch(() => {});
+})().catch(e => { console.error('mcp client failed:', e.message); process.exit(1); });
+EOF
+cat >"$S/sink.js" <<'EOF'
+// An upload sink on loopback that behaves like a OneDrive upload session (what a file consent's uploadUrl is):
+// PUT fragments with Content-Range (each must start where the last ended and match its length), 202 with
+// nextExpectedRanges until the last, then 201 with a driveItem; GET says where the session stands. Every request
+// is recorded as a JSON line: method, url, Content-Range, Content-Length, whether an Authorization header came,
+// the body's size and sha256, the answer. usage: node sink.js PORT FILE
+const http = require('http'), crypto = require('crypto'), fs = require('fs');
+const [PORT, FILE] = process.argv.slice(2);
+const sha = b => crypto.createHash('sha256').update(b).digest('hex');
+const sessions = new Map();
+http.createServer((req, res) => {
+  const parts = [];
+  req.on('data', c => parts.push(c));
+  req.on('end', () => {
+    const body = Buffer.concat(parts);
+    const rec = { method: req.method, url: req.url, content_range: req.headers['content-range'] || null,
+      content_length: req.headers['content-length'] || null, authorization: 'authorization' in req.headers,
+      bytes: body.length, sha256: sha(body) };
+    let status = 404, out = { error: { code: 'itemNotFound', message: 'no such upload session' } };
+    if (req.url.startsWith('/upload/')) {
+      const s = sessions.get(req.url) || { next: 0, parts: [] };
+      sessions.set(req.url, s);
+      const m = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(rec.content_range || '');
+      if (req.method === 'GET') { status = 200; out = { nextExpectedRanges: [`${s.next}-`] }; }
+      else if (req.method !== 'PUT') { status = 405; out = { error: { code: 'notAllowed' } }; }
+      else if (!m || +m[1] !== s.next || +m[2] - +m[1] + 1 !== body.length || +m[2] >= +m[3]) {
+        status = 416; out = { error: { code: 'invalidRange', message: `expected bytes ${s.next}-` } };
+      } else {
+        s.parts.push(body); s.next = +m[2] + 1;
+        if (s.next === +m[3]) {
+          const all = Buffer.concat(s.parts);
+          rec.complete = { size: all.length, sha256: sha(all) };
+          status = 201; out = { id: 'e2e-item', name: req.url.split('/').pop(), size: all.length };
+        } else { status = 202; out = { nextExpectedRanges: [`${s.next}-`] }; }
+      }
+    }
+    rec.status = status;
+    fs.appendFileSync(FILE, JSON.stringify(rec) + '\n');
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(out));
+  });
+}).listen(+PORT, '127.0.0.1', () => console.log(`upload sink on 127.0.0.1:${PORT}`));
+EOF
+bg upload-sink.log node "$S/sink.js" 18091 "$S/sink-d.jsonl"
+wait_log "$L/upload-sink.log" '^upload sink on' 10 || fatal "the upload sink did not start"
+bg agentgate-d.log "$BIN" serve --dev --config "$CFG_D"
+wait_log "$L/agentgate-d.log" '^agentgate listening on http://127\.0\.0\.1:3981' 20 || fatal "agentgate (D) did not start"
+wait_http http://127.0.0.1:3981/readyz 200 20 || fatal "agentgate (D) never became ready"
+wait_http "$MCP_D" 401 10 || fatal "agentgate (D) does not serve /mcp (401 without a token)"
+bg auth-proxy-d.log env LISTEN=3983 TARGET=http://127.0.0.1:3981/api/messages APP_ID="$APP_ID" node "$J/auth-proxy.js"
+wait_log "$L/auth-proxy-d.log" '^auth proxy 127\.0\.0\.1:3983' 15 || fatal "auth-proxy.js (D) did not start"
+start_playground d 56156 http://127.0.0.1:3983/api/messages
+PG_D=http://127.0.0.1:56156
+WS_D=$S/ws-d.jsonl
+: >"$WS_D"
+bg ws-d.log node "$S/ws-watch.js" "ws://127.0.0.1:56156/_ws_conversation/v1/conversations/stream" "$WS_D"
+wait_log "$L/ws-d.log" '^ws open' 15 || fatal "could not open the Playground's conversation WebSocket (D)"
+pgd() { node "$S/pg.js" "$PG_D" "$@" 2>>"$L/pg-d-api.log"; }
+mcpd() { node "$S/mcp.js" "$MCP_D" "$@" 2>>"$L/mcp-d.log"; }
+inbox_d() { "$BIN" inbox --config "$CFG_D" --limit 1000 >"$S/inbox-d.jsonl" 2>>"$L/inbox-d.err"; }
+
+# The people's side: a 1:1 message (the approver's 1:1 chat), an @mention in the group chat and one in the
+# General channel (a new thread).
+pgd config >"$S/pg-d-config.json" || fatal "Playground D: GET /_internal/v1/config failed"
+PC_D=$(q json "$S/pg-d-config.json" 'd.body.config.personalChat.id')
+GC_D=$(q json "$S/pg-d-config.json" 'd.body.config.groupChats[0].id')
+CH_D=$(q json "$S/pg-d-config.json" 'd.body.config.teams[0].id')   # the General channel's id is the team's
+export PC_D GC_D CH_D
+if pgd install "$PC_D" >>"$L/pg-d-api.log" && sleep 0.5 && pgd message "$PC_D" "D $NONCE: hello" >>"$L/pg-d-api.log" &&
+  pgd mention "$GC_D" "group $NONCE: how is the deployment going?" >"$S/gc-msg.json" &&
+  pgd mention "$CH_D" "channel $NONCE: who owns the release?" >"$S/ch-msg.json"; then
+  pass "D: Playground install + messages in the 1:1 chat, the group chat and a channel (@mentions)"
+else
+  fail "D: Playground install + messages in the 1:1 chat, the group chat and a channel (@mentions)"
+fi
+CH_ROOT=$(q json "$S/ch-msg.json" 'd.body.messageId' 2>/dev/null || echo none)
+CH_THREAD=$(q json "$S/ch-msg.json" 'd.body.postConversationId' 2>/dev/null || echo none)
+export CH_ROOT CH_THREAD
+inbox_d_has() { inbox_d && q inbox "$S/inbox-d.jsonl" "$1"; }
+check "D: the three messages are in the inbox, authenticated (botframework): 1:1, group chat, channel thread" eventually 20 \
+  inbox_d_has '[["personal", env.PC_D], ["groupChat", env.GC_D], ["channel", env.CH_THREAD]].every(([t, c]) => d.some(e => e.activity_type === "message" && e.auth === "botframework" && e.conversation_id === c && e.b.conversation.conversationType === t && e.b.text.includes(env.NONCE)))'
+GC_MSG=$(q inbox "$S/inbox-d.jsonl" 'd.find(e => e.activity_type === "message" && e.conversation_id === env.GC_D).activity_id' 2>/dev/null || echo none)
+export GC_MSG
+
+mcpd list >"$S/tools-d.json" || true
+check "D: /mcp lists the tools a host needs here; send_message says each call waits for an owner's approval" \
+  q json "$S/tools-d.json" '["send_file", "read_messages", "reply", "react", "stream_start", "stream_append", "stream_finish"].every(n => d.tools.some(t => t.name === n)) && /approval in Teams/.test(d.tools.find(t => t.name === "send_message").description)'
+
+# 1. send_file in the 1:1 chat, accepted: the consent card, the answer, the upload, the file info card.
+FILE_D=report-$NONCE.csv
+# shellcheck disable=SC2016 # a JavaScript template literal, expanded by node, not the shell
+node -e 'let s = "", i = 0; while (s.length < 400000) s += `row ${i++},${process.argv[2]},${"x".repeat(40)}\n`; require("fs").writeFileSync(process.argv[1], s.slice(0, 399999) + "\n");' \
+  "$S/d/$FILE_D" "$NONCE"
+FILE_SHA=$(sha256sum "$S/d/$FILE_D" | cut -d' ' -f1)
+export FILE_D FILE_SHA
+mcpd call send_file "{\"chat_id\": \"$PC_D\", \"name\": \"$FILE_D\", \"content_base64\": \"@base64:$S/d/$FILE_D\", \"description\": \"e2e $NONCE\"}" \
+  >"$S/send-file-d.json" || true
+check "D/files: send_file in the 1:1 chat: offered once the consent card is delivered (consent id, message id, size, sha256)" \
+  q json "$S/send-file-d.json" 'd.ok && d.result.status === "offered" && d.result.via === "consent_card" && d.result.size === 400000 && d.result.sha256 === env.FILE_SHA && /^[0-9a-f]+$/.test(d.result.consent_id) && !!d.result.message_id'
+CONSENT=$(q json "$S/send-file-d.json" 'd.result.consent_id' 2>/dev/null || echo none)
+CONSENT_MSG=$(q json "$S/send-file-d.json" 'd.result.message_id' 2>/dev/null || echo none)
+export CONSENT CONSENT_MSG
+check "D/files: the consent card went to the mock Connector with the file's name and size, both contexts naming the consent -> 201 (per the recording)" \
+  q rec "$S/rec-d.log" 'd.some(r => r.request.method === "POST" && r.request.url.endsWith("/v3/conversations/" + encodeURIComponent(env.PC_D) + "/activities") && r.response.statusCode === 201 && r.response.body.id === env.CONSENT_MSG && (r.request.body.attachments || []).some(a => a.contentType === "application/vnd.microsoft.teams.card.file.consent" && a.name === env.FILE_D && a.content.sizeInBytes === 400000 && a.content.acceptContext.agentgate_consent === env.CONSENT && a.content.declineContext.agentgate_consent === env.CONSENT))'
+# The Playground keeps the card's content but drops the attachment's name (and, for the file info card, its contentUrl).
+check "D/files: the Playground shows the file consent card in the 1:1 chat (WebSocket createMessage: its size, accept and decline contexts)" eventually 10 \
+  q jsonl "$WS_D" 'd.some(e => e.action === "createMessage" && e.actionConversationId === env.PC_D && e.message.messageId === env.CONSENT_MSG && (e.message.attachments || []).some(a => a.contentType === "application/vnd.microsoft.teams.card.file.consent" && a.content.sizeInBytes === 400000 && a.content.acceptContext.agentgate_consent === env.CONSENT && a.content.declineContext.agentgate_consent === env.CONSENT))'
+# The Playground's UI shows no buttons on this card (it renders "File Consent Card is not supported yet"), and its
+# invoke API takes only the invokes its UI sends: the answer goes through its custom-activity API, as Teams sends it.
+pgd invoke-named fileConsent/invoke "$PC_D" "$CONSENT_MSG" '{"type":"fileUpload","action":"decline","context":{}}' >"$S/consent-probe-d.json" || true
+if q json "$S/consent-probe-d.json" 'd.status >= 300' >/dev/null 2>&1; then
+  skip "D/files: the Playground's own invoke API does not take fileConsent/invoke (it answered: $(head -c 300 "$S/consent-probe-d.json")); the answers below go through its custom-activity API"
+fi
+cat >"$S/consent-accept.json" <<EOF
+{"type": "invoke", "name": "fileConsent/invoke", "id": "e2e-consent-accept-$NONCE", "replyToId": "$CONSENT_MSG",
+ "channelData": {"tenant": {"id": "$TENANT"}},
+ "value": {"type": "fileUpload", "action": "accept", "context": {"agentgate_consent": "$CONSENT"},
+           "uploadInfo": {"contentUrl": "$SINK/files/$FILE_D", "name": "$FILE_D", "uploadUrl": "$SINK/upload/session-$NONCE",
+                          "uniqueId": "e2e-item-$NONCE", "fileType": "csv"}}}
+EOF
+check "D/files: the person accepts (fileConsent/invoke through the Playground's custom-activity API)" pgd custom "$PC_D" "$S/consent-accept.json"
+check "D/files: agentgate answered the accept 200 with an empty body at once (per the recording)" eventually 10 \
+  q rec "$S/rec-d.log" 'd.some(r => /-> User Application/.test(r.direction) && JSON.stringify(r.request.body || {}).includes("e2e-consent-accept-" + env.NONCE) && r.response.statusCode === 200 && (r.response.body === undefined || r.response.body === null || r.response.body === ""))'
+check "D/files: the upload sink got the bytes in two PUTs with the exact Content-Range (0-327679/400000, 327680-399999/400000), no token, the offer's sha256" eventually 15 \
+  q jsonl "$S/sink-d.jsonl" '((p) => p.length === 2 && p[0].content_range === "bytes 0-327679/400000" && p[0].bytes === 327680 && p[1].content_range === "bytes 327680-399999/400000" && p[1].bytes === 72320 && p.every(x => x.method === "PUT" && !x.authorization) && p[0].status === 202 && p[1].status === 201 && p[1].complete.sha256 === env.FILE_SHA)(d.filter(x => x.url === "/upload/session-" + env.NONCE))'
+check "D/files: the file info card went to the mock Connector with the uploadInfo's contentUrl, name, uniqueId, fileType -> 201 (per the recording)" eventually 15 \
+  q rec "$S/rec-d.log" 'd.some(r => r.request.method === "POST" && r.request.url.endsWith("/v3/conversations/" + encodeURIComponent(env.PC_D) + "/activities") && r.response.statusCode === 201 && (r.request.body.attachments || []).some(a => a.contentType === "application/vnd.microsoft.teams.card.file.info" && a.contentUrl === env.SINK + "/files/" + env.FILE_D && a.name === env.FILE_D && a.content.uniqueId === "e2e-item-" + env.NONCE && a.content.fileType === "csv"))'
+check "D/files: the Playground shows the file info card in the 1:1 chat (WebSocket createMessage: its uniqueId and fileType)" eventually 10 \
+  q jsonl "$WS_D" 'd.some(e => e.action === "createMessage" && e.actionConversationId === env.PC_D && (e.message.attachments || []).some(a => a.contentType === "application/vnd.microsoft.teams.card.file.info" && a.content.uniqueId === "e2e-item-" + env.NONCE && a.content.fileType === "csv"))'
+events_d() { mcpd call read_messages '{"limit": 200}' >"$S/events-d.json" && q json "$S/events-d.json" "d.ok && ($1)(d.result.events)"; }
+check "D/files: the host gets file_consent (accept) and then file_upload (uploaded, with the file card's outbox id) (read_messages)" eventually 15 \
+  events_d '(ev) => ev.some(e => e.event === "file_consent" && e.file.consent_id === env.CONSENT && e.file.action === "accept") && ev.some(e => e.event === "file_upload" && e.file.consent_id === env.CONSENT && e.file.status === "uploaded" && Number.isInteger(e.file.outbox_id) && e.content.includes(env.FILE_D))'
+
+# 2. send_file in the 1:1 chat, declined: the host is told, nothing is uploaded.
+mcpd call send_file "{\"chat_id\": \"$PC_D\", \"name\": \"declined-$NONCE.txt\", \"text\": \"not wanted $NONCE\"}" >"$S/send-file-d2.json" || true
+CONSENT2=$(q json "$S/send-file-d2.json" 'd.ok && d.result.status === "offered" && d.result.consent_id' 2>/dev/null || echo none)
+export CONSENT2
+cat >"$S/consent-decline.json" <<EOF
+{"type": "invoke", "name": "fileConsent/invoke", "id": "e2e-consent-decline-$NONCE", "replyToId": "$(q json "$S/send-file-d2.json" 'd.result.message_id' 2>/dev/null || echo none)",
+ "channelData": {"tenant": {"id": "$TENANT"}},
+ "value": {"type": "fileUpload", "action": "decline", "context": {"agentgate_consent": "$CONSENT2"}}}
+EOF
+check "D/files: a second file offered, then declined (fileConsent/invoke through the custom-activity API)" pgd custom "$PC_D" "$S/consent-decline.json"
+check "D/files: the decline reaches the host as a file_consent event (action decline)" eventually 15 \
+  events_d '(ev) => ev.some(e => e.event === "file_consent" && e.file.consent_id === env.CONSENT2 && e.file.action === "decline")'
+declined_audited() { "$BIN" audit --config "$CFG_D" --limit 200 | grep '"send_file"' | grep '"declined"' | grep -q "$CONSENT2"; }
+check "D/files: the decline is audited (send_file declined)" declined_audited
+
+# 3. Progress in a group chat and in a channel thread: one message updated in place, then the whole answer.
+cat >"$S/progress-view.js" <<'EOF'
+// The stream with LABEL as the people in CONV see it: the bot message the first status line created, its updates
+// in place, and whether any other message carried the stream's text.
+module.exports = (ev, conv, label, app) => {
+  const start = ev.findIndex(e => e.action === 'createMessage' && e.actionConversationId === conv && e.message.from.id === app && (e.message.text || '').includes(`(${label})`));
+  if (start < 0) return null;
+  const id = ev[start].message.messageId;
+  const texts = [ev[start].message.text].concat(ev.slice(start + 1).filter(e => e.action === 'updateMessage' && e.message.messageId === id).map(e => e.message.text || ''));
+  const others = ev.filter((e, i) => i !== start && e.action === 'createMessage' && (e.message.text || '').includes(label)).length;
+  return { id, texts, others };
+};
+EOF
+for where in group channel; do
+  if [ "$where" = group ]; then conv=$GC_D; else conv=$CH_THREAD; fi
+  mcpd stream "$conv" "progress-$where-$NONCE" >"$S/stream-$where-d.json" || true
+  check "D/progress ($where): stream_start answers mode updating; every append and the finish succeed" \
+    q json "$S/stream-$where-d.json" 'd.start.ok && d.start.result.mode === "updating" && d.appends.length > 3 && d.appends.every(a => a.ok && a.result.status === "appended") && d.finish.ok && d.finish.result.status === "delivered"'
+  export PROGRESS_CONV=$conv PROGRESS_LABEL=progress-$where-$NONCE
+  check "D/progress ($where): the Playground shows ONE message: the status lines, then growing text, updated in place, then the whole answer (id = stream_finish's message_id)" eventually 10 \
+    q jsonl "$WS_D" '((v, r) => v !== null && v.others === 0 && v.id === r.finish.result.message_id && v.texts[0].startsWith("Searching the runbooks") && v.texts.some(t => t.startsWith("Reading 3 files")) && ((tx) => tx.length >= 2 && tx.every((t, i) => i === 0 || t.startsWith(tx[i - 1])) && tx[tx.length - 1] === r.text)(v.texts.filter(t => t.startsWith(env.PROGRESS_LABEL))))(require(env.E2E_SCRATCH + "/progress-view.js")(d, env.PROGRESS_CONV, env.PROGRESS_LABEL, env.APP_ID), JSON.parse(require("fs").readFileSync(env.E2E_SCRATCH + "/stream-" + (env.PROGRESS_CONV === env.GC_D ? "group" : "channel") + "-d.json", "utf8")))'
+done
+
+# 4. A quoted reply in the group chat; a late answer into the channel thread.
+mcpd call reply "{\"chat_id\": \"$GC_D\", \"text\": \"quoted $NONCE: the deployment is green\", \"quote\": \"$GC_MSG\"}" >"$S/quote-d.json" || true
+QUOTE_ID=$(q json "$S/quote-d.json" 'd.result.message_id' 2>/dev/null || echo none)
+export QUOTE_ID
+check "D/quote: reply with quote is delivered in the group chat" q json "$S/quote-d.json" 'd.ok && d.result.status === "delivered"'
+# shellcheck disable=SC2016 # a JavaScript template literal, expanded by node, not the shell
+check "D/quote: the Connector got the quote (text starts <quoted messageId=…/>, a quotedReply entity naming the message) -> 201 (per the recording)" \
+  q rec "$S/rec-d.log" 'd.some(r => r.request.method === "POST" && r.request.url.includes("/v3/conversations/" + encodeURIComponent(env.GC_D) + "/activities") && r.response.statusCode === 201 && r.request.body.text.startsWith(`<quoted messageId="${env.GC_MSG}"/>`) && (r.request.body.entities || []).some(x => x.type === "quotedReply" && x.quotedReply.messageId === env.GC_MSG))'
+check "D/quote: the Playground shows the reply in the group chat (WebSocket createMessage, id = message_id)" eventually 10 \
+  q jsonl "$WS_D" 'd.some(e => e.action === "createMessage" && e.actionConversationId === env.GC_D && e.message.messageId === env.QUOTE_ID && e.message.text.includes("quoted " + env.NONCE))'
+if q jsonl "$WS_D" 'd.some(e => e.message && e.message.messageId === env.QUOTE_ID && e.message.text.startsWith("<quoted "))' >/dev/null 2>&1; then
+  skip "D/quote: the Playground has no quoted replies: it keeps the <quoted messageId=…/> tag in the message's text and drops the quotedReply entity (no quote bubble)"
+fi
+mcpd call reply "{\"chat_id\": \"$CH_D\", \"thread\": \"$CH_ROOT\", \"text\": \"thread $NONCE: the release is owned by the platform team\"}" >"$S/thread-d.json" || true
+THREAD_ID=$(q json "$S/thread-d.json" 'd.result.message_id' 2>/dev/null || echo none)
+export THREAD_ID
+check "D/thread: reply with thread (chat_id = the channel, thread = the root post) is delivered" q json "$S/thread-d.json" 'd.ok && d.result.status === "delivered"'
+check "D/thread: the Playground shows it in the channel thread (WebSocket createMessage in CHANNEL;messageid=ROOT)" eventually 10 \
+  q jsonl "$WS_D" 'd.some(e => e.action === "createMessage" && e.actionConversationId === env.CH_THREAD && e.message.messageId === env.THREAD_ID && e.message.text.includes("thread " + env.NONCE))'
+
+# 5. The bot's own reaction (Teams preview: PUT …/activities/{id}/reactions/{type}).
+mcpd call react "{\"chat_id\": \"$GC_D\", \"message_id\": \"$GC_MSG\", \"reaction\": \"like\"}" >"$S/react-d.json" || true
+if q json "$S/react-d.json" 'd.ok && d.result.status === "delivered"' >/dev/null 2>&1; then
+  pass "D/react: the bot's reaction is delivered"
+else
+  # What the mock Connector answers to that request, asked directly (the recording keeps only the routes it has).
+  enc() { node -p 'encodeURIComponent(process.argv[1])' "$1"; }
+  react_answer=$(curl -s -X PUT -H 'Content-Type: application/json' -d '{}' -w ' -> HTTP %{http_code}' --max-time 5 \
+    "$PG_D/_connector/v3/conversations/$(enc "$GC_D")/activities/$(enc "$GC_MSG")/reactions/like" | tr -s ' \n' ' ' | head -c 300)
+  skip "D/react: the Playground's mock Connector has no reactions route (PUT …/activities/{id}/reactions/like answers: $react_answer); agentgate's tool result: $(head -c 300 "$S/react-d.json")"
+  react_refused() { q json "$S/react-d.json" '!d.ok && /not delivered/.test(d.error)' && "$BIN" audit --config "$CFG_D" --limit 200 | grep '"react"' | grep -q '"dead"'; }
+  check "D/react: the refusal reaches the host as a tool error (nothing claimed delivered), audited react dead" react_refused
+fi
+
+# 6. Owner approvals in Teams, answered by the approver (the Playground's current user, authenticated by the proxy).
+# (a) A tool call that waits for an owner (the token's approve = ["send_message"]): the card goes to the approver's
+# 1:1 chat; the call runs on Allow.
+node "$S/mcp.js" "$MCP_D" seq "[[\"reply\", {\"chat_id\": \"$GC_D\", \"text\": \"working on it $NONCE\"}], [\"send_message\", {\"chat_id\": \"$GC_D\", \"text\": \"approved $NONCE: deploying now\"}]]" \
+  >"$S/approve-d.json" 2>>"$L/mcp-d.log" &
+APPROVE_PID=$!
+PIDS+=("$APPROVE_PID")
+# card_d FILE [REQUEST_ID]: the Playground shows an approval card (of REQUEST_ID); its event is left in FILE.
+card_d() {
+  REQ=${2:-} q jsonl "$WS_D" 'd.find(e => e.action === "createMessage" && (e.message.attachments || []).some(a => a.contentType === "application/vnd.microsoft.card.adaptive" && (a.content.actions || []).some(x => x.verb === "agentgate.permission" && x.data.behavior === "allow" && (!env.REQ || x.data.request_id === env.REQ))))' >"$1"
+}
+card_in_pc() { card_d "$S/approval-card-d.json" && q json "$S/approval-card-d.json" 'd.actionConversationId === env.PC_D'; }
+check "D/approval (per call): the approval card (Allow / Deny, Action.Execute agentgate.permission) reaches the approver's 1:1 chat" eventually 20 card_in_pc
+APPROVAL_CARD=$(q json "$S/approval-card-d.json" 'd.message.messageId' 2>/dev/null || echo none)
+REQ1=$(q json "$S/approval-card-d.json" 'd.message.attachments[0].content.actions[0].data.request_id' 2>/dev/null || echo none)
+ALLOW=$(q json "$S/approval-card-d.json" 'JSON.stringify(d.message.attachments[0].content.actions.find(a => a.title === "Allow"))' 2>/dev/null || echo '{}')
+export APPROVAL_CARD REQ1
+"$BIN" outbox --config "$CFG_D" --limit 1000 >"$S/outbox-d.jsonl" 2>>"$L/outbox-d.err" || true
+CARD_RESULT=$(q jsonl "$S/outbox-d.jsonl" 'd.filter(e => JSON.stringify(e.op).includes(env.REQ1) && JSON.stringify(e.op).includes("agentgate.permission")).map(e => e.result_id).join(",")' 2>/dev/null || echo none)
+if [ "$CARD_RESULT" = "$APPROVAL_CARD" ]; then
+  check "D/approval (per call): the approver clicks Allow (Action.Execute through the auth proxy: authenticated)" pgd invoke "$PC_D" "$APPROVAL_CARD" "$ALLOW"
+  check "D/approval (per call): the card is updated in place to say it was allowed (WebSocket updateMessage of the card)" eventually 15 \
+    q jsonl "$WS_D" 'd.some(e => e.action === "updateMessage" && e.message.messageId === env.APPROVAL_CARD && /Allowed/.test(JSON.stringify(e.message.attachments || [])))'
+else
+  skip "D/approval (per call): the Playground's card cannot answer: its mock Connector split the card's activity (text + card) into two messages and answered 202 with no id (per the recording: $(q rec "$S/rec-d.log" 'JSON.stringify(d.filter(r => r.request.method === "POST" && JSON.stringify(r.request.body || {}).includes(env.REQ1)).map(r => [r.response.statusCode, r.response.body]))' 2>/dev/null)), so agentgate knows no id for the card (outbox result_id: \"$CARD_RESULT\"; the Playground shows it as $APPROVAL_CARD)"
+  pgd invoke "$PC_D" "$APPROVAL_CARD" "$ALLOW" >"$S/click-d.json" || true
+  refused_click() { q json "$S/click-d.json" '/not the approval card/.test(JSON.stringify(d.body))' && "$BIN" audit --config "$CFG_D" --limit 200 | grep '"permission_answer"' | grep "$REQ1" | grep -q '"refused_not_the_card"'; }
+  check "D/approval (per call): so a click on it decides nothing: 'not the approval card of this request', audited refused_not_the_card" refused_click
+  check "D/approval (per call): the approver answers by typing 'yes $REQ1' in the 1:1 chat (authenticated through the proxy)" pgd message "$PC_D" "yes $REQ1"
+fi
+wait "$APPROVE_PID" || true
+check "D/approval (per call): the waiting send_message ran after the approver's Allow and was delivered" \
+  q json "$S/approve-d.json" 'd[0].ok && d[1].ok && d[1].result.status === "delivered"'
+check "D/approval (per call): the Playground shows the approved message in the group chat" eventually 10 \
+  q jsonl "$WS_D" 'd.some(e => e.action === "createMessage" && e.actionConversationId === env.GC_D && e.message.text === "approved " + env.NONCE + ": deploying now")'
+answer_audited() { "$BIN" audit --config "$CFG_D" --limit 200 | grep '"permission_answer"' | grep "$REQ1" | grep -q '"allow"'; }
+check "D/approval (per call): the answer is audited (permission_answer allow)" answer_audited
+
+# (b) Claude Code's permission relay, from a session that works in the group chat (it just replied there): the card
+# goes privately to the approver there (a targeted message) when the Connector names them as a member.
+REQ2=$(node -e 'const a = "abcdefghijkmnopqrstuvwxyz"; let s = ""; for (let i = 0; i < 5; i++) s += a[Math.floor(Math.random() * a.length)]; console.log(s)')
+[ "$REQ2" = "$REQ1" ] && REQ2=zzzzz
+export REQ2
+node "$S/mcp.js" "$MCP_D" relay "$GC_D" "$REQ2" 40 >"$S/relay-d.json" 2>>"$L/mcp-d.log" &
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+check "D/approval (relay): the permission request's card reaches the Playground" eventually 20 card_d "$S/relay-card-d.json" "$REQ2"
+RELAY_CONV=$(q json "$S/relay-card-d.json" 'd.actionConversationId' 2>/dev/null || echo none)
+if [ "$RELAY_CONV" = "$GC_D" ]; then
+  check "D/approval (relay): the card is targeted at the approver in the group chat (POST …/activities?isTargetedActivity=true, recipient isTargeted)" \
+    q rec "$S/rec-d.log" 'd.some(r => r.request.method === "POST" && r.request.url.includes("isTargetedActivity=true") && r.request.body.recipient.isTargeted === true && JSON.stringify(r.request.body).includes(env.REQ2))'
+else
+  skip "D/approval (relay): no targeted card: the Playground's mock Connector finds members by Teams id only (agentgate's GET …/members/$APPROVER answered: $(q rec "$S/rec-d.log" 'JSON.stringify(d.filter(r => r.request.method === "GET" && r.request.url.includes("/members/" + env.APPROVER)).map(r => [r.response.statusCode, r.response.body])[0])' 2>/dev/null)), so agentgate asked in the approver's 1:1 chat"
+  asked_personally() {
+    [ "$RELAY_CONV" = "$PC_D" ] && "$BIN" audit --config "$CFG_D" --limit 200 | grep '"permission_ask"' | grep "$REQ2" | grep '"personal"' | grep -q 'not targeted: the approver is not a member of the conversation'
+  }
+  check "D/approval (relay): agentgate fell back to the approver's 1:1 chat and audited why (permission_ask personal: not a member)" asked_personally
+fi
+check "D/approval (relay): the approver answers by typing 'no $REQ2' in the 1:1 chat" pgd message "$PC_D" "no $REQ2"
+wait "$RELAY_PID" || true
+check "D/approval (relay): the session gets notifications/claude/channel/permission {request_id, behavior: deny}" \
+  q json "$S/relay-d.json" 'd.reply.ok && d.verdict && d.verdict.request_id === env.REQ2 && d.verdict.behavior === "deny"'
+
+# 7. The books.
+check "D: agentgate audit --verify: the chain is intact" "$BIN" audit --verify --config "$CFG_D"
+check "D: no file was uploaded but the accepted one (the sink saw no other request)" \
+  q jsonl "$S/sink-d.jsonl" 'd.every(x => x.url === "/upload/session-" + env.NONCE)'
+check "D: the declined offer never led to a file_upload event" \
+  q json "$S/events-d.json" '!d.result.events.some(e => e.event === "file_upload" && e.file.consent_id === env.CONSENT2)'
+cp "$WS_D" "$S/inbox-d.jsonl" "$S/sink-d.jsonl" "$L/" 2>/dev/null || true
 summary
 [ "$FAILED" -eq 0 ]
