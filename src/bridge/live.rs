@@ -199,7 +199,8 @@ async fn drive(mut poster: impl PostStream, mut stream: Stream, mut rx: mpsc::Un
                                 let _ = reply.send(outcome);
                                 return;
                             }
-                            Command::Append(_) | Command::Informative(_) => late = true,
+                            Command::Append(_) => late = true,
+                            Command::Informative(_) => {}
                         }
                     }
                     return;
