@@ -292,19 +292,11 @@ impl GraphInbound {
     /// Take (or extend) a lease for this replica; false while another replica holds it, or when the store
     /// cannot say (then the work is left for later).
     async fn lease(&self, name: &str) -> bool {
-        match self.store.take_graph_lease(name, now_ms(), LEASE_MS).await {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!(lease = name, error = %e, "cannot take a Graph lease; the work waits");
-                false
-            }
-        }
+        take_lease(self.store.as_ref(), name).await
     }
 
     async fn release(&self, name: &str) {
-        if let Err(e) = self.store.release_graph_lease(name).await {
-            tracing::warn!(lease = name, error = %e, "cannot release a Graph lease (it runs out by itself)");
-        }
+        release_lease(self.store.as_ref(), name).await;
     }
 
     /// Ask for a catch-up read that cannot be done here now (another replica is reading): a durable `missed`
@@ -757,6 +749,25 @@ pub(super) fn same_secret(expected: &str, got: &str) -> bool {
 }
 
 /// A fresh `clientState`: 32 random bytes from the operating system's CSPRNG, hex (64 chars, within Graph's
+/// Take (or extend) the Graph lease `name` for this replica ([`LEASE_MS`]); false while another replica holds
+/// it, or when the store cannot say (then the work is left for later).
+pub(super) async fn take_lease(store: &dyn Store, name: &str) -> bool {
+    match store.take_graph_lease(name, now_ms(), LEASE_MS).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(lease = name, error = %e, "cannot take a Graph lease; the work waits");
+            false
+        }
+    }
+}
+
+/// Give the Graph lease `name` back (if that fails it runs out by itself).
+pub(super) async fn release_lease(store: &dyn Store, name: &str) {
+    if let Err(e) = store.release_graph_lease(name).await {
+        tracing::warn!(lease = name, error = %e, "cannot release a Graph lease (it runs out by itself)");
+    }
+}
+
 /// What [`subscribe`] asks Graph for.
 pub(super) struct SubscriptionSpec<'a> {
     pub resource: String,

@@ -53,8 +53,6 @@ const FAILED_RETRY: Duration = Duration::from_secs(30);
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 /// Pages one read takes at most (the rest waits for the next read, a second later).
 const MAX_PAGES: usize = 20;
-/// A lease's life unless renewed (a read renews it before each page).
-const LEASE_MS: i64 = 120_000;
 /// Mail entries are deduplicated for at least this long (a new round may list a mail again).
 const MAIL_DEDUPE: Duration = Duration::from_secs(31 * 24 * 3600);
 /// Graph keeps a mail subscription at most 10,080 minutes (7 days).
@@ -218,19 +216,11 @@ impl MailInbound {
     }
 
     async fn lease(&self, name: &str) -> bool {
-        match self.store.take_graph_lease(name, now_ms(), LEASE_MS).await {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!(lease = name, error = %e, "cannot take a Graph lease; the work waits");
-                false
-            }
-        }
+        super::graph_inbound::take_lease(self.store.as_ref(), name).await
     }
 
     async fn release(&self, name: &str) {
-        if let Err(e) = self.store.release_graph_lease(name).await {
-            tracing::warn!(lease = name, error = %e, "cannot release a Graph lease (it runs out by itself)");
-        }
+        super::graph_inbound::release_lease(self.store.as_ref(), name).await;
     }
 
     /// The Agent User's object id.
