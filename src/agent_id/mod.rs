@@ -32,8 +32,8 @@ pub(crate) const AGENT_USER_SCOPES: &[&str] = &["User.Read", "User.ReadBasic.All
 
 /// The delegated scopes of the files area (`agent_user.files = true`): the Agent User's OneDrive (read,
 /// write, share its own files), files shared with it (links in its chats), the SharePoint sites it can
-/// reach (read).
-pub(crate) const FILES_SCOPES: &[&str] = &["Files.ReadWrite", "Files.Read.All", "Sites.Read.All"];
+/// reach (read), the messages of the channels it is a member of (their files and pasted images).
+pub(crate) const FILES_SCOPES: &[&str] = &["Files.ReadWrite", "Files.Read.All", "Sites.Read.All", "ChannelMessage.Read.All"];
 
 /// The scopes provisioning grants: what every Agent User needs, and those of the areas the bot's
 /// `[bots.agent_user]` enables (none for areas that are off). Enabling an area later and running

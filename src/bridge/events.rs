@@ -480,10 +480,11 @@ impl InboundEvent {
 /// One line about a file, for the envelope: its reference, name, type and size, and how to read it.
 fn file_line(f: &super::files::FileItem) -> String {
     if !f.fetchable {
-        return format!(
-            "[file {}: a file Teams sent only as a placeholder (channels and group chats); get_file cannot fetch it]",
-            f.file_ref
-        );
+        return format!("[file {}: a file Teams sent only as a placeholder; get_file cannot fetch it]", f.file_ref);
+    }
+    if f.name.is_none() && matches!(f.source, "message_file" | "hosted_image") {
+        let what = if f.source == "hosted_image" { "an image" } else { "a file" };
+        return format!("[file {}: {what} in the message, read through Graph as the Agent User: read it with get_file]", f.file_ref);
     }
     let size = f.size.map(|s| format!(", {s} bytes")).unwrap_or_default();
     let name = f.name.as_deref().unwrap_or("(no name)");

@@ -38,7 +38,7 @@ use crate::store::{
 
 /// The `channelId` of conversations that live in Graph (the Agent User's chats): replies go out through
 /// Graph as the Agent User, never through the Connector.
-pub(crate) const GRAPH_CHANNEL: &str = "graph";
+pub(crate) use crate::teams::files::GRAPH_CHANNEL;
 
 /// The path Graph posts change notifications to.
 pub(crate) const NOTIFICATIONS_PATH: &str = "/api/graph/notifications";
@@ -918,7 +918,7 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
     let name = str_at(message, &["from", "user", "displayName"]);
     let content = str_at(message, &["body", "content"]).unwrap_or_default();
     let html = str_at(message, &["body", "contentType"]).is_none_or(|t| t.eq_ignore_ascii_case("html"));
-    let text = if html { html_to_text(&content) } else { content };
+    let text = if html { html_to_text(&content) } else { content.clone() };
     let mentions: Vec<Value> = message
         .get("mentions")
         .and_then(Value::as_array)
@@ -952,7 +952,7 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
         "entities": mentions,
     });
     // Files shared in the chat: SharePoint links (`reference`), read through Graph as the Agent User.
-    let files: Vec<Value> = message
+    let mut files: Vec<Value> = message
         .get("attachments")
         .and_then(Value::as_array)
         .map(|list| {
@@ -966,6 +966,15 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
                 .collect()
         })
         .unwrap_or_default();
+    // Images pasted in the chat: the message's hosted contents, named in the body's `<img src>`.
+    if html {
+        for id in hosted_content_ids(&content) {
+            if files.len() >= crate::teams::files::MAX_FILES {
+                break;
+            }
+            files.push(json!({"contentType": crate::teams::files::HOSTED_CONTENT, "content": {"hostedContentId": id}}));
+        }
+    }
     if !files.is_empty() {
         activity["attachments"] = Value::Array(files);
     }
@@ -976,6 +985,34 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
         activity["replyToId"] = json!(reply_to);
     }
     activity
+}
+
+/// The hosted-content ids of a Graph message body's inline images (`<img src="…/hostedContents/{id}/$value">`),
+/// in document order, each once.
+pub(crate) fn hosted_content_ids(html: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for token in html5gum::Tokenizer::new(html).flatten() {
+        let html5gum::Token::StartTag(tag) = token else { continue };
+        if tag.name.as_slice() != b"img" {
+            continue;
+        }
+        let Some(src) = tag.attributes.get(b"src".as_slice()).map(|v| String::from_utf8_lossy(&v.value).into_owned()) else { continue };
+        if let Some(id) = hosted_content_id(&src)
+            && !out.contains(&id)
+        {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// The id in a `…/hostedContents/{id}/$value` URL (percent-decoded), if it is one.
+pub(crate) fn hosted_content_id(src: &str) -> Option<String> {
+    let path = src.split(['?', '#']).next()?;
+    let (_, rest) = path.split_once("/hostedContents/")?;
+    let id = rest.strip_suffix("/$value").or_else(|| rest.strip_suffix("/%24value"))?;
+    let id = percent_encoding::percent_decode_str(id).decode_utf8().ok()?;
+    (!id.is_empty() && id.len() <= 1000 && !id.contains('/')).then(|| id.into_owned())
 }
 
 /// The reference of a Graph chat: it lives in Graph (`channel_id` `graph`), so answers go out through
@@ -1101,6 +1138,34 @@ mod tests {
         assert_eq!(files[0].source, crate::teams::files::FileSource::Reference);
         assert_eq!(files[0].name.as_deref(), Some("plan.docx"));
         assert!(files[0].url.as_deref().unwrap().starts_with("https://contoso.sharepoint.com/"));
+    }
+
+    /// An image pasted in a Graph chat is the message's hosted content, named in the body's `<img src>`.
+    #[test]
+    fn images_pasted_in_a_graph_chat_are_hosted_contents() {
+        let mut m = msg(user(ALEX, "Alex"));
+        let src = |id: &str| format!("https://graph.microsoft.com/v1.0/chats/19:abc@unq.gbl.spaces/messages/1/hostedContents/{id}/$value");
+        m["body"]["content"] = json!(format!(
+            "<p>look</p><img src=\"{}\" width=\"10\"><img src=\"{}\"><img src=\"https://example.test/x.png\"><img src=\"{}\">",
+            src("aWQ9eF8wLWE%3D"),
+            src("aWQ9eF8wLWI="),
+            src("aWQ9eF8wLWI=")
+        ));
+        let chat = ChatInfo { id: "19:abc@unq.gbl.spaces", conversation_type: "groupChat", tenant: "t1", agent_user: ME };
+        let a: Activity = serde_json::from_value(to_activity(&m, &chat, "message", "k")).unwrap();
+        let files = crate::teams::files::attached_files(&a);
+        let locators: Vec<_> = files.iter().map(|f| (f.source, f.locator.clone())).collect();
+        use crate::teams::files::{FileSource, Locator};
+        assert_eq!(
+            locators,
+            [
+                (FileSource::HostedImage, Some(Locator::Hosted("aWQ9eF8wLWE=".into()))),
+                (FileSource::HostedImage, Some(Locator::Hosted("aWQ9eF8wLWI=".into()))),
+            ],
+            "decoded, each once, other pictures left out"
+        );
+        assert_eq!(hosted_content_id("https://graph.microsoft.com/v1.0/chats/c/messages/1/hostedContents/a%2Fb/$value"), None);
+        assert_eq!(hosted_content_id("https://graph.microsoft.com/v1.0/chats/c/messages/1/hostedContents//$value"), None);
     }
 
     #[test]

@@ -339,6 +339,18 @@ impl ConnectorClient {
         }
     }
 
+    /// `GET v3/teams/{team}`: a team's details (`TeamsInfo.getTeamDetails`: `id`, `name`, `aadGroupId`,
+    /// the team's Microsoft 365 group id that Graph names it by); `None` when the Connector has no such team
+    /// for the bot (404).
+    pub async fn team_details(&self, ep: &Endpoint<'_>, token: &SecretString, team: &str) -> Result<Option<Value>, ConnectorError> {
+        let url = self.url(ep, &format!("v3/teams/{}", segment(team)))?;
+        match self.call(Method::GET, url, token, None).await {
+            Ok((_, body)) => Ok(Self::resource::<Option<Value>>(&body)?.filter(Value::is_object)),
+            Err(ConnectorError::Rejected { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `DELETE v3/conversations/{conversation}/activities/{activity_id}`
     pub async fn delete_activity(
         &self,

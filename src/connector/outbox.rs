@@ -264,6 +264,24 @@ impl Outbound {
         self.connector.conversation_member(&ep, &who.token, conversation, member).await.map_err(|e| e.to_string())
     }
 
+    /// The Microsoft 365 group id of the team `team` (its `19:…` thread id) that the conversation of
+    /// `reference` is in, from the Connector's team details as whoever acts there; `None` when the
+    /// Connector knows no such team or names no group id (a read: no outbox, no audit).
+    pub async fn team_group_id(&self, reference: &ConversationRef, team: &str) -> Result<Option<String>, String> {
+        let bot = &reference.bot_app_id;
+        let cloud = *self.clouds.get(bot).ok_or("the bot is no longer configured")?;
+        let who = self.acting(bot, &reference.conversation_id).await.map_err(|f| format!("no token: {}", f.message))?;
+        let ep = Endpoint { cloud, service_url: &reference.service_url };
+        let details = self.connector.team_details(&ep, &who.token, team).await.map_err(|e| e.to_string())?;
+        Ok(details
+            .as_ref()
+            .and_then(|d| d.get("aadGroupId"))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned))
+    }
+
     /// An attachment on the conversation's Connector (an inline image), fetched with the token of whoever
     /// acts there, at most `limit` bytes (a read: no outbox, no audit).
     pub async fn fetch_attachment(

@@ -347,6 +347,19 @@ impl GraphClient {
         self.get(self.url(&path, &[])?).await
     }
 
+    /// A chat or channel message as Graph returns it, every field kept (`GET /chats/{id}/messages/{id}`,
+    /// `/teams/{id}/channels/{id}/messages/{id}[/replies/{id}]`).
+    pub async fn message_json(&self, at: &MessageAt) -> Result<Value, GraphError> {
+        self.get(self.url(&at.path()?, &[])?).await
+    }
+
+    /// The bytes of a message's hosted content (an inline image, `GET …/hostedContents/{id}/$value`), at
+    /// most `limit`.
+    pub async fn hosted_content(&self, at: &MessageAt, id: &str, limit: usize) -> Result<crate::graph::Content, GraphError> {
+        let path = format!("{}/hostedContents/{}/$value", at.path()?, segment(non_empty("hosted content id", id)?));
+        self.content_at(self.url(&path, &[])?, limit).await
+    }
+
     /// Replace a message's body (`PATCH /chats/{id}/messages/{id}`); only the sender may.
     pub async fn edit_chat_message(&self, chat_id: &str, message_id: &str, message: &MessageBody) -> Result<(), GraphError> {
         check_message(message)?;
@@ -712,6 +725,39 @@ pub(super) struct Reply {
     pub(super) location: Option<String>,
     pub(super) content_type: Option<String>,
     pub(super) bytes: Vec<u8>,
+}
+
+/// Where a Teams message is in Graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageAt {
+    /// A message of a chat (`/chats/{chat}/messages/{message}`).
+    Chat { chat: String, message: String },
+    /// A channel post (`/teams/{team}/channels/{channel}/messages/{root}`) or, with `reply`, a reply to it
+    /// (`…/messages/{root}/replies/{reply}`). `team` is the team's Microsoft 365 group id.
+    Channel { team: String, channel: String, root: String, reply: Option<String> },
+}
+
+impl MessageAt {
+    fn path(&self) -> Result<String, GraphError> {
+        Ok(match self {
+            Self::Chat { chat, message } => {
+                format!("/chats/{}/messages/{}", segment(non_empty("chat id", chat)?), segment(non_empty("message id", message)?))
+            }
+            Self::Channel { team, channel, root, reply } => {
+                let mut path = format!(
+                    "/teams/{}/channels/{}/messages/{}",
+                    segment(non_empty("team id", team)?),
+                    segment(non_empty("channel id", channel)?),
+                    segment(non_empty("message id", root)?)
+                );
+                if let Some(reply) = reply {
+                    path.push_str("/replies/");
+                    path.push_str(&segment(non_empty("reply id", reply)?));
+                }
+                path
+            }
+        })
+    }
 }
 
 const USER_SELECT: &str = "id,displayName,userPrincipalName,mail,userType";

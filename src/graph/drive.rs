@@ -238,7 +238,7 @@ impl GraphClient {
         self.content_at(self.url(&format!("/shares/{}/driveItem/content", segment(&id)), &[])?, limit).await
     }
 
-    async fn content_at(&self, url: url::Url, limit: usize) -> Result<Content, GraphError> {
+    pub(super) async fn content_at(&self, url: url::Url, limit: usize) -> Result<Content, GraphError> {
         let reply = self.call_with(Method::GET, url, Body::None, true, Answer { redirect: true, limit, prefer: &[] }).await?;
         if (300..=399).contains(&reply.status) {
             return reply

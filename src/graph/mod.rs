@@ -26,7 +26,7 @@ pub mod transfer;
 
 pub use crate::ids::file_url::{FILE_HOST_SUFFIXES, FileHosts, FileUrlError};
 pub use crate::ids::graph_url::{DEFAULT_GRAPH_BASE, GRAPH_HOSTS, GraphEndpoint, GraphUrlError, odata_string};
-pub use client::{AgentIdentityToken, GraphClient, GraphError, GraphErrorKind, GraphSettings, GraphToken};
+pub use client::{AgentIdentityToken, GraphClient, GraphError, GraphErrorKind, GraphSettings, GraphToken, MessageAt};
 pub use drive::{Conflict, Content, Drive, DriveItem, Item, Link, NewLink, Site, UploadSession};
 pub use mail::{Attachment, DeltaPage, MailMessage, OutgoingMail, Recipient};
 pub use message::{ADAPTIVE_CARD, MAX_MESSAGE_CHARS, Mention, MessageBody, escape_html, html_to_text, text_to_html};

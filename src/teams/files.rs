@@ -9,8 +9,12 @@
 //! * 1:1 chat, a pasted image: `image/*` (often literally that) with a `contentUrl` on the Connector
 //!   (`…/v3/attachments/{id}/views/original`), fetched with the bot token;
 //! * a `reference` attachment (a SharePoint link; the Agent User's chats through Graph);
-//! * channels and group chats: only an HTML stub (`<attachment id="…">` in a `text/html` attachment, when
-//!   Teams keeps it at all): the bot gets no way to fetch the file.
+//! * channels and group chats: only the message's HTML (a `text/html` attachment) with an
+//!   `<attachment id="…">` tag per file and an `<img itemtype="http://schema.skype.com/AMSImage">` per
+//!   pasted image on a host bots cannot read. The bytes are in Graph: the message's attachment with that
+//!   id (a SharePoint link) and its hosted contents, read as the Agent User ([`Locator`]);
+//! * the Agent User's Graph chats: an inline image is the message's hosted content (its id in the
+//!   `<img src="…/hostedContents/{id}/$value">` of the body, kept as a [`HOSTED_CONTENT`] attachment).
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -27,6 +31,11 @@ pub(crate) const INFO_CARD: &str = "application/vnd.microsoft.teams.card.file.in
 pub(crate) const CONSENT_INVOKE: &str = "fileConsent/invoke";
 /// The key in `acceptContext`/`declineContext` that names agentgate's pending consent.
 pub(crate) const CONTEXT_KEY: &str = "agentgate_consent";
+/// An inline image of one of the Agent User's Graph chats (agentgate's own attachment type, on the
+/// activities it makes of Graph messages; honoured only on those): `content.hostedContentId`.
+pub(crate) const HOSTED_CONTENT: &str = "application/vnd.agentgate.graph.hostedcontent";
+/// The `channelId` of the activities agentgate makes of the Agent User's Graph chat messages.
+pub(crate) const GRAPH_CHANNEL: &str = "graph";
 /// At most this many files are read from one message.
 pub(crate) const MAX_FILES: usize = 10;
 /// Longest file name kept from an attachment, in characters.
@@ -42,7 +51,13 @@ pub(crate) enum FileSource {
     Image,
     /// A SharePoint/OneDrive link: fetched through Graph as the Agent User.
     Reference,
-    /// Mentioned in the message without a way to fetch it (channels and group chats).
+    /// A file of a channel or group-chat message (an `<attachment id>` tag): through Graph as the Agent
+    /// User, the message's attachment with that id.
+    MessageFile,
+    /// An inline image of a channel or group-chat message, or of a Graph chat message: through Graph as
+    /// the Agent User, the message's hosted content.
+    HostedImage,
+    /// Mentioned in the message without a way to fetch it (a 1:1 chat's HTML, a tag without an id).
     Stub,
 }
 
@@ -52,6 +67,8 @@ impl FileSource {
             Self::TeamsFile => "teams_file",
             Self::Image => "image",
             Self::Reference => "reference",
+            Self::MessageFile => "message_file",
+            Self::HostedImage => "hosted_image",
             Self::Stub => "stub",
         }
     }
@@ -70,6 +87,21 @@ pub(crate) struct AttachedFile {
     pub(crate) size: Option<u64>,
     /// Where the bytes are. Never shown to the model or logged: a pre-authenticated link is a credential.
     pub(crate) url: Option<String>,
+    /// For [`FileSource::MessageFile`] and [`FileSource::HostedImage`]: what to look for in the Graph
+    /// message.
+    pub(crate) locator: Option<Locator>,
+}
+
+/// What to look for in a message read through Graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Locator {
+    /// The message's attachment with this id (the `<attachment id>` of the HTML Teams sent the bot).
+    Attachment(String),
+    /// The message's `nth` inline image (0-based, in document order), with its AMS object id when the
+    /// tag names one (`itemid`, or the `/objects/{id}/` of its `src`).
+    InlineImage { nth: usize, object_id: Option<String> },
+    /// The message's hosted content with this id.
+    Hosted(String),
 }
 
 impl std::fmt::Debug for AttachedFile {
@@ -80,6 +112,7 @@ impl std::fmt::Debug for AttachedFile {
             .field("declared_type", &self.declared_type)
             .field("size", &self.size)
             .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("locator", &self.locator)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +167,19 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// message's own HTML are not files; an HTML stub's `<attachment id>` tags are.
 pub(crate) fn attached_files(activity: &Activity) -> Vec<AttachedFile> {
     let Some(list) = activity.extra.get("attachments").and_then(Value::as_array) else { return Vec::new() };
+    let from_graph = activity.channel_id.as_deref() == Some(GRAPH_CHANNEL);
+    // Channel and group-chat messages are in Graph; a 1:1 chat's (`a:…`) are not readable there.
+    let in_graph = !from_graph
+        && activity
+            .conversation
+            .as_ref()
+            .and_then(|c| c.conversation_type.as_deref())
+            .is_some_and(|t| t.eq_ignore_ascii_case("channel") || t.eq_ignore_ascii_case("groupChat"));
+    let has_bytes = list.iter().any(|a| {
+        let t = str_of(a, "contentType").unwrap_or_default().to_ascii_lowercase();
+        t == DOWNLOAD_INFO || t.starts_with("image/") || t == "reference"
+    });
+    let mut html_once = true;
     let mut out = Vec::new();
     for a in list {
         let content_type = str_of(a, "contentType").unwrap_or_default();
@@ -148,6 +194,7 @@ pub(crate) fn attached_files(activity: &Activity) -> Vec<AttachedFile> {
                 file_type,
                 size: content.get("fileSize").or_else(|| content.get("size")).and_then(Value::as_u64),
                 url: str_of(content, "downloadUrl").map(str::to_owned),
+                locator: None,
             });
         } else if content_type.len() > 6 && content_type[..6].eq_ignore_ascii_case("image/") {
             let Some(url) = str_of(a, "contentUrl") else { continue };
@@ -158,6 +205,7 @@ pub(crate) fn attached_files(activity: &Activity) -> Vec<AttachedFile> {
                 name,
                 size: None,
                 url: Some(url.to_owned()),
+                locator: None,
             });
         } else if content_type.eq_ignore_ascii_case("reference") {
             let Some(url) = str_of(a, "contentUrl") else { continue };
@@ -169,23 +217,92 @@ pub(crate) fn attached_files(activity: &Activity) -> Vec<AttachedFile> {
                 file_type,
                 size: None,
                 url: Some(url.to_owned()),
+                locator: None,
+            });
+        } else if content_type.eq_ignore_ascii_case(HOSTED_CONTENT) && from_graph {
+            let Some(id) = str_of(content, "hostedContentId") else { continue };
+            out.push(AttachedFile {
+                source: FileSource::HostedImage,
+                declared_type: "image/*".into(),
+                file_type: None,
+                name,
+                size: None,
+                url: None,
+                locator: Some(Locator::Hosted(id.to_owned())),
             });
         } else if content_type.eq_ignore_ascii_case("text/html")
             && let Some(html) = content.as_str()
+            && html_once
         {
-            for _ in 0..html.matches("<attachment ").count() {
+            // The HTML repeats what other attachments carry (a 1:1 chat's files and images): only a
+            // message without them is read for tags.
+            html_once = false;
+            if has_bytes {
+                continue;
+            }
+            for tag in html_files(html) {
+                let (source, declared_type, locator) = match tag {
+                    HtmlFile::Attachment(Some(id)) if in_graph => {
+                        (FileSource::MessageFile, "application/octet-stream", Some(Locator::Attachment(id)))
+                    }
+                    HtmlFile::Image { nth, object_id } if in_graph => {
+                        (FileSource::HostedImage, "image/*", Some(Locator::InlineImage { nth, object_id }))
+                    }
+                    HtmlFile::Image { .. } => continue,
+                    HtmlFile::Attachment(_) => (FileSource::Stub, "application/octet-stream", None),
+                };
                 out.push(AttachedFile {
-                    source: FileSource::Stub,
+                    source,
                     name: None,
-                    declared_type: "application/octet-stream".into(),
+                    declared_type: declared_type.into(),
                     file_type: None,
                     size: None,
                     url: None,
+                    locator,
                 });
             }
         }
         if out.len() >= MAX_FILES {
             out.truncate(MAX_FILES);
+            break;
+        }
+    }
+    out
+}
+
+/// A file or image tag of a message's HTML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HtmlFile {
+    /// `<attachment id="…">` (the id, when it has one).
+    Attachment(Option<String>),
+    /// `<img itemtype="http://schema.skype.com/AMSImage">`: the `nth` such image, its AMS object id.
+    Image { nth: usize, object_id: Option<String> },
+}
+
+/// The file and pasted-image tags of a Teams message's HTML, in document order (emoji, stickers and
+/// other images are not files).
+fn html_files(html: &str) -> Vec<HtmlFile> {
+    let mut out = Vec::new();
+    let mut images = 0;
+    for token in html5gum::Tokenizer::new(html).flatten() {
+        let html5gum::Token::StartTag(tag) = token else { continue };
+        let attr = |name: &str| {
+            tag.attributes.get(name.as_bytes()).map(|v| String::from_utf8_lossy(&v.value).trim().to_owned()).filter(|v| !v.is_empty())
+        };
+        match tag.name.as_slice() {
+            b"attachment" => out.push(HtmlFile::Attachment(attr("id").filter(|id| id.len() <= 200))),
+            b"img" if attr("itemtype").is_some_and(|t| t.to_ascii_lowercase().ends_with("/amsimage")) => {
+                let from_src = attr("src").and_then(|src| {
+                    let (_, rest) = src.split_once("/objects/")?;
+                    rest.split('/').next().filter(|id| !id.is_empty()).map(str::to_owned)
+                });
+                let object_id = attr("itemid").or(from_src).filter(|id| id.len() <= 200);
+                out.push(HtmlFile::Image { nth: images, object_id });
+                images += 1;
+            }
+            _ => {}
+        }
+        if out.len() >= MAX_FILES {
             break;
         }
     }
@@ -344,6 +461,51 @@ mod tests {
             json!({"type": "message", "attachments": vec![json!({"contentType": "reference", "contentUrl": "https://x.sharepoint.com/a"}); 30]}),
         );
         assert_eq!(attached_files(&many).len(), MAX_FILES);
+    }
+
+    /// A channel or group-chat message's HTML: each `<attachment id>` is a file and each pasted (AMS) image
+    /// an image, both found in Graph; emoji and other pictures are not files; a 1:1 chat's HTML repeats its
+    /// real attachments and is not read for tags; the agentgate hosted-content type counts only on
+    /// agentgate's own Graph activities.
+    #[test]
+    fn channel_html_names_files_and_images_graph_finds() {
+        let html = concat!(
+            "<div>plan <attachment id=\"9f1c\"></attachment> and ",
+            "<img alt=\"smile\" src=\"https://statics.teams.cdn.office.net/emoji/smile.png\" itemtype=\"http://schema.skype.com/Emoji\">",
+            "<img src=\"https://us-api.asm.skype.com/v1/objects/0-wus-d1-abc/views/imgo\" itemtype=\"http://schema.skype.com/AMSImage\">",
+            "<img src=\"https://us-api.asm.skype.com/v1/objects/0-x/views/imgo\" itemid=\"0-wus-d2-def\" itemtype=\"http://schema.skype.com/AMSImage\">",
+            "<attachment></attachment></div>"
+        );
+        let in_kind = |kind: &str| {
+            activity(json!({"type": "message", "conversation": {"id": "19:c@thread.tacv2", "conversationType": kind},
+                "attachments": [{"contentType": "text/html", "content": html}]}))
+        };
+        let files = attached_files(&in_kind("channel"));
+        let shape: Vec<_> = files.iter().map(|f| (f.source, f.locator.clone())).collect();
+        assert_eq!(
+            shape,
+            [
+                (FileSource::MessageFile, Some(Locator::Attachment("9f1c".into()))),
+                (FileSource::HostedImage, Some(Locator::InlineImage { nth: 0, object_id: Some("0-wus-d1-abc".into()) })),
+                (FileSource::HostedImage, Some(Locator::InlineImage { nth: 1, object_id: Some("0-wus-d2-def".into()) })),
+                (FileSource::Stub, None),
+            ]
+        );
+        assert_eq!(attached_files(&in_kind("groupChat")).len(), 4);
+        // A 1:1 chat: its HTML is not in Graph (and images come as their own attachments).
+        let personal = attached_files(&in_kind("personal"));
+        assert_eq!(personal.iter().map(|f| f.source).collect::<Vec<_>>(), [FileSource::Stub, FileSource::Stub]);
+        let with_image = activity(json!({"type": "message", "conversation": {"id": "19:c@thread.v2", "conversationType": "groupChat"},
+            "attachments": [{"contentType": "image/*", "contentUrl": "https://smba.trafficmanager.net/amer/v3/attachments/0-x/views/original"},
+                            {"contentType": "text/html", "content": html}]}));
+        assert_eq!(attached_files(&with_image).iter().map(|f| f.source).collect::<Vec<_>>(), [FileSource::Image]);
+
+        let hosted = json!({"contentType": HOSTED_CONTENT, "content": {"hostedContentId": "aWQ9eA=="}});
+        let ours = activity(json!({"type": "message", "channelId": "graph", "attachments": [hosted]}));
+        let files = attached_files(&ours);
+        assert_eq!((files[0].source, files[0].locator.clone()), (FileSource::HostedImage, Some(Locator::Hosted("aWQ9eA==".into()))));
+        let forged = activity(json!({"type": "message", "channelId": "msteams", "attachments": [hosted]}));
+        assert!(attached_files(&forged).is_empty(), "only agentgate's own Graph activities carry hosted contents");
     }
 
     #[test]

@@ -96,6 +96,11 @@ pub(crate) fn thread_root(conversation_id: &str) -> &str {
     find_key(conversation_id).map_or(conversation_id, |i| &conversation_id[..i])
 }
 
+/// The root message id a thread conversation id names (`…;messageid=<id>`), if any.
+pub(crate) fn thread_message_id(conversation_id: &str) -> Option<&str> {
+    find_key(conversation_id).map(|i| &conversation_id[i + MESSAGE_ID_KEY.len()..]).map(str::trim).filter(|s| !s.is_empty())
+}
+
 /// The conversation id of the thread rooted at `root_message_id` in the channel of `conversation_id`
 /// (which may itself be a thread id): `19:…@thread.tacv2;messageid=<root_message_id>`.
 pub(crate) fn reply_in_thread(conversation_id: &str, root_message_id: &str) -> Result<String, ThreadError> {

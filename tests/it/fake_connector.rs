@@ -44,7 +44,10 @@
 //!   Teams reads (consent: `name`, `content.sizeInBytes`, `acceptContext`, `declineContext`; info:
 //!   `contentUrl`, `name`, `content.uniqueId`, `content.fileType`); inline images are served at
 //!   `GET /_connector/v3/attachments/{id}/views/original` to a token the fake accepts, nothing else
-//!   ([`FakeConnector::add_attachment`], [`file_consent_invoke`]).
+//!   ([`FakeConnector::add_attachment`], [`file_consent_invoke`]);
+//! * team details (`TeamsInfo.getTeamDetails`): `GET /_connector/v3/teams/{id}`, the thread id
+//!   percent-encoded, answers `{id, name, aadGroupId, …}` for a team the bot is in
+//!   ([`FakeConnector::add_team`]), 404 otherwise.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -177,6 +180,10 @@ pub struct ConnectorState {
     attachments: Mutex<HashMap<String, (Vec<u8>, String)>>,
     /// Attachment downloads served: the identity of the token each came with.
     pub attachment_reads: Mutex<Vec<Identity>>,
+    /// Teams by thread id (`19:…`): their details (`TeamsInfo.getTeamDetails`).
+    teams: Mutex<HashMap<String, Value>>,
+    /// Team details served.
+    pub team_reads: AtomicUsize,
 }
 
 /// The roster of a conversation nobody set one for: one user, whose AAD object id is the tests' Alex.
@@ -518,6 +525,24 @@ fn attachment(s: &ConnectorState, method: &Method, rest: &str, identity: Identit
     ([("content-type", content_type)], bytes).into_response()
 }
 
+/// `GET v3/teams/{team id}`: the team's details (`id`, `name`, `aadGroupId`, …), the id percent-encoded;
+/// 404 for a team the bot is not in.
+fn team(s: &ConnectorState, method: &Method, rest: &str, query: Option<&str>) -> Response {
+    if method != Method::GET || query.is_some() {
+        return refuse(s, StatusCode::METHOD_NOT_ALLOWED, "team details are read with a plain GET");
+    }
+    let Some(id) = decode_segment(rest).filter(|id| !id.is_empty() && !id.contains('/')) else {
+        return refuse(s, StatusCode::BAD_REQUEST, "team id missing or not percent-encoded");
+    };
+    let Some(details) = s.teams.lock().unwrap().get(&id).cloned() else {
+        s.refused.lock().unwrap().push(format!("team {id}: not found"));
+        let body = json!({"error": {"code": "NotFound", "message": "The team was not found or the bot is not in it"}});
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    };
+    s.team_reads.fetch_add(1, Ordering::SeqCst);
+    axum::Json(details).into_response()
+}
+
 /// The `fileConsent/invoke` Teams sends when the person answers a consent card: `accept` with where to
 /// upload (`upload_url`), or `decline` (no `uploadInfo`); `context` is the card's accept/decline context.
 pub fn file_consent_invoke(activity: &Value, accept: bool, context: &Value, name: &str, upload_url: &str) -> Value {
@@ -550,6 +575,9 @@ async fn handle(State(s): State<Arc<ConnectorState>>, method: Method, uri: Uri, 
     let identity = identity.unwrap_or(Identity::Unknown);
     if let Some(rest) = uri.path().strip_prefix("/_connector/v3/attachments/") {
         return attachment(&s, &method, rest, identity);
+    }
+    if let Some(rest) = uri.path().strip_prefix("/_connector/v3/teams/") {
+        return team(&s, &method, rest, uri.query());
     }
     let Some(rest) = uri.path().strip_prefix("/_connector/v3/conversations") else {
         return refuse(&s, StatusCode::NOT_FOUND, "unknown path");
@@ -810,6 +838,8 @@ impl FakeConnector {
             faulted: Mutex::new(Vec::new()),
             attachments: Mutex::new(HashMap::new()),
             attachment_reads: Mutex::new(Vec::new()),
+            teams: Mutex::new(HashMap::new()),
+            team_reads: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -832,6 +862,18 @@ impl FakeConnector {
     pub fn add_attachment(&self, id: &str, bytes: &[u8], content_type: &str) -> String {
         self.state.attachments.lock().unwrap().insert(id.to_owned(), (bytes.to_vec(), content_type.to_owned()));
         format!("{}/v3/attachments/{id}/views/original", self.service_url)
+    }
+
+    /// A team the bot is in: `GET v3/teams/{thread_id}` answers its details with `aad_group_id`.
+    pub fn add_team(&self, thread_id: &str, name: &str, aad_group_id: &str) {
+        let details =
+            json!({"id": thread_id, "name": name, "aadGroupId": aad_group_id, "type": "standard", "channelCount": 1, "memberCount": 2});
+        self.state.teams.lock().unwrap().insert(thread_id.to_owned(), details);
+    }
+
+    /// Team details served.
+    pub fn team_reads(&self) -> usize {
+        self.state.team_reads.load(Ordering::SeqCst)
     }
 
     /// Attachment downloads served, with the identity of each token.

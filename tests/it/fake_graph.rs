@@ -49,6 +49,13 @@
 //! calendar; a message read with `$expand=microsoft.graph.eventMessage/event` (the only `$expand` served) carries
 //! that event, its times in Pacific Standard Time unless the request sends `Prefer: outlook.timezone="UTC"`.
 //! [`FakeGraph::inject_for`] serves a canned answer to the next request whose path contains a needle.
+//!
+//! Channel and group chat messages with files and inline images (read as the Agent User): teams by group id
+//! ([`FakeGraph::add_team`]; a thread id `19:…@thread.tacv2` as the team id answers 400, a team without the
+//! Agent User 403), root posts at `teams/{g}/channels/{c}/messages/{id}`, replies at
+//! `…/messages/{root}/replies/{id}` ([`FakeGraph::put_channel_message`]), chat messages with attachments
+//! ([`FakeGraph::put_chat_message`]; [`FakeGraph::deny_chat`] makes a chat's messages 403), and inline images
+//! at `…/hostedContents/{id}/$value` under any of them ([`FakeGraph::add_hosted_content`]).
 
 #![allow(dead_code)]
 
@@ -106,6 +113,32 @@ struct Chat {
     topic: Option<String>,
     members: Vec<Value>,
     messages: Vec<Value>,
+    /// The Agent User is not a member ([`FakeGraph::deny_chat`]): its messages answer 403.
+    denied: bool,
+}
+
+/// A team (by its Microsoft 365 group id, lowercase), its members' object ids, its channels and their messages.
+struct Team {
+    id: String,
+    members: Vec<String>,
+    channels: Vec<String>,
+    messages: Vec<ChannelMessage>,
+}
+
+/// A channel message: a root post (`root` None) or a reply to `root`.
+struct ChannelMessage {
+    channel: String,
+    root: Option<String>,
+    json: Value,
+}
+
+/// An inline image of a message (`…/hostedContents/{id}/$value`).
+struct HostedContent {
+    /// The owning message's canonical path after `/v1.0/` (decoded; the team id lowercase).
+    message_path: String,
+    id: String,
+    bytes: Vec<u8>,
+    content_type: String,
 }
 
 struct GraphState {
@@ -115,6 +148,8 @@ struct GraphState {
     agent_upn: String,
     users: Mutex<Vec<Value>>,
     chats: Mutex<Vec<Chat>>,
+    teams: Mutex<Vec<Team>>,
+    hosted_contents: Mutex<Vec<HostedContent>>,
     seen: Mutex<Vec<Seen>>,
     injected: Mutex<VecDeque<Canned>>,
     next_link: Mutex<Option<String>>,
@@ -316,6 +351,8 @@ impl FakeGraph {
             agent_upn: agent_upn.to_owned(),
             users: Mutex::new(vec![me]),
             chats: Mutex::new(Vec::new()),
+            teams: Mutex::new(Vec::new()),
+            hosted_contents: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             injected: Mutex::new(VecDeque::new()),
             next_link: Mutex::new(None),
@@ -362,7 +399,14 @@ impl FakeGraph {
         let messages = (0..n)
             .map(|i| json!({"id": format!("{}", 1_700_000_000_000u64 + i as u64), "messageType": "message", "createdDateTime": format!("2026-11-22T08:{:02}:00Z", i % 60), "body": {"contentType": "html", "content": format!("m{i}")}}))
             .collect();
-        self.state.chats.lock().unwrap().push(Chat { id: id.clone(), chat_type: "group".into(), topic: None, members: vec![], messages });
+        self.state.chats.lock().unwrap().push(Chat {
+            id: id.clone(),
+            chat_type: "group".into(),
+            topic: None,
+            members: vec![],
+            messages,
+            denied: false,
+        });
         id
     }
 
@@ -409,6 +453,7 @@ impl FakeGraph {
             topic: None,
             members: vec![],
             messages: vec![],
+            denied: false,
         });
     }
 
@@ -431,6 +476,95 @@ impl FakeGraph {
             self.notify(chat_id, &id, "created").await;
         }
         id
+    }
+
+    /// Store a message with this id in a chat added with [`Self::add_chat`] (the shape [`Self::say`] gives it),
+    /// with these `attachments` (Graph's `chatMessageAttachment`s); no notification.
+    pub fn put_chat_message(&self, chat_id: &str, message_id: &str, from: Value, html: &str, attachments: Value) {
+        let now = now_rfc3339();
+        let msg = json!({
+            "id": message_id, "etag": message_id, "messageType": "message", "chatId": chat_id, "replyToId": null,
+            "createdDateTime": now, "lastModifiedDateTime": now, "lastEditedDateTime": null, "deletedDateTime": null,
+            "from": from, "body": {"contentType": "html", "content": html}, "attachments": attachments, "mentions": [], "reactions": [],
+        });
+        let mut chats = self.state.chats.lock().unwrap();
+        let chat = chats.iter_mut().find(|c| c.id == chat_id).expect("add_chat first");
+        assert!(chat.messages.iter().all(|m| m["id"] != message_id), "message {message_id} is already in {chat_id}");
+        chat.messages.push(msg);
+    }
+
+    /// The Agent User is not (or no longer) a member of this chat: reading its messages (one, the list, a
+    /// hosted content) answers 403 `Forbidden`.
+    pub fn deny_chat(&self, chat_id: &str) {
+        let mut chats = self.state.chats.lock().unwrap();
+        chats.iter_mut().find(|c| c.id == chat_id).expect("add_chat first").denied = true;
+    }
+
+    /// A team by its Microsoft 365 group id (a GUID) with these members (user object ids); channels come with
+    /// [`Self::put_channel_message`]. Without the Agent User among them its messages answer 403 `Forbidden`.
+    pub fn add_team(&self, group_id: &str, members: &[&str]) {
+        assert!(is_guid(group_id), "a team is added by its group id (a GUID), not {group_id}");
+        self.state.teams.lock().unwrap().push(Team {
+            id: group_id.to_ascii_lowercase(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+            channels: Vec::new(),
+            messages: Vec::new(),
+        });
+    }
+
+    /// Store a channel message of a team added with [`Self::add_team`] (the channel comes into being): a root
+    /// post when `root_id` is None, else a reply to that root (which must be there); served as
+    /// [`channel_message_json`] gives it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_channel_message(
+        &self,
+        group_id: &str,
+        channel_id: &str,
+        message_id: &str,
+        root_id: Option<&str>,
+        from: Value,
+        html: &str,
+        attachments: Value,
+    ) {
+        let mut teams = self.state.teams.lock().unwrap();
+        let team = teams.iter_mut().find(|t| t.id.eq_ignore_ascii_case(group_id)).expect("add_team first");
+        if !team.channels.iter().any(|c| c == channel_id) {
+            team.channels.push(channel_id.to_owned());
+        }
+        if let Some(root) = root_id {
+            assert!(
+                team.messages.iter().any(|m| m.channel == channel_id && m.root.is_none() && m.json["id"] == root),
+                "put the root {root} first"
+            );
+        }
+        assert!(
+            !team.messages.iter().any(|m| m.channel == channel_id && m.json["id"] == message_id),
+            "message {message_id} is already in {channel_id}"
+        );
+        let json = channel_message_json(&team.id, channel_id, message_id, root_id, from, html, attachments);
+        team.messages.push(ChannelMessage { channel: channel_id.to_owned(), root: root_id.map(str::to_owned), json });
+    }
+
+    /// An inline image of the message at `message_path` (unencoded, after `/v1.0/`: `chats/{id}/messages/{id}`,
+    /// `teams/{g}/channels/{c}/messages/{id}` or `…/messages/{root}/replies/{id}`), served at
+    /// `…/hostedContents/{id}/$value` as `content_type`. Returns Graph's id (standard base64 of
+    /// `id=x_{ams},type=1,url=https://us-api.asm.skype.com/v1/objects/{ams}/views/imgo`) and the URL as Graph
+    /// writes it in the body's `<img src>`: this fake's base, the path's `:` and `@` literal, `$value` literal.
+    pub fn add_hosted_content(&self, message_path: &str, ams_object_id: &str, bytes: &[u8], content_type: &str) -> (String, String) {
+        use base64::Engine as _;
+        let segs: Vec<&str> = message_path.split('/').collect();
+        let path = canonical_message_path(&segs).expect("a chat or channel message path");
+        let id = base64::engine::general_purpose::STANDARD
+            .encode(format!("id=x_{ams_object_id},type=1,url=https://us-api.asm.skype.com/v1/objects/{ams_object_id}/views/imgo"));
+        // Graph writes the path as it is (`19:…@thread.v2`); a `/` of the id cannot stay literal in a segment.
+        let url = format!("{}/v1.0/{message_path}/hostedContents/{}/$value", self.state.base, id.replace('/', "%2F").replace('+', "%2B"));
+        self.state.hosted_contents.lock().unwrap().push(HostedContent {
+            message_path: path,
+            id: id.clone(),
+            bytes: bytes.to_vec(),
+            content_type: content_type.to_owned(),
+        });
+        (id, url)
     }
 
     /// Edit a message (its `lastEditedDateTime` and `lastModifiedDateTime` move); with `notify`, an
@@ -942,6 +1076,13 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
         return r;
     }
     match (m, segs.as_slice()) {
+        ("GET", [msg @ .., "hostedContents", hid, "$value"]) => hosted_value(&s, msg, hid),
+        ("GET", ["teams", _, "channels", _, "messages", _] | ["teams", _, "channels", _, "messages", _, "replies", _]) => {
+            match find_message(&s, &segs) {
+                Ok(msg) => axum::Json(msg).into_response(),
+                Err(r) => *r,
+            }
+        }
         ("GET", ["me"]) => user(&s, &s.agent_oid.clone()),
         ("GET", ["users", key]) => user(&s, key),
         ("POST", ["chats"]) => create_chat(&s, json_body),
@@ -976,6 +1117,7 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
                 _ => return bad("$filter needs $orderby on the same property (descending)."),
             };
             let mut items = match s.chats.lock().unwrap().iter().find(|c| c.id == *id) {
+                Some(c) if c.denied => return error(403, "Forbidden", "Forbidden: the caller is not a member of the chat."),
                 Some(c) => c.messages.iter().rev().cloned().collect::<Vec<_>>(),
                 None => return error(404, "NotFound", "Chat not found"),
             };
@@ -993,10 +1135,9 @@ async fn handle(State(s): State<Arc<GraphState>>, method: Method, uri: Uri, head
             while s.hold_reads.load(Ordering::SeqCst) {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            let chats = s.chats.lock().unwrap();
-            match chats.iter().find(|c| c.id == *id).and_then(|c| c.messages.iter().find(|x| x["id"] == *mid)) {
-                Some(msg) => axum::Json(msg.clone()).into_response(),
-                None => error(404, "NotFound", "Message not found"),
+            match find_message(&s, &["chats", id, "messages", mid]) {
+                Ok(msg) => axum::Json(msg).into_response(),
+                Err(r) => *r,
             }
         }
         ("PATCH", ["chats", id, "messages", mid]) => patch_message(&s, id, mid, json_body),
@@ -1439,6 +1580,121 @@ fn with_chat(s: &GraphState, id: &str, f: impl FnOnce(&Chat) -> Response) -> Res
     }
 }
 
+/// Whether `s` is a GUID (8-4-4-4-12 hex digits), as a team's group id is.
+fn is_guid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36 && b.iter().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() })
+}
+
+/// A message's path (decoded segments after `/v1.0/`) as the fake keys it: the team id lowercase; None for
+/// anything but `chats/{c}/messages/{m}`, `teams/{t}/channels/{c}/messages/{m}` and `…/{root}/replies/{m}`.
+fn canonical_message_path(segs: &[&str]) -> Option<String> {
+    match segs {
+        ["chats", _, "messages", _]
+        | ["teams", _, "channels", _, "messages", _]
+        | ["teams", _, "channels", _, "messages", _, "replies", _] => {
+            let mut v: Vec<String> = segs.iter().map(|x| (*x).to_owned()).collect();
+            if v[0] == "teams" {
+                v[1] = v[1].to_ascii_lowercase();
+            }
+            Some(v.join("/"))
+        }
+        _ => None,
+    }
+}
+
+/// Graph's `chatMessage` for a channel message (a root post when `root_id` is None, else a reply).
+pub fn channel_message_json(
+    team_id: &str,
+    channel_id: &str,
+    message_id: &str,
+    root_id: Option<&str>,
+    from: Value,
+    html: &str,
+    attachments: Value,
+) -> Value {
+    let now = now_rfc3339();
+    json!({
+        "id": message_id, "replyToId": root_id, "etag": message_id, "messageType": "message",
+        "createdDateTime": now, "lastModifiedDateTime": now, "lastEditedDateTime": null, "deletedDateTime": null,
+        "subject": null, "summary": null, "chatId": null, "importance": "normal", "locale": "en-us",
+        "from": from, "body": {"contentType": "html", "content": html}, "attachments": attachments,
+        "mentions": [], "reactions": [], "channelIdentity": {"teamId": team_id, "channelId": channel_id},
+    })
+}
+
+/// The team a channel path names, if the Agent User may read it: 400 for a team id that is not a group id
+/// (a GUID; Graph rejects a `19:…@thread.tacv2` thread id), 404 for an unknown team, 403 for a non-member.
+fn readable_team<'a>(s: &GraphState, teams: &'a [Team], team_id: &str) -> Result<&'a Team, Box<Response>> {
+    if !is_guid(team_id) {
+        return Err(Box::new(error(
+            400,
+            "BadRequest",
+            &format!("Invalid team id '{team_id}': a team is addressed by its group id (a GUID)."),
+        )));
+    }
+    let Some(team) = teams.iter().find(|t| t.id.eq_ignore_ascii_case(team_id)) else {
+        return Err(Box::new(error(404, "NotFound", &format!("No team found with Group Id {team_id}."))));
+    };
+    if !team.members.iter().any(|m| m.eq_ignore_ascii_case(&s.agent_oid)) {
+        return Err(Box::new(error(403, "Forbidden", "Forbidden: the caller is not a member of the team.")));
+    }
+    Ok(team)
+}
+
+/// One message by its path (decoded segments after `/v1.0/`), with the checks Graph makes: a denied chat
+/// answers 403; a team as [`readable_team`]; a root only at `…/messages/{id}`, a reply only under its root.
+fn find_message(s: &GraphState, segs: &[&str]) -> Result<Value, Box<Response>> {
+    let not_found = || Box::new(error(404, "NotFound", "Message not found."));
+    match segs {
+        ["chats", id, "messages", mid] => {
+            let chats = s.chats.lock().unwrap();
+            let Some(c) = chats.iter().find(|c| c.id == *id) else { return Err(Box::new(error(404, "NotFound", "Chat not found"))) };
+            if c.denied {
+                return Err(Box::new(error(403, "Forbidden", "Forbidden: the caller is not a member of the chat.")));
+            }
+            c.messages.iter().find(|x| x["id"] == *mid).cloned().ok_or_else(not_found)
+        }
+        ["teams", team_id, "channels", channel, "messages", rest @ ..] => {
+            let (root, mid) = match rest {
+                [mid] => (None, *mid),
+                [root, "replies", mid] => (Some(*root), *mid),
+                _ => return Err(Box::new(error(404, "UnknownRequest", &format!("{} is not served by the fake", segs.join("/"))))),
+            };
+            let teams = s.teams.lock().unwrap();
+            let team = readable_team(s, &teams, team_id)?;
+            if !team.channels.iter().any(|c| c == channel) {
+                return Err(Box::new(error(404, "NotFound", &format!("Channel {channel} not found."))));
+            }
+            team.messages
+                .iter()
+                .find(|m| m.channel == *channel && m.root.as_deref() == root && m.json["id"] == mid)
+                .map(|m| m.json.clone())
+                .ok_or_else(not_found)
+        }
+        _ => Err(Box::new(error(404, "UnknownRequest", &format!("{} is not served by the fake", segs.join("/"))))),
+    }
+}
+
+/// `…/messages/{id}/hostedContents/{id}/$value`: the bytes of an inline image of a readable message.
+fn hosted_value(s: &GraphState, msg: &[&str], hosted_id: &str) -> Response {
+    let Some(path) = canonical_message_path(msg) else {
+        return error(404, "UnknownRequest", &format!("{}/hostedContents is not served by the fake", msg.join("/")));
+    };
+    if let Err(r) = find_message(s, msg) {
+        return *r;
+    }
+    let hosted = s.hosted_contents.lock().unwrap();
+    match hosted.iter().find(|h| h.message_path == path && h.id == hosted_id) {
+        Some(h) => {
+            let mut r = (StatusCode::OK, h.bytes.clone()).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_str(&h.content_type).unwrap());
+            r
+        }
+        None => error(404, "NotFound", "Hosted content not found."),
+    }
+}
+
 fn chat_json(c: &Chat) -> Value {
     json!({"id": c.id, "chatType": c.chat_type, "topic": c.topic, "createdDateTime": "2026-11-22T08:00:00Z", "tenantId": "cccccccc-0000-0000-0000-000000000003", "webUrl": "https://teams.microsoft.com/l/chat/x"})
 }
@@ -1508,7 +1764,7 @@ fn create_chat(s: &GraphState, body: Option<Value>) -> Response {
     }
     let n = s.seq.fetch_add(1, Ordering::SeqCst);
     let id = if chat_type == "oneOnOne" { format!("19:{}_{n}@unq.gbl.spaces", s.agent_oid) } else { format!("19:group{n}@thread.v2") };
-    let chat = Chat { id, chat_type, topic: b["topic"].as_str().map(str::to_owned), members, messages: Vec::new() };
+    let chat = Chat { id, chat_type, topic: b["topic"].as_str().map(str::to_owned), members, messages: Vec::new(), denied: false };
     let out = chat_json(&chat);
     s.chats.lock().unwrap().push(chat);
     (StatusCode::CREATED, axum::Json(out)).into_response()
@@ -2140,4 +2396,103 @@ fn redirect_to(s: &GraphState, f: &DriveFile) -> Response {
     d.hosted.insert(token.clone(), (f.bytes.clone(), f.mime.clone()));
     let location = format!("{}/sp/download/{token}?tempauth=v1.pre-authenticated-{}", s.base, d.seq);
     (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+/// The fake's channel, reply, group chat and hosted content reads, with their membership and id rules.
+#[tokio::test]
+async fn fake_graph_channel_and_hosted_contents() {
+    const AGENT: &str = "aaaaaaaa-0000-0000-0000-00000000a9e7";
+    const TEAM: &str = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+    const OTHER_TEAM: &str = "11111111-2222-3333-4444-555555555555";
+    const CHANNEL: &str = "19:abc@thread.tacv2";
+    const CHAT: &str = "19:g@thread.v2";
+    let graph = FakeGraph::start(Arc::new(|t: &str| t == "agent-token"), AGENT, "agent@contoso.onmicrosoft.test").await;
+    graph.add_team(TEAM, &["bbbbbbbb-0000-0000-0000-000000000001", AGENT]);
+    graph.add_team(OTHER_TEAM, &["bbbbbbbb-0000-0000-0000-000000000001"]);
+    let alice = person("bbbbbbbb-0000-0000-0000-000000000001", "Alice");
+    let file = json!([{"id": "f1", "contentType": "reference", "contentUrl": "https://contoso.sharepoint.com/x.txt", "name": "x.txt"}]);
+    graph.put_channel_message(TEAM, CHANNEL, "1700", None, alice.clone(), "<p>root</p>", file.clone());
+    graph.put_channel_message(TEAM, CHANNEL, "1701", Some("1700"), alice.clone(), "<p>reply</p>", json!([]));
+    graph.put_channel_message(OTHER_TEAM, CHANNEL, "1700", None, alice.clone(), "<p>hidden</p>", json!([]));
+    graph.add_chat(CHAT, "group");
+    graph.put_chat_message(CHAT, "1800", alice.clone(), "<p>chat</p>", file.clone());
+    let (chat_hid, chat_url) = graph.add_hosted_content(&format!("chats/{CHAT}/messages/1800"), "0-wus-d1-aaaa", b"PNGCHAT", "image/png");
+    let reply_path = format!("teams/{TEAM}/channels/{CHANNEL}/messages/1700/replies/1701");
+    let (reply_hid, reply_url) = graph.add_hosted_content(&reply_path, "0-wus-d1-bbbb", b"JPEGREPLY", "image/jpeg");
+    {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(&chat_hid).unwrap();
+        assert_eq!(
+            String::from_utf8(decoded).unwrap(),
+            "id=x_0-wus-d1-aaaa,type=1,url=https://us-api.asm.skype.com/v1/objects/0-wus-d1-aaaa/views/imgo"
+        );
+    }
+    assert_eq!(chat_url, format!("{}/chats/{CHAT}/messages/1800/hostedContents/{chat_hid}/$value", graph.base_url()));
+
+    let http = reqwest::Client::new();
+    let base = graph.base_url();
+    let e = enc;
+    let get = |url: String, token: Option<&'static str>| {
+        let mut r = http.get(url);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            (status, ct, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let json_of = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+    let channel_url = format!("{base}/teams/{TEAM}/channels/{}/messages", e(CHANNEL));
+
+    // Root post and reply.
+    let (st, _, b) = get(format!("{channel_url}/1700"), Some("agent-token")).await;
+    assert_eq!(st, 200);
+    let root = json_of(&b);
+    assert_eq!((root["id"].as_str(), root["replyToId"].is_null()), (Some("1700"), true));
+    assert_eq!(root["channelIdentity"], json!({"teamId": TEAM, "channelId": CHANNEL}));
+    assert_eq!(root["body"], json!({"contentType": "html", "content": "<p>root</p>"}));
+    assert_eq!(root["attachments"], file);
+    let (st, _, b) = get(format!("{channel_url}/1700/replies/1701"), Some("agent-token")).await;
+    assert_eq!(st, 200);
+    let reply = json_of(&b);
+    assert_eq!((reply["id"].as_str(), reply["replyToId"].as_str()), (Some("1701"), Some("1700")));
+    // A reply is not a root, and not a reply of another root.
+    assert_eq!(get(format!("{channel_url}/1701"), Some("agent-token")).await.0, 404);
+    assert_eq!(get(format!("{channel_url}/1701/replies/1700"), Some("agent-token")).await.0, 404);
+    assert_eq!(get(format!("{base}/teams/{TEAM}/channels/{}/messages/1700", e("19:nope@thread.tacv2")), Some("agent-token")).await.0, 404);
+
+    // A thread id where the group id belongs; a team without the Agent User; an unknown team.
+    let (st, _, b) = get(format!("{base}/teams/{}/channels/{}/messages/1700", e(CHANNEL), e(CHANNEL)), Some("agent-token")).await;
+    assert_eq!((st, json_of(&b)["error"]["code"].as_str()), (400, Some("BadRequest")));
+    let (st, _, b) = get(format!("{base}/teams/{OTHER_TEAM}/channels/{}/messages/1700", e(CHANNEL)), Some("agent-token")).await;
+    assert_eq!((st, json_of(&b)["error"]["code"].as_str()), (403, Some("Forbidden")));
+    let unknown = "99999999-2222-3333-4444-555555555555";
+    assert_eq!(get(format!("{base}/teams/{unknown}/channels/{}/messages/1700", e(CHANNEL)), Some("agent-token")).await.0, 404);
+
+    // Hosted contents: the chat message's and the reply's, through the URLs Graph writes and encoded ones.
+    let (st, ct, b) = get(chat_url.clone(), Some("agent-token")).await;
+    assert_eq!((st, ct.as_str(), b.as_slice()), (200, "image/png", b"PNGCHAT".as_slice()));
+    let (st, ct, b) = get(reply_url.clone(), Some("agent-token")).await;
+    assert_eq!((st, ct.as_str(), b.as_slice()), (200, "image/jpeg", b"JPEGREPLY".as_slice()));
+    let encoded = format!("{channel_url}/1700/replies/1701/hostedContents/{}/$value", e(&reply_hid));
+    assert_eq!(get(encoded, Some("agent-token")).await.0, 200);
+    // Under another message (the root), or an unknown id: 404.
+    assert_eq!(get(format!("{channel_url}/1700/hostedContents/{}/$value", e(&reply_hid)), Some("agent-token")).await.0, 404);
+    assert_eq!(get(format!("{channel_url}/1700/replies/1701/hostedContents/aWQ9eA==/$value"), Some("agent-token")).await.0, 404);
+    // Without a token, or a wrong one: 401.
+    assert_eq!(get(reply_url.clone(), None).await.0, 401);
+    assert_eq!(get(reply_url.clone(), Some("other")).await.0, 401);
+
+    // The chat message, then the Agent User loses the chat.
+    let (st, _, b) = get(format!("{base}/chats/{}/messages/1800", e(CHAT)), Some("agent-token")).await;
+    assert_eq!((st, json_of(&b)["attachments"].clone()), (200, file.clone()));
+    graph.deny_chat(CHAT);
+    for url in [format!("{base}/chats/{}/messages/1800", e(CHAT)), format!("{base}/chats/{}/messages", e(CHAT)), chat_url] {
+        let (st, _, b) = get(url, Some("agent-token")).await;
+        assert_eq!((st, json_of(&b)["error"]["code"].as_str()), (403, Some("Forbidden")));
+    }
+    assert!(graph.seen().iter().any(|x| x.path == format!("teams/{TEAM}/channels/{CHANNEL}/messages/1700/replies/1701")));
 }

@@ -247,7 +247,8 @@ async fn oversize_mistyped_and_foreign_files_are_refused() {
     let v = r.host.ok("get_file", json!({"file_ref": refs[1]})).await;
     assert_eq!(enveloped(v["content"].as_str().unwrap()), "small text file");
 
-    // A channel file reaches the bot only as a placeholder: typed, but not fetchable.
+    // A channel file reaches the bot only as a placeholder: typed; without an Agent User to read it
+    // through Graph, get_file says how to enable that.
     let mut m = with_files(
         &r.fake.service_url,
         "19:general@thread.tacv2",
@@ -258,11 +259,17 @@ async fn oversize_mistyped_and_foreign_files_are_refused() {
     m["text"] = json!("<at>Bot</at> see attached");
     assert_eq!(r.gw.post(&m).await.status(), 202);
     let n = r.host.next("notifications/claude/channel", WAIT).await.unwrap();
-    assert!(enveloped(n["content"].as_str().unwrap()).contains("a file Teams sent only as a placeholder"), "{n}");
+    assert!(enveloped(n["content"].as_str().unwrap()).contains("a file in the message, read through Graph as the Agent User"), "{n}");
     let stub = events(&r.host).await.into_iter().find(|e| e["chat_id"] == "19:general@thread.tacv2").unwrap();
-    assert_eq!(stub["files"][0]["fetchable"], false, "{stub}");
+    assert_eq!(
+        (stub["files"][0]["source"].as_str(), stub["files"][0]["fetchable"].as_bool()),
+        (Some("message_file"), Some(true)),
+        "{stub}"
+    );
+    let before = r.graph.seen().len();
     let (err, v) = r.host.call("get_file", json!({"file_ref": stub["files"][0]["file_ref"]})).await;
-    assert!(err && v.to_string().contains("1:1 chats only"), "{v}");
+    assert!(err && v.to_string().contains("files = true") && v.to_string().contains("1:1 chat"), "{v}");
+    assert_eq!(r.graph.seen().len(), before, "Graph was asked without an Agent User");
 
     // A message the policy keeps from the agent (a group chat without a mention): its file cannot be
     // fetched either, even by a host that guesses the reference.
@@ -750,4 +757,177 @@ fn docx(paragraphs: &[&str]) -> Vec<u8> {
     z.write_all(xml.as_bytes()).unwrap();
     z.finish().unwrap();
     buf.into_inner()
+}
+
+/// A bot message in a channel of the team `group` (thread root `root`; `id` the message's own id) with the
+/// HTML Teams sends bots: `tags` (`<attachment id>` and pasted-image tags).
+fn channel_message(r: &Rig, group: Option<&str>, root: &str, id: &str, tags: &str) -> Value {
+    let mut m =
+        in_agent_tenant(&r.fake.service_url, &format!("19:general@thread.tacv2;messageid={root}"), "channel", "<at>Bot</at> see this");
+    m["id"] = json!(id);
+    m["entities"] = json!([{"type": "mention", "text": "<at>Bot</at>", "mentioned": {"id": format!("28:{APP_ID}"), "name": "Bot"}}]);
+    m["channelData"]["team"] = json!({"id": "19:team-general@thread.tacv2"});
+    if let Some(g) = group {
+        m["channelData"]["team"]["aadGroupId"] = json!(g);
+    }
+    m["channelData"]["channel"] = json!({"id": "19:general@thread.tacv2"});
+    m["attachments"] = json!([{"contentType": "text/html", "content": format!("<div><at>Bot</at> see this {tags}</div>")}]);
+    m
+}
+
+/// The `files` of the waiting event of activity `id`.
+async fn files_of(host: &Host, id: &str) -> Vec<Value> {
+    for _ in 0..200 {
+        if let Some(e) = events(host).await.into_iter().find(|e| e["message_id"] == id) {
+            return e["files"].as_array().cloned().unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no event for {id}");
+}
+
+const GROUP_ID: &str = "9e9e9e9e-0000-4000-8000-0000000000a1";
+const AMS: &str = "0-wus-d1-5c6b9d0e1f";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_and_group_chat_files_and_images_are_read_through_graph_as_the_agent_user() {
+    let r = rig("", Some(""), "").await;
+    r.graph.add_team(GROUP_ID, &[AGENT_USER_OID, ALEX]);
+    let plan = r.graph.add_drive_file("me", "Shared/plan.txt", b"the plan: ship on Friday", "text/plain");
+    let plan_url = r.graph.drive_files().into_iter().find(|f| f.id == plan).unwrap().web_url;
+    let reference = |id: &str, name: &str, url: &str| json!({"id": id, "contentType": "reference", "contentUrl": url, "name": name});
+    let ams_img = format!(
+        "<img src=\"https://us-api.asm.skype.com/v1/objects/{AMS}/views/imgo\" itemid=\"{AMS}\" itemtype=\"http://schema.skype.com/AMSImage\">"
+    );
+
+    // A channel post with a file and a pasted image: Graph has the message, its attachment and its image.
+    let root = "1760000000100";
+    let path = format!("teams/{GROUP_ID}/channels/19:general@thread.tacv2/messages/{root}");
+    let (_, src) = r.graph.add_hosted_content(&path, AMS, PNG, "image/png");
+    r.graph.put_channel_message(
+        GROUP_ID,
+        "19:general@thread.tacv2",
+        root,
+        None,
+        json!({"user": {"id": ALEX, "displayName": "Alex"}}),
+        &format!("<p>see this <attachment id=\"8a3f\"></attachment></p><img src=\"{src}\">"),
+        json!([reference("8a3f", "plan.txt", &plan_url)]),
+    );
+    let post = channel_message(&r, Some(GROUP_ID), root, root, &format!("<attachment id=\"8a3f\"></attachment>{ams_img}"));
+    assert_eq!(r.gw.post(&post).await.status(), 202);
+    let files = files_of(&r.host, root).await;
+    let sources: Vec<&str> = files.iter().map(|f| f["source"].as_str().unwrap()).collect();
+    assert_eq!(sources, ["message_file", "hosted_image"], "{files:?}");
+    assert!(files.iter().all(|f| f["fetchable"] == true));
+    let v = r.host.ok("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert_eq!((v["name"].as_str(), v["content_type"].as_str()), (Some("plan.txt"), Some("text/plain")), "{v}");
+    assert_eq!(enveloped(v["content"].as_str().unwrap()), "the plan: ship on Friday");
+    let v = r.host.ok("get_file", json!({"file_ref": files[1]["file_ref"], "base64": true})).await;
+    assert_eq!(v["kind"], "image", "{v}");
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(v["content_base64"].as_str().unwrap()).unwrap(), PNG);
+    let seen = r.graph.seen();
+    assert!(seen.iter().any(|s| s.method == "GET" && s.path == path), "the channel message was not read: {:?}", paths(&seen));
+    let entra = r.entra.as_ref().unwrap();
+    assert!(
+        seen.iter().all(|s| entra.check_user_token(&s.bearer, GRAPH_SCOPE).is_some()),
+        "a Graph request without the Agent User's token"
+    );
+
+    // A reply in the thread: read as a reply of its root.
+    let reply = "1760000000200";
+    let notes = r.graph.add_drive_file("me", "Shared/notes.md", b"# notes", "text/markdown");
+    let notes_url = r.graph.drive_files().into_iter().find(|f| f.id == notes).unwrap().web_url;
+    r.graph.put_channel_message(
+        GROUP_ID,
+        "19:general@thread.tacv2",
+        reply,
+        Some(root),
+        json!({"user": {"id": ALEX, "displayName": "Alex"}}),
+        "<p><attachment id=\"c0de\"></attachment></p>",
+        json!([reference("c0de", "notes.md", &notes_url)]),
+    );
+    assert_eq!(r.gw.post(&channel_message(&r, Some(GROUP_ID), root, reply, "<attachment id=\"c0de\"></attachment>")).await.status(), 202);
+    let files = files_of(&r.host, reply).await;
+    let v = r.host.ok("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert_eq!(enveloped(v["content"].as_str().unwrap()), "# notes", "{v}");
+    assert!(r.graph.seen().iter().any(|s| s.path == format!("{path}/replies/{reply}")));
+
+    // A message without the team's group id: the Connector's team details name it (TeamsInfo.getTeamDetails);
+    // when they do not, refused, saying so, and Graph is not asked.
+    let bare = "1760000000300";
+    r.graph.put_channel_message(
+        GROUP_ID,
+        "19:general@thread.tacv2",
+        bare,
+        None,
+        json!({"user": {"id": ALEX, "displayName": "Alex"}}),
+        "<p><attachment id=\"d00d\"></attachment></p>",
+        json!([reference("d00d", "plan.txt", &plan_url)]),
+    );
+    assert_eq!(r.gw.post(&channel_message(&r, None, bare, bare, "<attachment id=\"d00d\"></attachment>")).await.status(), 202);
+    let files = files_of(&r.host, bare).await;
+    let before = r.graph.seen().len();
+    let (err, v) = r.host.call("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert!(err && v.to_string().contains("aadGroupId"), "{v}");
+    assert_eq!(r.graph.seen().len(), before, "Graph was asked without the team's group id");
+    r.fake.add_team("19:team-general@thread.tacv2", "Ops Team", GROUP_ID);
+    let v = r.host.ok("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert_eq!(enveloped(v["content"].as_str().unwrap()), "the plan: ship on Friday", "{v}");
+    assert_eq!(r.fake.team_reads(), 1);
+
+    // A group chat the Agent User is in, then one it was removed from (Graph answers 403).
+    r.graph.add_chat("19:ops@thread.v2", "group");
+    let (_, chat_src) = r.graph.add_hosted_content("chats/19:ops@thread.v2/messages/1760000000400", AMS, PNG, "image/png");
+    r.graph.put_chat_message(
+        "19:ops@thread.v2",
+        "1760000000400",
+        json!({"user": {"id": ALEX, "displayName": "Alex"}}),
+        &format!("<p><img src=\"{chat_src}\"></p>"),
+        json!([]),
+    );
+    let mut m = in_agent_tenant(&r.fake.service_url, "19:ops@thread.v2", "groupChat", "<at>Bot</at> look");
+    m["id"] = json!("1760000000400");
+    m["entities"] = json!([{"type": "mention", "text": "<at>Bot</at>", "mentioned": {"id": format!("28:{APP_ID}"), "name": "Bot"}}]);
+    m["attachments"] = json!([{"contentType": "text/html", "content": format!("<div><at>Bot</at> look {ams_img}</div>")}]);
+    assert_eq!(r.gw.post(&m).await.status(), 202);
+    let files = files_of(&r.host, "1760000000400").await;
+    assert_eq!(files[0]["source"], "hosted_image", "{files:?}");
+    let v = r.host.ok("get_file", json!({"file_ref": files[0]["file_ref"], "base64": true})).await;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(v["content_base64"].as_str().unwrap()).unwrap(), PNG);
+    r.graph.deny_chat("19:ops@thread.v2");
+    let (err, v) = r.host.call("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert!(err && v.to_string().contains("member of the team or chat"), "{v}");
+
+    // A team the Agent User is not a member of: 403, said the same way.
+    let other = "9e9e9e9e-0000-4000-8000-0000000000b2";
+    r.graph.add_team(other, &[ALEX]);
+    let theirs = "1760000000500";
+    r.graph.put_channel_message(
+        other,
+        "19:general@thread.tacv2",
+        theirs,
+        None,
+        json!({"user": {"id": ALEX, "displayName": "Alex"}}),
+        "<p><attachment id=\"beef\"></attachment></p>",
+        json!([reference("beef", "plan.txt", &plan_url)]),
+    );
+    assert_eq!(r.gw.post(&channel_message(&r, Some(other), theirs, theirs, "<attachment id=\"beef\"></attachment>")).await.status(), 202);
+    let files = files_of(&r.host, theirs).await;
+    let (err, v) = r.host.call("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert!(err && v.to_string().contains("may not read this message"), "{v}");
+
+    // A tag whose attachment Graph does not list (edited away): not found, nothing fetched.
+    let edited = "1760000000600";
+    r.graph.put_channel_message(GROUP_ID, "19:general@thread.tacv2", edited, None, json!({"user": {"id": ALEX}}), "<p>gone</p>", json!([]));
+    assert_eq!(
+        r.gw.post(&channel_message(&r, Some(GROUP_ID), edited, edited, "<attachment id=\"f00d\"></attachment>")).await.status(),
+        202
+    );
+    let files = files_of(&r.host, edited).await;
+    let (err, v) = r.host.call("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert!(err && v.to_string().contains("no longer holds this file"), "{v}");
+}
+
+fn paths(seen: &[crate::fake_graph::Seen]) -> Vec<String> {
+    seen.iter().map(|s| format!("{} {}", s.method, s.path)).collect()
 }

@@ -742,3 +742,28 @@ async fn the_fallback_loop_closes_the_persons_answer_reaches_the_host() {
     assert_eq!(r.fake.landed().len(), landed_before, "the reply went through the Connector");
     assert_eq!(entries_of(&gw.config, &answer), 1, "Eve's answer is in the inbox once");
 }
+
+/// An image pasted in one of the Agent User's chats: a `hosted_image` file item, read through Graph as the
+/// message's hosted content (the `<img src>` of the body names it), with the Agent User's token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_pasted_in_the_agent_users_chat_is_read_as_its_hosted_content() {
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x06\0\0\0\x1f\x15\xc4\x89";
+    let r = rig("files = true\n").await;
+    let (gw, mut host) = r.start("claude-code").await;
+    let id = "1760000000900";
+    let path = format!("chats/{DM}/messages/{id}");
+    let (hosted, src) = r.graph.add_hosted_content(&path, "0-wus-d3-77", PNG, "image/png");
+    r.graph.put_chat_message(DM, id, person(ALEX, "Alex"), &format!("<p>this error</p><img src=\"{src}\" width=\"300\">"), json!([]));
+    r.graph.notify(DM, id, "created").await;
+    let n = channel(&mut host, &gw).await;
+    assert!(n["content"].as_str().unwrap().contains("an image in the message, read through Graph"), "{n}");
+    let events = host.ok("read_messages", json!({"limit": 10})).await;
+    let e = events["events"].as_array().unwrap().iter().find(|e| e["message_id"] == id).cloned().expect("the event");
+    assert_eq!(e["files"][0]["source"], "hosted_image", "{e}");
+    let v = host.ok("get_file", json!({"file_ref": e["files"][0]["file_ref"], "base64": true})).await;
+    assert_eq!(v["kind"], "image", "{v}");
+    use base64::Engine as _;
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(v["content_base64"].as_str().unwrap()).unwrap(), PNG);
+    let read = r.graph.seen().into_iter().find(|s| s.path == format!("{path}/hostedContents/{hosted}/$value")).expect("the hosted content");
+    assert!(r.entra.check_user_token(&read.bearer, GRAPH_SCOPE).is_some(), "not the Agent User's token");
+}

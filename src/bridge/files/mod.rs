@@ -4,7 +4,8 @@
 //! declared type, the size when known), never content: the host fetches one with `get_file`
 //! ([`Hub::get_file`]), which downloads it within a bound, only from an allowed host (SharePoint and
 //! OneDrive for a file's pre-authenticated link, the conversation's own Connector for an inline image, with
-//! the bot token; Graph as the Agent User for a SharePoint link), checks its type ([`content::check_type`])
+//! the bot token; Graph as the Agent User for a SharePoint link, and for the files and images of channel
+//! and group-chat messages, [`in_message`]), checks its type ([`content::check_type`])
 //! and gives text for text-like files, inside the untrusted envelope.
 //!
 //! Outbound ([`Hub::send_file`]): in a 1:1 chat the bot offers the file with a consent card and uploads
@@ -14,6 +15,7 @@
 pub(crate) mod consent;
 pub(crate) mod content;
 pub(crate) mod drive;
+pub(crate) mod in_message;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,7 +68,7 @@ impl Files {
 pub struct FileItem {
     /// What `get_file` takes: `f<inbox id>.<n>`.
     pub file_ref: String,
-    /// `teams_file`, `image`, `reference` or `stub`.
+    /// `teams_file`, `image`, `reference`, `message_file`, `hosted_image` or `stub`.
     pub source: &'static str,
     /// The name as sent (cleaned for metadata), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,7 +77,8 @@ pub struct FileItem {
     pub content_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// Whether `get_file` can fetch it (a stub cannot).
+    /// Whether `get_file` can try to fetch it (a stub cannot; `message_file` and `hosted_image` need the
+    /// bot's Agent User, with its files area on).
     pub fetchable: bool,
 }
 
@@ -271,6 +274,7 @@ impl Hub {
         let activity: Activity = serde_json::from_str(&item.body).map_err(|_| missing())?;
         let file = attached_files(&activity).into_iter().nth(n).ok_or_else(missing)?;
         let limit = max_bytes.map_or(files.cfg.max_download_bytes, |m| m.clamp(1, files.cfg.max_download_bytes));
+        let (mut name, mut declared_type) = (file.name.clone(), file.declared_type.clone());
         let (bytes, served) = match file.source {
             FileSource::TeamsFile => {
                 let url = file.url.as_deref().ok_or_else(|| Error::refused("the attachment has no download link"))?;
@@ -279,13 +283,31 @@ impl Hub {
             }
             FileSource::Image => self.fetch_image(&item.bot_app_id, &item.conversation_id, &file, limit).await?,
             FileSource::Reference => self.fetch_shared(&item.bot_app_id, &file, limit).await?,
+            FileSource::MessageFile | FileSource::HostedImage => {
+                let actor = self.files_actor_of(&item.bot_app_id).map_err(|_| {
+                    Error::refused(format!(
+                        "Teams gives bots only a placeholder for a file or image in a channel or group chat; agentgate reads it through Graph \
+                         as the bot's Agent User, and bot {} has none with its files area on: configure [bots.agent_user] with files = true \
+                         and add the Agent User to the team or chat (docs/agent-user.md), or ask the person to send it in a 1:1 chat with the bot",
+                        item.bot_app_id
+                    ))
+                })?;
+                let group = match in_message::team_without_group(&activity) {
+                    Some(team) => self.team_group_id(&item.bot_app_id, &item.conversation_id, team).await?,
+                    None => None,
+                };
+                let got = in_message::fetch(files, &actor, &activity, group.as_deref(), &file, limit).await?;
+                name = got.name;
+                declared_type = got.declared_type;
+                (got.bytes, got.served)
+            }
             FileSource::Stub => {
                 return Err(Error::refused(
-                    "Teams sent only a placeholder for this file: bots receive files in 1:1 chats only. Ask the person to send it in a 1:1 chat with the bot, or to share a link",
+                    "Teams sent only a placeholder for this file, with nothing Graph can find it by. Ask the person to send it in a 1:1 chat with the bot, or to share a link",
                 ));
             }
         };
-        let family = content::check_type(&file.declared_type, served.as_deref(), &bytes).map_err(Error::refused)?;
+        let family = content::check_type(&declared_type, served.as_deref(), &bytes).map_err(Error::refused)?;
         tracing::info!(
             file_ref,
             source = file.source.label(),
@@ -293,19 +315,14 @@ impl Hub {
             kind = family.label(),
             "a file was fetched for the agent"
         );
-        Ok(Fetched { name: file.name, declared_type: file.declared_type, served_type: served, bytes, family })
+        Ok(Fetched { name, declared_type, served_type: served, bytes, family })
     }
 
     /// An inline image: on the conversation's own Connector (same origin as its service URL, and an
     /// allow-listed Connector host), with the token of whoever acts there.
     async fn fetch_image(&self, bot: &str, conversation: &str, file: &AttachedFile, limit: u64) -> Result<(Vec<u8>, Option<String>)> {
         let url = file.url.as_deref().ok_or_else(|| Error::refused("the image has no link"))?;
-        let r = self
-            .store
-            .conversation_ref(bot, conversation)
-            .await
-            .map_err(|e| Error::unavailable(e.to_string()))?
-            .ok_or_else(|| Error::not_found("the conversation of this image is not known"))?;
+        let r = self.known_conversation(bot, conversation).await?;
         if !same_origin(url, &r.service_url) {
             return Err(Error::refused(
                 "refused: the image is not on this conversation's Connector; the bot token goes nowhere else and nothing was fetched",
@@ -319,6 +336,25 @@ impl Hub {
             e if e.idempotent_may_retry() => Error::unavailable(format!("the image could not be fetched: {e}")),
             e => Error::refused(format!("the image could not be fetched: {e}")),
         })
+    }
+
+    /// The stored reference of the conversation a file came from.
+    async fn known_conversation(&self, bot: &str, conversation: &str) -> Result<crate::store::ConversationRef> {
+        self.store
+            .conversation_ref(bot, conversation)
+            .await
+            .map_err(|e| Error::unavailable(e.to_string()))?
+            .ok_or_else(|| Error::not_found("the conversation of this file is not known"))
+    }
+
+    /// The group id of a team (by its `19:…` thread id) from the Connector's team details, as the bot in
+    /// the conversation's tenant.
+    async fn team_group_id(&self, bot: &str, conversation: &str, team: &str) -> Result<Option<String>> {
+        let r = self.known_conversation(bot, conversation).await?;
+        self.outbound
+            .team_group_id(&r, team)
+            .await
+            .map_err(|e| Error::unavailable(format!("the team's group id could not be read from the Connector: {e}")))
     }
 
     /// A SharePoint link: through Graph as the bot's Agent User (its files area on), the bytes from the
