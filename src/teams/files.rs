@@ -175,10 +175,10 @@ pub(crate) fn attached_files(activity: &Activity) -> Vec<AttachedFile> {
             .as_ref()
             .and_then(|c| c.conversation_type.as_deref())
             .is_some_and(|t| t.eq_ignore_ascii_case("channel") || t.eq_ignore_ascii_case("groupChat"));
-    let has_bytes = list.iter().any(|a| {
-        let t = str_of(a, "contentType").unwrap_or_default().to_ascii_lowercase();
-        t == DOWNLOAD_INFO || t.starts_with("image/") || t == "reference"
-    });
+    // The HTML repeats what other attachments carry (a 1:1 chat's files and images).
+    let types: Vec<String> = list.iter().map(|a| str_of(a, "contentType").unwrap_or_default().to_ascii_lowercase()).collect();
+    let has_files = types.iter().any(|t| t == DOWNLOAD_INFO || t == "reference");
+    let has_images = types.iter().any(|t| t.starts_with("image/"));
     let mut html_once = true;
     let mut out = Vec::new();
     for a in list {
@@ -234,14 +234,11 @@ pub(crate) fn attached_files(activity: &Activity) -> Vec<AttachedFile> {
             && let Some(html) = content.as_str()
             && html_once
         {
-            // The HTML repeats what other attachments carry (a 1:1 chat's files and images): only a
-            // message without them is read for tags.
             html_once = false;
-            if has_bytes {
-                continue;
-            }
             for tag in html_files(html) {
                 let (source, declared_type, locator) = match tag {
+                    HtmlFile::Attachment(_) if has_files => continue,
+                    HtmlFile::Image { .. } if has_images => continue,
                     HtmlFile::Attachment(Some(id)) if in_graph => {
                         (FileSource::MessageFile, "application/octet-stream", Some(Locator::Attachment(id)))
                     }
@@ -498,7 +495,11 @@ mod tests {
         let with_image = activity(json!({"type": "message", "conversation": {"id": "19:c@thread.v2", "conversationType": "groupChat"},
             "attachments": [{"contentType": "image/*", "contentUrl": "https://smba.trafficmanager.net/amer/v3/attachments/0-x/views/original"},
                             {"contentType": "text/html", "content": html}]}));
-        assert_eq!(attached_files(&with_image).iter().map(|f| f.source).collect::<Vec<_>>(), [FileSource::Image]);
+        assert_eq!(
+            attached_files(&with_image).iter().map(|f| f.source).collect::<Vec<_>>(),
+            [FileSource::Image, FileSource::MessageFile, FileSource::Stub],
+            "the images are the attachment's; the file tags are still files"
+        );
 
         let hosted = json!({"contentType": HOSTED_CONTENT, "content": {"hostedContentId": "aWQ9eA=="}});
         let ours = activity(json!({"type": "message", "channelId": "graph", "attachments": [hosted]}));

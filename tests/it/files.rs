@@ -916,6 +916,18 @@ async fn channel_and_group_chat_files_and_images_are_read_through_graph_as_the_a
     let (err, v) = r.host.call("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
     assert!(err && v.to_string().contains("may not read this message"), "{v}");
 
+    // A channel of another tenant: the Agent User reads only its own tenant's messages.
+    let foreign = "1760000000700";
+    let mut m = channel_message(&r, Some(GROUP_ID), foreign, foreign, "<attachment id=\"8a3f\"></attachment>");
+    m["conversation"]["tenantId"] = json!(TENANT);
+    m["channelData"]["tenant"]["id"] = json!(TENANT);
+    assert_eq!(r.gw.post(&m).await.status(), 202);
+    let files = files_of(&r.host, foreign).await;
+    let before = r.graph.seen().len();
+    let (err, v) = r.host.call("get_file", json!({"file_ref": files[0]["file_ref"]})).await;
+    assert!(err && v.to_string().contains("its own tenant"), "{v}");
+    assert_eq!(r.graph.seen().len(), before, "Graph was asked across tenants");
+
     // A tag whose attachment Graph does not list (edited away): not found, nothing fetched.
     let edited = "1760000000600";
     r.graph.put_channel_message(GROUP_ID, "19:general@thread.tacv2", edited, None, json!({"user": {"id": ALEX}}), "<p>gone</p>", json!([]));

@@ -292,6 +292,14 @@ impl Hub {
                         item.bot_app_id
                     ))
                 })?;
+                let agent_tenant = actor.tokens.tenant();
+                if !agent_tenant.eq_ignore_ascii_case(&item.tenant_id) {
+                    return Err(Error::refused(format!(
+                        "this file is in tenant {}, and bot {}'s Agent User is in tenant {agent_tenant}: it reads only its own tenant's \
+                         messages; nothing was fetched",
+                        item.tenant_id, item.bot_app_id
+                    )));
+                }
                 let group = match in_message::team_without_group(&activity) {
                     Some(team) => self.team_group_id(&item.bot_app_id, &item.conversation_id, team).await?,
                     None => None,
