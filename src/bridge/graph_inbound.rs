@@ -918,7 +918,9 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
     let name = str_at(message, &["from", "user", "displayName"]);
     let content = str_at(message, &["body", "content"]).unwrap_or_default();
     let html = str_at(message, &["body", "contentType"]).is_none_or(|t| t.eq_ignore_ascii_case("html"));
-    let text = if html { html_to_text(&content) } else { content.clone() };
+    // Images pasted in the chat: the message's hosted contents, named in the body's `<img src>`.
+    let images = if html { hosted_content_ids(&content) } else { Vec::new() };
+    let text = if html { html_to_text(&content) } else { content };
     let mentions: Vec<Value> = message
         .get("mentions")
         .and_then(Value::as_array)
@@ -966,15 +968,13 @@ pub(crate) fn to_activity(message: &Value, chat: &ChatInfo<'_>, kind: &str, key:
                 .collect()
         })
         .unwrap_or_default();
-    // Images pasted in the chat: the message's hosted contents, named in the body's `<img src>`.
-    if html {
-        for id in hosted_content_ids(&content) {
-            if files.len() >= crate::teams::files::MAX_FILES {
-                break;
-            }
-            files.push(json!({"contentType": crate::teams::files::HOSTED_CONTENT, "content": {"hostedContentId": id}}));
-        }
-    }
+    let room = crate::teams::files::MAX_FILES.saturating_sub(files.len());
+    files.extend(
+        images
+            .into_iter()
+            .take(room)
+            .map(|id| json!({"contentType": crate::teams::files::HOSTED_CONTENT, "content": {"hostedContentId": id}})),
+    );
     if !files.is_empty() {
         activity["attachments"] = Value::Array(files);
     }

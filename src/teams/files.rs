@@ -117,6 +117,11 @@ impl std::fmt::Debug for AttachedFile {
     }
 }
 
+/// A file name as sent (untrusted): trimmed, cut to 255 characters; `None` when empty.
+pub(crate) fn file_name(s: &str) -> Option<String> {
+    Some(s.trim()).filter(|n| !n.is_empty()).map(|n| cut(n, MAX_NAME_CHARS))
+}
+
 fn cut(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
@@ -154,7 +159,7 @@ pub(crate) fn mime_for_extension(ext: &str) -> &'static str {
 }
 
 /// The declared type of a file named `name` with Teams' `fileType`.
-fn declared_from(file_type: Option<&str>, name: Option<&str>) -> String {
+pub(crate) fn declared_from(file_type: Option<&str>, name: Option<&str>) -> String {
     let ext = file_type.map(str::to_ascii_lowercase).or_else(|| name.and_then(extension));
     ext.map_or("application/octet-stream", |e| mime_for_extension(&e)).to_owned()
 }

@@ -37,6 +37,12 @@ pub(crate) async fn fetch_content(files: &Files, actor: &AgentActor, source: Sou
         Source::Shared(url) => actor.graph.shared_content(url, cap).await,
     }
     .map_err(|e| graph_error("Graph refused the file", &e))?;
+    content_bytes(files, content, limit).await
+}
+
+/// The bytes of what Graph answered a content request with: the bytes it sent, or those behind its
+/// redirect (checked against the file hosts, fetched without a token), at most `limit`.
+pub(crate) async fn content_bytes(files: &Files, content: Content, limit: u64) -> Result<(Vec<u8>, Option<String>)> {
     match content {
         Content::Redirect(location) => {
             let d = files.transfer.download(&location, limit).await.map_err(|e| transfer_error("the file could not be fetched", &e))?;

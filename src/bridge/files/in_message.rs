@@ -9,13 +9,13 @@
 
 use serde_json::Value;
 
-use super::{Files, drive, transfer_error};
+use super::{Files, drive};
 use crate::activity::Activity;
 use crate::bridge::agent::AgentActor;
 use crate::bridge::graph::graph_error;
 use crate::bridge::{Error, Result};
-use crate::graph::{Content, GraphError, GraphErrorKind, MessageAt};
-use crate::teams::files::{AttachedFile, GRAPH_CHANNEL, Locator, extension, mime_for_extension};
+use crate::graph::{GraphError, GraphErrorKind, MessageAt};
+use crate::teams::files::{AttachedFile, GRAPH_CHANNEL, Locator, declared_from, file_name};
 
 /// A file read out of a message: its bytes, the type the host served, and the name and type Graph gave.
 pub(crate) struct InMessage {
@@ -86,17 +86,11 @@ fn read_error(e: &GraphError) -> Error {
     }
 }
 
-/// The bytes of a hosted content of the message at `at`: sent by Graph, or behind its redirect (checked
-/// against the file hosts and fetched without a token).
+/// The bytes of a hosted content of the message at `at`, at most `limit`.
 async fn hosted(files: &Files, actor: &AgentActor, at: &MessageAt, id: &str, limit: u64) -> Result<(Vec<u8>, Option<String>)> {
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
-    match actor.graph.hosted_content(at, id, cap).await.map_err(|e| read_error(&e))? {
-        Content::Bytes { bytes, content_type } => Ok((bytes, content_type)),
-        Content::Redirect(location) => {
-            let d = files.transfer.download(&location, limit).await.map_err(|e| transfer_error("the image could not be fetched", &e))?;
-            Ok((d.bytes, d.content_type))
-        }
-    }
+    let content = actor.graph.hosted_content(at, id, cap).await.map_err(|e| read_error(&e))?;
+    drive::content_bytes(files, content, limit).await
 }
 
 /// The hosted content that is the `nth` pasted image of the message, preferring the one whose id names
@@ -104,10 +98,10 @@ async fn hosted(files: &Files, actor: &AgentActor, at: &MessageAt, id: &str, lim
 fn pick_image(ids: &[String], nth: usize, object_id: Option<&str>) -> Option<String> {
     use base64::Engine as _;
     let names = |id: &str, object: &str| {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(id.trim_end_matches('='))
-            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(id.trim_end_matches('=')))
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id.trim_end_matches('=')));
+        let unpadded = id.trim_end_matches('=');
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(unpadded)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(unpadded));
         decoded.is_ok_and(|d| String::from_utf8_lossy(&d).contains(&format!("/objects/{object}/")))
     };
     object_id.and_then(|o| ids.iter().find(|id| names(id, o)).cloned()).or_else(|| ids.get(nth).cloned())
@@ -147,14 +141,8 @@ pub(crate) async fn fetch(
             let (true, Some(url)) = (kind.eq_ignore_ascii_case("reference"), url) else {
                 return Err(Error::refused(format!("this attachment is not a file (Graph calls it {kind:?}); nothing was fetched")));
             };
-            let name = attachment
-                .get("name")
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| n.chars().take(255).collect::<String>());
-            let declared_type =
-                name.as_deref().and_then(extension).map_or("application/octet-stream", |e: String| mime_for_extension(&e)).to_owned();
+            let name = attachment.get("name").and_then(Value::as_str).and_then(file_name);
+            let declared_type = declared_from(None, name.as_deref());
             let (bytes, served) = drive::fetch_content(files, actor, drive::Source::Shared(url), limit).await?;
             Ok(InMessage { bytes, served, name, declared_type })
         }
